@@ -1,0 +1,248 @@
+//! Arrow and Parquet helpers shared by the CLI (segment upload) and the
+//! minion: reading a segment file against the table schema, the time column
+//! as epoch ms, and writing zstd Parquet.
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::compute::{cast, kernels::aggregate};
+use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::schema::{Schema, TimeFormat};
+
+fn seg_err(segment: &str, problem: impl Into<String>) -> Error {
+    Error::Segment {
+        segment: segment.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Whether a file column of type `file` can be read as the table's `table` type.
+fn compatible(file: &ArrowType, table: &ArrowType) -> bool {
+    use ArrowType::*;
+    if file == table {
+        return true;
+    }
+    match (file, table) {
+        (Utf8 | LargeUtf8 | Utf8View, Utf8) => true,
+        (Binary | LargeBinary | BinaryView, Binary) => true,
+        (Timestamp(_, _), Timestamp(_, _)) => true,
+        (Int8 | Int16 | Int32 | UInt8 | UInt16, Int32) => true,
+        (Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32, Int64) => true,
+        (Float16 | Float32, Float32) => true,
+        (Float16 | Float32 | Float64, Float64) => true,
+        (Dictionary(_, v), t) => compatible(v, t),
+        _ => false,
+    }
+}
+
+/// Checks that a file schema holds every table column with a compatible
+/// type; extra file columns are ignored.
+///
+/// # Errors
+/// [`Error::Segment`] naming the segment, the column and the problem.
+pub fn check_file_schema(segment: &str, file: &ArrowSchema, schema: &Schema) -> Result<()> {
+    for f in &schema.fields {
+        let want = f.data_type.arrow_type();
+        match file.field_with_name(&f.name) {
+            Err(_) => {
+                return Err(seg_err(
+                    segment,
+                    format!("column '{}' of the table schema is missing from the file", f.name),
+                ))
+            }
+            Ok(ff) if !compatible(ff.data_type(), &want) => {
+                return Err(seg_err(
+                    segment,
+                    format!(
+                        "column '{}' has type {} in the file, expected {} ({})",
+                        f.name,
+                        ff.data_type(),
+                        want,
+                        f.data_type.name()
+                    ),
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Projects and casts a batch to the table's Arrow schema.
+pub fn conform_batch(segment: &str, batch: &RecordBatch, schema: &Schema, target: &Arc<ArrowSchema>) -> Result<RecordBatch> {
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields.len());
+    for f in &schema.fields {
+        let col = batch.column_by_name(&f.name).ok_or_else(|| {
+            seg_err(segment, format!("column '{}' of the table schema is missing from the file", f.name))
+        })?;
+        let want = f.data_type.arrow_type();
+        if col.data_type() == &want {
+            columns.push(col.clone());
+        } else {
+            let c = cast(col, &want).map_err(|e| {
+                seg_err(segment, format!("column '{}' cannot be read as {}: {e}", f.name, f.data_type.name()))
+            })?;
+            columns.push(c);
+        }
+    }
+    RecordBatch::try_new(target.clone(), columns).map_err(|e| seg_err(segment, e.to_string()))
+}
+
+/// Reads a Parquet segment into batches of the table's Arrow schema.
+///
+/// # Errors
+/// [`Error::Segment`] naming the segment for a corrupt file or a schema
+/// mismatch (naming the column).
+pub fn read_segment(segment: &str, bytes: Bytes, schema: &Schema, batch_rows: usize) -> Result<Vec<RecordBatch>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
+    check_file_schema(segment, builder.schema(), schema)?;
+    let reader = builder
+        .with_batch_size(batch_rows)
+        .build()
+        .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
+    let target = schema.arrow_schema();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| seg_err(segment, format!("corrupt data: {e}")))?;
+        out.push(conform_batch(segment, &batch, schema, &target)?);
+    }
+    Ok(out)
+}
+
+/// The time column as epoch ms (nulls stay null).
+///
+/// Accepts Int32/Int64 in `format`, or any Arrow timestamp.
+pub fn time_ms(column: &ArrayRef, format: TimeFormat) -> Result<Int64Array> {
+    let as_i64 = |c: &ArrayRef| -> Result<Int64Array> {
+        let c = cast(c, &ArrowType::Int64)?;
+        Ok(c.as_any().downcast_ref::<Int64Array>().cloned().expect("cast to Int64"))
+    };
+    match column.data_type() {
+        ArrowType::Timestamp(unit, _) => {
+            let raw = as_i64(&cast(column, &ArrowType::Timestamp(*unit, None))?)?;
+            let per_ms: i64 = match unit {
+                TimeUnit::Second => return Ok(arrow::compute::kernels::arity::unary(&raw, |v: i64| v.saturating_mul(1000))),
+                TimeUnit::Millisecond => 1,
+                TimeUnit::Microsecond => 1_000,
+                TimeUnit::Nanosecond => 1_000_000,
+            };
+            Ok(arrow::compute::kernels::arity::unary(&raw, |v: i64| v.div_euclid(per_ms)))
+        }
+        _ => {
+            let raw = as_i64(column)?;
+            if format.ms_per_value == 1 {
+                return Ok(raw);
+            }
+            Ok(arrow::compute::kernels::arity::unary(&raw, |v: i64| format.to_ms(v)))
+        }
+    }
+}
+
+/// Min and max of the time column in ms over batches; `None` when every
+/// value is null or there are no rows.
+pub fn time_range_ms(batches: &[RecordBatch], time_column: &str, format: TimeFormat) -> Result<Option<(i64, i64)>> {
+    let mut range: Option<(i64, i64)> = None;
+    for b in batches {
+        let col = b.column_by_name(time_column).ok_or_else(|| Error::Segment {
+            segment: String::new(),
+            problem: format!("time column '{time_column}' is missing"),
+        })?;
+        let ms = time_ms(col, format)?;
+        if let (Some(lo), Some(hi)) = (aggregate::min(&ms), aggregate::max(&ms)) {
+            range = Some(match range {
+                None => (lo, hi),
+                Some((a, b)) => (a.min(lo), b.max(hi)),
+            });
+        }
+    }
+    Ok(range)
+}
+
+/// Encodes batches as one zstd Parquet file.
+pub fn write_parquet(schema: &Arc<ArrowSchema>, batches: &[RecordBatch]) -> Result<Bytes> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.close()?;
+    Ok(Bytes::from(buf))
+}
+
+/// Rows in a set of batches.
+pub fn num_rows(batches: &[RecordBatch]) -> u64 {
+    batches.iter().map(|b| b.num_rows() as u64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int32Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::Field;
+    use serde_json::json;
+
+    fn schema() -> Schema {
+        Schema::from_json(&json!({
+            "dimensionFieldSpecs": [{"name": "d", "dataType": "STRING"}],
+            "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
+            "dateTimeFieldSpecs": [{"name": "ts", "dataType": "TIMESTAMP", "format": "TIMESTAMP"}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips_and_widens_types() {
+        let file_schema = Arc::new(ArrowSchema::new(vec![
+            Field::new("d", ArrowType::Utf8, true),
+            Field::new("m", ArrowType::Int32, true),
+            Field::new("ts", ArrowType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("extra", ArrowType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            file_schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int32Array::from(vec![1, 2])),
+                Arc::new(TimestampMillisecondArray::from(vec![10, -5])),
+                Arc::new(StringArray::from(vec!["x", "y"])),
+            ],
+        )
+        .unwrap();
+        let bytes = write_parquet(&file_schema, &[batch]).unwrap();
+        let s = schema();
+        let got = read_segment("seg", bytes, &s, 1024).unwrap();
+        assert_eq!(got[0].schema(), s.arrow_schema());
+        assert_eq!(time_range_ms(&got, "ts", TimeFormat::MILLIS).unwrap(), Some((-5, 10)));
+    }
+
+    #[test]
+    fn names_missing_and_mismatched_columns() {
+        let s = schema();
+        let f = ArrowSchema::new(vec![Field::new("d", ArrowType::Utf8, true), Field::new("m", ArrowType::Utf8, true)]);
+        let e = check_file_schema("seg1", &f, &s).unwrap_err().to_string();
+        assert!(e.contains("seg1") && e.contains("'m'") && e.contains("Utf8"), "{e}");
+        let f = ArrowSchema::new(vec![Field::new("d", ArrowType::Utf8, true), Field::new("m", ArrowType::Int64, true)]);
+        let e = check_file_schema("seg1", &f, &s).unwrap_err().to_string();
+        assert!(e.contains("'ts'") && e.contains("missing"), "{e}");
+        let e = read_segment("seg2", Bytes::from_static(b"PAR1garbage"), &s, 10).unwrap_err().to_string();
+        assert!(e.contains("seg2") && e.contains("Parquet"), "{e}");
+    }
+
+    #[test]
+    fn converts_epoch_units_to_ms() {
+        let col: ArrayRef = Arc::new(Int32Array::from(vec![Some(2), None, Some(-1)]));
+        let ms = time_ms(&col, TimeFormat::parse("f", "1:HOURS:EPOCH").unwrap()).unwrap();
+        assert_eq!(ms.iter().collect::<Vec<_>>(), vec![Some(7_200_000), None, Some(-3_600_000)]);
+    }
+}

@@ -1,0 +1,544 @@
+//! A Pinot REALTIME table config, loaded unchanged, and the typed flow
+//! settings r2o reads out of it (`RealtimeToOfflineSegmentsTask` block).
+//!
+//! The original JSON is stored as given (unknown keys kept); [`TableSpec`]
+//! holds it beside the parsed, validated view.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+use crate::error::ConfigError;
+use crate::period::parse_period_ms;
+use crate::schema::{DataType, FieldKind, Schema};
+
+/// Pinot's task type key in `task.taskTypeConfigsMap`.
+pub const TASK_TYPE: &str = "RealtimeToOfflineSegmentsTask";
+const TASK_PATH: &str = "task.taskTypeConfigsMap.RealtimeToOfflineSegmentsTask";
+
+/// How rows of one window are merged (`mergeType`, Pinot's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeType {
+    /// Keep every row.
+    Concat,
+    /// Group by every non-metric column, aggregate metrics.
+    Rollup,
+    /// Drop exact duplicate rows.
+    Dedup,
+}
+
+impl MergeType {
+    /// Pinot's lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeType::Concat => "concat",
+            MergeType::Rollup => "rollup",
+            MergeType::Dedup => "dedup",
+        }
+    }
+}
+
+/// A metric's aggregation in rollup (`<metric>.aggregationType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregationType {
+    /// Sum of non-null values (Pinot's default).
+    Sum,
+    /// Minimum of non-null values.
+    Min,
+    /// Maximum of non-null values.
+    Max,
+}
+
+/// Partitioning function of `columnPartitionMap` (Pinot's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionFunction {
+    /// Kafka's murmur2 of the value's UTF-8 string, `& 0x7fffffff`, mod N.
+    Murmur,
+    /// The integer value mod N (Euclidean, so never negative).
+    Modulo,
+    /// `abs(String.hashCode())` of the value's string, mod N.
+    HashCode,
+}
+
+/// One partitioned column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitioning {
+    /// Column name.
+    pub column: String,
+    /// Function.
+    pub function: PartitionFunction,
+    /// `numPartitions`, > 0.
+    pub num_partitions: u32,
+}
+
+/// The typed flow settings of one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowConfig {
+    /// `segmentsConfig.timeColumnName`.
+    pub time_column: String,
+    /// `tableIndexConfig.sortedColumn[0]`.
+    pub sorted_column: Option<String>,
+    /// `tableIndexConfig.segmentPartitionConfig.columnPartitionMap` (first entry).
+    pub partitioning: Option<Partitioning>,
+    /// `bucketTimePeriod` in ms (default 1d).
+    pub bucket_ms: i64,
+    /// `bufferTimePeriod` in ms (default 2d).
+    pub buffer_ms: i64,
+    /// `roundBucketTimePeriod` in ms (none: no rounding).
+    pub round_ms: Option<i64>,
+    /// `mergeType` (or the deprecated `collectorType`); default concat.
+    pub merge_type: MergeType,
+    /// Aggregation of every metric column (sum unless configured).
+    pub aggregations: BTreeMap<String, AggregationType>,
+    /// `maxNumRecordsPerSegment` in rows (default 5,000,000).
+    pub max_records_per_segment: u64,
+}
+
+/// A registered table: Pinot's JSON as given, plus the validated view.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Raw table name (no `_REALTIME` suffix).
+    pub name: String,
+    /// The table config JSON exactly as the owner gave it.
+    pub config_json: Value,
+    /// The schema JSON exactly as the owner gave it.
+    pub schema_json: Value,
+    /// Parsed schema.
+    pub schema: Schema,
+    /// Parsed flow settings.
+    pub flow: FlowConfig,
+}
+
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Checks a raw table name: non-empty, letters, digits, `_`, `-`, `.`.
+pub fn validate_table_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        return Err(ConfigError::Invalid {
+            field: "tableName".into(),
+            value: name.into(),
+            expected: "a non-empty name of letters, digits, '_', '-' or '.'".into(),
+        });
+    }
+    Ok(())
+}
+
+impl TableSpec {
+    /// Loads and validates a Pinot REALTIME table config and schema.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field, value and what was expected when:
+    /// the table is not REALTIME; a period does not parse or is not > 0;
+    /// `mergeType` is unknown; an `*.aggregationType` names no numeric metric
+    /// or an unsupported aggregation; the time column is missing or has no
+    /// epoch/timestamp format; the sorted or partition column is missing.
+    pub fn from_json(config_json: Value, schema_json: Value) -> Result<TableSpec, ConfigError> {
+        let schema = Schema::from_json(&schema_json)?;
+        let obj = config_json.as_object().ok_or(ConfigError::Malformed {
+            what: "table config".into(),
+            message: "expected a JSON object".into(),
+        })?;
+        let table_name = obj.get("tableName").and_then(Value::as_str).ok_or(ConfigError::Missing {
+            field: "tableName".into(),
+            expected: "the table's name".into(),
+        })?;
+        let name = table_name
+            .strip_suffix("_REALTIME")
+            .unwrap_or(table_name)
+            .to_string();
+        validate_table_name(&name)?;
+        let table_type = obj.get("tableType").and_then(Value::as_str).unwrap_or("");
+        if !table_type.eq_ignore_ascii_case("REALTIME") {
+            return Err(ConfigError::Invalid {
+                field: "tableType".into(),
+                value: table_type.into(),
+                expected: "REALTIME (r2o moves a REALTIME table's data to its OFFLINE part)".into(),
+            });
+        }
+
+        let time_column = config_json
+            .pointer("/segmentsConfig/timeColumnName")
+            .and_then(Value::as_str)
+            .ok_or(ConfigError::Missing {
+                field: "segmentsConfig.timeColumnName".into(),
+                expected: "the name of the table's time column".into(),
+            })?
+            .to_string();
+        match schema.field(&time_column) {
+            None => {
+                return Err(ConfigError::Invalid {
+                    field: "segmentsConfig.timeColumnName".into(),
+                    value: time_column,
+                    expected: "a column of the schema's dateTimeFieldSpecs".into(),
+                })
+            }
+            Some(f) if f.time_format.is_none()
+                || !matches!(f.data_type, DataType::Int | DataType::Long | DataType::Timestamp) =>
+            {
+                return Err(ConfigError::Invalid {
+                    field: "segmentsConfig.timeColumnName".into(),
+                    value: time_column,
+                    expected: "a dateTimeFieldSpecs column of type INT, LONG or TIMESTAMP with an epoch or timestamp format".into(),
+                })
+            }
+            Some(_) => {}
+        }
+
+        let sorted_column = match config_json.pointer("/tableIndexConfig/sortedColumn") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(a)) if a.is_empty() => None,
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                Some(a[0].as_str().unwrap_or_default().to_string())
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    field: "tableIndexConfig.sortedColumn".into(),
+                    value: other.to_string(),
+                    expected: "a list of at most one column name".into(),
+                })
+            }
+        };
+        if let Some(col) = &sorted_column {
+            if schema.field(col).is_none() {
+                return Err(ConfigError::Invalid {
+                    field: "tableIndexConfig.sortedColumn".into(),
+                    value: col.clone(),
+                    expected: "a column of the schema".into(),
+                });
+            }
+        }
+
+        let partitioning = parse_partitioning(&config_json, &schema)?;
+
+        let task = config_json
+            .pointer(&format!("/task/taskTypeConfigsMap/{TASK_TYPE}"))
+            .cloned()
+            .unwrap_or(Value::Object(Default::default()));
+        let task = task.as_object().ok_or(ConfigError::Invalid {
+            field: TASK_PATH.into(),
+            value: task.to_string(),
+            expected: "an object of string settings".into(),
+        })?;
+        let text = |key: &str| -> Result<Option<String>, ConfigError> {
+            match task.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => as_text(v).map(Some).ok_or(ConfigError::Invalid {
+                    field: format!("{TASK_PATH}.{key}"),
+                    value: v.to_string(),
+                    expected: "a string".into(),
+                }),
+            }
+        };
+        let period = |key: &str, default: Option<&str>| -> Result<Option<i64>, ConfigError> {
+            match text(key)?.or(default.map(str::to_string)) {
+                None => Ok(None),
+                Some(t) => parse_period_ms(&format!("{TASK_PATH}.{key}"), &t).map(Some),
+            }
+        };
+        let bucket_ms = period("bucketTimePeriod", Some("1d"))?.unwrap_or(86_400_000);
+        let buffer_ms = period("bufferTimePeriod", Some("2d"))?.unwrap_or(172_800_000);
+        let round_ms = period("roundBucketTimePeriod", None)?;
+
+        let (merge_key, merge_text) = match (text("mergeType")?, text("collectorType")?) {
+            (Some(m), _) => ("mergeType", Some(m)),
+            (None, Some(c)) => ("collectorType", Some(c)),
+            (None, None) => ("mergeType", None),
+        };
+        let merge_type = match merge_text.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("concat") => MergeType::Concat,
+            Some("rollup") => MergeType::Rollup,
+            Some("dedup") => MergeType::Dedup,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    field: format!("{TASK_PATH}.{merge_key}"),
+                    value: merge_text.unwrap_or_default(),
+                    expected: "concat, rollup or dedup".into(),
+                })
+            }
+        };
+
+        let mut aggregations = BTreeMap::new();
+        for f in schema.fields.iter().filter(|f| f.kind == FieldKind::Metric) {
+            aggregations.insert(f.name.clone(), AggregationType::Sum);
+        }
+        for (key, value) in task {
+            let Some(metric) = key.strip_suffix(".aggregationType") else {
+                continue;
+            };
+            let field = format!("{TASK_PATH}.{key}");
+            let agg_text = as_text(value).unwrap_or_else(|| value.to_string());
+            let col = schema.field(metric);
+            match col {
+                Some(c) if c.kind == FieldKind::Metric && c.data_type.is_numeric() => {}
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        value: agg_text,
+                        expected: format!(
+                            "an aggregation for a numeric metric column, but '{metric}' is not one \
+                             of the schema's metricFieldSpecs of type INT, LONG, FLOAT or DOUBLE"
+                        ),
+                    })
+                }
+            }
+            let agg = match agg_text.to_ascii_lowercase().as_str() {
+                "sum" => AggregationType::Sum,
+                "min" => AggregationType::Min,
+                "max" => AggregationType::Max,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        value: agg_text,
+                        expected: "sum, min or max".into(),
+                    })
+                }
+            };
+            aggregations.insert(metric.to_string(), agg);
+        }
+        if merge_type == MergeType::Rollup {
+            if let Some(f) = schema
+                .fields
+                .iter()
+                .find(|f| f.kind == FieldKind::Metric && !f.data_type.is_numeric())
+            {
+                return Err(ConfigError::Invalid {
+                    field: format!("metricFieldSpecs[{}].dataType", f.name),
+                    value: f.data_type.name().into(),
+                    expected: "a numeric type (INT, LONG, FLOAT, DOUBLE) for a rollup metric".into(),
+                });
+            }
+        }
+
+        let max_records_per_segment = match text("maxNumRecordsPerSegment")? {
+            None => 5_000_000,
+            Some(t) => match t.trim().parse::<u64>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        field: format!("{TASK_PATH}.maxNumRecordsPerSegment"),
+                        value: t,
+                        expected: "a whole number of rows greater than zero".into(),
+                    })
+                }
+            },
+        };
+
+        Ok(TableSpec {
+            name,
+            schema,
+            flow: FlowConfig {
+                time_column,
+                sorted_column,
+                partitioning,
+                bucket_ms,
+                buffer_ms,
+                round_ms,
+                merge_type,
+                aggregations,
+                max_records_per_segment,
+            },
+            config_json,
+            schema_json,
+        })
+    }
+
+    /// `<raw>_REALTIME`.
+    pub fn realtime_name(&self) -> String {
+        format!("{}_REALTIME", self.name)
+    }
+
+    /// `<raw>_OFFLINE`.
+    pub fn offline_name(&self) -> String {
+        format!("{}_OFFLINE", self.name)
+    }
+}
+
+fn parse_partitioning(config: &Value, schema: &Schema) -> Result<Option<Partitioning>, ConfigError> {
+    let Some(map) = config.pointer("/tableIndexConfig/segmentPartitionConfig/columnPartitionMap")
+    else {
+        return Ok(None);
+    };
+    let base = "tableIndexConfig.segmentPartitionConfig.columnPartitionMap";
+    let map = map.as_object().ok_or(ConfigError::Invalid {
+        field: base.into(),
+        value: map.to_string(),
+        expected: "an object of column -> {functionName, numPartitions}".into(),
+    })?;
+    let Some((column, spec)) = map.iter().next() else {
+        return Ok(None);
+    };
+    if map.len() > 1 {
+        return Err(ConfigError::Invalid {
+            field: base.into(),
+            value: map.keys().cloned().collect::<Vec<_>>().join(","),
+            expected: "exactly one partition column".into(),
+        });
+    }
+    if schema.field(column).is_none() {
+        return Err(ConfigError::Invalid {
+            field: base.into(),
+            value: column.clone(),
+            expected: "a column of the schema".into(),
+        });
+    }
+    let fname = spec.get("functionName").and_then(as_text_ref).unwrap_or_default();
+    let function = match fname.to_ascii_lowercase().as_str() {
+        "murmur" => PartitionFunction::Murmur,
+        "modulo" => PartitionFunction::Modulo,
+        "hashcode" => PartitionFunction::HashCode,
+        _ => {
+            return Err(ConfigError::Invalid {
+                field: format!("{base}.{column}.functionName"),
+                value: fname,
+                expected: "Murmur, Modulo or HashCode".into(),
+            })
+        }
+    };
+    if function == PartitionFunction::Modulo
+        && !matches!(schema.field(column).map(|f| f.data_type), Some(DataType::Int | DataType::Long))
+    {
+        return Err(ConfigError::Invalid {
+            field: format!("{base}.{column}.functionName"),
+            value: fname,
+            expected: "Murmur or HashCode for a non-integer column (Modulo needs INT or LONG)".into(),
+        });
+    }
+    let n_text = spec.get("numPartitions").and_then(as_text_ref).unwrap_or_default();
+    let num_partitions = match n_text.parse::<u32>() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            return Err(ConfigError::Invalid {
+                field: format!("{base}.{column}.numPartitions"),
+                value: n_text,
+                expected: "a whole number greater than zero".into(),
+            })
+        }
+    };
+    Ok(Some(Partitioning {
+        column: column.clone(),
+        function,
+        num_partitions,
+    }))
+}
+
+fn as_text_ref(v: &Value) -> Option<String> {
+    as_text(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({
+            "schemaName": "t",
+            "dimensionFieldSpecs": [{"name": "carrier", "dataType": "STRING"}],
+            "metricFieldSpecs": [{"name": "delay", "dataType": "DOUBLE"}, {"name": "n", "dataType": "LONG"}],
+            "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]
+        })
+    }
+
+    fn config(task: Value) -> Value {
+        json!({
+            "tableName": "t_REALTIME",
+            "tableType": "REALTIME",
+            "segmentsConfig": {"timeColumnName": "ts", "replication": "1"},
+            "tableIndexConfig": {"sortedColumn": ["carrier"], "loadMode": "MMAP"},
+            "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": task}},
+            "metadata": {"customConfigs": {}}
+        })
+    }
+
+    #[test]
+    fn defaults_are_pinots() {
+        let t = TableSpec::from_json(config(json!({})), schema()).unwrap();
+        assert_eq!(t.name, "t");
+        assert_eq!(t.flow.bucket_ms, 86_400_000);
+        assert_eq!(t.flow.buffer_ms, 2 * 86_400_000);
+        assert_eq!(t.flow.round_ms, None);
+        assert_eq!(t.flow.merge_type, MergeType::Concat);
+        assert_eq!(t.flow.max_records_per_segment, 5_000_000);
+        assert_eq!(t.flow.aggregations["delay"], AggregationType::Sum);
+        assert_eq!(t.flow.sorted_column.as_deref(), Some("carrier"));
+        // unknown keys are kept as given
+        assert_eq!(t.config_json["tableIndexConfig"]["loadMode"], "MMAP");
+    }
+
+    #[test]
+    fn reads_task_block_any_case_and_alias() {
+        let t = TableSpec::from_json(
+            config(json!({"bucketTimePeriod": "6h", "bufferTimePeriod": "4h30m",
+                "roundBucketTimePeriod": "1h", "collectorType": "ROLLUP",
+                "n.aggregationType": "MAX", "maxNumRecordsPerSegment": "1000"})),
+            schema(),
+        )
+        .unwrap();
+        assert_eq!(t.flow.bucket_ms, 6 * 3_600_000);
+        assert_eq!(t.flow.buffer_ms, 16_200_000);
+        assert_eq!(t.flow.round_ms, Some(3_600_000));
+        assert_eq!(t.flow.merge_type, MergeType::Rollup);
+        assert_eq!(t.flow.aggregations["n"], AggregationType::Max);
+        assert_eq!(t.flow.max_records_per_segment, 1000);
+    }
+
+    fn err_of(task: Value) -> String {
+        TableSpec::from_json(config(task), schema()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_field_value_and_expectation() {
+        let e = err_of(json!({"bucketTimePeriod": "0d"}));
+        assert!(e.contains("RealtimeToOfflineSegmentsTask.bucketTimePeriod") && e.contains("'0d'"), "{e}");
+        let e = err_of(json!({"mergeType": "squash"}));
+        assert!(e.contains("mergeType") && e.contains("'squash'") && e.contains("concat, rollup or dedup"), "{e}");
+        let e = err_of(json!({"carrier.aggregationType": "sum"}));
+        assert!(e.contains("carrier.aggregationType") && e.contains("'carrier'"), "{e}");
+        let e = err_of(json!({"nope.aggregationType": "sum"}));
+        assert!(e.contains("nope.aggregationType"), "{e}");
+        let e = err_of(json!({"delay.aggregationType": "avg"}));
+        assert!(e.contains("'avg'") && e.contains("sum, min or max"), "{e}");
+        let e = err_of(json!({"maxNumRecordsPerSegment": "-5"}));
+        assert!(e.contains("maxNumRecordsPerSegment") && e.contains("'-5'"), "{e}");
+    }
+
+    #[test]
+    fn checks_columns_and_table_type() {
+        let mut c = config(json!({}));
+        c["segmentsConfig"]["timeColumnName"] = json!("nope");
+        let e = TableSpec::from_json(c, schema()).unwrap_err().to_string();
+        assert!(e.contains("segmentsConfig.timeColumnName") && e.contains("'nope'"), "{e}");
+        let mut c = config(json!({}));
+        c["tableIndexConfig"]["sortedColumn"] = json!(["missing"]);
+        let e = TableSpec::from_json(c, schema()).unwrap_err().to_string();
+        assert!(e.contains("tableIndexConfig.sortedColumn") && e.contains("'missing'"), "{e}");
+        let mut c = config(json!({}));
+        c["tableType"] = json!("OFFLINE");
+        let e = TableSpec::from_json(c, schema()).unwrap_err().to_string();
+        assert!(e.contains("tableType") && e.contains("'OFFLINE'"), "{e}");
+    }
+
+    #[test]
+    fn reads_partitioning() {
+        let mut c = config(json!({}));
+        c["tableIndexConfig"]["segmentPartitionConfig"] =
+            json!({"columnPartitionMap": {"carrier": {"functionName": "Murmur", "numPartitions": 4}}});
+        let t = TableSpec::from_json(c.clone(), schema()).unwrap();
+        let p = t.flow.partitioning.unwrap();
+        assert_eq!((p.column.as_str(), p.function, p.num_partitions), ("carrier", PartitionFunction::Murmur, 4));
+        c["tableIndexConfig"]["segmentPartitionConfig"]["columnPartitionMap"]["carrier"]["functionName"] = json!("Modulo");
+        let e = TableSpec::from_json(c, schema()).unwrap_err().to_string();
+        assert!(e.contains("functionName") && e.contains("Modulo"), "{e}");
+    }
+}

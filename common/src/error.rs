@@ -1,0 +1,98 @@
+//! Errors of the shared layer. [`ConfigError`] is for table owners' input
+//! (it always names the field, the value and what was expected); [`Error`] is
+//! for the stores and data handling.
+
+/// A table config, schema or setting that r2o cannot accept.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ConfigError {
+    /// A field is present but its value is wrong.
+    #[error("invalid {field}: '{value}', expected {expected}")]
+    Invalid {
+        /// Config path of the field, e.g. `task.taskTypeConfigsMap.RealtimeToOfflineSegmentsTask.bucketTimePeriod`.
+        field: String,
+        /// The value as given.
+        value: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+    /// A required field is absent.
+    #[error("missing {field}: expected {expected}")]
+    Missing {
+        /// Config path of the field.
+        field: String,
+        /// What should be there.
+        expected: String,
+    },
+    /// The document is not JSON of the expected shape.
+    #[error("malformed {what}: {message}")]
+    Malformed {
+        /// Which document (`table config`, `schema`).
+        what: String,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+/// Errors from the metadata store, the segment store and data handling.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The metadata store (etcd) failed or could not be reached; retryable.
+    #[error("metadata store: {0}")]
+    Meta(String),
+    /// A stored value does not decode; a bug or a foreign writer, not retryable.
+    #[error("metadata at key '{key}' does not decode: {message}")]
+    Codec {
+        /// The etcd key.
+        key: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// A lease was lost or has expired; whatever it guarded must stop.
+    #[error("lease {0} is lost")]
+    LeaseLost(i64),
+    /// The segment store failed; `retryable` says whether trying again may help.
+    #[error("segment store at '{path}': {source}")]
+    Store {
+        /// Object path.
+        path: String,
+        /// The object_store error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A segment's data is unreadable or does not fit the table schema.
+    #[error("segment '{segment}': {problem}")]
+    Segment {
+        /// Segment name (or file path).
+        segment: String,
+        /// What is wrong, naming the column where there is one.
+        problem: String,
+    },
+    /// Bad input from a user or a setting.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An Arrow kernel failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Parquet encoding or decoding failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+impl Error {
+    /// Whether trying the same call again may succeed (store and etcd hiccups).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Meta(_) => true,
+            Error::Store { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::InvalidPath { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

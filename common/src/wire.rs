@@ -1,0 +1,61 @@
+//! Conversions between r2o's records and their gRPC messages.
+
+use r2o_proto::controller as pb;
+
+use crate::meta::{SegmentMeta, SegmentStatus, TaskRecord};
+
+impl From<&SegmentMeta> for pb::Segment {
+    fn from(s: &SegmentMeta) -> pb::Segment {
+        pb::Segment {
+            name: s.segment_name.clone(),
+            table: s.table_name.clone(),
+            status: s.status.name().into(),
+            start_time_ms: s.start_time_ms,
+            end_time_ms: s.end_time_ms,
+            num_rows: s.total_docs,
+            size_bytes: s.size_bytes,
+            schema_fingerprint: s.schema_fingerprint.clone(),
+            location: s.location.clone(),
+            partition: s.partition,
+            created_ms: s.created_ms,
+        }
+    }
+}
+
+/// Reads a wire segment; `None` when its status is not CONSUMING or DONE.
+pub fn segment_from_wire(s: &pb::Segment) -> Option<SegmentMeta> {
+    Some(SegmentMeta {
+        segment_name: s.name.clone(),
+        table_name: s.table.clone(),
+        status: SegmentStatus::parse(&s.status)?,
+        start_time_ms: s.start_time_ms,
+        end_time_ms: s.end_time_ms,
+        total_docs: s.num_rows,
+        size_bytes: s.size_bytes,
+        schema_fingerprint: s.schema_fingerprint.clone(),
+        location: s.location.clone(),
+        partition: s.partition,
+        created_ms: s.created_ms,
+    })
+}
+
+impl From<&TaskRecord> for pb::Task {
+    fn from(t: &TaskRecord) -> pb::Task {
+        pb::Task {
+            id: t.id.clone(),
+            table: t.table.clone(),
+            window_start_ms: t.window_start_ms,
+            window_end_ms: t.window_end_ms,
+            state: t.state.name().into(),
+            attempt: t.attempt,
+            input_segments: t.inputs.iter().map(|s| s.segment_name.clone()).collect(),
+            rows_in: t.rows_in,
+            rows_out: t.rows_out,
+            output_segments: t.output_segments.clone(),
+            error: t.errors.last().cloned().unwrap_or_default(),
+            created_ms: t.created_ms,
+            finished_ms: t.finished_ms,
+            minion: t.minion.clone(),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The controller's errors and their one mapping to gRPC codes.
+
+use r2o_common::{ConfigError, Error as CommonError};
+
+/// Errors of the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// This controller is a standby; retryable against the leader.
+    #[error("not the leader (leader: {leader})")]
+    NotLeader {
+        /// The leader's address, or `unknown`.
+        leader: String,
+    },
+    /// A named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A named thing exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The request was valid once but no longer is (stale attempt, lost claim).
+    #[error("{0}")]
+    Stale(String),
+    /// A completion report failed validation; nothing was committed.
+    #[error("validation failed: {0}")]
+    Validation(String),
+    /// Bad input from the caller.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad request argument.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// Store, etcd or data error.
+    #[error(transparent)]
+    Common(#[from] CommonError),
+}
+
+impl ControllerError {
+    /// Whether the caller may retry the same call.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ControllerError::NotLeader { .. } => true,
+            ControllerError::Common(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+impl From<ControllerError> for tonic::Status {
+    fn from(e: ControllerError) -> tonic::Status {
+        use tonic::Status;
+        let msg = e.to_string();
+        match e {
+            ControllerError::NotLeader { .. } => Status::unavailable(msg),
+            ControllerError::NotFound(_) => Status::not_found(msg),
+            ControllerError::AlreadyExists(_) => Status::already_exists(msg),
+            ControllerError::Stale(_) | ControllerError::Validation(_) => Status::failed_precondition(msg),
+            ControllerError::Config(_) | ControllerError::Invalid(_) => Status::invalid_argument(msg),
+            ControllerError::Common(c) => match c {
+                CommonError::Config(_) => Status::invalid_argument(msg),
+                CommonError::Segment { .. } => Status::invalid_argument(msg),
+                c if c.is_retryable() => Status::unavailable(msg),
+                _ => Status::internal(msg),
+            },
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = ControllerError> = std::result::Result<T, E>;
