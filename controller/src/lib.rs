@@ -1,1 +1,75 @@
+//! The r2o controller: pure window planning ([`planner`]), leader election
+//! ([`election`]), the commit authority ([`authority`]) and its gRPC service
+//! ([`service`]). Any controller serves admin calls; only the elected leader
+//! plans and commits.
 
+pub mod authority;
+pub mod election;
+pub mod error;
+pub mod planner;
+pub mod service;
+
+use r2o_common::kv::Kv;
+use r2o_common::meta::Keys;
+use r2o_common::store::Store;
+use r2o_proto::controller::controller_service_server::ControllerServiceServer;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use authority::{Authority, AuthorityConfig};
+pub use election::{ElectionConfig, Leadership};
+pub use error::ControllerError;
+
+/// Settings of one controller process. Timing derives from `lease_ttl_secs`
+/// (election renewal every TTL/3, standby retry every TTL/4) and
+/// `plan_interval`.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Controller id (unique in the cluster).
+    pub id: String,
+    /// Address to listen on for gRPC.
+    pub listen: SocketAddr,
+    /// Address others use to reach it (`http://host:port`).
+    pub advertise: String,
+    /// Leader lease TTL, seconds.
+    pub lease_ttl_secs: i64,
+    /// Planner tick.
+    pub plan_interval: Duration,
+    /// Attempts per task (Pinot's `maxAttemptsPerTask`).
+    pub max_attempts: u32,
+}
+
+/// Runs a controller until `cancel`: election, planning loop and gRPC
+/// server. Shutdown order: stop planning, stop serving, then give up
+/// leadership (revoking the lease so a standby takes over at once).
+pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: ControllerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let (tx, rx) = watch::channel(None);
+    let election_cancel = CancellationToken::new();
+    let election = tokio::spawn(election::run(
+        kv.clone(),
+        keys.clone(),
+        ElectionConfig {
+            id: cfg.id.clone(),
+            addr: cfg.advertise.clone(),
+            ttl_secs: cfg.lease_ttl_secs,
+            retry: Duration::from_millis((cfg.lease_ttl_secs.max(1) as u64) * 250),
+        },
+        tx,
+        election_cancel.clone(),
+    ));
+    let auth = Authority::new(kv, keys, store, AuthorityConfig { max_attempts: cfg.max_attempts }, rx);
+    let planner = tokio::spawn(authority::planning_loop(auth.clone(), cfg.plan_interval, cancel.clone()));
+    info!(controller = %cfg.id, listen = %cfg.listen, "controller serving");
+    let server = tonic::transport::Server::builder()
+        .add_service(ControllerServiceServer::new(service::ControllerSvc::new(auth)))
+        .serve_with_shutdown(cfg.listen, cancel.clone().cancelled_owned());
+    let served = server.await;
+    let _ = planner.await;
+    election_cancel.cancel();
+    let _ = election.await;
+    info!(controller = %cfg.id, "controller stopped");
+    served.map_err(|e| anyhow::anyhow!("controller gRPC server on {}: {e}", cfg.listen))
+}
