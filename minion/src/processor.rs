@@ -1,0 +1,532 @@
+//! The segment processor: read -> filter -> round -> partition -> merge ->
+//! sort -> cut -> write, on Arrow batches end to end. Each stage is a
+//! function over batches, tested on its own; [`process`] chains them for
+//! one task. It is synchronous and CPU-bound: callers run it on a blocking
+//! thread, with the input bytes already downloaded.
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch};
+use arrow::compute::{cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
+use arrow::datatypes::{DataType as ArrowType, Float64Type, Int64Type, Schema as ArrowSchema};
+use arrow::row::{RowConverter, SortField};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use r2o_common::columnar::{read_segment, time_ms, time_range_ms, write_parquet};
+use r2o_common::config::{AggregationType, MergeType, TableSpec};
+use r2o_common::schema::{FieldKind, Schema, TimeFormat};
+use r2o_common::window::{floor_to_bucket, Window};
+use r2o_common::Error;
+
+use crate::partition::partition_ids;
+
+/// Rows per decoded batch.
+pub const BATCH_ROWS: usize = 64 * 1024;
+
+/// One output segment, encoded and ready to stage.
+#[derive(Debug, Clone)]
+pub struct OutputSegment {
+    /// Segment name: `<raw>_<windowStartMs>_<windowEndMs>_<partition|all>_<seq>`.
+    pub name: String,
+    /// Data partition, -1 when the table is not partitioned.
+    pub partition: i32,
+    /// Rows.
+    pub num_rows: u64,
+    /// Smallest time value, epoch ms.
+    pub start_time_ms: i64,
+    /// Largest time value, epoch ms (inclusive).
+    pub end_time_ms: i64,
+    /// Zstd Parquet bytes.
+    pub bytes: Bytes,
+}
+
+/// What one task produced.
+#[derive(Debug, Clone, Default)]
+pub struct Processed {
+    /// Output segments.
+    pub outputs: Vec<OutputSegment>,
+    /// Rows inside the window read from the inputs.
+    pub rows_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Input bytes decoded.
+    pub bytes_in: u64,
+    /// Per sum-aggregated metric: sum over the input rows in the window.
+    pub metric_sums_in: BTreeMap<String, f64>,
+    /// Per sum-aggregated metric: sum over the output rows.
+    pub metric_sums_out: BTreeMap<String, f64>,
+}
+
+/// Why processing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The attempt was cancelled (lease lost, timeout, shutdown).
+    #[error("cancelled")]
+    Cancelled,
+    /// Bad data or a kernel failure.
+    #[error(transparent)]
+    Data(#[from] Error),
+}
+
+impl From<arrow::error::ArrowError> for ProcessError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        ProcessError::Data(Error::Arrow(e))
+    }
+}
+
+fn time_format(spec: &TableSpec) -> TimeFormat {
+    spec.schema
+        .field(&spec.flow.time_column)
+        .and_then(|f| f.time_format)
+        .unwrap_or(TimeFormat::MILLIS)
+}
+
+/// Stage 2: keeps the rows whose time is in `[window.start_ms, window.end_ms)`.
+pub fn filter_window(batch: &RecordBatch, time_column: &str, format: TimeFormat, window: Window) -> Result<RecordBatch, Error> {
+    let col = batch.column_by_name(time_column).ok_or_else(|| Error::Segment {
+        segment: String::new(),
+        problem: format!("time column '{time_column}' is missing"),
+    })?;
+    let ms = time_ms(col, format)?;
+    let mask: BooleanArray = ms.iter().map(|t| Some(t.is_some_and(|t| window.contains(t)))).collect();
+    Ok(filter_record_batch(batch, &mask)?)
+}
+
+/// Stage 3: rounds the time column down to `round_ms`, in the column's own
+/// unit and type (Pinot's `roundBucketTimePeriod`).
+pub fn round_time(batch: &RecordBatch, time_column: &str, format: TimeFormat, round_ms: i64) -> Result<RecordBatch, Error> {
+    let idx = batch.schema().index_of(time_column)?;
+    let col = batch.column(idx);
+    let ms = time_ms(col, format)?;
+    let rounded: Int64Array = arrow::compute::kernels::arity::unary(&ms, |t: i64| floor_to_bucket(t, round_ms));
+    let back: ArrayRef = match col.data_type() {
+        ArrowType::Timestamp(_, _) => cast(&(Arc::new(rounded) as ArrayRef), col.data_type())?,
+        _ => {
+            let values: Int64Array = arrow::compute::kernels::arity::unary(&rounded, |t: i64| format.from_ms(t));
+            cast(&(Arc::new(values) as ArrayRef), col.data_type())?
+        }
+    };
+    let mut cols = batch.columns().to_vec();
+    cols[idx] = back;
+    Ok(RecordBatch::try_new(batch.schema(), cols)?)
+}
+
+/// Stage 4: splits batches by the table's partition column; one group
+/// (partition -1) when the table is not partitioned.
+pub fn partition_batches(batches: Vec<RecordBatch>, spec: &TableSpec) -> Result<BTreeMap<i32, Vec<RecordBatch>>, Error> {
+    let mut out: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
+    let Some(p) = &spec.flow.partitioning else {
+        out.insert(-1, batches);
+        return Ok(out);
+    };
+    for b in batches {
+        let col = b.column_by_name(&p.column).ok_or_else(|| Error::Segment {
+            segment: String::new(),
+            problem: format!("partition column '{}' is missing", p.column),
+        })?;
+        let ids = partition_ids(col, p)?;
+        let mut per: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (row, id) in ids.iter().enumerate() {
+            per.entry(*id).or_default().push(row as u32);
+        }
+        for (id, rows) in per {
+            let idx = arrow::array::UInt32Array::from(rows);
+            out.entry(id as i32).or_default().push(take_record_batch(&b, &idx)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Stage 5 (dedup): drops rows equal in every column to an earlier row.
+pub fn dedup(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, Error> {
+    let Some(first) = batches.first() else {
+        return Ok(vec![]);
+    };
+    let converter = RowConverter::new(first.schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+    let mut seen: HashSet<Box<[u8]>> = HashSet::new();
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let rows = converter.convert_columns(b.columns())?;
+        let mask: BooleanArray = rows.iter().map(|r| Some(seen.insert(r.as_ref().into()))).collect();
+        out.push(filter_record_batch(b, &mask)?);
+    }
+    Ok(out)
+}
+
+/// Running aggregate of one metric over groups, null-aware: a group whose
+/// values are all null aggregates to null.
+enum Acc {
+    Int { agg: AggregationType, vals: Vec<i64>, seen: Vec<bool> },
+    Float { agg: AggregationType, vals: Vec<f64>, seen: Vec<bool> },
+}
+
+impl Acc {
+    fn new(t: &ArrowType, agg: AggregationType) -> Acc {
+        match t {
+            ArrowType::Int32 | ArrowType::Int64 => Acc::Int { agg, vals: vec![], seen: vec![] },
+            _ => Acc::Float { agg, vals: vec![], seen: vec![] },
+        }
+    }
+
+    fn grow(&mut self, groups: usize) {
+        match self {
+            Acc::Int { vals, seen, .. } => {
+                vals.resize(groups, 0);
+                seen.resize(groups, false);
+            }
+            Acc::Float { vals, seen, .. } => {
+                vals.resize(groups, 0.0);
+                seen.resize(groups, false);
+            }
+        }
+    }
+
+    fn update(&mut self, col: &ArrayRef, group_ids: &[u32]) -> Result<(), Error> {
+        fn step<T: Copy + PartialOrd>(agg: AggregationType, acc: &mut T, seen: &mut bool, v: T, add: fn(T, T) -> T) {
+            if !*seen {
+                *acc = v;
+                *seen = true;
+                return;
+            }
+            *acc = match agg {
+                AggregationType::Sum => add(*acc, v),
+                AggregationType::Min if v < *acc => v,
+                AggregationType::Max if v > *acc => v,
+                _ => *acc,
+            };
+        }
+        match self {
+            Acc::Int { agg, vals, seen } => {
+                let c = cast(col, &ArrowType::Int64)?;
+                let a = c.as_primitive::<Int64Type>();
+                for (i, g) in group_ids.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let g = *g as usize;
+                        step(*agg, &mut vals[g], &mut seen[g], a.value(i), i64::wrapping_add);
+                    }
+                }
+            }
+            Acc::Float { agg, vals, seen } => {
+                let c = cast(col, &ArrowType::Float64)?;
+                let a = c.as_primitive::<Float64Type>();
+                for (i, g) in group_ids.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let g = *g as usize;
+                        step(*agg, &mut vals[g], &mut seen[g], a.value(i), |x, y| x + y);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, t: &ArrowType) -> Result<ArrayRef, Error> {
+        let arr: ArrayRef = match self {
+            Acc::Int { vals, seen, .. } => Arc::new(Int64Array::from_iter(vals.into_iter().zip(seen).map(|(v, s)| s.then_some(v)))),
+            Acc::Float { vals, seen, .. } => Arc::new(Float64Array::from_iter(vals.into_iter().zip(seen).map(|(v, s)| s.then_some(v)))),
+        };
+        Ok(cast(&arr, t)?)
+    }
+}
+
+/// Stage 5 (rollup): groups by every non-metric column (the rounded time
+/// included) and aggregates each metric with its `aggregationType`.
+pub fn rollup(batches: &[RecordBatch], schema: &Schema, aggregations: &BTreeMap<String, AggregationType>) -> Result<Vec<RecordBatch>, Error> {
+    let Some(first) = batches.first() else {
+        return Ok(vec![]);
+    };
+    let arrow_schema = first.schema();
+    let key_idx: Vec<usize> = schema.fields.iter().enumerate().filter(|(_, f)| f.kind != FieldKind::Metric).map(|(i, _)| i).collect();
+    let metric_idx: Vec<usize> = schema.fields.iter().enumerate().filter(|(_, f)| f.kind == FieldKind::Metric).map(|(i, _)| i).collect();
+    let converter = RowConverter::new(key_idx.iter().map(|i| SortField::new(arrow_schema.field(*i).data_type().clone())).collect())?;
+    let mut groups: HashMap<Box<[u8]>, u32> = HashMap::new();
+    let mut group_rows = converter.empty_rows(1024, 64 * 1024);
+    let mut accs: Vec<Acc> = metric_idx
+        .iter()
+        .map(|i| {
+            let f = &schema.fields[*i];
+            Acc::new(arrow_schema.field(*i).data_type(), aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum))
+        })
+        .collect();
+    let mut ids: Vec<u32> = Vec::with_capacity(BATCH_ROWS);
+    for b in batches {
+        let keys: Vec<ArrayRef> = key_idx.iter().map(|i| b.column(*i).clone()).collect();
+        let rows = converter.convert_columns(&keys)?;
+        ids.clear();
+        for r in rows.iter() {
+            let next = groups.len() as u32;
+            let id = *groups.entry(r.as_ref().into()).or_insert_with(|| {
+                group_rows.push(r);
+                next
+            });
+            ids.push(id);
+        }
+        for (acc, i) in accs.iter_mut().zip(&metric_idx) {
+            acc.grow(groups.len());
+            acc.update(b.column(*i), &ids)?;
+        }
+    }
+    let key_cols = converter.convert_rows(&group_rows)?;
+    let mut columns: Vec<Option<ArrayRef>> = vec![None; schema.fields.len()];
+    for (col, i) in key_cols.into_iter().zip(&key_idx) {
+        columns[*i] = Some(col);
+    }
+    for (mut acc, i) in accs.into_iter().zip(&metric_idx) {
+        acc.grow(groups.len());
+        columns[*i] = Some(acc.finish(arrow_schema.field(*i).data_type())?);
+    }
+    let columns: Vec<ArrayRef> = columns.into_iter().map(|c| c.expect("every column is a key or a metric")).collect();
+    Ok(vec![RecordBatch::try_new(arrow_schema, columns)?])
+}
+
+/// Stage 6: one batch sorted by `column` (nulls last), or concatenated in
+/// order when there is no sorted column.
+pub fn sort_by(schema: &Arc<ArrowSchema>, batches: &[RecordBatch], column: Option<&str>) -> Result<RecordBatch, Error> {
+    let all = concat_batches(schema, batches)?;
+    let Some(column) = column else {
+        return Ok(all);
+    };
+    let col = all.column(all.schema().index_of(column)?).clone();
+    let idx = lexsort_to_indices(
+        &[SortColumn { values: col, options: Some(SortOptions { descending: false, nulls_first: false }) }],
+        None,
+    )?;
+    Ok(take_record_batch(&all, &idx)?)
+}
+
+/// Stage 7: cuts a batch into pieces of at most `max_rows` rows.
+pub fn cut(batch: &RecordBatch, max_rows: u64) -> Vec<RecordBatch> {
+    let max = max_rows.max(1) as usize;
+    (0..batch.num_rows()).step_by(max).map(|off| batch.slice(off, max.min(batch.num_rows() - off))).collect()
+}
+
+/// Sums of the sum-aggregated metrics over batches (for the controller's check).
+pub fn metric_sums(batches: &[RecordBatch], spec: &TableSpec) -> Result<BTreeMap<String, f64>, Error> {
+    let mut out = BTreeMap::new();
+    for (name, agg) in &spec.flow.aggregations {
+        if *agg != AggregationType::Sum {
+            continue;
+        }
+        let mut total = 0.0;
+        for b in batches {
+            if let Some(c) = b.column_by_name(name) {
+                let f = cast(c, &ArrowType::Float64)?;
+                total += arrow::compute::sum(f.as_primitive::<Float64Type>()).unwrap_or(0.0);
+            }
+        }
+        out.insert(name.clone(), total);
+    }
+    Ok(out)
+}
+
+/// Runs the whole pipeline for one task. `inputs` are (segment name, Parquet
+/// bytes). Checks `cancel` between batches and stages.
+///
+/// # Errors
+/// [`ProcessError::Data`] naming the segment and column for unreadable or
+/// mismatched input; [`ProcessError::Cancelled`] when cancelled.
+pub fn process(spec: &TableSpec, window: Window, inputs: Vec<(String, Bytes)>, cancel: &CancellationToken) -> Result<Processed, ProcessError> {
+    let check = || if cancel.is_cancelled() { Err(ProcessError::Cancelled) } else { Ok(()) };
+    let format = time_format(spec);
+    let time_col = spec.flow.time_column.as_str();
+    let mut result = Processed::default();
+    // read + filter + round, one segment at a time so raw bytes are dropped early
+    let mut kept = Vec::new();
+    for (name, bytes) in inputs {
+        check()?;
+        result.bytes_in += bytes.len() as u64;
+        for b in read_segment(&name, bytes, &spec.schema, BATCH_ROWS)? {
+            check()?;
+            let mut f = filter_window(&b, time_col, format, window)?;
+            if f.num_rows() == 0 {
+                continue;
+            }
+            if let Some(round) = spec.flow.round_ms {
+                f = round_time(&f, time_col, format, round)?;
+            }
+            kept.push(f);
+        }
+    }
+    result.rows_in = kept.iter().map(|b| b.num_rows() as u64).sum();
+    result.metric_sums_in = metric_sums(&kept, spec)?;
+    let arrow_schema = spec.schema.arrow_schema();
+    for (partition, batches) in partition_batches(kept, spec)? {
+        check()?;
+        let merged = match spec.flow.merge_type {
+            MergeType::Concat => batches,
+            MergeType::Dedup => dedup(&batches)?,
+            MergeType::Rollup => rollup(&batches, &spec.schema, &spec.flow.aggregations)?,
+        };
+        check()?;
+        let sorted = sort_by(&arrow_schema, &merged, spec.flow.sorted_column.as_deref())?;
+        for (m, v) in metric_sums(std::slice::from_ref(&sorted), spec)? {
+            *result.metric_sums_out.entry(m).or_insert(0.0) += v;
+        }
+        let part = if partition < 0 { "all".to_string() } else { partition.to_string() };
+        for (seq, piece) in cut(&sorted, spec.flow.max_records_per_segment).into_iter().enumerate() {
+            check()?;
+            if piece.num_rows() == 0 {
+                continue;
+            }
+            let (start, end) = time_range_ms(std::slice::from_ref(&piece), time_col, format)?.unwrap_or((window.start_ms, window.start_ms));
+            let bytes = write_parquet(&arrow_schema, std::slice::from_ref(&piece))?;
+            result.rows_out += piece.num_rows() as u64;
+            result.outputs.push(OutputSegment {
+                name: format!("{}_{}_{}_{part}_{seq}", spec.name, window.start_ms, window.end_ms),
+                partition,
+                num_rows: piece.num_rows() as u64,
+                start_time_ms: start,
+                end_time_ms: end,
+                bytes,
+            });
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int32Array, StringArray, TimestampMillisecondArray};
+    use arrow::util::pretty::pretty_format_batches;
+    use serde_json::json;
+
+    const H: i64 = 3_600_000;
+
+    fn spec(task: serde_json::Value, extra_index: serde_json::Value) -> TableSpec {
+        let mut index = json!({"sortedColumn": ["carrier"]});
+        if let Some(o) = extra_index.as_object() {
+            for (k, v) in o {
+                index[k] = v.clone();
+            }
+        }
+        TableSpec::from_json(
+            json!({"tableName": "f", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                   "tableIndexConfig": index,
+                   "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": task}}}),
+            json!({"dimensionFieldSpecs": [{"name": "carrier", "dataType": "STRING"}],
+                   "metricFieldSpecs": [{"name": "delay", "dataType": "DOUBLE"}, {"name": "n", "dataType": "LONG"}, {"name": "air", "dataType": "INT"}],
+                   "dateTimeFieldSpecs": [{"name": "ts", "dataType": "TIMESTAMP", "format": "TIMESTAMP"}]}),
+        )
+        .unwrap()
+    }
+
+    fn batch(s: &TableSpec, rows: &[(&str, Option<f64>, i64, Option<i32>, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            s.schema.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(Float64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                Arc::new(Int32Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+                Arc::new(TimestampMillisecondArray::from(rows.iter().map(|r| r.4).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn pretty(batches: &[RecordBatch]) -> String {
+        pretty_format_batches(batches).unwrap().to_string()
+    }
+
+    #[test]
+    fn filter_keeps_half_open_window() {
+        let s = spec(json!({}), json!({}));
+        let b = batch(&s, &[("a", None, 1, None, H - 1), ("a", None, 1, None, H), ("a", None, 1, None, 2 * H - 1), ("a", None, 1, None, 2 * H)]);
+        let f = filter_window(&b, "ts", TimeFormat::MILLIS, Window { start_ms: H, end_ms: 2 * H }).unwrap();
+        let ts = f.column(4).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        assert_eq!(ts.values().to_vec(), vec![H, 2 * H - 1]);
+    }
+
+    #[test]
+    fn round_works_in_the_columns_own_unit() {
+        let s = spec(json!({}), json!({}));
+        let b = batch(&s, &[("a", None, 1, None, H + 59 * 60_000), ("a", None, 1, None, -1)]);
+        let r = round_time(&b, "ts", TimeFormat::MILLIS, H).unwrap();
+        let ts = r.column(4).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        assert_eq!(ts.values().to_vec(), vec![H, -H]);
+        // seconds-since-epoch LONG column, rounded to 1 minute
+        let secs = TimeFormat::parse("f", "1:SECONDS:EPOCH").unwrap();
+        let sch = Arc::new(ArrowSchema::new(vec![arrow::datatypes::Field::new("t", ArrowType::Int64, true)]));
+        let b = RecordBatch::try_new(sch, vec![Arc::new(Int64Array::from(vec![119, 120, 61]))]).unwrap();
+        let r = round_time(&b, "t", secs, 60_000).unwrap();
+        assert_eq!(r.column(0).as_primitive::<Int64Type>().values().to_vec(), vec![60, 120, 60]);
+    }
+
+    #[test]
+    fn rollup_groups_and_aggregates_null_aware() {
+        let s = spec(json!({"mergeType": "rollup", "air.aggregationType": "max"}), json!({}));
+        let b1 = batch(&s, &[("UA", Some(1.5), 1, Some(10), 0), ("AA", None, 1, None, 0), ("UA", Some(2.0), 1, Some(30), 0)]);
+        let b2 = batch(&s, &[("UA", None, 1, Some(20), 0), ("UA", Some(1.0), 1, None, H), ("AA", None, 1, None, 0)]);
+        let out = rollup(&[b1, b2], &s.schema, &s.flow.aggregations).unwrap();
+        let sorted = sort_by(&s.schema.arrow_schema(), &out, Some("carrier")).unwrap();
+        let sorted = sort_by(&s.schema.arrow_schema(), &[sorted], Some("carrier")).unwrap();
+        let text = pretty(&[sorted]);
+        let expected = [
+            "+---------+-------+---+-----+---------------------+",
+            "| carrier | delay | n | air | ts                  |",
+            "+---------+-------+---+-----+---------------------+",
+            "| AA      |       | 2 |     | 1970-01-01T00:00:00 |",
+            "| UA      | 3.5   | 3 | 30  | 1970-01-01T00:00:00 |",
+            "| UA      | 1.0   | 1 |     | 1970-01-01T01:00:00 |",
+            "+---------+-------+---+-----+---------------------+",
+        ]
+        .join("\n");
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn dedup_drops_exact_duplicates_only() {
+        let s = spec(json!({"mergeType": "dedup"}), json!({}));
+        let b1 = batch(&s, &[("UA", Some(1.0), 1, None, 0), ("UA", Some(1.0), 1, None, 0), ("UA", Some(1.0), 2, None, 0)]);
+        let b2 = batch(&s, &[("UA", Some(1.0), 1, None, 0), ("UA", None, 1, None, 0), ("UA", None, 1, None, 0)]);
+        let out = dedup(&[b1, b2]).unwrap();
+        assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 3, "{}", pretty(&out));
+    }
+
+    #[test]
+    fn sort_and_cut() {
+        let s = spec(json!({}), json!({}));
+        let b = batch(&s, &[("UA", None, 1, None, 0), ("AA", None, 2, None, 0), ("DL", None, 3, None, 0)]);
+        let sorted = sort_by(&s.schema.arrow_schema(), &[b], Some("carrier")).unwrap();
+        assert_eq!(sorted.column(0).as_string::<i32>().iter().flatten().collect::<Vec<_>>(), vec!["AA", "DL", "UA"]);
+        let pieces = cut(&sorted, 2);
+        assert_eq!(pieces.iter().map(|p| p.num_rows()).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn partitions_split_rows() {
+        let s = spec(json!({}), json!({"segmentPartitionConfig": {"columnPartitionMap": {"carrier": {"functionName": "HashCode", "numPartitions": 2}}}}));
+        let b = batch(&s, &[("UA", None, 1, None, 0), ("AA", None, 2, None, 0), ("UA", None, 3, None, 0), ("B6", None, 3, None, 0)]);
+        let parts = partition_batches(vec![b], &s).unwrap();
+        let total: usize = parts.values().flatten().map(|b| b.num_rows()).sum();
+        assert_eq!(total, 4);
+        for (p, bs) in &parts {
+            for b in bs {
+                for c in b.column(0).as_string::<i32>().iter().flatten() {
+                    assert_eq!(crate::partition::java_string_hash(c).wrapping_abs().rem_euclid(2), *p);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn process_runs_every_stage() {
+        let s = spec(json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h", "maxNumRecordsPerSegment": "1"}), json!({}));
+        let b = batch(&s, &[("UA", Some(1.0), 1, Some(5), 10), ("UA", Some(2.0), 1, Some(7), 20), ("AA", Some(3.0), 1, Some(1), H + 1), ("AA", Some(9.0), 1, Some(1), 2 * H)]);
+        let bytes = write_parquet(&s.schema.arrow_schema(), &[b]).unwrap();
+        let out = process(&s, Window { start_ms: 0, end_ms: 2 * H }, vec![("seg".into(), bytes)], &CancellationToken::new()).unwrap();
+        assert_eq!(out.rows_in, 3);
+        assert_eq!(out.rows_out, 2);
+        assert_eq!(out.outputs.len(), 2, "maxNumRecordsPerSegment=1 cuts one segment per row");
+        assert_eq!(out.metric_sums_in["delay"], 6.0);
+        assert_eq!(out.metric_sums_out["delay"], 6.0);
+        assert_eq!(out.outputs[0].name, "f_0_7200000_all_0");
+        assert_eq!((out.outputs[0].start_time_ms, out.outputs[1].start_time_ms), (H, 0));
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let bytes = write_parquet(&s.schema.arrow_schema(), &[]).unwrap();
+        assert!(matches!(process(&s, Window { start_ms: 0, end_ms: H }, vec![("x".into(), bytes)], &cancel), Err(ProcessError::Cancelled)));
+    }
+}
