@@ -4,3 +4,6 @@
 
 pub mod partition;
 pub mod processor;
+pub mod worker;
+
+pub use worker::{run, MinionConfig};
