@@ -1,1 +1,158 @@
-fn main() {}
+//! `r2o`: one binary for both roles (`controller`, `minion`) and the admin
+//! CLI (tables, segments, ingest, tasks, watermark, report).
+
+mod cli;
+mod ingest;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use r2o_common::kv::{EtcdKv, Kv};
+use r2o_common::meta::Keys;
+use r2o_common::store::open_store;
+
+#[derive(Parser)]
+#[command(name = "r2o", version, about = "Managed realtime-to-offline flows (Pinot's RealtimeToOfflineSegmentsTask) as a cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the cluster keeps its state.
+#[derive(Args, Clone)]
+struct StateArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "R2O_ETCD", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of r2o's metadata in etcd.
+    #[arg(long, env = "R2O_PREFIX", default_value = "/r2o")]
+    prefix: String,
+    /// Segment store URI: file:///abs/dir or memory://.
+    #[arg(long, env = "R2O_STORE", default_value = "file:///var/lib/r2o/store")]
+    store: String,
+    /// Lease TTL in seconds; lease renewal is every TTL/3, leader takeover within about one TTL.
+    #[arg(long, env = "R2O_LEASE_TTL_SECS", default_value_t = 10)]
+    lease_ttl_secs: i64,
+    /// Attempts per task before it is FAILED (Pinot's maxAttemptsPerTask).
+    #[arg(long, env = "R2O_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a controller (leader election, planning, commits, admin API).
+    Controller {
+        #[command(flatten)]
+        state: StateArgs,
+        /// gRPC listen address.
+        #[arg(long, env = "R2O_LISTEN", default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+        /// Address others reach this controller at (default: http://<listen>).
+        #[arg(long, env = "R2O_ADVERTISE")]
+        advertise: Option<String>,
+        /// Controller id (default: controller-<port>).
+        #[arg(long, env = "R2O_ID")]
+        id: Option<String>,
+        /// Planner tick, ms.
+        #[arg(long, env = "R2O_PLAN_INTERVAL_MS", default_value_t = 1000)]
+        plan_interval_ms: u64,
+    },
+    /// Run a minion (claims and executes tasks).
+    Minion {
+        #[command(flatten)]
+        state: StateArgs,
+        /// gRPC listen address of the status service.
+        #[arg(long, env = "R2O_LISTEN", default_value = "127.0.0.1:7800")]
+        listen: SocketAddr,
+        /// Minion id (default: minion-<port>).
+        #[arg(long, env = "R2O_ID")]
+        id: Option<String>,
+        /// Concurrent tasks.
+        #[arg(long, env = "R2O_SLOTS", default_value_t = 2)]
+        slots: u32,
+        /// Task poll interval, ms.
+        #[arg(long, env = "R2O_POLL_MS", default_value_t = 500)]
+        poll_ms: u64,
+        /// Seconds a draining minion lets running attempts finish.
+        #[arg(long, env = "R2O_DRAIN_GRACE_SECS", default_value_t = 30)]
+        drain_grace_secs: u64,
+    },
+    #[command(flatten)]
+    Admin(cli::AdminCommand),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("R2O_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("R2O_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn connect_state(state: &StateArgs) -> Result<(Kv, Keys, r2o_common::store::Store)> {
+    let kv = EtcdKv::connect(&state.etcd, Duration::from_secs(5))
+        .await
+        .with_context(|| format!("connecting to etcd at {}", state.etcd.join(",")))?;
+    let store = open_store(&state.store).with_context(|| format!("opening segment store {}", state.store))?;
+    Ok((Arc::new(kv), Keys::new(&state.prefix), store))
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Controller { state, listen, advertise, id, plan_interval_ms } => {
+            init_tracing();
+            let (kv, keys, store) = connect_state(&state).await?;
+            let cancel = CancellationToken::new();
+            cancel_on_signal(cancel.clone());
+            let cfg = r2o_controller::ControllerConfig {
+                id: id.unwrap_or_else(|| format!("controller-{}", listen.port())),
+                listen,
+                advertise: advertise.unwrap_or_else(|| format!("http://{listen}")),
+                lease_ttl_secs: state.lease_ttl_secs,
+                plan_interval: Duration::from_millis(plan_interval_ms),
+                max_attempts: state.max_attempts,
+            };
+            r2o_controller::run(kv, keys, store, cfg, cancel).await
+        }
+        Command::Minion { state, listen, id, slots, poll_ms, drain_grace_secs } => {
+            init_tracing();
+            let (kv, keys, store) = connect_state(&state).await?;
+            let cancel = CancellationToken::new();
+            cancel_on_signal(cancel.clone());
+            let cfg = r2o_minion::MinionConfig {
+                id: id.unwrap_or_else(|| format!("minion-{}", listen.port())),
+                listen,
+                slots: slots.max(1),
+                lease_ttl_secs: state.lease_ttl_secs,
+                poll: Duration::from_millis(poll_ms),
+                max_attempts: state.max_attempts,
+                drain_grace: Duration::from_secs(drain_grace_secs),
+            };
+            r2o_minion::run(kv, keys, store, cfg, cancel).await
+        }
+        Command::Admin(cmd) => cli::run(cmd).await,
+    }
+}

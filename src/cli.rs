@@ -1,0 +1,386 @@
+//! The admin CLI: talks to a controller over gRPC (and to the segment
+//! store for uploads). Output is a readable table by default, JSON with
+//! `--output json`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use r2o_common::window::format_utc;
+use r2o_proto::controller as pb;
+use r2o_proto::controller::controller_service_client::ControllerServiceClient;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+use crate::ingest;
+
+/// How to reach the cluster.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Controller gRPC address (any controller; writes are forwarded by retrying on the leader).
+    #[arg(long, env = "R2O_CONTROLLER", default_value = "http://127.0.0.1:7700")]
+    pub controller: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output format of admin commands.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned text.
+    Table,
+    /// JSON.
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Manage tables.
+    Table {
+        #[command(subcommand)]
+        cmd: TableCmd,
+    },
+    /// Manage REALTIME segments.
+    Segment {
+        #[command(subcommand)]
+        cmd: SegmentCmd,
+    },
+    /// Cut a time-ordered CSV or Parquet file into REALTIME segments, as a realtime server would flush them.
+    Ingest {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+        /// CSV (with a header) or Parquet file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Rows per segment.
+        #[arg(long, default_value_t = 50_000)]
+        rows_per_segment: usize,
+        /// Register the last segment DONE too (default: it stays CONSUMING).
+        #[arg(long)]
+        seal_last: bool,
+        /// Stream partition of the segments.
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        /// Segment store URI (same as the cluster's).
+        #[arg(long, env = "R2O_STORE", default_value = "file:///var/lib/r2o/store")]
+        store: String,
+    },
+    /// List a table's tasks: window, state, attempt, rows, error.
+    Tasks {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
+    /// Show a table's watermark and why the next window is (not) being planned.
+    Watermark {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
+    /// Wait until a table is idle: every eligible window committed.
+    Wait {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Summarise a table's flow: windows, rows, segments, bytes.
+    Report {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TableCmd {
+    /// Register a table from Pinot's own REALTIME table config and schema JSON.
+    Add {
+        #[command(flatten)]
+        conn: Conn,
+        /// Pinot table config JSON file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Pinot schema JSON file.
+        #[arg(long)]
+        schema: PathBuf,
+    },
+    /// List tables.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print a table's stored config and schema.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        table: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SegmentCmd {
+    /// Upload a Parquet file as a REALTIME segment and register it.
+    Add {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+        /// Parquet file.
+        #[arg(long)]
+        file: PathBuf,
+        /// CONSUMING or DONE.
+        #[arg(long, default_value = "DONE")]
+        status: String,
+        /// Segment name (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+        /// Stream partition.
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        /// Segment store URI (same as the cluster's).
+        #[arg(long, env = "R2O_STORE", default_value = "file:///var/lib/r2o/store")]
+        store: String,
+    },
+    /// Mark a CONSUMING segment DONE.
+    Seal {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+        /// Segment name.
+        #[arg(long)]
+        segment: String,
+    },
+    /// List a table's segments (REALTIME and OFFLINE).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
+}
+
+/// Connects to a controller.
+pub async fn client(addr: &str) -> Result<ControllerServiceClient<Channel>> {
+    ControllerServiceClient::connect(addr.to_string())
+        .await
+        .with_context(|| format!("connecting to the controller at {addr}"))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+fn print_rows(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r.clone()));
+    }
+}
+
+fn segment_json(s: &pb::Segment) -> serde_json::Value {
+    json!({"segmentName": s.name, "tableName": s.table, "status": s.status, "startTimeMs": s.start_time_ms,
+           "endTimeMs": s.end_time_ms, "totalDocs": s.num_rows, "sizeBytes": s.size_bytes,
+           "location": s.location, "partition": s.partition})
+}
+
+fn task_json(t: &pb::Task) -> serde_json::Value {
+    json!({"id": t.id, "windowStartMs": t.window_start_ms, "windowEndMs": t.window_end_ms, "state": t.state,
+           "attempt": t.attempt, "minion": t.minion, "rowsIn": t.rows_in, "rowsOut": t.rows_out,
+           "inputSegments": t.input_segments, "outputSegments": t.output_segments, "error": t.error,
+           "createdMs": t.created_ms, "finishedMs": t.finished_ms})
+}
+
+/// Runs one admin command.
+pub async fn run(cmd: AdminCommand) -> Result<()> {
+    match cmd {
+        AdminCommand::Table { cmd } => match cmd {
+            TableCmd::Add { conn, config, schema } => {
+                let config_json = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+                let schema_json = std::fs::read_to_string(&schema).with_context(|| format!("reading {}", schema.display()))?;
+                let resp = client(&conn.controller)
+                    .await?
+                    .add_table(pb::AddTableRequest { table_config_json: config_json, schema_json })
+                    .await
+                    .map_err(status_err)?;
+                println!("table {} added", resp.into_inner().table);
+            }
+            TableCmd::List { conn } => {
+                let t = client(&conn.controller).await?.list_tables(pb::ListTablesRequest {}).await.map_err(status_err)?.into_inner();
+                match conn.output {
+                    Output::Json => println!("{}", json!(t.tables)),
+                    Output::Table => t.tables.iter().for_each(|t| println!("{t}")),
+                }
+            }
+            TableCmd::Show { conn, table } => {
+                let t = client(&conn.controller).await?.get_table(pb::GetTableRequest { table }).await.map_err(status_err)?.into_inner();
+                let v = json!({"tableConfig": serde_json::from_str::<serde_json::Value>(&t.table_config_json)?,
+                               "schema": serde_json::from_str::<serde_json::Value>(&t.schema_json)?});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        },
+        AdminCommand::Segment { cmd } => match cmd {
+            SegmentCmd::Add { conn, table, file, status, name, partition, store } => {
+                let seg = ingest::add_segment_file(&conn.controller, &store, &table, &file, &status, name, partition).await?;
+                println!(
+                    "segment {} added: {} rows, {} .. {}, {}",
+                    seg.name,
+                    seg.num_rows,
+                    format_utc(seg.start_time_ms),
+                    format_utc(seg.end_time_ms),
+                    seg.status
+                );
+            }
+            SegmentCmd::Seal { conn, table, segment } => {
+                client(&conn.controller)
+                    .await?
+                    .seal_segment(pb::SealSegmentRequest { table, segment: segment.clone() })
+                    .await
+                    .map_err(status_err)?;
+                println!("segment {segment} sealed");
+            }
+            SegmentCmd::List { conn, table } => {
+                let segs = client(&conn.controller).await?.list_segments(pb::ListSegmentsRequest { table }).await.map_err(status_err)?.into_inner().segments;
+                match conn.output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&segs.iter().map(segment_json).collect::<Vec<_>>())?),
+                    Output::Table => print_rows(
+                        &["SEGMENT", "TABLE", "STATUS", "START", "END", "ROWS", "BYTES"],
+                        &segs
+                            .iter()
+                            .map(|s| vec![s.name.clone(), s.table.clone(), s.status.clone(), format_utc(s.start_time_ms), format_utc(s.end_time_ms), s.num_rows.to_string(), s.size_bytes.to_string()])
+                            .collect::<Vec<_>>(),
+                    ),
+                }
+            }
+        },
+        AdminCommand::Ingest { conn, table, file, rows_per_segment, seal_last, partition, store } => {
+            ingest::ingest(&conn.controller, &store, &table, &file, rows_per_segment, seal_last, partition).await?;
+        }
+        AdminCommand::Tasks { conn, table } => {
+            let tasks = client(&conn.controller).await?.list_tasks(pb::ListTasksRequest { table }).await.map_err(status_err)?.into_inner().tasks;
+            match conn.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&tasks.iter().map(task_json).collect::<Vec<_>>())?),
+                Output::Table => print_rows(
+                    &["WINDOW START", "WINDOW END", "STATE", "ATTEMPT", "ROWS IN", "ROWS OUT", "SEGMENTS", "ERROR"],
+                    &tasks
+                        .iter()
+                        .map(|t| vec![format_utc(t.window_start_ms), format_utc(t.window_end_ms), t.state.clone(), t.attempt.to_string(), t.rows_in.to_string(), t.rows_out.to_string(), t.output_segments.len().to_string(), t.error.clone()])
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        AdminCommand::Watermark { conn, table } => {
+            let w = client(&conn.controller).await?.get_watermark(pb::GetWatermarkRequest { table }).await.map_err(status_err)?.into_inner();
+            match conn.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"exists": w.exists, "watermarkMs": w.watermark_ms, "windowsCommitted": w.windows_committed,
+                           "windowsSkipped": w.windows_skipped, "rowsOut": w.rows_out, "next": w.next, "idle": w.idle})
+                ),
+                Output::Table => {
+                    let at = if w.exists { format!("{} ({} ms)", format_utc(w.watermark_ms), w.watermark_ms) } else { "none yet (cold start)".into() };
+                    println!("watermark: {at}\nwindows committed: {}\nwindows skipped: {}\nnext: {}", w.windows_committed, w.windows_skipped, w.next);
+                }
+            }
+        }
+        AdminCommand::Wait { conn, table, timeout_secs } => {
+            let mut c = client(&conn.controller).await?;
+            let start = Instant::now();
+            let mut last = String::new();
+            loop {
+                let w = c.get_watermark(pb::GetWatermarkRequest { table: table.clone() }).await.map_err(status_err)?.into_inner();
+                let line = format!("watermark {} | {} windows committed | {}", if w.exists { format_utc(w.watermark_ms) } else { "-".into() }, w.windows_committed, w.next);
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+                if w.idle {
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(timeout_secs) {
+                    bail!("table {table} is not idle after {timeout_secs} s: {}", w.next);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        AdminCommand::Report { conn, table } => report(&conn, &table).await?,
+    }
+    Ok(())
+}
+
+async fn report(conn: &Conn, table: &str) -> Result<()> {
+    let mut c = client(&conn.controller).await?;
+    let w = c.get_watermark(pb::GetWatermarkRequest { table: table.into() }).await.map_err(status_err)?.into_inner();
+    let segs = c.list_segments(pb::ListSegmentsRequest { table: table.into() }).await.map_err(status_err)?.into_inner().segments;
+    let tasks = c.list_tasks(pb::ListTasksRequest { table: table.into() }).await.map_err(status_err)?.into_inner().tasks;
+    let part = |suffix: &str| segs.iter().filter(|s| s.table.ends_with(suffix)).collect::<Vec<_>>();
+    let (rt, off) = (part("_REALTIME"), part("_OFFLINE"));
+    let done: Vec<&pb::Task> = tasks.iter().filter(|t| t.state == "SUCCEEDED").collect();
+    let v = json!({
+        "table": table,
+        "watermarkMs": w.watermark_ms,
+        "watermark": if w.exists { format_utc(w.watermark_ms) } else { String::new() },
+        "windowsCommitted": w.windows_committed,
+        "windowsSkipped": w.windows_skipped,
+        "rowsIn": done.iter().map(|t| t.rows_in).sum::<u64>(),
+        "rowsOut": done.iter().map(|t| t.rows_out).sum::<u64>(),
+        "realtimeSegments": rt.len(),
+        "realtimeRows": rt.iter().map(|s| s.num_rows).sum::<u64>(),
+        "realtimeConsuming": rt.iter().filter(|s| s.status == "CONSUMING").count(),
+        "offlineSegments": off.len(),
+        "offlineRows": off.iter().map(|s| s.num_rows).sum::<u64>(),
+        "offlineBytes": off.iter().map(|s| s.size_bytes).sum::<u64>(),
+        "failedTasks": tasks.iter().filter(|t| t.state == "FAILED").count(),
+        "next": w.next,
+    });
+    match conn.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Table => {
+            println!("table {table}");
+            println!("  watermark            {}", v["watermark"].as_str().unwrap_or_default());
+            println!("  windows committed    {} (+{} empty windows skipped)", w.windows_committed, w.windows_skipped);
+            println!("  rows in (windows)    {}", v["rowsIn"]);
+            println!("  rows out             {}", v["rowsOut"]);
+            println!("  REALTIME segments    {} ({} rows, {} CONSUMING)", rt.len(), v["realtimeRows"], v["realtimeConsuming"]);
+            println!("  OFFLINE segments     {} ({} rows, {} bytes)", off.len(), v["offlineRows"], v["offlineBytes"]);
+            println!("  failed tasks         {}", v["failedTasks"]);
+            println!("  next                 {}", w.next);
+        }
+    }
+    Ok(())
+}

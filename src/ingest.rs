@@ -1,0 +1,203 @@
+//! Getting REALTIME segments in: `segment add` uploads one Parquet file;
+//! `ingest` cuts a CSV or Parquet file into segments the way a realtime
+//! server flushes them (in time order, `rows_per_segment` rows each, named
+//! like Pinot's LLC segments `<table>__<partition>__<seq>__<time>`).
+
+use anyhow::{bail, Context, Result};
+use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
+use arrow::compute::{cast, concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::{DataType as ArrowType, Field, Schema as ArrowSchema};
+use bytes::Bytes;
+use r2o_common::columnar::{read_segment, time_ms, time_range_ms, write_parquet};
+use r2o_common::config::TableSpec;
+use r2o_common::meta::now_ms;
+use r2o_common::schema::{Schema, TimeFormat};
+use r2o_common::store::{open_store, put_bytes, realtime_path};
+use r2o_proto::controller as pb;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::cli::client;
+
+async fn table_spec(controller: &str, table: &str) -> Result<TableSpec> {
+    let t = client(controller)
+        .await?
+        .get_table(pb::GetTableRequest { table: table.into() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    Ok(TableSpec::from_json(serde_json::from_str(&t.table_config_json)?, serde_json::from_str(&t.schema_json)?)?)
+}
+
+fn time_format(spec: &TableSpec) -> TimeFormat {
+    spec.schema.field(&spec.flow.time_column).and_then(|f| f.time_format).unwrap_or(TimeFormat::MILLIS)
+}
+
+/// Uploads a Parquet file as one REALTIME segment and registers it.
+pub async fn add_segment_file(controller: &str, store_uri: &str, table: &str, file: &Path, status: &str, name: Option<String>, partition: i32) -> Result<pb::Segment> {
+    let spec = table_spec(controller, table).await?;
+    let status = r2o_common::meta::SegmentStatus::parse(status)
+        .with_context(|| format!("invalid --status '{status}': expected CONSUMING or DONE"))?;
+    let name = name.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    if name.is_empty() || name.contains('/') {
+        bail!("invalid segment name '{name}': expected a non-empty name without '/'");
+    }
+    let bytes = Bytes::from(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
+    let batches = read_segment(&name, bytes.clone(), &spec.schema, 64 * 1024)?;
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let range = time_range_ms(&batches, &spec.flow.time_column, time_format(&spec))?;
+    let (start, end) = match (range, status) {
+        (Some(r), _) => r,
+        (None, r2o_common::meta::SegmentStatus::Consuming) => (0, 0),
+        (None, _) => bail!("segment '{name}': no row has a value in time column '{}'", spec.flow.time_column),
+    };
+    let store = open_store(store_uri)?;
+    let location = realtime_path(&spec.name, &name);
+    let size = bytes.len() as u64;
+    put_bytes(&store, &location, bytes).await?;
+    let seg = pb::Segment {
+        name,
+        table: spec.realtime_name(),
+        status: status.name().into(),
+        start_time_ms: start,
+        end_time_ms: end,
+        num_rows: rows,
+        size_bytes: size,
+        schema_fingerprint: spec.schema.fingerprint(),
+        location,
+        partition,
+        created_ms: now_ms(),
+    };
+    client(controller)
+        .await?
+        .add_segment(pb::AddSegmentRequest { segment: Some(seg.clone()) })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(seg)
+}
+
+/// A constant column holding a field's `defaultNullValue` (or nulls).
+fn default_column(field: &r2o_common::schema::FieldSpec, rows: usize) -> Result<ArrayRef> {
+    let t = field.data_type.arrow_type();
+    let Some(v) = &field.default_null_value else {
+        return Ok(new_null_array(&t, rows));
+    };
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let col: ArrayRef = Arc::new(StringArray::from(vec![text.as_str(); rows]));
+    cast(&col, &t).with_context(|| format!("defaultNullValue '{text}' of column '{}' is not a {}", field.name, field.data_type.name()))
+}
+
+/// Reads a CSV file into batches of the table schema. Table columns missing
+/// from the file get their `defaultNullValue` (Pinot's rule); `NA`, `null`
+/// and empty cells are nulls.
+pub fn read_csv(path: &Path, schema: &Schema) -> Result<Vec<RecordBatch>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut header = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&file), &mut header)?;
+    let names: Vec<String> = header.trim_end().split(',').map(|s| s.trim_matches('"').to_string()).collect();
+    let csv_schema = Arc::new(ArrowSchema::new(
+        names
+            .iter()
+            .map(|n| Field::new(n, schema.field(n).map_or(ArrowType::Utf8, |f| f.data_type.arrow_type()), true))
+            .collect::<Vec<_>>(),
+    ));
+    let file = std::fs::File::open(path)?;
+    let reader = arrow::csv::ReaderBuilder::new(csv_schema)
+        .with_header(true)
+        .with_batch_size(64 * 1024)
+        .with_null_regex(regex::Regex::new("^(NA|null|NULL|)$")?)
+        .build(file)?;
+    let target = schema.arrow_schema();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.with_context(|| format!("parsing {}", path.display()))?;
+        let mut cols = Vec::with_capacity(schema.fields.len());
+        for f in &schema.fields {
+            cols.push(match batch.column_by_name(&f.name) {
+                Some(c) => c.clone(),
+                None => default_column(f, batch.num_rows())?,
+            });
+        }
+        out.push(RecordBatch::try_new(target.clone(), cols)?);
+    }
+    Ok(out)
+}
+
+/// Cuts a file into REALTIME segments and registers them; the last stays
+/// CONSUMING unless `seal_last`.
+pub async fn ingest(controller: &str, store_uri: &str, table: &str, file: &Path, rows_per_segment: usize, seal_last: bool, partition: i32) -> Result<()> {
+    if rows_per_segment == 0 {
+        bail!("invalid --rows-per-segment 0: expected a whole number of rows greater than zero");
+    }
+    let spec = table_spec(controller, table).await?;
+    let schema = spec.schema.arrow_schema();
+    let is_csv = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let batches = if is_csv {
+        read_csv(file, &spec.schema)?
+    } else {
+        let bytes = Bytes::from(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
+        read_segment(&file.display().to_string(), bytes, &spec.schema, 64 * 1024)?
+    };
+    let all = concat_batches(&schema, &batches)?;
+    drop(batches);
+    // event-time order, as a stream would deliver it
+    let t = time_ms(all.column(schema.index_of(&spec.flow.time_column)?), time_format(&spec))?;
+    let idx = lexsort_to_indices(&[SortColumn { values: Arc::new(t), options: None }], None)?;
+    let all = take_record_batch(&all, &idx)?;
+    let total = all.num_rows();
+    let n = total.div_ceil(rows_per_segment);
+    // continue the sequence after existing segments of this partition
+    let existing = client(controller)
+        .await?
+        .list_segments(pb::ListSegmentsRequest { table: spec.name.clone() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .segments;
+    let prefix = format!("{}__{partition}__", spec.name);
+    let first_seq = existing
+        .iter()
+        .filter_map(|s| s.name.strip_prefix(&prefix).and_then(|r| r.split("__").next()).and_then(|q| q.parse::<u64>().ok()))
+        .max()
+        .map_or(0, |m| m + 1);
+    let store = open_store(store_uri)?;
+    let mut c = client(controller).await?;
+    let stamp = r2o_common::window::format_utc(now_ms()).replace(['-', ':'], "");
+    let stamp = &stamp[..13];
+    for i in 0..n {
+        let piece = all.slice(i * rows_per_segment, rows_per_segment.min(total - i * rows_per_segment));
+        let name = format!("{prefix}{}__{stamp}Z", first_seq + i as u64);
+        let bytes = write_parquet(&schema, std::slice::from_ref(&piece))?;
+        let (start, end) = time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, time_format(&spec))?.unwrap_or((0, 0));
+        let location = realtime_path(&spec.name, &name);
+        let size = bytes.len() as u64;
+        put_bytes(&store, &location, bytes).await?;
+        let status = if i + 1 == n && !seal_last { "CONSUMING" } else { "DONE" };
+        c.add_segment(pb::AddSegmentRequest {
+            segment: Some(pb::Segment {
+                name: name.clone(),
+                table: spec.realtime_name(),
+                status: status.into(),
+                start_time_ms: start,
+                end_time_ms: end,
+                num_rows: piece.num_rows() as u64,
+                size_bytes: size,
+                schema_fingerprint: spec.schema.fingerprint(),
+                location,
+                partition,
+                created_ms: now_ms(),
+            }),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        eprint!("\ringested segment {}/{n} ({} rows so far)", i + 1, (i * rows_per_segment + piece.num_rows()));
+        std::io::stderr().flush().ok();
+    }
+    eprintln!();
+    println!("ingested {total} rows into {n} REALTIME segments of {} ({})", spec.name, if seal_last { "all DONE" } else { "last one CONSUMING" });
+    Ok(())
+}
