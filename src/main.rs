@@ -76,7 +76,7 @@ enum Command {
         #[arg(long, env = "R2O_SLOTS", default_value_t = 2)]
         slots: u32,
         /// Task poll interval, ms.
-        #[arg(long, env = "R2O_POLL_MS", default_value_t = 500)]
+        #[arg(long, env = "R2O_POLL_MS", default_value_t = 100)]
         poll_ms: u64,
         /// Seconds a draining minion lets running attempts finish.
         #[arg(long, env = "R2O_DRAIN_GRACE_SECS", default_value_t = 30)]

@@ -34,6 +34,9 @@ pub struct Authority {
     pub(crate) store: Store,
     pub(crate) cfg: AuthorityConfig,
     pub(crate) leadership: watch::Receiver<Option<Leadership>>,
+    /// Wakes the planning loop after a commit, so the next window of the
+    /// table is planned at once instead of on the next tick.
+    pub(crate) replan: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// A table as stored plus its parsed view.
@@ -52,7 +55,7 @@ pub fn task_id(raw: &str, window_start_ms: i64, created_ms: i64) -> String {
 impl Authority {
     /// A new authority.
     pub fn new(kv: Kv, keys: Keys, store: Store, cfg: AuthorityConfig, leadership: watch::Receiver<Option<Leadership>>) -> Authority {
-        Authority { kv, keys, store, cfg, leadership }
+        Authority { kv, keys, store, cfg, leadership, replan: Default::default() }
     }
 
     fn leadership(&self) -> Result<Leadership> {
@@ -305,6 +308,7 @@ impl Authority {
                 ))),
             };
         }
+        self.replan.notify_one();
         info!(table = %raw, task = %task.id, attempt = req.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = req.rows_in, rows_out = req.rows_out, segments = req.outputs.len(), "window committed");
         Ok(pb::CompleteTaskResponse {
             committed: true,
@@ -424,6 +428,7 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            _ = auth.replan.notified() => {}
         }
         if auth.leadership.borrow().is_none() {
             continue;

@@ -172,6 +172,7 @@ impl ControllerSvc {
         let spec = self.require_table(raw).await?;
         let wm = get_record::<WatermarkRecord>(&self.auth.kv, &self.auth.keys.watermark(raw)).await?.map(|(w, _)| w);
         let inflight = self.auth.kv.get(&self.auth.keys.inflight(raw)).await?;
+        let mut idle = false;
         let next = if let Some(entry) = inflight {
             let id = String::from_utf8_lossy(&entry.value).into_owned();
             match get_record::<TaskRecord>(&self.auth.kv, &self.auth.keys.active_task(&id)).await? {
@@ -187,7 +188,10 @@ impl ControllerSvc {
             let segments = self.auth.realtime_segments(raw).await?;
             match plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now_ms()) {
                 Decision::Run { window, .. } => format!("window {window} is ready and will be planned on the next tick"),
-                Decision::Wait(reason) => reason.to_string(),
+                Decision::Wait(reason) => {
+                    idle = true;
+                    reason.to_string()
+                }
             }
         };
         let w = wm.clone().unwrap_or_default();
@@ -197,8 +201,8 @@ impl ControllerSvc {
             windows_committed: w.windows_committed,
             windows_skipped: w.windows_skipped,
             rows_out: w.rows_out,
-            next: next.clone(),
-            idle: !next.starts_with("task ") && !next.starts_with("window "),
+            next,
+            idle,
         })
     }
 }
