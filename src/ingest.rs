@@ -168,6 +168,7 @@ pub async fn ingest(controller: &str, store_uri: &str, table: &str, file: &Path,
     let mut c = client(controller).await?;
     let stamp = r2o_common::window::format_utc(now_ms()).replace(['-', ':'], "");
     let stamp = &stamp[..13];
+    let mut previous: Option<String> = None;
     for i in 0..n {
         let piece = all.slice(i * rows_per_segment, rows_per_segment.min(total - i * rows_per_segment));
         let name = format!("{prefix}{}__{stamp}Z", first_seq + i as u64);
@@ -176,12 +177,14 @@ pub async fn ingest(controller: &str, store_uri: &str, table: &str, file: &Path,
         let location = realtime_path(&spec.name, &name);
         let size = bytes.len() as u64;
         put_bytes(&store, &location, bytes).await?;
-        let status = if i + 1 == n && !seal_last { "CONSUMING" } else { "DONE" };
+        // As a realtime server does: the new segment is CONSUMING before the
+        // previous one is sealed, so the planner never sees a partition's
+        // latest DONE segment without a CONSUMING one behind it.
         c.add_segment(pb::AddSegmentRequest {
             segment: Some(pb::Segment {
                 name: name.clone(),
                 table: spec.realtime_name(),
-                status: status.into(),
+                status: "CONSUMING".into(),
                 start_time_ms: start,
                 end_time_ms: end,
                 num_rows: piece.num_rows() as u64,
@@ -194,10 +197,20 @@ pub async fn ingest(controller: &str, store_uri: &str, table: &str, file: &Path,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        if let Some(prev) = previous.replace(name.clone()) {
+            c.seal_segment(pb::SealSegmentRequest { table: spec.name.clone(), segment: prev })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        }
         eprint!("\ringested segment {}/{n} ({} rows so far)", i + 1, (i * rows_per_segment + piece.num_rows()));
         std::io::stderr().flush().ok();
     }
     eprintln!();
+    if let (true, Some(last)) = (seal_last, previous) {
+        c.seal_segment(pb::SealSegmentRequest { table: spec.name.clone(), segment: last })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    }
     println!("ingested {total} rows into {n} REALTIME segments of {} ({})", spec.name, if seal_last { "all DONE" } else { "last one CONSUMING" });
     Ok(())
 }

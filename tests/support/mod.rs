@@ -1,0 +1,233 @@
+//! A cluster sandbox for end-to-end tests: a real etcd process, controller
+//! and minion processes of the `r2o` binary, a temporary object store, and
+//! cleanup on drop. Ports are picked free on loopback.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use r2o_proto::controller as pb;
+use r2o_proto::controller::controller_service_client::ControllerServiceClient;
+use tonic::transport::Channel;
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The `r2o` binary under test.
+pub fn r2o_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_r2o"))
+}
+
+/// A running etcd.
+pub struct Etcd {
+    pub child: Child,
+    pub endpoint: String,
+    pub dir: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl Etcd {
+    /// Starts etcd with its data under `dir`.
+    pub fn start(dir: &Path) -> Etcd {
+        let client_port = free_port();
+        let peer_port = free_port();
+        Self::start_on(dir, client_port, peer_port)
+    }
+
+    /// Starts (or restarts) etcd on the given ports.
+    pub fn start_on(dir: &Path, client_port: u16, peer_port: u16) -> Etcd {
+        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let log = std::fs::File::create(dir.join(format!("etcd-{client_port}.log"))).unwrap();
+        let child = Command::new(std::env::var("R2O_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
+            .arg("--data-dir")
+            .arg(dir.join("etcd-data"))
+            .args(["--name", "r2o-test"])
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .args(["--initial-cluster", &format!("r2o-test=http://127.0.0.1:{peer_port}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd must be installed (scripts/setup.sh installs Debian's etcd-server)");
+        let etcd = Etcd { child, endpoint, dir: dir.to_path_buf(), client_port, peer_port };
+        wait_port(client_port, Duration::from_secs(20));
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_port(port: u16, timeout: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < timeout, "port {port} did not open within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One r2o process.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub port: u16,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// etcd + controllers + minions over one temp directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub etcd: Etcd,
+    pub store_uri: String,
+    pub prefix: String,
+    pub controllers: Vec<Proc>,
+    pub minions: Vec<Proc>,
+}
+
+impl Cluster {
+    /// Starts etcd, `controllers` controllers and `minions` minions.
+    pub fn start(controllers: usize, minions: usize) -> Cluster {
+        let mut dir = tempfile::tempdir().unwrap();
+        if std::env::var_os("R2O_KEEP_TEST_DIR").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping test dir {}", dir.path().display());
+        }
+        let etcd = Etcd::start(dir.path());
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let mut c = Cluster {
+            store_uri: format!("file://{}", store.display()),
+            prefix: "/r2o-test".into(),
+            etcd,
+            dir,
+            controllers: vec![],
+            minions: vec![],
+        };
+        for _ in 0..controllers {
+            c.add_controller();
+        }
+        for _ in 0..minions {
+            c.add_minion();
+        }
+        c
+    }
+
+    fn spawn(&self, args: &[String], name: &str, port: u16) -> Proc {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(r2o_bin())
+            .args(args)
+            .env("R2O_ETCD", &self.etcd.endpoint)
+            .env("R2O_STORE", &self.store_uri)
+            .env("R2O_PREFIX", &self.prefix)
+            .env("R2O_LEASE_TTL_SECS", "3")
+            .env("R2O_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_port(port, Duration::from_secs(30));
+        Proc { child, name: name.into(), port }
+    }
+
+    /// Starts one more controller.
+    pub fn add_controller(&mut self) {
+        let port = free_port();
+        let name = format!("controller-{port}");
+        let p = self.spawn(
+            &["controller".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--id".into(), name.clone(), "--plan-interval-ms".into(), "200".into()],
+            &name,
+            port,
+        );
+        self.controllers.push(p);
+    }
+
+    /// Starts one more minion.
+    pub fn add_minion(&mut self) {
+        let port = free_port();
+        let name = format!("minion-{port}");
+        let p = self.spawn(
+            &["minion".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--id".into(), name.clone(), "--slots".into(), "2".into(), "--poll-ms".into(), "100".into()],
+            &name,
+            port,
+        );
+        self.minions.push(p);
+    }
+
+    /// Address of the first live controller.
+    pub fn controller_addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.controllers[0].port)
+    }
+
+    /// A gRPC client to the first controller.
+    pub async fn client(&self) -> ControllerServiceClient<Channel> {
+        ControllerServiceClient::connect(self.controller_addr()).await.unwrap()
+    }
+
+    /// Runs the admin CLI against this cluster; panics with its output on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.cli_raw(args);
+        assert!(out.status.success(), "r2o {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the admin CLI and returns its raw output.
+    pub fn cli_raw(&self, args: &[&str]) -> std::process::Output {
+        Command::new(r2o_bin())
+            .args(args)
+            .env("R2O_CONTROLLER", self.controller_addr())
+            .env("R2O_STORE", &self.store_uri)
+            .output()
+            .unwrap()
+    }
+
+    /// Polls until the table is idle (nothing running or ready), returning the watermark.
+    pub async fn wait_idle(&self, table: &str, timeout: Duration) -> pb::GetWatermarkResponse {
+        let mut c = self.client().await;
+        let start = Instant::now();
+        loop {
+            let w = c.get_watermark(pb::GetWatermarkRequest { table: table.into() }).await.unwrap().into_inner();
+            if w.idle {
+                return w;
+            }
+            assert!(start.elapsed() < timeout, "table {table} not idle after {timeout:?}: {}\nlogs in {}", w.next, self.dir.path().display());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Reads a file of the object store.
+    pub fn store_path(&self, location: &str) -> PathBuf {
+        self.dir.path().join("store").join(location)
+    }
+
+    /// Keeps the temp dir (logs) after the test, for debugging a failure.
+    pub fn keep(self) -> PathBuf {
+        let p = self.dir.path().to_path_buf();
+        std::mem::forget(self);
+        p
+    }
+}
