@@ -213,14 +213,10 @@ impl KvBackend for EtcdKv {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let (mut keeper, mut stream) = self
-            .client
-            .lease_client()
-            .keep_alive(lease)
-            .await
-            .map_err(meta_err)?;
-        keeper.keep_alive().await.map_err(meta_err)?;
-        match stream.message().await.map_err(meta_err)? {
+        let lost = |e: etcd_client::Error| lease_or_meta(e, Some(lease));
+        let (mut keeper, mut stream) = self.client.lease_client().keep_alive(lease).await.map_err(lost)?;
+        keeper.keep_alive().await.map_err(lost)?;
+        match stream.message().await.map_err(lost)? {
             Some(resp) if resp.ttl() > 0 => Ok(()),
             _ => Err(Error::LeaseLost(lease)),
         }
@@ -237,6 +233,7 @@ impl KvBackend for EtcdKv {
 
 fn lease_or_meta(e: etcd_client::Error, lease: Option<LeaseId>) -> Error {
     match lease {
+        // etcd says "lease not found" for an expired or revoked lease
         Some(l) if e.to_string().contains("lease not found") => Error::LeaseLost(l),
         _ => meta_err(e),
     }
@@ -459,7 +456,8 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     assert_eq!(kv.get(&k("l")).await.unwrap().unwrap().lease, lease);
     kv.revoke_lease(lease).await.unwrap();
     assert!(kv.get(&k("l")).await.unwrap().is_none(), "revoked lease must delete its keys");
-    assert!(matches!(kv.keep_alive(lease).await, Err(Error::LeaseLost(_))));
+    let ka = kv.keep_alive(lease).await;
+    assert!(matches!(ka, Err(Error::LeaseLost(_))), "keep-alive of a revoked lease: {ka:?}");
     let put = kv.put(&k("l2"), b"x".to_vec(), Some(lease)).await;
     assert!(matches!(put, Err(Error::LeaseLost(_))), "put on a dead lease must fail: {put:?}");
     kv.delete(&k("a")).await.unwrap();
