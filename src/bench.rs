@@ -1,1 +1,142 @@
-fn main() {}
+//! `r2o-bench`: the minion's processor on the real 2013 NYC flights, with
+//! the quickstart's table (rollup, 1d buckets, 1h rounding). It cuts the
+//! flights into REALTIME segments as `r2o ingest` does, then measures
+//!
+//! 1. one window: the busiest day, processed alone;
+//! 2. a backfill: every window from cold start to the last, planned with
+//!    the real planner and processed one after another;
+//!
+//! and prints rows/s, windows/s and peak memory (VmHWM). Usage:
+//! `cargo run --release --bin r2o-bench -- [flights.csv] [repeats]`
+//! (default `.r2o/quickstart/flights.csv`, written by the quickstart).
+
+use anyhow::{Context, Result};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use bytes::Bytes;
+use r2o_common::columnar::{read_csv, time_ms, time_range_ms, write_parquet};
+use r2o_common::config::{MergeType, TableSpec};
+use r2o_common::meta::{SegmentMeta, SegmentStatus};
+use r2o_controller::planner::{plan, Decision};
+use r2o_minion::processor::process;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct Segment {
+    meta: SegmentMeta,
+    bytes: Bytes,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let csv = args.get(1).cloned().unwrap_or_else(|| ".r2o/quickstart/flights.csv".into());
+    let repeats: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(3);
+    let config = serde_json::from_str(&std::fs::read_to_string("examples/flights/table.json")?)?;
+    let schema = serde_json::from_str(&std::fs::read_to_string("examples/flights/schema.json")?)?;
+    let spec = TableSpec::from_json(config, schema)?;
+    let format = spec.schema.field(&spec.flow.time_column).and_then(|f| f.time_format).context("time format")?;
+
+    // REALTIME segments as `r2o ingest` cuts them: time order, 20,000 rows each.
+    let arrow_schema = spec.schema.arrow_schema();
+    let batches = read_csv(std::path::Path::new(&csv), &spec.schema).with_context(|| format!("reading {csv} (run scripts/quickstart.sh first, or pass the flights CSV)"))?;
+    let all = concat_batches(&arrow_schema, &batches)?;
+    let t = time_ms(all.column(arrow_schema.index_of(&spec.flow.time_column)?), format)?;
+    let idx = lexsort_to_indices(&[SortColumn { values: Arc::new(t), options: None }], None)?;
+    let all = take_record_batch(&all, &idx)?;
+    let total_rows = all.num_rows();
+    let mut segments = Vec::new();
+    for (i, off) in (0..total_rows).step_by(20_000).enumerate() {
+        let piece = all.slice(off, 20_000.min(total_rows - off));
+        let (start, end) = time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, format)?.context("time range")?;
+        let bytes = write_parquet(&arrow_schema, std::slice::from_ref(&piece))?;
+        segments.push(Segment {
+            meta: SegmentMeta {
+                segment_name: format!("flights__0__{i}"),
+                table_name: "flights_REALTIME".into(),
+                status: SegmentStatus::Done,
+                start_time_ms: start,
+                end_time_ms: end,
+                total_docs: piece.num_rows() as u64,
+                size_bytes: bytes.len() as u64,
+                schema_fingerprint: spec.schema.fingerprint(),
+                location: String::new(),
+                partition: 0,
+                created_ms: 0,
+            },
+            bytes,
+        });
+    }
+    drop(all);
+    drop(batches);
+    let metas: Vec<SegmentMeta> = segments.iter().map(|s| s.meta.clone()).collect();
+    let inputs_of = |names: &[SegmentMeta]| -> Vec<(String, Bytes)> {
+        names
+            .iter()
+            .map(|m| (m.segment_name.clone(), segments.iter().find(|s| s.meta.segment_name == m.segment_name).map(|s| s.bytes.clone()).unwrap_or_default()))
+            .collect()
+    };
+    println!("r2o-bench: {total_rows} flights in {} REALTIME segments; merge {}, bucket {} ms, round {:?} ms", segments.len(), spec.flow.merge_type.name(), spec.flow.bucket_ms, spec.flow.round_ms);
+
+    for merge in [MergeType::Rollup, MergeType::Concat, MergeType::Dedup] {
+        let mut spec = spec.clone();
+        spec.flow.merge_type = merge;
+        // every window, planned by the real planner
+        let mut windows = Vec::new();
+        let mut wm = None;
+        while let Decision::Run { window, inputs, .. } = plan(&spec.flow, &metas, wm, i64::MAX / 2) {
+            windows.push((window, inputs));
+            wm = Some(window.end_ms);
+        }
+        // one window: the one with the most input bytes
+        let (busiest, busiest_inputs) = windows
+            .iter()
+            .max_by_key(|(_, ins)| ins.iter().map(|s| s.size_bytes).sum::<u64>())
+            .cloned()
+            .context("no window")?;
+        let mut best = f64::MAX;
+        let mut rows = 0;
+        for _ in 0..repeats {
+            let inputs = inputs_of(&busiest_inputs);
+            let start = Instant::now();
+            let out = process(&spec, busiest, inputs, &CancellationToken::new())?;
+            best = best.min(start.elapsed().as_secs_f64());
+            rows = out.rows_in;
+        }
+        let seg_rows: u64 = busiest_inputs.iter().map(|s| s.total_docs).sum();
+        println!(
+            "{:<7} one window   {busiest}: {rows} rows in window ({seg_rows} rows decoded from {} segments) in {:.1} ms: {:.0} window rows/s, {:.0} decoded rows/s",
+            merge.name(),
+            busiest_inputs.len(),
+            best * 1e3,
+            rows as f64 / best,
+            seg_rows as f64 / best
+        );
+        // the whole backfill, window after window
+        let start = Instant::now();
+        let (mut rows_in, mut rows_out, mut bytes_out) = (0u64, 0u64, 0u64);
+        for (window, inputs) in &windows {
+            let out = process(&spec, *window, inputs_of(inputs), &CancellationToken::new())?;
+            rows_in += out.rows_in;
+            rows_out += out.rows_out;
+            bytes_out += out.outputs.iter().map(|o| o.bytes.len() as u64).sum::<u64>();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{:<7} backfill     {} windows, {rows_in} rows in, {rows_out} rows out, {bytes_out} bytes out, in {:.2} s: {:.1} windows/s, {:.0} rows/s",
+            merge.name(),
+            windows.len(),
+            secs,
+            windows.len() as f64 / secs,
+            rows_in as f64 / secs
+        );
+    }
+    println!("peak memory (VmHWM): {:.1} MiB", peak_rss_bytes() as f64 / (1024.0 * 1024.0));
+    Ok(())
+}

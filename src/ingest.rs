@@ -4,14 +4,12 @@
 //! like Pinot's LLC segments `<table>__<partition>__<seq>__<time>`).
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
-use arrow::compute::{cast, concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
-use arrow::datatypes::{DataType as ArrowType, Field, Schema as ArrowSchema};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use bytes::Bytes;
-use r2o_common::columnar::{read_segment, time_ms, time_range_ms, write_parquet};
+use r2o_common::columnar::{read_csv, read_segment, time_ms, time_range_ms, write_parquet};
 use r2o_common::config::TableSpec;
 use r2o_common::meta::now_ms;
-use r2o_common::schema::{Schema, TimeFormat};
+use r2o_common::schema::TimeFormat;
 use r2o_common::store::{open_store, put_bytes, realtime_path};
 use r2o_proto::controller as pb;
 use std::io::Write;
@@ -75,56 +73,6 @@ pub async fn add_segment_file(controller: &str, store_uri: &str, table: &str, fi
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     Ok(seg)
-}
-
-/// A constant column holding a field's `defaultNullValue` (or nulls).
-fn default_column(field: &r2o_common::schema::FieldSpec, rows: usize) -> Result<ArrayRef> {
-    let t = field.data_type.arrow_type();
-    let Some(v) = &field.default_null_value else {
-        return Ok(new_null_array(&t, rows));
-    };
-    let text = match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let col: ArrayRef = Arc::new(StringArray::from(vec![text.as_str(); rows]));
-    cast(&col, &t).with_context(|| format!("defaultNullValue '{text}' of column '{}' is not a {}", field.name, field.data_type.name()))
-}
-
-/// Reads a CSV file into batches of the table schema. Table columns missing
-/// from the file get their `defaultNullValue` (Pinot's rule); `NA`, `null`
-/// and empty cells are nulls.
-pub fn read_csv(path: &Path, schema: &Schema) -> Result<Vec<RecordBatch>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut header = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(&file), &mut header)?;
-    let names: Vec<String> = header.trim_end().split(',').map(|s| s.trim_matches('"').to_string()).collect();
-    let csv_schema = Arc::new(ArrowSchema::new(
-        names
-            .iter()
-            .map(|n| Field::new(n, schema.field(n).map_or(ArrowType::Utf8, |f| f.data_type.arrow_type()), true))
-            .collect::<Vec<_>>(),
-    ));
-    let file = std::fs::File::open(path)?;
-    let reader = arrow::csv::ReaderBuilder::new(csv_schema)
-        .with_header(true)
-        .with_batch_size(64 * 1024)
-        .with_null_regex(regex::Regex::new("^(NA|null|NULL|)$")?)
-        .build(file)?;
-    let target = schema.arrow_schema();
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.with_context(|| format!("parsing {}", path.display()))?;
-        let mut cols = Vec::with_capacity(schema.fields.len());
-        for f in &schema.fields {
-            cols.push(match batch.column_by_name(&f.name) {
-                Some(c) => c.clone(),
-                None => default_column(f, batch.num_rows())?,
-            });
-        }
-        out.push(RecordBatch::try_new(target.clone(), cols)?);
-    }
-    Ok(out)
 }
 
 /// Cuts a file into REALTIME segments and registers them; the last stays

@@ -2,9 +2,9 @@
 //! minion: reading a segment file against the table schema, the time column
 //! as epoch ms, and writing zstd Parquet.
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{new_null_array, Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::compute::{cast, kernels::aggregate};
-use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema, TimeUnit};
+use arrow::datatypes::{DataType as ArrowType, Field, Schema as ArrowSchema, TimeUnit};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -183,6 +183,63 @@ pub fn write_parquet(schema: &Arc<ArrowSchema>, batches: &[RecordBatch]) -> Resu
 /// Rows in a set of batches.
 pub fn num_rows(batches: &[RecordBatch]) -> u64 {
     batches.iter().map(|b| b.num_rows() as u64).sum()
+}
+
+/// A constant column holding a field's `defaultNullValue` (or nulls).
+fn default_column(field: &crate::schema::FieldSpec, rows: usize) -> Result<ArrayRef> {
+    let t = field.data_type.arrow_type();
+    let Some(v) = &field.default_null_value else {
+        return Ok(new_null_array(&t, rows));
+    };
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let col: ArrayRef = Arc::new(StringArray::from(vec![text.as_str(); rows]));
+    cast(&col, &t).map_err(|e| {
+        Error::Config(crate::ConfigError::Invalid {
+            field: format!("{}.defaultNullValue", field.name),
+            value: text.clone(),
+            expected: format!("a {} value ({e})", field.data_type.name()),
+        })
+    })
+}
+
+/// Reads a CSV file into batches of the table schema. Table columns missing
+/// from the file get their `defaultNullValue` (Pinot's rule); `NA`, `null`
+/// and empty cells are nulls.
+pub fn read_csv(path: &std::path::Path, schema: &Schema) -> Result<Vec<RecordBatch>> {
+    let io = |e: std::io::Error| seg_err(&path.display().to_string(), format!("cannot read the file: {e}"));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut header = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&file), &mut header).map_err(io)?;
+    let names: Vec<String> = header.trim_end().split(',').map(|s| s.trim_matches('"').to_string()).collect();
+    let csv_schema = Arc::new(ArrowSchema::new(
+        names
+            .iter()
+            .map(|n| Field::new(n, schema.field(n).map_or(ArrowType::Utf8, |f| f.data_type.arrow_type()), true))
+            .collect::<Vec<_>>(),
+    ));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let reader = arrow::csv::ReaderBuilder::new(csv_schema)
+        .with_header(true)
+        .with_batch_size(64 * 1024)
+        .with_null_regex(regex::Regex::new("^(NA|null|NULL|)$").expect("valid regex"))
+        .build(file)?;
+    let target = schema.arrow_schema();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| seg_err(&path.display().to_string(), format!("cannot parse CSV: {e}")))?;
+        let mut cols = Vec::with_capacity(schema.fields.len());
+        for f in &schema.fields {
+            cols.push(match batch.column_by_name(&f.name) {
+                Some(c) => c.clone(),
+                None => default_column(f, batch.num_rows())?,
+            });
+        }
+        out.push(RecordBatch::try_new(target.clone(), cols)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
