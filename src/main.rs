@@ -61,6 +61,12 @@ enum Command {
         /// Planner tick, ms.
         #[arg(long, env = "R2O_PLAN_INTERVAL_MS", default_value_t = 1000)]
         plan_interval_ms: u64,
+        /// Janitor sweep interval, seconds.
+        #[arg(long, env = "R2O_JANITOR_INTERVAL_SECS", default_value_t = 60)]
+        janitor_interval_secs: u64,
+        /// Minimum age of an orphaned object before the janitor deletes it, seconds.
+        #[arg(long, env = "R2O_JANITOR_GRACE_SECS", default_value_t = 600)]
+        janitor_grace_secs: u64,
     },
     /// Run a minion (claims and executes tasks).
     Minion {
@@ -122,7 +128,7 @@ fn cancel_on_signal(token: CancellationToken) {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Controller { state, listen, advertise, id, plan_interval_ms } => {
+        Command::Controller { state, listen, advertise, id, plan_interval_ms, janitor_interval_secs, janitor_grace_secs } => {
             init_tracing();
             let (kv, keys, store) = connect_state(&state).await?;
             let cancel = CancellationToken::new();
@@ -134,6 +140,8 @@ async fn main() -> Result<()> {
                 lease_ttl_secs: state.lease_ttl_secs,
                 plan_interval: Duration::from_millis(plan_interval_ms),
                 max_attempts: state.max_attempts,
+                janitor_interval: Duration::from_secs(janitor_interval_secs.max(1)),
+                janitor_grace: Duration::from_secs(janitor_grace_secs),
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }

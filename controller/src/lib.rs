@@ -6,6 +6,7 @@
 pub mod authority;
 pub mod election;
 pub mod error;
+pub mod janitor;
 pub mod planner;
 pub mod service;
 
@@ -40,6 +41,28 @@ pub struct ControllerConfig {
     pub plan_interval: Duration,
     /// Attempts per task (Pinot's `maxAttemptsPerTask`).
     pub max_attempts: u32,
+    /// How often the leader's janitor sweeps the store.
+    pub janitor_interval: Duration,
+    /// Minimum age of an orphaned object before the janitor deletes it.
+    pub janitor_grace: Duration,
+}
+
+/// Runs the janitor every `interval` while this controller leads.
+async fn janitor_loop(auth: Authority, interval: Duration, grace: Duration, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if auth.leadership.borrow().is_none() {
+            continue;
+        }
+        match janitor::sweep(&auth.kv, &auth.keys, &auth.store, r2o_common::meta::now_ms(), grace.as_millis() as i64).await {
+            Ok(r) if !r.deleted.is_empty() => info!(deleted = r.deleted.len(), scanned = r.scanned, "janitor sweep"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "janitor sweep failed"),
+        }
+    }
 }
 
 /// Runs a controller until `cancel`: election, planning loop and gRPC
@@ -62,12 +85,14 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: ControllerConfig, cancel
     ));
     let auth = Authority::new(kv, keys, store, AuthorityConfig { max_attempts: cfg.max_attempts }, rx);
     let planner = tokio::spawn(authority::planning_loop(auth.clone(), cfg.plan_interval, cancel.clone()));
+    let janitor = tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cancel.clone()));
     info!(controller = %cfg.id, listen = %cfg.listen, "controller serving");
     let server = tonic::transport::Server::builder()
         .add_service(ControllerServiceServer::new(service::ControllerSvc::new(auth)))
         .serve_with_shutdown(cfg.listen, cancel.clone().cancelled_owned());
     let served = server.await;
     let _ = planner.await;
+    let _ = janitor.await;
     election_cancel.cancel();
     let _ = election.await;
     info!(controller = %cfg.id, "controller stopped");
