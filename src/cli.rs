@@ -77,6 +77,14 @@ pub enum AdminCommand {
         #[arg(long)]
         table: String,
     },
+    /// Start a new round of attempts for a table's FAILED task now (after fixing its cause).
+    Retry {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
     /// Show a table's watermark and why the next window is (not) being planned.
     Watermark {
         #[command(flatten)]
@@ -303,6 +311,10 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         .collect::<Vec<_>>(),
                 ),
             }
+        }
+        AdminCommand::Retry { conn, table } => {
+            let r = client(&conn.controller).await?.retry_task(pb::RetryTaskRequest { table }).await.map_err(status_err)?.into_inner();
+            println!("task {} re-armed", r.task_id);
         }
         AdminCommand::Watermark { conn, table } => {
             let w = client(&conn.controller).await?.get_watermark(pb::GetWatermarkRequest { table }).await.map_err(status_err)?.into_inner();

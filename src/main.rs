@@ -38,9 +38,12 @@ struct StateArgs {
     /// Lease TTL in seconds; lease renewal is every TTL/3, leader takeover within about one TTL.
     #[arg(long, env = "R2O_LEASE_TTL_SECS", default_value_t = 10)]
     lease_ttl_secs: i64,
-    /// Attempts per task before it is FAILED (Pinot's maxAttemptsPerTask).
+    /// Attempts per task round before it is FAILED, unless the table sets Pinot's maxAttemptsPerTask.
     #[arg(long, env = "R2O_MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: u32,
+    /// Attempt timeout in seconds, unless the table sets Pinot's timeoutMs.
+    #[arg(long, env = "R2O_TASK_TIMEOUT_SECS", default_value_t = 3600)]
+    task_timeout_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +143,7 @@ async fn main() -> Result<()> {
                 lease_ttl_secs: state.lease_ttl_secs,
                 plan_interval: Duration::from_millis(plan_interval_ms),
                 max_attempts: state.max_attempts,
+                task_timeout: Duration::from_secs(state.task_timeout_secs.max(1)),
                 janitor_interval: Duration::from_secs(janitor_interval_secs.max(1)),
                 janitor_grace: Duration::from_secs(janitor_grace_secs),
             };
@@ -156,7 +160,6 @@ async fn main() -> Result<()> {
                 slots: slots.max(1),
                 lease_ttl_secs: state.lease_ttl_secs,
                 poll: Duration::from_millis(poll_ms),
-                max_attempts: state.max_attempts,
                 drain_grace: Duration::from_secs(drain_grace_secs),
             };
             r2o_minion::run(kv, keys, store, cfg, cancel).await

@@ -91,6 +91,11 @@ pub struct FlowConfig {
     pub aggregations: BTreeMap<String, AggregationType>,
     /// `maxNumRecordsPerSegment` in rows (default 5,000,000).
     pub max_records_per_segment: u64,
+    /// `maxAttemptsPerTask` (Pinot's task key); `None`: the cluster's default.
+    pub max_attempts_per_task: Option<u32>,
+    /// `timeoutMs` (Pinot's task key): an attempt running longer is
+    /// cancelled, ms; `None`: the cluster's default.
+    pub timeout_ms: Option<i64>,
 }
 
 /// A registered table: Pinot's JSON as given, plus the validated view.
@@ -334,6 +339,22 @@ impl TableSpec {
             },
         };
 
+        let positive = |key: &str| -> Result<Option<i64>, ConfigError> {
+            match text(key)? {
+                None => Ok(None),
+                Some(t) => match t.trim().parse::<i64>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(ConfigError::Invalid {
+                        field: format!("{TASK_PATH}.{key}"),
+                        value: t,
+                        expected: "a whole number greater than zero".into(),
+                    }),
+                },
+            }
+        };
+        let max_attempts_per_task = positive("maxAttemptsPerTask")?.map(|n| n.min(i64::from(u32::MAX)) as u32);
+        let timeout_ms = positive("timeoutMs")?;
+
         Ok(TableSpec {
             name,
             schema,
@@ -347,6 +368,8 @@ impl TableSpec {
                 merge_type,
                 aggregations,
                 max_records_per_segment,
+                max_attempts_per_task,
+                timeout_ms,
             },
             config_json,
             schema_json,
@@ -481,7 +504,8 @@ mod tests {
         let t = TableSpec::from_json(
             config(json!({"bucketTimePeriod": "6h", "bufferTimePeriod": "4h30m",
                 "roundBucketTimePeriod": "1h", "collectorType": "ROLLUP",
-                "n.aggregationType": "MAX", "maxNumRecordsPerSegment": "1000"})),
+                "n.aggregationType": "MAX", "maxNumRecordsPerSegment": "1000",
+                "maxAttemptsPerTask": "5", "timeoutMs": "60000"})),
             schema(),
         )
         .unwrap();
@@ -491,6 +515,7 @@ mod tests {
         assert_eq!(t.flow.merge_type, MergeType::Rollup);
         assert_eq!(t.flow.aggregations["n"], AggregationType::Max);
         assert_eq!(t.flow.max_records_per_segment, 1000);
+        assert_eq!((t.flow.max_attempts_per_task, t.flow.timeout_ms), (Some(5), Some(60_000)));
     }
 
     fn err_of(task: Value) -> String {
@@ -509,6 +534,10 @@ mod tests {
         assert!(e.contains("nope.aggregationType"), "{e}");
         let e = err_of(json!({"delay.aggregationType": "avg"}));
         assert!(e.contains("'avg'") && e.contains("sum, min or max"), "{e}");
+        let e = err_of(json!({"maxAttemptsPerTask": "0"}));
+        assert!(e.contains("maxAttemptsPerTask") && e.contains("'0'"), "{e}");
+        let e = err_of(json!({"timeoutMs": "soon"}));
+        assert!(e.contains("timeoutMs") && e.contains("'soon'"), "{e}");
         let e = err_of(json!({"maxNumRecordsPerSegment": "-5"}));
         assert!(e.contains("maxNumRecordsPerSegment") && e.contains("'-5'"), "{e}");
     }

@@ -195,6 +195,61 @@ pub struct TaskRecord {
     pub bytes_out: u64,
     /// OFFLINE segments committed.
     pub output_segments: Vec<String>,
+    /// Attempts allowed per round (`maxAttemptsPerTask`, resolved at planning).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// An attempt running longer than this is cancelled (`timeoutMs`), ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: i64,
+    /// A PENDING task is not claimed before this time (backoff between attempts), UTC epoch ms.
+    #[serde(default)]
+    pub not_before_ms: i64,
+    /// Attempt number at the start of the current round; a round allows `max_attempts`.
+    #[serde(default)]
+    pub round_start_attempt: u32,
+    /// Rounds that ended FAILED.
+    #[serde(default)]
+    pub failed_rounds: u32,
+    /// A FAILED task is re-armed for a new round at this time (0: never), UTC epoch ms.
+    #[serde(default)]
+    pub retry_at_ms: i64,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+fn default_timeout_ms() -> i64 {
+    3_600_000
+}
+
+impl TaskRecord {
+    /// Attempts made in the current round.
+    pub fn attempts_in_round(&self) -> u32 {
+        self.attempt.saturating_sub(self.round_start_attempt)
+    }
+
+    /// Whether a minion may claim it at `now_ms` (given whether a claim key exists).
+    pub fn claimable(&self, now_ms: i64, claimed: bool) -> bool {
+        let open = match self.state {
+            TaskState::Pending => self.not_before_ms <= now_ms,
+            TaskState::Running => !claimed,
+            _ => false,
+        };
+        open && !claimed && self.attempts_in_round() < self.max_attempts
+    }
+}
+
+/// Backoff before attempt `n + 1` after `n` failed attempts in a round:
+/// 1 s, 2 s, 4 s, ... capped at 30 s, ms.
+pub fn attempt_backoff_ms(failed_attempts: u32) -> i64 {
+    (1_000i64 << failed_attempts.saturating_sub(1).min(5)).min(30_000)
+}
+
+/// Backoff before a FAILED task's next round after `rounds` failed rounds:
+/// 30 s, 60 s, ... capped at 10 min, ms.
+pub fn round_backoff_ms(rounds: u32) -> i64 {
+    (30_000i64 << rounds.saturating_sub(1).min(5)).min(600_000)
 }
 
 /// A minion's claim on a task, attached to the minion's lease.

@@ -5,7 +5,7 @@
 use r2o_common::config::{MergeType, TableSpec};
 use r2o_common::kv::{Compare, KeyValue, Kv, Op};
 use r2o_common::meta::{
-    encode, get_record, now_ms, range_records, ClaimRecord, Keys, LineageRecord, SegmentMeta, SegmentStatus,
+    attempt_backoff_ms, encode, get_record, now_ms, range_records, round_backoff_ms, ClaimRecord, Keys, LineageRecord, SegmentMeta, SegmentStatus,
     TableRecord, TaskRecord, TaskState, WatermarkRecord,
 };
 use r2o_common::store::{object_size, staging_prefix, Store};
@@ -22,8 +22,11 @@ use crate::planner::{plan, Decision};
 /// Settings of the commit authority.
 #[derive(Debug, Clone)]
 pub struct AuthorityConfig {
-    /// Attempts per task before it is FAILED (Pinot's `maxAttemptsPerTask`).
+    /// Attempts per task round before it is FAILED, unless the table sets
+    /// Pinot's `maxAttemptsPerTask`.
     pub max_attempts: u32,
+    /// Attempt timeout unless the table sets Pinot's `timeoutMs`, ms.
+    pub default_timeout_ms: i64,
 }
 
 /// The controller's state-changing logic over etcd and the segment store.
@@ -133,6 +136,12 @@ impl Authority {
             bytes_in: 0,
             bytes_out: 0,
             output_segments: vec![],
+            max_attempts: spec.flow.max_attempts_per_task.unwrap_or(self.cfg.max_attempts).max(1),
+            timeout_ms: spec.flow.timeout_ms.unwrap_or(self.cfg.default_timeout_ms),
+            not_before_ms: 0,
+            round_start_attempt: 0,
+            failed_rounds: 0,
+            retry_at_ms: 0,
         };
         let ok = self
             .kv
@@ -154,25 +163,78 @@ impl Authority {
         Ok(ok)
     }
 
-    /// Marks RUNNING tasks whose claim is gone and whose attempts are used up as FAILED.
+    /// Marks RUNNING tasks whose claim is gone and whose round is used up
+    /// as FAILED, and re-arms FAILED tasks whose round backoff has passed.
     async fn fail_exhausted(&self, leadership: Leadership) -> Result<()> {
+        let now = now_ms();
         for (task, entry) in range_records::<TaskRecord>(&self.kv, &self.keys.active_tasks()).await? {
-            if task.state != TaskState::Running || task.attempt < self.cfg.max_attempts {
-                continue;
+            match task.state {
+                TaskState::Running if task.attempts_in_round() >= task.max_attempts => {
+                    if self.kv.get(&self.keys.claim(&task.id)).await?.is_some() {
+                        continue;
+                    }
+                    let mut t = task.clone();
+                    t.errors.push(format!("attempt {}: the minion's lease expired", t.attempt));
+                    self.finish_failed(t, &entry, None, leadership).await?;
+                }
+                TaskState::Failed if task.retry_at_ms > 0 && task.retry_at_ms <= now => {
+                    self.rearm(task, &entry, leadership, "round backoff passed").await?;
+                }
+                _ => {}
             }
-            if self.kv.get(&self.keys.claim(&task.id)).await?.is_some() {
-                continue;
-            }
-            let mut t = task.clone();
-            t.errors.push(format!("attempt {}: the minion's lease expired", t.attempt));
-            self.finish_failed(t, &entry, None, leadership).await?;
         }
         Ok(())
+    }
+
+    /// Starts a new round of attempts for a FAILED task.
+    async fn rearm(&self, mut t: TaskRecord, entry: &KeyValue, leadership: Leadership, why: &str) -> Result<bool> {
+        t.state = TaskState::Pending;
+        t.round_start_attempt = t.attempt;
+        t.retry_at_ms = 0;
+        t.not_before_ms = 0;
+        t.finished_ms = 0;
+        let ok = self
+            .kv
+            .txn(
+                vec![
+                    Compare::ModRevision(entry.key.clone(), entry.mod_revision),
+                    Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
+                ],
+                vec![Op::put(entry.key.clone(), encode(&t))],
+            )
+            .await?;
+        if ok {
+            info!(table = %t.table, task = %t.id, attempt = t.attempt, failed_rounds = t.failed_rounds, why, "failed task re-armed");
+            self.replan.notify_one();
+        }
+        Ok(ok)
+    }
+
+    /// Operator retry: re-arms a FAILED task now. Errors when the task is
+    /// not active or not FAILED.
+    pub async fn retry(&self, table: &str) -> Result<String> {
+        let leadership = self.leadership()?;
+        let Some(entry) = self.kv.get(&self.keys.inflight(table)).await? else {
+            return Err(ControllerError::NotFound(format!("a task in flight for table '{table}'")));
+        };
+        let id = String::from_utf8_lossy(&entry.value).into_owned();
+        let Some((t, entry)) = get_record::<TaskRecord>(&self.kv, &self.keys.active_task(&id)).await? else {
+            return Err(ControllerError::NotFound(format!("active task {id}")));
+        };
+        if t.state != TaskState::Failed {
+            return Err(ControllerError::Stale(format!("task {id} is {}, not FAILED; nothing to retry", t.state.name())));
+        }
+        if !self.rearm(t, &entry, leadership, "operator retry").await? {
+            return Err(ControllerError::Stale(format!("task {id} changed while retrying; try again")));
+        }
+        Ok(id)
     }
 
     async fn finish_failed(&self, mut t: TaskRecord, entry: &KeyValue, claim: Option<&KeyValue>, leadership: Leadership) -> Result<bool> {
         t.state = TaskState::Failed;
         t.finished_ms = now_ms();
+        t.failed_rounds += 1;
+        t.retry_at_ms = t.finished_ms + round_backoff_ms(t.failed_rounds);
         let mut compares = vec![
             Compare::ModRevision(entry.key.clone(), entry.mod_revision),
             Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
@@ -398,11 +460,12 @@ impl Authority {
             return Err(ControllerError::NotFound(format!("active task {}", req.task_id)));
         };
         task.errors.push(format!("attempt {}: {}", req.attempt, req.error));
-        if task.attempt >= self.cfg.max_attempts {
+        if task.attempts_in_round() >= task.max_attempts {
             self.finish_failed(task, &entry, Some(&claim), leadership).await?;
             return Ok(());
         }
         task.state = TaskState::Pending;
+        task.not_before_ms = now_ms() + attempt_backoff_ms(task.attempts_in_round());
         let ok = self
             .kv
             .txn(

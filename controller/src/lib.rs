@@ -39,8 +39,10 @@ pub struct ControllerConfig {
     pub lease_ttl_secs: i64,
     /// Planner tick.
     pub plan_interval: Duration,
-    /// Attempts per task (Pinot's `maxAttemptsPerTask`).
+    /// Attempts per task round unless the table sets Pinot's `maxAttemptsPerTask`.
     pub max_attempts: u32,
+    /// Attempt timeout unless the table sets Pinot's `timeoutMs`.
+    pub task_timeout: Duration,
     /// How often the leader's janitor sweeps the store.
     pub janitor_interval: Duration,
     /// Minimum age of an orphaned object before the janitor deletes it.
@@ -83,7 +85,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: ControllerConfig, cancel
         tx,
         election_cancel.clone(),
     ));
-    let auth = Authority::new(kv, keys, store, AuthorityConfig { max_attempts: cfg.max_attempts }, rx);
+    let auth = Authority::new(kv, keys, store, AuthorityConfig { max_attempts: cfg.max_attempts, default_timeout_ms: cfg.task_timeout.as_millis() as i64 }, rx);
     let planner = tokio::spawn(authority::planning_loop(auth.clone(), cfg.plan_interval, cancel.clone()));
     let janitor = tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cancel.clone()));
     info!(controller = %cfg.id, listen = %cfg.listen, "controller serving");

@@ -205,6 +205,8 @@ mod tests {
             merge_type: MergeType::Concat,
             aggregations: BTreeMap::new(),
             max_records_per_segment: 100,
+            max_attempts_per_task: None,
+            timeout_ms: None,
         }
     }
 

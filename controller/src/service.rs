@@ -269,6 +269,15 @@ impl ControllerService for ControllerSvc {
         reply(self.get_watermark(&req.into_inner().table).await)
     }
 
+    async fn retry_task(&self, req: Request<pb::RetryTaskRequest>) -> Reply<pb::RetryTaskResponse> {
+        let table = req.into_inner().table;
+        let r = match self.auth.retry(&table).await {
+            Err(ControllerError::NotLeader { .. }) => Err(self.not_leader().await),
+            other => other.map(|task_id| pb::RetryTaskResponse { task_id }),
+        };
+        reply(r)
+    }
+
     async fn complete_task(&self, req: Request<pb::CompleteTaskRequest>) -> Reply<pb::CompleteTaskResponse> {
         let req = req.into_inner();
         let r = match self.auth.complete(&req).await {

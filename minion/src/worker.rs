@@ -47,8 +47,6 @@ pub struct MinionConfig {
     pub lease_ttl_secs: i64,
     /// How often to look for tasks.
     pub poll: Duration,
-    /// Do not claim tasks already at this many attempts (Pinot's `maxAttemptsPerTask`).
-    pub max_attempts: u32,
     /// How long a draining minion lets running attempts finish.
     pub drain_grace: Duration,
 }
@@ -118,13 +116,13 @@ impl Worker {
 
     async fn claimable(&self) -> Result<Vec<(TaskRecord, KeyValue)>, Error> {
         let mut out = Vec::new();
+        let now = now_ms();
         for (t, entry) in range_records::<TaskRecord>(&self.kv, &self.keys.active_tasks()).await? {
-            let open = match t.state {
-                TaskState::Pending => true,
-                TaskState::Running => self.kv.get(&self.keys.claim(&t.id)).await?.is_none(),
-                _ => false,
-            };
-            if open && t.attempt < self.cfg.max_attempts {
+            if !matches!(t.state, TaskState::Pending | TaskState::Running) {
+                continue;
+            }
+            let claimed = self.kv.get(&self.keys.claim(&t.id)).await?.is_some();
+            if t.claimable(now, claimed) {
                 out.push((t, entry));
             }
         }
@@ -184,7 +182,19 @@ impl Worker {
 
     async fn run_attempt(&self, task: TaskRecord, cancel: CancellationToken) {
         let attempt = task.attempt;
-        let result = self.execute(&task, &cancel).await;
+        // the attempt's own token: cancelled on timeout, and with the lease
+        let work = cancel.child_token();
+        let timeout = Duration::from_millis(task.timeout_ms.max(1) as u64);
+        let result = match tokio::time::timeout(timeout, self.execute(&task, &work)).await {
+            Ok(r) => r,
+            Err(_) => {
+                work.cancel();
+                Err(ProcessError::Data(Error::Segment {
+                    segment: task.id.clone(),
+                    problem: format!("attempt {attempt} timed out after {} ms (timeoutMs) and was cancelled", task.timeout_ms),
+                }))
+            }
+        };
         let outcome = match result {
             Ok((processed, staged)) => {
                 let req = pb::CompleteTaskRequest {
