@@ -17,12 +17,21 @@ use crate::error::{ConfigError, Error, Result};
 pub type Store = Arc<dyn ObjectStore>;
 
 /// Opens the store named by `uri`: `file:///abs/dir` (created if missing)
-/// or `memory://`.
+/// or `memory://`. When the environment sets `R2O_FAULT_STORE` (fault
+/// tests only), the store is wrapped in a [`FaultyStore`].
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] naming `store` for an unsupported scheme or a
 /// directory that cannot be created.
 pub fn open_store(uri: &str) -> Result<Store> {
+    let store = open_plain_store(uri)?;
+    match std::env::var("R2O_FAULT_STORE") {
+        Ok(spec) if !spec.is_empty() => Ok(Arc::new(FaultyStore::new(store, FaultSpec::parse(&spec)?))),
+        _ => Ok(store),
+    }
+}
+
+fn open_plain_store(uri: &str) -> Result<Store> {
     let bad = |expected: &str| {
         Error::Config(ConfigError::Invalid {
             field: "store".into(),
@@ -94,5 +103,147 @@ pub async fn object_size(store: &Store, path: &str) -> Result<Option<u64>> {
             path: path.into(),
             source,
         }),
+    }
+}
+
+/// What a [`FaultyStore`] injects: `read_error_rate=0.05,write_error_rate=0.05,latency_ms=20,seed=7`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultSpec {
+    /// Probability that a read (get, head) fails, 0..=1.
+    pub read_error_rate: f64,
+    /// Probability that a write (put) fails, 0..=1.
+    pub write_error_rate: f64,
+    /// Added latency per read and write, ms.
+    pub latency_ms: u64,
+    /// RNG seed (logged faults can be replayed).
+    pub seed: u64,
+}
+
+impl FaultSpec {
+    /// Parses `key=value` pairs separated by commas.
+    pub fn parse(text: &str) -> Result<FaultSpec> {
+        let mut f = FaultSpec { read_error_rate: 0.0, write_error_rate: 0.0, latency_ms: 0, seed: 0 };
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let bad = || {
+                Error::Config(ConfigError::Invalid {
+                    field: "R2O_FAULT_STORE".into(),
+                    value: part.into(),
+                    expected: "read_error_rate=<0..1>, write_error_rate=<0..1>, latency_ms=<ms> or seed=<n>".into(),
+                })
+            };
+            let (k, v) = part.split_once('=').ok_or_else(bad)?;
+            match k.trim() {
+                "read_error_rate" => f.read_error_rate = v.trim().parse().map_err(|_| bad())?,
+                "write_error_rate" => f.write_error_rate = v.trim().parse().map_err(|_| bad())?,
+                "latency_ms" => f.latency_ms = v.trim().parse().map_err(|_| bad())?,
+                "seed" => f.seed = v.trim().parse().map_err(|_| bad())?,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// An object store wrapper that injects latency and transient errors into
+/// reads and writes, for fault tests (in the spirit of object_store's
+/// `ThrottledStore`). Each injected error is logged as `injected store
+/// fault` with the operation and path, so a test can account for it.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Store,
+    spec: FaultSpec,
+    rng: std::sync::Mutex<rand::rngs::StdRng>,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Store, spec: FaultSpec) -> FaultyStore {
+        use rand::SeedableRng;
+        tracing::warn!(?spec, "segment store with injected faults");
+        FaultyStore { inner, spec, rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(spec.seed)) }
+    }
+
+    async fn inject(&self, op: &'static str, rate: f64, path: &Path) -> object_store::Result<()> {
+        use rand::Rng;
+        if self.spec.latency_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.spec.latency_ms)).await;
+        }
+        let fail = self.rng.lock().map(|mut r| r.random::<f64>() < rate).unwrap_or(false);
+        if fail {
+            tracing::warn!(op, path = %path, "injected store fault");
+            return Err(object_store::Error::Generic {
+                store: "faulty",
+                source: format!("injected {op} fault on {path}").into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: object_store::PutOptions) -> object_store::Result<object_store::PutResult> {
+        self.inject("put", self.spec.write_error_rate, location).await?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, opts: object_store::PutMultipartOptions) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inject("put", self.spec.write_error_rate, location).await?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: object_store::GetOptions) -> object_store::Result<object_store::GetResult> {
+        self.inject("get", self.spec.read_error_rate, location).await?;
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: object_store::CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn faulty_store_injects_retryable_errors_at_the_rate() {
+        let inner = open_plain_store("memory://").unwrap();
+        let spec = FaultSpec::parse("read_error_rate=0.5,write_error_rate=0,seed=3").unwrap();
+        let store: Store = Arc::new(FaultyStore::new(inner, spec));
+        put_bytes(&store, "a", Bytes::from_static(b"x")).await.unwrap();
+        let mut failed = 0;
+        for _ in 0..200 {
+            match get_bytes(&store, "a").await {
+                Ok(b) => assert_eq!(&b[..], b"x"),
+                Err(e) => {
+                    assert!(e.is_retryable(), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+        assert!((60..140).contains(&failed), "about half the reads fail: {failed}");
+        assert!(FaultSpec::parse("latency=3").is_err());
     }
 }
