@@ -107,11 +107,18 @@ pub struct Cluster {
     pub prefix: String,
     pub controllers: Vec<Proc>,
     pub minions: Vec<Proc>,
+    /// Extra environment for every process started (fault injection, timing).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Starts etcd, `controllers` controllers and `minions` minions.
     pub fn start(controllers: usize, minions: usize) -> Cluster {
+        Self::start_with(controllers, minions, vec![])
+    }
+
+    /// Like [`Cluster::start`], with extra environment for every process.
+    pub fn start_with(controllers: usize, minions: usize, env: Vec<(String, String)>) -> Cluster {
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var_os("R2O_KEEP_TEST_DIR").is_some() {
             dir.disable_cleanup(true);
@@ -127,6 +134,7 @@ impl Cluster {
             dir,
             controllers: vec![],
             minions: vec![],
+            env,
         };
         for _ in 0..controllers {
             c.add_controller();
@@ -146,6 +154,7 @@ impl Cluster {
             .env("R2O_PREFIX", &self.prefix)
             .env("R2O_LEASE_TTL_SECS", "3")
             .env("R2O_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -156,6 +165,11 @@ impl Cluster {
 
     /// Starts one more controller.
     pub fn add_controller(&mut self) {
+        let p = self.new_controller();
+        self.controllers.push(p);
+    }
+
+    fn new_controller(&self) -> Proc {
         let port = free_port();
         let name = format!("controller-{port}");
         let p = self.spawn(
@@ -163,11 +177,44 @@ impl Cluster {
             &name,
             port,
         );
-        self.controllers.push(p);
+        p
+    }
+
+    /// SIGKILLs controller `i` and starts a new one in its place.
+    pub fn kill_and_replace_controller(&mut self, i: usize) {
+        let _ = self.controllers[i].child.kill();
+        let _ = self.controllers[i].child.wait();
+        self.controllers[i] = self.new_controller();
+    }
+
+    /// SIGKILLs minion `i` and starts a new one in its place.
+    pub fn kill_and_replace_minion(&mut self, i: usize) {
+        let _ = self.minions[i].child.kill();
+        let _ = self.minions[i].child.wait();
+        self.minions[i] = self.new_minion();
+    }
+
+    /// SIGKILLs etcd and starts it again on the same ports and data.
+    pub fn restart_etcd(&mut self, down_for: Duration) {
+        let _ = self.etcd.child.kill();
+        let _ = self.etcd.child.wait();
+        std::thread::sleep(down_for);
+        let (c, p) = (self.etcd.client_port, self.etcd.peer_port);
+        self.etcd = Etcd::start_on(self.dir.path(), c, p);
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to a process.
+    pub fn signal(pid: u32, sig: &str) {
+        let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
     }
 
     /// Starts one more minion.
     pub fn add_minion(&mut self) {
+        let p = self.new_minion();
+        self.minions.push(p);
+    }
+
+    fn new_minion(&self) -> Proc {
         let port = free_port();
         let name = format!("minion-{port}");
         let p = self.spawn(
@@ -175,7 +222,7 @@ impl Cluster {
             &name,
             port,
         );
-        self.minions.push(p);
+        p
     }
 
     /// Address of the first live controller.
