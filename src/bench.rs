@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -45,7 +47,8 @@ fn main() -> Result<()> {
 
     // REALTIME segments as `r2o ingest` cuts them: time order, 20,000 rows each.
     let arrow_schema = spec.schema.arrow_schema();
-    let batches = read_csv(std::path::Path::new(&csv), &spec.schema).with_context(|| format!("reading {csv} (run scripts/quickstart.sh first, or pass the flights CSV)"))?;
+    let batches = read_csv(std::path::Path::new(&csv), &spec.schema)
+        .with_context(|| format!("reading {csv} (run scripts/quickstart.sh first, or pass the flights CSV)"))?;
     let all = concat_batches(&arrow_schema, &batches)?;
     let t = time_ms(all.column(arrow_schema.index_of(&spec.flow.time_column)?), format)?;
     let idx = lexsort_to_indices(&[SortColumn { values: Arc::new(t), options: None }], None)?;
@@ -54,7 +57,8 @@ fn main() -> Result<()> {
     let mut segments = Vec::new();
     for (i, off) in (0..total_rows).step_by(20_000).enumerate() {
         let piece = all.slice(off, 20_000.min(total_rows - off));
-        let (start, end) = time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, format)?.context("time range")?;
+        let (start, end) =
+            time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, format)?.context("time range")?;
         let bytes = write_parquet(&arrow_schema, std::slice::from_ref(&piece))?;
         segments.push(Segment {
             meta: SegmentMeta {
@@ -79,10 +83,25 @@ fn main() -> Result<()> {
     let inputs_of = |names: &[SegmentMeta]| -> Vec<(String, Bytes)> {
         names
             .iter()
-            .map(|m| (m.segment_name.clone(), segments.iter().find(|s| s.meta.segment_name == m.segment_name).map(|s| s.bytes.clone()).unwrap_or_default()))
+            .map(|m| {
+                (
+                    m.segment_name.clone(),
+                    segments
+                        .iter()
+                        .find(|s| s.meta.segment_name == m.segment_name)
+                        .map(|s| s.bytes.clone())
+                        .unwrap_or_default(),
+                )
+            })
             .collect()
     };
-    println!("r2o-bench: {total_rows} flights in {} REALTIME segments; merge {}, bucket {} ms, round {:?} ms", segments.len(), spec.flow.merge_type.name(), spec.flow.bucket_ms, spec.flow.round_ms);
+    println!(
+        "r2o-bench: {total_rows} flights in {} REALTIME segments; merge {}, bucket {} ms, round {:?} ms",
+        segments.len(),
+        spec.flow.merge_type.name(),
+        spec.flow.bucket_ms,
+        spec.flow.round_ms
+    );
 
     for merge in [MergeType::Rollup, MergeType::Concat, MergeType::Dedup] {
         let mut spec = spec.clone();

@@ -239,8 +239,10 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
         AdminCommand::Table { cmd } => match cmd {
             TableCmd::Add { conn, config, schema } => {
-                let config_json = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-                let schema_json = std::fs::read_to_string(&schema).with_context(|| format!("reading {}", schema.display()))?;
+                let config_json =
+                    std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+                let schema_json =
+                    std::fs::read_to_string(&schema).with_context(|| format!("reading {}", schema.display()))?;
                 let resp = client(&conn.controller)
                     .await?
                     .add_table(pb::AddTableRequest { table_config_json: config_json, schema_json })
@@ -249,14 +251,24 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 println!("table {} added", resp.into_inner().table);
             }
             TableCmd::List { conn } => {
-                let t = client(&conn.controller).await?.list_tables(pb::ListTablesRequest {}).await.map_err(status_err)?.into_inner();
+                let t = client(&conn.controller)
+                    .await?
+                    .list_tables(pb::ListTablesRequest {})
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
                 match conn.output {
                     Output::Json => println!("{}", json!(t.tables)),
                     Output::Table => t.tables.iter().for_each(|t| println!("{t}")),
                 }
             }
             TableCmd::Show { conn, table } => {
-                let t = client(&conn.controller).await?.get_table(pb::GetTableRequest { table }).await.map_err(status_err)?.into_inner();
+                let t = client(&conn.controller)
+                    .await?
+                    .get_table(pb::GetTableRequest { table })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
                 let v = json!({"tableConfig": serde_json::from_str::<serde_json::Value>(&t.table_config_json)?,
                                "schema": serde_json::from_str::<serde_json::Value>(&t.schema_json)?});
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -264,7 +276,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
         },
         AdminCommand::Segment { cmd } => match cmd {
             SegmentCmd::Add { conn, table, file, status, name, partition, store } => {
-                let seg = ingest::add_segment_file(&conn.controller, &store, &table, &file, &status, name, partition).await?;
+                let seg =
+                    ingest::add_segment_file(&conn.controller, &store, &table, &file, &status, name, partition).await?;
                 println!(
                     "segment {} added: {} rows, {} .. {}, {}",
                     seg.name,
@@ -283,14 +296,33 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 println!("segment {segment} sealed");
             }
             SegmentCmd::List { conn, table } => {
-                let segs = client(&conn.controller).await?.list_segments(pb::ListSegmentsRequest { table }).await.map_err(status_err)?.into_inner().segments;
+                let segs = client(&conn.controller)
+                    .await?
+                    .list_segments(pb::ListSegmentsRequest { table })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner()
+                    .segments;
                 match conn.output {
-                    Output::Json => println!("{}", serde_json::to_string_pretty(&segs.iter().map(segment_json).collect::<Vec<_>>())?),
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&segs.iter().map(segment_json).collect::<Vec<_>>())?
+                    ),
                     Output::Table => print_rows(
                         &["SEGMENT", "TABLE", "STATUS", "START", "END", "ROWS", "BYTES"],
                         &segs
                             .iter()
-                            .map(|s| vec![s.name.clone(), s.table.clone(), s.status.clone(), format_utc(s.start_time_ms), format_utc(s.end_time_ms), s.num_rows.to_string(), s.size_bytes.to_string()])
+                            .map(|s| {
+                                vec![
+                                    s.name.clone(),
+                                    s.table.clone(),
+                                    s.status.clone(),
+                                    format_utc(s.start_time_ms),
+                                    format_utc(s.end_time_ms),
+                                    s.num_rows.to_string(),
+                                    s.size_bytes.to_string(),
+                                ]
+                            })
                             .collect::<Vec<_>>(),
                     ),
                 }
@@ -300,24 +332,53 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             ingest::ingest(&conn.controller, &store, &table, &file, rows_per_segment, seal_last, partition).await?;
         }
         AdminCommand::Tasks { conn, table } => {
-            let tasks = client(&conn.controller).await?.list_tasks(pb::ListTasksRequest { table }).await.map_err(status_err)?.into_inner().tasks;
+            let tasks = client(&conn.controller)
+                .await?
+                .list_tasks(pb::ListTasksRequest { table })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .tasks;
             match conn.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&tasks.iter().map(task_json).collect::<Vec<_>>())?),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&tasks.iter().map(task_json).collect::<Vec<_>>())?)
+                }
                 Output::Table => print_rows(
                     &["WINDOW START", "WINDOW END", "STATE", "ATTEMPT", "ROWS IN", "ROWS OUT", "SEGMENTS", "ERROR"],
                     &tasks
                         .iter()
-                        .map(|t| vec![format_utc(t.window_start_ms), format_utc(t.window_end_ms), t.state.clone(), t.attempt.to_string(), t.rows_in.to_string(), t.rows_out.to_string(), t.output_segments.len().to_string(), t.error.clone()])
+                        .map(|t| {
+                            vec![
+                                format_utc(t.window_start_ms),
+                                format_utc(t.window_end_ms),
+                                t.state.clone(),
+                                t.attempt.to_string(),
+                                t.rows_in.to_string(),
+                                t.rows_out.to_string(),
+                                t.output_segments.len().to_string(),
+                                t.error.clone(),
+                            ]
+                        })
                         .collect::<Vec<_>>(),
                 ),
             }
         }
         AdminCommand::Retry { conn, table } => {
-            let r = client(&conn.controller).await?.retry_task(pb::RetryTaskRequest { table }).await.map_err(status_err)?.into_inner();
+            let r = client(&conn.controller)
+                .await?
+                .retry_task(pb::RetryTaskRequest { table })
+                .await
+                .map_err(status_err)?
+                .into_inner();
             println!("task {} re-armed", r.task_id);
         }
         AdminCommand::Watermark { conn, table } => {
-            let w = client(&conn.controller).await?.get_watermark(pb::GetWatermarkRequest { table }).await.map_err(status_err)?.into_inner();
+            let w = client(&conn.controller)
+                .await?
+                .get_watermark(pb::GetWatermarkRequest { table })
+                .await
+                .map_err(status_err)?
+                .into_inner();
             match conn.output {
                 Output::Json => println!(
                     "{}",
@@ -325,8 +386,15 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                            "windowsSkipped": w.windows_skipped, "rowsOut": w.rows_out, "next": w.next, "idle": w.idle})
                 ),
                 Output::Table => {
-                    let at = if w.exists { format!("{} ({} ms)", format_utc(w.watermark_ms), w.watermark_ms) } else { "none yet (cold start)".into() };
-                    println!("watermark: {at}\nwindows committed: {}\nwindows skipped: {}\nnext: {}", w.windows_committed, w.windows_skipped, w.next);
+                    let at = if w.exists {
+                        format!("{} ({} ms)", format_utc(w.watermark_ms), w.watermark_ms)
+                    } else {
+                        "none yet (cold start)".into()
+                    };
+                    println!(
+                        "watermark: {at}\nwindows committed: {}\nwindows skipped: {}\nnext: {}",
+                        w.windows_committed, w.windows_skipped, w.next
+                    );
                 }
             }
         }
@@ -335,8 +403,17 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             let start = Instant::now();
             let mut last = String::new();
             loop {
-                let w = c.get_watermark(pb::GetWatermarkRequest { table: table.clone() }).await.map_err(status_err)?.into_inner();
-                let line = format!("watermark {} | {} windows committed | {}", if w.exists { format_utc(w.watermark_ms) } else { "-".into() }, w.windows_committed, w.next);
+                let w = c
+                    .get_watermark(pb::GetWatermarkRequest { table: table.clone() })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                let line = format!(
+                    "watermark {} | {} windows committed | {}",
+                    if w.exists { format_utc(w.watermark_ms) } else { "-".into() },
+                    w.windows_committed,
+                    w.next
+                );
                 if line != last {
                     eprintln!("{line}");
                     last = line;
@@ -358,8 +435,14 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
 async fn report(conn: &Conn, table: &str) -> Result<()> {
     let mut c = client(&conn.controller).await?;
     let w = c.get_watermark(pb::GetWatermarkRequest { table: table.into() }).await.map_err(status_err)?.into_inner();
-    let segs = c.list_segments(pb::ListSegmentsRequest { table: table.into() }).await.map_err(status_err)?.into_inner().segments;
-    let tasks = c.list_tasks(pb::ListTasksRequest { table: table.into() }).await.map_err(status_err)?.into_inner().tasks;
+    let segs = c
+        .list_segments(pb::ListSegmentsRequest { table: table.into() })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .segments;
+    let tasks =
+        c.list_tasks(pb::ListTasksRequest { table: table.into() }).await.map_err(status_err)?.into_inner().tasks;
     let part = |suffix: &str| segs.iter().filter(|s| s.table.ends_with(suffix)).collect::<Vec<_>>();
     let (rt, off) = (part("_REALTIME"), part("_OFFLINE"));
     let done: Vec<&pb::Task> = tasks.iter().filter(|t| t.state == "SUCCEEDED").collect();
@@ -388,7 +471,12 @@ async fn report(conn: &Conn, table: &str) -> Result<()> {
             println!("  windows committed    {} (+{} empty windows skipped)", w.windows_committed, w.windows_skipped);
             println!("  rows in (windows)    {}", v["rowsIn"]);
             println!("  rows out             {}", v["rowsOut"]);
-            println!("  REALTIME segments    {} ({} rows, {} CONSUMING)", rt.len(), v["realtimeRows"], v["realtimeConsuming"]);
+            println!(
+                "  REALTIME segments    {} ({} rows, {} CONSUMING)",
+                rt.len(),
+                v["realtimeRows"],
+                v["realtimeConsuming"]
+            );
             println!("  OFFLINE segments     {} ({} rows, {} bytes)", off.len(), v["offlineRows"], v["offlineBytes"]);
             println!("  failed tasks         {}", v["failedTasks"]);
             println!("  next                 {}", w.next);

@@ -33,7 +33,15 @@ fn time_format(spec: &TableSpec) -> TimeFormat {
 }
 
 /// Uploads a Parquet file as one REALTIME segment and registers it.
-pub async fn add_segment_file(controller: &str, store_uri: &str, table: &str, file: &Path, status: &str, name: Option<String>, partition: i32) -> Result<pb::Segment> {
+pub async fn add_segment_file(
+    controller: &str,
+    store_uri: &str,
+    table: &str,
+    file: &Path,
+    status: &str,
+    name: Option<String>,
+    partition: i32,
+) -> Result<pb::Segment> {
     let spec = table_spec(controller, table).await?;
     let status = r2o_common::meta::SegmentStatus::parse(status)
         .with_context(|| format!("invalid --status '{status}': expected CONSUMING or DONE"))?;
@@ -77,7 +85,15 @@ pub async fn add_segment_file(controller: &str, store_uri: &str, table: &str, fi
 
 /// Cuts a file into REALTIME segments and registers them; the last stays
 /// CONSUMING unless `seal_last`.
-pub async fn ingest(controller: &str, store_uri: &str, table: &str, file: &Path, rows_per_segment: usize, seal_last: bool, partition: i32) -> Result<()> {
+pub async fn ingest(
+    controller: &str,
+    store_uri: &str,
+    table: &str,
+    file: &Path,
+    rows_per_segment: usize,
+    seal_last: bool,
+    partition: i32,
+) -> Result<()> {
     if rows_per_segment == 0 {
         bail!("invalid --rows-per-segment 0: expected a whole number of rows greater than zero");
     }
@@ -109,7 +125,9 @@ pub async fn ingest(controller: &str, store_uri: &str, table: &str, file: &Path,
     let prefix = format!("{}__{partition}__", spec.name);
     let first_seq = existing
         .iter()
-        .filter_map(|s| s.name.strip_prefix(&prefix).and_then(|r| r.split("__").next()).and_then(|q| q.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.name.strip_prefix(&prefix).and_then(|r| r.split("__").next()).and_then(|q| q.parse::<u64>().ok())
+        })
         .max()
         .map_or(0, |m| m + 1);
     let store = open_store(store_uri)?;
@@ -121,7 +139,8 @@ pub async fn ingest(controller: &str, store_uri: &str, table: &str, file: &Path,
         let piece = all.slice(i * rows_per_segment, rows_per_segment.min(total - i * rows_per_segment));
         let name = format!("{prefix}{}__{stamp}Z", first_seq + i as u64);
         let bytes = write_parquet(&schema, std::slice::from_ref(&piece))?;
-        let (start, end) = time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, time_format(&spec))?.unwrap_or((0, 0));
+        let (start, end) =
+            time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, time_format(&spec))?.unwrap_or((0, 0));
         let location = realtime_path(&spec.name, &name);
         let size = bytes.len() as u64;
         put_bytes(&store, &location, bytes).await?;
@@ -159,6 +178,10 @@ pub async fn ingest(controller: &str, store_uri: &str, table: &str, file: &Path,
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     }
-    println!("ingested {total} rows into {n} REALTIME segments of {} ({})", spec.name, if seal_last { "all DONE" } else { "last one CONSUMING" });
+    println!(
+        "ingested {total} rows into {n} REALTIME segments of {} ({})",
+        spec.name,
+        if seal_last { "all DONE" } else { "last one CONSUMING" }
+    );
     Ok(())
 }

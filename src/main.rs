@@ -17,7 +17,11 @@ use r2o_common::meta::Keys;
 use r2o_common::store::open_store;
 
 #[derive(Parser)]
-#[command(name = "r2o", version, about = "Managed realtime-to-offline flows (Pinot's RealtimeToOfflineSegmentsTask) as a cluster")]
+#[command(
+    name = "r2o",
+    version,
+    about = "Managed realtime-to-offline flows (Pinot's RealtimeToOfflineSegmentsTask) as a cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,8 @@ enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("R2O_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("R2O_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("R2O_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
@@ -117,7 +122,8 @@ async fn connect_state(state: &StateArgs) -> Result<(Kv, Keys, r2o_common::store
 /// Cancels `token` on SIGTERM or Ctrl-C.
 fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -131,7 +137,15 @@ fn cancel_on_signal(token: CancellationToken) {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Controller { state, listen, advertise, id, plan_interval_ms, janitor_interval_secs, janitor_grace_secs } => {
+        Command::Controller {
+            state,
+            listen,
+            advertise,
+            id,
+            plan_interval_ms,
+            janitor_interval_secs,
+            janitor_grace_secs,
+        } => {
             init_tracing();
             let (kv, keys, store) = connect_state(&state).await?;
             let cancel = CancellationToken::new();

@@ -65,7 +65,8 @@ async fn table_add_validates_and_stores_nothing_on_error() {
             ("ts", Arc::new(Int64Array::from(vec![1])) as _),
         ])
         .unwrap();
-        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&bad_file).unwrap(), b.schema(), None).unwrap();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&bad_file).unwrap(), b.schema(), None).unwrap();
         w.write(&b).unwrap();
         w.close().unwrap();
     }

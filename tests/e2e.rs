@@ -51,7 +51,8 @@ fn schema_json() -> serde_json::Value {
 fn table_json(name: &str, merge: &str) -> serde_json::Value {
     let mut index = json!({"sortedColumn": ["k"]});
     if merge == "rollup" {
-        index["segmentPartitionConfig"] = json!({"columnPartitionMap": {"k": {"functionName": "Murmur", "numPartitions": 3}}});
+        index["segmentPartitionConfig"] =
+            json!({"columnPartitionMap": {"k": {"functionName": "Murmur", "numPartitions": 3}}});
     }
     json!({
         "tableName": format!("{name}_REALTIME"),
@@ -74,7 +75,8 @@ fn gen_rows(rng: &mut StdRng, n: usize) -> Vec<Row> {
             continue; // a gap of two empty 6 h windows
         }
         let r = Row {
-            k: (rng.random_range(0..20) > 0).then(|| ["AA", "UA", "DL", "B6", "WN"][rng.random_range(0..5)].to_string()),
+            k: (rng.random_range(0..20) > 0)
+                .then(|| ["AA", "UA", "DL", "B6", "WN"][rng.random_range(0..5)].to_string()),
             p: (rng.random_range(0..20) > 0).then(|| rng.random_range(0..3)),
             m: (rng.random_range(0..10) > 0).then(|| rng.random_range(-5..100)),
             x: (rng.random_range(0..10) > 0).then(|| f64::from(rng.random_range(0..8)) * 0.5),
@@ -104,7 +106,8 @@ fn to_batch(rows: &[Row]) -> RecordBatch {
 
 fn write_file(path: &std::path::Path, rows: &[Row]) {
     let batch = to_batch(rows);
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }
@@ -136,7 +139,14 @@ fn read_rows(path: &std::path::Path) -> Vec<Row> {
 
 /// Rows of committed OFFLINE segments of a table, from metadata and files alone.
 async fn offline_rows(cluster: &Cluster, table: &str) -> (Vec<Row>, Vec<pb::Segment>) {
-    let segs = cluster.client().await.list_segments(pb::ListSegmentsRequest { table: table.into() }).await.unwrap().into_inner().segments;
+    let segs = cluster
+        .client()
+        .await
+        .list_segments(pb::ListSegmentsRequest { table: table.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
     let offline: Vec<pb::Segment> = segs.into_iter().filter(|s| s.table.ends_with("_OFFLINE")).collect();
     let mut rows = vec![];
     for s in &offline {
@@ -161,9 +171,18 @@ fn rollup_of(rows: &[Row]) -> BTreeMap<String, Agg> {
     for r in rows {
         let key = format!("{:?}|{:?}|{}", r.k, r.p, r.ts);
         let e = out.entry(key).or_insert((None, None, None, 0));
-        e.0 = match (e.0, r.m) { (Some(a), Some(b)) => Some(a + b), (a, b) => a.or(b) };
-        e.1 = match (e.1, r.x) { (Some(a), Some(b)) => Some(a.min(b)), (a, b) => a.or(b) };
-        e.2 = match (e.2, r.y) { (Some(a), Some(b)) => Some(a.max(b)), (a, b) => a.or(b) };
+        e.0 = match (e.0, r.m) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        e.1 = match (e.1, r.x) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        e.2 = match (e.2, r.y) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         e.3 += 1;
     }
     out
@@ -186,7 +205,10 @@ async fn check_tables(cluster: &Cluster, input: &[Row], wm_s: i64) -> u64 {
     assert_eq!(got_set.len(), got_keys.len(), "dedup output holds duplicates");
     let missing: Vec<&String> = distinct.difference(&got_set).take(5).collect();
     let extra: Vec<&String> = got_set.difference(&distinct).take(5).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "dedup rows differ from the distinct input rows: missing {missing:?}, extra {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "dedup rows differ from the distinct input rows: missing {missing:?}, extra {extra:?}"
+    );
     assert!(distinct.len() < expected.len(), "test data must hold duplicates");
     // rollup: per group, the same sum / min / max as computed directly
     let (got, segs) = offline_rows(cluster, "ev_rollup").await;
@@ -258,7 +280,18 @@ async fn flows_concat_rollup_dedup_exactly_once() {
     // DONE one while data is still arriving.
     for table in ["ev_concat", "ev_rollup", "ev_dedup"] {
         for (i, (f, status, name)) in files.iter().enumerate() {
-            cluster.cli(&["segment", "add", "--table", table, "--file", f.to_str().unwrap(), "--status", "CONSUMING", "--name", name]);
+            cluster.cli(&[
+                "segment",
+                "add",
+                "--table",
+                table,
+                "--file",
+                f.to_str().unwrap(),
+                "--status",
+                "CONSUMING",
+                "--name",
+                name,
+            ]);
             if i > 0 && files[i - 1].1 == "DONE" {
                 cluster.cli(&["segment", "seal", "--table", table, "--segment", &files[i - 1].2]);
             }
@@ -269,11 +302,29 @@ async fn flows_concat_rollup_dedup_exactly_once() {
     // Phase 1: everything up to the CONSUMING segment's window moves.
     for table in ["ev_concat", "ev_rollup", "ev_dedup"] {
         let w = cluster.wait_idle(table, Duration::from_secs(120)).await;
-        assert!(w.next.contains("CONSUMING") && w.next.contains("ev__0__99"), "{table} waits for the CONSUMING segment: {}", w.next);
-        assert_eq!(w.watermark_ms, (T0 + 60 * H) * 1000, "{table}: the window [60 h, 66 h) overlaps what the CONSUMING segment may still hold");
+        assert!(
+            w.next.contains("CONSUMING") && w.next.contains("ev__0__99"),
+            "{table} waits for the CONSUMING segment: {}",
+            w.next
+        );
+        assert_eq!(
+            w.watermark_ms,
+            (T0 + 60 * H) * 1000,
+            "{table}: the window [60 h, 66 h) overlaps what the CONSUMING segment may still hold"
+        );
         assert_eq!(w.windows_skipped, 2, "{table}: the two empty windows in the gap are skipped");
-        let tasks = cluster.client().await.list_tasks(pb::ListTasksRequest { table: table.into() }).await.unwrap().into_inner().tasks;
-        assert!(tasks.iter().all(|t| t.window_end_ms <= (T0 + 60 * H) * 1000), "{table}: no task for a window held by the CONSUMING segment");
+        let tasks = cluster
+            .client()
+            .await
+            .list_tasks(pb::ListTasksRequest { table: table.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks;
+        assert!(
+            tasks.iter().all(|t| t.window_end_ms <= (T0 + 60 * H) * 1000),
+            "{table}: no task for a window held by the CONSUMING segment"
+        );
         assert!(tasks.iter().all(|t| t.state == "SUCCEEDED"));
         assert_eq!(tasks.len() as u64, w.windows_committed);
     }
@@ -294,12 +345,24 @@ async fn flows_concat_rollup_dedup_exactly_once() {
     let checked2 = check_tables(&cluster, &rows, final_wm).await;
     assert_eq!(checked2, rows.len() as u64, "every input row moved");
     // a duplicate completion report for a committed attempt changes nothing
-    let tasks = cluster.client().await.list_tasks(pb::ListTasksRequest { table: "ev_concat".into() }).await.unwrap().into_inner().tasks;
+    let tasks = cluster
+        .client()
+        .await
+        .list_tasks(pb::ListTasksRequest { table: "ev_concat".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
     let t = &tasks[0];
     let dup = cluster
         .client()
         .await
-        .complete_task(pb::CompleteTaskRequest { task_id: t.id.clone(), attempt: t.attempt, minion_id: t.minion.clone(), ..Default::default() })
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: t.id.clone(),
+            attempt: t.attempt,
+            minion_id: t.minion.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -307,7 +370,12 @@ async fn flows_concat_rollup_dedup_exactly_once() {
     let stale = cluster
         .client()
         .await
-        .complete_task(pb::CompleteTaskRequest { task_id: t.id.clone(), attempt: t.attempt + 1, minion_id: "nobody".into(), ..Default::default() })
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: t.id.clone(),
+            attempt: t.attempt + 1,
+            minion_id: "nobody".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");

@@ -12,7 +12,7 @@
 
 mod support;
 
-use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::Int64Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use r2o_common::kv::{EtcdKv, KvBackend};
@@ -39,10 +39,12 @@ enum Fault {
     DuplicateReport,
 }
 
-const KINDS: [Fault; 5] = [Fault::KillMinion, Fault::KillLeader, Fault::PauseMinion, Fault::RestartEtcd, Fault::DuplicateReport];
+const KINDS: [Fault; 5] =
+    [Fault::KillMinion, Fault::KillLeader, Fault::PauseMinion, Fault::RestartEtcd, Fault::DuplicateReport];
 
 fn write_parquet(path: &std::path::Path, batch: &RecordBatch) {
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
     w.write(batch).unwrap();
     w.close().unwrap();
 }
@@ -63,9 +65,16 @@ fn table(name: &str) -> serde_json::Value {
             "bucketTimePeriod": "1h", "bufferTimePeriod": "1d", "mergeType": "concat", "maxAttemptsPerTask": "3"}}}})
 }
 
-async fn client(cluster: &Cluster) -> Option<r2o_proto::controller::controller_service_client::ControllerServiceClient<tonic::transport::Channel>> {
+async fn client(
+    cluster: &Cluster,
+) -> Option<r2o_proto::controller::controller_service_client::ControllerServiceClient<tonic::transport::Channel>> {
     for c in &cluster.controllers {
-        if let Ok(cl) = r2o_proto::controller::controller_service_client::ControllerServiceClient::connect(format!("http://127.0.0.1:{}", c.port)).await {
+        if let Ok(cl) = r2o_proto::controller::controller_service_client::ControllerServiceClient::connect(format!(
+            "http://127.0.0.1:{}",
+            c.port
+        ))
+        .await
+        {
             return Some(cl);
         }
     }
@@ -73,12 +82,24 @@ async fn client(cluster: &Cluster) -> Option<r2o_proto::controller::controller_s
 }
 
 async fn watermark(cluster: &Cluster, table: &str) -> Option<pb::GetWatermarkResponse> {
-    client(cluster).await?.get_watermark(pb::GetWatermarkRequest { table: table.into() }).await.ok().map(|r| r.into_inner())
+    client(cluster)
+        .await?
+        .get_watermark(pb::GetWatermarkRequest { table: table.into() })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 /// ids in the committed OFFLINE files of a table (from metadata and files alone).
 async fn offline_ids(cluster: &Cluster, table: &str) -> (Vec<i64>, HashSet<String>) {
-    let segs = client(cluster).await.unwrap().list_segments(pb::ListSegmentsRequest { table: table.into() }).await.unwrap().into_inner().segments;
+    let segs = client(cluster)
+        .await
+        .unwrap()
+        .list_segments(pb::ListSegmentsRequest { table: table.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
     let mut ids = vec![];
     let mut locations = HashSet::new();
     for s in segs.iter().filter(|s| s.table.ends_with("_OFFLINE")) {
@@ -113,7 +134,10 @@ async fn exactly_once_under_faults() {
     let soak = Duration::from_secs(std::env::var("R2O_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
     let mut rng = StdRng::seed_from_u64(seed);
     let env = vec![
-        ("R2O_FAULT_STORE".to_string(), format!("read_error_rate=0.03,write_error_rate=0.03,latency_ms=15,seed={seed}")),
+        (
+            "R2O_FAULT_STORE".to_string(),
+            format!("read_error_rate=0.03,write_error_rate=0.03,latency_ms=15,seed={seed}"),
+        ),
         ("R2O_JANITOR_INTERVAL_SECS".to_string(), "1".to_string()),
         ("R2O_JANITOR_GRACE_SECS".to_string(), "3".to_string()),
     ];
@@ -122,7 +146,14 @@ async fn exactly_once_under_faults() {
     std::fs::write(d.join("schema.json"), schema().to_string()).unwrap();
     for t in ["fa", "fb"] {
         std::fs::write(d.join(format!("{t}.json")), table(t).to_string()).unwrap();
-        cluster.cli(&["table", "add", "--config", d.join(format!("{t}.json")).to_str().unwrap(), "--schema", d.join("schema.json").to_str().unwrap()]);
+        cluster.cli(&[
+            "table",
+            "add",
+            "--config",
+            d.join(format!("{t}.json")).to_str().unwrap(),
+            "--schema",
+            d.join("schema.json").to_str().unwrap(),
+        ]);
     }
     // table fa: 300,000 rows with unique ids over 120 hours
     let mut ts: Vec<i64> = (0..ROWS).map(|_| T0_MS + rng.random_range(0..HOURS * H_MS)).collect();
@@ -137,7 +168,16 @@ async fn exactly_once_under_faults() {
     .unwrap();
     let fa_file = d.join("fa.parquet");
     write_parquet(&fa_file, &batch);
-    cluster.cli(&["ingest", "--table", "fa", "--file", fa_file.to_str().unwrap(), "--rows-per-segment", "10000", "--seal-last"]);
+    cluster.cli(&[
+        "ingest",
+        "--table",
+        "fa",
+        "--file",
+        fa_file.to_str().unwrap(),
+        "--rows-per-segment",
+        "10000",
+        "--seal-last",
+    ]);
     // table fb: three hourly segments, the middle one corrupt
     for h in 0..3i64 {
         let b = RecordBatch::try_from_iter(vec![
@@ -149,7 +189,18 @@ async fn exactly_once_under_faults() {
         .unwrap();
         let f = d.join(format!("fb{h}.parquet"));
         write_parquet(&f, &b);
-        cluster.cli(&["segment", "add", "--table", "fb", "--file", f.to_str().unwrap(), "--status", "CONSUMING", "--name", &format!("fb__0__{h}")]);
+        cluster.cli(&[
+            "segment",
+            "add",
+            "--table",
+            "fb",
+            "--file",
+            f.to_str().unwrap(),
+            "--status",
+            "CONSUMING",
+            "--name",
+            &format!("fb__0__{h}"),
+        ]);
     }
     std::fs::write(cluster.store_path("realtime/fb_REALTIME/fb__0__1.parquet"), b"PAR1 corrupt PAR1").unwrap();
     for h in 0..3 {
@@ -167,7 +218,8 @@ async fn exactly_once_under_faults() {
     loop {
         let wm = watermark(&cluster, "fa").await.map(|w| w.watermark_ms).unwrap_or(0);
         let all_kinds = KINDS.iter().all(|k| injected.contains_key(k));
-        if (wm >= final_wm && all_kinds && start.elapsed() >= soak) || start.elapsed() > Duration::from_secs(240) + soak {
+        if (wm >= final_wm && all_kinds && start.elapsed() >= soak) || start.elapsed() > Duration::from_secs(240) + soak
+        {
             break;
         }
         let fault = plan.get(n).copied().unwrap_or_else(|| KINDS[rng.random_range(0..KINDS.len())]);
@@ -185,7 +237,9 @@ async fn exactly_once_under_faults() {
                     Err(_) => None,
                 };
                 let leader: Option<LeaderRecord> = leader.and_then(|l| serde_json::from_slice(&l.value).ok());
-                match leader.and_then(|l| cluster.controllers.iter().position(|c| l.addr.ends_with(&format!(":{}", c.port)))) {
+                match leader
+                    .and_then(|l| cluster.controllers.iter().position(|c| l.addr.ends_with(&format!(":{}", c.port))))
+                {
                     Some(i) => {
                         cluster.kill_and_replace_controller(i);
                         true
@@ -209,9 +263,15 @@ async fn exactly_once_under_faults() {
                 let mut ok = false;
                 if let Some(mut c) = client(&cluster).await {
                     if let Ok(tasks) = c.list_tasks(pb::ListTasksRequest { table: "fa".into() }).await {
-                        let done: Vec<pb::Task> = tasks.into_inner().tasks.into_iter().filter(|t| t.state == "SUCCEEDED").collect();
+                        let done: Vec<pb::Task> =
+                            tasks.into_inner().tasks.into_iter().filter(|t| t.state == "SUCCEEDED").collect();
                         if let Some(t) = done.get(rng.random_range(0..done.len().max(1))) {
-                            let req = pb::CompleteTaskRequest { task_id: t.id.clone(), attempt: t.attempt, minion_id: t.minion.clone(), ..Default::default() };
+                            let req = pb::CompleteTaskRequest {
+                                task_id: t.id.clone(),
+                                attempt: t.attempt,
+                                minion_id: t.minion.clone(),
+                                ..Default::default()
+                            };
                             // any controller: the leader answers "already committed"; a standby, UNAVAILABLE
                             match c.complete_task(req).await {
                                 Ok(r) => {
@@ -241,7 +301,11 @@ async fn exactly_once_under_faults() {
                 break w;
             }
         }
-        assert!(start_wait.elapsed() < Duration::from_secs(180), "fa did not settle; logs in {}", cluster.dir.path().display());
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(180),
+            "fa did not settle; logs in {}",
+            cluster.dir.path().display()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(w.watermark_ms, final_wm, "fa caught up: {}", w.next);
@@ -256,8 +320,13 @@ async fn exactly_once_under_faults() {
 
     // the watermark is contiguous: lineage windows follow each other
     let kv = EtcdKv::connect(&kv_endpoint, Duration::from_secs(5)).await.unwrap();
-    let lineage: Vec<LineageRecord> =
-        kv.range(&format!("{}/lineage/fa/", cluster.prefix)).await.unwrap().iter().map(|e| serde_json::from_slice(&e.value).unwrap()).collect();
+    let lineage: Vec<LineageRecord> = kv
+        .range(&format!("{}/lineage/fa/", cluster.prefix))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_slice(&e.value).unwrap())
+        .collect();
     assert_eq!(lineage.len() as i64, HOURS, "one lineage record per window");
     for (i, l) in lineage.iter().enumerate() {
         assert_eq!(l.window_start_ms, T0_MS + i as i64 * H_MS, "window {i} is in order with no gap");
@@ -267,7 +336,14 @@ async fn exactly_once_under_faults() {
     // the poisoned table failed visibly and holds its watermark
     let wb = watermark(&cluster, "fb").await.unwrap();
     assert_eq!(wb.watermark_ms, T0_MS + H_MS, "fb stops before the corrupt window: {}", wb.next);
-    let tb = client(&cluster).await.unwrap().list_tasks(pb::ListTasksRequest { table: "fb".into() }).await.unwrap().into_inner().tasks;
+    let tb = client(&cluster)
+        .await
+        .unwrap()
+        .list_tasks(pb::ListTasksRequest { table: "fb".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
     let failed = tb.iter().find(|t| t.window_start_ms == T0_MS + H_MS).expect("fb's corrupt window has a task");
     assert!(failed.error.contains("fb__0__1"), "error names the corrupt segment: {}", failed.error);
 

@@ -17,7 +17,8 @@ const H_MS: i64 = 3_600_000;
 const T0_MS: i64 = 1_600_000_000_000 / H_MS * H_MS;
 
 fn write_parquet(path: &std::path::Path, batch: &RecordBatch) {
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
     w.write(batch).unwrap();
     w.close().unwrap();
 }
@@ -43,7 +44,11 @@ async fn wait_failed(cluster: &Cluster, table: &str, attempt: u32) -> pb::Task {
         if let Some(t) = tasks(cluster, table).await.into_iter().find(|t| t.state == "FAILED" && t.attempt == attempt) {
             return t;
         }
-        assert!(start.elapsed() < Duration::from_secs(90), "no FAILED task at attempt {attempt}: {:?}", tasks(cluster, table).await);
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no FAILED task at attempt {attempt}: {:?}",
+            tasks(cluster, table).await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -65,7 +70,14 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
                 "bucketTimePeriod": "1h", "bufferTimePeriod": "1d", "maxAttemptsPerTask": "2"}}}});
         std::fs::write(d.join(format!("{t}.json")), cfg.to_string()).unwrap();
         let c = d.join(format!("{t}.json"));
-        cluster.cli(&["table", "add", "--config", c.to_str().unwrap(), "--schema", d.join("schema.json").to_str().unwrap()]);
+        cluster.cli(&[
+            "table",
+            "add",
+            "--config",
+            c.to_str().unwrap(),
+            "--schema",
+            d.join("schema.json").to_str().unwrap(),
+        ]);
     }
     let files: Vec<_> = (0..3)
         .map(|h| {
@@ -76,7 +88,18 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
         .collect();
     for t in ["good", "bad"] {
         for (h, f) in files.iter().enumerate() {
-            cluster.cli(&["segment", "add", "--table", t, "--file", f.to_str().unwrap(), "--status", "CONSUMING", "--name", &format!("{t}__0__{h}")]);
+            cluster.cli(&[
+                "segment",
+                "add",
+                "--table",
+                t,
+                "--file",
+                f.to_str().unwrap(),
+                "--status",
+                "CONSUMING",
+                "--name",
+                &format!("{t}__0__{h}"),
+            ]);
         }
     }
     // poison bad's middle segment in the store, then let the segments complete
@@ -96,7 +119,13 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
     let t = wait_failed(&cluster, "bad", 2).await;
     assert_eq!(t.window_start_ms, T0_MS + H_MS);
     assert!(t.error.contains("bad__0__1") && t.error.contains("Parquet"), "{}", t.error);
-    let w = cluster.client().await.get_watermark(pb::GetWatermarkRequest { table: "bad".into() }).await.unwrap().into_inner();
+    let w = cluster
+        .client()
+        .await
+        .get_watermark(pb::GetWatermarkRequest { table: "bad".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(w.watermark_ms, T0_MS + H_MS, "the failed window holds the watermark: no gap");
     assert!(w.next.contains("FAILED") && w.next.contains("bad__0__1"), "watermark explains the failure: {}", w.next);
     assert!(tasks(&cluster, "bad").await.iter().all(|t| t.window_start_ms <= T0_MS + H_MS), "no later window planned");

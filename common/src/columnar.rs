@@ -16,10 +16,7 @@ use crate::error::{Error, Result};
 use crate::schema::{Schema, TimeFormat};
 
 fn seg_err(segment: &str, problem: impl Into<String>) -> Error {
-    Error::Segment {
-        segment: segment.to_string(),
-        problem: problem.into(),
-    }
+    Error::Segment { segment: segment.to_string(), problem: problem.into() }
 }
 
 /// Whether a file column of type `file` can be read as the table's `table` type.
@@ -75,7 +72,12 @@ pub fn check_file_schema(segment: &str, file: &ArrowSchema, schema: &Schema) -> 
 }
 
 /// Projects and casts a batch to the table's Arrow schema.
-pub fn conform_batch(segment: &str, batch: &RecordBatch, schema: &Schema, target: &Arc<ArrowSchema>) -> Result<RecordBatch> {
+pub fn conform_batch(
+    segment: &str,
+    batch: &RecordBatch,
+    schema: &Schema,
+    target: &Arc<ArrowSchema>,
+) -> Result<RecordBatch> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields.len());
     for f in &schema.fields {
         let col = batch.column_by_name(&f.name).ok_or_else(|| {
@@ -128,7 +130,9 @@ pub fn time_ms(column: &ArrayRef, format: TimeFormat) -> Result<Int64Array> {
         ArrowType::Timestamp(unit, _) => {
             let raw = as_i64(&cast(column, &ArrowType::Timestamp(*unit, None))?)?;
             let per_ms: i64 = match unit {
-                TimeUnit::Second => return Ok(arrow::compute::kernels::arity::unary(&raw, |v: i64| v.saturating_mul(1000))),
+                TimeUnit::Second => {
+                    return Ok(arrow::compute::kernels::arity::unary(&raw, |v: i64| v.saturating_mul(1000)))
+                }
                 TimeUnit::Millisecond => 1,
                 TimeUnit::Microsecond => 1_000,
                 TimeUnit::Nanosecond => 1_000_000,

@@ -124,11 +124,7 @@ fn as_text(v: &Value) -> Option<String> {
 
 /// Checks a raw table name: non-empty, letters, digits, `_`, `-`, `.`.
 pub fn validate_table_name(name: &str) -> Result<(), ConfigError> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-    {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
         return Err(ConfigError::Invalid {
             field: "tableName".into(),
             value: name.into(),
@@ -149,18 +145,14 @@ impl TableSpec {
     /// epoch/timestamp format; the sorted or partition column is missing.
     pub fn from_json(config_json: Value, schema_json: Value) -> Result<TableSpec, ConfigError> {
         let schema = Schema::from_json(&schema_json)?;
-        let obj = config_json.as_object().ok_or(ConfigError::Malformed {
-            what: "table config".into(),
-            message: "expected a JSON object".into(),
-        })?;
-        let table_name = obj.get("tableName").and_then(Value::as_str).ok_or(ConfigError::Missing {
-            field: "tableName".into(),
-            expected: "the table's name".into(),
-        })?;
-        let name = table_name
-            .strip_suffix("_REALTIME")
-            .unwrap_or(table_name)
-            .to_string();
+        let obj = config_json
+            .as_object()
+            .ok_or(ConfigError::Malformed { what: "table config".into(), message: "expected a JSON object".into() })?;
+        let table_name = obj
+            .get("tableName")
+            .and_then(Value::as_str)
+            .ok_or(ConfigError::Missing { field: "tableName".into(), expected: "the table's name".into() })?;
+        let name = table_name.strip_suffix("_REALTIME").unwrap_or(table_name).to_string();
         validate_table_name(&name)?;
         let table_type = obj.get("tableType").and_then(Value::as_str).unwrap_or("");
         if !table_type.eq_ignore_ascii_case("REALTIME") {
@@ -187,13 +179,16 @@ impl TableSpec {
                     expected: "a column of the schema's dateTimeFieldSpecs".into(),
                 })
             }
-            Some(f) if f.time_format.is_none()
-                || !matches!(f.data_type, DataType::Int | DataType::Long | DataType::Timestamp) =>
+            Some(f)
+                if f.time_format.is_none()
+                    || !matches!(f.data_type, DataType::Int | DataType::Long | DataType::Timestamp) =>
             {
                 return Err(ConfigError::Invalid {
                     field: "segmentsConfig.timeColumnName".into(),
                     value: time_column,
-                    expected: "a dateTimeFieldSpecs column of type INT, LONG or TIMESTAMP with an epoch or timestamp format".into(),
+                    expected:
+                        "a dateTimeFieldSpecs column of type INT, LONG or TIMESTAMP with an epoch or timestamp format"
+                            .into(),
                 })
             }
             Some(_) => {}
@@ -301,22 +296,12 @@ impl TableSpec {
                 "sum" => AggregationType::Sum,
                 "min" => AggregationType::Min,
                 "max" => AggregationType::Max,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        field,
-                        value: agg_text,
-                        expected: "sum, min or max".into(),
-                    })
-                }
+                _ => return Err(ConfigError::Invalid { field, value: agg_text, expected: "sum, min or max".into() }),
             };
             aggregations.insert(metric.to_string(), agg);
         }
         if merge_type == MergeType::Rollup {
-            if let Some(f) = schema
-                .fields
-                .iter()
-                .find(|f| f.kind == FieldKind::Metric && !f.data_type.is_numeric())
-            {
+            if let Some(f) = schema.fields.iter().find(|f| f.kind == FieldKind::Metric && !f.data_type.is_numeric()) {
                 return Err(ConfigError::Invalid {
                     field: format!("metricFieldSpecs[{}].dataType", f.name),
                     value: f.data_type.name().into(),
@@ -388,8 +373,7 @@ impl TableSpec {
 }
 
 fn parse_partitioning(config: &Value, schema: &Schema) -> Result<Option<Partitioning>, ConfigError> {
-    let Some(map) = config.pointer("/tableIndexConfig/segmentPartitionConfig/columnPartitionMap")
-    else {
+    let Some(map) = config.pointer("/tableIndexConfig/segmentPartitionConfig/columnPartitionMap") else {
         return Ok(None);
     };
     let base = "tableIndexConfig.segmentPartitionConfig.columnPartitionMap";
@@ -448,11 +432,7 @@ fn parse_partitioning(config: &Value, schema: &Schema) -> Result<Option<Partitio
             })
         }
     };
-    Ok(Some(Partitioning {
-        column: column.clone(),
-        function,
-        num_partitions,
-    }))
+    Ok(Some(Partitioning { column: column.clone(), function, num_partitions }))
 }
 
 fn as_text_ref(v: &Value) -> Option<String> {
@@ -566,7 +546,8 @@ mod tests {
         let t = TableSpec::from_json(c.clone(), schema()).unwrap();
         let p = t.flow.partitioning.unwrap();
         assert_eq!((p.column.as_str(), p.function, p.num_partitions), ("carrier", PartitionFunction::Murmur, 4));
-        c["tableIndexConfig"]["segmentPartitionConfig"]["columnPartitionMap"]["carrier"]["functionName"] = json!("Modulo");
+        c["tableIndexConfig"]["segmentPartitionConfig"]["columnPartitionMap"]["carrier"]["functionName"] =
+            json!("Modulo");
         let e = TableSpec::from_json(c, schema()).unwrap_err().to_string();
         assert!(e.contains("functionName") && e.contains("Modulo"), "{e}");
     }

@@ -63,11 +63,7 @@ pub enum Op {
 impl Op {
     /// A put without a lease.
     pub fn put(key: impl Into<String>, value: Vec<u8>) -> Op {
-        Op::Put {
-            key: key.into(),
-            value,
-            lease: None,
-        }
+        Op::Put { key: key.into(), value, lease: None }
     }
 
     /// A delete.
@@ -123,9 +119,7 @@ impl EtcdKv {
             .with_connect_timeout(connect_timeout)
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-        let client = etcd_client::Client::connect(endpoints, Some(options))
-            .await
-            .map_err(meta_err)?;
+        let client = etcd_client::Client::connect(endpoints, Some(options)).await.map_err(meta_err)?;
         Ok(EtcdKv { client })
     }
 }
@@ -149,22 +143,13 @@ impl KvBackend for EtcdKv {
 
     async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         let opts = etcd_client::GetOptions::new().with_prefix();
-        let resp = self
-            .client
-            .kv_client()
-            .get(prefix, Some(opts))
-            .await
-            .map_err(meta_err)?;
+        let resp = self.client.kv_client().get(prefix, Some(opts)).await.map_err(meta_err)?;
         Ok(resp.kvs().iter().map(to_kv).collect())
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()> {
         let opts = lease.map(|l| etcd_client::PutOptions::new().with_lease(l));
-        self.client
-            .kv_client()
-            .put(key, value, opts)
-            .await
-            .map_err(|e| lease_or_meta(e, lease))?;
+        self.client.kv_client().put(key, value, opts).await.map_err(|e| lease_or_meta(e, lease))?;
         Ok(())
     }
 
@@ -203,12 +188,7 @@ impl KvBackend for EtcdKv {
     }
 
     async fn grant_lease(&self, ttl_secs: i64) -> Result<LeaseId> {
-        let resp = self
-            .client
-            .lease_client()
-            .grant(ttl_secs, None)
-            .await
-            .map_err(meta_err)?;
+        let resp = self.client.lease_client().grant(ttl_secs, None).await.map_err(meta_err)?;
         Ok(resp.id())
     }
 
@@ -259,12 +239,8 @@ struct MemState {
 impl MemState {
     fn expire(&mut self) {
         let now = Instant::now();
-        let dead: Vec<LeaseId> = self
-            .leases
-            .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let dead: Vec<LeaseId> =
+            self.leases.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(id, _)| *id).collect();
         for id in dead {
             self.drop_lease(id);
         }
@@ -272,12 +248,7 @@ impl MemState {
 
     fn drop_lease(&mut self, id: LeaseId) {
         self.leases.remove(&id);
-        let keys: Vec<String> = self
-            .data
-            .values()
-            .filter(|kv| kv.lease == id)
-            .map(|kv| kv.key.clone())
-            .collect();
+        let keys: Vec<String> = self.data.values().filter(|kv| kv.lease == id).map(|kv| kv.key.clone()).collect();
         if !keys.is_empty() {
             self.revision += 1;
             for k in keys {
@@ -298,13 +269,7 @@ impl MemState {
         let create = self.data.get(&key).map_or(rev, |kv| kv.create_revision);
         self.data.insert(
             key.clone(),
-            KeyValue {
-                key,
-                value,
-                create_revision: create,
-                mod_revision: rev,
-                lease: lease.unwrap_or(0),
-            },
+            KeyValue { key, value, create_revision: create, mod_revision: rev, lease: lease.unwrap_or(0) },
         );
     }
 }
@@ -416,10 +381,7 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     assert!(a.create_revision > 0 && a.mod_revision == a.create_revision);
 
     // create-if-absent: fails when present, succeeds when absent
-    let ok = kv
-        .txn(vec![Compare::CreateRevision(k("a"), 0)], vec![Op::put(k("a"), b"2".to_vec())])
-        .await
-        .unwrap();
+    let ok = kv.txn(vec![Compare::CreateRevision(k("a"), 0)], vec![Op::put(k("a"), b"2".to_vec())]).await.unwrap();
     assert!(!ok, "create-if-absent must fail on an existing key");
     assert_eq!(kv.get(&k("a")).await.unwrap().unwrap().value, b"1");
     let ok = kv
@@ -435,10 +397,7 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     assert_eq!(a2.mod_revision, b.mod_revision, "one txn, one revision");
     assert_eq!(a2.create_revision, a.create_revision);
     // a stale revision changes nothing
-    let ok = kv
-        .txn(vec![Compare::ModRevision(k("a"), a.mod_revision)], vec![Op::delete(k("b"))])
-        .await
-        .unwrap();
+    let ok = kv.txn(vec![Compare::ModRevision(k("a"), a.mod_revision)], vec![Op::delete(k("b"))]).await.unwrap();
     assert!(!ok);
     assert!(kv.get(&k("b")).await.unwrap().is_some());
 

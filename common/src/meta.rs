@@ -306,9 +306,7 @@ fn sortable_ms(ms: i64) -> String {
 impl Keys {
     /// Keys under `prefix` (e.g. `/r2o`; a trailing `/` is dropped).
     pub fn new(prefix: &str) -> Keys {
-        Keys {
-            prefix: prefix.trim_end_matches('/').to_string(),
-        }
+        Keys { prefix: prefix.trim_end_matches('/').to_string() }
     }
     /// The prefix.
     pub fn prefix(&self) -> &str {
@@ -387,10 +385,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes a stored record, naming the key on failure.
 pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T> {
-    serde_json::from_slice(&kv.value).map_err(|e| Error::Codec {
-        key: kv.key.clone(),
-        message: e.to_string(),
-    })
+    serde_json::from_slice(&kv.value).map_err(|e| Error::Codec { key: kv.key.clone(), message: e.to_string() })
 }
 
 /// Reads and decodes one record with its key-value (for revisions).
@@ -403,19 +398,12 @@ pub async fn get_record<T: DeserializeOwned>(kv: &Kv, key: &str) -> Result<Optio
 
 /// Reads and decodes every record under a prefix.
 pub async fn range_records<T: DeserializeOwned>(kv: &Kv, prefix: &str) -> Result<Vec<(T, KeyValue)>> {
-    kv.range(prefix)
-        .await?
-        .into_iter()
-        .map(|entry| Ok((decode(&entry)?, entry)))
-        .collect()
+    kv.range(prefix).await?.into_iter().map(|entry| Ok((decode(&entry)?, entry))).collect()
 }
 
 /// Current UTC time in epoch ms.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

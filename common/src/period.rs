@@ -8,12 +8,7 @@
 
 use crate::error::ConfigError;
 
-const UNITS: [(char, i64); 4] = [
-    ('d', 86_400_000),
-    ('h', 3_600_000),
-    ('m', 60_000),
-    ('s', 1_000),
-];
+const UNITS: [(char, i64); 4] = [('d', 86_400_000), ('h', 3_600_000), ('m', 60_000), ('s', 1_000)];
 
 /// Parses a Pinot period into milliseconds.
 ///
@@ -51,10 +46,7 @@ pub fn parse_period_ms(field: &str, text: &str) -> Result<i64, ConfigError> {
             return Err(bad("units must appear once each, in the order d, h, m, s"));
         }
         let n: i64 = digits.parse().map_err(|_| bad("number too large"))?;
-        total = n
-            .checked_mul(UNITS[pos].1)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| bad("too large"))?;
+        total = n.checked_mul(UNITS[pos].1).and_then(|v| total.checked_add(v)).ok_or_else(|| bad("too large"))?;
         digits.clear();
         next_unit = pos + 1;
     }

@@ -45,8 +45,7 @@ impl DataType {
                 return Err(ConfigError::Invalid {
                     field: field.to_string(),
                     value: text.to_string(),
-                    expected: "one of INT, LONG, FLOAT, DOUBLE, BOOLEAN, TIMESTAMP, STRING, BYTES"
-                        .into(),
+                    expected: "one of INT, LONG, FLOAT, DOUBLE, BOOLEAN, TIMESTAMP, STRING, BYTES".into(),
                 })
             }
         })
@@ -68,10 +67,7 @@ impl DataType {
 
     /// Whether the type can be summed, minimised and maximised.
     pub fn is_numeric(self) -> bool {
-        matches!(
-            self,
-            DataType::Int | DataType::Long | DataType::Float | DataType::Double
-        )
+        matches!(self, DataType::Int | DataType::Long | DataType::Float | DataType::Double)
     }
 
     /// Pinot's name of the type.
@@ -157,9 +153,7 @@ impl TimeFormat {
         if size <= 0 {
             return Err(bad());
         }
-        Ok(TimeFormat {
-            ms_per_value: size * unit_ms,
-        })
+        Ok(TimeFormat { ms_per_value: size * unit_ms })
     }
 
     /// Epoch ms of a stored value (saturating).
@@ -227,11 +221,8 @@ impl Schema {
     /// unsupported, a column is multi-valued, a name repeats, or a date-time
     /// format is not an epoch/timestamp format.
     pub fn from_json(value: &Value) -> Result<Schema, ConfigError> {
-        let raw: RawSchema =
-            serde_json::from_value(value.clone()).map_err(|e| ConfigError::Malformed {
-                what: "schema".into(),
-                message: e.to_string(),
-            })?;
+        let raw: RawSchema = serde_json::from_value(value.clone())
+            .map_err(|e| ConfigError::Malformed { what: "schema".into(), message: e.to_string() })?;
         let mut fields = Vec::new();
         let lists = [
             ("dimensionFieldSpecs", FieldKind::Dimension, raw.dimension_field_specs),
@@ -241,10 +232,10 @@ impl Schema {
         for (list, kind, specs) in lists {
             for (i, f) in specs.into_iter().enumerate() {
                 let at = format!("{list}[{i}]");
-                let name = f.name.filter(|n| !n.is_empty()).ok_or(ConfigError::Missing {
-                    field: format!("{at}.name"),
-                    expected: "a column name".into(),
-                })?;
+                let name = f
+                    .name
+                    .filter(|n| !n.is_empty())
+                    .ok_or(ConfigError::Missing { field: format!("{at}.name"), expected: "a column name".into() })?;
                 let at = format!("{list}[{name}]");
                 let type_text = f.data_type.ok_or(ConfigError::Missing {
                     field: format!("{at}.dataType"),
@@ -255,17 +246,12 @@ impl Schema {
                     return Err(ConfigError::Invalid {
                         field: format!("{at}.singleValueField"),
                         value: "false".into(),
-                        expected: "single-value columns (multi-value columns are not supported)"
-                            .into(),
+                        expected: "single-value columns (multi-value columns are not supported)".into(),
                     });
                 }
                 let time_format = match (kind, f.format) {
-                    (FieldKind::DateTime, Some(fmt)) => {
-                        Some(TimeFormat::parse(&format!("{at}.format"), &fmt)?)
-                    }
-                    (FieldKind::DateTime, None) if data_type == DataType::Timestamp => {
-                        Some(TimeFormat::MILLIS)
-                    }
+                    (FieldKind::DateTime, Some(fmt)) => Some(TimeFormat::parse(&format!("{at}.format"), &fmt)?),
+                    (FieldKind::DateTime, None) if data_type == DataType::Timestamp => Some(TimeFormat::MILLIS),
                     (FieldKind::DateTime, None) => {
                         return Err(ConfigError::Missing {
                             field: format!("{at}.format"),
@@ -281,13 +267,7 @@ impl Schema {
                         expected: "a column name not used twice".into(),
                     });
                 }
-                fields.push(FieldSpec {
-                    name,
-                    data_type,
-                    kind,
-                    time_format,
-                    default_null_value: f.default_null_value,
-                });
+                fields.push(FieldSpec { name, data_type, kind, time_format, default_null_value: f.default_null_value });
             }
         }
         if fields.is_empty() {
@@ -296,10 +276,7 @@ impl Schema {
                 expected: "at least one column".into(),
             });
         }
-        Ok(Schema {
-            name: raw.schema_name.unwrap_or_default(),
-            fields,
-        })
+        Ok(Schema { name: raw.schema_name.unwrap_or_default(), fields })
     }
 
     /// The column called `name`.
@@ -310,10 +287,7 @@ impl Schema {
     /// The Arrow schema of r2o's segment files (every column nullable).
     pub fn arrow_schema(&self) -> Arc<ArrowSchema> {
         Arc::new(ArrowSchema::new(
-            self.fields
-                .iter()
-                .map(|f| Field::new(&f.name, f.data_type.arrow_type(), true))
-                .collect::<Vec<_>>(),
+            self.fields.iter().map(|f| Field::new(&f.name, f.data_type.arrow_type(), true)).collect::<Vec<_>>(),
         ))
     }
 

@@ -33,11 +33,7 @@ pub fn open_store(uri: &str) -> Result<Store> {
 
 fn open_plain_store(uri: &str) -> Result<Store> {
     let bad = |expected: &str| {
-        Error::Config(ConfigError::Invalid {
-            field: "store".into(),
-            value: uri.into(),
-            expected: expected.into(),
-        })
+        Error::Config(ConfigError::Invalid { field: "store".into(), value: uri.into(), expected: expected.into() })
     };
     if uri == "memory://" || uri == "memory:///" {
         return Ok(Arc::new(object_store::memory::InMemory::new()));
@@ -72,14 +68,8 @@ pub fn offline_prefix(raw: &str) -> String {
 /// Reads a whole object.
 pub async fn get_bytes(store: &Store, path: &str) -> Result<Bytes> {
     let p = Path::from(path);
-    let got = store.get(&p).await.map_err(|source| Error::Store {
-        path: path.into(),
-        source,
-    })?;
-    got.bytes().await.map_err(|source| Error::Store {
-        path: path.into(),
-        source,
-    })
+    let got = store.get(&p).await.map_err(|source| Error::Store { path: path.into(), source })?;
+    got.bytes().await.map_err(|source| Error::Store { path: path.into(), source })
 }
 
 /// Writes a whole object (overwriting).
@@ -87,10 +77,7 @@ pub async fn put_bytes(store: &Store, path: &str, bytes: Bytes) -> Result<()> {
     store
         .put(&Path::from(path), PutPayload::from(bytes))
         .await
-        .map_err(|source| Error::Store {
-            path: path.into(),
-            source,
-        })?;
+        .map_err(|source| Error::Store { path: path.into(), source })?;
     Ok(())
 }
 
@@ -99,10 +86,7 @@ pub async fn object_size(store: &Store, path: &str) -> Result<Option<u64>> {
     match store.head(&Path::from(path)).await {
         Ok(meta) => Ok(Some(meta.size)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(source) => Err(Error::Store {
-            path: path.into(),
-            source,
-        }),
+        Err(source) => Err(Error::Store { path: path.into(), source }),
     }
 }
 
@@ -188,17 +172,30 @@ impl std::fmt::Display for FaultyStore {
 
 #[async_trait::async_trait]
 impl ObjectStore for FaultyStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: object_store::PutOptions) -> object_store::Result<object_store::PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
         self.inject("put", self.spec.write_error_rate, location).await?;
         self.inner.put_opts(location, payload, opts).await
     }
 
-    async fn put_multipart_opts(&self, location: &Path, opts: object_store::PutMultipartOptions) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
         self.inject("put", self.spec.write_error_rate, location).await?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
-    async fn get_opts(&self, location: &Path, options: object_store::GetOptions) -> object_store::Result<object_store::GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
         self.inject("get", self.spec.read_error_rate, location).await?;
         self.inner.get_opts(location, options).await
     }
@@ -210,7 +207,10 @@ impl ObjectStore for FaultyStore {
         self.inner.delete_stream(locations)
     }
 
-    fn list(&self, prefix: Option<&Path>) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
         self.inner.list(prefix)
     }
 

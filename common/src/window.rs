@@ -21,18 +21,12 @@ impl Window {
     /// The bucket-aligned window holding `t_ms`.
     pub fn containing(t_ms: i64, bucket_ms: i64) -> Window {
         let start_ms = floor_to_bucket(t_ms, bucket_ms);
-        Window {
-            start_ms,
-            end_ms: start_ms.saturating_add(bucket_ms),
-        }
+        Window { start_ms, end_ms: start_ms.saturating_add(bucket_ms) }
     }
 
     /// The window starting at `start_ms` (not re-aligned) and `bucket_ms` long.
     pub fn starting_at(start_ms: i64, bucket_ms: i64) -> Window {
-        Window {
-            start_ms,
-            end_ms: start_ms.saturating_add(bucket_ms),
-        }
+        Window { start_ms, end_ms: start_ms.saturating_add(bucket_ms) }
     }
 
     /// Whether `t_ms` lies in `[start_ms, end_ms)`.
@@ -92,12 +86,7 @@ pub fn format_utc(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
 #[cfg(test)]

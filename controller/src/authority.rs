@@ -5,8 +5,8 @@
 use r2o_common::config::{MergeType, TableSpec};
 use r2o_common::kv::{Compare, KeyValue, Kv, Op};
 use r2o_common::meta::{
-    attempt_backoff_ms, encode, get_record, now_ms, range_records, round_backoff_ms, ClaimRecord, Keys, LineageRecord, SegmentMeta, SegmentStatus,
-    TableRecord, TaskRecord, TaskState, WatermarkRecord,
+    attempt_backoff_ms, encode, get_record, now_ms, range_records, round_backoff_ms, ClaimRecord, Keys, LineageRecord,
+    SegmentMeta, SegmentStatus, TableRecord, TaskRecord, TaskState, WatermarkRecord,
 };
 use r2o_common::store::{object_size, staging_prefix, Store};
 use r2o_common::window::floor_to_bucket;
@@ -57,7 +57,13 @@ pub fn task_id(raw: &str, window_start_ms: i64, created_ms: i64) -> String {
 
 impl Authority {
     /// A new authority.
-    pub fn new(kv: Kv, keys: Keys, store: Store, cfg: AuthorityConfig, leadership: watch::Receiver<Option<Leadership>>) -> Authority {
+    pub fn new(
+        kv: Kv,
+        keys: Keys,
+        store: Store,
+        cfg: AuthorityConfig,
+        leadership: watch::Receiver<Option<Leadership>>,
+    ) -> Authority {
         Authority { kv, keys, store, cfg, leadership, replan: Default::default() }
     }
 
@@ -111,7 +117,9 @@ impl Authority {
         let (wm, wm_rev) = self.watermark(raw).await?;
         let segments = self.realtime_segments(raw).await?;
         let now = now_ms();
-        let Decision::Run { window, skipped_windows, inputs } = plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now) else {
+        let Decision::Run { window, skipped_windows, inputs } =
+            plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now)
+        else {
             return Ok(false);
         };
         let id = task_id(raw, window.start_ms, now);
@@ -222,7 +230,10 @@ impl Authority {
             return Err(ControllerError::NotFound(format!("active task {id}")));
         };
         if t.state != TaskState::Failed {
-            return Err(ControllerError::Stale(format!("task {id} is {}, not FAILED; nothing to retry", t.state.name())));
+            return Err(ControllerError::Stale(format!(
+                "task {id} is {}, not FAILED; nothing to retry",
+                t.state.name()
+            )));
         }
         if !self.rearm(t, &entry, leadership, "operator retry").await? {
             return Err(ControllerError::Stale(format!("task {id} changed while retrying; try again")));
@@ -230,7 +241,13 @@ impl Authority {
         Ok(id)
     }
 
-    async fn finish_failed(&self, mut t: TaskRecord, entry: &KeyValue, claim: Option<&KeyValue>, leadership: Leadership) -> Result<bool> {
+    async fn finish_failed(
+        &self,
+        mut t: TaskRecord,
+        entry: &KeyValue,
+        claim: Option<&KeyValue>,
+        leadership: Leadership,
+    ) -> Result<bool> {
         t.state = TaskState::Failed;
         t.finished_ms = now_ms();
         t.failed_rounds += 1;
@@ -253,7 +270,12 @@ impl Authority {
     }
 
     /// Reads the active task and the claim of `attempt` by `minion`, or says why it is stale.
-    async fn current_attempt(&self, task_id: &str, attempt: u32, minion: &str) -> Result<Option<(TaskRecord, KeyValue, KeyValue)>> {
+    async fn current_attempt(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        minion: &str,
+    ) -> Result<Option<(TaskRecord, KeyValue, KeyValue)>> {
         let Some((task, entry)) = get_record::<TaskRecord>(&self.kv, &self.keys.active_task(task_id)).await? else {
             return Ok(None);
         };
@@ -372,19 +394,15 @@ impl Authority {
         }
         self.replan.notify_one();
         info!(table = %raw, task = %task.id, attempt = req.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = req.rows_in, rows_out = req.rows_out, segments = req.outputs.len(), "window committed");
-        Ok(pb::CompleteTaskResponse {
-            committed: true,
-            watermark_ms: task.window_end_ms,
-        })
+        Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: task.window_end_ms })
     }
 
     async fn already_committed(&self, task_id: &str, attempt: u32) -> Result<pb::CompleteTaskResponse> {
         let raw = task_id.split("__").next().unwrap_or_default();
         match get_record::<TaskRecord>(&self.kv, &self.keys.history(raw, task_id)).await? {
-            Some((t, _)) if t.state == TaskState::Succeeded && t.attempt == attempt => Ok(pb::CompleteTaskResponse {
-                committed: false,
-                watermark_ms: t.window_end_ms,
-            }),
+            Some((t, _)) if t.state == TaskState::Succeeded && t.attempt == attempt => {
+                Ok(pb::CompleteTaskResponse { committed: false, watermark_ms: t.window_end_ms })
+            }
             Some((t, _)) => Err(ControllerError::Stale(format!(
                 "attempt {attempt} of task {task_id} is not current: the task finished as {} at attempt {}",
                 t.state.name(),
@@ -396,7 +414,8 @@ impl Authority {
 
     /// Checks a completion report against the task and the staged objects.
     async fn validate(&self, task: &TaskRecord, spec: &TableSpec, req: &pb::CompleteTaskRequest) -> Result<()> {
-        let bad = |m: String| Err(ControllerError::Validation(format!("task {} attempt {}: {m}", task.id, req.attempt)));
+        let bad =
+            |m: String| Err(ControllerError::Validation(format!("task {} attempt {}: {m}", task.id, req.attempt)));
         if req.schema_fingerprint != spec.schema.fingerprint() {
             return bad(format!(
                 "schema fingerprint {} differs from the table's {}",
@@ -410,7 +429,10 @@ impl Authority {
         let lowest = floor_to_bucket(task.window_start_ms, round);
         for o in &req.outputs {
             if !o.location.starts_with(&prefix) {
-                return bad(format!("output {} is at {}, outside the attempt's staging prefix {prefix}", o.name, o.location));
+                return bad(format!(
+                    "output {} is at {}, outside the attempt's staging prefix {prefix}",
+                    o.name, o.location
+                ));
             }
             if o.start_time_ms < lowest || o.end_time_ms >= task.window_end_ms || o.start_time_ms > o.end_time_ms {
                 return bad(format!(
@@ -419,11 +441,19 @@ impl Authority {
                 ));
             }
             if o.num_rows == 0 || o.num_rows > spec.flow.max_records_per_segment {
-                return bad(format!("output {} has {} rows, expected 1..={}", o.name, o.num_rows, spec.flow.max_records_per_segment));
+                return bad(format!(
+                    "output {} has {} rows, expected 1..={}",
+                    o.name, o.num_rows, spec.flow.max_records_per_segment
+                ));
             }
             match object_size(&self.store, &o.location).await? {
                 Some(size) if size == o.size_bytes => {}
-                Some(size) => return bad(format!("output {} is {size} bytes in the store, reported {}", o.location, o.size_bytes)),
+                Some(size) => {
+                    return bad(format!(
+                        "output {} is {size} bytes in the store, reported {}",
+                        o.location, o.size_bytes
+                    ))
+                }
                 None => return bad(format!("output {} is missing from the store", o.location)),
             }
             rows += o.num_rows;
@@ -436,7 +466,12 @@ impl Authority {
                 return bad(format!("concat must keep every row: {} in, {} out", req.rows_in, req.rows_out))
             }
             MergeType::Rollup | MergeType::Dedup if req.rows_out > req.rows_in => {
-                return bad(format!("{} cannot add rows: {} in, {} out", spec.flow.merge_type.name(), req.rows_in, req.rows_out))
+                return bad(format!(
+                    "{} cannot add rows: {} in, {} out",
+                    spec.flow.merge_type.name(),
+                    req.rows_in,
+                    req.rows_out
+                ))
             }
             _ => {}
         }
@@ -456,7 +491,8 @@ impl Authority {
     /// FAILED after the last one (the table's later windows then wait).
     pub async fn fail(&self, req: &pb::FailTaskRequest) -> Result<()> {
         let leadership = self.leadership()?;
-        let Some((mut task, entry, claim)) = self.current_attempt(&req.task_id, req.attempt, &req.minion_id).await? else {
+        let Some((mut task, entry, claim)) = self.current_attempt(&req.task_id, req.attempt, &req.minion_id).await?
+        else {
             return Err(ControllerError::NotFound(format!("active task {}", req.task_id)));
         };
         task.errors.push(format!("attempt {}: {}", req.attempt, req.error));

@@ -38,7 +38,13 @@ pub struct ElectionConfig {
 /// Runs the campaign until `cancel`, publishing the current leadership
 /// (or `None`) on `tx`. On cancel a leader revokes its lease so that a
 /// standby takes over at once.
-pub async fn run(kv: Kv, keys: Keys, cfg: ElectionConfig, tx: watch::Sender<Option<Leadership>>, cancel: CancellationToken) {
+pub async fn run(
+    kv: Kv,
+    keys: Keys,
+    cfg: ElectionConfig,
+    tx: watch::Sender<Option<Leadership>>,
+    cancel: CancellationToken,
+) {
     let key = keys.leader();
     let renew = Duration::from_millis((cfg.ttl_secs.max(1) as u64) * 1000 / 3);
     while !cancel.is_cancelled() {
@@ -50,19 +56,11 @@ pub async fn run(kv: Kv, keys: Keys, cfg: ElectionConfig, tx: watch::Sender<Opti
                 continue;
             }
         };
-        let record = LeaderRecord {
-            id: cfg.id.clone(),
-            addr: cfg.addr.clone(),
-            since_ms: now_ms(),
-        };
+        let record = LeaderRecord { id: cfg.id.clone(), addr: cfg.addr.clone(), since_ms: now_ms() };
         let won = kv
             .txn(
                 vec![Compare::CreateRevision(key.clone(), 0)],
-                vec![Op::Put {
-                    key: key.clone(),
-                    value: encode(&record),
-                    lease: Some(lease),
-                }],
+                vec![Op::Put { key: key.clone(), value: encode(&record), lease: Some(lease) }],
             )
             .await;
         let create_revision = match won {
@@ -118,7 +116,12 @@ mod tests {
     async fn one_leader_then_takeover_on_stop() {
         let kv: Kv = Arc::new(MemKv::new());
         let keys = Keys::new("/e");
-        let mk = |id: &str| ElectionConfig { id: id.into(), addr: format!("http://{id}"), ttl_secs: 2, retry: Duration::from_millis(50) };
+        let mk = |id: &str| ElectionConfig {
+            id: id.into(),
+            addr: format!("http://{id}"),
+            ttl_secs: 2,
+            retry: Duration::from_millis(50),
+        };
         let (tx1, mut rx1) = watch::channel(None);
         let (tx2, mut rx2) = watch::channel(None);
         let c1 = CancellationToken::new();

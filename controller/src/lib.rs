@@ -59,7 +59,9 @@ async fn janitor_loop(auth: Authority, interval: Duration, grace: Duration, canc
         if auth.leadership.borrow().is_none() {
             continue;
         }
-        match janitor::sweep(&auth.kv, &auth.keys, &auth.store, r2o_common::meta::now_ms(), grace.as_millis() as i64).await {
+        match janitor::sweep(&auth.kv, &auth.keys, &auth.store, r2o_common::meta::now_ms(), grace.as_millis() as i64)
+            .await
+        {
             Ok(r) if !r.deleted.is_empty() => info!(deleted = r.deleted.len(), scanned = r.scanned, "janitor sweep"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "janitor sweep failed"),
@@ -70,7 +72,13 @@ async fn janitor_loop(auth: Authority, interval: Duration, grace: Duration, canc
 /// Runs a controller until `cancel`: election, planning loop and gRPC
 /// server. Shutdown order: stop planning, stop serving, then give up
 /// leadership (revoking the lease so a standby takes over at once).
-pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: ControllerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    kv: Kv,
+    keys: Keys,
+    store: Store,
+    cfg: ControllerConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(None);
     let election_cancel = CancellationToken::new();
     let election = tokio::spawn(election::run(
@@ -85,7 +93,13 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: ControllerConfig, cancel
         tx,
         election_cancel.clone(),
     ));
-    let auth = Authority::new(kv, keys, store, AuthorityConfig { max_attempts: cfg.max_attempts, default_timeout_ms: cfg.task_timeout.as_millis() as i64 }, rx);
+    let auth = Authority::new(
+        kv,
+        keys,
+        store,
+        AuthorityConfig { max_attempts: cfg.max_attempts, default_timeout_ms: cfg.task_timeout.as_millis() as i64 },
+        rx,
+    );
     let planner = tokio::spawn(authority::planning_loop(auth.clone(), cfg.plan_interval, cancel.clone()));
     let janitor = tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cancel.clone()));
     info!(controller = %cfg.id, listen = %cfg.listen, "controller serving");

@@ -69,11 +69,9 @@ impl std::fmt::Display for WaitReason {
         use r2o_common::window::format_utc;
         match self {
             WaitReason::NoSegments => write!(f, "no REALTIME segments with rows yet"),
-            WaitReason::CaughtUp { watermark_ms } => write!(
-                f,
-                "caught up: no DONE segment ends at or after the watermark {}",
-                format_utc(*watermark_ms)
-            ),
+            WaitReason::CaughtUp { watermark_ms } => {
+                write!(f, "caught up: no DONE segment ends at or after the watermark {}", format_utc(*watermark_ms))
+            }
             WaitReason::Buffer { window, eligible_at_ms } => write!(
                 f,
                 "window {} .. {} is inside bufferTimePeriod until {}",
@@ -109,24 +107,15 @@ fn consuming_floor_ms(seg: &SegmentMeta, latest_done_end: &HashMap<i32, i64>) ->
 /// is `None` before the first commit.
 pub fn plan(flow: &FlowConfig, segments: &[SegmentMeta], watermark_ms: Option<i64>, now_ms: i64) -> Decision {
     let bucket = flow.bucket_ms;
-    let done: Vec<&SegmentMeta> = segments
-        .iter()
-        .filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0)
-        .collect();
-    let consuming: Vec<&SegmentMeta> = segments
-        .iter()
-        .filter(|s| s.status == SegmentStatus::Consuming)
-        .collect();
+    let done: Vec<&SegmentMeta> =
+        segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0).collect();
+    let consuming: Vec<&SegmentMeta> = segments.iter().filter(|s| s.status == SegmentStatus::Consuming).collect();
     let mut latest_done_end: HashMap<i32, i64> = HashMap::new();
     for s in &done {
         let e = latest_done_end.entry(s.partition).or_insert(i64::MIN);
         *e = (*e).max(s.end_time_ms);
     }
-    let with_rows_min = segments
-        .iter()
-        .filter(|s| s.total_docs > 0)
-        .map(|s| s.start_time_ms)
-        .min();
+    let with_rows_min = segments.iter().filter(|s| s.total_docs > 0).map(|s| s.start_time_ms).min();
     let mut wm = match (watermark_ms, with_rows_min) {
         (Some(w), _) => w,
         (None, Some(min)) => cold_start_watermark_ms(min, bucket),
@@ -149,10 +138,7 @@ pub fn plan(flow: &FlowConfig, segments: &[SegmentMeta], watermark_ms: Option<i6
             .filter(|c| consuming_floor_ms(c, &latest_done_end) < window.end_ms)
             .min_by(|a, b| a.segment_name.cmp(&b.segment_name))
         {
-            return Decision::Wait(WaitReason::Consuming {
-                window,
-                segment: c.segment_name.clone(),
-            });
+            return Decision::Wait(WaitReason::Consuming { window, segment: c.segment_name.clone() });
         }
         let mut inputs: Vec<SegmentMeta> = done
             .iter()
@@ -161,18 +147,11 @@ pub fn plan(flow: &FlowConfig, segments: &[SegmentMeta], watermark_ms: Option<i6
             .collect();
         if !inputs.is_empty() {
             inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
-            return Decision::Run {
-                window,
-                skipped_windows: skipped,
-                inputs,
-            };
+            return Decision::Run { window, skipped_windows: skipped, inputs };
         }
         // Empty window: jump to the window of the next DONE segment.
-        let next = done
-            .iter()
-            .filter(|s| s.end_time_ms >= window.end_ms)
-            .map(|s| s.start_time_ms.max(window.end_ms))
-            .min();
+        let next =
+            done.iter().filter(|s| s.end_time_ms >= window.end_ms).map(|s| s.start_time_ms.max(window.end_ms)).min();
         let Some(next_start) = next else {
             return Decision::Wait(WaitReason::CaughtUp { watermark_ms: wm });
         };
@@ -189,7 +168,7 @@ pub fn plan(flow: &FlowConfig, segments: &[SegmentMeta], watermark_ms: Option<i6
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use r2o_common::config::{MergeType, FlowConfig};
+    use r2o_common::config::{FlowConfig, MergeType};
     use std::collections::BTreeMap;
 
     const H: i64 = 3_600_000;
@@ -244,10 +223,7 @@ mod tests {
     #[test]
     fn straddling_segment_belongs_to_both_windows() {
         let f = flow(24 * H, 0);
-        let s = [
-            seg("a", 0, 30 * H, SegmentStatus::Done, 0),
-            seg("b", 30 * H, 47 * H, SegmentStatus::Done, 0),
-        ];
+        let s = [seg("a", 0, 30 * H, SegmentStatus::Done, 0), seg("b", 30 * H, 47 * H, SegmentStatus::Done, 0)];
         assert_eq!(names(&plan(&f, &s, Some(0), 1000 * H)), vec!["a"]);
         assert_eq!(names(&plan(&f, &s, Some(24 * H), 1000 * H)), vec!["a", "b"]);
         assert_eq!(plan(&f, &s, Some(48 * H), 1000 * H), Decision::Wait(WaitReason::CaughtUp { watermark_ms: 48 * H }));
@@ -260,7 +236,11 @@ mod tests {
         let d = plan(&f, &s, Some(H), 1000 * H);
         assert_eq!(
             d,
-            Decision::Run { window: Window { start_ms: 5 * H, end_ms: 6 * H }, skipped_windows: 4, inputs: vec![s[1].clone()] }
+            Decision::Run {
+                window: Window { start_ms: 5 * H, end_ms: 6 * H },
+                skipped_windows: 4,
+                inputs: vec![s[1].clone()]
+            }
         );
     }
 
@@ -268,19 +248,20 @@ mod tests {
     fn buffer_holds_the_window() {
         let f = flow(H, 2 * H);
         let s = [seg("a", 0, 10, SegmentStatus::Done, 0)];
-        assert!(matches!(plan(&f, &s, None, 3 * H - 1), Decision::Wait(WaitReason::Buffer { eligible_at_ms, .. }) if eligible_at_ms == 3 * H));
+        assert!(
+            matches!(plan(&f, &s, None, 3 * H - 1), Decision::Wait(WaitReason::Buffer { eligible_at_ms, .. }) if eligible_at_ms == 3 * H)
+        );
         assert!(matches!(plan(&f, &s, None, 3 * H), Decision::Run { .. }));
     }
 
     #[test]
     fn consuming_segment_holds_its_windows() {
         let f = flow(H, 0);
-        let s = [
-            seg("a", 0, H + 10, SegmentStatus::Done, 0),
-            seg("c", H + 20, H + 30, SegmentStatus::Consuming, 0),
-        ];
+        let s = [seg("a", 0, H + 10, SegmentStatus::Done, 0), seg("c", H + 20, H + 30, SegmentStatus::Consuming, 0)];
         assert!(matches!(plan(&f, &s, Some(0), 100 * H), Decision::Run { .. }));
-        assert!(matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::Consuming { ref segment, .. }) if segment == "c"));
+        assert!(
+            matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::Consuming { ref segment, .. }) if segment == "c")
+        );
         // an empty CONSUMING segment: Pinot's rule uses the partition's last DONE end
         let mut empty = seg("e", 0, 0, SegmentStatus::Consuming, 0);
         empty.total_docs = 0;

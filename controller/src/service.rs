@@ -4,8 +4,8 @@
 use r2o_common::config::TableSpec;
 use r2o_common::kv::{Compare, Op};
 use r2o_common::meta::{
-    decode, encode, get_record, now_ms, range_records, LeaderRecord, SegmentMeta, SegmentStatus, TableRecord, TaskRecord,
-    WatermarkRecord,
+    decode, encode, get_record, now_ms, range_records, LeaderRecord, SegmentMeta, SegmentStatus, TableRecord,
+    TaskRecord, WatermarkRecord,
 };
 use r2o_common::wire::segment_from_wire;
 use r2o_proto::controller as pb;
@@ -56,16 +56,9 @@ impl ControllerSvc {
         let schema = parse("schema", &req.schema_json)?;
         let spec = TableSpec::from_json(config.clone(), schema.clone())?;
         let key = self.auth.keys.table(&spec.name);
-        let rec = TableRecord {
-            table_config: config,
-            schema,
-            created_ms: now_ms(),
-        };
-        let ok = self
-            .auth
-            .kv
-            .txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![Op::put(key, encode(&rec))])
-            .await?;
+        let rec = TableRecord { table_config: config, schema, created_ms: now_ms() };
+        let ok =
+            self.auth.kv.txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![Op::put(key, encode(&rec))]).await?;
         if !ok {
             return Err(ControllerError::AlreadyExists(format!("table '{}'", spec.name)));
         }
@@ -75,12 +68,12 @@ impl ControllerSvc {
 
     async fn add_segment(&self, req: pb::AddSegmentRequest) -> Result<pb::AddSegmentResponse> {
         let seg = req.segment.ok_or_else(|| ControllerError::Invalid("segment is required".into()))?;
-        let meta = segment_from_wire(&seg)
-            .ok_or_else(|| ControllerError::Invalid(format!("segment.status '{}': expected CONSUMING or DONE", seg.status)))?;
-        let raw = meta
-            .table_name
-            .strip_suffix("_REALTIME")
-            .ok_or_else(|| ControllerError::Invalid(format!("segment.table '{}': expected <table>_REALTIME", meta.table_name)))?;
+        let meta = segment_from_wire(&seg).ok_or_else(|| {
+            ControllerError::Invalid(format!("segment.status '{}': expected CONSUMING or DONE", seg.status))
+        })?;
+        let raw = meta.table_name.strip_suffix("_REALTIME").ok_or_else(|| {
+            ControllerError::Invalid(format!("segment.table '{}': expected <table>_REALTIME", meta.table_name))
+        })?;
         let spec = self.require_table(raw).await?;
         if meta.schema_fingerprint != spec.schema.fingerprint() {
             return Err(ControllerError::Invalid(format!(
@@ -102,13 +95,13 @@ impl ControllerSvc {
             if old == same {
                 return Ok(pb::AddSegmentResponse {});
             }
-            return Err(ControllerError::AlreadyExists(format!("segment '{}' of {}", meta.segment_name, meta.table_name)));
+            return Err(ControllerError::AlreadyExists(format!(
+                "segment '{}' of {}",
+                meta.segment_name, meta.table_name
+            )));
         }
-        let ok = self
-            .auth
-            .kv
-            .txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![Op::put(key, encode(&meta))])
-            .await?;
+        let ok =
+            self.auth.kv.txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![Op::put(key, encode(&meta))]).await?;
         if !ok {
             return Err(ControllerError::AlreadyExists(format!("segment '{}'", meta.segment_name)));
         }
@@ -163,9 +156,7 @@ impl ControllerSvc {
             }
         }
         tasks.sort_by_key(|t| (t.window_start_ms, t.created_ms));
-        Ok(pb::ListTasksResponse {
-            tasks: tasks.iter().map(pb::Task::from).collect(),
-        })
+        Ok(pb::ListTasksResponse { tasks: tasks.iter().map(pb::Task::from).collect() })
     }
 
     async fn get_watermark(&self, raw: &str) -> Result<pb::GetWatermarkResponse> {
@@ -187,7 +178,9 @@ impl ControllerSvc {
         } else {
             let segments = self.auth.realtime_segments(raw).await?;
             match plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now_ms()) {
-                Decision::Run { window, .. } => format!("window {window} is ready and will be planned on the next tick"),
+                Decision::Run { window, .. } => {
+                    format!("window {window} is ready and will be planned on the next tick")
+                }
                 Decision::Wait(reason) => {
                     idle = true;
                     reason.to_string()
@@ -236,14 +229,8 @@ impl ControllerService for ControllerSvc {
     async fn list_tables(&self, _req: Request<pb::ListTablesRequest>) -> Reply<pb::ListTablesResponse> {
         let r = async {
             let prefix = self.auth.keys.tables();
-            let tables = self
-                .auth
-                .kv
-                .range(&prefix)
-                .await?
-                .into_iter()
-                .map(|kv| kv.key[prefix.len()..].to_string())
-                .collect();
+            let tables =
+                self.auth.kv.range(&prefix).await?.into_iter().map(|kv| kv.key[prefix.len()..].to_string()).collect();
             Ok(pb::ListTablesResponse { tables })
         };
         reply(r.await)

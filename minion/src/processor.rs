@@ -5,7 +5,9 @@
 //! thread, with the input bytes already downloaded.
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch};
-use arrow::compute::{cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
+use arrow::compute::{
+    cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn, SortOptions,
+};
 use arrow::datatypes::{DataType as ArrowType, Float64Type, Int64Type, Schema as ArrowSchema};
 use arrow::row::{RowConverter, SortField};
 use bytes::Bytes;
@@ -76,14 +78,16 @@ impl From<arrow::error::ArrowError> for ProcessError {
 }
 
 fn time_format(spec: &TableSpec) -> TimeFormat {
-    spec.schema
-        .field(&spec.flow.time_column)
-        .and_then(|f| f.time_format)
-        .unwrap_or(TimeFormat::MILLIS)
+    spec.schema.field(&spec.flow.time_column).and_then(|f| f.time_format).unwrap_or(TimeFormat::MILLIS)
 }
 
 /// Stage 2: keeps the rows whose time is in `[window.start_ms, window.end_ms)`.
-pub fn filter_window(batch: &RecordBatch, time_column: &str, format: TimeFormat, window: Window) -> Result<RecordBatch, Error> {
+pub fn filter_window(
+    batch: &RecordBatch,
+    time_column: &str,
+    format: TimeFormat,
+    window: Window,
+) -> Result<RecordBatch, Error> {
     let col = batch.column_by_name(time_column).ok_or_else(|| Error::Segment {
         segment: String::new(),
         problem: format!("time column '{time_column}' is missing"),
@@ -95,7 +99,12 @@ pub fn filter_window(batch: &RecordBatch, time_column: &str, format: TimeFormat,
 
 /// Stage 3: rounds the time column down to `round_ms`, in the column's own
 /// unit and type (Pinot's `roundBucketTimePeriod`).
-pub fn round_time(batch: &RecordBatch, time_column: &str, format: TimeFormat, round_ms: i64) -> Result<RecordBatch, Error> {
+pub fn round_time(
+    batch: &RecordBatch,
+    time_column: &str,
+    format: TimeFormat,
+    round_ms: i64,
+) -> Result<RecordBatch, Error> {
     let idx = batch.schema().index_of(time_column)?;
     let col = batch.column(idx);
     let ms = time_ms(col, format)?;
@@ -114,7 +123,10 @@ pub fn round_time(batch: &RecordBatch, time_column: &str, format: TimeFormat, ro
 
 /// Stage 4: splits batches by the table's partition column; one group
 /// (partition -1) when the table is not partitioned.
-pub fn partition_batches(batches: Vec<RecordBatch>, spec: &TableSpec) -> Result<BTreeMap<i32, Vec<RecordBatch>>, Error> {
+pub fn partition_batches(
+    batches: Vec<RecordBatch>,
+    spec: &TableSpec,
+) -> Result<BTreeMap<i32, Vec<RecordBatch>>, Error> {
     let mut out: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
     let Some(p) = &spec.flow.partitioning else {
         out.insert(-1, batches);
@@ -143,7 +155,8 @@ pub fn dedup(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, Error> {
     let Some(first) = batches.first() else {
         return Ok(vec![]);
     };
-    let converter = RowConverter::new(first.schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+    let converter =
+        RowConverter::new(first.schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
     let mut seen: HashSet<Box<[u8]>> = HashSet::new();
     let mut out = Vec::with_capacity(batches.len());
     for b in batches {
@@ -223,8 +236,12 @@ impl Acc {
 
     fn finish(self, t: &ArrowType) -> Result<ArrayRef, Error> {
         let arr: ArrayRef = match self {
-            Acc::Int { vals, seen, .. } => Arc::new(Int64Array::from_iter(vals.into_iter().zip(seen).map(|(v, s)| s.then_some(v)))),
-            Acc::Float { vals, seen, .. } => Arc::new(Float64Array::from_iter(vals.into_iter().zip(seen).map(|(v, s)| s.then_some(v)))),
+            Acc::Int { vals, seen, .. } => {
+                Arc::new(Int64Array::from_iter(vals.into_iter().zip(seen).map(|(v, s)| s.then_some(v))))
+            }
+            Acc::Float { vals, seen, .. } => {
+                Arc::new(Float64Array::from_iter(vals.into_iter().zip(seen).map(|(v, s)| s.then_some(v))))
+            }
         };
         Ok(cast(&arr, t)?)
     }
@@ -232,21 +249,32 @@ impl Acc {
 
 /// Stage 5 (rollup): groups by every non-metric column (the rounded time
 /// included) and aggregates each metric with its `aggregationType`.
-pub fn rollup(batches: &[RecordBatch], schema: &Schema, aggregations: &BTreeMap<String, AggregationType>) -> Result<Vec<RecordBatch>, Error> {
+pub fn rollup(
+    batches: &[RecordBatch],
+    schema: &Schema,
+    aggregations: &BTreeMap<String, AggregationType>,
+) -> Result<Vec<RecordBatch>, Error> {
     let Some(first) = batches.first() else {
         return Ok(vec![]);
     };
     let arrow_schema = first.schema();
-    let key_idx: Vec<usize> = schema.fields.iter().enumerate().filter(|(_, f)| f.kind != FieldKind::Metric).map(|(i, _)| i).collect();
-    let metric_idx: Vec<usize> = schema.fields.iter().enumerate().filter(|(_, f)| f.kind == FieldKind::Metric).map(|(i, _)| i).collect();
-    let converter = RowConverter::new(key_idx.iter().map(|i| SortField::new(arrow_schema.field(*i).data_type().clone())).collect())?;
+    let key_idx: Vec<usize> =
+        schema.fields.iter().enumerate().filter(|(_, f)| f.kind != FieldKind::Metric).map(|(i, _)| i).collect();
+    let metric_idx: Vec<usize> =
+        schema.fields.iter().enumerate().filter(|(_, f)| f.kind == FieldKind::Metric).map(|(i, _)| i).collect();
+    let converter = RowConverter::new(
+        key_idx.iter().map(|i| SortField::new(arrow_schema.field(*i).data_type().clone())).collect(),
+    )?;
     let mut groups: HashMap<Box<[u8]>, u32> = HashMap::new();
     let mut group_rows = converter.empty_rows(1024, 64 * 1024);
     let mut accs: Vec<Acc> = metric_idx
         .iter()
         .map(|i| {
             let f = &schema.fields[*i];
-            Acc::new(arrow_schema.field(*i).data_type(), aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum))
+            Acc::new(
+                arrow_schema.field(*i).data_type(),
+                aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum),
+            )
         })
         .collect();
     let mut ids: Vec<u32> = Vec::with_capacity(BATCH_ROWS);
@@ -326,7 +354,12 @@ pub fn metric_sums(batches: &[RecordBatch], spec: &TableSpec) -> Result<BTreeMap
 /// # Errors
 /// [`ProcessError::Data`] naming the segment and column for unreadable or
 /// mismatched input; [`ProcessError::Cancelled`] when cancelled.
-pub fn process(spec: &TableSpec, window: Window, inputs: Vec<(String, Bytes)>, cancel: &CancellationToken) -> Result<Processed, ProcessError> {
+pub fn process(
+    spec: &TableSpec,
+    window: Window,
+    inputs: Vec<(String, Bytes)>,
+    cancel: &CancellationToken,
+) -> Result<Processed, ProcessError> {
     let check = || if cancel.is_cancelled() { Err(ProcessError::Cancelled) } else { Ok(()) };
     let format = time_format(spec);
     let time_col = spec.flow.time_column.as_str();
@@ -369,7 +402,8 @@ pub fn process(spec: &TableSpec, window: Window, inputs: Vec<(String, Bytes)>, c
             if piece.num_rows() == 0 {
                 continue;
             }
-            let (start, end) = time_range_ms(std::slice::from_ref(&piece), time_col, format)?.unwrap_or((window.start_ms, window.start_ms));
+            let (start, end) = time_range_ms(std::slice::from_ref(&piece), time_col, format)?
+                .unwrap_or((window.start_ms, window.start_ms));
             let bytes = write_parquet(&arrow_schema, std::slice::from_ref(&piece))?;
             result.rows_out += piece.num_rows() as u64;
             result.outputs.push(OutputSegment {
@@ -433,7 +467,15 @@ mod tests {
     #[test]
     fn filter_keeps_half_open_window() {
         let s = spec(json!({}), json!({}));
-        let b = batch(&s, &[("a", None, 1, None, H - 1), ("a", None, 1, None, H), ("a", None, 1, None, 2 * H - 1), ("a", None, 1, None, 2 * H)]);
+        let b = batch(
+            &s,
+            &[
+                ("a", None, 1, None, H - 1),
+                ("a", None, 1, None, H),
+                ("a", None, 1, None, 2 * H - 1),
+                ("a", None, 1, None, 2 * H),
+            ],
+        );
         let f = filter_window(&b, "ts", TimeFormat::MILLIS, Window { start_ms: H, end_ms: 2 * H }).unwrap();
         let ts = f.column(4).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
         assert_eq!(ts.values().to_vec(), vec![H, 2 * H - 1]);
@@ -457,7 +499,10 @@ mod tests {
     #[test]
     fn rollup_groups_and_aggregates_null_aware() {
         let s = spec(json!({"mergeType": "rollup", "air.aggregationType": "max"}), json!({}));
-        let b1 = batch(&s, &[("UA", Some(1.5), 1, Some(10), 0), ("AA", None, 1, None, 0), ("UA", Some(2.0), 1, Some(30), 0)]);
+        let b1 = batch(
+            &s,
+            &[("UA", Some(1.5), 1, Some(10), 0), ("AA", None, 1, None, 0), ("UA", Some(2.0), 1, Some(30), 0)],
+        );
         let b2 = batch(&s, &[("UA", None, 1, Some(20), 0), ("UA", Some(1.0), 1, None, H), ("AA", None, 1, None, 0)]);
         let out = rollup(&[b1, b2], &s.schema, &s.flow.aggregations).unwrap();
         let sorted = sort_by(&s.schema.arrow_schema(), &out, Some("carrier")).unwrap();
@@ -479,7 +524,8 @@ mod tests {
     #[test]
     fn dedup_drops_exact_duplicates_only() {
         let s = spec(json!({"mergeType": "dedup"}), json!({}));
-        let b1 = batch(&s, &[("UA", Some(1.0), 1, None, 0), ("UA", Some(1.0), 1, None, 0), ("UA", Some(1.0), 2, None, 0)]);
+        let b1 =
+            batch(&s, &[("UA", Some(1.0), 1, None, 0), ("UA", Some(1.0), 1, None, 0), ("UA", Some(1.0), 2, None, 0)]);
         let b2 = batch(&s, &[("UA", Some(1.0), 1, None, 0), ("UA", None, 1, None, 0), ("UA", None, 1, None, 0)]);
         let out = dedup(&[b1, b2]).unwrap();
         assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 3, "{}", pretty(&out));
@@ -497,8 +543,14 @@ mod tests {
 
     #[test]
     fn partitions_split_rows() {
-        let s = spec(json!({}), json!({"segmentPartitionConfig": {"columnPartitionMap": {"carrier": {"functionName": "HashCode", "numPartitions": 2}}}}));
-        let b = batch(&s, &[("UA", None, 1, None, 0), ("AA", None, 2, None, 0), ("UA", None, 3, None, 0), ("B6", None, 3, None, 0)]);
+        let s = spec(
+            json!({}),
+            json!({"segmentPartitionConfig": {"columnPartitionMap": {"carrier": {"functionName": "HashCode", "numPartitions": 2}}}}),
+        );
+        let b = batch(
+            &s,
+            &[("UA", None, 1, None, 0), ("AA", None, 2, None, 0), ("UA", None, 3, None, 0), ("B6", None, 3, None, 0)],
+        );
         let parts = partition_batches(vec![b], &s).unwrap();
         let total: usize = parts.values().flatten().map(|b| b.num_rows()).sum();
         assert_eq!(total, 4);
@@ -513,10 +565,23 @@ mod tests {
 
     #[test]
     fn process_runs_every_stage() {
-        let s = spec(json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h", "maxNumRecordsPerSegment": "1"}), json!({}));
-        let b = batch(&s, &[("UA", Some(1.0), 1, Some(5), 10), ("UA", Some(2.0), 1, Some(7), 20), ("AA", Some(3.0), 1, Some(1), H + 1), ("AA", Some(9.0), 1, Some(1), 2 * H)]);
+        let s = spec(
+            json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h", "maxNumRecordsPerSegment": "1"}),
+            json!({}),
+        );
+        let b = batch(
+            &s,
+            &[
+                ("UA", Some(1.0), 1, Some(5), 10),
+                ("UA", Some(2.0), 1, Some(7), 20),
+                ("AA", Some(3.0), 1, Some(1), H + 1),
+                ("AA", Some(9.0), 1, Some(1), 2 * H),
+            ],
+        );
         let bytes = write_parquet(&s.schema.arrow_schema(), &[b]).unwrap();
-        let out = process(&s, Window { start_ms: 0, end_ms: 2 * H }, vec![("seg".into(), bytes)], &CancellationToken::new()).unwrap();
+        let out =
+            process(&s, Window { start_ms: 0, end_ms: 2 * H }, vec![("seg".into(), bytes)], &CancellationToken::new())
+                .unwrap();
         assert_eq!(out.rows_in, 3);
         assert_eq!(out.rows_out, 2);
         assert_eq!(out.outputs.len(), 2, "maxNumRecordsPerSegment=1 cuts one segment per row");
@@ -527,6 +592,9 @@ mod tests {
         let cancel = CancellationToken::new();
         cancel.cancel();
         let bytes = write_parquet(&s.schema.arrow_schema(), &[]).unwrap();
-        assert!(matches!(process(&s, Window { start_ms: 0, end_ms: H }, vec![("x".into(), bytes)], &cancel), Err(ProcessError::Cancelled)));
+        assert!(matches!(
+            process(&s, Window { start_ms: 0, end_ms: H }, vec![("x".into(), bytes)], &cancel),
+            Err(ProcessError::Cancelled)
+        ));
     }
 }

@@ -16,7 +16,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use r2o_common::config::TableSpec;
 use r2o_common::kv::{Compare, KeyValue, Kv, Op};
-use r2o_common::meta::{encode, get_record, now_ms, range_records, ClaimRecord, Keys, LeaderRecord, MinionRecord, TaskRecord, TaskState};
+use r2o_common::meta::{
+    encode, get_record, now_ms, range_records, ClaimRecord, Keys, LeaderRecord, MinionRecord, TaskRecord, TaskState,
+};
 use r2o_common::store::{get_bytes, put_bytes, staging_prefix, Store};
 use r2o_common::window::Window;
 use r2o_common::Error;
@@ -98,17 +100,18 @@ impl Worker {
         t.state = TaskState::Running;
         t.minion = self.cfg.id.clone();
         t.started_ms = now_ms();
-        let claim = ClaimRecord {
-            minion_id: self.cfg.id.clone(),
-            attempt: t.attempt,
-            lease,
-            claimed_ms: t.started_ms,
-        };
+        let claim = ClaimRecord { minion_id: self.cfg.id.clone(), attempt: t.attempt, lease, claimed_ms: t.started_ms };
         let ok = self
             .kv
             .txn(
-                vec![Compare::ModRevision(entry.key.clone(), entry.mod_revision), Compare::CreateRevision(claim_key.clone(), 0)],
-                vec![Op::put(entry.key.clone(), encode(&t)), Op::Put { key: claim_key, value: encode(&claim), lease: Some(lease) }],
+                vec![
+                    Compare::ModRevision(entry.key.clone(), entry.mod_revision),
+                    Compare::CreateRevision(claim_key.clone(), 0),
+                ],
+                vec![
+                    Op::put(entry.key.clone(), encode(&t)),
+                    Op::Put { key: claim_key, value: encode(&claim), lease: Some(lease) },
+                ],
             )
             .await?;
         Ok(ok.then_some(t))
@@ -159,9 +162,10 @@ impl Worker {
             }
             let client = self.controller().await.map_err(E::Retry)?;
             call(client).await.map_err(|s| match s.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
-                    E::Retry(s.message().to_string())
-                }
+                tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded => E::Retry(s.message().to_string()),
                 _ => E::Final(format!("{:?}: {}", s.code(), s.message())),
             })
         };
@@ -191,7 +195,10 @@ impl Worker {
                 work.cancel();
                 Err(ProcessError::Data(Error::Segment {
                     segment: task.id.clone(),
-                    problem: format!("attempt {attempt} timed out after {} ms (timeoutMs) and was cancelled", task.timeout_ms),
+                    problem: format!(
+                        "attempt {attempt} timed out after {} ms (timeoutMs) and was cancelled",
+                        task.timeout_ms
+                    ),
                 }))
             }
         };
@@ -211,7 +218,13 @@ impl Worker {
                         .map(|s| s.schema.fingerprint())
                         .unwrap_or_default(),
                 };
-                match self.report("complete", &cancel, |mut c| { let r = req.clone(); async move { c.complete_task(r).await } }).await {
+                match self
+                    .report("complete", &cancel, |mut c| {
+                        let r = req.clone();
+                        async move { c.complete_task(r).await }
+                    })
+                    .await
+                {
                     Ok(resp) => {
                         info!(table = %task.table, task = %task.id, attempt, committed = resp.get_ref().committed, rows_in = processed.rows_in, rows_out = processed.rows_out, "attempt committed");
                         true
@@ -234,7 +247,13 @@ impl Worker {
                     minion_id: self.cfg.id.clone(),
                     error: e.to_string(),
                 };
-                if let Err(e) = self.report("fail", &cancel, |mut c| { let r = req.clone(); async move { c.fail_task(r).await } }).await {
+                if let Err(e) = self
+                    .report("fail", &cancel, |mut c| {
+                        let r = req.clone();
+                        async move { c.fail_task(r).await }
+                    })
+                    .await
+                {
                     warn!(table = %task.table, task = %task.id, attempt, error = %e, "failure report refused");
                 }
                 false
@@ -251,13 +270,17 @@ impl Worker {
     }
 
     /// Downloads, processes and stages one attempt.
-    async fn execute(&self, task: &TaskRecord, cancel: &CancellationToken) -> Result<(Processed, Vec<pb::StagedSegment>), ProcessError> {
+    async fn execute(
+        &self,
+        task: &TaskRecord,
+        cancel: &CancellationToken,
+    ) -> Result<(Processed, Vec<pb::StagedSegment>), ProcessError> {
         let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone()).map_err(Error::from)?;
-        let retry = ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(4).with_jitter();
+        let retry =
+            ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(4).with_jitter();
         let inputs: Vec<(String, Bytes)> = futures::stream::iter(task.inputs.clone())
             .map(|seg| {
                 let store = self.store.clone();
-                let retry = retry;
                 async move {
                     let bytes = (|| get_bytes(&store, &seg.location)).retry(retry).when(Error::is_retryable).await;
                     bytes.map(|b| (seg.segment_name.clone(), b)).map_err(|e| match e {
@@ -278,9 +301,13 @@ impl Worker {
         let window = Window { start_ms: task.window_start_ms, end_ms: task.window_end_ms };
         let spec2 = spec.clone();
         let cancel2 = cancel.clone();
-        let processed = tokio::task::spawn_blocking(move || process(&spec2, window, inputs, &cancel2))
-            .await
-            .map_err(|e| ProcessError::Data(Error::Segment { segment: task.id.clone(), problem: format!("processor panicked: {e}") }))??;
+        let processed =
+            tokio::task::spawn_blocking(move || process(&spec2, window, inputs, &cancel2)).await.map_err(|e| {
+                ProcessError::Data(Error::Segment {
+                    segment: task.id.clone(),
+                    problem: format!("processor panicked: {e}"),
+                })
+            })??;
         let prefix = staging_prefix(&task.table, &task.id, task.attempt);
         let mut staged = Vec::with_capacity(processed.outputs.len());
         for o in &processed.outputs {
@@ -314,7 +341,10 @@ struct StatusSvc {
 
 #[tonic::async_trait]
 impl MinionService for StatusSvc {
-    async fn status(&self, _req: tonic::Request<mpb::StatusRequest>) -> Result<tonic::Response<mpb::StatusResponse>, tonic::Status> {
+    async fn status(
+        &self,
+        _req: tonic::Request<mpb::StatusRequest>,
+    ) -> Result<tonic::Response<mpb::StatusResponse>, tonic::Status> {
         let s = self.worker.stats.lock().map_err(|_| tonic::Status::internal("stats lock poisoned"))?;
         Ok(tonic::Response::new(mpb::StatusResponse {
             minion_id: self.worker.cfg.id.clone(),
@@ -424,10 +454,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
     }
     // drain
     info!(minion = %cfg.id, running = attempts.len(), "draining");
-    let drained = tokio::time::timeout(cfg.drain_grace, async {
-        while attempts.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(cfg.drain_grace, async { while attempts.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         warn!(minion = %cfg.id, "drain grace passed; handing back unfinished tasks");
         reg.lost.cancel();

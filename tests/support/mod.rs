@@ -173,7 +173,15 @@ impl Cluster {
         let port = free_port();
         let name = format!("controller-{port}");
         let p = self.spawn(
-            &["controller".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--id".into(), name.clone(), "--plan-interval-ms".into(), "200".into()],
+            &[
+                "controller".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--id".into(),
+                name.clone(),
+                "--plan-interval-ms".into(),
+                "200".into(),
+            ],
             &name,
             port,
         );
@@ -218,7 +226,17 @@ impl Cluster {
         let port = free_port();
         let name = format!("minion-{port}");
         let p = self.spawn(
-            &["minion".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--id".into(), name.clone(), "--slots".into(), "2".into(), "--poll-ms".into(), "100".into()],
+            &[
+                "minion".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--id".into(),
+                name.clone(),
+                "--slots".into(),
+                "2".into(),
+                "--poll-ms".into(),
+                "100".into(),
+            ],
             &name,
             port,
         );
@@ -238,7 +256,12 @@ impl Cluster {
     /// Runs the admin CLI against this cluster; panics with its output on failure.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = self.cli_raw(args);
-        assert!(out.status.success(), "r2o {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "r2o {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -261,7 +284,12 @@ impl Cluster {
             if w.idle {
                 return w;
             }
-            assert!(start.elapsed() < timeout, "table {table} not idle after {timeout:?}: {}\nlogs in {}", w.next, self.dir.path().display());
+            assert!(
+                start.elapsed() < timeout,
+                "table {table} not idle after {timeout:?}: {}\nlogs in {}",
+                w.next,
+                self.dir.path().display()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
