@@ -51,10 +51,11 @@ impl std::fmt::Display for Window {
 /// `floor(t_ms / bucket_ms) * bucket_ms`, rounding toward negative infinity so
 /// that times before 1970 land in the window that holds them.
 ///
-/// `bucket_ms` must be > 0 (validated when a table is added).
+/// `bucket_ms` must be > 0 (validated when a table is added). Near
+/// `i64::MIN` the true floor may not fit; it saturates at `i64::MIN`.
 pub fn floor_to_bucket(t_ms: i64, bucket_ms: i64) -> i64 {
     debug_assert!(bucket_ms > 0);
-    t_ms.div_euclid(bucket_ms) * bucket_ms
+    t_ms.div_euclid(bucket_ms).checked_mul(bucket_ms).unwrap_or(i64::MIN)
 }
 
 /// Pinot's cold-start watermark: the start of the window holding the earliest
@@ -107,8 +108,12 @@ mod tests {
     #[test]
     fn huge_times_saturate() {
         let w = Window::containing(i64::MAX, DAY);
-        assert!(w.contains(i64::MAX - 1) || w.end_ms == i64::MAX);
-        assert!(w.start_ms <= i64::MAX && w.end_ms == i64::MAX);
+        assert_eq!(w.start_ms, i64::MAX / DAY * DAY);
+        assert_eq!(w.end_ms, i64::MAX, "the end saturates instead of overflowing");
+        assert!(w.contains(i64::MAX - 1));
+        let w = Window::containing(i64::MIN, DAY);
+        assert_eq!(w.start_ms, i64::MIN, "the floor saturates instead of overflowing");
+        assert!(w.contains(i64::MIN));
     }
 
     #[test]

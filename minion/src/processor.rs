@@ -446,7 +446,10 @@ mod tests {
         .unwrap()
     }
 
-    fn batch(s: &TableSpec, rows: &[(&str, Option<f64>, i64, Option<i32>, i64)]) -> RecordBatch {
+    /// (carrier, delay, n, air, ts ms)
+    type TestRow<'a> = (&'a str, Option<f64>, i64, Option<i32>, i64);
+
+    fn batch(s: &TableSpec, rows: &[TestRow]) -> RecordBatch {
         RecordBatch::try_new(
             s.schema.arrow_schema(),
             vec![
