@@ -136,7 +136,7 @@ async fn exactly_once_under_faults() {
     let env = vec![
         (
             "R2O_FAULT_STORE".to_string(),
-            format!("read_error_rate=0.03,write_error_rate=0.03,latency_ms=15,seed={seed}"),
+            format!("read_error_rate=0.05,write_error_rate=0.05,latency_ms=15,seed={seed}"),
         ),
         ("R2O_JANITOR_INTERVAL_SECS".to_string(), "1".to_string()),
         ("R2O_JANITOR_GRACE_SECS".to_string(), "3".to_string()),

@@ -99,7 +99,8 @@ pub struct FaultSpec {
     pub write_error_rate: f64,
     /// Added latency per read and write, ms.
     pub latency_ms: u64,
-    /// RNG seed (logged faults can be replayed).
+    /// RNG seed; each process mixes in its pid, so processes given the
+    /// same seed do not fail in lockstep.
     pub seed: u64,
 }
 
@@ -143,8 +144,9 @@ impl FaultyStore {
     /// Wraps `inner`.
     pub fn new(inner: Store, spec: FaultSpec) -> FaultyStore {
         use rand::SeedableRng;
-        tracing::warn!(?spec, "segment store with injected faults");
-        FaultyStore { inner, spec, rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(spec.seed)) }
+        let seed = spec.seed ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        tracing::warn!(?spec, seed, "segment store with injected faults");
+        FaultyStore { inner, spec, rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)) }
     }
 
     async fn inject(&self, op: &'static str, rate: f64, path: &Path) -> object_store::Result<()> {
