@@ -1,5 +1,5 @@
-//! Poisoned input: a corrupt segment, then one whose schema conflicts with
-//! the table. The window fails with an error naming the segment (and the
+//! Poisoned input: a corrupt segment, then a removed one, then one whose
+//! schema conflicts with the table. The window fails with an error naming the segment (and the
 //! column), attempts stop at `maxAttemptsPerTask`, the task is FAILED and
 //! visible, the table's later windows wait (no gap), another table keeps
 //! moving, and an operator retry after the fix commits the window.
@@ -132,7 +132,13 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
     let shown = cluster.cli(&["tasks", "--table", "bad"]);
     assert!(shown.contains("FAILED") && shown.contains("bad__0__1"), "{shown}");
 
-    // round 2: a schema conflict; the error names the column
+    // round 2: the file removed under r2o's feet
+    std::fs::remove_file(&poisoned).unwrap();
+    cluster.cli(&["retry", "--table", "bad"]);
+    let t = wait_failed(&cluster, "bad", 4).await;
+    assert!(t.error.contains("bad__0__1") && t.error.contains("not found"), "{}", t.error);
+
+    // round 3: a schema conflict; the error names the column
     let conflicting = RecordBatch::try_from_iter(vec![
         ("d", Arc::new(StringArray::from(vec!["a"])) as _),
         ("m", Arc::new(StringArray::from(vec!["x"])) as _),
@@ -141,7 +147,7 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
     .unwrap();
     write_parquet(&poisoned, &conflicting);
     cluster.cli(&["retry", "--table", "bad"]);
-    let t = wait_failed(&cluster, "bad", 4).await;
+    let t = wait_failed(&cluster, "bad", 6).await;
     assert!(t.error.contains("bad__0__1") && t.error.contains("'m'"), "{}", t.error);
 
     // fixed: an operator retry commits the window, and the rest follows
@@ -152,5 +158,5 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
     let all = tasks(&cluster, "bad").await;
     assert!(all.iter().all(|t| t.state == "SUCCEEDED"), "{all:?}");
     let healed = all.iter().find(|t| t.window_start_ms == T0_MS + H_MS).unwrap();
-    assert_eq!((healed.attempt, healed.rows_out), (5, 100));
+    assert_eq!((healed.attempt, healed.rows_out), (7, 100));
 }

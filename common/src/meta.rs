@@ -411,6 +411,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn backoffs_grow_and_cap() {
+        assert_eq!(
+            (1..=8).map(attempt_backoff_ms).collect::<Vec<_>>(),
+            vec![1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]
+        );
+        assert_eq!(round_backoff_ms(1), 30_000);
+        assert_eq!(round_backoff_ms(2), 60_000);
+        assert_eq!(round_backoff_ms(30), 600_000);
+    }
+
+    #[test]
+    fn claimable_respects_state_backoff_claim_and_round() {
+        let mut t: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": "t__0__1", "table": "t", "windowStartMs": 0, "windowEndMs": 1, "skippedWindows": 0, "inputs": [],
+            "tableConfig": {}, "schema": {}, "state": "PENDING", "attempt": 0, "minion": "", "createdMs": 0,
+            "startedMs": 0, "finishedMs": 0, "errors": [], "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0,
+            "outputSegments": []
+        }))
+        .unwrap();
+        assert_eq!(
+            (t.max_attempts, t.timeout_ms),
+            (3, 3_600_000),
+            "defaults for records written before the policy fields"
+        );
+        assert!(t.claimable(0, false));
+        assert!(!t.claimable(0, true), "a claimed task is not claimable");
+        t.not_before_ms = 10;
+        assert!(!t.claimable(9, false) && t.claimable(10, false), "backoff between attempts");
+        t.state = TaskState::Running;
+        t.attempt = 2;
+        assert!(t.claimable(0, false), "a RUNNING task whose claim vanished is claimable again");
+        t.attempt = 3;
+        assert!(!t.claimable(100, false), "the round's attempts are used up");
+        t.round_start_attempt = 3;
+        assert!(t.claimable(100, false), "a new round allows new attempts");
+        t.state = TaskState::Failed;
+        assert!(!t.claimable(100, false));
+    }
+
+    #[test]
     fn lineage_keys_sort_in_time_order() {
         let k = Keys::new("/r2o/");
         let mut v = [5i64, -3, 0, i64::MIN, i64::MAX, -86_400_000];

@@ -7,6 +7,7 @@
 
 use r2o_common::kv::{Compare, Kv, Op};
 use r2o_common::meta::{encode, now_ms, Keys, LeaderRecord};
+use r2o_common::retry::reconnect_backoff;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -47,15 +48,19 @@ pub async fn run(
 ) {
     let key = keys.leader();
     let renew = Duration::from_millis((cfg.ttl_secs.max(1) as u64) * 1000 / 3);
+    let max_backoff = Duration::from_secs(cfg.ttl_secs.max(1) as u64);
+    let mut backoff = reconnect_backoff(cfg.retry / 2, max_backoff);
     while !cancel.is_cancelled() {
         let lease = match kv.grant_lease(cfg.ttl_secs).await {
             Ok(l) => l,
             Err(e) => {
-                warn!(error = %e, "election: cannot grant lease");
-                sleep_or_cancel(cfg.retry, &cancel).await;
+                let delay = backoff.next().unwrap_or(max_backoff);
+                warn!(error = %e, retry_in = ?delay, "election: cannot grant lease");
+                sleep_or_cancel(delay, &cancel).await;
                 continue;
             }
         };
+        backoff = reconnect_backoff(cfg.retry / 2, max_backoff);
         let record = LeaderRecord { id: cfg.id.clone(), addr: cfg.addr.clone(), since_ms: now_ms() };
         let won = kv
             .txn(

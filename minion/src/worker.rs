@@ -19,6 +19,7 @@ use r2o_common::kv::{Compare, KeyValue, Kv, Op};
 use r2o_common::meta::{
     encode, get_record, now_ms, range_records, ClaimRecord, Keys, LeaderRecord, MinionRecord, TaskRecord, TaskState,
 };
+use r2o_common::retry::{reconnect_backoff, store_backoff};
 use r2o_common::store::{get_bytes, put_bytes, staging_prefix, Store};
 use r2o_common::window::Window;
 use r2o_common::Error;
@@ -276,8 +277,7 @@ impl Worker {
         cancel: &CancellationToken,
     ) -> Result<(Processed, Vec<pb::StagedSegment>), ProcessError> {
         let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone()).map_err(Error::from)?;
-        let retry =
-            ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(4).with_jitter();
+        let retry = store_backoff();
         let inputs: Vec<(String, Bytes)> = futures::stream::iter(task.inputs.clone())
             .map(|seg| {
                 let store = self.store.clone();
@@ -366,14 +366,17 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
             .add_service(MinionServiceServer::new(StatusSvc { worker: worker.clone() }))
             .serve_with_shutdown(cfg.listen, server_cancel.clone().cancelled_owned()),
     );
+    let max_backoff = Duration::from_secs(cfg.lease_ttl_secs.max(1) as u64);
+    let mut backoff = reconnect_backoff(Duration::from_millis(100), max_backoff);
     let mut reg = loop {
         match worker.register().await {
             Ok(r) => break r,
             Err(e) => {
-                warn!(minion = %cfg.id, error = %e, "cannot register; retrying");
+                let delay = backoff.next().unwrap_or(max_backoff);
+                warn!(minion = %cfg.id, error = %e, retry_in = ?delay, "cannot register; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => { server_cancel.cancel(); let _ = server.await; return Ok(()); }
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
@@ -390,7 +393,10 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
         }
         if last_renew.elapsed() >= renew {
             match worker.kv.keep_alive(reg.lease).await {
-                Ok(()) => last_renew = tokio::time::Instant::now(),
+                Ok(()) => {
+                    last_renew = tokio::time::Instant::now();
+                    backoff = reconnect_backoff(Duration::from_millis(100), max_backoff);
+                }
                 Err(Error::LeaseLost(_)) => {
                     warn!(minion = %cfg.id, lease = reg.lease, "lease lost; cancelling running attempts");
                     reg.lost.cancel();
@@ -398,13 +404,20 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
                         Ok(r) => {
                             reg = r;
                             last_renew = tokio::time::Instant::now();
+                            backoff = reconnect_backoff(Duration::from_millis(100), max_backoff);
                         }
-                        Err(e) => warn!(minion = %cfg.id, error = %e, "cannot register again"),
+                        Err(e) => {
+                            let delay = backoff.next().unwrap_or(max_backoff);
+                            warn!(minion = %cfg.id, error = %e, retry_in = ?delay, "cannot register again");
+                            tokio::time::sleep(delay).await;
+                        }
                     }
                     continue;
                 }
                 Err(e) => {
-                    warn!(minion = %cfg.id, error = %e, "keep-alive failed");
+                    let delay = backoff.next().unwrap_or(max_backoff);
+                    warn!(minion = %cfg.id, error = %e, retry_in = ?delay, "keep-alive failed");
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
             }

@@ -1,0 +1,73 @@
+//! `timeoutMs`: an attempt that runs past it is cancelled (the minion stops
+//! working, it does not just skip the upload), the task fails with the
+//! cause recorded, nothing is published, and the watermark does not move.
+
+mod support;
+
+use arrow::array::{Int64Array, RecordBatch};
+use r2o_proto::controller as pb;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::Cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_past_timeout_is_cancelled_and_recorded() {
+    // every store call takes 600 ms; the table allows 300 ms per attempt
+    let env = vec![("R2O_FAULT_STORE".to_string(), "latency_ms=600".to_string())];
+    let cluster = Cluster::start_with(1, 1, env);
+    let d = cluster.dir.path();
+    let schema = json!({"schemaName": "s", "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
+        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]});
+    let config = json!({"tableName": "slow", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+        "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
+            "bucketTimePeriod": "1h", "bufferTimePeriod": "1h", "timeoutMs": "300", "maxAttemptsPerTask": "2"}}}});
+    std::fs::write(d.join("s.json"), schema.to_string()).unwrap();
+    std::fs::write(d.join("t.json"), config.to_string()).unwrap();
+    cluster.cli(&[
+        "table",
+        "add",
+        "--config",
+        d.join("t.json").to_str().unwrap(),
+        "--schema",
+        d.join("s.json").to_str().unwrap(),
+    ]);
+    let batch = RecordBatch::try_from_iter(vec![
+        ("m", Arc::new(Int64Array::from(vec![1, 2])) as _),
+        ("ts", Arc::new(Int64Array::from(vec![1_600_000_000_000, 1_600_000_000_001])) as _),
+    ])
+    .unwrap();
+    let f = d.join("seg.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    cluster.cli(&["segment", "add", "--table", "slow", "--file", f.to_str().unwrap()]);
+
+    let start = Instant::now();
+    let failed = loop {
+        let tasks = cluster
+            .client()
+            .await
+            .list_tasks(pb::ListTasksRequest { table: "slow".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks;
+        if let Some(t) = tasks.into_iter().find(|t| t.state == "FAILED") {
+            break t;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the task never failed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(failed.attempt, 2, "both attempts ran and timed out");
+    assert!(failed.error.contains("timed out after 300 ms"), "{}", failed.error);
+    let w = cluster
+        .client()
+        .await
+        .get_watermark(pb::GetWatermarkRequest { table: "slow".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!w.exists, "nothing committed");
+    assert!(!cluster.store_path("offline").exists(), "a cancelled attempt stages nothing");
+}
