@@ -45,6 +45,9 @@ struct StateArgs {
     /// Attempts per task round before it is FAILED, unless the table sets Pinot's maxAttemptsPerTask.
     #[arg(long, env = "R2O_MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: u32,
+    /// Where to serve /healthz, /readyz and Prometheus /metrics (unset: not served).
+    #[arg(long, env = "R2O_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// Attempt timeout in seconds, unless the table sets Pinot's timeoutMs.
     #[arg(long, env = "R2O_TASK_TIMEOUT_SECS", default_value_t = 3600)]
     task_timeout_secs: u64,
@@ -160,6 +163,7 @@ async fn main() -> Result<()> {
                 task_timeout: Duration::from_secs(state.task_timeout_secs.max(1)),
                 janitor_interval: Duration::from_secs(janitor_interval_secs.max(1)),
                 janitor_grace: Duration::from_secs(janitor_grace_secs),
+                http_listen: state.http_listen,
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }
@@ -175,6 +179,7 @@ async fn main() -> Result<()> {
                 lease_ttl_secs: state.lease_ttl_secs,
                 poll: Duration::from_millis(poll_ms),
                 drain_grace: Duration::from_secs(drain_grace_secs),
+                http_listen: state.http_listen,
             };
             r2o_minion::run(kv, keys, store, cfg, cancel).await
         }

@@ -13,6 +13,7 @@ pub mod period;
 pub mod retry;
 pub mod schema;
 pub mod store;
+pub mod telemetry;
 pub mod window;
 pub mod wire;
 

@@ -102,6 +102,15 @@ pub struct WatermarkRecord {
     pub windows_skipped: u64,
     /// Rows committed in total.
     pub rows_out: u64,
+    /// Rows read inside committed windows, in total.
+    #[serde(default)]
+    pub rows_in: u64,
+    /// REALTIME bytes read by committed attempts, in total.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// OFFLINE bytes committed, in total.
+    #[serde(default)]
+    pub bytes_out: u64,
     /// Last update, UTC epoch ms.
     pub updated_ms: i64,
 }

@@ -40,6 +40,8 @@ pub struct Authority {
     /// Wakes the planning loop after a commit, so the next window of the
     /// table is planned at once instead of on the next tick.
     pub(crate) replan: std::sync::Arc<tokio::sync::Notify>,
+    /// Metrics observed while committing.
+    pub(crate) metrics: Option<crate::metrics::ControllerMetrics>,
 }
 
 /// A table as stored plus its parsed view.
@@ -64,7 +66,7 @@ impl Authority {
         cfg: AuthorityConfig,
         leadership: watch::Receiver<Option<Leadership>>,
     ) -> Authority {
-        Authority { kv, keys, store, cfg, leadership, replan: Default::default() }
+        Authority { kv, keys, store, cfg, leadership, replan: Default::default(), metrics: None }
     }
 
     fn leadership(&self) -> Result<Leadership> {
@@ -355,6 +357,9 @@ impl Authority {
             windows_committed: old.windows_committed + 1,
             windows_skipped: old.windows_skipped + task.skipped_windows,
             rows_out: old.rows_out + req.rows_out,
+            rows_in: old.rows_in + req.rows_in,
+            bytes_in: old.bytes_in + req.bytes_in,
+            bytes_out: old.bytes_out + bytes_out,
             updated_ms: now,
         };
         ops.push(Op::put(self.keys.watermark(&raw), encode(&new_wm)));
@@ -393,6 +398,14 @@ impl Authority {
             };
         }
         self.replan.notify_one();
+        if let Some(m) = &self.metrics {
+            m.task_duration.with_label_values(&[&raw]).observe((now - task.started_ms).max(0) as f64 / 1000.0);
+            if req.attempt == 1 {
+                m.queue_wait
+                    .with_label_values(&[&raw])
+                    .observe((task.started_ms - task.created_ms).max(0) as f64 / 1000.0);
+            }
+        }
         info!(table = %raw, task = %task.id, attempt = req.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = req.rows_in, rows_out = req.rows_out, segments = req.outputs.len(), "window committed");
         Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: task.window_end_ms })
     }
@@ -533,6 +546,9 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
             continue;
         }
         if let Err(e) = auth.plan_all().await {
+            if let Some(m) = &auth.metrics {
+                m.errors.with_label_values(&["etcd"]).inc();
+            }
             warn!(error = %e, "planning pass failed");
         }
     }

@@ -7,6 +7,7 @@ pub mod authority;
 pub mod election;
 pub mod error;
 pub mod janitor;
+pub mod metrics;
 pub mod planner;
 pub mod service;
 
@@ -47,6 +48,8 @@ pub struct ControllerConfig {
     pub janitor_interval: Duration,
     /// Minimum age of an orphaned object before the janitor deletes it.
     pub janitor_grace: Duration,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` (none: not served).
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Runs the janitor every `interval` while this controller leads.
@@ -93,13 +96,48 @@ pub async fn run(
         tx,
         election_cancel.clone(),
     ));
-    let auth = Authority::new(
-        kv,
-        keys,
+    let mut auth = Authority::new(
+        kv.clone(),
+        keys.clone(),
         store,
         AuthorityConfig { max_attempts: cfg.max_attempts, default_timeout_ms: cfg.task_timeout.as_millis() as i64 },
-        rx,
+        rx.clone(),
     );
+    let mut telemetry = r2o_common::telemetry::Telemetry::new();
+    let metrics = metrics::ControllerMetrics::new(&telemetry.registry);
+    auth.metrics = Some(metrics.clone());
+    {
+        let (kv, keys, metrics, rx) = (kv.clone(), keys.clone(), metrics.clone(), rx.clone());
+        telemetry.on_scrape = Some(std::sync::Arc::new(move || {
+            let (kv, keys, metrics, leading) = (kv.clone(), keys.clone(), metrics.clone(), rx.borrow().is_some());
+            Box::pin(async move {
+                metrics.is_leader.set(i64::from(leading));
+                metrics.refresh(&kv, &keys).await;
+            })
+        }));
+    }
+    let http = cfg.http_listen.map(|listen| {
+        let t = telemetry.clone();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(e) = r2o_common::telemetry::serve(listen, t, c).await {
+                tracing::error!(listen = %listen, error = %e, "cannot serve /metrics");
+            }
+        })
+    });
+    // ready while etcd answers
+    let readiness = {
+        let (kv, keys, t, c) = (kv.clone(), keys.clone(), telemetry.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                t.set_ready(kv.get(&keys.leader()).await.is_ok());
+                tokio::select! {
+                    _ = c.cancelled() => { t.set_ready(false); return; }
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        })
+    };
     let planner = tokio::spawn(authority::planning_loop(auth.clone(), cfg.plan_interval, cancel.clone()));
     let janitor = tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cancel.clone()));
     info!(controller = %cfg.id, listen = %cfg.listen, "controller serving");
@@ -109,6 +147,10 @@ pub async fn run(
     let served = server.await;
     let _ = planner.await;
     let _ = janitor.await;
+    let _ = readiness.await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     election_cancel.cancel();
     let _ = election.await;
     info!(controller = %cfg.id, "controller stopped");

@@ -52,6 +52,74 @@ pub struct MinionConfig {
     pub poll: Duration,
     /// How long a draining minion lets running attempts finish.
     pub drain_grace: Duration,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` (none: not served).
+    pub http_listen: Option<SocketAddr>,
+}
+
+/// The minion's Prometheus metrics.
+#[derive(Clone)]
+pub struct MinionMetrics {
+    /// `r2o_minion_slots`: configured task slots.
+    pub slots: prometheus::IntGauge,
+    /// `r2o_minion_busy_slots`: slots running an attempt.
+    pub busy: prometheus::IntGauge,
+    /// `r2o_minion_free_slots`.
+    pub free: prometheus::IntGauge,
+    /// `r2o_minion_attempts_total{outcome}`: started, succeeded, failed, cancelled.
+    pub attempts: prometheus::IntCounterVec,
+    /// `r2o_errors_total{component}`: etcd and object-store errors seen.
+    pub errors: prometheus::IntCounterVec,
+}
+
+impl MinionMetrics {
+    /// Registers every metric in `r`.
+    pub fn new(r: &prometheus::Registry, slots: u32) -> MinionMetrics {
+        use prometheus::{IntCounterVec, IntGauge, Opts};
+        let g = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let c = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let m = MinionMetrics {
+            slots: g("r2o_minion_slots", "Task slots of this minion"),
+            busy: g("r2o_minion_busy_slots", "Slots running an attempt"),
+            free: g("r2o_minion_free_slots", "Slots free for a new attempt"),
+            attempts: c(
+                "r2o_minion_attempts_total",
+                "Attempts by outcome (started, succeeded, failed, cancelled)",
+                "outcome",
+            ),
+            errors: c("r2o_errors_total", "etcd and object-store errors seen by this process", "component"),
+        };
+        m.slots.set(i64::from(slots));
+        m.free.set(i64::from(slots));
+        for o in ["started", "succeeded", "failed", "cancelled"] {
+            m.attempts.with_label_values(&[o]).inc_by(0);
+        }
+        m
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -68,6 +136,7 @@ struct Worker {
     store: Store,
     cfg: MinionConfig,
     stats: Arc<Mutex<Stats>>,
+    metrics: MinionMetrics,
 }
 
 struct Registration {
@@ -228,17 +297,17 @@ impl Worker {
                 {
                     Ok(resp) => {
                         info!(table = %task.table, task = %task.id, attempt, committed = resp.get_ref().committed, rows_in = processed.rows_in, rows_out = processed.rows_out, "attempt committed");
-                        true
+                        Outcome::Succeeded
                     }
                     Err(e) => {
                         warn!(table = %task.table, task = %task.id, attempt, error = %e, "commit refused");
-                        false
+                        Outcome::Failed
                     }
                 }
             }
             Err(ProcessError::Cancelled) => {
                 warn!(table = %task.table, task = %task.id, attempt, "attempt cancelled");
-                false
+                Outcome::Cancelled
             }
             Err(ProcessError::Data(e)) => {
                 warn!(table = %task.table, task = %task.id, attempt, error = %e, "attempt failed");
@@ -257,17 +326,20 @@ impl Worker {
                 {
                     warn!(table = %task.table, task = %task.id, attempt, error = %e, "failure report refused");
                 }
-                false
+                Outcome::Failed
             }
         };
         if let Ok(mut s) = self.stats.lock() {
             s.running.remove(&task.id);
-            if outcome {
+            if outcome == Outcome::Succeeded {
                 s.succeeded += 1;
             } else {
                 s.failed += 1;
             }
+            self.metrics.busy.set(s.running.len() as i64);
+            self.metrics.free.set(i64::from(self.cfg.slots) - s.running.len() as i64);
         }
+        self.metrics.attempts.with_label_values(&[outcome.name()]).inc();
     }
 
     /// Downloads, processes and stages one attempt.
@@ -282,7 +354,11 @@ impl Worker {
             .map(|seg| {
                 let store = self.store.clone();
                 async move {
-                    let bytes = (|| get_bytes(&store, &seg.location)).retry(retry).when(Error::is_retryable).await;
+                    let bytes = (|| get_bytes(&store, &seg.location))
+                        .retry(retry)
+                        .when(Error::is_retryable)
+                        .notify(|_, _| self.metrics.errors.with_label_values(&["store"]).inc())
+                        .await;
                     bytes.map(|b| (seg.segment_name.clone(), b)).map_err(|e| match e {
                         Error::Store { source, .. } => Error::Segment {
                             segment: seg.segment_name.clone(),
@@ -316,7 +392,11 @@ impl Worker {
             }
             let location = format!("{prefix}{}.parquet", o.name);
             let bytes = o.bytes.clone();
-            (|| put_bytes(&self.store, &location, bytes.clone())).retry(retry).when(Error::is_retryable).await?;
+            (|| put_bytes(&self.store, &location, bytes.clone()))
+                .retry(retry)
+                .when(Error::is_retryable)
+                .notify(|_, _| self.metrics.errors.with_label_values(&["store"]).inc())
+                .await?;
             staged.push(pb::StagedSegment {
                 name: o.name.clone(),
                 location,
@@ -359,7 +439,18 @@ impl MinionService for StatusSvc {
 
 /// Runs a minion until `cancel`, then drains (see the module doc).
 pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: CancellationToken) -> anyhow::Result<()> {
-    let worker = Worker { kv, keys, store, cfg: cfg.clone(), stats: Arc::default() };
+    let telemetry = r2o_common::telemetry::Telemetry::new();
+    let metrics = MinionMetrics::new(&telemetry.registry, cfg.slots);
+    let worker = Worker { kv, keys, store, cfg: cfg.clone(), stats: Arc::default(), metrics: metrics.clone() };
+    let http_cancel = CancellationToken::new();
+    let http = cfg.http_listen.map(|listen| {
+        let (t, c) = (telemetry.clone(), http_cancel.clone());
+        tokio::spawn(async move {
+            if let Err(e) = r2o_common::telemetry::serve(listen, t, c).await {
+                tracing::error!(listen = %listen, error = %e, "cannot serve /metrics");
+            }
+        })
+    });
     let server_cancel = CancellationToken::new();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -370,8 +461,12 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
     let mut backoff = reconnect_backoff(Duration::from_millis(100), max_backoff);
     let mut reg = loop {
         match worker.register().await {
-            Ok(r) => break r,
+            Ok(r) => {
+                telemetry.set_ready(true);
+                break r;
+            }
             Err(e) => {
+                metrics.errors.with_label_values(&["etcd"]).inc();
                 let delay = backoff.next().unwrap_or(max_backoff);
                 warn!(minion = %cfg.id, error = %e, retry_in = ?delay, "cannot register; retrying");
                 tokio::select! {
@@ -400,8 +495,10 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
                 Err(Error::LeaseLost(_)) => {
                     warn!(minion = %cfg.id, lease = reg.lease, "lease lost; cancelling running attempts");
                     reg.lost.cancel();
+                    telemetry.set_ready(false);
                     match worker.register().await {
                         Ok(r) => {
+                            telemetry.set_ready(true);
                             reg = r;
                             last_renew = tokio::time::Instant::now();
                             backoff = reconnect_backoff(Duration::from_millis(100), max_backoff);
@@ -415,6 +512,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
                     continue;
                 }
                 Err(e) => {
+                    metrics.errors.with_label_values(&["etcd"]).inc();
                     let delay = backoff.next().unwrap_or(max_backoff);
                     warn!(minion = %cfg.id, error = %e, retry_in = ?delay, "keep-alive failed");
                     tokio::time::sleep(delay).await;
@@ -444,7 +542,10 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
                     info!(table = %t.table, task = %t.id, attempt = t.attempt, minion = %cfg.id, "task claimed");
                     if let Ok(mut s) = worker.stats.lock() {
                         s.running.insert(t.id.clone(), t.attempt);
+                        metrics.busy.set(s.running.len() as i64);
+                        metrics.free.set(i64::from(cfg.slots) - s.running.len() as i64);
                     }
+                    metrics.attempts.with_label_values(&["started"]).inc();
                     let attempt_cancel = reg.lost.child_token();
                     let hard = hard_stop.clone();
                     let w = worker.clone();
@@ -466,6 +567,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
         }
     }
     // drain
+    telemetry.set_ready(false);
     info!(minion = %cfg.id, running = attempts.len(), "draining");
     let drained = tokio::time::timeout(cfg.drain_grace, async { while attempts.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -477,6 +579,10 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
     let _ = worker.kv.revoke_lease(reg.lease).await;
     server_cancel.cancel();
     let _ = server.await;
+    http_cancel.cancel();
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     info!(minion = %cfg.id, "minion stopped");
     Ok(())
 }

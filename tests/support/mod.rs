@@ -82,6 +82,8 @@ pub struct Proc {
     pub child: Child,
     pub name: String,
     pub port: u16,
+    /// Port of `/healthz`, `/readyz`, `/metrics`.
+    pub http_port: u16,
 }
 
 impl Proc {
@@ -146,9 +148,12 @@ impl Cluster {
     }
 
     fn spawn(&self, args: &[String], name: &str, port: u16) -> Proc {
+        let http_port = free_port();
+        let mut args = args.to_vec();
+        args.extend(["--http-listen".to_string(), format!("127.0.0.1:{http_port}")]);
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let child = Command::new(r2o_bin())
-            .args(args)
+            .args(&args)
             .env("R2O_ETCD", &self.etcd.endpoint)
             .env("R2O_STORE", &self.store_uri)
             .env("R2O_PREFIX", &self.prefix)
@@ -160,7 +165,7 @@ impl Cluster {
             .spawn()
             .unwrap();
         wait_port(port, Duration::from_secs(30));
-        Proc { child, name: name.into(), port }
+        Proc { child, name: name.into(), port, http_port }
     }
 
     /// Starts one more controller.
@@ -305,4 +310,24 @@ impl Cluster {
         std::mem::forget(self);
         p
     }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample (`name{labels} value`) in a Prometheus text body.
+pub fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+    })
 }
