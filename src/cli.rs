@@ -77,6 +77,61 @@ pub enum AdminCommand {
         #[arg(long)]
         table: String,
     },
+    /// Pause a table's flow: no new window is planned; running tasks finish.
+    Pause {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
+    /// Resume a paused flow.
+    Resume {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
+    /// Plan a table now instead of on the next tick (the buffer and CONSUMING rules still hold).
+    RunNow {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
+    /// Reset a flow: `append` abandons the in-flight task and continues from the watermark;
+    /// `flush` deletes the table's OFFLINE segments and restarts from the earliest data.
+    Reset {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+        /// append or flush.
+        #[arg(long, value_parser = ["append", "flush"])]
+        mode: String,
+        /// Confirm a flush (without it, flush only says what it would delete).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Export every table's config and schema (flow configs, no runtime state) to a JSON file.
+    Export {
+        #[command(flatten)]
+        conn: Conn,
+        /// Output file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Import tables from an export file; existing tables are reported and skipped; imported flows start paused.
+    Import {
+        #[command(flatten)]
+        conn: Conn,
+        /// Export file.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Start a new round of attempts for a table's FAILED task now (after fixing its cause).
     Retry {
         #[command(flatten)]
@@ -126,6 +181,20 @@ pub enum TableCmd {
         /// Pinot schema JSON file.
         #[arg(long)]
         schema: PathBuf,
+        /// Register the flow paused (start it with `r2o resume`).
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Copy a table's flow config (table config and schema) under a new name; the copy starts paused.
+    Copy {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw name of the table to copy.
+        #[arg(long)]
+        from: String,
+        /// Raw name of the new table.
+        #[arg(long)]
+        to: String,
     },
     /// List tables.
     List {
@@ -229,7 +298,7 @@ fn segment_json(s: &pb::Segment) -> serde_json::Value {
 
 fn task_json(t: &pb::Task) -> serde_json::Value {
     json!({"id": t.id, "windowStartMs": t.window_start_ms, "windowEndMs": t.window_end_ms, "state": t.state,
-           "attempt": t.attempt, "minion": t.minion, "rowsIn": t.rows_in, "rowsOut": t.rows_out,
+           "attempt": t.attempt, "minion": t.minion, "trigger": t.trigger, "startedMs": t.started_ms, "rowsIn": t.rows_in, "rowsOut": t.rows_out,
            "inputSegments": t.input_segments, "outputSegments": t.output_segments, "error": t.error,
            "createdMs": t.created_ms, "finishedMs": t.finished_ms})
 }
@@ -238,14 +307,33 @@ fn task_json(t: &pb::Task) -> serde_json::Value {
 pub async fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
         AdminCommand::Table { cmd } => match cmd {
-            TableCmd::Add { conn, config, schema } => {
+            TableCmd::Copy { conn, from, to } => {
+                let mut c = client(&conn.controller).await?;
+                let t =
+                    c.get_table(pb::GetTableRequest { table: from.clone() }).await.map_err(status_err)?.into_inner();
+                let mut config: serde_json::Value = serde_json::from_str(&t.table_config_json)?;
+                config["tableName"] = json!(format!("{to}_REALTIME"));
+                let resp = c
+                    .add_table(pb::AddTableRequest {
+                        table_config_json: config.to_string(),
+                        schema_json: t.schema_json,
+                        paused: true,
+                    })
+                    .await
+                    .map_err(status_err)?;
+                println!(
+                    "table {from} copied to {} (paused; start it with: r2o resume --table {to})",
+                    resp.into_inner().table
+                );
+            }
+            TableCmd::Add { conn, config, schema, paused } => {
                 let config_json =
                     std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
                 let schema_json =
                     std::fs::read_to_string(&schema).with_context(|| format!("reading {}", schema.display()))?;
                 let resp = client(&conn.controller)
                     .await?
-                    .add_table(pb::AddTableRequest { table_config_json: config_json, schema_json })
+                    .add_table(pb::AddTableRequest { table_config_json: config_json, schema_json, paused })
                     .await
                     .map_err(status_err)?;
                 println!("table {} added", resp.into_inner().table);
@@ -344,24 +432,168 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&tasks.iter().map(task_json).collect::<Vec<_>>())?)
                 }
                 Output::Table => print_rows(
-                    &["WINDOW START", "WINDOW END", "STATE", "ATTEMPT", "ROWS IN", "ROWS OUT", "SEGMENTS", "ERROR"],
+                    &[
+                        "WINDOW START",
+                        "WINDOW END",
+                        "TRIGGER",
+                        "STATE",
+                        "ATTEMPT",
+                        "ROWS IN",
+                        "ROWS OUT",
+                        "SEGMENTS",
+                        "DURATION",
+                        "ERROR",
+                    ],
                     &tasks
                         .iter()
                         .map(|t| {
                             vec![
                                 format_utc(t.window_start_ms),
                                 format_utc(t.window_end_ms),
+                                t.trigger.clone(),
                                 t.state.clone(),
                                 t.attempt.to_string(),
                                 t.rows_in.to_string(),
                                 t.rows_out.to_string(),
                                 t.output_segments.len().to_string(),
+                                if t.finished_ms > 0 && t.started_ms > 0 {
+                                    format!("{:.2}s", (t.finished_ms - t.started_ms) as f64 / 1000.0)
+                                } else {
+                                    String::new()
+                                },
                                 t.error.clone(),
                             ]
                         })
                         .collect::<Vec<_>>(),
                 ),
             }
+        }
+        AdminCommand::Pause { conn, table } => {
+            client(&conn.controller)
+                .await?
+                .pause_table(pb::TableRequest { table: table.clone() })
+                .await
+                .map_err(status_err)?;
+            println!("flow {table} paused");
+        }
+        AdminCommand::Resume { conn, table } => {
+            client(&conn.controller)
+                .await?
+                .resume_table(pb::TableRequest { table: table.clone() })
+                .await
+                .map_err(status_err)?;
+            println!("flow {table} resumed");
+        }
+        AdminCommand::RunNow { conn, table } => {
+            let r = client(&conn.controller)
+                .await?
+                .run_now(pb::TableRequest { table })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match conn.output {
+                Output::Json => println!("{}", json!({"taskId": r.task_id, "outcome": r.outcome})),
+                Output::Table => println!("{}", r.outcome),
+            }
+        }
+        AdminCommand::Reset { conn, table, mode, yes } => {
+            let flush = mode == "flush";
+            let mut c = client(&conn.controller).await?;
+            let req = |dry_run| pb::ResetTableRequest { table: table.clone(), mode: mode.clone(), dry_run };
+            let plan = c.reset_table(req(true)).await.map_err(status_err)?.into_inner();
+            if flush {
+                let say = format!(
+                    "flush of {table} deletes {} OFFLINE segments ({} rows, {} bytes) and the lineage of {} windows, \
+                     resets the watermark (now {}) and restarts from the earliest REALTIME data{}",
+                    plan.offline_segments,
+                    plan.offline_rows,
+                    plan.offline_bytes,
+                    plan.windows,
+                    if plan.watermark_ms > 0 { format_utc(plan.watermark_ms) } else { "none".into() },
+                    if plan.abandoned_task.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; abandons task {}", plan.abandoned_task)
+                    }
+                );
+                // the plan goes to stdout for people, to stderr when stdout is JSON
+                match conn.output {
+                    Output::Table => println!("{say}"),
+                    Output::Json => eprintln!("{say}"),
+                }
+                if !yes {
+                    bail!("not confirmed: run again with --yes to flush table {table}");
+                }
+            }
+            let done = c.reset_table(req(false)).await.map_err(status_err)?.into_inner();
+            match conn.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"mode": done.mode, "offlineSegments": done.offline_segments, "offlineRows": done.offline_rows,
+                           "windows": done.windows, "abandonedTask": done.abandoned_task, "done": done.done})
+                ),
+                Output::Table => println!(
+                    "flow {table} reset ({}){}",
+                    mode,
+                    if done.abandoned_task.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; abandoned task {}", done.abandoned_task)
+                    }
+                ),
+            }
+        }
+        AdminCommand::Export { conn, file } => {
+            let mut c = client(&conn.controller).await?;
+            let names = c.list_tables(pb::ListTablesRequest {}).await.map_err(status_err)?.into_inner().tables;
+            let mut tables = Vec::new();
+            for name in &names {
+                let t =
+                    c.get_table(pb::GetTableRequest { table: name.clone() }).await.map_err(status_err)?.into_inner();
+                tables.push(json!({
+                    "name": name,
+                    "tableConfig": serde_json::from_str::<serde_json::Value>(&t.table_config_json)?,
+                    "schema": serde_json::from_str::<serde_json::Value>(&t.schema_json)?,
+                }));
+            }
+            let doc = json!({"r2oExport": 1, "tables": tables});
+            std::fs::write(&file, serde_json::to_string_pretty(&doc)?)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!("exported {} tables to {}", names.len(), file.display());
+        }
+        AdminCommand::Import { conn, file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+            if doc["r2oExport"] != json!(1) {
+                bail!(
+                    "invalid {}: field r2oExport is {}, expected 1 (a file written by r2o export)",
+                    file.display(),
+                    doc["r2oExport"]
+                );
+            }
+            let mut c = client(&conn.controller).await?;
+            let (mut added, mut skipped) = (0, 0);
+            for (i, t) in doc["tables"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+                let name = t["name"].as_str().unwrap_or("?");
+                let req = pb::AddTableRequest {
+                    table_config_json: t["tableConfig"].to_string(),
+                    schema_json: t["schema"].to_string(),
+                    paused: true,
+                };
+                match c.add_table(req).await {
+                    Ok(_) => {
+                        added += 1;
+                        println!("imported {name} (paused)");
+                    }
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                        skipped += 1;
+                        println!("skipped {name}: it already exists");
+                    }
+                    Err(s) => bail!("tables[{i}] ({name}): {}", s.message()),
+                }
+            }
+            println!("imported {added} tables, skipped {skipped}; start them with r2o resume --table <name>");
         }
         AdminCommand::Retry { conn, table } => {
             let r = client(&conn.controller)

@@ -58,6 +58,12 @@ pub enum Op {
         /// Key.
         key: String,
     },
+    /// Delete every key starting with `prefix` (one op, however many keys:
+    /// etcd limits a transaction to 128 ops by default, not keys).
+    DeletePrefix {
+        /// Prefix.
+        prefix: String,
+    },
 }
 
 impl Op {
@@ -176,6 +182,9 @@ impl KvBackend for EtcdKv {
                     TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)))
                 }
                 Op::Delete { key } => TxnOp::delete(key, None),
+                Op::DeletePrefix { prefix } => {
+                    TxnOp::delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix()))
+                }
             })
             .collect();
         let resp = self
@@ -339,6 +348,9 @@ impl KvBackend for MemKv {
                 Op::Delete { key } => {
                     s.data.remove(&key);
                 }
+                Op::DeletePrefix { prefix } => {
+                    s.data.retain(|k, _| !k.starts_with(&prefix));
+                }
             }
         }
         Ok(true)
@@ -407,6 +419,16 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     kv.delete(&k("b")).await.unwrap();
     kv.delete(&k("b")).await.unwrap();
     assert!(kv.get(&k("b")).await.unwrap().is_none());
+
+    // delete by prefix in a transaction, leaving neighbours alone
+    for name in ["p/1", "p/2", "p/3", "px"] {
+        kv.put(&k(name), b"v".to_vec(), None).await.unwrap();
+    }
+    let ok = kv.txn(vec![], vec![Op::DeletePrefix { prefix: k("p/") }]).await.unwrap();
+    assert!(ok);
+    assert!(kv.range(&k("p/")).await.unwrap().is_empty(), "prefix deleted");
+    assert!(kv.get(&k("px")).await.unwrap().is_some(), "a key outside the prefix survives");
+    kv.delete(&k("px")).await.unwrap();
 
     // leases: keys die with their lease
     let lease = kv.grant_lease(30).await.unwrap();

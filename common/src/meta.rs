@@ -88,6 +88,9 @@ pub struct TableRecord {
     pub schema: Value,
     /// Registration time, UTC epoch ms.
     pub created_ms: i64,
+    /// While paused, the planner creates no task for the table (running ones finish).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// Per-table watermark: every window ending at or before it is committed.
@@ -194,6 +197,9 @@ pub struct TaskRecord {
     pub finished_ms: i64,
     /// Errors of failed attempts, oldest first (`attempt N: message`).
     pub errors: Vec<String>,
+    /// What planned it: `scheduled` (the planner's tick) or `manual` (run now).
+    #[serde(default = "default_trigger")]
+    pub trigger: String,
     /// Rows in the window read from the inputs.
     pub rows_in: u64,
     /// Rows written.
@@ -222,6 +228,10 @@ pub struct TaskRecord {
     /// A FAILED task is re-armed for a new round at this time (0: never), UTC epoch ms.
     #[serde(default)]
     pub retry_at_ms: i64,
+}
+
+fn default_trigger() -> String {
+    "scheduled".into()
 }
 
 fn default_max_attempts() -> u32 {

@@ -56,6 +56,8 @@ impl From<&TaskRecord> for pb::Task {
             created_ms: t.created_ms,
             finished_ms: t.finished_ms,
             minion: t.minion.clone(),
+            trigger: t.trigger.clone(),
+            started_ms: t.started_ms,
         }
     }
 }

@@ -52,6 +52,30 @@ pub(crate) async fn load_table(kv: &Kv, keys: &Keys, raw: &str) -> Result<Option
     }
 }
 
+/// What planning one table did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanOutcome {
+    /// A task was published for the window.
+    Published(String, r2o_common::window::Window),
+    /// A task is already in flight.
+    InFlight(String),
+    /// The table is paused.
+    Paused,
+    /// Nothing is eligible, and why.
+    Wait(String),
+}
+
+impl std::fmt::Display for PlanOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanOutcome::Published(id, w) => write!(f, "task {id} published for window {w}"),
+            PlanOutcome::InFlight(id) => write!(f, "task {id} is already in flight"),
+            PlanOutcome::Paused => write!(f, "the table is paused"),
+            PlanOutcome::Wait(why) => write!(f, "nothing to run: {why}"),
+        }
+    }
+}
+
 /// `<raw>__<windowStartMs>__<createdMs>`.
 pub fn task_id(raw: &str, window_start_ms: i64, created_ms: i64) -> String {
     format!("{raw}__{window_start_ms}__{created_ms}")
@@ -97,9 +121,9 @@ impl Authority {
         let mut published = 0;
         for entry in tables {
             let raw = entry.key.rsplit('/').next().unwrap_or_default().to_string();
-            match self.plan_table(&raw, leadership).await {
-                Ok(true) => published += 1,
-                Ok(false) => {}
+            match self.plan_table(&raw, leadership, "scheduled").await {
+                Ok(PlanOutcome::Published(..)) => published += 1,
+                Ok(_) => {}
                 Err(e) => warn!(table = %raw, error = %e, "planning failed"),
             }
         }
@@ -107,23 +131,28 @@ impl Authority {
         Ok(published)
     }
 
-    /// Plans one table: publishes its next task unless one is in flight.
-    async fn plan_table(&self, raw: &str, leadership: Leadership) -> Result<bool> {
+    /// Plans one table: publishes its next task unless one is in flight or
+    /// the table is paused. `trigger` is recorded on the task.
+    async fn plan_table(&self, raw: &str, leadership: Leadership, trigger: &str) -> Result<PlanOutcome> {
         let inflight_key = self.keys.inflight(raw);
-        if self.kv.get(&inflight_key).await?.is_some() {
-            return Ok(false);
+        if let Some(entry) = self.kv.get(&inflight_key).await? {
+            return Ok(PlanOutcome::InFlight(String::from_utf8_lossy(&entry.value).into_owned()));
         }
-        let Some(spec) = load_table(&self.kv, &self.keys, raw).await? else {
-            return Ok(false);
+        let Some((rec, _)) = get_record::<TableRecord>(&self.kv, &self.keys.table(raw)).await? else {
+            return Err(ControllerError::NotFound(format!("table '{raw}'")));
         };
+        if rec.paused {
+            return Ok(PlanOutcome::Paused);
+        }
+        let spec = TableSpec::from_json(rec.table_config, rec.schema)?;
         let (wm, wm_rev) = self.watermark(raw).await?;
         let segments = self.realtime_segments(raw).await?;
         let now = now_ms();
-        let Decision::Run { window, skipped_windows, inputs } =
-            plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now)
-        else {
-            return Ok(false);
-        };
+        let (window, skipped_windows, inputs) =
+            match plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now) {
+                Decision::Run { window, skipped_windows, inputs } => (window, skipped_windows, inputs),
+                Decision::Wait(reason) => return Ok(PlanOutcome::Wait(reason.to_string())),
+            };
         let id = task_id(raw, window.start_ms, now);
         let task = TaskRecord {
             id: id.clone(),
@@ -141,6 +170,7 @@ impl Authority {
             started_ms: 0,
             finished_ms: 0,
             errors: vec![],
+            trigger: trigger.to_string(),
             rows_in: 0,
             rows_out: 0,
             bytes_in: 0,
@@ -167,10 +197,79 @@ impl Authority {
                 ],
             )
             .await?;
-        if ok {
-            info!(table = %raw, task = %id, window_start_ms = window.start_ms, window_end_ms = window.end_ms, inputs = task.inputs.len(), skipped_windows, "task published");
+        if !ok {
+            return Ok(PlanOutcome::Wait("the table changed while planning; planning again on the next tick".into()));
         }
-        Ok(ok)
+        info!(table = %raw, task = %id, trigger, window_start_ms = window.start_ms, window_end_ms = window.end_ms, inputs = task.inputs.len(), skipped_windows, "task published");
+        Ok(PlanOutcome::Published(id, window))
+    }
+
+    /// Run now: plans `raw` at once (leader only; the planner's rules hold).
+    pub async fn run_now(&self, raw: &str) -> Result<PlanOutcome> {
+        let leadership = self.leadership()?;
+        self.plan_table(raw, leadership, "manual").await
+    }
+
+    /// Resets a flow (leader only). `flush`: delete the OFFLINE segment
+    /// metadata, lineage and watermark (the janitor removes the files) and
+    /// restart from the earliest data; otherwise (append) only abandon the
+    /// in-flight task and continue from the watermark. `dry_run` reports
+    /// what would go and changes nothing.
+    pub async fn reset(&self, raw: &str, flush: bool, dry_run: bool) -> Result<pb::ResetTableResponse> {
+        let leadership = self.leadership()?;
+        if self.kv.get(&self.keys.table(raw)).await?.is_none() {
+            return Err(ControllerError::NotFound(format!("table '{raw}'")));
+        }
+        let offline = format!("{raw}_OFFLINE");
+        let segments: Vec<SegmentMeta> = range_records::<SegmentMeta>(&self.kv, &self.keys.segments(&offline))
+            .await?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let windows = self.kv.range(&self.keys.lineages(raw)).await?.len() as u64;
+        let (wm, wm_rev) = self.watermark(raw).await?;
+        let inflight = self.kv.get(&self.keys.inflight(raw)).await?;
+        let abandoned = inflight.as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned()).unwrap_or_default();
+        let mut resp = pb::ResetTableResponse {
+            mode: if flush { "FLUSH" } else { "APPEND" }.into(),
+            offline_segments: if flush { segments.len() as u64 } else { 0 },
+            offline_rows: if flush { segments.iter().map(|s| s.total_docs).sum() } else { 0 },
+            offline_bytes: if flush { segments.iter().map(|s| s.size_bytes).sum() } else { 0 },
+            windows: if flush { windows } else { 0 },
+            watermark_ms: wm.as_ref().map_or(0, |w| w.watermark_ms),
+            abandoned_task: abandoned.clone(),
+            done: false,
+        };
+        if dry_run {
+            return Ok(resp);
+        }
+        let mut compares = vec![
+            Compare::ModRevision(self.keys.watermark(raw), wm_rev),
+            Compare::ModRevision(self.keys.inflight(raw), inflight.as_ref().map_or(0, |e| e.mod_revision)),
+            Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
+        ];
+        let mut ops = vec![Op::delete(self.keys.inflight(raw))];
+        if !abandoned.is_empty() {
+            let task_key = self.keys.active_task(&abandoned);
+            let task_rev = self.kv.get(&task_key).await?.map_or(0, |e| e.mod_revision);
+            compares.push(Compare::ModRevision(task_key.clone(), task_rev));
+            ops.push(Op::delete(task_key));
+            ops.push(Op::delete(self.keys.claim(&abandoned)));
+        }
+        if flush {
+            ops.push(Op::DeletePrefix { prefix: self.keys.segments(&offline) });
+            ops.push(Op::DeletePrefix { prefix: self.keys.lineages(raw) });
+            ops.push(Op::delete(self.keys.watermark(raw)));
+        }
+        if !self.kv.txn(compares, ops).await? {
+            return Err(ControllerError::Stale(format!(
+                "table '{raw}' changed while resetting; nothing was changed, try again"
+            )));
+        }
+        warn!(table = %raw, mode = %resp.mode, offline_segments = resp.offline_segments, abandoned_task = %abandoned, "flow reset");
+        self.replan.notify_one();
+        resp.done = true;
+        Ok(resp)
     }
 
     /// Marks RUNNING tasks whose claim is gone and whose round is used up

@@ -13,7 +13,7 @@ use r2o_proto::controller::controller_service_server::ControllerService;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::authority::{load_table, Authority};
+use crate::authority::{load_table, Authority, PlanOutcome};
 use crate::error::{ControllerError, Result};
 use crate::planner::{plan, Decision};
 
@@ -56,7 +56,7 @@ impl ControllerSvc {
         let schema = parse("schema", &req.schema_json)?;
         let spec = TableSpec::from_json(config.clone(), schema.clone())?;
         let key = self.auth.keys.table(&spec.name);
-        let rec = TableRecord { table_config: config, schema, created_ms: now_ms() };
+        let rec = TableRecord { table_config: config, schema, created_ms: now_ms(), paused: req.paused };
         let ok =
             self.auth.kv.txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![Op::put(key, encode(&rec))]).await?;
         if !ok {
@@ -64,6 +64,27 @@ impl ControllerSvc {
         }
         info!(table = %spec.name, merge_type = spec.flow.merge_type.name(), bucket_ms = spec.flow.bucket_ms, "table added");
         Ok(pb::AddTableResponse { table: spec.name })
+    }
+
+    async fn set_paused(&self, raw: &str, paused: bool) -> Result<pb::TableStateResponse> {
+        let key = self.auth.keys.table(raw);
+        let Some((mut rec, entry)) = get_record::<TableRecord>(&self.auth.kv, &key).await? else {
+            return Err(ControllerError::NotFound(format!("table '{raw}'")));
+        };
+        if rec.paused != paused {
+            rec.paused = paused;
+            let ok = self
+                .auth
+                .kv
+                .txn(vec![Compare::ModRevision(key.clone(), entry.mod_revision)], vec![Op::put(key, encode(&rec))])
+                .await?;
+            if !ok {
+                return Err(ControllerError::Stale(format!("table '{raw}' changed meanwhile; try again")));
+            }
+            info!(table = %raw, paused, "flow {}", if paused { "paused" } else { "resumed" });
+            self.auth.replan.notify_one();
+        }
+        Ok(pb::TableStateResponse { table: raw.to_string(), paused })
     }
 
     async fn add_segment(&self, req: pb::AddSegmentRequest) -> Result<pb::AddSegmentResponse> {
@@ -163,6 +184,8 @@ impl ControllerSvc {
         let spec = self.require_table(raw).await?;
         let wm = get_record::<WatermarkRecord>(&self.auth.kv, &self.auth.keys.watermark(raw)).await?.map(|(w, _)| w);
         let inflight = self.auth.kv.get(&self.auth.keys.inflight(raw)).await?;
+        let paused =
+            get_record::<TableRecord>(&self.auth.kv, &self.auth.keys.table(raw)).await?.is_some_and(|(r, _)| r.paused);
         let mut idle = false;
         let next = if let Some(entry) = inflight {
             let id = String::from_utf8_lossy(&entry.value).into_owned();
@@ -175,6 +198,9 @@ impl ControllerSvc {
                 ),
                 None => format!("task {id} is finishing"),
             }
+        } else if paused {
+            idle = true;
+            "paused: no window is planned until the flow is resumed (r2o resume)".to_string()
         } else {
             let segments = self.auth.realtime_segments(raw).await?;
             match plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now_ms()) {
@@ -219,6 +245,7 @@ impl ControllerService for ControllerSvc {
                 .await?
                 .ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
             Ok(pb::GetTableResponse {
+                paused: rec.paused,
                 table_config_json: rec.table_config.to_string(),
                 schema_json: rec.schema.to_string(),
             })
@@ -261,6 +288,48 @@ impl ControllerService for ControllerSvc {
         let r = match self.auth.retry(&table).await {
             Err(ControllerError::NotLeader { .. }) => Err(self.not_leader().await),
             other => other.map(|task_id| pb::RetryTaskResponse { task_id }),
+        };
+        reply(r)
+    }
+
+    async fn pause_table(&self, req: Request<pb::TableRequest>) -> Reply<pb::TableStateResponse> {
+        reply(self.set_paused(&req.into_inner().table, true).await)
+    }
+
+    async fn resume_table(&self, req: Request<pb::TableRequest>) -> Reply<pb::TableStateResponse> {
+        reply(self.set_paused(&req.into_inner().table, false).await)
+    }
+
+    async fn run_now(&self, req: Request<pb::TableRequest>) -> Reply<pb::RunNowResponse> {
+        let table = req.into_inner().table;
+        let r = match self.auth.run_now(&table).await {
+            Err(ControllerError::NotLeader { .. }) => Err(self.not_leader().await),
+            Ok(PlanOutcome::Paused) => Err(ControllerError::Stale(format!(
+                "table '{table}' is paused; resume it first (r2o resume --table {table})"
+            ))),
+            other => other.map(|o| pb::RunNowResponse {
+                task_id: match &o {
+                    PlanOutcome::Published(id, _) => id.clone(),
+                    _ => String::new(),
+                },
+                outcome: o.to_string(),
+            }),
+        };
+        reply(r)
+    }
+
+    async fn reset_table(&self, req: Request<pb::ResetTableRequest>) -> Reply<pb::ResetTableResponse> {
+        let req = req.into_inner();
+        let flush = match req.mode.to_ascii_uppercase().as_str() {
+            "APPEND" => false,
+            "FLUSH" => true,
+            _ => {
+                return reply(Err(ControllerError::Invalid(format!("mode '{}': expected APPEND or FLUSH", req.mode))));
+            }
+        };
+        let r = match self.auth.reset(&req.table, flush, req.dry_run).await {
+            Err(ControllerError::NotLeader { .. }) => Err(self.not_leader().await),
+            other => other,
         };
         reply(r)
     }

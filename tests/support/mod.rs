@@ -159,6 +159,7 @@ impl Cluster {
             .env("R2O_PREFIX", &self.prefix)
             .env("R2O_LEASE_TTL_SECS", "3")
             .env("R2O_LOG", "info")
+            .env("R2O_PLAN_INTERVAL_MS", "200")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
@@ -178,15 +179,7 @@ impl Cluster {
         let port = free_port();
         let name = format!("controller-{port}");
         let p = self.spawn(
-            &[
-                "controller".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--id".into(),
-                name.clone(),
-                "--plan-interval-ms".into(),
-                "200".into(),
-            ],
+            &["controller".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--id".into(), name.clone()],
             &name,
             port,
         );

@@ -1,0 +1,204 @@
+//! Managing flows over the admin CLI against real processes: pause and
+//! resume, run now, execution history, the watermark explained, export and
+//! import into another cluster, copy, and reset (append and flush).
+
+mod support;
+
+use arrow::array::{Int64Array, RecordBatch};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::Cluster;
+
+const H_MS: i64 = 3_600_000;
+const T0_MS: i64 = 1_600_000_000_000 / H_MS * H_MS;
+
+fn setup_table(cluster: &Cluster, name: &str, hours: i64, extra: Value) -> std::path::PathBuf {
+    let d = cluster.dir.path();
+    let schema = json!({"schemaName": "s", "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
+        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]});
+    let mut task = json!({"bucketTimePeriod": "1h", "bufferTimePeriod": "1h"});
+    for (k, v) in extra.as_object().unwrap() {
+        task[k] = v.clone();
+    }
+    let config = json!({"tableName": name, "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+        "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": task}}});
+    std::fs::write(d.join("s.json"), schema.to_string()).unwrap();
+    std::fs::write(d.join(format!("{name}.json")), config.to_string()).unwrap();
+    cluster.cli(&[
+        "table",
+        "add",
+        "--config",
+        d.join(format!("{name}.json")).to_str().unwrap(),
+        "--schema",
+        d.join("s.json").to_str().unwrap(),
+    ]);
+    let rows = hours * 100;
+    let batch = RecordBatch::try_from_iter(vec![
+        ("m", Arc::new(Int64Array::from(vec![1; rows as usize])) as _),
+        ("ts", Arc::new(Int64Array::from((0..rows).map(|i| T0_MS + i * H_MS / 100).collect::<Vec<_>>())) as _),
+    ])
+    .unwrap();
+    let f = d.join(format!("{name}.parquet"));
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    f
+}
+
+fn json_of(cluster: &Cluster, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    let out = cluster.cli(&a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("r2o {a:?}: {e}: {out}"))
+}
+
+async fn wait_idle(cluster: &Cluster, table: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let w = json_of(cluster, &["watermark", "--table", table]);
+        if w["idle"] == json!(true) {
+            return w;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{table} not idle: {w}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manage_flows() {
+    // a long planner tick: only run-now, commits and resumes plan quickly
+    let cluster = Cluster::start_with(1, 1, vec![("R2O_PLAN_INTERVAL_MS".into(), "60000".into())]);
+
+    // run now: nothing is planned before the tick until asked
+    let f = setup_table(&cluster, "rn", 3, json!({}));
+    cluster.cli(&[
+        "ingest",
+        "--table",
+        "rn",
+        "--file",
+        f.to_str().unwrap(),
+        "--rows-per-segment",
+        "100",
+        "--seal-last",
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(json_of(&cluster, &["tasks", "--table", "rn"]), json!([]), "nothing planned before the tick");
+    let r = json_of(&cluster, &["run-now", "--table", "rn"]);
+    assert!(r["outcome"].as_str().unwrap().contains("published"), "{r}");
+    let w = wait_idle(&cluster, "rn").await;
+    assert_eq!(w["watermarkMs"], json!(T0_MS + 3 * H_MS));
+    // history: every task with window, trigger, attempt, rows, duration
+    let tasks = json_of(&cluster, &["tasks", "--table", "rn"]);
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(tasks[0]["trigger"], "manual", "the first window was planned by run-now");
+    assert!(tasks[1..].iter().all(|t| t["trigger"] == "scheduled"));
+    assert!(tasks.iter().all(|t| t["state"] == "SUCCEEDED" && t["attempt"] == 1 && t["rowsOut"] == 100));
+    assert!(tasks.iter().all(|t| t["finishedMs"].as_i64().unwrap() >= t["startedMs"].as_i64().unwrap()));
+    let r = json_of(&cluster, &["run-now", "--table", "rn"]);
+    assert!(r["outcome"].as_str().unwrap().contains("caught up"), "run-now never bypasses the rules: {r}");
+
+    // pause and resume
+    let f = setup_table(&cluster, "pz", 4, json!({}));
+    cluster.cli(&["pause", "--table", "pz"]);
+    cluster.cli(&[
+        "ingest",
+        "--table",
+        "pz",
+        "--file",
+        f.to_str().unwrap(),
+        "--rows-per-segment",
+        "100",
+        "--seal-last",
+    ]);
+    let w = json_of(&cluster, &["watermark", "--table", "pz"]);
+    assert!(w["next"].as_str().unwrap().contains("paused") && w["idle"] == json!(true), "{w}");
+    let out = cluster.cli_raw(&["run-now", "--table", "pz"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("paused"), "run-now refuses a paused flow");
+    assert_eq!(json_of(&cluster, &["tasks", "--table", "pz"]), json!([]));
+    cluster.cli(&["resume", "--table", "pz"]);
+    let w = wait_idle(&cluster, "pz").await;
+    assert_eq!(w["watermarkMs"], json!(T0_MS + 4 * H_MS), "{w}");
+
+    // reset append: a FAILED task is abandoned, the flow continues from the watermark
+    let f = setup_table(&cluster, "ra", 3, json!({"maxAttemptsPerTask": "1"}));
+    cluster.cli(&["ingest", "--table", "ra", "--file", f.to_str().unwrap(), "--rows-per-segment", "100"]);
+    // the last (CONSUMING) segment: corrupt it, then seal it
+    let segs = json_of(&cluster, &["segment", "list", "--table", "ra"]);
+    let last = segs.as_array().unwrap().iter().find(|s| s["status"] == "CONSUMING").unwrap().clone();
+    let good = std::fs::read(cluster.store_path(last["location"].as_str().unwrap())).unwrap();
+    std::fs::write(cluster.store_path(last["location"].as_str().unwrap()), b"PAR1 bad PAR1").unwrap();
+    cluster.cli(&["segment", "seal", "--table", "ra", "--segment", last["segmentName"].as_str().unwrap()]);
+    cluster.cli(&["run-now", "--table", "ra"]);
+    let start = Instant::now();
+    while !json_of(&cluster, &["tasks", "--table", "ra"]).as_array().unwrap().iter().any(|t| t["state"] == "FAILED") {
+        assert!(start.elapsed() < Duration::from_secs(60), "no FAILED task");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = json_of(&cluster, &["watermark", "--table", "ra"]);
+    assert!(before["next"].as_str().unwrap().contains("FAILED"), "{before}");
+    std::fs::write(cluster.store_path(last["location"].as_str().unwrap()), &good).unwrap();
+    let r = json_of(&cluster, &["reset", "--table", "ra", "--mode", "append"]);
+    assert!(r["abandonedTask"].as_str().unwrap().starts_with("ra__"), "{r}");
+    cluster.cli(&["run-now", "--table", "ra"]);
+    let w = wait_idle(&cluster, "ra").await;
+    assert_eq!(w["watermarkMs"], json!(T0_MS + 3 * H_MS), "append keeps the OFFLINE data and continues: {w}");
+    assert_eq!(w["rowsOut"], json!(300));
+
+    // reset flush: asks for confirmation and says what it deletes
+    let out = cluster.cli_raw(&["reset", "--table", "rn", "--mode", "flush"]);
+    assert!(!out.status.success(), "flush without --yes must not run");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("deletes 3 OFFLINE segments (300 rows"), "{said}");
+    assert_eq!(
+        json_of(&cluster, &["watermark", "--table", "rn"])["watermarkMs"],
+        json!(T0_MS + 3 * H_MS),
+        "nothing changed"
+    );
+    let r = json_of(&cluster, &["reset", "--table", "rn", "--mode", "flush", "--yes"]);
+    assert_eq!((r["offlineSegments"].as_u64(), r["done"].as_bool()), (Some(3), Some(true)), "{r}");
+    let segs = json_of(&cluster, &["segment", "list", "--table", "rn"]);
+    assert!(segs.as_array().unwrap().iter().all(|s| s["tableName"] == "rn_REALTIME"), "OFFLINE segments gone");
+    cluster.cli(&["run-now", "--table", "rn"]);
+    let w = wait_idle(&cluster, "rn").await;
+    assert_eq!(
+        (w["watermarkMs"].clone(), w["rowsOut"].clone()),
+        (json!(T0_MS + 3 * H_MS), json!(300)),
+        "restarted from the earliest data"
+    );
+
+    // copy under a new name: same flow config, starts paused
+    cluster.cli(&["table", "copy", "--from", "rn", "--to", "rn2"]);
+    let shown: Value = serde_json::from_str(&cluster.cli(&["table", "show", "rn2"])).unwrap();
+    let orig: Value = serde_json::from_str(&cluster.cli(&["table", "show", "rn"])).unwrap();
+    assert_eq!(shown["tableConfig"]["tableName"], "rn2_REALTIME");
+    assert_eq!(shown["tableConfig"]["task"], orig["tableConfig"]["task"]);
+    assert!(json_of(&cluster, &["watermark", "--table", "rn2"])["next"].as_str().unwrap().contains("paused"));
+
+    // export and import into another cluster
+    let export = cluster.dir.path().join("export.json");
+    cluster.cli(&["export", "--file", export.to_str().unwrap()]);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    let names: Vec<&str> = doc["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["pz", "ra", "rn", "rn2"]);
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(!text.contains("watermark") && !text.contains("segmentName"), "no runtime state exported");
+    let other = Cluster::start(1, 0);
+    // one table exists there already: it is reported and skipped
+    setup_table(&other, "rn", 1, json!({"bucketTimePeriod": "2h"}));
+    let out = other.cli(&["import", "--file", export.to_str().unwrap()]);
+    assert!(out.contains("skipped rn: it already exists") && out.contains("imported 3 tables, skipped 1"), "{out}");
+    let shown: Value = serde_json::from_str(&other.cli(&["table", "show", "pz"])).unwrap();
+    let orig: Value = serde_json::from_str(&cluster.cli(&["table", "show", "pz"])).unwrap();
+    assert_eq!(shown["tableConfig"], orig["tableConfig"]);
+    assert!(
+        json_of(&other, &["watermark", "--table", "pz"])["next"].as_str().unwrap().contains("paused"),
+        "imported flows start paused"
+    );
+    let kept: Value = serde_json::from_str(&other.cli(&["table", "show", "rn"])).unwrap();
+    assert_eq!(
+        kept["tableConfig"]["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]["bucketTimePeriod"], "2h",
+        "existing table untouched"
+    );
+}
