@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (etcd, protoc), then runs
 # every test of the workspace: unit and property tests, the etcd
-# conformance suite, the CLI tests and the end-to-end test against real
-# etcd, controller and minion processes.
+# conformance suite, and the tests against real etcd, controller and minion
+# processes (end to end, poisoned input, timeouts, faults, drain, metrics,
+# flow management). Ends with one summary line: "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
