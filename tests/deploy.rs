@@ -16,6 +16,11 @@ fn deploy_manifests_validate() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("manifests valid") && text.contains(", 0 problems"), "{text}");
-    let n: usize = text.split("deploy: ").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let n: usize = text
+        .split("deploy: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(n >= 10, "every manifest was checked: {text}");
 }

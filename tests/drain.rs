@@ -29,7 +29,14 @@ async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<p
         "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {"bucketTimePeriod": "1h", "bufferTimePeriod": "1h"}}}});
     std::fs::write(d.join("s.json"), schema.to_string()).unwrap();
     std::fs::write(d.join("t.json"), config.to_string()).unwrap();
-    cluster.cli(&["table", "add", "--config", d.join("t.json").to_str().unwrap(), "--schema", d.join("s.json").to_str().unwrap()]);
+    cluster.cli(&[
+        "table",
+        "add",
+        "--config",
+        d.join("t.json").to_str().unwrap(),
+        "--schema",
+        d.join("s.json").to_str().unwrap(),
+    ]);
     let rows = hours * 100;
     let batch = RecordBatch::try_from_iter(vec![
         ("m", Arc::new(Int64Array::from(vec![1; rows as usize])) as _),
@@ -40,12 +47,23 @@ async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<p
     let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
-    cluster.cli(&["ingest", "--table", "dr", "--file", f.to_str().unwrap(), "--rows-per-segment", "100", "--seal-last"]);
+    cluster.cli(&[
+        "ingest",
+        "--table",
+        "dr",
+        "--file",
+        f.to_str().unwrap(),
+        "--rows-per-segment",
+        "100",
+        "--seal-last",
+    ]);
 
     // wait until minion 0 is busy, then SIGTERM it
     let start = Instant::now();
     let busy = loop {
-        if let Some(i) = (0..2).find(|i| metric(&http_get(cluster.minions[*i].http_port, "/metrics").1, "r2o_minion_busy_slots") >= Some(1.0)) {
+        if let Some(i) = (0..2).find(|i| {
+            metric(&http_get(cluster.minions[*i].http_port, "/metrics").1, "r2o_minion_busy_slots") >= Some(1.0)
+        }) {
             break i;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "no minion ever busy");
@@ -64,7 +82,14 @@ async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<p
     let w = cluster.wait_idle("dr", Duration::from_secs(120)).await;
     assert_eq!(w.watermark_ms, T0_MS + hours * H_MS, "{}", w.next);
     assert_eq!(w.rows_out, rows as u64, "every row committed once");
-    let tasks = cluster.client().await.list_tasks(pb::ListTasksRequest { table: "dr".into() }).await.unwrap().into_inner().tasks;
+    let tasks = cluster
+        .client()
+        .await
+        .list_tasks(pb::ListTasksRequest { table: "dr".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
     assert_eq!(tasks.len() as i64, hours);
     assert!(tasks.iter().all(|t| t.state == "SUCCEEDED"), "{tasks:?}");
     cluster.minions.remove(busy);

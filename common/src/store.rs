@@ -16,8 +16,11 @@ use crate::error::{ConfigError, Error, Result};
 /// A shared object store handle.
 pub type Store = Arc<dyn ObjectStore>;
 
-/// Opens the store named by `uri`: `file:///abs/dir` (created if missing)
-/// or `memory://`. When the environment sets `R2O_FAULT_STORE` (fault
+/// Opens the store named by `uri`: `file:///abs/dir` (created if missing),
+/// `s3://bucket[/prefix]` (S3 or any S3-compatible server; endpoint, region,
+/// path style and credentials from the standard `AWS_*` environment:
+/// `AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`, `AWS_ALLOW_HTTP`), or `memory://`. When the environment sets `R2O_FAULT_STORE` (fault
 /// tests only), the store is wrapped in a [`FaultyStore`].
 ///
 /// # Errors
@@ -47,7 +50,24 @@ fn open_plain_store(uri: &str) -> Result<Store> {
             .map_err(|e| bad(&format!("a usable directory ({e})")))?;
         return Ok(Arc::new(fs));
     }
-    Err(bad("file:///<absolute dir> or memory://"))
+    if let Some(rest) = uri.strip_prefix("s3://") {
+        // TLS for https endpoints, with ring (no aws-lc); harmless if already installed
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("s3://<bucket>[/<prefix>]"));
+        }
+        let s3 = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| bad(&format!("a usable S3 bucket and AWS_* settings ({e})")))?;
+        let prefix = prefix.trim_matches('/');
+        if prefix.is_empty() {
+            return Ok(Arc::new(s3));
+        }
+        return Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)));
+    }
+    Err(bad("file:///<absolute dir>, s3://<bucket>[/<prefix>] or memory://"))
 }
 
 /// Object path of a REALTIME segment.

@@ -121,6 +121,16 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra environment for every process.
     pub fn start_with(controllers: usize, minions: usize, env: Vec<(String, String)>) -> Cluster {
+        Self::start_on_store(controllers, minions, env, None)
+    }
+
+    /// Like [`Cluster::start_with`], on the segment store `store_uri` (default: a temp dir).
+    pub fn start_on_store(
+        controllers: usize,
+        minions: usize,
+        env: Vec<(String, String)>,
+        store_uri: Option<String>,
+    ) -> Cluster {
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var_os("R2O_KEEP_TEST_DIR").is_some() {
             dir.disable_cleanup(true);
@@ -130,7 +140,7 @@ impl Cluster {
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store).unwrap();
         let mut c = Cluster {
-            store_uri: format!("file://{}", store.display()),
+            store_uri: store_uri.unwrap_or_else(|| format!("file://{}", store.display())),
             prefix: "/r2o-test".into(),
             etcd,
             dir,
@@ -269,6 +279,7 @@ impl Cluster {
             .args(args)
             .env("R2O_CONTROLLER", self.controller_addr())
             .env("R2O_STORE", &self.store_uri)
+            .envs(self.env.iter().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap()
     }
@@ -323,4 +334,62 @@ pub fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
     body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
     })
+}
+
+/// A plain HTTP/1.0 request with an empty body on loopback; returns the status code.
+pub fn http_request(port: u16, method: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// An S3-compatible server (moto, from .venv) on a free loopback port.
+pub struct S3Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    /// Starts moto's server and creates `bucket`.
+    pub fn start(dir: &Path, bucket: &str) -> S3Server {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+        assert!(bin.exists(), "run scripts/setup.sh first: it installs moto[server] into .venv");
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_port(port, Duration::from_secs(30));
+        let status = http_request(port, "PUT", &format!("/{bucket}"));
+        assert_eq!(status, 200, "create bucket {bucket}");
+        S3Server { child, port }
+    }
+
+    /// The `AWS_*` environment that points object_store at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "r2o-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "r2o-test".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
