@@ -3,6 +3,7 @@
 
 mod cli;
 mod ingest;
+mod settings;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +31,10 @@ struct Cli {
 /// Where the cluster keeps its state.
 #[derive(Args, Clone)]
 struct StateArgs {
+    /// A TOML settings file: keys are the settings' names (`lease_ttl_secs = 10`,
+    /// `etcd = "http://…"`), unknown keys are an error; the environment and flags override it.
+    #[arg(long, env = "R2O_SETTINGS")]
+    settings: Option<std::path::PathBuf>,
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "R2O_ETCD", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
     etcd: Vec<String>,
@@ -138,6 +143,9 @@ fn cancel_on_signal(token: CancellationToken) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    use clap::CommandFactory;
+    // settings file (--settings or R2O_SETTINGS) < environment < flags
+    settings::apply_settings_file(&Cli::command())?;
     let cli = Cli::parse();
     match cli.command {
         Command::Controller {
