@@ -9,10 +9,12 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+rm -f target/faults-summary.txt
 set +e
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+[ -f target/faults-summary.txt ] && cat target/faults-summary.txt
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

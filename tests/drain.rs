@@ -5,16 +5,11 @@
 
 mod support;
 
-use arrow::array::{Int64Array, RecordBatch};
 use r2o_common::kv::{EtcdKv, KvBackend};
 use r2o_proto::controller as pb;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{http_get, metric, Cluster};
-
-const H_MS: i64 = 3_600_000;
-const T0_MS: i64 = 1_600_000_000_000 / H_MS * H_MS;
+use support::{hourly_rows, hourly_table, http_get, metric, metric_schema, Cluster, H_MS, T0_MS};
 
 async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<pb::Task>, String) {
     let env = vec![
@@ -22,31 +17,9 @@ async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<p
         ("R2O_DRAIN_GRACE_SECS".to_string(), grace_secs.to_string()),
     ];
     let mut cluster = Cluster::start_with(1, 2, env);
-    let d = cluster.dir.path().to_path_buf();
-    let schema = json!({"schemaName": "s", "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
-        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]});
-    let config = json!({"tableName": "dr", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
-        "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {"bucketTimePeriod": "1h", "bufferTimePeriod": "1h"}}}});
-    std::fs::write(d.join("s.json"), schema.to_string()).unwrap();
-    std::fs::write(d.join("t.json"), config.to_string()).unwrap();
-    cluster.cli(&[
-        "table",
-        "add",
-        "--config",
-        d.join("t.json").to_str().unwrap(),
-        "--schema",
-        d.join("s.json").to_str().unwrap(),
-    ]);
+    cluster.add_table("dr", &hourly_table("dr", json!({})), &metric_schema());
     let rows = hours * 100;
-    let batch = RecordBatch::try_from_iter(vec![
-        ("m", Arc::new(Int64Array::from(vec![1; rows as usize])) as _),
-        ("ts", Arc::new(Int64Array::from((0..rows).map(|i| T0_MS + i * H_MS / 100).collect::<Vec<_>>())) as _),
-    ])
-    .unwrap();
-    let f = d.join("dr.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    let f = cluster.parquet_file("dr.parquet", &hourly_rows(hours, 100));
     cluster.cli(&[
         "ingest",
         "--table",

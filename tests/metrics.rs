@@ -4,14 +4,9 @@
 
 mod support;
 
-use arrow::array::{Int64Array, RecordBatch};
 use serde_json::json;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{http_get, metric, Cluster};
-
-const H_MS: i64 = 3_600_000;
-const T0_MS: i64 = 1_600_000_000_000 / H_MS * H_MS;
+use support::{hourly_rows, hourly_table, http_get, metric, metric_schema, Cluster, H_MS, T0_MS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_the_flow_runs() {
@@ -32,31 +27,9 @@ async fn metrics_move_as_the_flow_runs() {
         }
     }
 
-    let d = cluster.dir.path();
-    let schema = json!({"schemaName": "s", "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
-        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]});
-    let config = json!({"tableName": "mt", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
-        "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {"bucketTimePeriod": "1h", "bufferTimePeriod": "1h"}}}});
-    std::fs::write(d.join("s.json"), schema.to_string()).unwrap();
-    std::fs::write(d.join("t.json"), config.to_string()).unwrap();
-    cluster.cli(&[
-        "table",
-        "add",
-        "--config",
-        d.join("t.json").to_str().unwrap(),
-        "--schema",
-        d.join("s.json").to_str().unwrap(),
-    ]);
+    cluster.add_table("mt", &hourly_table("mt", json!({})), &metric_schema());
     let rows = 40_000i64;
-    let batch = RecordBatch::try_from_iter(vec![
-        ("m", Arc::new(Int64Array::from(vec![1; rows as usize])) as _),
-        ("ts", Arc::new(Int64Array::from((0..rows).map(|i| T0_MS + i * 40 * H_MS / rows).collect::<Vec<_>>())) as _),
-    ])
-    .unwrap();
-    let f = d.join("mt.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    let f = cluster.parquet_file("mt.parquet", &hourly_rows(40, 1000));
     cluster.cli(&[
         "ingest",
         "--table",

@@ -4,43 +4,19 @@
 
 mod support;
 
-use arrow::array::{Int64Array, RecordBatch};
 use r2o_proto::controller as pb;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::Cluster;
+use support::{hourly_rows, hourly_table, metric_schema, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempt_past_timeout_is_cancelled_and_recorded() {
     // every store call takes 600 ms; the table allows 300 ms per attempt
     let env = vec![("R2O_FAULT_STORE".to_string(), "latency_ms=600".to_string())];
     let cluster = Cluster::start_with(1, 1, env);
-    let d = cluster.dir.path();
-    let schema = json!({"schemaName": "s", "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
-        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]});
-    let config = json!({"tableName": "slow", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
-        "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
-            "bucketTimePeriod": "1h", "bufferTimePeriod": "1h", "timeoutMs": "300", "maxAttemptsPerTask": "2"}}}});
-    std::fs::write(d.join("s.json"), schema.to_string()).unwrap();
-    std::fs::write(d.join("t.json"), config.to_string()).unwrap();
-    cluster.cli(&[
-        "table",
-        "add",
-        "--config",
-        d.join("t.json").to_str().unwrap(),
-        "--schema",
-        d.join("s.json").to_str().unwrap(),
-    ]);
-    let batch = RecordBatch::try_from_iter(vec![
-        ("m", Arc::new(Int64Array::from(vec![1, 2])) as _),
-        ("ts", Arc::new(Int64Array::from(vec![1_600_000_000_000, 1_600_000_000_001])) as _),
-    ])
-    .unwrap();
-    let f = d.join("seg.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    let config = hourly_table("slow", json!({"timeoutMs": "300", "maxAttemptsPerTask": "2"}));
+    cluster.add_table("slow", &config, &metric_schema());
+    let f = cluster.parquet_file("seg.parquet", &hourly_rows(1, 2));
     cluster.cli(&["segment", "add", "--table", "slow", "--file", f.to_str().unwrap()]);
 
     let start = Instant::now();

@@ -393,3 +393,66 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// One hour, ms.
+pub const H_MS: i64 = 3_600_000;
+/// An hour-aligned start for test data (2020-09-13).
+pub const T0_MS: i64 = 1_600_000_000_000 / H_MS * H_MS;
+
+/// A Pinot schema with one LONG metric `m` and an epoch-ms time column `ts`.
+pub fn metric_schema() -> serde_json::Value {
+    serde_json::json!({"schemaName": "s", "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
+        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]})
+}
+
+/// A REALTIME table config over `ts` with 1 h buckets and a 1 h buffer,
+/// plus `extra` keys in the `RealtimeToOfflineSegmentsTask` block.
+pub fn hourly_table(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut task = serde_json::json!({"bucketTimePeriod": "1h", "bufferTimePeriod": "1h"});
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        task[k] = v;
+    }
+    serde_json::json!({"tableName": name, "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+        "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": task}}})
+}
+
+/// `hours * per_hour` rows of `m = 1`, spread evenly from [`T0_MS`].
+pub fn hourly_rows(hours: i64, per_hour: i64) -> arrow::array::RecordBatch {
+    use arrow::array::Int64Array;
+    let rows = hours * per_hour;
+    arrow::array::RecordBatch::try_from_iter(vec![
+        ("m", std::sync::Arc::new(Int64Array::from(vec![1; rows as usize])) as _),
+        (
+            "ts",
+            std::sync::Arc::new(Int64Array::from((0..rows).map(|i| T0_MS + i * H_MS / per_hour).collect::<Vec<_>>()))
+                as _,
+        ),
+    ])
+    .unwrap()
+}
+
+/// Writes a batch as a Parquet file.
+pub fn write_parquet(path: &Path, batch: &arrow::array::RecordBatch) {
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+impl Cluster {
+    /// Registers a table with `r2o table add` from JSON values.
+    pub fn add_table(&self, name: &str, config: &serde_json::Value, schema: &serde_json::Value) {
+        let (c, s) =
+            (self.dir.path().join(format!("{name}.table.json")), self.dir.path().join(format!("{name}.schema.json")));
+        std::fs::write(&c, config.to_string()).unwrap();
+        std::fs::write(&s, schema.to_string()).unwrap();
+        self.cli(&["table", "add", "--config", c.to_str().unwrap(), "--schema", s.to_str().unwrap()]);
+    }
+
+    /// Writes a batch as a Parquet file in the cluster's directory.
+    pub fn parquet_file(&self, name: &str, batch: &arrow::array::RecordBatch) -> PathBuf {
+        let f = self.dir.path().join(name);
+        write_parquet(&f, batch);
+        f
+    }
+}
