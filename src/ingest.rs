@@ -75,11 +75,15 @@ pub async fn add_segment_file(
         partition,
         created_ms: now_ms(),
     };
-    client(controller)
+    let resp = client(controller)
         .await?
         .add_segment(pb::AddSegmentRequest { segment: Some(seg.clone()) })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if !resp.warning.is_empty() {
+        eprintln!("warning: {}", resp.warning);
+    }
     Ok(seg)
 }
 
@@ -147,23 +151,28 @@ pub async fn ingest(
         // As a realtime server does: the new segment is CONSUMING before the
         // previous one is sealed, so the planner never sees a partition's
         // latest DONE segment without a CONSUMING one behind it.
-        c.add_segment(pb::AddSegmentRequest {
-            segment: Some(pb::Segment {
-                name: name.clone(),
-                table: spec.realtime_name(),
-                status: "CONSUMING".into(),
-                start_time_ms: start,
-                end_time_ms: end,
-                num_rows: piece.num_rows() as u64,
-                size_bytes: size,
-                schema_fingerprint: spec.schema.fingerprint(),
-                location,
-                partition,
-                created_ms: now_ms(),
-            }),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let added = c
+            .add_segment(pb::AddSegmentRequest {
+                segment: Some(pb::Segment {
+                    name: name.clone(),
+                    table: spec.realtime_name(),
+                    status: "CONSUMING".into(),
+                    start_time_ms: start,
+                    end_time_ms: end,
+                    num_rows: piece.num_rows() as u64,
+                    size_bytes: size,
+                    schema_fingerprint: spec.schema.fingerprint(),
+                    location,
+                    partition,
+                    created_ms: now_ms(),
+                }),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        if !added.warning.is_empty() {
+            eprintln!("\nwarning: {}", added.warning);
+        }
         if let Some(prev) = previous.replace(name.clone()) {
             c.seal_segment(pb::SealSegmentRequest { table: spec.name.clone(), segment: prev })
                 .await

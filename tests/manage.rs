@@ -168,6 +168,23 @@ async fn manage_flows() {
         "restarted from the earliest data"
     );
 
+    // late data is not silently lost: adding a segment before the watermark warns
+    let late = cluster.dir.path().join("late.parquet");
+    let batch = RecordBatch::try_from_iter(vec![
+        ("m", Arc::new(Int64Array::from(vec![1])) as _),
+        ("ts", Arc::new(Int64Array::from(vec![T0_MS + 5])) as _),
+    ])
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&late).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let out =
+        cluster.cli_raw(&["segment", "add", "--table", "rn", "--file", late.to_str().unwrap(), "--name", "late0"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("late0 is late") && err.contains("before the watermark"), "{err}");
+
     // copy under a new name: same flow config, starts paused
     cluster.cli(&["table", "copy", "--from", "rn", "--to", "rn2"]);
     let shown: Value = serde_json::from_str(&cluster.cli(&["table", "show", "rn2"])).unwrap();

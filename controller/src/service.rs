@@ -11,7 +11,7 @@ use r2o_common::wire::segment_from_wire;
 use r2o_proto::controller as pb;
 use r2o_proto::controller::controller_service_server::ControllerService;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::authority::{load_table, Authority, PlanOutcome};
 use crate::error::{ControllerError, Result};
@@ -114,7 +114,7 @@ impl ControllerSvc {
             let old: SegmentMeta = decode(&existing)?;
             let same = SegmentMeta { created_ms: old.created_ms, ..meta.clone() };
             if old == same {
-                return Ok(pb::AddSegmentResponse {});
+                return Ok(pb::AddSegmentResponse { warning: String::new() });
             }
             return Err(ControllerError::AlreadyExists(format!(
                 "segment '{}' of {}",
@@ -127,7 +127,23 @@ impl ControllerSvc {
             return Err(ControllerError::AlreadyExists(format!("segment '{}'", meta.segment_name)));
         }
         info!(table = %raw, segment = %meta.segment_name, status = meta.status.name(), rows = meta.total_docs, "segment added");
-        Ok(pb::AddSegmentResponse {})
+        let wm = get_record::<WatermarkRecord>(&self.auth.kv, &self.auth.keys.watermark(raw))
+            .await?
+            .map(|(w, _)| w.watermark_ms);
+        let warning = match wm {
+            Some(w) if meta.total_docs > 0 && meta.start_time_ms < w => {
+                warn!(table = %raw, segment = %meta.segment_name, start_time_ms = meta.start_time_ms, watermark_ms = w, "late segment");
+                format!(
+                    "segment {} is late: it starts at {}, before the watermark {}; its rows before the watermark will not move \
+                     to OFFLINE (committed windows are never redone; use r2o reset --mode flush to rebuild the table)",
+                    meta.segment_name,
+                    r2o_common::window::format_utc(meta.start_time_ms),
+                    r2o_common::window::format_utc(w)
+                )
+            }
+            _ => String::new(),
+        };
+        Ok(pb::AddSegmentResponse { warning })
     }
 
     async fn seal_segment(&self, req: pb::SealSegmentRequest) -> Result<pb::SealSegmentResponse> {
