@@ -13,7 +13,7 @@
 use anyhow::{Context, Result};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use bytes::Bytes;
-use r2o_common::columnar::{read_csv, time_ms, time_range_ms, write_parquet};
+use r2o_common::columnar::{read_csv, time_ms, time_range_ms, write_parquet_with, REALTIME_ROW_GROUP_ROWS};
 use r2o_common::config::{MergeType, TableSpec};
 use r2o_common::meta::{SegmentMeta, SegmentStatus};
 use r2o_controller::planner::{plan, Decision};
@@ -59,7 +59,7 @@ fn main() -> Result<()> {
         let piece = all.slice(off, 20_000.min(total_rows - off));
         let (start, end) =
             time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, format)?.context("time range")?;
-        let bytes = write_parquet(&arrow_schema, std::slice::from_ref(&piece))?;
+        let bytes = write_parquet_with(&arrow_schema, std::slice::from_ref(&piece), REALTIME_ROW_GROUP_ROWS)?;
         segments.push(Segment {
             meta: SegmentMeta {
                 segment_name: format!("flights__0__{i}"),
@@ -139,16 +139,17 @@ fn main() -> Result<()> {
         );
         // the whole backfill, window after window
         let start = Instant::now();
-        let (mut rows_in, mut rows_out, mut bytes_out) = (0u64, 0u64, 0u64);
+        let (mut rows_in, mut rows_out, mut bytes_out, mut skipped) = (0u64, 0u64, 0u64, 0u64);
         for (window, inputs) in &windows {
             let out = process(&spec, *window, inputs_of(inputs), &CancellationToken::new())?;
             rows_in += out.rows_in;
             rows_out += out.rows_out;
+            skipped += out.row_groups_skipped;
             bytes_out += out.outputs.iter().map(|o| o.bytes.len() as u64).sum::<u64>();
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "{:<7} backfill     {} windows, {rows_in} rows in, {rows_out} rows out, {bytes_out} bytes out, in {:.2} s: {:.1} windows/s, {:.0} rows/s",
+            "{:<7} backfill     {} windows, {rows_in} rows in, {rows_out} rows out, {bytes_out} bytes out, {skipped} input row groups skipped, in {:.2} s: {:.1} windows/s, {:.0} rows/s",
             merge.name(),
             windows.len(),
             secs,

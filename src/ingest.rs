@@ -6,7 +6,9 @@
 use anyhow::{bail, Context, Result};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use bytes::Bytes;
-use r2o_common::columnar::{read_csv, read_segment, time_ms, time_range_ms, write_parquet};
+use r2o_common::columnar::{
+    read_csv, read_segment, time_ms, time_range_ms, write_parquet_with, REALTIME_ROW_GROUP_ROWS,
+};
 use r2o_common::config::TableSpec;
 use r2o_common::meta::now_ms;
 use r2o_common::schema::TimeFormat;
@@ -142,7 +144,7 @@ pub async fn ingest(
     for i in 0..n {
         let piece = all.slice(i * rows_per_segment, rows_per_segment.min(total - i * rows_per_segment));
         let name = format!("{prefix}{}__{stamp}Z", first_seq + i as u64);
-        let bytes = write_parquet(&schema, std::slice::from_ref(&piece))?;
+        let bytes = write_parquet_with(&schema, std::slice::from_ref(&piece), REALTIME_ROW_GROUP_ROWS)?;
         let (start, end) =
             time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, time_format(&spec))?.unwrap_or((0, 0));
         let location = realtime_path(&spec.name, &name);

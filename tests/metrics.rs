@@ -62,7 +62,10 @@ async fn metrics_move_as_the_flow_runs() {
     assert!(committed.windows(2).all(|w| w[0] <= w[1]), "windows committed never falls: {committed:?}");
     assert!(committed.iter().filter(|n| **n > 0.0 && **n < 40.0).count() >= 2, "seen mid-run: {committed:?}");
     assert!(lags.len() >= 2 && lags.last().unwrap() < lags.first().unwrap(), "lag falls as windows commit: {lags:?}");
-    assert!(lags.windows(2).all(|w| w[1] <= w[0] + 60.0), "lag moves down, not up (beyond the clock between scrapes): {lags:?}");
+    assert!(
+        lags.windows(2).all(|w| w[1] <= w[0] + 60.0),
+        "lag moves down, not up (beyond the clock between scrapes): {lags:?}"
+    );
 
     let (_, body) = http_get(c.http_port, "/metrics");
     assert_eq!(metric(&body, r#"r2o_table_rows_out_total{table="mt"}"#), Some(rows as f64));

@@ -102,9 +102,85 @@ pub fn conform_batch(
 /// [`Error::Segment`] naming the segment for a corrupt file or a schema
 /// mismatch (naming the column).
 pub fn read_segment(segment: &str, bytes: Bytes, schema: &Schema, batch_rows: usize) -> Result<Vec<RecordBatch>> {
+    Ok(read_segment_in(segment, bytes, schema, batch_rows, None)?.0)
+}
+
+/// Which rows a reader needs: those whose time column (in `format`) falls
+/// in `[window.start_ms, window.end_ms)`.
+#[derive(Debug, Clone)]
+pub struct TimeFilter {
+    /// Time column.
+    pub column: String,
+    /// Its format.
+    pub format: TimeFormat,
+    /// The window, ms.
+    pub window: crate::window::Window,
+}
+
+/// Epoch-ms bounds of a row group's time column from its statistics, when
+/// they exist (min and max may be inexact bounds; both stay conservative).
+fn row_group_time_range(
+    rg: &parquet::file::metadata::RowGroupMetaData,
+    leaf: usize,
+    arrow_type: &ArrowType,
+    format: TimeFormat,
+) -> Option<(i64, i64)> {
+    use parquet::file::statistics::Statistics;
+    let (lo, hi) = match rg.column(leaf).statistics()? {
+        Statistics::Int64(s) => (*s.min_opt()?, *s.max_opt()?),
+        Statistics::Int32(s) => (i64::from(*s.min_opt()?), i64::from(*s.max_opt()?)),
+        _ => return None,
+    };
+    let to_ms = |v: i64| match arrow_type {
+        ArrowType::Timestamp(TimeUnit::Second, _) => v.saturating_mul(1000),
+        ArrowType::Timestamp(TimeUnit::Millisecond, _) => v,
+        ArrowType::Timestamp(TimeUnit::Microsecond, _) => v.div_euclid(1_000),
+        ArrowType::Timestamp(TimeUnit::Nanosecond, _) => v.div_euclid(1_000_000),
+        _ => format.to_ms(v),
+    };
+    Some((to_ms(lo), to_ms(hi)))
+}
+
+/// Like [`read_segment`], skipping row groups whose time-column statistics
+/// show no row in `filter`'s window. Returns the batches and the number of
+/// row groups skipped. Rows of the kept row groups still need filtering.
+pub fn read_segment_in(
+    segment: &str,
+    bytes: Bytes,
+    schema: &Schema,
+    batch_rows: usize,
+    filter: Option<&TimeFilter>,
+) -> Result<(Vec<RecordBatch>, usize)> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
     check_file_schema(segment, builder.schema(), schema)?;
+    let mut skipped = 0;
+    let builder = match filter {
+        None => builder,
+        Some(f) => {
+            let meta = builder.metadata().clone();
+            let leaf = meta
+                .file_metadata()
+                .schema_descr()
+                .columns()
+                .iter()
+                .position(|c| c.path().parts() == [f.column.clone()]);
+            let arrow_type = builder.schema().field_with_name(&f.column).map(|x| x.data_type().clone()).ok();
+            match (leaf, arrow_type) {
+                (Some(leaf), Some(t)) => {
+                    let keep: Vec<usize> = (0..meta.num_row_groups())
+                        .filter(|i| match row_group_time_range(meta.row_group(*i), leaf, &t, f.format) {
+                            Some((lo, hi)) => hi >= f.window.start_ms && lo < f.window.end_ms,
+                            None => true,
+                        })
+                        .collect();
+                    skipped = meta.num_row_groups() - keep.len();
+                    builder.with_row_groups(keep)
+                }
+                _ => builder,
+            }
+        }
+    };
     let reader = builder
         .with_batch_size(batch_rows)
         .build()
@@ -115,7 +191,7 @@ pub fn read_segment(segment: &str, bytes: Bytes, schema: &Schema, batch_rows: us
         let batch = batch.map_err(|e| seg_err(segment, format!("corrupt data: {e}")))?;
         out.push(conform_batch(segment, &batch, schema, &target)?);
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 /// The time column as epoch ms (nulls stay null).
@@ -169,11 +245,21 @@ pub fn time_range_ms(batches: &[RecordBatch], time_column: &str, format: TimeFor
     Ok(range)
 }
 
-/// Encodes batches as one zstd Parquet file.
+/// Rows per row group of REALTIME segments written by r2o: small enough that
+/// a window read skips most of a segment it only touches.
+pub const REALTIME_ROW_GROUP_ROWS: usize = 8 * 1024;
+
+/// Encodes batches as one zstd Parquet file (row groups of up to 1 Mi rows).
 pub fn write_parquet(schema: &Arc<ArrowSchema>, batches: &[RecordBatch]) -> Result<Bytes> {
+    write_parquet_with(schema, batches, 1 << 20)
+}
+
+/// Encodes batches as one zstd Parquet file with row groups of at most
+/// `row_group_rows` rows (each row group carries min/max statistics).
+pub fn write_parquet_with(schema: &Arc<ArrowSchema>, batches: &[RecordBatch], row_group_rows: usize) -> Result<Bytes> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_row_count(Some(1 << 20))
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
@@ -249,7 +335,7 @@ pub fn read_csv(path: &std::path::Path, schema: &Schema) -> Result<Vec<RecordBat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int32Array, StringArray, TimestampMillisecondArray};
+    use arrow::array::{Int32Array, TimestampMillisecondArray};
     use arrow::datatypes::Field;
     use serde_json::json;
 
@@ -285,6 +371,42 @@ mod tests {
         let got = read_segment("seg", bytes, &s, 1024).unwrap();
         assert_eq!(got[0].schema(), s.arrow_schema());
         assert_eq!(time_range_ms(&got, "ts", TimeFormat::MILLIS).unwrap(), Some((-5, 10)));
+    }
+
+    #[test]
+    fn prunes_row_groups_outside_the_window_only() {
+        let s = schema();
+        let rows = 1000i64;
+        let batch = RecordBatch::try_new(
+            s.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["a"; rows as usize])),
+                Arc::new(Int64Array::from((0..rows).collect::<Vec<_>>())),
+                Arc::new(TimestampMillisecondArray::from((0..rows).map(|i| i * 10).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        let bytes = write_parquet_with(&s.arrow_schema(), &[batch], 100).unwrap();
+        // rows 250..=349 have ts in [2500, 3500): row groups 2 and 3 only
+        let filter = TimeFilter {
+            column: "ts".into(),
+            format: TimeFormat::MILLIS,
+            window: crate::window::Window { start_ms: 2500, end_ms: 3500 },
+        };
+        let (got, skipped) = read_segment_in("seg", bytes.clone(), &s, 64, Some(&filter)).unwrap();
+        assert_eq!(skipped, 8);
+        let ts: Vec<i64> =
+            got.iter().flat_map(|b| time_ms(b.column(2), TimeFormat::MILLIS).unwrap().values().to_vec()).collect();
+        assert_eq!(ts.len(), 200);
+        assert_eq!(
+            (ts[0], *ts.last().unwrap()),
+            (2000, 3990),
+            "whole row groups are kept, the filter stage trims them"
+        );
+        // every row of the window is among them
+        assert!((250..350).all(|i| ts.contains(&(i * 10))));
+        // no filter: everything
+        assert_eq!(read_segment_in("seg", bytes, &s, 64, None).unwrap().1, 0);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use r2o_common::columnar::{read_segment, time_ms, time_range_ms, write_parquet};
+use r2o_common::columnar::{read_segment_in, time_ms, time_range_ms, write_parquet, TimeFilter};
 use r2o_common::config::{AggregationType, MergeType, TableSpec};
 use r2o_common::schema::{FieldKind, Schema, TimeFormat};
 use r2o_common::window::{floor_to_bucket, Window};
@@ -52,8 +52,10 @@ pub struct Processed {
     pub rows_in: u64,
     /// Rows written.
     pub rows_out: u64,
-    /// Input bytes decoded.
+    /// Input bytes read.
     pub bytes_in: u64,
+    /// Input row groups skipped by their time statistics (no row in the window).
+    pub row_groups_skipped: u64,
     /// Per sum-aggregated metric: sum over the input rows in the window.
     pub metric_sums_in: BTreeMap<String, f64>,
     /// Per sum-aggregated metric: sum over the output rows.
@@ -366,10 +368,13 @@ pub fn process(
     let mut result = Processed::default();
     // read + filter + round, one segment at a time so raw bytes are dropped early
     let mut kept = Vec::new();
+    let filter = TimeFilter { column: time_col.to_string(), format, window };
     for (name, bytes) in inputs {
         check()?;
         result.bytes_in += bytes.len() as u64;
-        for b in read_segment(&name, bytes, &spec.schema, BATCH_ROWS)? {
+        let (batches, skipped) = read_segment_in(&name, bytes, &spec.schema, BATCH_ROWS, Some(&filter))?;
+        result.row_groups_skipped += skipped as u64;
+        for b in batches {
             check()?;
             let mut f = filter_window(&b, time_col, format, window)?;
             if f.num_rows() == 0 {
