@@ -130,7 +130,7 @@ fn main() -> Result<()> {
         }
         let seg_rows: u64 = busiest_inputs.iter().map(|s| s.total_docs).sum();
         println!(
-            "{:<7} one window   {busiest}: {rows} rows in window ({seg_rows} rows decoded from {} segments) in {:.1} ms: {:.0} window rows/s, {:.0} decoded rows/s",
+            "{:<7} one window   {busiest}: {rows} rows in window (input: {} segments of {seg_rows} rows) in {:.1} ms: {:.0} window rows/s, {:.0} input rows/s",
             merge.name(),
             busiest_inputs.len(),
             best * 1e3,
