@@ -9,13 +9,14 @@ mod support;
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use r2o_common::store::{get_bytes, Store};
 use r2o_proto::controller as pb;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use support::Cluster;
+use support::{Cluster, S3Server};
 
 const H: i64 = 3600; // seconds
 const T0: i64 = 74_074 * 6 * H; // aligned to 6 h, 2020-09-13
@@ -112,8 +113,8 @@ fn write_file(path: &std::path::Path, rows: &[Row]) {
     w.close().unwrap();
 }
 
-fn read_rows(path: &std::path::Path) -> Vec<Row> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap().build().unwrap();
+fn read_rows(bytes: bytes::Bytes) -> Vec<Row> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
     let mut out = vec![];
     for b in reader {
         let b = b.unwrap();
@@ -138,7 +139,7 @@ fn read_rows(path: &std::path::Path) -> Vec<Row> {
 }
 
 /// Rows of committed OFFLINE segments of a table, from metadata and files alone.
-async fn offline_rows(cluster: &Cluster, table: &str) -> (Vec<Row>, Vec<pb::Segment>) {
+async fn offline_rows(cluster: &Cluster, store: &Store, table: &str) -> (Vec<Row>, Vec<pb::Segment>) {
     let segs = cluster
         .client()
         .await
@@ -150,7 +151,7 @@ async fn offline_rows(cluster: &Cluster, table: &str) -> (Vec<Row>, Vec<pb::Segm
     let offline: Vec<pb::Segment> = segs.into_iter().filter(|s| s.table.ends_with("_OFFLINE")).collect();
     let mut rows = vec![];
     for s in &offline {
-        let got = read_rows(&cluster.store_path(&s.location));
+        let got = read_rows(get_bytes(store, &s.location).await.unwrap());
         assert_eq!(got.len() as u64, s.num_rows, "segment {} row count", s.name);
         assert!(got.len() <= 400, "maxNumRecordsPerSegment");
         rows.extend(got);
@@ -189,16 +190,16 @@ fn rollup_of(rows: &[Row]) -> BTreeMap<String, Agg> {
 }
 
 /// Checks every table's OFFLINE data against the input rows below `wm_s`.
-async fn check_tables(cluster: &Cluster, input: &[Row], wm_s: i64) -> u64 {
+async fn check_tables(cluster: &Cluster, store: &Store, input: &[Row], wm_s: i64) -> u64 {
     let expected: Vec<Row> = input.iter().filter(|r| r.ts < wm_s).map(Row::rounded).collect();
     assert!(!expected.is_empty());
     // concat: the same multiset of rows
-    let (got, segs) = offline_rows(cluster, "ev_concat").await;
+    let (got, segs) = offline_rows(cluster, store, "ev_concat").await;
     assert_eq!(got.len(), expected.len(), "concat row count");
     assert!(sorted_keys(&got) == sorted_keys(&expected), "concat rows differ from input");
     assert!(segs.iter().all(|s| s.end_time_ms < wm_s * 1000), "no OFFLINE data at or past the watermark");
     // dedup: the same distinct rows, each once
-    let (got, _) = offline_rows(cluster, "ev_dedup").await;
+    let (got, _) = offline_rows(cluster, store, "ev_dedup").await;
     let distinct: HashSet<String> = expected.iter().map(Row::key).collect();
     let got_keys = sorted_keys(&got);
     let got_set: HashSet<String> = got_keys.iter().cloned().collect();
@@ -211,7 +212,7 @@ async fn check_tables(cluster: &Cluster, input: &[Row], wm_s: i64) -> u64 {
     );
     assert!(distinct.len() < expected.len(), "test data must hold duplicates");
     // rollup: per group, the same sum / min / max as computed directly
-    let (got, segs) = offline_rows(cluster, "ev_rollup").await;
+    let (got, segs) = offline_rows(cluster, store, "ev_rollup").await;
     let want = rollup_of(&expected);
     let mut have: BTreeMap<String, Agg> = BTreeMap::new();
     for r in &got {
@@ -231,10 +232,39 @@ async fn check_tables(cluster: &Cluster, input: &[Row], wm_s: i64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_concat_rollup_dedup_exactly_once() {
+    let cluster = Cluster::start(1, 2);
+    let store = r2o_common::store::open_store(&cluster.store_uri).unwrap();
+    run_flow(cluster, store).await;
+}
+
+/// The same flow with S3 as the segment store: a real S3-compatible server
+/// (moto) on loopback; the OFFLINE files are read back from S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_concat_rollup_dedup_exactly_once_on_s3() {
+    let scratch = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(scratch.path(), "r2o-e2e");
+    let cluster = Cluster::start_on_store(1, 2, s3.env(), Some("s3://r2o-e2e/flows".into()));
+    let env: std::collections::HashMap<String, String> = s3.env().into_iter().collect();
+    r2o_common::store::install_tls_provider();
+    let s3_store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&env["AWS_ENDPOINT"])
+        .with_allow_http(true)
+        .with_region(&env["AWS_REGION"])
+        .with_access_key_id(&env["AWS_ACCESS_KEY_ID"])
+        .with_secret_access_key(&env["AWS_SECRET_ACCESS_KEY"])
+        .with_bucket_name("r2o-e2e")
+        .build()
+        .unwrap();
+    let store: Store = Arc::new(object_store::prefix::PrefixStore::new(s3_store, "flows"));
+    let local = cluster.dir.path().join("store");
+    run_flow(cluster, store).await;
+    assert!(!local.join("offline").exists() && !local.join("realtime").exists(), "nothing went to the local disk");
+}
+
+async fn run_flow(cluster: Cluster, store: Store) {
     let seed: u64 = std::env::var("R2O_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("e2e seed {seed} (replay with R2O_TEST_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let cluster = Cluster::start(1, 2);
     let data = cluster.dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let schema_path = data.join("schema.json");
@@ -328,7 +358,7 @@ async fn flows_concat_rollup_dedup_exactly_once() {
         assert!(tasks.iter().all(|t| t.state == "SUCCEEDED"));
         assert_eq!(tasks.len() as u64, w.windows_committed);
     }
-    let checked1 = check_tables(&cluster, &rows, T0 + 60 * H).await;
+    let checked1 = check_tables(&cluster, &store, &rows, T0 + 60 * H).await;
     assert!(checked1 < rows.len() as u64, "rows of uncommitted windows stay in REALTIME");
 
     // Phase 2: sealing the CONSUMING segment lets the rest move.
@@ -342,7 +372,7 @@ async fn flows_concat_rollup_dedup_exactly_once() {
         assert_eq!(w.watermark_ms, final_wm * 1000, "{table}: caught up after sealing ({})", w.next);
         assert!(w.next.starts_with("caught up"), "{}", w.next);
     }
-    let checked2 = check_tables(&cluster, &rows, final_wm).await;
+    let checked2 = check_tables(&cluster, &store, &rows, final_wm).await;
     assert_eq!(checked2, rows.len() as u64, "every input row moved");
     // a duplicate completion report for a committed attempt changes nothing
     let tasks = cluster
@@ -379,6 +409,6 @@ async fn flows_concat_rollup_dedup_exactly_once() {
         .await
         .unwrap_err();
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
-    assert_eq!(check_tables(&cluster, &rows, final_wm).await, rows.len() as u64);
+    assert_eq!(check_tables(&cluster, &store, &rows, final_wm).await, rows.len() as u64);
     eprintln!("e2e: {} rows checked, 3 tables", checked2);
 }

@@ -51,8 +51,7 @@ fn open_plain_store(uri: &str) -> Result<Store> {
         return Ok(Arc::new(fs));
     }
     if let Some(rest) = uri.strip_prefix("s3://") {
-        // TLS for https endpoints, with ring (no aws-lc); harmless if already installed
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(bad("s3://<bucket>[/<prefix>]"));
@@ -68,6 +67,12 @@ fn open_plain_store(uri: &str) -> Result<Store> {
         return Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)));
     }
     Err(bad("file:///<absolute dir>, s3://<bucket>[/<prefix>] or memory://"))
+}
+
+/// Installs rustls' ring crypto provider for the S3 client's https (r2o
+/// builds reqwest without aws-lc); harmless when one is installed already.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Object path of a REALTIME segment.
