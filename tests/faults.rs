@@ -378,7 +378,7 @@ async fn exactly_once_under_faults() {
     }
     assert!(store_faults > 0, "no store fault was injected");
     let line = format!(
-        "faults: seed {seed}; injected {} ; store faults {store_faults}; windows committed {}; rows checked {}; lost {lost}; duplicated {duplicated}; orphans deleted by the janitor {janitor_deleted}",
+        "faults: seed {seed}; injected {} CorruptSegment=1; store faults {store_faults}; windows committed {}; rows checked {}; lost {lost}; duplicated {duplicated}; orphans deleted by the janitor {janitor_deleted}",
         injected.iter().map(|(k, v)| format!("{k:?}={v}")).collect::<Vec<_>>().join(" "),
         w.windows_committed,
         ids.len()
