@@ -256,6 +256,14 @@ pub enum SegmentCmd {
     },
 }
 
+/// Calls one controller RPC: connect to `conn.controller`, call, turn a
+/// gRPC status into an error with the controller's message; yields the reply.
+macro_rules! rpc {
+    ($conn:expr, $method:ident, $req:expr) => {
+        client(&$conn.controller).await?.$method($req).await.map_err(status_err)?.into_inner()
+    };
+}
+
 /// Connects to a controller.
 pub async fn client(addr: &str) -> Result<ControllerServiceClient<Channel>> {
     ControllerServiceClient::connect(addr.to_string())
@@ -331,32 +339,19 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
                 let schema_json =
                     std::fs::read_to_string(&schema).with_context(|| format!("reading {}", schema.display()))?;
-                let resp = client(&conn.controller)
-                    .await?
-                    .add_table(pb::AddTableRequest { table_config_json: config_json, schema_json, paused })
-                    .await
-                    .map_err(status_err)?;
-                println!("table {} added", resp.into_inner().table);
+                let resp =
+                    rpc!(conn, add_table, pb::AddTableRequest { table_config_json: config_json, schema_json, paused });
+                println!("table {} added", resp.table);
             }
             TableCmd::List { conn } => {
-                let t = client(&conn.controller)
-                    .await?
-                    .list_tables(pb::ListTablesRequest {})
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
+                let t = rpc!(conn, list_tables, pb::ListTablesRequest {});
                 match conn.output {
                     Output::Json => println!("{}", json!(t.tables)),
                     Output::Table => t.tables.iter().for_each(|t| println!("{t}")),
                 }
             }
             TableCmd::Show { conn, table } => {
-                let t = client(&conn.controller)
-                    .await?
-                    .get_table(pb::GetTableRequest { table })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
+                let t = rpc!(conn, get_table, pb::GetTableRequest { table });
                 let v = json!({"tableConfig": serde_json::from_str::<serde_json::Value>(&t.table_config_json)?,
                                "schema": serde_json::from_str::<serde_json::Value>(&t.schema_json)?});
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -376,21 +371,11 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 );
             }
             SegmentCmd::Seal { conn, table, segment } => {
-                client(&conn.controller)
-                    .await?
-                    .seal_segment(pb::SealSegmentRequest { table, segment: segment.clone() })
-                    .await
-                    .map_err(status_err)?;
+                rpc!(conn, seal_segment, pb::SealSegmentRequest { table, segment: segment.clone() });
                 println!("segment {segment} sealed");
             }
             SegmentCmd::List { conn, table } => {
-                let segs = client(&conn.controller)
-                    .await?
-                    .list_segments(pb::ListSegmentsRequest { table })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner()
-                    .segments;
+                let segs = rpc!(conn, list_segments, pb::ListSegmentsRequest { table }).segments;
                 match conn.output {
                     Output::Json => println!(
                         "{}",
@@ -420,13 +405,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             ingest::ingest(&conn.controller, &store, &table, &file, rows_per_segment, seal_last, partition).await?;
         }
         AdminCommand::Tasks { conn, table } => {
-            let tasks = client(&conn.controller)
-                .await?
-                .list_tasks(pb::ListTasksRequest { table })
-                .await
-                .map_err(status_err)?
-                .into_inner()
-                .tasks;
+            let tasks = rpc!(conn, list_tasks, pb::ListTasksRequest { table }).tasks;
             match conn.output {
                 Output::Json => {
                     println!("{}", serde_json::to_string_pretty(&tasks.iter().map(task_json).collect::<Vec<_>>())?)
@@ -469,28 +448,15 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Pause { conn, table } => {
-            client(&conn.controller)
-                .await?
-                .pause_table(pb::TableRequest { table: table.clone() })
-                .await
-                .map_err(status_err)?;
+            rpc!(conn, pause_table, pb::TableRequest { table: table.clone() });
             println!("flow {table} paused");
         }
         AdminCommand::Resume { conn, table } => {
-            client(&conn.controller)
-                .await?
-                .resume_table(pb::TableRequest { table: table.clone() })
-                .await
-                .map_err(status_err)?;
+            rpc!(conn, resume_table, pb::TableRequest { table: table.clone() });
             println!("flow {table} resumed");
         }
         AdminCommand::RunNow { conn, table } => {
-            let r = client(&conn.controller)
-                .await?
-                .run_now(pb::TableRequest { table })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let r = rpc!(conn, run_now, pb::TableRequest { table });
             match conn.output {
                 Output::Json => println!("{}", json!({"taskId": r.task_id, "outcome": r.outcome})),
                 Output::Table => println!("{}", r.outcome),
@@ -596,21 +562,11 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             println!("imported {added} tables, skipped {skipped}; start them with r2o resume --table <name>");
         }
         AdminCommand::Retry { conn, table } => {
-            let r = client(&conn.controller)
-                .await?
-                .retry_task(pb::RetryTaskRequest { table })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let r = rpc!(conn, retry_task, pb::RetryTaskRequest { table });
             println!("task {} re-armed", r.task_id);
         }
         AdminCommand::Watermark { conn, table } => {
-            let w = client(&conn.controller)
-                .await?
-                .get_watermark(pb::GetWatermarkRequest { table })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let w = rpc!(conn, get_watermark, pb::GetWatermarkRequest { table });
             match conn.output {
                 Output::Json => println!(
                     "{}",
