@@ -18,6 +18,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use r2o_common::kv::{EtcdKv, KvBackend};
 use r2o_common::meta::{LeaderRecord, LineageRecord};
 use r2o_proto::controller as pb;
+use r2o_proto::controller::controller_service_client::ControllerServiceClient;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
@@ -79,6 +80,14 @@ async fn client(
         }
     }
     None
+}
+
+/// Index in `cluster.controllers` of the current leader, from its etcd key.
+async fn leader_index(cluster: &Cluster, endpoints: &[String]) -> Option<usize> {
+    let kv = EtcdKv::connect(endpoints, Duration::from_secs(2)).await.ok()?;
+    let entry = kv.get(&format!("{}/election/leader", cluster.prefix)).await.ok().flatten()?;
+    let leader: LeaderRecord = serde_json::from_slice(&entry.value).ok()?;
+    cluster.controllers.iter().position(|c| leader.addr.ends_with(&format!(":{}", c.port)))
 }
 
 async fn watermark(cluster: &Cluster, table: &str) -> Option<pb::GetWatermarkResponse> {
@@ -230,23 +239,13 @@ async fn exactly_once_under_faults() {
                 cluster.kill_and_replace_minion(i);
                 true
             }
-            Fault::KillLeader => {
-                let kv = EtcdKv::connect(&kv_endpoint, Duration::from_secs(2)).await;
-                let leader = match kv {
-                    Ok(kv) => kv.get(&format!("{}/election/leader", cluster.prefix)).await.ok().flatten(),
-                    Err(_) => None,
-                };
-                let leader: Option<LeaderRecord> = leader.and_then(|l| serde_json::from_slice(&l.value).ok());
-                match leader
-                    .and_then(|l| cluster.controllers.iter().position(|c| l.addr.ends_with(&format!(":{}", c.port))))
-                {
-                    Some(i) => {
-                        cluster.kill_and_replace_controller(i);
-                        true
-                    }
-                    None => false,
+            Fault::KillLeader => match leader_index(&cluster, &kv_endpoint).await {
+                Some(i) => {
+                    cluster.kill_and_replace_controller(i);
+                    true
                 }
-            }
+                None => false,
+            },
             Fault::PauseMinion => {
                 let i = rng.random_range(0..cluster.minions.len());
                 let pid = cluster.minions[i].child.id();
@@ -261,7 +260,16 @@ async fn exactly_once_under_faults() {
             }
             Fault::DuplicateReport => {
                 let mut ok = false;
-                if let Some(mut c) = client(&cluster).await {
+                // to the leader (a standby answers UNAVAILABLE, which proves nothing)
+                let leader = match leader_index(&cluster, &kv_endpoint).await {
+                    Some(i) => {
+                        ControllerServiceClient::connect(format!("http://127.0.0.1:{}", cluster.controllers[i].port))
+                            .await
+                            .ok()
+                    }
+                    None => None,
+                };
+                if let Some(mut c) = leader {
                     if let Ok(tasks) = c.list_tasks(pb::ListTasksRequest { table: "fa".into() }).await {
                         let done: Vec<pb::Task> =
                             tasks.into_inner().tasks.into_iter().filter(|t| t.state == "SUCCEEDED").collect();
