@@ -375,6 +375,10 @@ impl Keys {
     pub fn claim(&self, task: &str) -> String {
         format!("{}/tasks/claims/{task}", self.prefix)
     }
+    /// `tasks/claims/`.
+    pub fn claims(&self) -> String {
+        format!("{}/tasks/claims/", self.prefix)
+    }
     /// `history/<raw>/<task>`.
     pub fn history(&self, raw: &str, task: &str) -> String {
         format!("{}/history/{raw}/{task}", self.prefix)

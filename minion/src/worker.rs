@@ -190,11 +190,17 @@ impl Worker {
     async fn claimable(&self) -> Result<Vec<(TaskRecord, KeyValue)>, Error> {
         let mut out = Vec::new();
         let now = now_ms();
-        for (t, entry) in range_records::<TaskRecord>(&self.kv, &self.keys.active_tasks()).await? {
+        let tasks = range_records::<TaskRecord>(&self.kv, &self.keys.active_tasks()).await?;
+        // one range read for every claim, not one get per task (this runs every poll);
+        // a stale view is harmless: the claim transaction checks again
+        let prefix = self.keys.claims();
+        let claims: std::collections::HashSet<String> =
+            self.kv.range(&prefix).await?.into_iter().map(|kv| kv.key[prefix.len()..].to_string()).collect();
+        for (t, entry) in tasks {
             if !matches!(t.state, TaskState::Pending | TaskState::Running) {
                 continue;
             }
-            let claimed = self.kv.get(&self.keys.claim(&t.id)).await?.is_some();
+            let claimed = claims.contains(&t.id);
             if t.claimable(now, claimed) {
                 out.push((t, entry));
             }
