@@ -102,7 +102,19 @@ pub fn conform_batch(
 /// [`Error::Segment`] naming the segment for a corrupt file or a schema
 /// mismatch (naming the column).
 pub fn read_segment(segment: &str, bytes: Bytes, schema: &Schema, batch_rows: usize) -> Result<Vec<RecordBatch>> {
-    Ok(read_segment_in(segment, bytes, schema, batch_rows, None)?.0)
+    Ok(read_segment_in(segment, bytes, schema, batch_rows, None)?.batches)
+}
+
+/// What [`read_segment_in`] read.
+#[derive(Debug, Default)]
+pub struct SegmentRead {
+    /// Batches of the kept row groups, in the table's Arrow schema.
+    pub batches: Vec<RecordBatch>,
+    /// Row groups skipped by their time statistics.
+    pub skipped_row_groups: usize,
+    /// Rows with a NULL time value in the skipped row groups (from their
+    /// statistics' null counts; the kept ones are in `batches`).
+    pub skipped_null_time_rows: u64,
 }
 
 /// Which rows a reader needs: those whose time column (in `format`) falls
@@ -142,19 +154,20 @@ fn row_group_time_range(
 }
 
 /// Like [`read_segment`], skipping row groups whose time-column statistics
-/// show no row in `filter`'s window. Returns the batches and the number of
-/// row groups skipped. Rows of the kept row groups still need filtering.
+/// show no row in `filter`'s window. Rows of the kept row groups still need
+/// filtering.
 pub fn read_segment_in(
     segment: &str,
     bytes: Bytes,
     schema: &Schema,
     batch_rows: usize,
     filter: Option<&TimeFilter>,
-) -> Result<(Vec<RecordBatch>, usize)> {
+) -> Result<SegmentRead> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
     check_file_schema(segment, builder.schema(), schema)?;
     let mut skipped = 0;
+    let mut skipped_nulls = 0u64;
     let builder = match filter {
         None => builder,
         Some(f) => {
@@ -175,6 +188,10 @@ pub fn read_segment_in(
                         })
                         .collect();
                     skipped = meta.num_row_groups() - keep.len();
+                    skipped_nulls = (0..meta.num_row_groups())
+                        .filter(|i| !keep.contains(i))
+                        .filter_map(|i| meta.row_group(i).column(leaf).statistics().and_then(|s| s.null_count_opt()))
+                        .sum();
                     builder.with_row_groups(keep)
                 }
                 _ => builder,
@@ -191,7 +208,153 @@ pub fn read_segment_in(
         let batch = batch.map_err(|e| seg_err(segment, format!("corrupt data: {e}")))?;
         out.push(conform_batch(segment, &batch, schema, &target)?);
     }
-    Ok((out, skipped))
+    Ok(SegmentRead { batches: out, skipped_row_groups: skipped, skipped_null_time_rows: skipped_nulls })
+}
+
+/// The exact range of a column's non-null values, from a footer's statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRange {
+    /// INT, LONG and TIMESTAMP columns (physical INT32 / INT64, signed).
+    Int {
+        /// Smallest value.
+        min: i64,
+        /// Largest value.
+        max: i64,
+    },
+    /// FLOAT and DOUBLE columns (NaN is not part of Parquet statistics).
+    Float {
+        /// Smallest value.
+        min: f64,
+        /// Largest value.
+        max: f64,
+    },
+}
+
+impl ValueRange {
+    fn merge(self, other: ValueRange) -> Option<ValueRange> {
+        match (self, other) {
+            (ValueRange::Int { min: a, max: b }, ValueRange::Int { min: c, max: d }) => {
+                Some(ValueRange::Int { min: a.min(c), max: b.max(d) })
+            }
+            (ValueRange::Float { min: a, max: b }, ValueRange::Float { min: c, max: d }) => {
+                Some(ValueRange::Float { min: a.min(c), max: b.max(d) })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether every value of `self` lies within `outer`.
+    pub fn within(&self, outer: &ValueRange) -> bool {
+        match (self, outer) {
+            (ValueRange::Int { min, max }, ValueRange::Int { min: lo, max: hi }) => lo <= min && max <= hi,
+            (ValueRange::Float { min, max }, ValueRange::Float { min: lo, max: hi }) => lo <= min && max <= hi,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for ValueRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueRange::Int { min, max } => write!(f, "[{min}, {max}]"),
+            ValueRange::Float { min, max } => write!(f, "[{min}, {max}]"),
+        }
+    }
+}
+
+/// What a Parquet file's footer says, without reading its data.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FooterFacts {
+    /// Rows in the file.
+    pub num_rows: u64,
+    /// Per top-level numeric column: the exact range of its non-null values,
+    /// when every row group with values has exact statistics for it.
+    pub ranges: std::collections::BTreeMap<String, ValueRange>,
+}
+
+/// Reads [`FooterFacts`] out of decoded Parquet metadata.
+pub fn footer_facts(meta: &parquet::file::metadata::ParquetMetaData) -> FooterFacts {
+    use parquet::basic::ConvertedType;
+    use parquet::file::statistics::Statistics;
+    let descr = meta.file_metadata().schema_descr();
+    let mut ranges = std::collections::BTreeMap::new();
+    for (leaf, col) in descr.columns().iter().enumerate() {
+        let parts = col.path().parts();
+        if parts.len() != 1
+            || matches!(
+                col.converted_type(),
+                ConvertedType::UINT_8 | ConvertedType::UINT_16 | ConvertedType::UINT_32 | ConvertedType::UINT_64
+            )
+        {
+            continue;
+        }
+        let mut range: Option<ValueRange> = None;
+        let mut usable = true;
+        for rg in meta.row_groups() {
+            let c = rg.column(leaf);
+            let Some(stats) = c.statistics() else {
+                usable = false;
+                break;
+            };
+            let values = rg.num_rows() as u64 - stats.null_count_opt().unwrap_or(0);
+            if values == 0 {
+                continue;
+            }
+            let r = match stats {
+                Statistics::Int32(s) if s.min_is_exact() && s.max_is_exact() => {
+                    s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Int { min: i64::from(*a), max: i64::from(*b) })
+                }
+                Statistics::Int64(s) if s.min_is_exact() && s.max_is_exact() => {
+                    s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Int { min: *a, max: *b })
+                }
+                Statistics::Float(s) => {
+                    s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Float { min: f64::from(*a), max: f64::from(*b) })
+                }
+                Statistics::Double(s) => s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Float { min: *a, max: *b }),
+                _ => None,
+            };
+            match (r, range) {
+                // a row group with values but no usable statistics (all NaN
+                // floats, inexact bounds): the column's range is unknown
+                (None, _) => {
+                    usable = false;
+                    break;
+                }
+                (Some(r), None) => range = Some(r),
+                (Some(r), Some(acc)) => range = acc.merge(r),
+            }
+        }
+        if let (true, Some(r)) = (usable, range) {
+            ranges.insert(parts[0].clone(), r);
+        }
+    }
+    FooterFacts { num_rows: meta.file_metadata().num_rows().max(0) as u64, ranges }
+}
+
+/// Reads a Parquet file's footer from the store (two ranged reads: the
+/// 8-byte tail, then the metadata) and returns its [`FooterFacts`].
+/// `size_bytes` is the object's size.
+///
+/// # Errors
+/// [`Error::Segment`] naming `location` when the file is too short or its
+/// footer does not decode; store errors.
+pub async fn read_footer_facts(store: &crate::store::Store, location: &str, size_bytes: u64) -> Result<FooterFacts> {
+    use crate::store::get_range;
+    if size_bytes < 12 {
+        return Err(seg_err(location, format!("{size_bytes} bytes is too short for a Parquet file")));
+    }
+    let tail = get_range(store, location, size_bytes - 8..size_bytes).await?;
+    if &tail[4..8] != b"PAR1" {
+        return Err(seg_err(location, "no Parquet footer (the file does not end with PAR1)"));
+    }
+    let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if len + 8 > size_bytes {
+        return Err(seg_err(location, format!("footer length {len} is larger than the file")));
+    }
+    let raw = get_range(store, location, size_bytes - 8 - len..size_bytes - 8).await?;
+    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&raw)
+        .map_err(|e| seg_err(location, format!("the Parquet footer does not decode: {e}")))?;
+    Ok(footer_facts(&meta))
 }
 
 /// The time column as epoch ms (nulls stay null).
@@ -393,7 +556,8 @@ mod tests {
             format: TimeFormat::MILLIS,
             window: crate::window::Window { start_ms: 2500, end_ms: 3500 },
         };
-        let (got, skipped) = read_segment_in("seg", bytes.clone(), &s, 64, Some(&filter)).unwrap();
+        let read = read_segment_in("seg", bytes.clone(), &s, 64, Some(&filter)).unwrap();
+        let (got, skipped) = (read.batches, read.skipped_row_groups);
         assert_eq!(skipped, 8);
         let ts: Vec<i64> =
             got.iter().flat_map(|b| time_ms(b.column(2), TimeFormat::MILLIS).unwrap().values().to_vec()).collect();
@@ -406,7 +570,7 @@ mod tests {
         // every row of the window is among them
         assert!((250..350).all(|i| ts.contains(&(i * 10))));
         // no filter: everything
-        assert_eq!(read_segment_in("seg", bytes, &s, 64, None).unwrap().1, 0);
+        assert_eq!(read_segment_in("seg", bytes, &s, 64, None).unwrap().skipped_row_groups, 0);
     }
 
     #[test]
@@ -420,6 +584,58 @@ mod tests {
         assert!(e.contains("'ts'") && e.contains("missing"), "{e}");
         let e = read_segment("seg2", Bytes::from_static(b"PAR1garbage"), &s, 10).unwrap_err().to_string();
         assert!(e.contains("seg2") && e.contains("Parquet"), "{e}");
+    }
+
+    fn codec_file(compression: Compression) -> Bytes {
+        let s = schema();
+        let batch = RecordBatch::try_new(
+            s.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "a"])),
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(-7)])),
+                Arc::new(TimestampMillisecondArray::from(vec![5, 6, 7])),
+            ],
+        )
+        .unwrap();
+        let props = WriterProperties::builder().set_compression(compression).build();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, s.arrow_schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        Bytes::from(buf)
+    }
+
+    #[test]
+    fn reads_every_codec_parquet_allows() {
+        use parquet::basic::{BrotliLevel, GzipLevel};
+        for c in [
+            Compression::UNCOMPRESSED,
+            Compression::SNAPPY,
+            Compression::GZIP(GzipLevel::default()),
+            Compression::LZ4,
+            Compression::LZ4_RAW,
+            Compression::BROTLI(BrotliLevel::default()),
+            Compression::ZSTD(ZstdLevel::default()),
+        ] {
+            let got = read_segment("seg", codec_file(c), &schema(), 1024).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            assert_eq!(num_rows(&got), 3, "{c:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn footer_facts_give_rows_and_exact_ranges() {
+        let store = crate::store::open_store("memory://").unwrap();
+        let bytes = codec_file(Compression::SNAPPY);
+        let size = bytes.len() as u64;
+        crate::store::put_bytes(&store, "x/seg.parquet", bytes).await.unwrap();
+        let f = read_footer_facts(&store, "x/seg.parquet", size).await.unwrap();
+        assert_eq!(f.num_rows, 3);
+        assert_eq!(f.ranges.get("m"), Some(&ValueRange::Int { min: -7, max: 1 }), "nulls are not part of the range");
+        assert_eq!(f.ranges.get("ts"), Some(&ValueRange::Int { min: 5, max: 7 }));
+        assert!(!f.ranges.contains_key("d"), "only numeric columns");
+        crate::store::put_bytes(&store, "x/bad.parquet", Bytes::from_static(b"not parquet at all")).await.unwrap();
+        let e = read_footer_facts(&store, "x/bad.parquet", 18).await.unwrap_err().to_string();
+        assert!(e.contains("x/bad.parquet") && e.contains("PAR1"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub enum Error {
         /// The decoder's message.
         message: String,
     },
+    /// A request over one of etcd's limits (operations per transaction,
+    /// bytes per request); a bug in how r2o shapes its writes, not retryable.
+    #[error("metadata store limit: {0}")]
+    Limit(String),
     /// A lease was lost or has expired; whatever it guarded must stop.
     #[error("lease {0} is lost")]
     LeaseLost(i64),

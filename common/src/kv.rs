@@ -1,11 +1,17 @@
-//! The metadata store behind a narrow trait: get, range, put, delete, a
-//! transaction with revision compares, and leases. [`EtcdKv`] is the real
-//! implementation; [`MemKv`] is an in-memory one for unit tests of pure
-//! logic. Both pass [`conformance`].
+//! The metadata store behind a narrow trait: get, paged range, put, delete,
+//! a transaction with revision compares, leases, status and compaction.
+//! [`EtcdKv`] is the real implementation; [`MemKv`] is an in-memory one for
+//! unit tests of pure logic. Both pass [`conformance`].
 //!
 //! Revisions follow etcd: every write bumps a global revision; a key's
 //! `create_revision` / `mod_revision` is `0` when the key does not exist, so
 //! `Compare::ModRevision(key, 0)` means "key absent".
+//!
+//! Limits are etcd's defaults, enforced by both backends before anything is
+//! sent ([`check_txn`]): at most [`MAX_TXN_OPS`] compares and at most
+//! [`MAX_TXN_OPS`] operations per transaction, at most [`MAX_REQUEST_BYTES`]
+//! per request. Range reads are paged ([`KvBackend::range_page`], at most
+//! [`RANGE_PAGE_KEYS`] keys a page), so no reply grows with a prefix.
 
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +22,23 @@ use crate::error::{Error, Result};
 
 /// An etcd lease id.
 pub type LeaseId = i64;
+
+/// etcd's default `--max-txn-ops`: compares, success ops and failure ops of
+/// one transaction are each limited to this many.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// etcd's default `--max-request-bytes` (1.5 MiB): the largest request
+/// (a put or a whole transaction) etcd accepts, bytes.
+pub const MAX_REQUEST_BYTES: usize = 1_572_864;
+
+/// Bytes counted per compare or op on top of its key and value (protobuf
+/// framing, revisions, lease), so estimates stay on the safe side.
+const PER_ITEM_OVERHEAD_BYTES: usize = 32;
+
+/// Keys per page of a range read. With r2o's largest values (chunks of at
+/// most [`crate::meta::CHUNK_BYTES`]) a page may still exceed gRPC's 4 MiB
+/// reply limit, so the etcd backend also halves the page on a too-large reply.
+pub const RANGE_PAGE_KEYS: usize = 256;
 
 /// A stored key and value with its revisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +64,14 @@ pub enum Compare {
     CreateRevision(String, i64),
 }
 
+impl Compare {
+    fn key(&self) -> &str {
+        match self {
+            Compare::ModRevision(k, _) | Compare::CreateRevision(k, _) => k,
+        }
+    }
+}
+
 /// A write of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -59,7 +90,7 @@ pub enum Op {
         key: String,
     },
     /// Delete every key starting with `prefix` (one op, however many keys:
-    /// etcd limits a transaction to 128 ops by default, not keys).
+    /// etcd limits a transaction's ops, not the keys they touch).
     DeletePrefix {
         /// Prefix.
         prefix: String,
@@ -76,18 +107,94 @@ impl Op {
     pub fn delete(key: impl Into<String>) -> Op {
         Op::Delete { key: key.into() }
     }
+
+    /// A delete of every key under `prefix`.
+    pub fn delete_prefix(prefix: impl Into<String>) -> Op {
+        Op::DeletePrefix { prefix: prefix.into() }
+    }
+
+    fn size_bytes(&self) -> usize {
+        PER_ITEM_OVERHEAD_BYTES
+            + match self {
+                Op::Put { key, value, .. } => key.len() + value.len(),
+                Op::Delete { key } => key.len(),
+                Op::DeletePrefix { prefix } => 2 * prefix.len(),
+            }
+    }
+}
+
+/// Checks a transaction against etcd's default limits ([`MAX_TXN_OPS`]
+/// compares, [`MAX_TXN_OPS`] ops, [`MAX_REQUEST_BYTES`] in all).
+///
+/// # Errors
+/// [`Error::Limit`] saying which limit and by how much; not retryable.
+pub fn check_txn(compares: &[Compare], ops: &[Op]) -> Result<()> {
+    if compares.len() > MAX_TXN_OPS {
+        return Err(Error::Limit(format!(
+            "a transaction of {} compares exceeds etcd's limit of {MAX_TXN_OPS}",
+            compares.len()
+        )));
+    }
+    if ops.len() > MAX_TXN_OPS {
+        return Err(Error::Limit(format!(
+            "a transaction of {} operations exceeds etcd's limit of {MAX_TXN_OPS}",
+            ops.len()
+        )));
+    }
+    let bytes: usize = compares.iter().map(|c| c.key().len() + PER_ITEM_OVERHEAD_BYTES).sum::<usize>()
+        + ops.iter().map(Op::size_bytes).sum::<usize>();
+    if bytes > MAX_REQUEST_BYTES {
+        return Err(Error::Limit(format!(
+            "a transaction of about {bytes} bytes exceeds etcd's request limit of {MAX_REQUEST_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_put(key: &str, value: &[u8]) -> Result<()> {
+    let bytes = key.len() + value.len() + PER_ITEM_OVERHEAD_BYTES;
+    if bytes > MAX_REQUEST_BYTES {
+        return Err(Error::Limit(format!(
+            "a put of about {bytes} bytes at '{key}' exceeds etcd's request limit of {MAX_REQUEST_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// One page of a range read.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Entries in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Whether keys remain after the last one returned.
+    pub more: bool,
+}
+
+/// The store's health, for `/readyz` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KvStatus {
+    /// Current revision of the store.
+    pub revision: i64,
+    /// Size of the store's database file, bytes (0 when unknown).
+    pub db_size_bytes: i64,
+    /// Active alarms by name (`NOSPACE`: the space quota is exhausted and
+    /// every write is refused until an operator frees space and disarms it;
+    /// `CORRUPT`).
+    pub alarms: Vec<String>,
 }
 
 /// The narrow interface r2o uses over etcd.
 ///
-/// Errors: [`Error::Meta`] for transport failures (retryable) and
-/// [`Error::LeaseLost`] when a lease has expired or was revoked.
+/// Errors: [`Error::Meta`] for transport failures (retryable),
+/// [`Error::LeaseLost`] when a lease has expired or was revoked,
+/// [`Error::Limit`] for a request over etcd's limits (not retryable).
 #[async_trait]
 pub trait KvBackend: Send + Sync + 'static {
     /// The value at `key`.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
-    /// All keys starting with `prefix`, in key order.
-    async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>>;
+    /// At most `limit` keys starting with `prefix`, in key order, after
+    /// `after` (exclusive) when given.
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page>;
     /// Puts a value (optionally attached to a lease).
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()>;
     /// Deletes a key; `Ok` when it was absent.
@@ -100,10 +207,42 @@ pub trait KvBackend: Send + Sync + 'static {
     async fn keep_alive(&self, lease: LeaseId) -> Result<()>;
     /// Revokes a lease, deleting its keys.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
+    /// Revision, database size and active alarms.
+    async fn status(&self) -> Result<KvStatus>;
+    /// Discards the history of revisions before `revision` (etcd's
+    /// compaction). Compacting to a revision already compacted is `Ok`.
+    async fn compact(&self, revision: i64) -> Result<()>;
+
+    /// Every key starting with `prefix`, in key order, read page by page.
+    async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.range_page(prefix, after.as_deref(), RANGE_PAGE_KEYS).await?;
+            after = page.kvs.last().map(|kv| kv.key.clone());
+            out.extend(page.kvs);
+            if !page.more || after.is_none() {
+                return Ok(out);
+            }
+        }
+    }
 }
 
 /// A shared handle to a backend.
 pub type Kv = Arc<dyn KvBackend>;
+
+/// The smallest key greater than every key starting with `prefix` (etcd's
+/// range end for a prefix); empty for "to the end of the keyspace".
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
 
 // ---------------------------------------------------------------- etcd
 
@@ -117,9 +256,15 @@ fn meta_err(e: etcd_client::Error) -> Error {
     Error::Meta(e.to_string())
 }
 
+/// Largest reply the client decodes (etcd-client's default is 4 MiB); pages
+/// are sized to stay well below it.
+const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
 impl EtcdKv {
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`), with a
-    /// `connect_timeout` for each attempt and request timeouts of 5 s.
+    /// `connect_timeout` for each attempt, request timeouts of 5 s and
+    /// HTTP/2 keep-alive pings every 5 s (dead connections are noticed
+    /// within about 10 s).
     pub async fn connect(endpoints: &[String], connect_timeout: Duration) -> Result<EtcdKv> {
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(connect_timeout)
@@ -140,6 +285,11 @@ fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
+fn too_large(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("message length too large") || text.contains("larger than max") || text.contains("OutOfRange")
+}
+
 #[async_trait]
 impl KvBackend for EtcdKv {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -147,13 +297,34 @@ impl KvBackend for EtcdKv {
         Ok(resp.kvs().first().map(to_kv))
     }
 
-    async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        let opts = etcd_client::GetOptions::new().with_prefix();
-        let resp = self.client.kv_client().get(prefix, Some(opts)).await.map_err(meta_err)?;
-        Ok(resp.kvs().iter().map(to_kv).collect())
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page> {
+        let start: Vec<u8> = match after {
+            Some(a) => {
+                let mut k = a.as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            None => prefix.as_bytes().to_vec(),
+        };
+        let mut limit = limit.max(1);
+        loop {
+            let opts = etcd_client::GetOptions::new().with_range(prefix_end(prefix)).with_limit(limit as i64);
+            let resp = self
+                .client
+                .kv_client()
+                .max_decoding_message_size(MAX_REPLY_BYTES)
+                .get(start.clone(), Some(opts))
+                .await;
+            match resp {
+                Ok(resp) => return Ok(Page { kvs: resp.kvs().iter().map(to_kv).collect(), more: resp.more() }),
+                Err(e) if too_large(&e) && limit > 1 => limit /= 2,
+                Err(e) => return Err(meta_err(e)),
+            }
+        }
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()> {
+        check_put(key, &value)?;
         let opts = lease.map(|l| etcd_client::PutOptions::new().with_lease(l));
         self.client.kv_client().put(key, value, opts).await.map_err(|e| lease_or_meta(e, lease))?;
         Ok(())
@@ -166,6 +337,7 @@ impl KvBackend for EtcdKv {
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool> {
         use etcd_client::{Compare as C, CompareOp, PutOptions, Txn, TxnOp};
+        check_txn(&compares, &ops)?;
         let cmps: Vec<C> = compares
             .into_iter()
             .map(|c| match c {
@@ -218,6 +390,38 @@ impl KvBackend for EtcdKv {
             Err(e) => Err(meta_err(e)),
         }
     }
+
+    async fn status(&self) -> Result<KvStatus> {
+        use etcd_client::{AlarmAction, AlarmType};
+        let mut m = self.client.maintenance_client();
+        let status = m.status().await.map_err(meta_err)?;
+        let alarms = m.alarm(AlarmAction::Get, AlarmType::None, None).await.map_err(meta_err)?;
+        let mut names: Vec<String> = alarms
+            .alarms()
+            .iter()
+            .map(|a| match a.alarm() {
+                AlarmType::Nospace => "NOSPACE".to_string(),
+                AlarmType::Corrupt => "CORRUPT".to_string(),
+                AlarmType::None => "NONE".to_string(),
+            })
+            .filter(|n| n != "NONE")
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(KvStatus {
+            revision: status.header().map_or(0, |h| h.revision()),
+            db_size_bytes: status.db_size(),
+            alarms: names,
+        })
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        match self.client.kv_client().compact(revision, None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("compacted") => Ok(()),
+            Err(e) => Err(meta_err(e)),
+        }
+    }
 }
 
 fn lease_or_meta(e: etcd_client::Error, lease: Option<LeaseId>) -> Error {
@@ -230,8 +434,8 @@ fn lease_or_meta(e: etcd_client::Error, lease: Option<LeaseId>) -> Error {
 
 // ---------------------------------------------------------------- memory
 
-/// In-memory [`KvBackend`] with etcd's revision and lease semantics, for unit
-/// tests of pure logic. Leases expire on the wall clock.
+/// In-memory [`KvBackend`] with etcd's revision, lease and limit semantics,
+/// for unit tests of pure logic. Leases expire on the wall clock.
 #[derive(Clone, Default)]
 pub struct MemKv {
     inner: Arc<Mutex<MemState>>,
@@ -240,9 +444,14 @@ pub struct MemKv {
 #[derive(Default)]
 struct MemState {
     revision: i64,
+    compacted: i64,
     data: BTreeMap<String, KeyValue>,
     leases: HashMap<LeaseId, (Duration, Instant)>,
     next_lease: LeaseId,
+    alarms: Vec<String>,
+    /// Transactions left before the next one fails as if etcd were gone
+    /// (`None`: never); see [`MemKv::fail_txn_after`].
+    txn_budget: Option<usize>,
 }
 
 impl MemState {
@@ -273,6 +482,13 @@ impl MemState {
         }
     }
 
+    fn check_space(&self) -> Result<()> {
+        if self.alarms.iter().any(|a| a == "NOSPACE") {
+            return Err(Error::Meta("etcdserver: mvcc: database space exceeded".into()));
+        }
+        Ok(())
+    }
+
     fn apply_put(&mut self, key: String, value: Vec<u8>, lease: Option<LeaseId>) {
         let rev = self.revision;
         let create = self.data.get(&key).map_or(rev, |kv| kv.create_revision);
@@ -294,6 +510,29 @@ impl MemKv {
         s.expire();
         s
     }
+
+    /// Raises (or clears) an alarm by name, e.g. `NOSPACE`, as etcd does
+    /// when its space quota is exhausted; while `NOSPACE` is raised every
+    /// write fails.
+    pub fn set_alarm(&self, name: &str, raised: bool) {
+        let mut s = self.state();
+        s.alarms.retain(|a| a != name);
+        if raised {
+            s.alarms.push(name.to_string());
+        }
+    }
+
+    /// After `n` more successful transactions, the next one fails with a
+    /// transport error without applying (a lost etcd, for fault tests of
+    /// callers); `None` turns this off.
+    pub fn fail_txn_after(&self, n: Option<usize>) {
+        self.state().txn_budget = n;
+    }
+
+    /// Revision up to which history was compacted.
+    pub fn compacted_revision(&self) -> i64 {
+        self.state().compacted
+    }
 }
 
 #[async_trait]
@@ -302,17 +541,26 @@ impl KvBackend for MemKv {
         Ok(self.state().data.get(key).cloned())
     }
 
-    async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page> {
         let s = self.state();
-        Ok(s.data
-            .range(prefix.to_string()..)
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_string()),
+            None => std::ops::Bound::Included(prefix.to_string()),
+        };
+        let mut iter = s
+            .data
+            .range((start, std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
-            .collect())
+            .map(|(_, v)| v.clone());
+        let kvs: Vec<KeyValue> = iter.by_ref().take(limit.max(1)).collect();
+        let more = iter.next().is_some();
+        Ok(Page { kvs, more })
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()> {
+        check_put(key, &value)?;
         let mut s = self.state();
+        s.check_space()?;
         s.check_lease(lease)?;
         s.revision += 1;
         s.apply_put(key.to_string(), value, lease);
@@ -328,13 +576,23 @@ impl KvBackend for MemKv {
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool> {
+        check_txn(&compares, &ops)?;
         let mut s = self.state();
+        if let Some(n) = s.txn_budget {
+            if n == 0 {
+                return Err(Error::Meta("injected: etcd unreachable".into()));
+            }
+            s.txn_budget = Some(n - 1);
+        }
         let holds = compares.iter().all(|c| match c {
             Compare::ModRevision(k, r) => s.data.get(k).map_or(0, |kv| kv.mod_revision) == *r,
             Compare::CreateRevision(k, r) => s.data.get(k).map_or(0, |kv| kv.create_revision) == *r,
         });
         if !holds {
             return Ok(false);
+        }
+        if ops.iter().any(|o| matches!(o, Op::Put { .. })) {
+            s.check_space()?;
         }
         for op in &ops {
             if let Op::Put { lease, .. } = op {
@@ -378,6 +636,18 @@ impl KvBackend for MemKv {
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         self.state().drop_lease(lease);
+        Ok(())
+    }
+
+    async fn status(&self) -> Result<KvStatus> {
+        let s = self.state();
+        let size = s.data.values().map(|kv| kv.key.len() + kv.value.len()).sum::<usize>();
+        Ok(KvStatus { revision: s.revision, db_size_bytes: size as i64, alarms: s.alarms.clone() })
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        let mut s = self.state();
+        s.compacted = s.compacted.max(revision.min(s.revision));
         Ok(())
     }
 }
@@ -424,11 +694,51 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     for name in ["p/1", "p/2", "p/3", "px"] {
         kv.put(&k(name), b"v".to_vec(), None).await.unwrap();
     }
-    let ok = kv.txn(vec![], vec![Op::DeletePrefix { prefix: k("p/") }]).await.unwrap();
+    let ok = kv.txn(vec![], vec![Op::delete_prefix(k("p/"))]).await.unwrap();
     assert!(ok);
     assert!(kv.range(&k("p/")).await.unwrap().is_empty(), "prefix deleted");
     assert!(kv.get(&k("px")).await.unwrap().is_some(), "a key outside the prefix survives");
     kv.delete(&k("px")).await.unwrap();
+
+    // paging: pages follow each other in key order, none larger than asked,
+    // and a whole range read crosses page boundaries without loss
+    let n = RANGE_PAGE_KEYS + 45;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let ops = chunk.iter().map(|i| Op::put(k(&format!("g/{i:05}")), vec![b'x'; 10])).collect();
+        assert!(kv.txn(vec![], ops).await.unwrap());
+    }
+    let first = kv.range_page(&k("g/"), None, 7).await.unwrap();
+    assert_eq!(first.kvs.len(), 7);
+    assert!(first.more);
+    let second = kv.range_page(&k("g/"), Some(&first.kvs[6].key), 7).await.unwrap();
+    assert_eq!(second.kvs[0].key, k("g/00007"), "the next page starts after the last key");
+    let all = kv.range(&k("g/")).await.unwrap();
+    assert_eq!(all.len(), n, "a paged range read returns every key once");
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key), "in key order");
+    let last = kv.range_page(&k("g/"), Some(&all[n - 3].key), 7).await.unwrap();
+    assert_eq!((last.kvs.len(), last.more), (2, false));
+    assert!(kv.txn(vec![], vec![Op::delete_prefix(k("g/"))]).await.unwrap());
+
+    // etcd's default limits, refused before anything is applied
+    let many: Vec<Op> = (0..=MAX_TXN_OPS).map(|i| Op::put(k(&format!("m/{i}")), b"v".to_vec())).collect();
+    let r = kv.txn(vec![], many).await;
+    assert!(matches!(r, Err(Error::Limit(_))), "a transaction over the op limit is refused: {r:?}");
+    assert!(kv.range(&k("m/")).await.unwrap().is_empty(), "a refused transaction applies nothing");
+    let big = vec![b'x'; MAX_REQUEST_BYTES];
+    let r = kv.put(&k("big"), big.clone(), None).await;
+    assert!(matches!(r, Err(Error::Limit(_))), "a put over the request limit is refused: {r:?}");
+    let r = kv.txn(vec![], vec![Op::put(k("big1"), big[..800_000].to_vec()), Op::put(k("big2"), big[..800_000].to_vec())]).await;
+    assert!(matches!(r, Err(Error::Limit(_))), "a transaction over the request limit is refused: {r:?}");
+    let r = kv.txn(vec![], vec![Op::put(k("big1"), big[..700_000].to_vec()), Op::put(k("big2"), big[..700_000].to_vec())]).await;
+    assert!(matches!(r, Ok(true)), "a transaction within the limits applies: {r:?}");
+    assert!(kv.txn(vec![], vec![Op::delete(k("big1")), Op::delete(k("big2"))]).await.unwrap());
+
+    // status and compaction
+    let st = kv.status().await.unwrap();
+    assert!(st.revision > 0, "status reports the revision: {st:?}");
+    assert!(st.alarms.is_empty(), "no alarm on a healthy store: {st:?}");
+    kv.compact(st.revision).await.unwrap();
+    kv.compact(st.revision).await.unwrap();
 
     // leases: keys die with their lease
     let lease = kv.grant_lease(30).await.unwrap();
@@ -460,5 +770,21 @@ mod tests {
         kv.put("/x", vec![], Some(lease)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert!(kv.get("/x").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn nospace_alarm_refuses_writes_and_shows_in_status() {
+        let kv = MemKv::new();
+        kv.set_alarm("NOSPACE", true);
+        assert_eq!(kv.status().await.unwrap().alarms, vec!["NOSPACE".to_string()]);
+        assert!(kv.put("/x", vec![1], None).await.is_err());
+        kv.set_alarm("NOSPACE", false);
+        kv.put("/x", vec![1], None).await.unwrap();
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), vec![b'a', 0x80]);
     }
 }

@@ -3,23 +3,31 @@
 //!
 //! | key | record | writer |
 //! | --- | --- | --- |
+//! | `cluster` | [`ClusterRecord`]: the install's id and store namespace | first process to start |
 //! | `tables/<raw>` | [`TableRecord`] | admin |
 //! | `segments/<raw>_REALTIME/<segment>` | [`SegmentMeta`] | admin / ingest |
-//! | `segments/<raw>_OFFLINE/<segment>` | [`SegmentMeta`] | controller commit only |
+//! | `segmarks/<raw>` | revision marker, rewritten with every REALTIME change | admin / ingest |
 //! | `watermarks/<raw>` | [`WatermarkRecord`] | controller commit only |
-//! | `lineage/<raw>/<window start>` | [`LineageRecord`] | controller commit only |
+//! | `lineage/<raw>/<window start>` | [`LineageRecord`] of a committed task | controller commit only |
+//! | `manifests/<raw>/<task>/a<attempt>/<n>` | [`chunks`] of OFFLINE [`SegmentMeta`] | controller, before a commit |
+//! | `inputs/<raw>/<task>/<n>` | [`chunks`] of a task's REALTIME inputs | controller, before a publish |
 //! | `tasks/active/<task>` | [`TaskRecord`] | controller (publish, fail), minion (claim) |
 //! | `tasks/inflight/<raw>` | task id: one in-flight task per table | controller |
 //! | `tasks/claims/<task>` | [`ClaimRecord`], on the minion's lease | minion |
-//! | `history/<raw>/<task>` | [`TaskRecord`] of a finished task | controller |
+//! | `history/<raw>/<created>/<task>` | [`TaskRecord`] of a finished task | controller (pruned by age and count) |
 //! | `minions/<id>` | [`MinionRecord`], on the minion's lease | minion |
 //! | `election/leader` | [`LeaderRecord`], on the leader's lease | controller |
+//!
+//! Everything that can grow with a table's size (a task's inputs, a
+//! commit's outputs) lives in [`chunks`] of at most [`CHUNK_BYTES`], written
+//! before the transaction that makes them visible, so every transaction
+//! stays within etcd's limits whatever the table's size.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::kv::{KeyValue, Kv};
+use crate::kv::{Compare, KeyValue, Kv, Op};
 
 /// Status of a REALTIME segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +84,11 @@ pub struct SegmentMeta {
     pub partition: i32,
     /// When the metadata was created, UTC epoch ms.
     pub created_ms: i64,
+    /// REALTIME only: the last segment of its stream partition; the stream
+    /// has ended, so this segment does not hold its last window back
+    /// (Pinot's last-completed-segment rule, see the planner).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end_of_stream: bool,
 }
 
 /// A registered table: Pinot's JSON exactly as given, and flow state.
@@ -114,11 +127,17 @@ pub struct WatermarkRecord {
     /// OFFLINE bytes committed, in total.
     #[serde(default)]
     pub bytes_out: u64,
+    /// Rows of committed inputs whose time value is NULL: they belong to no
+    /// window and are not moved, in total.
+    #[serde(default)]
+    pub rows_null_time: u64,
     /// Last update, UTC epoch ms.
     pub updated_ms: i64,
 }
 
-/// Which OFFLINE segments hold one window's data.
+/// What one committed task moved: its window, where its inputs and outputs
+/// are listed, and totals. The OFFLINE segments a window holds are the
+/// manifest this record names; nothing else is published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LineageRecord {
@@ -126,14 +145,27 @@ pub struct LineageRecord {
     pub window_start_ms: i64,
     /// Window end, UTC epoch ms (exclusive).
     pub window_end_ms: i64,
-    /// REALTIME segments read.
-    pub input_segments: Vec<String>,
-    /// OFFLINE segments written.
-    pub output_segments: Vec<String>,
-    /// The task and attempt that produced them.
+    /// Empty windows skipped just before this one (persisted by this commit).
+    #[serde(default)]
+    pub skipped_windows: u64,
+    /// The task and attempt that produced it; its inputs are the chunks under
+    /// `inputs/<raw>/<task>/`, its outputs those under
+    /// `manifests/<raw>/<task>/a<attempt>/`.
     pub task_id: String,
     /// Attempt number.
     pub attempt: u32,
+    /// REALTIME segments read.
+    pub input_count: u64,
+    /// OFFLINE segments written.
+    pub output_count: u64,
+    /// Manifest chunks holding the OFFLINE segments.
+    pub output_chunks: u32,
+    /// Rows read inside the window.
+    pub rows_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Commit time, UTC epoch ms.
+    pub committed_ms: i64,
 }
 
 /// State of a task.
@@ -148,6 +180,10 @@ pub enum TaskState {
     Succeeded,
     /// Gave up after the last attempt.
     Failed,
+    /// Dropped before commit because what it was planned from changed (a
+    /// segment registered or sealed in its range, the watermark moved, a
+    /// reset); the window is planned again from current metadata.
+    Superseded,
 }
 
 impl TaskState {
@@ -158,16 +194,69 @@ impl TaskState {
             TaskState::Running => "RUNNING",
             TaskState::Succeeded => "SUCCEEDED",
             TaskState::Failed => "FAILED",
+            TaskState::Superseded => "SUPERSEDED",
         }
     }
 }
 
-/// The work for one window of one table, and what became of it.
+/// A task's id: `<raw>__<windowStartMs>__<createdMs>`. Parsed from the
+/// right, so raw table names may themselves contain `__`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// Raw table name.
+    pub table: String,
+    /// Start of its (first) window, UTC epoch ms.
+    pub window_start_ms: i64,
+    /// When it was planned, UTC epoch ms (makes ids unique per window).
+    pub created_ms: i64,
+}
+
+impl TaskId {
+    /// A new id.
+    pub fn new(table: &str, window_start_ms: i64, created_ms: i64) -> TaskId {
+        TaskId { table: table.to_string(), window_start_ms, created_ms }
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}__{}__{}", self.table, self.window_start_ms, self.created_ms)
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<TaskId, String> {
+        let bad = || format!("task id '{s}': expected <table>__<windowStartMs>__<createdMs>");
+        let mut parts = s.rsplitn(3, "__");
+        let created = parts.next().and_then(|p| p.parse::<i64>().ok()).ok_or_else(bad)?;
+        let start = parts.next().and_then(|p| p.parse::<i64>().ok()).ok_or_else(bad)?;
+        let table = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
+        Ok(TaskId::new(table, start, created))
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<TaskId, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The work for one window of one table, and what became of it. Its input
+/// segments are stored beside it in [`chunks`] (`inputs/<raw>/<task>/`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
-    /// `<raw>__<windowStartMs>__<createdMs>`.
-    pub id: String,
+    /// The task's id.
+    pub id: TaskId,
     /// Raw table name.
     pub table: String,
     /// Window start, UTC epoch ms (inclusive).
@@ -177,8 +266,18 @@ pub struct TaskRecord {
     /// Empty windows skipped between the watermark and this window; the
     /// commit persists the skip by moving the watermark past them.
     pub skipped_windows: u64,
-    /// The REALTIME segments overlapping the window.
-    pub inputs: Vec<SegmentMeta>,
+    /// REALTIME segments overlapping the window (listed in its input chunks).
+    pub input_count: u64,
+    /// Input chunks under `inputs/<raw>/<task>/`.
+    pub input_chunks: u32,
+    /// Rows registered for the input segments (an upper bound of the rows
+    /// an attempt can read).
+    pub input_rows: u64,
+    /// Bytes of the input segments.
+    pub input_bytes: u64,
+    /// `mod_revision` of the table's segment marker when the task was
+    /// planned: a commit that finds it changed re-checks the inputs.
+    pub segments_revision: i64,
     /// Snapshot of the table config at planning.
     pub table_config: Value,
     /// Snapshot of the schema at planning.
@@ -193,7 +292,7 @@ pub struct TaskRecord {
     pub created_ms: i64,
     /// Current attempt claimed, UTC epoch ms.
     pub started_ms: i64,
-    /// Finished (committed or failed for good), UTC epoch ms.
+    /// Finished (committed, failed for good or superseded), UTC epoch ms.
     pub finished_ms: i64,
     /// Errors of failed attempts, oldest first (`attempt N: message`).
     pub errors: Vec<String>,
@@ -208,8 +307,12 @@ pub struct TaskRecord {
     pub bytes_in: u64,
     /// Output bytes written.
     pub bytes_out: u64,
+    /// Rows of inputs first seen by this window whose time value is NULL.
+    #[serde(default)]
+    pub rows_null_time: u64,
     /// OFFLINE segments committed.
-    pub output_segments: Vec<String>,
+    #[serde(default)]
+    pub output_count: u64,
     /// Attempts allowed per round (`maxAttemptsPerTask`, resolved at planning).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -256,6 +359,12 @@ impl TaskRecord {
             _ => false,
         };
         open && !claimed && self.attempts_in_round() < self.max_attempts
+    }
+
+    /// The watermark the task was planned from: its window start minus the
+    /// skipped windows, ms.
+    pub fn from_watermark_ms(&self, bucket_ms: i64) -> i64 {
+        self.window_start_ms.saturating_sub((self.skipped_windows as i64).saturating_mul(bucket_ms))
     }
 }
 
@@ -311,15 +420,62 @@ pub struct LeaderRecord {
     pub since_ms: i64,
 }
 
+/// The install: created once by the first process to start against an
+/// empty prefix. Its id names the install's own namespace in the segment
+/// store, so two installs (two prefixes, or two etcd clusters) sharing one
+/// bucket never see, and never delete, each other's objects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRecord {
+    /// Random id, 16 hex digits.
+    pub id: String,
+    /// Creation time, UTC epoch ms.
+    pub created_ms: i64,
+}
+
+impl ClusterRecord {
+    /// The install's root in the segment store: `<prefix without slashes>-<id>/`,
+    /// e.g. `r2o-3f2a9c0d11b7e845/`. Everything r2o writes is under it.
+    pub fn store_namespace(&self, keys: &Keys) -> String {
+        let name: String = keys
+            .prefix()
+            .trim_matches('/')
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .collect();
+        let name = if name.is_empty() { "r2o".to_string() } else { name };
+        format!("{name}-{}/", self.id)
+    }
+}
+
+/// Reads the install's record, creating it when absent (any process may;
+/// the first create wins and everyone reads the same record back).
+pub async fn ensure_cluster(kv: &Kv, keys: &Keys) -> Result<ClusterRecord> {
+    if let Some((c, _)) = get_record::<ClusterRecord>(kv, &keys.cluster()).await? {
+        return Ok(c);
+    }
+    let fresh = ClusterRecord { id: format!("{:016x}", rand::random::<u64>()), created_ms: now_ms() };
+    kv.txn(vec![Compare::CreateRevision(keys.cluster(), 0)], vec![Op::put(keys.cluster(), encode(&fresh))]).await?;
+    get_record::<ClusterRecord>(kv, &keys.cluster())
+        .await?
+        .map(|(c, _)| c)
+        .ok_or_else(|| Error::Meta("the cluster record vanished after it was written".into()))
+}
+
 /// Builds r2o's keys under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
 }
 
-/// Encodes a window start so that keys sort in time order (negative too).
-fn sortable_ms(ms: i64) -> String {
+/// Encodes epoch ms so that keys sort in time order (negative too).
+pub fn sortable_ms(ms: i64) -> String {
     format!("{:020}", (ms as i128 - i64::MIN as i128) as u64)
+}
+
+/// Decodes [`sortable_ms`].
+pub fn unsortable_ms(text: &str) -> Option<i64> {
+    text.parse::<u64>().ok().map(|v| (v as i128 + i64::MIN as i128) as i64)
 }
 
 impl Keys {
@@ -330,6 +486,10 @@ impl Keys {
     /// The prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+    /// `cluster`.
+    pub fn cluster(&self) -> String {
+        format!("{}/cluster", self.prefix)
     }
     /// `tables/<raw>`.
     pub fn table(&self, raw: &str) -> String {
@@ -347,6 +507,15 @@ impl Keys {
     pub fn segments(&self, typed_table: &str) -> String {
         format!("{}/segments/{typed_table}/", self.prefix)
     }
+    /// `segments/`: every table's REALTIME segments.
+    pub fn all_segments(&self) -> String {
+        format!("{}/segments/", self.prefix)
+    }
+    /// `segmarks/<raw>`: rewritten in every transaction that changes the
+    /// table's REALTIME segments, so one revision compare covers them all.
+    pub fn segments_marker(&self, raw: &str) -> String {
+        format!("{}/segmarks/{raw}", self.prefix)
+    }
     /// `watermarks/<raw>`.
     pub fn watermark(&self, raw: &str) -> String {
         format!("{}/watermarks/{raw}", self.prefix)
@@ -359,8 +528,36 @@ impl Keys {
     pub fn lineages(&self, raw: &str) -> String {
         format!("{}/lineage/{raw}/", self.prefix)
     }
+    /// `lineage/`.
+    pub fn all_lineage(&self) -> String {
+        format!("{}/lineage/", self.prefix)
+    }
+    /// `inputs/<raw>/<task>/`: the task's input chunks.
+    pub fn inputs(&self, task: &TaskId) -> String {
+        format!("{}/inputs/{}/{task}/", self.prefix, task.table)
+    }
+    /// `inputs/<raw>/`.
+    pub fn inputs_of_table(&self, raw: &str) -> String {
+        format!("{}/inputs/{raw}/", self.prefix)
+    }
+    /// `inputs/`.
+    pub fn all_inputs(&self) -> String {
+        format!("{}/inputs/", self.prefix)
+    }
+    /// `manifests/<raw>/<task>/a<attempt>/`: an attempt's output chunks.
+    pub fn manifest(&self, task: &TaskId, attempt: u32) -> String {
+        format!("{}/manifests/{}/{task}/a{attempt}/", self.prefix, task.table)
+    }
+    /// `manifests/<raw>/`.
+    pub fn manifests(&self, raw: &str) -> String {
+        format!("{}/manifests/{raw}/", self.prefix)
+    }
+    /// `manifests/`.
+    pub fn all_manifests(&self) -> String {
+        format!("{}/manifests/", self.prefix)
+    }
     /// `tasks/active/<task>`.
-    pub fn active_task(&self, task: &str) -> String {
+    pub fn active_task(&self, task: &TaskId) -> String {
         format!("{}/tasks/active/{task}", self.prefix)
     }
     /// `tasks/active/`.
@@ -372,16 +569,16 @@ impl Keys {
         format!("{}/tasks/inflight/{raw}", self.prefix)
     }
     /// `tasks/claims/<task>`.
-    pub fn claim(&self, task: &str) -> String {
+    pub fn claim(&self, task: &TaskId) -> String {
         format!("{}/tasks/claims/{task}", self.prefix)
     }
     /// `tasks/claims/`.
     pub fn claims(&self) -> String {
         format!("{}/tasks/claims/", self.prefix)
     }
-    /// `history/<raw>/<task>`.
-    pub fn history(&self, raw: &str, task: &str) -> String {
-        format!("{}/history/{raw}/{task}", self.prefix)
+    /// `history/<raw>/<sortable created>/<task>`: oldest first.
+    pub fn history(&self, task: &TaskId) -> String {
+        format!("{}/history/{}/{}/{task}", self.prefix, task.table, sortable_ms(task.created_ms))
     }
     /// `history/<raw>/`.
     pub fn histories(&self, raw: &str) -> String {
@@ -398,6 +595,82 @@ impl Keys {
     /// `election/leader`.
     pub fn leader(&self) -> String {
         format!("{}/election/leader", self.prefix)
+    }
+}
+
+/// Largest chunk of a chunked list, bytes: small enough that a page of
+/// chunks and any transaction that compares them stay within etcd's limits.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Most chunks one list may have (so one transaction can compare them all):
+/// 64 chunks of [`CHUNK_BYTES`], i.e. 16 MiB of metadata, about 45,000
+/// segments.
+pub const MAX_CHUNKS: usize = 64;
+
+/// Lists too large for one etcd value, stored as numbered chunks
+/// `<prefix>000000`, `<prefix>000001`, ... of at most [`CHUNK_BYTES`] each
+/// (a JSON array per chunk).
+pub mod chunks {
+    use super::*;
+
+    /// Encodes `items` as JSON-array chunks of at most [`CHUNK_BYTES`] (an
+    /// item larger than that gets a chunk of its own). An empty list is one
+    /// empty chunk, so every list has at least one key.
+    pub fn encode_all<T: Serialize>(items: &[T]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut current: Vec<u8> = vec![b'['];
+        for item in items {
+            let bytes = encode(item);
+            if current.len() > 1 && current.len() + bytes.len() + 2 > CHUNK_BYTES {
+                current.push(b']');
+                out.push(std::mem::replace(&mut current, vec![b'[']));
+            }
+            if current.len() > 1 {
+                current.push(b',');
+            }
+            current.extend_from_slice(&bytes);
+        }
+        current.push(b']');
+        out.push(current);
+        out
+    }
+
+    /// Key of chunk `n` under `prefix`.
+    pub fn key(prefix: &str, n: usize) -> String {
+        format!("{prefix}{n:06}")
+    }
+
+    /// Writes `items` under `prefix`, one put per chunk, and returns the
+    /// compares a transaction needs to be sure they are still there.
+    ///
+    /// # Errors
+    /// [`Error::Limit`] for more than [`MAX_CHUNKS`] chunks; etcd errors.
+    pub async fn write<T: Serialize>(kv: &Kv, prefix: &str, items: &[T]) -> Result<Vec<Compare>> {
+        let encoded = encode_all(items);
+        if encoded.len() > MAX_CHUNKS {
+            return Err(Error::Limit(format!(
+                "{} items need {} chunks of metadata under {prefix}, more than the {MAX_CHUNKS} one task may have",
+                items.len(),
+                encoded.len()
+            )));
+        }
+        let mut compares = Vec::with_capacity(encoded.len());
+        for (n, bytes) in encoded.into_iter().enumerate() {
+            let key = key(prefix, n);
+            kv.put(&key, bytes, None).await?;
+            let rev = kv.get(&key).await?.map_or(0, |e| e.mod_revision);
+            compares.push(Compare::ModRevision(key, rev));
+        }
+        Ok(compares)
+    }
+
+    /// Reads and concatenates every chunk under `prefix`, in order.
+    pub async fn read<T: DeserializeOwned>(kv: &Kv, prefix: &str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for entry in kv.range(prefix).await? {
+            out.extend(decode::<Vec<T>>(&entry)?);
+        }
+        Ok(out)
     }
 }
 
@@ -419,7 +692,7 @@ pub async fn get_record<T: DeserializeOwned>(kv: &Kv, key: &str) -> Result<Optio
     }
 }
 
-/// Reads and decodes every record under a prefix.
+/// Reads and decodes every record under a prefix (paged).
 pub async fn range_records<T: DeserializeOwned>(kv: &Kv, prefix: &str) -> Result<Vec<(T, KeyValue)>> {
     kv.range(prefix).await?.into_iter().map(|entry| Ok((decode(&entry)?, entry))).collect()
 }
@@ -432,6 +705,8 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::MemKv;
+    use std::sync::Arc;
 
     #[test]
     fn backoffs_grow_and_cap() {
@@ -447,17 +722,13 @@ mod tests {
     #[test]
     fn claimable_respects_state_backoff_claim_and_round() {
         let mut t: TaskRecord = serde_json::from_value(serde_json::json!({
-            "id": "t__0__1", "table": "t", "windowStartMs": 0, "windowEndMs": 1, "skippedWindows": 0, "inputs": [],
+            "id": "t__0__1", "table": "t", "windowStartMs": 0, "windowEndMs": 1, "skippedWindows": 0,
+            "inputCount": 0, "inputChunks": 1, "inputRows": 0, "inputBytes": 0, "segmentsRevision": 0,
             "tableConfig": {}, "schema": {}, "state": "PENDING", "attempt": 0, "minion": "", "createdMs": 0,
-            "startedMs": 0, "finishedMs": 0, "errors": [], "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0,
-            "outputSegments": []
+            "startedMs": 0, "finishedMs": 0, "errors": [], "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0
         }))
         .unwrap();
-        assert_eq!(
-            (t.max_attempts, t.timeout_ms),
-            (3, 3_600_000),
-            "defaults for records written before the policy fields"
-        );
+        assert_eq!((t.max_attempts, t.timeout_ms), (3, 3_600_000), "defaults for the policy fields");
         assert!(t.claimable(0, false));
         assert!(!t.claimable(0, true), "a claimed task is not claimable");
         t.not_before_ms = 10;
@@ -474,13 +745,59 @@ mod tests {
     }
 
     #[test]
-    fn lineage_keys_sort_in_time_order() {
+    fn task_ids_round_trip_with_double_underscores_and_negative_times() {
+        for id in [TaskId::new("t", 0, 1), TaskId::new("a__b__c", -3_600_000, 42), TaskId::new("x_", 5, -1)] {
+            let text = id.to_string();
+            assert_eq!(text.parse::<TaskId>().unwrap(), id, "{text}");
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(serde_json::from_str::<TaskId>(&json).unwrap(), id);
+        }
+        for bad in ["t", "t__1", "__1__2", "t__x__2", "t__1__"] {
+            assert!(bad.parse::<TaskId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sortable_keys_sort_in_time_order() {
         let k = Keys::new("/r2o/");
         let mut v = [5i64, -3, 0, i64::MIN, i64::MAX, -86_400_000];
         let mut keys: Vec<String> = v.iter().map(|t| k.lineage("t", *t)).collect();
         keys.sort();
         v.sort();
         assert_eq!(keys, v.iter().map(|t| k.lineage("t", *t)).collect::<Vec<_>>());
+        assert!(v.iter().all(|t| unsortable_ms(&sortable_ms(*t)) == Some(*t)));
         assert!(k.table("t").starts_with("/r2o/tables/"));
+        let (old, new) = (TaskId::new("t", 9, 100), TaskId::new("t", 1, 2_000));
+        assert!(k.history(&old) < k.history(&new), "history keys sort by creation");
+    }
+
+    #[tokio::test]
+    async fn chunks_round_trip_and_stay_small() {
+        let kv: Kv = Arc::new(MemKv::new());
+        let items: Vec<String> = (0..5_000).map(|i| format!("segment-{i:05}-{}", "x".repeat(100))).collect();
+        let encoded = chunks::encode_all(&items);
+        assert!(encoded.len() > 1, "5,000 items of 120 bytes need several chunks");
+        assert!(encoded.iter().all(|c| c.len() <= CHUNK_BYTES));
+        let compares = chunks::write(&kv, "/c/", &items).await.unwrap();
+        assert_eq!(compares.len(), encoded.len());
+        assert_eq!(chunks::read::<String>(&kv, "/c/").await.unwrap(), items);
+        let empty: Vec<String> = vec![];
+        chunks::write(&kv, "/e/", &empty).await.unwrap();
+        assert!(chunks::read::<String>(&kv, "/e/").await.unwrap().is_empty());
+        let huge: Vec<String> = (0..(MAX_CHUNKS * 3)).map(|_| "y".repeat(CHUNK_BYTES / 2)).collect();
+        assert!(matches!(chunks::write(&kv, "/h/", &huge).await, Err(Error::Limit(_))));
+    }
+
+    #[tokio::test]
+    async fn the_cluster_record_is_created_once_and_names_a_namespace() {
+        let kv: Kv = Arc::new(MemKv::new());
+        let keys = Keys::new("/r2o/a");
+        let a = ensure_cluster(&kv, &keys).await.unwrap();
+        let b = ensure_cluster(&kv, &keys).await.unwrap();
+        assert_eq!(a, b);
+        let ns = a.store_namespace(&keys);
+        assert!(ns.starts_with("r2o-a-") && ns.ends_with('/'), "{ns}");
+        let other = ensure_cluster(&kv, &Keys::new("/r2o/b")).await.unwrap();
+        assert_ne!(other.store_namespace(&Keys::new("/r2o/b")), ns, "two prefixes, two namespaces");
     }
 }

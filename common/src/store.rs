@@ -1,20 +1,66 @@
 //! The segment store: `object_store` chosen from a URI (`file:///abs/dir`,
-//! `memory://`), and the layout of r2o's objects in it:
+//! `s3://bucket[/prefix]`, `memory://`), the layout of r2o's objects in it,
+//! and whole-object helpers that each carry a deadline.
 //!
-//! - `realtime/<raw>_REALTIME/<segment>.parquet`: REALTIME segments;
-//! - `offline/<raw>_OFFLINE/<task>/attempt-<n>/<segment>.parquet`: an
-//!   attempt's staged outputs. A commit publishes them by naming them in
-//!   OFFLINE segment metadata (no copy); the janitor removes what no
-//!   committed metadata names.
+//! Everything an install writes is under its own namespace `<ns>/` (see
+//! [`crate::meta::ClusterRecord::store_namespace`]), laid out by [`Layout`]:
+//!
+//! - `<ns>/realtime/<raw>_REALTIME/<segment>.<upload id>.parquet`: REALTIME
+//!   segments, one object per upload (never overwritten);
+//! - `<ns>/offline/<raw>_OFFLINE/<task>/attempt-<n>/<segment>.parquet`: an
+//!   attempt's staged outputs. A commit publishes them by naming them in a
+//!   manifest (no copy); the janitor removes what no committed metadata
+//!   names, and never looks outside `<ns>/`.
+//!
+//! Object paths are compared in one encoding, [`canonical_path`]
+//! (object_store percent-encodes characters such as `[ ] { } # % ?`).
 
 use bytes::Bytes;
-use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{ConfigError, Error, Result};
+use crate::meta::TaskId;
 
 /// A shared object store handle.
 pub type Store = Arc<dyn ObjectStore>;
+
+/// Default deadline of one whole-object store call (get, put, head), ms.
+pub const DEFAULT_STORE_DEADLINE_MS: u64 = 120_000;
+
+static STORE_DEADLINE_MS: AtomicU64 = AtomicU64::new(DEFAULT_STORE_DEADLINE_MS);
+
+/// Sets the deadline of every store call made through this module's helpers
+/// (process-wide; set once at start from the `store_timeout_secs` setting).
+pub fn set_store_deadline(deadline: Duration) {
+    STORE_DEADLINE_MS.store(deadline.as_millis().max(1) as u64, Ordering::Relaxed);
+}
+
+/// The current store-call deadline.
+pub fn store_deadline() -> Duration {
+    Duration::from_millis(STORE_DEADLINE_MS.load(Ordering::Relaxed))
+}
+
+/// Runs one store call under the deadline; a call past it fails with a
+/// retryable [`Error::Store`].
+async fn deadline<T>(
+    path: &str,
+    call: impl std::future::Future<Output = object_store::Result<T>>,
+) -> Result<T> {
+    let limit = store_deadline();
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r.map_err(|source| Error::Store { path: path.into(), source }),
+        Err(_) => Err(Error::Store {
+            path: path.into(),
+            source: object_store::Error::Generic {
+                store: "deadline",
+                source: format!("no answer within {} ms (store_timeout_secs)", limit.as_millis()).into(),
+            },
+        }),
+    }
+}
 
 /// Opens the store named by `uri`: `file:///abs/dir` (created if missing),
 /// `s3://bucket[/prefix]` (S3 or any S3-compatible server; endpoint, region,
@@ -75,43 +121,95 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Object path of a REALTIME segment.
-pub fn realtime_path(raw: &str, segment: &str) -> String {
-    format!("realtime/{raw}_REALTIME/{segment}.parquet")
+/// The one encoding object paths are compared in: object_store's own
+/// (percent-encoded) form of `location`.
+pub fn canonical_path(location: &str) -> String {
+    Path::from(location).to_string()
 }
 
-/// Staging prefix of one attempt (unique to the attempt).
-pub fn staging_prefix(raw: &str, task_id: &str, attempt: u32) -> String {
-    format!("offline/{raw}_OFFLINE/{task_id}/attempt-{attempt}/")
+/// Where an install's objects go in the store (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    namespace: String,
 }
 
-/// Prefix of all staged and committed OFFLINE objects of a table.
-pub fn offline_prefix(raw: &str) -> String {
-    format!("offline/{raw}_OFFLINE/")
+impl Layout {
+    /// The layout under `namespace` (e.g. `r2o-3f2a9c0d11b7e845/`; a
+    /// missing trailing `/` is added).
+    pub fn new(namespace: &str) -> Layout {
+        let ns = namespace.trim_matches('/');
+        Layout { namespace: format!("{ns}/") }
+    }
+
+    /// `<ns>/`: everything the install writes, and all the janitor may delete.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// `<ns>/realtime/<raw>_REALTIME/`.
+    pub fn realtime_prefix(&self, raw: &str) -> String {
+        format!("{}realtime/{raw}_REALTIME/", self.namespace)
+    }
+
+    /// A fresh object path for one upload of a REALTIME segment:
+    /// `<ns>/realtime/<raw>_REALTIME/<segment>.<upload id>.parquet`, where the
+    /// upload id is random, so an upload never overwrites another.
+    pub fn realtime_upload(&self, raw: &str, segment: &str) -> String {
+        format!("{}{segment}.{:016x}.parquet", self.realtime_prefix(raw), rand::random::<u64>())
+    }
+
+    /// `<ns>/offline/<raw>_OFFLINE/`.
+    pub fn offline_prefix(&self, raw: &str) -> String {
+        format!("{}offline/{raw}_OFFLINE/", self.namespace)
+    }
+
+    /// Staging prefix of one attempt (unique to the attempt).
+    pub fn staging_prefix(&self, task: &TaskId, attempt: u32) -> String {
+        format!("{}{task}/attempt-{attempt}/", self.offline_prefix(&task.table))
+    }
 }
 
-/// Reads a whole object.
+/// Reads a whole object, within the store deadline.
 pub async fn get_bytes(store: &Store, path: &str) -> Result<Bytes> {
     let p = Path::from(path);
-    let got = store.get(&p).await.map_err(|source| Error::Store { path: path.into(), source })?;
-    got.bytes().await.map_err(|source| Error::Store { path: path.into(), source })
+    let got = deadline(path, store.get(&p)).await?;
+    deadline(path, got.bytes()).await
 }
 
-/// Writes a whole object (overwriting).
+/// Reads `range` of an object (bytes), within the store deadline.
+pub async fn get_range(store: &Store, path: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+    deadline(path, store.get_range(&Path::from(path), range)).await
+}
+
+/// Writes a whole object (overwriting), within the store deadline. For
+/// staged outputs, whose paths are unique to their attempt.
 pub async fn put_bytes(store: &Store, path: &str, bytes: Bytes) -> Result<()> {
-    store
-        .put(&Path::from(path), PutPayload::from(bytes))
-        .await
-        .map_err(|source| Error::Store { path: path.into(), source })?;
+    deadline(path, store.put(&Path::from(path), PutPayload::from(bytes))).await?;
+    Ok(())
+}
+
+/// Writes a new object, failing with `AlreadyExists` (not retryable) when
+/// one is there: registered REALTIME objects are never overwritten.
+pub async fn put_new(store: &Store, path: &str, bytes: Bytes) -> Result<()> {
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+    deadline(path, store.put_opts(&Path::from(path), PutPayload::from(bytes), opts)).await?;
     Ok(())
 }
 
 /// Size of an object in bytes, `None` when it does not exist.
 pub async fn object_size(store: &Store, path: &str) -> Result<Option<u64>> {
-    match store.head(&Path::from(path)).await {
+    match deadline(path, store.head(&Path::from(path))).await {
         Ok(meta) => Ok(Some(meta.size)),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(source) => Err(Error::Store { path: path.into(), source }),
+        Err(Error::Store { source: object_store::Error::NotFound { .. }, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes an object (absent is fine), within the store deadline.
+pub async fn delete_object(store: &Store, path: &str) -> Result<()> {
+    match deadline(path, store.delete(&Path::from(path))).await {
+        Ok(()) | Err(Error::Store { source: object_store::Error::NotFound { .. }, .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -18,6 +18,7 @@ impl From<&SegmentMeta> for pb::Segment {
             location: s.location.clone(),
             partition: s.partition,
             created_ms: s.created_ms,
+            end_of_stream: s.end_of_stream,
         }
     }
 }
@@ -36,28 +37,33 @@ pub fn segment_from_wire(s: &pb::Segment) -> Option<SegmentMeta> {
         location: s.location.clone(),
         partition: s.partition,
         created_ms: s.created_ms,
+        end_of_stream: s.end_of_stream,
     })
 }
 
 impl From<&TaskRecord> for pb::Task {
     fn from(t: &TaskRecord) -> pb::Task {
         pb::Task {
-            id: t.id.clone(),
+            id: t.id.to_string(),
             table: t.table.clone(),
             window_start_ms: t.window_start_ms,
             window_end_ms: t.window_end_ms,
             state: t.state.name().into(),
             attempt: t.attempt,
-            input_segments: t.inputs.iter().map(|s| s.segment_name.clone()).collect(),
+            input_segments: vec![],
             rows_in: t.rows_in,
             rows_out: t.rows_out,
-            output_segments: t.output_segments.clone(),
+            output_segments: vec![],
             error: t.errors.last().cloned().unwrap_or_default(),
             created_ms: t.created_ms,
             finished_ms: t.finished_ms,
             minion: t.minion.clone(),
             trigger: t.trigger.clone(),
             started_ms: t.started_ms,
+            rows_null_time: t.rows_null_time,
+            input_count: t.input_count,
+            output_count: t.output_count,
+            errors: t.errors.clone(),
         }
     }
 }

@@ -13,7 +13,15 @@
 //!    own start (when it has rows) and the end of the latest DONE segment of
 //!    the same stream partition (Pinot's "window data overflows into
 //!    CONSUMING segments" rule); with neither, anything may still arrive.
-//! 5. A window with no DONE segment is skipped (the skip is persisted by the
+//! 5. The window waits while one of its DONE segments is the latest
+//!    completed segment of its stream partition and ends before the window
+//!    does: the rest of the window may still arrive in that partition's next
+//!    segment, registered or not (Pinot's last-completed-segment rule; as in
+//!    Pinot it applies to segments with LLC names
+//!    `<table>__<partition>__<sequence>__<yyyyMMddTHHmmZ>`, the latest being
+//!    the highest sequence number). A segment registered as the end of its
+//!    stream (`end_of_stream`) does not hold its window.
+//! 6. A window with no DONE segment is skipped (the skip is persisted by the
 //!    next commit); when no DONE segment ends at or after the window, the
 //!    table is caught up.
 
@@ -62,6 +70,14 @@ pub enum WaitReason {
         /// The CONSUMING segment.
         segment: String,
     },
+    /// The latest completed segment of a partition ends inside the window
+    /// (rule 5): the rest may still come in that partition's next segment.
+    LastCompleted {
+        /// The window.
+        window: Window,
+        /// The partition's latest completed segment.
+        segment: String,
+    },
 }
 
 impl std::fmt::Display for WaitReason {
@@ -85,6 +101,14 @@ impl std::fmt::Display for WaitReason {
                 format_utc(window.start_ms),
                 format_utc(window.end_ms)
             ),
+            WaitReason::LastCompleted { window, segment } => write!(
+                f,
+                "window {} .. {} waits for the segment after {segment}, the latest completed segment of its \
+                 partition, which ends inside the window (mark the stream ended with r2o segment seal \
+                 --end-of-stream if no more data will come)",
+                format_utc(window.start_ms),
+                format_utc(window.end_ms)
+            ),
         }
     }
 }
@@ -101,6 +125,37 @@ fn consuming_floor_ms(seg: &SegmentMeta, latest_done_end: &HashMap<i32, i64>) ->
     }
 }
 
+/// A Pinot LLC segment name `<table>__<partition>__<sequence>__<yyyyMMddTHHmmZ>`
+/// as (partition, sequence); `None` for any other name. Parsed from the
+/// right, so table names may contain `__`.
+pub fn llc_name(name: &str) -> Option<(i32, u64)> {
+    let mut parts = name.rsplitn(4, "__");
+    let time = parts.next()?;
+    let seq = parts.next()?.parse::<u64>().ok()?;
+    let partition = parts.next()?.parse::<i32>().ok()?;
+    let table = parts.next()?;
+    let time_ok = time.len() == 14
+        && time.ends_with('Z')
+        && time.as_bytes()[8] == b'T'
+        && time.bytes().enumerate().all(|(i, b)| i == 8 || i == 13 || b.is_ascii_digit());
+    (time_ok && !table.is_empty()).then_some((partition, seq))
+}
+
+/// Names of the DONE segments that are the latest completed LLC segment of
+/// their partition and do not end their stream (rule 5).
+fn latest_completed(done: &[&SegmentMeta]) -> HashMap<i32, (u64, &'_ str, bool)> {
+    let mut latest: HashMap<i32, (u64, &str, bool)> = HashMap::new();
+    for s in done {
+        if let Some((partition, seq)) = llc_name(&s.segment_name) {
+            let e = latest.entry(partition).or_insert((seq, &s.segment_name, s.end_of_stream));
+            if seq > e.0 {
+                *e = (seq, &s.segment_name, s.end_of_stream);
+            }
+        }
+    }
+    latest
+}
+
 /// Plans the next window of one table. Pure: no I/O, no clock.
 ///
 /// `segments` are the table's REALTIME segments (any status); `watermark_ms`
@@ -115,6 +170,7 @@ pub fn plan(flow: &FlowConfig, segments: &[SegmentMeta], watermark_ms: Option<i6
         let e = latest_done_end.entry(s.partition).or_insert(i64::MIN);
         *e = (*e).max(s.end_time_ms);
     }
+    let latest = latest_completed(&done);
     let with_rows_min = segments.iter().filter(|s| s.total_docs > 0).map(|s| s.start_time_ms).min();
     let mut wm = match (watermark_ms, with_rows_min) {
         (Some(w), _) => w,
@@ -147,6 +203,15 @@ pub fn plan(flow: &FlowConfig, segments: &[SegmentMeta], watermark_ms: Option<i6
             .collect();
         if !inputs.is_empty() {
             inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
+            let holding = inputs.iter().find(|s| {
+                s.end_time_ms < window.end_ms
+                    && llc_name(&s.segment_name).is_some_and(|(p, _)| {
+                        latest.get(&p).is_some_and(|(_, name, ended)| *name == s.segment_name && !ended)
+                    })
+            });
+            if let Some(s) = holding {
+                return Decision::Wait(WaitReason::LastCompleted { window, segment: s.segment_name.clone() });
+            }
             return Decision::Run { window, skipped_windows: skipped, inputs };
         }
         // Empty window: jump to the window of the next DONE segment.
@@ -161,6 +226,44 @@ pub fn plan(flow: &FlowConfig, segments: &[SegmentMeta], watermark_ms: Option<i6
         let next_wm = floor_to_bucket(next_start, bucket).max(window.end_ms);
         skipped += ((next_wm as i128 - wm as i128) / bucket as i128) as u64;
         wm = next_wm;
+    }
+}
+
+/// Whether a task planned from `from_watermark_ms` for `window` with
+/// `input_names` (sorted) would be planned the same way now, from current
+/// segment metadata: the same window, the same skipped windows, the same
+/// inputs. Used at commit when the table's segments changed after planning.
+///
+/// # Errors
+/// What changed, in words, when the plan differs.
+pub fn recheck(
+    flow: &FlowConfig,
+    segments: &[SegmentMeta],
+    from_watermark_ms: i64,
+    window: Window,
+    skipped_windows: u64,
+    input_names: &[String],
+    now_ms: i64,
+) -> Result<(), String> {
+    match plan(flow, segments, Some(from_watermark_ms), now_ms) {
+        Decision::Run { window: w, skipped_windows: k, inputs } => {
+            if w != window || k != skipped_windows {
+                return Err(format!(
+                    "window {w} is now the next one to run, not {window}: a segment with rows in a skipped window was registered"
+                ));
+            }
+            let now: Vec<&str> = inputs.iter().map(|s| s.segment_name.as_str()).collect();
+            if now != input_names.iter().map(String::as_str).collect::<Vec<_>>() {
+                let added: Vec<&str> = now.iter().copied().filter(|n| !input_names.iter().any(|i| i == n)).collect();
+                let gone: Vec<&str> =
+                    input_names.iter().map(String::as_str).filter(|n| !now.contains(n)).collect();
+                return Err(format!(
+                    "the inputs of window {window} changed since planning (added: {added:?}, gone: {gone:?})"
+                ));
+            }
+            Ok(())
+        }
+        Decision::Wait(reason) => Err(format!("window {window} is no longer ready: {reason}")),
     }
 }
 
@@ -202,7 +305,12 @@ mod tests {
             location: String::new(),
             partition,
             created_ms: 0,
+            end_of_stream: false,
         }
+    }
+
+    fn llc(p: i32, seq: u64) -> String {
+        format!("t__{p}__{seq}__20200913T1200Z")
     }
 
     fn names(d: &Decision) -> Vec<String> {
@@ -284,8 +392,78 @@ mod tests {
         assert!(matches!(plan(&f, &s, None, 0), Decision::Wait(WaitReason::Buffer { .. })));
     }
 
+    #[test]
+    fn llc_names_parse_from_the_right() {
+        assert_eq!(llc_name("t__3__17__20200913T1200Z"), Some((3, 17)));
+        assert_eq!(llc_name("a__b__0__5__20200913T1200Z"), Some((0, 5)), "table names may contain __");
+        for other in ["t__3__17", "seg", "t__x__1__20200913T1200Z", "t__1__2__2020-09-13", "__1__2__20200913T1200Z"] {
+            assert_eq!(llc_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_latest_completed_segment_holds_the_window_it_ends_in() {
+        // Pinot's rule: partition 0's latest completed segment ends inside
+        // [H, 2H), so that window waits for the next one even though no
+        // CONSUMING segment is registered.
+        let f = flow(H, 0);
+        let s = [seg(&llc(0, 0), 10, H + 10, SegmentStatus::Done, 0), seg(&llc(0, 1), H + 20, H + 30, SegmentStatus::Done, 0)];
+        assert_eq!(names(&plan(&f, &s, Some(0), 100 * H)), vec![llc(0, 0)], "window [0, H) runs");
+        assert!(
+            matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::LastCompleted { ref segment, .. }) if *segment == llc(0, 1))
+        );
+        // the next segment arrives (and crosses the window end): the window runs
+        let mut more = s.to_vec();
+        more.push(seg(&llc(0, 2), H + 40, 2 * H + 5, SegmentStatus::Done, 0));
+        assert_eq!(names(&plan(&f, &more, Some(H), 100 * H)), vec![llc(0, 1), llc(0, 2)]);
+        // the stream ended with the last one: it does not hold the window
+        let mut ended = s.to_vec();
+        ended[1].end_of_stream = true;
+        assert_eq!(names(&plan(&f, &ended, Some(H), 100 * H)), vec![llc(0, 1)]);
+        // a segment without an LLC name (an upload) never holds
+        let uploaded = [seg("upload-1", 10, H + 10, SegmentStatus::Done, 0)];
+        assert_eq!(names(&plan(&f, &uploaded, Some(H), 100 * H)), vec!["upload-1"]);
+        // another partition's latest segment holds too
+        let s = [seg(&llc(0, 4), 10, 3 * H, SegmentStatus::Done, 0), seg(&llc(1, 9), 10, H + 1, SegmentStatus::Done, 1)];
+        assert!(matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::LastCompleted { .. })));
+    }
+
+    #[test]
+    fn recheck_finds_new_inputs_new_data_in_skipped_windows_and_new_consuming_segments() {
+        let f = flow(H, 0);
+        let a = seg("a", 5 * H + 1, 5 * H + 2, SegmentStatus::Done, 0);
+        let segs = vec![seg("z", 0, 10, SegmentStatus::Done, 0), a.clone()];
+        let Decision::Run { window, skipped_windows, inputs } = plan(&f, &segs, Some(H), 100 * H) else {
+            panic!("runs")
+        };
+        let names: Vec<String> = inputs.iter().map(|s| s.segment_name.clone()).collect();
+        assert_eq!(recheck(&f, &segs, H, window, skipped_windows, &names, 100 * H), Ok(()));
+        // a segment registered later that does not touch the range changes nothing
+        let mut later = segs.clone();
+        later.push(seg("late", 9 * H, 9 * H + 1, SegmentStatus::Done, 0));
+        assert_eq!(recheck(&f, &later, H, window, skipped_windows, &names, 100 * H), Ok(()));
+        // a new input of the window
+        let mut added = segs.clone();
+        added.push(seg("b", 5 * H + 5, 5 * H + 6, SegmentStatus::Done, 0));
+        let e = recheck(&f, &added, H, window, skipped_windows, &names, 100 * H).unwrap_err();
+        assert!(e.contains("\"b\""), "{e}");
+        // data in a skipped window
+        let mut skipped = segs.clone();
+        skipped.push(seg("c", 2 * H + 5, 2 * H + 6, SegmentStatus::Done, 0));
+        assert!(recheck(&f, &skipped, H, window, skipped_windows, &names, 100 * H).is_err());
+        // a CONSUMING segment that may still hold rows of the window
+        let mut consuming = segs;
+        consuming.push(seg("d", 5 * H + 9, 5 * H + 9, SegmentStatus::Consuming, 0));
+        let e = recheck(&f, &consuming, H, window, skipped_windows, &names, 100 * H).unwrap_err();
+        assert!(e.contains("CONSUMING"), "{e}");
+    }
+
     fn arb_segments() -> impl Strategy<Value = Vec<(i64, i64, bool, i32)>> {
         prop::collection::vec((-50i64..200, 0i64..30, prop::bool::weighted(0.15), 0i32..3), 1..12)
+    }
+
+    fn arb_names() -> impl Strategy<Value = bool> {
+        prop::bool::weighted(0.5)
     }
 
     proptest! {
@@ -296,13 +474,15 @@ mod tests {
         #[test]
         fn simulated_flow_moves_each_point_once(
             raw in arb_segments(),
+            llc_names in arb_names(),
             bucket in 1i64..40,
             buffer in 0i64..30,
             now in 0i64..300,
         ) {
             let f = flow(bucket, buffer);
             let segs: Vec<SegmentMeta> = raw.iter().enumerate().map(|(i, (s, len, c, p))| {
-                seg(&format!("s{i:02}"), *s, s + len, if *c { SegmentStatus::Consuming } else { SegmentStatus::Done }, *p)
+                let name = if llc_names { llc(*p, i as u64) } else { format!("s{i:02}") };
+                seg(&name, *s, s + len, if *c { SegmentStatus::Consuming } else { SegmentStatus::Done }, *p)
             }).collect();
             let mut wm = None;
             let mut committed: Vec<Window> = vec![];
@@ -324,6 +504,15 @@ mod tests {
                             prop_assert_eq!(is_input, overlaps && s.status == SegmentStatus::Done);
                             if s.status == SegmentStatus::Consuming {
                                 prop_assert!(s.start_time_ms >= window.end_ms, "window ran while CONSUMING data could land in it");
+                            }
+                        }
+                        let latest = latest_completed(&segs.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0).collect::<Vec<_>>());
+                        for i in &inputs {
+                            if let Some((p, _)) = llc_name(&i.segment_name) {
+                                prop_assert!(
+                                    !(latest[&p].1 == i.segment_name && i.end_time_ms < window.end_ms),
+                                    "ran a window its partition's latest completed segment ends in"
+                                );
                             }
                         }
                         prop_assert!(committed.iter().all(|c| c.end_ms <= window.start_ms), "windows move forward without overlap");
