@@ -301,16 +301,20 @@ pub fn footer_facts(meta: &parquet::file::metadata::ParquetMetaData) -> FooterFa
                 continue;
             }
             let r = match stats {
-                Statistics::Int32(s) if s.min_is_exact() && s.max_is_exact() => {
-                    s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Int { min: i64::from(*a), max: i64::from(*b) })
-                }
+                Statistics::Int32(s) if s.min_is_exact() && s.max_is_exact() => s
+                    .min_opt()
+                    .zip(s.max_opt())
+                    .map(|(a, b)| ValueRange::Int { min: i64::from(*a), max: i64::from(*b) }),
                 Statistics::Int64(s) if s.min_is_exact() && s.max_is_exact() => {
                     s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Int { min: *a, max: *b })
                 }
-                Statistics::Float(s) => {
-                    s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Float { min: f64::from(*a), max: f64::from(*b) })
+                Statistics::Float(s) => s
+                    .min_opt()
+                    .zip(s.max_opt())
+                    .map(|(a, b)| ValueRange::Float { min: f64::from(*a), max: f64::from(*b) }),
+                Statistics::Double(s) => {
+                    s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Float { min: *a, max: *b })
                 }
-                Statistics::Double(s) => s.min_opt().zip(s.max_opt()).map(|(a, b)| ValueRange::Float { min: *a, max: *b }),
                 _ => None,
             };
             match (r, range) {

@@ -213,6 +213,12 @@ pub trait KvBackend: Send + Sync + 'static {
     /// compaction). Compacting to a revision already compacted is `Ok`.
     async fn compact(&self, revision: i64) -> Result<()>;
 
+    /// Every key (no values) starting with `prefix`, in key order, read
+    /// page by page.
+    async fn range_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self.range(prefix).await?.into_iter().map(|kv| kv.key).collect())
+    }
+
     /// Every key starting with `prefix`, in key order, read page by page.
     async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         let mut out = Vec::new();
@@ -309,16 +315,33 @@ impl KvBackend for EtcdKv {
         let mut limit = limit.max(1);
         loop {
             let opts = etcd_client::GetOptions::new().with_range(prefix_end(prefix)).with_limit(limit as i64);
-            let resp = self
-                .client
-                .kv_client()
-                .max_decoding_message_size(MAX_REPLY_BYTES)
-                .get(start.clone(), Some(opts))
-                .await;
+            let resp =
+                self.client.kv_client().max_decoding_message_size(MAX_REPLY_BYTES).get(start.clone(), Some(opts)).await;
             match resp {
                 Ok(resp) => return Ok(Page { kvs: resp.kvs().iter().map(to_kv).collect(), more: resp.more() }),
                 Err(e) if too_large(&e) && limit > 1 => limit /= 2,
                 Err(e) => return Err(meta_err(e)),
+            }
+        }
+    }
+
+    async fn range_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut start = prefix.as_bytes().to_vec();
+        loop {
+            let opts = etcd_client::GetOptions::new().with_range(prefix_end(prefix)).with_limit(4096).with_keys_only();
+            let resp = self.client.kv_client().get(start.clone(), Some(opts)).await.map_err(meta_err)?;
+            let keys: Vec<String> =
+                resp.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
+            let more = resp.more();
+            if let Some(last) = keys.last() {
+                start = last.as_bytes().to_vec();
+                start.push(0);
+            }
+            let empty = keys.is_empty();
+            out.extend(keys);
+            if !more || empty {
+                return Ok(out);
             }
         }
     }
@@ -714,6 +737,8 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     assert_eq!(second.kvs[0].key, k("g/00007"), "the next page starts after the last key");
     let all = kv.range(&k("g/")).await.unwrap();
     assert_eq!(all.len(), n, "a paged range read returns every key once");
+    let keys = kv.range_keys(&k("g/")).await.unwrap();
+    assert_eq!(keys, all.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), "keys only, same keys");
     assert!(all.windows(2).all(|w| w[0].key < w[1].key), "in key order");
     let last = kv.range_page(&k("g/"), Some(&all[n - 3].key), 7).await.unwrap();
     assert_eq!((last.kvs.len(), last.more), (2, false));
@@ -727,9 +752,13 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     let big = vec![b'x'; MAX_REQUEST_BYTES];
     let r = kv.put(&k("big"), big.clone(), None).await;
     assert!(matches!(r, Err(Error::Limit(_))), "a put over the request limit is refused: {r:?}");
-    let r = kv.txn(vec![], vec![Op::put(k("big1"), big[..800_000].to_vec()), Op::put(k("big2"), big[..800_000].to_vec())]).await;
+    let r = kv
+        .txn(vec![], vec![Op::put(k("big1"), big[..800_000].to_vec()), Op::put(k("big2"), big[..800_000].to_vec())])
+        .await;
     assert!(matches!(r, Err(Error::Limit(_))), "a transaction over the request limit is refused: {r:?}");
-    let r = kv.txn(vec![], vec![Op::put(k("big1"), big[..700_000].to_vec()), Op::put(k("big2"), big[..700_000].to_vec())]).await;
+    let r = kv
+        .txn(vec![], vec![Op::put(k("big1"), big[..700_000].to_vec()), Op::put(k("big2"), big[..700_000].to_vec())])
+        .await;
     assert!(matches!(r, Ok(true)), "a transaction within the limits applies: {r:?}");
     assert!(kv.txn(vec![], vec![Op::delete(k("big1")), Op::delete(k("big2"))]).await.unwrap());
 

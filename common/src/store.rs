@@ -45,10 +45,7 @@ pub fn store_deadline() -> Duration {
 
 /// Runs one store call under the deadline; a call past it fails with a
 /// retryable [`Error::Store`].
-async fn deadline<T>(
-    path: &str,
-    call: impl std::future::Future<Output = object_store::Result<T>>,
-) -> Result<T> {
+async fn deadline<T>(path: &str, call: impl std::future::Future<Output = object_store::Result<T>>) -> Result<T> {
     let limit = store_deadline();
     match tokio::time::timeout(limit, call).await {
         Ok(r) => r.map_err(|source| Error::Store { path: path.into(), source }),

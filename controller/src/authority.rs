@@ -1,15 +1,22 @@
 //! The commit authority: publishes planned tasks, commits completed
-//! attempts, and records failures — each in one etcd transaction that
-//! checks the revisions it read (DESIGN.md, the commit protocol).
+//! attempts, records failures and supersedes tasks whose plan no longer
+//! holds. Each step reads what it needs, decides with a pure function of
+//! [`crate::protocol`] (or [`crate::planner`], [`crate::validate`]) and
+//! writes one etcd transaction comparing the revisions it read (DESIGN.md,
+//! the commit protocol).
+//!
+//! Every way an attempt can end ends it here, decided by the leader: a
+//! commit, a refused report (validation: the failure path, with backoff and
+//! then FAILED), a superseded plan, a failure report, an attempt whose
+//! claim vanished or that outlived its `timeoutMs`.
 
-use r2o_common::config::{MergeType, TableSpec};
-use r2o_common::kv::{Compare, KeyValue, Kv, Op};
+use r2o_common::config::TableSpec;
+use r2o_common::kv::{KeyValue, Kv, Op};
 use r2o_common::meta::{
-    attempt_backoff_ms, encode, get_record, now_ms, range_records, round_backoff_ms, ClaimRecord, Keys, LineageRecord,
-    SegmentMeta, SegmentStatus, TableRecord, TaskRecord, TaskState, WatermarkRecord,
+    chunks, get_record, now_ms, range_records, ClaimRecord, Keys, SegmentMeta, SegmentStatus, TableRecord, TaskId,
+    TaskRecord, TaskState, WatermarkRecord,
 };
-use r2o_common::store::{object_size, staging_prefix, Store};
-use r2o_common::window::floor_to_bucket;
+use r2o_common::store::{Layout, Store};
 use r2o_proto::controller as pb;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -17,7 +24,9 @@ use tracing::{info, warn};
 
 use crate::election::Leadership;
 use crate::error::{ControllerError, Result};
-use crate::planner::{plan, Decision};
+use crate::planner::{plan, recheck, Decision};
+use crate::protocol::{self, AttemptRevs, ReportTotals};
+use crate::validate::{self, FooterCache};
 
 /// Settings of the commit authority.
 #[derive(Debug, Clone)]
@@ -27,6 +36,9 @@ pub struct AuthorityConfig {
     pub max_attempts: u32,
     /// Attempt timeout unless the table sets Pinot's `timeoutMs`, ms.
     pub default_timeout_ms: i64,
+    /// Grace past an attempt's `timeoutMs` before the leader ends it itself
+    /// (the minion's own deadline should have ended it first), ms.
+    pub attempt_grace_ms: i64,
 }
 
 /// The controller's state-changing logic over etcd and the segment store.
@@ -35,6 +47,7 @@ pub struct Authority {
     pub(crate) kv: Kv,
     pub(crate) keys: Keys,
     pub(crate) store: Store,
+    pub(crate) layout: Layout,
     pub(crate) cfg: AuthorityConfig,
     pub(crate) leadership: watch::Receiver<Option<Leadership>>,
     /// Wakes the planning loop after a commit, so the next window of the
@@ -42,6 +55,8 @@ pub struct Authority {
     pub(crate) replan: std::sync::Arc<tokio::sync::Notify>,
     /// Metrics observed while committing.
     pub(crate) metrics: Option<crate::metrics::ControllerMetrics>,
+    /// Footers of REALTIME inputs, for validation.
+    pub(crate) footers: FooterCache,
 }
 
 /// A table as stored plus its parsed view.
@@ -56,7 +71,7 @@ pub(crate) async fn load_table(kv: &Kv, keys: &Keys, raw: &str) -> Result<Option
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanOutcome {
     /// A task was published for the window.
-    Published(String, r2o_common::window::Window),
+    Published(TaskId, r2o_common::window::Window),
     /// A task is already in flight.
     InFlight(String),
     /// The table is paused.
@@ -76,24 +91,50 @@ impl std::fmt::Display for PlanOutcome {
     }
 }
 
-/// `<raw>__<windowStartMs>__<createdMs>`.
-pub fn task_id(raw: &str, window_start_ms: i64, created_ms: i64) -> String {
-    format!("{raw}__{window_start_ms}__{created_ms}")
+/// Where an attempt stands, as read from etcd.
+enum Attempt {
+    /// It is the task's current attempt and holds its claim.
+    Current { task: TaskRecord, revs: AttemptRevs },
+    /// The task is no longer active (committed, superseded or reset).
+    Gone,
+}
+
+/// The table's REALTIME segments and the revision of its segment marker,
+/// read marker first: a change after the marker read moves the marker.
+pub(crate) async fn segments_with_revision(kv: &Kv, keys: &Keys, raw: &str) -> Result<(Vec<SegmentMeta>, i64)> {
+    let rev = kv.get(&keys.segments_marker(raw)).await?.map_or(0, |e| e.mod_revision);
+    let segments = range_records::<SegmentMeta>(kv, &keys.segments(&format!("{raw}_REALTIME")))
+        .await?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    Ok((segments, rev))
 }
 
 impl Authority {
-    /// A new authority.
+    /// A new authority writing under `layout` in `store`.
     pub fn new(
         kv: Kv,
         keys: Keys,
         store: Store,
+        layout: Layout,
         cfg: AuthorityConfig,
         leadership: watch::Receiver<Option<Leadership>>,
     ) -> Authority {
-        Authority { kv, keys, store, cfg, leadership, replan: Default::default(), metrics: None }
+        Authority {
+            kv,
+            keys,
+            store,
+            layout,
+            cfg,
+            leadership,
+            replan: Default::default(),
+            metrics: None,
+            footers: FooterCache::new(100_000),
+        }
     }
 
-    fn leadership(&self) -> Result<Leadership> {
+    pub(crate) fn leadership(&self) -> Result<Leadership> {
         (*self.leadership.borrow()).ok_or_else(|| ControllerError::NotLeader { leader: "unknown".into() })
     }
 
@@ -104,17 +145,9 @@ impl Authority {
         })
     }
 
-    /// REALTIME segment metadata of a table.
-    pub async fn realtime_segments(&self, raw: &str) -> Result<Vec<SegmentMeta>> {
-        let typed = format!("{raw}_REALTIME");
-        Ok(range_records::<SegmentMeta>(&self.kv, &self.keys.segments(&typed))
-            .await?
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect())
-    }
-
-    /// One planning pass over every table (leader only). Returns tasks published.
+    /// One planning pass over every table (leader only): publishes what is
+    /// ready and ends attempts that can no longer end by themselves.
+    /// Returns the tasks published.
     pub async fn plan_all(&self) -> Result<usize> {
         let leadership = self.leadership()?;
         let tables = self.kv.range(&self.keys.tables()).await?;
@@ -127,7 +160,7 @@ impl Authority {
                 Err(e) => warn!(table = %raw, error = %e, "planning failed"),
             }
         }
-        self.fail_exhausted(leadership).await?;
+        self.expire_attempts(leadership).await?;
         Ok(published)
     }
 
@@ -146,21 +179,26 @@ impl Authority {
         }
         let spec = TableSpec::from_json(rec.table_config, rec.schema)?;
         let (wm, wm_rev) = self.watermark(raw).await?;
-        let segments = self.realtime_segments(raw).await?;
+        let (segments, segments_rev) = segments_with_revision(&self.kv, &self.keys, raw).await?;
         let now = now_ms();
         let (window, skipped_windows, inputs) =
             match plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now) {
                 Decision::Run { window, skipped_windows, inputs } => (window, skipped_windows, inputs),
                 Decision::Wait(reason) => return Ok(PlanOutcome::Wait(reason.to_string())),
             };
-        let id = task_id(raw, window.start_ms, now);
+        let id = TaskId::new(raw, window.start_ms, now);
+        let input_chunks = chunks::encode_all(&inputs).len() as u32;
         let task = TaskRecord {
             id: id.clone(),
             table: raw.to_string(),
             window_start_ms: window.start_ms,
             window_end_ms: window.end_ms,
             skipped_windows,
-            inputs,
+            input_count: inputs.len() as u64,
+            input_chunks,
+            input_rows: inputs.iter().map(|s| s.total_docs).sum(),
+            input_bytes: inputs.iter().map(|s| s.size_bytes).sum(),
+            segments_revision: segments_rev,
             table_config: spec.config_json.clone(),
             schema: spec.schema_json.clone(),
             state: TaskState::Pending,
@@ -175,7 +213,8 @@ impl Authority {
             rows_out: 0,
             bytes_in: 0,
             bytes_out: 0,
-            output_segments: vec![],
+            rows_null_time: 0,
+            output_count: 0,
             max_attempts: spec.flow.max_attempts_per_task.unwrap_or(self.cfg.max_attempts).max(1),
             timeout_ms: spec.flow.timeout_ms.unwrap_or(self.cfg.default_timeout_ms),
             not_before_ms: 0,
@@ -183,24 +222,18 @@ impl Authority {
             failed_rounds: 0,
             retry_at_ms: 0,
         };
-        let ok = self
-            .kv
-            .txn(
-                vec![
-                    Compare::CreateRevision(inflight_key.clone(), 0),
-                    Compare::ModRevision(self.keys.watermark(raw), wm_rev),
-                    Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
-                ],
-                vec![
-                    Op::put(self.keys.active_task(&id), encode(&task)),
-                    Op::put(inflight_key, id.clone().into_bytes()),
-                ],
-            )
-            .await?;
-        if !ok {
+        let input_revs = match chunks::write(&self.kv, &self.keys.inputs(&id), &inputs).await {
+            Ok(r) => r,
+            Err(r2o_common::Error::Limit(why)) => {
+                return Ok(PlanOutcome::Wait(format!("window {window} cannot be planned: {why}")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !protocol::publish(&self.keys, &task, wm_rev, leadership, input_revs).apply(&self.kv).await? {
+            let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
             return Ok(PlanOutcome::Wait("the table changed while planning; planning again on the next tick".into()));
         }
-        info!(table = %raw, task = %id, trigger, window_start_ms = window.start_ms, window_end_ms = window.end_ms, inputs = task.inputs.len(), skipped_windows, "task published");
+        info!(table = %raw, task = %id, trigger, window_start_ms = window.start_ms, window_end_ms = window.end_ms, inputs = task.input_count, skipped_windows, "task published");
         Ok(PlanOutcome::Published(id, window))
     }
 
@@ -210,31 +243,26 @@ impl Authority {
         self.plan_table(raw, leadership, "manual").await
     }
 
-    /// Resets a flow (leader only). `flush`: delete the OFFLINE segment
-    /// metadata, lineage and watermark (the janitor removes the files) and
-    /// restart from the earliest data; otherwise (append) only abandon the
-    /// in-flight task and continue from the watermark. `dry_run` reports
-    /// what would go and changes nothing.
+    /// Resets a flow (leader only). `flush`: delete the lineage, manifests
+    /// and inputs of the committed windows and the watermark (the janitor
+    /// removes the files) and restart from the earliest data; otherwise
+    /// (append) only abandon the in-flight task and continue from the
+    /// watermark. `dry_run` reports what would go and changes nothing.
     pub async fn reset(&self, raw: &str, flush: bool, dry_run: bool) -> Result<pb::ResetTableResponse> {
         let leadership = self.leadership()?;
         if self.kv.get(&self.keys.table(raw)).await?.is_none() {
             return Err(ControllerError::NotFound(format!("table '{raw}'")));
         }
-        let offline = format!("{raw}_OFFLINE");
-        let segments: Vec<SegmentMeta> = range_records::<SegmentMeta>(&self.kv, &self.keys.segments(&offline))
-            .await?
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        let windows = self.kv.range(&self.keys.lineages(raw)).await?.len() as u64;
+        let offline = crate::registry::offline_segments(&self.kv, &self.keys, raw).await?;
+        let windows = self.kv.range_keys(&self.keys.lineages(raw)).await?.len() as u64;
         let (wm, wm_rev) = self.watermark(raw).await?;
         let inflight = self.kv.get(&self.keys.inflight(raw)).await?;
         let abandoned = inflight.as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned()).unwrap_or_default();
         let mut resp = pb::ResetTableResponse {
             mode: if flush { "FLUSH" } else { "APPEND" }.into(),
-            offline_segments: if flush { segments.len() as u64 } else { 0 },
-            offline_rows: if flush { segments.iter().map(|s| s.total_docs).sum() } else { 0 },
-            offline_bytes: if flush { segments.iter().map(|s| s.size_bytes).sum() } else { 0 },
+            offline_segments: if flush { offline.len() as u64 } else { 0 },
+            offline_rows: if flush { offline.iter().map(|s| s.total_docs).sum() } else { 0 },
+            offline_bytes: if flush { offline.iter().map(|s| s.size_bytes).sum() } else { 0 },
             windows: if flush { windows } else { 0 },
             watermark_ms: wm.as_ref().map_or(0, |w| w.watermark_ms),
             abandoned_task: abandoned.clone(),
@@ -243,22 +271,32 @@ impl Authority {
         if dry_run {
             return Ok(resp);
         }
+        use r2o_common::kv::Compare;
         let mut compares = vec![
             Compare::ModRevision(self.keys.watermark(raw), wm_rev),
             Compare::ModRevision(self.keys.inflight(raw), inflight.as_ref().map_or(0, |e| e.mod_revision)),
             Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
         ];
         let mut ops = vec![Op::delete(self.keys.inflight(raw))];
-        if !abandoned.is_empty() {
-            let task_key = self.keys.active_task(&abandoned);
-            let task_rev = self.kv.get(&task_key).await?.map_or(0, |e| e.mod_revision);
-            compares.push(Compare::ModRevision(task_key.clone(), task_rev));
+        if let Ok(id) = abandoned.parse::<TaskId>() {
+            let task_key = self.keys.active_task(&id);
+            let task = get_record::<TaskRecord>(&self.kv, &task_key).await?;
+            compares.push(Compare::ModRevision(task_key.clone(), task.as_ref().map_or(0, |(_, e)| e.mod_revision)));
+            if let Some((t, _)) = task {
+                let mut gone = protocol::for_history(&t);
+                gone.state = TaskState::Superseded;
+                gone.finished_ms = now_ms();
+                gone.errors.push(format!("superseded: the flow was reset ({})", resp.mode));
+                ops.push(Op::put(self.keys.history(&id), r2o_common::meta::encode(&gone)));
+            }
             ops.push(Op::delete(task_key));
-            ops.push(Op::delete(self.keys.claim(&abandoned)));
+            ops.push(Op::delete(self.keys.claim(&id)));
+            ops.push(Op::delete_prefix(self.keys.inputs(&id)));
         }
         if flush {
-            ops.push(Op::DeletePrefix { prefix: self.keys.segments(&offline) });
-            ops.push(Op::DeletePrefix { prefix: self.keys.lineages(raw) });
+            ops.push(Op::delete_prefix(self.keys.lineages(raw)));
+            ops.push(Op::delete_prefix(self.keys.manifests(raw)));
+            ops.push(Op::delete_prefix(self.keys.inputs_of_table(raw)));
             ops.push(Op::delete(self.keys.watermark(raw)));
         }
         if !self.kv.txn(compares, ops).await? {
@@ -272,19 +310,48 @@ impl Authority {
         Ok(resp)
     }
 
-    /// Marks RUNNING tasks whose claim is gone and whose round is used up
-    /// as FAILED, and re-arms FAILED tasks whose round backoff has passed.
-    async fn fail_exhausted(&self, leadership: Leadership) -> Result<()> {
+    /// Ends attempts that cannot end by themselves and re-arms FAILED
+    /// tasks whose round backoff has passed:
+    /// - a RUNNING task whose claim is gone (its minion's lease expired)
+    ///   with no attempts left in its round becomes FAILED;
+    /// - a RUNNING task past `timeoutMs` plus the grace is ended as a failed
+    ///   attempt (its claim released), whatever its minion is doing.
+    async fn expire_attempts(&self, leadership: Leadership) -> Result<()> {
         let now = now_ms();
+        let prefix = self.keys.claims();
+        let claims: std::collections::HashMap<String, i64> = self
+            .kv
+            .range(&prefix)
+            .await?
+            .into_iter()
+            .map(|kv| (kv.key[prefix.len()..].to_string(), kv.mod_revision))
+            .collect();
         for (task, entry) in range_records::<TaskRecord>(&self.kv, &self.keys.active_tasks()).await? {
+            let claim_rev = claims.get(&task.id.to_string()).copied().unwrap_or(0);
+            let revs = AttemptRevs { task: entry.mod_revision, claim: claim_rev };
             match task.state {
-                TaskState::Running if task.attempts_in_round() >= task.max_attempts => {
-                    if self.kv.get(&self.keys.claim(&task.id)).await?.is_some() {
-                        continue;
-                    }
-                    let mut t = task.clone();
-                    t.errors.push(format!("attempt {}: the minion's lease expired", t.attempt));
-                    self.finish_failed(t, &entry, None, leadership).await?;
+                TaskState::Running if claim_rev == 0 && task.attempts_in_round() >= task.max_attempts => {
+                    let attempt = task.attempt;
+                    let next = protocol::attempt_failed(
+                        task,
+                        attempt,
+                        "the attempt ended without a report (its minion died, lost its lease or gave the task back)",
+                        now,
+                    );
+                    self.apply_failure(&next, &revs, leadership).await?;
+                }
+                TaskState::Running
+                    if claim_rev != 0
+                        && task.started_ms > 0
+                        && now > task.started_ms + task.timeout_ms + self.cfg.attempt_grace_ms =>
+                {
+                    let attempt = task.attempt;
+                    let error = format!(
+                        "the attempt ran past timeoutMs ({} ms) and its claim was released by the leader",
+                        task.timeout_ms
+                    );
+                    let next = protocol::attempt_failed(task, attempt, &error, now);
+                    self.apply_failure(&next, &revs, leadership).await?;
                 }
                 TaskState::Failed if task.retry_at_ms > 0 && task.retry_at_ms <= now => {
                     self.rearm(task, &entry, leadership, "round backoff passed").await?;
@@ -295,25 +362,26 @@ impl Authority {
         Ok(())
     }
 
-    /// Starts a new round of attempts for a FAILED task.
-    async fn rearm(&self, mut t: TaskRecord, entry: &KeyValue, leadership: Leadership, why: &str) -> Result<bool> {
-        t.state = TaskState::Pending;
-        t.round_start_attempt = t.attempt;
-        t.retry_at_ms = 0;
-        t.not_before_ms = 0;
-        t.finished_ms = 0;
-        let ok = self
-            .kv
-            .txn(
-                vec![
-                    Compare::ModRevision(entry.key.clone(), entry.mod_revision),
-                    Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
-                ],
-                vec![Op::put(entry.key.clone(), encode(&t))],
-            )
-            .await?;
+    /// Writes a failed attempt's outcome; logs it.
+    async fn apply_failure(&self, next: &TaskRecord, revs: &AttemptRevs, leadership: Leadership) -> Result<bool> {
+        let ok = protocol::record_failure(&self.keys, next, revs, leadership).apply(&self.kv).await?;
         if ok {
-            info!(table = %t.table, task = %t.id, attempt = t.attempt, failed_rounds = t.failed_rounds, why, "failed task re-armed");
+            let error = next.errors.last().cloned().unwrap_or_default();
+            if next.state == TaskState::Failed {
+                warn!(table = %next.table, task = %next.id, attempt = next.attempt, error = %error, "task failed after its last attempt");
+            } else {
+                warn!(table = %next.table, task = %next.id, attempt = next.attempt, error = %error, not_before_ms = next.not_before_ms, "attempt failed; will retry");
+            }
+        }
+        Ok(ok)
+    }
+
+    /// Starts a new round of attempts for a FAILED task.
+    async fn rearm(&self, t: TaskRecord, entry: &KeyValue, leadership: Leadership, why: &str) -> Result<bool> {
+        let next = protocol::rearmed(t);
+        let ok = protocol::update_task(&self.keys, &next, entry.mod_revision, leadership).apply(&self.kv).await?;
+        if ok {
+            info!(table = %next.table, task = %next.id, attempt = next.attempt, failed_rounds = next.failed_rounds, why, "failed task re-armed");
             self.replan.notify_one();
         }
         Ok(ok)
@@ -326,7 +394,9 @@ impl Authority {
         let Some(entry) = self.kv.get(&self.keys.inflight(table)).await? else {
             return Err(ControllerError::NotFound(format!("a task in flight for table '{table}'")));
         };
-        let id = String::from_utf8_lossy(&entry.value).into_owned();
+        let id: TaskId = String::from_utf8_lossy(&entry.value)
+            .parse()
+            .map_err(|e| ControllerError::Common(r2o_common::Error::Meta(e)))?;
         let Some((t, entry)) = get_record::<TaskRecord>(&self.kv, &self.keys.active_task(&id)).await? else {
             return Err(ControllerError::NotFound(format!("active task {id}")));
         };
@@ -339,296 +409,237 @@ impl Authority {
         if !self.rearm(t, &entry, leadership, "operator retry").await? {
             return Err(ControllerError::Stale(format!("task {id} changed while retrying; try again")));
         }
-        Ok(id)
+        Ok(id.to_string())
     }
 
-    async fn finish_failed(
-        &self,
-        mut t: TaskRecord,
-        entry: &KeyValue,
-        claim: Option<&KeyValue>,
-        leadership: Leadership,
-    ) -> Result<bool> {
-        t.state = TaskState::Failed;
-        t.finished_ms = now_ms();
-        t.failed_rounds += 1;
-        t.retry_at_ms = t.finished_ms + round_backoff_ms(t.failed_rounds);
-        let mut compares = vec![
-            Compare::ModRevision(entry.key.clone(), entry.mod_revision),
-            Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
-        ];
-        if let Some(c) = claim {
-            compares.push(Compare::ModRevision(c.key.clone(), c.mod_revision));
-        }
-        let ok = self
-            .kv
-            .txn(compares, vec![Op::put(entry.key.clone(), encode(&t)), Op::delete(self.keys.claim(&t.id))])
-            .await?;
-        if ok {
-            warn!(table = %t.table, task = %t.id, attempt = t.attempt, error = %t.errors.last().cloned().unwrap_or_default(), "task failed after its last attempt");
-        }
-        Ok(ok)
-    }
-
-    /// Reads the active task and the claim of `attempt` by `minion`, or says why it is stale.
-    async fn current_attempt(
-        &self,
-        task_id: &str,
-        attempt: u32,
-        minion: &str,
-    ) -> Result<Option<(TaskRecord, KeyValue, KeyValue)>> {
-        let Some((task, entry)) = get_record::<TaskRecord>(&self.kv, &self.keys.active_task(task_id)).await? else {
-            return Ok(None);
+    /// Reads the active task and the claim of `attempt` by `minion`.
+    ///
+    /// # Errors
+    /// [`ControllerError::Stale`] saying why the attempt is not current.
+    async fn current_attempt(&self, id: &TaskId, attempt: u32, minion: &str) -> Result<Attempt> {
+        let Some((task, entry)) = get_record::<TaskRecord>(&self.kv, &self.keys.active_task(id)).await? else {
+            return Ok(Attempt::Gone);
         };
         if task.attempt != attempt || task.state != TaskState::Running {
             return Err(ControllerError::Stale(format!(
-                "attempt {attempt} of task {task_id} is not current: the task is {} at attempt {}",
+                "attempt {attempt} of task {id} is not current: the task is {} at attempt {}",
                 task.state.name(),
                 task.attempt
             )));
         }
-        let claim = get_record::<ClaimRecord>(&self.kv, &self.keys.claim(task_id)).await?;
-        match claim {
-            Some((c, centry)) if c.attempt == attempt && c.minion_id == minion => Ok(Some((task, entry, centry))),
+        match get_record::<ClaimRecord>(&self.kv, &self.keys.claim(id)).await? {
+            Some((c, centry)) if c.attempt == attempt && c.minion_id == minion => Ok(Attempt::Current {
+                task,
+                revs: AttemptRevs { task: entry.mod_revision, claim: centry.mod_revision },
+            }),
             _ => Err(ControllerError::Stale(format!(
-                "attempt {attempt} of task {task_id} no longer holds its claim (minion {minion}'s lease expired or the task was re-claimed)"
+                "attempt {attempt} of task {id} no longer holds its claim (minion {minion}'s lease expired, it gave the task back, or the task was re-claimed)"
             ))),
         }
+    }
+
+    fn parse_id(text: &str) -> Result<TaskId> {
+        text.parse().map_err(ControllerError::Invalid)
     }
 
     /// Commits a completed attempt (step 4 of the commit protocol). Returns
     /// `committed = false` when the same attempt was already committed.
+    ///
+    /// # Errors
+    /// - [`ControllerError::Validation`]: the report was refused; the
+    ///   attempt has been recorded as failed (retry with backoff, or FAILED).
+    /// - [`ControllerError::Stale`]: the attempt is not current, or its plan
+    ///   no longer holds (the task was superseded and will be planned again).
+    /// - [`ControllerError::Conflict`] and etcd/store errors: retryable.
     pub async fn complete(&self, req: &pb::CompleteTaskRequest) -> Result<pb::CompleteTaskResponse> {
         let leadership = self.leadership()?;
-        let Some((task, entry, claim)) = self.current_attempt(&req.task_id, req.attempt, &req.minion_id).await? else {
-            return self.already_committed(&req.task_id, req.attempt).await;
-        };
-        let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
-        self.validate(&task, &spec, req).await?;
+        let id = Self::parse_id(&req.task_id)?;
+        for _ in 0..3 {
+            let (task, revs) = match self.current_attempt(&id, req.attempt, &req.minion_id).await? {
+                Attempt::Current { task, revs } => (task, revs),
+                Attempt::Gone => return self.already_committed(&id, req.attempt).await,
+            };
+            let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
+            let inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&id)).await?;
 
-        let raw = task.table.clone();
-        let (wm, wm_rev) = self.watermark(&raw).await?;
-        let expected_start = wm.as_ref().map(|w| w.watermark_ms);
-        if let Some(w) = expected_start {
-            let from = task.window_start_ms - task.skipped_windows as i64 * spec.flow.bucket_ms;
-            if w != from {
-                return Err(ControllerError::Stale(format!(
-                    "task {} was planned from watermark {from} but the watermark is {w}",
-                    task.id
-                )));
+            // the plan still holds: same watermark, same inputs
+            let (wm, wm_rev) = self.watermark(&task.table).await?;
+            let (segments_rev, changed) = self.plan_changed(&task, &spec, &inputs, wm.as_ref()).await?;
+            if let Some(reason) = changed {
+                let txn = protocol::supersede(&self.keys, &task, revs.task, leadership, &reason, now_ms());
+                if txn.apply(&self.kv).await? {
+                    warn!(table = %task.table, task = %id, attempt = req.attempt, reason = %reason, "task superseded at commit; planning the window again");
+                    self.replan.notify_one();
+                    return Err(ControllerError::Stale(format!(
+                        "task {id} was superseded: {reason}; the window is planned again"
+                    )));
+                }
+                continue;
             }
-        }
-        let now = now_ms();
-        let offline = spec.offline_name();
-        let mut ops = Vec::new();
-        let mut names = Vec::new();
-        let mut bytes_out = 0;
-        for o in &req.outputs {
-            let meta = SegmentMeta {
-                segment_name: o.name.clone(),
-                table_name: offline.clone(),
-                status: SegmentStatus::Done,
-                start_time_ms: o.start_time_ms,
-                end_time_ms: o.end_time_ms,
-                total_docs: o.num_rows,
-                size_bytes: o.size_bytes,
-                schema_fingerprint: req.schema_fingerprint.clone(),
-                location: o.location.clone(),
-                partition: o.partition,
-                created_ms: now,
-            };
-            bytes_out += o.size_bytes;
-            names.push(o.name.clone());
-            ops.push(Op::put(self.keys.segment(&offline, &o.name), encode(&meta)));
-        }
-        let lineage = LineageRecord {
-            window_start_ms: task.window_start_ms,
-            window_end_ms: task.window_end_ms,
-            input_segments: task.inputs.iter().map(|s| s.segment_name.clone()).collect(),
-            output_segments: names.clone(),
-            task_id: task.id.clone(),
-            attempt: req.attempt,
-        };
-        ops.push(Op::put(self.keys.lineage(&raw, task.window_start_ms), encode(&lineage)));
-        let old = wm.unwrap_or_default();
-        let new_wm = WatermarkRecord {
-            watermark_ms: task.window_end_ms,
-            windows_committed: old.windows_committed + 1,
-            windows_skipped: old.windows_skipped + task.skipped_windows,
-            rows_out: old.rows_out + req.rows_out,
-            rows_in: old.rows_in + req.rows_in,
-            bytes_in: old.bytes_in + req.bytes_in,
-            bytes_out: old.bytes_out + bytes_out,
-            updated_ms: now,
-        };
-        ops.push(Op::put(self.keys.watermark(&raw), encode(&new_wm)));
-        let mut done = task.clone();
-        done.state = TaskState::Succeeded;
-        done.finished_ms = now;
-        done.rows_in = req.rows_in;
-        done.rows_out = req.rows_out;
-        done.bytes_in = req.bytes_in;
-        done.bytes_out = bytes_out;
-        done.output_segments = names;
-        ops.push(Op::delete(entry.key.clone()));
-        ops.push(Op::put(self.keys.history(&raw, &task.id), encode(&done)));
-        ops.push(Op::delete(claim.key.clone()));
-        ops.push(Op::delete(self.keys.inflight(&raw)));
-        let ok = self
-            .kv
-            .txn(
-                vec![
-                    Compare::ModRevision(entry.key.clone(), entry.mod_revision),
-                    Compare::ModRevision(claim.key.clone(), claim.mod_revision),
-                    Compare::ModRevision(self.keys.watermark(&raw), wm_rev),
-                    Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
-                ],
-                ops,
-            )
-            .await?;
-        if !ok {
-            // Something moved under us: answer as a fresh call would.
-            return match self.current_attempt(&req.task_id, req.attempt, &req.minion_id).await? {
-                None => self.already_committed(&req.task_id, req.attempt).await,
-                Some(_) => Err(ControllerError::Stale(format!(
-                    "commit of task {} attempt {} lost a race (watermark or leadership changed); nothing was committed",
-                    req.task_id, req.attempt
-                ))),
-            };
-        }
-        self.replan.notify_one();
-        if let Some(m) = &self.metrics {
-            m.task_duration.with_label_values(&[&raw]).observe((now - task.started_ms).max(0) as f64 / 1000.0);
-            if req.attempt == 1 {
-                m.queue_wait
-                    .with_label_values(&[&raw])
-                    .observe((task.started_ms - task.created_ms).max(0) as f64 / 1000.0);
+
+            // validate against the inputs and the staged files themselves
+            let (evidence, input_footers) = validate::gather(&self.store, &self.footers, &req.outputs, &inputs).await?;
+            if let Err(why) = validate::check(&task, &spec, &self.layout, &inputs, &input_footers, req, &evidence) {
+                let msg = format!("validation failed: {why}");
+                let next = protocol::attempt_failed(task, req.attempt, &msg, now_ms());
+                if !self.apply_failure(&next, &revs, leadership).await? {
+                    continue;
+                }
+                return Err(ControllerError::Validation(format!("task {id} attempt {}: {why}", req.attempt)));
             }
+
+            // outputs to a manifest, then the commit
+            let now = now_ms();
+            let outputs: Vec<SegmentMeta> = req
+                .outputs
+                .iter()
+                .map(|o| SegmentMeta {
+                    segment_name: o.name.clone(),
+                    table_name: spec.offline_name(),
+                    status: SegmentStatus::Done,
+                    start_time_ms: o.start_time_ms,
+                    end_time_ms: o.end_time_ms,
+                    total_docs: o.num_rows,
+                    size_bytes: o.size_bytes,
+                    schema_fingerprint: req.schema_fingerprint.clone(),
+                    location: o.location.clone(),
+                    partition: o.partition,
+                    created_ms: now,
+                    end_of_stream: false,
+                })
+                .collect();
+            let manifest = match chunks::write(&self.kv, &self.keys.manifest(&id, req.attempt), &outputs).await {
+                Ok(m) => m,
+                Err(r2o_common::Error::Limit(why)) => {
+                    let msg = format!("validation failed: {why} (raise maxNumRecordsPerSegment)");
+                    let next = protocol::attempt_failed(task, req.attempt, &msg, now);
+                    self.apply_failure(&next, &revs, leadership).await?;
+                    return Err(ControllerError::Validation(format!("task {id} attempt {}: {why}", req.attempt)));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let totals = ReportTotals {
+                attempt: req.attempt,
+                rows_in: req.rows_in,
+                rows_out: req.rows_out,
+                bytes_in: req.bytes_in,
+                bytes_out: outputs.iter().map(|o| o.size_bytes).sum(),
+                rows_null_time: req.rows_null_time,
+                outputs: outputs.len() as u64,
+                output_chunks: manifest.len() as u32,
+            };
+            let done = protocol::committed(&task, &totals, wm.as_ref(), now);
+            let txn = protocol::commit(&self.keys, &task, &revs, wm_rev, segments_rev, leadership, manifest, &done);
+            if !txn.apply(&self.kv).await? {
+                continue; // something moved: decide again from a fresh read
+            }
+            self.replan.notify_one();
+            if let Some(m) = &self.metrics {
+                m.task_duration
+                    .with_label_values(&[&task.table])
+                    .observe((now - task.started_ms).max(0) as f64 / 1000.0);
+                if req.attempt == 1 {
+                    m.queue_wait
+                        .with_label_values(&[&task.table])
+                        .observe((task.started_ms - task.created_ms).max(0) as f64 / 1000.0);
+                }
+            }
+            if req.rows_null_time > 0 {
+                warn!(table = %task.table, task = %id, rows_null_time = req.rows_null_time, "rows with a NULL time value belong to no window and were not moved");
+            }
+            info!(table = %task.table, task = %id, attempt = req.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = req.rows_in, rows_out = req.rows_out, segments = req.outputs.len(), "window committed");
+            return Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: task.window_end_ms });
         }
-        info!(table = %raw, task = %task.id, attempt = req.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = req.rows_in, rows_out = req.rows_out, segments = req.outputs.len(), "window committed");
-        Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: task.window_end_ms })
+        Err(ControllerError::Conflict(format!(
+            "the commit of task {id} attempt {} kept racing other writes; nothing was committed, report again",
+            req.attempt
+        )))
     }
 
-    async fn already_committed(&self, task_id: &str, attempt: u32) -> Result<pb::CompleteTaskResponse> {
-        let raw = task_id.split("__").next().unwrap_or_default();
-        match get_record::<TaskRecord>(&self.kv, &self.keys.history(raw, task_id)).await? {
+    /// Whether the task's plan still holds at commit: the watermark is the
+    /// one it was planned from, and, when the table's segments changed since
+    /// planning, the planner would plan the same window with the same
+    /// inputs. Returns the segment marker's revision checked and the reason
+    /// when it does not hold.
+    async fn plan_changed(
+        &self,
+        task: &TaskRecord,
+        spec: &TableSpec,
+        inputs: &[SegmentMeta],
+        wm: Option<&WatermarkRecord>,
+    ) -> Result<(i64, Option<String>)> {
+        let from = task.from_watermark_ms(spec.flow.bucket_ms);
+        if let Some(w) = wm {
+            if w.watermark_ms != from {
+                return Ok((
+                    0,
+                    Some(format!("it was planned from watermark {from} but the watermark is {}", w.watermark_ms)),
+                ));
+            }
+        }
+        let marker = self.kv.get(&self.keys.segments_marker(&task.table)).await?.map_or(0, |e| e.mod_revision);
+        if marker == task.segments_revision {
+            return Ok((marker, None));
+        }
+        let (segments, rev) = segments_with_revision(&self.kv, &self.keys, &task.table).await?;
+        let names: Vec<String> = inputs.iter().map(|s| s.segment_name.clone()).collect();
+        let window = r2o_common::window::Window { start_ms: task.window_start_ms, end_ms: task.window_end_ms };
+        // a cold-start plan is checked as a cold start: an earlier segment moves the first window
+        let position = wm.map(|w| w.watermark_ms);
+        let result = match position {
+            Some(_) => recheck(&spec.flow, &segments, from, window, task.skipped_windows, &names, now_ms()),
+            None => match plan(&spec.flow, &segments, None, now_ms()) {
+                Decision::Run { window: w, skipped_windows: k, .. } if w == window && k == task.skipped_windows => {
+                    recheck(&spec.flow, &segments, from, window, task.skipped_windows, &names, now_ms())
+                }
+                Decision::Run { window: w, .. } => Err(format!("the first window is now {w}, not {window}")),
+                Decision::Wait(reason) => Err(format!("window {window} is no longer ready: {reason}")),
+            },
+        };
+        // inputs registered again under the same name with other data would be refused at
+        // registration; a changed location or row count means the input is not the one read
+        let same_data = result.is_ok()
+            && inputs.iter().all(|i| {
+                segments.iter().any(|s| {
+                    s.segment_name == i.segment_name && s.location == i.location && s.total_docs == i.total_docs
+                })
+            });
+        match result {
+            Err(why) => Ok((rev, Some(why))),
+            Ok(()) if !same_data => Ok((rev, Some("an input segment's file or row count changed".into()))),
+            Ok(()) => Ok((rev, None)),
+        }
+    }
+
+    async fn already_committed(&self, id: &TaskId, attempt: u32) -> Result<pb::CompleteTaskResponse> {
+        match get_record::<TaskRecord>(&self.kv, &self.keys.history(id)).await? {
             Some((t, _)) if t.state == TaskState::Succeeded && t.attempt == attempt => {
                 Ok(pb::CompleteTaskResponse { committed: false, watermark_ms: t.window_end_ms })
             }
             Some((t, _)) => Err(ControllerError::Stale(format!(
-                "attempt {attempt} of task {task_id} is not current: the task finished as {} at attempt {}",
+                "attempt {attempt} of task {id} is not current: the task finished as {} at attempt {}",
                 t.state.name(),
                 t.attempt
             ))),
-            None => Err(ControllerError::NotFound(format!("task {task_id}"))),
+            None => Err(ControllerError::NotFound(format!("task {id}"))),
         }
-    }
-
-    /// Checks a completion report against the task and the staged objects.
-    async fn validate(&self, task: &TaskRecord, spec: &TableSpec, req: &pb::CompleteTaskRequest) -> Result<()> {
-        let bad =
-            |m: String| Err(ControllerError::Validation(format!("task {} attempt {}: {m}", task.id, req.attempt)));
-        if req.schema_fingerprint != spec.schema.fingerprint() {
-            return bad(format!(
-                "schema fingerprint {} differs from the table's {}",
-                req.schema_fingerprint,
-                spec.schema.fingerprint()
-            ));
-        }
-        let prefix = staging_prefix(&task.table, &task.id, req.attempt);
-        let mut rows = 0u64;
-        let round = spec.flow.round_ms.unwrap_or(1);
-        let lowest = floor_to_bucket(task.window_start_ms, round);
-        for o in &req.outputs {
-            if !o.location.starts_with(&prefix) {
-                return bad(format!(
-                    "output {} is at {}, outside the attempt's staging prefix {prefix}",
-                    o.name, o.location
-                ));
-            }
-            if o.start_time_ms < lowest || o.end_time_ms >= task.window_end_ms || o.start_time_ms > o.end_time_ms {
-                return bad(format!(
-                    "output {} spans [{}, {}], outside the window [{}, {})",
-                    o.name, o.start_time_ms, o.end_time_ms, task.window_start_ms, task.window_end_ms
-                ));
-            }
-            if o.num_rows == 0 || o.num_rows > spec.flow.max_records_per_segment {
-                return bad(format!(
-                    "output {} has {} rows, expected 1..={}",
-                    o.name, o.num_rows, spec.flow.max_records_per_segment
-                ));
-            }
-            match object_size(&self.store, &o.location).await? {
-                Some(size) if size == o.size_bytes => {}
-                Some(size) => {
-                    return bad(format!(
-                        "output {} is {size} bytes in the store, reported {}",
-                        o.location, o.size_bytes
-                    ))
-                }
-                None => return bad(format!("output {} is missing from the store", o.location)),
-            }
-            rows += o.num_rows;
-        }
-        if rows != req.rows_out {
-            return bad(format!("outputs hold {rows} rows, reported rows_out {}", req.rows_out));
-        }
-        match spec.flow.merge_type {
-            MergeType::Concat if req.rows_out != req.rows_in => {
-                return bad(format!("concat must keep every row: {} in, {} out", req.rows_in, req.rows_out))
-            }
-            MergeType::Rollup | MergeType::Dedup if req.rows_out > req.rows_in => {
-                return bad(format!(
-                    "{} cannot add rows: {} in, {} out",
-                    spec.flow.merge_type.name(),
-                    req.rows_in,
-                    req.rows_out
-                ))
-            }
-            _ => {}
-        }
-        if spec.flow.merge_type != MergeType::Dedup {
-            for (metric, sum_in) in &req.metric_sums_in {
-                let sum_out = req.metric_sums_out.get(metric).copied().unwrap_or(f64::NAN);
-                let tol = 1e-9 * sum_in.abs().max(1.0) * (req.rows_in.max(1) as f64).sqrt();
-                if (sum_in - sum_out).abs() > tol {
-                    return bad(format!("sum of metric '{metric}' changed: {sum_in} in, {sum_out} out"));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Records a failed attempt: back to PENDING for another attempt, or
     /// FAILED after the last one (the table's later windows then wait).
     pub async fn fail(&self, req: &pb::FailTaskRequest) -> Result<()> {
         let leadership = self.leadership()?;
-        let Some((mut task, entry, claim)) = self.current_attempt(&req.task_id, req.attempt, &req.minion_id).await?
-        else {
-            return Err(ControllerError::NotFound(format!("active task {}", req.task_id)));
+        let id = Self::parse_id(&req.task_id)?;
+        let (task, revs) = match self.current_attempt(&id, req.attempt, &req.minion_id).await? {
+            Attempt::Current { task, revs } => (task, revs),
+            Attempt::Gone => return Err(ControllerError::NotFound(format!("active task {id}"))),
         };
-        task.errors.push(format!("attempt {}: {}", req.attempt, req.error));
-        if task.attempts_in_round() >= task.max_attempts {
-            self.finish_failed(task, &entry, Some(&claim), leadership).await?;
-            return Ok(());
+        let next = protocol::attempt_failed(task, req.attempt, &req.error, now_ms());
+        if !self.apply_failure(&next, &revs, leadership).await? {
+            return Err(ControllerError::Conflict(format!(
+                "task {id} changed while recording the failure; report again"
+            )));
         }
-        task.state = TaskState::Pending;
-        task.not_before_ms = now_ms() + attempt_backoff_ms(task.attempts_in_round());
-        let ok = self
-            .kv
-            .txn(
-                vec![
-                    Compare::ModRevision(entry.key.clone(), entry.mod_revision),
-                    Compare::ModRevision(claim.key.clone(), claim.mod_revision),
-                    Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
-                ],
-                vec![Op::put(entry.key.clone(), encode(&task)), Op::delete(claim.key.clone())],
-            )
-            .await?;
-        if !ok {
-            return Err(ControllerError::Stale(format!("task {} changed while recording the failure", req.task_id)));
-        }
-        warn!(table = %task.table, task = %task.id, attempt = req.attempt, error = %req.error, "attempt failed; will retry");
         Ok(())
     }
 }

@@ -20,6 +20,10 @@ pub enum ControllerError {
     /// The request was valid once but no longer is (stale attempt, lost claim).
     #[error("{0}")]
     Stale(String),
+    /// A write lost a race with other writes and nothing was changed; the
+    /// caller should send the same call again.
+    #[error("{0}")]
+    Conflict(String),
     /// A completion report failed validation; nothing was committed.
     #[error("validation failed: {0}")]
     Validation(String),
@@ -38,7 +42,7 @@ impl ControllerError {
     /// Whether the caller may retry the same call.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ControllerError::NotLeader { .. } => true,
+            ControllerError::NotLeader { .. } | ControllerError::Conflict(_) => true,
             ControllerError::Common(e) => e.is_retryable(),
             _ => false,
         }
@@ -52,6 +56,7 @@ impl From<ControllerError> for tonic::Status {
         match e {
             ControllerError::NotLeader { .. } => Status::unavailable(msg),
             ControllerError::NotFound(_) => Status::not_found(msg),
+            ControllerError::Conflict(_) => Status::aborted(msg),
             ControllerError::AlreadyExists(_) => Status::already_exists(msg),
             ControllerError::Stale(_) | ControllerError::Validation(_) => Status::failed_precondition(msg),
             ControllerError::Config(_) | ControllerError::Invalid(_) => Status::invalid_argument(msg),

@@ -1,21 +1,43 @@
-//! The janitor (step 5 of the commit protocol): deletes objects that no
-//! metadata names — staged outputs of attempts that never committed and
-//! REALTIME uploads that were never registered — once they are older than
-//! a grace period. It never deletes an object named by segment metadata,
-//! nor anything under the staging prefix of a task's current attempt.
+//! The janitor (step 5 of the commit protocol), run by the leader: deletes
+//! what nothing names, and keeps etcd from growing without bound.
 //!
-//! Order matters: active tasks are read before segment metadata, so an
-//! attempt that commits between the two reads is protected by one or the
-//! other.
+//! - **Objects** under the install's namespace (never outside it) that no
+//!   REALTIME segment, no committed manifest and no active task's current
+//!   (or next) attempt names: staged outputs of attempts that never
+//!   committed, REALTIME uploads that were never registered.
+//! - **etcd chunks** nothing refers to: manifests of attempts that never
+//!   committed, inputs of tasks that are neither active nor committed.
+//! - **History** past its retention (count per table and age).
+//! - **Revisions**: compacts etcd to the revision seen one sweep earlier.
+//!
+//! An orphan is deleted only once it has been seen orphaned, continuously,
+//! for the grace period, measured on this process's monotonic clock from the
+//! sweep that first saw it: the store's timestamps and other machines'
+//! clocks play no part, so clock skew cannot shorten the grace. A new
+//! leader starts counting afresh (deletion is only ever delayed).
+//!
+//! Order matters: active tasks are read before lineage, manifests and
+//! segment metadata, so an attempt that commits between the reads is
+//! protected by one or the other.
 
 use futures::TryStreamExt;
-use object_store::{path::Path, ObjectStoreExt};
-use r2o_common::kv::Kv;
-use r2o_common::meta::{range_records, Keys, SegmentMeta, TaskRecord, TaskState};
-use r2o_common::store::{staging_prefix, Store};
+use object_store::path::Path;
+use r2o_common::kv::{Kv, Op};
+use r2o_common::meta::{decode, range_records, unsortable_ms, Keys, LineageRecord, SegmentMeta, TaskRecord, TaskState};
+use r2o_common::store::{canonical_path, delete_object, Layout, Store};
 use r2o_common::Error;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 use tracing::info;
+
+/// How much task history each table keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRetention {
+    /// Most finished tasks kept per table (the newest).
+    pub max_per_table: usize,
+    /// Finished tasks created longer ago than this are deleted, ms (0: no limit).
+    pub max_age_ms: i64,
+}
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -24,55 +46,206 @@ pub struct SweepReport {
     pub scanned: usize,
     /// Objects deleted (paths).
     pub deleted: Vec<String>,
-    /// Orphans kept because they are younger than the grace period.
+    /// etcd prefixes deleted (orphaned manifests and inputs).
+    pub deleted_keys: Vec<String>,
+    /// Orphans kept because they have not been orphaned for the grace period yet.
     pub young_orphans: usize,
+    /// History records pruned.
+    pub history_pruned: usize,
+    /// Revision etcd was compacted to.
+    pub compacted_to: Option<i64>,
 }
 
-/// One sweep over the store. `grace_ms`: minimum age of an orphan, ms.
-pub async fn sweep(kv: &Kv, keys: &Keys, store: &Store, now_ms: i64, grace_ms: i64) -> Result<SweepReport, Error> {
-    let mut live_prefixes = Vec::new();
-    for (t, _) in range_records::<TaskRecord>(kv, &keys.active_tasks()).await? {
-        if matches!(t.state, TaskState::Pending | TaskState::Running) {
-            // the current attempt and the next one a minion may be claiming
-            live_prefixes.push(staging_prefix(&t.table, &t.id, t.attempt));
-            live_prefixes.push(staging_prefix(&t.table, &t.id, t.attempt + 1));
-        }
+/// The janitor's memory between sweeps.
+#[derive(Debug)]
+pub struct Janitor {
+    grace: Duration,
+    retention: HistoryRetention,
+    first_seen: HashMap<String, Instant>,
+    last_revision: Option<i64>,
+}
+
+/// `<raw>/<task>/a<attempt>/<n>` under `manifests/` as (raw, task, attempt).
+fn parse_manifest_key(rest: &str) -> Option<(&str, &str, u32)> {
+    let mut parts = rest.split('/');
+    let raw = parts.next()?;
+    let task = parts.next()?;
+    let attempt = parts.next()?.strip_prefix('a')?.parse().ok()?;
+    Some((raw, task, attempt))
+}
+
+impl Janitor {
+    /// A janitor deleting orphans after `grace`, keeping history per `retention`.
+    pub fn new(grace: Duration, retention: HistoryRetention) -> Janitor {
+        Janitor { grace, retention, first_seen: HashMap::new(), last_revision: None }
     }
-    let named: HashSet<String> = range_records::<SegmentMeta>(kv, &format!("{}/segments/", keys.prefix()))
-        .await?
-        .into_iter()
-        .map(|(s, _)| s.location)
-        .collect();
-    let mut report = SweepReport::default();
-    for prefix in ["offline/", "realtime/"] {
+
+    /// Whether an orphan named `id` may go at `now`; remembers when it was first seen.
+    fn ripe(&mut self, id: &str, now: Instant) -> bool {
+        let first = *self.first_seen.entry(id.to_string()).or_insert(now);
+        now.duration_since(first) >= self.grace
+    }
+
+    /// One sweep. `now` is this process's monotonic clock, `now_ms` the
+    /// wall clock (only for history ages, which r2o itself recorded).
+    pub async fn sweep(
+        &mut self,
+        kv: &Kv,
+        keys: &Keys,
+        store: &Store,
+        layout: &Layout,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<SweepReport, Error> {
+        let mut report = SweepReport::default();
+        // 1. active tasks: their current and next attempts may be staging or committing
+        let mut live_prefixes = Vec::new();
+        let mut active: HashMap<String, u32> = HashMap::new();
+        for (t, _) in range_records::<TaskRecord>(kv, &keys.active_tasks()).await? {
+            if matches!(t.state, TaskState::Pending | TaskState::Running | TaskState::Failed) {
+                live_prefixes.push(canonical_path(&layout.staging_prefix(&t.id, t.attempt)));
+                live_prefixes.push(canonical_path(&layout.staging_prefix(&t.id, t.attempt + 1)));
+            }
+            active.insert(t.id.to_string(), t.attempt);
+        }
+        // 2. lineage: what is committed
+        let mut committed: HashSet<(String, u32)> = HashSet::new();
+        let mut committed_tasks: HashSet<String> = HashSet::new();
+        for (l, _) in range_records::<LineageRecord>(kv, &keys.all_lineage()).await? {
+            committed_tasks.insert(l.task_id.clone());
+            committed.insert((l.task_id, l.attempt));
+        }
+        // 3. manifests: committed ones name live objects; the rest are orphans
+        //    unless an active task may be committing that attempt right now
+        let mut named: HashSet<String> = HashSet::new();
+        let mut orphan_keys: Vec<String> = Vec::new();
+        let mprefix = keys.all_manifests();
+        for entry in kv.range(&mprefix).await? {
+            let Some((raw, task, attempt)) = parse_manifest_key(&entry.key[mprefix.len()..]) else { continue };
+            if committed.contains(&(task.to_string(), attempt)) {
+                for s in decode::<Vec<SegmentMeta>>(&entry)? {
+                    named.insert(canonical_path(&s.location));
+                }
+            } else if active.get(task).is_none_or(|current| attempt < *current) {
+                let p = format!("{mprefix}{raw}/{task}/a{attempt}/");
+                if orphan_keys.last() != Some(&p) {
+                    orphan_keys.push(p);
+                }
+            }
+        }
+        // 4. inputs of tasks neither active nor committed
+        let iprefix = keys.all_inputs();
+        for key in kv.range_keys(&iprefix).await? {
+            let mut parts = key[iprefix.len()..].split('/');
+            let (Some(raw), Some(task)) = (parts.next(), parts.next()) else { continue };
+            if !active.contains_key(task) && !committed_tasks.contains(task) {
+                let p = format!("{iprefix}{raw}/{task}/");
+                if orphan_keys.last() != Some(&p) {
+                    orphan_keys.push(p);
+                }
+            }
+        }
+        // 5. REALTIME segments name their objects
+        for (s, _) in range_records::<SegmentMeta>(kv, &keys.all_segments()).await? {
+            named.insert(canonical_path(&s.location));
+        }
+        // 6. objects under the namespace, and only there
+        let ns = layout.namespace();
         let objects: Vec<object_store::ObjectMeta> = store
-            .list(Some(&Path::from(prefix)))
+            .list(Some(&Path::from(ns)))
             .try_collect()
             .await
-            .map_err(|source| Error::Store { path: prefix.into(), source })?;
+            .map_err(|source| Error::Store { path: ns.into(), source })?;
+        let mut still_orphaned: HashSet<String> = HashSet::new();
         for o in objects {
             report.scanned += 1;
             let path = o.location.to_string();
-            if named.contains(&path) || live_prefixes.iter().any(|p| path.starts_with(p)) {
+            if named.contains(&path) || live_prefixes.iter().any(|p| path.starts_with(p.as_str())) {
                 continue;
             }
-            if now_ms - o.last_modified.timestamp_millis() < grace_ms {
+            let id = format!("store:{path}");
+            still_orphaned.insert(id.clone());
+            if !self.ripe(&id, now) {
                 report.young_orphans += 1;
                 continue;
             }
-            store.delete(&o.location).await.map_err(|source| Error::Store { path: path.clone(), source })?;
+            delete_object(store, &path).await?;
             info!(path = %path, "janitor deleted an orphaned object");
             report.deleted.push(path);
         }
+        for p in orphan_keys {
+            let id = format!("etcd:{p}");
+            still_orphaned.insert(id.clone());
+            if !self.ripe(&id, now) {
+                report.young_orphans += 1;
+                continue;
+            }
+            kv.txn(vec![], vec![Op::delete_prefix(p.clone())]).await?;
+            info!(prefix = %p, "janitor deleted orphaned metadata");
+            report.deleted_keys.push(p);
+        }
+        // forget what is no longer orphaned (or is gone)
+        self.first_seen.retain(|id, _| still_orphaned.contains(id));
+        for id in report
+            .deleted
+            .iter()
+            .map(|p| format!("store:{p}"))
+            .chain(report.deleted_keys.iter().map(|p| format!("etcd:{p}")))
+        {
+            self.first_seen.remove(&id);
+        }
+        report.history_pruned = self.prune_history(kv, keys, now_ms).await?;
+        // compact to the revision seen one sweep ago
+        let status = kv.status().await?;
+        if let Some(rev) = self.last_revision {
+            kv.compact(rev).await?;
+            report.compacted_to = Some(rev);
+        }
+        self.last_revision = Some(status.revision);
+        Ok(report)
     }
-    Ok(report)
+
+    /// Deletes history beyond the retention: the oldest past
+    /// `max_per_table`, and any created before `now_ms - max_age_ms`.
+    async fn prune_history(&self, kv: &Kv, keys: &Keys, now_ms: i64) -> Result<usize, Error> {
+        let tprefix = keys.tables();
+        let mut pruned = 0;
+        for table in kv.range_keys(&tprefix).await? {
+            let raw = &table[tprefix.len()..];
+            let hprefix = keys.histories(raw);
+            let all = kv.range_keys(&hprefix).await?; // oldest first
+            let excess = all.len().saturating_sub(self.retention.max_per_table);
+            let doomed: Vec<&String> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, k)| {
+                    *i < excess
+                        || (self.retention.max_age_ms > 0
+                            && k[hprefix.len()..]
+                                .split('/')
+                                .next()
+                                .and_then(unsortable_ms)
+                                .is_some_and(|created| created < now_ms - self.retention.max_age_ms))
+                })
+                .map(|(_, k)| k)
+                .collect();
+            for batch in doomed.chunks(100) {
+                kv.txn(vec![], batch.iter().map(|k| Op::delete((*k).clone())).collect()).await?;
+                pruned += batch.len();
+            }
+        }
+        if pruned > 0 {
+            info!(pruned, "janitor pruned task history");
+        }
+        Ok(pruned)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use r2o_common::kv::MemKv;
-    use r2o_common::meta::{encode, SegmentStatus};
+    use r2o_common::meta::{chunks, encode, SegmentStatus, TaskId};
     use r2o_common::store::{object_size, open_store, put_bytes};
     use std::sync::Arc;
 
@@ -89,46 +262,133 @@ mod tests {
             location: location.into(),
             partition: -1,
             created_ms: 0,
+            end_of_stream: false,
         }
     }
 
+    fn lineage(task: &str, attempt: u32) -> LineageRecord {
+        LineageRecord {
+            window_start_ms: 0,
+            window_end_ms: 1,
+            skipped_windows: 0,
+            task_id: task.into(),
+            attempt,
+            input_count: 0,
+            output_count: 1,
+            output_chunks: 1,
+            rows_in: 1,
+            rows_out: 1,
+            committed_ms: 0,
+        }
+    }
+
+    const NO_LIMIT: HistoryRetention = HistoryRetention { max_per_table: usize::MAX, max_age_ms: 0 };
+
     #[tokio::test]
-    async fn deletes_old_orphans_only() {
+    async fn deletes_old_orphans_only_and_never_outside_its_namespace() {
+        let kv: Kv = Arc::new(MemKv::new());
+        let keys = Keys::new("/j");
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&format!("file://{}", dir.path().display())).unwrap();
+        let layout = Layout::new("j-1");
+        let done = TaskId::new("t", 0, 1);
+        let running = TaskId::new("t", 9, 1);
+        let committed = format!("{}a.parquet", layout.staging_prefix(&done, 1));
+        let orphan = format!("{}a.parquet", layout.staging_prefix(&done, 2));
+        let staged = format!("{}b.parquet", layout.staging_prefix(&running, 3));
+        // a REALTIME segment whose name needs percent-encoding in object paths
+        let realtime = format!("{}seg[1]{{x}}#%.abc.parquet", layout.realtime_prefix("t"));
+        let unregistered = format!("{}lost.abc.parquet", layout.realtime_prefix("t"));
+        // another install's committed file on the same bucket
+        let foreign = "j-2/offline/t_OFFLINE/t__0__1/attempt-1/a.parquet".to_string();
+        for p in [&committed, &orphan, &staged, &realtime, &unregistered, &foreign] {
+            put_bytes(&store, p, bytes::Bytes::from_static(b"x")).await.unwrap();
+        }
+        kv.put(&keys.segment("t_REALTIME", "seg[1]"), encode(&seg("t_REALTIME", "seg[1]", &realtime)), None)
+            .await
+            .unwrap();
+        chunks::write(&kv, &keys.manifest(&done, 1), &[seg("t_OFFLINE", "a", &committed)]).await.unwrap();
+        chunks::write(&kv, &keys.manifest(&done, 2), &[seg("t_OFFLINE", "a", &orphan)]).await.unwrap();
+        chunks::write(&kv, &keys.inputs(&done), &[seg("t_REALTIME", "seg[1]", &realtime)]).await.unwrap();
+        let abandoned = TaskId::new("t", 5, 1);
+        chunks::write(&kv, &keys.inputs(&abandoned), &[seg("t_REALTIME", "seg[1]", &realtime)]).await.unwrap();
+        kv.put(&keys.lineage("t", 0), encode(&lineage(&done.to_string(), 1)), None).await.unwrap();
+        let task = serde_json::json!({
+            "id": running.to_string(), "table": "t", "windowStartMs": 9, "windowEndMs": 10, "skippedWindows": 0,
+            "inputCount": 0, "inputChunks": 1, "inputRows": 0, "inputBytes": 0, "segmentsRevision": 0,
+            "tableConfig": {}, "schema": {}, "state": "RUNNING", "attempt": 3, "minion": "m", "createdMs": 0,
+            "startedMs": 0, "finishedMs": 0, "errors": [], "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0
+        });
+        kv.put(&keys.active_task(&running), serde_json::to_vec(&task).unwrap(), None).await.unwrap();
+
+        let mut j = Janitor::new(Duration::from_secs(60), NO_LIMIT);
+        let t0 = Instant::now();
+        // first sight: nothing goes, whatever the objects' timestamps say
+        let r = j.sweep(&kv, &keys, &store, &layout, t0, 0).await.unwrap();
+        assert_eq!((r.scanned, r.deleted.len(), r.deleted_keys.len()), (5, 0, 0), "{r:?}");
+        assert_eq!(r.young_orphans, 4, "two objects, one manifest, one inputs list: {r:?}");
+        // still within the grace on this process's clock
+        let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(59), 0).await.unwrap();
+        assert!(r.deleted.is_empty() && r.deleted_keys.is_empty());
+        // past it: exactly the orphans go
+        let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(61), 0).await.unwrap();
+        let mut deleted = r.deleted.clone();
+        deleted.sort();
+        assert_eq!(deleted, vec![canonical_path(&orphan), canonical_path(&unregistered)]);
+        let mut gone = r.deleted_keys.clone();
+        gone.sort();
+        assert_eq!(gone, vec![keys.inputs(&abandoned), keys.manifest(&done, 2)]);
+        for p in [&committed, &staged, &realtime, &foreign] {
+            assert!(object_size(&store, p).await.unwrap().is_some(), "{p} must survive");
+        }
+        for p in [&orphan, &unregistered] {
+            assert!(object_size(&store, p).await.unwrap().is_none(), "{p} must be gone");
+        }
+        assert!(!kv.range(&keys.manifest(&done, 1)).await.unwrap().is_empty(), "the committed manifest stays");
+        assert!(!kv.range(&keys.inputs(&done)).await.unwrap().is_empty(), "committed inputs stay");
+    }
+
+    #[tokio::test]
+    async fn an_orphan_that_gets_named_is_forgotten() {
         let kv: Kv = Arc::new(MemKv::new());
         let keys = Keys::new("/j");
         let store = open_store("memory://").unwrap();
-        let committed = "offline/t_OFFLINE/t__0__1/attempt-1/a.parquet";
-        let orphan = "offline/t_OFFLINE/t__0__1/attempt-2/a.parquet";
-        let running = "offline/t_OFFLINE/t__9__1/attempt-3/b.parquet";
-        let realtime = "realtime/t_REALTIME/s0.parquet";
-        let unregistered = "realtime/t_REALTIME/lost.parquet";
-        for p in [committed, orphan, running, realtime, unregistered] {
-            put_bytes(&store, p, bytes::Bytes::from_static(b"x")).await.unwrap();
-        }
-        kv.put(&keys.segment("t_OFFLINE", "a"), encode(&seg("t_OFFLINE", "a", committed)), None).await.unwrap();
-        kv.put(&keys.segment("t_REALTIME", "s0"), encode(&seg("t_REALTIME", "s0", realtime)), None).await.unwrap();
-        let task = serde_json::json!({
-            "id": "t__9__1", "table": "t", "windowStartMs": 9, "windowEndMs": 10, "skippedWindows": 0, "inputs": [],
-            "tableConfig": {}, "schema": {}, "state": "RUNNING", "attempt": 3, "minion": "m", "createdMs": 0,
-            "startedMs": 0, "finishedMs": 0, "errors": [], "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0,
-            "outputSegments": []
-        });
-        kv.put(&keys.active_task("t__9__1"), serde_json::to_vec(&task).unwrap(), None).await.unwrap();
+        let layout = Layout::new("ns");
+        let upload = format!("{}s.abc.parquet", layout.realtime_prefix("t"));
+        put_bytes(&store, &upload, bytes::Bytes::from_static(b"x")).await.unwrap();
+        let mut j = Janitor::new(Duration::from_secs(10), NO_LIMIT);
+        let t0 = Instant::now();
+        assert_eq!(j.sweep(&kv, &keys, &store, &layout, t0, 0).await.unwrap().young_orphans, 1);
+        // registered before the grace passed
+        kv.put(&keys.segment("t_REALTIME", "s"), encode(&seg("t_REALTIME", "s", &upload)), None).await.unwrap();
+        let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(5), 0).await.unwrap();
+        assert_eq!(r.young_orphans, 0);
+        // unregistered again (e.g. a reset): the grace starts over
+        kv.delete(&keys.segment("t_REALTIME", "s")).await.unwrap();
+        let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(20), 0).await.unwrap();
+        assert_eq!((r.deleted.len(), r.young_orphans), (0, 1), "the clock restarts: {r:?}");
+    }
 
-        let now = r2o_common::meta::now_ms();
-        // within the grace period nothing goes
-        let r = sweep(&kv, &keys, &store, now, 60_000).await.unwrap();
-        assert_eq!((r.scanned, r.deleted.len(), r.young_orphans), (5, 0, 2));
-        // past it, exactly the two orphans go
-        let r = sweep(&kv, &keys, &store, now + 120_000, 60_000).await.unwrap();
-        let mut deleted = r.deleted.clone();
-        deleted.sort();
-        assert_eq!(deleted, vec![orphan.to_string(), unregistered.to_string()]);
-        for p in [committed, running, realtime] {
-            assert!(object_size(&store, p).await.unwrap().is_some(), "{p} must survive");
+    #[tokio::test]
+    async fn history_is_pruned_by_count_and_age_and_etcd_is_compacted() {
+        let mem = MemKv::new();
+        let kv: Kv = Arc::new(mem.clone());
+        let keys = Keys::new("/j");
+        let store = open_store("memory://").unwrap();
+        kv.put(&keys.table("t"), b"{}".to_vec(), None).await.unwrap();
+        for created in 0..10i64 {
+            kv.put(&keys.history(&TaskId::new("t", created, created * 1_000)), b"{}".to_vec(), None).await.unwrap();
         }
-        for p in [orphan, unregistered] {
-            assert!(object_size(&store, p).await.unwrap().is_none(), "{p} must be gone");
-        }
+        let mut j = Janitor::new(Duration::from_secs(1), HistoryRetention { max_per_table: 6, max_age_ms: 3_500 });
+        let r = j.sweep(&kv, &keys, &store, &Layout::new("ns"), Instant::now(), 10_000).await.unwrap();
+        // count keeps the newest 6 (created 4..=9 s); age keeps those created after 6.5 s
+        assert_eq!(r.history_pruned, 7);
+        let left = kv.range_keys(&keys.histories("t")).await.unwrap();
+        assert_eq!(left, (7..10).map(|c| keys.history(&TaskId::new("t", c, c * 1_000))).collect::<Vec<_>>());
+        assert_eq!(r.compacted_to, None, "the first sweep only notes the revision");
+        let rev = kv.status().await.unwrap().revision;
+        let r = j.sweep(&kv, &keys, &store, &Layout::new("ns"), Instant::now(), 10_000).await.unwrap();
+        assert_eq!(r.compacted_to, Some(rev));
+        assert_eq!(mem.compacted_revision(), rev);
     }
 }

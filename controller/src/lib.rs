@@ -9,11 +9,14 @@ pub mod error;
 pub mod janitor;
 pub mod metrics;
 pub mod planner;
+pub mod protocol;
+pub mod registry;
 pub mod service;
+pub mod validate;
 
 use r2o_common::kv::Kv;
 use r2o_common::meta::Keys;
-use r2o_common::store::Store;
+use r2o_common::store::{Layout, Store};
 use r2o_proto::controller::controller_service_server::ControllerServiceServer;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,24 +53,65 @@ pub struct ControllerConfig {
     pub janitor_grace: Duration,
     /// Where to serve `/healthz`, `/readyz` and `/metrics` (none: not served).
     pub http_listen: Option<SocketAddr>,
+    /// How much finished-task history each table keeps.
+    pub history: janitor::HistoryRetention,
 }
 
-/// Runs the janitor every `interval` while this controller leads.
-async fn janitor_loop(auth: Authority, interval: Duration, grace: Duration, cancel: CancellationToken) {
+/// Runs the janitor every `interval` while this controller leads; a new
+/// term starts with a fresh janitor (orphans are timed from its own sweeps).
+async fn janitor_loop(
+    auth: Authority,
+    interval: Duration,
+    grace: Duration,
+    history: janitor::HistoryRetention,
+    cancel: CancellationToken,
+) {
+    let mut jan: Option<janitor::Janitor> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
         if auth.leadership.borrow().is_none() {
+            jan = None;
             continue;
         }
-        match janitor::sweep(&auth.kv, &auth.keys, &auth.store, r2o_common::meta::now_ms(), grace.as_millis() as i64)
-            .await
-        {
-            Ok(r) if !r.deleted.is_empty() => info!(deleted = r.deleted.len(), scanned = r.scanned, "janitor sweep"),
+        let j = jan.get_or_insert_with(|| janitor::Janitor::new(grace, history));
+        let now = std::time::Instant::now();
+        match j.sweep(&auth.kv, &auth.keys, &auth.store, &auth.layout, now, r2o_common::meta::now_ms()).await {
+            Ok(r) if !r.deleted.is_empty() || !r.deleted_keys.is_empty() || r.history_pruned > 0 => info!(
+                deleted = r.deleted.len(),
+                deleted_keys = r.deleted_keys.len(),
+                history_pruned = r.history_pruned,
+                scanned = r.scanned,
+                "janitor sweep"
+            ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "janitor sweep failed"),
+            Err(e) => {
+                if let Some(m) = &auth.metrics {
+                    m.errors.with_label_values(&["janitor"]).inc();
+                }
+                tracing::warn!(error = %e, "janitor sweep failed")
+            }
+        }
+    }
+}
+
+/// Reads (creating on first start) the install's record, retrying while
+/// etcd is unreachable, and returns its store layout; `None` when cancelled.
+pub async fn install_layout(kv: &Kv, keys: &Keys, cancel: &CancellationToken) -> Option<Layout> {
+    let mut backoff = r2o_common::retry::reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match r2o_common::meta::ensure_cluster(kv, keys).await {
+            Ok(c) => return Some(Layout::new(&c.store_namespace(keys))),
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot read the cluster record; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
         }
     }
 }
@@ -82,6 +126,10 @@ pub async fn run(
     cfg: ControllerConfig,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Some(layout) = install_layout(&kv, &keys, &cancel).await else {
+        return Ok(());
+    };
+    info!(namespace = layout.namespace(), "segment store namespace");
     let (tx, rx) = watch::channel(None);
     let election_cancel = CancellationToken::new();
     let election = tokio::spawn(election::run(
@@ -100,7 +148,12 @@ pub async fn run(
         kv.clone(),
         keys.clone(),
         store,
-        AuthorityConfig { max_attempts: cfg.max_attempts, default_timeout_ms: cfg.task_timeout.as_millis() as i64 },
+        layout,
+        AuthorityConfig {
+            max_attempts: cfg.max_attempts,
+            default_timeout_ms: cfg.task_timeout.as_millis() as i64,
+            attempt_grace_ms: (cfg.lease_ttl_secs.max(1) * 3_000).max(60_000),
+        },
         rx.clone(),
     );
     let mut telemetry = r2o_common::telemetry::Telemetry::new();
@@ -125,12 +178,22 @@ pub async fn run(
             }
         })
     });
-    // ready while etcd answers
+    // ready while etcd answers and accepts writes (no NOSPACE alarm)
     let readiness = {
-        let (kv, keys, t, c) = (kv.clone(), keys.clone(), telemetry.clone(), cancel.clone());
+        let (kv, t, c, m) = (kv.clone(), telemetry.clone(), cancel.clone(), metrics.clone());
         tokio::spawn(async move {
             loop {
-                t.set_ready(kv.get(&keys.leader()).await.is_ok());
+                let ready = match kv.status().await {
+                    Ok(st) => {
+                        m.observe_etcd(&st);
+                        if !st.alarms.is_empty() {
+                            tracing::error!(alarms = ?st.alarms, "etcd raised an alarm: writes are refused until an operator frees space and disarms it");
+                        }
+                        st.alarms.is_empty()
+                    }
+                    Err(_) => false,
+                };
+                t.set_ready(ready);
                 tokio::select! {
                     _ = c.cancelled() => { t.set_ready(false); return; }
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -139,7 +202,8 @@ pub async fn run(
         })
     };
     let planner = tokio::spawn(authority::planning_loop(auth.clone(), cfg.plan_interval, cancel.clone()));
-    let janitor = tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cancel.clone()));
+    let janitor =
+        tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cfg.history, cancel.clone()));
     info!(controller = %cfg.id, listen = %cfg.listen, "controller serving");
     let server = tonic::transport::Server::builder()
         .add_service(ControllerServiceServer::new(service::ControllerSvc::new(auth)))

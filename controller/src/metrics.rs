@@ -40,6 +40,14 @@ pub struct ControllerMetrics {
     pub queue_wait: HistogramVec,
     /// `r2o_errors_total{component}`: etcd and object-store errors seen.
     pub errors: IntCounterVec,
+    /// `r2o_table_rows_null_time_total{table}`: input rows whose time value
+    /// is NULL (they belong to no window and are not moved).
+    pub rows_null_time: IntCounterVec,
+    /// `r2o_etcd_alarm{alarm}`: 1 while etcd has raised the alarm (`NOSPACE`:
+    /// its space quota is exhausted and it refuses every write).
+    pub etcd_alarm: IntGaugeVec,
+    /// `r2o_etcd_db_size_bytes`: size of etcd's database, bytes.
+    pub etcd_db_size: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -89,6 +97,14 @@ impl ControllerMetrics {
         )
         .unwrap();
         r.register(Box::new(queue_wait.clone())).unwrap();
+        let etcd_alarm =
+            IntGaugeVec::new(Opts::new("r2o_etcd_alarm", "1 while etcd has raised this alarm"), &["alarm"]).unwrap();
+        r.register(Box::new(etcd_alarm.clone())).unwrap();
+        for a in ["NOSPACE", "CORRUPT"] {
+            etcd_alarm.with_label_values(&[a]).set(0);
+        }
+        let etcd_db_size = IntGauge::new("r2o_etcd_db_size_bytes", "Size of etcd's database, bytes").unwrap();
+        r.register(Box::new(etcd_db_size.clone())).unwrap();
         ControllerMetrics {
             is_leader,
             watermark_ms,
@@ -113,7 +129,23 @@ impl ControllerMetrics {
             task_duration,
             queue_wait,
             errors: counter(r, "r2o_errors_total", "etcd and object-store errors seen by this process", &["component"]),
+            rows_null_time: counter(
+                r,
+                "r2o_table_rows_null_time_total",
+                "Input rows whose time value is NULL (in no window, not moved)",
+                &["table"],
+            ),
+            etcd_alarm,
+            etcd_db_size,
         }
+    }
+
+    /// Records etcd's status: its alarms and database size.
+    pub fn observe_etcd(&self, st: &r2o_common::kv::KvStatus) {
+        for a in ["NOSPACE", "CORRUPT"] {
+            self.etcd_alarm.with_label_values(&[a]).set(i64::from(st.alarms.iter().any(|x| x == a)));
+        }
+        self.etcd_db_size.set(st.db_size_bytes);
     }
 
     /// Refreshes the per-table figures from etcd.
@@ -152,6 +184,7 @@ impl ControllerMetrics {
             set_counter(&self.rows_out, &raw, w.rows_out);
             set_counter(&self.bytes_in, &raw, w.bytes_in);
             set_counter(&self.bytes_out, &raw, w.bytes_out);
+            set_counter(&self.rows_null_time, &raw, w.rows_null_time);
             for state in ["PENDING", "RUNNING", "FAILED"] {
                 let n = active.iter().filter(|(t, _)| t.table == raw && t.state.name() == state).count();
                 self.tasks.with_label_values(&[&raw, state]).set(n as i64);

@@ -143,8 +143,8 @@ pub fn llc_name(name: &str) -> Option<(i32, u64)> {
 
 /// Names of the DONE segments that are the latest completed LLC segment of
 /// their partition and do not end their stream (rule 5).
-fn latest_completed(done: &[&SegmentMeta]) -> HashMap<i32, (u64, &'_ str, bool)> {
-    let mut latest: HashMap<i32, (u64, &str, bool)> = HashMap::new();
+fn latest_completed<'a>(done: &[&'a SegmentMeta]) -> HashMap<i32, (u64, &'a str, bool)> {
+    let mut latest: HashMap<i32, (u64, &'a str, bool)> = HashMap::new();
     for s in done {
         if let Some((partition, seq)) = llc_name(&s.segment_name) {
             let e = latest.entry(partition).or_insert((seq, &s.segment_name, s.end_of_stream));
@@ -255,8 +255,7 @@ pub fn recheck(
             let now: Vec<&str> = inputs.iter().map(|s| s.segment_name.as_str()).collect();
             if now != input_names.iter().map(String::as_str).collect::<Vec<_>>() {
                 let added: Vec<&str> = now.iter().copied().filter(|n| !input_names.iter().any(|i| i == n)).collect();
-                let gone: Vec<&str> =
-                    input_names.iter().map(String::as_str).filter(|n| !now.contains(n)).collect();
+                let gone: Vec<&str> = input_names.iter().map(String::as_str).filter(|n| !now.contains(n)).collect();
                 return Err(format!(
                     "the inputs of window {window} changed since planning (added: {added:?}, gone: {gone:?})"
                 ));
@@ -407,7 +406,10 @@ mod tests {
         // [H, 2H), so that window waits for the next one even though no
         // CONSUMING segment is registered.
         let f = flow(H, 0);
-        let s = [seg(&llc(0, 0), 10, H + 10, SegmentStatus::Done, 0), seg(&llc(0, 1), H + 20, H + 30, SegmentStatus::Done, 0)];
+        let s = [
+            seg(&llc(0, 0), 10, H + 10, SegmentStatus::Done, 0),
+            seg(&llc(0, 1), H + 20, H + 30, SegmentStatus::Done, 0),
+        ];
         assert_eq!(names(&plan(&f, &s, Some(0), 100 * H)), vec![llc(0, 0)], "window [0, H) runs");
         assert!(
             matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::LastCompleted { ref segment, .. }) if *segment == llc(0, 1))
@@ -415,16 +417,17 @@ mod tests {
         // the next segment arrives (and crosses the window end): the window runs
         let mut more = s.to_vec();
         more.push(seg(&llc(0, 2), H + 40, 2 * H + 5, SegmentStatus::Done, 0));
-        assert_eq!(names(&plan(&f, &more, Some(H), 100 * H)), vec![llc(0, 1), llc(0, 2)]);
+        assert_eq!(names(&plan(&f, &more, Some(H), 100 * H)), vec![llc(0, 0), llc(0, 1), llc(0, 2)]);
         // the stream ended with the last one: it does not hold the window
         let mut ended = s.to_vec();
         ended[1].end_of_stream = true;
-        assert_eq!(names(&plan(&f, &ended, Some(H), 100 * H)), vec![llc(0, 1)]);
+        assert_eq!(names(&plan(&f, &ended, Some(H), 100 * H)), vec![llc(0, 0), llc(0, 1)]);
         // a segment without an LLC name (an upload) never holds
         let uploaded = [seg("upload-1", 10, H + 10, SegmentStatus::Done, 0)];
         assert_eq!(names(&plan(&f, &uploaded, Some(H), 100 * H)), vec!["upload-1"]);
         // another partition's latest segment holds too
-        let s = [seg(&llc(0, 4), 10, 3 * H, SegmentStatus::Done, 0), seg(&llc(1, 9), 10, H + 1, SegmentStatus::Done, 1)];
+        let s =
+            [seg(&llc(0, 4), 10, 3 * H, SegmentStatus::Done, 0), seg(&llc(1, 9), 10, H + 1, SegmentStatus::Done, 1)];
         assert!(matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::LastCompleted { .. })));
     }
 

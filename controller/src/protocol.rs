@@ -1,0 +1,480 @@
+//! The commit protocol's steps as pure functions (DESIGN.md, "The commit
+//! protocol"): each takes what the authority read from etcd and returns the
+//! next records and the one transaction that writes them, comparing the
+//! revisions it was decided on. No I/O here; [`crate::authority`] reads,
+//! calls these, and applies the [`Txn`].
+//!
+//! Every transaction is O(1) in operations whatever the task's size: a
+//! task's inputs and a commit's outputs are written beforehand as
+//! [chunks](r2o_common::meta::chunks) that the transaction only compares.
+
+use r2o_common::kv::{check_txn, Compare, Kv, Op};
+use r2o_common::meta::{
+    attempt_backoff_ms, encode, round_backoff_ms, Keys, LineageRecord, TaskRecord, TaskState, WatermarkRecord,
+};
+
+use crate::election::Leadership;
+
+/// One etcd transaction: the compares it was decided on and its writes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Txn {
+    /// What must still hold.
+    pub compares: Vec<Compare>,
+    /// What to write when it does.
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    /// Applies it; `Ok(false)` when a compare failed and nothing changed.
+    ///
+    /// # Errors
+    /// etcd errors, and [`r2o_common::Error::Limit`] for a transaction over
+    /// etcd's limits (a bug: every builder here stays within them).
+    pub async fn apply(self, kv: &Kv) -> r2o_common::Result<bool> {
+        kv.txn(self.compares, self.ops).await
+    }
+}
+
+/// The revisions an attempt was read at: the task record's and its claim's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRevs {
+    /// `mod_revision` of `tasks/active/<task>`.
+    pub task: i64,
+    /// `mod_revision` of `tasks/claims/<task>` (0: no claim).
+    pub claim: i64,
+}
+
+fn leader_compare(keys: &Keys, leadership: Leadership) -> Compare {
+    Compare::CreateRevision(keys.leader(), leadership.create_revision)
+}
+
+/// Step 1, publish: the task and the table's in-flight marker, if no task
+/// is in flight, the watermark and the table's segments are as planned
+/// from, this controller still leads and the task's input chunks are the
+/// ones written for it.
+pub fn publish(
+    keys: &Keys,
+    task: &TaskRecord,
+    watermark_rev: i64,
+    leadership: Leadership,
+    input_chunks: Vec<Compare>,
+) -> Txn {
+    let mut compares = vec![
+        Compare::CreateRevision(keys.inflight(&task.table), 0),
+        Compare::ModRevision(keys.watermark(&task.table), watermark_rev),
+        Compare::ModRevision(keys.segments_marker(&task.table), task.segments_revision),
+        leader_compare(keys, leadership),
+    ];
+    compares.extend(input_chunks);
+    Txn {
+        compares,
+        ops: vec![
+            Op::put(keys.active_task(&task.id), encode(task)),
+            Op::put(keys.inflight(&task.table), task.id.to_string().into_bytes()),
+        ],
+    }
+}
+
+/// What a successful commit writes, computed from the task, the report's
+/// totals and the watermark it moves. Pure.
+pub struct Committed {
+    /// The window's lineage record.
+    pub lineage: LineageRecord,
+    /// The watermark after the commit.
+    pub watermark: WatermarkRecord,
+    /// The task as it goes to history.
+    pub history: TaskRecord,
+}
+
+/// Totals of a validated report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportTotals {
+    /// Attempt that produced it.
+    pub attempt: u32,
+    /// Rows read in the window.
+    pub rows_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Rows with a NULL time value.
+    pub rows_null_time: u64,
+    /// OFFLINE segments written.
+    pub outputs: u64,
+    /// Manifest chunks they are listed in.
+    pub output_chunks: u32,
+}
+
+/// The records a commit of `task` writes. Pure.
+pub fn committed(task: &TaskRecord, totals: &ReportTotals, old: Option<&WatermarkRecord>, now_ms: i64) -> Committed {
+    let old = old.cloned().unwrap_or_default();
+    let lineage = LineageRecord {
+        window_start_ms: task.window_start_ms,
+        window_end_ms: task.window_end_ms,
+        skipped_windows: task.skipped_windows,
+        task_id: task.id.to_string(),
+        attempt: totals.attempt,
+        input_count: task.input_count,
+        output_count: totals.outputs,
+        output_chunks: totals.output_chunks,
+        rows_in: totals.rows_in,
+        rows_out: totals.rows_out,
+        committed_ms: now_ms,
+    };
+    let watermark = WatermarkRecord {
+        watermark_ms: task.window_end_ms,
+        windows_committed: old.windows_committed + 1,
+        windows_skipped: old.windows_skipped + task.skipped_windows,
+        rows_out: old.rows_out + totals.rows_out,
+        rows_in: old.rows_in + totals.rows_in,
+        bytes_in: old.bytes_in + totals.bytes_in,
+        bytes_out: old.bytes_out + totals.bytes_out,
+        rows_null_time: old.rows_null_time + totals.rows_null_time,
+        updated_ms: now_ms,
+    };
+    let mut history = for_history(task);
+    history.state = TaskState::Succeeded;
+    history.finished_ms = now_ms;
+    history.rows_in = totals.rows_in;
+    history.rows_out = totals.rows_out;
+    history.bytes_in = totals.bytes_in;
+    history.bytes_out = totals.bytes_out;
+    history.rows_null_time = totals.rows_null_time;
+    history.output_count = totals.outputs;
+    Committed { lineage, watermark, history }
+}
+
+/// A task as kept in history: without its config snapshots (the table
+/// record holds the config; history stays small).
+pub fn for_history(task: &TaskRecord) -> TaskRecord {
+    let mut t = task.clone();
+    t.table_config = serde_json::Value::Null;
+    t.schema = serde_json::Value::Null;
+    t
+}
+
+/// Step 4, commit: lineage, watermark and history written, the task, its
+/// claim and the in-flight marker deleted, if the attempt still holds its
+/// claim, the watermark and the table's segments are as checked, no lineage
+/// exists for the window, this controller still leads and the manifest
+/// chunks are the ones just written. Seven operations, whatever the number
+/// of outputs.
+pub fn commit(
+    keys: &Keys,
+    task: &TaskRecord,
+    revs: &AttemptRevs,
+    watermark_rev: i64,
+    segments_rev: i64,
+    leadership: Leadership,
+    manifest_chunks: Vec<Compare>,
+    done: &Committed,
+) -> Txn {
+    let lineage_key = keys.lineage(&task.table, task.window_start_ms);
+    let mut compares = vec![
+        Compare::ModRevision(keys.active_task(&task.id), revs.task),
+        Compare::ModRevision(keys.claim(&task.id), revs.claim),
+        Compare::ModRevision(keys.watermark(&task.table), watermark_rev),
+        Compare::ModRevision(keys.segments_marker(&task.table), segments_rev),
+        Compare::CreateRevision(lineage_key.clone(), 0),
+        leader_compare(keys, leadership),
+    ];
+    compares.extend(manifest_chunks);
+    Txn {
+        compares,
+        ops: vec![
+            Op::put(lineage_key, encode(&done.lineage)),
+            Op::put(keys.watermark(&task.table), encode(&done.watermark)),
+            Op::put(keys.history(&task.id), encode(&done.history)),
+            Op::delete(keys.active_task(&task.id)),
+            Op::delete(keys.claim(&task.id)),
+            Op::delete(keys.inflight(&task.table)),
+        ],
+    }
+}
+
+/// The task after attempt `attempt` failed with `error` at `now_ms`: back
+/// to PENDING behind a backoff while the round has attempts left, else
+/// FAILED with the next round armed after the round backoff. Pure.
+pub fn attempt_failed(mut task: TaskRecord, attempt: u32, error: &str, now_ms: i64) -> TaskRecord {
+    task.errors.push(format!("attempt {attempt}: {error}"));
+    if task.attempts_in_round() >= task.max_attempts {
+        task.state = TaskState::Failed;
+        task.finished_ms = now_ms;
+        task.failed_rounds += 1;
+        task.retry_at_ms = now_ms + round_backoff_ms(task.failed_rounds);
+    } else {
+        task.state = TaskState::Pending;
+        task.not_before_ms = now_ms + attempt_backoff_ms(task.attempts_in_round());
+    }
+    task
+}
+
+/// Step 4, refusal or failure: the task's next state written and its claim
+/// released, if the task (and the claim, when there is one) are as read and
+/// this controller still leads.
+pub fn record_failure(keys: &Keys, next: &TaskRecord, revs: &AttemptRevs, leadership: Leadership) -> Txn {
+    let mut compares =
+        vec![Compare::ModRevision(keys.active_task(&next.id), revs.task), leader_compare(keys, leadership)];
+    if revs.claim != 0 {
+        compares.push(Compare::ModRevision(keys.claim(&next.id), revs.claim));
+    }
+    Txn { compares, ops: vec![Op::put(keys.active_task(&next.id), encode(next)), Op::delete(keys.claim(&next.id))] }
+}
+
+/// A FAILED task starts a new round of attempts now. Pure.
+pub fn rearmed(mut task: TaskRecord) -> TaskRecord {
+    task.state = TaskState::Pending;
+    task.round_start_attempt = task.attempt;
+    task.retry_at_ms = 0;
+    task.not_before_ms = 0;
+    task.finished_ms = 0;
+    task
+}
+
+/// Writes a task's new state if it is as read and this controller leads.
+pub fn update_task(keys: &Keys, next: &TaskRecord, task_rev: i64, leadership: Leadership) -> Txn {
+    Txn {
+        compares: vec![Compare::ModRevision(keys.active_task(&next.id), task_rev), leader_compare(keys, leadership)],
+        ops: vec![Op::put(keys.active_task(&next.id), encode(next))],
+    }
+}
+
+/// Drops a task whose plan no longer holds (its inputs or the watermark
+/// changed, or an operator reset the flow): it goes to history as
+/// SUPERSEDED with `reason`; its claim, inputs and the in-flight marker are
+/// deleted, so the planner plans the window again from current metadata.
+pub fn supersede(
+    keys: &Keys,
+    task: &TaskRecord,
+    task_rev: i64,
+    leadership: Leadership,
+    reason: &str,
+    now_ms: i64,
+) -> Txn {
+    let mut gone = for_history(task);
+    gone.state = TaskState::Superseded;
+    gone.finished_ms = now_ms;
+    gone.errors.push(format!("superseded: {reason}"));
+    Txn {
+        compares: vec![Compare::ModRevision(keys.active_task(&task.id), task_rev), leader_compare(keys, leadership)],
+        ops: vec![
+            Op::put(keys.history(&task.id), encode(&gone)),
+            Op::delete(keys.active_task(&task.id)),
+            Op::delete(keys.claim(&task.id)),
+            Op::delete(keys.inflight(&task.table)),
+            Op::delete_prefix(keys.inputs(&task.id)),
+        ],
+    }
+}
+
+/// Checks that a transaction this module built fits etcd's limits.
+pub fn within_limits(txn: &Txn) -> bool {
+    check_txn(&txn.compares, &txn.ops).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use r2o_common::kv::MemKv;
+    use r2o_common::meta::{chunks, get_record, ClaimRecord, SegmentMeta, SegmentStatus, TaskId};
+    use std::sync::Arc;
+
+    fn task(table: &str) -> TaskRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("{table}__3600000__7"), "table": table, "windowStartMs": 3_600_000, "windowEndMs": 7_200_000,
+            "skippedWindows": 0, "inputCount": 1, "inputChunks": 1, "inputRows": 10, "inputBytes": 100,
+            "segmentsRevision": 0, "tableConfig": {"tableName": table}, "schema": {}, "state": "PENDING",
+            "attempt": 0, "minion": "", "createdMs": 7, "startedMs": 0, "finishedMs": 0, "errors": [],
+            "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0, "maxAttempts": 2
+        }))
+        .unwrap()
+    }
+
+    fn output(i: usize) -> SegmentMeta {
+        SegmentMeta {
+            segment_name: format!("t_3600000_7200000_{i}_0"),
+            table_name: "t_OFFLINE".into(),
+            status: SegmentStatus::Done,
+            start_time_ms: 3_600_000,
+            end_time_ms: 3_600_001,
+            total_docs: 2,
+            size_bytes: 1_000,
+            schema_fingerprint: "f".into(),
+            location: format!("ns/offline/t_OFFLINE/t__3600000__7/attempt-1/t_3600000_7200000_{i}_0.parquet"),
+            partition: i as i32,
+            created_ms: 0,
+            end_of_stream: false,
+        }
+    }
+
+    struct World {
+        kv: Kv,
+        keys: Keys,
+        leadership: Leadership,
+    }
+
+    async fn world() -> World {
+        let kv: Kv = Arc::new(MemKv::new());
+        let keys = Keys::new("/p");
+        kv.put(&keys.leader(), b"me".to_vec(), None).await.unwrap();
+        let create_revision = kv.get(&keys.leader()).await.unwrap().unwrap().create_revision;
+        World { kv, keys, leadership: Leadership { lease: 1, create_revision } }
+    }
+
+    /// Publishes a task and claims it as a minion would; returns its revisions.
+    async fn published_and_claimed(w: &World, t: &TaskRecord) -> (TaskRecord, AttemptRevs) {
+        let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
+        assert!(publish(&w.keys, t, 0, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        let entry = w.kv.get(&w.keys.active_task(&t.id)).await.unwrap().unwrap();
+        let mut running = t.clone();
+        running.attempt += 1;
+        running.state = TaskState::Running;
+        let claim = ClaimRecord { minion_id: "m".into(), attempt: running.attempt, lease: 0, claimed_ms: 0 };
+        assert!(w
+            .kv
+            .txn(
+                vec![Compare::ModRevision(entry.key.clone(), entry.mod_revision)],
+                vec![Op::put(entry.key.clone(), encode(&running)), Op::put(w.keys.claim(&t.id), encode(&claim))],
+            )
+            .await
+            .unwrap());
+        let task_rev = w.kv.get(&w.keys.active_task(&t.id)).await.unwrap().unwrap().mod_revision;
+        let claim_rev = w.kv.get(&w.keys.claim(&t.id)).await.unwrap().unwrap().mod_revision;
+        (running, AttemptRevs { task: task_rev, claim: claim_rev })
+    }
+
+    fn totals(outputs: u64, chunks: u32) -> ReportTotals {
+        ReportTotals {
+            attempt: 1,
+            rows_in: 20,
+            rows_out: 2 * outputs,
+            outputs,
+            output_chunks: chunks,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_of_thousands_of_outputs_stays_within_etcds_limits() {
+        let w = world().await;
+        let t = task("t");
+        let (running, revs) = published_and_claimed(&w, &t).await;
+        let outputs: Vec<SegmentMeta> = (0..5_000).map(output).collect();
+        let manifest = chunks::write(&w.kv, &w.keys.manifest(&t.id, 1), &outputs).await.unwrap();
+        let n = manifest.len() as u32;
+        let done = committed(&running, &totals(5_000, n), None, 99);
+        let txn = commit(&w.keys, &running, &revs, 0, 0, w.leadership, manifest, &done);
+        assert!(within_limits(&txn), "{} compares, {} ops", txn.compares.len(), txn.ops.len());
+        assert_eq!(txn.ops.len(), 6, "the ops do not grow with the outputs");
+        assert!(txn.apply(&w.kv).await.unwrap(), "the commit applies");
+        let (wm, _) = get_record::<WatermarkRecord>(&w.kv, &w.keys.watermark("t")).await.unwrap().unwrap();
+        assert_eq!((wm.watermark_ms, wm.windows_committed, wm.rows_out), (7_200_000, 1, 10_000));
+        assert_eq!(chunks::read::<SegmentMeta>(&w.kv, &w.keys.manifest(&t.id, 1)).await.unwrap().len(), 5_000);
+        assert!(w.kv.get(&w.keys.active_task(&t.id)).await.unwrap().is_none());
+        assert!(w.kv.get(&w.keys.claim(&t.id)).await.unwrap().is_none());
+        assert!(w.kv.get(&w.keys.inflight("t")).await.unwrap().is_none());
+        let (h, _) = get_record::<TaskRecord>(&w.kv, &w.keys.history(&t.id)).await.unwrap().unwrap();
+        assert_eq!((h.state, h.output_count), (TaskState::Succeeded, 5_000));
+        assert_eq!(h.table_config, serde_json::Value::Null, "history does not repeat the config");
+        // the same commit again (a duplicate report racing the first) changes nothing
+        let again = committed(&running, &totals(5_000, n), None, 100);
+        let txn = commit(&w.keys, &running, &revs, 0, 0, w.leadership, vec![], &again);
+        assert!(!txn.apply(&w.kv).await.unwrap(), "a second commit of the window fails its compares");
+    }
+
+    #[tokio::test]
+    async fn a_stale_attempt_commits_nothing() {
+        let w = world().await;
+        let t = task("t");
+        let (running, revs) = published_and_claimed(&w, &t).await;
+        // the minion's lease expired and another minion claimed attempt 2
+        w.kv.delete(&w.keys.claim(&t.id)).await.unwrap();
+        w.kv.put(&w.keys.claim(&t.id), b"{}".to_vec(), None).await.unwrap();
+        let done = committed(&running, &totals(1, 1), None, 99);
+        let txn = commit(&w.keys, &running, &revs, 0, 0, w.leadership, vec![], &done);
+        assert!(!txn.apply(&w.kv).await.unwrap());
+        assert!(w.kv.get(&w.keys.watermark("t")).await.unwrap().is_none(), "the watermark did not move");
+        assert!(w.kv.get(&w.keys.lineage("t", 3_600_000)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn leadership_lost_between_check_and_write_commits_nothing() {
+        let w = world().await;
+        let t = task("t");
+        let (running, revs) = published_and_claimed(&w, &t).await;
+        // a new leader took over after this one checked the attempt
+        w.kv.delete(&w.keys.leader()).await.unwrap();
+        w.kv.put(&w.keys.leader(), b"other".to_vec(), None).await.unwrap();
+        let done = committed(&running, &totals(1, 1), None, 99);
+        assert!(!commit(&w.keys, &running, &revs, 0, 0, w.leadership, vec![], &done).apply(&w.kv).await.unwrap());
+        let next = attempt_failed(running.clone(), 1, "x", 5);
+        assert!(!record_failure(&w.keys, &next, &revs, w.leadership).apply(&w.kv).await.unwrap());
+        assert!(w.kv.get(&w.keys.watermark("t")).await.unwrap().is_none());
+        assert!(w.kv.get(&w.keys.claim(&t.id)).await.unwrap().is_some(), "the old leader released nothing");
+    }
+
+    #[tokio::test]
+    async fn a_refused_report_releases_the_claim_then_retries_then_fails() {
+        let w = world().await;
+        let t = task("t");
+        let (running, revs) = published_and_claimed(&w, &t).await;
+        let next = attempt_failed(running, 1, "validation failed: sum of metric 'm' changed", 1_000);
+        assert_eq!(next.state, TaskState::Pending);
+        assert_eq!(next.not_before_ms, 1_000 + attempt_backoff_ms(1), "backoff before the next attempt");
+        assert!(record_failure(&w.keys, &next, &revs, w.leadership).apply(&w.kv).await.unwrap());
+        assert!(w.kv.get(&w.keys.claim(&t.id)).await.unwrap().is_none(), "the claim is released");
+        let (stored, entry) = get_record::<TaskRecord>(&w.kv, &w.keys.active_task(&t.id)).await.unwrap().unwrap();
+        assert!(stored.claimable(1_000 + attempt_backoff_ms(1), false), "claimable again after the backoff");
+        // attempt 2 (the round's last, maxAttempts=2) fails too: FAILED, with both errors kept
+        let mut second = stored.clone();
+        second.attempt = 2;
+        second.state = TaskState::Running;
+        let done = attempt_failed(second, 2, "validation failed again", 5_000);
+        assert_eq!(done.state, TaskState::Failed);
+        assert_eq!(done.retry_at_ms, 5_000 + round_backoff_ms(1));
+        assert_eq!(done.errors.len(), 2);
+        assert!(update_task(&w.keys, &done, entry.mod_revision, w.leadership).apply(&w.kv).await.unwrap());
+        let (stored, entry) = get_record::<TaskRecord>(&w.kv, &w.keys.active_task(&t.id)).await.unwrap().unwrap();
+        assert!(!stored.claimable(i64::MAX, false), "a FAILED task is not claimable");
+        let again = rearmed(stored);
+        assert!(again.claimable(0, false), "a re-armed task starts a new round");
+        assert!(update_task(&w.keys, &again, entry.mod_revision, w.leadership).apply(&w.kv).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn superseding_drops_the_task_and_frees_the_table() {
+        let w = world().await;
+        let t = task("a__b");
+        let (_, revs) = published_and_claimed(&w, &t).await;
+        let txn = supersede(&w.keys, &t, revs.task, w.leadership, "a segment was registered in the window", 9);
+        assert!(within_limits(&txn));
+        assert!(txn.apply(&w.kv).await.unwrap());
+        for key in [w.keys.active_task(&t.id), w.keys.claim(&t.id), w.keys.inflight("a__b")] {
+            assert!(w.kv.get(&key).await.unwrap().is_none(), "{key} deleted");
+        }
+        assert!(w.kv.range(&w.keys.inputs(&t.id)).await.unwrap().is_empty(), "inputs deleted");
+        let (h, _) = get_record::<TaskRecord>(&w.kv, &w.keys.history(&t.id)).await.unwrap().unwrap();
+        assert_eq!(h.state, TaskState::Superseded);
+        assert!(h.errors.last().unwrap().contains("registered"));
+        assert_eq!(h.id, TaskId::new("a__b", 3_600_000, 7), "a table name with __ round-trips");
+    }
+
+    #[tokio::test]
+    async fn publishing_needs_unchanged_segments_and_its_own_input_chunks() {
+        let w = world().await;
+        let t = task("t");
+        let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
+        // a segment was registered after planning: the marker moved
+        w.kv.put(&w.keys.segments_marker("t"), b"1".to_vec(), None).await.unwrap();
+        assert!(!publish(&w.keys, &t, 0, w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
+        let mut replanned = t.clone();
+        replanned.segments_revision = w.kv.get(&w.keys.segments_marker("t")).await.unwrap().unwrap().mod_revision;
+        // the input chunks were deleted meanwhile (by a janitor): refused
+        w.kv.txn(vec![], vec![Op::delete_prefix(w.keys.inputs(&t.id))]).await.unwrap();
+        assert!(!publish(&w.keys, &replanned, 0, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
+        assert!(publish(&w.keys, &replanned, 0, w.leadership, inputs).apply(&w.kv).await.unwrap());
+    }
+}

@@ -1,0 +1,577 @@
+//! Validation of a completion report before its commit (step 4 of the
+//! commit protocol). The controller does not trust the minion's account of
+//! itself alone: row counts come from the staged files' own Parquet footers,
+//! `rows_in` is bounded by the inputs' registered row counts, and the values
+//! of every copied column (dimensions, min/max metrics; every column for
+//! concat and dedup) must lie in the range the inputs' footers give. The
+//! minion's metric sums are checked exactly for INT and LONG (sums wrap in
+//! the column's width, as Pinot's `SumValueAggregator` does with Java
+//! `int`/`long` addition) and within a rounding bound that a correct merge
+//! cannot exceed for FLOAT and DOUBLE.
+//!
+//! [`check`] is pure; [`gather`] reads the footers it needs.
+
+use futures::{StreamExt, TryStreamExt};
+use r2o_common::columnar::{read_footer_facts, FooterFacts, ValueRange};
+use r2o_common::config::{AggregationType, MergeType, TableSpec};
+use r2o_common::meta::{SegmentMeta, TaskRecord};
+use r2o_common::schema::{DataType, FieldKind};
+use r2o_common::store::{canonical_path, object_size, Layout, Store};
+use r2o_common::window::floor_to_bucket;
+use r2o_proto::controller as pb;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// What the controller read itself about one staged output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputEvidence {
+    /// Its size in the store, bytes; `None` when it is missing.
+    pub size_bytes: Option<u64>,
+    /// Its footer, when it exists and decodes.
+    pub footer: Option<FooterFacts>,
+}
+
+/// Footers of REALTIME inputs, by location: read once, used by every window
+/// the segment overlaps. Bounded: cleared when it holds `capacity` entries.
+#[derive(Clone)]
+pub struct FooterCache {
+    inner: Arc<Mutex<HashMap<String, Option<FooterFacts>>>>,
+    capacity: usize,
+}
+
+impl FooterCache {
+    /// An empty cache of at most `capacity` footers.
+    pub fn new(capacity: usize) -> FooterCache {
+        FooterCache { inner: Arc::default(), capacity: capacity.max(1) }
+    }
+
+    fn get(&self, location: &str) -> Option<Option<FooterFacts>> {
+        self.inner.lock().ok()?.get(location).cloned()
+    }
+
+    fn put(&self, location: &str, facts: Option<FooterFacts>) {
+        if let Ok(mut m) = self.inner.lock() {
+            if m.len() >= self.capacity {
+                m.clear();
+            }
+            m.insert(location.to_string(), facts);
+        }
+    }
+}
+
+/// Reads what [`check`] needs: each output's size and footer, and each
+/// input's footer (cached; `None` when it cannot be read, which only skips
+/// the range check for it — the minion read it, or the attempt would have
+/// failed). At most 16 reads at once.
+///
+/// # Errors
+/// Store errors other than a missing object (retryable: the report is
+/// retried, nothing is decided).
+pub async fn gather(
+    store: &Store,
+    cache: &FooterCache,
+    outputs: &[pb::StagedSegment],
+    inputs: &[SegmentMeta],
+) -> r2o_common::Result<(Vec<OutputEvidence>, Vec<Option<FooterFacts>>)> {
+    let outs: Vec<OutputEvidence> = futures::stream::iter(outputs.iter().cloned())
+        .map(|o| {
+            let store = store.clone();
+            async move {
+                let Some(size) = object_size(&store, &o.location).await? else {
+                    return Ok::<_, r2o_common::Error>(OutputEvidence { size_bytes: None, footer: None });
+                };
+                let footer = match read_footer_facts(&store, &o.location, size).await {
+                    Ok(f) => Some(f),
+                    Err(r2o_common::Error::Segment { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                Ok(OutputEvidence { size_bytes: Some(size), footer })
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    let ins: Vec<Option<FooterFacts>> = futures::stream::iter(inputs.iter().cloned())
+        .map(|s| {
+            let (store, cache) = (store.clone(), cache.clone());
+            async move {
+                if let Some(f) = cache.get(&s.location) {
+                    return Ok::<_, r2o_common::Error>(f);
+                }
+                let f = match read_footer_facts(&store, &s.location, s.size_bytes).await {
+                    Ok(f) => Some(f),
+                    Err(r2o_common::Error::Segment { .. }) => None,
+                    Err(r2o_common::Error::Store { source: object_store::Error::NotFound { .. }, .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                cache.put(&s.location, f.clone());
+                Ok(f)
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    Ok((outs, ins))
+}
+
+/// Unit roundoff of a float column type.
+fn unit_roundoff(t: DataType) -> f64 {
+    if t == DataType::Float {
+        f64::from(f32::EPSILON) / 2.0
+    } else {
+        f64::EPSILON / 2.0
+    }
+}
+
+/// Bound on |sum_in - sum_out| for `rows` values of a float column whose
+/// absolute values sum to `abs_sum`: a merge summing in the column's type
+/// (error at most gamma_n = n*u / (1 - n*u) times the absolute sum, the
+/// standard bound for recursive summation) plus both sides' f64 sums.
+pub fn float_sum_bound(t: DataType, rows: u64, abs_sum: f64) -> f64 {
+    let n = rows.max(1) as f64;
+    let nu = n * unit_roundoff(t);
+    let gamma = if nu < 0.5 { nu / (1.0 - nu) } else { 2.0 };
+    (gamma + 4.0 * n * (f64::EPSILON / 2.0)) * abs_sum + f64::MIN_POSITIVE
+}
+
+fn check_sums(spec: &TableSpec, req: &pb::CompleteTaskRequest) -> Result<(), String> {
+    if spec.flow.merge_type == MergeType::Dedup {
+        return Ok(()); // dedup drops rows: sums are not preserved
+    }
+    for (metric, agg) in &spec.flow.aggregations {
+        if *agg != AggregationType::Sum {
+            continue;
+        }
+        let Some(field) = spec.schema.field(metric) else { continue };
+        let Some(s) = req.metric_sums.get(metric) else {
+            return Err(format!("no sums were reported for metric '{metric}' (every summed metric must be checked)"));
+        };
+        match field.data_type {
+            DataType::Int if s.int_in as i32 != s.int_out as i32 => {
+                return Err(format!(
+                    "sum of INT metric '{metric}' changed: {} in, {} out (32-bit wrapping sums)",
+                    s.int_in as i32, s.int_out as i32
+                ));
+            }
+            DataType::Long if s.int_in != s.int_out => {
+                return Err(format!("sum of LONG metric '{metric}' changed: {} in, {} out", s.int_in, s.int_out));
+            }
+            DataType::Float | DataType::Double => {
+                let (a, b) = (s.float_in, s.float_out);
+                if a.is_finite() && b.is_finite() {
+                    let bound = float_sum_bound(field.data_type, req.rows_in, s.float_abs_in);
+                    if (a - b).abs() > bound {
+                        return Err(format!(
+                            "sum of {} metric '{metric}' changed: {a} in, {b} out, more than rounding allows ({bound})",
+                            field.data_type.name()
+                        ));
+                    }
+                } else {
+                    let same = (a.is_nan() && b.is_nan()) || a == b;
+                    // a FLOAT group's sum may overflow f32 where the f64 input sum does not
+                    let overflow = field.data_type == DataType::Float
+                        && a.is_finite()
+                        && b.is_infinite()
+                        && s.float_abs_in > f64::from(f32::MAX);
+                    if !same && !overflow {
+                        return Err(format!("sum of metric '{metric}' changed: {a} in, {b} out"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Columns whose output values must lie in the inputs' range: every
+/// numeric column but the (rounded) time column for concat and dedup; for
+/// rollup, dimensions and min/max metrics (sums may leave the range).
+fn copied_columns(spec: &TableSpec) -> Vec<&str> {
+    spec.schema
+        .fields
+        .iter()
+        .filter(|f| f.name != spec.flow.time_column && f.data_type.is_numeric())
+        .filter(|f| match spec.flow.merge_type {
+            MergeType::Concat | MergeType::Dedup => true,
+            MergeType::Rollup => {
+                f.kind != FieldKind::Metric
+                    || spec.flow.aggregations.get(&f.name).is_some_and(|a| *a != AggregationType::Sum)
+            }
+        })
+        .map(|f| f.name.as_str())
+        .collect()
+}
+
+/// Checks a completion report against the task, its inputs and what the
+/// controller read itself. Pure.
+///
+/// `outputs` and `input_footers` are in the order of `req.outputs` and
+/// `inputs`.
+///
+/// # Errors
+/// Why the report is refused, naming the output, column or metric.
+pub fn check(
+    task: &TaskRecord,
+    spec: &TableSpec,
+    layout: &Layout,
+    inputs: &[SegmentMeta],
+    input_footers: &[Option<FooterFacts>],
+    req: &pb::CompleteTaskRequest,
+    outputs: &[OutputEvidence],
+) -> Result<(), String> {
+    if req.schema_fingerprint != spec.schema.fingerprint() {
+        return Err(format!(
+            "schema fingerprint {} differs from the table's {}",
+            req.schema_fingerprint,
+            spec.schema.fingerprint()
+        ));
+    }
+    let registered_rows: u64 = inputs.iter().map(|s| s.total_docs).sum();
+    if req.rows_in > registered_rows {
+        return Err(format!(
+            "rows_in {} is more than the {registered_rows} rows registered for the task's {} inputs",
+            req.rows_in,
+            inputs.len()
+        ));
+    }
+    if req.rows_null_time > registered_rows {
+        return Err(format!("rows_null_time {} is more than the inputs' {registered_rows} rows", req.rows_null_time));
+    }
+    let prefix = canonical_path(&layout.staging_prefix(&task.id, req.attempt));
+    let round = spec.flow.round_ms.unwrap_or(1);
+    let lowest = floor_to_bucket(task.window_start_ms, round);
+    let mut names = HashSet::new();
+    let mut locations = HashSet::new();
+    let mut rows = 0u64;
+    for (o, ev) in req.outputs.iter().zip(outputs) {
+        let location = canonical_path(&o.location);
+        if !location.starts_with(&prefix) {
+            return Err(format!(
+                "output {} is at {}, outside the attempt's staging prefix {prefix}",
+                o.name, o.location
+            ));
+        }
+        if !locations.insert(location) {
+            return Err(format!("output location {} is reported twice", o.location));
+        }
+        if !names.insert(o.name.as_str()) {
+            return Err(format!("output name {} is reported twice", o.name));
+        }
+        if o.start_time_ms < lowest || o.end_time_ms >= task.window_end_ms || o.start_time_ms > o.end_time_ms {
+            return Err(format!(
+                "output {} spans [{}, {}], outside the window [{}, {})",
+                o.name, o.start_time_ms, o.end_time_ms, task.window_start_ms, task.window_end_ms
+            ));
+        }
+        if o.num_rows == 0 || o.num_rows > spec.flow.max_records_per_segment {
+            return Err(format!(
+                "output {} has {} rows, expected 1..={} (maxNumRecordsPerSegment)",
+                o.name, o.num_rows, spec.flow.max_records_per_segment
+            ));
+        }
+        match ev.size_bytes {
+            None => return Err(format!("output {} is missing from the store", o.location)),
+            Some(size) if size != o.size_bytes => {
+                return Err(format!("output {} is {size} bytes in the store, reported {}", o.location, o.size_bytes))
+            }
+            Some(_) => {}
+        }
+        let Some(footer) = &ev.footer else {
+            return Err(format!("output {} is not a readable Parquet file", o.location));
+        };
+        if footer.num_rows != o.num_rows {
+            return Err(format!(
+                "output {} holds {} rows by its Parquet footer, reported {}",
+                o.location, footer.num_rows, o.num_rows
+            ));
+        }
+        rows += o.num_rows;
+    }
+    if outputs.len() != req.outputs.len() {
+        return Err("internal: evidence does not match the outputs".into());
+    }
+    if rows != req.rows_out {
+        return Err(format!("outputs hold {rows} rows, reported rows_out {}", req.rows_out));
+    }
+    match spec.flow.merge_type {
+        MergeType::Concat if req.rows_out != req.rows_in => {
+            return Err(format!("concat must keep every row: {} in, {} out", req.rows_in, req.rows_out))
+        }
+        MergeType::Rollup | MergeType::Dedup if req.rows_out > req.rows_in => {
+            return Err(format!(
+                "{} cannot add rows: {} in, {} out",
+                spec.flow.merge_type.name(),
+                req.rows_in,
+                req.rows_out
+            ))
+        }
+        _ => {}
+    }
+    check_sums(spec, req)?;
+    for col in copied_columns(spec) {
+        // the inputs' range: known only when every input's footer gives it
+        let mut outer: Option<ValueRange> = None;
+        let mut known = !inputs.is_empty();
+        for f in input_footers {
+            match f.as_ref().and_then(|f| f.ranges.get(col)) {
+                Some(r) => {
+                    outer = Some(match outer {
+                        None => *r,
+                        Some(acc) => match (acc, *r) {
+                            (ValueRange::Int { min: a, max: b }, ValueRange::Int { min: c, max: d }) => {
+                                ValueRange::Int { min: a.min(c), max: b.max(d) }
+                            }
+                            (ValueRange::Float { min: a, max: b }, ValueRange::Float { min: c, max: d }) => {
+                                ValueRange::Float { min: a.min(c), max: b.max(d) }
+                            }
+                            _ => {
+                                known = false;
+                                acc
+                            }
+                        },
+                    })
+                }
+                None => {
+                    // an input without values in this column (all null) adds nothing;
+                    // one without statistics makes the range unknown
+                    let all_null = f.as_ref().is_some_and(|f| f.num_rows == 0);
+                    if !all_null {
+                        known = false;
+                    }
+                }
+            }
+        }
+        let (true, Some(outer)) = (known, outer) else { continue };
+        for (o, ev) in req.outputs.iter().zip(outputs) {
+            let Some(r) = ev.footer.as_ref().and_then(|f| f.ranges.get(col)) else { continue };
+            let comparable = matches!(
+                (r, &outer),
+                (ValueRange::Int { .. }, ValueRange::Int { .. }) | (ValueRange::Float { .. }, ValueRange::Float { .. })
+            );
+            if comparable && !r.within(&outer) {
+                return Err(format!(
+                    "column '{col}' of output {} holds values {r}, outside the inputs' range {outer}",
+                    o.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use r2o_common::meta::SegmentStatus;
+    use serde_json::json;
+
+    fn spec(merge: &str) -> TableSpec {
+        TableSpec::from_json(
+            json!({"tableName": "t", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                   "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
+                       "bucketTimePeriod": "1h", "mergeType": merge, "lo.aggregationType": "min"}}}}),
+            json!({"dimensionFieldSpecs": [{"name": "d", "dataType": "INT"}],
+                   "metricFieldSpecs": [{"name": "f", "dataType": "FLOAT"}, {"name": "i", "dataType": "INT"},
+                                        {"name": "lo", "dataType": "LONG"}],
+                   "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH"}]}),
+        )
+        .unwrap()
+    }
+
+    fn task(s: &TableSpec) -> TaskRecord {
+        serde_json::from_value(json!({
+            "id": "t__0__1", "table": "t", "windowStartMs": 0, "windowEndMs": 3_600_000, "skippedWindows": 0,
+            "inputCount": 1, "inputChunks": 1, "inputRows": 100, "inputBytes": 1, "segmentsRevision": 0,
+            "tableConfig": s.config_json, "schema": s.schema_json, "state": "RUNNING", "attempt": 1,
+            "minion": "m", "createdMs": 1, "startedMs": 1, "finishedMs": 0, "errors": [],
+            "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0
+        }))
+        .unwrap()
+    }
+
+    fn input(rows: u64) -> SegmentMeta {
+        SegmentMeta {
+            segment_name: "s".into(),
+            table_name: "t_REALTIME".into(),
+            status: SegmentStatus::Done,
+            start_time_ms: 0,
+            end_time_ms: 10,
+            total_docs: rows,
+            size_bytes: 1,
+            schema_fingerprint: String::new(),
+            location: "ns/realtime/t_REALTIME/s.1.parquet".into(),
+            partition: 0,
+            created_ms: 0,
+            end_of_stream: false,
+        }
+    }
+
+    fn facts(rows: u64, ranges: &[(&str, ValueRange)]) -> FooterFacts {
+        FooterFacts { num_rows: rows, ranges: ranges.iter().map(|(k, v)| (k.to_string(), *v)).collect() }
+    }
+
+    fn sums(int_in: i64, int_out: i64, f_in: f64, f_out: f64, abs: f64) -> pb::MetricSums {
+        pb::MetricSums { int_in, int_out, float_in: f_in, float_out: f_out, float_abs_in: abs }
+    }
+
+    /// A report of one output with `rows` rows, valid for `s`.
+    fn report(s: &TableSpec, rows_in: u64, rows: u64) -> (pb::CompleteTaskRequest, Vec<OutputEvidence>) {
+        let layout = Layout::new("ns");
+        let loc = format!("{}o.parquet", layout.staging_prefix(&"t__0__1".parse().unwrap(), 1));
+        let req = pb::CompleteTaskRequest {
+            task_id: "t__0__1".into(),
+            attempt: 1,
+            minion_id: "m".into(),
+            outputs: vec![pb::StagedSegment {
+                name: "o".into(),
+                location: loc,
+                num_rows: rows,
+                size_bytes: 50,
+                start_time_ms: 0,
+                end_time_ms: 10,
+                partition: -1,
+            }],
+            rows_in,
+            rows_out: rows,
+            bytes_in: 1,
+            metric_sums: [("f".to_string(), sums(0, 0, 1.5, 1.5, 1.5)), ("i".to_string(), sums(7, 7, 0.0, 0.0, 0.0))]
+                .into_iter()
+                .collect(),
+            schema_fingerprint: s.schema.fingerprint(),
+            rows_null_time: 0,
+        };
+        let ev = vec![OutputEvidence {
+            size_bytes: Some(50),
+            footer: Some(facts(
+                rows,
+                &[("d", ValueRange::Int { min: 1, max: 2 }), ("lo", ValueRange::Int { min: 5, max: 5 })],
+            )),
+        }];
+        (req, ev)
+    }
+
+    fn run(
+        s: &TableSpec,
+        req: &pb::CompleteTaskRequest,
+        ev: &[OutputEvidence],
+        input_footers: &[Option<FooterFacts>],
+    ) -> Result<(), String> {
+        check(&task(s), s, &Layout::new("ns"), &[input(100)], input_footers, req, ev)
+    }
+
+    fn in_footer() -> Vec<Option<FooterFacts>> {
+        vec![Some(facts(100, &[("d", ValueRange::Int { min: 0, max: 9 }), ("lo", ValueRange::Int { min: 1, max: 5 })]))]
+    }
+
+    #[test]
+    fn a_correct_report_passes() {
+        let s = spec("rollup");
+        let (req, ev) = report(&s, 10, 4);
+        assert_eq!(run(&s, &req, &ev, &in_footer()), Ok(()));
+        assert_eq!(run(&s, &req, &ev, &[None]), Ok(()), "an unreadable input footer only skips the range check");
+    }
+
+    #[test]
+    fn float_sums_are_checked_in_the_columns_precision() {
+        // f32 rollup of 1,000,000 values of 0.1: the f32 group sum drifts far
+        // from the f64 sum of the inputs, and that is correct
+        let s = spec("rollup");
+        let (mut req, ev) = report(&s, 1_000_000, 4);
+        let mut acc = 0f32;
+        for _ in 0..1_000_000 {
+            acc += 0.1f32;
+        }
+        let f64_in = 1_000_000.0 * f64::from(0.1f32);
+        req.metric_sums.insert("f".into(), sums(0, 0, f64_in, f64::from(acc), f64_in));
+        assert!((f64_in - f64::from(acc)).abs() > 1e-3 * f64_in, "the f32 sum really drifts: {acc} vs {f64_in}");
+        let mut big_input = in_footer();
+        big_input[0].as_mut().unwrap().num_rows = 1_000_000;
+        let r = check(&task(&s), &s, &Layout::new("ns"), &[input(1_000_000)], &big_input, &req, &ev);
+        assert_eq!(r, Ok(()), "rounding of a correct f32 rollup is not a refusal");
+        // a lost row of 0.1 in a small window is found
+        let (mut req, ev) = report(&s, 10, 4);
+        req.metric_sums.insert("f".into(), sums(0, 0, 1.0, 0.9, 1.0));
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("'f'"));
+    }
+
+    #[test]
+    fn int_sums_are_exact_and_wrap_like_java() {
+        let s = spec("rollup");
+        let (mut req, ev) = report(&s, 10, 4);
+        // i32 overflow: in = MAX + 1 as a wrapped i32, out = the wrapped group sum
+        req.metric_sums.insert("i".into(), sums(i64::from(i32::MIN), i64::from(i32::MAX) + 1, 0.0, 0.0, 0.0));
+        assert_eq!(run(&s, &req, &ev, &in_footer()), Ok(()), "equal modulo 2^32");
+        req.metric_sums.insert("i".into(), sums(7, 8, 0.0, 0.0, 0.0));
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("INT metric 'i'"));
+    }
+
+    #[test]
+    fn a_missing_sum_is_not_a_pass() {
+        let s = spec("concat");
+        let (mut req, ev) = report(&s, 4, 4);
+        req.metric_sums.clear();
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("no sums were reported"));
+        let d = spec("dedup");
+        let (mut req, ev) = report(&d, 4, 4);
+        req.metric_sums.clear();
+        assert_eq!(run(&d, &req, &ev, &in_footer()), Ok(()), "dedup does not keep sums");
+    }
+
+    #[test]
+    fn row_counts_come_from_footers_and_registered_inputs() {
+        let s = spec("rollup");
+        let (req, mut ev) = report(&s, 10, 4);
+        ev[0].footer.as_mut().unwrap().num_rows = 3;
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("by its Parquet footer"));
+        let (req, _) = report(&s, 101, 4);
+        let (_, ev) = report(&s, 10, 4);
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("registered"));
+        let (mut req, ev) = report(&s, 10, 4);
+        req.rows_null_time = 1_000;
+        assert!(run(&s, &req, &ev, &in_footer()).is_err());
+        let (req, mut ev) = report(&s, 10, 4);
+        ev[0].size_bytes = None;
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn duplicate_and_foreign_locations_are_refused() {
+        let s = spec("rollup");
+        let (mut req, mut ev) = report(&s, 10, 8);
+        let mut second = req.outputs[0].clone();
+        second.name = "o2".into();
+        req.outputs.push(second);
+        req.outputs[0].num_rows = 4;
+        req.outputs[1].num_rows = 4;
+        ev[0].footer.as_mut().unwrap().num_rows = 4;
+        ev.push(ev[0].clone());
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("reported twice"));
+        let (mut req, ev) = report(&s, 10, 4);
+        req.outputs[0].location = "ns/realtime/t_REALTIME/s.1.parquet".into();
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("outside the attempt's staging prefix"));
+    }
+
+    #[test]
+    fn copied_values_must_lie_in_the_inputs_range() {
+        let s = spec("rollup");
+        let (req, mut ev) = report(&s, 10, 4);
+        // a min metric's output value below every input value
+        ev[0].footer.as_mut().unwrap().ranges.insert("lo".into(), ValueRange::Int { min: 0, max: 5 });
+        let e = run(&s, &req, &ev, &in_footer()).unwrap_err();
+        assert!(e.contains("'lo'") && e.contains("[1, 5]"), "{e}");
+        // a summed metric may leave the range
+        let (req, mut ev) = report(&s, 10, 4);
+        ev[0].footer.as_mut().unwrap().ranges.insert("i".into(), ValueRange::Int { min: 0, max: 1_000_000 });
+        assert_eq!(run(&s, &req, &ev, &in_footer()), Ok(()));
+    }
+
+    #[test]
+    fn the_float_bound_is_tight_enough_to_matter() {
+        // a million doubles of magnitude 1: the bound is ~1e-9 of the sum
+        let b = float_sum_bound(DataType::Double, 1_000_000, 1_000_000.0);
+        assert!(b < 1e-3, "{b}");
+        let b = float_sum_bound(DataType::Float, 1_000, 1_000.0);
+        assert!(b < 0.1, "{b}");
+    }
+}
