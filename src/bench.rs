@@ -17,7 +17,7 @@ use r2o_common::columnar::{read_csv, time_ms, time_range_ms, write_parquet_with,
 use r2o_common::config::{MergeType, TableSpec};
 use r2o_common::meta::{SegmentMeta, SegmentStatus};
 use r2o_controller::planner::{plan, Decision};
-use r2o_minion::processor::process;
+use r2o_minion::processor::{process, Input};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +73,7 @@ fn main() -> Result<()> {
                 location: String::new(),
                 partition: 0,
                 created_ms: 0,
+                end_of_stream: false,
             },
             bytes,
         });
@@ -80,18 +81,17 @@ fn main() -> Result<()> {
     drop(all);
     drop(batches);
     let metas: Vec<SegmentMeta> = segments.iter().map(|s| s.meta.clone()).collect();
-    let inputs_of = |names: &[SegmentMeta]| -> Vec<(String, Bytes)> {
+    let inputs_of = |names: &[SegmentMeta]| -> Vec<Input> {
         names
             .iter()
-            .map(|m| {
-                (
-                    m.segment_name.clone(),
-                    segments
-                        .iter()
-                        .find(|s| s.meta.segment_name == m.segment_name)
-                        .map(|s| s.bytes.clone())
-                        .unwrap_or_default(),
-                )
+            .map(|m| Input {
+                name: m.segment_name.clone(),
+                bytes: segments
+                    .iter()
+                    .find(|s| s.meta.segment_name == m.segment_name)
+                    .map(|s| s.bytes.clone())
+                    .unwrap_or_default(),
+                count_null_time: false,
             })
             .collect()
     };

@@ -231,6 +231,10 @@ pub enum SegmentCmd {
         /// Stream partition.
         #[arg(long, default_value_t = 0)]
         partition: i32,
+        /// The segment is the last of its stream partition: it does not hold its last window back
+        /// (Pinot's last-completed-segment rule applies to LLC-named segments).
+        #[arg(long)]
+        end_of_stream: bool,
         /// Segment store URI (same as the cluster's).
         #[arg(long, env = "R2O_STORE", default_value = "file:///var/lib/r2o/store")]
         store: String,
@@ -245,6 +249,9 @@ pub enum SegmentCmd {
         /// Segment name.
         #[arg(long)]
         segment: String,
+        /// The stream of the segment's partition ended with it: its last window is not held for more data.
+        #[arg(long)]
+        end_of_stream: bool,
     },
     /// List a table's segments (REALTIME and OFFLINE).
     List {
@@ -307,7 +314,8 @@ fn segment_json(s: &pb::Segment) -> serde_json::Value {
 fn task_json(t: &pb::Task) -> serde_json::Value {
     json!({"id": t.id, "windowStartMs": t.window_start_ms, "windowEndMs": t.window_end_ms, "state": t.state,
            "attempt": t.attempt, "minion": t.minion, "trigger": t.trigger, "startedMs": t.started_ms, "rowsIn": t.rows_in, "rowsOut": t.rows_out,
-           "inputSegments": t.input_segments, "outputSegments": t.output_segments, "error": t.error,
+           "inputCount": t.input_count, "outputCount": t.output_count, "rowsNullTime": t.rows_null_time,
+           "error": t.error, "errors": t.errors,
            "createdMs": t.created_ms, "finishedMs": t.finished_ms})
 }
 
@@ -358,9 +366,18 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
         },
         AdminCommand::Segment { cmd } => match cmd {
-            SegmentCmd::Add { conn, table, file, status, name, partition, store } => {
-                let seg =
-                    ingest::add_segment_file(&conn.controller, &store, &table, &file, &status, name, partition).await?;
+            SegmentCmd::Add { conn, table, file, status, name, partition, end_of_stream, store } => {
+                let seg = ingest::add_segment_file(
+                    &conn.controller,
+                    &store,
+                    &table,
+                    &file,
+                    &status,
+                    name,
+                    partition,
+                    end_of_stream,
+                )
+                .await?;
                 println!(
                     "segment {} added: {} rows, {} .. {}, {}",
                     seg.name,
@@ -370,8 +387,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     seg.status
                 );
             }
-            SegmentCmd::Seal { conn, table, segment } => {
-                rpc!(conn, seal_segment, pb::SealSegmentRequest { table, segment: segment.clone() });
+            SegmentCmd::Seal { conn, table, segment, end_of_stream } => {
+                rpc!(conn, seal_segment, pb::SealSegmentRequest { table, segment: segment.clone(), end_of_stream });
                 println!("segment {segment} sealed");
             }
             SegmentCmd::List { conn, table } => {
@@ -419,6 +436,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         "ATTEMPT",
                         "ROWS IN",
                         "ROWS OUT",
+                        "NULL TIME",
                         "SEGMENTS",
                         "DURATION",
                         "ERROR",
@@ -434,7 +452,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                                 t.attempt.to_string(),
                                 t.rows_in.to_string(),
                                 t.rows_out.to_string(),
-                                t.output_segments.len().to_string(),
+                                t.rows_null_time.to_string(),
+                                t.output_count.to_string(),
                                 if t.finished_ms > 0 && t.started_ms > 0 {
                                     format!("{:.2}s", (t.finished_ms - t.started_ms) as f64 / 1000.0)
                                 } else {
@@ -571,7 +590,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 Output::Json => println!(
                     "{}",
                     json!({"exists": w.exists, "watermarkMs": w.watermark_ms, "windowsCommitted": w.windows_committed,
-                           "windowsSkipped": w.windows_skipped, "rowsOut": w.rows_out, "next": w.next, "idle": w.idle})
+                           "windowsSkipped": w.windows_skipped, "rowsIn": w.rows_in, "rowsOut": w.rows_out,
+                           "rowsNullTime": w.rows_null_time, "next": w.next, "idle": w.idle})
                 ),
                 Output::Table => {
                     let at = if w.exists {
@@ -580,8 +600,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         "none yet (cold start)".into()
                     };
                     println!(
-                        "watermark: {at}\nwindows committed: {}\nwindows skipped: {}\nnext: {}",
-                        w.windows_committed, w.windows_skipped, w.next
+                        "watermark: {at}\nwindows committed: {}\nwindows skipped: {}\nrows with a NULL time (not moved): {}\nnext: {}",
+                        w.windows_committed, w.windows_skipped, w.rows_null_time, w.next
                     );
                 }
             }

@@ -2,6 +2,11 @@
 //! `ingest` cuts a CSV or Parquet file into segments the way a realtime
 //! server flushes them (in time order, `rows_per_segment` rows each, named
 //! like Pinot's LLC segments `<table>__<partition>__<seq>__<time>`).
+//!
+//! Every upload asks the controller first (`PrepareSegmentUpload`): a name
+//! that is taken is refused before the store is touched, and the file goes
+//! to a fresh object path, written create-only, so a registered object is
+//! never overwritten. An upload whose registration is refused is deleted.
 
 use anyhow::{bail, Context, Result};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
@@ -12,7 +17,7 @@ use r2o_common::columnar::{
 use r2o_common::config::TableSpec;
 use r2o_common::meta::now_ms;
 use r2o_common::schema::TimeFormat;
-use r2o_common::store::{open_store, put_bytes, realtime_path};
+use r2o_common::store::{delete_object, open_store, put_new, Store};
 use r2o_proto::controller as pb;
 use std::io::Write;
 use std::path::Path;
@@ -34,7 +39,36 @@ fn time_format(spec: &TableSpec) -> TimeFormat {
     spec.schema.field(&spec.flow.time_column).and_then(|f| f.time_format).unwrap_or(TimeFormat::MILLIS)
 }
 
+/// Uploads `bytes` for segment `name` of `raw` to the path the controller
+/// hands out, and registers `seg` (its location filled in). Returns the
+/// registration's warning, if any.
+async fn upload_and_register(
+    c: &mut r2o_proto::controller::controller_service_client::ControllerServiceClient<tonic::transport::Channel>,
+    store: &Store,
+    raw: &str,
+    mut seg: pb::Segment,
+    bytes: Bytes,
+) -> Result<(pb::Segment, String)> {
+    let location = c
+        .prepare_segment_upload(pb::PrepareSegmentUploadRequest { table: raw.into(), segment: seg.name.clone() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .location;
+    put_new(store, &location, bytes).await.with_context(|| format!("uploading segment {} to {location}", seg.name))?;
+    seg.location = location.clone();
+    match c.add_segment(pb::AddSegmentRequest { segment: Some(seg.clone()) }).await {
+        Ok(r) => Ok((seg, r.into_inner().warning)),
+        Err(s) => {
+            // the name was taken meanwhile, or the segment was refused: nothing refers to the upload
+            let _ = delete_object(store, &location).await;
+            bail!("{}", s.message())
+        }
+    }
+}
+
 /// Uploads a Parquet file as one REALTIME segment and registers it.
+#[allow(clippy::too_many_arguments)]
 pub async fn add_segment_file(
     controller: &str,
     store_uri: &str,
@@ -43,14 +77,12 @@ pub async fn add_segment_file(
     status: &str,
     name: Option<String>,
     partition: i32,
+    end_of_stream: bool,
 ) -> Result<pb::Segment> {
     let spec = table_spec(controller, table).await?;
     let status = r2o_common::meta::SegmentStatus::parse(status)
         .with_context(|| format!("invalid --status '{status}': expected CONSUMING or DONE"))?;
     let name = name.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-    if name.is_empty() || name.contains('/') {
-        bail!("invalid segment name '{name}': expected a non-empty name without '/'");
-    }
     let bytes = Bytes::from(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
     let batches = read_segment(&name, bytes.clone(), &spec.schema, 64 * 1024)?;
     let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -61,9 +93,7 @@ pub async fn add_segment_file(
         (None, _) => bail!("segment '{name}': no row has a value in time column '{}'", spec.flow.time_column),
     };
     let store = open_store(store_uri)?;
-    let location = realtime_path(&spec.name, &name);
     let size = bytes.len() as u64;
-    put_bytes(&store, &location, bytes).await?;
     let seg = pb::Segment {
         name,
         table: spec.realtime_name(),
@@ -73,18 +103,15 @@ pub async fn add_segment_file(
         num_rows: rows,
         size_bytes: size,
         schema_fingerprint: spec.schema.fingerprint(),
-        location,
+        location: String::new(),
         partition,
         created_ms: now_ms(),
+        end_of_stream,
     };
-    let resp = client(controller)
-        .await?
-        .add_segment(pb::AddSegmentRequest { segment: Some(seg.clone()) })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
-    if !resp.warning.is_empty() {
-        eprintln!("warning: {}", resp.warning);
+    let mut c = client(controller).await?;
+    let (seg, warning) = upload_and_register(&mut c, &store, &spec.name, seg, bytes).await?;
+    if !warning.is_empty() {
+        eprintln!("warning: {warning}");
     }
     Ok(seg)
 }
@@ -147,36 +174,29 @@ pub async fn ingest(
         let bytes = write_parquet_with(&schema, std::slice::from_ref(&piece), REALTIME_ROW_GROUP_ROWS)?;
         let (start, end) =
             time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, time_format(&spec))?.unwrap_or((0, 0));
-        let location = realtime_path(&spec.name, &name);
-        let size = bytes.len() as u64;
-        put_bytes(&store, &location, bytes).await?;
         // As a realtime server does: the new segment is CONSUMING before the
         // previous one is sealed, so the planner never sees a partition's
         // latest DONE segment without a CONSUMING one behind it.
-        let added = c
-            .add_segment(pb::AddSegmentRequest {
-                segment: Some(pb::Segment {
-                    name: name.clone(),
-                    table: spec.realtime_name(),
-                    status: "CONSUMING".into(),
-                    start_time_ms: start,
-                    end_time_ms: end,
-                    num_rows: piece.num_rows() as u64,
-                    size_bytes: size,
-                    schema_fingerprint: spec.schema.fingerprint(),
-                    location,
-                    partition,
-                    created_ms: now_ms(),
-                }),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner();
-        if !added.warning.is_empty() {
-            eprintln!("\nwarning: {}", added.warning);
+        let seg = pb::Segment {
+            name: name.clone(),
+            table: spec.realtime_name(),
+            status: "CONSUMING".into(),
+            start_time_ms: start,
+            end_time_ms: end,
+            num_rows: piece.num_rows() as u64,
+            size_bytes: bytes.len() as u64,
+            schema_fingerprint: spec.schema.fingerprint(),
+            location: String::new(),
+            partition,
+            created_ms: now_ms(),
+            end_of_stream: false,
+        };
+        let (_, warning) = upload_and_register(&mut c, &store, &spec.name, seg, bytes).await?;
+        if !warning.is_empty() {
+            eprintln!("\nwarning: {warning}");
         }
         if let Some(prev) = previous.replace(name.clone()) {
-            c.seal_segment(pb::SealSegmentRequest { table: spec.name.clone(), segment: prev })
+            c.seal_segment(pb::SealSegmentRequest { table: spec.name.clone(), segment: prev, end_of_stream: false })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         }
@@ -185,14 +205,15 @@ pub async fn ingest(
     }
     eprintln!();
     if let (true, Some(last)) = (seal_last, previous) {
-        c.seal_segment(pb::SealSegmentRequest { table: spec.name.clone(), segment: last })
+        // the file is finite: its stream ends with the last segment
+        c.seal_segment(pb::SealSegmentRequest { table: spec.name.clone(), segment: last, end_of_stream: true })
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     }
     println!(
         "ingested {total} rows into {n} REALTIME segments of {} ({})",
         spec.name,
-        if seal_last { "all DONE" } else { "last one CONSUMING" }
+        if seal_last { "all DONE, the last one ending its stream" } else { "last one CONSUMING" }
     );
     Ok(())
 }

@@ -56,6 +56,12 @@ struct StateArgs {
     /// Attempt timeout in seconds, unless the table sets Pinot's timeoutMs.
     #[arg(long, env = "R2O_TASK_TIMEOUT_SECS", default_value_t = 3600)]
     task_timeout_secs: u64,
+    /// Deadline of each segment-store call (get, put, head of one object), seconds.
+    #[arg(long, env = "R2O_STORE_TIMEOUT_SECS", default_value_t = 120)]
+    store_timeout_secs: u64,
+    /// Deadline of each gRPC call between processes, seconds (connects within min(5 s, this)).
+    #[arg(long, env = "R2O_RPC_TIMEOUT_SECS", default_value_t = 30)]
+    rpc_timeout_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -79,9 +85,16 @@ enum Command {
         /// Janitor sweep interval, seconds.
         #[arg(long, env = "R2O_JANITOR_INTERVAL_SECS", default_value_t = 60)]
         janitor_interval_secs: u64,
-        /// Minimum age of an orphaned object before the janitor deletes it, seconds.
+        /// How long an object or metadata chunk must stay orphaned, as seen by the leader's own
+        /// sweeps, before the janitor deletes it, seconds.
         #[arg(long, env = "R2O_JANITOR_GRACE_SECS", default_value_t = 600)]
         janitor_grace_secs: u64,
+        /// Finished tasks kept in each table's history (the newest).
+        #[arg(long, env = "R2O_HISTORY_MAX_PER_TABLE", default_value_t = 10_000)]
+        history_max_per_table: usize,
+        /// Finished tasks older than this are pruned from history, seconds (0: kept by count only).
+        #[arg(long, env = "R2O_HISTORY_MAX_AGE_SECS", default_value_t = 30 * 86_400)]
+        history_max_age_secs: u64,
     },
     /// Run a minion (claims and executes tasks).
     Minion {
@@ -120,6 +133,7 @@ fn init_tracing() {
 }
 
 async fn connect_state(state: &StateArgs) -> Result<(Kv, Keys, r2o_common::store::Store)> {
+    r2o_common::store::set_store_deadline(Duration::from_secs(state.store_timeout_secs.max(1)));
     let kv = EtcdKv::connect(&state.etcd, Duration::from_secs(5))
         .await
         .with_context(|| format!("connecting to etcd at {}", state.etcd.join(",")))?;
@@ -156,6 +170,8 @@ async fn main() -> Result<()> {
             plan_interval_ms,
             janitor_interval_secs,
             janitor_grace_secs,
+            history_max_per_table,
+            history_max_age_secs,
         } => {
             init_tracing();
             let (kv, keys, store) = connect_state(&state).await?;
@@ -172,6 +188,10 @@ async fn main() -> Result<()> {
                 janitor_interval: Duration::from_secs(janitor_interval_secs.max(1)),
                 janitor_grace: Duration::from_secs(janitor_grace_secs),
                 http_listen: state.http_listen,
+                history: r2o_controller::janitor::HistoryRetention {
+                    max_per_table: history_max_per_table,
+                    max_age_ms: (history_max_age_secs as i64).saturating_mul(1000),
+                },
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }
@@ -187,6 +207,7 @@ async fn main() -> Result<()> {
                 lease_ttl_secs: state.lease_ttl_secs,
                 poll: Duration::from_millis(poll_ms),
                 drain_grace: Duration::from_secs(drain_grace_secs),
+                rpc_timeout: Duration::from_secs(state.rpc_timeout_secs.max(1)),
                 http_listen: state.http_listen,
             };
             r2o_minion::run(kv, keys, store, cfg, cancel).await

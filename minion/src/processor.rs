@@ -4,11 +4,13 @@
 //! one task. It is synchronous and CPU-bound: callers run it on a blocking
 //! thread, with the input bytes already downloaded.
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+};
 use arrow::compute::{
     cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn, SortOptions,
 };
-use arrow::datatypes::{DataType as ArrowType, Float64Type, Int64Type, Schema as ArrowSchema};
+use arrow::datatypes::{DataType as ArrowType, Float32Type, Float64Type, Int32Type, Int64Type, Schema as ArrowSchema};
 use arrow::row::{RowConverter, SortField};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use r2o_common::columnar::{read_segment_in, time_ms, time_range_ms, write_parquet, TimeFilter};
 use r2o_common::config::{AggregationType, MergeType, TableSpec};
-use r2o_common::schema::{FieldKind, Schema, TimeFormat};
+use r2o_common::schema::{DataType, FieldKind, Schema, TimeFormat};
 use r2o_common::window::{floor_to_bucket, Window};
 use r2o_common::Error;
 
@@ -56,10 +58,40 @@ pub struct Processed {
     pub bytes_in: u64,
     /// Input row groups skipped by their time statistics (no row in the window).
     pub row_groups_skipped: u64,
-    /// Per sum-aggregated metric: sum over the input rows in the window.
-    pub metric_sums_in: BTreeMap<String, f64>,
-    /// Per sum-aggregated metric: sum over the output rows.
-    pub metric_sums_out: BTreeMap<String, f64>,
+    /// Rows of the inputs marked `count_null_time` whose time value is NULL
+    /// (they belong to no window; counted once, by the window holding the
+    /// segment's start).
+    pub rows_null_time: u64,
+    /// Per sum-aggregated metric: sums over the input rows in the window and
+    /// over the output rows, for the controller's check.
+    pub metric_sums: BTreeMap<String, MetricSums>,
+}
+
+/// Sums of one metric in and out (see the controller's validation).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MetricSums {
+    /// INT / LONG: wrapping sum in the column's width (sign-extended) of the inputs.
+    pub int_in: i64,
+    /// INT / LONG: the same over the outputs.
+    pub int_out: i64,
+    /// FLOAT / DOUBLE: f64 sum of the inputs.
+    pub float_in: f64,
+    /// FLOAT / DOUBLE: f64 sum of the outputs.
+    pub float_out: f64,
+    /// FLOAT / DOUBLE: f64 sum of the inputs' absolute values.
+    pub float_abs_in: f64,
+}
+
+/// One input of a task: a REALTIME segment's bytes.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Segment name.
+    pub name: String,
+    /// Parquet bytes.
+    pub bytes: Bytes,
+    /// Count this segment's NULL-time rows in [`Processed::rows_null_time`]
+    /// (set for the one window that holds the segment's start).
+    pub count_null_time: bool,
 }
 
 /// Why processing stopped.
@@ -169,68 +201,84 @@ pub fn dedup(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, Error> {
     Ok(out)
 }
 
-/// Running aggregate of one metric over groups, null-aware: a group whose
-/// values are all null aggregates to null.
+/// Running aggregate of one metric over groups, null-aware (a group whose
+/// values are all null aggregates to null), in the column's own type as
+/// Pinot's value aggregators do: INT sums wrap in 32 bits, LONG in 64, FLOAT
+/// sums in f32, DOUBLE in f64.
+struct Agg<T> {
+    agg: AggregationType,
+    vals: Vec<T>,
+    seen: Vec<bool>,
+}
+
+impl<T: Copy + PartialOrd + Default> Agg<T> {
+    fn new(agg: AggregationType) -> Agg<T> {
+        Agg { agg, vals: vec![], seen: vec![] }
+    }
+
+    fn grow(&mut self, groups: usize) {
+        self.vals.resize(groups, T::default());
+        self.seen.resize(groups, false);
+    }
+
+    fn update(&mut self, values: impl Iterator<Item = Option<T>>, group_ids: &[u32], add: fn(T, T) -> T) {
+        for (v, g) in values.zip(group_ids) {
+            let Some(v) = v else { continue };
+            let g = *g as usize;
+            if !self.seen[g] {
+                self.vals[g] = v;
+                self.seen[g] = true;
+                continue;
+            }
+            let acc = self.vals[g];
+            self.vals[g] = match self.agg {
+                AggregationType::Sum => add(acc, v),
+                AggregationType::Min if v < acc => v,
+                AggregationType::Max if v > acc => v,
+                _ => acc,
+            };
+        }
+    }
+
+    fn finish(self) -> impl Iterator<Item = Option<T>> {
+        self.vals.into_iter().zip(self.seen).map(|(v, s)| s.then_some(v))
+    }
+}
+
 enum Acc {
-    Int { agg: AggregationType, vals: Vec<i64>, seen: Vec<bool> },
-    Float { agg: AggregationType, vals: Vec<f64>, seen: Vec<bool> },
+    I32(Agg<i32>),
+    I64(Agg<i64>),
+    F32(Agg<f32>),
+    F64(Agg<f64>),
 }
 
 impl Acc {
     fn new(t: &ArrowType, agg: AggregationType) -> Acc {
         match t {
-            ArrowType::Int32 | ArrowType::Int64 => Acc::Int { agg, vals: vec![], seen: vec![] },
-            _ => Acc::Float { agg, vals: vec![], seen: vec![] },
+            ArrowType::Int32 => Acc::I32(Agg::new(agg)),
+            ArrowType::Float32 => Acc::F32(Agg::new(agg)),
+            ArrowType::Float64 => Acc::F64(Agg::new(agg)),
+            _ => Acc::I64(Agg::new(agg)),
         }
     }
 
     fn grow(&mut self, groups: usize) {
         match self {
-            Acc::Int { vals, seen, .. } => {
-                vals.resize(groups, 0);
-                seen.resize(groups, false);
-            }
-            Acc::Float { vals, seen, .. } => {
-                vals.resize(groups, 0.0);
-                seen.resize(groups, false);
-            }
+            Acc::I32(a) => a.grow(groups),
+            Acc::I64(a) => a.grow(groups),
+            Acc::F32(a) => a.grow(groups),
+            Acc::F64(a) => a.grow(groups),
         }
     }
 
     fn update(&mut self, col: &ArrayRef, group_ids: &[u32]) -> Result<(), Error> {
-        fn step<T: Copy + PartialOrd>(agg: AggregationType, acc: &mut T, seen: &mut bool, v: T, add: fn(T, T) -> T) {
-            if !*seen {
-                *acc = v;
-                *seen = true;
-                return;
-            }
-            *acc = match agg {
-                AggregationType::Sum => add(*acc, v),
-                AggregationType::Min if v < *acc => v,
-                AggregationType::Max if v > *acc => v,
-                _ => *acc,
-            };
-        }
         match self {
-            Acc::Int { agg, vals, seen } => {
+            Acc::I32(a) => a.update(col.as_primitive::<Int32Type>().iter(), group_ids, i32::wrapping_add),
+            Acc::F32(a) => a.update(col.as_primitive::<Float32Type>().iter(), group_ids, |x, y| x + y),
+            Acc::F64(a) => a.update(col.as_primitive::<Float64Type>().iter(), group_ids, |x, y| x + y),
+            Acc::I64(a) => {
                 let c = cast(col, &ArrowType::Int64)?;
-                let a = c.as_primitive::<Int64Type>();
-                for (i, g) in group_ids.iter().enumerate() {
-                    if a.is_valid(i) {
-                        let g = *g as usize;
-                        step(*agg, &mut vals[g], &mut seen[g], a.value(i), i64::wrapping_add);
-                    }
-                }
-            }
-            Acc::Float { agg, vals, seen } => {
-                let c = cast(col, &ArrowType::Float64)?;
-                let a = c.as_primitive::<Float64Type>();
-                for (i, g) in group_ids.iter().enumerate() {
-                    if a.is_valid(i) {
-                        let g = *g as usize;
-                        step(*agg, &mut vals[g], &mut seen[g], a.value(i), |x, y| x + y);
-                    }
-                }
+                a.update(c.as_primitive::<Int64Type>().iter(), group_ids, i64::wrapping_add)
             }
         }
         Ok(())
@@ -238,13 +286,14 @@ impl Acc {
 
     fn finish(self, t: &ArrowType) -> Result<ArrayRef, Error> {
         let arr: ArrayRef = match self {
-            Acc::Int { vals, seen, .. } => {
-                Arc::new(Int64Array::from_iter(vals.into_iter().zip(seen).map(|(v, s)| s.then_some(v))))
-            }
-            Acc::Float { vals, seen, .. } => {
-                Arc::new(Float64Array::from_iter(vals.into_iter().zip(seen).map(|(v, s)| s.then_some(v))))
-            }
+            Acc::I32(a) => Arc::new(Int32Array::from_iter(a.finish())),
+            Acc::I64(a) => Arc::new(Int64Array::from_iter(a.finish())),
+            Acc::F32(a) => Arc::new(Float32Array::from_iter(a.finish())),
+            Acc::F64(a) => Arc::new(Float64Array::from_iter(a.finish())),
         };
+        if arr.data_type() == t {
+            return Ok(arr);
+        }
         Ok(cast(&arr, t)?)
     }
 }
@@ -331,27 +380,52 @@ pub fn cut(batch: &RecordBatch, max_rows: u64) -> Vec<RecordBatch> {
     (0..batch.num_rows()).step_by(max).map(|off| batch.slice(off, max.min(batch.num_rows() - off))).collect()
 }
 
-/// Sums of the sum-aggregated metrics over batches (for the controller's check).
-pub fn metric_sums(batches: &[RecordBatch], spec: &TableSpec) -> Result<BTreeMap<String, f64>, Error> {
+/// Sums of each sum-aggregated metric over `batches`: `(int, float, abs)`
+/// where `int` is the wrapping sum in the column's width (INT, LONG) and
+/// `float`, `abs` the f64 sum and absolute sum (FLOAT, DOUBLE).
+pub fn metric_sums(batches: &[RecordBatch], spec: &TableSpec) -> BTreeMap<String, (i64, f64, f64)> {
     let mut out = BTreeMap::new();
     for (name, agg) in &spec.flow.aggregations {
-        if *agg != AggregationType::Sum {
+        let Some(field) = spec.schema.field(name) else { continue };
+        if *agg != AggregationType::Sum || !field.data_type.is_numeric() {
             continue;
         }
-        let mut total = 0.0;
+        let (mut i32s, mut i64s, mut f, mut abs) = (0i32, 0i64, 0f64, 0f64);
         for b in batches {
-            if let Some(c) = b.column_by_name(name) {
-                let f = cast(c, &ArrowType::Float64)?;
-                total += arrow::compute::sum(f.as_primitive::<Float64Type>()).unwrap_or(0.0);
+            let Some(c) = b.column_by_name(name) else { continue };
+            match field.data_type {
+                DataType::Int => {
+                    for v in c.as_primitive::<Int32Type>().iter().flatten() {
+                        i32s = i32s.wrapping_add(v);
+                    }
+                }
+                DataType::Long => {
+                    for v in c.as_primitive::<Int64Type>().iter().flatten() {
+                        i64s = i64s.wrapping_add(v);
+                    }
+                }
+                DataType::Float => {
+                    for v in c.as_primitive::<Float32Type>().iter().flatten() {
+                        f += f64::from(v);
+                        abs += f64::from(v).abs();
+                    }
+                }
+                _ => {
+                    for v in c.as_primitive::<Float64Type>().iter().flatten() {
+                        f += v;
+                        abs += v.abs();
+                    }
+                }
             }
         }
-        out.insert(name.clone(), total);
+        let int = if field.data_type == DataType::Int { i64::from(i32s) } else { i64s };
+        out.insert(name.clone(), (int, f, abs));
     }
-    Ok(out)
+    out
 }
 
-/// Runs the whole pipeline for one task. `inputs` are (segment name, Parquet
-/// bytes). Checks `cancel` between batches and stages.
+/// Runs the whole pipeline for one task. Checks `cancel` between batches
+/// and stages.
 ///
 /// # Errors
 /// [`ProcessError::Data`] naming the segment and column for unreadable or
@@ -359,7 +433,7 @@ pub fn metric_sums(batches: &[RecordBatch], spec: &TableSpec) -> Result<BTreeMap
 pub fn process(
     spec: &TableSpec,
     window: Window,
-    inputs: Vec<(String, Bytes)>,
+    inputs: Vec<Input>,
     cancel: &CancellationToken,
 ) -> Result<Processed, ProcessError> {
     let check = || if cancel.is_cancelled() { Err(ProcessError::Cancelled) } else { Ok(()) };
@@ -369,13 +443,21 @@ pub fn process(
     // read + filter + round, one segment at a time so raw bytes are dropped early
     let mut kept = Vec::new();
     let filter = TimeFilter { column: time_col.to_string(), format, window };
-    for (name, bytes) in inputs {
+    for input in inputs {
         check()?;
-        result.bytes_in += bytes.len() as u64;
-        let (batches, skipped) = read_segment_in(&name, bytes, &spec.schema, BATCH_ROWS, Some(&filter))?;
-        result.row_groups_skipped += skipped as u64;
-        for b in batches {
+        result.bytes_in += input.bytes.len() as u64;
+        let read = read_segment_in(&input.name, input.bytes, &spec.schema, BATCH_ROWS, Some(&filter))?;
+        result.row_groups_skipped += read.skipped_row_groups as u64;
+        if input.count_null_time {
+            result.rows_null_time += read.skipped_null_time_rows;
+        }
+        for b in read.batches {
             check()?;
+            if input.count_null_time {
+                if let Some(c) = b.column_by_name(time_col) {
+                    result.rows_null_time += c.null_count() as u64;
+                }
+            }
             let mut f = filter_window(&b, time_col, format, window)?;
             if f.num_rows() == 0 {
                 continue;
@@ -387,7 +469,10 @@ pub fn process(
         }
     }
     result.rows_in = kept.iter().map(|b| b.num_rows() as u64).sum();
-    result.metric_sums_in = metric_sums(&kept, spec)?;
+    for (m, (int, f, abs)) in metric_sums(&kept, spec) {
+        result.metric_sums.insert(m, MetricSums { int_in: int, float_in: f, float_abs_in: abs, ..Default::default() });
+    }
+    let mut out_sums: BTreeMap<String, (i32, i64, f64)> = BTreeMap::new();
     let arrow_schema = spec.schema.arrow_schema();
     for (partition, batches) in partition_batches(kept, spec)? {
         check()?;
@@ -398,8 +483,11 @@ pub fn process(
         };
         check()?;
         let sorted = sort_by(&arrow_schema, &merged, spec.flow.sorted_column.as_deref())?;
-        for (m, v) in metric_sums(std::slice::from_ref(&sorted), spec)? {
-            *result.metric_sums_out.entry(m).or_insert(0.0) += v;
+        for (m, (int, f, _)) in metric_sums(std::slice::from_ref(&sorted), spec) {
+            let e = out_sums.entry(m).or_default();
+            e.0 = e.0.wrapping_add(int as i32);
+            e.1 = e.1.wrapping_add(int);
+            e.2 += f;
         }
         let part = if partition < 0 { "all".to_string() } else { partition.to_string() };
         for (seq, piece) in cut(&sorted, spec.flow.max_records_per_segment).into_iter().enumerate() {
@@ -420,6 +508,12 @@ pub fn process(
                 bytes,
             });
         }
+    }
+    for (m, s) in result.metric_sums.iter_mut() {
+        let (i32s, i64s, f) = out_sums.get(m).copied().unwrap_or_default();
+        let is_int = spec.schema.field(m).is_some_and(|f| f.data_type == DataType::Int);
+        s.int_out = if is_int { i64::from(i32s) } else { i64s };
+        s.float_out = f;
     }
     Ok(result)
 }
@@ -588,21 +682,91 @@ mod tests {
         );
         let bytes = write_parquet(&s.schema.arrow_schema(), &[b]).unwrap();
         let out =
-            process(&s, Window { start_ms: 0, end_ms: 2 * H }, vec![("seg".into(), bytes)], &CancellationToken::new())
+            process(&s, Window { start_ms: 0, end_ms: 2 * H }, vec![input("seg", bytes)], &CancellationToken::new())
                 .unwrap();
         assert_eq!(out.rows_in, 3);
         assert_eq!(out.rows_out, 2);
         assert_eq!(out.outputs.len(), 2, "maxNumRecordsPerSegment=1 cuts one segment per row");
-        assert_eq!(out.metric_sums_in["delay"], 6.0);
-        assert_eq!(out.metric_sums_out["delay"], 6.0);
+        assert_eq!((out.metric_sums["delay"].float_in, out.metric_sums["delay"].float_out), (6.0, 6.0));
+        assert_eq!((out.metric_sums["n"].int_in, out.metric_sums["n"].int_out), (3, 3));
         assert_eq!(out.outputs[0].name, "f_0_7200000_all_0");
         assert_eq!((out.outputs[0].start_time_ms, out.outputs[1].start_time_ms), (H, 0));
         let cancel = CancellationToken::new();
         cancel.cancel();
         let bytes = write_parquet(&s.schema.arrow_schema(), &[]).unwrap();
         assert!(matches!(
-            process(&s, Window { start_ms: 0, end_ms: H }, vec![("x".into(), bytes)], &cancel),
+            process(&s, Window { start_ms: 0, end_ms: H }, vec![input("x", bytes)], &cancel),
             Err(ProcessError::Cancelled)
         ));
+    }
+
+    fn input(name: &str, bytes: Bytes) -> Input {
+        Input { name: name.into(), bytes, count_null_time: true }
+    }
+
+    #[test]
+    fn rollup_sums_in_the_columns_own_type_like_pinot() {
+        // INT wraps in 32 bits (Java int addition), never turning into NULL;
+        // FLOAT sums in f32; LONG wraps in 64 bits
+        let s = spec(json!({"mergeType": "rollup"}), json!({}));
+        let big = i32::MAX - 1;
+        let b = batch(&s, &[("UA", Some(0.1), i64::MAX, Some(big), 0), ("UA", Some(0.2), 1, Some(big), 0)]);
+        let out = rollup(&[b.clone()], &s.schema, &s.flow.aggregations).unwrap();
+        let air = out[0].column(3).as_primitive::<Int32Type>();
+        assert_eq!(air.value(0), big.wrapping_add(big), "INT sums wrap in 32 bits");
+        assert!(air.is_valid(0), "an overflow is not a NULL");
+        assert_eq!(out[0].column(2).as_primitive::<Int64Type>().value(0), i64::MIN, "LONG wraps");
+        // the sums the controller checks agree modulo the width
+        let sums = metric_sums(&[b], &s);
+        let after = metric_sums(&out, &s);
+        assert_eq!(sums["air"].0 as i32, after["air"].0 as i32);
+        assert_eq!(sums["n"].0, after["n"].0);
+        // FLOAT: f32 accumulation
+        let fs = TableSpec::from_json(
+            json!({"tableName": "g", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                   "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {"mergeType": "rollup"}}}}),
+            json!({"dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
+                   "metricFieldSpecs": [{"name": "f", "dataType": "FLOAT"}],
+                   "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH"}]}),
+        )
+        .unwrap();
+        let n = 1000;
+        let fb = RecordBatch::try_new(
+            fs.schema.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["a"; n])),
+                Arc::new(Float32Array::from(vec![0.1f32; n])),
+                Arc::new(Int64Array::from(vec![0i64; n])),
+            ],
+        )
+        .unwrap();
+        let out = rollup(&[fb], &fs.schema, &fs.flow.aggregations).unwrap();
+        let mut expected = 0f32;
+        for _ in 0..n {
+            expected += 0.1f32;
+        }
+        assert_eq!(out[0].column(1).as_primitive::<Float32Type>().value(0), expected);
+    }
+
+    #[test]
+    fn null_time_rows_are_counted_by_the_window_holding_the_segment_start() {
+        let s = spec(json!({}), json!({}));
+        let mut b = batch(&s, &[("UA", None, 1, None, 10), ("UA", None, 1, None, 20), ("UA", None, 1, None, H + 5)]);
+        let ts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![Some(10), None, Some(H + 5)]));
+        let mut cols = b.columns().to_vec();
+        cols[4] = ts;
+        b = RecordBatch::try_new(b.schema(), cols).unwrap();
+        let bytes = write_parquet(&s.schema.arrow_schema(), &[b]).unwrap();
+        let out = process(
+            &s,
+            Window { start_ms: 0, end_ms: H },
+            vec![input("seg", bytes.clone())],
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!((out.rows_in, out.rows_null_time), (1, 1));
+        let later = Input { name: "seg".into(), bytes, count_null_time: false };
+        let out = process(&s, Window { start_ms: H, end_ms: 2 * H }, vec![later], &CancellationToken::new()).unwrap();
+        assert_eq!((out.rows_in, out.rows_null_time), (1, 0), "counted once, not by every window");
     }
 }
