@@ -211,7 +211,7 @@ async fn exactly_once_under_faults() {
             &format!("fb__0__{h}"),
         ]);
     }
-    std::fs::write(cluster.store_path("realtime/fb_REALTIME/fb__0__1.parquet"), b"PAR1 corrupt PAR1").unwrap();
+    std::fs::write(cluster.segment_file("fb", "fb__0__1").await, b"PAR1 corrupt PAR1").unwrap();
     for h in 0..3 {
         cluster.cli(&["segment", "seal", "--table", "fb", "--segment", &format!("fb__0__{h}")]);
     }

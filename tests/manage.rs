@@ -129,7 +129,16 @@ async fn manage_flows() {
     let last = segs.as_array().unwrap().iter().find(|s| s["status"] == "CONSUMING").unwrap().clone();
     let good = std::fs::read(cluster.store_path(last["location"].as_str().unwrap())).unwrap();
     std::fs::write(cluster.store_path(last["location"].as_str().unwrap()), b"PAR1 bad PAR1").unwrap();
-    cluster.cli(&["segment", "seal", "--table", "ra", "--segment", last["segmentName"].as_str().unwrap()]);
+    // the stream ends with it, or Pinot's last-completed-segment rule would hold its window
+    cluster.cli(&[
+        "segment",
+        "seal",
+        "--table",
+        "ra",
+        "--segment",
+        last["segmentName"].as_str().unwrap(),
+        "--end-of-stream",
+    ]);
     cluster.cli(&["run-now", "--table", "ra"]);
     let start = Instant::now();
     while !json_of(&cluster, &["tasks", "--table", "ra"]).as_array().unwrap().iter().any(|t| t["state"] == "FAILED") {

@@ -103,7 +103,7 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
         }
     }
     // poison bad's middle segment in the store, then let the segments complete
-    let poisoned = cluster.store_path("realtime/bad_REALTIME/bad__0__1.parquet");
+    let poisoned = cluster.segment_file("bad", "bad__0__1").await;
     std::fs::write(&poisoned, b"PAR1 this is not parquet PAR1").unwrap();
     for t in ["good", "bad"] {
         for h in 0..3 {

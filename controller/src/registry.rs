@@ -4,6 +4,7 @@
 //! in-flight task notices it at commit), and the OFFLINE segments a table
 //! holds, derived from its committed lineage and their manifests.
 
+use backon::Retryable;
 use r2o_common::kv::{Compare, Kv, Op};
 use r2o_common::meta::{
     decode, encode, get_record, now_ms, range_records, Keys, LineageRecord, SegmentMeta, SegmentStatus, WatermarkRecord,
@@ -84,7 +85,11 @@ pub async fn add_segment(kv: &Kv, keys: &Keys, store: &Store, layout: &Layout, m
             meta.location
         )));
     }
-    match object_size(store, &meta.location).await? {
+    let size = (|| object_size(store, &meta.location))
+        .retry(r2o_common::retry::store_backoff())
+        .when(r2o_common::Error::is_retryable)
+        .await?;
+    match size {
         Some(size) if size == meta.size_bytes => {}
         Some(size) => {
             return Err(ControllerError::Invalid(format!(

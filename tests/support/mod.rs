@@ -303,6 +303,21 @@ impl Cluster {
         }
     }
 
+    /// The local file of a registered segment (file stores only), from the
+    /// controller's segment list.
+    pub async fn segment_file(&self, table: &str, segment: &str) -> PathBuf {
+        let segs = self
+            .client()
+            .await
+            .list_segments(pb::ListSegmentsRequest { table: table.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .segments;
+        let s = segs.iter().find(|s| s.name == segment).unwrap_or_else(|| panic!("segment {segment} of {table}"));
+        self.store_path(&s.location)
+    }
+
     /// Reads a file of the object store.
     pub fn store_path(&self, location: &str) -> PathBuf {
         self.dir.path().join("store").join(location)
