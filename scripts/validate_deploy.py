@@ -1,7 +1,8 @@
 """Validates deploy/ offline: every manifest strictly against the Kubernetes
 schemas shipped by the kubernetes-validate package, every file and directory
 a kustomization names exists, every patch targets a resource of its base,
-and the alerting rules are well formed. Prints one line per problem and a
+each patch file holds exactly one document (kustomize takes one patch per
+entry of `patches:`), and the alerting rules are well formed. Prints one line per problem and a
 summary; exits non-zero on any problem."""
 import pathlib
 import sys
@@ -9,7 +10,11 @@ import sys
 import kubernetes_validate
 import yaml
 
-root = pathlib.Path(__file__).resolve().parent.parent / "deploy"
+root = (
+    pathlib.Path(sys.argv[1]).resolve()
+    if len(sys.argv) > 1
+    else pathlib.Path(__file__).resolve().parent.parent / "deploy"
+)
 version = "1.33.0"
 problems = []
 validated = 0
@@ -60,7 +65,11 @@ for kfile in sorted(root.rglob("kustomization.yaml")):
         if not p.exists():
             problems.append(f"{kfile}: patch {patch['path']} does not exist")
             continue
-        for d in docs(p):
+        patch_docs = docs(p)
+        if len(patch_docs) != 1:
+            # kustomize takes one patch per entry of patches: (v5 crashes on more)
+            problems.append(f"{p.relative_to(root)}: holds {len(patch_docs)} documents; a patch file holds exactly one")
+        for d in patch_docs:
             target = (d.get("kind"), d.get("metadata", {}).get("name"))
             if target not in built:
                 problems.append(f"{p.relative_to(root)}: patches {target[0]}/{target[1]}, which the kustomization does not build")

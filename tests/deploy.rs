@@ -24,3 +24,36 @@ fn deploy_manifests_validate() {
         .unwrap_or(0);
     assert!(n >= 10, "every manifest was checked: {text}");
 }
+
+/// A patch file with several documents renders in no kustomize (v5 crashes
+/// with a nil pointer): the offline check refuses it, so what it accepts is
+/// what kustomize renders.
+#[test]
+fn deploy_check_refuses_a_multi_document_patch() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "run scripts/setup.sh first: it installs kubernetes-validate into .venv");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("deploy");
+    let status = Command::new("cp").arg("-r").arg(root.join("deploy")).arg(&copy).status().unwrap();
+    assert!(status.success());
+    let overlay = copy.join("overlays/external-etcd");
+    let mut joined = String::new();
+    for part in ["statefulset", "service", "pdb"] {
+        let f = overlay.join(format!("drop-etcd-{part}.yaml"));
+        joined.push_str(&std::fs::read_to_string(&f).unwrap());
+        joined.push_str("---\n");
+        std::fs::remove_file(f).unwrap();
+    }
+    std::fs::write(overlay.join("drop-etcd.yaml"), joined).unwrap();
+    let k = std::fs::read_to_string(overlay.join("kustomization.yaml")).unwrap();
+    let k = k
+        .replace("  - path: drop-etcd-statefulset.yaml\n", "  - path: drop-etcd.yaml\n")
+        .replace("  - path: drop-etcd-service.yaml\n", "")
+        .replace("  - path: drop-etcd-pdb.yaml\n", "");
+    std::fs::write(overlay.join("kustomization.yaml"), k).unwrap();
+    let out = Command::new(python).arg(root.join("scripts/validate_deploy.py")).arg(&copy).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a multi-document patch must be refused: {text}");
+    assert!(text.contains("drop-etcd.yaml: holds 3 documents"), "{text}");
+}
