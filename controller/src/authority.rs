@@ -663,3 +663,242 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The commit authority on the in-memory store and an in-memory segment
+    //! store: staged files are real Parquet, written as a minion would.
+    use super::*;
+    use arrow::array::{Float32Array, Int64Array, RecordBatch, StringArray};
+    use r2o_common::columnar::write_parquet;
+    use r2o_common::kv::{Compare, KvBackend, MemKv};
+    use r2o_common::meta::{encode, ClaimRecord};
+    use r2o_common::store::{open_store, put_bytes};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    const H: i64 = 3_600_000;
+
+    struct World {
+        auth: Authority,
+        spec: TableSpec,
+        _tx: watch::Sender<Option<Leadership>>,
+    }
+
+    async fn world(extra: serde_json::Value) -> World {
+        let kv: Kv = Arc::new(MemKv::new());
+        let keys = Keys::new("/a");
+        let store = open_store("memory://").unwrap();
+        kv.put(&keys.leader(), b"me".to_vec(), None).await.unwrap();
+        let create_revision = kv.get(&keys.leader()).await.unwrap().unwrap().create_revision;
+        let (tx, rx) = watch::channel(Some(Leadership { lease: 1, create_revision }));
+        let mut task = json!({"bucketTimePeriod": "1h", "bufferTimePeriod": "1h", "mergeType": "rollup", "maxAttemptsPerTask": "2"});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            task[k] = v;
+        }
+        let config = json!({"tableName": "t__x", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+            "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": task}}});
+        let schema = json!({"dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
+            "metricFieldSpecs": [{"name": "f", "dataType": "FLOAT"}],
+            "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH"}]});
+        let spec = TableSpec::from_json(config.clone(), schema.clone()).unwrap();
+        let rec = TableRecord { table_config: config, schema, created_ms: 0, paused: false };
+        kv.put(&keys.table("t__x"), encode(&rec), None).await.unwrap();
+        let cfg = AuthorityConfig { max_attempts: 3, default_timeout_ms: 60_000, attempt_grace_ms: 60_000 };
+        let auth = Authority::new(kv, keys, store, Layout::new("ns"), cfg, rx);
+        World { auth, spec, _tx: tx }
+    }
+
+    fn rows(spec: &TableSpec, keys: &[&str], f: f32, ts: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            spec.schema.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Float32Array::from(vec![f; keys.len()])),
+                Arc::new(Int64Array::from(vec![ts; keys.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Registers a DONE REALTIME segment holding `batch`.
+    async fn register(w: &World, name: &str, batch: &RecordBatch, start: i64, end: i64) {
+        let a = &w.auth;
+        let bytes = write_parquet(&w.spec.schema.arrow_schema(), std::slice::from_ref(batch)).unwrap();
+        let location = crate::registry::prepare_upload(&a.kv, &a.keys, &a.layout, "t__x", name).await.unwrap();
+        put_bytes(&a.store, &location, bytes.clone()).await.unwrap();
+        let meta = SegmentMeta {
+            segment_name: name.into(),
+            table_name: "t__x_REALTIME".into(),
+            status: SegmentStatus::Done,
+            start_time_ms: start,
+            end_time_ms: end,
+            total_docs: batch.num_rows() as u64,
+            size_bytes: bytes.len() as u64,
+            schema_fingerprint: w.spec.schema.fingerprint(),
+            location,
+            partition: 0,
+            created_ms: 0,
+            end_of_stream: false,
+        };
+        crate::registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, meta).await.unwrap();
+    }
+
+    /// Claims the table's active task as minion `m`; returns it.
+    async fn claim(w: &World) -> TaskRecord {
+        let a = &w.auth;
+        let (t, entry) = range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks()).await.unwrap().remove(0);
+        let mut running = t.clone();
+        running.attempt += 1;
+        running.state = TaskState::Running;
+        running.started_ms = now_ms();
+        let claim = ClaimRecord { minion_id: "m".into(), attempt: running.attempt, lease: 0, claimed_ms: 0 };
+        assert!(a
+            .kv
+            .txn(
+                vec![Compare::ModRevision(entry.key.clone(), entry.mod_revision)],
+                vec![Op::put(entry.key.clone(), encode(&running)), Op::put(a.keys.claim(&t.id), encode(&claim))],
+            )
+            .await
+            .unwrap());
+        running
+    }
+
+    /// Stages `outputs` (batches) as the attempt's files and builds its report.
+    async fn staged_report(
+        w: &World,
+        t: &TaskRecord,
+        outputs: &[RecordBatch],
+        rows_in: u64,
+        sum_in: f64,
+        sum_out: f64,
+    ) -> pb::CompleteTaskRequest {
+        let a = &w.auth;
+        let prefix = a.layout.staging_prefix(&t.id, t.attempt);
+        let mut staged = vec![];
+        for (i, b) in outputs.iter().enumerate() {
+            let bytes = write_parquet(&w.spec.schema.arrow_schema(), std::slice::from_ref(b)).unwrap();
+            let location = format!("{prefix}o{i}.parquet");
+            put_bytes(&a.store, &location, bytes.clone()).await.unwrap();
+            staged.push(pb::StagedSegment {
+                name: format!("t__x_{}_{}_all_{i}", t.window_start_ms, t.window_end_ms),
+                location,
+                num_rows: b.num_rows() as u64,
+                size_bytes: bytes.len() as u64,
+                start_time_ms: t.window_start_ms,
+                end_time_ms: t.window_start_ms,
+                partition: -1,
+            });
+        }
+        pb::CompleteTaskRequest {
+            task_id: t.id.to_string(),
+            attempt: t.attempt,
+            minion_id: "m".into(),
+            rows_out: outputs.iter().map(|b| b.num_rows() as u64).sum(),
+            outputs: staged,
+            rows_in,
+            bytes_in: 1,
+            metric_sums: [(
+                "f".to_string(),
+                pb::MetricSums {
+                    float_in: sum_in,
+                    float_out: sum_out,
+                    float_abs_in: sum_in.abs(),
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            schema_fingerprint: w.spec.schema.fingerprint(),
+            rows_null_time: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_float_rollup_commits_and_a_refused_report_ends_its_attempt() {
+        let w = world(json!({})).await;
+        let t0 = 400_000 * H;
+        let input = rows(&w.spec, &["a"; 10], 0.1, t0 + 5);
+        register(&w, "s0", &input, t0 + 5, t0 + 5).await;
+        register(&w, "s1", &rows(&w.spec, &["b"], 1.0, t0 + H + 1), t0 + H + 1, t0 + H + 1).await;
+        assert_eq!(w.auth.plan_all().await.unwrap(), 1);
+        let t = claim(&w).await;
+        // the f32 group sum of ten 0.1s differs from their f64 sum: still a correct rollup
+        let mut acc = 0f32;
+        for _ in 0..10 {
+            acc += 0.1;
+        }
+        let out = rows(&w.spec, &["a"], acc, t0);
+        let sum_in = 10.0 * f64::from(0.1f32);
+        // a report that lost a row's worth of the metric is refused ...
+        let bad = staged_report(&w, &t, &[out.clone()], 10, sum_in, f64::from(acc) - 0.1).await;
+        let e = w.auth.complete(&bad).await.unwrap_err();
+        assert!(matches!(e, ControllerError::Validation(_)), "{e}");
+        // ... and ends the attempt: claim released, back to PENDING with the error kept
+        let (stored, _) = get_record::<TaskRecord>(&w.auth.kv, &w.auth.keys.active_task(&t.id)).await.unwrap().unwrap();
+        assert_eq!(stored.state, TaskState::Pending);
+        assert!(
+            stored.errors[0].contains("validation failed") && stored.errors[0].contains("'f'"),
+            "{:?}",
+            stored.errors
+        );
+        assert!(w.auth.kv.get(&w.auth.keys.claim(&t.id)).await.unwrap().is_none(), "the claim is released");
+        // the next attempt reports correctly and commits
+        let mut t2 = claim(&w).await;
+        t2.attempt = 2;
+        let good = staged_report(&w, &t2, &[out], 10, sum_in, f64::from(acc)).await;
+        let r = w.auth.complete(&good).await.unwrap();
+        assert!(r.committed);
+        assert_eq!(r.watermark_ms, t0 + H);
+        // a duplicate of the committed report commits nothing
+        assert!(!w.auth.complete(&good).await.unwrap().committed);
+        let offline = crate::registry::offline_segments(&w.auth.kv, &w.auth.keys, "t__x").await.unwrap();
+        assert_eq!(offline.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_window_with_hundreds_of_outputs_commits() {
+        let w = world(json!({"mergeType": "concat", "maxNumRecordsPerSegment": "2"})).await;
+        let t0 = 400_000 * H;
+        let keys: Vec<String> = (0..600).map(|i| format!("k{i}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        register(&w, "s0", &rows(&w.spec, &refs, 1.0, t0), t0, t0).await;
+        register(&w, "s1", &rows(&w.spec, &["z"], 1.0, t0 + H), t0 + H, t0 + H).await;
+        w.auth.plan_all().await.unwrap();
+        let t = claim(&w).await;
+        let outs: Vec<RecordBatch> = (0..300).map(|i| rows(&w.spec, &refs[2 * i..2 * i + 2], 1.0, t0)).collect();
+        let req = staged_report(&w, &t, &outs, 600, 600.0, 600.0).await;
+        assert!(w.auth.complete(&req).await.unwrap().committed, "300 outputs fit etcd's limits");
+        let offline = crate::registry::offline_segments(&w.auth.kv, &w.auth.keys, "t__x").await.unwrap();
+        assert_eq!(offline.len(), 300);
+    }
+
+    #[tokio::test]
+    async fn a_segment_registered_while_its_window_is_in_flight_is_not_lost() {
+        let w = world(json!({})).await;
+        let t0 = 400_000 * H;
+        register(&w, "s0", &rows(&w.spec, &["a"], 1.0, t0 + 5), t0 + 5, t0 + 5).await;
+        register(&w, "s9", &rows(&w.spec, &["z"], 1.0, t0 + 9 * H), t0 + 9 * H, t0 + 9 * H).await;
+        w.auth.plan_all().await.unwrap();
+        let t = claim(&w).await;
+        // while the attempt runs, a DONE segment with rows in its window is registered,
+        // and one in a window the task would skip
+        register(&w, "late", &rows(&w.spec, &["b"], 2.0, t0 + 7), t0 + 7, t0 + 7).await;
+        let req = staged_report(&w, &t, &[rows(&w.spec, &["a"], 1.0, t0)], 1, 1.0, 1.0).await;
+        let e = w.auth.complete(&req).await.unwrap_err();
+        assert!(matches!(&e, ControllerError::Stale(m) if m.contains("superseded") && m.contains("late")), "{e}");
+        let (h, _) = get_record::<TaskRecord>(&w.auth.kv, &w.auth.keys.history(&t.id)).await.unwrap().unwrap();
+        assert_eq!(h.state, TaskState::Superseded);
+        assert!(w.auth.kv.get(&w.auth.keys.watermark("t__x")).await.unwrap().is_none(), "nothing was committed");
+        // the window is planned again, with the new segment among its inputs
+        w.auth.plan_all().await.unwrap();
+        let (again, _) = range_records::<TaskRecord>(&w.auth.kv, &w.auth.keys.active_tasks()).await.unwrap().remove(0);
+        assert_eq!((again.window_start_ms, again.input_count), (t0, 2));
+        // a segment registered after this window (the planner's recheck covers
+        // skipped windows) does not disturb it: it commits
+        let t = claim(&w).await;
+        register(&w, "later", &rows(&w.spec, &["c"], 1.0, t0 + 3 * H), t0 + 3 * H, t0 + 3 * H).await;
+        let req = staged_report(&w, &t, &[rows(&w.spec, &["a"], 3.0, t0)], 2, 3.0, 3.0).await;
+        assert!(w.auth.complete(&req).await.unwrap().committed);
+    }
+}
