@@ -157,7 +157,20 @@ impl Cluster {
         c
     }
 
+    /// Starts a controller of another install (its own etcd `prefix`) on the
+    /// same etcd and segment store.
+    pub fn second_install(&self, prefix: &str) -> Proc {
+        let port = free_port();
+        let name = format!("controller-{port}");
+        let args = ["controller".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--id".into(), name.clone()];
+        self.spawn_env(&args, &name, port, &[("R2O_PREFIX", prefix)])
+    }
+
     fn spawn(&self, args: &[String], name: &str, port: u16) -> Proc {
+        self.spawn_env(args, name, port, &[])
+    }
+
+    fn spawn_env(&self, args: &[String], name: &str, port: u16, extra: &[(&str, &str)]) -> Proc {
         let http_port = free_port();
         let mut args = args.to_vec();
         args.extend(["--http-listen".to_string(), format!("127.0.0.1:{http_port}")]);
@@ -171,6 +184,7 @@ impl Cluster {
             .env("R2O_LOG", "info")
             .env("R2O_PLAN_INTERVAL_MS", "200")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -318,9 +332,10 @@ impl Cluster {
         self.store_path(&s.location)
     }
 
-    /// Reads a file of the object store.
+    /// The local file of an object of the (file) store; object_store keeps
+    /// characters such as `[ ] { } #` percent-encoded in file names.
     pub fn store_path(&self, location: &str) -> PathBuf {
-        self.dir.path().join("store").join(location)
+        self.dir.path().join("store").join(r2o_common::store::canonical_path(location))
     }
 
     /// Keeps the temp dir (logs) after the test, for debugging a failure.
