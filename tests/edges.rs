@@ -88,7 +88,11 @@ async fn float_rollup_null_times_many_outputs_and_a_double_underscore_name() {
         rows.push((format!("k{i}"), 1.0, None));
     }
     let file = cluster.parquet_file("ev.parquet", &batch(&rows));
-    cluster.add_table("ev__f", &table("ev__f", json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h"})), &float_schema());
+    cluster.add_table(
+        "ev__f",
+        &table("ev__f", json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h"})),
+        &float_schema(),
+    );
     let f = file.to_str().unwrap();
     cluster.cli(&["ingest", "--table", "ev__f", "--file", f, "--rows-per-segment", "500", "--seal-last"]);
     let w = cluster.wait_idle("ev__f", Duration::from_secs(120)).await;
@@ -118,10 +122,16 @@ async fn float_rollup_null_times_many_outputs_and_a_double_underscore_name() {
     assert!(shown.contains("NULL time (not moved): 7"), "{shown}");
 
     // a concat window cut into 2-row segments: 300 outputs in one commit
-    let rows: Vec<(String, f32, Option<i64>)> =
-        (0..600).map(|i| (format!("c{i}"), 1.0, Some(T0_MS + i))).chain([("z".to_string(), 1.0, Some(T0_MS + H_MS))]).collect();
+    let rows: Vec<(String, f32, Option<i64>)> = (0..600)
+        .map(|i| (format!("c{i}"), 1.0, Some(T0_MS + i)))
+        .chain([("z".to_string(), 1.0, Some(T0_MS + H_MS))])
+        .collect();
     let file = cluster.parquet_file("cc.parquet", &batch(&rows));
-    cluster.add_table("cc", &table("cc", json!({"mergeType": "concat", "maxNumRecordsPerSegment": "2"})), &float_schema());
+    cluster.add_table(
+        "cc",
+        &table("cc", json!({"mergeType": "concat", "maxNumRecordsPerSegment": "2"})),
+        &float_schema(),
+    );
     let f = file.to_str().unwrap();
     cluster.cli(&["ingest", "--table", "cc", "--file", f, "--rows-per-segment", "1000", "--seal-last"]);
     let w = cluster.wait_idle("cc", Duration::from_secs(120)).await;
@@ -148,9 +158,22 @@ async fn registered_files_are_never_overwritten_or_deleted_by_another_install() 
     let before = std::fs::read(&registered).unwrap();
     // the same name again: refused before anything is written
     let other = cluster.parquet_file("other.parquet", &batch(&[("b".into(), 2.0, Some(T0_MS))]));
-    let out = cluster.cli_raw(&["segment", "add", "--table", "odd", "--file", other.to_str().unwrap(), "--name", "seg[1]{x}#1"]);
+    let out = cluster.cli_raw(&[
+        "segment",
+        "add",
+        "--table",
+        "odd",
+        "--file",
+        other.to_str().unwrap(),
+        "--name",
+        "seg[1]{x}#1",
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // a second install (another prefix) on the same store, with an orphan of its own
     let _second = cluster.second_install("/r2o-other");
     let kv = EtcdKv::connect(std::slice::from_ref(&cluster.etcd.endpoint), Duration::from_secs(5)).await.unwrap();
@@ -161,7 +184,11 @@ async fn registered_files_are_never_overwritten_or_deleted_by_another_install() 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mine = cluster.store_path(&format!("{}{}", cluster_namespace(&kv, &cluster.prefix).await, "realtime/odd_REALTIME/unregistered.x.parquet"));
+    let mine = cluster.store_path(&format!(
+        "{}{}",
+        cluster_namespace(&kv, &cluster.prefix).await,
+        "realtime/odd_REALTIME/unregistered.x.parquet"
+    ));
     let theirs = cluster.store_path(&format!("{ns}realtime/odd_REALTIME/unregistered.x.parquet"));
     assert_ne!(mine, theirs, "two installs, two namespaces");
     for p in [&mine, &theirs] {

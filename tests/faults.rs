@@ -1,12 +1,17 @@
 //! The fault-injection suite: real etcd, two controllers and three minions
-//! move a table of 300,000 rows over 120 hourly windows while, in a seeded
-//! random order, minions and the leader are SIGKILLed, a minion is frozen
-//! past its lease (a partition), etcd is killed and restarted, committed
+//! move three tables over 120 hourly windows each (concat: 300,000 rows;
+//! rollup: 60,000 rows in 5 keys; dedup: 30,000 rows each sent twice)
+//! while, in a seeded random order, minions and the leader are SIGKILLed, a
+//! minion is frozen past its lease (a partition), the leader is frozen past
+//! its lease while another takes over and then resumed (a stale leader:
+//! its writes must all be refused), etcd is killed and restarted, committed
 //! completions are reported again, the object store fails and slows reads
-//! and writes, and a second table holds a corrupt segment. At the end it
+//! and writes, and a fourth table holds a corrupt segment. At the end it
 //! checks from the OFFLINE files and metadata alone: zero lost and zero
-//! duplicated rows in committed windows, a contiguous watermark, no orphan
-//! files after the janitor, and every injected fault accounted for.
+//! duplicated rows in committed windows (rollup sums per group and dedup's
+//! distinct rows computed independently), a contiguous watermark, no orphan
+//! files after the janitor, every injected fault accounted for, and every
+//! kind of fault landed while windows were still moving.
 //!
 //! `R2O_TEST_SEED` replays a run; `R2O_SOAK_SECS` injects for longer.
 
@@ -38,10 +43,17 @@ enum Fault {
     PauseMinion,
     RestartEtcd,
     DuplicateReport,
+    FreezeLeader,
 }
 
-const KINDS: [Fault; 5] =
-    [Fault::KillMinion, Fault::KillLeader, Fault::PauseMinion, Fault::RestartEtcd, Fault::DuplicateReport];
+const KINDS: [Fault; 6] = [
+    Fault::KillMinion,
+    Fault::KillLeader,
+    Fault::PauseMinion,
+    Fault::RestartEtcd,
+    Fault::DuplicateReport,
+    Fault::FreezeLeader,
+];
 
 fn write_parquet(path: &std::path::Path, batch: &RecordBatch) {
     let mut w =
@@ -59,11 +71,61 @@ fn schema() -> serde_json::Value {
     })
 }
 
-fn table(name: &str) -> serde_json::Value {
+fn table(name: &str, merge: &str) -> serde_json::Value {
     json!({"tableName": name, "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
         "tableIndexConfig": {"sortedColumn": ["k"]},
         "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
-            "bucketTimePeriod": "1h", "bufferTimePeriod": "1d", "mergeType": "concat", "maxAttemptsPerTask": "3"}}}})
+            "bucketTimePeriod": "1h", "bufferTimePeriod": "1d", "roundBucketTimePeriod": "1h",
+            "mergeType": merge, "maxAttemptsPerTask": "3"}}}})
+}
+
+/// Schema of the rollup table: no id, so rows of one key and hour roll up.
+fn rollup_schema() -> serde_json::Value {
+    json!({
+        "schemaName": "r",
+        "dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
+        "metricFieldSpecs": [{"name": "v", "dataType": "LONG"}],
+        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]
+    })
+}
+
+/// (k, v, ts) of every committed OFFLINE row of a table.
+async fn offline_kv(cluster: &Cluster, table: &str) -> Vec<(String, i64, i64)> {
+    let segs = client(cluster)
+        .await
+        .unwrap()
+        .list_segments(pb::ListSegmentsRequest { table: table.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
+    let mut out = vec![];
+    for s in segs.iter().filter(|s| s.table.ends_with("_OFFLINE")) {
+        let f = std::fs::File::open(cluster.store_path(&s.location)).unwrap();
+        for b in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
+            let b = b.unwrap();
+            let k = b.column_by_name("k").unwrap().as_string::<i32>().clone();
+            let v = b.column_by_name("v").unwrap().as_primitive::<Int64Type>().clone();
+            let ts = b.column_by_name("ts").unwrap().as_primitive::<Int64Type>().clone();
+            out.extend((0..b.num_rows()).map(|i| (k.value(i).to_string(), v.value(i), ts.value(i))));
+        }
+    }
+    out
+}
+
+async fn offline_locations(cluster: &Cluster, table: &str) -> HashSet<String> {
+    client(cluster)
+        .await
+        .unwrap()
+        .list_segments(pb::ListSegmentsRequest { table: table.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .segments
+        .into_iter()
+        .filter(|s| s.table.ends_with("_OFFLINE"))
+        .map(|s| s.location)
+        .collect()
 }
 
 async fn client(
@@ -153,15 +215,21 @@ async fn exactly_once_under_faults() {
     let mut cluster = Cluster::start_with(2, 3, env);
     let d = cluster.dir.path().to_path_buf();
     std::fs::write(d.join("schema.json"), schema().to_string()).unwrap();
-    for t in ["fa", "fb"] {
-        std::fs::write(d.join(format!("{t}.json")), table(t).to_string()).unwrap();
+    std::fs::write(d.join("rollup-schema.json"), rollup_schema().to_string()).unwrap();
+    for (t, merge, schema_file) in [
+        ("fa", "concat", "schema.json"),
+        ("fb", "concat", "schema.json"),
+        ("fr", "rollup", "rollup-schema.json"),
+        ("fd", "dedup", "schema.json"),
+    ] {
+        std::fs::write(d.join(format!("{t}.json")), table(t, merge).to_string()).unwrap();
         cluster.cli(&[
             "table",
             "add",
             "--config",
             d.join(format!("{t}.json")).to_str().unwrap(),
             "--schema",
-            d.join("schema.json").to_str().unwrap(),
+            d.join(schema_file).to_str().unwrap(),
         ]);
     }
     // table fa: 300,000 rows with unique ids over 120 hours
@@ -187,6 +255,39 @@ async fn exactly_once_under_faults() {
         "10000",
         "--seal-last",
     ]);
+    // table fr: 60,000 rows of 5 keys (rolled up per key and hour); fd: 30,000 rows, each twice
+    let fr_rows: Vec<(String, i64, i64)> = (0..60_000i64)
+        .map(|i| (keys[(i % 5) as usize].to_string(), i % 13 - 3, T0_MS + rng.random_range(0..HOURS * H_MS)))
+        .collect();
+    let fr_batch = RecordBatch::try_from_iter(vec![
+        ("k", Arc::new(StringArray::from(fr_rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())) as _),
+        ("v", Arc::new(Int64Array::from(fr_rows.iter().map(|r| r.1).collect::<Vec<_>>())) as _),
+        ("ts", Arc::new(Int64Array::from(fr_rows.iter().map(|r| r.2).collect::<Vec<_>>())) as _),
+    ])
+    .unwrap();
+    let fd_ids: Vec<i64> = (0..60_000i64).map(|i| i % 30_000).collect();
+    let fd_ts: Vec<i64> = (0..30_000).map(|_| T0_MS + rng.random_range(0..HOURS * H_MS)).collect();
+    let fd_batch = RecordBatch::try_from_iter(vec![
+        ("id", Arc::new(Int64Array::from(fd_ids.clone())) as _),
+        ("k", Arc::new(StringArray::from(fd_ids.iter().map(|i| keys[(*i % 5) as usize]).collect::<Vec<_>>())) as _),
+        ("v", Arc::new(Int64Array::from(fd_ids.iter().map(|i| i % 7).collect::<Vec<_>>())) as _),
+        ("ts", Arc::new(Int64Array::from(fd_ids.iter().map(|i| fd_ts[*i as usize]).collect::<Vec<_>>())) as _),
+    ])
+    .unwrap();
+    for (t, b) in [("fr", &fr_batch), ("fd", &fd_batch)] {
+        let f = d.join(format!("{t}.parquet"));
+        write_parquet(&f, b);
+        cluster.cli(&[
+            "ingest",
+            "--table",
+            t,
+            "--file",
+            f.to_str().unwrap(),
+            "--rows-per-segment",
+            "5000",
+            "--seal-last",
+        ]);
+    }
     // table fb: three hourly segments, the middle one corrupt
     for h in 0..3i64 {
         let b = RecordBatch::try_from_iter(vec![
@@ -220,14 +321,19 @@ async fn exactly_once_under_faults() {
     let final_wm = T0_MS + HOURS * H_MS;
     let kv_endpoint = vec![cluster.etcd.endpoint.clone()];
     let mut injected: BTreeMap<Fault, u32> = BTreeMap::new();
+    // faults injected while some table still had windows to move
+    let mut while_moving: BTreeMap<Fault, u32> = BTreeMap::new();
     let mut plan: Vec<Fault> = KINDS.to_vec();
     plan.shuffle(&mut rng);
     let start = Instant::now();
     let mut n = 0usize;
     loop {
-        let wm = watermark(&cluster, "fa").await.map(|w| w.watermark_ms).unwrap_or(0);
+        let mut wm = i64::MAX;
+        for t in ["fa", "fr", "fd"] {
+            wm = wm.min(watermark(&cluster, t).await.map(|w| w.watermark_ms).unwrap_or(0));
+        }
         let all_kinds = KINDS.iter().all(|k| injected.contains_key(k));
-        if (wm >= final_wm && all_kinds && start.elapsed() >= soak) || start.elapsed() > Duration::from_secs(240) + soak
+        if (wm >= final_wm && all_kinds && start.elapsed() >= soak) || start.elapsed() > Duration::from_secs(300) + soak
         {
             break;
         }
@@ -254,6 +360,18 @@ async fn exactly_once_under_faults() {
                 Cluster::signal(pid, "CONT");
                 true
             }
+            Fault::FreezeLeader => match leader_index(&cluster, &kv_endpoint).await {
+                // a stale leader: frozen past its lease, a standby takes over and commits,
+                // then the old one resumes believing it leads until its renewal fails
+                Some(i) => {
+                    let pid = cluster.controllers[i].child.id();
+                    Cluster::signal(pid, "STOP");
+                    tokio::time::sleep(Duration::from_millis(5500)).await;
+                    Cluster::signal(pid, "CONT");
+                    true
+                }
+                None => false,
+            },
             Fault::RestartEtcd => {
                 cluster.restart_etcd(Duration::from_millis(rng.random_range(200..1500)));
                 true
@@ -296,6 +414,9 @@ async fn exactly_once_under_faults() {
         };
         if done {
             *injected.entry(fault).or_default() += 1;
+            if wm < final_wm {
+                *while_moving.entry(fault).or_default() += 1;
+            }
             eprintln!("fault {n}: {fault:?} at {:.1}s", start.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
@@ -303,20 +424,25 @@ async fn exactly_once_under_faults() {
 
     // let it settle, then let the janitor sweep
     let start_wait = Instant::now();
-    let w = loop {
-        if let Some(w) = watermark(&cluster, "fa").await {
-            if w.idle {
-                break w;
+    let mut settled = BTreeMap::new();
+    for t in ["fa", "fr", "fd"] {
+        let w = loop {
+            if let Some(w) = watermark(&cluster, t).await {
+                if w.idle {
+                    break w;
+                }
             }
-        }
-        assert!(
-            start_wait.elapsed() < Duration::from_secs(180),
-            "fa did not settle; logs in {}",
-            cluster.dir.path().display()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    assert_eq!(w.watermark_ms, final_wm, "fa caught up: {}", w.next);
+            assert!(
+                start_wait.elapsed() < Duration::from_secs(240),
+                "{t} did not settle; logs in {}",
+                cluster.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert_eq!(w.watermark_ms, final_wm, "{t} caught up: {}", w.next);
+        settled.insert(t, w);
+    }
+    let w = settled["fa"].clone();
 
     // rows: zero lost, zero duplicated
     let (ids, locations) = offline_ids(&cluster, "fa").await;
@@ -325,6 +451,23 @@ async fn exactly_once_under_faults() {
     let lost = (0..ROWS).filter(|i| !unique.contains(i)).count();
     assert_eq!((lost, duplicated), (0, 0), "lost and duplicated rows");
     assert_eq!(ids.len() as i64, ROWS);
+
+    // rollup: per key and hour, the sum computed directly; each group once
+    let mut want: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for (k, v, ts) in &fr_rows {
+        *want.entry((k.clone(), ts.div_euclid(H_MS) * H_MS)).or_default() += v;
+    }
+    let got = offline_kv(&cluster, "fr").await;
+    let mut have: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for (k, v, ts) in &got {
+        assert!(have.insert((k.clone(), *ts), *v).is_none(), "rollup group ({k}, {ts}) appears twice");
+    }
+    assert_eq!(have, want, "rollup groups and sums");
+    // dedup: every distinct row exactly once
+    let (fd_out, fd_locations) = offline_ids(&cluster, "fd").await;
+    let fd_unique: HashSet<i64> = fd_out.iter().copied().collect();
+    assert_eq!((fd_out.len(), fd_unique.len()), (30_000, 30_000), "dedup keeps each distinct row once");
+    let fr_locations = offline_locations(&cluster, "fr").await;
 
     // the watermark is contiguous: lineage windows follow each other
     let kv = EtcdKv::connect(&kv_endpoint, Duration::from_secs(5)).await.unwrap();
@@ -362,7 +505,12 @@ async fn exactly_once_under_faults() {
     for _ in 0..40 {
         let mut files = vec![];
         files_under(&root.join("offline"), &mut files, &root);
-        orphans = files.into_iter().filter(|f| !locations.contains(f) && !fb_locations.contains(f)).collect();
+        let live = |f: &String| {
+            [&locations, &fb_locations, &fd_locations, &fr_locations]
+                .iter()
+                .any(|set| set.iter().any(|l| r2o_common::store::canonical_path(l) == *f))
+        };
+        orphans = files.into_iter().filter(|f| !live(f)).collect();
         if orphans.is_empty() {
             break;
         }
@@ -383,13 +531,18 @@ async fn exactly_once_under_faults() {
     }
     for k in KINDS {
         assert!(injected.get(&k).copied().unwrap_or(0) > 0, "no {k:?} fault was injected");
+        assert!(
+            while_moving.get(&k).copied().unwrap_or(0) > 0,
+            "no {k:?} fault landed while windows were moving: {while_moving:?}"
+        );
     }
     assert!(store_faults > 0, "no store fault was injected");
     let line = format!(
-        "faults: seed {seed}; injected {} CorruptSegment=1; store faults {store_faults}; windows committed {}; rows checked {}; lost {lost}; duplicated {duplicated}; orphans deleted by the janitor {janitor_deleted}",
+        "faults: seed {seed}; injected {} CorruptSegment=1 ({} while windows moved); store faults {store_faults}; windows committed {} (concat, rollup, dedup); rows checked {}; lost {lost}; duplicated {duplicated}; orphans deleted by the janitor {janitor_deleted}",
         injected.iter().map(|(k, v)| format!("{k:?}={v}")).collect::<Vec<_>>().join(" "),
-        w.windows_committed,
-        ids.len()
+        while_moving.values().sum::<u32>(),
+        settled.values().map(|w| w.windows_committed).sum::<u64>(),
+        ids.len() + got.len() + fd_out.len()
     );
     println!("{line}");
     // cargo test hides a passing test's output: leave the figures where the test script prints them
