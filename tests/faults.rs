@@ -442,7 +442,6 @@ async fn exactly_once_under_faults() {
         assert_eq!(w.watermark_ms, final_wm, "{t} caught up: {}", w.next);
         settled.insert(t, w);
     }
-    let w = settled["fa"].clone();
 
     // rows: zero lost, zero duplicated
     let (ids, locations) = offline_ids(&cluster, "fa").await;

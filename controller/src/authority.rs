@@ -94,7 +94,7 @@ impl std::fmt::Display for PlanOutcome {
 /// Where an attempt stands, as read from etcd.
 enum Attempt {
     /// It is the task's current attempt and holds its claim.
-    Current { task: TaskRecord, revs: AttemptRevs },
+    Current { task: Box<TaskRecord>, revs: AttemptRevs },
     /// The task is no longer active (committed, superseded or reset).
     Gone,
 }
@@ -429,7 +429,7 @@ impl Authority {
         }
         match get_record::<ClaimRecord>(&self.kv, &self.keys.claim(id)).await? {
             Some((c, centry)) if c.attempt == attempt && c.minion_id == minion => Ok(Attempt::Current {
-                task,
+                task: Box::new(task),
                 revs: AttemptRevs { task: entry.mod_revision, claim: centry.mod_revision },
             }),
             _ => Err(ControllerError::Stale(format!(
@@ -456,7 +456,7 @@ impl Authority {
         let id = Self::parse_id(&req.task_id)?;
         for _ in 0..3 {
             let (task, revs) = match self.current_attempt(&id, req.attempt, &req.minion_id).await? {
-                Attempt::Current { task, revs } => (task, revs),
+                Attempt::Current { task, revs } => (*task, revs),
                 Attempt::Gone => return self.already_committed(&id, req.attempt).await,
             };
             let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
@@ -529,7 +529,8 @@ impl Authority {
                 output_chunks: manifest.len() as u32,
             };
             let done = protocol::committed(&task, &totals, wm.as_ref(), now);
-            let txn = protocol::commit(&self.keys, &task, &revs, wm_rev, segments_rev, leadership, manifest, &done);
+            let table_revs = protocol::TableRevs { watermark: wm_rev, segments: segments_rev };
+            let txn = protocol::commit(&self.keys, &task, &revs, table_revs, leadership, manifest, &done);
             if !txn.apply(&self.kv).await? {
                 continue; // something moved: decide again from a fresh read
             }
@@ -631,7 +632,7 @@ impl Authority {
         let leadership = self.leadership()?;
         let id = Self::parse_id(&req.task_id)?;
         let (task, revs) = match self.current_attempt(&id, req.attempt, &req.minion_id).await? {
-            Attempt::Current { task, revs } => (task, revs),
+            Attempt::Current { task, revs } => (*task, revs),
             Attempt::Gone => return Err(ControllerError::NotFound(format!("active task {id}"))),
         };
         let next = protocol::attempt_failed(task, req.attempt, &req.error, now_ms());
@@ -671,7 +672,7 @@ mod tests {
     use super::*;
     use arrow::array::{Float32Array, Int64Array, RecordBatch, StringArray};
     use r2o_common::columnar::write_parquet;
-    use r2o_common::kv::{Compare, KvBackend, MemKv};
+    use r2o_common::kv::{Compare, MemKv};
     use r2o_common::meta::{encode, ClaimRecord};
     use r2o_common::store::{open_store, put_bytes};
     use serde_json::json;
@@ -831,7 +832,7 @@ mod tests {
         let out = rows(&w.spec, &["a"], acc, t0);
         let sum_in = 10.0 * f64::from(0.1f32);
         // a report that lost a row's worth of the metric is refused ...
-        let bad = staged_report(&w, &t, &[out.clone()], 10, sum_in, f64::from(acc) - 0.1).await;
+        let bad = staged_report(&w, &t, std::slice::from_ref(&out), 10, sum_in, f64::from(acc) - 0.1).await;
         let e = w.auth.complete(&bad).await.unwrap_err();
         assert!(matches!(e, ControllerError::Validation(_)), "{e}");
         // ... and ends the attempt: claim released, back to PENDING with the error kept

@@ -48,6 +48,16 @@ fn leader_compare(keys: &Keys, leadership: Leadership) -> Compare {
     Compare::CreateRevision(keys.leader(), leadership.create_revision)
 }
 
+/// The revisions a commit was decided on besides the attempt's own: the
+/// table's watermark and its segment marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableRevs {
+    /// `mod_revision` of `watermarks/<raw>` (0: absent).
+    pub watermark: i64,
+    /// `mod_revision` of `segmarks/<raw>` (0: absent).
+    pub segments: i64,
+}
+
 /// Step 1, publish: the task and the table's in-flight marker, if no task
 /// is in flight, the watermark and the table's segments are as planned
 /// from, this controller still leads and the task's input chunks are the
@@ -165,8 +175,7 @@ pub fn commit(
     keys: &Keys,
     task: &TaskRecord,
     revs: &AttemptRevs,
-    watermark_rev: i64,
-    segments_rev: i64,
+    table: TableRevs,
     leadership: Leadership,
     manifest_chunks: Vec<Compare>,
     done: &Committed,
@@ -175,8 +184,8 @@ pub fn commit(
     let mut compares = vec![
         Compare::ModRevision(keys.active_task(&task.id), revs.task),
         Compare::ModRevision(keys.claim(&task.id), revs.claim),
-        Compare::ModRevision(keys.watermark(&task.table), watermark_rev),
-        Compare::ModRevision(keys.segments_marker(&task.table), segments_rev),
+        Compare::ModRevision(keys.watermark(&task.table), table.watermark),
+        Compare::ModRevision(keys.segments_marker(&task.table), table.segments),
         Compare::CreateRevision(lineage_key.clone(), 0),
         leader_compare(keys, leadership),
     ];
@@ -345,6 +354,8 @@ mod tests {
         (running, AttemptRevs { task: task_rev, claim: claim_rev })
     }
 
+    const NO_REVS: TableRevs = TableRevs { watermark: 0, segments: 0 };
+
     fn totals(outputs: u64, chunks: u32) -> ReportTotals {
         ReportTotals {
             attempt: 1,
@@ -365,7 +376,7 @@ mod tests {
         let manifest = chunks::write(&w.kv, &w.keys.manifest(&t.id, 1), &outputs).await.unwrap();
         let n = manifest.len() as u32;
         let done = committed(&running, &totals(5_000, n), None, 99);
-        let txn = commit(&w.keys, &running, &revs, 0, 0, w.leadership, manifest, &done);
+        let txn = commit(&w.keys, &running, &revs, NO_REVS, w.leadership, manifest, &done);
         assert!(within_limits(&txn), "{} compares, {} ops", txn.compares.len(), txn.ops.len());
         assert_eq!(txn.ops.len(), 6, "the ops do not grow with the outputs");
         assert!(txn.apply(&w.kv).await.unwrap(), "the commit applies");
@@ -380,7 +391,7 @@ mod tests {
         assert_eq!(h.table_config, serde_json::Value::Null, "history does not repeat the config");
         // the same commit again (a duplicate report racing the first) changes nothing
         let again = committed(&running, &totals(5_000, n), None, 100);
-        let txn = commit(&w.keys, &running, &revs, 0, 0, w.leadership, vec![], &again);
+        let txn = commit(&w.keys, &running, &revs, NO_REVS, w.leadership, vec![], &again);
         assert!(!txn.apply(&w.kv).await.unwrap(), "a second commit of the window fails its compares");
     }
 
@@ -393,7 +404,7 @@ mod tests {
         w.kv.delete(&w.keys.claim(&t.id)).await.unwrap();
         w.kv.put(&w.keys.claim(&t.id), b"{}".to_vec(), None).await.unwrap();
         let done = committed(&running, &totals(1, 1), None, 99);
-        let txn = commit(&w.keys, &running, &revs, 0, 0, w.leadership, vec![], &done);
+        let txn = commit(&w.keys, &running, &revs, NO_REVS, w.leadership, vec![], &done);
         assert!(!txn.apply(&w.kv).await.unwrap());
         assert!(w.kv.get(&w.keys.watermark("t")).await.unwrap().is_none(), "the watermark did not move");
         assert!(w.kv.get(&w.keys.lineage("t", 3_600_000)).await.unwrap().is_none());
@@ -408,7 +419,7 @@ mod tests {
         w.kv.delete(&w.keys.leader()).await.unwrap();
         w.kv.put(&w.keys.leader(), b"other".to_vec(), None).await.unwrap();
         let done = committed(&running, &totals(1, 1), None, 99);
-        assert!(!commit(&w.keys, &running, &revs, 0, 0, w.leadership, vec![], &done).apply(&w.kv).await.unwrap());
+        assert!(!commit(&w.keys, &running, &revs, NO_REVS, w.leadership, vec![], &done).apply(&w.kv).await.unwrap());
         let next = attempt_failed(running.clone(), 1, "x", 5);
         assert!(!record_failure(&w.keys, &next, &revs, w.leadership).apply(&w.kv).await.unwrap());
         assert!(w.kv.get(&w.keys.watermark("t")).await.unwrap().is_none());

@@ -711,7 +711,7 @@ mod tests {
         let s = spec(json!({"mergeType": "rollup"}), json!({}));
         let big = i32::MAX - 1;
         let b = batch(&s, &[("UA", Some(0.1), i64::MAX, Some(big), 0), ("UA", Some(0.2), 1, Some(big), 0)]);
-        let out = rollup(&[b.clone()], &s.schema, &s.flow.aggregations).unwrap();
+        let out = rollup(std::slice::from_ref(&b), &s.schema, &s.flow.aggregations).unwrap();
         let air = out[0].column(3).as_primitive::<Int32Type>();
         assert_eq!(air.value(0), big.wrapping_add(big), "INT sums wrap in 32 bits");
         assert!(air.is_valid(0), "an overflow is not a NULL");

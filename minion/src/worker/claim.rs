@@ -44,7 +44,7 @@ pub async fn claimable(kv: &Kv, keys: &Keys) -> Result<Vec<(TaskRecord, KeyValue
 #[derive(Debug)]
 pub enum ClaimResult {
     /// This minion holds the task.
-    Claimed(Claimed),
+    Claimed(Box<Claimed>),
     /// Someone else got it, or it changed.
     Lost,
     /// The transaction's reply was lost and the claim could not be read
@@ -83,7 +83,7 @@ pub async fn try_claim(
     match txn {
         Ok(false) => ClaimResult::Lost,
         Ok(true) | Err(_) => match read_back(kv, keys, &t.id, t.attempt, minion).await {
-            Ok(Some(c)) => ClaimResult::Claimed(c),
+            Ok(Some(c)) => ClaimResult::Claimed(Box::new(c)),
             Ok(None) => ClaimResult::Lost,
             Err(_) => ClaimResult::Unknown(t.id.clone(), t.attempt),
         },
@@ -155,6 +155,7 @@ mod tests {
         mem.fail_txn_after(None);
         // applied, reply lost: simulate by claiming, then asking as if the reply never came
         let ClaimResult::Claimed(c) = try_claim(&kv, &keys, &t, &entry, "m1", lease).await else { panic!("claimed") };
+        let c = *c;
         let again = read_back(&kv, &keys, &t.id, 1, "m1").await.unwrap().expect("the claim is recognised");
         assert_eq!((again.task.attempt, again.claim_rev), (1, c.claim_rev));
         assert!(read_back(&kv, &keys, &t.id, 1, "m2").await.unwrap().is_none(), "not someone else's");

@@ -342,7 +342,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
             match claim::try_claim(&worker.kv, &worker.keys, &task, &entry, &cfg.id, reg.lease).await {
                 ClaimResult::Claimed(c) => {
                     claimed += 1;
-                    found.push(c);
+                    found.push(*c);
                 }
                 ClaimResult::Lost => {}
                 ClaimResult::Unknown(id, n) => {
