@@ -42,6 +42,12 @@ impl Etcd {
 
     /// Starts (or restarts) etcd on the given ports.
     pub fn start_on(dir: &Path, client_port: u16, peer_port: u16) -> Etcd {
+        Self::start_with(dir, client_port, peer_port, &[])
+    }
+
+    /// Starts etcd with extra command-line arguments (e.g. a small
+    /// `--quota-backend-bytes`).
+    pub fn start_with(dir: &Path, client_port: u16, peer_port: u16, extra: &[&str]) -> Etcd {
         let endpoint = format!("http://127.0.0.1:{client_port}");
         let log = std::fs::File::create(dir.join(format!("etcd-{client_port}.log"))).unwrap();
         let child = Command::new(std::env::var("R2O_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
@@ -52,6 +58,7 @@ impl Etcd {
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
             .args(["--initial-cluster", &format!("r2o-test=http://127.0.0.1:{peer_port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -131,12 +138,23 @@ impl Cluster {
         env: Vec<(String, String)>,
         store_uri: Option<String>,
     ) -> Cluster {
+        Self::start_full(controllers, minions, env, store_uri, &[])
+    }
+
+    /// Like [`Cluster::start_on_store`], with extra arguments for etcd.
+    pub fn start_full(
+        controllers: usize,
+        minions: usize,
+        env: Vec<(String, String)>,
+        store_uri: Option<String>,
+        etcd_args: &[&str],
+    ) -> Cluster {
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var_os("R2O_KEEP_TEST_DIR").is_some() {
             dir.disable_cleanup(true);
             eprintln!("keeping test dir {}", dir.path().display());
         }
-        let etcd = Etcd::start(dir.path());
+        let etcd = Etcd::start_with(dir.path(), free_port(), free_port(), etcd_args);
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store).unwrap();
         let mut c = Cluster {
