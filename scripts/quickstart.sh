@@ -66,8 +66,10 @@ echo "== waiting for every eligible window"
 "$r2o" report --table flights
 last=$("$r2o" segment list --table flights --output json | .venv/bin/python -c \
   "import json,sys; print([s['segmentName'] for s in json.load(sys.stdin) if s['status']=='CONSUMING'][0])")
-echo "== sealing the CONSUMING segment $last; its windows can move now"
-"$r2o" segment seal --table flights --segment "$last"
+echo "== sealing the CONSUMING segment $last as the end of its stream; its windows can move now"
+# --end-of-stream: no segment follows, so Pinot's last-completed-segment rule
+# does not hold the last window waiting for one
+"$r2o" segment seal --table flights --segment "$last" --end-of-stream
 "$r2o" wait --table flights --timeout-secs 900
 end=$(date +%s.%N)
 echo
@@ -78,4 +80,4 @@ echo "== checking the OFFLINE files against an independent computation (duckdb +
 "$r2o" segment list --table flights --output json >"$work/segments.json"
 "$r2o" watermark --table flights --output json >"$work/watermark.json"
 .venv/bin/python scripts/verify_flights.py "$csv" "$work/segments.json" "$work/watermark.json" "$work/store"
-echo "== done; OFFLINE segments are under $work/store/offline/flights_OFFLINE"
+echo "== done; OFFLINE segments are under $work/store/<namespace>/offline/flights_OFFLINE (r2o segment list names each file)"

@@ -13,10 +13,8 @@ mod support;
 
 use arrow::array::{AsArray, Float32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Float32Type, Int64Type};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use r2o_common::kv::{EtcdKv, KvBackend};
 use r2o_common::meta::{ClusterRecord, Keys};
-use r2o_proto::controller as pb;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,31 +46,14 @@ fn batch(rows: &[(String, f32, Option<i64>)]) -> RecordBatch {
     .unwrap()
 }
 
-async fn segments(cluster: &Cluster, table: &str) -> Vec<pb::Segment> {
-    cluster
-        .client()
-        .await
-        .list_segments(pb::ListSegmentsRequest { table: table.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .segments
-}
-
 /// (k, f, ts) of the committed OFFLINE rows.
 async fn offline_rows(cluster: &Cluster, table: &str) -> Vec<(String, f32, i64)> {
     let mut out = vec![];
-    for s in segments(cluster, table).await.iter().filter(|s| s.table.ends_with("_OFFLINE")) {
-        let f = std::fs::File::open(cluster.store_path(&s.location)).unwrap();
-        for b in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
-            let b = b.unwrap();
-            let k = b.column(0).as_string::<i32>().clone();
-            let v = b.column(1).as_primitive::<Float32Type>().clone();
-            let ts = b.column(2).as_primitive::<Int64Type>().clone();
-            for i in 0..b.num_rows() {
-                out.push((k.value(i).to_string(), v.value(i), ts.value(i)));
-            }
-        }
+    for b in cluster.offline_batches(table).await {
+        let k = b.column(0).as_string::<i32>().clone();
+        let v = b.column(1).as_primitive::<Float32Type>().clone();
+        let ts = b.column(2).as_primitive::<Int64Type>().clone();
+        out.extend((0..b.num_rows()).map(|i| (k.value(i).to_string(), v.value(i), ts.value(i))));
     }
     out
 }
@@ -136,8 +117,7 @@ async fn float_rollup_null_times_many_outputs_and_a_double_underscore_name() {
     cluster.cli(&["ingest", "--table", "cc", "--file", f, "--rows-per-segment", "1000", "--seal-last"]);
     let w = cluster.wait_idle("cc", Duration::from_secs(120)).await;
     assert_eq!(w.watermark_ms, T0_MS + 2 * H_MS, "{}", w.next);
-    let offline: Vec<pb::Segment> =
-        segments(&cluster, "cc").await.into_iter().filter(|s| s.table.ends_with("_OFFLINE")).collect();
+    let offline = cluster.offline_segments("cc").await;
     assert_eq!(offline.iter().filter(|s| s.start_time_ms < T0_MS + H_MS).count(), 300);
     assert_eq!(offline_rows(&cluster, "cc").await.len(), 601);
 }

@@ -19,7 +19,6 @@ mod support;
 
 use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::Int64Type;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use r2o_common::kv::{EtcdKv, KvBackend};
 use r2o_common::meta::{LeaderRecord, LineageRecord};
 use r2o_proto::controller as pb;
@@ -91,41 +90,18 @@ fn rollup_schema() -> serde_json::Value {
 
 /// (k, v, ts) of every committed OFFLINE row of a table.
 async fn offline_kv(cluster: &Cluster, table: &str) -> Vec<(String, i64, i64)> {
-    let segs = client(cluster)
-        .await
-        .unwrap()
-        .list_segments(pb::ListSegmentsRequest { table: table.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .segments;
     let mut out = vec![];
-    for s in segs.iter().filter(|s| s.table.ends_with("_OFFLINE")) {
-        let f = std::fs::File::open(cluster.store_path(&s.location)).unwrap();
-        for b in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
-            let b = b.unwrap();
-            let k = b.column_by_name("k").unwrap().as_string::<i32>().clone();
-            let v = b.column_by_name("v").unwrap().as_primitive::<Int64Type>().clone();
-            let ts = b.column_by_name("ts").unwrap().as_primitive::<Int64Type>().clone();
-            out.extend((0..b.num_rows()).map(|i| (k.value(i).to_string(), v.value(i), ts.value(i))));
-        }
+    for b in cluster.offline_batches(table).await {
+        let k = b.column_by_name("k").unwrap().as_string::<i32>().clone();
+        let v = b.column_by_name("v").unwrap().as_primitive::<Int64Type>().clone();
+        let ts = b.column_by_name("ts").unwrap().as_primitive::<Int64Type>().clone();
+        out.extend((0..b.num_rows()).map(|i| (k.value(i).to_string(), v.value(i), ts.value(i))));
     }
     out
 }
 
 async fn offline_locations(cluster: &Cluster, table: &str) -> HashSet<String> {
-    client(cluster)
-        .await
-        .unwrap()
-        .list_segments(pb::ListSegmentsRequest { table: table.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .segments
-        .into_iter()
-        .filter(|s| s.table.ends_with("_OFFLINE"))
-        .map(|s| s.location)
-        .collect()
+    cluster.offline_segments(table).await.into_iter().map(|s| s.location).collect()
 }
 
 async fn client(
@@ -163,26 +139,12 @@ async fn watermark(cluster: &Cluster, table: &str) -> Option<pb::GetWatermarkRes
 
 /// ids in the committed OFFLINE files of a table (from metadata and files alone).
 async fn offline_ids(cluster: &Cluster, table: &str) -> (Vec<i64>, HashSet<String>) {
-    let segs = client(cluster)
-        .await
-        .unwrap()
-        .list_segments(pb::ListSegmentsRequest { table: table.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .segments;
     let mut ids = vec![];
-    let mut locations = HashSet::new();
-    for s in segs.iter().filter(|s| s.table.ends_with("_OFFLINE")) {
-        locations.insert(s.location.clone());
-        let f = std::fs::File::open(cluster.store_path(&s.location)).unwrap();
-        for b in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
-            let b = b.unwrap();
-            let col = b.column_by_name("id").unwrap().as_primitive::<Int64Type>().clone();
-            ids.extend((0..col.len()).map(|i| col.value(i)));
-        }
+    for b in cluster.offline_batches(table).await {
+        let col = b.column_by_name("id").unwrap().as_primitive::<Int64Type>().clone();
+        ids.extend((0..col.len()).map(|i| col.value(i)));
     }
-    (ids, locations)
+    (ids, offline_locations(cluster, table).await)
 }
 
 fn files_under(dir: &std::path::Path, out: &mut Vec<String>, root: &std::path::Path) {

@@ -335,17 +335,39 @@ impl Cluster {
         }
     }
 
-    /// The local file of a registered segment (file stores only), from the
-    /// controller's segment list.
-    pub async fn segment_file(&self, table: &str, segment: &str) -> PathBuf {
-        let segs = self
-            .client()
+    /// A table's segments (REALTIME and OFFLINE), as the controller lists them.
+    pub async fn segments(&self, table: &str) -> Vec<pb::Segment> {
+        self.client()
             .await
             .list_segments(pb::ListSegmentsRequest { table: table.into() })
             .await
             .unwrap()
             .into_inner()
-            .segments;
+            .segments
+    }
+
+    /// A table's committed OFFLINE segments.
+    pub async fn offline_segments(&self, table: &str) -> Vec<pb::Segment> {
+        self.segments(table).await.into_iter().filter(|s| s.table.ends_with("_OFFLINE")).collect()
+    }
+
+    /// Every batch of a table's committed OFFLINE files (file stores), read
+    /// from the files alone.
+    pub async fn offline_batches(&self, table: &str) -> Vec<arrow::array::RecordBatch> {
+        let mut out = vec![];
+        for s in self.offline_segments(table).await {
+            let f = std::fs::File::open(self.store_path(&s.location)).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+            out.extend(reader.map(|b| b.unwrap()));
+        }
+        out
+    }
+
+    /// The local file of a registered segment (file stores only), from the
+    /// controller's segment list.
+    pub async fn segment_file(&self, table: &str, segment: &str) -> PathBuf {
+        let segs = self.segments(table).await;
         let s = segs.iter().find(|s| s.name == segment).unwrap_or_else(|| panic!("segment {segment} of {table}"));
         self.store_path(&s.location)
     }
