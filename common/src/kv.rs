@@ -170,6 +170,22 @@ pub struct Page {
     pub more: bool,
 }
 
+/// One change of a watched key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The key.
+    pub key: String,
+    /// Whether it was deleted (else put).
+    pub deleted: bool,
+    /// Revision of the change.
+    pub revision: i64,
+}
+
+/// Changes under a watched prefix, in revision order; an `Err` or the end of
+/// the stream means the watch broke (connection lost, compaction): re-read
+/// what you need and watch again.
+pub type WatchReceiver = tokio::sync::mpsc::UnboundedReceiver<Result<Vec<WatchEvent>>>;
+
 /// The store's health, for `/readyz` and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvStatus {
@@ -212,6 +228,9 @@ pub trait KvBackend: Send + Sync + 'static {
     /// Discards the history of revisions before `revision` (etcd's
     /// compaction). Compacting to a revision already compacted is `Ok`.
     async fn compact(&self, revision: i64) -> Result<()>;
+    /// Streams the changes under `prefix` made from now on (for wake-ups:
+    /// callers read the state itself after an event).
+    async fn watch(&self, prefix: &str) -> Result<WatchReceiver>;
 
     /// Every key (no values) starting with `prefix`, in key order, read
     /// page by page.
@@ -445,6 +464,45 @@ impl KvBackend for EtcdKv {
             Err(e) => Err(meta_err(e)),
         }
     }
+
+    async fn watch(&self, prefix: &str) -> Result<WatchReceiver> {
+        let opts = etcd_client::WatchOptions::new().with_prefix();
+        let mut stream = self.client.watch_client().watch(prefix, Some(opts)).await.map_err(meta_err)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            let _ = tx.send(Err(Error::Meta(format!("watch canceled: {}", resp.cancel_reason()))));
+                            return;
+                        }
+                        let events: Vec<WatchEvent> = resp
+                            .events()
+                            .iter()
+                            .filter_map(|e| {
+                                let kv = e.kv()?;
+                                Some(WatchEvent {
+                                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                                    deleted: e.event_type() == etcd_client::EventType::Delete,
+                                    revision: kv.mod_revision(),
+                                })
+                            })
+                            .collect();
+                        if !events.is_empty() && tx.send(Ok(events)).is_err() {
+                            return; // nobody listens any more
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(meta_err(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
 }
 
 fn lease_or_meta(e: etcd_client::Error, lease: Option<LeaseId>) -> Error {
@@ -475,6 +533,7 @@ struct MemState {
     /// Transactions left before the next one fails as if etcd were gone
     /// (`None`: never); see [`MemKv::fail_txn_after`].
     txn_budget: Option<usize>,
+    watchers: Vec<(String, tokio::sync::mpsc::UnboundedSender<Result<Vec<WatchEvent>>>)>,
 }
 
 impl MemState {
@@ -492,10 +551,23 @@ impl MemState {
         let keys: Vec<String> = self.data.values().filter(|kv| kv.lease == id).map(|kv| kv.key.clone()).collect();
         if !keys.is_empty() {
             self.revision += 1;
-            for k in keys {
-                self.data.remove(&k);
+            let rev = self.revision;
+            for k in &keys {
+                self.data.remove(k);
             }
+            self.notify(keys.into_iter().map(|key| WatchEvent { key, deleted: true, revision: rev }).collect());
         }
+    }
+
+    /// Sends events to every watcher whose prefix matches; drops closed ones.
+    fn notify(&mut self, events: Vec<WatchEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        self.watchers.retain(|(prefix, tx)| {
+            let mine: Vec<WatchEvent> = events.iter().filter(|e| e.key.starts_with(prefix.as_str())).cloned().collect();
+            mine.is_empty() || tx.send(Ok(mine)).is_ok()
+        });
     }
 
     fn check_lease(&self, lease: Option<LeaseId>) -> Result<()> {
@@ -587,6 +659,8 @@ impl KvBackend for MemKv {
         s.check_lease(lease)?;
         s.revision += 1;
         s.apply_put(key.to_string(), value, lease);
+        let rev = s.revision;
+        s.notify(vec![WatchEvent { key: key.to_string(), deleted: false, revision: rev }]);
         Ok(())
     }
 
@@ -594,6 +668,8 @@ impl KvBackend for MemKv {
         let mut s = self.state();
         if s.data.remove(key).is_some() {
             s.revision += 1;
+            let rev = s.revision;
+            s.notify(vec![WatchEvent { key: key.to_string(), deleted: true, revision: rev }]);
         }
         Ok(())
     }
@@ -623,17 +699,29 @@ impl KvBackend for MemKv {
             }
         }
         s.revision += 1;
+        let rev = s.revision;
+        let mut events = Vec::new();
         for op in ops {
             match op {
-                Op::Put { key, value, lease } => s.apply_put(key, value, lease),
+                Op::Put { key, value, lease } => {
+                    events.push(WatchEvent { key: key.clone(), deleted: false, revision: rev });
+                    s.apply_put(key, value, lease)
+                }
                 Op::Delete { key } => {
-                    s.data.remove(&key);
+                    if s.data.remove(&key).is_some() {
+                        events.push(WatchEvent { key, deleted: true, revision: rev });
+                    }
                 }
                 Op::DeletePrefix { prefix } => {
-                    s.data.retain(|k, _| !k.starts_with(&prefix));
+                    let gone: Vec<String> = s.data.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+                    for key in gone {
+                        s.data.remove(&key);
+                        events.push(WatchEvent { key, deleted: true, revision: rev });
+                    }
                 }
             }
         }
+        s.notify(events);
         Ok(true)
     }
 
@@ -672,6 +760,12 @@ impl KvBackend for MemKv {
         let mut s = self.state();
         s.compacted = s.compacted.max(revision.min(s.revision));
         Ok(())
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<WatchReceiver> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.state().watchers.push((prefix.to_string(), tx));
+        Ok(rx)
     }
 }
 
@@ -761,6 +855,25 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
         .await;
     assert!(matches!(r, Ok(true)), "a transaction within the limits applies: {r:?}");
     assert!(kv.txn(vec![], vec![Op::delete(k("big1")), Op::delete(k("big2"))]).await.unwrap());
+
+    // watch: changes under the prefix arrive, in order, others do not
+    let mut w = kv.watch(&k("w/")).await.unwrap();
+    kv.put(&k("w/1"), b"a".to_vec(), None).await.unwrap();
+    kv.put(&k("other"), b"a".to_vec(), None).await.unwrap();
+    assert!(kv.txn(vec![], vec![Op::put(k("w/2"), b"b".to_vec()), Op::delete(k("w/1"))]).await.unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let batch = tokio::time::timeout(Duration::from_secs(5), w.recv())
+            .await
+            .expect("watch events arrive")
+            .expect("the watch stays open")
+            .expect("no watch error");
+        seen.extend(batch.into_iter().map(|e| (e.key[prefix.len()..].to_string(), e.deleted)));
+    }
+    assert_eq!(seen, vec![("/w/1".to_string(), false), ("/w/2".to_string(), false), ("/w/1".to_string(), true)]);
+    kv.delete(&k("other")).await.unwrap();
+    kv.delete(&k("w/2")).await.unwrap();
+    drop(w);
 
     // status and compaction
     let st = kv.status().await.unwrap();
