@@ -16,7 +16,7 @@ use bytes::Bytes;
 use r2o_common::columnar::{read_csv, time_ms, time_range_ms, write_parquet_with, REALTIME_ROW_GROUP_ROWS};
 use r2o_common::config::{MergeType, TableSpec};
 use r2o_common::meta::{SegmentMeta, SegmentStatus};
-use r2o_controller::planner::{plan, Decision};
+use r2o_controller::planner::{plan, Budget, Decision};
 use r2o_minion::processor::{process, Input};
 use std::sync::Arc;
 use std::time::Instant;
@@ -109,9 +109,11 @@ fn main() -> Result<()> {
         // every window, planned by the real planner
         let mut windows = Vec::new();
         let mut wm = None;
-        while let Decision::Run { window, inputs, .. } = plan(&spec.flow, &metas, wm, i64::MAX / 2) {
-            windows.push((window, inputs));
-            wm = Some(window.end_ms);
+        while let Decision::Run { windows: w, inputs, .. } =
+            plan(&spec.flow, &metas, wm, i64::MAX / 2, &Budget::ONE_WINDOW)
+        {
+            windows.push((w[0], inputs));
+            wm = Some(w[0].end_ms);
         }
         // one window: the one with the most input bytes
         let (busiest, busiest_inputs) = windows
@@ -124,7 +126,7 @@ fn main() -> Result<()> {
         for _ in 0..repeats {
             let inputs = inputs_of(&busiest_inputs);
             let start = Instant::now();
-            let out = process(&spec, busiest, inputs, &CancellationToken::new())?;
+            let out = process(&spec, &[busiest], inputs, &CancellationToken::new(), 1)?;
             best = best.min(start.elapsed().as_secs_f64());
             rows = out.rows_in;
         }
@@ -137,11 +139,11 @@ fn main() -> Result<()> {
             rows as f64 / best,
             seg_rows as f64 / best
         );
-        // the whole backfill, window after window
+        // the whole backfill, window after window, on one thread
         let start = Instant::now();
         let (mut rows_in, mut rows_out, mut bytes_out, mut skipped) = (0u64, 0u64, 0u64, 0u64);
         for (window, inputs) in &windows {
-            let out = process(&spec, *window, inputs_of(inputs), &CancellationToken::new())?;
+            let out = process(&spec, &[*window], inputs_of(inputs), &CancellationToken::new(), 1)?;
             rows_in += out.rows_in;
             rows_out += out.rows_out;
             skipped += out.row_groups_skipped;
@@ -154,6 +156,24 @@ fn main() -> Result<()> {
             windows.len(),
             secs,
             windows.len() as f64 / secs,
+            rows_in as f64 / secs
+        );
+        // the whole backfill as the cluster plans it: tasks of many windows, windows in parallel
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let budget = Budget { max_windows: 1_000, max_input_rows: 500_000, max_input_bytes: 256 << 20 };
+        let start = Instant::now();
+        let (mut tasks, mut rows_in, mut wm) = (0, 0u64, None);
+        while let Decision::Run { windows: w, inputs, .. } = plan(&spec.flow, &metas, wm, i64::MAX / 2, &budget) {
+            let out = process(&spec, &w, inputs_of(&inputs), &CancellationToken::new(), threads)?;
+            rows_in += out.rows_in;
+            tasks += 1;
+            wm = Some(w.last().expect("windows").end_ms);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{:<7} batched      {tasks} tasks of up to 500,000 input rows, {threads} threads: {rows_in} rows in {:.2} s: {:.0} rows/s",
+            merge.name(),
+            secs,
             rows_in as f64 / secs
         );
     }

@@ -95,6 +95,19 @@ enum Command {
         /// Finished tasks older than this are pruned from history, seconds (0: kept by count only).
         #[arg(long, env = "R2O_HISTORY_MAX_AGE_SECS", default_value_t = 30 * 86_400)]
         history_max_age_secs: u64,
+        /// Registered input rows one task may read, unless the table sets Pinot's maxNumRecordsPerTask;
+        /// consecutive windows are batched into a task up to it.
+        #[arg(long, env = "R2O_TASK_MAX_INPUT_ROWS", default_value_t = 500_000)]
+        task_max_input_rows: u64,
+        /// Input bytes one task may read.
+        #[arg(long, env = "R2O_TASK_MAX_INPUT_BYTES", default_value_t = 256 * 1024 * 1024)]
+        task_max_input_bytes: u64,
+        /// Windows one task may run.
+        #[arg(long, env = "R2O_TASK_MAX_WINDOWS", default_value_t = 1_000)]
+        task_max_windows: usize,
+        /// Tasks of one table in flight at once (0: the live minions' slots plus one).
+        #[arg(long, env = "R2O_MAX_TASKS_PER_TABLE", default_value_t = 0)]
+        max_tasks_per_table: usize,
     },
     /// Run a minion (claims and executes tasks).
     Minion {
@@ -172,6 +185,10 @@ async fn main() -> Result<()> {
             janitor_grace_secs,
             history_max_per_table,
             history_max_age_secs,
+            task_max_input_rows,
+            task_max_input_bytes,
+            task_max_windows,
+            max_tasks_per_table,
         } => {
             init_tracing();
             let (kv, keys, store) = connect_state(&state).await?;
@@ -192,6 +209,12 @@ async fn main() -> Result<()> {
                     max_per_table: history_max_per_table,
                     max_age_ms: (history_max_age_secs as i64).saturating_mul(1000),
                 },
+                budget: r2o_controller::planner::Budget {
+                    max_windows: task_max_windows.max(1),
+                    max_input_rows: task_max_input_rows.max(1),
+                    max_input_bytes: task_max_input_bytes.max(1),
+                },
+                max_tasks_per_table,
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }

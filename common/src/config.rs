@@ -96,6 +96,11 @@ pub struct FlowConfig {
     /// `timeoutMs` (Pinot's task key): an attempt running longer is
     /// cancelled, ms; `None`: the cluster's default.
     pub timeout_ms: Option<i64>,
+    /// `maxNumRecordsPerTask` (Pinot's task key): the registered input rows
+    /// one task may read, rows; consecutive windows are batched into a task
+    /// up to it (a single window larger than it is still one task);
+    /// `None`: the cluster's default.
+    pub max_records_per_task: Option<u64>,
 }
 
 /// A registered table: Pinot's JSON as given, plus the validated view.
@@ -339,6 +344,7 @@ impl TableSpec {
         };
         let max_attempts_per_task = positive("maxAttemptsPerTask")?.map(|n| n.min(i64::from(u32::MAX)) as u32);
         let timeout_ms = positive("timeoutMs")?;
+        let max_records_per_task = positive("maxNumRecordsPerTask")?.map(|n| n as u64);
 
         Ok(TableSpec {
             name,
@@ -355,6 +361,7 @@ impl TableSpec {
                 max_records_per_segment,
                 max_attempts_per_task,
                 timeout_ms,
+                max_records_per_task,
             },
             config_json,
             schema_json,

@@ -12,7 +12,8 @@
 //! | `manifests/<raw>/<task>/a<attempt>/<n>` | [`chunks`] of OFFLINE [`SegmentMeta`] | controller, before a commit |
 //! | `inputs/<raw>/<task>/<n>` | [`chunks`] of a task's REALTIME inputs | controller, before a publish |
 //! | `tasks/active/<task>` | [`TaskRecord`] | controller (publish, fail), minion (claim) |
-//! | `tasks/inflight/<raw>` | task id: one in-flight task per table | controller |
+//! | `tasks/frontier/<raw>` | [`FrontierRecord`]: where the next task of the table starts | controller (publish, supersede, reset) |
+//! | `tasks/epoch/<raw>` | revision marker, rewritten when planned tasks are abandoned | controller (supersede, reset) |
 //! | `tasks/claims/<task>` | [`ClaimRecord`], on the minion's lease | minion |
 //! | `history/<raw>/<created>/<task>` | [`TaskRecord`] of a finished task | controller (pruned by age and count) |
 //! | `minions/<id>` | [`MinionRecord`], on the minion's lease | minion |
@@ -135,19 +136,42 @@ pub struct WatermarkRecord {
     pub updated_ms: i64,
 }
 
-/// What one committed task moved: its window, where its inputs and outputs
-/// are listed, and totals. The OFFLINE segments a window holds are the
-/// manifest this record names; nothing else is published.
+/// What one window of a task read and wrote.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowStats {
+    /// Window start, UTC epoch ms (inclusive).
+    pub start_ms: i64,
+    /// Window end, UTC epoch ms (exclusive).
+    pub end_ms: i64,
+    /// Rows of the inputs inside the window.
+    pub rows_in: u64,
+    /// Rows written for the window.
+    pub rows_out: u64,
+    /// OFFLINE segments written for the window.
+    pub outputs: u64,
+}
+
+/// What one committed task moved: its windows (each with its own OFFLINE
+/// segments, named after the window), where its inputs and outputs are
+/// listed, and totals. The OFFLINE segments a window holds are the manifest
+/// this record names; nothing else is published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LineageRecord {
-    /// Window start, UTC epoch ms (inclusive).
+    /// Start of the first window, UTC epoch ms (inclusive).
     pub window_start_ms: i64,
-    /// Window end, UTC epoch ms (exclusive).
+    /// End of the last window, UTC epoch ms (exclusive): the watermark after the commit.
     pub window_end_ms: i64,
-    /// Empty windows skipped just before this one (persisted by this commit).
+    /// Where the task's range starts (the previous watermark), UTC epoch ms.
+    #[serde(default)]
+    pub from_ms: i64,
+    /// Empty windows skipped in `[from_ms, window_end_ms)` (persisted by this commit).
     #[serde(default)]
     pub skipped_windows: u64,
+    /// The windows with data, in order, with what each read and wrote.
+    #[serde(default)]
+    pub windows: Vec<WindowStats>,
     /// The task and attempt that produced it; its inputs are the chunks under
     /// `inputs/<raw>/<task>/`, its outputs those under
     /// `manifests/<raw>/<task>/a<attempt>/`.
@@ -180,6 +204,9 @@ pub enum TaskState {
     Succeeded,
     /// Gave up after the last attempt.
     Failed,
+    /// Its outputs are validated and listed in a manifest; it commits as
+    /// soon as every task before it has (commits go in window order).
+    Staged,
     /// Dropped before commit because what it was planned from changed (a
     /// segment registered or sealed in its range, the watermark moved, a
     /// reset); the window is planned again from current metadata.
@@ -194,6 +221,7 @@ impl TaskState {
             TaskState::Running => "RUNNING",
             TaskState::Succeeded => "SUCCEEDED",
             TaskState::Failed => "FAILED",
+            TaskState::Staged => "STAGED",
             TaskState::Superseded => "SUPERSEDED",
         }
     }
@@ -250,8 +278,9 @@ impl<'de> Deserialize<'de> for TaskId {
     }
 }
 
-/// The work for one window of one table, and what became of it. Its input
-/// segments are stored beside it in [`chunks`] (`inputs/<raw>/<task>/`).
+/// The work for a run of consecutive windows of one table, and what became
+/// of it. Its input segments are stored beside it in [`chunks`]
+/// (`inputs/<raw>/<task>/`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
@@ -259,13 +288,24 @@ pub struct TaskRecord {
     pub id: TaskId,
     /// Raw table name.
     pub table: String,
-    /// Window start, UTC epoch ms (inclusive).
+    /// Where the task's range starts: the end of the task before it (or
+    /// the cold start), UTC epoch ms. It commits when the watermark is here.
+    #[serde(default)]
+    pub from_ms: i64,
+    /// Start of its first window, UTC epoch ms (inclusive).
     pub window_start_ms: i64,
-    /// Window end, UTC epoch ms (exclusive).
+    /// End of its last window, UTC epoch ms (exclusive).
     pub window_end_ms: i64,
-    /// Empty windows skipped between the watermark and this window; the
-    /// commit persists the skip by moving the watermark past them.
+    /// The windows with data it runs, in order (each `bucketTimePeriod` long).
+    #[serde(default)]
+    pub windows: Vec<crate::window::Window>,
+    /// Empty windows inside `[from_ms, window_end_ms)`, skipped; the commit
+    /// persists the skip by moving the watermark past them.
     pub skipped_windows: u64,
+    /// `mod_revision` of the table's epoch key when the task was planned: a
+    /// task of an older epoch (abandoned by a supersede or reset) never commits.
+    #[serde(default)]
+    pub epoch_revision: i64,
     /// REALTIME segments overlapping the window (listed in its input chunks).
     pub input_count: u64,
     /// Input chunks under `inputs/<raw>/<task>/`.
@@ -313,6 +353,15 @@ pub struct TaskRecord {
     /// OFFLINE segments committed.
     #[serde(default)]
     pub output_count: u64,
+    /// STAGED: the attempt whose outputs are staged and will be committed.
+    #[serde(default)]
+    pub staged_attempt: u32,
+    /// STAGED: manifest chunks of the staged outputs.
+    #[serde(default)]
+    pub staged_chunks: u32,
+    /// STAGED or committed: per window, what was read and written.
+    #[serde(default)]
+    pub window_stats: Vec<WindowStats>,
     /// Attempts allowed per round (`maxAttemptsPerTask`, resolved at planning).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -361,11 +410,18 @@ impl TaskRecord {
         open && !claimed && self.attempts_in_round() < self.max_attempts
     }
 
-    /// The watermark the task was planned from: its window start minus the
-    /// skipped windows, ms.
-    pub fn from_watermark_ms(&self, bucket_ms: i64) -> i64 {
-        self.window_start_ms.saturating_sub((self.skipped_windows as i64).saturating_mul(bucket_ms))
+    /// Whether the task still has work or a commit ahead of it.
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, TaskState::Pending | TaskState::Running | TaskState::Staged | TaskState::Failed)
     }
+}
+
+/// Where a table's next task starts: the end of the last published one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontierRecord {
+    /// Start of the next task's range, UTC epoch ms.
+    pub next_ms: i64,
 }
 
 /// Backoff before attempt `n + 1` after `n` failed attempts in a round:
@@ -564,9 +620,13 @@ impl Keys {
     pub fn active_tasks(&self) -> String {
         format!("{}/tasks/active/", self.prefix)
     }
-    /// `tasks/inflight/<raw>`.
-    pub fn inflight(&self, raw: &str) -> String {
-        format!("{}/tasks/inflight/{raw}", self.prefix)
+    /// `tasks/frontier/<raw>`.
+    pub fn frontier(&self, raw: &str) -> String {
+        format!("{}/tasks/frontier/{raw}", self.prefix)
+    }
+    /// `tasks/epoch/<raw>`.
+    pub fn epoch(&self, raw: &str) -> String {
+        format!("{}/tasks/epoch/{raw}", self.prefix)
     }
     /// `tasks/claims/<task>`.
     pub fn claim(&self, task: &TaskId) -> String {

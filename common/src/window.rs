@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// A half-open time window `[start_ms, end_ms)` in UTC epoch milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Window {
     /// Inclusive start, ms.
     pub start_ms: i64,

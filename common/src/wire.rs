@@ -64,6 +64,8 @@ impl From<&TaskRecord> for pb::Task {
             input_count: t.input_count,
             output_count: t.output_count,
             errors: t.errors.clone(),
+            from_ms: t.from_ms,
+            windows: t.windows.len() as u32,
         }
     }
 }

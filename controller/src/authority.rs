@@ -1,31 +1,43 @@
 //! The commit authority: publishes planned tasks, commits completed
-//! attempts, records failures and supersedes tasks whose plan no longer
+//! attempts in window order, stages attempts that finish ahead of their
+//! predecessors, records failures and supersedes tasks whose plan no longer
 //! holds. Each step reads what it needs, decides with a pure function of
 //! [`crate::protocol`] (or [`crate::planner`], [`crate::validate`]) and
 //! writes one etcd transaction comparing the revisions it read (DESIGN.md,
 //! the commit protocol).
 //!
+//! Many tasks of a table may be in flight at once (up to a limit); each
+//! covers a run of consecutive windows starting where the previous one ends
+//! (the table's frontier). A task commits only when the watermark has
+//! reached its start; one that finishes earlier is validated and STAGED,
+//! and commits as soon as its predecessors have. A failed task holds the
+//! ones after it. When a task's plan no longer holds, it is superseded and
+//! the table's epoch moves: every task planned after it is abandoned (it can
+//! no longer commit) and the range is planned again.
+//!
 //! Every way an attempt can end ends it here, decided by the leader: a
-//! commit, a refused report (validation: the failure path, with backoff and
-//! then FAILED), a superseded plan, a failure report, an attempt whose
-//! claim vanished or that outlived its `timeoutMs`.
+//! commit or staging, a refused report (validation: the failure path, with
+//! backoff and then FAILED), a superseded plan, a failure report, an attempt
+//! whose claim vanished or that outlived its `timeoutMs`.
 
 use r2o_common::config::TableSpec;
-use r2o_common::kv::{KeyValue, Kv, Op};
+use r2o_common::kv::{Compare, KeyValue, Kv, Op};
 use r2o_common::meta::{
-    chunks, get_record, now_ms, range_records, ClaimRecord, Keys, SegmentMeta, SegmentStatus, TableRecord, TaskId,
-    TaskRecord, TaskState, WatermarkRecord,
+    chunks, encode, get_record, now_ms, range_records, ClaimRecord, FrontierRecord, Keys, MinionRecord, SegmentMeta,
+    SegmentStatus, TableRecord, TaskId, TaskRecord, TaskState, WatermarkRecord, WindowStats,
 };
 use r2o_common::store::{Layout, Store};
 use r2o_proto::controller as pb;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::election::Leadership;
 use crate::error::{ControllerError, Result};
-use crate::planner::{plan, recheck, Decision};
-use crate::protocol::{self, AttemptRevs, ReportTotals};
+use crate::planner::{plan, recheck, Budget, Decision};
+use crate::protocol::{self, AttemptRevs, ReportTotals, TableRevs};
 use crate::validate::{self, FooterCache};
 
 /// Settings of the commit authority.
@@ -39,9 +51,40 @@ pub struct AuthorityConfig {
     /// Grace past an attempt's `timeoutMs` before the leader ends it itself
     /// (the minion's own deadline should have ended it first), ms.
     pub attempt_grace_ms: i64,
+    /// How much one task may take (input rows unless the table sets
+    /// `maxNumRecordsPerTask`, input bytes, windows).
+    pub budget: Budget,
+    /// Tasks of one table in flight at once (0: the live minions' slots plus one).
+    pub max_tasks_per_table: usize,
 }
 
-/// The controller's state-changing logic over etcd and the segment store.
+/// A table's REALTIME segments as last read, with the revision of the
+/// table's segment marker they reflect: re-read only when the marker moved.
+#[derive(Clone, Default)]
+pub struct SegmentCache {
+    inner: Arc<Mutex<HashMap<String, (i64, Arc<Vec<SegmentMeta>>)>>>,
+}
+
+impl SegmentCache {
+    /// The table's segments and the marker revision they reflect: one etcd
+    /// read when nothing changed, a paged re-read when something did.
+    pub async fn get(&self, kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<(Arc<Vec<SegmentMeta>>, i64)> {
+        let rev = kv.get(&keys.segments_marker(raw)).await?.map_or(0, |e| e.mod_revision);
+        if let Some((r, segs)) = self.inner.lock().ok().and_then(|m| m.get(raw).cloned()) {
+            if r == rev {
+                return Ok((segs, rev));
+            }
+        }
+        let (segs, rev) = read_segments(kv, keys, raw).await?;
+        let segs = Arc::new(segs);
+        if let Ok(mut m) = self.inner.lock() {
+            m.insert(raw.to_string(), (rev, segs.clone()));
+        }
+        Ok((segs, rev))
+    }
+}
+
+/// The commit authority's state-changing logic over etcd and the segment store.
 #[derive(Clone)]
 pub struct Authority {
     pub(crate) kv: Kv,
@@ -50,13 +93,15 @@ pub struct Authority {
     pub(crate) layout: Layout,
     pub(crate) cfg: AuthorityConfig,
     pub(crate) leadership: watch::Receiver<Option<Leadership>>,
-    /// Wakes the planning loop after a commit, so the next window of the
-    /// table is planned at once instead of on the next tick.
-    pub(crate) replan: std::sync::Arc<tokio::sync::Notify>,
+    /// Wakes the planning loop after a commit, so the table's next tasks are
+    /// planned at once instead of on the next tick.
+    pub(crate) replan: Arc<tokio::sync::Notify>,
     /// Metrics observed while committing.
     pub(crate) metrics: Option<crate::metrics::ControllerMetrics>,
     /// Footers of REALTIME inputs, for validation.
     pub(crate) footers: FooterCache,
+    /// REALTIME segments per table, revision-checked.
+    pub(crate) segments: SegmentCache,
 }
 
 /// A table as stored plus its parsed view.
@@ -70,9 +115,9 @@ pub(crate) async fn load_table(kv: &Kv, keys: &Keys, raw: &str) -> Result<Option
 /// What planning one table did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanOutcome {
-    /// A task was published for the window.
-    Published(TaskId, r2o_common::window::Window),
-    /// A task is already in flight.
+    /// Tasks were published (their ids), the last one ending at the window end given.
+    Published(Vec<TaskId>, i64),
+    /// As many tasks as allowed are in flight.
     InFlight(String),
     /// The table is paused.
     Paused,
@@ -82,9 +127,16 @@ pub enum PlanOutcome {
 
 impl std::fmt::Display for PlanOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use r2o_common::window::format_utc;
         match self {
-            PlanOutcome::Published(id, w) => write!(f, "task {id} published for window {w}"),
-            PlanOutcome::InFlight(id) => write!(f, "task {id} is already in flight"),
+            PlanOutcome::Published(ids, end) => write!(
+                f,
+                "{} task(s) published up to {}: {}",
+                ids.len(),
+                format_utc(*end),
+                ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+            PlanOutcome::InFlight(why) => write!(f, "{why}"),
             PlanOutcome::Paused => write!(f, "the table is paused"),
             PlanOutcome::Wait(why) => write!(f, "nothing to run: {why}"),
         }
@@ -101,7 +153,7 @@ enum Attempt {
 
 /// The table's REALTIME segments and the revision of its segment marker,
 /// read marker first: a change after the marker read moves the marker.
-pub(crate) async fn segments_with_revision(kv: &Kv, keys: &Keys, raw: &str) -> Result<(Vec<SegmentMeta>, i64)> {
+pub(crate) async fn read_segments(kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<(Vec<SegmentMeta>, i64)> {
     let rev = kv.get(&keys.segments_marker(raw)).await?.map_or(0, |e| e.mod_revision);
     let segments = range_records::<SegmentMeta>(kv, &keys.segments(&format!("{raw}_REALTIME")))
         .await?
@@ -109,6 +161,19 @@ pub(crate) async fn segments_with_revision(kv: &Kv, keys: &Keys, raw: &str) -> R
         .map(|(s, _)| s)
         .collect();
     Ok((segments, rev))
+}
+
+/// A table's open tasks of its current epoch, in window order, with their
+/// records' revisions; and the epoch's revision.
+pub(crate) async fn open_tasks(kv: &Kv, keys: &Keys, raw: &str) -> Result<(Vec<(TaskRecord, KeyValue)>, i64)> {
+    let epoch = kv.get(&keys.epoch(raw)).await?.map_or(0, |e| e.mod_revision);
+    let mut tasks: Vec<(TaskRecord, KeyValue)> = range_records::<TaskRecord>(kv, &keys.active_tasks())
+        .await?
+        .into_iter()
+        .filter(|(t, _)| t.table == raw && t.epoch_revision == epoch && t.is_open())
+        .collect();
+    tasks.sort_by_key(|(t, _)| (t.from_ms, t.created_ms));
+    Ok((tasks, epoch))
 }
 
 impl Authority {
@@ -130,7 +195,8 @@ impl Authority {
             leadership,
             replan: Default::default(),
             metrics: None,
-            footers: FooterCache::new(100_000),
+            footers: FooterCache::new(200_000),
+            segments: SegmentCache::default(),
         }
     }
 
@@ -145,17 +211,40 @@ impl Authority {
         })
     }
 
-    /// One planning pass over every table (leader only): publishes what is
-    /// ready and ends attempts that can no longer end by themselves.
-    /// Returns the tasks published.
+    async fn epoch(&self, raw: &str) -> Result<i64> {
+        Ok(self.kv.get(&self.keys.epoch(raw)).await?.map_or(0, |e| e.mod_revision))
+    }
+
+    /// Tasks of one table allowed in flight: the setting, or the live
+    /// minions' slots plus one (so a minion finishing a task finds the next).
+    async fn task_limit(&self) -> Result<usize> {
+        if self.cfg.max_tasks_per_table > 0 {
+            return Ok(self.cfg.max_tasks_per_table);
+        }
+        let slots: u64 = range_records::<MinionRecord>(&self.kv, &self.keys.minions())
+            .await?
+            .iter()
+            .map(|(m, _)| u64::from(m.slots))
+            .sum();
+        Ok((slots as usize + 1).max(2))
+    }
+
+    /// One planning pass over every table (leader only): commits what is
+    /// staged and due, publishes what is ready up to the in-flight limit, and
+    /// ends attempts that can no longer end by themselves. Returns the tasks
+    /// published.
     pub async fn plan_all(&self) -> Result<usize> {
         let leadership = self.leadership()?;
-        let tables = self.kv.range(&self.keys.tables()).await?;
+        let tables = self.kv.range_keys(&self.keys.tables()).await?;
+        let prefix = self.keys.tables();
         let mut published = 0;
-        for entry in tables {
-            let raw = entry.key.rsplit('/').next().unwrap_or_default().to_string();
+        for key in tables {
+            let raw = key[prefix.len()..].to_string();
+            if let Err(e) = self.commit_ready(&raw, leadership).await {
+                warn!(table = %raw, error = %e, "committing staged tasks failed");
+            }
             match self.plan_table(&raw, leadership, "scheduled").await {
-                Ok(PlanOutcome::Published(..)) => published += 1,
+                Ok(PlanOutcome::Published(ids, _)) => published += ids.len(),
                 Ok(_) => {}
                 Err(e) => warn!(table = %raw, error = %e, "planning failed"),
             }
@@ -164,13 +253,10 @@ impl Authority {
         Ok(published)
     }
 
-    /// Plans one table: publishes its next task unless one is in flight or
-    /// the table is paused. `trigger` is recorded on the task.
+    /// Plans one table: publishes its next tasks, one after the other from
+    /// its frontier, until the in-flight limit or a wait. `trigger` is
+    /// recorded on the tasks.
     async fn plan_table(&self, raw: &str, leadership: Leadership, trigger: &str) -> Result<PlanOutcome> {
-        let inflight_key = self.keys.inflight(raw);
-        if let Some(entry) = self.kv.get(&inflight_key).await? {
-            return Ok(PlanOutcome::InFlight(String::from_utf8_lossy(&entry.value).into_owned()));
-        }
         let Some((rec, _)) = get_record::<TableRecord>(&self.kv, &self.keys.table(raw)).await? else {
             return Err(ControllerError::NotFound(format!("table '{raw}'")));
         };
@@ -178,22 +264,80 @@ impl Authority {
             return Ok(PlanOutcome::Paused);
         }
         let spec = TableSpec::from_json(rec.table_config, rec.schema)?;
-        let (wm, wm_rev) = self.watermark(raw).await?;
-        let (segments, segments_rev) = segments_with_revision(&self.kv, &self.keys, raw).await?;
+        let limit = self.task_limit().await?;
+        let mut published: Vec<TaskId> = Vec::new();
+        let mut last_end = 0;
+        loop {
+            let (open, epoch_rev) = open_tasks(&self.kv, &self.keys, raw).await?;
+            if open.len() >= limit {
+                if published.is_empty() {
+                    return Ok(PlanOutcome::InFlight(format!(
+                        "{} task(s) in flight, the most a table may have at once ({limit})",
+                        open.len()
+                    )));
+                }
+                break;
+            }
+            match self.publish_next(raw, &spec, epoch_rev, leadership, trigger).await? {
+                Ok((id, end)) => {
+                    published.push(id);
+                    last_end = end;
+                }
+                Err(why) => {
+                    if published.is_empty() {
+                        return Ok(PlanOutcome::Wait(why));
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(PlanOutcome::Published(published, last_end))
+    }
+
+    /// Plans and publishes the table's next task from its frontier; `Err`
+    /// (inner) says why nothing was published.
+    async fn publish_next(
+        &self,
+        raw: &str,
+        spec: &TableSpec,
+        epoch_rev: i64,
+        leadership: Leadership,
+        trigger: &str,
+    ) -> Result<std::result::Result<(TaskId, i64), String>> {
+        let (frontier, frontier_rev) = match get_record::<FrontierRecord>(&self.kv, &self.keys.frontier(raw)).await? {
+            None => (None, 0),
+            Some((f, e)) => (Some(f), e.mod_revision),
+        };
+        let (wm, _) = self.watermark(raw).await?;
+        let (segments, segments_rev) = self.segments.get(&self.kv, &self.keys, raw).await?;
+        let from = match (&frontier, &wm) {
+            (Some(f), Some(w)) => Some(f.next_ms.max(w.watermark_ms)),
+            (Some(f), None) => Some(f.next_ms),
+            (None, Some(w)) => Some(w.watermark_ms),
+            (None, None) => None,
+        };
         let now = now_ms();
-        let (window, skipped_windows, inputs) =
-            match plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now) {
-                Decision::Run { window, skipped_windows, inputs } => (window, skipped_windows, inputs),
-                Decision::Wait(reason) => return Ok(PlanOutcome::Wait(reason.to_string())),
-            };
-        let id = TaskId::new(raw, window.start_ms, now);
+        let mut budget = self.cfg.budget;
+        if let Some(n) = spec.flow.max_records_per_task {
+            budget.max_input_rows = n;
+        }
+        let (from_ms, windows, skipped_windows, inputs) = match plan(&spec.flow, &segments, from, now, &budget) {
+            Decision::Run { from_ms, windows, skipped_windows, inputs } => (from_ms, windows, skipped_windows, inputs),
+            Decision::Wait(reason) => return Ok(Err(reason.to_string())),
+        };
+        let first = windows[0];
+        let last = *windows.last().expect("a run has windows");
+        let id = TaskId::new(raw, first.start_ms, now);
         let input_chunks = chunks::encode_all(&inputs).len() as u32;
         let task = TaskRecord {
             id: id.clone(),
             table: raw.to_string(),
-            window_start_ms: window.start_ms,
-            window_end_ms: window.end_ms,
+            from_ms,
+            window_start_ms: first.start_ms,
+            window_end_ms: last.end_ms,
+            windows: windows.clone(),
             skipped_windows,
+            epoch_revision: epoch_rev,
             input_count: inputs.len() as u64,
             input_chunks,
             input_rows: inputs.iter().map(|s| s.total_docs).sum(),
@@ -215,6 +359,9 @@ impl Authority {
             bytes_out: 0,
             rows_null_time: 0,
             output_count: 0,
+            staged_attempt: 0,
+            staged_chunks: 0,
+            window_stats: vec![],
             max_attempts: spec.flow.max_attempts_per_task.unwrap_or(self.cfg.max_attempts).max(1),
             timeout_ms: spec.flow.timeout_ms.unwrap_or(self.cfg.default_timeout_ms),
             not_before_ms: 0,
@@ -225,16 +372,19 @@ impl Authority {
         let input_revs = match chunks::write(&self.kv, &self.keys.inputs(&id), &inputs).await {
             Ok(r) => r,
             Err(r2o_common::Error::Limit(why)) => {
-                return Ok(PlanOutcome::Wait(format!("window {window} cannot be planned: {why}")));
+                return Ok(Err(format!("the task from {} cannot be planned: {why}", first)));
             }
             Err(e) => return Err(e.into()),
         };
-        if !protocol::publish(&self.keys, &task, wm_rev, leadership, input_revs).apply(&self.kv).await? {
+        let cold =
+            wm.is_none().then(|| WatermarkRecord { watermark_ms: from_ms, updated_ms: now, ..Default::default() });
+        let txn = protocol::publish(&self.keys, &task, frontier_rev, cold.as_ref(), leadership, input_revs);
+        if !txn.apply(&self.kv).await? {
             let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
-            return Ok(PlanOutcome::Wait("the table changed while planning; planning again on the next tick".into()));
+            return Ok(Err("the table changed while planning; planning again on the next tick".into()));
         }
-        info!(table = %raw, task = %id, trigger, window_start_ms = window.start_ms, window_end_ms = window.end_ms, inputs = task.input_count, skipped_windows, "task published");
-        Ok(PlanOutcome::Published(id, window))
+        info!(table = %raw, task = %id, trigger, from_ms, window_start_ms = first.start_ms, window_end_ms = last.end_ms, windows = windows.len(), inputs = task.input_count, input_rows = task.input_rows, skipped_windows, "task published");
+        Ok(Ok((id, last.end_ms)))
     }
 
     /// Run now: plans `raw` at once (leader only; the planner's rules hold).
@@ -243,21 +393,26 @@ impl Authority {
         self.plan_table(raw, leadership, "manual").await
     }
 
-    /// Resets a flow (leader only). `flush`: delete the lineage, manifests
-    /// and inputs of the committed windows and the watermark (the janitor
-    /// removes the files) and restart from the earliest data; otherwise
-    /// (append) only abandon the in-flight task and continue from the
-    /// watermark. `dry_run` reports what would go and changes nothing.
+    /// Resets a flow (leader only). Every open task is abandoned (the epoch
+    /// moves, so none of them can commit) and planning continues from the
+    /// watermark (`append`); `flush` also deletes the lineage, manifests and
+    /// inputs of the committed windows and the watermark (the janitor removes
+    /// the files) and restarts from the earliest data. `dry_run` reports what
+    /// would go and changes nothing.
     pub async fn reset(&self, raw: &str, flush: bool, dry_run: bool) -> Result<pb::ResetTableResponse> {
         let leadership = self.leadership()?;
         if self.kv.get(&self.keys.table(raw)).await?.is_none() {
             return Err(ControllerError::NotFound(format!("table '{raw}'")));
         }
         let offline = crate::registry::offline_segments(&self.kv, &self.keys, raw).await?;
-        let windows = self.kv.range_keys(&self.keys.lineages(raw)).await?.len() as u64;
+        let windows: u64 = crate::registry::lineage(&self.kv, &self.keys, raw)
+            .await?
+            .iter()
+            .map(|l| l.windows.len().max(1) as u64)
+            .sum();
         let (wm, wm_rev) = self.watermark(raw).await?;
-        let inflight = self.kv.get(&self.keys.inflight(raw)).await?;
-        let abandoned = inflight.as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned()).unwrap_or_default();
+        let (open, epoch_rev) = open_tasks(&self.kv, &self.keys, raw).await?;
+        let abandoned: Vec<String> = open.iter().map(|(t, _)| t.id.to_string()).collect();
         let mut resp = pb::ResetTableResponse {
             mode: if flush { "FLUSH" } else { "APPEND" }.into(),
             offline_segments: if flush { offline.len() as u64 } else { 0 },
@@ -265,53 +420,52 @@ impl Authority {
             offline_bytes: if flush { offline.iter().map(|s| s.size_bytes).sum() } else { 0 },
             windows: if flush { windows } else { 0 },
             watermark_ms: wm.as_ref().map_or(0, |w| w.watermark_ms),
-            abandoned_task: abandoned.clone(),
+            abandoned_task: abandoned.join(", "),
             done: false,
         };
         if dry_run {
             return Ok(resp);
         }
-        use r2o_common::kv::Compare;
-        let mut compares = vec![
+        let compares = vec![
             Compare::ModRevision(self.keys.watermark(raw), wm_rev),
-            Compare::ModRevision(self.keys.inflight(raw), inflight.as_ref().map_or(0, |e| e.mod_revision)),
+            Compare::ModRevision(self.keys.epoch(raw), epoch_rev),
             Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
         ];
-        let mut ops = vec![Op::delete(self.keys.inflight(raw))];
-        if let Ok(id) = abandoned.parse::<TaskId>() {
-            let task_key = self.keys.active_task(&id);
-            let task = get_record::<TaskRecord>(&self.kv, &task_key).await?;
-            compares.push(Compare::ModRevision(task_key.clone(), task.as_ref().map_or(0, |(_, e)| e.mod_revision)));
-            if let Some((t, _)) = task {
-                let mut gone = protocol::for_history(&t);
-                gone.state = TaskState::Superseded;
-                gone.finished_ms = now_ms();
-                gone.errors.push(format!("superseded: the flow was reset ({})", resp.mode));
-                ops.push(Op::put(self.keys.history(&id), r2o_common::meta::encode(&gone)));
-            }
-            ops.push(Op::delete(task_key));
-            ops.push(Op::delete(self.keys.claim(&id)));
-            ops.push(Op::delete_prefix(self.keys.inputs(&id)));
-        }
+        let mut ops = vec![Op::put(self.keys.epoch(raw), now_ms().to_string().into_bytes())];
         if flush {
             ops.push(Op::delete_prefix(self.keys.lineages(raw)));
             ops.push(Op::delete_prefix(self.keys.manifests(raw)));
             ops.push(Op::delete_prefix(self.keys.inputs_of_table(raw)));
             ops.push(Op::delete(self.keys.watermark(raw)));
+            ops.push(Op::delete(self.keys.frontier(raw)));
+        } else {
+            let next = wm.as_ref().map(|w| w.watermark_ms);
+            match next {
+                Some(n) => ops.push(Op::put(self.keys.frontier(raw), encode(&FrontierRecord { next_ms: n }))),
+                None => ops.push(Op::delete(self.keys.frontier(raw))),
+            }
         }
         if !self.kv.txn(compares, ops).await? {
-            return Err(ControllerError::Stale(format!(
+            return Err(ControllerError::Conflict(format!(
                 "table '{raw}' changed while resetting; nothing was changed, try again"
             )));
         }
-        warn!(table = %raw, mode = %resp.mode, offline_segments = resp.offline_segments, abandoned_task = %abandoned, "flow reset");
+        // the abandoned tasks can no longer commit; remove them now (the planning pass would too)
+        let reason = format!("the flow was reset ({})", resp.mode);
+        for (t, entry) in &open {
+            let _ = protocol::drop_abandoned(&self.keys, t, entry.mod_revision, leadership, &reason, now_ms())
+                .apply(&self.kv)
+                .await;
+        }
+        warn!(table = %raw, mode = %resp.mode, offline_segments = resp.offline_segments, abandoned = abandoned.len(), "flow reset");
         self.replan.notify_one();
         resp.done = true;
         Ok(resp)
     }
 
-    /// Ends attempts that cannot end by themselves and re-arms FAILED
-    /// tasks whose round backoff has passed:
+    /// Ends attempts that cannot end by themselves, removes tasks of an
+    /// abandoned epoch, and re-arms FAILED tasks whose round backoff has
+    /// passed:
     /// - a RUNNING task whose claim is gone (its minion's lease expired)
     ///   with no attempts left in its round becomes FAILED;
     /// - a RUNNING task past `timeoutMs` plus the grace is ended as a failed
@@ -319,14 +473,37 @@ impl Authority {
     async fn expire_attempts(&self, leadership: Leadership) -> Result<()> {
         let now = now_ms();
         let prefix = self.keys.claims();
-        let claims: std::collections::HashMap<String, i64> = self
+        let claims: HashMap<String, i64> = self
             .kv
             .range(&prefix)
             .await?
             .into_iter()
             .map(|kv| (kv.key[prefix.len()..].to_string(), kv.mod_revision))
             .collect();
+        let mut epochs: HashMap<String, i64> = HashMap::new();
         for (task, entry) in range_records::<TaskRecord>(&self.kv, &self.keys.active_tasks()).await? {
+            let epoch = match epochs.get(&task.table) {
+                Some(e) => *e,
+                None => {
+                    let e = self.epoch(&task.table).await?;
+                    epochs.insert(task.table.clone(), e);
+                    e
+                }
+            };
+            if task.epoch_revision != epoch {
+                let txn = protocol::drop_abandoned(
+                    &self.keys,
+                    &task,
+                    entry.mod_revision,
+                    leadership,
+                    "a task planned before it was superseded, or the flow was reset",
+                    now,
+                );
+                if txn.apply(&self.kv).await? {
+                    info!(table = %task.table, task = %task.id, "abandoned task removed");
+                }
+                continue;
+            }
             let claim_rev = claims.get(&task.id.to_string()).copied().unwrap_or(0);
             let revs = AttemptRevs { task: entry.mod_revision, claim: claim_rev };
             match task.state {
@@ -387,29 +564,19 @@ impl Authority {
         Ok(ok)
     }
 
-    /// Operator retry: re-arms a FAILED task now. Errors when the task is
-    /// not active or not FAILED.
+    /// Operator retry: re-arms the table's earliest FAILED task now.
+    /// Errors when it has none.
     pub async fn retry(&self, table: &str) -> Result<String> {
         let leadership = self.leadership()?;
-        let Some(entry) = self.kv.get(&self.keys.inflight(table)).await? else {
-            return Err(ControllerError::NotFound(format!("a task in flight for table '{table}'")));
+        let (open, _) = open_tasks(&self.kv, &self.keys, table).await?;
+        let Some((t, entry)) = open.into_iter().find(|(t, _)| t.state == TaskState::Failed) else {
+            return Err(ControllerError::NotFound(format!("a FAILED task of table '{table}'")));
         };
-        let id: TaskId = String::from_utf8_lossy(&entry.value)
-            .parse()
-            .map_err(|e| ControllerError::Common(r2o_common::Error::Meta(e)))?;
-        let Some((t, entry)) = get_record::<TaskRecord>(&self.kv, &self.keys.active_task(&id)).await? else {
-            return Err(ControllerError::NotFound(format!("active task {id}")));
-        };
-        if t.state != TaskState::Failed {
-            return Err(ControllerError::Stale(format!(
-                "task {id} is {}, not FAILED; nothing to retry",
-                t.state.name()
-            )));
-        }
+        let id = t.id.to_string();
         if !self.rearm(t, &entry, leadership, "operator retry").await? {
-            return Err(ControllerError::Stale(format!("task {id} changed while retrying; try again")));
+            return Err(ControllerError::Conflict(format!("task {id} changed while retrying; try again")));
         }
-        Ok(id.to_string())
+        Ok(id)
     }
 
     /// Reads the active task and the claim of `attempt` by `minion`.
@@ -421,6 +588,9 @@ impl Authority {
             return Ok(Attempt::Gone);
         };
         if task.attempt != attempt || task.state != TaskState::Running {
+            if task.state == TaskState::Staged && task.staged_attempt == attempt {
+                return Ok(Attempt::Gone); // staged already: answered below as not committed yet
+            }
             return Err(ControllerError::Stale(format!(
                 "attempt {attempt} of task {id} is not current: the task is {} at attempt {}",
                 task.state.name(),
@@ -442,8 +612,31 @@ impl Authority {
         text.parse().map_err(ControllerError::Invalid)
     }
 
-    /// Commits a completed attempt (step 4 of the commit protocol). Returns
-    /// `committed = false` when the same attempt was already committed.
+    /// Drops a task whose plan no longer holds, moving the epoch; returns
+    /// the error to answer with, or `None` when the supersede lost a race.
+    async fn supersede(
+        &self,
+        task: &TaskRecord,
+        task_rev: i64,
+        epoch_rev: i64,
+        leadership: Leadership,
+        reason: &str,
+    ) -> Result<Option<ControllerError>> {
+        let txn = protocol::supersede(&self.keys, task, task_rev, epoch_rev, leadership, reason, now_ms());
+        if !txn.apply(&self.kv).await? {
+            return Ok(None);
+        }
+        warn!(table = %task.table, task = %task.id, reason = %reason, "task superseded; its range and every task after it are planned again");
+        self.replan.notify_one();
+        Ok(Some(ControllerError::Stale(format!(
+            "task {} was superseded: {reason}; its range is planned again",
+            task.id
+        ))))
+    }
+
+    /// Commits a completed attempt (step 4 of the commit protocol), or
+    /// stages it when tasks before it have not committed yet. Returns
+    /// `committed = false` when the same attempt was already committed or staged.
     ///
     /// # Errors
     /// - [`ControllerError::Validation`]: the report was refused; the
@@ -462,19 +655,33 @@ impl Authority {
             let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
             let inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&id)).await?;
 
-            // the plan still holds: same watermark, same inputs
-            let (wm, wm_rev) = self.watermark(&task.table).await?;
-            let (segments_rev, changed) = self.plan_changed(&task, &spec, &inputs, wm.as_ref()).await?;
-            if let Some(reason) = changed {
-                let txn = protocol::supersede(&self.keys, &task, revs.task, leadership, &reason, now_ms());
-                if txn.apply(&self.kv).await? {
-                    warn!(table = %task.table, task = %id, attempt = req.attempt, reason = %reason, "task superseded at commit; planning the window again");
-                    self.replan.notify_one();
-                    return Err(ControllerError::Stale(format!(
-                        "task {id} was superseded: {reason}; the window is planned again"
-                    )));
+            // the plan still holds: same epoch, a range not yet committed, same inputs
+            let epoch_rev = self.epoch(&task.table).await?;
+            if task.epoch_revision != epoch_rev {
+                let reason = "a task planned before it was superseded, or the flow was reset";
+                if protocol::drop_abandoned(&self.keys, &task, revs.task, leadership, reason, now_ms())
+                    .apply(&self.kv)
+                    .await?
+                {
+                    return Err(ControllerError::Stale(format!("task {id} was abandoned: {reason}")));
                 }
                 continue;
+            }
+            let (wm, wm_rev) = self.watermark(&task.table).await?;
+            let position = wm.as_ref().map_or(task.from_ms, |w| w.watermark_ms);
+            if task.from_ms < position {
+                let reason = format!("its range starts at {} but the watermark is already {position}", task.from_ms);
+                match self.supersede(&task, revs.task, epoch_rev, leadership, &reason).await? {
+                    Some(e) => return Err(e),
+                    None => continue,
+                }
+            }
+            let (segments_rev, changed) = self.plan_changed(&task, &spec, &inputs).await?;
+            if let Some(reason) = changed {
+                match self.supersede(&task, revs.task, epoch_rev, leadership, &reason).await? {
+                    Some(e) => return Err(e),
+                    None => continue,
+                }
             }
 
             // validate against the inputs and the staged files themselves
@@ -488,7 +695,7 @@ impl Authority {
                 return Err(ControllerError::Validation(format!("task {id} attempt {}: {why}", req.attempt)));
             }
 
-            // outputs to a manifest, then the commit
+            // outputs to a manifest, then the commit (or staging)
             let now = now_ms();
             let outputs: Vec<SegmentMeta> = req
                 .outputs
@@ -527,29 +734,42 @@ impl Authority {
                 rows_null_time: req.rows_null_time,
                 outputs: outputs.len() as u64,
                 output_chunks: manifest.len() as u32,
+                windows: req
+                    .windows
+                    .iter()
+                    .map(|w| WindowStats {
+                        start_ms: w.start_ms,
+                        end_ms: w.end_ms,
+                        rows_in: w.rows_in,
+                        rows_out: w.rows_out,
+                        outputs: w.outputs,
+                    })
+                    .collect(),
             };
+            if task.from_ms > position {
+                // tasks before it have not committed: keep its outputs staged
+                let next = protocol::staged(task.clone(), &totals);
+                let txn = protocol::stage(&self.keys, &next, &revs, epoch_rev, leadership, manifest);
+                if !txn.apply(&self.kv).await? {
+                    continue;
+                }
+                info!(table = %task.table, task = %id, attempt = req.attempt, from_ms = task.from_ms, watermark_ms = position, "task staged; it commits after the tasks before it");
+                self.observe(&task, req, now);
+                return Ok(pb::CompleteTaskResponse { committed: false, watermark_ms: position, staged: true });
+            }
             let done = protocol::committed(&task, &totals, wm.as_ref(), now);
-            let table_revs = protocol::TableRevs { watermark: wm_rev, segments: segments_rev };
+            let table_revs = TableRevs { watermark: wm_rev, segments: segments_rev, epoch: epoch_rev };
             let txn = protocol::commit(&self.keys, &task, &revs, table_revs, leadership, manifest, &done);
             if !txn.apply(&self.kv).await? {
                 continue; // something moved: decide again from a fresh read
             }
+            self.observe(&task, req, now);
+            self.log_commit(&task, &totals);
+            if let Err(e) = self.commit_ready(&task.table, leadership).await {
+                warn!(table = %task.table, error = %e, "committing staged tasks failed; the planning pass tries again");
+            }
             self.replan.notify_one();
-            if let Some(m) = &self.metrics {
-                m.task_duration
-                    .with_label_values(&[&task.table])
-                    .observe((now - task.started_ms).max(0) as f64 / 1000.0);
-                if req.attempt == 1 {
-                    m.queue_wait
-                        .with_label_values(&[&task.table])
-                        .observe((task.started_ms - task.created_ms).max(0) as f64 / 1000.0);
-                }
-            }
-            if req.rows_null_time > 0 {
-                warn!(table = %task.table, task = %id, rows_null_time = req.rows_null_time, "rows with a NULL time value belong to no window and were not moved");
-            }
-            info!(table = %task.table, task = %id, attempt = req.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = req.rows_in, rows_out = req.rows_out, segments = req.outputs.len(), "window committed");
-            return Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: task.window_end_ms });
+            return Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: task.window_end_ms, staged: false });
         }
         Err(ControllerError::Conflict(format!(
             "the commit of task {id} attempt {} kept racing other writes; nothing was committed, report again",
@@ -557,48 +777,94 @@ impl Authority {
         )))
     }
 
-    /// Whether the task's plan still holds at commit: the watermark is the
-    /// one it was planned from, and, when the table's segments changed since
-    /// planning, the planner would plan the same window with the same
-    /// inputs. Returns the segment marker's revision checked and the reason
-    /// when it does not hold.
+    fn observe(&self, task: &TaskRecord, req: &pb::CompleteTaskRequest, now: i64) {
+        if let Some(m) = &self.metrics {
+            m.task_duration.with_label_values(&[&task.table]).observe((now - task.started_ms).max(0) as f64 / 1000.0);
+            if req.attempt == 1 {
+                m.queue_wait
+                    .with_label_values(&[&task.table])
+                    .observe((task.started_ms - task.created_ms).max(0) as f64 / 1000.0);
+            }
+        }
+    }
+
+    fn log_commit(&self, task: &TaskRecord, totals: &ReportTotals) {
+        if totals.rows_null_time > 0 {
+            warn!(table = %task.table, task = %task.id, rows_null_time = totals.rows_null_time, "rows with a NULL time value belong to no window and were not moved");
+        }
+        info!(table = %task.table, task = %task.id, attempt = totals.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, windows = totals.windows.len(), rows_in = totals.rows_in, rows_out = totals.rows_out, segments = totals.outputs, "windows committed");
+    }
+
+    /// Commits the table's STAGED tasks whose turn has come (their range
+    /// starts at the watermark), one after the other.
+    pub(crate) async fn commit_ready(&self, raw: &str, leadership: Leadership) -> Result<usize> {
+        let mut committed = 0;
+        for _ in 0..1_000 {
+            let (open, epoch_rev) = open_tasks(&self.kv, &self.keys, raw).await?;
+            let (wm, wm_rev) = self.watermark(raw).await?;
+            let Some(w) = wm else { return Ok(committed) };
+            let Some((task, entry)) =
+                open.into_iter().find(|(t, _)| t.state == TaskState::Staged && t.from_ms == w.watermark_ms)
+            else {
+                return Ok(committed);
+            };
+            let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
+            let inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&task.id)).await?;
+            let (segments_rev, changed) = self.plan_changed(&task, &spec, &inputs).await?;
+            if let Some(reason) = changed {
+                self.supersede(&task, entry.mod_revision, epoch_rev, leadership, &reason).await?;
+                return Ok(committed);
+            }
+            let mprefix = self.keys.manifest(&task.id, task.staged_attempt);
+            let manifest: Vec<Compare> = self
+                .kv
+                .range(&mprefix)
+                .await?
+                .into_iter()
+                .map(|e| Compare::ModRevision(e.key, e.mod_revision))
+                .collect();
+            if manifest.len() != task.staged_chunks as usize {
+                return Err(ControllerError::Common(r2o_common::Error::Meta(format!(
+                    "task {} has {} manifest chunks, expected {}",
+                    task.id,
+                    manifest.len(),
+                    task.staged_chunks
+                ))));
+            }
+            let totals = protocol::staged_totals(&task);
+            let now = now_ms();
+            let done = protocol::committed(&task, &totals, Some(&w), now);
+            let revs = AttemptRevs { task: entry.mod_revision, claim: 0 };
+            let table_revs = TableRevs { watermark: wm_rev, segments: segments_rev, epoch: epoch_rev };
+            if !protocol::commit(&self.keys, &task, &revs, table_revs, leadership, manifest, &done)
+                .apply(&self.kv)
+                .await?
+            {
+                continue;
+            }
+            self.log_commit(&task, &totals);
+            committed += 1;
+        }
+        Ok(committed)
+    }
+
+    /// Whether the task's plan still holds: when the table's segments
+    /// changed since planning, the planner must plan the same windows with
+    /// the same inputs. Returns the segment marker's revision checked and the
+    /// reason when it does not hold.
     async fn plan_changed(
         &self,
         task: &TaskRecord,
         spec: &TableSpec,
         inputs: &[SegmentMeta],
-        wm: Option<&WatermarkRecord>,
     ) -> Result<(i64, Option<String>)> {
-        let from = task.from_watermark_ms(spec.flow.bucket_ms);
-        if let Some(w) = wm {
-            if w.watermark_ms != from {
-                return Ok((
-                    0,
-                    Some(format!("it was planned from watermark {from} but the watermark is {}", w.watermark_ms)),
-                ));
-            }
+        let (segments, rev) = self.segments.get(&self.kv, &self.keys, &task.table).await?;
+        if rev == task.segments_revision {
+            return Ok((rev, None));
         }
-        let marker = self.kv.get(&self.keys.segments_marker(&task.table)).await?.map_or(0, |e| e.mod_revision);
-        if marker == task.segments_revision {
-            return Ok((marker, None));
-        }
-        let (segments, rev) = segments_with_revision(&self.kv, &self.keys, &task.table).await?;
         let names: Vec<String> = inputs.iter().map(|s| s.segment_name.clone()).collect();
-        let window = r2o_common::window::Window { start_ms: task.window_start_ms, end_ms: task.window_end_ms };
-        // a cold-start plan is checked as a cold start: an earlier segment moves the first window
-        let position = wm.map(|w| w.watermark_ms);
-        let result = match position {
-            Some(_) => recheck(&spec.flow, &segments, from, window, task.skipped_windows, &names, now_ms()),
-            None => match plan(&spec.flow, &segments, None, now_ms()) {
-                Decision::Run { window: w, skipped_windows: k, .. } if w == window && k == task.skipped_windows => {
-                    recheck(&spec.flow, &segments, from, window, task.skipped_windows, &names, now_ms())
-                }
-                Decision::Run { window: w, .. } => Err(format!("the first window is now {w}, not {window}")),
-                Decision::Wait(reason) => Err(format!("window {window} is no longer ready: {reason}")),
-            },
-        };
-        // inputs registered again under the same name with other data would be refused at
-        // registration; a changed location or row count means the input is not the one read
+        let result = recheck(&spec.flow, &segments, task.from_ms, &task.windows, &names, now_ms());
+        // an input with another file or row count than the one read is not the same input
         let same_data = result.is_ok()
             && inputs.iter().all(|i| {
                 segments.iter().any(|s| {
@@ -613,9 +879,14 @@ impl Authority {
     }
 
     async fn already_committed(&self, id: &TaskId, attempt: u32) -> Result<pb::CompleteTaskResponse> {
+        if let Some((t, _)) = get_record::<TaskRecord>(&self.kv, &self.keys.active_task(id)).await? {
+            if t.state == TaskState::Staged && t.staged_attempt == attempt {
+                return Ok(pb::CompleteTaskResponse { committed: false, watermark_ms: 0, staged: true });
+            }
+        }
         match get_record::<TaskRecord>(&self.kv, &self.keys.history(id)).await? {
             Some((t, _)) if t.state == TaskState::Succeeded && t.attempt == attempt => {
-                Ok(pb::CompleteTaskResponse { committed: false, watermark_ms: t.window_end_ms })
+                Ok(pb::CompleteTaskResponse { committed: false, watermark_ms: t.window_end_ms, staged: false })
             }
             Some((t, _)) => Err(ControllerError::Stale(format!(
                 "attempt {attempt} of task {id} is not current: the task finished as {} at attempt {}",
@@ -705,7 +976,13 @@ mod tests {
         let spec = TableSpec::from_json(config.clone(), schema.clone()).unwrap();
         let rec = TableRecord { table_config: config, schema, created_ms: 0, paused: false };
         kv.put(&keys.table("t__x"), encode(&rec), None).await.unwrap();
-        let cfg = AuthorityConfig { max_attempts: 3, default_timeout_ms: 60_000, attempt_grace_ms: 60_000 };
+        let cfg = AuthorityConfig {
+            max_attempts: 3,
+            default_timeout_ms: 60_000,
+            attempt_grace_ms: 60_000,
+            budget: Budget::ONE_WINDOW,
+            max_tasks_per_table: 1,
+        };
         let auth = Authority::new(kv, keys, store, Layout::new("ns"), cfg, rx);
         World { auth, spec, _tx: tx }
     }
@@ -745,10 +1022,16 @@ mod tests {
         crate::registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, meta).await.unwrap();
     }
 
-    /// Claims the table's active task as minion `m`; returns it.
+    /// Claims the table's first claimable task as minion `m`; returns it.
     async fn claim(w: &World) -> TaskRecord {
         let a = &w.auth;
-        let (t, entry) = range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks()).await.unwrap().remove(0);
+        let (t, entry) = range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(t, _)| t.state == TaskState::Pending)
+            .min_by_key(|(t, _)| t.from_ms)
+            .expect("a PENDING task");
         let mut running = t.clone();
         running.attempt += 1;
         running.state = TaskState::Running;
@@ -789,6 +1072,7 @@ mod tests {
                 start_time_ms: t.window_start_ms,
                 end_time_ms: t.window_start_ms,
                 partition: -1,
+                window_start_ms: t.window_start_ms,
             });
         }
         pb::CompleteTaskRequest {
@@ -812,6 +1096,13 @@ mod tests {
             .collect(),
             schema_fingerprint: w.spec.schema.fingerprint(),
             rows_null_time: 0,
+            windows: vec![pb::WindowStats {
+                start_ms: t.window_start_ms,
+                end_ms: t.window_end_ms,
+                rows_in,
+                rows_out: outputs.iter().map(|b| b.num_rows() as u64).sum(),
+                outputs: outputs.len() as u64,
+            }],
         }
     }
 
@@ -858,6 +1149,94 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tasks_finishing_out_of_order_commit_in_window_order() {
+        let mut w = world(json!({})).await;
+        w.auth.cfg.max_tasks_per_table = 3;
+        let t0 = 400_000 * H;
+        for h in 0..4 {
+            register(&w, &format!("s{h}"), &rows(&w.spec, &["a"], 1.0, t0 + h * H), t0 + h * H, t0 + h * H).await;
+        }
+        assert_eq!(w.auth.plan_all().await.unwrap(), 3, "three one-window tasks in flight at once");
+        let first = claim(&w).await;
+        let second = claim(&w).await;
+        let third = claim(&w).await;
+        // the third and second finish first: staged, nothing committed
+        for t in [&third, &second] {
+            let r = w
+                .auth
+                .complete(&staged_report(&w, t, &[rows(&w.spec, &["a"], 1.0, t.window_start_ms)], 1, 1.0, 1.0).await)
+                .await
+                .unwrap();
+            assert!(r.staged && !r.committed, "{r:?}");
+        }
+        let (wm, _) = w.auth.watermark("t__x").await.unwrap();
+        assert_eq!(wm.unwrap().watermark_ms, t0, "the watermark waits for the first task");
+        // the first commits, and the staged ones follow in order
+        let r = w
+            .auth
+            .complete(&staged_report(&w, &first, &[rows(&w.spec, &["a"], 1.0, t0)], 1, 1.0, 1.0).await)
+            .await
+            .unwrap();
+        assert!(r.committed);
+        let (wm, _) = w.auth.watermark("t__x").await.unwrap();
+        assert_eq!(wm.as_ref().unwrap().watermark_ms, t0 + 3 * H, "contiguous: all three committed");
+        assert_eq!(wm.unwrap().windows_committed, 3);
+        let lineage = crate::registry::lineage(&w.auth.kv, &w.auth.keys, "t__x").await.unwrap();
+        assert_eq!(lineage.iter().map(|l| (l.from_ms - t0) / H).collect::<Vec<_>>(), vec![0, 1, 2]);
+        // the fourth window is planned next
+        assert_eq!(w.auth.plan_all().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_task_holds_the_ones_after_it_and_a_supersede_replans_them() {
+        let mut w = world(json!({"maxAttemptsPerTask": "1"})).await;
+        w.auth.cfg.max_tasks_per_table = 3;
+        let t0 = 400_000 * H;
+        for h in 0..3 {
+            register(&w, &format!("s{h}"), &rows(&w.spec, &["a"], 1.0, t0 + h * H), t0 + h * H, t0 + h * H).await;
+        }
+        register(&w, "tail", &rows(&w.spec, &["a"], 1.0, t0 + 9 * H), t0 + 9 * H, t0 + 9 * H).await;
+        w.auth.plan_all().await.unwrap();
+        let first = claim(&w).await;
+        let second = claim(&w).await;
+        w.auth
+            .fail(&pb::FailTaskRequest {
+                task_id: first.id.to_string(),
+                attempt: 1,
+                minion_id: "m".into(),
+                error: "boom".into(),
+            })
+            .await
+            .unwrap();
+        let r = w
+            .auth
+            .complete(
+                &staged_report(&w, &second, &[rows(&w.spec, &["a"], 1.0, second.window_start_ms)], 1, 1.0, 1.0).await,
+            )
+            .await
+            .unwrap();
+        assert!(r.staged, "the second waits behind the failed first");
+        let (wm, _) = w.auth.watermark("t__x").await.unwrap();
+        assert_eq!(wm.unwrap().watermark_ms, t0, "a failed task holds the watermark");
+        // a segment registered in the first task's window: superseded with everything after it
+        register(&w, "late", &rows(&w.spec, &["b"], 1.0, t0 + 5), t0 + 5, t0 + 5).await;
+        w.auth.retry("t__x").await.unwrap();
+        let again = claim(&w).await;
+        assert_eq!(again.id, first.id);
+        let e = w
+            .auth
+            .complete(&staged_report(&w, &again, &[rows(&w.spec, &["a"], 1.0, t0)], 1, 1.0, 1.0).await)
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, ControllerError::Stale(m) if m.contains("superseded")), "{e}");
+        w.auth.plan_all().await.unwrap();
+        let (open, _) = open_tasks(&w.auth.kv, &w.auth.keys, "t__x").await.unwrap();
+        assert!(open.iter().all(|(t, _)| t.id != second.id), "the staged task after it was abandoned");
+        assert_eq!(open[0].0.from_ms, t0, "planned again from the superseded task's start");
+        assert_eq!(open[0].0.input_count, 2, "with the new segment");
+    }
+
+    #[tokio::test]
     async fn a_window_with_hundreds_of_outputs_commits() {
         let w = world(json!({"mergeType": "concat", "maxNumRecordsPerSegment": "2"})).await;
         let t0 = 400_000 * H;
@@ -890,10 +1269,12 @@ mod tests {
         assert!(matches!(&e, ControllerError::Stale(m) if m.contains("superseded") && m.contains("late")), "{e}");
         let (h, _) = get_record::<TaskRecord>(&w.auth.kv, &w.auth.keys.history(&t.id)).await.unwrap().unwrap();
         assert_eq!(h.state, TaskState::Superseded);
-        assert!(w.auth.kv.get(&w.auth.keys.watermark("t__x")).await.unwrap().is_none(), "nothing was committed");
+        let (wm, _) = w.auth.watermark("t__x").await.unwrap();
+        assert_eq!(wm.map(|w| (w.watermark_ms, w.windows_committed)), Some((t0, 0)), "nothing was committed");
         // the window is planned again, with the new segment among its inputs
         w.auth.plan_all().await.unwrap();
-        let (again, _) = range_records::<TaskRecord>(&w.auth.kv, &w.auth.keys.active_tasks()).await.unwrap().remove(0);
+        let (open, _) = open_tasks(&w.auth.kv, &w.auth.keys, "t__x").await.unwrap();
+        let again = &open[0].0;
         assert_eq!((again.window_start_ms, again.input_count), (t0, 2));
         // a segment registered after this window (the planner's recheck covers
         // skipped windows) does not disturb it: it commits

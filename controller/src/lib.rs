@@ -55,6 +55,10 @@ pub struct ControllerConfig {
     pub http_listen: Option<SocketAddr>,
     /// How much finished-task history each table keeps.
     pub history: janitor::HistoryRetention,
+    /// How much one task may take.
+    pub budget: planner::Budget,
+    /// Tasks of one table in flight at once (0: the live minions' slots plus one).
+    pub max_tasks_per_table: usize,
 }
 
 /// Runs the janitor every `interval` while this controller leads; a new
@@ -153,6 +157,8 @@ pub async fn run(
             max_attempts: cfg.max_attempts,
             default_timeout_ms: cfg.task_timeout.as_millis() as i64,
             attempt_grace_ms: (cfg.lease_ttl_secs.max(1) * 3_000).max(60_000),
+            budget: cfg.budget,
+            max_tasks_per_table: cfg.max_tasks_per_table,
         },
         rx.clone(),
     );

@@ -185,7 +185,7 @@ impl ControllerMetrics {
             set_counter(&self.bytes_in, &raw, w.bytes_in);
             set_counter(&self.bytes_out, &raw, w.bytes_out);
             set_counter(&self.rows_null_time, &raw, w.rows_null_time);
-            for state in ["PENDING", "RUNNING", "FAILED"] {
+            for state in ["PENDING", "RUNNING", "STAGED", "FAILED"] {
                 let n = active.iter().filter(|(t, _)| t.table == raw && t.state.name() == state).count();
                 self.tasks.with_label_values(&[&raw, state]).set(n as i64);
             }

@@ -30,16 +30,38 @@ use r2o_common::meta::{SegmentMeta, SegmentStatus};
 use r2o_common::window::{cold_start_watermark_ms, floor_to_bucket, past_buffer, Window};
 use std::collections::HashMap;
 
+/// How much one task may take: consecutive ready windows are batched into
+/// one task until one of these would be exceeded (a single window is always
+/// a task of its own, whatever its size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Windows with data per task.
+    pub max_windows: usize,
+    /// Registered rows of the task's input segments (Pinot's
+    /// `maxNumRecordsPerTask`), rows.
+    pub max_input_rows: u64,
+    /// Bytes of the task's input segments, bytes.
+    pub max_input_bytes: u64,
+}
+
+impl Budget {
+    /// One window per task (Pinot's own behaviour).
+    pub const ONE_WINDOW: Budget = Budget { max_windows: 1, max_input_rows: u64::MAX, max_input_bytes: u64::MAX };
+}
+
 /// What the planner decided for one table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Run this window.
+    /// Run these windows as one task.
     Run {
-        /// The window.
-        window: Window,
-        /// Empty windows skipped between the watermark and `window`.
+        /// Where the task starts: the watermark (or the cold start), ms.
+        from_ms: i64,
+        /// The windows with data, in order; the task covers
+        /// `[from_ms, windows.last().end_ms)`.
+        windows: Vec<Window>,
+        /// Empty windows inside that range, skipped.
         skipped_windows: u64,
-        /// DONE segments overlapping the window (names sorted).
+        /// DONE segments overlapping any of the windows (names sorted).
         inputs: Vec<SegmentMeta>,
     },
     /// Nothing to run now.
@@ -156,113 +178,169 @@ fn latest_completed<'a>(done: &[&'a SegmentMeta]) -> HashMap<i32, (u64, &'a str,
     latest
 }
 
-/// Plans the next window of one table. Pure: no I/O, no clock.
+/// Plans the next task of one table from `watermark_ms` (`None` before
+/// the first commit: Pinot's cold start): the ready windows with data that
+/// follow it, batched up to `budget`. Pure: no I/O, no clock.
 ///
-/// `segments` are the table's REALTIME segments (any status); `watermark_ms`
-/// is `None` before the first commit.
-pub fn plan(flow: &FlowConfig, segments: &[SegmentMeta], watermark_ms: Option<i64>, now_ms: i64) -> Decision {
+/// Segments are swept in start order, so a plan costs O(S log S) for S
+/// segments, however many windows it covers or skips.
+pub fn plan(
+    flow: &FlowConfig,
+    segments: &[SegmentMeta],
+    watermark_ms: Option<i64>,
+    now_ms: i64,
+    budget: &Budget,
+) -> Decision {
     let bucket = flow.bucket_ms;
-    let done: Vec<&SegmentMeta> =
+    let mut done: Vec<&SegmentMeta> =
         segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0).collect();
+    done.sort_by_key(|s| s.start_time_ms);
     let consuming: Vec<&SegmentMeta> = segments.iter().filter(|s| s.status == SegmentStatus::Consuming).collect();
     let mut latest_done_end: HashMap<i32, i64> = HashMap::new();
     for s in &done {
         let e = latest_done_end.entry(s.partition).or_insert(i64::MIN);
         *e = (*e).max(s.end_time_ms);
     }
+    let consuming_floor = consuming
+        .iter()
+        .map(|c| (consuming_floor_ms(c, &latest_done_end), c.segment_name.as_str()))
+        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
     let latest = latest_completed(&done);
     let with_rows_min = segments.iter().filter(|s| s.total_docs > 0).map(|s| s.start_time_ms).min();
-    let mut wm = match (watermark_ms, with_rows_min) {
+    let from = match (watermark_ms, with_rows_min) {
         (Some(w), _) => w,
         (None, Some(min)) => cold_start_watermark_ms(min, bucket),
         (None, None) => return Decision::Wait(WaitReason::NoSegments),
     };
-    let mut skipped = 0u64;
-    loop {
-        let window = Window::starting_at(wm, bucket);
+    let max_done_end = done.iter().map(|s| s.end_time_ms).max();
+
+    let mut windows: Vec<Window> = Vec::new();
+    let mut inputs: Vec<&SegmentMeta> = Vec::new();
+    let mut taken: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    let (mut skipped, mut pending_skips) = (0u64, 0u64);
+    let mut active: Vec<&SegmentMeta> = Vec::new();
+    let mut next = 0usize; // first segment of `done` not yet active
+    let mut window = Window::starting_at(from, bucket);
+    let stop =
+        |windows: &Vec<Window>, reason: WaitReason| -> Option<WaitReason> { windows.is_empty().then_some(reason) };
+    let wait: Option<WaitReason> = loop {
         if !past_buffer(&window, now_ms, flow.buffer_ms) {
-            if done.iter().all(|s| s.end_time_ms < window.start_ms) && consuming.is_empty() {
-                return Decision::Wait(WaitReason::CaughtUp { watermark_ms: wm });
-            }
-            return Decision::Wait(WaitReason::Buffer {
-                window,
-                eligible_at_ms: window.end_ms.saturating_add(flow.buffer_ms),
-            });
+            let caught_up = max_done_end.is_none_or(|e| e < window.start_ms) && consuming.is_empty();
+            let reason = if caught_up {
+                WaitReason::CaughtUp { watermark_ms: window.start_ms }
+            } else {
+                WaitReason::Buffer { window, eligible_at_ms: window.end_ms.saturating_add(flow.buffer_ms) }
+            };
+            break stop(&windows, reason);
         }
-        if let Some(c) = consuming
-            .iter()
-            .filter(|c| consuming_floor_ms(c, &latest_done_end) < window.end_ms)
-            .min_by(|a, b| a.segment_name.cmp(&b.segment_name))
+        if let Some((floor, name)) = consuming_floor {
+            if floor < window.end_ms {
+                break stop(&windows, WaitReason::Consuming { window, segment: name.to_string() });
+            }
+        }
+        while next < done.len() && done[next].start_time_ms < window.end_ms {
+            active.push(done[next]);
+            next += 1;
+        }
+        active.retain(|s| s.end_time_ms >= window.start_ms);
+        if active.is_empty() {
+            // an empty window: jump to the window of the next segment
+            if next == done.len() || window.end_ms == i64::MAX {
+                let reason = WaitReason::CaughtUp { watermark_ms: window.start_ms };
+                break stop(&windows, reason);
+            }
+            let next_start = floor_to_bucket(done[next].start_time_ms, bucket).max(window.end_ms);
+            pending_skips += ((next_start as i128 - window.start_ms as i128) / bucket as i128) as u64;
+            window = Window::starting_at(next_start, bucket);
+            continue;
+        }
+        let holding = active.iter().find(|s| {
+            s.end_time_ms < window.end_ms
+                && llc_name(&s.segment_name).is_some_and(|(p, _)| {
+                    latest.get(&p).is_some_and(|(_, name, ended)| *name == s.segment_name && !ended)
+                })
+        });
+        if let Some(s) = holding {
+            break stop(&windows, WaitReason::LastCompleted { window, segment: s.segment_name.clone() });
+        }
+        let fresh: Vec<&SegmentMeta> =
+            active.iter().copied().filter(|s| !taken.contains(s.segment_name.as_str())).collect();
+        let add_rows: u64 = fresh.iter().map(|s| s.total_docs).sum();
+        let add_bytes: u64 = fresh.iter().map(|s| s.size_bytes).sum();
+        if !windows.is_empty()
+            && (windows.len() >= budget.max_windows
+                || rows.saturating_add(add_rows) > budget.max_input_rows
+                || bytes.saturating_add(add_bytes) > budget.max_input_bytes)
         {
-            return Decision::Wait(WaitReason::Consuming { window, segment: c.segment_name.clone() });
+            break None;
         }
-        let mut inputs: Vec<SegmentMeta> = done
-            .iter()
-            .filter(|s| window.overlaps_segment(s.start_time_ms, s.end_time_ms))
-            .map(|s| (*s).clone())
-            .collect();
-        if !inputs.is_empty() {
-            inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
-            let holding = inputs.iter().find(|s| {
-                s.end_time_ms < window.end_ms
-                    && llc_name(&s.segment_name).is_some_and(|(p, _)| {
-                        latest.get(&p).is_some_and(|(_, name, ended)| *name == s.segment_name && !ended)
-                    })
-            });
-            if let Some(s) = holding {
-                return Decision::Wait(WaitReason::LastCompleted { window, segment: s.segment_name.clone() });
-            }
-            return Decision::Run { window, skipped_windows: skipped, inputs };
+        for s in fresh {
+            taken.insert(&s.segment_name);
+            inputs.push(s);
         }
-        // Empty window: jump to the window of the next DONE segment.
-        let next =
-            done.iter().filter(|s| s.end_time_ms >= window.end_ms).map(|s| s.start_time_ms.max(window.end_ms)).min();
-        let Some(next_start) = next else {
-            return Decision::Wait(WaitReason::CaughtUp { watermark_ms: wm });
-        };
+        rows = rows.saturating_add(add_rows);
+        bytes = bytes.saturating_add(add_bytes);
+        skipped += pending_skips;
+        pending_skips = 0;
+        windows.push(window);
         if window.end_ms == i64::MAX {
-            return Decision::Wait(WaitReason::CaughtUp { watermark_ms: wm });
+            break None;
         }
-        let next_wm = floor_to_bucket(next_start, bucket).max(window.end_ms);
-        skipped += ((next_wm as i128 - wm as i128) / bucket as i128) as u64;
-        wm = next_wm;
+        window = Window::starting_at(window.end_ms, bucket);
+    };
+    if let Some(reason) = wait {
+        return Decision::Wait(reason);
     }
+    let mut inputs: Vec<SegmentMeta> = inputs.into_iter().cloned().collect();
+    inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
+    Decision::Run { from_ms: from, windows, skipped_windows: skipped, inputs }
 }
 
-/// Whether a task planned from `from_watermark_ms` for `window` with
-/// `input_names` (sorted) would be planned the same way now, from current
-/// segment metadata: the same window, the same skipped windows, the same
-/// inputs. Used at commit when the table's segments changed after planning.
+/// Whether a task planned from `from_ms` for `windows` with `input_names`
+/// (sorted) would be planned the same way now, from current segment
+/// metadata: the same windows (none added in the range, none held back), the
+/// same inputs. Used at commit when the table's segments changed after
+/// planning.
 ///
 /// # Errors
 /// What changed, in words, when the plan differs.
 pub fn recheck(
     flow: &FlowConfig,
     segments: &[SegmentMeta],
-    from_watermark_ms: i64,
-    window: Window,
-    skipped_windows: u64,
+    from_ms: i64,
+    windows: &[Window],
     input_names: &[String],
     now_ms: i64,
 ) -> Result<(), String> {
-    match plan(flow, segments, Some(from_watermark_ms), now_ms) {
-        Decision::Run { window: w, skipped_windows: k, inputs } => {
-            if w != window || k != skipped_windows {
+    let budget = Budget { max_windows: windows.len().max(1), max_input_rows: u64::MAX, max_input_bytes: u64::MAX };
+    let range = match (windows.first(), windows.last()) {
+        (Some(a), Some(b)) => format!("windows [{}, {})", a.start_ms, b.end_ms),
+        _ => "no windows".into(),
+    };
+    match plan(flow, segments, Some(from_ms), now_ms, &budget) {
+        Decision::Run { windows: now, inputs, .. } => {
+            if now.len() < windows.len() && windows.starts_with(&now) {
+                // the plan stops early now: say why the next window waits
+                let after = now.last().map_or(from_ms, |w| w.end_ms);
+                if let Decision::Wait(reason) = plan(flow, segments, Some(after), now_ms, &Budget::ONE_WINDOW) {
+                    return Err(format!("{range}: {reason}"));
+                }
+            }
+            if now != windows {
                 return Err(format!(
-                    "window {w} is now the next one to run, not {window}: a segment with rows in a skipped window was registered"
+                    "the windows with data in {range} changed since planning (a segment with rows in a skipped window was registered, or a window is no longer ready)"
                 ));
             }
-            let now: Vec<&str> = inputs.iter().map(|s| s.segment_name.as_str()).collect();
-            if now != input_names.iter().map(String::as_str).collect::<Vec<_>>() {
-                let added: Vec<&str> = now.iter().copied().filter(|n| !input_names.iter().any(|i| i == n)).collect();
-                let gone: Vec<&str> = input_names.iter().map(String::as_str).filter(|n| !now.contains(n)).collect();
-                return Err(format!(
-                    "the inputs of window {window} changed since planning (added: {added:?}, gone: {gone:?})"
-                ));
+            let names: Vec<&str> = inputs.iter().map(|s| s.segment_name.as_str()).collect();
+            if names != input_names.iter().map(String::as_str).collect::<Vec<_>>() {
+                let added: Vec<&str> = names.iter().copied().filter(|n| !input_names.iter().any(|i| i == n)).collect();
+                let gone: Vec<&str> = input_names.iter().map(String::as_str).filter(|n| !names.contains(n)).collect();
+                return Err(format!("the inputs of {range} changed since planning (added: {added:?}, gone: {gone:?})"));
             }
             Ok(())
         }
-        Decision::Wait(reason) => Err(format!("window {window} is no longer ready: {reason}")),
+        Decision::Wait(reason) => Err(format!("{range} is no longer ready: {reason}")),
     }
 }
 
@@ -288,6 +366,7 @@ mod tests {
             max_records_per_segment: 100,
             max_attempts_per_task: None,
             timeout_ms: None,
+            max_records_per_task: None,
         }
     }
 
@@ -312,6 +391,11 @@ mod tests {
         format!("t__{p}__{seq}__20200913T1200Z")
     }
 
+    /// One window per task, as Pinot plans.
+    fn plan1(f: &FlowConfig, s: &[SegmentMeta], wm: Option<i64>, now: i64) -> Decision {
+        plan(f, s, wm, now, &Budget::ONE_WINDOW)
+    }
+
     fn names(d: &Decision) -> Vec<String> {
         match d {
             Decision::Run { inputs, .. } => inputs.iter().map(|s| s.segment_name.clone()).collect(),
@@ -323,28 +407,34 @@ mod tests {
     fn cold_start_floors_min_start() {
         let f = flow(24 * H, 0);
         let s = [seg("a", 30 * H, 50 * H, SegmentStatus::Done, 0)];
-        let d = plan(&f, &s, None, 1000 * H);
-        assert!(matches!(d, Decision::Run { window, .. } if window == Window { start_ms: 24 * H, end_ms: 48 * H }));
+        let d = plan1(&f, &s, None, 1000 * H);
+        assert!(
+            matches!(d, Decision::Run { windows, .. } if windows == vec![Window { start_ms: 24 * H, end_ms: 48 * H }])
+        );
     }
 
     #[test]
     fn straddling_segment_belongs_to_both_windows() {
         let f = flow(24 * H, 0);
         let s = [seg("a", 0, 30 * H, SegmentStatus::Done, 0), seg("b", 30 * H, 47 * H, SegmentStatus::Done, 0)];
-        assert_eq!(names(&plan(&f, &s, Some(0), 1000 * H)), vec!["a"]);
-        assert_eq!(names(&plan(&f, &s, Some(24 * H), 1000 * H)), vec!["a", "b"]);
-        assert_eq!(plan(&f, &s, Some(48 * H), 1000 * H), Decision::Wait(WaitReason::CaughtUp { watermark_ms: 48 * H }));
+        assert_eq!(names(&plan1(&f, &s, Some(0), 1000 * H)), vec!["a"]);
+        assert_eq!(names(&plan1(&f, &s, Some(24 * H), 1000 * H)), vec!["a", "b"]);
+        assert_eq!(
+            plan1(&f, &s, Some(48 * H), 1000 * H),
+            Decision::Wait(WaitReason::CaughtUp { watermark_ms: 48 * H })
+        );
     }
 
     #[test]
     fn gap_is_skipped_and_counted() {
         let f = flow(H, 0);
         let s = [seg("a", 0, 10, SegmentStatus::Done, 0), seg("b", 5 * H + 1, 5 * H + 2, SegmentStatus::Done, 0)];
-        let d = plan(&f, &s, Some(H), 1000 * H);
+        let d = plan1(&f, &s, Some(H), 1000 * H);
         assert_eq!(
             d,
             Decision::Run {
-                window: Window { start_ms: 5 * H, end_ms: 6 * H },
+                from_ms: H,
+                windows: vec![Window { start_ms: 5 * H, end_ms: 6 * H }],
                 skipped_windows: 4,
                 inputs: vec![s[1].clone()]
             }
@@ -356,39 +446,39 @@ mod tests {
         let f = flow(H, 2 * H);
         let s = [seg("a", 0, 10, SegmentStatus::Done, 0)];
         assert!(
-            matches!(plan(&f, &s, None, 3 * H - 1), Decision::Wait(WaitReason::Buffer { eligible_at_ms, .. }) if eligible_at_ms == 3 * H)
+            matches!(plan1(&f, &s, None, 3 * H - 1), Decision::Wait(WaitReason::Buffer { eligible_at_ms, .. }) if eligible_at_ms == 3 * H)
         );
-        assert!(matches!(plan(&f, &s, None, 3 * H), Decision::Run { .. }));
+        assert!(matches!(plan1(&f, &s, None, 3 * H), Decision::Run { .. }));
     }
 
     #[test]
     fn consuming_segment_holds_its_windows() {
         let f = flow(H, 0);
         let s = [seg("a", 0, H + 10, SegmentStatus::Done, 0), seg("c", H + 20, H + 30, SegmentStatus::Consuming, 0)];
-        assert!(matches!(plan(&f, &s, Some(0), 100 * H), Decision::Run { .. }));
+        assert!(matches!(plan1(&f, &s, Some(0), 100 * H), Decision::Run { .. }));
         assert!(
-            matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::Consuming { ref segment, .. }) if segment == "c")
+            matches!(plan1(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::Consuming { ref segment, .. }) if segment == "c")
         );
         // an empty CONSUMING segment: Pinot's rule uses the partition's last DONE end
         let mut empty = seg("e", 0, 0, SegmentStatus::Consuming, 0);
         empty.total_docs = 0;
         let s = [seg("a", 0, H + 10, SegmentStatus::Done, 0), empty.clone()];
-        assert!(matches!(plan(&f, &s, Some(0), 100 * H), Decision::Run { .. }));
-        assert!(matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::Consuming { .. })));
+        assert!(matches!(plan1(&f, &s, Some(0), 100 * H), Decision::Run { .. }));
+        assert!(matches!(plan1(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::Consuming { .. })));
         // an empty CONSUMING segment of a partition with no DONE segment holds everything
         empty.partition = 7;
         let s = [seg("a", 0, H + 10, SegmentStatus::Done, 0), empty];
-        assert!(matches!(plan(&f, &s, Some(0), 100 * H), Decision::Wait(WaitReason::Consuming { .. })));
+        assert!(matches!(plan1(&f, &s, Some(0), 100 * H), Decision::Wait(WaitReason::Consuming { .. })));
     }
 
     #[test]
     fn negative_and_huge_times() {
         let f = flow(H, 0);
         let s = [seg("a", -H - 5, -H + 5, SegmentStatus::Done, 0)];
-        assert!(matches!(plan(&f, &s, None, 0), Decision::Run { window, .. } if window.start_ms == -2 * H));
+        assert!(matches!(plan1(&f, &s, None, 0), Decision::Run { windows, .. } if windows[0].start_ms == -2 * H));
         let s = [seg("z", i64::MAX - 5, i64::MAX, SegmentStatus::Done, 0)];
-        assert!(matches!(plan(&f, &s, None, i64::MAX), Decision::Wait(_) | Decision::Run { .. }));
-        assert!(matches!(plan(&f, &s, None, 0), Decision::Wait(WaitReason::Buffer { .. })));
+        assert!(matches!(plan1(&f, &s, None, i64::MAX), Decision::Wait(_) | Decision::Run { .. }));
+        assert!(matches!(plan1(&f, &s, None, 0), Decision::Wait(WaitReason::Buffer { .. })));
     }
 
     #[test]
@@ -410,55 +500,90 @@ mod tests {
             seg(&llc(0, 0), 10, H + 10, SegmentStatus::Done, 0),
             seg(&llc(0, 1), H + 20, H + 30, SegmentStatus::Done, 0),
         ];
-        assert_eq!(names(&plan(&f, &s, Some(0), 100 * H)), vec![llc(0, 0)], "window [0, H) runs");
+        assert_eq!(names(&plan1(&f, &s, Some(0), 100 * H)), vec![llc(0, 0)], "window [0, H) runs");
         assert!(
-            matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::LastCompleted { ref segment, .. }) if *segment == llc(0, 1))
+            matches!(plan1(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::LastCompleted { ref segment, .. }) if *segment == llc(0, 1))
         );
         // the next segment arrives (and crosses the window end): the window runs
         let mut more = s.to_vec();
         more.push(seg(&llc(0, 2), H + 40, 2 * H + 5, SegmentStatus::Done, 0));
-        assert_eq!(names(&plan(&f, &more, Some(H), 100 * H)), vec![llc(0, 0), llc(0, 1), llc(0, 2)]);
+        assert_eq!(names(&plan1(&f, &more, Some(H), 100 * H)), vec![llc(0, 0), llc(0, 1), llc(0, 2)]);
         // the stream ended with the last one: it does not hold the window
         let mut ended = s.to_vec();
         ended[1].end_of_stream = true;
-        assert_eq!(names(&plan(&f, &ended, Some(H), 100 * H)), vec![llc(0, 0), llc(0, 1)]);
+        assert_eq!(names(&plan1(&f, &ended, Some(H), 100 * H)), vec![llc(0, 0), llc(0, 1)]);
         // a segment without an LLC name (an upload) never holds
         let uploaded = [seg("upload-1", 10, H + 10, SegmentStatus::Done, 0)];
-        assert_eq!(names(&plan(&f, &uploaded, Some(H), 100 * H)), vec!["upload-1"]);
+        assert_eq!(names(&plan1(&f, &uploaded, Some(H), 100 * H)), vec!["upload-1"]);
         // another partition's latest segment holds too
         let s =
             [seg(&llc(0, 4), 10, 3 * H, SegmentStatus::Done, 0), seg(&llc(1, 9), 10, H + 1, SegmentStatus::Done, 1)];
-        assert!(matches!(plan(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::LastCompleted { .. })));
+        assert!(matches!(plan1(&f, &s, Some(H), 100 * H), Decision::Wait(WaitReason::LastCompleted { .. })));
     }
 
     #[test]
     fn recheck_finds_new_inputs_new_data_in_skipped_windows_and_new_consuming_segments() {
         let f = flow(H, 0);
         let a = seg("a", 5 * H + 1, 5 * H + 2, SegmentStatus::Done, 0);
-        let segs = vec![seg("z", 0, 10, SegmentStatus::Done, 0), a.clone()];
-        let Decision::Run { window, skipped_windows, inputs } = plan(&f, &segs, Some(H), 100 * H) else {
+        let b = seg("b", 7 * H + 1, 7 * H + 2, SegmentStatus::Done, 0);
+        let segs = vec![seg("z", 0, 10, SegmentStatus::Done, 0), a.clone(), b.clone()];
+        let budget = Budget { max_windows: 2, max_input_rows: u64::MAX, max_input_bytes: u64::MAX };
+        let Decision::Run { from_ms, windows, skipped_windows, inputs } = plan(&f, &segs, Some(H), 100 * H, &budget)
+        else {
             panic!("runs")
         };
+        assert_eq!((from_ms, windows.len(), skipped_windows), (H, 2, 5), "two windows, five empty ones skipped");
         let names: Vec<String> = inputs.iter().map(|s| s.segment_name.clone()).collect();
-        assert_eq!(recheck(&f, &segs, H, window, skipped_windows, &names, 100 * H), Ok(()));
-        // a segment registered later that does not touch the range changes nothing
+        assert_eq!(recheck(&f, &segs, H, &windows, &names, 100 * H), Ok(()));
+        // a segment registered after the task's range changes nothing
         let mut later = segs.clone();
         later.push(seg("late", 9 * H, 9 * H + 1, SegmentStatus::Done, 0));
-        assert_eq!(recheck(&f, &later, H, window, skipped_windows, &names, 100 * H), Ok(()));
-        // a new input of the window
+        assert_eq!(recheck(&f, &later, H, &windows, &names, 100 * H), Ok(()));
+        // a new input of a window
         let mut added = segs.clone();
-        added.push(seg("b", 5 * H + 5, 5 * H + 6, SegmentStatus::Done, 0));
-        let e = recheck(&f, &added, H, window, skipped_windows, &names, 100 * H).unwrap_err();
-        assert!(e.contains("\"b\""), "{e}");
-        // data in a skipped window
-        let mut skipped = segs.clone();
-        skipped.push(seg("c", 2 * H + 5, 2 * H + 6, SegmentStatus::Done, 0));
-        assert!(recheck(&f, &skipped, H, window, skipped_windows, &names, 100 * H).is_err());
-        // a CONSUMING segment that may still hold rows of the window
+        added.push(seg("c", 5 * H + 5, 5 * H + 6, SegmentStatus::Done, 0));
+        let e = recheck(&f, &added, H, &windows, &names, 100 * H).unwrap_err();
+        assert!(e.contains("\"c\""), "{e}");
+        // data in a skipped window, before or between the task's windows
+        for at in [2 * H + 5, 6 * H + 5] {
+            let mut skipped = segs.clone();
+            skipped.push(seg("d", at, at + 1, SegmentStatus::Done, 0));
+            assert!(recheck(&f, &skipped, H, &windows, &names, 100 * H).is_err(), "data at {at}");
+        }
+        // a CONSUMING segment that may still hold rows of the last window
         let mut consuming = segs;
-        consuming.push(seg("d", 5 * H + 9, 5 * H + 9, SegmentStatus::Consuming, 0));
-        let e = recheck(&f, &consuming, H, window, skipped_windows, &names, 100 * H).unwrap_err();
+        consuming.push(seg("e", 7 * H + 9, 7 * H + 9, SegmentStatus::Consuming, 0));
+        let e = recheck(&f, &consuming, H, &windows, &names, 100 * H).unwrap_err();
         assert!(e.contains("CONSUMING"), "{e}");
+    }
+
+    #[test]
+    fn batches_windows_up_to_the_budget() {
+        let f = flow(H, 0);
+        // ten hourly segments of 10 rows, a gap of two hours after the fifth
+        let segs: Vec<SegmentMeta> = (0..10)
+            .map(|i| {
+                let h = if i < 5 { i } else { i + 2 };
+                seg(&format!("s{i}"), h * H + 1, h * H + 2, SegmentStatus::Done, 0)
+            })
+            .collect();
+        let rows = |n: u64| Budget { max_windows: 100, max_input_rows: n, max_input_bytes: u64::MAX };
+        let Decision::Run { windows, skipped_windows, inputs, .. } = plan(&f, &segs, Some(0), 100 * H, &rows(70))
+        else {
+            panic!()
+        };
+        assert_eq!((windows.len(), skipped_windows, inputs.len()), (7, 2, 7), "70 rows: 7 windows, the gap inside");
+        assert_eq!(windows.last().unwrap().end_ms, 9 * H);
+        // a single window over the budget is still a task
+        let Decision::Run { windows, .. } = plan(&f, &segs, Some(0), 100 * H, &rows(1)) else { panic!() };
+        assert_eq!(windows.len(), 1);
+        // the batch stops at the first window that is not ready
+        let Decision::Run { windows, .. } = plan(&f, &segs, Some(0), 4 * H, &rows(1_000)) else { panic!() };
+        assert_eq!(windows.len(), 4, "windows ending after now wait");
+        // a straddling segment counts once
+        let straddle = vec![seg("x", 0, 3 * H, SegmentStatus::Done, 0)];
+        let Decision::Run { windows, inputs, .. } = plan(&f, &straddle, Some(0), 100 * H, &rows(10)) else { panic!() };
+        assert_eq!((windows.len(), inputs.len()), (4, 1));
     }
 
     fn arb_segments() -> impl Strategy<Value = Vec<(i64, i64, bool, i32)>> {
@@ -478,6 +603,7 @@ mod tests {
         fn simulated_flow_moves_each_point_once(
             raw in arb_segments(),
             llc_names in arb_names(),
+            max_windows in 1usize..5,
             bucket in 1i64..40,
             buffer in 0i64..30,
             now in 0i64..300,
@@ -490,37 +616,47 @@ mod tests {
             let mut wm = None;
             let mut committed: Vec<Window> = vec![];
             for _ in 0..1000 {
-                match plan(&f, &segs, wm, now) {
-                    Decision::Run { window, skipped_windows, inputs } => {
-                        prop_assert!(window.end_ms <= now - buffer, "buffer rule");
-                        prop_assert_eq!(window.start_ms.rem_euclid(bucket), 0);
+                let budget = Budget { max_windows, max_input_rows: u64::MAX, max_input_bytes: u64::MAX };
+                match plan(&f, &segs, wm, now, &budget) {
+                    Decision::Run { from_ms, windows, skipped_windows, inputs } => {
                         if let Some(w) = wm {
-                            prop_assert_eq!(window.start_ms, w + skipped_windows as i64 * bucket);
-                            for k in 0..skipped_windows as i64 {
-                                let sk = Window::starting_at(w + k * bucket, bucket);
-                                prop_assert!(!segs.iter().any(|s| s.status == SegmentStatus::Done && sk.overlaps_segment(s.start_time_ms, s.end_time_ms)), "skipped a window with data");
-                            }
+                            prop_assert_eq!(from_ms, w);
                         }
-                        for s in &segs {
-                            let overlaps = window.overlaps_segment(s.start_time_ms, s.end_time_ms);
+                        prop_assert!(windows.len() <= max_windows);
+                        prop_assert!(windows.windows(2).all(|p| p[0].end_ms <= p[1].start_ms), "windows in order");
+                        let span = (windows.last().unwrap().end_ms - from_ms) / bucket;
+                        prop_assert_eq!(span as u64, windows.len() as u64 + skipped_windows, "every window of the range is run or skipped");
+                        for k in 0..span {
+                            let w = Window::starting_at(from_ms + k * bucket, bucket);
+                            let has_data = segs.iter().any(|s| s.status == SegmentStatus::Done && w.overlaps_segment(s.start_time_ms, s.end_time_ms));
+                            prop_assert_eq!(windows.contains(&w), has_data, "a window is run exactly when it has data");
+                        }
+                        for s in segs.iter().filter(|s| s.status == SegmentStatus::Done) {
+                            let overlaps = windows.iter().any(|w| w.overlaps_segment(s.start_time_ms, s.end_time_ms));
                             let is_input = inputs.iter().any(|i| i.segment_name == s.segment_name);
-                            prop_assert_eq!(is_input, overlaps && s.status == SegmentStatus::Done);
-                            if s.status == SegmentStatus::Consuming {
-                                prop_assert!(s.start_time_ms >= window.end_ms, "window ran while CONSUMING data could land in it");
-                            }
+                            prop_assert_eq!(is_input, overlaps, "an input exactly when it overlaps a window of the task");
                         }
                         let latest = latest_completed(&segs.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0).collect::<Vec<_>>());
-                        for i in &inputs {
-                            if let Some((p, _)) = llc_name(&i.segment_name) {
-                                prop_assert!(
-                                    !(latest[&p].1 == i.segment_name && i.end_time_ms < window.end_ms),
-                                    "ran a window its partition's latest completed segment ends in"
-                                );
+                        for window in &windows {
+                            prop_assert!(window.end_ms <= now - buffer, "buffer rule");
+                            prop_assert_eq!(window.start_ms.rem_euclid(bucket), 0);
+                            for s in &segs {
+                                if s.status == SegmentStatus::Consuming {
+                                    prop_assert!(s.start_time_ms >= window.end_ms, "window ran while CONSUMING data could land in it");
+                                }
+                                if s.status == SegmentStatus::Done && window.overlaps_segment(s.start_time_ms, s.end_time_ms) {
+                                    if let Some((p, _)) = llc_name(&s.segment_name) {
+                                        prop_assert!(
+                                            !(latest[&p].1 == s.segment_name && s.end_time_ms < window.end_ms),
+                                            "ran a window its partition's latest completed segment ends in"
+                                        );
+                                    }
+                                }
                             }
+                            prop_assert!(committed.iter().all(|c| c.end_ms <= window.start_ms), "windows move forward without overlap");
+                            committed.push(*window);
                         }
-                        prop_assert!(committed.iter().all(|c| c.end_ms <= window.start_ms), "windows move forward without overlap");
-                        committed.push(window);
-                        wm = Some(window.end_ms);
+                        wm = windows.last().map(|w| w.end_ms);
                     }
                     Decision::Wait(reason) => {
                         if let WaitReason::CaughtUp { watermark_ms } = reason {

@@ -10,7 +10,8 @@
 
 use r2o_common::kv::{check_txn, Compare, Kv, Op};
 use r2o_common::meta::{
-    attempt_backoff_ms, encode, round_backoff_ms, Keys, LineageRecord, TaskRecord, TaskState, WatermarkRecord,
+    attempt_backoff_ms, encode, round_backoff_ms, FrontierRecord, Keys, LineageRecord, TaskRecord, TaskState,
+    WatermarkRecord, WindowStats,
 };
 
 use crate::election::Leadership;
@@ -49,40 +50,47 @@ fn leader_compare(keys: &Keys, leadership: Leadership) -> Compare {
 }
 
 /// The revisions a commit was decided on besides the attempt's own: the
-/// table's watermark and its segment marker.
+/// table's watermark, its segment marker and its epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableRevs {
     /// `mod_revision` of `watermarks/<raw>` (0: absent).
     pub watermark: i64,
     /// `mod_revision` of `segmarks/<raw>` (0: absent).
     pub segments: i64,
+    /// `mod_revision` of `tasks/epoch/<raw>` (0: absent).
+    pub epoch: i64,
 }
 
-/// Step 1, publish: the task and the table's in-flight marker, if no task
-/// is in flight, the watermark and the table's segments are as planned
-/// from, this controller still leads and the task's input chunks are the
-/// ones written for it.
+/// Step 1, publish: the task and the table's new frontier (the task's
+/// end), if the frontier, the epoch and the table's segments are as planned
+/// from, this controller still leads and the task's input chunks are the ones
+/// written for it. On a cold start (`cold_start`), the watermark is created
+/// at the task's start in the same transaction, as Pinot persists its
+/// watermark when it generates the first task.
 pub fn publish(
     keys: &Keys,
     task: &TaskRecord,
-    watermark_rev: i64,
+    frontier_rev: i64,
+    cold_start: Option<&WatermarkRecord>,
     leadership: Leadership,
     input_chunks: Vec<Compare>,
 ) -> Txn {
     let mut compares = vec![
-        Compare::CreateRevision(keys.inflight(&task.table), 0),
-        Compare::ModRevision(keys.watermark(&task.table), watermark_rev),
+        Compare::ModRevision(keys.frontier(&task.table), frontier_rev),
+        Compare::ModRevision(keys.epoch(&task.table), task.epoch_revision),
         Compare::ModRevision(keys.segments_marker(&task.table), task.segments_revision),
         leader_compare(keys, leadership),
     ];
     compares.extend(input_chunks);
-    Txn {
-        compares,
-        ops: vec![
-            Op::put(keys.active_task(&task.id), encode(task)),
-            Op::put(keys.inflight(&task.table), task.id.to_string().into_bytes()),
-        ],
+    let mut ops = vec![
+        Op::put(keys.active_task(&task.id), encode(task)),
+        Op::put(keys.frontier(&task.table), encode(&FrontierRecord { next_ms: task.window_end_ms })),
+    ];
+    if let Some(wm) = cold_start {
+        compares.push(Compare::ModRevision(keys.watermark(&task.table), 0));
+        ops.push(Op::put(keys.watermark(&task.table), encode(wm)));
     }
+    Txn { compares, ops }
 }
 
 /// What a successful commit writes, computed from the task, the report's
@@ -115,6 +123,8 @@ pub struct ReportTotals {
     pub outputs: u64,
     /// Manifest chunks they are listed in.
     pub output_chunks: u32,
+    /// Per window, in order.
+    pub windows: Vec<WindowStats>,
 }
 
 /// The records a commit of `task` writes. Pure.
@@ -123,7 +133,9 @@ pub fn committed(task: &TaskRecord, totals: &ReportTotals, old: Option<&Watermar
     let lineage = LineageRecord {
         window_start_ms: task.window_start_ms,
         window_end_ms: task.window_end_ms,
+        from_ms: task.from_ms,
         skipped_windows: task.skipped_windows,
+        windows: totals.windows.clone(),
         task_id: task.id.to_string(),
         attempt: totals.attempt,
         input_count: task.input_count,
@@ -135,7 +147,7 @@ pub fn committed(task: &TaskRecord, totals: &ReportTotals, old: Option<&Watermar
     };
     let watermark = WatermarkRecord {
         watermark_ms: task.window_end_ms,
-        windows_committed: old.windows_committed + 1,
+        windows_committed: old.windows_committed + totals.windows.len().max(1) as u64,
         windows_skipped: old.windows_skipped + task.skipped_windows,
         rows_out: old.rows_out + totals.rows_out,
         rows_in: old.rows_in + totals.rows_in,
@@ -153,6 +165,10 @@ pub fn committed(task: &TaskRecord, totals: &ReportTotals, old: Option<&Watermar
     history.bytes_out = totals.bytes_out;
     history.rows_null_time = totals.rows_null_time;
     history.output_count = totals.outputs;
+    history.window_stats = totals.windows.clone();
+    history.staged_attempt = 0;
+    history.staged_chunks = 0;
+    history.attempt = totals.attempt.max(history.attempt);
     Committed { lineage, watermark, history }
 }
 
@@ -165,12 +181,12 @@ pub fn for_history(task: &TaskRecord) -> TaskRecord {
     t
 }
 
-/// Step 4, commit: lineage, watermark and history written, the task, its
-/// claim and the in-flight marker deleted, if the attempt still holds its
-/// claim, the watermark and the table's segments are as checked, no lineage
-/// exists for the window, this controller still leads and the manifest
-/// chunks are the ones just written. Seven operations, whatever the number
-/// of outputs.
+/// Step 4, commit: lineage, watermark and history written, the task and
+/// its claim deleted, if the task and its claim (none for a STAGED task)
+/// are as read, the watermark, the table's segments and its epoch are as
+/// checked, no lineage exists for the task's first window, this controller
+/// still leads and the manifest chunks are the ones written for it. Five
+/// operations, whatever the number of windows and outputs.
 pub fn commit(
     keys: &Keys,
     task: &TaskRecord,
@@ -186,6 +202,7 @@ pub fn commit(
         Compare::ModRevision(keys.claim(&task.id), revs.claim),
         Compare::ModRevision(keys.watermark(&task.table), table.watermark),
         Compare::ModRevision(keys.segments_marker(&task.table), table.segments),
+        Compare::ModRevision(keys.epoch(&task.table), table.epoch),
         Compare::CreateRevision(lineage_key.clone(), 0),
         leader_compare(keys, leadership),
     ];
@@ -198,8 +215,62 @@ pub fn commit(
             Op::put(keys.history(&task.id), encode(&done.history)),
             Op::delete(keys.active_task(&task.id)),
             Op::delete(keys.claim(&task.id)),
-            Op::delete(keys.inflight(&task.table)),
         ],
+    }
+}
+
+/// Step 4, staging: a task whose predecessors have not all committed keeps
+/// its validated outputs (manifest chunks written) and becomes STAGED, its
+/// claim released, if the task and claim are as read, the epoch is as
+/// checked, this controller still leads and the manifest is the one written.
+pub fn stage(
+    keys: &Keys,
+    staged: &TaskRecord,
+    revs: &AttemptRevs,
+    epoch_rev: i64,
+    leadership: Leadership,
+    manifest_chunks: Vec<Compare>,
+) -> Txn {
+    let mut compares = vec![
+        Compare::ModRevision(keys.active_task(&staged.id), revs.task),
+        Compare::ModRevision(keys.claim(&staged.id), revs.claim),
+        Compare::ModRevision(keys.epoch(&staged.table), epoch_rev),
+        leader_compare(keys, leadership),
+    ];
+    compares.extend(manifest_chunks);
+    Txn {
+        compares,
+        ops: vec![Op::put(keys.active_task(&staged.id), encode(staged)), Op::delete(keys.claim(&staged.id))],
+    }
+}
+
+/// The task as STAGED with its validated totals. Pure.
+pub fn staged(mut task: TaskRecord, totals: &ReportTotals) -> TaskRecord {
+    task.state = TaskState::Staged;
+    task.staged_attempt = totals.attempt;
+    task.staged_chunks = totals.output_chunks;
+    task.rows_in = totals.rows_in;
+    task.rows_out = totals.rows_out;
+    task.bytes_in = totals.bytes_in;
+    task.bytes_out = totals.bytes_out;
+    task.rows_null_time = totals.rows_null_time;
+    task.output_count = totals.outputs;
+    task.window_stats = totals.windows.clone();
+    task
+}
+
+/// The totals a STAGED task was validated with. Pure.
+pub fn staged_totals(task: &TaskRecord) -> ReportTotals {
+    ReportTotals {
+        attempt: task.staged_attempt,
+        rows_in: task.rows_in,
+        rows_out: task.rows_out,
+        bytes_in: task.bytes_in,
+        bytes_out: task.bytes_out,
+        rows_null_time: task.rows_null_time,
+        outputs: task.output_count,
+        output_chunks: task.staged_chunks,
+        windows: task.window_stats.clone(),
     }
 }
 
@@ -250,11 +321,50 @@ pub fn update_task(keys: &Keys, next: &TaskRecord, task_rev: i64, leadership: Le
     }
 }
 
+fn gone_to_history(task: &TaskRecord, reason: &str, now_ms: i64) -> TaskRecord {
+    let mut gone = for_history(task);
+    gone.state = TaskState::Superseded;
+    gone.finished_ms = now_ms;
+    gone.errors.push(format!("superseded: {reason}"));
+    gone
+}
+
 /// Drops a task whose plan no longer holds (its inputs or the watermark
-/// changed, or an operator reset the flow): it goes to history as
-/// SUPERSEDED with `reason`; its claim, inputs and the in-flight marker are
-/// deleted, so the planner plans the window again from current metadata.
+/// changed): it goes to history as SUPERSEDED with `reason`, its claim and
+/// inputs are deleted, the table's epoch moves (so no task planned after it
+/// can commit either) and its frontier goes back to the task's start, so the
+/// planner plans the range again from current metadata; if the task and the
+/// epoch are as read and this controller leads.
 pub fn supersede(
+    keys: &Keys,
+    task: &TaskRecord,
+    task_rev: i64,
+    epoch_rev: i64,
+    leadership: Leadership,
+    reason: &str,
+    now_ms: i64,
+) -> Txn {
+    Txn {
+        compares: vec![
+            Compare::ModRevision(keys.active_task(&task.id), task_rev),
+            Compare::ModRevision(keys.epoch(&task.table), epoch_rev),
+            leader_compare(keys, leadership),
+        ],
+        ops: vec![
+            Op::put(keys.history(&task.id), encode(&gone_to_history(task, reason, now_ms))),
+            Op::delete(keys.active_task(&task.id)),
+            Op::delete(keys.claim(&task.id)),
+            Op::delete_prefix(keys.inputs(&task.id)),
+            Op::put(keys.epoch(&task.table), now_ms.to_string().into_bytes()),
+            Op::put(keys.frontier(&task.table), encode(&FrontierRecord { next_ms: task.from_ms })),
+        ],
+    }
+}
+
+/// Removes a task of an abandoned epoch (it can never commit): to history as
+/// SUPERSEDED, claim and inputs deleted, if it is as read and this
+/// controller leads.
+pub fn drop_abandoned(
     keys: &Keys,
     task: &TaskRecord,
     task_rev: i64,
@@ -262,17 +372,12 @@ pub fn supersede(
     reason: &str,
     now_ms: i64,
 ) -> Txn {
-    let mut gone = for_history(task);
-    gone.state = TaskState::Superseded;
-    gone.finished_ms = now_ms;
-    gone.errors.push(format!("superseded: {reason}"));
     Txn {
         compares: vec![Compare::ModRevision(keys.active_task(&task.id), task_rev), leader_compare(keys, leadership)],
         ops: vec![
-            Op::put(keys.history(&task.id), encode(&gone)),
+            Op::put(keys.history(&task.id), encode(&gone_to_history(task, reason, now_ms))),
             Op::delete(keys.active_task(&task.id)),
             Op::delete(keys.claim(&task.id)),
-            Op::delete(keys.inflight(&task.table)),
             Op::delete_prefix(keys.inputs(&task.id)),
         ],
     }
@@ -287,12 +392,15 @@ pub fn within_limits(txn: &Txn) -> bool {
 mod tests {
     use super::*;
     use r2o_common::kv::MemKv;
+    use r2o_common::meta::FrontierRecord;
     use r2o_common::meta::{chunks, get_record, ClaimRecord, SegmentMeta, SegmentStatus, TaskId};
     use std::sync::Arc;
 
     fn task(table: &str) -> TaskRecord {
         serde_json::from_value(serde_json::json!({
-            "id": format!("{table}__3600000__7"), "table": table, "windowStartMs": 3_600_000, "windowEndMs": 7_200_000,
+            "id": format!("{table}__3600000__7"), "table": table, "fromMs": 3_600_000,
+            "windows": [{"startMs": 3_600_000, "endMs": 7_200_000}],
+            "windowStartMs": 3_600_000, "windowEndMs": 7_200_000,
             "skippedWindows": 0, "inputCount": 1, "inputChunks": 1, "inputRows": 10, "inputBytes": 100,
             "segmentsRevision": 0, "tableConfig": {"tableName": table}, "schema": {}, "state": "PENDING",
             "attempt": 0, "minion": "", "createdMs": 7, "startedMs": 0, "finishedMs": 0, "errors": [],
@@ -335,7 +443,8 @@ mod tests {
     /// Publishes a task and claims it as a minion would; returns its revisions.
     async fn published_and_claimed(w: &World, t: &TaskRecord) -> (TaskRecord, AttemptRevs) {
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
-        assert!(publish(&w.keys, t, 0, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        let frontier_rev = w.kv.get(&w.keys.frontier(&t.table)).await.unwrap().map_or(0, |e| e.mod_revision);
+        assert!(publish(&w.keys, t, frontier_rev, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
         let entry = w.kv.get(&w.keys.active_task(&t.id)).await.unwrap().unwrap();
         let mut running = t.clone();
         running.attempt += 1;
@@ -354,7 +463,7 @@ mod tests {
         (running, AttemptRevs { task: task_rev, claim: claim_rev })
     }
 
-    const NO_REVS: TableRevs = TableRevs { watermark: 0, segments: 0 };
+    const NO_REVS: TableRevs = TableRevs { watermark: 0, segments: 0, epoch: 0 };
 
     fn totals(outputs: u64, chunks: u32) -> ReportTotals {
         ReportTotals {
@@ -378,14 +487,15 @@ mod tests {
         let done = committed(&running, &totals(5_000, n), None, 99);
         let txn = commit(&w.keys, &running, &revs, NO_REVS, w.leadership, manifest, &done);
         assert!(within_limits(&txn), "{} compares, {} ops", txn.compares.len(), txn.ops.len());
-        assert_eq!(txn.ops.len(), 6, "the ops do not grow with the outputs");
+        assert_eq!(txn.ops.len(), 5, "the ops do not grow with the outputs");
         assert!(txn.apply(&w.kv).await.unwrap(), "the commit applies");
         let (wm, _) = get_record::<WatermarkRecord>(&w.kv, &w.keys.watermark("t")).await.unwrap().unwrap();
         assert_eq!((wm.watermark_ms, wm.windows_committed, wm.rows_out), (7_200_000, 1, 10_000));
         assert_eq!(chunks::read::<SegmentMeta>(&w.kv, &w.keys.manifest(&t.id, 1)).await.unwrap().len(), 5_000);
         assert!(w.kv.get(&w.keys.active_task(&t.id)).await.unwrap().is_none());
         assert!(w.kv.get(&w.keys.claim(&t.id)).await.unwrap().is_none());
-        assert!(w.kv.get(&w.keys.inflight("t")).await.unwrap().is_none());
+        let frontier = w.kv.get(&w.keys.frontier("t")).await.unwrap().expect("the frontier stays");
+        assert_eq!(r2o_common::meta::decode::<FrontierRecord>(&frontier).unwrap().next_ms, 7_200_000);
         let (h, _) = get_record::<TaskRecord>(&w.kv, &w.keys.history(&t.id)).await.unwrap().unwrap();
         assert_eq!((h.state, h.output_count), (TaskState::Succeeded, 5_000));
         assert_eq!(h.table_config, serde_json::Value::Null, "history does not repeat the config");
@@ -455,16 +565,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn superseding_drops_the_task_and_frees_the_table() {
+    async fn superseding_drops_the_task_moves_the_epoch_and_rewinds_the_frontier() {
         let w = world().await;
         let t = task("a__b");
-        let (_, revs) = published_and_claimed(&w, &t).await;
-        let txn = supersede(&w.keys, &t, revs.task, w.leadership, "a segment was registered in the window", 9);
+        let (running, revs) = published_and_claimed(&w, &t).await;
+        let txn = supersede(&w.keys, &t, revs.task, 0, w.leadership, "a segment was registered in the window", 9);
         assert!(within_limits(&txn));
         assert!(txn.apply(&w.kv).await.unwrap());
-        for key in [w.keys.active_task(&t.id), w.keys.claim(&t.id), w.keys.inflight("a__b")] {
+        for key in [w.keys.active_task(&t.id), w.keys.claim(&t.id)] {
             assert!(w.kv.get(&key).await.unwrap().is_none(), "{key} deleted");
         }
+        let frontier = w.kv.get(&w.keys.frontier("a__b")).await.unwrap().unwrap();
+        assert_eq!(
+            r2o_common::meta::decode::<FrontierRecord>(&frontier).unwrap().next_ms,
+            t.from_ms,
+            "planned again from the task's start"
+        );
+        // a task planned in the old epoch can no longer commit
+        let done = committed(&running, &totals(1, 1), None, 99);
+        assert!(!commit(&w.keys, &running, &revs, NO_REVS, w.leadership, vec![], &done).apply(&w.kv).await.unwrap());
         assert!(w.kv.range(&w.keys.inputs(&t.id)).await.unwrap().is_empty(), "inputs deleted");
         let (h, _) = get_record::<TaskRecord>(&w.kv, &w.keys.history(&t.id)).await.unwrap().unwrap();
         assert_eq!(h.state, TaskState::Superseded);
@@ -473,19 +592,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn publishing_needs_unchanged_segments_and_its_own_input_chunks() {
+    async fn publishing_needs_unchanged_segments_frontier_and_its_own_input_chunks() {
         let w = world().await;
         let t = task("t");
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         // a segment was registered after planning: the marker moved
         w.kv.put(&w.keys.segments_marker("t"), b"1".to_vec(), None).await.unwrap();
-        assert!(!publish(&w.keys, &t, 0, w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
+        assert!(!publish(&w.keys, &t, 0, None, w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
         let mut replanned = t.clone();
         replanned.segments_revision = w.kv.get(&w.keys.segments_marker("t")).await.unwrap().unwrap().mod_revision;
         // the input chunks were deleted meanwhile (by a janitor): refused
         w.kv.txn(vec![], vec![Op::delete_prefix(w.keys.inputs(&t.id))]).await.unwrap();
-        assert!(!publish(&w.keys, &replanned, 0, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        assert!(!publish(&w.keys, &replanned, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
-        assert!(publish(&w.keys, &replanned, 0, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        let cold = WatermarkRecord { watermark_ms: t.from_ms, ..Default::default() };
+        assert!(publish(&w.keys, &replanned, 0, Some(&cold), w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
+        // a second publish from the same frontier (two planners racing) is refused
+        let mut twin = replanned.clone();
+        twin.id = TaskId::new("t", 3_600_000, 8);
+        assert!(!publish(&w.keys, &twin, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_task_ahead_of_its_predecessor_is_staged_then_committed_in_order() {
+        let w = world().await;
+        let first = task("t");
+        let mut second = task("t");
+        second.id = TaskId::new("t", 7_200_000, 8);
+        second.from_ms = 7_200_000;
+        second.window_start_ms = 7_200_000;
+        second.window_end_ms = 10_800_000;
+        let (r1, revs1) = published_and_claimed(&w, &first).await;
+        let (r2, revs2) = published_and_claimed(&w, &second).await;
+        // the second finishes first: staged, claim released
+        let manifest = chunks::write(&w.kv, &w.keys.manifest(&second.id, 1), &[output(9)]).await.unwrap();
+        let next = staged(r2.clone(), &totals(1, 1));
+        assert!(stage(&w.keys, &next, &revs2, 0, w.leadership, manifest.clone()).apply(&w.kv).await.unwrap());
+        assert!(w.kv.get(&w.keys.claim(&second.id)).await.unwrap().is_none());
+        let (st, st_entry) = get_record::<TaskRecord>(&w.kv, &w.keys.active_task(&second.id)).await.unwrap().unwrap();
+        assert_eq!((st.state, st.staged_attempt), (TaskState::Staged, 1));
+        // it cannot commit before the first: the watermark is not at its start yet
+        let cold = WatermarkRecord { watermark_ms: 3_600_000, ..Default::default() };
+        w.kv.put(&w.keys.watermark("t"), encode(&cold), None).await.unwrap();
+        let wm_rev = w.kv.get(&w.keys.watermark("t")).await.unwrap().unwrap().mod_revision;
+        // the first commits
+        let m1 = chunks::write(&w.kv, &w.keys.manifest(&first.id, 1), &[output(1)]).await.unwrap();
+        let d1 = committed(&r1, &totals(1, 1), Some(&cold), 50);
+        let revs = TableRevs { watermark: wm_rev, segments: 0, epoch: 0 };
+        assert!(commit(&w.keys, &r1, &revs1, revs, w.leadership, m1, &d1).apply(&w.kv).await.unwrap());
+        // then the staged one, with no claim
+        let wm_rev = w.kv.get(&w.keys.watermark("t")).await.unwrap().unwrap().mod_revision;
+        let d2 = committed(&st, &staged_totals(&st), Some(&d1.watermark), 60);
+        let revs = TableRevs { watermark: wm_rev, segments: 0, epoch: 0 };
+        let staged_revs = AttemptRevs { task: st_entry.mod_revision, claim: 0 };
+        assert!(commit(&w.keys, &st, &staged_revs, revs, w.leadership, manifest, &d2).apply(&w.kv).await.unwrap());
+        let (wm, _) = get_record::<WatermarkRecord>(&w.kv, &w.keys.watermark("t")).await.unwrap().unwrap();
+        assert_eq!((wm.watermark_ms, wm.windows_committed), (10_800_000, 2));
     }
 }

@@ -15,7 +15,7 @@ use r2o_proto::controller::controller_service_server::ControllerService;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::authority::{load_table, segments_with_revision, Authority, PlanOutcome};
+use crate::authority::{load_table, open_tasks, read_segments, Authority, PlanOutcome};
 use crate::error::{ControllerError, Result};
 use crate::planner::{plan, Decision};
 use crate::registry;
@@ -130,7 +130,7 @@ impl ControllerSvc {
 
     async fn list_segments(&self, raw: &str) -> Result<pb::ListSegmentsResponse> {
         self.require_table(raw).await?;
-        let (realtime, _) = segments_with_revision(&self.auth.kv, &self.auth.keys, raw).await?;
+        let (realtime, _) = read_segments(&self.auth.kv, &self.auth.keys, raw).await?;
         let offline = registry::offline_segments(&self.auth.kv, &self.auth.keys, raw).await?;
         Ok(pb::ListSegmentsResponse { segments: realtime.iter().chain(&offline).map(pb::Segment::from).collect() })
     }
@@ -155,32 +155,33 @@ impl ControllerSvc {
         let spec = self.require_table(raw).await?;
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
         let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?.map(|(w, _)| w);
-        let inflight = kv.get(&keys.inflight(raw)).await?;
+        let (open, _) = open_tasks(kv, keys, raw).await?;
         let paused = get_record::<TableRecord>(kv, &keys.table(raw)).await?.is_some_and(|(r, _)| r.paused);
         let mut idle = false;
-        let next = if let Some(entry) = inflight {
-            let id = String::from_utf8_lossy(&entry.value).into_owned();
-            let task = match id.parse() {
-                Ok(id) => get_record::<TaskRecord>(kv, &keys.active_task(&id)).await?,
-                Err(_) => None,
-            };
-            match task {
-                Some((t, _)) => format!(
-                    "task {id} is {} (attempt {}){}",
-                    t.state.name(),
-                    t.attempt,
-                    t.errors.last().map(|e| format!("; last error: {e}")).unwrap_or_default()
-                ),
-                None => format!("task {id} is finishing"),
-            }
+        let next = if let Some((t, _)) = open.first() {
+            let counts = |state: r2o_common::meta::TaskState| open.iter().filter(|(t, _)| t.state == state).count();
+            use r2o_common::meta::TaskState as S;
+            format!(
+                "{} task(s) in flight ({} pending, {} running, {} staged, {} failed); the next to commit, {}, is {} (attempt {}){}",
+                open.len(),
+                counts(S::Pending),
+                counts(S::Running),
+                counts(S::Staged),
+                counts(S::Failed),
+                t.id,
+                t.state.name(),
+                t.attempt,
+                t.errors.last().map(|e| format!("; last error: {e}")).unwrap_or_default()
+            )
         } else if paused {
             idle = true;
             "paused: no window is planned until the flow is resumed (r2o resume)".to_string()
         } else {
-            let (segments, _) = segments_with_revision(kv, keys, raw).await?;
-            match plan(&spec.flow, &segments, wm.as_ref().map(|w| w.watermark_ms), now_ms()) {
-                Decision::Run { window, .. } => {
-                    format!("window {window} is ready and will be planned on the next tick")
+            let (segments, _) = read_segments(kv, keys, raw).await?;
+            let from = wm.as_ref().map(|w| w.watermark_ms);
+            match plan(&spec.flow, &segments, from, now_ms(), &crate::planner::Budget::ONE_WINDOW) {
+                Decision::Run { windows, .. } => {
+                    format!("window {} is ready and will be planned on the next tick", windows[0])
                 }
                 Decision::Wait(reason) => {
                     idle = true;
@@ -209,7 +210,7 @@ impl ControllerSvc {
             ))),
             o => Ok(pb::RunNowResponse {
                 task_id: match &o {
-                    PlanOutcome::Published(id, _) => id.to_string(),
+                    PlanOutcome::Published(ids, _) => ids.first().map(ToString::to_string).unwrap_or_default(),
                     _ => String::new(),
                 },
                 outcome: o.to_string(),

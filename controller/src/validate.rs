@@ -240,7 +240,22 @@ pub fn check(
     }
     let prefix = canonical_path(&layout.staging_prefix(&task.id, req.attempt));
     let round = spec.flow.round_ms.unwrap_or(1);
-    let lowest = floor_to_bucket(task.window_start_ms, round);
+    // the report's windows are the task's, in order
+    let reported: Vec<(i64, i64)> = req.windows.iter().map(|w| (w.start_ms, w.end_ms)).collect();
+    let planned: Vec<(i64, i64)> = task.windows.iter().map(|w| (w.start_ms, w.end_ms)).collect();
+    if reported != planned {
+        return Err(format!(
+            "the report covers {} windows, not the task's {} windows from {}",
+            reported.len(),
+            planned.len(),
+            task.window_start_ms
+        ));
+    }
+    let window_rows_in: u64 = req.windows.iter().map(|w| w.rows_in).sum();
+    if window_rows_in != req.rows_in {
+        return Err(format!("the windows' rows_in add up to {window_rows_in}, reported rows_in {}", req.rows_in));
+    }
+    let mut per_window: HashMap<i64, (u64, u64)> = HashMap::new(); // start -> (rows, outputs)
     let mut names = HashSet::new();
     let mut locations = HashSet::new();
     let mut rows = 0u64;
@@ -258,12 +273,19 @@ pub fn check(
         if !names.insert(o.name.as_str()) {
             return Err(format!("output name {} is reported twice", o.name));
         }
-        if o.start_time_ms < lowest || o.end_time_ms >= task.window_end_ms || o.start_time_ms > o.end_time_ms {
+        let Some(window) = task.windows.iter().find(|w| w.start_ms == o.window_start_ms) else {
+            return Err(format!("output {} names window {}, not one of the task's", o.name, o.window_start_ms));
+        };
+        let lowest = floor_to_bucket(window.start_ms, round);
+        if o.start_time_ms < lowest || o.end_time_ms >= window.end_ms || o.start_time_ms > o.end_time_ms {
             return Err(format!(
-                "output {} spans [{}, {}], outside the window [{}, {})",
-                o.name, o.start_time_ms, o.end_time_ms, task.window_start_ms, task.window_end_ms
+                "output {} spans [{}, {}], outside its window {window}",
+                o.name, o.start_time_ms, o.end_time_ms
             ));
         }
+        let e = per_window.entry(window.start_ms).or_default();
+        e.0 += o.num_rows;
+        e.1 += 1;
         if o.num_rows == 0 || o.num_rows > spec.flow.max_records_per_segment {
             return Err(format!(
                 "output {} has {} rows, expected 1..={} (maxNumRecordsPerSegment)",
@@ -293,6 +315,27 @@ pub fn check(
     }
     if rows != req.rows_out {
         return Err(format!("outputs hold {rows} rows, reported rows_out {}", req.rows_out));
+    }
+    for w in &req.windows {
+        let (r, n) = per_window.get(&w.start_ms).copied().unwrap_or_default();
+        if (r, n) != (w.rows_out, w.outputs) {
+            return Err(format!(
+                "window {} reports {} rows in {} outputs, its outputs hold {r} rows in {n}",
+                w.start_ms, w.rows_out, w.outputs
+            ));
+        }
+        match spec.flow.merge_type {
+            MergeType::Concat if w.rows_out != w.rows_in => {
+                return Err(format!(
+                    "concat must keep every row of window {}: {} in, {} out",
+                    w.start_ms, w.rows_in, w.rows_out
+                ))
+            }
+            MergeType::Rollup | MergeType::Dedup if w.rows_out > w.rows_in => {
+                return Err(format!("window {} cannot add rows: {} in, {} out", w.start_ms, w.rows_in, w.rows_out))
+            }
+            _ => {}
+        }
     }
     match spec.flow.merge_type {
         MergeType::Concat if req.rows_out != req.rows_in => {
@@ -381,7 +424,8 @@ mod tests {
 
     fn task(s: &TableSpec) -> TaskRecord {
         serde_json::from_value(json!({
-            "id": "t__0__1", "table": "t", "windowStartMs": 0, "windowEndMs": 3_600_000, "skippedWindows": 0,
+            "id": "t__0__1", "table": "t", "fromMs": 0, "windows": [{"startMs": 0, "endMs": 3_600_000}],
+            "windowStartMs": 0, "windowEndMs": 3_600_000, "skippedWindows": 0,
             "inputCount": 1, "inputChunks": 1, "inputRows": 100, "inputBytes": 1, "segmentsRevision": 0,
             "tableConfig": s.config_json, "schema": s.schema_json, "state": "RUNNING", "attempt": 1,
             "minion": "m", "createdMs": 1, "startedMs": 1, "finishedMs": 0, "errors": [],
@@ -431,6 +475,7 @@ mod tests {
                 start_time_ms: 0,
                 end_time_ms: 10,
                 partition: -1,
+                window_start_ms: 0,
             }],
             rows_in,
             rows_out: rows,
@@ -440,6 +485,7 @@ mod tests {
                 .collect(),
             schema_fingerprint: s.schema.fingerprint(),
             rows_null_time: 0,
+            windows: vec![pb::WindowStats { start_ms: 0, end_ms: 3_600_000, rows_in, rows_out: rows, outputs: 1 }],
         };
         let ev = vec![OutputEvidence {
             size_bytes: Some(50),
@@ -527,6 +573,16 @@ mod tests {
         let (req, _) = report(&s, 101, 4);
         let (_, ev) = report(&s, 10, 4);
         assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("registered"));
+        // per-window figures must agree with the outputs and the task's windows
+        let (mut req, ev) = report(&s, 10, 4);
+        req.windows[0].rows_out = 3;
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("window 0 reports"));
+        let (mut req, ev) = report(&s, 10, 4);
+        req.windows[0].start_ms = 7;
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("not the task's"));
+        let (mut req, ev) = report(&s, 10, 4);
+        req.outputs[0].window_start_ms = 3_600_000;
+        assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("not one of the task's"));
         let (mut req, ev) = report(&s, 10, 4);
         req.rows_null_time = 1_000;
         assert!(run(&s, &req, &ev, &in_footer()).is_err());
@@ -544,6 +600,7 @@ mod tests {
         req.outputs.push(second);
         req.outputs[0].num_rows = 4;
         req.outputs[1].num_rows = 4;
+        req.windows[0].outputs = 2;
         ev[0].footer.as_mut().unwrap().num_rows = 4;
         ev.push(ev[0].clone());
         assert!(run(&s, &req, &ev, &in_footer()).unwrap_err().contains("reported twice"));

@@ -1,8 +1,10 @@
 //! The segment processor: read -> filter -> round -> partition -> merge ->
 //! sort -> cut -> write, on Arrow batches end to end. Each stage is a
 //! function over batches, tested on its own; [`process`] chains them for
-//! one task. It is synchronous and CPU-bound: callers run it on a blocking
-//! thread, with the input bytes already downloaded.
+//! one task: its inputs are read once, their rows split by window, and the
+//! windows processed in parallel, each into its own OFFLINE segments. It is
+//! synchronous and CPU-bound: callers run it on a blocking thread, with the
+//! input bytes already downloaded.
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
@@ -31,6 +33,8 @@ pub const BATCH_ROWS: usize = 64 * 1024;
 /// One output segment, encoded and ready to stage.
 #[derive(Debug, Clone)]
 pub struct OutputSegment {
+    /// Start of its window, epoch ms.
+    pub window_start_ms: i64,
     /// Segment name: `<raw>_<windowStartMs>_<windowEndMs>_<partition|all>_<seq>`.
     pub name: String,
     /// Data partition, -1 when the table is not partitioned.
@@ -62,9 +66,11 @@ pub struct Processed {
     /// (they belong to no window; counted once, by the window holding the
     /// segment's start).
     pub rows_null_time: u64,
-    /// Per sum-aggregated metric: sums over the input rows in the window and
+    /// Per sum-aggregated metric: sums over the input rows in the windows and
     /// over the output rows, for the controller's check.
     pub metric_sums: BTreeMap<String, MetricSums>,
+    /// Per window of the task, in order.
+    pub windows: Vec<r2o_common::meta::WindowStats>,
 }
 
 /// Sums of one metric in and out (see the controller's validation).
@@ -359,19 +365,35 @@ pub fn rollup(
     Ok(vec![RecordBatch::try_new(arrow_schema, columns)?])
 }
 
-/// Stage 6: one batch sorted by `column` (nulls last), or concatenated in
-/// order when there is no sorted column.
-pub fn sort_by(schema: &Arc<ArrowSchema>, batches: &[RecordBatch], column: Option<&str>) -> Result<RecordBatch, Error> {
+/// Stage 6: one batch sorted by `columns` in order (nulls last), or
+/// concatenated in order when there are none.
+pub fn sort_by(schema: &Arc<ArrowSchema>, batches: &[RecordBatch], columns: &[&str]) -> Result<RecordBatch, Error> {
     let all = concat_batches(schema, batches)?;
-    let Some(column) = column else {
+    if columns.is_empty() {
         return Ok(all);
-    };
-    let col = all.column(all.schema().index_of(column)?).clone();
-    let idx = lexsort_to_indices(
-        &[SortColumn { values: col, options: Some(SortOptions { descending: false, nulls_first: false }) }],
-        None,
-    )?;
+    }
+    let keys = columns
+        .iter()
+        .map(|c| {
+            Ok(SortColumn {
+                values: all.column(all.schema().index_of(c)?).clone(),
+                options: Some(SortOptions { descending: false, nulls_first: false }),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let idx = lexsort_to_indices(&keys, None)?;
     Ok(take_record_batch(&all, &idx)?)
+}
+
+/// The sort order of OFFLINE segments: the table's `sortedColumn`, then
+/// the time column (so rows of one value are in time order too); nothing
+/// when the table has no sorted column (rows keep their input order).
+fn sort_columns(spec: &TableSpec) -> Vec<&str> {
+    match spec.flow.sorted_column.as_deref() {
+        None => vec![],
+        Some(c) if c == spec.flow.time_column => vec![c],
+        Some(c) => vec![c, spec.flow.time_column.as_str()],
+    }
 }
 
 /// Stage 7: cuts a batch into pieces of at most `max_rows` rows.
@@ -424,57 +446,47 @@ pub fn metric_sums(batches: &[RecordBatch], spec: &TableSpec) -> BTreeMap<String
     out
 }
 
-/// Runs the whole pipeline for one task. Checks `cancel` between batches
-/// and stages.
-///
-/// # Errors
-/// [`ProcessError::Data`] naming the segment and column for unreadable or
-/// mismatched input; [`ProcessError::Cancelled`] when cancelled.
-pub fn process(
+/// What one window produced.
+struct WindowResult {
+    outputs: Vec<OutputSegment>,
+    stats: r2o_common::meta::WindowStats,
+    sums_in: BTreeMap<String, (i64, f64, f64)>,
+    sums_out: BTreeMap<String, (i64, f64, f64)>,
+}
+
+/// Stages 3 to 8 for one window's rows: round, partition, merge, sort, cut, write.
+fn process_window(
     spec: &TableSpec,
     window: Window,
-    inputs: Vec<Input>,
-    cancel: &CancellationToken,
-) -> Result<Processed, ProcessError> {
-    let check = || if cancel.is_cancelled() { Err(ProcessError::Cancelled) } else { Ok(()) };
+    kept: Vec<RecordBatch>,
+    check: &dyn Fn() -> Result<(), ProcessError>,
+) -> Result<WindowResult, ProcessError> {
     let format = time_format(spec);
     let time_col = spec.flow.time_column.as_str();
-    let mut result = Processed::default();
-    // read + filter + round, one segment at a time so raw bytes are dropped early
-    let mut kept = Vec::new();
-    let filter = TimeFilter { column: time_col.to_string(), format, window };
-    for input in inputs {
-        check()?;
-        result.bytes_in += input.bytes.len() as u64;
-        let read = read_segment_in(&input.name, input.bytes, &spec.schema, BATCH_ROWS, Some(&filter))?;
-        result.row_groups_skipped += read.skipped_row_groups as u64;
-        if input.count_null_time {
-            result.rows_null_time += read.skipped_null_time_rows;
-        }
-        for b in read.batches {
-            check()?;
-            if input.count_null_time {
-                if let Some(c) = b.column_by_name(time_col) {
-                    result.rows_null_time += c.null_count() as u64;
-                }
-            }
-            let mut f = filter_window(&b, time_col, format, window)?;
-            if f.num_rows() == 0 {
-                continue;
-            }
-            if let Some(round) = spec.flow.round_ms {
-                f = round_time(&f, time_col, format, round)?;
-            }
-            kept.push(f);
-        }
+    let mut rows_in = 0u64;
+    let mut rounded = Vec::with_capacity(kept.len());
+    for b in kept {
+        rows_in += b.num_rows() as u64;
+        rounded.push(match spec.flow.round_ms {
+            Some(round) => round_time(&b, time_col, format, round)?,
+            None => b,
+        });
     }
-    result.rows_in = kept.iter().map(|b| b.num_rows() as u64).sum();
-    for (m, (int, f, abs)) in metric_sums(&kept, spec) {
-        result.metric_sums.insert(m, MetricSums { int_in: int, float_in: f, float_abs_in: abs, ..Default::default() });
-    }
-    let mut out_sums: BTreeMap<String, (i32, i64, f64)> = BTreeMap::new();
+    let sums_in = metric_sums(&rounded, spec);
     let arrow_schema = spec.schema.arrow_schema();
-    for (partition, batches) in partition_batches(kept, spec)? {
+    let sort = sort_columns(spec);
+    let mut result = WindowResult {
+        outputs: vec![],
+        stats: r2o_common::meta::WindowStats {
+            start_ms: window.start_ms,
+            end_ms: window.end_ms,
+            rows_in,
+            ..Default::default()
+        },
+        sums_in,
+        sums_out: BTreeMap::new(),
+    };
+    for (partition, batches) in partition_batches(rounded, spec)? {
         check()?;
         let merged = match spec.flow.merge_type {
             MergeType::Concat => batches,
@@ -482,12 +494,12 @@ pub fn process(
             MergeType::Rollup => rollup(&batches, &spec.schema, &spec.flow.aggregations)?,
         };
         check()?;
-        let sorted = sort_by(&arrow_schema, &merged, spec.flow.sorted_column.as_deref())?;
-        for (m, (int, f, _)) in metric_sums(std::slice::from_ref(&sorted), spec) {
-            let e = out_sums.entry(m).or_default();
-            e.0 = e.0.wrapping_add(int as i32);
-            e.1 = e.1.wrapping_add(int);
-            e.2 += f;
+        let sorted = sort_by(&arrow_schema, &merged, &sort)?;
+        for (m, (int, f, a)) in metric_sums(std::slice::from_ref(&sorted), spec) {
+            let e = result.sums_out.entry(m).or_insert((0, 0.0, 0.0));
+            e.0 = e.0.wrapping_add(int);
+            e.1 += f;
+            e.2 += a;
         }
         let part = if partition < 0 { "all".to_string() } else { partition.to_string() };
         for (seq, piece) in cut(&sorted, spec.flow.max_records_per_segment).into_iter().enumerate() {
@@ -498,9 +510,11 @@ pub fn process(
             let (start, end) = time_range_ms(std::slice::from_ref(&piece), time_col, format)?
                 .unwrap_or((window.start_ms, window.start_ms));
             let bytes = write_parquet(&arrow_schema, std::slice::from_ref(&piece))?;
-            result.rows_out += piece.num_rows() as u64;
+            result.stats.rows_out += piece.num_rows() as u64;
+            result.stats.outputs += 1;
             result.outputs.push(OutputSegment {
-                name: format!("{}_{}_{}_{part}_{seq}", spec.name, window.start_ms, window.end_ms),
+                window_start_ms: window.start_ms,
+                name: format!("{}_{}_{}_{part}_{seq}", spec.name, window.start_ms, window.end_ms, part = part),
                 partition,
                 num_rows: piece.num_rows() as u64,
                 start_time_ms: start,
@@ -509,11 +523,150 @@ pub fn process(
             });
         }
     }
-    for (m, s) in result.metric_sums.iter_mut() {
-        let (i32s, i64s, f) = out_sums.get(m).copied().unwrap_or_default();
-        let is_int = spec.schema.field(m).is_some_and(|f| f.data_type == DataType::Int);
-        s.int_out = if is_int { i64::from(i32s) } else { i64s };
-        s.float_out = f;
+    Ok(result)
+}
+
+/// Splits a batch's rows by the task's window they fall in (`windows`
+/// sorted, non-overlapping); rows outside every window are dropped, and
+/// rows inside the task's range but in none of its windows are an error
+/// (the segment's registered time range would be wrong).
+fn split_by_window(
+    segment: &str,
+    batch: &RecordBatch,
+    ms: &Int64Array,
+    windows: &[Window],
+    out: &mut [Vec<RecordBatch>],
+) -> Result<(), Error> {
+    let range = Window { start_ms: windows[0].start_ms, end_ms: windows[windows.len() - 1].end_ms };
+    let mut rows: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for (row, t) in ms.iter().enumerate() {
+        let Some(t) = t else { continue };
+        if !range.contains(t) {
+            continue;
+        }
+        let i = windows.partition_point(|w| w.start_ms <= t);
+        match i.checked_sub(1).filter(|i| windows[*i].contains(t)) {
+            Some(i) => rows.entry(i).or_default().push(row as u32),
+            None => {
+                return Err(Error::Segment {
+                    segment: segment.to_string(),
+                    problem: format!(
+                        "a row at {t} ms lies in no window of the task, in a window planned as empty: the segment's registered time range does not hold its rows"
+                    ),
+                })
+            }
+        }
+    }
+    for (i, idx) in rows {
+        if idx.len() == batch.num_rows() {
+            out[i].push(batch.clone());
+        } else {
+            out[i].push(take_record_batch(batch, &arrow::array::UInt32Array::from(idx))?);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the whole pipeline for one task of `windows` (sorted, each with its
+/// own OFFLINE segments), with up to `threads` windows at once. Checks
+/// `cancel` between batches and stages.
+///
+/// # Errors
+/// [`ProcessError::Data`] naming the segment and column for unreadable or
+/// mismatched input; [`ProcessError::Cancelled`] when cancelled.
+pub fn process(
+    spec: &TableSpec,
+    windows: &[Window],
+    inputs: Vec<Input>,
+    cancel: &CancellationToken,
+    threads: usize,
+) -> Result<Processed, ProcessError> {
+    let check = || if cancel.is_cancelled() { Err(ProcessError::Cancelled) } else { Ok(()) };
+    let mut result = Processed::default();
+    if windows.is_empty() {
+        return Ok(result);
+    }
+    let format = time_format(spec);
+    let time_col = spec.flow.time_column.as_str();
+    let range = Window { start_ms: windows[0].start_ms, end_ms: windows[windows.len() - 1].end_ms };
+    // read every input once, its rows split by window
+    let mut per_window: Vec<Vec<RecordBatch>> = vec![Vec::new(); windows.len()];
+    let filter = TimeFilter { column: time_col.to_string(), format, window: range };
+    for input in inputs {
+        check()?;
+        result.bytes_in += input.bytes.len() as u64;
+        let read = read_segment_in(&input.name, input.bytes, &spec.schema, BATCH_ROWS, Some(&filter))?;
+        result.row_groups_skipped += read.skipped_row_groups as u64;
+        if input.count_null_time {
+            result.rows_null_time += read.skipped_null_time_rows;
+        }
+        for b in read.batches {
+            check()?;
+            let col = b.column_by_name(time_col).ok_or_else(|| Error::Segment {
+                segment: input.name.clone(),
+                problem: format!("time column '{time_col}' is missing"),
+            })?;
+            if input.count_null_time {
+                result.rows_null_time += col.null_count() as u64;
+            }
+            let ms = time_ms(col, format)?;
+            split_by_window(&input.name, &b, &ms, windows, &mut per_window)?;
+        }
+    }
+    // the windows, in parallel
+    let work: Vec<std::sync::Mutex<Vec<RecordBatch>>> = per_window.into_iter().map(std::sync::Mutex::new).collect();
+    let results: Vec<std::sync::Mutex<Option<Result<WindowResult, ProcessError>>>> =
+        windows.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = threads.clamp(1, windows.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= windows.len() {
+                    return;
+                }
+                let kept = std::mem::take(&mut *work[i].lock().unwrap_or_else(|p| p.into_inner()));
+                let r = process_window(spec, windows[i], kept, &check);
+                let failed = r.is_err();
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                if failed {
+                    next.store(windows.len(), std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            });
+        }
+    });
+    let mut sums_in: BTreeMap<String, (i64, f64, f64)> = BTreeMap::new();
+    let mut sums_out: BTreeMap<String, (i64, f64, f64)> = BTreeMap::new();
+    let add = |acc: &mut BTreeMap<String, (i64, f64, f64)>, m: BTreeMap<String, (i64, f64, f64)>| {
+        for (k, (i, f, a)) in m {
+            let e = acc.entry(k).or_insert((0, 0.0, 0.0));
+            e.0 = e.0.wrapping_add(i);
+            e.1 += f;
+            e.2 += a;
+        }
+    };
+    for r in results {
+        let Some(r) = r.into_inner().unwrap_or_else(|p| p.into_inner()) else {
+            continue; // not run: another window failed first
+        };
+        let w = r?;
+        result.rows_in += w.stats.rows_in;
+        result.rows_out += w.stats.rows_out;
+        result.outputs.extend(w.outputs);
+        result.windows.push(w.stats);
+        add(&mut sums_in, w.sums_in);
+        add(&mut sums_out, w.sums_out);
+    }
+    for (m, (int, f, abs)) in sums_in {
+        let is_int = spec.schema.field(&m).is_some_and(|f| f.data_type == DataType::Int);
+        let (oi, of, _) = sums_out.get(&m).copied().unwrap_or((0, 0.0, 0.0));
+        let width = |v: i64| if is_int { i64::from(v as i32) } else { v };
+        result.metric_sums.insert(
+            m,
+            MetricSums { int_in: width(int), int_out: width(oi), float_in: f, float_out: of, float_abs_in: abs },
+        );
     }
     Ok(result)
 }
@@ -607,8 +760,8 @@ mod tests {
         );
         let b2 = batch(&s, &[("UA", None, 1, Some(20), 0), ("UA", Some(1.0), 1, None, H), ("AA", None, 1, None, 0)]);
         let out = rollup(&[b1, b2], &s.schema, &s.flow.aggregations).unwrap();
-        let sorted = sort_by(&s.schema.arrow_schema(), &out, Some("carrier")).unwrap();
-        let sorted = sort_by(&s.schema.arrow_schema(), &[sorted], Some("carrier")).unwrap();
+        let sorted = sort_by(&s.schema.arrow_schema(), &out, &["carrier"]).unwrap();
+        let sorted = sort_by(&s.schema.arrow_schema(), &[sorted], &["carrier"]).unwrap();
         let text = pretty(&[sorted]);
         let expected = [
             "+---------+-------+---+-----+---------------------+",
@@ -637,7 +790,7 @@ mod tests {
     fn sort_and_cut() {
         let s = spec(json!({}), json!({}));
         let b = batch(&s, &[("UA", None, 1, None, 0), ("AA", None, 2, None, 0), ("DL", None, 3, None, 0)]);
-        let sorted = sort_by(&s.schema.arrow_schema(), &[b], Some("carrier")).unwrap();
+        let sorted = sort_by(&s.schema.arrow_schema(), &[b], &["carrier"]).unwrap();
         assert_eq!(sorted.column(0).as_string::<i32>().iter().flatten().collect::<Vec<_>>(), vec!["AA", "DL", "UA"]);
         let pieces = cut(&sorted, 2);
         assert_eq!(pieces.iter().map(|p| p.num_rows()).collect::<Vec<_>>(), vec![2, 1]);
@@ -681,9 +834,14 @@ mod tests {
             ],
         );
         let bytes = write_parquet(&s.schema.arrow_schema(), &[b]).unwrap();
-        let out =
-            process(&s, Window { start_ms: 0, end_ms: 2 * H }, vec![input("seg", bytes)], &CancellationToken::new())
-                .unwrap();
+        let out = process(
+            &s,
+            &[Window { start_ms: 0, end_ms: 2 * H }],
+            vec![input("seg", bytes)],
+            &CancellationToken::new(),
+            2,
+        )
+        .unwrap();
         assert_eq!(out.rows_in, 3);
         assert_eq!(out.rows_out, 2);
         assert_eq!(out.outputs.len(), 2, "maxNumRecordsPerSegment=1 cuts one segment per row");
@@ -695,9 +853,49 @@ mod tests {
         cancel.cancel();
         let bytes = write_parquet(&s.schema.arrow_schema(), &[]).unwrap();
         assert!(matches!(
-            process(&s, Window { start_ms: 0, end_ms: H }, vec![input("x", bytes)], &cancel),
+            process(&s, &[Window { start_ms: 0, end_ms: H }], vec![input("x", bytes)], &cancel, 1),
             Err(ProcessError::Cancelled)
         ));
+    }
+
+    #[test]
+    fn a_task_of_many_windows_reads_once_and_writes_each_window_apart() {
+        let s = spec(json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h"}), json!({}));
+        // rows in hours 0, 1 and 3 (hour 2 is an empty window, skipped by the plan)
+        let b = batch(
+            &s,
+            &[
+                ("UA", Some(1.0), 1, Some(1), 10),
+                ("UA", Some(2.0), 1, Some(1), 20),
+                ("AA", Some(3.0), 1, Some(1), H + 1),
+                ("AA", Some(4.0), 1, Some(1), 3 * H + 7),
+            ],
+        );
+        let bytes = write_parquet(&s.schema.arrow_schema(), &[b]).unwrap();
+        let windows: Vec<Window> = [0, 1, 3].iter().map(|h| Window { start_ms: h * H, end_ms: (h + 1) * H }).collect();
+        for threads in [1, 3] {
+            let out =
+                process(&s, &windows, vec![input("seg", bytes.clone())], &CancellationToken::new(), threads).unwrap();
+            assert_eq!(out.rows_in, 4);
+            assert_eq!(
+                out.windows.iter().map(|w| (w.start_ms / H, w.rows_in, w.rows_out, w.outputs)).collect::<Vec<_>>(),
+                vec![(0, 2, 1, 1), (1, 1, 1, 1), (3, 1, 1, 1)]
+            );
+            assert_eq!(
+                out.outputs.iter().map(|o| (o.window_start_ms / H, o.name.clone())).collect::<Vec<_>>(),
+                vec![
+                    (0, "f_0_3600000_all_0".to_string()),
+                    (1, "f_3600000_7200000_all_0".into()),
+                    (3, "f_10800000_14400000_all_0".into())
+                ],
+                "each window its own segment, in window order ({threads} threads)"
+            );
+            assert_eq!((out.metric_sums["delay"].float_in, out.metric_sums["delay"].float_out), (10.0, 10.0));
+        }
+        // a row in the task's range but in a window planned as empty is an error, not a silent drop
+        let gap = [Window { start_ms: 0, end_ms: H }, Window { start_ms: 3 * H, end_ms: 4 * H }];
+        let e = process(&s, &gap, vec![input("seg", bytes)], &CancellationToken::new(), 1).unwrap_err();
+        assert!(e.to_string().contains("no window of the task"), "{e}");
     }
 
     fn input(name: &str, bytes: Bytes) -> Input {
@@ -759,14 +957,16 @@ mod tests {
         let bytes = write_parquet(&s.schema.arrow_schema(), &[b]).unwrap();
         let out = process(
             &s,
-            Window { start_ms: 0, end_ms: H },
+            &[Window { start_ms: 0, end_ms: H }],
             vec![input("seg", bytes.clone())],
             &CancellationToken::new(),
+            1,
         )
         .unwrap();
         assert_eq!((out.rows_in, out.rows_null_time), (1, 1));
         let later = Input { name: "seg".into(), bytes, count_null_time: false };
-        let out = process(&s, Window { start_ms: H, end_ms: 2 * H }, vec![later], &CancellationToken::new()).unwrap();
+        let out =
+            process(&s, &[Window { start_ms: H, end_ms: 2 * H }], vec![later], &CancellationToken::new(), 1).unwrap();
         assert_eq!((out.rows_in, out.rows_null_time), (1, 0), "counted once, not by every window");
     }
 }

@@ -141,6 +141,17 @@ impl Worker {
                         .map(|s| s.schema.fingerprint())
                         .unwrap_or_default(),
                     rows_null_time: processed.rows_null_time,
+                    windows: processed
+                        .windows
+                        .iter()
+                        .map(|w| pb::WindowStats {
+                            start_ms: w.start_ms,
+                            end_ms: w.end_ms,
+                            rows_in: w.rows_in,
+                            rows_out: w.rows_out,
+                            outputs: w.outputs,
+                        })
+                        .collect(),
                 };
                 match self
                     .report("complete", work, |mut c| {
@@ -150,7 +161,13 @@ impl Worker {
                     .await
                 {
                     Ok(resp) => {
-                        info!(table = %task.table, task = %task.id, attempt, committed = resp.get_ref().committed, rows_in = processed.rows_in, rows_out = processed.rows_out, "attempt committed");
+                        let r = resp.get_ref();
+                        let what = if r.staged {
+                            "attempt staged; it commits after the tasks before it"
+                        } else {
+                            "attempt committed"
+                        };
+                        info!(table = %task.table, task = %task.id, attempt, committed = r.committed, staged = r.staged, windows = processed.windows.len(), rows_in = processed.rows_in, rows_out = processed.rows_out, "{what}");
                         Outcome::Succeeded
                     }
                     Err(ReportError::Refused(e)) => {
@@ -239,7 +256,8 @@ impl Worker {
         let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone()).map_err(Error::from)?;
         let segments: Vec<SegmentMeta> =
             (|| claim::inputs(&self.kv, &self.keys, &task.id)).retry(store_backoff()).when(Error::is_retryable).await?;
-        let window = Window { start_ms: task.window_start_ms, end_ms: task.window_end_ms };
+        let windows = task.windows.clone();
+        let range = Window { start_ms: task.from_ms, end_ms: task.window_end_ms };
         let retry = store_backoff();
         let inputs: Vec<Input> = futures::stream::iter(segments)
             .map(|seg| {
@@ -260,19 +278,22 @@ impl Worker {
                     Ok::<_, Error>(Input {
                         name: seg.segment_name.clone(),
                         bytes,
-                        count_null_time: window.contains(seg.start_time_ms),
+                        // counted once: by the task whose range holds the segment's start
+                        count_null_time: range.contains(seg.start_time_ms),
                     })
                 }
             })
-            .buffered(4)
+            .buffered(8)
             .try_collect()
             .await?;
         if cancel.is_cancelled() {
             return Err(ProcessError::Cancelled);
         }
         let (spec2, cancel2) = (spec.clone(), cancel.clone());
-        let processed =
-            tokio::task::spawn_blocking(move || process(&spec2, window, inputs, &cancel2)).await.map_err(|e| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let processed = tokio::task::spawn_blocking(move || process(&spec2, &windows, inputs, &cancel2, threads))
+            .await
+            .map_err(|e| {
                 ProcessError::Data(Error::Segment {
                     segment: task.id.to_string(),
                     problem: format!("processor panicked: {e}"),
@@ -291,6 +312,7 @@ impl Worker {
                     start_time_ms: o.start_time_ms,
                     end_time_ms: o.end_time_ms,
                     partition: o.partition,
+                    window_start_ms: o.window_start_ms,
                 };
                 (seg, o.bytes.clone())
             })
