@@ -312,7 +312,8 @@ fn segment_json(s: &pb::Segment) -> serde_json::Value {
 }
 
 fn task_json(t: &pb::Task) -> serde_json::Value {
-    json!({"id": t.id, "windowStartMs": t.window_start_ms, "windowEndMs": t.window_end_ms, "state": t.state,
+    json!({"id": t.id, "fromMs": t.from_ms, "windowStartMs": t.window_start_ms, "windowEndMs": t.window_end_ms,
+           "windows": t.windows, "state": t.state,
            "attempt": t.attempt, "minion": t.minion, "trigger": t.trigger, "startedMs": t.started_ms, "rowsIn": t.rows_in, "rowsOut": t.rows_out,
            "inputCount": t.input_count, "outputCount": t.output_count, "rowsNullTime": t.rows_null_time,
            "error": t.error, "errors": t.errors,
@@ -431,6 +432,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     &[
                         "WINDOW START",
                         "WINDOW END",
+                        "WINDOWS",
                         "TRIGGER",
                         "STATE",
                         "ATTEMPT",
@@ -447,6 +449,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                             vec![
                                 format_utc(t.window_start_ms),
                                 format_utc(t.window_end_ms),
+                                t.windows.to_string(),
                                 t.trigger.clone(),
                                 t.state.clone(),
                                 t.attempt.to_string(),

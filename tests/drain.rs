@@ -63,8 +63,8 @@ async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<p
         .unwrap()
         .into_inner()
         .tasks;
-    assert_eq!(tasks.len() as i64, hours);
     assert!(tasks.iter().all(|t| t.state == "SUCCEEDED"), "{tasks:?}");
+    assert_eq!(tasks.iter().map(|t| i64::from(t.windows)).sum::<i64>(), hours, "every window in exactly one task");
     cluster.minions.remove(busy);
     (tasks, log)
 }
@@ -73,7 +73,10 @@ async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<p
 async fn drained_minion_finishes_its_attempt() {
     let (tasks, log) = drain_run(12, 150, 30).await;
     assert!(!log.contains("handing back"), "finished within the grace period");
-    assert!(log.contains("attempt committed"), "the drained minion committed what it held: {log}");
+    assert!(
+        log.contains("attempt committed") || log.contains("attempt staged"),
+        "the drained minion delivered what it held: {log}"
+    );
     assert!(tasks.iter().all(|t| t.attempt == 1), "no attempt was lost or repeated");
 }
 

@@ -355,8 +355,10 @@ async fn run_flow(cluster: Cluster, store: Store) {
             tasks.iter().all(|t| t.window_end_ms <= (T0 + 60 * H) * 1000),
             "{table}: no task for a window held by the CONSUMING segment"
         );
-        assert!(tasks.iter().all(|t| t.state == "SUCCEEDED"));
-        assert_eq!(tasks.len() as u64, w.windows_committed);
+        // a task planned while segments were still arriving may be superseded (and planned again)
+        assert!(tasks.iter().all(|t| t.state == "SUCCEEDED" || t.state == "SUPERSEDED"), "{tasks:?}");
+        let done = tasks.iter().filter(|t| t.state == "SUCCEEDED");
+        assert_eq!(done.map(|t| u64::from(t.windows)).sum::<u64>(), w.windows_committed, "each window in one task");
     }
     let checked1 = check_tables(&cluster, &store, &rows, T0 + 60 * H).await;
     assert!(checked1 < rows.len() as u64, "rows of uncommitted windows stay in REALTIME");
@@ -383,7 +385,7 @@ async fn run_flow(cluster: Cluster, store: Store) {
         .unwrap()
         .into_inner()
         .tasks;
-    let t = &tasks[0];
+    let t = tasks.iter().find(|t| t.state == "SUCCEEDED").expect("a committed task");
     let dup = cluster
         .client()
         .await

@@ -422,6 +422,11 @@ impl TaskRecord {
 pub struct FrontierRecord {
     /// Start of the next task's range, UTC epoch ms.
     pub next_ms: i64,
+    /// Until the frontier passes this time, tasks are planned one window at
+    /// a time (set when a task of many windows failed, to isolate the
+    /// failing window), UTC epoch ms; 0: no limit.
+    #[serde(default)]
+    pub narrow_until_ms: i64,
 }
 
 /// Backoff before attempt `n + 1` after `n` failed attempts in a round:

@@ -321,6 +321,10 @@ impl Authority {
         if let Some(n) = spec.flow.max_records_per_task {
             budget.max_input_rows = n;
         }
+        let narrow_until_ms = frontier.as_ref().map_or(0, |f| f.narrow_until_ms);
+        if from.is_some_and(|f| f < narrow_until_ms) {
+            budget = Budget::ONE_WINDOW; // isolating a failing window
+        }
         let (from_ms, windows, skipped_windows, inputs) = match plan(&spec.flow, &segments, from, now, &budget) {
             Decision::Run { from_ms, windows, skipped_windows, inputs } => (from_ms, windows, skipped_windows, inputs),
             Decision::Wait(reason) => return Ok(Err(reason.to_string())),
@@ -378,7 +382,8 @@ impl Authority {
         };
         let cold =
             wm.is_none().then(|| WatermarkRecord { watermark_ms: from_ms, updated_ms: now, ..Default::default() });
-        let txn = protocol::publish(&self.keys, &task, frontier_rev, cold.as_ref(), leadership, input_revs);
+        let txn =
+            protocol::publish(&self.keys, &task, frontier_rev, narrow_until_ms, cold.as_ref(), leadership, input_revs);
         if !txn.apply(&self.kv).await? {
             let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
             return Ok(Err("the table changed while planning; planning again on the next tick".into()));
@@ -441,7 +446,8 @@ impl Authority {
         } else {
             let next = wm.as_ref().map(|w| w.watermark_ms);
             match next {
-                Some(n) => ops.push(Op::put(self.keys.frontier(raw), encode(&FrontierRecord { next_ms: n }))),
+                Some(n) => ops
+                    .push(Op::put(self.keys.frontier(raw), encode(&FrontierRecord { next_ms: n, narrow_until_ms: 0 }))),
                 None => ops.push(Op::delete(self.keys.frontier(raw))),
             }
         }
@@ -539,6 +545,45 @@ impl Authority {
         Ok(())
     }
 
+    /// Records a failed attempt. A task of several windows is not retried
+    /// whole: it is superseded and its range planned again one window at a
+    /// time, so a bad window fails (and holds the table) on its own while
+    /// the windows before it commit, as in Pinot's one-window tasks.
+    async fn attempt_failed(
+        &self,
+        task: TaskRecord,
+        revs: &AttemptRevs,
+        leadership: Leadership,
+        attempt: u32,
+        error: &str,
+    ) -> Result<bool> {
+        if task.windows.len() > 1 {
+            let epoch_rev = self.epoch(&task.table).await?;
+            let reason = format!(
+                "attempt {attempt} failed: {error}; its {} windows are planned again one at a time to isolate the failing one",
+                task.windows.len()
+            );
+            let txn = protocol::supersede(
+                &self.keys,
+                &task,
+                revs.task,
+                epoch_rev,
+                leadership,
+                &reason,
+                now_ms(),
+                task.window_end_ms,
+            );
+            let ok = txn.apply(&self.kv).await?;
+            if ok {
+                warn!(table = %task.table, task = %task.id, attempt, error = %error, windows = task.windows.len(), "attempt of a multi-window task failed; planning its windows one at a time");
+                self.replan.notify_one();
+            }
+            return Ok(ok);
+        }
+        let next = protocol::attempt_failed(task, attempt, error, now_ms());
+        self.apply_failure(&next, revs, leadership).await
+    }
+
     /// Writes a failed attempt's outcome; logs it.
     async fn apply_failure(&self, next: &TaskRecord, revs: &AttemptRevs, leadership: Leadership) -> Result<bool> {
         let ok = protocol::record_failure(&self.keys, next, revs, leadership).apply(&self.kv).await?;
@@ -622,7 +667,7 @@ impl Authority {
         leadership: Leadership,
         reason: &str,
     ) -> Result<Option<ControllerError>> {
-        let txn = protocol::supersede(&self.keys, task, task_rev, epoch_rev, leadership, reason, now_ms());
+        let txn = protocol::supersede(&self.keys, task, task_rev, epoch_rev, leadership, reason, now_ms(), 0);
         if !txn.apply(&self.kv).await? {
             return Ok(None);
         }
@@ -688,8 +733,7 @@ impl Authority {
             let (evidence, input_footers) = validate::gather(&self.store, &self.footers, &req.outputs, &inputs).await?;
             if let Err(why) = validate::check(&task, &spec, &self.layout, &inputs, &input_footers, req, &evidence) {
                 let msg = format!("validation failed: {why}");
-                let next = protocol::attempt_failed(task, req.attempt, &msg, now_ms());
-                if !self.apply_failure(&next, &revs, leadership).await? {
+                if !self.attempt_failed(task, &revs, leadership, req.attempt, &msg).await? {
                     continue;
                 }
                 return Err(ControllerError::Validation(format!("task {id} attempt {}: {why}", req.attempt)));
@@ -719,8 +763,7 @@ impl Authority {
                 Ok(m) => m,
                 Err(r2o_common::Error::Limit(why)) => {
                     let msg = format!("validation failed: {why} (raise maxNumRecordsPerSegment)");
-                    let next = protocol::attempt_failed(task, req.attempt, &msg, now);
-                    self.apply_failure(&next, &revs, leadership).await?;
+                    self.attempt_failed(task, &revs, leadership, req.attempt, &msg).await?;
                     return Err(ControllerError::Validation(format!("task {id} attempt {}: {why}", req.attempt)));
                 }
                 Err(e) => return Err(e.into()),
@@ -906,8 +949,7 @@ impl Authority {
             Attempt::Current { task, revs } => (*task, revs),
             Attempt::Gone => return Err(ControllerError::NotFound(format!("active task {id}"))),
         };
-        let next = protocol::attempt_failed(task, req.attempt, &req.error, now_ms());
-        if !self.apply_failure(&next, &revs, leadership).await? {
+        if !self.attempt_failed(task, &revs, leadership, req.attempt, &req.error).await? {
             return Err(ControllerError::Conflict(format!(
                 "task {id} changed while recording the failure; report again"
             )));

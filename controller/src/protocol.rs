@@ -71,6 +71,7 @@ pub fn publish(
     keys: &Keys,
     task: &TaskRecord,
     frontier_rev: i64,
+    narrow_until_ms: i64,
     cold_start: Option<&WatermarkRecord>,
     leadership: Leadership,
     input_chunks: Vec<Compare>,
@@ -84,7 +85,7 @@ pub fn publish(
     compares.extend(input_chunks);
     let mut ops = vec![
         Op::put(keys.active_task(&task.id), encode(task)),
-        Op::put(keys.frontier(&task.table), encode(&FrontierRecord { next_ms: task.window_end_ms })),
+        Op::put(keys.frontier(&task.table), encode(&FrontierRecord { next_ms: task.window_end_ms, narrow_until_ms })),
     ];
     if let Some(wm) = cold_start {
         compares.push(Compare::ModRevision(keys.watermark(&task.table), 0));
@@ -333,8 +334,10 @@ fn gone_to_history(task: &TaskRecord, reason: &str, now_ms: i64) -> TaskRecord {
 /// changed): it goes to history as SUPERSEDED with `reason`, its claim and
 /// inputs are deleted, the table's epoch moves (so no task planned after it
 /// can commit either) and its frontier goes back to the task's start, so the
-/// planner plans the range again from current metadata; if the task and the
-/// epoch are as read and this controller leads.
+/// planner plans the range again from current metadata (one window at a
+/// time until `narrow_until_ms`, when given); if the task and the epoch are
+/// as read and this controller leads.
+#[allow(clippy::too_many_arguments)]
 pub fn supersede(
     keys: &Keys,
     task: &TaskRecord,
@@ -343,6 +346,7 @@ pub fn supersede(
     leadership: Leadership,
     reason: &str,
     now_ms: i64,
+    narrow_until_ms: i64,
 ) -> Txn {
     Txn {
         compares: vec![
@@ -356,7 +360,7 @@ pub fn supersede(
             Op::delete(keys.claim(&task.id)),
             Op::delete_prefix(keys.inputs(&task.id)),
             Op::put(keys.epoch(&task.table), now_ms.to_string().into_bytes()),
-            Op::put(keys.frontier(&task.table), encode(&FrontierRecord { next_ms: task.from_ms })),
+            Op::put(keys.frontier(&task.table), encode(&FrontierRecord { next_ms: task.from_ms, narrow_until_ms })),
         ],
     }
 }
@@ -444,7 +448,7 @@ mod tests {
     async fn published_and_claimed(w: &World, t: &TaskRecord) -> (TaskRecord, AttemptRevs) {
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         let frontier_rev = w.kv.get(&w.keys.frontier(&t.table)).await.unwrap().map_or(0, |e| e.mod_revision);
-        assert!(publish(&w.keys, t, frontier_rev, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        assert!(publish(&w.keys, t, frontier_rev, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
         let entry = w.kv.get(&w.keys.active_task(&t.id)).await.unwrap().unwrap();
         let mut running = t.clone();
         running.attempt += 1;
@@ -569,7 +573,7 @@ mod tests {
         let w = world().await;
         let t = task("a__b");
         let (running, revs) = published_and_claimed(&w, &t).await;
-        let txn = supersede(&w.keys, &t, revs.task, 0, w.leadership, "a segment was registered in the window", 9);
+        let txn = supersede(&w.keys, &t, revs.task, 0, w.leadership, "a segment was registered in the window", 9, 0);
         assert!(within_limits(&txn));
         assert!(txn.apply(&w.kv).await.unwrap());
         for key in [w.keys.active_task(&t.id), w.keys.claim(&t.id)] {
@@ -598,19 +602,22 @@ mod tests {
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         // a segment was registered after planning: the marker moved
         w.kv.put(&w.keys.segments_marker("t"), b"1".to_vec(), None).await.unwrap();
-        assert!(!publish(&w.keys, &t, 0, None, w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
+        assert!(!publish(&w.keys, &t, 0, 0, None, w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
         let mut replanned = t.clone();
         replanned.segments_revision = w.kv.get(&w.keys.segments_marker("t")).await.unwrap().unwrap().mod_revision;
         // the input chunks were deleted meanwhile (by a janitor): refused
         w.kv.txn(vec![], vec![Op::delete_prefix(w.keys.inputs(&t.id))]).await.unwrap();
-        assert!(!publish(&w.keys, &replanned, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        assert!(!publish(&w.keys, &replanned, 0, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         let cold = WatermarkRecord { watermark_ms: t.from_ms, ..Default::default() };
-        assert!(publish(&w.keys, &replanned, 0, Some(&cold), w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
+        assert!(publish(&w.keys, &replanned, 0, 0, Some(&cold), w.leadership, inputs.clone())
+            .apply(&w.kv)
+            .await
+            .unwrap());
         // a second publish from the same frontier (two planners racing) is refused
         let mut twin = replanned.clone();
         twin.id = TaskId::new("t", 3_600_000, 8);
-        assert!(!publish(&w.keys, &twin, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        assert!(!publish(&w.keys, &twin, 0, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
     }
 
     #[tokio::test]
