@@ -162,7 +162,10 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
     let all = tasks(&cluster, "bad").await;
     // the first try covered all three windows; its failure split them to isolate the bad one
     assert!(all.iter().all(|t| t.state == "SUCCEEDED" || t.state == "SUPERSEDED"), "{all:?}");
-    assert!(all.iter().any(|t| t.state == "SUPERSEDED" && t.windows == 3 && t.error.contains("one at a time")), "{all:?}");
+    assert!(
+        all.iter().any(|t| t.state == "SUPERSEDED" && t.windows == 3 && t.error.contains("one at a time")),
+        "{all:?}"
+    );
     let healed = all.iter().find(|t| t.window_start_ms == T0_MS + H_MS && t.state == "SUCCEEDED").unwrap();
     assert_eq!((healed.attempt, healed.rows_out), (7, 100), "{healed:?}");
 }

@@ -514,14 +514,11 @@ impl Authority {
             let revs = AttemptRevs { task: entry.mod_revision, claim: claim_rev };
             match task.state {
                 TaskState::Running if claim_rev == 0 && task.attempts_in_round() >= task.max_attempts => {
+                    // (a task of many windows that no minion could finish is split)
                     let attempt = task.attempt;
-                    let next = protocol::attempt_failed(
-                        task,
-                        attempt,
-                        "the attempt ended without a report (its minion died, lost its lease or gave the task back)",
-                        now,
-                    );
-                    self.apply_failure(&next, &revs, leadership).await?;
+                    let error =
+                        "the attempt ended without a report (its minion died, lost its lease or gave the task back)";
+                    self.attempt_failed(task, &revs, leadership, attempt, error).await?;
                 }
                 TaskState::Running
                     if claim_rev != 0
@@ -533,8 +530,7 @@ impl Authority {
                         "the attempt ran past timeoutMs ({} ms) and its claim was released by the leader",
                         task.timeout_ms
                     );
-                    let next = protocol::attempt_failed(task, attempt, &error, now);
-                    self.apply_failure(&next, &revs, leadership).await?;
+                    self.attempt_failed(task, &revs, leadership, attempt, &error).await?;
                 }
                 TaskState::Failed if task.retry_at_ms > 0 && task.retry_at_ms <= now => {
                     self.rearm(task, &entry, leadership, "round backoff passed").await?;

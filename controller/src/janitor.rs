@@ -102,9 +102,14 @@ impl Janitor {
         let mut live_prefixes = Vec::new();
         let mut active: HashMap<String, u32> = HashMap::new();
         for (t, _) in range_records::<TaskRecord>(kv, &keys.active_tasks()).await? {
-            if matches!(t.state, TaskState::Pending | TaskState::Running | TaskState::Failed) {
+            if t.is_open() {
+                // its current attempt (a STAGED task's outputs wait there for their commit)
+                // and the next one a minion may be claiming
                 live_prefixes.push(canonical_path(&layout.staging_prefix(&t.id, t.attempt)));
                 live_prefixes.push(canonical_path(&layout.staging_prefix(&t.id, t.attempt + 1)));
+                if t.state == TaskState::Staged {
+                    live_prefixes.push(canonical_path(&layout.staging_prefix(&t.id, t.staged_attempt)));
+                }
             }
             active.insert(t.id.to_string(), t.attempt);
         }
@@ -322,12 +327,23 @@ mod tests {
             "startedMs": 0, "finishedMs": 0, "errors": [], "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0
         });
         kv.put(&keys.active_task(&running), serde_json::to_vec(&task).unwrap(), None).await.unwrap();
+        // a STAGED task: validated outputs and manifest waiting for the tasks before it to commit
+        let staged_id = TaskId::new("t", 20, 1);
+        let staged_file = format!("{}c.parquet", layout.staging_prefix(&staged_id, 2));
+        put_bytes(&store, &staged_file, bytes::Bytes::from_static(b"x")).await.unwrap();
+        chunks::write(&kv, &keys.manifest(&staged_id, 2), &[seg("t_OFFLINE", "c", &staged_file)]).await.unwrap();
+        let mut staged_task: serde_json::Value = task.clone();
+        staged_task["id"] = serde_json::json!(staged_id.to_string());
+        staged_task["state"] = serde_json::json!("STAGED");
+        staged_task["attempt"] = serde_json::json!(2);
+        staged_task["stagedAttempt"] = serde_json::json!(2);
+        kv.put(&keys.active_task(&staged_id), serde_json::to_vec(&staged_task).unwrap(), None).await.unwrap();
 
         let mut j = Janitor::new(Duration::from_secs(60), NO_LIMIT);
         let t0 = Instant::now();
         // first sight: nothing goes, whatever the objects' timestamps say
         let r = j.sweep(&kv, &keys, &store, &layout, t0, 0).await.unwrap();
-        assert_eq!((r.scanned, r.deleted.len(), r.deleted_keys.len()), (5, 0, 0), "{r:?}");
+        assert_eq!((r.scanned, r.deleted.len(), r.deleted_keys.len()), (6, 0, 0), "{r:?}");
         assert_eq!(r.young_orphans, 4, "two objects, one manifest, one inputs list: {r:?}");
         // still within the grace on this process's clock
         let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(59), 0).await.unwrap();
@@ -340,7 +356,7 @@ mod tests {
         let mut gone = r.deleted_keys.clone();
         gone.sort();
         assert_eq!(gone, vec![keys.inputs(&abandoned), keys.manifest(&done, 2)]);
-        for p in [&committed, &staged, &realtime, &foreign] {
+        for p in [&committed, &staged, &realtime, &foreign, &staged_file] {
             assert!(object_size(&store, p).await.unwrap().is_some(), "{p} must survive");
         }
         for p in [&orphan, &unregistered] {
@@ -348,6 +364,7 @@ mod tests {
         }
         assert!(!kv.range(&keys.manifest(&done, 1)).await.unwrap().is_empty(), "the committed manifest stays");
         assert!(!kv.range(&keys.inputs(&done)).await.unwrap().is_empty(), "committed inputs stay");
+        assert!(!kv.range(&keys.manifest(&staged_id, 2)).await.unwrap().is_empty(), "a STAGED manifest stays");
     }
 
     #[tokio::test]

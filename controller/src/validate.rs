@@ -11,13 +11,16 @@
 //!
 //! [`check`] is pure; [`gather`] reads the footers it needs.
 
+use backon::Retryable;
 use futures::{StreamExt, TryStreamExt};
 use r2o_common::columnar::{read_footer_facts, FooterFacts, ValueRange};
 use r2o_common::config::{AggregationType, MergeType, TableSpec};
 use r2o_common::meta::{SegmentMeta, TaskRecord};
+use r2o_common::retry::store_backoff;
 use r2o_common::schema::{DataType, FieldKind};
 use r2o_common::store::{canonical_path, object_size, Layout, Store};
 use r2o_common::window::floor_to_bucket;
+use r2o_common::Error;
 use r2o_proto::controller as pb;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -77,10 +80,13 @@ pub async fn gather(
         .map(|o| {
             let store = store.clone();
             async move {
-                let Some(size) = object_size(&store, &o.location).await? else {
+                let size =
+                    (|| object_size(&store, &o.location)).retry(store_backoff()).when(Error::is_retryable).await?;
+                let Some(size) = size else {
                     return Ok::<_, r2o_common::Error>(OutputEvidence { size_bytes: None, footer: None });
                 };
-                let footer = match read_footer_facts(&store, &o.location, size).await {
+                let read = || read_footer_facts(&store, &o.location, size);
+                let footer = match read.retry(store_backoff()).when(Error::is_retryable).await {
                     Ok(f) => Some(f),
                     Err(r2o_common::Error::Segment { .. }) => None,
                     Err(e) => return Err(e),
@@ -98,7 +104,8 @@ pub async fn gather(
                 if let Some(f) = cache.get(&s.location) {
                     return Ok::<_, r2o_common::Error>(f);
                 }
-                let f = match read_footer_facts(&store, &s.location, s.size_bytes).await {
+                let read = || read_footer_facts(&store, &s.location, s.size_bytes);
+                let f = match read.retry(store_backoff()).when(Error::is_retryable).await {
                     Ok(f) => Some(f),
                     Err(r2o_common::Error::Segment { .. }) => None,
                     Err(r2o_common::Error::Store { source: object_store::Error::NotFound { .. }, .. }) => None,

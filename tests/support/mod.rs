@@ -356,7 +356,8 @@ impl Cluster {
     pub async fn offline_batches(&self, table: &str) -> Vec<arrow::array::RecordBatch> {
         let mut out = vec![];
         for s in self.offline_segments(table).await {
-            let f = std::fs::File::open(self.store_path(&s.location)).unwrap();
+            let f = std::fs::File::open(self.store_path(&s.location))
+                .unwrap_or_else(|e| panic!("committed segment {} of {table} at {}: {e}", s.name, s.location));
             let reader =
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
             out.extend(reader.map(|b| b.unwrap()));
