@@ -122,8 +122,8 @@ enum Command {
         /// Concurrent tasks.
         #[arg(long, env = "R2O_SLOTS", default_value_t = 2)]
         slots: u32,
-        /// Task poll interval, ms.
-        #[arg(long, env = "R2O_POLL_MS", default_value_t = 100)]
+        /// Task poll interval, ms: a fallback; new and freed tasks are noticed at once by a watch.
+        #[arg(long, env = "R2O_POLL_MS", default_value_t = 1000)]
         poll_ms: u64,
         /// Seconds a draining minion lets running attempts finish.
         #[arg(long, env = "R2O_DRAIN_GRACE_SECS", default_value_t = 30)]

@@ -621,6 +621,10 @@ impl Keys {
     pub fn active_task(&self, task: &TaskId) -> String {
         format!("{}/tasks/active/{task}", self.prefix)
     }
+    /// `tasks/`: tasks, claims, frontiers and epochs (what a minion watches).
+    pub fn tasks(&self) -> String {
+        format!("{}/tasks/", self.prefix)
+    }
     /// `tasks/active/`.
     pub fn active_tasks(&self) -> String {
         format!("{}/tasks/active/", self.prefix)

@@ -275,7 +275,7 @@ impl Cluster {
                 "--slots".into(),
                 "2".into(),
                 "--poll-ms".into(),
-                "100".into(),
+                "1000".into(),
             ],
             &name,
             port,

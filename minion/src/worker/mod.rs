@@ -1,6 +1,7 @@
 //! The minion's worker loop. A minion registers under its own etcd lease,
-//! polls `tasks/active/` for claimable tasks (PENDING, or RUNNING whose
-//! claim vanished with a dead minion's lease), claims one per free slot
+//! watches `tasks/active/` (and polls it as a fallback) for claimable tasks
+//! (PENDING, or RUNNING whose claim vanished with a dead minion's lease),
+//! claims one per free slot
 //! ([`claim`]), runs each attempt ([`attempt`]) and reports to the leader
 //! over one long-lived channel ([`client`]).
 //!
@@ -194,6 +195,16 @@ impl MinionService for StatusSvc {
     }
 }
 
+/// The next change from a watch, or never when there is none.
+async fn next_change(
+    w: &mut Option<r2o_common::kv::WatchReceiver>,
+) -> Option<r2o_common::Result<Vec<r2o_common::kv::WatchEvent>>> {
+    match w {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Reads (creating on first start) the install's record, retrying while
 /// etcd is unreachable; `None` when cancelled.
 async fn install_layout(kv: &Kv, keys: &Keys, cancel: &CancellationToken) -> Option<Layout> {
@@ -271,11 +282,25 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
     let mut attempts: JoinSet<()> = JoinSet::new();
     let hard_stop = CancellationToken::new();
     let mut unknown: Vec<(TaskId, u32)> = Vec::new();
+    let mut tasks_changed: Option<r2o_common::kv::WatchReceiver> = None;
     loop {
+        if tasks_changed.is_none() {
+            // tasks are noticed by watch; the poll is the fallback while it is down
+            tasks_changed = worker.kv.watch(&worker.keys.tasks()).await.ok();
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(cfg.poll.min(renew)) => {}
             Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
+            event = next_change(&mut tasks_changed) => {
+                match event {
+                    Some(Ok(_)) => {
+                        // take every change already queued: one look at the tasks serves them all
+                        while let Some(Ok(Ok(_))) = tasks_changed.as_mut().map(|w| w.try_recv()) {}
+                    }
+                    _ => tasks_changed = None,
+                }
+            }
         }
         if last_renew.elapsed() >= renew {
             match worker.kv.keep_alive(reg.lease).await {
