@@ -212,16 +212,26 @@ pub enum TableCmd {
 
 #[derive(Subcommand)]
 pub enum SegmentCmd {
-    /// Upload a Parquet file as a REALTIME segment and register it.
+    /// Upload Parquet files as REALTIME segments and register them: one (--file), every *.parquet
+    /// of a directory (--dir), or the files a manifest lists (--manifest), registered in batches.
     Add {
         #[command(flatten)]
         conn: Conn,
         /// Raw table name.
         #[arg(long)]
         table: String,
-        /// Parquet file.
+        /// One Parquet file.
+        #[arg(long, required_unless_present_any = ["dir", "manifest"], conflicts_with_all = ["dir", "manifest"])]
+        file: Option<PathBuf>,
+        /// A directory: every *.parquet in it, each named after its file stem.
+        #[arg(long, conflicts_with = "manifest")]
+        dir: Option<PathBuf>,
+        /// A JSON manifest {"segments": [{"segmentName": .., "file": ..}]} (files relative to it).
         #[arg(long)]
-        file: PathBuf,
+        manifest: Option<PathBuf>,
+        /// Files per batch (read, uploaded and registered together) in bulk mode.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
         /// CONSUMING or DONE.
         #[arg(long, default_value = "DONE")]
         status: String,
@@ -367,7 +377,40 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
         },
         AdminCommand::Segment { cmd } => match cmd {
-            SegmentCmd::Add { conn, table, file, status, name, partition, end_of_stream, store } => {
+            SegmentCmd::Add {
+                conn,
+                table,
+                file: None,
+                dir,
+                manifest,
+                batch,
+                status,
+                partition,
+                end_of_stream,
+                store,
+                ..
+            } => {
+                let files = ingest::bulk_files(dir.as_deref(), manifest.as_deref())?;
+                if files.is_empty() {
+                    bail!("no Parquet files found to register");
+                }
+                let start = Instant::now();
+                let (n, rows) = ingest::add_segment_files(
+                    &conn.controller,
+                    &store,
+                    &table,
+                    files,
+                    &status,
+                    partition,
+                    end_of_stream,
+                    batch,
+                )
+                .await?;
+                println!("{n} segments ({rows} rows) registered in {:.1} s", start.elapsed().as_secs_f64());
+            }
+            SegmentCmd::Add {
+                conn, table, file: Some(file), status, name, partition, end_of_stream, store, ..
+            } => {
                 let seg = ingest::add_segment_file(
                     &conn.controller,
                     &store,

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use bytes::Bytes;
 use r2o_common::columnar::{
-    read_csv, read_segment, time_ms, time_range_ms, write_parquet_with, REALTIME_ROW_GROUP_ROWS,
+    read_csv, read_segment, segment_facts, time_ms, time_range_ms, write_parquet_with, REALTIME_ROW_GROUP_ROWS,
 };
 use r2o_common::config::TableSpec;
 use r2o_common::meta::now_ms;
@@ -84,10 +84,9 @@ pub async fn add_segment_file(
         .with_context(|| format!("invalid --status '{status}': expected CONSUMING or DONE"))?;
     let name = name.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let bytes = Bytes::from(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
-    let batches = read_segment(&name, bytes.clone(), &spec.schema, 64 * 1024)?;
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let range = time_range_ms(&batches, &spec.flow.time_column, time_format(&spec))?;
-    let (start, end) = match (range, status) {
+    let facts = segment_facts(&name, bytes.clone(), &spec.schema, &spec.flow.time_column, time_format(&spec))?;
+    let rows = facts.rows;
+    let (start, end) = match (facts.time_range_ms, status) {
         (Some(r), _) => r,
         (None, r2o_common::meta::SegmentStatus::Consuming) => (0, 0),
         (None, _) => bail!("segment '{name}': no row has a value in time column '{}'", spec.flow.time_column),
@@ -114,6 +113,173 @@ pub async fn add_segment_file(
         eprintln!("warning: {warning}");
     }
     Ok(seg)
+}
+
+/// One file to register in bulk.
+#[derive(Debug, Clone)]
+pub struct BulkFile {
+    /// Segment name.
+    pub name: String,
+    /// Local file.
+    pub path: std::path::PathBuf,
+}
+
+/// The files of `--dir` (every `*.parquet`, named after their stem) or of
+/// `--manifest` (a JSON file `{"segments": [{"segmentName", "file"}, ...]}`,
+/// as `gen_flights.py` writes; `file` relative to the manifest), in name order.
+pub fn bulk_files(dir: Option<&Path>, manifest: Option<&Path>) -> Result<Vec<BulkFile>> {
+    let mut out = Vec::new();
+    if let Some(dir) = dir {
+        for e in std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))? {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "parquet") {
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                out.push(BulkFile { name, path });
+            }
+        }
+    }
+    if let Some(m) = manifest {
+        let text = std::fs::read_to_string(m).with_context(|| format!("reading {}", m.display()))?;
+        let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", m.display()))?;
+        let base = m.parent().unwrap_or(Path::new("."));
+        let Some(list) = doc["segments"].as_array() else {
+            bail!(
+                "invalid {}: field segments is missing, expected a list of {{\"segmentName\", \"file\"}}",
+                m.display()
+            );
+        };
+        for (i, s) in list.iter().enumerate() {
+            let (Some(name), Some(file)) = (s["segmentName"].as_str(), s["file"].as_str()) else {
+                bail!("invalid {}: segments[{i}] needs segmentName and file (strings), got {s}", m.display());
+            };
+            out.push(BulkFile { name: name.to_string(), path: base.join(file) });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Registers many Parquet files as REALTIME segments of `table`, in
+/// batches of `batch` files: each batch is read (footer statistics, or the
+/// time column when there are none), checked with the controller
+/// (`PrepareSegmentUploads`: names free), uploaded create-only, 32 at a time,
+/// and registered in one `AddSegments` call (transactions of 100). With
+/// `end_of_stream`, the last segment of each stream partition (by LLC
+/// sequence number, else by end time) ends its stream. Returns (segments, rows).
+#[allow(clippy::too_many_arguments)]
+pub async fn add_segment_files(
+    controller: &str,
+    store_uri: &str,
+    table: &str,
+    files: Vec<BulkFile>,
+    status: &str,
+    partition: i32,
+    end_of_stream: bool,
+    batch: usize,
+) -> Result<(u64, u64)> {
+    use futures::{StreamExt, TryStreamExt};
+    let spec = table_spec(controller, table).await?;
+    let status = r2o_common::meta::SegmentStatus::parse(status)
+        .with_context(|| format!("invalid --status '{status}': expected CONSUMING or DONE"))?;
+    let store = open_store(store_uri)?;
+    let mut c = client(controller).await?;
+    let format = time_format(&spec);
+    // the last segment of each partition, when the streams end with these files
+    let partition_of = |name: &str| r2o_controller::planner::llc_name(name).map_or(partition, |(p, _)| p);
+    let mut last: std::collections::HashMap<i32, (u64, String)> = std::collections::HashMap::new();
+    if end_of_stream {
+        for (i, f) in files.iter().enumerate() {
+            let key = r2o_controller::planner::llc_name(&f.name).map_or(i as u64, |(_, seq)| seq);
+            let e = last.entry(partition_of(&f.name)).or_insert((key, f.name.clone()));
+            if key >= e.0 {
+                *e = (key, f.name.clone());
+            }
+        }
+    }
+    let ends: std::collections::HashSet<String> = last.into_values().map(|(_, n)| n).collect();
+    let total = files.len();
+    let (mut done, mut rows) = (0u64, 0u64);
+    for chunk in files.chunks(batch.max(1)) {
+        // read and check the files, a few at a time, off the async threads
+        let read: Vec<(BulkFile, Bytes, r2o_common::columnar::SegmentFacts)> = futures::stream::iter(chunk.to_vec())
+            .map(|f| {
+                let schema = spec.schema.clone();
+                let time = spec.flow.time_column.clone();
+                tokio::task::spawn_blocking(move || -> Result<_> {
+                    let bytes =
+                        Bytes::from(std::fs::read(&f.path).with_context(|| format!("reading {}", f.path.display()))?);
+                    let facts = segment_facts(&f.name, bytes.clone(), &schema, &time, format)?;
+                    Ok((f, bytes, facts))
+                })
+            })
+            .buffered(8)
+            .map(|r| r.map_err(anyhow::Error::from).and_then(|x| x))
+            .try_collect()
+            .await?;
+        let names: Vec<String> = read.iter().map(|(f, _, _)| f.name.clone()).collect();
+        let locations = c
+            .prepare_segment_uploads(pb::PrepareSegmentUploadsRequest { table: spec.name.clone(), segments: names })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner()
+            .locations;
+        let mut segs = Vec::with_capacity(read.len());
+        let mut uploads = Vec::with_capacity(read.len());
+        for ((f, bytes, facts), location) in read.into_iter().zip(locations) {
+            let (start, end) = match (facts.time_range_ms, status) {
+                (Some(r), _) => r,
+                (None, r2o_common::meta::SegmentStatus::Consuming) => (0, 0),
+                (None, _) => {
+                    bail!("segment '{}': no row has a value in time column '{}'", f.name, spec.flow.time_column)
+                }
+            };
+            rows += facts.rows;
+            segs.push(pb::Segment {
+                name: f.name.clone(),
+                table: spec.realtime_name(),
+                status: status.name().into(),
+                start_time_ms: start,
+                end_time_ms: end,
+                num_rows: facts.rows,
+                size_bytes: bytes.len() as u64,
+                schema_fingerprint: spec.schema.fingerprint(),
+                location: location.clone(),
+                partition: partition_of(&f.name),
+                created_ms: now_ms(),
+                end_of_stream: ends.contains(&f.name),
+            });
+            uploads.push((location, bytes));
+        }
+        let uploaded: Vec<String> = uploads.iter().map(|(l, _)| l.clone()).collect();
+        futures::stream::iter(uploads)
+            .map(|(location, bytes)| {
+                let store = store.clone();
+                async move { put_new(&store, &location, bytes).await.with_context(|| format!("uploading to {location}")) }
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let n = segs.len() as u64;
+        match c.add_segments(pb::AddSegmentsRequest { segments: segs }).await {
+            Ok(r) => {
+                for w in r.into_inner().warnings {
+                    eprintln!("\nwarning: {w}");
+                }
+            }
+            Err(s) => {
+                // nothing of this batch was registered: its uploads are nobody's
+                for l in uploaded {
+                    let _ = delete_object(&store, &l).await;
+                }
+                bail!("{}", s.message());
+            }
+        }
+        done += n;
+        eprint!("\rregistered {done}/{total} segments ({rows} rows)");
+        std::io::stderr().flush().ok();
+    }
+    eprintln!();
+    Ok((done, rows))
 }
 
 /// Cuts a file into REALTIME segments and registers them; the last stays

@@ -190,3 +190,40 @@ async fn cluster_namespace(kv: &EtcdKv, prefix: &str) -> String {
     let c: ClusterRecord = serde_json::from_slice(&e.value).unwrap();
     c.store_namespace(&Keys::new(prefix))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_registration_in_batched_transactions() {
+    let cluster = Cluster::start(1, 2);
+    cluster.add_table("bk", &table("bk", json!({"mergeType": "concat"})), &float_schema());
+    // 250 hourly segments with LLC names: more than one transaction of 100, more than one batch of 100
+    let dir = cluster.dir.path().join("bulk");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..250i64 {
+        let rows: Vec<(String, f32, Option<i64>)> =
+            (0..4).map(|j| (format!("k{j}"), 1.0, Some(T0_MS + i * H_MS + j * 1000))).collect();
+        support::write_parquet(&dir.join(format!("bk__0__{i}__20200913T0000Z.parquet")), &batch(&rows));
+    }
+    let d = dir.to_str().unwrap();
+    let out = cluster.cli(&["segment", "add", "--table", "bk", "--dir", d, "--batch", "100", "--end-of-stream"]);
+    assert!(out.contains("250 segments (1000 rows) registered"), "{out}");
+    let realtime: Vec<_> = cluster.segments("bk").await.into_iter().filter(|s| s.table == "bk_REALTIME").collect();
+    assert_eq!(realtime.len(), 250);
+    let ended: Vec<_> = realtime.iter().filter(|s| s.end_of_stream).map(|s| s.name.clone()).collect();
+    assert_eq!(
+        ended,
+        vec!["bk__0__249__20200913T0000Z".to_string()],
+        "only the partition's last segment ends its stream"
+    );
+    // the same files again: refused before anything is uploaded or registered
+    let again = cluster.cli_raw(&["segment", "add", "--table", "bk", "--dir", d]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(cluster.segments("bk").await.iter().filter(|s| s.table == "bk_REALTIME").count(), 250);
+    // every window moves, the last one too (its stream ended)
+    let w = cluster.wait_idle("bk", Duration::from_secs(120)).await;
+    assert_eq!((w.watermark_ms, w.rows_out), (T0_MS + 250 * H_MS, 1000), "{}", w.next);
+}

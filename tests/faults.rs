@@ -472,7 +472,11 @@ async fn exactly_once_under_faults() {
         .find(|t| t.window_start_ms == T0_MS + H_MS && t.state == "FAILED")
         .expect("fb's corrupt window has a FAILED task");
     // (a later attempt may have ended with its minion killed by the suite)
-    assert!(failed.errors.iter().any(|e| e.contains("fb__0__1")), "an error names the corrupt segment: {:?}", failed.errors);
+    assert!(
+        failed.errors.iter().any(|e| e.contains("fb__0__1")),
+        "an error names the corrupt segment: {:?}",
+        failed.errors
+    );
 
     // no orphans once the janitor has run: every staged file is committed
     let (_, fb_locations) = offline_ids(&cluster, "fb").await;

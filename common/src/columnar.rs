@@ -153,6 +153,75 @@ fn row_group_time_range(
     Some((to_ms(lo), to_ms(hi)))
 }
 
+/// What registering a REALTIME segment needs to know about its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentFacts {
+    /// Rows.
+    pub rows: u64,
+    /// Smallest and largest time value, epoch ms; `None` when no row has one.
+    pub time_range_ms: Option<(i64, i64)>,
+}
+
+/// Reads a segment file's row count and time range, from its footer's
+/// statistics when every row group has exact ones (no data is decoded), else
+/// by reading the time column. Checks the file against the table schema.
+///
+/// # Errors
+/// [`Error::Segment`] naming the segment for an unreadable file or a schema
+/// mismatch (naming the column).
+pub fn segment_facts(
+    segment: &str,
+    bytes: Bytes,
+    schema: &Schema,
+    time_column: &str,
+    format: TimeFormat,
+) -> Result<SegmentFacts> {
+    use parquet::file::statistics::Statistics;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+        .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
+    check_file_schema(segment, builder.schema(), schema)?;
+    let meta = builder.metadata().clone();
+    let rows = meta.file_metadata().num_rows().max(0) as u64;
+    let leaf = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [time_column.to_string()]);
+    let arrow_type = builder.schema().field_with_name(time_column).map(|f| f.data_type().clone()).ok();
+    if let (Some(leaf), Some(t)) = (leaf, arrow_type) {
+        let mut range: Option<(i64, i64)> = None;
+        let mut exact = true;
+        for rg in meta.row_groups() {
+            let Some(stats) = rg.column(leaf).statistics() else {
+                exact = false;
+                break;
+            };
+            let nulls = stats.null_count_opt();
+            if nulls == Some(rg.num_rows() as u64) {
+                continue; // every value of the group is null
+            }
+            let exact_here = match stats {
+                Statistics::Int64(s) => s.min_is_exact() && s.max_is_exact(),
+                Statistics::Int32(s) => s.min_is_exact() && s.max_is_exact(),
+                _ => false,
+            };
+            match (exact_here, row_group_time_range(rg, leaf, &t, format)) {
+                (true, Some((lo, hi))) => range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi)))),
+                _ => {
+                    exact = false;
+                    break;
+                }
+            }
+        }
+        if exact {
+            return Ok(SegmentFacts { rows, time_range_ms: range });
+        }
+    }
+    let batches = read_segment(segment, bytes, schema, 64 * 1024)?;
+    Ok(SegmentFacts { rows: num_rows(&batches), time_range_ms: time_range_ms(&batches, time_column, format)? })
+}
+
 /// Like [`read_segment`], skipping row groups whose time-column statistics
 /// show no row in `filter`'s window. Rows of the kept row groups still need
 /// filtering.
@@ -624,6 +693,32 @@ mod tests {
             let got = read_segment("seg", codec_file(c), &schema(), 1024).unwrap_or_else(|e| panic!("{c:?}: {e}"));
             assert_eq!(num_rows(&got), 3, "{c:?}");
         }
+    }
+
+    #[test]
+    fn segment_facts_come_from_statistics_or_the_data() {
+        let s = schema();
+        let facts = segment_facts("seg", codec_file(Compression::SNAPPY), &s, "ts", TimeFormat::MILLIS).unwrap();
+        assert_eq!(facts, SegmentFacts { rows: 3, time_range_ms: Some((5, 7)) });
+        // no statistics: the time column is read
+        let batch = RecordBatch::try_new(
+            s.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(TimestampMillisecondArray::from(vec![Some(9), None])),
+            ],
+        )
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
+            .build();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, s.arrow_schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let facts = segment_facts("seg", Bytes::from(buf), &s, "ts", TimeFormat::MILLIS).unwrap();
+        assert_eq!(facts, SegmentFacts { rows: 2, time_range_ms: Some((9, 9)) });
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! holds, derived from its committed lineage and their manifests.
 
 use backon::Retryable;
+use futures::{StreamExt, TryStreamExt};
 use r2o_common::kv::{Compare, Kv, Op};
 use r2o_common::meta::{
     decode, encode, get_record, now_ms, range_records, Keys, LineageRecord, SegmentMeta, SegmentStatus, WatermarkRecord,
@@ -40,42 +41,76 @@ fn touch_marker(keys: &Keys, raw: &str) -> Op {
     Op::put(keys.segments_marker(raw), now_ms().to_string().into_bytes())
 }
 
+/// Segments registered in one transaction by [`add_segments`]: 100
+/// compares and 101 operations, within etcd's 128.
+pub const SEGMENTS_PER_TXN: usize = 100;
+
+/// Names among `names` that `raw` already has (one paged, keys-only read).
+async fn taken(kv: &Kv, keys: &Keys, raw: &str, names: &[&str]) -> Result<Vec<String>> {
+    let prefix = keys.segments(&format!("{raw}_REALTIME"));
+    let existing: HashSet<String> =
+        kv.range_keys(&prefix).await?.into_iter().map(|k| k[prefix.len()..].to_string()).collect();
+    Ok(names.iter().filter(|n| existing.contains(**n)).map(|n| n.to_string()).collect())
+}
+
+fn already_exist(raw: &str, names: &[String]) -> ControllerError {
+    let shown: Vec<&str> = names.iter().take(10).map(String::as_str).collect();
+    let more = if names.len() > 10 { format!(" and {} more", names.len() - 10) } else { String::new() };
+    ControllerError::AlreadyExists(format!("segment(s) {}{more} of {raw}_REALTIME", shown.join(", ")))
+}
+
+/// Checks that `segments` are free in `raw` (and not repeated) and returns
+/// a fresh object path for each, in order. Writes nothing.
+pub async fn prepare_uploads(
+    kv: &Kv,
+    keys: &Keys,
+    layout: &Layout,
+    raw: &str,
+    segments: &[String],
+) -> Result<Vec<String>> {
+    load_table(kv, keys, raw).await?.ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
+    let mut seen = HashSet::new();
+    for s in segments {
+        validate_segment_name(s)?;
+        if !seen.insert(s.as_str()) {
+            return Err(ControllerError::Invalid(format!("segment name '{s}' is given twice")));
+        }
+    }
+    let names: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let taken = taken(kv, keys, raw, &names).await?;
+    if !taken.is_empty() {
+        return Err(already_exist(raw, &taken));
+    }
+    Ok(segments.iter().map(|s| layout.realtime_upload(raw, s)).collect())
+}
+
 /// Checks that `segment` is free in `raw` and returns a fresh object path
 /// to upload it to. Writes nothing.
 pub async fn prepare_upload(kv: &Kv, keys: &Keys, layout: &Layout, raw: &str, segment: &str) -> Result<String> {
-    validate_segment_name(segment)?;
-    load_table(kv, keys, raw).await?.ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
-    if kv.get(&keys.segment(&format!("{raw}_REALTIME"), segment)).await?.is_some() {
-        return Err(ControllerError::AlreadyExists(format!("segment '{segment}' of {raw}_REALTIME")));
-    }
-    Ok(layout.realtime_upload(raw, segment))
+    Ok(prepare_uploads(kv, keys, layout, raw, &[segment.to_string()]).await?.remove(0))
 }
 
-/// Registers a REALTIME segment whose file is in the store. Returns a
-/// warning for a late segment (one starting before the watermark).
-///
-/// # Errors
-/// [`ControllerError::Invalid`] naming the field for a bad table name,
-/// schema fingerprint, time range, location outside the table's REALTIME
-/// prefix or a missing / differently sized object;
-/// [`ControllerError::AlreadyExists`] for a registered name.
-pub async fn add_segment(kv: &Kv, keys: &Keys, store: &Store, layout: &Layout, meta: SegmentMeta) -> Result<String> {
-    let raw = meta.table_name.strip_suffix("_REALTIME").ok_or_else(|| {
-        ControllerError::Invalid(format!("segment.table '{}': expected <table>_REALTIME", meta.table_name))
-    })?;
+/// Checks one segment of `raw` against the table and the layout (pure).
+fn check_segment(spec: &r2o_common::config::TableSpec, layout: &Layout, raw: &str, meta: &SegmentMeta) -> Result<()> {
     validate_segment_name(&meta.segment_name)?;
-    let spec = load_table(kv, keys, raw).await?.ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
+    if meta.table_name != format!("{raw}_REALTIME") {
+        return Err(ControllerError::Invalid(format!(
+            "segment.table '{}' of segment {}: expected {raw}_REALTIME (one table per call)",
+            meta.table_name, meta.segment_name
+        )));
+    }
     if meta.schema_fingerprint != spec.schema.fingerprint() {
         return Err(ControllerError::Invalid(format!(
-            "segment.schemaFingerprint '{}': expected the table schema's '{}'",
+            "segment.schemaFingerprint '{}' of segment {}: expected the table schema's '{}'",
             meta.schema_fingerprint,
+            meta.segment_name,
             spec.schema.fingerprint()
         )));
     }
     if meta.start_time_ms > meta.end_time_ms {
         return Err(ControllerError::Invalid(format!(
-            "segment.startTimeMs {} is after endTimeMs {}",
-            meta.start_time_ms, meta.end_time_ms
+            "segment.startTimeMs {} of segment {} is after endTimeMs {}",
+            meta.start_time_ms, meta.segment_name, meta.end_time_ms
         )));
     }
     let own = canonical_path(&layout.realtime_prefix(raw));
@@ -85,47 +120,112 @@ pub async fn add_segment(kv: &Kv, keys: &Keys, store: &Store, layout: &Layout, m
             meta.location
         )));
     }
-    let size = (|| object_size(store, &meta.location))
-        .retry(r2o_common::retry::store_backoff())
-        .when(r2o_common::Error::is_retryable)
-        .await?;
-    match size {
-        Some(size) if size == meta.size_bytes => {}
-        Some(size) => {
-            return Err(ControllerError::Invalid(format!(
-                "segment.sizeBytes {}: the object at {} is {size} bytes",
-                meta.size_bytes, meta.location
-            )))
-        }
-        None => {
-            return Err(ControllerError::Invalid(format!(
-                "segment.location '{}': no object there; upload the file first",
-                meta.location
-            )))
+    Ok(())
+}
+
+/// Registers REALTIME segments of one table whose files are in the store,
+/// in transactions of [`SEGMENTS_PER_TXN`]. Every segment is checked, and
+/// every name and object verified, before anything is written. Returns a
+/// warning per late segment (one starting before the watermark).
+///
+/// # Errors
+/// [`ControllerError::Invalid`] naming the field and segment for a bad
+/// table, schema fingerprint, time range, location outside the table's
+/// REALTIME prefix or a missing / differently sized object;
+/// [`ControllerError::AlreadyExists`] naming registered names (nothing is
+/// written). A batch that races another registration of the same name
+/// fails whole; batches before it stay registered.
+pub async fn add_segments(
+    kv: &Kv,
+    keys: &Keys,
+    store: &Store,
+    layout: &Layout,
+    metas: Vec<SegmentMeta>,
+) -> Result<Vec<String>> {
+    let Some(first) = metas.first() else { return Ok(vec![]) };
+    let raw = first.table_name.strip_suffix("_REALTIME").ok_or_else(|| {
+        ControllerError::Invalid(format!("segment.table '{}': expected <table>_REALTIME", first.table_name))
+    })?;
+    let spec = load_table(kv, keys, raw).await?.ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
+    let mut seen = HashSet::new();
+    for m in &metas {
+        check_segment(&spec, layout, raw, m)?;
+        if !seen.insert(m.segment_name.as_str()) {
+            return Err(ControllerError::Invalid(format!("segment name '{}' is given twice", m.segment_name)));
         }
     }
-    let key = keys.segment(&meta.table_name, &meta.segment_name);
-    let ok = kv
-        .txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![Op::put(key, encode(&meta)), touch_marker(keys, raw)])
-        .await?;
-    if !ok {
-        return Err(ControllerError::AlreadyExists(format!("segment '{}' of {}", meta.segment_name, meta.table_name)));
+    let names: Vec<&str> = metas.iter().map(|m| m.segment_name.as_str()).collect();
+    let taken = taken(kv, keys, raw, &names).await?;
+    if !taken.is_empty() {
+        return Err(already_exist(raw, &taken));
     }
-    info!(table = %raw, segment = %meta.segment_name, status = meta.status.name(), rows = meta.total_docs, "segment added");
+    // every object is there, at its size (32 heads at once)
+    let locations: Vec<String> = metas.iter().map(|m| m.location.clone()).collect();
+    let sizes: Vec<Option<u64>> = futures::stream::iter(locations)
+        .map(|location: String| async move {
+            let head = || object_size(store, &location);
+            head.retry(r2o_common::retry::store_backoff()).when(r2o_common::Error::is_retryable).await
+        })
+        .buffered(32)
+        .try_collect()
+        .await?;
+    for (m, size) in metas.iter().zip(sizes) {
+        match size {
+            Some(size) if size == m.size_bytes => {}
+            Some(size) => {
+                return Err(ControllerError::Invalid(format!(
+                    "segment.sizeBytes {} of segment {}: the object at {} is {size} bytes",
+                    m.size_bytes, m.segment_name, m.location
+                )))
+            }
+            None => {
+                return Err(ControllerError::Invalid(format!(
+                    "segment.location '{}' of segment {}: no object there; upload the file first",
+                    m.location, m.segment_name
+                )))
+            }
+        }
+    }
+    for batch in metas.chunks(SEGMENTS_PER_TXN) {
+        let mut compares = Vec::with_capacity(batch.len());
+        let mut ops = Vec::with_capacity(batch.len() + 1);
+        for m in batch {
+            let key = keys.segment(&m.table_name, &m.segment_name);
+            compares.push(Compare::CreateRevision(key.clone(), 0));
+            ops.push(Op::put(key, encode(m)));
+        }
+        ops.push(touch_marker(keys, raw));
+        if !kv.txn(compares, ops).await? {
+            let names: Vec<String> = batch.iter().map(|m| m.segment_name.clone()).collect();
+            return Err(already_exist(raw, &names));
+        }
+    }
+    if metas.len() == 1 {
+        info!(table = %raw, segment = %first.segment_name, status = first.status.name(), rows = first.total_docs, "segment added");
+    } else {
+        info!(table = %raw, segments = metas.len(), rows = metas.iter().map(|m| m.total_docs).sum::<u64>(), "segments added");
+    }
     let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?.map(|(w, _)| w.watermark_ms);
-    Ok(match wm {
-        Some(w) if meta.total_docs > 0 && meta.start_time_ms < w => {
+    let mut warnings = Vec::new();
+    if let Some(w) = wm {
+        for meta in metas.iter().filter(|m| m.total_docs > 0 && m.start_time_ms < w) {
             warn!(table = %raw, segment = %meta.segment_name, start_time_ms = meta.start_time_ms, watermark_ms = w, "late segment");
-            format!(
+            warnings.push(format!(
                 "segment {} is late: it starts at {}, before the watermark {}; its rows before the watermark will not move \
                  to OFFLINE (committed windows are never redone; use r2o reset --mode flush to rebuild the table)",
                 meta.segment_name,
                 r2o_common::window::format_utc(meta.start_time_ms),
                 r2o_common::window::format_utc(w)
-            )
+            ));
         }
-        _ => String::new(),
-    })
+    }
+    Ok(warnings)
+}
+
+/// Registers one REALTIME segment (see [`add_segments`]); returns its
+/// late-segment warning, if any.
+pub async fn add_segment(kv: &Kv, keys: &Keys, store: &Store, layout: &Layout, meta: SegmentMeta) -> Result<String> {
+    Ok(add_segments(kv, keys, store, layout, vec![meta]).await?.into_iter().next().unwrap_or_default())
 }
 
 /// Marks a CONSUMING segment DONE (idempotent), and, with

@@ -252,6 +252,40 @@ impl ControllerService for ControllerSvc {
         self.answer(r.map(|location| pb::PrepareSegmentUploadResponse { location })).await
     }
 
+    async fn prepare_segment_uploads(
+        &self,
+        req: Request<pb::PrepareSegmentUploadsRequest>,
+    ) -> Reply<pb::PrepareSegmentUploadsResponse> {
+        let req = req.into_inner();
+        let (kv, keys, layout) = (&self.auth.kv, &self.auth.keys, &self.auth.layout);
+        let r = registry::prepare_uploads(kv, keys, layout, &req.table, &req.segments).await;
+        self.answer(r.map(|locations| pb::PrepareSegmentUploadsResponse { locations })).await
+    }
+
+    async fn add_segments(&self, req: Request<pb::AddSegmentsRequest>) -> Reply<pb::AddSegmentsResponse> {
+        let r = async {
+            let metas = req
+                .into_inner()
+                .segments
+                .iter()
+                .map(|seg| {
+                    segment_from_wire(seg).ok_or_else(|| {
+                        ControllerError::Invalid(format!(
+                            "segment.status '{}' of segment {}: expected CONSUMING or DONE",
+                            seg.status, seg.name
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let added = metas.len() as u64;
+            let warnings =
+                registry::add_segments(&self.auth.kv, &self.auth.keys, &self.auth.store, &self.auth.layout, metas)
+                    .await?;
+            Ok(pb::AddSegmentsResponse { added, warnings })
+        };
+        self.answer(r.await).await
+    }
+
     async fn add_segment(&self, req: Request<pb::AddSegmentRequest>) -> Reply<pb::AddSegmentResponse> {
         self.answer(self.add_segment(req.into_inner()).await).await
     }
