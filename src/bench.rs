@@ -92,6 +92,7 @@ fn main() -> Result<()> {
                     .map(|s| s.bytes.clone())
                     .unwrap_or_default(),
                 count_null_time: false,
+                start_ms: m.start_time_ms,
             })
             .collect()
     };

@@ -282,10 +282,13 @@ macro_rules! rpc {
 }
 
 /// Connects to a controller.
+/// Connects to a controller. Replies may be large (a table's segment list
+/// at tens of thousands of segments): up to 1 GiB is accepted.
 pub async fn client(addr: &str) -> Result<ControllerServiceClient<Channel>> {
-    ControllerServiceClient::connect(addr.to_string())
+    Ok(ControllerServiceClient::connect(addr.to_string())
         .await
-        .with_context(|| format!("connecting to the controller at {addr}"))
+        .with_context(|| format!("connecting to the controller at {addr}"))?
+        .max_decoding_message_size(1 << 30))
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {

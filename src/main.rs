@@ -97,7 +97,7 @@ enum Command {
         history_max_age_secs: u64,
         /// Registered input rows one task may read, unless the table sets Pinot's maxNumRecordsPerTask;
         /// consecutive windows are batched into a task up to it.
-        #[arg(long, env = "R2O_TASK_MAX_INPUT_ROWS", default_value_t = 500_000)]
+        #[arg(long, env = "R2O_TASK_MAX_INPUT_ROWS", default_value_t = 1_000_000)]
         task_max_input_rows: u64,
         /// Input bytes one task may read.
         #[arg(long, env = "R2O_TASK_MAX_INPUT_BYTES", default_value_t = 256 * 1024 * 1024)]

@@ -404,6 +404,47 @@ pub fn footer_facts(meta: &parquet::file::metadata::ParquetMetaData) -> FooterFa
     FooterFacts { num_rows: meta.file_metadata().num_rows().max(0) as u64, ranges }
 }
 
+/// Decodes [`FooterFacts`] from the last bytes of a Parquet file of
+/// `size_bytes` bytes; `Ok(None)` when `tail` does not hold the whole footer.
+fn facts_from_tail(location: &str, size_bytes: u64, tail: &[u8]) -> Result<Option<FooterFacts>> {
+    if size_bytes < 12 || tail.len() < 8 {
+        return Err(seg_err(location, format!("{size_bytes} bytes is too short for a Parquet file")));
+    }
+    let end = &tail[tail.len() - 8..];
+    if &end[4..8] != b"PAR1" {
+        return Err(seg_err(location, "no Parquet footer (the file does not end with PAR1)"));
+    }
+    let len = u32::from_le_bytes([end[0], end[1], end[2], end[3]]) as usize;
+    if (len + 8) as u64 > size_bytes {
+        return Err(seg_err(location, format!("footer length {len} is larger than the file")));
+    }
+    if len + 8 > tail.len() {
+        return Ok(None);
+    }
+    let raw = &tail[tail.len() - 8 - len..tail.len() - 8];
+    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(raw)
+        .map_err(|e| seg_err(location, format!("the Parquet footer does not decode: {e}")))?;
+    Ok(Some(footer_facts(&meta)))
+}
+
+/// Bytes read from the end of a file to find its footer in one request.
+const TAIL_BYTES: u64 = 16 * 1024;
+
+/// Size and [`FooterFacts`] of a Parquet object, usually in one read of
+/// its last 16 KiB; `Ok(None)` when the object does not exist. The inner
+/// result is the file's own problem (not Parquet, bad footer), the outer one
+/// the store's.
+pub async fn object_footer(store: &crate::store::Store, location: &str) -> Result<Option<(u64, Result<FooterFacts>)>> {
+    let Some((size, tail)) = crate::store::get_tail(store, location, TAIL_BYTES).await? else {
+        return Ok(None);
+    };
+    match facts_from_tail(location, size, &tail) {
+        Ok(Some(f)) => Ok(Some((size, Ok(f)))),
+        Ok(None) => Ok(Some((size, read_footer_facts(store, location, size).await))),
+        Err(e) => Ok(Some((size, Err(e)))),
+    }
+}
+
 /// Reads a Parquet file's footer from the store (two ranged reads: the
 /// 8-byte tail, then the metadata) and returns its [`FooterFacts`].
 /// `size_bytes` is the object's size.
@@ -732,7 +773,11 @@ mod tests {
         assert_eq!(f.ranges.get("m"), Some(&ValueRange::Int { min: -7, max: 1 }), "nulls are not part of the range");
         assert_eq!(f.ranges.get("ts"), Some(&ValueRange::Int { min: 5, max: 7 }));
         assert!(!f.ranges.contains_key("d"), "only numeric columns");
+        let (size_seen, f2) = object_footer(&store, "x/seg.parquet").await.unwrap().unwrap();
+        assert_eq!((size_seen, f2.unwrap()), (size, f.clone()), "one tail read gives the same");
+        assert!(object_footer(&store, "x/none.parquet").await.unwrap().is_none());
         crate::store::put_bytes(&store, "x/bad.parquet", Bytes::from_static(b"not parquet at all")).await.unwrap();
+        assert!(object_footer(&store, "x/bad.parquet").await.unwrap().unwrap().1.is_err());
         let e = read_footer_facts(&store, "x/bad.parquet", 18).await.unwrap_err().to_string();
         assert!(e.contains("x/bad.parquet") && e.contains("PAR1"), "{e}");
     }

@@ -178,6 +178,19 @@ pub async fn get_range(store: &Store, path: &str, range: std::ops::Range<u64>) -
     deadline(path, store.get_range(&Path::from(path), range)).await
 }
 
+/// The size of an object and its last `n` bytes (all of it when smaller),
+/// in one request within the store deadline; `None` when it does not exist.
+pub async fn get_tail(store: &Store, path: &str, n: u64) -> Result<Option<(u64, Bytes)>> {
+    let opts = object_store::GetOptions { range: Some(object_store::GetRange::Suffix(n)), ..Default::default() };
+    let got = match deadline(path, store.get_opts(&Path::from(path), opts)).await {
+        Ok(g) => g,
+        Err(Error::Store { source: object_store::Error::NotFound { .. }, .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let size = got.meta.size;
+    Ok(Some((size, deadline(path, got.bytes()).await?)))
+}
+
 /// Writes a whole object (overwriting), within the store deadline. For
 /// staged outputs, whose paths are unique to their attempt.
 pub async fn put_bytes(store: &Store, path: &str, bytes: Bytes) -> Result<()> {

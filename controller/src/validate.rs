@@ -13,12 +13,12 @@
 
 use backon::Retryable;
 use futures::{StreamExt, TryStreamExt};
-use r2o_common::columnar::{read_footer_facts, FooterFacts, ValueRange};
+use r2o_common::columnar::{object_footer, FooterFacts, ValueRange};
 use r2o_common::config::{AggregationType, MergeType, TableSpec};
 use r2o_common::meta::{SegmentMeta, TaskRecord};
 use r2o_common::retry::store_backoff;
 use r2o_common::schema::{DataType, FieldKind};
-use r2o_common::store::{canonical_path, object_size, Layout, Store};
+use r2o_common::store::{canonical_path, Layout, Store};
 use r2o_common::window::floor_to_bucket;
 use r2o_common::Error;
 use r2o_proto::controller as pb;
@@ -80,13 +80,12 @@ pub async fn gather(
         .map(|o| {
             let store = store.clone();
             async move {
-                let size =
-                    (|| object_size(&store, &o.location)).retry(store_backoff()).when(Error::is_retryable).await?;
-                let Some(size) = size else {
+                let read = || object_footer(&store, &o.location);
+                let got = read.retry(store_backoff()).when(Error::is_retryable).await?;
+                let Some((size, footer)) = got else {
                     return Ok::<_, r2o_common::Error>(OutputEvidence { size_bytes: None, footer: None });
                 };
-                let read = || read_footer_facts(&store, &o.location, size);
-                let footer = match read.retry(store_backoff()).when(Error::is_retryable).await {
+                let footer = match footer {
                     Ok(f) => Some(f),
                     Err(r2o_common::Error::Segment { .. }) => None,
                     Err(e) => return Err(e),
@@ -104,12 +103,11 @@ pub async fn gather(
                 if let Some(f) = cache.get(&s.location) {
                     return Ok::<_, r2o_common::Error>(f);
                 }
-                let read = || read_footer_facts(&store, &s.location, s.size_bytes);
-                let f = match read.retry(store_backoff()).when(Error::is_retryable).await {
-                    Ok(f) => Some(f),
-                    Err(r2o_common::Error::Segment { .. }) => None,
-                    Err(r2o_common::Error::Store { source: object_store::Error::NotFound { .. }, .. }) => None,
-                    Err(e) => return Err(e),
+                let read = || object_footer(&store, &s.location);
+                let f = match read.retry(store_backoff()).when(Error::is_retryable).await? {
+                    Some((_, Ok(f))) => Some(f),
+                    Some((_, Err(r2o_common::Error::Segment { .. }))) | None => None,
+                    Some((_, Err(e))) => return Err(e),
                 };
                 cache.put(&s.location, f.clone());
                 Ok(f)

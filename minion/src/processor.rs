@@ -98,6 +98,10 @@ pub struct Input {
     /// Count this segment's NULL-time rows in [`Processed::rows_null_time`]
     /// (set for the one window that holds the segment's start).
     pub count_null_time: bool,
+    /// The segment's registered start time, epoch ms: inputs are read in
+    /// this order, and a window is processed (and its rows freed) as soon as
+    /// no input still to be read can hold rows of it.
+    pub start_ms: i64,
 }
 
 /// Why processing stopped.
@@ -589,54 +593,75 @@ pub fn process(
     let format = time_format(spec);
     let time_col = spec.flow.time_column.as_str();
     let range = Window { start_ms: windows[0].start_ms, end_ms: windows[windows.len() - 1].end_ms };
-    // read every input once, its rows split by window
-    let mut per_window: Vec<Vec<RecordBatch>> = vec![Vec::new(); windows.len()];
-    let filter = TimeFilter { column: time_col.to_string(), format, window: range };
-    for input in inputs {
-        check()?;
-        result.bytes_in += input.bytes.len() as u64;
-        let read = read_segment_in(&input.name, input.bytes, &spec.schema, BATCH_ROWS, Some(&filter))?;
-        result.row_groups_skipped += read.skipped_row_groups as u64;
-        if input.count_null_time {
-            result.rows_null_time += read.skipped_null_time_rows;
-        }
-        for b in read.batches {
-            check()?;
-            let col = b.column_by_name(time_col).ok_or_else(|| Error::Segment {
-                segment: input.name.clone(),
-                problem: format!("time column '{time_col}' is missing"),
-            })?;
-            if input.count_null_time {
-                result.rows_null_time += col.null_count() as u64;
-            }
-            let ms = time_ms(col, format)?;
-            split_by_window(&input.name, &b, &ms, windows, &mut per_window)?;
-        }
-    }
-    // the windows, in parallel
-    let work: Vec<std::sync::Mutex<Vec<RecordBatch>>> = per_window.into_iter().map(std::sync::Mutex::new).collect();
+    // Read every input once, in start order, its rows split by window; a
+    // window goes to the workers as soon as no input left to read can hold
+    // rows of it (later inputs start at or after its end), so only a few
+    // windows' rows are in memory at once. The channel's bound is the backpressure.
+    let mut inputs = inputs;
+    inputs.sort_by_key(|i| i.start_ms);
+    let starts: Vec<i64> = inputs.iter().map(|i| i.start_ms).collect();
     let results: Vec<std::sync::Mutex<Option<Result<WindowResult, ProcessError>>>> =
         windows.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let workers = threads.clamp(1, windows.len());
-    std::thread::scope(|scope| {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<RecordBatch>)>(workers);
+    let rx = std::sync::Mutex::new(rx);
+    let read: Result<(), ProcessError> = std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= windows.len() {
-                    return;
+                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((i, kept)) = next else { return };
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue; // drain: a window failed, the task fails
                 }
-                let kept = std::mem::take(&mut *work[i].lock().unwrap_or_else(|p| p.into_inner()));
                 let r = process_window(spec, windows[i], kept, &check);
-                let failed = r.is_err();
-                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                if failed {
-                    next.store(windows.len(), std::sync::atomic::Ordering::Relaxed);
-                    return;
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
             });
         }
+        let mut per_window: Vec<Vec<RecordBatch>> = vec![Vec::new(); windows.len()];
+        let filter = TimeFilter { column: time_col.to_string(), format, window: range };
+        let mut unsent = 0usize;
+        let mut send_until = |end: i64, per_window: &mut Vec<Vec<RecordBatch>>| {
+            while unsent < windows.len() && windows[unsent].end_ms <= end {
+                if tx.send((unsent, std::mem::take(&mut per_window[unsent]))).is_err() {
+                    break;
+                }
+                unsent += 1;
+            }
+        };
+        for (k, input) in inputs.into_iter().enumerate() {
+            check()?;
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            result.bytes_in += input.bytes.len() as u64;
+            let read = read_segment_in(&input.name, input.bytes, &spec.schema, BATCH_ROWS, Some(&filter))?;
+            result.row_groups_skipped += read.skipped_row_groups as u64;
+            if input.count_null_time {
+                result.rows_null_time += read.skipped_null_time_rows;
+            }
+            for b in read.batches {
+                check()?;
+                let col = b.column_by_name(time_col).ok_or_else(|| Error::Segment {
+                    segment: input.name.clone(),
+                    problem: format!("time column '{time_col}' is missing"),
+                })?;
+                if input.count_null_time {
+                    result.rows_null_time += col.null_count() as u64;
+                }
+                let ms = time_ms(col, format)?;
+                split_by_window(&input.name, &b, &ms, windows, &mut per_window)?;
+            }
+            send_until(starts.get(k + 1).copied().unwrap_or(i64::MAX), &mut per_window);
+        }
+        send_until(i64::MAX, &mut per_window);
+        drop(tx);
+        Ok(())
     });
+    read?;
     let mut sums_in: BTreeMap<String, (i64, f64, f64)> = BTreeMap::new();
     let mut sums_out: BTreeMap<String, (i64, f64, f64)> = BTreeMap::new();
     let add = |acc: &mut BTreeMap<String, (i64, f64, f64)>, m: BTreeMap<String, (i64, f64, f64)>| {
@@ -651,6 +676,7 @@ pub fn process(
         let Some(r) = r.into_inner().unwrap_or_else(|p| p.into_inner()) else {
             continue; // not run: another window failed first
         };
+        // (windows are taken in order, so a failure's error is the first one)
         let w = r?;
         result.rows_in += w.stats.rows_in;
         result.rows_out += w.stats.rows_out;
@@ -899,7 +925,7 @@ mod tests {
     }
 
     fn input(name: &str, bytes: Bytes) -> Input {
-        Input { name: name.into(), bytes, count_null_time: true }
+        Input { name: name.into(), bytes, count_null_time: true, start_ms: 0 }
     }
 
     #[test]
@@ -964,7 +990,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((out.rows_in, out.rows_null_time), (1, 1));
-        let later = Input { name: "seg".into(), bytes, count_null_time: false };
+        let later = Input { name: "seg".into(), bytes, count_null_time: false, start_ms: 0 };
         let out =
             process(&s, &[Window { start_ms: H, end_ms: 2 * H }], vec![later], &CancellationToken::new(), 1).unwrap();
         assert_eq!((out.rows_in, out.rows_null_time), (1, 0), "counted once, not by every window");

@@ -280,6 +280,7 @@ impl Worker {
                         bytes,
                         // counted once: by the task whose range holds the segment's start
                         count_null_time: range.contains(seg.start_time_ms),
+                        start_ms: seg.start_time_ms,
                     })
                 }
             })
@@ -290,7 +291,9 @@ impl Worker {
             return Err(ProcessError::Cancelled);
         }
         let (spec2, cancel2) = (spec.clone(), cancel.clone());
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // the cores, shared by the slots: a busy minion does not oversubscribe them
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (cores / self.cfg.slots.max(1) as usize).max(1);
         let processed = tokio::task::spawn_blocking(move || process(&spec2, &windows, inputs, &cancel2, threads))
             .await
             .map_err(|e| {

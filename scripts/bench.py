@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""The flights backfill benchmark: r2o through a real cluster against the
+peers, measured side by side in one sitting.
+
+For each scale (x1, x30 of ../shared/bench/gen_flights.py) and mergeType
+(concat, rollup, dedup) it:
+  1. starts a fresh etcd, one r2o controller and two r2o minions (release
+     build) on loopback, with the segment store in a local directory;
+  2. adds the table paused (../shared/bench/table-<merge>.json) and registers
+     every REALTIME segment in bulk (`r2o segment add --dir`), timed apart;
+  3. resumes the flow and times the backfill alone, until the watermark
+     reaches the end of the data (read from the controller's /metrics);
+  4. reads each process's peak RSS (VmHWM);
+  5. runs the peers (peers.py: duckdb, polars per window; duckdb-1q,
+     polars-1p in one pass) on the same segments, each with its peak RSS;
+  6. checks r2o's OFFLINE output against a peer's (peers.py verify
+     --check-sorted) before printing a figure.
+Then it prints one table: tool, scale, mergeType, wall s, rows/s, windows/s,
+peak RSS, and r2o's ratio to the best peer.
+
+Usage: scripts/bench.py [--scales x1,x30] [--merges concat,rollup,dedup]
+                        [--peers duckdb,polars,duckdb-1q,polars-1p]
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+R2O = os.path.join(ROOT, "target", "release", "r2o")
+PY = os.path.join(ROOT, ".venv", "bin", "python")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    start = time.time()
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.time() - start > timeout:
+                raise RuntimeError(f"port {port} did not open")
+            time.sleep(0.05)
+
+
+def vm_hwm_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid):
+    """User + system CPU seconds of a live process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric(port, name):
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+class Cluster:
+    """etcd + one controller + two minions of the release build."""
+
+    def __init__(self, work, bench_dir):
+        self.work = work
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        self.procs = {}
+        cp, pp = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{cp}"
+        self.procs["etcd"] = subprocess.Popen(
+            ["etcd", "--data-dir", os.path.join(work, "etcd"), "--name", "bench",
+             "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
+             "--listen-peer-urls", f"http://127.0.0.1:{pp}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
+             "--initial-cluster", f"bench=http://127.0.0.1:{pp}", "--quota-backend-bytes", str(8 << 30)],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "etcd.log"), "w"))
+        wait_port(cp)
+        self.env = dict(os.environ, R2O_ETCD=self.etcd_url, R2O_PREFIX="/bench",
+                        R2O_STORE=f"file://{os.path.join(work, 'store')}", R2O_LOG="warn")
+        self.controller_port, self.controller_http = free_port(), free_port()
+        self.spawn("controller", ["controller", "--listen", f"127.0.0.1:{self.controller_port}",
+                                  "--http-listen", f"127.0.0.1:{self.controller_http}"], self.controller_port)
+        for i in range(2):
+            port = free_port()
+            self.spawn(f"minion{i}", ["minion", "--listen", f"127.0.0.1:{port}", "--id", f"minion{i}",
+                                      "--http-listen", f"127.0.0.1:{free_port()}"], port)
+        self.env["R2O_CONTROLLER"] = f"http://127.0.0.1:{self.controller_port}"
+
+    def spawn(self, name, args, port):
+        self.procs[name] = subprocess.Popen([R2O] + args, env=self.env, stdout=subprocess.DEVNULL,
+                                            stderr=open(os.path.join(self.work, f"{name}.log"), "w"))
+        wait_port(port)
+
+    def cli(self, *args):
+        out = subprocess.run([R2O] + list(args), env=self.env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"r2o {' '.join(args)}: {out.stderr}")
+        return out.stdout
+
+    def rss(self):
+        return {name: vm_hwm_mb(p.pid) for name, p in self.procs.items()}
+
+    def cpu(self):
+        return {name: cpu_s(p.pid) for name, p in self.procs.items()}
+
+    def stop(self):
+        for p in self.procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def final_watermark(seg_dir, bucket_ms=86_400_000):
+    with open(os.path.join(seg_dir, "segments.json")) as f:
+        segs = json.load(f)["segments"]
+    end = max(s["endTs"] for s in segs)
+    return (end // bucket_ms + 1) * bucket_ms, sum(s["numRows"] for s in segs)
+
+
+def run_r2o(scale, merge, seg_dir, work, bench_dir):
+    c = Cluster(os.path.join(work, f"r2o-{scale}-{merge}"), bench_dir)
+    try:
+        c.cli("table", "add", "--config", os.path.join(bench_dir, f"table-{merge}.json"),
+              "--schema", os.path.join(bench_dir, "schema.json"), "--paused")
+        t0 = time.perf_counter()
+        c.cli("segment", "add", "--table", "flights", "--dir", seg_dir, "--end-of-stream")
+        registration = time.perf_counter() - t0
+        final, rows_in = final_watermark(seg_dir)
+        cpu0 = c.cpu()
+        t0 = time.perf_counter()
+        c.cli("resume", "--table", "flights")
+        while True:
+            wm = metric(c.controller_http, 'r2o_table_watermark_ms{table="flights"}')
+            if wm is not None and wm >= final:
+                break
+            if time.perf_counter() - t0 > 3600:
+                raise RuntimeError("the backfill did not finish within an hour")
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        rss = c.rss()
+        cpu = {k: v - cpu0[k] for k, v in c.cpu().items()}
+        print("bench: backfill CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()), file=sys.stderr)
+        w = json.loads(c.cli("watermark", "--table", "flights", "--output", "json"))
+        segs = json.loads(c.cli("segment", "list", "--table", "flights", "--output", "json"))
+        out = os.path.join(work, f"out-r2o-{scale}-{merge}")
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        store = os.path.join(c.work, "store")
+        for s in segs:
+            if s["tableName"].endswith("_OFFLINE"):
+                os.symlink(os.path.join(store, s["location"]), os.path.join(out, s["segmentName"] + ".parquet"))
+        return {"tool": "r2o", "scale": scale, "merge": merge, "seconds": wall, "rows_in": rows_in,
+                "windows": w["windowsCommitted"], "rss_mb": rss, "out": out, "registration_s": registration}
+    finally:
+        c.stop()
+
+
+def run_peer(tool, scale, merge, seg_dir, work, bench_dir):
+    out = os.path.join(work, f"out-{tool}-{scale}-{merge}")
+    cmd = [PY, os.path.join(bench_dir, "peers.py"), "run", seg_dir, out, "--tool", tool, "--merge", merge]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # a wrapper process, so the peak RSS is this run's alone
+    wrapper = ("import resource,subprocess,sys;r=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+               "sys.stdout.write(r.stdout);sys.stderr.write(r.stderr);"
+               "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r.returncode)")
+    r = subprocess.run([PY, "-c", wrapper] + cmd, capture_output=True, text=True)
+    del before
+    if r.returncode != 0:
+        raise RuntimeError(f"{tool} failed: {r.stderr[-2000:]}")
+    res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    rss = int(next(l for l in r.stdout.splitlines() if l.startswith("RSS ")).split()[1]) / 1024
+    windows = res["windows"] if res["windows"] >= 0 else None
+    return {"tool": tool, "scale": scale, "merge": merge, "seconds": res["seconds"], "rows_in": res["rows_in"],
+            "windows": windows, "rss_mb": {tool: rss}, "out": out}
+
+
+def verify(a, b, bench_dir):
+    """`a` holds what `b` holds (rows, sums, distinct keys, files), and every
+    file of `a` is sorted by (carrier, ts) within one day (the one-pass peers
+    do not sort within files, so only `a` is checked for that)."""
+    peers = os.path.join(bench_dir, "peers.py")
+    same = subprocess.run([PY, peers, "verify", a, b], capture_output=True, text=True)
+    own = subprocess.run([PY, peers, "verify", a, a, "--check-sorted"], capture_output=True, text=True)
+    return same.returncode == 0 and own.returncode == 0, same.stdout + own.stdout
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scales", default="x1,x30")
+    ap.add_argument("--merges", default="concat,rollup,dedup")
+    ap.add_argument("--peers", default="duckdb,polars,duckdb-1q,polars-1p")
+    ap.add_argument("--bench-dir", default=os.path.join(ROOT, "..", "shared", "bench"))
+    ap.add_argument("--work", default=os.path.join(ROOT, ".r2o", "bench"))
+    args = ap.parse_args()
+    bench_dir = os.path.abspath(args.bench_dir)
+    rows = []
+    for scale in args.scales.split(","):
+        seg_dir = os.path.join(args.work, scale)
+        if not os.path.exists(os.path.join(seg_dir, "segments.json")):
+            n = scale.lstrip("x")
+            print(f"bench: generating {scale} into {seg_dir}", file=sys.stderr)
+            subprocess.run([PY, os.path.join(bench_dir, "gen_flights.py"), seg_dir, "--scale", n], check=True)
+        for merge in args.merges.split(","):
+            print(f"bench: r2o {scale} {merge}", file=sys.stderr)
+            r = run_r2o(scale, merge, seg_dir, args.work, bench_dir)
+            peers = []
+            for tool in [t for t in args.peers.split(",") if t]:
+                print(f"bench: {tool} {scale} {merge}", file=sys.stderr)
+                peers.append(run_peer(tool, scale, merge, seg_dir, args.work, bench_dir))
+            if peers:
+                ok, text = verify(r["out"], peers[0]["out"], bench_dir)
+                if not ok:
+                    print(text, file=sys.stderr)
+                    raise SystemExit(f"r2o's OFFLINE output differs from {peers[0]['tool']}'s ({scale} {merge})")
+                r["verified"] = peers[0]["tool"]
+            best = min((p["seconds"] for p in peers), default=None)
+            for x in [r] + peers:
+                x["ratio"] = (best / r["seconds"]) if (best and x is r) else None
+                rows.append(x)
+    print()
+    print("| tool | scale | mergeType | wall s | rows/s | windows/s | peak RSS MB | vs best peer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for x in rows:
+        rss = ", ".join(f"{k} {v:.0f}" for k, v in x["rss_mb"].items())
+        wps = f"{x['windows'] / x['seconds']:,.0f}" if x.get("windows") else "-"
+        vs = f"{x['ratio']:.2f}x faster" if x.get("ratio") and x["ratio"] >= 1 else (
+            f"{1 / x['ratio']:.2f}x slower" if x.get("ratio") else "")
+        extra = f" (verified against {x['verified']}; registration {x['registration_s']:.1f} s)" if x.get("verified") else ""
+        print(f"| {x['tool']} | {x['scale']} | {x['merge']} | {x['seconds']:.2f} | {x['rows_in'] / x['seconds']:,.0f} "
+              f"| {wps} | {rss} | {vs}{extra} |")
+
+
+if __name__ == "__main__":
+    main()
