@@ -291,9 +291,10 @@ impl Worker {
             return Err(ProcessError::Cancelled);
         }
         let (spec2, cancel2) = (spec.clone(), cancel.clone());
-        // the cores, shared by the slots: a busy minion does not oversubscribe them
+        // the cores, shared by the attempts running now: a lone task uses them all,
+        // a busy minion does not oversubscribe them
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (cores / self.cfg.slots.max(1) as usize).max(1);
+        let threads = (cores / self.running().max(1)).max(1);
         let processed = tokio::task::spawn_blocking(move || process(&spec2, &windows, inputs, &cancel2, threads))
             .await
             .map_err(|e| {
