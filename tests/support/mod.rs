@@ -262,10 +262,21 @@ impl Cluster {
         self.minions.push(p);
     }
 
+    /// Starts one more minion with extra environment of its own (e.g. a
+    /// slow store for this minion only).
+    pub fn add_minion_env(&mut self, extra: &[(&str, &str)]) {
+        let p = self.new_minion_env(extra);
+        self.minions.push(p);
+    }
+
     fn new_minion(&self) -> Proc {
+        self.new_minion_env(&[])
+    }
+
+    fn new_minion_env(&self, extra: &[(&str, &str)]) -> Proc {
         let port = free_port();
         let name = format!("minion-{port}");
-        let p = self.spawn(
+        let p = self.spawn_env(
             &[
                 "minion".into(),
                 "--listen".into(),
@@ -279,6 +290,7 @@ impl Cluster {
             ],
             &name,
             port,
+            extra,
         );
         p
     }
