@@ -163,7 +163,10 @@ pub fn bulk_files(dir: Option<&Path>, manifest: Option<&Path>) -> Result<Vec<Bul
 /// batches of `batch` files: each batch is read (footer statistics, or the
 /// time column when there are none), checked with the controller
 /// (`PrepareSegmentUploads`: names free), uploaded create-only, 32 at a time,
-/// and registered in one `AddSegments` call (transactions of 100). With
+/// and registered in one `AddSegments` call (transactions of 100). Batches
+/// are pipelined: while batch N registers, batch N+1 is read and uploaded.
+/// A batch whose registration is refused (and the one staged behind it)
+/// deletes its uploads; batches registered before it stay. With
 /// `end_of_stream`, the last segment of each stream partition (by LLC
 /// sequence number, else by end time) ends its stream. Returns (segments, rows).
 #[allow(clippy::too_many_arguments)]
@@ -177,15 +180,13 @@ pub async fn add_segment_files(
     end_of_stream: bool,
     batch: usize,
 ) -> Result<(u64, u64)> {
-    use futures::{StreamExt, TryStreamExt};
     let spec = table_spec(controller, table).await?;
     let status = r2o_common::meta::SegmentStatus::parse(status)
         .with_context(|| format!("invalid --status '{status}': expected CONSUMING or DONE"))?;
     let store = open_store(store_uri)?;
-    let mut c = client(controller).await?;
-    let format = time_format(&spec);
-    // the last segment of each partition, when the streams end with these files
+    let c = client(controller).await?;
     let partition_of = |name: &str| r2o_controller::planner::llc_name(name).map_or(partition, |(p, _)| p);
+    // the last segment of each partition, when the streams end with these files
     let mut last: std::collections::HashMap<i32, (u64, String)> = std::collections::HashMap::new();
     if end_of_stream {
         for (i, f) in files.iter().enumerate() {
@@ -196,11 +197,70 @@ pub async fn add_segment_files(
             }
         }
     }
-    let ends: std::collections::HashSet<String> = last.into_values().map(|(_, n)| n).collect();
+    let bulk = Bulk { ends: last.into_values().map(|(_, n)| n).collect(), spec, status, partition, store, client: c };
     let total = files.len();
     let (mut done, mut rows) = (0u64, 0u64);
+    let mut pending: Option<StagedBatch> = None;
     for chunk in files.chunks(batch.max(1)) {
-        // read and check the files, a few at a time, off the async threads
+        let register = async {
+            match pending.take() {
+                Some(p) => bulk.register(p).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (staged, registered) = tokio::join!(bulk.stage(chunk), register);
+        // a refused registration ends the run; what was staged behind it goes
+        let registered = match registered {
+            Ok(r) => r,
+            Err(e) => {
+                if let Ok(next) = staged {
+                    bulk.discard(next.uploaded).await;
+                }
+                return Err(e);
+            }
+        };
+        if let Some((n, r)) = registered {
+            (done, rows) = (done + n, rows + r);
+            eprint!("\rregistered {done}/{total} segments ({rows} rows)");
+            std::io::stderr().flush().ok();
+        }
+        pending = Some(staged?);
+    }
+    if let Some(p) = pending {
+        let (n, r) = bulk.register(p).await?;
+        (done, rows) = (done + n, rows + r);
+        eprint!("\rregistered {done}/{total} segments ({rows} rows)");
+    }
+    eprintln!();
+    Ok((done, rows))
+}
+
+/// What every batch of a bulk registration shares.
+struct Bulk {
+    spec: TableSpec,
+    status: r2o_common::meta::SegmentStatus,
+    partition: i32,
+    store: Store,
+    client: pb::controller_service_client::ControllerServiceClient<tonic::transport::Channel>,
+    /// Names of the segments that end their stream partition.
+    ends: std::collections::HashSet<String>,
+}
+
+/// A batch read, checked and uploaded, not yet registered.
+struct StagedBatch {
+    segments: Vec<pb::Segment>,
+    /// Store locations of its uploads (deleted when the registration is refused).
+    uploaded: Vec<String>,
+    rows: u64,
+}
+
+impl Bulk {
+    /// Reads the batch's files (8 at a time, off the async threads), checks
+    /// their names with the controller and uploads them create-only.
+    async fn stage(&self, chunk: &[BulkFile]) -> Result<StagedBatch> {
+        use futures::{StreamExt, TryStreamExt};
+        let spec = &self.spec;
+        let format = time_format(spec);
         let read: Vec<(BulkFile, Bytes, r2o_common::columnar::SegmentFacts)> = futures::stream::iter(chunk.to_vec())
             .map(|f| {
                 let schema = spec.schema.clone();
@@ -217,16 +277,17 @@ pub async fn add_segment_files(
             .try_collect()
             .await?;
         let names: Vec<String> = read.iter().map(|(f, _, _)| f.name.clone()).collect();
-        let locations = c
+        let locations = self
+            .client
+            .clone()
             .prepare_segment_uploads(pb::PrepareSegmentUploadsRequest { table: spec.name.clone(), segments: names })
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner()
             .locations;
-        let mut segs = Vec::with_capacity(read.len());
-        let mut uploads = Vec::with_capacity(read.len());
+        let (mut segments, mut uploads, mut rows) = (Vec::with_capacity(read.len()), vec![], 0);
         for ((f, bytes, facts), location) in read.into_iter().zip(locations) {
-            let (start, end) = match (facts.time_range_ms, status) {
+            let (start, end) = match (facts.time_range_ms, self.status) {
                 (Some(r), _) => r,
                 (None, r2o_common::meta::SegmentStatus::Consuming) => (0, 0),
                 (None, _) => {
@@ -234,52 +295,66 @@ pub async fn add_segment_files(
                 }
             };
             rows += facts.rows;
-            segs.push(pb::Segment {
+            segments.push(pb::Segment {
                 name: f.name.clone(),
                 table: spec.realtime_name(),
-                status: status.name().into(),
+                status: self.status.name().into(),
                 start_time_ms: start,
                 end_time_ms: end,
                 num_rows: facts.rows,
                 size_bytes: bytes.len() as u64,
                 schema_fingerprint: spec.schema.fingerprint(),
                 location: location.clone(),
-                partition: partition_of(&f.name),
+                partition: r2o_controller::planner::llc_name(&f.name).map_or(self.partition, |(p, _)| p),
                 created_ms: now_ms(),
-                end_of_stream: ends.contains(&f.name),
+                end_of_stream: self.ends.contains(&f.name),
             });
             uploads.push((location, bytes));
         }
         let uploaded: Vec<String> = uploads.iter().map(|(l, _)| l.clone()).collect();
-        futures::stream::iter(uploads)
-            .map(|(location, bytes)| {
-                let store = store.clone();
-                async move { put_new(&store, &location, bytes).await.with_context(|| format!("uploading to {location}")) }
-            })
-            .buffer_unordered(32)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let n = segs.len() as u64;
-        match c.add_segments(pb::AddSegmentsRequest { segments: segs }).await {
+        let put =
+            futures::stream::iter(uploads)
+                .map(|(location, bytes)| {
+                    let store = self.store.clone();
+                    async move {
+                        put_new(&store, &location, bytes).await.with_context(|| format!("uploading to {location}"))
+                    }
+                })
+                .buffer_unordered(32)
+                .try_collect::<Vec<()>>()
+                .await;
+        if let Err(e) = put {
+            self.discard(uploaded).await;
+            return Err(e);
+        }
+        Ok(StagedBatch { segments, uploaded, rows })
+    }
+
+    /// Registers a staged batch in one `AddSegments` call; returns (segments, rows).
+    async fn register(&self, batch: StagedBatch) -> Result<(u64, u64)> {
+        let n = batch.segments.len() as u64;
+        match self.client.clone().add_segments(pb::AddSegmentsRequest { segments: batch.segments }).await {
             Ok(r) => {
                 for w in r.into_inner().warnings {
                     eprintln!("\nwarning: {w}");
                 }
+                Ok((n, batch.rows))
             }
             Err(s) => {
                 // nothing of this batch was registered: its uploads are nobody's
-                for l in uploaded {
-                    let _ = delete_object(&store, &l).await;
-                }
-                bail!("{}", s.message());
+                self.discard(batch.uploaded).await;
+                bail!("{}", s.message())
             }
         }
-        done += n;
-        eprint!("\rregistered {done}/{total} segments ({rows} rows)");
-        std::io::stderr().flush().ok();
     }
-    eprintln!();
-    Ok((done, rows))
+
+    /// Deletes uploads no registration refers to (best effort; the janitor
+    /// deletes what is left after its grace period).
+    async fn discard(&self, uploaded: Vec<String>) {
+        for l in uploaded {
+            let _ = delete_object(&self.store, &l).await;
+        }
+    }
 }
 
 /// Cuts a file into REALTIME segments and registers them; the last stays

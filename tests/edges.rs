@@ -226,4 +226,43 @@ async fn bulk_registration_in_batched_transactions() {
     // every window moves, the last one too (its stream ended)
     let w = cluster.wait_idle("bk", Duration::from_secs(120)).await;
     assert_eq!((w.watermark_ms, w.rows_out), (T0_MS + 250 * H_MS, 1000), "{}", w.next);
+
+    // a file that cannot be read in the second batch: the first batch (registered
+    // while the second was read) stays, nothing of the later ones is uploaded or registered
+    cluster.add_table("bk2", &table("bk2", json!({"mergeType": "concat"})), &float_schema());
+    cluster.cli(&["pause", "--table", "bk2"]);
+    let dir2 = cluster.dir.path().join("bulk2");
+    std::fs::create_dir_all(&dir2).unwrap();
+    for i in 0..250i64 {
+        let path = dir2.join(format!("bk2__0__{i:03}__20200913T0000Z.parquet"));
+        if i == 150 {
+            std::fs::write(&path, b"not parquet").unwrap();
+        } else {
+            let rows: Vec<(String, f32, Option<i64>)> = vec![("k".into(), 1.0, Some(T0_MS + i * H_MS))];
+            support::write_parquet(&path, &batch(&rows));
+        }
+    }
+    let bad = cluster.cli_raw(&["segment", "add", "--table", "bk2", "--dir", dir2.to_str().unwrap(), "--batch", "100"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("bk2__0__150__20200913T0000Z"), "{err}");
+    let names: Vec<String> =
+        cluster.segments("bk2").await.into_iter().filter(|s| s.table == "bk2_REALTIME").map(|s| s.name).collect();
+    assert_eq!(names.len(), 100, "the first batch stays registered");
+    assert!(names.iter().all(|n| n.as_str() < "bk2__0__100"), "only the first batch: {names:?}");
+    let uploaded = walk(&cluster.dir.path().join("store")).into_iter().filter(|p| p.contains("bk2__0__")).count();
+    assert_eq!(uploaded, 100, "no upload without a registration");
+}
+
+/// Every file under `dir`, as paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
 }
