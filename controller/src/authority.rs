@@ -62,8 +62,11 @@ pub struct AuthorityConfig {
 /// table's segment marker they reflect: re-read only when the marker moved.
 #[derive(Clone, Default)]
 pub struct SegmentCache {
-    inner: Arc<Mutex<HashMap<String, (i64, Arc<Vec<SegmentMeta>>)>>>,
+    inner: Arc<Mutex<HashMap<String, CachedSegments>>>,
 }
+
+/// (marker revision, the table's REALTIME segments at it).
+type CachedSegments = (i64, Arc<Vec<SegmentMeta>>);
 
 impl SegmentCache {
     /// The table's segments and the marker revision they reflect: one etcd
