@@ -29,7 +29,8 @@ times slower (inode allocation skips recently deleted inodes), which would
 charge a previous run's cleanup to the next run.
 
 Usage: scripts/bench.py [--scales x1,x30] [--merges concat,rollup,dedup]
-                        [--peers duckdb,polars,duckdb-1q,polars-1p]
+                        [--peers duckdb,polars,duckdb-1q,polars-1p] [--bucket 1d]
+       scripts/bench.py --one-window [--merges ...]   (x30 as one window)
 """
 import argparse
 import json
@@ -143,6 +144,15 @@ class Cluster:
                 p.kill()
 
 
+def parse_period(text):
+    """Pinot-style period (`1d`, `6h`, `20000d`) in ms."""
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    for u in sorted(units, key=len, reverse=True):
+        if text.endswith(u):
+            return int(text[: -len(u)]) * units[u]
+    raise ValueError(f"bucket '{text}': expected a period such as 1d or 20000d")
+
+
 def final_watermark(seg_dir, bucket_ms=86_400_000):
     with open(os.path.join(seg_dir, "segments.json")) as f:
         segs = json.load(f)["segments"]
@@ -150,24 +160,41 @@ def final_watermark(seg_dir, bucket_ms=86_400_000):
     return (end // bucket_ms + 1) * bucket_ms, sum(s["numRows"] for s in segs)
 
 
-def run_r2o(scale, merge, seg_dir, work, bench_dir):
-    c = Cluster(os.path.join(work, f"r2o-{scale}-{merge}"), bench_dir)
+def table_config(merge, bench_dir, work, bucket):
+    """The bench's table config for `merge`, with `bucket` as bucketTimePeriod."""
+    with open(os.path.join(bench_dir, f"table-{merge}.json")) as f:
+        config = json.load(f)
+    config["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]["bucketTimePeriod"] = bucket
+    path = os.path.join(work, f"table-{merge}-{bucket}.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d"):
+    c = Cluster(os.path.join(work, f"r2o-{scale}-{merge}-{bucket}"), bench_dir)
     try:
-        c.cli("table", "add", "--config", os.path.join(bench_dir, f"table-{merge}.json"),
+        c.cli("table", "add", "--config", table_config(merge, bench_dir, work, bucket),
               "--schema", os.path.join(bench_dir, "schema.json"), "--paused")
         t0 = time.perf_counter()
         c.cli("segment", "add", "--table", "flights", "--dir", seg_dir, "--end-of-stream")
         registration = time.perf_counter() - t0
-        final, rows_in = final_watermark(seg_dir)
+        final, rows_in = final_watermark(seg_dir, parse_period(bucket))
         cpu0 = c.cpu()
         t0 = time.perf_counter()
         c.cli("resume", "--table", "flights")
+        polls = 0
         while True:
             wm = metric(c.controller_http, 'r2o_table_watermark_ms{table="flights"}')
             if wm is not None and wm >= final:
                 break
             if time.perf_counter() - t0 > 3600:
                 raise RuntimeError("the backfill did not finish within an hour")
+            polls += 1
+            if polls % 50 == 0:  # every ~5 s: a flow that cannot move says so in `r2o watermark`
+                nxt = json.loads(c.cli("watermark", "--table", "flights", "--output", "json")).get("next", "")
+                if "cannot be planned" in nxt:
+                    raise RuntimeError(nxt)
             time.sleep(0.1)
         wall = time.perf_counter() - t0
         rss = c.rss()
@@ -175,7 +202,7 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir):
         print("bench: backfill CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()), file=sys.stderr)
         w = json.loads(c.cli("watermark", "--table", "flights", "--output", "json"))
         segs = json.loads(c.cli("segment", "list", "--table", "flights", "--output", "json"))
-        out = os.path.join(work, f"out-r2o-{scale}-{merge}")
+        out = os.path.join(work, f"out-r2o-{scale}-{merge}-{bucket}")
         os.makedirs(out)
         store = os.path.join(c.work, "store")
         for s in segs:
@@ -187,9 +214,10 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir):
         c.stop()
 
 
-def run_peer(tool, scale, merge, seg_dir, work, bench_dir):
-    out = os.path.join(work, f"out-{tool}-{scale}-{merge}")
-    cmd = [PY, os.path.join(bench_dir, "peers.py"), "run", seg_dir, out, "--tool", tool, "--merge", merge]
+def run_peer(tool, scale, merge, seg_dir, work, bench_dir, bucket="1d"):
+    out = os.path.join(work, f"out-{tool}-{scale}-{merge}-{bucket}")
+    cmd = [PY, os.path.join(bench_dir, "peers.py"), "run", seg_dir, out, "--tool", tool, "--merge", merge,
+           "--bucket", bucket]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     # a wrapper process, so the peak RSS is this run's alone
     wrapper = ("import resource,subprocess,sys;r=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
@@ -223,7 +251,14 @@ def main():
     ap.add_argument("--peers", default="duckdb,polars,duckdb-1q,polars-1p")
     ap.add_argument("--bench-dir", default=os.path.join(ROOT, "..", "shared", "bench"))
     ap.add_argument("--work", default=os.path.join(ROOT, ".r2o", "bench"))
+    ap.add_argument("--bucket", default="1d", help="bucketTimePeriod of the table and the peers")
+    ap.add_argument("--one-window", action="store_true",
+                    help="the huge-window benchmark: x30 in one 20000d window (1970 to 2024), "
+                         "next to DuckDB and Polars doing that window in one query")
     args = ap.parse_args()
+    if args.one_window:
+        args.scales, args.bucket, args.peers = "x30", "20000d", "duckdb,polars"
+    parse_period(args.bucket)
     bench_dir = os.path.abspath(args.bench_dir)
     subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--bench"], check=True)
     subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
@@ -233,7 +268,7 @@ def main():
         os.rename(runs, os.path.join(args.work, f"old-runs-{time.time_ns()}"))
     old = [os.path.join(args.work, d) for d in os.listdir(args.work) if d.startswith(("old-runs-", "r2o-", "out-"))]
     os.makedirs(runs)
-    rows = []
+    rows, failures = [], []
     for scale in args.scales.split(","):
         seg_dir = os.path.join(args.work, scale)
         if not os.path.exists(os.path.join(seg_dir, "segments.json")):
@@ -242,11 +277,19 @@ def main():
             subprocess.run([PY, os.path.join(bench_dir, "gen_flights.py"), seg_dir, "--scale", n], check=True)
         for merge in args.merges.split(","):
             print(f"bench: r2o {scale} {merge}", file=sys.stderr)
-            r = run_r2o(scale, merge, seg_dir, runs, bench_dir)
+            try:
+                r = run_r2o(scale, merge, seg_dir, runs, bench_dir, args.bucket)
+            except RuntimeError as e:
+                print(f"bench: r2o {scale} {merge} failed: {e}", file=sys.stderr)
+                failures.append(f"r2o {scale} {merge}: {e}")
+                r = None
             peers = []
             for tool in [t for t in args.peers.split(",") if t]:
                 print(f"bench: {tool} {scale} {merge}", file=sys.stderr)
-                peers.append(run_peer(tool, scale, merge, seg_dir, runs, bench_dir))
+                peers.append(run_peer(tool, scale, merge, seg_dir, runs, bench_dir, args.bucket))
+            if r is None:
+                rows.extend(peers)
+                continue
             if peers:
                 ok, text = verify(r["out"], peers[0]["out"], bench_dir)
                 if not ok:
@@ -266,10 +309,11 @@ def main():
         vs = f"{x['ratio']:.2f}x faster" if x.get("ratio") and x["ratio"] >= 1 else (
             f"{1 / x['ratio']:.2f}x slower" if x.get("ratio") else "")
         extra = f" (verified against {x['verified']}; registration {x['registration_s']:.1f} s)" if x.get("verified") else ""
-        print(f"| {x['tool']} | {x['scale']} | {x['merge']} | {x['seconds']:.2f} | {x['rows_in'] / x['seconds']:,.0f} "
+        scale = x["scale"] if args.bucket == "1d" else f"{x['scale']}, {args.bucket} windows"
+        print(f"| {x['tool']} | {scale} | {x['merge']} | {x['seconds']:.2f} | {x['rows_in'] / x['seconds']:,.0f} "
               f"| {wps} | {rss} | {vs}{extra} |")
-
-
+    for f in failures:
+        print(f"\nr2o failed: {f}")
     for d in old:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -105,6 +105,26 @@ pub struct Authority {
     pub(crate) footers: FooterCache,
     /// REALTIME segments per table, revision-checked.
     pub(crate) segments: SegmentCache,
+    /// The last reason per table why a ready window could not be published
+    /// (logged once per change, not every tick).
+    plan_problems: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// Why a task of `windows` over `inputs` cannot be published, if it cannot:
+/// its input list must fit in [`r2o_common::meta::MAX_CHUNKS`] chunks of task
+/// metadata (16 MiB). Pure; shared by planning and `r2o watermark`.
+pub fn inputs_problem(windows: &[r2o_common::window::Window], inputs: &[SegmentMeta]) -> Option<String> {
+    let n = chunks::encode_all(inputs).len();
+    (n > r2o_common::meta::MAX_CHUNKS).then(|| {
+        format!(
+            "window {} cannot be planned: its {} input segments need {n} chunks of task metadata, more than the {} \
+             one task may have; until windows this large are split into sub-tasks, use a smaller bucketTimePeriod \
+             or fewer, larger segments",
+            windows.first().map(|w| w.to_string()).unwrap_or_default(),
+            inputs.len(),
+            r2o_common::meta::MAX_CHUNKS
+        )
+    })
 }
 
 /// A table as stored plus its parsed view.
@@ -200,6 +220,7 @@ impl Authority {
             metrics: None,
             footers: FooterCache::new(200_000),
             segments: SegmentCache::default(),
+            plan_problems: Default::default(),
         }
     }
 
@@ -332,6 +353,11 @@ impl Authority {
             Decision::Run { from_ms, windows, skipped_windows, inputs } => (from_ms, windows, skipped_windows, inputs),
             Decision::Wait(reason) => return Ok(Err(reason.to_string())),
         };
+        if let Some(problem) = inputs_problem(&windows, &inputs) {
+            self.plan_problem(raw, &problem);
+            return Ok(Err(problem));
+        }
+        self.plan_problems.lock().map(|mut m| m.remove(raw)).ok();
         let first = windows[0];
         let last = *windows.last().expect("a run has windows");
         let id = TaskId::new(raw, first.start_ms, now);
@@ -393,6 +419,23 @@ impl Authority {
         }
         info!(table = %raw, task = %id, trigger, from_ms, window_start_ms = first.start_ms, window_end_ms = last.end_ms, windows = windows.len(), inputs = task.input_count, input_rows = task.input_rows, skipped_windows, "task published");
         Ok(Ok((id, last.end_ms)))
+    }
+
+    /// Records why `raw`'s ready window cannot be published: a warning when
+    /// the reason is new, and `r2o_errors_total{component="planner"}` on every
+    /// planning pass it holds.
+    fn plan_problem(&self, raw: &str, problem: &str) {
+        if let Some(m) = &self.metrics {
+            m.errors.with_label_values(&["planner"]).inc();
+        }
+        let new = self
+            .plan_problems
+            .lock()
+            .map(|mut m| m.insert(raw.to_string(), problem.to_string()).as_deref() != Some(problem))
+            .unwrap_or(true);
+        if new {
+            warn!(table = %raw, problem, "a ready window cannot be planned");
+        }
     }
 
     /// Run now: plans `raw` at once (leader only; the planner's rules hold).
@@ -1323,5 +1366,45 @@ mod tests {
         register(&w, "later", &rows(&w.spec, &["c"], 1.0, t0 + 3 * H), t0 + 3 * H, t0 + 3 * H).await;
         let req = staged_report(&w, &t, &[rows(&w.spec, &["a"], 3.0, t0)], 2, 3.0, 3.0).await;
         assert!(w.auth.complete(&req).await.unwrap().committed);
+    }
+
+    #[tokio::test]
+    async fn a_window_whose_inputs_exceed_a_task_is_reported_not_silently_retried() {
+        let w = world(json!({})).await;
+        let a = &w.auth;
+        let t0 = 400_000 * H;
+        // 24,000 segments in one window, each listing a long location: over 16 MiB of inputs
+        let pad = "p".repeat(600);
+        for i in 0..24_000 {
+            let meta = SegmentMeta {
+                segment_name: format!("s{i}"),
+                table_name: "t__x_REALTIME".into(),
+                status: SegmentStatus::Done,
+                start_time_ms: t0 + i,
+                end_time_ms: t0 + i,
+                total_docs: 1,
+                size_bytes: 1,
+                schema_fingerprint: w.spec.schema.fingerprint(),
+                location: format!("ns/realtime/{pad}/s{i}.parquet"),
+                partition: 0,
+                created_ms: 0,
+                end_of_stream: false,
+            };
+            a.kv.put(&a.keys.segment("t__x_REALTIME", &format!("s{i}")), encode(&meta), None).await.unwrap();
+        }
+        a.kv.put(&a.keys.segments_marker("t__x"), b"1".to_vec(), None).await.unwrap();
+        let leadership = a.leadership().unwrap();
+        for _ in 0..2 {
+            match a.plan_table("t__x", leadership, "scheduled").await.unwrap() {
+                PlanOutcome::Wait(why) => {
+                    assert!(why.contains("cannot be planned") && why.contains("24000 input segments"), "{why}")
+                }
+                other => panic!("expected a wait naming the limit, got {other}"),
+            }
+        }
+        assert!(a.kv.range(&a.keys.inputs_of_table("t__x")).await.unwrap().is_empty(), "no input chunks written");
+        assert!(range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks()).await.unwrap().is_empty());
+        let problems = a.plan_problems.lock().unwrap().get("t__x").cloned();
+        assert!(problems.is_some_and(|p| p.contains("sub-tasks")), "the reason is kept for the warning");
     }
 }
