@@ -2,7 +2,7 @@
 
 use r2o_proto::controller as pb;
 
-use crate::meta::{SegmentMeta, SegmentStatus, TaskRecord};
+use crate::meta::{SegmentMeta, SegmentStatus, TaskRecord, WindowStats};
 
 impl From<&SegmentMeta> for pb::Segment {
     fn from(s: &SegmentMeta) -> pb::Segment {
@@ -66,6 +66,30 @@ impl From<&TaskRecord> for pb::Task {
             errors: t.errors.clone(),
             from_ms: t.from_ms,
             windows: t.windows.len() as u32,
+        }
+    }
+}
+
+impl From<&WindowStats> for pb::WindowStats {
+    fn from(w: &WindowStats) -> Self {
+        pb::WindowStats {
+            start_ms: w.start_ms,
+            end_ms: w.end_ms,
+            rows_in: w.rows_in,
+            rows_out: w.rows_out,
+            outputs: w.outputs,
+        }
+    }
+}
+
+impl From<&pb::WindowStats> for WindowStats {
+    fn from(w: &pb::WindowStats) -> Self {
+        WindowStats {
+            start_ms: w.start_ms,
+            end_ms: w.end_ms,
+            rows_in: w.rows_in,
+            rows_out: w.rows_out,
+            outputs: w.outputs,
         }
     }
 }

@@ -819,17 +819,7 @@ impl Authority {
                 rows_null_time: req.rows_null_time,
                 outputs: outputs.len() as u64,
                 output_chunks: manifest.len() as u32,
-                windows: req
-                    .windows
-                    .iter()
-                    .map(|w| WindowStats {
-                        start_ms: w.start_ms,
-                        end_ms: w.end_ms,
-                        rows_in: w.rows_in,
-                        rows_out: w.rows_out,
-                        outputs: w.outputs,
-                    })
-                    .collect(),
+                windows: req.windows.iter().map(WindowStats::from).collect(),
             };
             if task.from_ms > position {
                 // tasks before it have not committed: keep its outputs staged

@@ -160,13 +160,7 @@ pub fn committed(task: &TaskRecord, totals: &ReportTotals, old: Option<&Watermar
     let mut history = for_history(task);
     history.state = TaskState::Succeeded;
     history.finished_ms = now_ms;
-    history.rows_in = totals.rows_in;
-    history.rows_out = totals.rows_out;
-    history.bytes_in = totals.bytes_in;
-    history.bytes_out = totals.bytes_out;
-    history.rows_null_time = totals.rows_null_time;
-    history.output_count = totals.outputs;
-    history.window_stats = totals.windows.clone();
+    record_totals(&mut history, totals);
     history.staged_attempt = 0;
     history.staged_chunks = 0;
     history.attempt = totals.attempt.max(history.attempt);
@@ -250,6 +244,13 @@ pub fn staged(mut task: TaskRecord, totals: &ReportTotals) -> TaskRecord {
     task.state = TaskState::Staged;
     task.staged_attempt = totals.attempt;
     task.staged_chunks = totals.output_chunks;
+    record_totals(&mut task, totals);
+    task
+}
+
+/// Copies a validated report's figures (rows, bytes, outputs, per-window
+/// stats) onto the task. Pure.
+fn record_totals(task: &mut TaskRecord, totals: &ReportTotals) {
     task.rows_in = totals.rows_in;
     task.rows_out = totals.rows_out;
     task.bytes_in = totals.bytes_in;
@@ -257,7 +258,6 @@ pub fn staged(mut task: TaskRecord, totals: &ReportTotals) -> TaskRecord {
     task.rows_null_time = totals.rows_null_time;
     task.output_count = totals.outputs;
     task.window_stats = totals.windows.clone();
-    task
 }
 
 /// The totals a STAGED task was validated with. Pure.

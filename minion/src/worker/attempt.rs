@@ -141,17 +141,7 @@ impl Worker {
                         .map(|s| s.schema.fingerprint())
                         .unwrap_or_default(),
                     rows_null_time: processed.rows_null_time,
-                    windows: processed
-                        .windows
-                        .iter()
-                        .map(|w| pb::WindowStats {
-                            start_ms: w.start_ms,
-                            end_ms: w.end_ms,
-                            rows_in: w.rows_in,
-                            rows_out: w.rows_out,
-                            outputs: w.outputs,
-                        })
-                        .collect(),
+                    windows: processed.windows.iter().map(pb::WindowStats::from).collect(),
                 };
                 match self
                     .report("complete", work, |mut c| {
