@@ -112,7 +112,7 @@ impl Worker {
     async fn execute_and_report(&self, task: &TaskRecord, work: &CancellationToken) -> Outcome {
         let attempt = task.attempt;
         match self.execute(task, work).await {
-            Ok((processed, staged)) => {
+            Ok((processed, staged, schema_fingerprint)) => {
                 let req = pb::CompleteTaskRequest {
                     task_id: task.id.to_string(),
                     attempt,
@@ -137,9 +137,7 @@ impl Worker {
                             )
                         })
                         .collect(),
-                    schema_fingerprint: TableSpec::from_json(task.table_config.clone(), task.schema.clone())
-                        .map(|s| s.schema.fingerprint())
-                        .unwrap_or_default(),
+                    schema_fingerprint,
                     rows_null_time: processed.rows_null_time,
                     windows: processed.windows.iter().map(pb::WindowStats::from).collect(),
                 };
@@ -237,12 +235,14 @@ impl Worker {
         }
     }
 
-    /// Reads the inputs, downloads them, processes and stages one attempt.
+    /// Reads the inputs, downloads them, processes and stages one attempt;
+    /// returns what was processed, the staged outputs and the schema's
+    /// fingerprint (the table config is parsed once per attempt).
     async fn execute(
         &self,
         task: &TaskRecord,
         cancel: &CancellationToken,
-    ) -> Result<(Processed, Vec<pb::StagedSegment>), ProcessError> {
+    ) -> Result<(Processed, Vec<pb::StagedSegment>, String), ProcessError> {
         let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone()).map_err(Error::from)?;
         let segments: Vec<SegmentMeta> =
             (|| claim::inputs(&self.kv, &self.keys, &task.id)).retry(store_backoff()).when(Error::is_retryable).await?;
@@ -335,6 +335,6 @@ impl Worker {
         for o in &mut p.outputs {
             o.bytes = Bytes::new();
         }
-        Ok((p, staged))
+        Ok((p, staged, spec.schema.fingerprint()))
     }
 }
