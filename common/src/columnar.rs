@@ -736,6 +736,40 @@ mod tests {
         }
     }
 
+    /// The vendored zstd creates its contexts on first use (vendor/zstd/R2O-PATCH.md):
+    /// the level given to the codec must still reach the context, and files
+    /// written at any level read back.
+    #[test]
+    fn zstd_levels_reach_the_lazily_created_context() {
+        let s = schema();
+        let n = 20_000;
+        let batch = RecordBatch::try_new(
+            s.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from((0..n).map(|i| format!("k{}", (i * 7919) % 1013)).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from((0..n).map(|i| Some((i * 104_729) % 65_537)).collect::<Vec<_>>())),
+                Arc::new(TimestampMillisecondArray::from((0..n).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        let write = |level: i32| {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(level).unwrap()))
+                .set_dictionary_enabled(false)
+                .build();
+            let mut buf = Vec::new();
+            let mut w = ArrowWriter::try_new(&mut buf, s.arrow_schema(), Some(props)).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            Bytes::from(buf)
+        };
+        let (fast, small) = (write(1), write(19));
+        assert!(small.len() < fast.len(), "level 19 ({} bytes) must beat level 1 ({} bytes)", small.len(), fast.len());
+        for file in [fast, small] {
+            assert_eq!(num_rows(&read_segment("seg", file, &s, 1024).unwrap()), n as u64);
+        }
+    }
+
     #[test]
     fn segment_facts_come_from_statistics_or_the_data() {
         let s = schema();
