@@ -281,7 +281,6 @@ macro_rules! rpc {
     };
 }
 
-/// Connects to a controller.
 /// Connects to a controller. Replies may be large (a table's segment list
 /// at tens of thousands of segments): up to 1 GiB is accepted.
 pub async fn client(addr: &str) -> Result<ControllerServiceClient<Channel>> {

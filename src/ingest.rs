@@ -185,13 +185,12 @@ pub async fn add_segment_files(
         .with_context(|| format!("invalid --status '{status}': expected CONSUMING or DONE"))?;
     let store = open_store(store_uri)?;
     let c = client(controller).await?;
-    let partition_of = |name: &str| r2o_controller::planner::llc_name(name).map_or(partition, |(p, _)| p);
     // the last segment of each partition, when the streams end with these files
     let mut last: std::collections::HashMap<i32, (u64, String)> = std::collections::HashMap::new();
     if end_of_stream {
         for (i, f) in files.iter().enumerate() {
             let key = r2o_controller::planner::llc_name(&f.name).map_or(i as u64, |(_, seq)| seq);
-            let e = last.entry(partition_of(&f.name)).or_insert((key, f.name.clone()));
+            let e = last.entry(stream_partition(&f.name, partition)).or_insert((key, f.name.clone()));
             if key >= e.0 {
                 *e = (key, f.name.clone());
             }
@@ -233,6 +232,12 @@ pub async fn add_segment_files(
     }
     eprintln!();
     Ok((done, rows))
+}
+
+/// A segment's stream partition: from its LLC name
+/// (`table__partition__seq__time`), else `default` (`--partition`).
+fn stream_partition(name: &str, default: i32) -> i32 {
+    r2o_controller::planner::llc_name(name).map_or(default, |(p, _)| p)
 }
 
 /// What every batch of a bulk registration shares.
@@ -305,7 +310,7 @@ impl Bulk {
                 size_bytes: bytes.len() as u64,
                 schema_fingerprint: spec.schema.fingerprint(),
                 location: location.clone(),
-                partition: r2o_controller::planner::llc_name(&f.name).map_or(self.partition, |(p, _)| p),
+                partition: stream_partition(&f.name, self.partition),
                 created_ms: now_ms(),
                 end_of_stream: self.ends.contains(&f.name),
             });

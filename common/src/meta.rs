@@ -715,11 +715,19 @@ pub mod chunks {
     /// # Errors
     /// [`Error::Limit`] for more than [`MAX_CHUNKS`] chunks; etcd errors.
     pub async fn write<T: Serialize>(kv: &Kv, prefix: &str, items: &[T]) -> Result<Vec<Compare>> {
-        let encoded = encode_all(items);
+        write_encoded(kv, prefix, items.len(), encode_all(items)).await
+    }
+
+    /// [`write`] for a list already encoded with [`encode_all`] (`items`
+    /// counts its items, for the error), so a caller that needed the chunk
+    /// count first does not encode twice.
+    ///
+    /// # Errors
+    /// [`Error::Limit`] for more than [`MAX_CHUNKS`] chunks; etcd errors.
+    pub async fn write_encoded(kv: &Kv, prefix: &str, items: usize, encoded: Vec<Vec<u8>>) -> Result<Vec<Compare>> {
         if encoded.len() > MAX_CHUNKS {
             return Err(Error::Limit(format!(
-                "{} items need {} chunks of metadata under {prefix}, more than the {MAX_CHUNKS} one task may have",
-                items.len(),
+                "{items} items need {} chunks of metadata under {prefix}, more than the {MAX_CHUNKS} one task may have",
                 encoded.len()
             )));
         }

@@ -110,18 +110,18 @@ pub struct Authority {
     plan_problems: Arc<Mutex<HashMap<String, String>>>,
 }
 
-/// Why a task of `windows` over `inputs` cannot be published, if it cannot:
-/// its input list must fit in [`r2o_common::meta::MAX_CHUNKS`] chunks of task
+/// Why a task of `windows` over `inputs` input segments, listed in `n`
+/// chunks ([`chunks::encode_all`]), cannot be published, if it cannot: its
+/// input list must fit in [`r2o_common::meta::MAX_CHUNKS`] chunks of task
 /// metadata (16 MiB). Pure; shared by planning and `r2o watermark`.
-pub fn inputs_problem(windows: &[r2o_common::window::Window], inputs: &[SegmentMeta]) -> Option<String> {
-    let n = chunks::encode_all(inputs).len();
+pub fn inputs_problem(windows: &[r2o_common::window::Window], inputs: usize, n: usize) -> Option<String> {
     (n > r2o_common::meta::MAX_CHUNKS).then(|| {
         format!(
             "window {} cannot be planned: its {} input segments need {n} chunks of task metadata, more than the {} \
              one task may have; until windows this large are split into sub-tasks, use a smaller bucketTimePeriod \
              or fewer, larger segments",
             windows.first().map(|w| w.to_string()).unwrap_or_default(),
-            inputs.len(),
+            inputs,
             r2o_common::meta::MAX_CHUNKS
         )
     })
@@ -353,7 +353,8 @@ impl Authority {
             Decision::Run { from_ms, windows, skipped_windows, inputs } => (from_ms, windows, skipped_windows, inputs),
             Decision::Wait(reason) => return Ok(Err(reason.to_string())),
         };
-        if let Some(problem) = inputs_problem(&windows, &inputs) {
+        let encoded_inputs = chunks::encode_all(&inputs);
+        if let Some(problem) = inputs_problem(&windows, inputs.len(), encoded_inputs.len()) {
             self.plan_problem(raw, &problem);
             return Ok(Err(problem));
         }
@@ -361,7 +362,7 @@ impl Authority {
         let first = windows[0];
         let last = *windows.last().expect("a run has windows");
         let id = TaskId::new(raw, first.start_ms, now);
-        let input_chunks = chunks::encode_all(&inputs).len() as u32;
+        let input_chunks = encoded_inputs.len() as u32;
         let task = TaskRecord {
             id: id.clone(),
             table: raw.to_string(),
@@ -402,13 +403,14 @@ impl Authority {
             failed_rounds: 0,
             retry_at_ms: 0,
         };
-        let input_revs = match chunks::write(&self.kv, &self.keys.inputs(&id), &inputs).await {
-            Ok(r) => r,
-            Err(r2o_common::Error::Limit(why)) => {
-                return Ok(Err(format!("the task from {} cannot be planned: {why}", first)));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let input_revs =
+            match chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded_inputs).await {
+                Ok(r) => r,
+                Err(r2o_common::Error::Limit(why)) => {
+                    return Ok(Err(format!("the task from {} cannot be planned: {why}", first)));
+                }
+                Err(e) => return Err(e.into()),
+            };
         let cold =
             wm.is_none().then(|| WatermarkRecord { watermark_ms: from_ms, updated_ms: now, ..Default::default() });
         let txn =

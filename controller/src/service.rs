@@ -180,8 +180,12 @@ impl ControllerSvc {
             let (segments, _) = read_segments(kv, keys, raw).await?;
             let from = wm.as_ref().map(|w| w.watermark_ms);
             match plan(&spec.flow, &segments, from, now_ms(), &crate::planner::Budget::ONE_WINDOW) {
-                Decision::Run { windows, inputs, .. } => crate::authority::inputs_problem(&windows, &inputs)
-                    .unwrap_or_else(|| format!("window {} is ready and will be planned on the next tick", windows[0])),
+                Decision::Run { windows, inputs, .. } => {
+                    let n = r2o_common::meta::chunks::encode_all(&inputs).len();
+                    crate::authority::inputs_problem(&windows, inputs.len(), n).unwrap_or_else(|| {
+                        format!("window {} is ready and will be planned on the next tick", windows[0])
+                    })
+                }
                 Decision::Wait(reason) => {
                     idle = true;
                     reason.to_string()
