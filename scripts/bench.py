@@ -93,7 +93,7 @@ def metric(port, name):
 class Cluster:
     """etcd + one controller + two minions of the release build."""
 
-    def __init__(self, work, bench_dir):
+    def __init__(self, work, bench_dir, minion_env=None):
         self.work = work
         os.makedirs(work)
         self.procs = {}
@@ -114,11 +114,12 @@ class Cluster:
         for i in range(2):
             port = free_port()
             self.spawn(f"minion{i}", ["minion", "--listen", f"127.0.0.1:{port}", "--id", f"minion{i}",
-                                      "--http-listen", f"127.0.0.1:{free_port()}"], port)
+                                      "--http-listen", f"127.0.0.1:{free_port()}"], port,
+                       dict(self.env, **(minion_env or {})))
         self.env["R2O_CONTROLLER"] = f"http://127.0.0.1:{self.controller_port}"
 
-    def spawn(self, name, args, port):
-        self.procs[name] = subprocess.Popen([R2O] + args, env=self.env, stdout=subprocess.DEVNULL,
+    def spawn(self, name, args, port, env=None):
+        self.procs[name] = subprocess.Popen([R2O] + args, env=env or self.env, stdout=subprocess.DEVNULL,
                                             stderr=open(os.path.join(self.work, f"{name}.log"), "w"))
         wait_port(port)
 
@@ -171,8 +172,8 @@ def table_config(merge, bench_dir, work, bucket):
     return path
 
 
-def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d"):
-    c = Cluster(os.path.join(work, f"r2o-{scale}-{merge}-{bucket}"), bench_dir)
+def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None):
+    c = Cluster(os.path.join(work, f"r2o-{scale}-{merge}-{bucket}"), bench_dir, minion_env)
     try:
         c.cli("table", "add", "--config", table_config(merge, bench_dir, work, bucket),
               "--schema", os.path.join(bench_dir, "schema.json"), "--paused")
@@ -254,10 +255,17 @@ def main():
     ap.add_argument("--bucket", default="1d", help="bucketTimePeriod of the table and the peers")
     ap.add_argument("--one-window", action="store_true",
                     help="the huge-window benchmark: x30 in one 20000d window (1970 to 2024), "
-                         "next to DuckDB and Polars doing that window in one query")
+                         "next to DuckDB and Polars doing that window in one query; the minions "
+                         "run with --memory-budget (default 256MB) and one slot each")
+    ap.add_argument("--memory-budget", default=None,
+                    help="R2O_MEMORY_BUDGET of the minions (default: theirs; 256MB with --one-window)")
     args = ap.parse_args()
+    minion_env = {}
     if args.one_window:
         args.scales, args.bucket, args.peers = "x30", "20000d", "duckdb,polars"
+        minion_env = {"R2O_MEMORY_BUDGET": args.memory_budget or "256MB", "R2O_SLOTS": "1"}
+    elif args.memory_budget:
+        minion_env = {"R2O_MEMORY_BUDGET": args.memory_budget}
     parse_period(args.bucket)
     bench_dir = os.path.abspath(args.bench_dir)
     subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--bench"], check=True)
@@ -278,7 +286,7 @@ def main():
         for merge in args.merges.split(","):
             print(f"bench: r2o {scale} {merge}", file=sys.stderr)
             try:
-                r = run_r2o(scale, merge, seg_dir, runs, bench_dir, args.bucket)
+                r = run_r2o(scale, merge, seg_dir, runs, bench_dir, args.bucket, minion_env)
             except RuntimeError as e:
                 print(f"bench: r2o {scale} {merge} failed: {e}", file=sys.stderr)
                 failures.append(f"r2o {scale} {merge}: {e}")

@@ -128,6 +128,14 @@ enum Command {
         /// Seconds a draining minion lets running attempts finish.
         #[arg(long, env = "R2O_DRAIN_GRACE_SECS", default_value_t = 30)]
         drain_grace_secs: u64,
+        /// Memory budget for decoded data, shared by the slots: bytes or a size
+        /// such as 256MB, 256MiB, 4GiB (default: 3/4 of the container's memory
+        /// limit, or half the machine's memory). A task past its share spills.
+        #[arg(long, env = "R2O_MEMORY_BUDGET", value_parser = r2o_minion::budget::parse_size)]
+        memory_budget: Option<u64>,
+        /// Local directory for spill files (default: <temp dir>/r2o-spill-<minion id>).
+        #[arg(long, env = "R2O_SPILL_DIR")]
+        spill_dir: Option<std::path::PathBuf>,
     },
     #[command(flatten)]
     Admin(cli::AdminCommand),
@@ -218,13 +226,16 @@ async fn main() -> Result<()> {
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }
-        Command::Minion { state, listen, id, slots, poll_ms, drain_grace_secs } => {
+        Command::Minion { state, listen, id, slots, poll_ms, drain_grace_secs, memory_budget, spill_dir } => {
             init_tracing();
             let (kv, keys, store) = connect_state(&state).await?;
             let cancel = CancellationToken::new();
             cancel_on_signal(cancel.clone());
+            let id = id.unwrap_or_else(|| format!("minion-{}", listen.port()));
             let cfg = r2o_minion::MinionConfig {
-                id: id.unwrap_or_else(|| format!("minion-{}", listen.port())),
+                spill_dir: spill_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("r2o-spill-{id}"))),
+                memory_budget: memory_budget.unwrap_or_else(r2o_minion::budget::default_budget),
+                id,
                 listen,
                 slots: slots.max(1),
                 lease_ttl_secs: state.lease_ttl_secs,

@@ -153,6 +153,42 @@ fn row_group_time_range(
     Some((to_ms(lo), to_ms(hi)))
 }
 
+/// Which row groups of a file a [`TimeFilter`] keeps (see [`prune_row_groups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowGroupPruning {
+    /// Row groups to read, in file order.
+    pub keep: Vec<usize>,
+    /// Row groups skipped: their time statistics show no row in the window.
+    pub skipped: usize,
+    /// Rows with a NULL time value in the skipped row groups (statistics' null counts).
+    pub skipped_null_time_rows: u64,
+}
+
+/// The row groups of a file (its footer `meta` and Arrow schema `file`)
+/// whose time-column statistics may hold rows in `f`'s window; `None` when
+/// the file has no such column or statistics to prune by.
+pub fn prune_row_groups(
+    meta: &parquet::file::metadata::ParquetMetaData,
+    file: &ArrowSchema,
+    f: &TimeFilter,
+) -> Option<RowGroupPruning> {
+    let leaf =
+        meta.file_metadata().schema_descr().columns().iter().position(|c| c.path().parts() == [f.column.clone()])?;
+    let t = file.field_with_name(&f.column).ok()?.data_type().clone();
+    let keep: Vec<usize> = (0..meta.num_row_groups())
+        .filter(|i| match row_group_time_range(meta.row_group(*i), leaf, &t, f.format) {
+            Some((lo, hi)) => hi >= f.window.start_ms && lo < f.window.end_ms,
+            None => true,
+        })
+        .collect();
+    let skipped = meta.num_row_groups() - keep.len();
+    let skipped_null_time_rows = (0..meta.num_row_groups())
+        .filter(|i| !keep.contains(i))
+        .filter_map(|i| meta.row_group(i).column(leaf).statistics().and_then(|s| s.null_count_opt()))
+        .sum();
+    Some(RowGroupPruning { keep, skipped, skipped_null_time_rows })
+}
+
 /// What registering a REALTIME segment needs to know about its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentFacts {
@@ -237,34 +273,12 @@ pub fn read_segment_in(
     check_file_schema(segment, builder.schema(), schema)?;
     let mut skipped = 0;
     let mut skipped_nulls = 0u64;
-    let builder = match filter {
+    let builder = match filter.and_then(|f| prune_row_groups(builder.metadata(), builder.schema(), f)) {
         None => builder,
-        Some(f) => {
-            let meta = builder.metadata().clone();
-            let leaf = meta
-                .file_metadata()
-                .schema_descr()
-                .columns()
-                .iter()
-                .position(|c| c.path().parts() == [f.column.clone()]);
-            let arrow_type = builder.schema().field_with_name(&f.column).map(|x| x.data_type().clone()).ok();
-            match (leaf, arrow_type) {
-                (Some(leaf), Some(t)) => {
-                    let keep: Vec<usize> = (0..meta.num_row_groups())
-                        .filter(|i| match row_group_time_range(meta.row_group(*i), leaf, &t, f.format) {
-                            Some((lo, hi)) => hi >= f.window.start_ms && lo < f.window.end_ms,
-                            None => true,
-                        })
-                        .collect();
-                    skipped = meta.num_row_groups() - keep.len();
-                    skipped_nulls = (0..meta.num_row_groups())
-                        .filter(|i| !keep.contains(i))
-                        .filter_map(|i| meta.row_group(i).column(leaf).statistics().and_then(|s| s.null_count_opt()))
-                        .sum();
-                    builder.with_row_groups(keep)
-                }
-                _ => builder,
-            }
+        Some(p) => {
+            skipped = p.skipped;
+            skipped_nulls = p.skipped_null_time_rows;
+            builder.with_row_groups(p.keep)
         }
     };
     let reader = builder
@@ -534,10 +548,7 @@ pub fn write_parquet(schema: &Arc<ArrowSchema>, batches: &[RecordBatch]) -> Resu
 /// Encodes batches as one zstd Parquet file with row groups of at most
 /// `row_group_rows` rows (each row group carries min/max statistics).
 pub fn write_parquet_with(schema: &Arc<ArrowSchema>, batches: &[RecordBatch], row_group_rows: usize) -> Result<Bytes> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .build();
+    let props = writer_properties(row_group_rows)?;
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
     for b in batches {
@@ -545,6 +556,15 @@ pub fn write_parquet_with(schema: &Arc<ArrowSchema>, batches: &[RecordBatch], ro
     }
     writer.close()?;
     Ok(Bytes::from(buf))
+}
+
+/// The properties every Parquet segment r2o writes has: zstd level 3, row
+/// groups of at most `row_group_rows` rows, min/max statistics.
+pub fn writer_properties(row_group_rows: usize) -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build())
 }
 
 /// Rows in a set of batches.

@@ -380,6 +380,23 @@ pub struct TaskRecord {
     /// A FAILED task is re-armed for a new round at this time (0: never), UTC epoch ms.
     #[serde(default)]
     pub retry_at_ms: i64,
+    /// This task's index among its window's sub-tasks, `0..sub_tasks`.
+    #[serde(default)]
+    pub sub_task: u32,
+    /// Sub-tasks its one window was split into (0 or 1: not split; Pinot's
+    /// `maxNumRecordsPerTask`): rollup and dedup windows by a hash of the
+    /// merge key (each sub-task reads every input and keeps its share),
+    /// concat windows by input. The window commits once, when every
+    /// sub-task is STAGED, in one transaction.
+    #[serde(default)]
+    pub sub_tasks: u32,
+    /// Sub-tasks: the id of the window's first sub-task, which names the group.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// The task whose input list this one reads (hash-split sub-tasks share
+    /// their first sub-task's); empty: its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub inputs_of: String,
 }
 
 fn default_trigger() -> String {
@@ -395,6 +412,16 @@ fn default_timeout_ms() -> i64 {
 }
 
 impl TaskRecord {
+    /// The id whose `inputs/` list this task reads.
+    pub fn inputs_id(&self) -> TaskId {
+        self.inputs_of.parse().unwrap_or_else(|_| self.id.clone())
+    }
+
+    /// Whether it is one sub-task of a split window.
+    pub fn is_sub_task(&self) -> bool {
+        self.sub_tasks > 1
+    }
+
     /// Attempts made in the current round.
     pub fn attempts_in_round(&self) -> u32 {
         self.attempt.saturating_sub(self.round_start_attempt)
@@ -671,10 +698,12 @@ impl Keys {
 /// chunks and any transaction that compares them stay within etcd's limits.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
-/// Most chunks one list may have (so one transaction can compare them all):
-/// 64 chunks of [`CHUNK_BYTES`], i.e. 16 MiB of metadata, about 45,000
-/// segments.
-pub const MAX_CHUNKS: usize = 64;
+/// Most chunks one list may have: 1,024 chunks of [`CHUNK_BYTES`], i.e.
+/// 256 MiB of metadata, about 700,000 segments in one task's input list.
+/// A transaction compares only a list's first and last chunks (see
+/// [`chunks::write_encoded`]), so this bounds etcd's storage, not a
+/// transaction's size.
+pub const MAX_CHUNKS: usize = 1024;
 
 /// Lists too large for one etcd value, stored as numbered chunks
 /// `<prefix>000000`, `<prefix>000001`, ... of at most [`CHUNK_BYTES`] each
@@ -722,21 +751,30 @@ pub mod chunks {
     /// counts its items, for the error), so a caller that needed the chunk
     /// count first does not encode twice.
     ///
+    /// The compares cover the first and the last chunk only, whatever the
+    /// list's length: every deletion of a chunked list is one
+    /// `delete_prefix` (etcd applies it atomically), and chunks are written
+    /// once, in order, so a list whose first and last chunks still have the
+    /// revisions they were written with is whole.
+    ///
     /// # Errors
     /// [`Error::Limit`] for more than [`MAX_CHUNKS`] chunks; etcd errors.
     pub async fn write_encoded(kv: &Kv, prefix: &str, items: usize, encoded: Vec<Vec<u8>>) -> Result<Vec<Compare>> {
         if encoded.len() > MAX_CHUNKS {
             return Err(Error::Limit(format!(
-                "{items} items need {} chunks of metadata under {prefix}, more than the {MAX_CHUNKS} one task may have",
+                "{items} items need {} chunks of metadata under {prefix}, more than the {MAX_CHUNKS} one list may have",
                 encoded.len()
             )));
         }
-        let mut compares = Vec::with_capacity(encoded.len());
+        let last = encoded.len().saturating_sub(1);
+        let mut compares = Vec::with_capacity(2);
         for (n, bytes) in encoded.into_iter().enumerate() {
             let key = key(prefix, n);
             kv.put(&key, bytes, None).await?;
-            let rev = kv.get(&key).await?.map_or(0, |e| e.mod_revision);
-            compares.push(Compare::ModRevision(key, rev));
+            if n == 0 || n == last {
+                let rev = kv.get(&key).await?.map_or(0, |e| e.mod_revision);
+                compares.push(Compare::ModRevision(key, rev));
+            }
         }
         Ok(compares)
     }
@@ -856,13 +894,14 @@ mod tests {
         assert!(encoded.len() > 1, "5,000 items of 120 bytes need several chunks");
         assert!(encoded.iter().all(|c| c.len() <= CHUNK_BYTES));
         let compares = chunks::write(&kv, "/c/", &items).await.unwrap();
-        assert_eq!(compares.len(), encoded.len());
+        assert_eq!(compares.len(), 2, "the first and the last chunk are compared, however many there are");
         assert_eq!(chunks::read::<String>(&kv, "/c/").await.unwrap(), items);
         let empty: Vec<String> = vec![];
         chunks::write(&kv, "/e/", &empty).await.unwrap();
         assert!(chunks::read::<String>(&kv, "/e/").await.unwrap().is_empty());
-        let huge: Vec<String> = (0..(MAX_CHUNKS * 3)).map(|_| "y".repeat(CHUNK_BYTES / 2)).collect();
-        assert!(matches!(chunks::write(&kv, "/h/", &huge).await, Err(Error::Limit(_))));
+        let too_many = vec![b"[]".to_vec(); MAX_CHUNKS + 1];
+        assert!(matches!(chunks::write_encoded(&kv, "/h/", 1, too_many).await, Err(Error::Limit(_))));
+        assert!(kv.range("/h/").await.unwrap().is_empty(), "nothing written past the limit");
     }
 
     #[tokio::test]

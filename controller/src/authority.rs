@@ -113,13 +113,13 @@ pub struct Authority {
 /// Why a task of `windows` over `inputs` input segments, listed in `n`
 /// chunks ([`chunks::encode_all`]), cannot be published, if it cannot: its
 /// input list must fit in [`r2o_common::meta::MAX_CHUNKS`] chunks of task
-/// metadata (16 MiB). Pure; shared by planning and `r2o watermark`.
+/// metadata (256 MiB, about 700,000 segments). Pure; shared by planning and
+/// `r2o watermark`.
 pub fn inputs_problem(windows: &[r2o_common::window::Window], inputs: usize, n: usize) -> Option<String> {
     (n > r2o_common::meta::MAX_CHUNKS).then(|| {
         format!(
             "window {} cannot be planned: its {} input segments need {n} chunks of task metadata, more than the {} \
-             one task may have; until windows this large are split into sub-tasks, use a smaller bucketTimePeriod \
-             or fewer, larger segments",
+             one task may have; use a smaller bucketTimePeriod or fewer, larger segments",
             windows.first().map(|w| w.to_string()).unwrap_or_default(),
             inputs,
             r2o_common::meta::MAX_CHUNKS
@@ -402,6 +402,10 @@ impl Authority {
             round_start_attempt: 0,
             failed_rounds: 0,
             retry_at_ms: 0,
+            sub_task: 0,
+            sub_tasks: 0,
+            group: String::new(),
+            inputs_of: String::new(),
         };
         let input_revs =
             match chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded_inputs).await {
@@ -1361,11 +1365,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_window_whose_inputs_exceed_a_task_is_reported_not_silently_retried() {
+    async fn a_window_with_tens_of_thousands_of_inputs_is_planned_as_one_task() {
         let w = world(json!({})).await;
         let a = &w.auth;
         let t0 = 400_000 * H;
-        // 24,000 segments in one window, each listing a long location: over 16 MiB of inputs
+        // 24,000 segments in one window, each listing a long location: over 16 MiB of inputs,
+        // more chunks than one etcd transaction could compare one by one
         let pad = "p".repeat(600);
         for i in 0..24_000 {
             let meta = SegmentMeta {
@@ -1386,17 +1391,21 @@ mod tests {
         }
         a.kv.put(&a.keys.segments_marker("t__x"), b"1".to_vec(), None).await.unwrap();
         let leadership = a.leadership().unwrap();
-        for _ in 0..2 {
-            match a.plan_table("t__x", leadership, "scheduled").await.unwrap() {
-                PlanOutcome::Wait(why) => {
-                    assert!(why.contains("cannot be planned") && why.contains("24000 input segments"), "{why}")
-                }
-                other => panic!("expected a wait naming the limit, got {other}"),
-            }
+        match a.plan_table("t__x", leadership, "scheduled").await.unwrap() {
+            PlanOutcome::Published(ids, _) => assert_eq!(ids.len(), 1),
+            other => panic!("expected the window to be published, got {other}"),
         }
-        assert!(a.kv.range(&a.keys.inputs_of_table("t__x")).await.unwrap().is_empty(), "no input chunks written");
-        assert!(range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks()).await.unwrap().is_empty());
-        let problems = a.plan_problems.lock().unwrap().get("t__x").cloned();
-        assert!(problems.is_some_and(|p| p.contains("sub-tasks")), "the reason is kept for the warning");
+        let (open, _) = open_tasks(&a.kv, &a.keys, "t__x").await.unwrap();
+        let t = &open[0].0;
+        assert_eq!(t.input_count, 24_000);
+        assert!(t.input_chunks as usize > 64, "{} chunks", t.input_chunks);
+        let inputs: Vec<SegmentMeta> = r2o_common::meta::chunks::read(&a.kv, &a.keys.inputs(&t.id)).await.unwrap();
+        assert_eq!(inputs.len(), 24_000, "a minion reads the whole list back");
+        assert!(a.plan_problems.lock().unwrap().get("t__x").is_none());
+        // past the limit (256 MiB of input metadata) the reason names it
+        let w0 = r2o_common::window::Window { start_ms: t0, end_ms: t0 + H };
+        let why = inputs_problem(&[w0], 800_000, r2o_common::meta::MAX_CHUNKS + 1).unwrap();
+        assert!(why.contains("cannot be planned") && why.contains("800000 input segments"), "{why}");
+        assert!(inputs_problem(&[w0], 24_000, 80).is_none());
     }
 }

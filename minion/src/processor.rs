@@ -45,8 +45,11 @@ pub struct OutputSegment {
     pub start_time_ms: i64,
     /// Largest time value, epoch ms (inclusive).
     pub end_time_ms: i64,
-    /// Zstd Parquet bytes.
+    /// Zstd Parquet bytes (empty when `written`).
     pub bytes: Bytes,
+    /// Where the bounded-memory path already wrote it, and its size in
+    /// bytes (`None`: the caller uploads `bytes`).
+    pub written: Option<(String, u64)>,
 }
 
 /// What one task produced.
@@ -121,7 +124,8 @@ impl From<arrow::error::ArrowError> for ProcessError {
     }
 }
 
-fn time_format(spec: &TableSpec) -> TimeFormat {
+/// The time column's format (epoch ms when the schema does not say).
+pub(crate) fn time_format(spec: &TableSpec) -> TimeFormat {
     spec.schema.field(&spec.flow.time_column).and_then(|f| f.time_format).unwrap_or(TimeFormat::MILLIS)
 }
 
@@ -209,6 +213,63 @@ pub fn dedup(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, Error> {
         out.push(filter_record_batch(b, &mask)?);
     }
     Ok(out)
+}
+
+/// One sub-task of a window split in `count` (Pinot's
+/// `maxNumRecordsPerTask`). Its outputs are named
+/// `<raw>_<windowStartMs>_<windowEndMs>_<partition|all>_s<index>_<seq>`.
+/// Split `by_hash` (rollup, dedup), it keeps the rows whose merge key
+/// (rollup: every non-metric column, the rounded time included; dedup: the
+/// whole row) hashes to `index` modulo `count`: equal keys hash alike on
+/// every minion, so each rollup group and each duplicate falls in exactly
+/// one sub-task. Otherwise (concat) its inputs are its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubTask {
+    /// This sub-task, `0..count`.
+    pub index: u32,
+    /// Sub-tasks of the window.
+    pub count: u32,
+    /// Whether rows are shared out by a hash of the merge key.
+    pub by_hash: bool,
+}
+
+impl SubTask {
+    /// The partition part of its output names: `<partition|all>_s<index>`.
+    pub fn name_part(sub: Option<SubTask>, partition: i32) -> String {
+        let part = if partition < 0 { "all".to_string() } else { partition.to_string() };
+        match sub {
+            Some(s) => format!("{part}_s{}", s.index),
+            None => part,
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash (the same on every minion and release).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Keeps the rows of a rounded batch that belong to `split` (see
+/// [`SubTask`]); all of them when it is not split by hash.
+pub fn keep_sub_task(batch: &RecordBatch, spec: &TableSpec, split: SubTask) -> Result<RecordBatch, Error> {
+    if !split.by_hash || split.count <= 1 || batch.num_rows() == 0 {
+        return Ok(batch.clone());
+    }
+    let key: Vec<usize> = spec
+        .schema
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| spec.flow.merge_type == MergeType::Dedup || f.kind != FieldKind::Metric)
+        .map(|(i, _)| i)
+        .collect();
+    let converter =
+        RowConverter::new(key.iter().map(|i| SortField::new(batch.schema().field(*i).data_type().clone())).collect())?;
+    let cols: Vec<ArrayRef> = key.iter().map(|i| batch.column(*i).clone()).collect();
+    let rows = converter.convert_columns(&cols)?;
+    let count = u64::from(split.count);
+    let mask: BooleanArray = rows.iter().map(|r| Some(fnv1a(r.as_ref()) % count == u64::from(split.index))).collect();
+    Ok(filter_record_batch(batch, &mask)?)
 }
 
 /// Running aggregate of one metric over groups, null-aware (a group whose
@@ -392,7 +453,7 @@ pub fn sort_by(schema: &Arc<ArrowSchema>, batches: &[RecordBatch], columns: &[&s
 /// The sort order of OFFLINE segments: the table's `sortedColumn`, then
 /// the time column (so rows of one value are in time order too); nothing
 /// when the table has no sorted column (rows keep their input order).
-fn sort_columns(spec: &TableSpec) -> Vec<&str> {
+pub(crate) fn sort_columns(spec: &TableSpec) -> Vec<&str> {
     match spec.flow.sorted_column.as_deref() {
         None => vec![],
         Some(c) if c == spec.flow.time_column => vec![c],
@@ -450,12 +511,50 @@ pub fn metric_sums(batches: &[RecordBatch], spec: &TableSpec) -> BTreeMap<String
     out
 }
 
+/// Running sums per sum-aggregated metric, as [`metric_sums`] gives them:
+/// `(wrapping int sum, f64 sum, f64 absolute sum)`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Sums(BTreeMap<String, (i64, f64, f64)>);
+
+impl Sums {
+    /// Adds one [`metric_sums`] result.
+    pub(crate) fn add(&mut self, m: BTreeMap<String, (i64, f64, f64)>) {
+        for (k, (i, f, a)) in m {
+            let e = self.0.entry(k).or_insert((0, 0.0, 0.0));
+            e.0 = e.0.wrapping_add(i);
+            e.1 += f;
+            e.2 += a;
+        }
+    }
+
+    /// Adds another running sum.
+    pub(crate) fn merge(&mut self, other: Sums) {
+        self.add(other.0)
+    }
+}
+
+/// The per-metric sums a report carries, in each column's width (INT sums
+/// wrap in 32 bits).
+pub(crate) fn finish_sums(spec: &TableSpec, sums_in: Sums, sums_out: Sums) -> BTreeMap<String, MetricSums> {
+    let mut out = BTreeMap::new();
+    for (m, (int, f, abs)) in sums_in.0 {
+        let is_int = spec.schema.field(&m).is_some_and(|f| f.data_type == DataType::Int);
+        let (oi, of, _) = sums_out.0.get(&m).copied().unwrap_or((0, 0.0, 0.0));
+        let width = |v: i64| if is_int { i64::from(v as i32) } else { v };
+        out.insert(
+            m,
+            MetricSums { int_in: width(int), int_out: width(oi), float_in: f, float_out: of, float_abs_in: abs },
+        );
+    }
+    out
+}
+
 /// What one window produced.
 struct WindowResult {
     outputs: Vec<OutputSegment>,
     stats: r2o_common::meta::WindowStats,
     sums_in: BTreeMap<String, (i64, f64, f64)>,
-    sums_out: BTreeMap<String, (i64, f64, f64)>,
+    sums_out: Sums,
 }
 
 /// Stages 3 to 8 for one window's rows: round, partition, merge, sort, cut, write.
@@ -463,6 +562,7 @@ fn process_window(
     spec: &TableSpec,
     window: Window,
     kept: Vec<RecordBatch>,
+    split: Option<SubTask>,
     check: &dyn Fn() -> Result<(), ProcessError>,
 ) -> Result<WindowResult, ProcessError> {
     let format = time_format(spec);
@@ -470,11 +570,16 @@ fn process_window(
     let mut rows_in = 0u64;
     let mut rounded = Vec::with_capacity(kept.len());
     for b in kept {
-        rows_in += b.num_rows() as u64;
-        rounded.push(match spec.flow.round_ms {
+        let b = match spec.flow.round_ms {
             Some(round) => round_time(&b, time_col, format, round)?,
             None => b,
-        });
+        };
+        let b = match split {
+            Some(split) => keep_sub_task(&b, spec, split)?,
+            None => b,
+        };
+        rows_in += b.num_rows() as u64;
+        rounded.push(b);
     }
     let sums_in = metric_sums(&rounded, spec);
     let arrow_schema = spec.schema.arrow_schema();
@@ -488,7 +593,7 @@ fn process_window(
             ..Default::default()
         },
         sums_in,
-        sums_out: BTreeMap::new(),
+        sums_out: Sums::default(),
     };
     for (partition, batches) in partition_batches(rounded, spec)? {
         check()?;
@@ -499,13 +604,8 @@ fn process_window(
         };
         check()?;
         let sorted = sort_by(&arrow_schema, &merged, &sort)?;
-        for (m, (int, f, a)) in metric_sums(std::slice::from_ref(&sorted), spec) {
-            let e = result.sums_out.entry(m).or_insert((0, 0.0, 0.0));
-            e.0 = e.0.wrapping_add(int);
-            e.1 += f;
-            e.2 += a;
-        }
-        let part = if partition < 0 { "all".to_string() } else { partition.to_string() };
+        result.sums_out.add(metric_sums(std::slice::from_ref(&sorted), spec));
+        let part = SubTask::name_part(split, partition);
         for (seq, piece) in cut(&sorted, spec.flow.max_records_per_segment).into_iter().enumerate() {
             check()?;
             if piece.num_rows() == 0 {
@@ -524,6 +624,7 @@ fn process_window(
                 start_time_ms: start,
                 end_time_ms: end,
                 bytes,
+                written: None,
             });
         }
     }
@@ -585,6 +686,23 @@ pub fn process(
     cancel: &CancellationToken,
     threads: usize,
 ) -> Result<Processed, ProcessError> {
+    process_part(spec, windows, inputs, cancel, threads, None)
+}
+
+/// [`process`] for one sub-task of a window split by hash (`split`; `None`:
+/// the whole window): only the rows of its share are merged and written,
+/// and counted in its figures.
+///
+/// # Errors
+/// As [`process`].
+pub fn process_part(
+    spec: &TableSpec,
+    windows: &[Window],
+    inputs: Vec<Input>,
+    cancel: &CancellationToken,
+    threads: usize,
+    split: Option<SubTask>,
+) -> Result<Processed, ProcessError> {
     let check = || if cancel.is_cancelled() { Err(ProcessError::Cancelled) } else { Ok(()) };
     let mut result = Processed::default();
     if windows.is_empty() {
@@ -614,7 +732,7 @@ pub fn process(
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     continue; // drain: a window failed, the task fails
                 }
-                let r = process_window(spec, windows[i], kept, &check);
+                let r = process_window(spec, windows[i], kept, split, &check);
                 if r.is_err() {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -662,16 +780,7 @@ pub fn process(
         Ok(())
     });
     read?;
-    let mut sums_in: BTreeMap<String, (i64, f64, f64)> = BTreeMap::new();
-    let mut sums_out: BTreeMap<String, (i64, f64, f64)> = BTreeMap::new();
-    let add = |acc: &mut BTreeMap<String, (i64, f64, f64)>, m: BTreeMap<String, (i64, f64, f64)>| {
-        for (k, (i, f, a)) in m {
-            let e = acc.entry(k).or_insert((0, 0.0, 0.0));
-            e.0 = e.0.wrapping_add(i);
-            e.1 += f;
-            e.2 += a;
-        }
-    };
+    let (mut sums_in, mut sums_out) = (Sums::default(), Sums::default());
     for r in results {
         let Some(r) = r.into_inner().unwrap_or_else(|p| p.into_inner()) else {
             continue; // not run: another window failed first
@@ -682,18 +791,10 @@ pub fn process(
         result.rows_out += w.stats.rows_out;
         result.outputs.extend(w.outputs);
         result.windows.push(w.stats);
-        add(&mut sums_in, w.sums_in);
-        add(&mut sums_out, w.sums_out);
+        sums_in.add(w.sums_in);
+        sums_out.merge(w.sums_out);
     }
-    for (m, (int, f, abs)) in sums_in {
-        let is_int = spec.schema.field(&m).is_some_and(|f| f.data_type == DataType::Int);
-        let (oi, of, _) = sums_out.get(&m).copied().unwrap_or((0, 0.0, 0.0));
-        let width = |v: i64| if is_int { i64::from(v as i32) } else { v };
-        result.metric_sums.insert(
-            m,
-            MetricSums { int_in: width(int), int_out: width(oi), float_in: f, float_out: of, float_abs_in: abs },
-        );
-    }
+    result.metric_sums = finish_sums(spec, sums_in, sums_out);
     Ok(result)
 }
 

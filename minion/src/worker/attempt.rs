@@ -10,7 +10,7 @@
 use backon::Retryable;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use r2o_common::config::TableSpec;
+use r2o_common::config::{MergeType, TableSpec};
 use r2o_common::meta::{SegmentMeta, TaskRecord};
 use r2o_common::retry::{reconnect_backoff, store_backoff};
 use r2o_common::store::{get_bytes, put_bytes};
@@ -23,7 +23,23 @@ use tracing::{info, warn};
 
 use super::claim::{self, Claimed};
 use super::Worker;
-use crate::processor::{process, Input, ProcessError, Processed};
+use crate::budget::decoded_row_bytes;
+use crate::processor::{process_part, Input, OutputSegment, ProcessError, Processed, SubTask};
+use crate::stream::{process_streaming, StreamInput, StreamSettings};
+
+/// What a report says of one staged output.
+fn staged_segment(o: &OutputSegment, location: String, size_bytes: u64) -> pb::StagedSegment {
+    pb::StagedSegment {
+        name: o.name.clone(),
+        location,
+        num_rows: o.num_rows,
+        size_bytes,
+        start_time_ms: o.start_time_ms,
+        end_time_ms: o.end_time_ms,
+        partition: o.partition,
+        window_start_ms: o.window_start_ms,
+    }
+}
 
 /// How an attempt ended, as counted in `r2o_minion_attempts_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,11 +260,67 @@ impl Worker {
         cancel: &CancellationToken,
     ) -> Result<(Processed, Vec<pb::StagedSegment>, String), ProcessError> {
         let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone()).map_err(Error::from)?;
-        let segments: Vec<SegmentMeta> =
-            (|| claim::inputs(&self.kv, &self.keys, &task.id)).retry(store_backoff()).when(Error::is_retryable).await?;
+        let inputs_id = task.inputs_id();
+        let segments: Vec<SegmentMeta> = (|| claim::inputs(&self.kv, &self.keys, &inputs_id))
+            .retry(store_backoff())
+            .when(Error::is_retryable)
+            .await?;
         let windows = task.windows.clone();
         let range = Window { start_ms: task.from_ms, end_ms: task.window_end_ms };
         let retry = store_backoff();
+        let prefix = self.layout.staging_prefix(&task.id, task.attempt);
+        // a sub-task of a rollup or dedup window keeps its hash share of every
+        // input; NULL-time rows are counted by the first sub-task alone
+        let split = task.is_sub_task().then_some(SubTask {
+            index: task.sub_task,
+            count: task.sub_tasks,
+            by_hash: spec.flow.merge_type != MergeType::Concat,
+        });
+        let counts_nulls = split.is_none_or(|s| !s.by_hash || s.index == 0);
+        // the cores, shared by the attempts running now: a lone task uses them all,
+        // a busy minion does not oversubscribe them
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (cores / self.running().max(1)).max(1);
+        let share = self.cfg.memory_budget / u64::from(self.cfg.slots.max(1));
+        let estimate = task.input_bytes + 3 * task.input_rows * decoded_row_bytes(&spec.schema);
+        if estimate > share {
+            // past the attempt's share: read in place, spill, stream the outputs
+            let settings = StreamSettings {
+                memory_bytes: (share / 8 * 5) as usize,
+                spill_dir: self.cfg.spill_dir.join(format!("{}-{}", task.id, task.attempt)),
+                threads,
+                split,
+            };
+            info!(table = %task.table, task = %task.id, attempt = task.attempt, estimate_bytes = estimate, share_bytes = share, sort_memory_bytes = settings.memory_bytes, "task exceeds the attempt's memory share; running it on the bounded-memory path");
+            let inputs: Vec<StreamInput> = segments
+                .into_iter()
+                .map(|meta| StreamInput { count_null_time: counts_nulls && range.contains(meta.start_time_ms), meta })
+                .collect();
+            let (spec2, cancel2, store, prefix2) = (spec.clone(), cancel.clone(), self.store.clone(), prefix.clone());
+            let spill_dir = settings.spill_dir.clone();
+            let run = tokio::task::spawn_blocking(move || {
+                process_streaming(&spec2, &windows, inputs, store, &prefix2, &settings, &cancel2)
+            })
+            .await;
+            let _ = std::fs::remove_dir_all(&spill_dir);
+            let (processed, spill) = run.map_err(|e| {
+                ProcessError::Data(Error::Segment {
+                    segment: task.id.to_string(),
+                    problem: format!("processor panicked: {e}"),
+                })
+            })??;
+            self.metrics.spilled_bytes.inc_by(spill.spilled_bytes as u64);
+            info!(table = %task.table, task = %task.id, attempt = task.attempt, spill_count = spill.spill_count, spilled_bytes = spill.spilled_bytes, "bounded-memory run done");
+            let staged = processed
+                .outputs
+                .iter()
+                .map(|o| {
+                    let (location, size) = o.written.clone().unwrap_or_default();
+                    staged_segment(o, location, size)
+                })
+                .collect();
+            return Ok((processed, staged, spec.schema.fingerprint()));
+        }
         let inputs: Vec<Input> = futures::stream::iter(segments)
             .map(|seg| {
                 let store = self.store.clone();
@@ -269,7 +341,7 @@ impl Worker {
                         name: seg.segment_name.clone(),
                         bytes,
                         // counted once: by the task whose range holds the segment's start
-                        count_null_time: range.contains(seg.start_time_ms),
+                        count_null_time: counts_nulls && range.contains(seg.start_time_ms),
                         start_ms: seg.start_time_ms,
                     })
                 }
@@ -281,35 +353,19 @@ impl Worker {
             return Err(ProcessError::Cancelled);
         }
         let (spec2, cancel2) = (spec.clone(), cancel.clone());
-        // the cores, shared by the attempts running now: a lone task uses them all,
-        // a busy minion does not oversubscribe them
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (cores / self.running().max(1)).max(1);
-        let processed = tokio::task::spawn_blocking(move || process(&spec2, &windows, inputs, &cancel2, threads))
-            .await
-            .map_err(|e| {
-                ProcessError::Data(Error::Segment {
-                    segment: task.id.to_string(),
-                    problem: format!("processor panicked: {e}"),
-                })
-            })??;
-        let prefix = self.layout.staging_prefix(&task.id, task.attempt);
+        let processed =
+            tokio::task::spawn_blocking(move || process_part(&spec2, &windows, inputs, &cancel2, threads, split))
+                .await
+                .map_err(|e| {
+                    ProcessError::Data(Error::Segment {
+                        segment: task.id.to_string(),
+                        problem: format!("processor panicked: {e}"),
+                    })
+                })??;
         let uploads: Vec<(pb::StagedSegment, Bytes)> = processed
             .outputs
             .iter()
-            .map(|o| {
-                let seg = pb::StagedSegment {
-                    name: o.name.clone(),
-                    location: format!("{prefix}{}.parquet", o.name),
-                    num_rows: o.num_rows,
-                    size_bytes: o.bytes.len() as u64,
-                    start_time_ms: o.start_time_ms,
-                    end_time_ms: o.end_time_ms,
-                    partition: o.partition,
-                    window_start_ms: o.window_start_ms,
-                };
-                (seg, o.bytes.clone())
-            })
+            .map(|o| (staged_segment(o, format!("{prefix}{}.parquet", o.name), o.bytes.len() as u64), o.bytes.clone()))
             .collect();
         let store = self.store.clone();
         let errors = self.metrics.errors.clone();

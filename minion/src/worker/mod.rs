@@ -54,6 +54,13 @@ pub struct MinionConfig {
     pub rpc_timeout: Duration,
     /// Where to serve `/healthz`, `/readyz` and `/metrics` (none: not served).
     pub http_listen: Option<SocketAddr>,
+    /// Bytes of decoded data the running attempts may hold together; each
+    /// attempt's share is `memory_budget / slots`. A task estimated past its
+    /// share runs on the bounded-memory path, spilling to `spill_dir`.
+    pub memory_budget: u64,
+    /// Local directory for spill files (one subdirectory per attempt,
+    /// removed when it ends).
+    pub spill_dir: std::path::PathBuf,
 }
 
 /// The minion's Prometheus metrics.
@@ -69,6 +76,10 @@ pub struct MinionMetrics {
     pub attempts: prometheus::IntCounterVec,
     /// `r2o_errors_total{component}`: etcd and object-store errors seen.
     pub errors: prometheus::IntCounterVec,
+    /// `r2o_minion_spilled_bytes_total`: bytes the bounded-memory path spilled to local disk.
+    pub spilled_bytes: prometheus::IntCounter,
+    /// `r2o_minion_memory_budget_bytes`: the configured memory budget.
+    pub memory_budget: prometheus::IntGauge,
 }
 
 impl MinionMetrics {
@@ -95,6 +106,16 @@ impl MinionMetrics {
                 "outcome",
             ),
             errors: c("r2o_errors_total", "etcd and object-store errors seen by this process", "component"),
+            spilled_bytes: {
+                let c = prometheus::IntCounter::new(
+                    "r2o_minion_spilled_bytes_total",
+                    "Bytes the bounded-memory path spilled to local disk",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
+            memory_budget: g("r2o_minion_memory_budget_bytes", "Bytes of decoded data the running attempts may hold"),
         };
         m.slots.set(i64::from(slots));
         m.free.set(i64::from(slots));
@@ -228,6 +249,7 @@ async fn install_layout(kv: &Kv, keys: &Keys, cancel: &CancellationToken) -> Opt
 pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let telemetry = r2o_common::telemetry::Telemetry::new();
     let metrics = MinionMetrics::new(&telemetry.registry, cfg.slots);
+    metrics.memory_budget.set(i64::try_from(cfg.memory_budget).unwrap_or(i64::MAX));
     let Some(layout) = install_layout(&kv, &keys, &cancel).await else {
         return Ok(());
     };

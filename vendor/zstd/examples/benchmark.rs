@@ -1,7 +1,3 @@
-// clap's derive expands to `OnceLock`, stable in 1.70, above this crate's
-// declared MSRV. Examples are dev-only, so consumers are unaffected.
-#![allow(clippy::incompatible_msrv)]
-
 use clap::Parser;
 use humansize::{format_size, DECIMAL};
 use std::io::Read;
@@ -53,8 +49,11 @@ fn main() {
 
     // Print tsv headers
     println!(
-        "Compression level\tCompression ratio\tCompression speed\t\
-         Decompression speed"
+        "{}\t{}\t{}\t{}",
+        "Compression level",
+        "Compression ratio",
+        "Compression speed",
+        "Decompression speed"
     );
 
     for level in args.begin..args.end {

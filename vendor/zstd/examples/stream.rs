@@ -12,24 +12,21 @@ fn main() {
             .unwrap();
         }
         Some(ref option) if option == "-d" => decompress(),
-        Some(ref option) => match option.strip_prefix('-') {
-            Some(level) => {
-                let level = match i32::from_str(level) {
+        Some(ref option) => {
+            if option.starts_with('-') {
+                let level = match i32::from_str(&option[1..]) {
                     Ok(level) => level,
-                    Err(e) => {
-                        panic!("Error parsing compression level: {}", e)
-                    }
+                    Err(e) => panic!("Error parsing compression level: {}", e),
                 };
                 compress(level);
-            }
-            None => {
+            } else {
                 writeln!(
                     &mut io::stderr(),
                     "Invalid option. Usage: `stream [-d|-1..-22]`"
                 )
                 .unwrap();
             }
-        },
+        }
     }
 }
 

@@ -1,8 +1,10 @@
+use zstd;
+
 use std::env;
 use std::fs;
 use std::io;
 
-const SUFFIX: &str = ".zst";
+const SUFFIX: &'static str = ".zst";
 
 fn main() {
     for arg in env::args().skip(1) {

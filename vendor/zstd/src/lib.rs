@@ -17,30 +17,7 @@
 //! zstd::stream::copy_decode(io::stdin(), io::stdout()).unwrap();
 //! ```
 //!
-//! # Cargo features
-//!
-//! Enabled by default: `legacy`, `arrays`, `zdict_builder`.
-//!
-//! | Feature | Default | Description |
-//! | --- | --- | --- |
-//! | `arrays` | yes | Use fixed-size arrays (`[u8; N]`) as output buffers. |
-//! | `legacy` | yes | Decode frames written by zstd versions older than 0.8. |
-//! | `zdict_builder` | yes | Train new dictionaries. *Using* a dictionary always works. |
-//! | `experimental` | | Expose zstd's experimental API, which has no stability guarantees. |
-//! | `zstdmt` | | Multi-threaded compression inside the C library. |
-//! | `thin` | | Build a smaller C library, at some cost in speed and error reporting. |
-//! | `debug` | | Enable zstd's debug logs. |
-//! | `no_asm` | | Do not build the x86-64 assembly. |
-//! | `fat-lto`, `thin-lto` | | Cross-language LTO. Only works if `clang` builds the C library. |
-//! | `bindgen` | | Generate the bindings at build time rather than using the pre-generated ones. |
-//! | `pkg-config` | | Link against a system-installed libzstd instead of building the bundled source. |
-//! | `vendored` | | Always build the bundled source, even when `pkg-config` is also enabled. |
-//! | `cmake` | | Build the C library with zstd's own CMake files instead of the `cc` crate. |
-//!
-//! See the [readme] for more about the build-related ones.
-//!
 //! [zstd]: https://github.com/facebook/zstd
-//! [readme]: https://github.com/gyscos/zstd-rs#cargo-features
 #![deny(missing_docs)]
 #![cfg_attr(feature = "doc-cfg", feature(doc_cfg))]
 
@@ -64,20 +41,8 @@ pub fn compression_level_range(
     zstd_safe::min_c_level()..=zstd_safe::max_c_level()
 }
 
-/// How large a buffer a compressed block might need, at worst.
-///
-/// This is what to reserve before [`bulk::compress_to_buffer()`], which writes
-/// into a destination you provide rather than allocating one.
-///
-/// Re-exported from `zstd_safe`, where it lives alongside the rest of the
-/// direct bindings.
-pub use zstd_safe::compress_bound;
-
 #[doc(no_inline)]
-pub use crate::stream::{
-    compress_file, compress_file_into, compress_sized, compress_sized_into,
-    decode_all, decompressed_size, encode_all, Decoder, Encoder,
-};
+pub use crate::stream::{decode_all, encode_all, Decoder, Encoder};
 
 /// Returns the error message as io::Error based on error_code.
 fn map_error_code(code: usize) -> io::Error {
@@ -105,6 +70,26 @@ where
     G: Fn(&[u8]) -> io::Result<Vec<u8>>,
 {
     test_cycle(data, |data| f(data).unwrap(), |data| g(data).unwrap())
+}
+
+/// Compressible data, `len` bytes, different for each seed.
+///
+/// The worker thread tests use it in the sizes that keep a job busy long
+/// enough to be caught running.
+#[cfg(all(test, feature = "zstdmt"))]
+fn test_words(len: usize, seed: u64) -> Vec<u8> {
+    let words: [&[u8]; 6] =
+        [b"lorem ", b"ipsum ", b"dolor ", b"sit ", b"amet ", b"elit "];
+    let mut x = seed | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(words[(x % 6) as usize]);
+    }
+    data.truncate(len);
+    data
 }
 
 #[test]

@@ -20,11 +20,6 @@ use std::io;
 /// Returns the number of bytes written, or an error if something happened
 /// (for instance if the destination buffer was too small).
 ///
-/// [`crate::compress_bound()`] says how large the destination might need to
-/// be. Passing a `Vec` instead of a slice works too, and then it is the
-/// `Vec`'s *capacity* that bounds the output - so `reserve` what you need
-/// rather than `resize`, since the bytes do not have to be initialized.
-///
 /// A level of `0` uses zstd's default (currently `3`).
 pub fn compress_to_buffer(
     source: &[u8],
@@ -41,16 +36,10 @@ pub fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     Compressor::new(level)?.compress(data)
 }
 
-/// Decompress a single block of data to the given destination buffer.
+/// Deompress a single block of data to the given destination buffer.
 ///
 /// Returns the number of bytes written, or an error if something happened
 /// (for instance if the destination buffer was too small).
-///
-/// [`crate::decompressed_size()`] says how big the result will be, when the
-/// frame records it - there is no need to store the size alongside the data
-/// yourself. Passing a `Vec` instead of a slice works too, and then it is the
-/// `Vec`'s *capacity* that bounds the output, so `reserve` what you need
-/// rather than `resize`.
 pub fn decompress_to_buffer(
     source: &[u8],
     destination: &mut [u8],
@@ -60,13 +49,8 @@ pub fn decompress_to_buffer(
 
 /// Decompresses a block of data and returns the decompressed result.
 ///
-/// The decompressed data should be at most `capacity` bytes, or an error will
-/// be returned - so `capacity` is the most you are willing to allocate for
-/// this, not a guess that has to be right. When the frame records its size,
-/// only that much is allocated however large a `capacity` you allow.
-///
-/// [`crate::decompressed_size()`] gives you that size up front, if you would
-/// rather decide for yourself.
+/// The decompressed data should be at most `capacity` bytes,
+/// or an error will be returned.
 pub fn decompress(data: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
     Decompressor::new()?.decompress(data, capacity)
 }

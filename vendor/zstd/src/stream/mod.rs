@@ -17,10 +17,7 @@ mod tests;
 
 pub mod raw;
 
-pub use self::functions::{
-    compress_file, compress_file_into, compress_sized, compress_sized_into,
-    copy_decode, copy_encode, decode_all, decompressed_size, encode_all,
-};
+pub use self::functions::{copy_decode, copy_encode, decode_all, encode_all};
 pub use self::read::Decoder;
 pub use self::write::{AutoFinishEncoder, Encoder};
 
@@ -104,6 +101,11 @@ macro_rules! encoder_parameters {
         ///
         /// So even `n_workers = 1` may increase performance by separating
         /// IO and compression.
+        ///
+        /// With a dictionary or prefix that is only borrowed (a prepared
+        /// dictionary, or a prefix), do not leak this (with `mem::forget`,
+        /// say) in the middle of a frame: the worker threads could then read
+        /// it after it is dropped. See `zstd_safe::CCtx`.
         ///
         /// Note: This is only available if the `zstdmt` cargo feature is activated.
         #[cfg(feature = "zstdmt")]

@@ -135,15 +135,6 @@ pub struct Decoder<'a> {
     context: MaybeOwnedDCtx<'a>,
 }
 
-fn create_dctx<'a>() -> io::Result<zstd_safe::DCtx<'a>> {
-    zstd_safe::DCtx::try_create().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::Other,
-            "zstd could not allocate a decompression context",
-        )
-    })
-}
-
 impl Decoder<'static> {
     /// Creates a new decoder.
     pub fn new() -> io::Result<Self> {
@@ -152,7 +143,7 @@ impl Decoder<'static> {
 
     /// Creates a new decoder initialized with the given dictionary.
     pub fn with_dictionary(dictionary: &[u8]) -> io::Result<Self> {
-        let mut context = create_dctx()?;
+        let mut context = zstd_safe::DCtx::create();
         context.init().map_err(map_error_code)?;
         context
             .load_dictionary(dictionary)
@@ -181,12 +172,12 @@ impl<'a> Decoder<'a> {
 
     /// Creates a new decoder, using an existing `DecoderDictionary`.
     pub fn with_prepared_dictionary<'b>(
-        dictionary: &'a DecoderDictionary<'b>,
+        dictionary: &DecoderDictionary<'b>,
     ) -> io::Result<Self>
     where
         'b: 'a,
     {
-        let mut context = create_dctx()?;
+        let mut context = zstd_safe::DCtx::create();
         context
             .ref_ddict(dictionary.as_ddict())
             .map_err(map_error_code)?;
@@ -200,7 +191,7 @@ impl<'a> Decoder<'a> {
     where
         'b: 'a,
     {
-        let mut context = create_dctx()?;
+        let mut context = zstd_safe::DCtx::create();
         context.ref_prefix(ref_prefix).map_err(map_error_code)?;
         Ok(Decoder {
             context: MaybeOwnedDCtx::Owned(context),
@@ -325,7 +316,7 @@ impl<'a> Encoder<'a> {
 
     /// Creates a new encoder using an existing `EncoderDictionary`.
     pub fn with_prepared_dictionary<'b>(
-        dictionary: &'a EncoderDictionary<'b>,
+        dictionary: &EncoderDictionary<'b>,
     ) -> io::Result<Self>
     where
         'b: 'a,

@@ -242,7 +242,7 @@ impl<'a, W: Write> Encoder<'a, W> {
     /// but requires the dictionary to be present during decompression.)
     pub fn with_prepared_dictionary<'b>(
         writer: W,
-        dictionary: &'a EncoderDictionary<'b>,
+        dictionary: &EncoderDictionary<'b>,
     ) -> io::Result<Self>
     where
         'b: 'a,
@@ -410,7 +410,7 @@ impl<'a, W: Write> Decoder<'a, W> {
     /// but requires the dictionary to be present during decompression.)
     pub fn with_prepared_dictionary<'b>(
         writer: W,
-        dictionary: &'a DecoderDictionary<'b>,
+        dictionary: &DecoderDictionary<'b>,
     ) -> io::Result<Self>
     where
         'b: 'a,

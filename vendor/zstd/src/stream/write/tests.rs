@@ -54,15 +54,13 @@ fn test_partial_write_finish() {
     assert_eq!(&decode_all(&buf[..]).unwrap(), &input);
 }
 
-fn setup_partial_write(
-    input_data: &[u8],
-) -> Encoder<'_, PartialWrite<Vec<u8>>> {
+fn setup_partial_write(input_data: &[u8]) -> Encoder<PartialWrite<Vec<u8>>> {
     let buf =
         PartialWrite::new(Vec::new(), iter::repeat(PartialOp::Limited(1)));
     let mut z = Encoder::new(buf, 1).unwrap();
 
     // Fill in enough data to make sure the buffer gets written out.
-    z.write_all(input_data).unwrap();
+    z.write(input_data).unwrap();
 
     {
         let inner = &mut z.writer;
@@ -158,4 +156,22 @@ fn test_decoder_do_finish_resume() {
     decoder.do_finish().unwrap();
     decoder.write_all(&encoded).unwrap_err();
     assert_eq!(decoder.finish().unwrap(), input);
+}
+
+/// Dropping a multithreaded encoder without finishing it waits for the
+/// worker threads before freeing the dictionary they read.
+#[cfg(feature = "zstdmt")]
+#[test]
+fn test_drop_unfinished_multithreaded_encoder() {
+    use crate::test_words as words;
+
+    let dictionary = words(1 << 20, 1);
+    let input = words(24 << 20, 2);
+    for _ in 0..3 {
+        let mut encoder =
+            Encoder::with_dictionary(Vec::new(), 3, &dictionary).unwrap();
+        encoder.multithread(2).unwrap();
+        encoder.write_all(&input).unwrap();
+        drop(encoder);
+    }
 }

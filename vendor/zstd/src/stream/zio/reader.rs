@@ -17,10 +17,6 @@ pub struct Reader<R, D> {
 
     single_frame: bool,
     finished_frame: bool,
-
-    // Whether the operation has consumed any input yet.
-    // Until then, `!finished_frame` does not mean we are inside a frame.
-    started: bool,
 }
 
 enum State {
@@ -43,7 +39,6 @@ impl<R, D> Reader<R, D> {
             state: State::Reading,
             single_frame: false,
             finished_frame: false,
-            started: false,
         }
     }
 
@@ -82,74 +77,6 @@ impl<R, D> Reader<R, D> {
         self.operation.flush(&mut OutBuffer::around(output))
     }
 }
-
-impl<R, D> Reader<R, D>
-where
-    R: BufRead,
-    D: Operation,
-{
-    /// Consume the rest of the current frame from the underlying reader.
-    ///
-    /// Once all the decoded data has been read, zstd may still not have
-    /// consumed the tail of the frame: it can produce the last of the output
-    /// before reading the frame epilogue. The underlying reader is then left
-    /// pointing somewhere inside the frame rather than just after it.
-    ///
-    /// This feeds zstd the input it still needs, with no room for output, so
-    /// the reader ends up positioned exactly at the end of the frame.
-    ///
-    /// It stops there: it will not start decoding whatever follows, so a
-    /// stream of concatenated frames keeps its remaining frames, and trailing
-    /// non-zstd data is left untouched.
-    ///
-    /// This is a no-op if the current frame is already complete, or if no
-    /// frame has been started yet, so it will not read from the underlying
-    /// reader in those cases.
-    pub fn finish_frame(&mut self) -> io::Result<()> {
-        // Only pull on the reader if zstd is actually waiting for the rest of
-        // a frame. Otherwise this could block on a stream - a socket, say -
-        // that has nothing more to give.
-        if !self.started
-            || self.finished_frame
-            || !matches!(self.state, State::Reading)
-        {
-            return Ok(());
-        }
-
-        loop {
-            let bytes_read = {
-                let input = fill_buf(&mut self.reader)?;
-                if input.is_empty() {
-                    return Ok(());
-                }
-
-                let mut src = InBuffer::around(input);
-                // No output space: zstd will only consume the input backing
-                // the output it has already handed us, and stops at the end of
-                // the frame rather than starting the next one.
-                let mut dst = OutBuffer::around(&mut [][..]);
-
-                let hint = self.operation.run(&mut src, &mut dst)?;
-                if hint == 0 {
-                    self.finished_frame = true;
-                    if self.single_frame {
-                        self.state = State::Finished;
-                    }
-                }
-
-                src.pos()
-            };
-
-            self.reader.consume(bytes_read);
-
-            // Either we reached the end of the frame, or we cannot make any
-            // more progress without somewhere to put the output.
-            if self.finished_frame || bytes_read == 0 {
-                return Ok(());
-            }
-        }
-    }
-}
 // Read and retry on Interrupted errors.
 fn fill_buf<R>(reader: &mut R) -> io::Result<&[u8]>
 where
@@ -180,65 +107,7 @@ where
     R: BufRead,
     D: Operation,
 {
-    /// Reads everything the operation produces into `buf`.
-    ///
-    /// The default implementation has an awkward ending: when the output
-    /// happens to fill the vector exactly, it doubles the capacity and
-    /// reallocates - copying everything decoded so far - then reads zero bytes
-    /// and truncates back. Probing with a small stack buffer first establishes
-    /// there is nothing left without paying for that. Whether the saving shows
-    /// up depends on the allocator: one that can grow a large block in place
-    /// makes it cheap, one that has to copy does not.
-    ///
-    /// This should be deleted once `Read::read_buf` is stable. std can then
-    /// fill spare capacity without initializing it first, which removes both
-    /// the reallocation and the zeroing this does by hand, and its version
-    /// will be the better one.
-    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        let start = buf.len();
-        let mut written = start;
-        loop {
-            let result = if written == buf.capacity() {
-                // Check for EOF before growing a full (or empty) vector.
-                let mut probe = [0; 32];
-                self.read(&mut probe).map(|n| {
-                    buf.extend_from_slice(&probe[..n]);
-                    n
-                })
-            } else {
-                // Initialize only one block of spare capacity at a time.
-                // Keep it initialized across short reads so we don't repeatedly
-                // zero the same space. Bounded slices retain streaming behavior.
-                if written == buf.len() {
-                    let chunk = (buf.capacity() - written)
-                        .min(zstd_safe::BLOCKSIZE_MAX as usize);
-                    buf.resize(written + chunk, 0);
-                }
-                self.read(&mut buf[written..])
-            };
-            match result {
-                Ok(0) => {
-                    buf.truncate(written);
-                    return Ok(written - start);
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    buf.truncate(written);
-                    return Err(e);
-                }
-            }
-        }
-    }
-
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // `Read::read` is specified to return `Ok(0)` for an empty buffer.
-        // Without this, the loop below would keep asking the operation to write
-        // into no space at all, until zstd gives up with a "no progress" error.
-        if buf.is_empty() {
-            return Ok(0);
-        }
-
         // Keep trying until _something_ has been written.
         let mut first = true;
         loop {
@@ -297,7 +166,6 @@ where
                     };
 
                     self.reader.consume(bytes_read);
-                    self.started |= bytes_read > 0;
 
                     if bytes_written > 0 {
                         return Ok(bytes_written);
@@ -351,22 +219,6 @@ mod tests {
             reader.read_to_end(&mut output).unwrap();
         }
         assert_eq!(&output, input);
-    }
-
-    #[test]
-    fn test_noop_read_to_end_appends_across_chunks() {
-        use crate::stream::raw::NoOp;
-
-        let input = vec![42; zstd_safe::BLOCKSIZE_MAX as usize + 17];
-        for spare in [0, 1, input.len(), input.len() + 1] {
-            let mut output = Vec::with_capacity(6 + spare);
-            output.extend_from_slice(b"prefix");
-            let mut reader = Reader::new(&input[..], NoOp);
-            assert_eq!(reader.read_to_end(&mut output).unwrap(), input.len());
-            assert_eq!(&output[..6], b"prefix");
-            assert_eq!(&output[6..], input);
-            assert_eq!(reader.read_to_end(&mut output).unwrap(), 0);
-        }
     }
 
     #[test]

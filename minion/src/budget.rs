@@ -1,0 +1,119 @@
+//! The minion's memory budget: how many bytes of decoded data its running
+//! attempts may hold together. A task whose windows would not fit its share
+//! (budget / slots) runs on the bounded-memory path ([`crate::stream`]):
+//! inputs read by row group, the sort and merge spilling to local disk, the
+//! outputs streamed to the object store in parts.
+
+/// Fraction of a container's memory limit given to decoded data by default;
+/// the rest covers the runtime, gRPC and etcd clients, readers' and writers'
+/// buffers and allocator slack.
+const DEFAULT_LIMIT_FRACTION: (u64, u64) = (3, 4);
+
+/// Parses a size with an optional unit, as Kubernetes writes them: plain
+/// bytes (`268435456`), decimal `KB`/`MB`/`GB`/`TB` (or `K`, `M`, `G`, `T`:
+/// powers of 1000) and binary `KiB`/`MiB`/`GiB`/`TiB` (or `Ki`, `Mi`, `Gi`,
+/// `Ti`: powers of 1024); a fraction is allowed (`1.5GiB`).
+///
+/// # Errors
+/// A message naming the value and the expected form.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || {
+        format!("'{text}' is not a size: expected bytes with an optional unit, e.g. 268435456, 256MB, 256MiB or 4GiB")
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "k" | "kB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "T" | "TB" => 1_000_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "Ti" | "TiB" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * scale as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// The container's memory limit in bytes, when there is one: cgroup v2's
+/// `memory.max`, else cgroup v1's `memory.limit_in_bytes` (values of 2^60
+/// and above mean "no limit" there).
+pub fn container_memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes").filter(|v| *v < 1 << 60))
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`).
+fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The default budget, bytes: 3/4 of the container's memory limit when
+/// there is one, else half of the machine's memory (4 GiB when neither can
+/// be read).
+pub fn default_budget() -> u64 {
+    let (num, den) = DEFAULT_LIMIT_FRACTION;
+    match container_memory_limit() {
+        Some(limit) => limit / den * num,
+        None => machine_memory().map_or(4 << 30, |m| m / 2),
+    }
+}
+
+/// Estimated bytes of one decoded row of `schema` in Arrow: fixed widths
+/// plus 4 bytes of offset and 24 of data per string or bytes value, and a
+/// validity bit rounded up to a byte per column. An estimate for choosing
+/// the path, not an accounting.
+pub fn decoded_row_bytes(schema: &r2o_common::schema::Schema) -> u64 {
+    use r2o_common::schema::DataType::*;
+    schema
+        .fields
+        .iter()
+        .map(|f| match f.data_type {
+            Int | Float | Boolean => 5,
+            Long | Double | Timestamp => 9,
+            _ => 29,
+        })
+        .sum::<u64>()
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_decimal_and_binary_units() {
+        assert_eq!(parse_size("268435456"), Ok(268_435_456));
+        assert_eq!(parse_size("256MB"), Ok(256_000_000));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_size(" 4GiB "), Ok(4 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("2k"), Ok(2_000));
+        for bad in ["", "MB", "12XB", "-5MB", "0", "1e3", "abc"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains(&format!("'{bad}'")) && e.contains("256MiB"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_default_budget_is_a_positive_share_of_memory() {
+        let b = default_budget();
+        assert!(b > 0);
+        if let Some(limit) = container_memory_limit() {
+            assert!(b < limit, "the budget leaves headroom under the container's limit");
+        }
+    }
+}

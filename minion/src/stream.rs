@@ -1,0 +1,999 @@
+//! The bounded-memory path, for tasks whose windows do not fit the
+//! attempt's share of the minion's memory budget ([`crate::budget`]).
+//!
+//! Per window: the inputs are read by row group with ranged reads straight
+//! from the object store (row groups pruned by their time statistics),
+//! filtered to the window and rounded by r2o's own stages
+//! ([`crate::processor`]), tagged with Pinot's partition, and handed to
+//! Apache DataFusion as a stream. DataFusion sorts them by
+//! `(partition, sortedColumn, time, the rest of the merge key)` under a
+//! memory pool of the attempt's share, spilling sorted runs to local disk
+//! and merging them back. In that order every rollup group and every
+//! duplicate is adjacent, so the merge (r2o's own rollup and dedup, with
+//! Pinot's value aggregators) needs one carried row, and the rows come out
+//! in the OFFLINE segments' sort order. The outputs are cut at
+//! `maxNumRecordsPerSegment` and written as they come, each streamed to the
+//! object store in parts (multipart upload).
+//!
+//! Why not DataFusion's own aggregation: its SUM widens INT to BIGINT and
+//! FLOAT to DOUBLE, where Pinot's rollup sums INT in 32 bits (wrapping) and
+//! FLOAT in f32; and the sort the outputs need anyway already makes the
+//! groups adjacent, so one spilling operator does both.
+//!
+//! Everything runs on a runtime of its own (the attempt's threads), apart
+//! from the minion's gRPC and lease keep-alive; cancellation drops the plan
+//! and its spawned tasks at once, and the source checks the token at every
+//! batch.
+
+use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType as ArrowType, Field, Int32Type, Schema as ArrowSchema, SchemaRef};
+use bytes::Bytes;
+use datafusion::common::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::prelude::SessionConfig;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::StreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::async_writer::AsyncArrowWriter;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use r2o_common::columnar::{
+    check_file_schema, conform_batch, prune_row_groups, time_range_ms, writer_properties, TimeFilter,
+};
+use r2o_common::config::{MergeType, TableSpec};
+use r2o_common::meta::{SegmentMeta, WindowStats};
+use r2o_common::schema::FieldKind;
+use r2o_common::store::Store;
+use r2o_common::window::Window;
+use r2o_common::Error;
+
+use crate::partition::partition_ids;
+use crate::processor::{
+    dedup, filter_window, keep_sub_task, metric_sums, rollup, round_time, sort_columns, time_format, OutputSegment,
+    ProcessError, Processed, SubTask, Sums,
+};
+
+/// Rows per batch on this path (smaller than the in-memory path's, so the
+/// reader, the sort's merge and the writer hold little each).
+pub const STREAM_BATCH_ROWS: usize = 8 * 1024;
+
+/// Rows per row group of outputs written on this path (the writer holds one
+/// encoded row group per output in progress).
+const OUTPUT_ROW_GROUP_ROWS: usize = 256 * 1024;
+
+/// Inputs up to this size are fetched whole in one request (a footer read
+/// and a ranged read per column chunk would cost more requests than bytes);
+/// larger ones are read by row group with ranged reads, bytes.
+const WHOLE_FILE_BYTES: u64 = 1 << 20;
+
+/// Bytes of the multipart upload buffer per output being written (each part
+/// is uploaded as it fills), bytes.
+const UPLOAD_PART_BYTES: usize = 8 << 20;
+
+/// Column holding a row's Pinot partition while it crosses the sort.
+const PARTITION_COLUMN: &str = "__r2o_partition";
+
+/// How one attempt on this path may use the machine.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Bytes the sort may hold before it spills (the attempt's share of the
+    /// minion's budget, less what readers and writers hold), bytes.
+    pub memory_bytes: usize,
+    /// Local directory for spill files (created when missing).
+    pub spill_dir: PathBuf,
+    /// Threads: source partitions, sort partitions and runtime workers.
+    pub threads: usize,
+    /// This sub-task of a split window (`None`: the whole window).
+    pub split: Option<SubTask>,
+}
+
+/// One input of a task on this path: a REALTIME segment read in place.
+#[derive(Debug, Clone)]
+pub struct StreamInput {
+    /// The segment as registered (location, size, time range).
+    pub meta: SegmentMeta,
+    /// Count its NULL-time rows (set for the window holding its start).
+    pub count_null_time: bool,
+}
+
+/// What the attempt saw on this path besides its outputs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SpillStats {
+    /// Sorted runs spilled to disk.
+    pub spill_count: usize,
+    /// Bytes spilled to disk.
+    pub spilled_bytes: usize,
+}
+
+/// Counters the sources add to while they read.
+#[derive(Default)]
+struct SourceStats {
+    rows_in: u64,
+    bytes_in: u64,
+    row_groups_skipped: u64,
+    rows_null_time: u64,
+    sums_in: Sums,
+}
+
+fn df_err(e: Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// Our error back out of DataFusion's (a source's error travels inside it).
+fn from_df(e: DataFusionError) -> ProcessError {
+    match e {
+        DataFusionError::External(inner) => match inner.downcast::<Error>() {
+            Ok(e) => ProcessError::Data(*e),
+            Err(other) => {
+                ProcessError::Data(Error::Segment { segment: String::new(), problem: format!("sort failed: {other}") })
+            }
+        },
+        DataFusionError::Context(_, inner) => from_df(*inner),
+        DataFusionError::Shared(inner) => match Arc::try_unwrap(inner) {
+            Ok(e) => from_df(e),
+            Err(shared) => {
+                ProcessError::Data(Error::Segment { segment: String::new(), problem: format!("sort failed: {shared}") })
+            }
+        },
+        other => {
+            ProcessError::Data(Error::Segment { segment: String::new(), problem: format!("sort failed: {other}") })
+        }
+    }
+}
+
+/// Parquet's async reader over one object of the store: a small object is
+/// fetched whole on the first request and served from memory; a large one
+/// by ranged reads (the footer, then the kept row groups' column chunks).
+struct StoreReader {
+    store: Store,
+    path: Path,
+    size: u64,
+    whole: Option<Bytes>,
+}
+
+impl StoreReader {
+    fn new(store: Store, location: &str, size: u64) -> StoreReader {
+        StoreReader { store, path: Path::from(location), size, whole: None }
+    }
+
+    async fn fetch(&mut self, ranges: Vec<Range<u64>>) -> parquet::errors::Result<Vec<Bytes>> {
+        let external = |e: object_store::Error| ParquetError::External(Box::new(e));
+        if self.size <= WHOLE_FILE_BYTES {
+            if self.whole.is_none() {
+                let got = self.store.get(&self.path).await.map_err(external)?;
+                self.whole = Some(got.bytes().await.map_err(external)?);
+            }
+            let whole = self.whole.as_ref().expect("fetched above");
+            return ranges
+                .into_iter()
+                .map(|r| {
+                    whole
+                        .get(r.start as usize..r.end as usize)
+                        .map(|_| whole.slice(r.start as usize..r.end as usize))
+                        .ok_or_else(|| {
+                            ParquetError::EOF(format!("range {r:?} past the object's {} bytes", whole.len()))
+                        })
+                })
+                .collect();
+        }
+        self.store.get_ranges(&self.path, &ranges).await.map_err(external)
+    }
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move { Ok(self.fetch(vec![range]).await?.remove(0)) }.boxed()
+    }
+
+    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        self.fetch(ranges).boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let meta =
+                ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024)).load_and_finish(self, size).await?;
+            Ok(Arc::new(meta))
+        }
+        .boxed()
+    }
+}
+
+/// A [`PartitionStream`] over a stream made before the plan runs (taken once).
+struct OneShot {
+    schema: SchemaRef,
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl std::fmt::Debug for OneShot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneShot")
+    }
+}
+
+impl PartitionStream for OneShot {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        match self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(s) => s,
+            None => Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::once(async {
+                    Err(DataFusionError::Internal("an r2o source stream was executed twice".into()))
+                }),
+            )),
+        }
+    }
+}
+
+/// Everything one window's run needs.
+struct Ctx {
+    spec: TableSpec,
+    store: Store,
+    cancel: CancellationToken,
+    /// Schema of the rows crossing the sort: the table's, plus the partition column when partitioned.
+    sort_schema: SchemaRef,
+    table_schema: SchemaRef,
+    split: Option<SubTask>,
+}
+
+impl Ctx {
+    fn check(&self) -> Result<(), Error> {
+        if self.cancel.is_cancelled() {
+            Err(Error::Segment { segment: String::new(), problem: "cancelled".into() })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads `inputs` in order, sending the window's rows (filtered, rounded,
+    /// partition-tagged) to `tx`; adds what it saw to `stats`.
+    async fn read_inputs(
+        &self,
+        window: Window,
+        inputs: Vec<StreamInput>,
+        stats: &Mutex<SourceStats>,
+        tx: &tokio::sync::mpsc::Sender<Result<RecordBatch, DataFusionError>>,
+    ) -> Result<(), Error> {
+        let format = time_format(&self.spec);
+        let time_col = self.spec.flow.time_column.as_str();
+        let filter = TimeFilter { column: time_col.to_string(), format, window };
+        for input in inputs {
+            self.check()?;
+            let name = input.meta.segment_name.as_str();
+            let seg_err = |problem: String| Error::Segment { segment: name.to_string(), problem };
+            let reader = StoreReader::new(self.store.clone(), &input.meta.location, input.meta.size_bytes);
+            let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                .await
+                .map_err(|e| seg_err(format!("cannot read {}: {e}", input.meta.location)))?;
+            check_file_schema(name, builder.schema(), &self.spec.schema)?;
+            let builder = match prune_row_groups(builder.metadata(), builder.schema(), &filter) {
+                None => builder,
+                Some(p) => {
+                    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                    s.row_groups_skipped += p.skipped as u64;
+                    if input.count_null_time {
+                        s.rows_null_time += p.skipped_null_time_rows;
+                    }
+                    builder.with_row_groups(p.keep)
+                }
+            };
+            stats.lock().unwrap_or_else(|p| p.into_inner()).bytes_in += input.meta.size_bytes;
+            let mut batches = builder
+                .with_batch_size(STREAM_BATCH_ROWS)
+                .build()
+                .map_err(|e| seg_err(format!("not a readable Parquet file: {e}")))?;
+            while let Some(b) = batches.next().await {
+                self.check()?;
+                let b = b.map_err(|e| seg_err(format!("corrupt data: {e}")))?;
+                let b = conform_batch(name, &b, &self.spec.schema, &self.table_schema)?;
+                if input.count_null_time {
+                    let nulls = b.column_by_name(time_col).map_or(0, |c| c.null_count() as u64);
+                    stats.lock().unwrap_or_else(|p| p.into_inner()).rows_null_time += nulls;
+                }
+                let kept = filter_window(&b, time_col, format, window)?;
+                if kept.num_rows() == 0 {
+                    continue;
+                }
+                let kept = match self.spec.flow.round_ms {
+                    Some(round) => round_time(&kept, time_col, format, round)?,
+                    None => kept,
+                };
+                let kept = match self.split {
+                    Some(split) => keep_sub_task(&kept, &self.spec, split)?,
+                    None => kept,
+                };
+                if kept.num_rows() == 0 {
+                    continue;
+                }
+                {
+                    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                    s.rows_in += kept.num_rows() as u64;
+                    s.sums_in.add(metric_sums(std::slice::from_ref(&kept), &self.spec));
+                }
+                let tagged = self.tag_partition(kept)?;
+                if tx.send(Ok(tagged)).await.is_err() {
+                    return Ok(()); // the plan is gone (cancelled or failed)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the partition column when the table is partitioned.
+    fn tag_partition(&self, batch: RecordBatch) -> Result<RecordBatch, Error> {
+        let Some(p) = &self.spec.flow.partitioning else { return Ok(batch) };
+        let c = batch.column_by_name(&p.column).ok_or_else(|| Error::Segment {
+            segment: String::new(),
+            problem: format!("partition column '{}' is missing", p.column),
+        })?;
+        let ids: Int32Array = partition_ids(c, p)?.into_iter().map(|i| i as i32).collect();
+        let mut cols = batch.columns().to_vec();
+        cols.push(Arc::new(ids));
+        Ok(RecordBatch::try_new(self.sort_schema.clone(), cols)?)
+    }
+
+    /// The sort key: partition, the outputs' order, then (rollup, dedup) the
+    /// rest of the merge key, so groups and duplicates are adjacent.
+    fn sort_key(&self) -> Vec<String> {
+        let spec = &self.spec;
+        let mut key: Vec<String> = vec![];
+        if spec.flow.partitioning.is_some() {
+            key.push(PARTITION_COLUMN.to_string());
+        }
+        key.extend(sort_columns(spec).into_iter().map(String::from));
+        let rest = spec.schema.fields.iter().filter(|f| match spec.flow.merge_type {
+            MergeType::Concat => false,
+            MergeType::Dedup => true,
+            MergeType::Rollup => f.kind != FieldKind::Metric,
+        });
+        for f in rest {
+            if !key.contains(&f.name) {
+                key.push(f.name.clone());
+            }
+        }
+        key
+    }
+}
+
+/// Collapses adjacent rows of one partition: rollup groups, dedup
+/// duplicates. Holds back the last merged row, which the next batch may
+/// continue.
+struct Merger<'a> {
+    spec: &'a TableSpec,
+    schema: SchemaRef,
+    partition: i32,
+    carry: Option<RecordBatch>,
+}
+
+impl Merger<'_> {
+    fn push(&mut self, partition: i32, batch: RecordBatch, out: &mut Vec<(i32, RecordBatch)>) -> Result<(), Error> {
+        if partition != self.partition {
+            self.flush(out);
+            self.partition = partition;
+        }
+        if self.spec.flow.merge_type == MergeType::Concat {
+            out.push((partition, batch));
+            return Ok(());
+        }
+        let input = match self.carry.take() {
+            Some(c) => concat_batches(&self.schema, [&c, &batch])?,
+            None => batch,
+        };
+        let merged = match self.spec.flow.merge_type {
+            MergeType::Dedup => dedup(std::slice::from_ref(&input))?,
+            _ => rollup(std::slice::from_ref(&input), &self.spec.schema, &self.spec.flow.aggregations)?,
+        };
+        let merged = concat_batches(&self.schema, &merged)?;
+        let n = merged.num_rows();
+        if n > 0 {
+            if n > 1 {
+                out.push((partition, merged.slice(0, n - 1)));
+            }
+            self.carry = Some(merged.slice(n - 1, 1));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut Vec<(i32, RecordBatch)>) {
+        if let Some(c) = self.carry.take() {
+            out.push((self.partition, c));
+        }
+    }
+}
+
+/// One output segment being written.
+struct Open {
+    partition: i32,
+    name: String,
+    location: String,
+    writer: AsyncArrowWriter<BufWriter>,
+    rows: u64,
+    time: Option<(i64, i64)>,
+}
+
+/// Cuts a window's merged, sorted rows into OFFLINE segments of at most
+/// `maxNumRecordsPerSegment` rows per partition, streaming each to the store.
+struct Sink<'a> {
+    spec: &'a TableSpec,
+    store: Store,
+    prefix: String,
+    window: Window,
+    schema: SchemaRef,
+    open: Option<Open>,
+    seq: BTreeMap<i32, usize>,
+    split: Option<SubTask>,
+    outputs: Vec<OutputSegment>,
+    sums_out: Sums,
+    rows_out: u64,
+}
+
+impl Sink<'_> {
+    async fn write(&mut self, partition: i32, batch: RecordBatch) -> Result<(), Error> {
+        if self.open.as_ref().is_some_and(|o| o.partition != partition) {
+            self.close().await?;
+        }
+        let max = self.spec.flow.max_records_per_segment.max(1);
+        let format = time_format(self.spec);
+        let mut off = 0usize;
+        while off < batch.num_rows() {
+            if self.open.is_none() {
+                self.start(partition)?;
+            }
+            let o = self.open.as_mut().expect("opened above");
+            let take = ((max - o.rows) as usize).min(batch.num_rows() - off);
+            let piece = batch.slice(off, take);
+            off += take;
+            if let Some((lo, hi)) = time_range_ms(std::slice::from_ref(&piece), &self.spec.flow.time_column, format)? {
+                o.time = Some(o.time.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+            }
+            self.sums_out.add(metric_sums(std::slice::from_ref(&piece), self.spec));
+            o.writer.write(&piece).await?;
+            o.rows += take as u64;
+            self.rows_out += take as u64;
+            if o.rows >= max {
+                self.close().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, partition: i32) -> Result<(), Error> {
+        let seq = self.seq.entry(partition).or_default();
+        let part = SubTask::name_part(self.split, partition);
+        let name = format!("{}_{}_{}_{part}_{seq}", self.spec.name, self.window.start_ms, self.window.end_ms);
+        *seq += 1;
+        let location = format!("{}{name}.parquet", self.prefix);
+        let writer = AsyncArrowWriter::try_new(
+            BufWriter::with_capacity(self.store.clone(), Path::from(location.as_str()), UPLOAD_PART_BYTES),
+            self.schema.clone(),
+            Some(writer_properties(OUTPUT_ROW_GROUP_ROWS)?),
+        )?;
+        self.open = Some(Open { partition, name, location, writer, rows: 0, time: None });
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), Error> {
+        let Some(o) = self.open.take() else { return Ok(()) };
+        o.writer.close().await?;
+        let size = r2o_common::store::object_size(&self.store, &o.location).await?.unwrap_or(0);
+        let (start, end) = o.time.unwrap_or((self.window.start_ms, self.window.start_ms));
+        self.outputs.push(OutputSegment {
+            window_start_ms: self.window.start_ms,
+            name: o.name,
+            partition: o.partition,
+            num_rows: o.rows,
+            start_time_ms: start,
+            end_time_ms: end,
+            bytes: bytes::Bytes::new(),
+            written: Some((o.location, size)),
+        });
+        Ok(())
+    }
+}
+
+/// Splits a sorted batch into runs of one partition (the partition column
+/// dropped); one run of partition -1 when the table is not partitioned.
+fn partition_runs(batch: &RecordBatch, table_schema: &SchemaRef) -> Result<Vec<(i32, RecordBatch)>, Error> {
+    let Some(idx) = batch.schema().index_of(PARTITION_COLUMN).ok() else {
+        return Ok(vec![(-1, batch.clone())]);
+    };
+    let ids = batch.column(idx).as_primitive::<Int32Type>().clone();
+    let data = RecordBatch::try_new(table_schema.clone(), batch.columns()[..idx].to_vec())?;
+    let mut runs = vec![];
+    let mut start = 0usize;
+    for i in 1..=ids.len() {
+        if i == ids.len() || ids.value(i) != ids.value(start) {
+            runs.push((ids.value(start), data.slice(start, i - start)));
+            start = i;
+        }
+    }
+    Ok(runs)
+}
+
+/// Runs one task's windows on the bounded-memory path, writing its outputs
+/// under `prefix` (the attempt's staging prefix) in `store`. Blocks the
+/// calling thread: it builds a runtime of `settings.threads` workers.
+///
+/// # Errors
+/// [`ProcessError::Data`] naming the segment and column for unreadable or
+/// mismatched input, or the store or spill failure; [`ProcessError::Cancelled`].
+pub fn process_streaming(
+    spec: &TableSpec,
+    windows: &[Window],
+    inputs: Vec<StreamInput>,
+    store: Store,
+    prefix: &str,
+    settings: &StreamSettings,
+    cancel: &CancellationToken,
+) -> Result<(Processed, SpillStats), ProcessError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads.max(1))
+        .thread_name("r2o-stream")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Segment {
+            segment: String::new(),
+            problem: format!("cannot start the stream runtime: {e}"),
+        })?;
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run_task(spec, windows, inputs, store, prefix, settings, cancel) => r,
+            _ = cancel.cancelled() => Err(ProcessError::Cancelled),
+        }
+    });
+    rt.shutdown_background();
+    if cancel.is_cancelled() {
+        return Err(ProcessError::Cancelled);
+    }
+    result
+}
+
+async fn run_task(
+    spec: &TableSpec,
+    windows: &[Window],
+    inputs: Vec<StreamInput>,
+    store: Store,
+    prefix: &str,
+    settings: &StreamSettings,
+    cancel: &CancellationToken,
+) -> Result<(Processed, SpillStats), ProcessError> {
+    std::fs::create_dir_all(&settings.spill_dir).map_err(|e| Error::Segment {
+        segment: String::new(),
+        problem: format!("cannot create the spill directory {}: {e}", settings.spill_dir.display()),
+    })?;
+    let table_schema = spec.schema.arrow_schema();
+    let sort_schema: SchemaRef = if spec.flow.partitioning.is_some() {
+        let mut fields: Vec<Field> = table_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(PARTITION_COLUMN, ArrowType::Int32, false));
+        Arc::new(ArrowSchema::new(fields))
+    } else {
+        table_schema.clone()
+    };
+    let ctx = Arc::new(Ctx {
+        spec: spec.clone(),
+        store: store.clone(),
+        cancel: cancel.clone(),
+        sort_schema,
+        table_schema,
+        split: settings.split,
+    });
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(settings.memory_bytes)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![settings.spill_dir.clone()])),
+        )
+        .build_arc()
+        .map_err(from_df)?;
+    let mut config = SessionConfig::new().with_batch_size(STREAM_BATCH_ROWS).with_target_partitions(settings.threads);
+    // the sort's reservation for merging its spilled runs back: a quarter of
+    // the pool (the merge reads a batch of every run at once)
+    config.options_mut().execution.sort_spill_reservation_bytes = settings.memory_bytes / 4;
+    let task_ctx = Arc::new(TaskContext::default().with_runtime(runtime).with_session_config(config));
+    let mut processed = Processed::default();
+    let mut spill = SpillStats::default();
+    let (mut sums_in, mut sums_out) = (Sums::default(), Sums::default());
+    for window in windows {
+        let mine: Vec<StreamInput> = inputs
+            .iter()
+            .filter(|i| i.meta.start_time_ms < window.end_ms && i.meta.end_time_ms >= window.start_ms)
+            .cloned()
+            .map(|mut i| {
+                i.count_null_time = i.count_null_time && window.contains(i.meta.start_time_ms);
+                i
+            })
+            .collect();
+        let w = run_window(&ctx, *window, mine, prefix, settings, task_ctx.clone()).await?;
+        processed.rows_in += w.stats.rows_in;
+        processed.rows_out += w.stats.rows_out;
+        processed.bytes_in += w.bytes_in;
+        processed.row_groups_skipped += w.row_groups_skipped;
+        processed.rows_null_time += w.rows_null_time;
+        processed.outputs.extend(w.outputs);
+        processed.windows.push(w.stats);
+        sums_in.merge(w.sums_in);
+        sums_out.merge(w.sums_out);
+        spill.spill_count += w.spill.spill_count;
+        spill.spilled_bytes += w.spill.spilled_bytes;
+    }
+    processed.metric_sums = crate::processor::finish_sums(spec, sums_in, sums_out);
+    Ok((processed, spill))
+}
+
+struct WindowRun {
+    outputs: Vec<OutputSegment>,
+    stats: WindowStats,
+    bytes_in: u64,
+    row_groups_skipped: u64,
+    rows_null_time: u64,
+    sums_in: Sums,
+    sums_out: Sums,
+    spill: SpillStats,
+}
+
+async fn run_window(
+    ctx: &Arc<Ctx>,
+    window: Window,
+    inputs: Vec<StreamInput>,
+    prefix: &str,
+    settings: &StreamSettings,
+    task_ctx: Arc<TaskContext>,
+) -> Result<WindowRun, ProcessError> {
+    let spec = &ctx.spec;
+    let stats = Arc::new(Mutex::new(SourceStats::default()));
+    let parts = settings.threads.clamp(1, inputs.len().max(1));
+    let mut groups: Vec<Vec<StreamInput>> = vec![vec![]; parts];
+    for (k, i) in inputs.into_iter().enumerate() {
+        groups[k % parts].push(i);
+    }
+    // one producer task per source partition; a bounded channel each is the backpressure
+    let mut streams: Vec<Arc<dyn PartitionStream>> = vec![];
+    let mut producers = vec![];
+    for group in groups {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(2);
+        let (c, s) = (ctx.clone(), stats.clone());
+        producers.push(tokio::spawn(async move {
+            if let Err(e) = c.read_inputs(window, group, &s, &tx).await {
+                let _ = tx.send(Err(df_err(e))).await;
+            }
+        }));
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        streams.push(Arc::new(OneShot {
+            schema: ctx.sort_schema.clone(),
+            stream: Mutex::new(Some(Box::pin(RecordBatchStreamAdapter::new(ctx.sort_schema.clone(), stream)))),
+        }));
+    }
+    let key = ctx.sort_key();
+    let source: Arc<dyn ExecutionPlan> = Arc::new(
+        StreamingTableExec::try_new(ctx.sort_schema.clone(), streams, None, vec![], false, None).map_err(from_df)?,
+    );
+    let mut sort: Option<Arc<SortExec>> = None;
+    let plan: Arc<dyn ExecutionPlan> = if key.is_empty() {
+        source
+    } else {
+        let exprs = key
+            .iter()
+            .map(|k| {
+                Ok(PhysicalSortExpr::new(
+                    col(k, &ctx.sort_schema)?,
+                    arrow::compute::SortOptions { descending: false, nulls_first: false },
+                ))
+            })
+            .collect::<Result<Vec<_>, DataFusionError>>()
+            .map_err(from_df)?;
+        let ordering = LexOrdering::new(exprs).expect("a non-empty sort key");
+        // the sources decode in parallel; one sorter holds the whole pool, so
+        // its runs are as long as the budget allows and its merge has room
+        let input: Arc<dyn ExecutionPlan> =
+            if parts > 1 { Arc::new(CoalescePartitionsExec::new(source)) } else { source };
+        let s = Arc::new(SortExec::new(ordering, input));
+        sort = Some(s.clone());
+        s
+    };
+    let mut rows = execute_stream(plan, task_ctx).map_err(from_df)?;
+    let mut merger = Merger { spec, schema: ctx.table_schema.clone(), partition: i32::MIN, carry: None };
+    let mut sink = Sink {
+        spec,
+        store: ctx.store.clone(),
+        prefix: prefix.to_string(),
+        window,
+        schema: ctx.table_schema.clone(),
+        open: None,
+        seq: BTreeMap::new(),
+        split: ctx.split,
+        outputs: vec![],
+        sums_out: Sums::default(),
+        rows_out: 0,
+    };
+    let mut merged = vec![];
+    while let Some(batch) = rows.next().await {
+        if ctx.cancel.is_cancelled() {
+            return Err(ProcessError::Cancelled);
+        }
+        let batch = batch.map_err(from_df)?;
+        for (partition, run) in partition_runs(&batch, &ctx.table_schema)? {
+            merger.push(partition, run, &mut merged)?;
+        }
+        for (partition, b) in merged.drain(..) {
+            sink.write(partition, b).await?;
+        }
+    }
+    merger.flush(&mut merged);
+    for (partition, b) in merged.drain(..) {
+        sink.write(partition, b).await?;
+    }
+    sink.close().await?;
+    for p in producers {
+        let _ = p.await;
+    }
+    let spill = sort
+        .and_then(|s| s.metrics())
+        .map(|m| SpillStats {
+            spill_count: m.spill_count().unwrap_or(0),
+            spilled_bytes: m.spilled_bytes().unwrap_or(0),
+        })
+        .unwrap_or_default();
+    let src = std::mem::take(&mut *stats.lock().unwrap_or_else(|p| p.into_inner()));
+    let stats = WindowStats {
+        start_ms: window.start_ms,
+        end_ms: window.end_ms,
+        rows_in: src.rows_in,
+        rows_out: sink.rows_out,
+        outputs: sink.outputs.len() as u64,
+    };
+    Ok(WindowRun {
+        outputs: sink.outputs,
+        stats,
+        bytes_in: src.bytes_in,
+        row_groups_skipped: src.row_groups_skipped,
+        rows_null_time: src.rows_null_time,
+        sums_in: src.sums_in,
+        sums_out: sink.sums_out,
+        spill,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::{process, Input};
+    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::util::pretty::pretty_format_batches;
+    use r2o_common::columnar::{read_segment, write_parquet_with, REALTIME_ROW_GROUP_ROWS};
+    use r2o_common::meta::SegmentStatus;
+    use serde_json::json;
+
+    const H: i64 = 3_600_000;
+
+    fn spec(merge: &str, partitioned: bool) -> TableSpec {
+        let mut index = json!({"sortedColumn": ["carrier"]});
+        if partitioned {
+            index["segmentPartitionConfig"] =
+                json!({"columnPartitionMap": {"carrier": {"functionName": "Murmur", "numPartitions": 3}}});
+        }
+        TableSpec::from_json(
+            json!({"tableName": "f", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                   "tableIndexConfig": index,
+                   "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
+                       "bucketTimePeriod": "1d", "bufferTimePeriod": "1h", "roundBucketTimePeriod": "1m",
+                       "mergeType": merge, "maxNumRecordsPerSegment": "7000",
+                       "delay.aggregationType": "max"}}}}),
+            json!({"dimensionFieldSpecs": [{"name": "carrier", "dataType": "STRING"}, {"name": "origin", "dataType": "STRING"}],
+                   "metricFieldSpecs": [{"name": "delay", "dataType": "DOUBLE"}, {"name": "n", "dataType": "LONG"}],
+                   "dateTimeFieldSpecs": [{"name": "ts", "dataType": "TIMESTAMP", "format": "TIMESTAMP"}]}),
+        )
+        .unwrap()
+    }
+
+    /// `segments` segments of `rows` rows each inside day 0 (and a few rows of
+    /// day 1, outside the window), many of them equal or in one rollup group.
+    async fn inputs(spec: &TableSpec, store: &Store, segments: usize, rows: usize) -> Vec<(SegmentMeta, bytes::Bytes)> {
+        let mut out = vec![];
+        let mut x: u64 = 7;
+        for s in 0..segments {
+            let mut carrier = vec![];
+            let mut origin = vec![];
+            let mut delay = vec![];
+            let mut n = vec![];
+            let mut ts = vec![];
+            for r in 0..rows {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let v = (x >> 33) as i64;
+                carrier.push(["AA", "DL", "UA", "WN", "B6"][(v % 5) as usize].to_string());
+                origin.push(format!("o{}", (v / 5) % 10));
+                delay.push(((v / 200) % 7) as f64);
+                n.push(1i64);
+                // day 0, in 96 distinct minutes after rounding; 1 row in 50 on day 1
+                let t = if r % 50 == 49 { 24 * H + 5 } else { (v / 1400) % 96 * 900_000 + (v % 60_000) };
+                ts.push(t);
+            }
+            let batch = RecordBatch::try_new(
+                spec.schema.arrow_schema(),
+                vec![
+                    Arc::new(StringArray::from(carrier)),
+                    Arc::new(StringArray::from(origin)),
+                    Arc::new(Float64Array::from(delay)),
+                    Arc::new(Int64Array::from(n)),
+                    Arc::new(TimestampMillisecondArray::from(ts.clone())),
+                ],
+            )
+            .unwrap();
+            let bytes = write_parquet_with(&spec.schema.arrow_schema(), &[batch], REALTIME_ROW_GROUP_ROWS).unwrap();
+            let location = format!("realtime/s{s}.parquet");
+            r2o_common::store::put_bytes(store, &location, bytes.clone()).await.unwrap();
+            let meta = SegmentMeta {
+                segment_name: format!("s{s}"),
+                table_name: "f_REALTIME".into(),
+                status: SegmentStatus::Done,
+                start_time_ms: *ts.iter().min().unwrap(),
+                end_time_ms: *ts.iter().max().unwrap(),
+                total_docs: rows as u64,
+                size_bytes: bytes.len() as u64,
+                schema_fingerprint: spec.schema.fingerprint(),
+                location,
+                partition: 0,
+                created_ms: 0,
+                end_of_stream: false,
+            };
+            out.push((meta, bytes));
+        }
+        out
+    }
+
+    fn files_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
+        })
+    }
+
+    fn canonical(batches: &[RecordBatch], spec: &TableSpec) -> String {
+        let schema = spec.schema.arrow_schema();
+        let all = concat_batches(&schema, batches).unwrap();
+        let cols: Vec<&str> = spec.schema.fields.iter().map(|f| f.name.as_str()).collect();
+        let sorted = crate::processor::sort_by(&schema, &[all], &cols).unwrap();
+        pretty_format_batches(&[sorted]).unwrap().to_string()
+    }
+
+    async fn read_outputs(store: &Store, outputs: &[OutputSegment], spec: &TableSpec) -> Vec<RecordBatch> {
+        let mut out = vec![];
+        for o in outputs {
+            let (location, size) = o.written.clone().expect("written by the streaming path");
+            let bytes = r2o_common::store::get_bytes(store, &location).await.unwrap();
+            assert_eq!(bytes.len() as u64, size);
+            let batches = read_segment(&o.name, bytes, &spec.schema, 1 << 20).unwrap();
+            assert_eq!(batches.iter().map(|b| b.num_rows() as u64).sum::<u64>(), o.num_rows);
+            assert!(o.num_rows <= 7_000, "cut at maxNumRecordsPerSegment");
+            // each output sorted by (carrier, ts)
+            let sorted = crate::processor::sort_by(&spec.schema.arrow_schema(), &batches, &["carrier", "ts"]).unwrap();
+            let again = concat_batches(&spec.schema.arrow_schema(), &batches).unwrap();
+            assert_eq!(sorted.column(0), again.column(0), "{} is sorted by carrier", o.name);
+            out.extend(batches);
+        }
+        out
+    }
+
+    /// The bounded-memory path under a sort budget far below the window's
+    /// rows spills, and gives exactly what the in-memory path gives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_window_past_its_budget_spills_and_stays_exact() {
+        for (merge, partitioned) in [("rollup", false), ("dedup", true), ("concat", true), ("rollup", true)] {
+            let spec = spec(merge, partitioned);
+            let store: Store = Arc::new(object_store::memory::InMemory::new());
+            let segs = inputs(&spec, &store, 12, 20_000).await;
+            let window = Window { start_ms: 0, end_ms: 24 * H };
+            let spill_dir = tempfile::tempdir().unwrap();
+            let settings = StreamSettings {
+                memory_bytes: 2 << 20,
+                spill_dir: spill_dir.path().join("attempt"),
+                threads: 2,
+                split: None,
+            };
+            let stream_inputs: Vec<StreamInput> =
+                segs.iter().map(|(m, _)| StreamInput { meta: m.clone(), count_null_time: true }).collect();
+            let (s2, st2) = (spec.clone(), store.clone());
+            let (streamed, spill) = tokio::task::spawn_blocking(move || {
+                process_streaming(&s2, &[window], stream_inputs, st2, "out/", &settings, &CancellationToken::new())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert!(spill.spill_count > 0 && spill.spilled_bytes > 0, "{merge}: the sort spilled: {spill:?}");
+            let mem_inputs: Vec<Input> = segs
+                .iter()
+                .map(|(m, b)| Input {
+                    name: m.segment_name.clone(),
+                    bytes: b.clone(),
+                    count_null_time: true,
+                    start_ms: m.start_time_ms,
+                })
+                .collect();
+            let in_memory = process(&spec, &[window], mem_inputs, &CancellationToken::new(), 2).unwrap();
+            assert_eq!(streamed.rows_in, in_memory.rows_in, "{merge}");
+            assert_eq!(streamed.rows_in, 12 * 20_000 - 12 * 400, "{merge}: the day-1 rows are outside");
+            assert_eq!(streamed.rows_out, in_memory.rows_out, "{merge}");
+            if merge != "concat" {
+                assert!(streamed.rows_out < streamed.rows_in / 2, "{merge}: the data has groups and duplicates");
+            }
+            assert_eq!(streamed.metric_sums, in_memory.metric_sums, "{merge}");
+            assert_eq!(streamed.windows, in_memory.windows, "{merge}");
+            let mut names: Vec<&str> = streamed.outputs.iter().map(|o| o.name.as_str()).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), streamed.outputs.len(), "{merge}: output names are unique");
+            let got = read_outputs(&store, &streamed.outputs, &spec).await;
+            let want: Vec<RecordBatch> = in_memory
+                .outputs
+                .iter()
+                .flat_map(|o| read_segment(&o.name, o.bytes.clone(), &spec.schema, 1 << 20).unwrap())
+                .collect();
+            assert_eq!(canonical(&got, &spec), canonical(&want, &spec), "{merge}: the same rows");
+            // the same partitions: every output's rows belong to its partition
+            let parts = |outs: &[OutputSegment]| {
+                let mut p: BTreeMap<i32, u64> = BTreeMap::new();
+                for o in outs {
+                    *p.entry(o.partition).or_default() += o.num_rows;
+                }
+                p
+            };
+            assert_eq!(parts(&streamed.outputs), parts(&in_memory.outputs), "{merge}: rows per partition");
+            assert_eq!(files_under(&spill_dir.path().join("attempt")), 0, "{merge}: spill files are removed");
+        }
+    }
+
+    /// Cancelling stops the run promptly and reports it as cancelled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelling_stops_the_work() {
+        let spec = spec("rollup", false);
+        let store: Store = Arc::new(object_store::memory::InMemory::new());
+        let segs = inputs(&spec, &store, 40, 20_000).await;
+        let spill_dir = tempfile::tempdir().unwrap();
+        let settings = StreamSettings {
+            memory_bytes: 2 << 20,
+            spill_dir: spill_dir.path().to_path_buf(),
+            threads: 2,
+            split: None,
+        };
+        let cancel = CancellationToken::new();
+        let stream_inputs: Vec<StreamInput> =
+            segs.iter().map(|(m, _)| StreamInput { meta: m.clone(), count_null_time: true }).collect();
+        let (c2, st2) = (cancel.clone(), store.clone());
+        let run = tokio::task::spawn_blocking(move || {
+            let window = Window { start_ms: 0, end_ms: 24 * H };
+            process_streaming(&spec, &[window], stream_inputs, st2, "out/", &settings, &c2)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        cancel.cancel();
+        let r = run.await.unwrap();
+        assert!(matches!(r, Err(ProcessError::Cancelled)), "{:?}", r.map(|(p, s)| (p.rows_out, s)));
+    }
+}
