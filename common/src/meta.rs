@@ -393,10 +393,17 @@ pub struct TaskRecord {
     /// Sub-tasks: the id of the window's first sub-task, which names the group.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub group: String,
-    /// The task whose input list this one reads (hash-split sub-tasks share
-    /// their first sub-task's); empty: its own.
+    /// The task whose input list this one reads (a split window's list is
+    /// stored once, under its first sub-task); empty: its own.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub inputs_of: String,
+    /// A sub-task split by input reads the inputs `input_from..input_to`
+    /// (indexes into that list); `0..0`: all of them.
+    #[serde(default)]
+    pub input_from: u64,
+    /// See `input_from`.
+    #[serde(default)]
+    pub input_to: u64,
 }
 
 fn default_trigger() -> String {
@@ -415,6 +422,15 @@ impl TaskRecord {
     /// The id whose `inputs/` list this task reads.
     pub fn inputs_id(&self) -> TaskId {
         self.inputs_of.parse().unwrap_or_else(|_| self.id.clone())
+    }
+
+    /// The inputs this task reads out of its input list (see `input_from`).
+    pub fn input_slice<'a>(&self, all: &'a [SegmentMeta]) -> &'a [SegmentMeta] {
+        if self.input_to == 0 {
+            return all;
+        }
+        let end = (self.input_to as usize).min(all.len());
+        &all[(self.input_from as usize).min(end)..end]
     }
 
     /// Whether it is one sub-task of a split window.

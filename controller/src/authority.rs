@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use crate::election::Leadership;
 use crate::error::{ControllerError, Result};
-use crate::planner::{plan, recheck, Budget, Decision};
+use crate::planner::{plan, recheck, split_window, Budget, Decision, Split};
 use crate::protocol::{self, AttemptRevs, ReportTotals, TableRevs};
 use crate::validate::{self, FooterCache};
 
@@ -125,6 +125,52 @@ pub fn inputs_problem(windows: &[r2o_common::window::Window], inputs: usize, n: 
             r2o_common::meta::MAX_CHUNKS
         )
     })
+}
+
+/// The task records a planned task is published as: itself, or the
+/// sub-tasks of its one window (see [`split_window`]). Sub-task `k` has the
+/// id of the task with `created_ms + k`, names the first sub-task as its
+/// group and reads the first sub-task's input list (all of it when split by
+/// hash, its own range when split by input). Pure.
+pub fn sub_tasks(task: TaskRecord, inputs: &[SegmentMeta], split: Split) -> Vec<TaskRecord> {
+    let n = match &split {
+        Split::Whole => return vec![task],
+        Split::ByHash(n) => *n as usize,
+        Split::ByInput(ranges) => ranges.len(),
+    };
+    let lead = task.id.clone();
+    (0..n)
+        .map(|k| {
+            let mut t = task.clone();
+            t.id = TaskId { created_ms: lead.created_ms + k as i64, ..lead.clone() };
+            t.sub_task = k as u32;
+            t.sub_tasks = n as u32;
+            t.group = lead.to_string();
+            if k > 0 {
+                t.inputs_of = lead.to_string();
+            }
+            if let Split::ByInput(ranges) = &split {
+                let r = &ranges[k];
+                t.input_from = r.start as u64;
+                t.input_to = r.end as u64;
+                let mine = &inputs[r.clone()];
+                t.input_count = mine.len() as u64;
+                t.input_rows = mine.iter().map(|s| s.total_docs).sum();
+                t.input_bytes = mine.iter().map(|s| s.size_bytes).sum();
+            }
+            t
+        })
+        .collect()
+}
+
+/// How a split window's commit went.
+enum GroupCommit {
+    /// Committed.
+    Committed,
+    /// Some sub-task is not STAGED yet.
+    Waiting,
+    /// Something changed between the reads and the transaction: read again.
+    Raced,
 }
 
 /// A table as stored plus its parsed view.
@@ -303,8 +349,8 @@ impl Authority {
                 break;
             }
             match self.publish_next(raw, &spec, epoch_rev, leadership, trigger).await? {
-                Ok((id, end)) => {
-                    published.push(id);
+                Ok((ids, end)) => {
+                    published.extend(ids);
                     last_end = end;
                 }
                 Err(why) => {
@@ -327,7 +373,7 @@ impl Authority {
         epoch_rev: i64,
         leadership: Leadership,
         trigger: &str,
-    ) -> Result<std::result::Result<(TaskId, i64), String>> {
+    ) -> Result<std::result::Result<(Vec<TaskId>, i64), String>> {
         let (frontier, frontier_rev) = match get_record::<FrontierRecord>(&self.kv, &self.keys.frontier(raw)).await? {
             None => (None, 0),
             Some((f, e)) => (Some(f), e.mod_revision),
@@ -406,7 +452,12 @@ impl Authority {
             sub_tasks: 0,
             group: String::new(),
             inputs_of: String::new(),
+            input_from: 0,
+            input_to: 0,
         };
+        // one window past the per-task budget: its sub-tasks, published together
+        let parallel = self.task_limit().await?.saturating_sub(1).max(1);
+        let tasks = sub_tasks(task, &inputs, split_window(spec.flow.merge_type, &windows, &inputs, &budget, parallel));
         let input_revs =
             match chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded_inputs).await {
                 Ok(r) => r,
@@ -418,13 +469,14 @@ impl Authority {
         let cold =
             wm.is_none().then(|| WatermarkRecord { watermark_ms: from_ms, updated_ms: now, ..Default::default() });
         let txn =
-            protocol::publish(&self.keys, &task, frontier_rev, narrow_until_ms, cold.as_ref(), leadership, input_revs);
+            protocol::publish(&self.keys, &tasks, frontier_rev, narrow_until_ms, cold.as_ref(), leadership, input_revs);
         if !txn.apply(&self.kv).await? {
             let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
             return Ok(Err("the table changed while planning; planning again on the next tick".into()));
         }
-        info!(table = %raw, task = %id, trigger, from_ms, window_start_ms = first.start_ms, window_end_ms = last.end_ms, windows = windows.len(), inputs = task.input_count, input_rows = task.input_rows, skipped_windows, "task published");
-        Ok(Ok((id, last.end_ms)))
+        let t = &tasks[0];
+        info!(table = %raw, task = %id, trigger, from_ms, window_start_ms = first.start_ms, window_end_ms = last.end_ms, windows = windows.len(), inputs = inputs.len(), input_rows = inputs.iter().map(|s| s.total_docs).sum::<u64>(), skipped_windows, sub_tasks = t.sub_tasks, "task published");
+        Ok(Ok((tasks.into_iter().map(|t| t.id).collect(), last.end_ms)))
     }
 
     /// Records why `raw`'s ready window cannot be published: a warning when
@@ -746,7 +798,9 @@ impl Authority {
                 Attempt::Gone => return self.already_committed(&id, req.attempt).await,
             };
             let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
-            let inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&id)).await?;
+            // the window's inputs (a sub-task's list is its group's), and those this task read
+            let window_inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
+            let inputs = task.input_slice(&window_inputs).to_vec();
 
             // the plan still holds: same epoch, a range not yet committed, same inputs
             let epoch_rev = self.epoch(&task.table).await?;
@@ -769,7 +823,7 @@ impl Authority {
                     None => continue,
                 }
             }
-            let (segments_rev, changed) = self.plan_changed(&task, &spec, &inputs).await?;
+            let (segments_rev, changed) = self.plan_changed(&task, &spec, &window_inputs).await?;
             if let Some(reason) = changed {
                 match self.supersede(&task, revs.task, epoch_rev, leadership, &reason).await? {
                     Some(e) => return Err(e),
@@ -827,15 +881,33 @@ impl Authority {
                 output_chunks: manifest.len() as u32,
                 windows: req.windows.iter().map(WindowStats::from).collect(),
             };
-            if task.from_ms > position {
-                // tasks before it have not committed: keep its outputs staged
+            if task.from_ms > position || task.is_sub_task() {
+                // tasks before it have not committed, or it is one sub-task of its
+                // window (the window commits when all are staged): keep its outputs staged
                 let next = protocol::staged(task.clone(), &totals);
                 let txn = protocol::stage(&self.keys, &next, &revs, epoch_rev, leadership, manifest);
                 if !txn.apply(&self.kv).await? {
                     continue;
                 }
-                info!(table = %task.table, task = %id, attempt = req.attempt, from_ms = task.from_ms, watermark_ms = position, "task staged; it commits after the tasks before it");
+                info!(table = %task.table, task = %id, attempt = req.attempt, from_ms = task.from_ms, watermark_ms = position, sub_task = task.sub_task, sub_tasks = task.sub_tasks, "task staged; it commits after the tasks before it");
                 self.observe(&task, req, now);
+                if task.is_sub_task() && task.from_ms == position {
+                    // perhaps the last of its window's sub-tasks
+                    match self.commit_ready(&task.table, leadership).await {
+                        Ok(n) if n > 0 => {
+                            self.replan.notify_one();
+                            return Ok(pb::CompleteTaskResponse {
+                                committed: true,
+                                watermark_ms: task.window_end_ms,
+                                staged: false,
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(table = %task.table, error = %e, "committing staged tasks failed; the planning pass tries again")
+                        }
+                    }
+                }
                 return Ok(pb::CompleteTaskResponse { committed: false, watermark_ms: position, staged: true });
             }
             let done = protocol::committed(&task, &totals, wm.as_ref(), now);
@@ -890,11 +962,22 @@ impl Authority {
                 return Ok(committed);
             };
             let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
-            let inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&task.id)).await?;
+            let inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
             let (segments_rev, changed) = self.plan_changed(&task, &spec, &inputs).await?;
             if let Some(reason) = changed {
                 self.supersede(&task, entry.mod_revision, epoch_rev, leadership, &reason).await?;
                 return Ok(committed);
+            }
+            if task.is_sub_task() {
+                let table_revs = TableRevs { watermark: wm_rev, segments: segments_rev, epoch: epoch_rev };
+                match self.commit_group(&task, &w, inputs.len() as u64, table_revs, leadership).await? {
+                    GroupCommit::Committed => {
+                        committed += 1;
+                        continue;
+                    }
+                    GroupCommit::Waiting => return Ok(committed),
+                    GroupCommit::Raced => continue,
+                }
             }
             let mprefix = self.keys.manifest(&task.id, task.staged_attempt);
             let manifest: Vec<Compare> = self
@@ -927,6 +1010,53 @@ impl Authority {
             committed += 1;
         }
         Ok(committed)
+    }
+
+    /// Commits a split window once every one of its sub-tasks is STAGED:
+    /// their manifests combined into one under the first sub-task
+    /// ([`protocol::GROUP_MANIFEST_ATTEMPT`]), then one transaction
+    /// ([`protocol::commit_group`]). `staged` is one of them, at the
+    /// watermark `wm`; `window_inputs` counts the window's input segments.
+    async fn commit_group(
+        &self,
+        staged: &TaskRecord,
+        wm: &WatermarkRecord,
+        window_inputs: u64,
+        table_revs: TableRevs,
+        leadership: Leadership,
+    ) -> Result<GroupCommit> {
+        let (open, _) = open_tasks(&self.kv, &self.keys, &staged.table).await?;
+        let mut members: Vec<(TaskRecord, i64)> = open
+            .into_iter()
+            .filter(|(t, _)| t.group == staged.group && t.from_ms == staged.from_ms)
+            .map(|(t, e)| (t, e.mod_revision))
+            .collect();
+        members.sort_by_key(|(t, _)| t.sub_task);
+        let complete = members.len() == staged.sub_tasks as usize
+            && members.iter().enumerate().all(|(k, (t, _))| t.sub_task as usize == k && t.state == TaskState::Staged);
+        if !complete {
+            return Ok(GroupCommit::Waiting);
+        }
+        let mut outputs: Vec<SegmentMeta> = vec![];
+        for (t, _) in &members {
+            outputs.extend(chunks::read::<SegmentMeta>(&self.kv, &self.keys.manifest(&t.id, t.staged_attempt)).await?);
+        }
+        let lead = members[0].0.clone();
+        let combined = self.keys.manifest(&lead.id, protocol::GROUP_MANIFEST_ATTEMPT);
+        self.kv.txn(vec![], vec![Op::delete_prefix(combined.clone())]).await?;
+        let manifest = chunks::write(&self.kv, &combined, &outputs).await?;
+        let stageds: Vec<TaskRecord> = members.iter().map(|(t, _)| t.clone()).collect();
+        let totals = protocol::group_totals(&stageds, chunks::encode_all(&outputs).len() as u32);
+        let mut done = protocol::committed(&lead, &totals, Some(wm), now_ms());
+        done.lineage.input_count = window_inputs;
+        if !protocol::commit_group(&self.keys, &members, table_revs, leadership, manifest, &done)
+            .apply(&self.kv)
+            .await?
+        {
+            return Ok(GroupCommit::Raced);
+        }
+        info!(table = %lead.table, task = %lead.id, sub_tasks = members.len(), window_start_ms = lead.window_start_ms, rows_in = totals.rows_in, rows_out = totals.rows_out, segments = totals.outputs, "split window committed");
+        Ok(GroupCommit::Committed)
     }
 
     /// Whether the task's plan still holds: when the table's segments
@@ -1184,6 +1314,59 @@ mod tests {
                 outputs: outputs.len() as u64,
             }],
         }
+    }
+
+    #[tokio::test]
+    async fn a_window_past_the_budget_runs_as_sub_tasks_and_commits_once() {
+        let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
+        let a = &w.auth;
+        let t0 = 400_000 * H;
+        for i in 0..3 {
+            register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
+        }
+        assert_eq!(a.plan_all().await.unwrap(), 2, "6 rows over a budget of 2: two sub-tasks (at most the slots)");
+        let (open, _) = open_tasks(&a.kv, &a.keys, "t__x").await.unwrap();
+        let subs: Vec<&TaskRecord> = open.iter().map(|(t, _)| t).collect();
+        assert_eq!(subs.iter().map(|t| (t.sub_task, t.sub_tasks)).collect::<Vec<_>>(), vec![(0, 2), (1, 2)]);
+        assert_eq!(subs[1].inputs_of, subs[0].id.to_string(), "the window's input list is stored once");
+        assert!(a.kv.range(&a.keys.inputs(&subs[1].id)).await.unwrap().is_empty());
+        let first = claim(&w).await;
+        let second = claim(&w).await;
+        let (k0, k1) = if first.sub_task == 0 { (first, second) } else { (second, first) };
+        // the second sub-task finishes first: staged, nothing committed
+        let mut r1 = staged_report(&w, &k1, &[rows(&w.spec, &["b"], 3.0, t0)], 3, 3.0, 3.0).await;
+        r1.outputs[0].name = format!("t__x_{t0}_{}_all_s1_0", t0 + H);
+        let resp = a.complete(&r1).await.unwrap();
+        assert!(resp.staged && !resp.committed);
+        let (wm, _) = a.watermark("t__x").await.unwrap();
+        assert_eq!(wm.map(|w| w.watermark_ms), Some(t0), "the window waits for all its sub-tasks");
+        // the last one commits the window, once
+        let mut r0 = staged_report(&w, &k0, &[rows(&w.spec, &["a"], 3.0, t0)], 3, 3.0, 3.0).await;
+        r0.outputs[0].name = format!("t__x_{t0}_{}_all_s0_0", t0 + H);
+        let resp = a.complete(&r0).await.unwrap();
+        assert!(resp.committed && !resp.staged, "{resp:?}");
+        let (wm, _) = a.watermark("t__x").await.unwrap();
+        let wm = wm.unwrap();
+        assert_eq!((wm.watermark_ms, wm.windows_committed, wm.rows_in, wm.rows_out), (t0 + H, 1, 6, 2));
+        let (lineage, _) = get_record::<r2o_common::meta::LineageRecord>(&a.kv, &a.keys.lineage("t__x", t0))
+            .await
+            .unwrap()
+            .expect("one lineage record");
+        assert_eq!((lineage.task_id.clone(), lineage.attempt), (k0.id.to_string(), protocol::GROUP_MANIFEST_ATTEMPT));
+        assert_eq!((lineage.output_count, lineage.input_count, lineage.rows_in), (2, 3, 6));
+        let manifest: Vec<SegmentMeta> =
+            chunks::read(&a.kv, &a.keys.manifest(&k0.id, protocol::GROUP_MANIFEST_ATTEMPT)).await.unwrap();
+        let mut names: Vec<String> = manifest.iter().map(|s| s.segment_name.clone()).collect();
+        names.sort();
+        assert_eq!(names, vec![format!("t__x_{t0}_{}_all_s0_0", t0 + H), format!("t__x_{t0}_{}_all_s1_0", t0 + H)]);
+        assert!(a.kv.range(&a.keys.manifest(&k1.id, k1.attempt)).await.unwrap().is_empty(), "staged manifests go");
+        for t in [&k0, &k1] {
+            let (h, _) = get_record::<TaskRecord>(&a.kv, &a.keys.history(&t.id)).await.unwrap().unwrap();
+            assert_eq!(h.state, TaskState::Succeeded);
+        }
+        assert!(range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks()).await.unwrap().is_empty());
+        // a repeated report is answered from history
+        assert!(!a.complete(&r1).await.unwrap().committed);
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@
 //!    next commit); when no DONE segment ends at or after the window, the
 //!    table is caught up.
 
-use r2o_common::config::FlowConfig;
+use r2o_common::config::{FlowConfig, MergeType};
 use r2o_common::meta::{SegmentMeta, SegmentStatus};
 use r2o_common::window::{cold_start_watermark_ms, floor_to_bucket, past_buffer, Window};
 use std::collections::HashMap;
@@ -47,6 +47,79 @@ pub struct Budget {
 impl Budget {
     /// One window per task (Pinot's own behaviour).
     pub const ONE_WINDOW: Budget = Budget { max_windows: 1, max_input_rows: u64::MAX, max_input_bytes: u64::MAX };
+}
+
+/// Most sub-tasks one window is split into (a group commit writes three
+/// operations per sub-task, and etcd allows 128 per transaction).
+pub const MAX_SUB_TASKS: usize = 32;
+
+/// How one window is run (Pinot's `maxNumRecordsPerTask`, which Pinot
+/// itself does not honour for one window: apache/pinot#9177).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Split {
+    /// One task reads and merges the whole window.
+    Whole,
+    /// This many sub-tasks each read every input and keep the rows whose
+    /// merge key hashes to their index (rollup, dedup: each group and each
+    /// duplicate falls in exactly one).
+    ByHash(u32),
+    /// Sub-tasks each read these inputs (indexes into the window's input
+    /// list, contiguous, covering it): concat needs no key.
+    ByInput(Vec<std::ops::Range<usize>>),
+}
+
+/// How a task of `windows` over `inputs` is run: whole unless it is one
+/// window whose inputs exceed the budget's rows or bytes. Then concat is
+/// split by input into contiguous parts of at most the budget (an input is
+/// never split), and rollup and dedup by hash into `ceil(rows / budget)` parts,
+/// at most `parallel` (the minions' slots: every part reads every input,
+/// so more parts than can run at once only read more). At most
+/// [`MAX_SUB_TASKS`] parts either way. Pure.
+pub fn split_window(
+    merge: MergeType,
+    windows: &[Window],
+    inputs: &[SegmentMeta],
+    budget: &Budget,
+    parallel: usize,
+) -> Split {
+    let rows: u64 = inputs.iter().map(|s| s.total_docs).sum();
+    let bytes: u64 = inputs.iter().map(|s| s.size_bytes).sum();
+    if windows.len() != 1 || inputs.len() < 2 || (rows <= budget.max_input_rows && bytes <= budget.max_input_bytes) {
+        return Split::Whole;
+    }
+    let by_rows = rows.div_ceil(budget.max_input_rows.max(1));
+    let by_bytes = bytes.div_ceil(budget.max_input_bytes.max(1));
+    let wanted = by_rows.max(by_bytes).max(2) as usize;
+    if merge != MergeType::Concat {
+        let n = wanted.min(parallel.max(2)).min(MAX_SUB_TASKS);
+        return Split::ByHash(n as u32);
+    }
+    // concat: contiguous runs of inputs, each within the budget (or within
+    // 1/32 of the window, when 32 parts of the budget would not hold it)
+    let mut cap = (
+        budget.max_input_rows.max(rows.div_ceil(MAX_SUB_TASKS as u64)),
+        budget.max_input_bytes.max(bytes.div_ceil(MAX_SUB_TASKS as u64)),
+    );
+    loop {
+        let mut ranges = vec![];
+        let (mut start, mut r, mut b) = (0usize, 0u64, 0u64);
+        for (i, s) in inputs.iter().enumerate() {
+            if i > start && (r + s.total_docs > cap.0 || b + s.size_bytes > cap.1) {
+                ranges.push(start..i);
+                (start, r, b) = (i, 0, 0);
+            }
+            r += s.total_docs;
+            b += s.size_bytes;
+        }
+        ranges.push(start..inputs.len());
+        if ranges.len() < 2 {
+            return Split::Whole;
+        }
+        if ranges.len() <= MAX_SUB_TASKS {
+            return Split::ByInput(ranges);
+        }
+        cap = (cap.0.saturating_mul(2), cap.1.saturating_mul(2));
+    }
 }
 
 /// What the planner decided for one table.
@@ -584,6 +657,56 @@ mod tests {
         let straddle = vec![seg("x", 0, 3 * H, SegmentStatus::Done, 0)];
         let Decision::Run { windows, inputs, .. } = plan(&f, &straddle, Some(0), 100 * H, &rows(10)) else { panic!() };
         assert_eq!((windows.len(), inputs.len()), (4, 1));
+    }
+
+    #[test]
+    fn a_window_past_the_budget_is_split_into_sub_tasks() {
+        let w = [Window { start_ms: 0, end_ms: H }];
+        let segs: Vec<SegmentMeta> = (0..10).map(|i| seg(&format!("s{i}"), i, i, SegmentStatus::Done, 0)).collect(); // 10 rows each
+        let rows = |n: u64| Budget { max_windows: 100, max_input_rows: n, max_input_bytes: u64::MAX };
+        assert_eq!(split_window(MergeType::Rollup, &w, &segs, &rows(100), 8), Split::Whole, "within the budget");
+        assert_eq!(split_window(MergeType::Rollup, &w, &segs, &rows(30), 8), Split::ByHash(4));
+        assert_eq!(split_window(MergeType::Dedup, &w, &segs, &rows(30), 2), Split::ByHash(2), "at most the slots");
+        assert_eq!(split_window(MergeType::Dedup, &w, &segs, &rows(1), 100), Split::ByHash(32), "at most 32");
+        let Split::ByInput(r) = split_window(MergeType::Concat, &w, &segs, &rows(30), 2) else { panic!() };
+        assert_eq!(r, vec![0..3, 3..6, 6..9, 9..10], "concat: by input, each part within the budget");
+        let Split::ByInput(r) = split_window(MergeType::Concat, &w, &segs, &rows(1), 2) else { panic!() };
+        assert_eq!(r.len(), 10, "one input per part at most");
+        let two = [w[0], Window { start_ms: H, end_ms: 2 * H }];
+        assert_eq!(split_window(MergeType::Rollup, &two, &segs, &rows(1), 8), Split::Whole, "many windows: no split");
+        assert_eq!(split_window(MergeType::Rollup, &w, &segs[..1], &rows(1), 8), Split::Whole, "one input");
+    }
+
+    proptest! {
+        /// Concat parts are contiguous, cover every input once, and each
+        /// holds at most its share of rows unless it is a single input.
+        #[test]
+        fn concat_parts_cover_the_inputs_once(rows in prop::collection::vec(1u64..50, 2..60), max in 1u64..200) {
+            let w = [Window { start_ms: 0, end_ms: H }];
+            let segs: Vec<SegmentMeta> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut s = seg(&format!("s{i}"), i as i64, i as i64, SegmentStatus::Done, 0);
+                    s.total_docs = *r;
+                    s
+                })
+                .collect();
+            let budget = Budget { max_windows: 1, max_input_rows: max, max_input_bytes: u64::MAX };
+            match split_window(MergeType::Concat, &w, &segs, &budget, 2) {
+                Split::Whole => prop_assert!(rows.iter().sum::<u64>() <= max),
+                Split::ByInput(ranges) => {
+                    prop_assert!(ranges.len() >= 2 && ranges.len() <= MAX_SUB_TASKS);
+                    prop_assert_eq!(ranges[0].start, 0);
+                    prop_assert_eq!(ranges.last().unwrap().end, segs.len());
+                    for pair in ranges.windows(2) {
+                        prop_assert_eq!(pair[0].end, pair[1].start);
+                    }
+                    prop_assert!(ranges.iter().all(|r| !r.is_empty()));
+                }
+                Split::ByHash(_) => prop_assert!(false, "concat is never split by hash"),
+            }
+        }
     }
 
     fn arb_segments() -> impl Strategy<Value = Vec<(i64, i64, bool, i32)>> {

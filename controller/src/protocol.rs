@@ -61,21 +61,26 @@ pub struct TableRevs {
     pub epoch: i64,
 }
 
-/// Step 1, publish: the task and the table's new frontier (the task's
+/// Step 1, publish: the tasks (one, or the sub-tasks of one split window,
+/// all planned from the same reads) and the table's new frontier (their
 /// end), if the frontier, the epoch and the table's segments are as planned
-/// from, this controller still leads and the task's input chunks are the ones
-/// written for it. On a cold start (`cold_start`), the watermark is created
-/// at the task's start in the same transaction, as Pinot persists its
-/// watermark when it generates the first task.
+/// from, this controller still leads and the input chunks are the ones
+/// written for them. On a cold start (`cold_start`), the watermark is
+/// created at the tasks' start in the same transaction, as Pinot persists
+/// its watermark when it generates the first task.
+///
+/// # Panics
+/// When `tasks` is empty.
 pub fn publish(
     keys: &Keys,
-    task: &TaskRecord,
+    tasks: &[TaskRecord],
     frontier_rev: i64,
     narrow_until_ms: i64,
     cold_start: Option<&WatermarkRecord>,
     leadership: Leadership,
     input_chunks: Vec<Compare>,
 ) -> Txn {
+    let task = &tasks[0];
     let mut compares = vec![
         Compare::ModRevision(keys.frontier(&task.table), frontier_rev),
         Compare::ModRevision(keys.epoch(&task.table), task.epoch_revision),
@@ -83,13 +88,92 @@ pub fn publish(
         leader_compare(keys, leadership),
     ];
     compares.extend(input_chunks);
-    let mut ops = vec![
-        Op::put(keys.active_task(&task.id), encode(task)),
-        Op::put(keys.frontier(&task.table), encode(&FrontierRecord { next_ms: task.window_end_ms, narrow_until_ms })),
-    ];
+    let mut ops: Vec<Op> = tasks.iter().map(|t| Op::put(keys.active_task(&t.id), encode(t))).collect();
+    ops.push(Op::put(
+        keys.frontier(&task.table),
+        encode(&FrontierRecord { next_ms: task.window_end_ms, narrow_until_ms }),
+    ));
     if let Some(wm) = cold_start {
         compares.push(Compare::ModRevision(keys.watermark(&task.table), 0));
         ops.push(Op::put(keys.watermark(&task.table), encode(wm)));
+    }
+    Txn { compares, ops }
+}
+
+/// Attempt number under which a split window's combined manifest is kept
+/// (`manifests/<raw>/<first sub-task>/a0/`): attempts count from 1.
+pub const GROUP_MANIFEST_ATTEMPT: u32 = 0;
+
+/// The totals of a split window: its sub-tasks' staged totals summed, their
+/// one window's stats summed, under [`GROUP_MANIFEST_ATTEMPT`] with
+/// `output_chunks` of the combined manifest. Pure.
+pub fn group_totals(members: &[TaskRecord], output_chunks: u32) -> ReportTotals {
+    let mut t = ReportTotals { attempt: GROUP_MANIFEST_ATTEMPT, output_chunks, ..Default::default() };
+    for m in members {
+        let s = staged_totals(m);
+        t.rows_in += s.rows_in;
+        t.rows_out += s.rows_out;
+        t.bytes_in += s.bytes_in;
+        t.bytes_out += s.bytes_out;
+        t.rows_null_time += s.rows_null_time;
+        t.outputs += s.outputs;
+        for w in s.windows {
+            match t.windows.iter_mut().find(|x| x.start_ms == w.start_ms) {
+                Some(x) => {
+                    x.rows_in += w.rows_in;
+                    x.rows_out += w.rows_out;
+                    x.outputs += w.outputs;
+                }
+                None => t.windows.push(w),
+            }
+        }
+    }
+    t
+}
+
+/// Step 4 for a split window, once every sub-task is STAGED: lineage (of
+/// the first sub-task, naming the combined manifest) and watermark written,
+/// every sub-task to history and its staged manifest deleted, if every
+/// sub-task is as read, the watermark, the table's segments and its epoch
+/// are as checked, no lineage exists for the window, this controller still
+/// leads and the combined manifest is the one written. `members` are the
+/// sub-tasks with their records' revisions, the first sub-task first; `done`
+/// is [`committed`] for the first with [`group_totals`]. 2 + 3 operations
+/// per sub-task.
+pub fn commit_group(
+    keys: &Keys,
+    members: &[(TaskRecord, i64)],
+    table: TableRevs,
+    leadership: Leadership,
+    manifest_chunks: Vec<Compare>,
+    done: &Committed,
+) -> Txn {
+    let lead = &members[0].0;
+    let lineage_key = keys.lineage(&lead.table, lead.window_start_ms);
+    let mut compares = vec![
+        Compare::ModRevision(keys.watermark(&lead.table), table.watermark),
+        Compare::ModRevision(keys.segments_marker(&lead.table), table.segments),
+        Compare::ModRevision(keys.epoch(&lead.table), table.epoch),
+        Compare::CreateRevision(lineage_key.clone(), 0),
+        leader_compare(keys, leadership),
+    ];
+    compares.extend(members.iter().map(|(t, rev)| Compare::ModRevision(keys.active_task(&t.id), *rev)));
+    compares.extend(manifest_chunks);
+    let mut ops = vec![
+        Op::put(lineage_key, encode(&done.lineage)),
+        Op::put(keys.watermark(&lead.table), encode(&done.watermark)),
+    ];
+    for (t, _) in members {
+        let mut h = if t.id == lead.id { done.history.clone() } else { for_history(t) };
+        if t.id != lead.id {
+            h.state = TaskState::Succeeded;
+            h.finished_ms = done.lineage.committed_ms;
+            h.staged_attempt = 0;
+            h.staged_chunks = 0;
+        }
+        ops.push(Op::put(keys.history(&t.id), encode(&h)));
+        ops.push(Op::delete(keys.active_task(&t.id)));
+        ops.push(Op::delete_prefix(keys.manifest(&t.id, t.staged_attempt)));
     }
     Txn { compares, ops }
 }
@@ -448,7 +532,10 @@ mod tests {
     async fn published_and_claimed(w: &World, t: &TaskRecord) -> (TaskRecord, AttemptRevs) {
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         let frontier_rev = w.kv.get(&w.keys.frontier(&t.table)).await.unwrap().map_or(0, |e| e.mod_revision);
-        assert!(publish(&w.keys, t, frontier_rev, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        assert!(publish(&w.keys, std::slice::from_ref(t), frontier_rev, 0, None, w.leadership, inputs)
+            .apply(&w.kv)
+            .await
+            .unwrap());
         let entry = w.kv.get(&w.keys.active_task(&t.id)).await.unwrap().unwrap();
         let mut running = t.clone();
         running.attempt += 1;
@@ -507,6 +594,32 @@ mod tests {
         let again = committed(&running, &totals(5_000, n), None, 100);
         let txn = commit(&w.keys, &running, &revs, NO_REVS, w.leadership, vec![], &again);
         assert!(!txn.apply(&w.kv).await.unwrap(), "a second commit of the window fails its compares");
+    }
+
+    #[test]
+    fn a_split_window_of_the_most_sub_tasks_commits_within_etcds_limits() {
+        let keys = Keys::new("/r");
+        let members: Vec<(TaskRecord, i64)> = (0..crate::planner::MAX_SUB_TASKS)
+            .map(|k| {
+                let mut t = task("t");
+                t.id.created_ms += k as i64;
+                t.sub_task = k as u32;
+                t.sub_tasks = crate::planner::MAX_SUB_TASKS as u32;
+                t.state = TaskState::Staged;
+                t.staged_attempt = 1;
+                (t, 5)
+            })
+            .collect();
+        let stageds: Vec<TaskRecord> = members.iter().map(|(t, _)| t.clone()).collect();
+        let totals = group_totals(&stageds, 3);
+        let done = committed(&members[0].0, &totals, None, 1);
+        let leadership = Leadership { lease: 1, create_revision: 1 };
+        let revs = TableRevs { watermark: 1, segments: 1, epoch: 1 };
+        let compares = vec![Compare::ModRevision("m0".into(), 1), Compare::ModRevision("m2".into(), 1)];
+        let txn = commit_group(&keys, &members, revs, leadership, compares, &done);
+        assert_eq!(txn.ops.len(), 2 + 3 * crate::planner::MAX_SUB_TASKS);
+        assert!(within_limits(&txn));
+        assert_eq!(done.lineage.attempt, GROUP_MANIFEST_ATTEMPT);
     }
 
     #[tokio::test]
@@ -602,22 +715,31 @@ mod tests {
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         // a segment was registered after planning: the marker moved
         w.kv.put(&w.keys.segments_marker("t"), b"1".to_vec(), None).await.unwrap();
-        assert!(!publish(&w.keys, &t, 0, 0, None, w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
+        assert!(!publish(&w.keys, std::slice::from_ref(&t), 0, 0, None, w.leadership, inputs.clone())
+            .apply(&w.kv)
+            .await
+            .unwrap());
         let mut replanned = t.clone();
         replanned.segments_revision = w.kv.get(&w.keys.segments_marker("t")).await.unwrap().unwrap().mod_revision;
         // the input chunks were deleted meanwhile (by a janitor): refused
         w.kv.txn(vec![], vec![Op::delete_prefix(w.keys.inputs(&t.id))]).await.unwrap();
-        assert!(!publish(&w.keys, &replanned, 0, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        assert!(!publish(&w.keys, std::slice::from_ref(&replanned), 0, 0, None, w.leadership, inputs)
+            .apply(&w.kv)
+            .await
+            .unwrap());
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         let cold = WatermarkRecord { watermark_ms: t.from_ms, ..Default::default() };
-        assert!(publish(&w.keys, &replanned, 0, 0, Some(&cold), w.leadership, inputs.clone())
+        assert!(publish(&w.keys, std::slice::from_ref(&replanned), 0, 0, Some(&cold), w.leadership, inputs.clone())
             .apply(&w.kv)
             .await
             .unwrap());
         // a second publish from the same frontier (two planners racing) is refused
         let mut twin = replanned.clone();
         twin.id = TaskId::new("t", 3_600_000, 8);
-        assert!(!publish(&w.keys, &twin, 0, 0, None, w.leadership, inputs).apply(&w.kv).await.unwrap());
+        assert!(!publish(&w.keys, std::slice::from_ref(&twin), 0, 0, None, w.leadership, inputs)
+            .apply(&w.kv)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
