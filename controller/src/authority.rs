@@ -1013,8 +1013,8 @@ impl Authority {
     }
 
     /// Commits a split window once every one of its sub-tasks is STAGED:
-    /// their manifests combined into one under the first sub-task
-    /// ([`protocol::GROUP_MANIFEST_ATTEMPT`]), then one transaction
+    /// their manifests combined into one under the first sub-task (a fresh
+    /// [`protocol::group_manifest_attempt`] per try), then one transaction
     /// ([`protocol::commit_group`]). `staged` is one of them, at the
     /// watermark `wm`; `window_inputs` counts the window's input segments.
     async fn commit_group(
@@ -1042,13 +1042,13 @@ impl Authority {
             outputs.extend(chunks::read::<SegmentMeta>(&self.kv, &self.keys.manifest(&t.id, t.staged_attempt)).await?);
         }
         let lead = members[0].0.clone();
-        let combined = self.keys.manifest(&lead.id, protocol::GROUP_MANIFEST_ATTEMPT);
-        self.kv.txn(vec![], vec![Op::delete_prefix(combined.clone())]).await?;
-        let manifest = chunks::write(&self.kv, &combined, &outputs).await?;
+        let attempt = protocol::group_manifest_attempt();
+        let manifest = chunks::write(&self.kv, &self.keys.manifest(&lead.id, attempt), &outputs).await?;
         let stageds: Vec<TaskRecord> = members.iter().map(|(t, _)| t.clone()).collect();
-        let totals = protocol::group_totals(&stageds, chunks::encode_all(&outputs).len() as u32);
+        let totals = protocol::group_totals(&stageds, attempt, chunks::encode_all(&outputs).len() as u32);
         let mut done = protocol::committed(&lead, &totals, Some(wm), now_ms());
         done.lineage.input_count = window_inputs;
+        done.history.attempt = lead.staged_attempt; // not the manifest's number: duplicate reports match it
         if !protocol::commit_group(&self.keys, &members, table_revs, leadership, manifest, &done)
             .apply(&self.kv)
             .await?
@@ -1352,10 +1352,10 @@ mod tests {
             .await
             .unwrap()
             .expect("one lineage record");
-        assert_eq!((lineage.task_id.clone(), lineage.attempt), (k0.id.to_string(), protocol::GROUP_MANIFEST_ATTEMPT));
+        assert_eq!(lineage.task_id, k0.id.to_string());
+        assert!(lineage.attempt >= protocol::GROUP_MANIFEST_ATTEMPT);
         assert_eq!((lineage.output_count, lineage.input_count, lineage.rows_in), (2, 3, 6));
-        let manifest: Vec<SegmentMeta> =
-            chunks::read(&a.kv, &a.keys.manifest(&k0.id, protocol::GROUP_MANIFEST_ATTEMPT)).await.unwrap();
+        let manifest: Vec<SegmentMeta> = chunks::read(&a.kv, &a.keys.manifest(&k0.id, lineage.attempt)).await.unwrap();
         let mut names: Vec<String> = manifest.iter().map(|s| s.segment_name.clone()).collect();
         names.sort();
         assert_eq!(names, vec![format!("t__x_{t0}_{}_all_s0_0", t0 + H), format!("t__x_{t0}_{}_all_s1_0", t0 + H)]);

@@ -100,15 +100,24 @@ pub fn publish(
     Txn { compares, ops }
 }
 
-/// Attempt number under which a split window's combined manifest is kept
-/// (`manifests/<raw>/<first sub-task>/a0/`): attempts count from 1.
-pub const GROUP_MANIFEST_ATTEMPT: u32 = 0;
+/// Attempt numbers from here on name a split window's combined manifests
+/// (`manifests/<raw>/<first sub-task>/a<n>/`): real attempts count from 1.
+pub const GROUP_MANIFEST_ATTEMPT: u32 = 1 << 31;
+
+/// A fresh attempt number for one try at committing a split window: each
+/// try writes its combined manifest under its own key, so a try that loses
+/// a race (or a deposed leader's) never overwrites the manifest another try
+/// committed; the janitor removes the losers' manifests.
+pub fn group_manifest_attempt() -> u32 {
+    GROUP_MANIFEST_ATTEMPT | (rand::random::<u32>() >> 1)
+}
 
 /// The totals of a split window: its sub-tasks' staged totals summed, their
-/// one window's stats summed, under [`GROUP_MANIFEST_ATTEMPT`] with
-/// `output_chunks` of the combined manifest. Pure.
-pub fn group_totals(members: &[TaskRecord], output_chunks: u32) -> ReportTotals {
-    let mut t = ReportTotals { attempt: GROUP_MANIFEST_ATTEMPT, output_chunks, ..Default::default() };
+/// one window's stats summed, under `attempt` (see
+/// [`group_manifest_attempt`]) with `output_chunks` of the combined
+/// manifest. Pure.
+pub fn group_totals(members: &[TaskRecord], attempt: u32, output_chunks: u32) -> ReportTotals {
+    let mut t = ReportTotals { attempt, output_chunks, ..Default::default() };
     for m in members {
         let s = staged_totals(m);
         t.rows_in += s.rows_in;
@@ -611,7 +620,7 @@ mod tests {
             })
             .collect();
         let stageds: Vec<TaskRecord> = members.iter().map(|(t, _)| t.clone()).collect();
-        let totals = group_totals(&stageds, 3);
+        let totals = group_totals(&stageds, GROUP_MANIFEST_ATTEMPT + 7, 3);
         let done = committed(&members[0].0, &totals, None, 1);
         let leadership = Leadership { lease: 1, create_revision: 1 };
         let revs = TableRevs { watermark: 1, segments: 1, epoch: 1 };
@@ -619,7 +628,8 @@ mod tests {
         let txn = commit_group(&keys, &members, revs, leadership, compares, &done);
         assert_eq!(txn.ops.len(), 2 + 3 * crate::planner::MAX_SUB_TASKS);
         assert!(within_limits(&txn));
-        assert_eq!(done.lineage.attempt, GROUP_MANIFEST_ATTEMPT);
+        assert_eq!(done.lineage.attempt, GROUP_MANIFEST_ATTEMPT + 7);
+        assert!(group_manifest_attempt() >= GROUP_MANIFEST_ATTEMPT);
     }
 
     #[tokio::test]

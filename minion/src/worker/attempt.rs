@@ -261,10 +261,12 @@ impl Worker {
     ) -> Result<(Processed, Vec<pb::StagedSegment>, String), ProcessError> {
         let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone()).map_err(Error::from)?;
         let inputs_id = task.inputs_id();
-        let segments: Vec<SegmentMeta> = (|| claim::inputs(&self.kv, &self.keys, &inputs_id))
+        let listed: Vec<SegmentMeta> = (|| claim::inputs(&self.kv, &self.keys, &inputs_id))
             .retry(store_backoff())
             .when(Error::is_retryable)
             .await?;
+        // a sub-task split by input reads its range of the window's list
+        let segments = task.input_slice(&listed).to_vec();
         let windows = task.windows.clone();
         let range = Window { start_ms: task.from_ms, end_ms: task.window_end_ms };
         let retry = store_backoff();
