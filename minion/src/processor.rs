@@ -1029,6 +1029,50 @@ mod tests {
         Input { name: name.into(), bytes, count_null_time: true, start_ms: 0 }
     }
 
+    /// Sub-tasks split by hash together give exactly the whole window: every
+    /// rollup group and every duplicate in one sub-task, rows counted once.
+    #[test]
+    fn hash_sub_tasks_together_give_the_whole_window() {
+        use r2o_common::columnar::read_segment;
+        for merge in ["rollup", "dedup"] {
+            let s = spec(json!({"mergeType": merge, "roundBucketTimePeriod": "1m"}), json!({}));
+            let rows: Vec<TestRow> = (0..2_000)
+                .map(|i| {
+                    let c = ["AA", "UA", "DL", "WN"][i % 4];
+                    (c, Some((i % 3) as f64), 1, Some((i % 5) as i32), (i as i64 % 7) * 60_000 + i as i64 % 1_000)
+                })
+                .collect();
+            let bytes = write_parquet(&s.schema.arrow_schema(), &[batch(&s, &rows)]).unwrap();
+            let w = [Window { start_ms: 0, end_ms: H }];
+            let whole = process(&s, &w, vec![input("seg", bytes.clone())], &CancellationToken::new(), 1).unwrap();
+            let mut parts: Vec<RecordBatch> = vec![];
+            let (mut rows_in, mut names) = (0, vec![]);
+            for index in 0..3 {
+                let sub = SubTask { index, count: 3, by_hash: true };
+                let inp = vec![input("seg", bytes.clone())];
+                let p = process_part(&s, &w, inp, &CancellationToken::new(), 1, Some(sub)).unwrap();
+                assert!(p.rows_out > 0, "{merge}: every sub-task gets a share");
+                rows_in += p.rows_in;
+                for o in &p.outputs {
+                    names.push(o.name.clone());
+                    parts.extend(read_segment(&o.name, o.bytes.clone(), &s.schema, 1 << 20).unwrap());
+                }
+            }
+            assert_eq!(rows_in, whole.rows_in, "{merge}: each row read by one sub-task");
+            let want: Vec<RecordBatch> = whole
+                .outputs
+                .iter()
+                .flat_map(|o| read_segment(&o.name, o.bytes.clone(), &s.schema, 1 << 20).unwrap())
+                .collect();
+            let all = |b: &[RecordBatch]| {
+                let cols: Vec<&str> = s.schema.fields.iter().map(|f| f.name.as_str()).collect();
+                pretty(&[sort_by(&s.schema.arrow_schema(), b, &cols).unwrap()])
+            };
+            assert_eq!(all(&parts), all(&want), "{merge}");
+            assert!(names.iter().any(|n| n.ends_with("_all_s2_0")), "{names:?}");
+        }
+    }
+
     #[test]
     fn rollup_sums_in_the_columns_own_type_like_pinot() {
         // INT wraps in 32 bits (Java int addition), never turning into NULL;
