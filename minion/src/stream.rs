@@ -20,7 +20,7 @@
 //! FLOAT in f32; and the sort the outputs need anyway already makes the
 //! groups adjacent, so one spilling operator does both.
 //!
-//! Everything runs on a runtime of its own (the attempt's threads), apart
+//! Everything runs on one runtime per process (a worker per core), apart
 //! from the minion's gRPC and lease keep-alive; cancellation drops the plan
 //! and its spawned tasks at once, and the source checks the token at every
 //! batch.
@@ -76,9 +76,18 @@ use crate::processor::{
     ProcessError, Processed, SubTask, Sums,
 };
 
-/// Rows per batch on this path (smaller than the in-memory path's, so the
-/// reader, the sort's merge and the writer hold little each).
+/// Rows per batch on this path at most (smaller than the in-memory path's,
+/// so the reader, the sort's merge and the writer hold little each); a
+/// small sort pool gets smaller batches (see [`batch_rows`]).
 pub const STREAM_BATCH_ROWS: usize = 8 * 1024;
+
+/// Rows per batch for a sort pool of `memory_bytes`: at most 1/128 of the
+/// pool per batch (the sort's merge holds a batch of every spilled run at
+/// once), between 128 and [`STREAM_BATCH_ROWS`] rows.
+pub fn batch_rows(memory_bytes: usize, schema: &r2o_common::schema::Schema) -> usize {
+    let row = crate::budget::decoded_row_bytes(schema) as usize;
+    (memory_bytes / 128 / row).clamp(128, STREAM_BATCH_ROWS)
+}
 
 /// Rows per row group of outputs written on this path (the writer holds one
 /// encoded row group per output in progress).
@@ -93,6 +102,10 @@ const WHOLE_FILE_BYTES: u64 = 1 << 20;
 /// is uploaded as it fills), bytes.
 const UPLOAD_PART_BYTES: usize = 8 << 20;
 
+/// Parts of one output uploading at once (object_store's default is 8: up
+/// to 64 MiB in flight per output).
+const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
+
 /// Column holding a row's Pinot partition while it crosses the sort.
 const PARTITION_COLUMN: &str = "__r2o_partition";
 
@@ -104,7 +117,7 @@ pub struct StreamSettings {
     pub memory_bytes: usize,
     /// Local directory for spill files (created when missing).
     pub spill_dir: PathBuf,
-    /// Threads: source partitions, sort partitions and runtime workers.
+    /// Source partitions (inputs decoded at once).
     pub threads: usize,
     /// This sub-task of a split window (`None`: the whole window).
     pub split: Option<SubTask>,
@@ -265,6 +278,8 @@ struct Ctx {
     sort_schema: SchemaRef,
     table_schema: SchemaRef,
     split: Option<SubTask>,
+    /// Rows per batch ([`batch_rows`]).
+    batch_rows: usize,
 }
 
 impl Ctx {
@@ -288,6 +303,8 @@ impl Ctx {
         let format = time_format(&self.spec);
         let time_col = self.spec.flow.time_column.as_str();
         let filter = TimeFilter { column: time_col.to_string(), format, window };
+        let mut pending: Vec<RecordBatch> = vec![];
+        let mut pending_rows = 0usize;
         for input in inputs {
             self.check()?;
             let name = input.meta.segment_name.as_str();
@@ -310,7 +327,7 @@ impl Ctx {
             };
             stats.lock().unwrap_or_else(|p| p.into_inner()).bytes_in += input.meta.size_bytes;
             let mut batches = builder
-                .with_batch_size(STREAM_BATCH_ROWS)
+                .with_batch_size(self.batch_rows)
                 .build()
                 .map_err(|e| seg_err(format!("not a readable Parquet file: {e}")))?;
             while let Some(b) = batches.next().await {
@@ -325,29 +342,55 @@ impl Ctx {
                 if kept.num_rows() == 0 {
                     continue;
                 }
-                let kept = match self.spec.flow.round_ms {
-                    Some(round) => round_time(&kept, time_col, format, round)?,
-                    None => kept,
-                };
-                let kept = match self.split {
-                    Some(split) => keep_sub_task(&kept, &self.spec, split)?,
-                    None => kept,
-                };
-                if kept.num_rows() == 0 {
-                    continue;
-                }
-                {
-                    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-                    s.rows_in += kept.num_rows() as u64;
-                    s.sums_in.add(metric_sums(std::slice::from_ref(&kept), &self.spec));
-                }
-                let tagged = self.tag_partition(kept)?;
-                if tx.send(Ok(tagged)).await.is_err() {
-                    return Ok(()); // the plan is gone (cancelled or failed)
+                // small segments give small batches: gather a full batch before
+                // the per-batch stages and the sort see it
+                pending_rows += kept.num_rows();
+                pending.push(kept);
+                if pending_rows >= self.batch_rows {
+                    pending_rows = 0;
+                    if !self.send(std::mem::take(&mut pending), stats, tx).await? {
+                        return Ok(()); // the plan is gone (cancelled or failed)
+                    }
                 }
             }
         }
+        self.send(pending, stats, tx).await?;
         Ok(())
+    }
+
+    /// Rounds, splits (sub-tasks), counts and tags a gathered batch of the
+    /// window's rows and sends it to the sort; `false` when the plan is gone.
+    async fn send(
+        &self,
+        batches: Vec<RecordBatch>,
+        stats: &Mutex<SourceStats>,
+        tx: &tokio::sync::mpsc::Sender<Result<RecordBatch, DataFusionError>>,
+    ) -> Result<bool, Error> {
+        if batches.is_empty() {
+            return Ok(true);
+        }
+        let format = time_format(&self.spec);
+        let time_col = self.spec.flow.time_column.as_str();
+        let kept = concat_batches(&self.table_schema, &batches)?;
+        drop(batches);
+        let kept = match self.spec.flow.round_ms {
+            Some(round) => round_time(&kept, time_col, format, round)?,
+            None => kept,
+        };
+        let kept = match self.split {
+            Some(split) => keep_sub_task(&kept, &self.spec, split)?,
+            None => kept,
+        };
+        if kept.num_rows() == 0 {
+            return Ok(true);
+        }
+        {
+            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+            s.rows_in += kept.num_rows() as u64;
+            s.sums_in.add(metric_sums(std::slice::from_ref(&kept), &self.spec));
+        }
+        let tagged = self.tag_partition(kept)?;
+        Ok(tx.send(Ok(tagged)).await.is_ok())
     }
 
     /// Adds the partition column when the table is partitioned.
@@ -495,7 +538,8 @@ impl Sink<'_> {
         *seq += 1;
         let location = format!("{}{name}.parquet", self.prefix);
         let writer = AsyncArrowWriter::try_new(
-            BufWriter::with_capacity(self.store.clone(), Path::from(location.as_str()), UPLOAD_PART_BYTES),
+            BufWriter::with_capacity(self.store.clone(), Path::from(location.as_str()), UPLOAD_PART_BYTES)
+                .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT),
             self.schema.clone(),
             Some(writer_properties(OUTPUT_ROW_GROUP_ROWS)?),
         )?;
@@ -543,7 +587,8 @@ fn partition_runs(batch: &RecordBatch, table_schema: &SchemaRef) -> Result<Vec<(
 
 /// Runs one task's windows on the bounded-memory path, writing its outputs
 /// under `prefix` (the attempt's staging prefix) in `store`. Blocks the
-/// calling thread: it builds a runtime of `settings.threads` workers.
+/// calling thread (call it from a blocking thread); the work runs on the
+/// process's stream runtime.
 ///
 /// # Errors
 /// [`ProcessError::Data`] naming the segment and column for unreadable or
@@ -557,8 +602,30 @@ pub fn process_streaming(
     settings: &StreamSettings,
     cancel: &CancellationToken,
 ) -> Result<(Processed, SpillStats), ProcessError> {
+    let result = runtime()?.block_on(async {
+        tokio::select! {
+            r = run_task(spec, windows, inputs, store, prefix, settings, cancel) => r,
+            _ = cancel.cancelled() => Err(ProcessError::Cancelled),
+        }
+    });
+    if cancel.is_cancelled() {
+        return Err(ProcessError::Cancelled);
+    }
+    result
+}
+
+/// The runtime every attempt on this path runs on: one per process, a
+/// worker per core, apart from the minion's own runtime (gRPC, lease
+/// keep-alive), so CPU-bound sorting never delays them. One long-lived pool
+/// of threads also keeps the allocator's per-thread arenas from growing
+/// with every attempt.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, Error> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.threads.max(1))
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .thread_name("r2o-stream")
         .enable_all()
         .build()
@@ -566,17 +633,7 @@ pub fn process_streaming(
             segment: String::new(),
             problem: format!("cannot start the stream runtime: {e}"),
         })?;
-    let result = rt.block_on(async {
-        tokio::select! {
-            r = run_task(spec, windows, inputs, store, prefix, settings, cancel) => r,
-            _ = cancel.cancelled() => Err(ProcessError::Cancelled),
-        }
-    });
-    rt.shutdown_background();
-    if cancel.is_cancelled() {
-        return Err(ProcessError::Cancelled);
-    }
-    result
+    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 async fn run_task(
@@ -607,6 +664,7 @@ async fn run_task(
         sort_schema,
         table_schema,
         split: settings.split,
+        batch_rows: batch_rows(settings.memory_bytes, &spec.schema),
     });
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(settings.memory_bytes)))
@@ -615,10 +673,12 @@ async fn run_task(
         )
         .build_arc()
         .map_err(from_df)?;
-    let mut config = SessionConfig::new().with_batch_size(STREAM_BATCH_ROWS).with_target_partitions(settings.threads);
-    // the sort's reservation for merging its spilled runs back: a quarter of
-    // the pool (the merge reads a batch of every run at once)
-    config.options_mut().execution.sort_spill_reservation_bytes = settings.memory_bytes / 4;
+    let mut config = SessionConfig::new().with_batch_size(ctx.batch_rows).with_target_partitions(settings.threads);
+    // the sort's reservation for merging its spilled runs back (the merge
+    // reads a batch of every run at once): half of a small pool, up to 16 MiB,
+    // and at least a quarter of a large one
+    let pool = settings.memory_bytes;
+    config.options_mut().execution.sort_spill_reservation_bytes = (pool / 2).min(16 << 20).max(pool / 4);
     let task_ctx = Arc::new(TaskContext::default().with_runtime(runtime).with_session_config(config));
     let mut processed = Processed::default();
     let mut spill = SpillStats::default();
