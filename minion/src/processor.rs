@@ -430,6 +430,72 @@ pub fn rollup(
     Ok(vec![RecordBatch::try_new(arrow_schema, columns)?])
 }
 
+/// Rollup of one batch whose rows are sorted so that each group's rows are
+/// adjacent (the bounded-memory path sorts by the whole key first): groups
+/// are runs of equal keys (every non-metric column; NULL equals NULL), found
+/// by comparing neighbours column by column, with no hashing or row
+/// encoding. Same result as [`rollup`] on that batch, in the batch's order.
+///
+/// # Errors
+/// Arrow errors (a metric of an unexpected type).
+pub fn rollup_sorted(
+    batch: &RecordBatch,
+    schema: &Schema,
+    aggregations: &BTreeMap<String, AggregationType>,
+) -> Result<RecordBatch, Error> {
+    let key_idx: Vec<usize> =
+        schema.fields.iter().enumerate().filter(|(_, f)| f.kind != FieldKind::Metric).map(|(i, _)| i).collect();
+    let (ids, starts) = runs(batch, &key_idx)?;
+    let arrow_schema = batch.schema();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (i, f) in schema.fields.iter().enumerate() {
+        let col = batch.column(i);
+        if f.kind != FieldKind::Metric {
+            columns.push(arrow::compute::take(col.as_ref(), &starts, None)?);
+            continue;
+        }
+        let t = arrow_schema.field(i).data_type();
+        let mut acc = Acc::new(t, aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum));
+        acc.grow(starts.len());
+        acc.update(col, &ids)?;
+        columns.push(acc.finish(t)?);
+    }
+    Ok(RecordBatch::try_new(arrow_schema, columns)?)
+}
+
+/// Dedup of one batch sorted by the whole row: the first row of each run of
+/// equal rows (NULL equals NULL). Same result as [`dedup`] on that batch.
+///
+/// # Errors
+/// Arrow errors.
+pub fn dedup_sorted(batch: &RecordBatch) -> Result<RecordBatch, Error> {
+    let all: Vec<usize> = (0..batch.num_columns()).collect();
+    let (_, starts) = runs(batch, &all)?;
+    if starts.len() == batch.num_rows() {
+        return Ok(batch.clone());
+    }
+    Ok(take_record_batch(batch, &starts)?)
+}
+
+/// Runs of adjacent rows equal on `columns`: each row's run number, and
+/// each run's first row.
+fn runs(batch: &RecordBatch, columns: &[usize]) -> Result<(Vec<u32>, arrow::array::UInt32Array), Error> {
+    let n = batch.num_rows();
+    if n == 0 {
+        return Ok((vec![], arrow::array::UInt32Array::from(Vec::<u32>::new())));
+    }
+    let keys: Vec<ArrayRef> = columns.iter().map(|i| batch.column(*i).clone()).collect();
+    let ranges =
+        if keys.is_empty() { vec![0..n] } else { arrow::compute::kernels::partition::partition(&keys)?.ranges() };
+    let mut ids = Vec::with_capacity(n);
+    let mut starts = Vec::with_capacity(ranges.len());
+    for (k, r) in ranges.iter().enumerate() {
+        starts.push(r.start as u32);
+        ids.extend(std::iter::repeat_n(k as u32, r.len()));
+    }
+    Ok((ids, arrow::array::UInt32Array::from(starts)))
+}
+
 /// Stage 6: one batch sorted by `columns` in order (nulls last), or
 /// concatenated in order when there are none.
 pub fn sort_by(schema: &Arc<ArrowSchema>, batches: &[RecordBatch], columns: &[&str]) -> Result<RecordBatch, Error> {
@@ -901,6 +967,35 @@ mod tests {
         ]
         .join("\n");
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    proptest::proptest! {
+        /// The run-based merges of the bounded-memory path give what the
+        /// hash-based ones give, on rows sorted by the merge key.
+        #[test]
+        fn sorted_merges_match_hash_merges(
+            rows in proptest::collection::vec(
+                (0usize..3, proptest::option::of(0i8..4), 0i64..3, proptest::option::of(0i32..3), 0i64..3),
+                0..60,
+            )
+        ) {
+            let carriers = ["AA", "DL", "UA"];
+            let rows: Vec<TestRow> = rows
+                .iter()
+                .map(|(c, d, n, a, t)| (carriers[*c], d.map(|d| f64::from(d) * 0.5), *n, *a, t * H))
+                .collect();
+            let r = spec(json!({"mergeType": "rollup", "air.aggregationType": "max", "delay.aggregationType": "min"}), json!({}));
+            let schema = r.schema.arrow_schema();
+            let input = batch(&r, &rows);
+            let by_key = sort_by(&schema, &[input.clone()], &["carrier", "ts"]).unwrap();
+            let want = rollup(std::slice::from_ref(&by_key), &r.schema, &r.flow.aggregations).unwrap();
+            let got = rollup_sorted(&by_key, &r.schema, &r.flow.aggregations).unwrap();
+            proptest::prop_assert_eq!(pretty(&[got]), pretty(&want));
+            let whole = sort_by(&schema, &[input], &["carrier", "ts", "delay", "n", "air"]).unwrap();
+            let want = dedup(std::slice::from_ref(&whole)).unwrap();
+            let got = dedup_sorted(&whole).unwrap();
+            proptest::prop_assert_eq!(pretty(&[got]), pretty(&want));
+        }
     }
 
     #[test]

@@ -72,8 +72,8 @@ use r2o_common::Error;
 
 use crate::partition::partition_ids;
 use crate::processor::{
-    dedup, filter_window, keep_sub_task, metric_sums, rollup, round_time, sort_columns, time_format, OutputSegment,
-    ProcessError, Processed, SubTask, Sums,
+    dedup_sorted, filter_window, keep_sub_task, metric_sums, rollup_sorted, round_time, sort_columns, time_format,
+    OutputSegment, ProcessError, Processed, SubTask, Sums,
 };
 
 /// Rows per batch on this path at most (smaller than the in-memory path's,
@@ -453,11 +453,11 @@ impl Merger<'_> {
             Some(c) => concat_batches(&self.schema, [&c, &batch])?,
             None => batch,
         };
+        // sorted by the whole merge key: groups and duplicates are runs
         let merged = match self.spec.flow.merge_type {
-            MergeType::Dedup => dedup(std::slice::from_ref(&input))?,
-            _ => rollup(std::slice::from_ref(&input), &self.spec.schema, &self.spec.flow.aggregations)?,
+            MergeType::Dedup => dedup_sorted(&input)?,
+            _ => rollup_sorted(&input, &self.spec.schema, &self.spec.flow.aggregations)?,
         };
-        let merged = concat_batches(&self.schema, &merged)?;
         let n = merged.num_rows();
         if n > 0 {
             if n > 1 {
@@ -780,7 +780,19 @@ async fn run_window(
         sort = Some(s.clone());
         s
     };
-    let mut rows = execute_stream(plan, task_ctx).map_err(from_df)?;
+    let started = std::time::Instant::now();
+    let mut sorted = execute_stream(plan, task_ctx).map_err(from_df)?;
+    // the sort's merge runs on a task of its own, the merge and the encoding
+    // of the outputs here: the tail after the last input is read uses two cores
+    let (merge_tx, mut rows) = tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(2);
+    let merging = tokio::spawn(async move {
+        while let Some(b) = sorted.next().await {
+            if merge_tx.send(b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut first_sorted: Option<std::time::Duration> = None;
     let mut merger = Merger { spec, schema: ctx.table_schema.clone(), partition: i32::MIN, carry: None };
     let mut sink = Sink {
         spec,
@@ -796,11 +808,19 @@ async fn run_window(
         rows_out: 0,
     };
     let mut merged = vec![];
-    while let Some(batch) = rows.next().await {
+    while let Some(batch) = rows.recv().await {
         if ctx.cancel.is_cancelled() {
+            merging.abort();
             return Err(ProcessError::Cancelled);
         }
-        let batch = batch.map_err(from_df)?;
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                merging.abort();
+                return Err(from_df(e));
+            }
+        };
+        first_sorted.get_or_insert_with(|| started.elapsed());
         for (partition, run) in partition_runs(&batch, &ctx.table_schema)? {
             merger.push(partition, run, &mut merged)?;
         }
@@ -813,9 +833,16 @@ async fn run_window(
         sink.write(partition, b).await?;
     }
     sink.close().await?;
+    let _ = merging.await;
     for p in producers {
         let _ = p.await;
     }
+    tracing::debug!(
+        window_start_ms = window.start_ms,
+        read_and_sort_ms = first_sorted.unwrap_or_default().as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "window streamed"
+    );
     let spill = sort
         .and_then(|s| s.metrics())
         .map(|m| SpillStats {

@@ -11,10 +11,48 @@ use zstd_safe;
 ///
 /// r2o patch: the context is created on first use, not by `new` (zstd runs
 /// `cpuid` at every context creation, a VM exit on virtual machines, and
-/// parquet-rs builds a decompressor for every column chunk it only writes).
+/// parquet-rs builds a decompressor for every column chunk it only writes),
+/// and it is taken from (and given back to, reset) a small per-thread pool,
+/// so reading many column chunks creates a few contexts, not one each.
 #[derive(Default)]
 pub struct Decompressor<'a> {
+    /// A context that may borrow a prepared dictionary (never pooled).
     context: Option<zstd_safe::DCtx<'a>>,
+    /// A context of the per-thread pool, given back on drop.
+    pooled: Option<zstd_safe::DCtx<'static>>,
+}
+
+/// r2o patch: most contexts one thread keeps for reuse (about 100 KiB
+/// each; a Parquet reader holds one per column chunk of a row group at once).
+const POOL_MAX: usize = 32;
+
+std::thread_local! {
+    /// r2o patch: reset contexts ready for reuse on this thread.
+    static POOL: std::cell::RefCell<Vec<zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn pool_take() -> zstd_safe::DCtx<'static> {
+    POOL.try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+impl Drop for Decompressor<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.pooled.take() {
+            // a reset context holds no dictionary and default parameters
+            if c.reset(zstd_safe::ResetDirective::SessionAndParameters).is_ok() {
+                let _ = POOL.try_with(|p| {
+                    let mut p = p.borrow_mut();
+                    if p.len() < POOL_MAX {
+                        p.push(c);
+                    }
+                });
+            }
+        }
+    }
 }
 
 impl Decompressor<'static> {
@@ -58,11 +96,10 @@ impl<'a> Decompressor<'a> {
     /// Note that using a dictionary means that compression will need to use
     /// the same dictionary.
     pub fn set_dictionary(&mut self, dictionary: &[u8]) -> io::Result<()> {
-        if self.context.is_none() && dictionary.is_empty() {
+        if self.context.is_none() && self.pooled.is_none() && dictionary.is_empty() {
             return Ok(()); // r2o patch: a fresh context has no dictionary
         }
-        self.ctx()
-            .load_dictionary(dictionary)
+        self.with_ctx(|c| c.load_dictionary(dictionary))
             .map_err(map_error_code)?;
 
         Ok(())
@@ -79,7 +116,15 @@ impl<'a> Decompressor<'a> {
     where
         'b: 'a,
     {
-        self.ctx()
+        // r2o patch: a context borrowing a dictionary is never pooled
+        if self.context.is_none() {
+            let c: zstd_safe::DCtx<'a> =
+                self.pooled.take().unwrap_or_else(pool_take);
+            self.context = Some(c);
+        }
+        self.context
+            .as_mut()
+            .expect("set above")
             .ref_ddict(dictionary.as_ddict())
             .map_err(map_error_code)?;
 
@@ -95,8 +140,7 @@ impl<'a> Decompressor<'a> {
         source: &[u8],
         destination: &mut C,
     ) -> io::Result<usize> {
-        self.ctx()
-            .decompress(destination, source)
+        self.with_ctx(|c| c.decompress(destination, source))
             .map_err(map_error_code)
     }
 
@@ -121,15 +165,21 @@ impl<'a> Decompressor<'a> {
         &mut self,
         parameter: zstd_safe::DParameter,
     ) -> io::Result<()> {
-        self.ctx()
-            .set_parameter(parameter)
+        self.with_ctx(|c| c.set_parameter(parameter))
             .map_err(map_error_code)?;
         Ok(())
     }
 
-    /// r2o patch: the context, created on first use.
-    fn ctx(&mut self) -> &mut zstd_safe::DCtx<'a> {
-        self.context.get_or_insert_with(zstd_safe::DCtx::default)
+    /// r2o patch: runs `f` on the context: the borrowing one when a
+    /// prepared dictionary was set, else one of the pool (taken on first use).
+    fn with_ctx<R>(
+        &mut self,
+        f: impl for<'x> FnOnce(&mut zstd_safe::DCtx<'x>) -> R,
+    ) -> R {
+        match self.context.as_mut() {
+            Some(c) => f(c),
+            None => f(self.pooled.get_or_insert_with(pool_take)),
+        }
     }
 
     crate::decoder_parameters!();
