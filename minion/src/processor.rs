@@ -485,8 +485,11 @@ fn runs(batch: &RecordBatch, columns: &[usize]) -> Result<(Vec<u32>, arrow::arra
         return Ok((vec![], arrow::array::UInt32Array::from(Vec::<u32>::new())));
     }
     let keys: Vec<ArrayRef> = columns.iter().map(|i| batch.column(*i).clone()).collect();
-    let ranges =
-        if keys.is_empty() { vec![0..n] } else { arrow::compute::kernels::partition::partition(&keys)?.ranges() };
+    let ranges: Vec<std::ops::Range<usize>> = if keys.is_empty() {
+        std::iter::once(0..n).collect()
+    } else {
+        arrow::compute::kernels::partition::partition(&keys)?.ranges()
+    };
     let mut ids = Vec::with_capacity(n);
     let mut starts = Vec::with_capacity(ranges.len());
     for (k, r) in ranges.iter().enumerate() {
@@ -987,7 +990,7 @@ mod tests {
             let r = spec(json!({"mergeType": "rollup", "air.aggregationType": "max", "delay.aggregationType": "min"}), json!({}));
             let schema = r.schema.arrow_schema();
             let input = batch(&r, &rows);
-            let by_key = sort_by(&schema, &[input.clone()], &["carrier", "ts"]).unwrap();
+            let by_key = sort_by(&schema, std::slice::from_ref(&input), &["carrier", "ts"]).unwrap();
             let want = rollup(std::slice::from_ref(&by_key), &r.schema, &r.flow.aggregations).unwrap();
             let got = rollup_sorted(&by_key, &r.schema, &r.flow.aggregations).unwrap();
             proptest::prop_assert_eq!(pretty(&[got]), pretty(&want));
