@@ -87,15 +87,21 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Meta(_) => true,
-            Error::Store { source, .. } => !matches!(
-                source,
-                object_store::Error::NotFound { .. }
-                    | object_store::Error::AlreadyExists { .. }
-                    | object_store::Error::InvalidPath { .. }
-            ),
+            Error::Store { source, .. } => store_retryable(source),
             _ => false,
         }
     }
+}
+
+/// Whether an object-store call that failed with `e` may succeed if tried
+/// again: anything but a missing object, an existing one, or a bad path.
+pub fn store_retryable(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::InvalidPath { .. }
+    )
 }
 
 /// Shorthand for results of this crate.

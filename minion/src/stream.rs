@@ -60,11 +60,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
+use backon::Retryable;
 use r2o_common::columnar::{
     check_file_schema, conform_batch, prune_row_groups, time_range_ms, writer_properties, TimeFilter,
 };
 use r2o_common::config::{MergeType, TableSpec};
+use r2o_common::error::store_retryable;
 use r2o_common::meta::{SegmentMeta, WindowStats};
+use r2o_common::retry::store_backoff;
 use r2o_common::schema::FieldKind;
 use r2o_common::store::Store;
 use r2o_common::window::Window;
@@ -192,12 +195,17 @@ impl StoreReader {
         StoreReader { store, path: Path::from(location), size, whole: None }
     }
 
+    /// The bytes of `ranges`; each store call is retried ([`store_backoff`])
+    /// on errors that may pass, so a transient failure in the middle of a
+    /// window does not fail the attempt.
     async fn fetch(&mut self, ranges: Vec<Range<u64>>) -> parquet::errors::Result<Vec<Bytes>> {
         let external = |e: object_store::Error| ParquetError::External(Box::new(e));
+        let (store, path) = (self.store.clone(), self.path.clone());
         if self.size <= WHOLE_FILE_BYTES {
             if self.whole.is_none() {
-                let got = self.store.get(&self.path).await.map_err(external)?;
-                self.whole = Some(got.bytes().await.map_err(external)?);
+                let whole = || async { store.get(&path).await?.bytes().await };
+                let got = whole.retry(store_backoff()).when(store_retryable).await.map_err(external)?;
+                self.whole = Some(got);
             }
             let whole = self.whole.as_ref().expect("fetched above");
             return ranges
@@ -212,7 +220,8 @@ impl StoreReader {
                 })
                 .collect();
         }
-        self.store.get_ranges(&self.path, &ranges).await.map_err(external)
+        let ranged = || store.get_ranges(&path, &ranges);
+        ranged.retry(store_backoff()).when(store_retryable).await.map_err(external)
     }
 }
 
@@ -550,7 +559,11 @@ impl Sink<'_> {
     async fn close(&mut self) -> Result<(), Error> {
         let Some(o) = self.open.take() else { return Ok(()) };
         o.writer.close().await?;
-        let size = r2o_common::store::object_size(&self.store, &o.location).await?.unwrap_or(0);
+        let size = (|| r2o_common::store::object_size(&self.store, &o.location))
+            .retry(store_backoff())
+            .when(Error::is_retryable)
+            .await?
+            .unwrap_or(0);
         let (start, end) = o.time.unwrap_or((self.window.start_ms, self.window.start_ms));
         self.outputs.push(OutputSegment {
             window_start_ms: self.window.start_ms,
@@ -1055,6 +1068,119 @@ mod tests {
             assert_eq!(parts(&streamed.outputs), parts(&in_memory.outputs), "{merge}: rows per partition");
             assert_eq!(files_under(&spill_dir.path().join("attempt")), 0, "{merge}: spill files are removed");
         }
+    }
+
+    /// A store whose every object fails its first read with a transient
+    /// error (and counts the failures).
+    #[derive(Debug)]
+    struct FirstReadFails {
+        inner: Store,
+        seen: Mutex<std::collections::HashSet<Path>>,
+        injected: std::sync::atomic::AtomicU64,
+    }
+
+    impl std::fmt::Display for FirstReadFails {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "FirstReadFails({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for FirstReadFails {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            if self.seen.lock().unwrap().insert(location.clone()) {
+                self.injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return Err(object_store::Error::Generic { store: "test", source: "injected read fault".into() });
+            }
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// A transient read failure in the middle of a window (every input's
+    /// first read fails) is retried, not the end of the attempt: the run
+    /// succeeds with the rows a clean store gives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transient_read_failures_mid_window_are_retried() {
+        let spec = spec("dedup", true);
+        let clean: Store = Arc::new(object_store::memory::InMemory::new());
+        let segs = inputs(&spec, &clean, 6, 5_000).await;
+        let flaky = Arc::new(FirstReadFails {
+            inner: clean.clone(),
+            seen: Mutex::default(),
+            injected: std::sync::atomic::AtomicU64::new(0),
+        });
+        let mut outputs = vec![];
+        for (store, prefix) in [(clean.clone(), "clean/"), (flaky.clone() as Store, "flaky/")] {
+            let spill_dir = tempfile::tempdir().unwrap();
+            let settings = StreamSettings {
+                memory_bytes: 2 << 20,
+                spill_dir: spill_dir.path().join("attempt"),
+                threads: 2,
+                split: None,
+            };
+            let stream_inputs: Vec<StreamInput> =
+                segs.iter().map(|(m, _)| StreamInput { meta: m.clone(), count_null_time: true }).collect();
+            let s2 = spec.clone();
+            let (processed, _) = tokio::task::spawn_blocking(move || {
+                let window = Window { start_ms: 0, end_ms: 24 * H };
+                process_streaming(&s2, &[window], stream_inputs, store, prefix, &settings, &CancellationToken::new())
+            })
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{prefix}: {e}"));
+            outputs.push(read_outputs(&clean, &processed.outputs, &spec).await);
+        }
+        let injected = flaky.injected.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(injected >= 6, "every input's first read failed: {injected}");
+        assert_eq!(canonical(&outputs[1], &spec), canonical(&outputs[0], &spec), "the same rows");
     }
 
     /// Cancelling stops the run promptly and reports it as cancelled.
