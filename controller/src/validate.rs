@@ -119,29 +119,6 @@ pub async fn gather(
     Ok((outs, ins))
 }
 
-/// Reads into `cache` the footers of `inputs` it does not hold yet, 4 at a
-/// time, so that [`gather`] at the task's completion finds them: a window of
-/// tens of thousands of inputs is validated without a serial tail of footer
-/// reads after its minions finish. Best effort: a footer that cannot be
-/// read now is left out (and read, with retries, by [`gather`]).
-pub async fn warm(store: Store, cache: FooterCache, inputs: Vec<SegmentMeta>) {
-    futures::stream::iter(inputs)
-        .for_each_concurrent(4, |s| {
-            let (store, cache) = (store.clone(), cache.clone());
-            async move {
-                if cache.get(&s.location).is_some() {
-                    return;
-                }
-                match object_footer(&store, &s.location).await {
-                    Ok(Some((_, Ok(f)))) => cache.put(&s.location, Some(f)),
-                    Ok(Some((_, Err(r2o_common::Error::Segment { .. })))) | Ok(None) => cache.put(&s.location, None),
-                    Ok(Some((_, Err(_)))) | Err(_) => {}
-                }
-            }
-        })
-        .await;
-}
-
 /// Unit roundoff of a float column type.
 fn unit_roundoff(t: DataType) -> f64 {
     if t == DataType::Float {
