@@ -970,6 +970,15 @@ mod tests {
         out
     }
 
+    /// The tests' settings: a 2 MiB sort budget, two threads, spilling under `spill_dir`.
+    fn small_budget(spill_dir: std::path::PathBuf) -> StreamSettings {
+        StreamSettings { memory_bytes: 2 << 20, spill_dir, threads: 2, split: None }
+    }
+
+    fn stream_inputs(segs: &[(SegmentMeta, bytes::Bytes)]) -> Vec<StreamInput> {
+        segs.iter().map(|(m, _)| StreamInput { meta: m.clone(), count_null_time: true }).collect()
+    }
+
     fn files_under(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir).map_or(0, |entries| {
             entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
@@ -1012,14 +1021,8 @@ mod tests {
             let segs = inputs(&spec, &store, 12, 20_000).await;
             let window = Window { start_ms: 0, end_ms: 24 * H };
             let spill_dir = tempfile::tempdir().unwrap();
-            let settings = StreamSettings {
-                memory_bytes: 2 << 20,
-                spill_dir: spill_dir.path().join("attempt"),
-                threads: 2,
-                split: None,
-            };
-            let stream_inputs: Vec<StreamInput> =
-                segs.iter().map(|(m, _)| StreamInput { meta: m.clone(), count_null_time: true }).collect();
+            let settings = small_budget(spill_dir.path().join("attempt"));
+            let stream_inputs = stream_inputs(&segs);
             let (s2, st2) = (spec.clone(), store.clone());
             let (streamed, spill) = tokio::task::spawn_blocking(move || {
                 process_streaming(&s2, &[window], stream_inputs, st2, "out/", &settings, &CancellationToken::new())
@@ -1160,14 +1163,8 @@ mod tests {
         let mut outputs = vec![];
         for (store, prefix) in [(clean.clone(), "clean/"), (flaky.clone() as Store, "flaky/")] {
             let spill_dir = tempfile::tempdir().unwrap();
-            let settings = StreamSettings {
-                memory_bytes: 2 << 20,
-                spill_dir: spill_dir.path().join("attempt"),
-                threads: 2,
-                split: None,
-            };
-            let stream_inputs: Vec<StreamInput> =
-                segs.iter().map(|(m, _)| StreamInput { meta: m.clone(), count_null_time: true }).collect();
+            let settings = small_budget(spill_dir.path().join("attempt"));
+            let stream_inputs = stream_inputs(&segs);
             let s2 = spec.clone();
             let (processed, _) = tokio::task::spawn_blocking(move || {
                 let window = Window { start_ms: 0, end_ms: 24 * H };
@@ -1190,15 +1187,9 @@ mod tests {
         let store: Store = Arc::new(object_store::memory::InMemory::new());
         let segs = inputs(&spec, &store, 40, 20_000).await;
         let spill_dir = tempfile::tempdir().unwrap();
-        let settings = StreamSettings {
-            memory_bytes: 2 << 20,
-            spill_dir: spill_dir.path().to_path_buf(),
-            threads: 2,
-            split: None,
-        };
+        let settings = small_budget(spill_dir.path().to_path_buf());
         let cancel = CancellationToken::new();
-        let stream_inputs: Vec<StreamInput> =
-            segs.iter().map(|(m, _)| StreamInput { meta: m.clone(), count_null_time: true }).collect();
+        let stream_inputs = stream_inputs(&segs);
         let (c2, st2) = (cancel.clone(), store.clone());
         let run = tokio::task::spawn_blocking(move || {
             let window = Window { start_ms: 0, end_ms: 24 * H };
