@@ -223,7 +223,9 @@ pub async fn delete_object(store: &Store, path: &str) -> Result<()> {
     }
 }
 
-/// What a [`FaultyStore`] injects: `read_error_rate=0.05,write_error_rate=0.05,latency_ms=20,seed=7`.
+/// What a [`FaultyStore`] injects: `read_error_rate=0.05,write_error_rate=0.05,latency_ms=20,seed=7`
+/// (random), and/or `first_read_fails=true` (deterministic: the first read
+/// of every object fails, the next ones pass).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FaultSpec {
     /// Probability that a read (get, head) fails, 0..=1.
@@ -235,18 +237,23 @@ pub struct FaultSpec {
     /// RNG seed; each process mixes in its pid, so processes given the
     /// same seed do not fail in lockstep.
     pub seed: u64,
+    /// Whether the first read (get, head) of each object fails.
+    pub first_read_fails: bool,
 }
 
 impl FaultSpec {
     /// Parses `key=value` pairs separated by commas.
     pub fn parse(text: &str) -> Result<FaultSpec> {
-        let mut f = FaultSpec { read_error_rate: 0.0, write_error_rate: 0.0, latency_ms: 0, seed: 0 };
+        let mut f =
+            FaultSpec { read_error_rate: 0.0, write_error_rate: 0.0, latency_ms: 0, seed: 0, first_read_fails: false };
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
             let bad = || {
                 Error::Config(ConfigError::Invalid {
                     field: "R2O_FAULT_STORE".into(),
                     value: part.into(),
-                    expected: "read_error_rate=<0..1>, write_error_rate=<0..1>, latency_ms=<ms> or seed=<n>".into(),
+                    expected: "read_error_rate=<0..1>, write_error_rate=<0..1>, latency_ms=<ms>, seed=<n> \
+                               or first_read_fails=<true|false>"
+                        .into(),
                 })
             };
             let (k, v) = part.split_once('=').ok_or_else(bad)?;
@@ -255,6 +262,7 @@ impl FaultSpec {
                 "write_error_rate" => f.write_error_rate = v.trim().parse().map_err(|_| bad())?,
                 "latency_ms" => f.latency_ms = v.trim().parse().map_err(|_| bad())?,
                 "seed" => f.seed = v.trim().parse().map_err(|_| bad())?,
+                "first_read_fails" => f.first_read_fails = v.trim().parse().map_err(|_| bad())?,
                 _ => return Err(bad()),
             }
         }
@@ -271,6 +279,9 @@ pub struct FaultyStore {
     inner: Store,
     spec: FaultSpec,
     rng: std::sync::Mutex<rand::rngs::StdRng>,
+    /// Objects read once (`first_read_fails`).
+    read_once: std::sync::Mutex<std::collections::HashSet<Path>>,
+    injected: std::sync::atomic::AtomicU64,
 }
 
 impl FaultyStore {
@@ -279,7 +290,18 @@ impl FaultyStore {
         use rand::SeedableRng;
         let seed = spec.seed ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         tracing::warn!(?spec, seed, "segment store with injected faults");
-        FaultyStore { inner, spec, rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)) }
+        FaultyStore {
+            inner,
+            spec,
+            rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+            read_once: std::sync::Mutex::default(),
+            injected: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Errors injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn inject(&self, op: &'static str, rate: f64, path: &Path) -> object_store::Result<()> {
@@ -287,8 +309,12 @@ impl FaultyStore {
         if self.spec.latency_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(self.spec.latency_ms)).await;
         }
-        let fail = self.rng.lock().map(|mut r| r.random::<f64>() < rate).unwrap_or(false);
+        let first = op == "get"
+            && self.spec.first_read_fails
+            && self.read_once.lock().map(|mut seen| seen.insert(path.clone())).unwrap_or(false);
+        let fail = first || self.rng.lock().map(|mut r| r.random::<f64>() < rate).unwrap_or(false);
         if fail {
+            self.injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tracing::warn!(op, path = %path, "injected store fault");
             return Err(object_store::Error::Generic {
                 store: "faulty",
@@ -380,5 +406,18 @@ mod tests {
         }
         assert!((60..140).contains(&failed), "about half the reads fail: {failed}");
         assert!(FaultSpec::parse("latency=3").is_err());
+
+        let once = FaultyStore::new(
+            open_plain_store("memory://").unwrap(),
+            FaultSpec::parse("first_read_fails=true").unwrap(),
+        );
+        let once = Arc::new(once);
+        let store: Store = once.clone();
+        put_bytes(&store, "b", Bytes::from_static(b"y")).await.unwrap();
+        let first = store.get(&Path::from("b")).await;
+        assert!(first.is_err(), "the first read of an object fails");
+        assert_eq!(&get_bytes(&store, "b").await.unwrap()[..], b"y", "the next one passes");
+        assert_eq!(once.injected(), 1);
+        assert!(FaultSpec::parse("first_read_fails=maybe").is_err());
     }
 }

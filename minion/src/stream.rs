@@ -1073,80 +1073,6 @@ mod tests {
         }
     }
 
-    /// A store whose every object fails its first read with a transient
-    /// error (and counts the failures).
-    #[derive(Debug)]
-    struct FirstReadFails {
-        inner: Store,
-        seen: Mutex<std::collections::HashSet<Path>>,
-        injected: std::sync::atomic::AtomicU64,
-    }
-
-    impl std::fmt::Display for FirstReadFails {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "FirstReadFails({})", self.inner)
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl object_store::ObjectStore for FirstReadFails {
-        async fn put_opts(
-            &self,
-            location: &Path,
-            payload: object_store::PutPayload,
-            opts: object_store::PutOptions,
-        ) -> object_store::Result<object_store::PutResult> {
-            self.inner.put_opts(location, payload, opts).await
-        }
-
-        async fn put_multipart_opts(
-            &self,
-            location: &Path,
-            opts: object_store::PutMultipartOptions,
-        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-            self.inner.put_multipart_opts(location, opts).await
-        }
-
-        async fn get_opts(
-            &self,
-            location: &Path,
-            options: object_store::GetOptions,
-        ) -> object_store::Result<object_store::GetResult> {
-            if self.seen.lock().unwrap().insert(location.clone()) {
-                self.injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                return Err(object_store::Error::Generic { store: "test", source: "injected read fault".into() });
-            }
-            self.inner.get_opts(location, options).await
-        }
-
-        fn delete_stream(
-            &self,
-            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
-        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
-            self.inner.delete_stream(locations)
-        }
-
-        fn list(
-            &self,
-            prefix: Option<&Path>,
-        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-            self.inner.list(prefix)
-        }
-
-        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
-            self.inner.list_with_delimiter(prefix).await
-        }
-
-        async fn copy_opts(
-            &self,
-            from: &Path,
-            to: &Path,
-            options: object_store::CopyOptions,
-        ) -> object_store::Result<()> {
-            self.inner.copy_opts(from, to, options).await
-        }
-    }
-
     /// A transient read failure in the middle of a window (every input's
     /// first read fails) is retried, not the end of the attempt: the run
     /// succeeds with the rows a clean store gives.
@@ -1155,11 +1081,8 @@ mod tests {
         let spec = spec("dedup", true);
         let clean: Store = Arc::new(object_store::memory::InMemory::new());
         let segs = inputs(&spec, &clean, 6, 5_000).await;
-        let flaky = Arc::new(FirstReadFails {
-            inner: clean.clone(),
-            seen: Mutex::default(),
-            injected: std::sync::atomic::AtomicU64::new(0),
-        });
+        let spec_faults = r2o_common::store::FaultSpec::parse("first_read_fails=true").unwrap();
+        let flaky = Arc::new(r2o_common::store::FaultyStore::new(clean.clone(), spec_faults));
         let mut outputs = vec![];
         for (store, prefix) in [(clean.clone(), "clean/"), (flaky.clone() as Store, "flaky/")] {
             let spill_dir = tempfile::tempdir().unwrap();
@@ -1175,7 +1098,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{prefix}: {e}"));
             outputs.push(read_outputs(&clean, &processed.outputs, &spec).await);
         }
-        let injected = flaky.injected.load(std::sync::atomic::Ordering::SeqCst);
+        let injected = flaky.injected();
         assert!(injected >= 6, "every input's first read failed: {injected}");
         assert_eq!(canonical(&outputs[1], &spec), canonical(&outputs[0], &spec), "the same rows");
     }
