@@ -798,13 +798,14 @@ async fn run_window(
     // the sort's merge runs on a task of its own, the merge and the encoding
     // of the outputs here: the tail after the last input is read uses two cores
     let (merge_tx, mut rows) = tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(2);
-    let merging = tokio::spawn(async move {
+    // aborted on every way out of this function, the early ones included
+    let merging = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(b) = sorted.next().await {
             if merge_tx.send(b).await.is_err() {
                 break;
             }
         }
-    });
+    }));
     let mut first_sorted: Option<std::time::Duration> = None;
     let mut merger = Merger { spec, schema: ctx.table_schema.clone(), partition: i32::MIN, carry: None };
     let mut sink = Sink {
@@ -823,16 +824,9 @@ async fn run_window(
     let mut merged = vec![];
     while let Some(batch) = rows.recv().await {
         if ctx.cancel.is_cancelled() {
-            merging.abort();
             return Err(ProcessError::Cancelled);
         }
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                merging.abort();
-                return Err(from_df(e));
-            }
-        };
+        let batch = batch.map_err(from_df)?;
         first_sorted.get_or_insert_with(|| started.elapsed());
         for (partition, run) in partition_runs(&batch, &ctx.table_schema)? {
             merger.push(partition, run, &mut merged)?;
