@@ -13,9 +13,31 @@ use r2o_proto::controller as pb;
 use r2o_proto::controller::controller_service_client::ControllerServiceClient;
 use tonic::transport::Channel;
 
-/// A free loopback port.
+/// A free loopback port, below Linux's ephemeral range (32768-60999).
+///
+/// A port from `bind(":0")` is an ephemeral one: between the pick and the
+/// server's own bind, an outgoing connection (a minion's to etcd, say) can
+/// take it as its source port, and the server then fails to start (CI saw
+/// etcd's client port "not open within 20s"). Ports here come from 20000-32767,
+/// which connections never get, start at an offset from the process id (test
+/// binaries run one after another, but not in lockstep), and are never handed
+/// out twice by one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::Mutex;
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap();
+    let mut n = next.unwrap_or_else(|| (std::process::id().wrapping_mul(7919)) % SPAN);
+    for _ in 0..SPAN {
+        let port = (LOW + n % SPAN) as u16;
+        n = n.wrapping_add(1);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(n);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// The `r2o` binary under test.
@@ -35,9 +57,7 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd with its data under `dir`.
     pub fn start(dir: &Path) -> Etcd {
-        let client_port = free_port();
-        let peer_port = free_port();
-        Self::start_on(dir, client_port, peer_port)
+        Self::start_with(dir, free_port(), free_port(), &[])
     }
 
     /// Starts (or restarts) etcd on the given ports.
@@ -49,8 +69,9 @@ impl Etcd {
     /// `--quota-backend-bytes`).
     pub fn start_with(dir: &Path, client_port: u16, peer_port: u16, extra: &[&str]) -> Etcd {
         let endpoint = format!("http://127.0.0.1:{client_port}");
-        let log = std::fs::File::create(dir.join(format!("etcd-{client_port}.log"))).unwrap();
-        let child = Command::new(std::env::var("R2O_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
+        let log_path = dir.join(format!("etcd-{client_port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(std::env::var("R2O_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
             .arg("--data-dir")
             .arg(dir.join("etcd-data"))
             .args(["--name", "r2o-test"])
@@ -63,9 +84,8 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("etcd must be installed (scripts/setup.sh installs Debian's etcd-server)");
-        let etcd = Etcd { child, endpoint, dir: dir.to_path_buf(), client_port, peer_port };
-        wait_port(client_port, Duration::from_secs(20));
-        etcd
+        wait_port(&mut child, client_port, Duration::from_secs(20), &log_path);
+        Etcd { child, endpoint, dir: dir.to_path_buf(), client_port, peer_port }
     }
 }
 
@@ -76,10 +96,25 @@ impl Drop for Etcd {
     }
 }
 
-fn wait_port(port: u16, timeout: Duration) {
+/// Waits until `child` listens on `port`; panics with the end of its log
+/// (`log`) if it exits first or the port stays closed past `timeout`.
+fn wait_port(child: &mut Child, port: u16, timeout: Duration, log: &Path) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < timeout, "port {port} did not open within {timeout:?}");
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || start.elapsed() >= timeout {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String =
+                text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let what = match exited {
+                Some(status) => format!("exited ({status}) before port {port} opened"),
+                None => format!("did not open port {port} within {timeout:?}"),
+            };
+            let pid = child.id();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {pid} {what}; end of {}:\n{tail}", log.display());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -192,8 +227,9 @@ impl Cluster {
         let http_port = free_port();
         let mut args = args.to_vec();
         args.extend(["--http-listen".to_string(), format!("127.0.0.1:{http_port}")]);
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(r2o_bin())
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(r2o_bin())
             .args(&args)
             .env("R2O_ETCD", &self.etcd.endpoint)
             .env("R2O_STORE", &self.store_uri)
@@ -207,7 +243,7 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .unwrap();
-        wait_port(port, Duration::from_secs(30));
+        wait_port(&mut child, port, Duration::from_secs(30), &log_path);
         Proc { child, name: name.into(), port, http_port }
     }
 
@@ -442,14 +478,15 @@ impl S3Server {
         let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
         assert!(bin.exists(), "run scripts/setup.sh first: it installs moto[server] into .venv");
         let port = free_port();
-        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-        let child = Command::new(bin)
+        let log_path = dir.join("moto.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        wait_port(port, Duration::from_secs(30));
+        wait_port(&mut child, port, Duration::from_secs(30), &log_path);
         let status = http_request(port, "PUT", &format!("/{bucket}"));
         assert_eq!(status, 200, "create bucket {bucket}");
         S3Server { child, port }
