@@ -122,6 +122,11 @@ enum Command {
         /// Concurrent tasks.
         #[arg(long, env = "R2O_SLOTS", default_value_t = 2)]
         slots: u32,
+        /// The machine this minion runs on: a window too big for one task is
+        /// split by hash into at most one sub-task per distinct host (default:
+        /// the kernel's boot id, else the hostname; in Kubernetes, the node name).
+        #[arg(long, env = "R2O_HOST")]
+        host: Option<String>,
         /// Task poll interval, ms: a fallback; new and freed tasks are noticed at once by a watch.
         #[arg(long, env = "R2O_POLL_MS", default_value_t = 1000)]
         poll_ms: u64,
@@ -226,7 +231,7 @@ async fn main() -> Result<()> {
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }
-        Command::Minion { state, listen, id, slots, poll_ms, drain_grace_secs, memory_budget, spill_dir } => {
+        Command::Minion { state, listen, id, slots, host, poll_ms, drain_grace_secs, memory_budget, spill_dir } => {
             init_tracing();
             let (kv, keys, store) = connect_state(&state).await?;
             let cancel = CancellationToken::new();
@@ -238,6 +243,7 @@ async fn main() -> Result<()> {
                 id,
                 listen,
                 slots: slots.max(1),
+                host: host.filter(|h| !h.trim().is_empty()).unwrap_or_else(r2o_minion::default_host),
                 lease_ttl_secs: state.lease_ttl_secs,
                 poll: Duration::from_millis(poll_ms),
                 drain_grace: Duration::from_secs(drain_grace_secs),

@@ -69,9 +69,10 @@ fn canonical(batches: &[RecordBatch]) -> (usize, String) {
 async fn a_window_split_into_sub_tasks_gives_what_the_whole_window_gives() {
     let mut cluster = Cluster::start_with(1, 0, vec![("R2O_PLAN_INTERVAL_MS".into(), "300".into())]);
     // two minions of two slots, each with an 8 MiB budget (2.5 MiB of sort
-    // memory per attempt): every task here runs on the bounded-memory path
-    for _ in 0..2 {
-        cluster.add_minion_env(&[("R2O_MEMORY_BUDGET", "8MiB")]);
+    // memory per attempt): every task here runs on the bounded-memory path;
+    // they say they are on two machines (hash sub-tasks: at most one per host)
+    for host in ["host-a", "host-b"] {
+        cluster.add_minion_env(&[("R2O_MEMORY_BUDGET", "8MiB"), ("R2O_HOST", host)]);
     }
     let dir = cluster.dir.path().join("segments");
     std::fs::create_dir_all(&dir).unwrap();

@@ -510,6 +510,11 @@ pub struct MinionRecord {
     pub slots: u32,
     /// Start time, UTC epoch ms.
     pub started_ms: i64,
+    /// The machine it runs on (minions with the same host share its cores
+    /// and disk); empty in records of older minions, which count as a host
+    /// each.
+    #[serde(default)]
+    pub host: String,
 }
 
 /// The elected controller, attached to its lease.

@@ -299,6 +299,15 @@ impl Authority {
         Ok((slots as usize + 1).max(2))
     }
 
+    /// Distinct machines among the live minions (`MinionRecord::host`; a
+    /// record without one counts as a machine of its own).
+    async fn minion_hosts(&self) -> Result<usize> {
+        let minions = range_records::<MinionRecord>(&self.kv, &self.keys.minions()).await?;
+        let hosts: std::collections::BTreeSet<&str> =
+            minions.iter().map(|(m, _)| if m.host.is_empty() { m.id.as_str() } else { m.host.as_str() }).collect();
+        Ok(hosts.len())
+    }
+
     /// One planning pass over every table (leader only): commits what is
     /// staged and due, publishes what is ready up to the in-flight limit, and
     /// ends attempts that can no longer end by themselves. Returns the tasks
@@ -456,8 +465,8 @@ impl Authority {
             input_to: 0,
         };
         // one window past the per-task budget: its sub-tasks, published together
-        let parallel = self.task_limit().await?.saturating_sub(1).max(1);
-        let tasks = sub_tasks(task, &inputs, split_window(spec.flow.merge_type, &windows, &inputs, &budget, parallel));
+        let hosts = self.minion_hosts().await?;
+        let tasks = sub_tasks(task, &inputs, split_window(spec.flow.merge_type, &windows, &inputs, &budget, hosts));
         let input_revs =
             match chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded_inputs).await {
                 Ok(r) => r,
@@ -1317,6 +1326,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_rollup_window_past_the_budget_runs_whole_when_the_minions_share_one_host() {
+        let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
+        let a = &w.auth;
+        let t0 = 400_000 * H;
+        for i in 0..3 {
+            register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
+        }
+        for id in ["m0", "m1"] {
+            let m = MinionRecord { id: id.into(), addr: String::new(), slots: 2, started_ms: 0, host: "h".into() };
+            a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
+        }
+        assert_eq!(a.plan_all().await.unwrap(), 1, "one host: the window is one task");
+        let (open, _) = open_tasks(&a.kv, &a.keys, "t__x").await.unwrap();
+        assert_eq!(open.iter().map(|(t, _)| (t.sub_task, t.sub_tasks)).collect::<Vec<_>>(), vec![(0, 0)]);
+    }
+
+    #[tokio::test]
     async fn a_window_past_the_budget_runs_as_sub_tasks_and_commits_once() {
         let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
         let a = &w.auth;
@@ -1324,7 +1350,11 @@ mod tests {
         for i in 0..3 {
             register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
         }
-        assert_eq!(a.plan_all().await.unwrap(), 2, "6 rows over a budget of 2: two sub-tasks (at most the slots)");
+        for (id, host) in [("m0", "a"), ("m1", "b"), ("m2", "b")] {
+            let m = MinionRecord { id: id.into(), addr: String::new(), slots: 1, started_ms: 0, host: host.into() };
+            a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
+        }
+        assert_eq!(a.plan_all().await.unwrap(), 2, "6 rows over a budget of 2: two sub-tasks (at most the hosts)");
         let (open, _) = open_tasks(&a.kv, &a.keys, "t__x").await.unwrap();
         let subs: Vec<&TaskRecord> = open.iter().map(|(t, _)| t).collect();
         assert_eq!(subs.iter().map(|t| (t.sub_task, t.sub_tasks)).collect::<Vec<_>>(), vec![(0, 2), (1, 2)]);

@@ -61,7 +61,7 @@ pub enum Split {
     Whole,
     /// This many sub-tasks each read every input and keep the rows whose
     /// merge key hashes to their index (rollup, dedup: each group and each
-    /// duplicate falls in exactly one).
+    /// duplicate falls in exactly one); at most one per host.
     ByHash(u32),
     /// Sub-tasks each read these inputs (indexes into the window's input
     /// list, contiguous, covering it): concat needs no key.
@@ -72,15 +72,19 @@ pub enum Split {
 /// window whose inputs exceed the budget's rows or bytes. Then concat is
 /// split by input into contiguous parts of at most the budget (an input is
 /// never split), and rollup and dedup by hash into `ceil(rows / budget)` parts,
-/// at most `parallel` (the minions' slots: every part reads every input,
-/// so more parts than can run at once only read more). At most
+/// at most `hosts` (distinct machines among the live minions). Every hash
+/// part reads and decodes every input, so two parts on one machine decode
+/// the window twice on the same cores: on the 2-core benchmark machine that
+/// was 1.14-1.17x slower than one task (README, "One huge window"). With
+/// fewer than 2 hosts a rollup or dedup window runs whole; the minion's
+/// bounded-memory path holds a window of any size. At most
 /// [`MAX_SUB_TASKS`] parts either way. Pure.
 pub fn split_window(
     merge: MergeType,
     windows: &[Window],
     inputs: &[SegmentMeta],
     budget: &Budget,
-    parallel: usize,
+    hosts: usize,
 ) -> Split {
     let rows: u64 = inputs.iter().map(|s| s.total_docs).sum();
     let bytes: u64 = inputs.iter().map(|s| s.size_bytes).sum();
@@ -91,8 +95,8 @@ pub fn split_window(
     let by_bytes = bytes.div_ceil(budget.max_input_bytes.max(1));
     let wanted = by_rows.max(by_bytes).max(2) as usize;
     if merge != MergeType::Concat {
-        let n = wanted.min(parallel.max(2)).min(MAX_SUB_TASKS);
-        return Split::ByHash(n as u32);
+        let n = wanted.min(hosts).min(MAX_SUB_TASKS);
+        return if n < 2 { Split::Whole } else { Split::ByHash(n as u32) };
     }
     // concat: contiguous runs of inputs, each within the budget (or within
     // 1/32 of the window, when 32 parts of the budget would not hold it)
@@ -666,7 +670,9 @@ mod tests {
         let rows = |n: u64| Budget { max_windows: 100, max_input_rows: n, max_input_bytes: u64::MAX };
         assert_eq!(split_window(MergeType::Rollup, &w, &segs, &rows(100), 8), Split::Whole, "within the budget");
         assert_eq!(split_window(MergeType::Rollup, &w, &segs, &rows(30), 8), Split::ByHash(4));
-        assert_eq!(split_window(MergeType::Dedup, &w, &segs, &rows(30), 2), Split::ByHash(2), "at most the slots");
+        assert_eq!(split_window(MergeType::Dedup, &w, &segs, &rows(30), 2), Split::ByHash(2), "at most the hosts");
+        assert_eq!(split_window(MergeType::Rollup, &w, &segs, &rows(30), 1), Split::Whole, "one host: whole");
+        assert_eq!(split_window(MergeType::Dedup, &w, &segs, &rows(30), 0), Split::Whole, "no minion yet: whole");
         assert_eq!(split_window(MergeType::Dedup, &w, &segs, &rows(1), 100), Split::ByHash(32), "at most 32");
         let Split::ByInput(r) = split_window(MergeType::Concat, &w, &segs, &rows(30), 2) else { panic!() };
         assert_eq!(r, vec![0..3, 3..6, 6..9, 9..10], "concat: by input, each part within the budget");

@@ -11,4 +11,4 @@ pub mod processor;
 pub mod stream;
 pub mod worker;
 
-pub use worker::{run, MinionConfig};
+pub use worker::{default_host, run, MinionConfig};

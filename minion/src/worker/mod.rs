@@ -44,6 +44,10 @@ pub struct MinionConfig {
     pub listen: SocketAddr,
     /// Concurrent tasks.
     pub slots: u32,
+    /// The machine this minion runs on (see [`default_host`]): the
+    /// controller splits a window by hash into at most one sub-task per
+    /// distinct host.
+    pub host: String,
     /// Lease TTL, seconds: a dead minion's tasks are freed within about this long.
     pub lease_ttl_secs: i64,
     /// How often to look for tasks.
@@ -61,6 +65,20 @@ pub struct MinionConfig {
     /// Local directory for spill files (one subdirectory per attempt,
     /// removed when it ends).
     pub spill_dir: std::path::PathBuf,
+}
+
+/// The machine this process runs on, for [`MinionConfig::host`]: the
+/// kernel's boot id (`/proc/sys/kernel/random/boot_id`, the same for every
+/// process and container of one boot of one machine), else the hostname,
+/// else `"unknown"`. In Kubernetes the manifests set `R2O_HOST` to the node
+/// name instead.
+pub fn default_host() -> String {
+    ["/proc/sys/kernel/random/boot_id", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The minion's Prometheus metrics.
@@ -160,9 +178,10 @@ impl Worker {
             addr: format!("http://{}", self.cfg.listen),
             slots: self.cfg.slots,
             started_ms: now_ms(),
+            host: self.cfg.host.clone(),
         };
         self.kv.put(&self.keys.minion(&self.cfg.id), encode(&rec), Some(lease)).await?;
-        info!(minion = %self.cfg.id, lease, slots = self.cfg.slots, "minion registered");
+        info!(minion = %self.cfg.id, lease, slots = self.cfg.slots, host = %self.cfg.host, "minion registered");
         Ok(Registration { lease, lost: CancellationToken::new() })
     }
 
