@@ -74,6 +74,7 @@ fn main() -> Result<()> {
                 partition: 0,
                 created_ms: 0,
                 end_of_stream: false,
+                late: false,
             },
             bytes,
         });

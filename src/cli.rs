@@ -148,6 +148,17 @@ pub enum AdminCommand {
         #[arg(long)]
         table: String,
     },
+    /// Print a table's time boundary: the instant a query layer splits a
+    /// hybrid query at (rows before it are in OFFLINE, the rest are read from
+    /// REALTIME), i.e. the watermark. Exits 3 when no window is committed yet
+    /// (everything is in REALTIME).
+    TimeBoundary {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
     /// Wait until a table is idle: every eligible window committed.
     Wait {
         #[command(flatten)]
@@ -639,7 +650,10 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     "{}",
                     json!({"exists": w.exists, "watermarkMs": w.watermark_ms, "windowsCommitted": w.windows_committed,
                            "windowsSkipped": w.windows_skipped, "rowsIn": w.rows_in, "rowsOut": w.rows_out,
-                           "rowsNullTime": w.rows_null_time, "next": w.next, "idle": w.idle})
+                           "rowsNullTime": w.rows_null_time, "next": w.next, "idle": w.idle,
+                           "retentionMs": w.retention_ms,
+                           "segmentsUnmovedPastRetention": w.segments_unmoved_past_retention,
+                           "segmentsDeletedByRetention": w.segments_deleted_by_retention})
                 ),
                 Output::Table => {
                     let at = if w.exists {
@@ -651,7 +665,27 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         "watermark: {at}\nwindows committed: {}\nwindows skipped: {}\nrows with a NULL time (not moved): {}\nnext: {}",
                         w.windows_committed, w.windows_skipped, w.rows_null_time, w.next
                     );
+                    if w.retention_ms > 0 {
+                        println!(
+                            "retention: {} ms; REALTIME segments deleted by it: {}; past it but kept (rows not moved): {}",
+                            w.retention_ms, w.segments_deleted_by_retention, w.segments_unmoved_past_retention
+                        );
+                    }
                 }
+            }
+        }
+        AdminCommand::TimeBoundary { conn, table } => {
+            let w = rpc!(conn, get_watermark, pb::GetWatermarkRequest { table: table.clone() });
+            if !w.exists {
+                eprintln!("table {table} has no committed window yet: every row is in REALTIME (no time boundary)");
+                std::process::exit(3);
+            }
+            match conn.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"table": table, "timeBoundaryMs": w.watermark_ms, "timeBoundary": format_utc(w.watermark_ms)})
+                ),
+                Output::Table => println!("{} {}", w.watermark_ms, format_utc(w.watermark_ms)),
             }
         }
         AdminCommand::Wait { conn, table, timeout_secs } => {

@@ -106,6 +106,7 @@ pub async fn add_segment_file(
         partition,
         created_ms: now_ms(),
         end_of_stream,
+        late: false,
     };
     let mut c = client(controller).await?;
     let (seg, warning) = upload_and_register(&mut c, &store, &spec.name, seg, bytes).await?;
@@ -313,6 +314,7 @@ impl Bulk {
                 partition: stream_partition(&f.name, self.partition),
                 created_ms: now_ms(),
                 end_of_stream: self.ends.contains(&f.name),
+                late: false,
             });
             uploads.push((location, bytes));
         }
@@ -436,6 +438,7 @@ pub async fn ingest(
             partition,
             created_ms: now_ms(),
             end_of_stream: false,
+            late: false,
         };
         let (_, warning) = upload_and_register(&mut c, &store, &spec.name, seg, bytes).await?;
         if !warning.is_empty() {

@@ -101,6 +101,11 @@ pub struct FlowConfig {
     /// up to it (a single window larger than it is still one task);
     /// `None`: the cluster's default.
     pub max_records_per_task: Option<u64>,
+    /// The REALTIME table's retention (Pinot's `segmentsConfig.retentionTimeUnit`
+    /// and `retentionTimeValue`), ms: a REALTIME segment whose rows have all
+    /// moved is deleted once its end time is older than this (Pinot's
+    /// `TimeRetentionStrategy`: `now - endTime > retention`); `None`: kept.
+    pub retention_ms: Option<i64>,
 }
 
 /// A registered table: Pinot's JSON as given, plus the validated view.
@@ -345,6 +350,7 @@ impl TableSpec {
         let max_attempts_per_task = positive("maxAttemptsPerTask")?.map(|n| n.min(i64::from(u32::MAX)) as u32);
         let timeout_ms = positive("timeoutMs")?;
         let max_records_per_task = positive("maxNumRecordsPerTask")?.map(|n| n as u64);
+        let retention_ms = parse_retention(&config_json)?;
 
         Ok(TableSpec {
             name,
@@ -362,6 +368,7 @@ impl TableSpec {
                 max_attempts_per_task,
                 timeout_ms,
                 max_records_per_task,
+                retention_ms,
             },
             config_json,
             schema_json,
@@ -376,6 +383,59 @@ impl TableSpec {
     /// `<raw>_OFFLINE`.
     pub fn offline_name(&self) -> String {
         format!("{}_OFFLINE", self.name)
+    }
+}
+
+/// `segmentsConfig.retentionTimeUnit` + `retentionTimeValue` as ms: both or
+/// neither; the unit one of Java's `TimeUnit` names (Pinot's), any case; the
+/// value a whole number > 0.
+fn parse_retention(config: &Value) -> Result<Option<i64>, ConfigError> {
+    let get = |key: &str| match config.pointer(&format!("/segmentsConfig/{key}")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => as_text(v).map(|t| Some(t.trim().to_string())).ok_or_else(|| ConfigError::Invalid {
+            field: format!("segmentsConfig.{key}"),
+            value: v.to_string(),
+            expected: "a string".into(),
+        }),
+    };
+    let (unit, value) = match (get("retentionTimeUnit")?, get("retentionTimeValue")?) {
+        (None, None) => return Ok(None),
+        (Some(u), Some(v)) => (u, v),
+        (unit, _) => {
+            let (missing, given) = if unit.is_some() {
+                ("retentionTimeValue", "retentionTimeUnit")
+            } else {
+                ("retentionTimeUnit", "retentionTimeValue")
+            };
+            return Err(ConfigError::Missing {
+                field: format!("segmentsConfig.{missing}"),
+                expected: format!("it together with segmentsConfig.{given} (Pinot's retention is both or neither)"),
+            });
+        }
+    };
+    let unit_ms: f64 = match unit.to_ascii_uppercase().as_str() {
+        "DAYS" => 86_400_000.0,
+        "HOURS" => 3_600_000.0,
+        "MINUTES" => 60_000.0,
+        "SECONDS" => 1_000.0,
+        "MILLISECONDS" => 1.0,
+        "MICROSECONDS" => 1e-3,
+        "NANOSECONDS" => 1e-6,
+        _ => {
+            return Err(ConfigError::Invalid {
+                field: "segmentsConfig.retentionTimeUnit".into(),
+                value: unit,
+                expected: "DAYS, HOURS, MINUTES, SECONDS, MILLISECONDS, MICROSECONDS or NANOSECONDS".into(),
+            })
+        }
+    };
+    match value.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(Some(((n as f64) * unit_ms).clamp(1.0, i64::MAX as f64) as i64)),
+        _ => Err(ConfigError::Invalid {
+            field: "segmentsConfig.retentionTimeValue".into(),
+            value,
+            expected: "a whole number greater than zero".into(),
+        }),
     }
 }
 
@@ -503,6 +563,26 @@ mod tests {
         assert_eq!(t.flow.aggregations["n"], AggregationType::Max);
         assert_eq!(t.flow.max_records_per_segment, 1000);
         assert_eq!((t.flow.max_attempts_per_task, t.flow.timeout_ms), (Some(5), Some(60_000)));
+    }
+
+    #[test]
+    fn retention_is_pinots_unit_and_value() {
+        let with = |seg: Value| {
+            let mut c = config(json!({}));
+            for (k, v) in seg.as_object().unwrap() {
+                c["segmentsConfig"][k] = v.clone();
+            }
+            TableSpec::from_json(c, schema()).map(|t| t.flow.retention_ms).map_err(|e| e.to_string())
+        };
+        assert_eq!(with(json!({})), Ok(None));
+        assert_eq!(with(json!({"retentionTimeUnit": "DAYS", "retentionTimeValue": "5"})), Ok(Some(5 * 86_400_000)));
+        assert_eq!(with(json!({"retentionTimeUnit": "hours", "retentionTimeValue": 36})), Ok(Some(36 * 3_600_000)));
+        let e = with(json!({"retentionTimeUnit": "WEEKS", "retentionTimeValue": "1"})).unwrap_err();
+        assert!(e.contains("segmentsConfig.retentionTimeUnit") && e.contains("WEEKS") && e.contains("DAYS"), "{e}");
+        let e = with(json!({"retentionTimeUnit": "DAYS", "retentionTimeValue": "-3"})).unwrap_err();
+        assert!(e.contains("segmentsConfig.retentionTimeValue") && e.contains("-3"), "{e}");
+        let e = with(json!({"retentionTimeUnit": "DAYS"})).unwrap_err();
+        assert!(e.contains("segmentsConfig.retentionTimeValue"), "{e}");
     }
 
     fn err_of(task: Value) -> String {

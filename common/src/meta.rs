@@ -90,6 +90,30 @@ pub struct SegmentMeta {
     /// (Pinot's last-completed-segment rule, see the planner).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub end_of_stream: bool,
+    /// REALTIME only: registered when the watermark had already passed its
+    /// start, so its rows before that watermark never moved to OFFLINE (set
+    /// by the registration, in the transaction that checks the watermark).
+    /// Retention never deletes a late segment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
+}
+
+/// What retention has deleted of one table's REALTIME segments (their rows
+/// had all moved to OFFLINE). Its presence makes `reset --mode flush`
+/// refuse: a rebuild from REALTIME would miss those rows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionRecord {
+    /// REALTIME segments deleted.
+    pub deleted_segments: u64,
+    /// Their rows.
+    pub deleted_rows: u64,
+    /// Their bytes.
+    pub deleted_bytes: u64,
+    /// The latest end time among them, UTC epoch ms (inclusive).
+    pub deleted_until_ms: i64,
+    /// When retention last deleted, UTC epoch ms.
+    pub updated_ms: i64,
 }
 
 /// A registered table: Pinot's JSON exactly as given, and flow state.
@@ -624,6 +648,11 @@ impl Keys {
     /// table's REALTIME segments, so one revision compare covers them all.
     pub fn segments_marker(&self, raw: &str) -> String {
         format!("{}/segmarks/{raw}", self.prefix)
+    }
+    /// `retention/<raw>`: what retention has deleted of the table's
+    /// REALTIME segments ([`RetentionRecord`]).
+    pub fn retention(&self, raw: &str) -> String {
+        format!("{}/retention/{raw}", self.prefix)
     }
     /// `watermarks/<raw>`.
     pub fn watermark(&self, raw: &str) -> String {

@@ -19,6 +19,7 @@ impl From<&SegmentMeta> for pb::Segment {
             partition: s.partition,
             created_ms: s.created_ms,
             end_of_stream: s.end_of_stream,
+            late: s.late,
         }
     }
 }
@@ -38,6 +39,7 @@ pub fn segment_from_wire(s: &pb::Segment) -> Option<SegmentMeta> {
         partition: s.partition,
         created_ms: s.created_ms,
         end_of_stream: s.end_of_stream,
+        late: false,
     })
 }
 

@@ -529,6 +529,16 @@ impl Authority {
             .map(|l| l.windows.len().max(1) as u64)
             .sum();
         let (wm, wm_rev) = self.watermark(raw).await?;
+        let retained = get_record::<r2o_common::meta::RetentionRecord>(&self.kv, &self.keys.retention(raw)).await?;
+        if let (true, Some((r, _))) = (flush, &retained) {
+            return Err(ControllerError::Invalid(format!(
+                "mode FLUSH of table '{raw}': retention has deleted {} REALTIME segment(s) ({} rows, up to {}) whose rows \
+                 are only in OFFLINE now; a flush would delete those rows for good. Use --mode append",
+                r.deleted_segments,
+                r.deleted_rows,
+                r2o_common::window::format_utc(r.deleted_until_ms)
+            )));
+        }
         let (open, epoch_rev) = open_tasks(&self.kv, &self.keys, raw).await?;
         let abandoned: Vec<String> = open.iter().map(|(t, _)| t.id.to_string()).collect();
         let mut resp = pb::ResetTableResponse {
@@ -548,6 +558,7 @@ impl Authority {
             Compare::ModRevision(self.keys.watermark(raw), wm_rev),
             Compare::ModRevision(self.keys.epoch(raw), epoch_rev),
             Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
+            Compare::ModRevision(self.keys.retention(raw), retained.as_ref().map_or(0, |(_, e)| e.mod_revision)),
         ];
         let mut ops = vec![Op::put(self.keys.epoch(raw), now_ms().to_string().into_bytes())];
         if flush {
@@ -575,6 +586,14 @@ impl Authority {
             let _ = protocol::drop_abandoned(&self.keys, t, entry.mod_revision, leadership, &reason, now_ms())
                 .apply(&self.kv)
                 .await;
+        }
+        if flush {
+            // every row moves again: no segment is late any more (if this
+            // stops half-way, a segment stays marked late, which only keeps
+            // retention from deleting it)
+            if let Err(e) = crate::registry::clear_late(&self.kv, &self.keys, raw).await {
+                warn!(table = %raw, error = %e, "late marks not cleared after a flush; retention keeps those segments");
+            }
         }
         warn!(table = %raw, mode = %resp.mode, offline_segments = resp.offline_segments, abandoned = abandoned.len(), "flow reset");
         self.replan.notify_one();
@@ -868,6 +887,7 @@ impl Authority {
                     partition: o.partition,
                     created_ms: now,
                     end_of_stream: false,
+                    late: false,
                 })
                 .collect();
             let manifest = match chunks::write(&self.kv, &self.keys.manifest(&id, req.attempt), &outputs).await {
@@ -1237,6 +1257,7 @@ mod tests {
             partition: 0,
             created_ms: 0,
             end_of_stream: false,
+            late: false,
         };
         crate::registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, meta).await.unwrap();
     }
@@ -1599,6 +1620,7 @@ mod tests {
                 partition: 0,
                 created_ms: 0,
                 end_of_stream: false,
+                late: false,
             };
             a.kv.put(&a.keys.segment("t__x_REALTIME", &format!("s{i}")), encode(&meta), None).await.unwrap();
         }

@@ -268,6 +268,7 @@ mod tests {
             partition: -1,
             created_ms: 0,
             end_of_stream: false,
+            late: false,
         }
     }
 

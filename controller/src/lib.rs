@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod planner;
 pub mod protocol;
 pub mod registry;
+pub mod retention;
 pub mod service;
 pub mod validate;
 
@@ -98,7 +99,27 @@ async fn janitor_loop(
                 tracing::warn!(error = %e, "janitor sweep failed")
             }
         }
+        if let Err(e) = enforce_retention(&auth).await {
+            if let Some(m) = &auth.metrics {
+                m.errors.with_label_values(&["retention"]).inc();
+            }
+            tracing::warn!(error = %e, "retention sweep failed");
+        }
     }
+}
+
+/// Applies every table's REALTIME retention (see [`retention::enforce`]).
+async fn enforce_retention(auth: &Authority) -> Result<(), r2o_common::Error> {
+    let tables =
+        r2o_common::meta::range_records::<r2o_common::meta::TableRecord>(&auth.kv, &auth.keys.tables()).await?;
+    for (rec, _) in tables {
+        let Ok(spec) = r2o_common::config::TableSpec::from_json(rec.table_config, rec.schema) else { continue };
+        let r = retention::enforce(&auth.kv, &auth.keys, &auth.store, &spec, r2o_common::meta::now_ms()).await?;
+        if !r.deleted.is_empty() {
+            info!(table = %spec.name, deleted = r.deleted.len(), unmoved_past_retention = r.unmoved, "retention sweep");
+        }
+    }
+    Ok(())
 }
 
 /// Reads (creating on first start) the install's record, retrying while

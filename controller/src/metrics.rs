@@ -7,7 +7,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeV
 use r2o_common::config::TableSpec;
 use r2o_common::kv::Kv;
 use r2o_common::meta::{
-    get_record, now_ms, range_records, Keys, SegmentMeta, TableRecord, TaskRecord, WatermarkRecord,
+    get_record, now_ms, range_records, Keys, RetentionRecord, SegmentMeta, TableRecord, TaskRecord, WatermarkRecord,
 };
 use r2o_common::window::cold_start_watermark_ms;
 
@@ -48,6 +48,13 @@ pub struct ControllerMetrics {
     pub etcd_alarm: IntGaugeVec,
     /// `r2o_etcd_db_size_bytes`: size of etcd's database, bytes.
     pub etcd_db_size: IntGauge,
+    /// `r2o_table_realtime_segments_unmoved_past_retention{table}`: REALTIME
+    /// segments older than the retention that hold rows not yet moved
+    /// (kept; tables with a retention only).
+    pub unmoved_past_retention: IntGaugeVec,
+    /// `r2o_table_realtime_segments_retention_deleted_total{table}`: REALTIME
+    /// segments retention deleted (all their rows had moved).
+    pub retention_deleted: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -105,7 +112,23 @@ impl ControllerMetrics {
         }
         let etcd_db_size = IntGauge::new("r2o_etcd_db_size_bytes", "Size of etcd's database, bytes").unwrap();
         r.register(Box::new(etcd_db_size.clone())).unwrap();
+        let unmoved_past_retention = IntGaugeVec::new(
+            Opts::new(
+                "r2o_table_realtime_segments_unmoved_past_retention",
+                "REALTIME segments past the retention kept because rows of them have not moved",
+            ),
+            &["table"],
+        )
+        .unwrap();
+        r.register(Box::new(unmoved_past_retention.clone())).unwrap();
         ControllerMetrics {
+            unmoved_past_retention,
+            retention_deleted: counter(
+                r,
+                "r2o_table_realtime_segments_retention_deleted_total",
+                "REALTIME segments deleted by retention after all their rows moved",
+                &["table"],
+            ),
             is_leader,
             watermark_ms,
             lag_seconds,
@@ -161,17 +184,37 @@ impl ControllerMetrics {
             let raw = entry.key.rsplit('/').next().unwrap_or_default().to_string();
             let Ok(spec) = TableSpec::from_json(rec.table_config, rec.schema) else { continue };
             let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(&raw)).await.ok().flatten().map(|(w, _)| w);
-            let position = match &wm {
-                Some(w) => Some(w.watermark_ms),
-                None => range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name()))
+            let segments = || async {
+                range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name()))
                     .await
                     .unwrap_or_default()
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect::<Vec<_>>()
+            };
+            let position = match &wm {
+                Some(w) => Some(w.watermark_ms),
+                None => segments()
+                    .await
                     .iter()
-                    .filter(|(s, _)| s.total_docs > 0)
-                    .map(|(s, _)| s.start_time_ms)
+                    .filter(|s| s.total_docs > 0)
+                    .map(|s| s.start_time_ms)
                     .min()
                     .map(|m| cold_start_watermark_ms(m, spec.flow.bucket_ms)),
             };
+            if let Some(r) = spec.flow.retention_ms {
+                let unmoved =
+                    crate::retention::plan_retention(&segments().await, wm.as_ref().map(|w| w.watermark_ms), r, now)
+                        .unmoved
+                        .len();
+                self.unmoved_past_retention.with_label_values(&[&raw]).set(unmoved as i64);
+                let deleted = get_record::<RetentionRecord>(kv, &keys.retention(&raw))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(0, |(r, _)| r.deleted_segments);
+                set_counter(&self.retention_deleted, &raw, deleted);
+            }
             if let Some(p) = position {
                 self.watermark_ms.with_label_values(&[&raw]).set(p);
                 let lag_ms = now.saturating_sub(spec.flow.buffer_ms).saturating_sub(p).max(0);

@@ -432,6 +432,7 @@ mod tests {
 
     fn flow(bucket: i64, buffer: i64) -> FlowConfig {
         FlowConfig {
+            retention_ms: None,
             time_column: "ts".into(),
             sorted_column: None,
             partitioning: None,
@@ -461,6 +462,7 @@ mod tests {
             partition,
             created_ms: 0,
             end_of_stream: false,
+            late: false,
         }
     }
 

@@ -520,6 +520,7 @@ mod tests {
             partition: i as i32,
             created_ms: 0,
             end_of_stream: false,
+            late: false,
         }
     }
 

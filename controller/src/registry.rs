@@ -37,7 +37,7 @@ pub fn validate_segment_name(name: &str) -> Result<()> {
 
 /// The write that moves a table's segment marker; part of every transaction
 /// that changes its REALTIME segments.
-fn touch_marker(keys: &Keys, raw: &str) -> Op {
+pub(crate) fn touch_marker(keys: &Keys, raw: &str) -> Op {
     Op::put(keys.segments_marker(raw), now_ms().to_string().into_bytes())
 }
 
@@ -155,9 +155,9 @@ pub async fn add_segments(
         }
     }
     let names: Vec<&str> = metas.iter().map(|m| m.segment_name.as_str()).collect();
-    let taken = taken(kv, keys, raw, &names).await?;
-    if !taken.is_empty() {
-        return Err(already_exist(raw, &taken));
+    let names_taken = taken(kv, keys, raw, &names).await?;
+    if !names_taken.is_empty() {
+        return Err(already_exist(raw, &names_taken));
     }
     // every object is there, at its size (32 heads at once)
     let locations: Vec<String> = metas.iter().map(|m| m.location.clone()).collect();
@@ -186,18 +186,48 @@ pub async fn add_segments(
             }
         }
     }
+    // each batch is written against the watermark it was checked with: a
+    // segment starting before it is registered `late` (its rows there never move)
+    let mut late: Vec<(String, i64, i64)> = Vec::new();
     for batch in metas.chunks(SEGMENTS_PER_TXN) {
-        let mut compares = Vec::with_capacity(batch.len());
-        let mut ops = Vec::with_capacity(batch.len() + 1);
-        for m in batch {
-            let key = keys.segment(&m.table_name, &m.segment_name);
-            compares.push(Compare::CreateRevision(key.clone(), 0));
-            ops.push(Op::put(key, encode(m)));
-        }
-        ops.push(touch_marker(keys, raw));
-        if !kv.txn(compares, ops).await? {
-            let names: Vec<String> = batch.iter().map(|m| m.segment_name.clone()).collect();
-            return Err(already_exist(raw, &names));
+        let mut tries = 0;
+        loop {
+            let (wm, wm_rev) = match get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await? {
+                Some((w, e)) => (Some(w.watermark_ms), e.mod_revision),
+                None => (None, 0),
+            };
+            let mut compares = Vec::with_capacity(batch.len() + 1);
+            let mut ops = Vec::with_capacity(batch.len() + 1);
+            let mut batch_late = Vec::new();
+            for m in batch {
+                let key = keys.segment(&m.table_name, &m.segment_name);
+                compares.push(Compare::CreateRevision(key.clone(), 0));
+                let mut m = m.clone();
+                m.late = wm.is_some_and(|w| m.total_docs > 0 && m.start_time_ms < w);
+                if m.late {
+                    batch_late.push((m.segment_name.clone(), m.start_time_ms, wm.unwrap_or_default()));
+                }
+                ops.push(Op::put(key, encode(&m)));
+            }
+            compares.push(Compare::ModRevision(keys.watermark(raw), wm_rev));
+            ops.push(touch_marker(keys, raw));
+            if kv.txn(compares, ops).await? {
+                late.extend(batch_late);
+                break;
+            }
+            let names: Vec<&str> = batch.iter().map(|m| m.segment_name.as_str()).collect();
+            let names_taken = taken(kv, keys, raw, &names).await?;
+            if !names_taken.is_empty() {
+                return Err(already_exist(raw, &names_taken));
+            }
+            tries += 1;
+            if tries >= 20 {
+                return Err(ControllerError::Conflict(format!(
+                    "the watermark of {raw} kept moving while {} segment(s) were registered; try again",
+                    batch.len()
+                )));
+            }
+            // the watermark moved under us: check again
         }
     }
     if metas.len() == 1 {
@@ -205,19 +235,15 @@ pub async fn add_segments(
     } else {
         info!(table = %raw, segments = metas.len(), rows = metas.iter().map(|m| m.total_docs).sum::<u64>(), "segments added");
     }
-    let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?.map(|(w, _)| w.watermark_ms);
     let mut warnings = Vec::new();
-    if let Some(w) = wm {
-        for meta in metas.iter().filter(|m| m.total_docs > 0 && m.start_time_ms < w) {
-            warn!(table = %raw, segment = %meta.segment_name, start_time_ms = meta.start_time_ms, watermark_ms = w, "late segment");
-            warnings.push(format!(
-                "segment {} is late: it starts at {}, before the watermark {}; its rows before the watermark will not move \
-                 to OFFLINE (committed windows are never redone; use r2o reset --mode flush to rebuild the table)",
-                meta.segment_name,
-                r2o_common::window::format_utc(meta.start_time_ms),
-                r2o_common::window::format_utc(w)
-            ));
-        }
+    for (name, start_ms, w) in late {
+        warn!(table = %raw, segment = %name, start_time_ms = start_ms, watermark_ms = w, "late segment");
+        warnings.push(format!(
+            "segment {name} is late: it starts at {}, before the watermark {}; its rows before the watermark will not move \
+             to OFFLINE (committed windows are never redone; use r2o reset --mode flush to rebuild the table)",
+            r2o_common::window::format_utc(start_ms),
+            r2o_common::window::format_utc(w)
+        ));
     }
     Ok(warnings)
 }
@@ -226,6 +252,29 @@ pub async fn add_segments(
 /// late-segment warning, if any.
 pub async fn add_segment(kv: &Kv, keys: &Keys, store: &Store, layout: &Layout, meta: SegmentMeta) -> Result<String> {
     Ok(add_segments(kv, keys, store, layout, vec![meta]).await?.into_iter().next().unwrap_or_default())
+}
+
+/// Clears [`SegmentMeta::late`] on every REALTIME segment of `raw` (after a
+/// flush reset, when every row moves again), in transactions of
+/// [`SEGMENTS_PER_TXN`]; a segment changed in between keeps its mark.
+pub async fn clear_late(kv: &Kv, keys: &Keys, raw: &str) -> Result<()> {
+    let late: Vec<_> = range_records::<SegmentMeta>(kv, &keys.segments(&format!("{raw}_REALTIME")))
+        .await?
+        .into_iter()
+        .filter(|(s, _)| s.late)
+        .collect();
+    for batch in late.chunks(SEGMENTS_PER_TXN) {
+        let mut compares = Vec::with_capacity(batch.len());
+        let mut ops = Vec::with_capacity(batch.len() + 1);
+        for (s, entry) in batch {
+            let key = keys.segment(&s.table_name, &s.segment_name);
+            compares.push(Compare::ModRevision(key.clone(), entry.mod_revision));
+            ops.push(Op::put(key, encode(&SegmentMeta { late: false, ..s.clone() })));
+        }
+        ops.push(touch_marker(keys, raw));
+        kv.txn(compares, ops).await?;
+    }
+    Ok(())
 }
 
 /// Marks a CONSUMING segment DONE (idempotent), and, with

@@ -193,7 +193,21 @@ impl ControllerSvc {
             }
         };
         let w = wm.clone().unwrap_or_default();
+        let unmoved = match spec.flow.retention_ms {
+            Some(r) => {
+                let (segments, _) = read_segments(kv, keys, raw).await?;
+                let from = wm.as_ref().map(|w| w.watermark_ms);
+                crate::retention::plan_retention(&segments, from, r, now_ms()).unmoved.len() as u64
+            }
+            None => 0,
+        };
+        let deleted = get_record::<r2o_common::meta::RetentionRecord>(kv, &keys.retention(raw))
+            .await?
+            .map_or(0, |(r, _)| r.deleted_segments);
         Ok(pb::GetWatermarkResponse {
+            retention_ms: spec.flow.retention_ms.unwrap_or(0),
+            segments_unmoved_past_retention: unmoved,
+            segments_deleted_by_retention: deleted,
             exists: wm.is_some(),
             watermark_ms: w.watermark_ms,
             windows_committed: w.windows_committed,

@@ -453,6 +453,7 @@ mod tests {
             partition: 0,
             created_ms: 0,
             end_of_stream: false,
+            late: false,
         }
     }
 

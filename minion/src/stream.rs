@@ -958,6 +958,7 @@ mod tests {
                 partition: 0,
                 created_ms: 0,
                 end_of_stream: false,
+                late: false,
             };
             out.push((meta, bytes));
         }
