@@ -212,12 +212,29 @@ pub enum TableCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Print a table's stored config and schema.
+    /// Print a table's stored config and schema, whether it is paused, and when it was added.
     Show {
         #[command(flatten)]
         conn: Conn,
         /// Raw table name.
         table: String,
+    },
+    /// Delete a paused flow with nothing in flight. Its data stays in place (adding the table
+    /// again continues from the watermark) unless --purge, which also deletes the REALTIME and
+    /// OFFLINE segments (metadata and files), lineage and watermark; --purge says what it
+    /// would delete and needs --yes.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+        /// Also delete the table's data.
+        #[arg(long)]
+        purge: bool,
+        /// Confirm a purge.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -385,8 +402,34 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             TableCmd::Show { conn, table } => {
                 let t = rpc!(conn, get_table, pb::GetTableRequest { table });
                 let v = json!({"tableConfig": serde_json::from_str::<serde_json::Value>(&t.table_config_json)?,
-                               "schema": serde_json::from_str::<serde_json::Value>(&t.schema_json)?});
+                               "schema": serde_json::from_str::<serde_json::Value>(&t.schema_json)?,
+                               "paused": t.paused, "createdMs": t.created_ms, "created": format_utc(t.created_ms)});
                 println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            TableCmd::Delete { conn, table, purge, yes } => {
+                let dry_run = purge && !yes;
+                let r = rpc!(conn, delete_table, pb::DeleteTableRequest { table: table.clone(), purge, dry_run });
+                let data = format!(
+                    "{} REALTIME segment(s) ({} bytes), {} OFFLINE segment(s) ({} rows, {} bytes)",
+                    r.realtime_segments, r.realtime_bytes, r.offline_segments, r.offline_rows, r.offline_bytes
+                );
+                match conn.output {
+                    Output::Json => println!(
+                        "{}",
+                        json!({"table": r.table, "purge": r.purge, "done": r.done,
+                               "realtimeSegments": r.realtime_segments, "realtimeBytes": r.realtime_bytes,
+                               "offlineSegments": r.offline_segments, "offlineRows": r.offline_rows,
+                               "offlineBytes": r.offline_bytes})
+                    ),
+                    Output::Table if !r.done => println!(
+                        "would delete table {table} and its data: {data}. Nothing was deleted; add --yes to do it"
+                    ),
+                    Output::Table if purge => println!("deleted table {table} and its data: {data}"),
+                    Output::Table => println!(
+                        "deleted table {table}; its data stays in place: {data} (r2o table add with the same \
+                         name continues from the watermark)"
+                    ),
+                }
             }
         },
         AdminCommand::Segment { cmd } => match cmd {

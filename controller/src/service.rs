@@ -84,6 +84,7 @@ impl ControllerSvc {
             .await?
             .ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
         Ok(pb::GetTableResponse {
+            created_ms: rec.created_ms,
             paused: rec.paused,
             table_config_json: rec.table_config.to_string(),
             schema_json: rec.schema.to_string(),
@@ -249,6 +250,11 @@ impl ControllerSvc {
 impl ControllerService for ControllerSvc {
     async fn add_table(&self, req: Request<pb::AddTableRequest>) -> Reply<pb::AddTableResponse> {
         self.answer(self.add_table(req.into_inner()).await).await
+    }
+
+    async fn delete_table(&self, req: Request<pb::DeleteTableRequest>) -> Reply<pb::DeleteTableResponse> {
+        let req = req.into_inner();
+        self.answer(self.auth.delete_table(&req.table, req.purge, req.dry_run).await).await
     }
 
     async fn get_table(&self, req: Request<pb::GetTableRequest>) -> Reply<pb::GetTableResponse> {
