@@ -94,6 +94,7 @@ fn main() -> Result<()> {
                     .unwrap_or_default(),
                 count_null_time: false,
                 start_ms: m.start_time_ms,
+                schema_version: r2o_common::columnar::SchemaVersion::Current,
             })
             .collect()
     };

@@ -212,7 +212,24 @@ pub enum TableCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Print a table's stored config and schema, whether it is paused, and when it was added.
+    /// Change a paused flow's table config and schema (nothing in flight): columns may be added
+    /// (earlier segments read them as their defaultNullValue) and widened (INT -> LONG,
+    /// FLOAT -> DOUBLE), config keys changed; windows committed afterwards use it.
+    Update {
+        #[command(flatten)]
+        conn: Conn,
+        /// Pinot table config JSON file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Pinot schema JSON file.
+        #[arg(long)]
+        schema: PathBuf,
+        /// Only print the changes.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a table's stored config and schema, version, whether it is paused, and when it was
+    /// added and last updated.
     Show {
         #[command(flatten)]
         conn: Conn,
@@ -403,8 +420,34 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 let t = rpc!(conn, get_table, pb::GetTableRequest { table });
                 let v = json!({"tableConfig": serde_json::from_str::<serde_json::Value>(&t.table_config_json)?,
                                "schema": serde_json::from_str::<serde_json::Value>(&t.schema_json)?,
-                               "paused": t.paused, "createdMs": t.created_ms, "created": format_utc(t.created_ms)});
+                               "paused": t.paused, "version": t.version,
+                               "createdMs": t.created_ms, "created": format_utc(t.created_ms),
+                               "updatedMs": t.updated_ms,
+                               "updated": if t.updated_ms > 0 { format_utc(t.updated_ms) } else { String::new() }});
                 println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            TableCmd::Update { conn, config, schema, dry_run } => {
+                let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+                let req =
+                    pb::UpdateTableRequest { table_config_json: read(&config)?, schema_json: read(&schema)?, dry_run };
+                let r = rpc!(conn, update_table, req);
+                match conn.output {
+                    Output::Json => println!(
+                        "{}",
+                        json!({"table": r.table, "version": r.version, "changes": r.changes, "done": r.done})
+                    ),
+                    Output::Table => {
+                        if r.changes.is_empty() {
+                            println!("table {}: nothing to change (version {})", r.table, r.version);
+                        } else {
+                            let what = if r.done { "updated to version" } else { "would change (dry run), at version" };
+                            println!("table {} {what} {}:", r.table, r.version);
+                            for c in &r.changes {
+                                println!("  {c}");
+                            }
+                        }
+                    }
+                }
             }
             TableCmd::Delete { conn, table, purge, yes } => {
                 let dry_run = purge && !yes;

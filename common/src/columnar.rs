@@ -44,9 +44,43 @@ fn compatible(file: &ArrowType, table: &ArrowType) -> bool {
 /// # Errors
 /// [`Error::Segment`] naming the segment, the column and the problem.
 pub fn check_file_schema(segment: &str, file: &ArrowSchema, schema: &Schema) -> Result<()> {
+    check_file_schema_as(segment, file, schema, SchemaVersion::Current)
+}
+
+/// Which schema version a segment was registered under, relative to the
+/// table's current schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaVersion {
+    /// The current one: every table column must be in the file.
+    Current,
+    /// An older one (its `schemaFingerprint` differs): table columns added
+    /// since may be missing from the file, and read as their
+    /// `defaultNullValue` (or null); `r2o table update` allows no other change
+    /// than adding columns and widening types.
+    Older,
+}
+
+impl SchemaVersion {
+    /// [`SchemaVersion::Older`] when `fingerprint` (a segment's) is not the
+    /// table schema's.
+    pub fn of(fingerprint: &str, schema: &Schema) -> SchemaVersion {
+        if fingerprint.is_empty() || fingerprint == schema.fingerprint() {
+            SchemaVersion::Current
+        } else {
+            SchemaVersion::Older
+        }
+    }
+}
+
+/// [`check_file_schema`] for a segment of schema version `version`.
+///
+/// # Errors
+/// As [`check_file_schema`]; a missing column is allowed for an older version.
+pub fn check_file_schema_as(segment: &str, file: &ArrowSchema, schema: &Schema, version: SchemaVersion) -> Result<()> {
     for f in &schema.fields {
         let want = f.data_type.arrow_type();
         match file.field_with_name(&f.name) {
+            Err(_) if version == SchemaVersion::Older => {}
             Err(_) => {
                 return Err(seg_err(
                     segment,
@@ -71,7 +105,9 @@ pub fn check_file_schema(segment: &str, file: &ArrowSchema, schema: &Schema) -> 
     Ok(())
 }
 
-/// Projects and casts a batch to the table's Arrow schema.
+/// Projects and casts a batch to the table's Arrow schema; a table column
+/// missing from the batch (a segment of an older schema version, checked by
+/// [`check_file_schema_as`]) is filled with its `defaultNullValue` (or null).
 pub fn conform_batch(
     segment: &str,
     batch: &RecordBatch,
@@ -80,9 +116,10 @@ pub fn conform_batch(
 ) -> Result<RecordBatch> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields.len());
     for f in &schema.fields {
-        let col = batch.column_by_name(&f.name).ok_or_else(|| {
-            seg_err(segment, format!("column '{}' of the table schema is missing from the file", f.name))
-        })?;
+        let Some(col) = batch.column_by_name(&f.name) else {
+            columns.push(default_column(f, batch.num_rows())?);
+            continue;
+        };
         let want = f.data_type.arrow_type();
         if col.data_type() == &want {
             columns.push(col.clone());
@@ -102,7 +139,20 @@ pub fn conform_batch(
 /// [`Error::Segment`] naming the segment for a corrupt file or a schema
 /// mismatch (naming the column).
 pub fn read_segment(segment: &str, bytes: Bytes, schema: &Schema, batch_rows: usize) -> Result<Vec<RecordBatch>> {
-    Ok(read_segment_in(segment, bytes, schema, batch_rows, None)?.batches)
+    Ok(read_segment_in(segment, bytes, schema, SchemaVersion::Current, batch_rows, None)?.batches)
+}
+
+/// [`read_segment`] of a segment written under any version of the table's
+/// schema (columns added since read as their `defaultNullValue`, narrower
+/// types widened): how OFFLINE segments of several schema versions read as
+/// one table.
+pub fn read_segment_any_version(
+    segment: &str,
+    bytes: Bytes,
+    schema: &Schema,
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>> {
+    Ok(read_segment_in(segment, bytes, schema, SchemaVersion::Older, batch_rows, None)?.batches)
 }
 
 /// What [`read_segment_in`] read.
@@ -265,12 +315,13 @@ pub fn read_segment_in(
     segment: &str,
     bytes: Bytes,
     schema: &Schema,
+    version: SchemaVersion,
     batch_rows: usize,
     filter: Option<&TimeFilter>,
 ) -> Result<SegmentRead> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
-    check_file_schema(segment, builder.schema(), schema)?;
+    check_file_schema_as(segment, builder.schema(), schema, version)?;
     let mut skipped = 0;
     let mut skipped_nulls = 0u64;
     let builder = match filter.and_then(|f| prune_row_groups(builder.metadata(), builder.schema(), f)) {
@@ -690,7 +741,7 @@ mod tests {
             format: TimeFormat::MILLIS,
             window: crate::window::Window { start_ms: 2500, end_ms: 3500 },
         };
-        let read = read_segment_in("seg", bytes.clone(), &s, 64, Some(&filter)).unwrap();
+        let read = read_segment_in("seg", bytes.clone(), &s, SchemaVersion::Current, 64, Some(&filter)).unwrap();
         let (got, skipped) = (read.batches, read.skipped_row_groups);
         assert_eq!(skipped, 8);
         let ts: Vec<i64> =
@@ -704,7 +755,7 @@ mod tests {
         // every row of the window is among them
         assert!((250..350).all(|i| ts.contains(&(i * 10))));
         // no filter: everything
-        assert_eq!(read_segment_in("seg", bytes, &s, 64, None).unwrap().skipped_row_groups, 0);
+        assert_eq!(read_segment_in("seg", bytes, &s, SchemaVersion::Current, 64, None).unwrap().skipped_row_groups, 0);
     }
 
     #[test]

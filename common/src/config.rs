@@ -386,6 +386,126 @@ impl TableSpec {
     }
 }
 
+fn kind_name(k: FieldKind) -> &'static str {
+    match k {
+        FieldKind::Dimension => "dimensionFieldSpecs",
+        FieldKind::Metric => "metricFieldSpecs",
+        FieldKind::DateTime => "dateTimeFieldSpecs",
+    }
+}
+
+/// Leaves of a JSON document as `(dotted path, value)`, arrays as one leaf.
+fn leaves(v: &Value, path: &str, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                leaves(x, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out);
+            }
+        }
+        other => {
+            out.insert(path.to_string(), as_text(other).unwrap_or_else(|| other.to_string()));
+        }
+    }
+}
+
+/// What `r2o table update` changes from `old` to `new` (both valid), one
+/// line per change; DataHub's rule for a flow that lives on: columns may be
+/// added (segments written before read them as their `defaultNullValue`, or
+/// null) and widened (INT -> LONG, FLOAT -> DOUBLE); config keys may change.
+/// Pure.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the column (or key), the old and the new
+/// value, for: another table name, another time column or a changed time
+/// column, a removed column, a column moved between dimensions, metrics and
+/// date-times, any other type change.
+pub fn table_changes(old: &TableSpec, new: &TableSpec) -> Result<Vec<String>, ConfigError> {
+    if old.name != new.name {
+        return Err(ConfigError::Invalid {
+            field: "tableName".into(),
+            value: format!("{} -> {}", old.name, new.name),
+            expected: format!("the table's own name, {}", old.name),
+        });
+    }
+    if old.flow.time_column != new.flow.time_column {
+        return Err(ConfigError::Invalid {
+            field: "segmentsConfig.timeColumnName".into(),
+            value: format!("{} -> {}", old.flow.time_column, new.flow.time_column),
+            expected: format!(
+                "the same time column, {}: the time column of a flow cannot change",
+                old.flow.time_column
+            ),
+        });
+    }
+    let mut changes = vec![];
+    for f in &old.schema.fields {
+        let field = format!("{}[{}]", kind_name(f.kind), f.name);
+        let Some(n) = new.schema.field(&f.name) else {
+            return Err(ConfigError::Invalid {
+                field,
+                value: format!("{} {} removed", f.name, f.data_type.name()),
+                expected: "every column kept: a column cannot be removed (OFFLINE segments already hold it)".into(),
+            });
+        };
+        if n.kind != f.kind {
+            return Err(ConfigError::Invalid {
+                field,
+                value: format!("{} -> {}", kind_name(f.kind), kind_name(n.kind)),
+                expected: format!("column {} to stay in {}", f.name, kind_name(f.kind)),
+            });
+        }
+        if f.name == old.flow.time_column && (n.data_type != f.data_type || n.time_format != f.time_format) {
+            return Err(ConfigError::Invalid {
+                field: format!("{field}.dataType/format"),
+                value: format!(
+                    "{} {:?} -> {} {:?}",
+                    f.data_type.name(),
+                    f.time_format,
+                    n.data_type.name(),
+                    n.time_format
+                ),
+                expected: format!("the time column {} unchanged", f.name),
+            });
+        }
+        let widened =
+            matches!((f.data_type, n.data_type), (DataType::Int, DataType::Long) | (DataType::Float, DataType::Double));
+        if n.data_type != f.data_type && !widened {
+            return Err(ConfigError::Invalid {
+                field: format!("{field}.dataType"),
+                value: format!("{} -> {}", f.data_type.name(), n.data_type.name()),
+                expected: "the same type or a widening (INT -> LONG, FLOAT -> DOUBLE)".into(),
+            });
+        }
+        if widened {
+            changes.push(format!("column {}: {} -> {}", f.name, f.data_type.name(), n.data_type.name()));
+        }
+    }
+    for n in new.schema.fields.iter().filter(|n| old.schema.field(&n.name).is_none()) {
+        let fill =
+            n.default_null_value.as_ref().map_or("null".to_string(), |v| as_text(v).unwrap_or_else(|| v.to_string()));
+        changes.push(format!(
+            "added column {} ({} {}; earlier segments read it as {fill})",
+            n.name,
+            kind_name(n.kind),
+            n.data_type.name()
+        ));
+    }
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    leaves(&old.config_json, "", &mut a);
+    leaves(&new.config_json, "", &mut b);
+    for (k, v) in &b {
+        match a.get(k) {
+            None => changes.push(format!("{k}: added '{v}'")),
+            Some(o) if o != v => changes.push(format!("{k}: '{o}' -> '{v}'")),
+            _ => {}
+        }
+    }
+    for (k, v) in a.iter().filter(|(k, _)| !b.contains_key(*k)) {
+        changes.push(format!("{k}: removed (was '{v}')"));
+    }
+    Ok(changes)
+}
+
 /// `segmentsConfig.retentionTimeUnit` + `retentionTimeValue` as ms: both or
 /// neither; the unit one of Java's `TimeUnit` names (Pinot's), any case; the
 /// value a whole number > 0.
@@ -563,6 +683,54 @@ mod tests {
         assert_eq!(t.flow.aggregations["n"], AggregationType::Max);
         assert_eq!(t.flow.max_records_per_segment, 1000);
         assert_eq!((t.flow.max_attempts_per_task, t.flow.timeout_ms), (Some(5), Some(60_000)));
+    }
+
+    #[test]
+    fn updates_add_and_widen_columns_and_refuse_the_rest() {
+        let old = TableSpec::from_json(config(json!({"mergeType": "rollup"})), schema()).unwrap();
+        let with = |f: &dyn Fn(&mut Value), task: Value| {
+            let mut s = schema();
+            f(&mut s);
+            TableSpec::from_json(config(task), s)
+                .map_err(|e| e.to_string())
+                .and_then(|new| table_changes(&old, &new).map_err(|e| e.to_string()))
+        };
+        let rollup = json!({"mergeType": "rollup"});
+        let added = with(
+            &|s| {
+                s["dimensionFieldSpecs"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "origin", "dataType": "STRING", "defaultNullValue": "?"}))
+            },
+            json!({"mergeType": "rollup", "maxNumRecordsPerSegment": "10"}),
+        )
+        .unwrap();
+        assert_eq!(
+            added,
+            vec![
+                "added column origin (dimensionFieldSpecs STRING; earlier segments read it as ?)".to_string(),
+                "task.taskTypeConfigsMap.RealtimeToOfflineSegmentsTask.maxNumRecordsPerSegment: added '10'".to_string()
+            ]
+        );
+        let widened = with(&|s| s["metricFieldSpecs"][1]["dataType"] = json!("LONG"), rollup.clone()).unwrap();
+        assert!(widened.is_empty(), "LONG -> LONG: {widened:?}");
+        let e = with(&|s| s["metricFieldSpecs"][1]["dataType"] = json!("INT"), rollup.clone()).unwrap_err();
+        assert!(e.contains("metricFieldSpecs[n].dataType") && e.contains("LONG -> INT"), "{e}");
+        let e = with(&|s| s["metricFieldSpecs"][0]["dataType"] = json!("STRING"), rollup.clone()).unwrap_err();
+        assert!(e.contains("metricFieldSpecs[delay]"), "{e}");
+        let e =
+            with(&|s| s["metricFieldSpecs"] = json!([{"name": "delay", "dataType": "DOUBLE"}]), json!({})).unwrap_err();
+        assert!(e.contains("metricFieldSpecs[n]") && e.contains("removed"), "{e}");
+        let e = with(&|s| s["dateTimeFieldSpecs"][0]["format"] = json!("1:SECONDS:EPOCH"), rollup.clone()).unwrap_err();
+        assert!(e.contains("dateTimeFieldSpecs[ts]") && e.contains("unchanged"), "{e}");
+        // FLOAT -> DOUBLE is a widening too
+        let mut s = schema();
+        s["metricFieldSpecs"][0]["dataType"] = json!("FLOAT");
+        let f = TableSpec::from_json(config(json!({})), s).unwrap();
+        let d = TableSpec::from_json(config(json!({})), schema()).unwrap();
+        assert_eq!(table_changes(&f, &d).unwrap(), vec!["column delay: FLOAT -> DOUBLE".to_string()]);
+        assert!(table_changes(&d, &f).unwrap_err().to_string().contains("DOUBLE -> FLOAT"));
     }
 
     #[test]

@@ -129,6 +129,13 @@ pub struct TableRecord {
     /// While paused, the planner creates no task for the table (running ones finish).
     #[serde(default)]
     pub paused: bool,
+    /// Config version: 1 when added, one more with each `r2o table update`
+    /// (0 in records written before versions existed: read as 1).
+    #[serde(default)]
+    pub version: u32,
+    /// Last `r2o table update`, UTC epoch ms (0: never updated).
+    #[serde(default)]
+    pub updated_ms: i64,
 }
 
 /// Per-table watermark: every window ending at or before it is committed.

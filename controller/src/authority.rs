@@ -1317,7 +1317,7 @@ mod tests {
             "metricFieldSpecs": [{"name": "f", "dataType": "FLOAT"}],
             "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH"}]});
         let spec = TableSpec::from_json(config.clone(), schema.clone()).unwrap();
-        let rec = TableRecord { table_config: config, schema, created_ms: 0, paused: false };
+        let rec = TableRecord { table_config: config, schema, created_ms: 0, paused: false, version: 1, updated_ms: 0 };
         kv.put(&keys.table("t__x"), encode(&rec), None).await.unwrap();
         let cfg = AuthorityConfig {
             max_attempts: 3,

@@ -69,7 +69,14 @@ impl ControllerSvc {
         let schema = parse("schema", &req.schema_json)?;
         let spec = TableSpec::from_json(config.clone(), schema.clone())?;
         let key = self.auth.keys.table(&spec.name);
-        let rec = TableRecord { table_config: config, schema, created_ms: now_ms(), paused: req.paused };
+        let rec = TableRecord {
+            table_config: config,
+            schema,
+            created_ms: now_ms(),
+            paused: req.paused,
+            version: 1,
+            updated_ms: 0,
+        };
         let ok =
             self.auth.kv.txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![Op::put(key, encode(&rec))]).await?;
         if !ok {
@@ -79,11 +86,74 @@ impl ControllerSvc {
         Ok(pb::AddTableResponse { table: spec.name })
     }
 
+    /// `r2o table update`: see [`r2o_common::config::table_changes`] for
+    /// what may change. Only a paused table with nothing in flight (a task
+    /// in flight runs on the config it was published with, and would commit
+    /// under the old one); the record is replaced in one transaction that
+    /// checks it and the table's epoch did not change.
+    async fn update_table(&self, req: pb::UpdateTableRequest) -> Result<pb::UpdateTableResponse> {
+        let parse = |what: &str, text: &str| {
+            serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+                ControllerError::Config(r2o_common::ConfigError::Malformed {
+                    what: what.into(),
+                    message: e.to_string(),
+                })
+            })
+        };
+        let config = parse("table config", &req.table_config_json)?;
+        let schema = parse("schema", &req.schema_json)?;
+        let new = TableSpec::from_json(config.clone(), schema.clone())?;
+        let raw = new.name.clone();
+        let (kv, keys) = (&self.auth.kv, &self.auth.keys);
+        let (rec, entry) = get_record::<TableRecord>(kv, &keys.table(&raw))
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
+        if !rec.paused {
+            return Err(ControllerError::Invalid(format!(
+                "table '{raw}' is not paused: a flow is updated only while paused (r2o pause --table {raw}, then update, then r2o resume)"
+            )));
+        }
+        let (open, epoch_rev) = open_tasks(kv, keys, &raw).await?;
+        if let Some((t, _)) = open.first() {
+            return Err(ControllerError::Invalid(format!(
+                "table '{raw}' has {} task(s) in flight (the first: {}, {}): wait for them (r2o wait --table {raw}) before updating",
+                open.len(),
+                t.id,
+                t.state.name()
+            )));
+        }
+        let old = TableSpec::from_json(rec.table_config.clone(), rec.schema.clone())?;
+        let changes = r2o_common::config::table_changes(&old, &new)?;
+        let version = rec.version.max(1);
+        if req.dry_run || changes.is_empty() {
+            return Ok(pb::UpdateTableResponse { table: raw, version, changes, done: false });
+        }
+        let updated = TableRecord { table_config: config, schema, version: version + 1, updated_ms: now_ms(), ..rec };
+        let ok = kv
+            .txn(
+                vec![
+                    Compare::ModRevision(keys.table(&raw), entry.mod_revision),
+                    Compare::ModRevision(keys.epoch(&raw), epoch_rev),
+                ],
+                vec![Op::put(keys.table(&raw), encode(&updated))],
+            )
+            .await?;
+        if !ok {
+            return Err(ControllerError::Conflict(format!(
+                "table '{raw}' changed while it was being updated; nothing was changed, try again"
+            )));
+        }
+        info!(table = %raw, version = version + 1, changes = changes.len(), "table updated");
+        Ok(pb::UpdateTableResponse { table: raw, version: version + 1, changes, done: true })
+    }
+
     async fn get_table(&self, raw: &str) -> Result<pb::GetTableResponse> {
         let (rec, _) = get_record::<TableRecord>(&self.auth.kv, &self.auth.keys.table(raw))
             .await?
             .ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
         Ok(pb::GetTableResponse {
+            version: rec.version.max(1),
+            updated_ms: rec.updated_ms,
             created_ms: rec.created_ms,
             paused: rec.paused,
             table_config_json: rec.table_config.to_string(),
@@ -250,6 +320,10 @@ impl ControllerSvc {
 impl ControllerService for ControllerSvc {
     async fn add_table(&self, req: Request<pb::AddTableRequest>) -> Reply<pb::AddTableResponse> {
         self.answer(self.add_table(req.into_inner()).await).await
+    }
+
+    async fn update_table(&self, req: Request<pb::UpdateTableRequest>) -> Reply<pb::UpdateTableResponse> {
+        self.answer(self.update_table(req.into_inner()).await).await
     }
 
     async fn delete_table(&self, req: Request<pb::DeleteTableRequest>) -> Reply<pb::DeleteTableResponse> {

@@ -105,6 +105,9 @@ pub struct Input {
     /// this order, and a window is processed (and its rows freed) as soon as
     /// no input still to be read can hold rows of it.
     pub start_ms: i64,
+    /// The schema version it was registered under (older: columns added
+    /// since read as their `defaultNullValue`).
+    pub schema_version: r2o_common::columnar::SchemaVersion,
 }
 
 /// Why processing stopped.
@@ -825,7 +828,14 @@ pub fn process_part(
                 break;
             }
             result.bytes_in += input.bytes.len() as u64;
-            let read = read_segment_in(&input.name, input.bytes, &spec.schema, BATCH_ROWS, Some(&filter))?;
+            let read = read_segment_in(
+                &input.name,
+                input.bytes,
+                &spec.schema,
+                input.schema_version,
+                BATCH_ROWS,
+                Some(&filter),
+            )?;
             result.row_groups_skipped += read.skipped_row_groups as u64;
             if input.count_null_time {
                 result.rows_null_time += read.skipped_null_time_rows;
@@ -872,6 +882,7 @@ mod tests {
     use super::*;
     use arrow::array::{Int32Array, StringArray, TimestampMillisecondArray};
     use arrow::util::pretty::pretty_format_batches;
+    use r2o_common::columnar::SchemaVersion;
     use serde_json::json;
 
     const H: i64 = 3_600_000;
@@ -1124,7 +1135,7 @@ mod tests {
     }
 
     fn input(name: &str, bytes: Bytes) -> Input {
-        Input { name: name.into(), bytes, count_null_time: true, start_ms: 0 }
+        Input { name: name.into(), bytes, count_null_time: true, start_ms: 0, schema_version: SchemaVersion::Current }
     }
 
     /// Sub-tasks split by hash together give exactly the whole window: every
@@ -1233,7 +1244,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!((out.rows_in, out.rows_null_time), (1, 1));
-        let later = Input { name: "seg".into(), bytes, count_null_time: false, start_ms: 0 };
+        let later = Input {
+            name: "seg".into(),
+            bytes,
+            count_null_time: false,
+            start_ms: 0,
+            schema_version: SchemaVersion::Current,
+        };
         let out =
             process(&s, &[Window { start_ms: H, end_ms: 2 * H }], vec![later], &CancellationToken::new(), 1).unwrap();
         assert_eq!((out.rows_in, out.rows_null_time), (1, 0), "counted once, not by every window");

@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 
 use backon::Retryable;
 use r2o_common::columnar::{
-    check_file_schema, conform_batch, prune_row_groups, time_range_ms, writer_properties, TimeFilter,
+    check_file_schema_as, conform_batch, prune_row_groups, time_range_ms, writer_properties, SchemaVersion, TimeFilter,
 };
 use r2o_common::config::{MergeType, TableSpec};
 use r2o_common::error::store_retryable;
@@ -322,7 +322,8 @@ impl Ctx {
             let builder = ParquetRecordBatchStreamBuilder::new(reader)
                 .await
                 .map_err(|e| seg_err(format!("cannot read {}: {e}", input.meta.location)))?;
-            check_file_schema(name, builder.schema(), &self.spec.schema)?;
+            let version = SchemaVersion::of(&input.meta.schema_fingerprint, &self.spec.schema);
+            check_file_schema_as(name, builder.schema(), &self.spec.schema, version)?;
             let builder = match prune_row_groups(builder.metadata(), builder.schema(), &filter) {
                 None => builder,
                 Some(p) => {
@@ -1033,6 +1034,7 @@ mod tests {
                     bytes: b.clone(),
                     count_null_time: true,
                     start_ms: m.start_time_ms,
+                    schema_version: SchemaVersion::Current,
                 })
                 .collect();
             let in_memory = process(&spec, &[window], mem_inputs, &CancellationToken::new(), 2).unwrap();

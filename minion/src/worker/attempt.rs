@@ -323,9 +323,11 @@ impl Worker {
                 .collect();
             return Ok((processed, staged, spec.schema.fingerprint()));
         }
+        let fingerprint = spec.schema.fingerprint();
         let inputs: Vec<Input> = futures::stream::iter(segments)
             .map(|seg| {
                 let store = self.store.clone();
+                let older = !seg.schema_fingerprint.is_empty() && seg.schema_fingerprint != fingerprint;
                 async move {
                     let bytes: Result<Bytes, Error> = (|| get_bytes(&store, &seg.location))
                         .retry(retry)
@@ -345,6 +347,11 @@ impl Worker {
                         // counted once: by the task whose range holds the segment's start
                         count_null_time: counts_nulls && range.contains(seg.start_time_ms),
                         start_ms: seg.start_time_ms,
+                        schema_version: if older {
+                            r2o_common::columnar::SchemaVersion::Older
+                        } else {
+                            r2o_common::columnar::SchemaVersion::Current
+                        },
                     })
                 }
             })
