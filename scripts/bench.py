@@ -107,7 +107,7 @@ class Cluster:
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "etcd.log"), "w"))
         wait_port(cp)
         self.env = dict(os.environ, R2O_ETCD=self.etcd_url, R2O_PREFIX="/bench",
-                        R2O_STORE=f"file://{os.path.join(work, 'store')}", R2O_LOG="warn")
+                        R2O_STORE=f"file://{os.path.join(work, 'store')}", R2O_LOG=os.environ.get("R2O_LOG", "warn"))
         self.controller_port, self.controller_http = free_port(), free_port()
         self.spawn("controller", ["controller", "--listen", f"127.0.0.1:{self.controller_port}",
                                   "--http-listen", f"127.0.0.1:{self.controller_http}"], self.controller_port)
