@@ -739,10 +739,22 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                            "rowsNullTime": w.rows_null_time, "next": w.next, "idle": w.idle,
                            "retentionMs": w.retention_ms,
                            "segmentsUnmovedPastRetention": w.segments_unmoved_past_retention,
-                           "segmentsDeletedByRetention": w.segments_deleted_by_retention})
+                           "segmentsDeletedByRetention": w.segments_deleted_by_retention,
+                           "timeZone": w.time_zone,
+                           "watermarkLocal": if w.exists && !w.time_zone.is_empty() {
+                               r2o_common::window::format_in_zone(w.watermark_ms, &w.time_zone)
+                           } else { String::new() }})
                 ),
                 Output::Table => {
-                    let at = if w.exists {
+                    let at = if w.exists && !w.time_zone.is_empty() {
+                        format!(
+                            "{} ({} ms; {} in {})",
+                            format_utc(w.watermark_ms),
+                            w.watermark_ms,
+                            r2o_common::window::format_in_zone(w.watermark_ms, &w.time_zone),
+                            w.time_zone
+                        )
+                    } else if w.exists {
                         format!("{} ({} ms)", format_utc(w.watermark_ms), w.watermark_ms)
                     } else {
                         "none yet (cold start)".into()

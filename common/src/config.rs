@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::error::ConfigError;
 use crate::period::parse_period_ms;
 use crate::schema::{DataType, FieldKind, Schema};
+use crate::window::Bucketing;
 
 /// Pinot's task type key in `task.taskTypeConfigsMap`.
 pub const TASK_TYPE: &str = "RealtimeToOfflineSegmentsTask";
@@ -106,6 +107,30 @@ pub struct FlowConfig {
     /// moved is deleted once its end time is older than this (Pinot's
     /// `TimeRetentionStrategy`: `now - endTime > retention`); `None`: kept.
     pub retention_ms: Option<i64>,
+    /// `bucketTimeZone` (IANA name): windows, and the rounding of
+    /// `roundBucketTimePeriod`, follow local days and hours there (see
+    /// [`Bucketing`]); `None`: UTC, Pinot's rule.
+    pub bucket_time_zone: Option<jiff::tz::TimeZone>,
+}
+
+impl FlowConfig {
+    /// How windows are cut: `bucketTimePeriod`, in `bucketTimeZone` if set.
+    pub fn windows(&self) -> Bucketing {
+        match &self.bucket_time_zone {
+            None => Bucketing::utc(self.bucket_ms),
+            Some(tz) => Bucketing::zoned(self.bucket_ms, tz.clone()),
+        }
+    }
+
+    /// How the time column is rounded (`roundBucketTimePeriod`, in
+    /// `bucketTimeZone` when it is whole days or hours), if at all.
+    pub fn rounding(&self) -> Option<Bucketing> {
+        let r = self.round_ms?;
+        Some(match &self.bucket_time_zone {
+            Some(tz) if Bucketing::zoned_period_ok(r) => Bucketing::zoned(r, tz.clone()),
+            _ => Bucketing::utc(r),
+        })
+    }
 }
 
 /// A registered table: Pinot's JSON as given, plus the validated view.
@@ -351,6 +376,27 @@ impl TableSpec {
         let timeout_ms = positive("timeoutMs")?;
         let max_records_per_task = positive("maxNumRecordsPerTask")?.map(|n| n as u64);
         let retention_ms = parse_retention(&config_json)?;
+        let bucket_time_zone = match text("bucketTimeZone")? {
+            None => None,
+            Some(name) => {
+                let field = format!("{TASK_PATH}.bucketTimeZone");
+                let tz = jiff::tz::TimeZone::get(name.trim()).map_err(|_| ConfigError::Invalid {
+                    field: field.clone(),
+                    value: name.clone(),
+                    expected: "an IANA time zone name such as America/New_York or Europe/Berlin".into(),
+                })?;
+                if !Bucketing::zoned_period_ok(bucket_ms) {
+                    return Err(ConfigError::Invalid {
+                        field: format!("{TASK_PATH}.bucketTimePeriod"),
+                        value: text("bucketTimePeriod")?.unwrap_or_else(|| "1d".into()),
+                        expected: format!(
+                            "whole days, or whole hours dividing a day (1h, 2h, 3h, 4h, 6h, 8h, 12h), with {field}"
+                        ),
+                    });
+                }
+                Some(tz)
+            }
+        };
 
         Ok(TableSpec {
             name,
@@ -369,6 +415,7 @@ impl TableSpec {
                 timeout_ms,
                 max_records_per_task,
                 retention_ms,
+                bucket_time_zone,
             },
             config_json,
             schema_json,

@@ -9,7 +9,6 @@ use r2o_common::kv::Kv;
 use r2o_common::meta::{
     get_record, now_ms, range_records, Keys, RetentionRecord, SegmentMeta, TableRecord, TaskRecord, WatermarkRecord,
 };
-use r2o_common::window::cold_start_watermark_ms;
 
 /// Every metric the controller exports.
 #[derive(Clone)]
@@ -200,7 +199,7 @@ impl ControllerMetrics {
                     .filter(|s| s.total_docs > 0)
                     .map(|s| s.start_time_ms)
                     .min()
-                    .map(|m| cold_start_watermark_ms(m, spec.flow.bucket_ms)),
+                    .map(|m| spec.flow.windows().floor(m)),
             };
             if let Some(r) = spec.flow.retention_ms {
                 let unmoved =

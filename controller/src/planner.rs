@@ -27,7 +27,7 @@
 
 use r2o_common::config::{FlowConfig, MergeType};
 use r2o_common::meta::{SegmentMeta, SegmentStatus};
-use r2o_common::window::{cold_start_watermark_ms, floor_to_bucket, past_buffer, Window};
+use r2o_common::window::{past_buffer, Window};
 use std::collections::HashMap;
 
 /// How much one task may take: consecutive ready windows are batched into
@@ -268,7 +268,7 @@ pub fn plan(
     now_ms: i64,
     budget: &Budget,
 ) -> Decision {
-    let bucket = flow.bucket_ms;
+    let buckets = flow.windows();
     let mut done: Vec<&SegmentMeta> =
         segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0).collect();
     done.sort_by_key(|s| s.start_time_ms);
@@ -286,7 +286,7 @@ pub fn plan(
     let with_rows_min = segments.iter().filter(|s| s.total_docs > 0).map(|s| s.start_time_ms).min();
     let from = match (watermark_ms, with_rows_min) {
         (Some(w), _) => w,
-        (None, Some(min)) => cold_start_watermark_ms(min, bucket),
+        (None, Some(min)) => buckets.floor(min),
         (None, None) => return Decision::Wait(WaitReason::NoSegments),
     };
     let max_done_end = done.iter().map(|s| s.end_time_ms).max();
@@ -298,7 +298,7 @@ pub fn plan(
     let (mut skipped, mut pending_skips) = (0u64, 0u64);
     let mut active: Vec<&SegmentMeta> = Vec::new();
     let mut next = 0usize; // first segment of `done` not yet active
-    let mut window = Window::starting_at(from, bucket);
+    let mut window = buckets.window_at(from);
     let stop =
         |windows: &Vec<Window>, reason: WaitReason| -> Option<WaitReason> { windows.is_empty().then_some(reason) };
     let wait: Option<WaitReason> = loop {
@@ -327,9 +327,9 @@ pub fn plan(
                 let reason = WaitReason::CaughtUp { watermark_ms: window.start_ms };
                 break stop(&windows, reason);
             }
-            let next_start = floor_to_bucket(done[next].start_time_ms, bucket).max(window.end_ms);
-            pending_skips += ((next_start as i128 - window.start_ms as i128) / bucket as i128) as u64;
-            window = Window::starting_at(next_start, bucket);
+            let next_start = buckets.floor(done[next].start_time_ms).max(window.end_ms);
+            pending_skips += buckets.count_between(window.start_ms, next_start);
+            window = buckets.window_at(next_start);
             continue;
         }
         let holding = active.iter().find(|s| {
@@ -364,7 +364,7 @@ pub fn plan(
         if window.end_ms == i64::MAX {
             break None;
         }
-        window = Window::starting_at(window.end_ms, bucket);
+        window = buckets.window_at(window.end_ms);
     };
     if let Some(reason) = wait {
         return Decision::Wait(reason);
@@ -433,6 +433,7 @@ mod tests {
     fn flow(bucket: i64, buffer: i64) -> FlowConfig {
         FlowConfig {
             retention_ms: None,
+            bucket_time_zone: None,
             time_column: "ts".into(),
             sorted_column: None,
             partitioning: None,

@@ -277,6 +277,7 @@ impl ControllerSvc {
             .map_or(0, |(r, _)| r.deleted_segments);
         Ok(pb::GetWatermarkResponse {
             retention_ms: spec.flow.retention_ms.unwrap_or(0),
+            time_zone: spec.flow.bucket_time_zone.as_ref().and_then(|z| z.iana_name()).unwrap_or_default().to_string(),
             segments_unmoved_past_retention: unmoved,
             segments_deleted_by_retention: deleted,
             exists: wm.is_some(),

@@ -19,7 +19,6 @@ use r2o_common::meta::{SegmentMeta, TaskRecord};
 use r2o_common::retry::store_backoff;
 use r2o_common::schema::{DataType, FieldKind};
 use r2o_common::store::{canonical_path, Layout, Store};
-use r2o_common::window::floor_to_bucket;
 use r2o_common::Error;
 use r2o_proto::controller as pb;
 use std::collections::{HashMap, HashSet};
@@ -244,7 +243,7 @@ pub fn check(
         return Err(format!("rows_null_time {} is more than the inputs' {registered_rows} rows", req.rows_null_time));
     }
     let prefix = canonical_path(&layout.staging_prefix(&task.id, req.attempt));
-    let round = spec.flow.round_ms.unwrap_or(1);
+    let rounding = spec.flow.rounding();
     // the report's windows are the task's, in order
     let reported: Vec<(i64, i64)> = req.windows.iter().map(|w| (w.start_ms, w.end_ms)).collect();
     let planned: Vec<(i64, i64)> = task.windows.iter().map(|w| (w.start_ms, w.end_ms)).collect();
@@ -281,7 +280,7 @@ pub fn check(
         let Some(window) = task.windows.iter().find(|w| w.start_ms == o.window_start_ms) else {
             return Err(format!("output {} names window {}, not one of the task's", o.name, o.window_start_ms));
         };
-        let lowest = floor_to_bucket(window.start_ms, round);
+        let lowest = rounding.as_ref().map_or(window.start_ms, |r| r.floor(window.start_ms));
         if o.start_time_ms < lowest || o.end_time_ms >= window.end_ms || o.start_time_ms > o.end_time_ms {
             return Err(format!(
                 "output {} spans [{}, {}], outside its window {window}",

@@ -148,18 +148,39 @@ pub fn filter_window(
     Ok(filter_record_batch(batch, &mask)?)
 }
 
-/// Stage 3: rounds the time column down to `round_ms`, in the column's own
-/// unit and type (Pinot's `roundBucketTimePeriod`).
+/// Stage 3: rounds the time column down to the start of its `rounding`
+/// bucket (Pinot's `roundBucketTimePeriod`; local days or hours with
+/// `bucketTimeZone`), in the column's own unit and type.
 pub fn round_time(
     batch: &RecordBatch,
     time_column: &str,
     format: TimeFormat,
-    round_ms: i64,
+    rounding: &r2o_common::window::Bucketing,
 ) -> Result<RecordBatch, Error> {
     let idx = batch.schema().index_of(time_column)?;
     let col = batch.column(idx);
     let ms = time_ms(col, format)?;
-    let rounded: Int64Array = arrow::compute::kernels::arity::unary(&ms, |t: i64| floor_to_bucket(t, round_ms));
+    let rounded: Int64Array = match rounding.zone() {
+        None => {
+            let round_ms = rounding.period_ms();
+            arrow::compute::kernels::arity::unary(&ms, |t: i64| floor_to_bucket(t, round_ms))
+        }
+        // a time-zone lookup per row is slow: remember the last bucket (rows
+        // come clustered in time)
+        Some(_) => {
+            let mut last = Window { start_ms: 1, end_ms: 0 };
+            ms.iter()
+                .map(|t| {
+                    t.map(|t| {
+                        if !last.contains(t) {
+                            last = rounding.containing(t);
+                        }
+                        last.start_ms
+                    })
+                })
+                .collect()
+        }
+    };
     let back: ArrayRef = match col.data_type() {
         ArrowType::Timestamp(_, _) => cast(&(Arc::new(rounded) as ArrayRef), col.data_type())?,
         _ => {
@@ -641,9 +662,10 @@ fn process_window(
     let time_col = spec.flow.time_column.as_str();
     let mut rows_in = 0u64;
     let mut rounded = Vec::with_capacity(kept.len());
+    let rounding = spec.flow.rounding();
     for b in kept {
-        let b = match spec.flow.round_ms {
-            Some(round) => round_time(&b, time_col, format, round)?,
+        let b = match &rounding {
+            Some(r) => round_time(&b, time_col, format, r)?,
             None => b,
         };
         let b = match split {
@@ -947,14 +969,14 @@ mod tests {
     fn round_works_in_the_columns_own_unit() {
         let s = spec(json!({}), json!({}));
         let b = batch(&s, &[("a", None, 1, None, H + 59 * 60_000), ("a", None, 1, None, -1)]);
-        let r = round_time(&b, "ts", TimeFormat::MILLIS, H).unwrap();
+        let r = round_time(&b, "ts", TimeFormat::MILLIS, &r2o_common::window::Bucketing::utc(H)).unwrap();
         let ts = r.column(4).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
         assert_eq!(ts.values().to_vec(), vec![H, -H]);
         // seconds-since-epoch LONG column, rounded to 1 minute
         let secs = TimeFormat::parse("f", "1:SECONDS:EPOCH").unwrap();
         let sch = Arc::new(ArrowSchema::new(vec![arrow::datatypes::Field::new("t", ArrowType::Int64, true)]));
         let b = RecordBatch::try_new(sch, vec![Arc::new(Int64Array::from(vec![119, 120, 61]))]).unwrap();
-        let r = round_time(&b, "t", secs, 60_000).unwrap();
+        let r = round_time(&b, "t", secs, &r2o_common::window::Bucketing::utc(60_000)).unwrap();
         assert_eq!(r.column(0).as_primitive::<Int64Type>().values().to_vec(), vec![60, 120, 60]);
     }
 

@@ -289,6 +289,8 @@ struct Ctx {
     split: Option<SubTask>,
     /// Rows per batch ([`batch_rows`]).
     batch_rows: usize,
+    /// `roundBucketTimePeriod` (in `bucketTimeZone`), if any.
+    rounding: Option<r2o_common::window::Bucketing>,
 }
 
 impl Ctx {
@@ -383,8 +385,8 @@ impl Ctx {
         let time_col = self.spec.flow.time_column.as_str();
         let kept = concat_batches(&self.table_schema, &batches)?;
         drop(batches);
-        let kept = match self.spec.flow.round_ms {
-            Some(round) => round_time(&kept, time_col, format, round)?,
+        let kept = match &self.rounding {
+            Some(r) => round_time(&kept, time_col, format, r)?,
             None => kept,
         };
         let kept = match self.split {
@@ -679,6 +681,7 @@ async fn run_task(
         table_schema,
         split: settings.split,
         batch_rows: batch_rows(settings.memory_bytes, &spec.schema),
+        rounding: spec.flow.rounding(),
     });
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(settings.memory_bytes)))
