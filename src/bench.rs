@@ -75,6 +75,8 @@ fn main() -> Result<()> {
                 created_ms: 0,
                 end_of_stream: false,
                 late: false,
+                late_before_ms: None,
+                window_start_ms: None,
             },
             bytes,
         });

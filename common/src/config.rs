@@ -38,6 +38,31 @@ impl MergeType {
     }
 }
 
+/// What happens to rows that arrive for windows already committed
+/// (`lateDataPolicy`, r2o's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateDataPolicy {
+    /// Recompute each affected window from all of its inputs and replace its
+    /// OFFLINE segments in one transaction (the default; exact for rollup
+    /// and dedup).
+    Rematerialize,
+    /// Add the late rows as extra OFFLINE segments of the window (concat only).
+    Append,
+    /// Keep them in REALTIME only, with a warning (Pinot's behaviour).
+    Ignore,
+}
+
+impl LateDataPolicy {
+    /// The key's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            LateDataPolicy::Rematerialize => "rematerialize",
+            LateDataPolicy::Append => "append",
+            LateDataPolicy::Ignore => "ignore",
+        }
+    }
+}
+
 /// A metric's aggregation in rollup (`<metric>.aggregationType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AggregationType {
@@ -111,6 +136,12 @@ pub struct FlowConfig {
     /// `roundBucketTimePeriod`, follow local days and hours there (see
     /// [`Bucketing`]); `None`: UTC, Pinot's rule.
     pub bucket_time_zone: Option<jiff::tz::TimeZone>,
+    /// `lateDataPolicy`: what happens to rows of committed windows.
+    pub late_data_policy: LateDataPolicy,
+    /// `segmentNamePostfix`: appended (after `_`) to every OFFLINE segment
+    /// name; the controller sets it on a late-data run's config snapshot so
+    /// the new segments' names differ from those they replace or join.
+    pub segment_name_postfix: Option<String>,
 }
 
 impl FlowConfig {
@@ -376,6 +407,37 @@ impl TableSpec {
         let timeout_ms = positive("timeoutMs")?;
         let max_records_per_task = positive("maxNumRecordsPerTask")?.map(|n| n as u64);
         let retention_ms = parse_retention(&config_json)?;
+        let late_data_policy = match text("lateDataPolicy")?.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("rematerialize") => LateDataPolicy::Rematerialize,
+            Some("append") if merge_type == MergeType::Concat => LateDataPolicy::Append,
+            Some("ignore") => LateDataPolicy::Ignore,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    field: format!("{TASK_PATH}.lateDataPolicy"),
+                    value: text("lateDataPolicy")?.unwrap_or_default(),
+                    expected: if other == "append" {
+                        format!(
+                            "rematerialize or ignore: append adds rows beside the window's, which only \
+                             mergeType concat allows (this table's is {})",
+                            merge_type.name()
+                        )
+                    } else {
+                        "rematerialize (default), append (concat only) or ignore".into()
+                    },
+                })
+            }
+        };
+        let segment_name_postfix = match text("segmentNamePostfix")? {
+            None => None,
+            Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => Some(p),
+            Some(p) => {
+                return Err(ConfigError::Invalid {
+                    field: format!("{TASK_PATH}.segmentNamePostfix"),
+                    value: p,
+                    expected: "letters, digits and '-'".into(),
+                })
+            }
+        };
         let bucket_time_zone = match text("bucketTimeZone")? {
             None => None,
             Some(name) => {
@@ -416,6 +478,8 @@ impl TableSpec {
                 max_records_per_task,
                 retention_ms,
                 bucket_time_zone,
+                late_data_policy,
+                segment_name_postfix,
             },
             config_json,
             schema_json,

@@ -96,6 +96,27 @@ pub struct SegmentMeta {
     /// Retention never deletes a late segment.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late: bool,
+    /// REALTIME, late only: the watermark when it was registered, UTC epoch
+    /// ms; its rows before it belong to committed windows, which a late-data
+    /// run (`lateDataPolicy`) redoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_before_ms: Option<i64>,
+    /// OFFLINE only: the start of the window the segment was written for,
+    /// UTC epoch ms (a late-data run replaces a window's segments by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start_ms: Option<i64>,
+}
+
+/// A late-data run: one window below the watermark recomputed from all its
+/// inputs (`rematerialize`) or given extra segments (`append`) because late
+/// REALTIME segments arrived for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LateRun {
+    /// `rematerialize` or `append`.
+    pub policy: String,
+    /// The late segments whose rows in the window this run moves.
+    pub segments: Vec<String>,
 }
 
 /// What retention has deleted of one table's REALTIME segments (their rows
@@ -221,6 +242,10 @@ pub struct LineageRecord {
     pub rows_out: u64,
     /// Commit time, UTC epoch ms.
     pub committed_ms: i64,
+    /// A late-data run's commit: its one window's segments replace
+    /// (`rematerialize`) or join (`append`) those committed before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<LateRun>,
 }
 
 /// State of a task.
@@ -428,6 +453,10 @@ pub struct TaskRecord {
     /// stored once, under its first sub-task); empty: its own.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub inputs_of: String,
+    /// A late-data run of one committed window (not in the watermark's
+    /// order: it commits when it is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<LateRun>,
     /// A sub-task split by input reads the inputs `input_from..input_to`
     /// (indexes into that list); `0..0`: all of them.
     #[serde(default)]
@@ -668,6 +697,11 @@ impl Keys {
     /// `lineage/<raw>/<sortable window start>`.
     pub fn lineage(&self, raw: &str, window_start_ms: i64) -> String {
         format!("{}/lineage/{raw}/{}", self.prefix, sortable_ms(window_start_ms))
+    }
+    /// `lineage/<raw>/<sortable window start>-late-<sortable created>`: a
+    /// late-data run's lineage, sorted after the window's first.
+    pub fn late_lineage(&self, raw: &str, window_start_ms: i64, created_ms: i64) -> String {
+        format!("{}/lineage/{raw}/{}-late-{}", self.prefix, sortable_ms(window_start_ms), sortable_ms(created_ms))
     }
     /// `lineage/<raw>/`.
     pub fn lineages(&self, raw: &str) -> String {

@@ -40,6 +40,8 @@ pub fn segment_from_wire(s: &pb::Segment) -> Option<SegmentMeta> {
         created_ms: s.created_ms,
         end_of_stream: s.end_of_stream,
         late: false,
+        late_before_ms: None,
+        window_start_ms: None,
     })
 }
 

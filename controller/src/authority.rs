@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use crate::election::Leadership;
 use crate::error::{ControllerError, Result};
-use crate::planner::{plan, recheck, split_window, Budget, Decision, Split};
+use crate::planner::{plan, plan_late, recheck, split_window, Budget, Decision, LatePlan, Split};
 use crate::protocol::{self, AttemptRevs, ReportTotals, TableRevs};
 use crate::validate::{self, FooterCache};
 
@@ -125,6 +125,45 @@ pub fn inputs_problem(windows: &[r2o_common::window::Window], inputs: usize, n: 
             r2o_common::meta::MAX_CHUNKS
         )
     })
+}
+
+/// The OFFLINE segments a completion report stages, as manifest entries.
+fn offline_metas(spec: &TableSpec, req: &pb::CompleteTaskRequest, now: i64) -> Vec<SegmentMeta> {
+    req.outputs
+        .iter()
+        .map(|o| SegmentMeta {
+            segment_name: o.name.clone(),
+            table_name: spec.offline_name(),
+            status: SegmentStatus::Done,
+            start_time_ms: o.start_time_ms,
+            end_time_ms: o.end_time_ms,
+            total_docs: o.num_rows,
+            size_bytes: o.size_bytes,
+            schema_fingerprint: req.schema_fingerprint.clone(),
+            location: o.location.clone(),
+            partition: o.partition,
+            created_ms: now,
+            end_of_stream: false,
+            late: false,
+            late_before_ms: None,
+            window_start_ms: Some(o.window_start_ms),
+        })
+        .collect()
+}
+
+/// A validated report's totals.
+fn report_totals(req: &pb::CompleteTaskRequest, outputs: &[SegmentMeta], output_chunks: u32) -> ReportTotals {
+    ReportTotals {
+        attempt: req.attempt,
+        rows_in: req.rows_in,
+        rows_out: req.rows_out,
+        bytes_in: req.bytes_in,
+        bytes_out: outputs.iter().map(|o| o.size_bytes).sum(),
+        rows_null_time: req.rows_null_time,
+        outputs: outputs.len() as u64,
+        output_chunks,
+        windows: req.windows.iter().map(WindowStats::from).collect(),
+    }
 }
 
 /// The task records a planned task is published as: itself, or the
@@ -327,6 +366,11 @@ impl Authority {
                 Ok(_) => {}
                 Err(e) => warn!(table = %raw, error = %e, "planning failed"),
             }
+            match self.plan_late_table(&raw, leadership).await {
+                Ok(true) => published += 1,
+                Ok(false) => {}
+                Err(e) => warn!(table = %raw, error = %e, "planning a late-data run failed"),
+            }
         }
         self.expire_attempts(leadership).await?;
         Ok(published)
@@ -463,6 +507,7 @@ impl Authority {
             inputs_of: String::new(),
             input_from: 0,
             input_to: 0,
+            late: None,
         };
         // one window past the per-task budget: its sub-tasks, published together
         let hosts = self.minion_hosts().await?;
@@ -486,6 +531,126 @@ impl Authority {
         let t = &tasks[0];
         info!(table = %raw, task = %id, trigger, from_ms, window_start_ms = first.start_ms, window_end_ms = last.end_ms, windows = windows.len(), inputs = inputs.len(), input_rows = inputs.iter().map(|s| s.total_docs).sum::<u64>(), skipped_windows, sub_tasks = t.sub_tasks, "task published");
         Ok(Ok((tasks.into_iter().map(|t| t.id).collect(), last.end_ms)))
+    }
+
+    /// Late segments moved into each committed window by late-data runs
+    /// (window start -> segment names), from the table's lineage.
+    async fn moved_late(&self, raw: &str) -> Result<HashMap<i64, std::collections::HashSet<String>>> {
+        let mut moved: HashMap<i64, std::collections::HashSet<String>> = HashMap::new();
+        for l in crate::registry::lineage(&self.kv, &self.keys, raw).await? {
+            if let Some(run) = l.late {
+                moved.entry(l.window_start_ms).or_default().extend(run.segments);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Publishes the table's next late-data run (`lateDataPolicy`), one at a
+    /// time per table, when late segments owe rows to committed windows (see
+    /// [`plan_late`]). A `rematerialize` run is not published for a window
+    /// whose REALTIME inputs retention may have deleted (it could not
+    /// recompute the window exactly); that is reported as a planning problem.
+    /// Returns whether a run was published.
+    async fn plan_late_table(&self, raw: &str, leadership: Leadership) -> Result<bool> {
+        let Some((rec, _)) = get_record::<TableRecord>(&self.kv, &self.keys.table(raw)).await? else {
+            return Ok(false);
+        };
+        if rec.paused {
+            return Ok(false);
+        }
+        let spec = TableSpec::from_json(rec.table_config, rec.schema)?;
+        if spec.flow.late_data_policy == r2o_common::config::LateDataPolicy::Ignore {
+            return Ok(false);
+        }
+        let (open, epoch_rev) = open_tasks(&self.kv, &self.keys, raw).await?;
+        if open.iter().any(|(t, _)| t.late.is_some()) {
+            return Ok(false);
+        }
+        let (segments, segments_rev) = read_segments(&self.kv, &self.keys, raw).await?;
+        if !segments.iter().any(|s| s.late_before_ms.is_some()) {
+            return Ok(false);
+        }
+        let moved = self.moved_late(raw).await?;
+        let Some(LatePlan { window, inputs, run }) = plan_late(&spec.flow, &segments, &moved, None) else {
+            return Ok(false);
+        };
+        if run.policy == "rematerialize" {
+            let retained = get_record::<r2o_common::meta::RetentionRecord>(&self.kv, &self.keys.retention(raw)).await?;
+            if let Some((r, _)) = retained.filter(|(r, _)| r.deleted_until_ms >= window.start_ms) {
+                self.plan_problem(
+                    raw,
+                    &format!(
+                        "late rows for window {window} cannot be rematerialized: retention deleted REALTIME segments up to {} \
+                         (the window's own inputs may be gone); they stay in REALTIME",
+                        r2o_common::window::format_utc(r.deleted_until_ms)
+                    ),
+                );
+                return Ok(false);
+            }
+        }
+        let now = now_ms();
+        let id = TaskId::new(raw, window.start_ms, now);
+        // the run's config snapshot names its segments apart from the window's others
+        let mut config = spec.config_json.clone();
+        if let Some(block) = config.pointer_mut(&format!("/task/taskTypeConfigsMap/{}", r2o_common::config::TASK_TYPE))
+        {
+            block["segmentNamePostfix"] = serde_json::Value::String(format!("late{now}"));
+        }
+        let encoded = chunks::encode_all(&inputs);
+        let task = TaskRecord {
+            id: id.clone(),
+            table: raw.to_string(),
+            from_ms: window.start_ms,
+            window_start_ms: window.start_ms,
+            window_end_ms: window.end_ms,
+            windows: vec![window],
+            skipped_windows: 0,
+            epoch_revision: epoch_rev,
+            input_count: inputs.len() as u64,
+            input_chunks: encoded.len() as u32,
+            input_rows: inputs.iter().map(|s| s.total_docs).sum(),
+            input_bytes: inputs.iter().map(|s| s.size_bytes).sum(),
+            segments_revision: segments_rev,
+            table_config: config,
+            schema: spec.schema_json.clone(),
+            state: TaskState::Pending,
+            attempt: 0,
+            minion: String::new(),
+            created_ms: now,
+            started_ms: 0,
+            finished_ms: 0,
+            errors: vec![],
+            trigger: format!("late-{}", run.policy),
+            rows_in: 0,
+            rows_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            rows_null_time: 0,
+            output_count: 0,
+            staged_attempt: 0,
+            staged_chunks: 0,
+            window_stats: vec![],
+            max_attempts: spec.flow.max_attempts_per_task.unwrap_or(self.cfg.max_attempts).max(1),
+            timeout_ms: spec.flow.timeout_ms.unwrap_or(self.cfg.default_timeout_ms),
+            not_before_ms: 0,
+            round_start_attempt: 0,
+            failed_rounds: 0,
+            retry_at_ms: 0,
+            sub_task: 0,
+            sub_tasks: 0,
+            group: String::new(),
+            inputs_of: String::new(),
+            input_from: 0,
+            input_to: 0,
+            late: Some(run.clone()),
+        };
+        let input_revs = chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded).await?;
+        if !protocol::publish_late(&self.keys, &task, leadership, input_revs).apply(&self.kv).await? {
+            let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
+            return Ok(false);
+        }
+        info!(table = %raw, task = %id, policy = %run.policy, window_start_ms = window.start_ms, window_end_ms = window.end_ms, late_segments = run.segments.len(), inputs = inputs.len(), "late-data run published");
+        Ok(true)
     }
 
     /// Records why `raw`'s ready window cannot be published: a warning when
@@ -948,6 +1113,49 @@ impl Authority {
             }
             let (wm, wm_rev) = self.watermark(&task.table).await?;
             let position = wm.as_ref().map_or(task.from_ms, |w| w.watermark_ms);
+            if let Some(run) = &task.late {
+                // a late-data run: still what its window needs?
+                let (segments, rev) = read_segments(&self.kv, &self.keys, &task.table).await?;
+                let moved = self.moved_late(&task.table).await?;
+                let still = plan_late(&spec.flow, &segments, &moved, task.windows.first().copied());
+                let same = still.as_ref().is_some_and(|p| {
+                    &p.run == run
+                        && p.inputs.iter().map(|s| &s.segment_name).eq(window_inputs.iter().map(|s| &s.segment_name))
+                });
+                if !same {
+                    let reason = "the window's late data changed while the run was in flight; it is planned again";
+                    if protocol::drop_abandoned(&self.keys, &task, revs.task, leadership, reason, now_ms())
+                        .apply(&self.kv)
+                        .await?
+                    {
+                        return Err(ControllerError::Stale(format!("task {id}: {reason}")));
+                    }
+                    continue;
+                }
+                let (evidence, input_footers) =
+                    validate::gather(&self.store, &self.footers, &req.outputs, &inputs).await?;
+                if let Err(why) = validate::check(&task, &spec, &self.layout, &inputs, &input_footers, req, &evidence) {
+                    let msg = format!("validation failed: {why}");
+                    if !self.attempt_failed(task, &revs, leadership, req.attempt, &msg).await? {
+                        continue;
+                    }
+                    return Err(ControllerError::Validation(format!("task {id} attempt {}: {why}", req.attempt)));
+                }
+                let now = now_ms();
+                let outputs = offline_metas(&spec, req, now);
+                let manifest = chunks::write(&self.kv, &self.keys.manifest(&id, req.attempt), &outputs).await?;
+                let totals = report_totals(req, &outputs, manifest.len() as u32);
+                let done = protocol::committed(&task, &totals, None, now);
+                let table_revs = TableRevs { watermark: wm_rev, segments: rev, epoch: epoch_rev };
+                let txn = protocol::commit_late(&self.keys, &task, &revs, table_revs, leadership, manifest, &done);
+                if !txn.apply(&self.kv).await? {
+                    continue;
+                }
+                self.observe(&task, req, now);
+                info!(table = %task.table, task = %id, policy = %run.policy, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = totals.rows_in, rows_out = totals.rows_out, segments = totals.outputs, "late-data run committed");
+                self.replan.notify_one();
+                return Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: position, staged: false });
+            }
             if task.from_ms < position {
                 let reason = format!("its range starts at {} but the watermark is already {position}", task.from_ms);
                 match self.supersede(&task, revs.task, epoch_rev, leadership, &reason).await? {
@@ -975,25 +1183,7 @@ impl Authority {
 
             // outputs to a manifest, then the commit (or staging)
             let now = now_ms();
-            let outputs: Vec<SegmentMeta> = req
-                .outputs
-                .iter()
-                .map(|o| SegmentMeta {
-                    segment_name: o.name.clone(),
-                    table_name: spec.offline_name(),
-                    status: SegmentStatus::Done,
-                    start_time_ms: o.start_time_ms,
-                    end_time_ms: o.end_time_ms,
-                    total_docs: o.num_rows,
-                    size_bytes: o.size_bytes,
-                    schema_fingerprint: req.schema_fingerprint.clone(),
-                    location: o.location.clone(),
-                    partition: o.partition,
-                    created_ms: now,
-                    end_of_stream: false,
-                    late: false,
-                })
-                .collect();
+            let outputs = offline_metas(&spec, req, now);
             let manifest = match chunks::write(&self.kv, &self.keys.manifest(&id, req.attempt), &outputs).await {
                 Ok(m) => m,
                 Err(r2o_common::Error::Limit(why)) => {
@@ -1003,17 +1193,7 @@ impl Authority {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let totals = ReportTotals {
-                attempt: req.attempt,
-                rows_in: req.rows_in,
-                rows_out: req.rows_out,
-                bytes_in: req.bytes_in,
-                bytes_out: outputs.iter().map(|o| o.size_bytes).sum(),
-                rows_null_time: req.rows_null_time,
-                outputs: outputs.len() as u64,
-                output_chunks: manifest.len() as u32,
-                windows: req.windows.iter().map(WindowStats::from).collect(),
-            };
+            let totals = report_totals(req, &outputs, manifest.len() as u32);
             if task.from_ms > position || task.is_sub_task() {
                 // tasks before it have not committed, or it is one sub-task of its
                 // window (the window commits when all are staged): keep its outputs staged
@@ -1362,6 +1542,8 @@ mod tests {
             created_ms: 0,
             end_of_stream: false,
             late: false,
+            late_before_ms: None,
+            window_start_ms: None,
         };
         crate::registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, meta).await.unwrap();
     }
@@ -1725,6 +1907,8 @@ mod tests {
                 created_ms: 0,
                 end_of_stream: false,
                 late: false,
+                late_before_ms: None,
+                window_start_ms: None,
             };
             a.kv.put(&a.keys.segment("t__x_REALTIME", &format!("s{i}")), encode(&meta), None).await.unwrap();
         }

@@ -269,6 +269,8 @@ mod tests {
             created_ms: 0,
             end_of_stream: false,
             late: false,
+            late_before_ms: None,
+            window_start_ms: None,
         }
     }
 
@@ -287,6 +289,7 @@ mod tests {
             rows_in: 1,
             rows_out: 1,
             committed_ms: 0,
+            late: None,
         }
     }
 

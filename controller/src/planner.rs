@@ -126,6 +126,70 @@ pub fn split_window(
     }
 }
 
+/// A late-data run to publish: one committed window and what it reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatePlan {
+    /// The window (below the watermark).
+    pub window: Window,
+    /// `rematerialize`: every DONE segment with rows overlapping the window;
+    /// `append`: the window's late segments not yet moved. Names sorted.
+    pub inputs: Vec<SegmentMeta>,
+    /// The policy and the late segments the run moves.
+    pub run: r2o_common::meta::LateRun,
+}
+
+/// The oldest committed window that late segments still owe rows to, and
+/// the run that moves them (`lateDataPolicy`; none for `ignore`). A late
+/// segment (registered when the watermark was `late_before_ms`, past its
+/// start) owes every window it overlaps below that watermark, until a
+/// late-data run of the window has moved it (`moved`: window start -> the
+/// late segments moved there). With `only`, that window's run (the check
+/// at commit that the run still is what the window needs). Pure.
+pub fn plan_late(
+    flow: &FlowConfig,
+    segments: &[SegmentMeta],
+    moved: &HashMap<i64, std::collections::HashSet<String>>,
+    only: Option<Window>,
+) -> Option<LatePlan> {
+    use r2o_common::config::LateDataPolicy;
+    if flow.late_data_policy == LateDataPolicy::Ignore {
+        return None;
+    }
+    let buckets = flow.windows();
+    let mut owed: std::collections::BTreeMap<Window, Vec<&SegmentMeta>> = std::collections::BTreeMap::new();
+    for s in segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0) {
+        let Some(before) = s.late_before_ms else { continue };
+        let mut w = buckets.containing(s.start_time_ms);
+        while w.start_ms <= s.end_time_ms && w.end_ms <= before && w.end_ms > w.start_ms {
+            if only.is_none_or(|o| o == w) && !moved.get(&w.start_ms).is_some_and(|m| m.contains(&s.segment_name)) {
+                owed.entry(w).or_default().push(s);
+            }
+            w = buckets.window_at(w.end_ms);
+        }
+    }
+    let (window, late) = owed.into_iter().next()?;
+    let mut names: Vec<String> = late.iter().map(|s| s.segment_name.clone()).collect();
+    names.sort();
+    let mut inputs: Vec<SegmentMeta> = match flow.late_data_policy {
+        LateDataPolicy::Append => late.into_iter().cloned().collect(),
+        _ => segments
+            .iter()
+            .filter(|s| {
+                s.status == SegmentStatus::Done
+                    && s.total_docs > 0
+                    && window.overlaps_segment(s.start_time_ms, s.end_time_ms)
+            })
+            .cloned()
+            .collect(),
+    };
+    inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
+    Some(LatePlan {
+        window,
+        inputs,
+        run: r2o_common::meta::LateRun { policy: flow.late_data_policy.name().to_string(), segments: names },
+    })
+}
+
 /// What the planner decided for one table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -434,6 +498,8 @@ mod tests {
         FlowConfig {
             retention_ms: None,
             bucket_time_zone: None,
+            late_data_policy: r2o_common::config::LateDataPolicy::Rematerialize,
+            segment_name_postfix: None,
             time_column: "ts".into(),
             sorted_column: None,
             partitioning: None,
@@ -464,6 +530,8 @@ mod tests {
             created_ms: 0,
             end_of_stream: false,
             late: false,
+            late_before_ms: None,
+            window_start_ms: None,
         }
     }
 
@@ -664,6 +732,36 @@ mod tests {
         let straddle = vec![seg("x", 0, 3 * H, SegmentStatus::Done, 0)];
         let Decision::Run { windows, inputs, .. } = plan(&f, &straddle, Some(0), 100 * H, &rows(10)) else { panic!() };
         assert_eq!((windows.len(), inputs.len()), (4, 1));
+    }
+
+    #[test]
+    fn late_segments_owe_the_committed_windows_they_overlap() {
+        use r2o_common::config::LateDataPolicy;
+        let mut f = flow(H, H);
+        let mut segs: Vec<SegmentMeta> =
+            (0..4).map(|i| seg(&format!("s{i}"), i * H, i * H + 10, SegmentStatus::Done, 0)).collect();
+        // registered when the watermark was 3h: it owes windows 1 and 2, not 3
+        let mut late = seg("late", H + 5, 3 * H + 5, SegmentStatus::Done, 0);
+        late.late = true;
+        late.late_before_ms = Some(3 * H);
+        segs.push(late);
+        let mut moved: HashMap<i64, std::collections::HashSet<String>> = HashMap::new();
+        let p = plan_late(&f, &segs, &moved, None).unwrap();
+        assert_eq!(p.window, Window { start_ms: H, end_ms: 2 * H });
+        let names: Vec<&str> = p.inputs.iter().map(|s| s.segment_name.as_str()).collect();
+        assert_eq!(names, vec!["late", "s1"], "rematerialize reads every input of the window");
+        assert_eq!((p.run.policy.as_str(), p.run.segments.clone()), ("rematerialize", vec!["late".to_string()]));
+        moved.entry(H).or_default().insert("late".into());
+        let p = plan_late(&f, &segs, &moved, None).unwrap();
+        assert_eq!(p.window.start_ms, 2 * H);
+        moved.entry(2 * H).or_default().insert("late".into());
+        assert_eq!(plan_late(&f, &segs, &moved, None), None, "window 3 was not committed when it arrived");
+        f.late_data_policy = LateDataPolicy::Append;
+        moved.clear();
+        let p = plan_late(&f, &segs, &moved, None).unwrap();
+        assert_eq!(p.inputs.len(), 1, "append reads the late segment only");
+        f.late_data_policy = LateDataPolicy::Ignore;
+        assert_eq!(plan_late(&f, &segs, &moved, None), None);
     }
 
     #[test]

@@ -100,6 +100,58 @@ pub fn publish(
     Txn { compares, ops }
 }
 
+/// Publishes a late-data run (see [`crate::planner::plan_late`]) if the
+/// table's epoch and segments are as planned and this controller leads; the
+/// frontier and watermark are not touched (the run is of a committed window).
+pub fn publish_late(keys: &Keys, task: &TaskRecord, leadership: Leadership, input_chunks: Vec<Compare>) -> Txn {
+    let mut compares = vec![
+        Compare::CreateRevision(keys.active_task(&task.id), 0),
+        Compare::ModRevision(keys.epoch(&task.table), task.epoch_revision),
+        Compare::ModRevision(keys.segments_marker(&task.table), task.segments_revision),
+        leader_compare(keys, leadership),
+    ];
+    compares.extend(input_chunks);
+    Txn { compares, ops: vec![Op::put(keys.active_task(&task.id), encode(task))] }
+}
+
+/// Commits a late-data run: its lineage (a key of its own, after the
+/// window's first) and history written, the task and claim deleted, if the
+/// task and claim are as read, the table's segments and epoch are as
+/// checked (`table.watermark` is not: the run is of a committed window), this
+/// controller leads and the manifest is the one written. The watermark does
+/// not move. From then on the window's OFFLINE segments are
+/// this run's (`rematerialize`) or include them (`append`): see
+/// [`crate::registry::offline_segments`].
+pub fn commit_late(
+    keys: &Keys,
+    task: &TaskRecord,
+    revs: &AttemptRevs,
+    table: TableRevs,
+    leadership: Leadership,
+    manifest_chunks: Vec<Compare>,
+    done: &Committed,
+) -> Txn {
+    let lineage_key = keys.late_lineage(&task.table, task.window_start_ms, task.created_ms);
+    let mut compares = vec![
+        Compare::ModRevision(keys.active_task(&task.id), revs.task),
+        Compare::ModRevision(keys.claim(&task.id), revs.claim),
+        Compare::ModRevision(keys.segments_marker(&task.table), table.segments),
+        Compare::ModRevision(keys.epoch(&task.table), table.epoch),
+        Compare::CreateRevision(lineage_key.clone(), 0),
+        leader_compare(keys, leadership),
+    ];
+    compares.extend(manifest_chunks);
+    Txn {
+        compares,
+        ops: vec![
+            Op::put(lineage_key, encode(&done.lineage)),
+            Op::put(keys.history(&task.id), encode(&done.history)),
+            Op::delete(keys.active_task(&task.id)),
+            Op::delete(keys.claim(&task.id)),
+        ],
+    }
+}
+
 /// Attempt numbers from here on name a split window's combined manifests
 /// (`manifests/<raw>/<first sub-task>/a<n>/`): real attempts count from 1.
 pub const GROUP_MANIFEST_ATTEMPT: u32 = 1 << 31;
@@ -238,6 +290,7 @@ pub fn committed(task: &TaskRecord, totals: &ReportTotals, old: Option<&Watermar
         rows_in: totals.rows_in,
         rows_out: totals.rows_out,
         committed_ms: now_ms,
+        late: task.late.clone(),
     };
     let watermark = WatermarkRecord {
         watermark_ms: task.window_end_ms,
@@ -521,6 +574,8 @@ mod tests {
             created_ms: 0,
             end_of_stream: false,
             late: false,
+            late_before_ms: None,
+            window_start_ms: None,
         }
     }
 

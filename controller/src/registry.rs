@@ -6,12 +6,13 @@
 
 use backon::Retryable;
 use futures::{StreamExt, TryStreamExt};
+use r2o_common::config::LateDataPolicy;
 use r2o_common::kv::{Compare, Kv, Op};
 use r2o_common::meta::{
     decode, encode, get_record, now_ms, range_records, Keys, LineageRecord, SegmentMeta, SegmentStatus, WatermarkRecord,
 };
 use r2o_common::store::{canonical_path, object_size, Layout, Store};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use tracing::{info, warn};
 
 use crate::authority::load_table;
@@ -204,6 +205,7 @@ pub async fn add_segments(
                 compares.push(Compare::CreateRevision(key.clone(), 0));
                 let mut m = m.clone();
                 m.late = wm.is_some_and(|w| m.total_docs > 0 && m.start_time_ms < w);
+                m.late_before_ms = if m.late { wm } else { None };
                 if m.late {
                     batch_late.push((m.segment_name.clone(), m.start_time_ms, wm.unwrap_or_default()));
                 }
@@ -236,11 +238,17 @@ pub async fn add_segments(
         info!(table = %raw, segments = metas.len(), rows = metas.iter().map(|m| m.total_docs).sum::<u64>(), "segments added");
     }
     let mut warnings = Vec::new();
+    let policy = spec.flow.late_data_policy;
     for (name, start_ms, w) in late {
-        warn!(table = %raw, segment = %name, start_time_ms = start_ms, watermark_ms = w, "late segment");
+        warn!(table = %raw, segment = %name, start_time_ms = start_ms, watermark_ms = w, policy = policy.name(), "late segment");
+        let fate = match policy {
+            LateDataPolicy::Ignore => "its rows before the watermark will not move to OFFLINE (lateDataPolicy ignore; \
+                 r2o reset --mode flush rebuilds the table)"
+                .to_string(),
+            p => format!("late-data runs move its rows there into the committed windows (lateDataPolicy {})", p.name()),
+        };
         warnings.push(format!(
-            "segment {name} is late: it starts at {}, before the watermark {}; its rows before the watermark will not move \
-             to OFFLINE (committed windows are never redone; use r2o reset --mode flush to rebuild the table)",
+            "segment {name} is late: it starts at {}, before the watermark {}; {fate}",
             r2o_common::window::format_utc(start_ms),
             r2o_common::window::format_utc(w)
         ));
@@ -269,7 +277,7 @@ pub async fn clear_late(kv: &Kv, keys: &Keys, raw: &str) -> Result<()> {
         for (s, entry) in batch {
             let key = keys.segment(&s.table_name, &s.segment_name);
             compares.push(Compare::ModRevision(key.clone(), entry.mod_revision));
-            ops.push(Op::put(key, encode(&SegmentMeta { late: false, ..s.clone() })));
+            ops.push(Op::put(key, encode(&SegmentMeta { late: false, late_before_ms: None, ..s.clone() })));
         }
         ops.push(touch_marker(keys, raw));
         kv.txn(compares, ops).await?;
@@ -309,19 +317,48 @@ pub async fn lineage(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<LineageRecor
     Ok(range_records::<LineageRecord>(kv, &keys.lineages(raw)).await?.into_iter().map(|(l, _)| l).collect())
 }
 
+/// The window a committed manifest entry belongs to: its own record of it,
+/// else (entries written before it was recorded) the lineage's window that
+/// holds its end time, else the lineage's first.
+fn entry_window(entry: &SegmentMeta, lineage: &LineageRecord) -> i64 {
+    entry.window_start_ms.unwrap_or_else(|| {
+        lineage
+            .windows
+            .iter()
+            .find(|w| w.start_ms <= entry.end_time_ms && entry.end_time_ms < w.end_ms)
+            .map_or(lineage.window_start_ms, |w| w.start_ms)
+    })
+}
+
 /// The OFFLINE segments a table holds: the manifests its committed lineage
-/// names (manifests of attempts that never committed are not segments).
+/// names (manifests of attempts that never committed are not segments),
+/// where, per window, the latest `rematerialize` late-data run replaces
+/// every segment committed for that window before it (`append` runs add
+/// theirs). Replaced segments stay in their lineage (their files are kept).
 pub async fn offline_segments(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<SegmentMeta>> {
-    let committed: HashSet<(String, u32)> =
-        lineage(kv, keys, raw).await?.into_iter().map(|l| (l.task_id, l.attempt)).collect();
+    let lineages = lineage(kv, keys, raw).await?;
+    let mut by_attempt: HashMap<(String, u32), &LineageRecord> = HashMap::new();
+    // window start -> commit time of its latest rematerialize run
+    let mut rematerialized: HashMap<i64, i64> = HashMap::new();
+    for l in &lineages {
+        by_attempt.insert((l.task_id.clone(), l.attempt), l);
+        if l.late.as_ref().is_some_and(|r| r.policy == "rematerialize") {
+            let t = rematerialized.entry(l.window_start_ms).or_insert(l.committed_ms);
+            *t = (*t).max(l.committed_ms);
+        }
+    }
     let prefix = keys.manifests(raw);
     let mut out = Vec::new();
     for entry in kv.range(&prefix).await? {
         let mut parts = entry.key[prefix.len()..].split('/');
         let (Some(task), Some(attempt)) = (parts.next(), parts.next()) else { continue };
         let Some(attempt) = attempt.strip_prefix('a').and_then(|a| a.parse::<u32>().ok()) else { continue };
-        if committed.contains(&(task.to_string(), attempt)) {
-            out.extend(decode::<Vec<SegmentMeta>>(&entry)?);
+        let Some(l) = by_attempt.get(&(task.to_string(), attempt)) else { continue };
+        for s in decode::<Vec<SegmentMeta>>(&entry)? {
+            let replaced = rematerialized.get(&entry_window(&s, l)).is_some_and(|latest| l.committed_ms < *latest);
+            if !replaced {
+                out.push(s);
+            }
         }
     }
     Ok(out)

@@ -175,6 +175,8 @@ mod tests {
             created_ms: 0,
             end_of_stream: false,
             late,
+            late_before_ms: None,
+            window_start_ms: None,
         }
     }
 

@@ -453,6 +453,8 @@ mod tests {
             created_ms: 0,
             end_of_stream: false,
             late: false,
+            late_before_ms: None,
+            window_start_ms: None,
         }
     }
 

@@ -268,6 +268,16 @@ impl SubTask {
     }
 }
 
+/// An OFFLINE segment's name: `<raw>_<window start>_<window end>_<part>_<seq>`,
+/// then `_<segmentNamePostfix>` when the config has one (a late-data run's).
+pub fn output_name(spec: &TableSpec, window: &Window, part: &str, seq: usize) -> String {
+    let base = format!("{}_{}_{}_{part}_{seq}", spec.name, window.start_ms, window.end_ms);
+    match &spec.flow.segment_name_postfix {
+        Some(p) => format!("{base}_{p}"),
+        None => base,
+    }
+}
+
 /// FNV-1a, 64 bits: a stable hash (the same on every minion and release).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
@@ -712,7 +722,7 @@ fn process_window(
             result.stats.outputs += 1;
             result.outputs.push(OutputSegment {
                 window_start_ms: window.start_ms,
-                name: format!("{}_{}_{}_{part}_{seq}", spec.name, window.start_ms, window.end_ms, part = part),
+                name: output_name(spec, &window, &part, seq),
                 partition,
                 num_rows: piece.num_rows() as u64,
                 start_time_ms: start,

@@ -546,7 +546,7 @@ impl Sink<'_> {
     fn start(&mut self, partition: i32) -> Result<(), Error> {
         let seq = self.seq.entry(partition).or_default();
         let part = SubTask::name_part(self.split, partition);
-        let name = format!("{}_{}_{}_{part}_{seq}", self.spec.name, self.window.start_ms, self.window.end_ms);
+        let name = crate::processor::output_name(self.spec, &self.window, &part, *seq);
         *seq += 1;
         let location = format!("{}{name}.parquet", self.prefix);
         let writer = AsyncArrowWriter::try_new(
@@ -963,6 +963,8 @@ mod tests {
                 created_ms: 0,
                 end_of_stream: false,
                 late: false,
+                late_before_ms: None,
+                window_start_ms: None,
             };
             out.push((meta, bytes));
         }

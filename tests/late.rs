@@ -1,0 +1,153 @@
+//! Late data against real processes (`lateDataPolicy`): a segment
+//! registered after the watermark passed its rows is moved, not only
+//! reported. `rematerialize` recomputes the window from all its inputs and
+//! replaces its OFFLINE segments (rollup stays exact: one row per group);
+//! `append` (concat) adds the late rows as extra segments; `ignore` keeps
+//! Pinot's behaviour. The watermark never moves back, and bad values are
+//! refused by key.
+
+mod support;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{Cluster, H_MS, T0_MS};
+
+fn schema() -> Value {
+    json!({"schemaName": "s", "dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
+        "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
+        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]})
+}
+
+/// Rows `(key, ts)` with `m = 1`.
+fn rows(keys_and_times: &[(&str, i64)]) -> RecordBatch {
+    RecordBatch::try_from_iter(vec![
+        (
+            "k",
+            Arc::new(StringArray::from(keys_and_times.iter().map(|(k, _)| *k).collect::<Vec<_>>())) as Arc<dyn Array>,
+        ),
+        ("m", Arc::new(Int64Array::from(vec![1; keys_and_times.len()])) as _),
+        ("ts", Arc::new(Int64Array::from(keys_and_times.iter().map(|(_, t)| *t).collect::<Vec<_>>())) as _),
+    ])
+    .unwrap()
+}
+
+/// 10 rows an hour for `hours` hours from T0, keys a and b alternating.
+fn on_time(hours: i64) -> RecordBatch {
+    let v: Vec<(&str, i64)> =
+        (0..hours * 10).map(|i| (if i % 2 == 0 { "a" } else { "b" }, T0_MS + i * H_MS / 10)).collect();
+    rows(&v)
+}
+
+/// Every OFFLINE row as (window hour, key) -> sum of m, and the row count.
+async fn offline(cluster: &Cluster, table: &str) -> (BTreeMap<(i64, String), i64>, usize) {
+    let mut out = BTreeMap::new();
+    let mut n = 0;
+    for b in cluster.offline_batches(table).await {
+        let k = b.column_by_name("k").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+        let m = b.column_by_name("m").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
+        let ts = b.column_by_name("ts").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
+        for i in 0..b.num_rows() {
+            *out.entry(((ts.value(i) - T0_MS).div_euclid(H_MS), k.value(i).to_string())).or_insert(0) += m.value(i);
+            n += 1;
+        }
+    }
+    (out, n)
+}
+
+fn tasks(cluster: &Cluster, table: &str) -> Vec<Value> {
+    let out = cluster.cli(&["tasks", "--table", table, "--output", "json"]);
+    serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
+}
+
+async fn wait_late_run(cluster: &Cluster, table: &str, trigger: &str) {
+    let start = Instant::now();
+    loop {
+        let t = tasks(cluster, table);
+        if t.iter().any(|t| t["trigger"] == json!(trigger) && t["state"] == json!("SUCCEEDED")) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no {trigger} run committed: {t:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rows_are_moved_by_policy() {
+    let cluster = Cluster::start(1, 1);
+    let table = |name: &str, task: Value| {
+        let mut t = support::hourly_table(name, task);
+        t["tableName"] = json!(name);
+        t
+    };
+    cluster.add_table("lr", &table("lr", json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h"})), &schema());
+    cluster.add_table("ca", &table("ca", json!({"mergeType": "concat", "lateDataPolicy": "APPEND"})), &schema());
+    cluster.add_table("ig", &table("ig", json!({"mergeType": "concat", "lateDataPolicy": "ignore"})), &schema());
+    let add = |t: &str, name: &str, batch: &RecordBatch| {
+        let f = cluster.parquet_file(&format!("{t}-{name}.parquet"), batch);
+        let out = cluster.cli_raw(&["segment", "add", "--table", t, "--file", f.to_str().unwrap(), "--name", name]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for t in ["lr", "ca", "ig"] {
+        add(t, "s1", &on_time(3));
+        let w = cluster.wait_idle(t, Duration::from_secs(60)).await;
+        assert_eq!(w.watermark_ms, T0_MS + 3 * H_MS, "{t}: {}", w.next);
+    }
+    let (before, n) = offline(&cluster, "lr").await;
+    assert_eq!((n, before.values().sum::<i64>()), (6, 30), "3 windows x 2 keys: {before:?}");
+
+    // late rows for the window from T0+1h: 4 more of a, 2 of a new key c
+    let late: Vec<(&str, i64)> =
+        (0..6).map(|i| (if i < 4 { "a" } else { "c" }, T0_MS + H_MS + 60_000 * (i + 1))).collect();
+    let said = add("lr", "late", &rows(&late));
+    assert!(said.contains("is late") && said.contains("rematerialize"), "{said}");
+    wait_late_run(&cluster, "lr", "late-rematerialize").await;
+    let (after, n) = offline(&cluster, "lr").await;
+    let mut want = before.clone();
+    *want.get_mut(&(1, "a".into())).unwrap() += 4;
+    want.insert((1, "c".into()), 2);
+    assert_eq!(after, want, "window 1 recomputed from all its inputs");
+    assert_eq!(n, 7, "one row per group: no group split between old and new segments");
+    let names: Vec<String> = cluster.offline_segments("lr").await.into_iter().map(|s| s.name).collect();
+    let window1: Vec<&String> = names.iter().filter(|n| n.starts_with(&format!("lr_{}_", T0_MS + H_MS))).collect();
+    assert!(
+        !window1.is_empty() && window1.iter().all(|n| n.contains("_late")),
+        "window 1's segments are the run's: {names:?}"
+    );
+    let w = cluster.wait_idle("lr", Duration::from_secs(30)).await;
+    assert_eq!(w.watermark_ms, T0_MS + 3 * H_MS, "the watermark does not move back");
+
+    // append (concat): the late rows join window 1 as extra segments
+    let said = add("ca", "late", &rows(&late));
+    assert!(said.contains("append"), "{said}");
+    wait_late_run(&cluster, "ca", "late-append").await;
+    let (ca, n) = offline(&cluster, "ca").await;
+    assert_eq!(n, 36);
+    assert_eq!((ca[&(1, "a".to_string())], ca[&(1, "c".to_string())]), (9, 2));
+    let names: Vec<String> = cluster.offline_segments("ca").await.into_iter().map(|s| s.name).collect();
+    assert_eq!(names.iter().filter(|n| n.contains("_late")).count(), 1, "{names:?}");
+    assert_eq!(names.len(), 4, "the window's first segment stays: {names:?}");
+
+    // ignore: a warning, and the late rows stay in REALTIME
+    let said = add("ig", "late", &rows(&late));
+    assert!(said.contains("will not move"), "{said}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!tasks(&cluster, "ig").iter().any(|t| t["trigger"].as_str().unwrap_or("").starts_with("late")));
+    assert_eq!(offline(&cluster, "ig").await.1, 30);
+
+    // bad values are refused by key
+    for (task, shown) in [
+        (json!({"mergeType": "rollup", "lateDataPolicy": "append"}), "concat"),
+        (json!({"lateDataPolicy": "later"}), "'later'"),
+    ] {
+        let (c, s) = (cluster.dir.path().join("bad.json"), cluster.dir.path().join("bad.schema.json"));
+        std::fs::write(&c, table("bad", task).to_string()).unwrap();
+        std::fs::write(&s, schema().to_string()).unwrap();
+        let out = cluster.cli_raw(&["table", "add", "--config", c.to_str().unwrap(), "--schema", s.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("lateDataPolicy") && err.contains(shown), "{err}");
+    }
+}
