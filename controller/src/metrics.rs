@@ -202,10 +202,13 @@ impl ControllerMetrics {
                     .map(|m| spec.flow.windows().floor(m)),
             };
             if let Some(r) = spec.flow.retention_ms {
+                let settled = match crate::retention::late_settled(kv, keys, &spec).await {
+                    Ok(f) => f,
+                    Err(_) => Box::new(|_: &SegmentMeta| false),
+                };
+                let wm_ms = wm.as_ref().map(|w| w.watermark_ms);
                 let unmoved =
-                    crate::retention::plan_retention(&segments().await, wm.as_ref().map(|w| w.watermark_ms), r, now)
-                        .unmoved
-                        .len();
+                    crate::retention::plan_retention(&segments().await, wm_ms, r, now, &*settled).unmoved.len();
                 self.unmoved_past_retention.with_label_values(&[&raw]).set(unmoved as i64);
                 let deleted = get_record::<RetentionRecord>(kv, &keys.retention(&raw))
                     .await

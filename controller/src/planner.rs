@@ -190,6 +190,26 @@ pub fn plan_late(
     })
 }
 
+/// Whether late segment `s` still owes rows to a committed window (one it
+/// overlaps below `late_before_ms` that no late-data run has moved it into).
+/// Pure.
+pub fn owes_late_rows(
+    flow: &FlowConfig,
+    s: &SegmentMeta,
+    moved: &HashMap<i64, std::collections::HashSet<String>>,
+) -> bool {
+    let Some(before) = s.late_before_ms else { return false };
+    let buckets = flow.windows();
+    let mut w = buckets.containing(s.start_time_ms);
+    while w.start_ms <= s.end_time_ms && w.end_ms <= before && w.end_ms > w.start_ms {
+        if !moved.get(&w.start_ms).is_some_and(|m| m.contains(&s.segment_name)) {
+            return true;
+        }
+        w = buckets.window_at(w.end_ms);
+    }
+    false
+}
+
 /// What the planner decided for one table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {

@@ -42,11 +42,12 @@ pub struct RetentionPlan {
 }
 
 /// Whether every row of `s` is in OFFLINE: an empty DONE segment, or a DONE
-/// segment registered on time (not [`SegmentMeta::late`]) whose end time is
-/// before the watermark `watermark_ms` (ms, exclusive).
-pub fn moved(s: &SegmentMeta, watermark_ms: Option<i64>) -> bool {
+/// segment whose end time is before the watermark `watermark_ms` (ms,
+/// exclusive) and that, if it was registered late, late-data runs have
+/// moved into every committed window it overlapped (`late_settled`).
+pub fn moved(s: &SegmentMeta, watermark_ms: Option<i64>, late_settled: &dyn Fn(&SegmentMeta) -> bool) -> bool {
     s.status == SegmentStatus::Done
-        && (s.total_docs == 0 || (!s.late && watermark_ms.is_some_and(|w| s.end_time_ms < w)))
+        && (s.total_docs == 0 || ((!s.late || late_settled(s)) && watermark_ms.is_some_and(|w| s.end_time_ms < w)))
 }
 
 /// Splits the segments past `retention_ms` at `now_ms` (Pinot's rule:
@@ -58,6 +59,7 @@ pub fn plan_retention(
     watermark_ms: Option<i64>,
     retention_ms: i64,
     now_ms: i64,
+    late_settled: &dyn Fn(&SegmentMeta) -> bool,
 ) -> RetentionPlan {
     let mut plan = RetentionPlan::default();
     for s in segments {
@@ -65,7 +67,7 @@ pub fn plan_retention(
         if !expired {
             continue;
         }
-        if moved(s, watermark_ms) {
+        if moved(s, watermark_ms, late_settled) {
             plan.delete.push(s.clone());
         } else {
             plan.unmoved.push(s.segment_name.clone());
@@ -108,7 +110,8 @@ pub async fn enforce(
     };
     let entries = range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name())).await?;
     let segments: Vec<SegmentMeta> = entries.iter().map(|(s, _)| s.clone()).collect();
-    let plan = plan_retention(&segments, wm, retention_ms, now_ms);
+    let settled = late_settled(kv, keys, spec).await?;
+    let plan = plan_retention(&segments, wm, retention_ms, now_ms, &*settled);
     let mut report = RetentionReport { unmoved: plan.unmoved.len(), ..Default::default() };
     let revision: std::collections::HashMap<&str, i64> =
         entries.iter().map(|(s, e)| (s.segment_name.as_str(), e.mod_revision)).collect();
@@ -152,6 +155,29 @@ pub async fn enforce(
     Ok(report)
 }
 
+/// Which late segments of the table late-data runs have fully moved (none
+/// under `lateDataPolicy` ignore: their rows stay in REALTIME).
+///
+/// # Errors
+/// etcd errors.
+pub async fn late_settled(
+    kv: &Kv,
+    keys: &Keys,
+    spec: &TableSpec,
+) -> Result<Box<dyn Fn(&SegmentMeta) -> bool + Send + Sync>, Error> {
+    if spec.flow.late_data_policy == r2o_common::config::LateDataPolicy::Ignore {
+        return Ok(Box::new(|_| false));
+    }
+    let mut moved: std::collections::HashMap<i64, std::collections::HashSet<String>> = Default::default();
+    for (l, _) in range_records::<r2o_common::meta::LineageRecord>(kv, &keys.lineages(&spec.name)).await? {
+        if let Some(run) = l.late {
+            moved.entry(l.window_start_ms).or_default().extend(run.segments);
+        }
+    }
+    let flow = spec.flow.clone();
+    Ok(Box::new(move |s| !crate::planner::owes_late_rows(&flow, s, &moved)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,18 +218,22 @@ mod tests {
             seg("bad_end_time", 0, 1_000, done, false),
         ];
         let wm = Some(NOW - 6 * DAY);
-        let plan = plan_retention(&segs, wm, 3 * DAY, NOW);
+        let plan = plan_retention(&segs, wm, 3 * DAY, NOW, &|_| false);
         let deleted: Vec<&str> = plan.delete.iter().map(|s| s.segment_name.as_str()).collect();
         assert_eq!(deleted, vec!["old_moved"]);
         assert_eq!(plan.unmoved, vec!["old_straddles_watermark", "old_late", "old_consuming"]);
         // no watermark yet: nothing has moved, nothing is deleted
-        let plan = plan_retention(&segs, None, 3 * DAY, NOW);
+        let plan = plan_retention(&segs, None, 3 * DAY, NOW, &|_| false);
         assert!(plan.delete.is_empty());
         assert_eq!(plan.unmoved.len(), 4);
+        // a late segment goes once late-data runs have moved it everywhere it owed rows
+        let late = [seg("old_late", NOW - 10 * DAY, NOW - 9 * DAY, done, true)];
+        assert_eq!(plan_retention(&late, wm, 3 * DAY, NOW, &|_| true).delete.len(), 1);
+        assert_eq!(plan_retention(&late, wm, 3 * DAY, NOW, &|_| false).unmoved.len(), 1);
         // an empty DONE segment has nothing to move
         let mut empty = seg("empty", NOW - 10 * DAY, NOW - 9 * DAY, done, true);
         empty.total_docs = 0;
-        assert_eq!(plan_retention(&[empty], None, DAY, NOW).delete.len(), 1);
+        assert_eq!(plan_retention(&[empty], None, DAY, NOW, &|_| false).delete.len(), 1);
     }
 
     proptest! {
@@ -224,7 +254,7 @@ mod tests {
                 })
                 .collect();
             let wm = wm_day.map(|d| NOW - 120 * DAY + d * DAY);
-            let plan = plan_retention(&segs, wm, retention_days * DAY, NOW);
+            let plan = plan_retention(&segs, wm, retention_days * DAY, NOW, &|_| false);
             for s in &plan.delete {
                 prop_assert!(NOW - s.end_time_ms > retention_days * DAY);
                 prop_assert!(s.status == SegmentStatus::Done && !s.late);

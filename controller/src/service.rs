@@ -268,7 +268,8 @@ impl ControllerSvc {
             Some(r) => {
                 let (segments, _) = read_segments(kv, keys, raw).await?;
                 let from = wm.as_ref().map(|w| w.watermark_ms);
-                crate::retention::plan_retention(&segments, from, r, now_ms()).unmoved.len() as u64
+                let settled = crate::retention::late_settled(kv, keys, &spec).await?;
+                crate::retention::plan_retention(&segments, from, r, now_ms(), &*settled).unmoved.len() as u64
             }
             None => 0,
         };
