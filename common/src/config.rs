@@ -845,6 +845,20 @@ mod tests {
     }
 
     #[test]
+    fn late_data_policy_and_name_postfix_are_checked() {
+        let policy = |task: Value| TableSpec::from_json(config(task), schema()).map(|t| t.flow.late_data_policy);
+        assert_eq!(policy(json!({})).unwrap(), LateDataPolicy::Rematerialize);
+        assert_eq!(policy(json!({"lateDataPolicy": "Append"})).unwrap(), LateDataPolicy::Append);
+        assert_eq!(policy(json!({"lateDataPolicy": "ignore", "mergeType": "dedup"})).unwrap(), LateDataPolicy::Ignore);
+        let e = policy(json!({"lateDataPolicy": "append", "mergeType": "rollup"})).unwrap_err().to_string();
+        assert!(e.contains("lateDataPolicy") && e.contains("concat"), "{e}");
+        let e = err_of(json!({"segmentNamePostfix": "a b"}));
+        assert!(e.contains("segmentNamePostfix") && e.contains("'a b'"), "{e}");
+        let t = TableSpec::from_json(config(json!({"segmentNamePostfix": "v2"})), schema()).unwrap();
+        assert_eq!(t.flow.segment_name_postfix.as_deref(), Some("v2"));
+    }
+
+    #[test]
     fn retention_is_pinots_unit_and_value() {
         let with = |seg: Value| {
             let mut c = config(json!({}));
