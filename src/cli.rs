@@ -741,6 +741,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                            "segmentsUnmovedPastRetention": w.segments_unmoved_past_retention,
                            "segmentsDeletedByRetention": w.segments_deleted_by_retention,
                            "timeZone": w.time_zone,
+                           "schedule": w.schedule, "lastRunMs": w.last_run_ms, "lastRunTrigger": w.last_run_trigger,
+                           "nextRunMs": w.next_run_ms,
                            "watermarkLocal": if w.exists && !w.time_zone.is_empty() {
                                r2o_common::window::format_in_zone(w.watermark_ms, &w.time_zone)
                            } else { String::new() }})
@@ -763,6 +765,15 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         "watermark: {at}\nwindows committed: {}\nwindows skipped: {}\nrows with a NULL time (not moved): {}\nnext: {}",
                         w.windows_committed, w.windows_skipped, w.rows_null_time, w.next
                     );
+                    if !w.schedule.is_empty() {
+                        let last = if w.last_run_ms > 0 {
+                            format!("{} ({})", format_utc(w.last_run_ms), w.last_run_trigger)
+                        } else {
+                            "none yet".into()
+                        };
+                        let next = if w.next_run_ms > 0 { format_utc(w.next_run_ms) } else { "-".into() };
+                        println!("schedule: {}; last run: {last}; next run: {next}", w.schedule);
+                    }
                     if w.retention_ms > 0 {
                         println!(
                             "retention: {} ms; REALTIME segments deleted by it: {}; past it but kept (rows not moved): {}",
@@ -850,6 +861,10 @@ async fn report(conn: &Conn, table: &str) -> Result<()> {
         "offlineBytes": off.iter().map(|s| s.size_bytes).sum::<u64>(),
         "failedTasks": tasks.iter().filter(|t| t.state == "FAILED").count(),
         "next": w.next,
+        "schedule": w.schedule,
+        "lastRun": if w.last_run_ms > 0 { format_utc(w.last_run_ms) } else { String::new() },
+        "lastRunTrigger": w.last_run_trigger,
+        "nextRun": if w.next_run_ms > 0 { format_utc(w.next_run_ms) } else { String::new() },
     });
     match conn.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
@@ -867,6 +882,15 @@ async fn report(conn: &Conn, table: &str) -> Result<()> {
             );
             println!("  OFFLINE segments     {} ({} rows, {} bytes)", off.len(), v["offlineRows"], v["offlineBytes"]);
             println!("  failed tasks         {}", v["failedTasks"]);
+            if !w.schedule.is_empty() {
+                println!(
+                    "  schedule             {} (last run {} {}, next run {})",
+                    w.schedule,
+                    v["lastRun"].as_str().unwrap_or_default(),
+                    w.last_run_trigger,
+                    v["nextRun"].as_str().unwrap_or_default()
+                );
+            }
             println!("  next                 {}", w.next);
         }
     }

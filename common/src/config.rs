@@ -142,6 +142,9 @@ pub struct FlowConfig {
     /// name; the controller sets it on a late-data run's config snapshot so
     /// the new segments' names differ from those they replace or join.
     pub segment_name_postfix: Option<String>,
+    /// `schedule` (Pinot's task key, Quartz cron): windows are planned in
+    /// runs that start at its fire times (UTC); `None`: continuously.
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 impl FlowConfig {
@@ -427,6 +430,15 @@ impl TableSpec {
                 })
             }
         };
+        let schedule = match text("schedule")? {
+            None => None,
+            Some(t) if t.trim().is_empty() => None,
+            Some(t) => Some(crate::schedule::Schedule::parse(&t).map_err(|why| ConfigError::Invalid {
+                field: format!("{TASK_PATH}.schedule"),
+                value: t.clone(),
+                expected: format!("a Quartz cron expression such as '0 */10 * * * ?' ({why})"),
+            })?),
+        };
         let segment_name_postfix = match text("segmentNamePostfix")? {
             None => None,
             Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => Some(p),
@@ -480,6 +492,7 @@ impl TableSpec {
                 bucket_time_zone,
                 late_data_policy,
                 segment_name_postfix,
+                schedule,
             },
             config_json,
             schema_json,

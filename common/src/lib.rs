@@ -11,6 +11,7 @@ pub mod kv;
 pub mod meta;
 pub mod period;
 pub mod retry;
+pub mod schedule;
 pub mod schema;
 pub mod store;
 pub mod telemetry;

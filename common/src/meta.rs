@@ -685,6 +685,11 @@ impl Keys {
     pub fn segments_marker(&self, raw: &str) -> String {
         format!("{}/segmarks/{raw}", self.prefix)
     }
+    /// `schedules/<raw>`: a scheduled table's runs
+    /// ([`crate::schedule::ScheduleRecord`]).
+    pub fn schedule(&self, raw: &str) -> String {
+        format!("{}/schedules/{raw}", self.prefix)
+    }
     /// `retention/<raw>`: what retention has deleted of the table's
     /// REALTIME segments ([`RetentionRecord`]).
     pub fn retention(&self, raw: &str) -> String {

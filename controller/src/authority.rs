@@ -361,7 +361,7 @@ impl Authority {
             if let Err(e) = self.commit_ready(&raw, leadership).await {
                 warn!(table = %raw, error = %e, "committing staged tasks failed");
             }
-            match self.plan_table(&raw, leadership, "scheduled").await {
+            match self.plan_on_schedule(&raw, leadership).await {
                 Ok(PlanOutcome::Published(ids, _)) => published += ids.len(),
                 Ok(_) => {}
                 Err(e) => warn!(table = %raw, error = %e, "planning failed"),
@@ -533,6 +533,80 @@ impl Authority {
         Ok(Ok((tasks.into_iter().map(|t| t.id).collect(), last.end_ms)))
     }
 
+    /// Plans a table on its `schedule` (Pinot's key): without one,
+    /// continuously ([`Authority::plan_table`]); with one, only inside runs.
+    /// A run starts at a fire time ([`r2o_common::schedule::Schedule::due`];
+    /// the record `schedules/<raw>` says which fire time was last run, so a
+    /// new leader neither repeats nor skips one) and lasts, over planning
+    /// passes, until nothing more is ready and nothing is in flight.
+    async fn plan_on_schedule(&self, raw: &str, leadership: Leadership) -> Result<PlanOutcome> {
+        use r2o_common::schedule::ScheduleRecord;
+        let Some((rec, _)) = get_record::<TableRecord>(&self.kv, &self.keys.table(raw)).await? else {
+            return Err(ControllerError::NotFound(format!("table '{raw}'")));
+        };
+        let spec = TableSpec::from_json(rec.table_config.clone(), rec.schema.clone())?;
+        let Some(schedule) = spec.flow.schedule.clone() else {
+            return self.plan_table(raw, leadership, "scheduled").await;
+        };
+        if rec.paused {
+            return Ok(PlanOutcome::Paused);
+        }
+        let key = self.keys.schedule(raw);
+        let (mut s, mut rev) = match get_record::<ScheduleRecord>(&self.kv, &key).await? {
+            Some((s, e)) => (s, e.mod_revision),
+            None => (ScheduleRecord { last_fire_ms: rec.created_ms, ..Default::default() }, 0),
+        };
+        let now = now_ms();
+        if !s.active {
+            let Some(fire) = schedule.due(s.last_fire_ms, now) else {
+                let next =
+                    schedule.next_after(s.last_fire_ms.max(now)).map_or("never".into(), r2o_common::window::format_utc);
+                return Ok(PlanOutcome::Wait(format!("on schedule '{}': the next run is at {next}", schedule.text())));
+            };
+            s = ScheduleRecord { last_fire_ms: fire, last_run_ms: now, last_trigger: "scheduled".into(), active: true };
+            rev = match self.put_schedule(raw, &s, rev, leadership).await? {
+                Some(r) => r,
+                None => return Ok(PlanOutcome::Wait("the schedule record changed; planning again".into())),
+            };
+            info!(table = %raw, schedule = schedule.text(), fire_ms = fire, "scheduled run started");
+        }
+        let trigger = if s.last_trigger == "manual" { "manual" } else { "scheduled" };
+        let outcome = self.plan_table(raw, leadership, trigger).await?;
+        if matches!(outcome, PlanOutcome::Wait(_)) && open_tasks(&self.kv, &self.keys, raw).await?.0.is_empty() {
+            s.active = false;
+            if self.put_schedule(raw, &s, rev, leadership).await?.is_some() {
+                info!(table = %raw, schedule = schedule.text(), "scheduled run ended: nothing more is ready");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Writes a table's schedule record if it is still at `rev` and this
+    /// controller leads; its new revision, or `None` when it changed.
+    async fn put_schedule(
+        &self,
+        raw: &str,
+        s: &r2o_common::schedule::ScheduleRecord,
+        rev: i64,
+        leadership: Leadership,
+    ) -> Result<Option<i64>> {
+        let key = self.keys.schedule(raw);
+        let ok = self
+            .kv
+            .txn(
+                vec![
+                    Compare::ModRevision(key.clone(), rev),
+                    Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
+                ],
+                vec![Op::put(key.clone(), encode(s))],
+            )
+            .await?;
+        if !ok {
+            return Ok(None);
+        }
+        Ok(self.kv.get(&key).await?.map(|e| e.mod_revision))
+    }
+
     /// Late segments moved into each committed window by late-data runs
     /// (window start -> segment names), from the table's lineage.
     async fn moved_late(&self, raw: &str) -> Result<HashMap<i64, std::collections::HashSet<String>>> {
@@ -566,7 +640,8 @@ impl Authority {
         if open.iter().any(|(t, _)| t.late.is_some()) {
             return Ok(false);
         }
-        let (segments, segments_rev) = read_segments(&self.kv, &self.keys, raw).await?;
+        // the leader's segment cache: one small read while nothing changed
+        let (segments, segments_rev) = self.segments.get(&self.kv, &self.keys, raw).await?;
         if !segments.iter().any(|s| s.late_before_ms.is_some()) {
             return Ok(false);
         }
@@ -673,6 +748,32 @@ impl Authority {
     /// Run now: plans `raw` at once (leader only; the planner's rules hold).
     pub async fn run_now(&self, raw: &str) -> Result<PlanOutcome> {
         let leadership = self.leadership()?;
+        // a scheduled table gets a manual run: planned over the next passes
+        // until nothing more is ready, like a scheduled one
+        if let Some((rec, _)) = get_record::<TableRecord>(&self.kv, &self.keys.table(raw)).await? {
+            if !rec.paused
+                && TableSpec::from_json(rec.table_config, rec.schema).is_ok_and(|s| s.flow.schedule.is_some())
+            {
+                let key = self.keys.schedule(raw);
+                let (s, rev) = match get_record::<r2o_common::schedule::ScheduleRecord>(&self.kv, &key).await? {
+                    Some((s, e)) => (s, e.mod_revision),
+                    None => {
+                        (r2o_common::schedule::ScheduleRecord { last_fire_ms: rec.created_ms, ..Default::default() }, 0)
+                    }
+                };
+                let s = r2o_common::schedule::ScheduleRecord {
+                    last_run_ms: now_ms(),
+                    last_trigger: "manual".into(),
+                    active: true,
+                    ..s
+                };
+                if self.put_schedule(raw, &s, rev, leadership).await?.is_none() {
+                    return Err(ControllerError::Conflict(format!(
+                        "the schedule of table '{raw}' changed meanwhile; run it again"
+                    )));
+                }
+            }
+        }
         self.plan_table(raw, leadership, "manual").await
     }
 

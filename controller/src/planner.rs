@@ -520,6 +520,7 @@ mod tests {
             bucket_time_zone: None,
             late_data_policy: r2o_common::config::LateDataPolicy::Rematerialize,
             segment_name_postfix: None,
+            schedule: None,
             time_column: "ts".into(),
             sorted_column: None,
             partitioning: None,

@@ -227,7 +227,25 @@ impl ControllerSvc {
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
         let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?.map(|(w, _)| w);
         let (open, _) = open_tasks(kv, keys, raw).await?;
-        let paused = get_record::<TableRecord>(kv, &keys.table(raw)).await?.is_some_and(|(r, _)| r.paused);
+        let table_rec = get_record::<TableRecord>(kv, &keys.table(raw)).await?.map(|(r, _)| r);
+        let paused = table_rec.as_ref().is_some_and(|r| r.paused);
+        // (last run ms, trigger, a run is going on or due now, next run ms)
+        let sched = match &spec.flow.schedule {
+            None => None,
+            Some(s) => {
+                let rec = get_record::<r2o_common::schedule::ScheduleRecord>(kv, &keys.schedule(raw))
+                    .await?
+                    .map(|(r, _)| r)
+                    .unwrap_or(r2o_common::schedule::ScheduleRecord {
+                        last_fire_ms: table_rec.as_ref().map_or(0, |r| r.created_ms),
+                        ..Default::default()
+                    });
+                let now = now_ms();
+                let running = rec.active || s.due(rec.last_fire_ms, now).is_some();
+                let next = if rec.active { 0 } else { s.next_after(rec.last_fire_ms.max(now)).unwrap_or(0) };
+                Some((rec.last_run_ms, rec.last_trigger, running, next))
+            }
+        };
         let mut idle = false;
         let next = if let Some((t, _)) = open.first() {
             let counts = |state: r2o_common::meta::TaskState| open.iter().filter(|(t, _)| t.state == state).count();
@@ -247,6 +265,13 @@ impl ControllerSvc {
         } else if paused {
             idle = true;
             "paused: no window is planned until the flow is resumed (r2o resume)".to_string()
+        } else if let Some(at) = sched.as_ref().filter(|s| !s.2).map(|s| s.3) {
+            idle = true;
+            format!(
+                "on schedule '{}': the next run is at {} (r2o run-now plans before it)",
+                spec.flow.schedule.as_ref().map(|s| s.text()).unwrap_or_default(),
+                if at > 0 { r2o_common::window::format_utc(at) } else { "never".into() }
+            )
         } else {
             let (segments, _) = read_segments(kv, keys, raw).await?;
             let from = wm.as_ref().map(|w| w.watermark_ms);
@@ -278,6 +303,10 @@ impl ControllerSvc {
             .map_or(0, |(r, _)| r.deleted_segments);
         Ok(pb::GetWatermarkResponse {
             retention_ms: spec.flow.retention_ms.unwrap_or(0),
+            schedule: spec.flow.schedule.as_ref().map(|s| s.text().to_string()).unwrap_or_default(),
+            last_run_ms: sched.as_ref().map_or(0, |s| s.0),
+            last_run_trigger: sched.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
+            next_run_ms: sched.as_ref().map_or(0, |s| s.3),
             time_zone: spec.flow.bucket_time_zone.as_ref().and_then(|z| z.iana_name()).unwrap_or_default().to_string(),
             segments_unmoved_past_retention: unmoved,
             segments_deleted_by_retention: deleted,
