@@ -210,16 +210,10 @@ async fn exactly_once_under_faults() {
     .unwrap();
     let fa_file = d.join("fa.parquet");
     write_parquet(&fa_file, &batch);
-    cluster.cli(&[
-        "ingest",
-        "--table",
-        "fa",
-        "--file",
-        fa_file.to_str().unwrap(),
-        "--rows-per-segment",
-        "10000",
-        "--seal-last",
-    ]);
+    cluster.cli(&["ingest", "--table", "fa", "--file", fa_file.to_str().unwrap(), "--rows-per-segment", "10000"]);
+    // fa's last segment stays CONSUMING (its last window waits) until every
+    // kind of fault has landed: on a fast machine the flow would otherwise
+    // finish before the last kind's turn
     // table fr: 60,000 rows of 5 keys (rolled up per key and hour); fd: 30,000 rows, each twice
     let fr_rows: Vec<(String, i64, i64)> = (0..60_000i64)
         .map(|i| (keys[(i % 5) as usize].to_string(), i % 13 - 3, T0_MS + rng.random_range(0..HOURS * H_MS)))
@@ -292,7 +286,18 @@ async fn exactly_once_under_faults() {
     plan.shuffle(&mut rng);
     let start = Instant::now();
     let mut n = 0usize;
+    let mut fa_sealed = false;
     loop {
+        if !fa_sealed && KINDS.iter().all(|k| while_moving.contains_key(k)) {
+            // (through the CLI: a controller may be between leaders; then try again)
+            let listed = cluster.cli_raw(&["segment", "list", "--table", "fa", "--output", "json"]);
+            let segs: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+            let tail = segs.iter().find(|s| s["status"] == "CONSUMING").and_then(|s| s["segmentName"].as_str());
+            if let Some(name) = tail {
+                let out = cluster.cli_raw(&["segment", "seal", "--table", "fa", "--segment", name, "--end-of-stream"]);
+                fa_sealed = out.status.success();
+            }
+        }
         let mut wm = i64::MAX;
         for t in ["fa", "fr", "fd"] {
             wm = wm.min(watermark(&cluster, t).await.map(|w| w.watermark_ms).unwrap_or(0));

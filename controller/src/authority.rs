@@ -127,6 +127,21 @@ pub fn inputs_problem(windows: &[r2o_common::window::Window], inputs: usize, n: 
     })
 }
 
+/// What a freshly planned task is made of (see [`Authority::new_task`]).
+struct NewTask<'a> {
+    id: TaskId,
+    from_ms: i64,
+    windows: Vec<r2o_common::window::Window>,
+    skipped_windows: u64,
+    epoch_revision: i64,
+    inputs: &'a [SegmentMeta],
+    input_chunks: u32,
+    segments_revision: i64,
+    table_config: serde_json::Value,
+    trigger: String,
+    late: Option<r2o_common::meta::LateRun>,
+}
+
 /// The OFFLINE segments a completion report stages, as manifest entries.
 fn offline_metas(spec: &TableSpec, req: &pb::CompleteTaskRequest, now: i64) -> Vec<SegmentMeta> {
     req.outputs
@@ -462,53 +477,22 @@ impl Authority {
         let last = *windows.last().expect("a run has windows");
         let id = TaskId::new(raw, first.start_ms, now);
         let input_chunks = encoded_inputs.len() as u32;
-        let task = TaskRecord {
-            id: id.clone(),
-            table: raw.to_string(),
-            from_ms,
-            window_start_ms: first.start_ms,
-            window_end_ms: last.end_ms,
-            windows: windows.clone(),
-            skipped_windows,
-            epoch_revision: epoch_rev,
-            input_count: inputs.len() as u64,
-            input_chunks,
-            input_rows: inputs.iter().map(|s| s.total_docs).sum(),
-            input_bytes: inputs.iter().map(|s| s.size_bytes).sum(),
-            segments_revision: segments_rev,
-            table_config: spec.config_json.clone(),
-            schema: spec.schema_json.clone(),
-            state: TaskState::Pending,
-            attempt: 0,
-            minion: String::new(),
-            created_ms: now,
-            started_ms: 0,
-            finished_ms: 0,
-            errors: vec![],
-            trigger: trigger.to_string(),
-            rows_in: 0,
-            rows_out: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            rows_null_time: 0,
-            output_count: 0,
-            staged_attempt: 0,
-            staged_chunks: 0,
-            window_stats: vec![],
-            max_attempts: spec.flow.max_attempts_per_task.unwrap_or(self.cfg.max_attempts).max(1),
-            timeout_ms: spec.flow.timeout_ms.unwrap_or(self.cfg.default_timeout_ms),
-            not_before_ms: 0,
-            round_start_attempt: 0,
-            failed_rounds: 0,
-            retry_at_ms: 0,
-            sub_task: 0,
-            sub_tasks: 0,
-            group: String::new(),
-            inputs_of: String::new(),
-            input_from: 0,
-            input_to: 0,
-            late: None,
-        };
+        let task = self.new_task(
+            spec,
+            NewTask {
+                id: id.clone(),
+                from_ms,
+                windows: windows.clone(),
+                skipped_windows,
+                epoch_revision: epoch_rev,
+                inputs: &inputs,
+                input_chunks,
+                segments_revision: segments_rev,
+                table_config: spec.config_json.clone(),
+                trigger: trigger.to_string(),
+                late: None,
+            },
+        );
         // one window past the per-task budget: its sub-tasks, published together
         let hosts = self.minion_hosts().await?;
         let tasks = sub_tasks(task, &inputs, split_window(spec.flow.merge_type, &windows, &inputs, &budget, hosts));
@@ -672,30 +656,62 @@ impl Authority {
             block["segmentNamePostfix"] = serde_json::Value::String(format!("late{now}"));
         }
         let encoded = chunks::encode_all(&inputs);
-        let task = TaskRecord {
-            id: id.clone(),
-            table: raw.to_string(),
-            from_ms: window.start_ms,
-            window_start_ms: window.start_ms,
-            window_end_ms: window.end_ms,
-            windows: vec![window],
-            skipped_windows: 0,
-            epoch_revision: epoch_rev,
-            input_count: inputs.len() as u64,
-            input_chunks: encoded.len() as u32,
-            input_rows: inputs.iter().map(|s| s.total_docs).sum(),
-            input_bytes: inputs.iter().map(|s| s.size_bytes).sum(),
-            segments_revision: segments_rev,
-            table_config: config,
+        let task = self.new_task(
+            &spec,
+            NewTask {
+                id: id.clone(),
+                from_ms: window.start_ms,
+                windows: vec![window],
+                skipped_windows: 0,
+                epoch_revision: epoch_rev,
+                inputs: &inputs,
+                input_chunks: encoded.len() as u32,
+                segments_revision: segments_rev,
+                table_config: config,
+                trigger: format!("late-{}", run.policy),
+                late: Some(run.clone()),
+            },
+        );
+        let input_revs = chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded).await?;
+        if !protocol::publish_late(&self.keys, &task, leadership, input_revs).apply(&self.kv).await? {
+            let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
+            return Ok(false);
+        }
+        info!(table = %raw, task = %id, policy = %run.policy, window_start_ms = window.start_ms, window_end_ms = window.end_ms, late_segments = run.segments.len(), inputs = inputs.len(), "late-data run published");
+        Ok(true)
+    }
+
+    /// A PENDING task record with no attempt yet; attempts and timeout from
+    /// the table (`maxAttemptsPerTask`, `timeoutMs`) or the cluster.
+    fn new_task(&self, spec: &TableSpec, n: NewTask<'_>) -> TaskRecord {
+        let first =
+            n.windows.first().copied().unwrap_or(r2o_common::window::Window { start_ms: n.from_ms, end_ms: n.from_ms });
+        let last = n.windows.last().copied().unwrap_or(first);
+        let created_ms = n.id.created_ms;
+        TaskRecord {
+            table: n.id.table.clone(),
+            id: n.id,
+            from_ms: n.from_ms,
+            window_start_ms: first.start_ms,
+            window_end_ms: last.end_ms,
+            windows: n.windows,
+            skipped_windows: n.skipped_windows,
+            epoch_revision: n.epoch_revision,
+            input_count: n.inputs.len() as u64,
+            input_chunks: n.input_chunks,
+            input_rows: n.inputs.iter().map(|s| s.total_docs).sum(),
+            input_bytes: n.inputs.iter().map(|s| s.size_bytes).sum(),
+            segments_revision: n.segments_revision,
+            table_config: n.table_config,
             schema: spec.schema_json.clone(),
             state: TaskState::Pending,
             attempt: 0,
             minion: String::new(),
-            created_ms: now,
+            created_ms,
             started_ms: 0,
             finished_ms: 0,
             errors: vec![],
-            trigger: format!("late-{}", run.policy),
+            trigger: n.trigger,
             rows_in: 0,
             rows_out: 0,
             bytes_in: 0,
@@ -717,15 +733,8 @@ impl Authority {
             inputs_of: String::new(),
             input_from: 0,
             input_to: 0,
-            late: Some(run.clone()),
-        };
-        let input_revs = chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded).await?;
-        if !protocol::publish_late(&self.keys, &task, leadership, input_revs).apply(&self.kv).await? {
-            let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
-            return Ok(false);
+            late: n.late,
         }
-        info!(table = %raw, task = %id, policy = %run.policy, window_start_ms = window.start_ms, window_end_ms = window.end_ms, late_segments = run.segments.len(), inputs = inputs.len(), "late-data run published");
-        Ok(true)
     }
 
     /// Records why `raw`'s ready window cannot be published: a warning when

@@ -20,6 +20,13 @@ use crate::error::{ControllerError, Result};
 use crate::planner::{plan, Decision};
 use crate::registry;
 
+/// Parses a JSON document of a request (`what`: "table config", "schema").
+fn parse_json(what: &str, text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+        ControllerError::Config(r2o_common::ConfigError::Malformed { what: what.into(), message: e.to_string() })
+    })
+}
+
 /// gRPC front of the controller.
 #[derive(Clone)]
 pub struct ControllerSvc {
@@ -57,16 +64,8 @@ impl ControllerSvc {
     }
 
     async fn add_table(&self, req: pb::AddTableRequest) -> Result<pb::AddTableResponse> {
-        let parse = |what: &str, text: &str| {
-            serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
-                ControllerError::Config(r2o_common::ConfigError::Malformed {
-                    what: what.into(),
-                    message: e.to_string(),
-                })
-            })
-        };
-        let config = parse("table config", &req.table_config_json)?;
-        let schema = parse("schema", &req.schema_json)?;
+        let config = parse_json("table config", &req.table_config_json)?;
+        let schema = parse_json("schema", &req.schema_json)?;
         let spec = TableSpec::from_json(config.clone(), schema.clone())?;
         let key = self.auth.keys.table(&spec.name);
         let rec = TableRecord {
@@ -92,16 +91,8 @@ impl ControllerSvc {
     /// under the old one); the record is replaced in one transaction that
     /// checks it and the table's epoch did not change.
     async fn update_table(&self, req: pb::UpdateTableRequest) -> Result<pb::UpdateTableResponse> {
-        let parse = |what: &str, text: &str| {
-            serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
-                ControllerError::Config(r2o_common::ConfigError::Malformed {
-                    what: what.into(),
-                    message: e.to_string(),
-                })
-            })
-        };
-        let config = parse("table config", &req.table_config_json)?;
-        let schema = parse("schema", &req.schema_json)?;
+        let config = parse_json("table config", &req.table_config_json)?;
+        let schema = parse_json("schema", &req.schema_json)?;
         let new = TableSpec::from_json(config.clone(), schema.clone())?;
         let raw = new.name.clone();
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
