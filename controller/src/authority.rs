@@ -1223,13 +1223,13 @@ impl Authority {
             }
             let (wm, wm_rev) = self.watermark(&task.table).await?;
             let position = wm.as_ref().map_or(task.from_ms, |w| w.watermark_ms);
-            if let Some(run) = &task.late {
+            let segments_rev = if task.late.is_some() {
                 // a late-data run: still what its window needs?
                 let (segments, rev) = read_segments(&self.kv, &self.keys, &task.table).await?;
                 let moved = self.moved_late(&task.table).await?;
                 let still = plan_late(&spec.flow, &segments, &moved, task.windows.first().copied());
                 let same = still.as_ref().is_some_and(|p| {
-                    &p.run == run
+                    Some(&p.run) == task.late.as_ref()
                         && p.inputs.iter().map(|s| &s.segment_name).eq(window_inputs.iter().map(|s| &s.segment_name))
                 });
                 if !same {
@@ -1242,44 +1242,25 @@ impl Authority {
                     }
                     continue;
                 }
-                let (evidence, input_footers) =
-                    validate::gather(&self.store, &self.footers, &req.outputs, &inputs).await?;
-                if let Err(why) = validate::check(&task, &spec, &self.layout, &inputs, &input_footers, req, &evidence) {
-                    let msg = format!("validation failed: {why}");
-                    if !self.attempt_failed(task, &revs, leadership, req.attempt, &msg).await? {
-                        continue;
+                rev
+            } else {
+                if task.from_ms < position {
+                    let reason =
+                        format!("its range starts at {} but the watermark is already {position}", task.from_ms);
+                    match self.supersede(&task, revs.task, epoch_rev, leadership, &reason).await? {
+                        Some(e) => return Err(e),
+                        None => continue,
                     }
-                    return Err(ControllerError::Validation(format!("task {id} attempt {}: {why}", req.attempt)));
                 }
-                let now = now_ms();
-                let outputs = offline_metas(&spec, req, now);
-                let manifest = chunks::write(&self.kv, &self.keys.manifest(&id, req.attempt), &outputs).await?;
-                let totals = report_totals(req, &outputs, manifest.len() as u32);
-                let done = protocol::committed(&task, &totals, None, now);
-                let table_revs = TableRevs { watermark: wm_rev, segments: rev, epoch: epoch_rev };
-                let txn = protocol::commit_late(&self.keys, &task, &revs, table_revs, leadership, manifest, &done);
-                if !txn.apply(&self.kv).await? {
-                    continue;
+                let (segments_rev, changed) = self.plan_changed(&task, &spec, &window_inputs).await?;
+                if let Some(reason) = changed {
+                    match self.supersede(&task, revs.task, epoch_rev, leadership, &reason).await? {
+                        Some(e) => return Err(e),
+                        None => continue,
+                    }
                 }
-                self.observe(&task, req, now);
-                info!(table = %task.table, task = %id, policy = %run.policy, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = totals.rows_in, rows_out = totals.rows_out, segments = totals.outputs, "late-data run committed");
-                self.replan.notify_one();
-                return Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: position, staged: false });
-            }
-            if task.from_ms < position {
-                let reason = format!("its range starts at {} but the watermark is already {position}", task.from_ms);
-                match self.supersede(&task, revs.task, epoch_rev, leadership, &reason).await? {
-                    Some(e) => return Err(e),
-                    None => continue,
-                }
-            }
-            let (segments_rev, changed) = self.plan_changed(&task, &spec, &window_inputs).await?;
-            if let Some(reason) = changed {
-                match self.supersede(&task, revs.task, epoch_rev, leadership, &reason).await? {
-                    Some(e) => return Err(e),
-                    None => continue,
-                }
-            }
+                segments_rev
+            };
 
             // validate against the inputs and the staged files themselves
             let (evidence, input_footers) = validate::gather(&self.store, &self.footers, &req.outputs, &inputs).await?;
@@ -1304,6 +1285,19 @@ impl Authority {
                 Err(e) => return Err(e.into()),
             };
             let totals = report_totals(req, &outputs, manifest.len() as u32);
+            if let Some(run) = &task.late {
+                // a late-data run commits now: its window is behind the watermark
+                let done = protocol::committed(&task, &totals, None, now);
+                let table_revs = TableRevs { watermark: wm_rev, segments: segments_rev, epoch: epoch_rev };
+                let txn = protocol::commit_late(&self.keys, &task, &revs, table_revs, leadership, manifest, &done);
+                if !txn.apply(&self.kv).await? {
+                    continue;
+                }
+                self.observe(&task, req, now);
+                info!(table = %task.table, task = %id, policy = %run.policy, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, rows_in = totals.rows_in, rows_out = totals.rows_out, segments = totals.outputs, "late-data run committed");
+                self.replan.notify_one();
+                return Ok(pb::CompleteTaskResponse { committed: true, watermark_ms: position, staged: false });
+            }
             if task.from_ms > position || task.is_sub_task() {
                 // tasks before it have not committed, or it is one sub-task of its
                 // window (the window commits when all are staged): keep its outputs staged
