@@ -8,7 +8,7 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
-use support::{hourly_rows, hourly_table, metric_schema, Cluster};
+use support::{hourly_rows, hourly_table, http_get, metric, metric_schema, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_flow_keeps_its_data_unless_purged() {
@@ -36,10 +36,14 @@ async fn a_deleted_flow_keeps_its_data_unless_purged() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not paused") && err.contains("r2o pause"), "{err}");
 
+    let series = "r2o_table_watermark_ms{table=\"keep\"}";
+    let scrape = || http_get(cluster.controllers[0].http_port, "/metrics").1;
+    assert!(metric(&scrape(), series).is_some(), "the table has metrics while it exists");
     cluster.cli(&["pause", "--table", "keep"]);
     let out = cluster.cli(&["table", "delete", "--table", "keep"]);
     assert!(out.contains("stays in place") && out.contains("3 OFFLINE segment(s) (30 rows"), "{out}");
     assert!(!cluster.cli(&["table", "list"]).contains("keep"));
+    assert_eq!(metric(&scrape(), series), None, "a deleted table's series go with it");
     tokio::time::sleep(Duration::from_secs(4)).await; // janitor sweeps
     for f in &files {
         assert!(f.exists(), "{} kept", f.display());

@@ -105,10 +105,14 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
     // poison bad's middle segment in the store, then let the segments complete
     let poisoned = cluster.segment_file("bad", "bad__0__1").await;
     std::fs::write(&poisoned, b"PAR1 this is not parquet PAR1").unwrap();
+    // sealed while paused, so that the first task covers all three windows
+    // (a planning pass between two seals would plan the first window alone)
     for t in ["good", "bad"] {
+        cluster.cli(&["pause", "--table", t]);
         for h in 0..3 {
             cluster.cli(&["segment", "seal", "--table", t, "--segment", &format!("{t}__0__{h}")]);
         }
+        cluster.cli(&["resume", "--table", t]);
     }
 
     // the other table keeps moving to the end

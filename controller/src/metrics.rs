@@ -178,7 +178,24 @@ impl ControllerMetrics {
         };
         let active = range_records::<TaskRecord>(kv, &keys.active_tasks()).await.unwrap_or_default();
         let now = now_ms();
+        // every per-table series is set again below from etcd: a deleted
+        // table's series disappear with it
         self.tasks.reset();
+        self.watermark_ms.reset();
+        self.lag_seconds.reset();
+        self.unmoved_past_retention.reset();
+        for c in [
+            &self.windows_committed,
+            &self.windows_skipped,
+            &self.rows_in,
+            &self.rows_out,
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.rows_null_time,
+            &self.retention_deleted,
+        ] {
+            c.reset();
+        }
         for (rec, entry) in tables {
             let raw = entry.key.rsplit('/').next().unwrap_or_default().to_string();
             let Ok(spec) = TableSpec::from_json(rec.table_config, rec.schema) else { continue };
