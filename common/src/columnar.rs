@@ -13,7 +13,7 @@ use parquet::file::properties::WriterProperties;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::schema::{Schema, TimeFormat};
+use crate::schema::{FieldKind, Schema, TimeFormat};
 
 fn seg_err(segment: &str, problem: impl Into<String>) -> Error {
     Error::Segment { segment: segment.to_string(), problem: problem.into() }
@@ -131,6 +131,77 @@ pub fn conform_batch(
         }
     }
     RecordBatch::try_new(target.clone(), columns).map_err(|e| seg_err(segment, e.to_string()))
+}
+
+/// The staged-data checks on rows about to be moved (GOE checks staged data
+/// before it is published): no NULL in a column whose field spec says
+/// `notNull`, and no NaN in a FLOAT or DOUBLE metric unless `allow_nan`.
+/// `time_column` (epoch values as stored) locates the first offenders.
+///
+/// # Errors
+/// [`Error::Segment`] naming `segment`, the check, the column, how many rows
+/// fail it and the time values of the first (at most 3) of them.
+pub fn check_rows(
+    segment: &str,
+    batch: &RecordBatch,
+    schema: &Schema,
+    time_column: &str,
+    allow_nan: bool,
+) -> Result<()> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float32Type, Float64Type};
+    let times = batch.column_by_name(time_column).and_then(|c| cast(c, &ArrowType::Int64).ok());
+    let first = |rows: &[usize]| -> String {
+        let shown: Vec<String> = rows
+            .iter()
+            .take(3)
+            .map(|&i| match times.as_ref().map(|t| t.as_primitive::<arrow::datatypes::Int64Type>()) {
+                Some(t) if t.is_valid(i) => format!("{time_column}={}", t.value(i)),
+                _ => format!("row {i}"),
+            })
+            .collect();
+        shown.join(", ")
+    };
+    for f in &schema.fields {
+        let Some(col) = batch.column_by_name(&f.name) else { continue };
+        if f.not_null && col.null_count() > 0 {
+            let rows: Vec<usize> = (0..col.len()).filter(|&i| col.is_null(i)).collect();
+            return Err(seg_err(
+                segment,
+                format!(
+                    "staged-data check notNull failed: column '{}' is NULL in {} row(s) (first: {})",
+                    f.name,
+                    rows.len(),
+                    first(&rows)
+                ),
+            ));
+        }
+        if !allow_nan && f.kind == FieldKind::Metric {
+            let rows: Vec<usize> = match col.data_type() {
+                ArrowType::Float32 => {
+                    let a = col.as_primitive::<Float32Type>();
+                    (0..a.len()).filter(|&i| a.is_valid(i) && a.value(i).is_nan()).collect()
+                }
+                ArrowType::Float64 => {
+                    let a = col.as_primitive::<Float64Type>();
+                    (0..a.len()).filter(|&i| a.is_valid(i) && a.value(i).is_nan()).collect()
+                }
+                _ => vec![],
+            };
+            if !rows.is_empty() {
+                return Err(seg_err(
+                    segment,
+                    format!(
+                        "staged-data check NaN failed: metric '{}' is NaN in {} row(s) (first: {}); set allowNaN to move them",
+                        f.name,
+                        rows.len(),
+                        first(&rows)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a Parquet segment into batches of the table's Arrow schema.

@@ -145,6 +145,9 @@ pub struct FlowConfig {
     /// `schedule` (Pinot's task key, Quartz cron): windows are planned in
     /// runs that start at its fire times (UTC); `None`: continuously.
     pub schedule: Option<crate::schedule::Schedule>,
+    /// `allowNaN` (r2o's task key): NaN values in FLOAT and DOUBLE metrics
+    /// may be moved; `false` (default): a window holding one is not committed.
+    pub allow_nan: bool,
 }
 
 impl FlowConfig {
@@ -430,6 +433,17 @@ impl TableSpec {
                 })
             }
         };
+        let allow_nan = match text("allowNaN")?.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    field: format!("{TASK_PATH}.allowNaN"),
+                    value: text("allowNaN")?.unwrap_or_default(),
+                    expected: "true or false".into(),
+                })
+            }
+        };
         let schedule = match text("schedule")? {
             None => None,
             Some(t) if t.trim().is_empty() => None,
@@ -493,6 +507,7 @@ impl TableSpec {
                 late_data_policy,
                 segment_name_postfix,
                 schedule,
+                allow_nan,
             },
             config_json,
             schema_json,

@@ -180,6 +180,9 @@ pub struct FieldSpec {
     pub time_format: Option<TimeFormat>,
     /// Pinot's `defaultNullValue`, as given (used to fill a column missing from ingested files).
     pub default_null_value: Option<Value>,
+    /// Pinot's `notNull`: a window holding a NULL in this column is not
+    /// committed (the staged-data check fails its attempt).
+    pub not_null: bool,
 }
 
 /// A Pinot schema as r2o uses it. Column order: dimensions, metrics, date-times.
@@ -211,6 +214,7 @@ struct RawField {
     format: Option<String>,
     single_value_field: Option<bool>,
     default_null_value: Option<Value>,
+    not_null: Option<bool>,
 }
 
 impl Schema {
@@ -267,7 +271,14 @@ impl Schema {
                         expected: "a column name not used twice".into(),
                     });
                 }
-                fields.push(FieldSpec { name, data_type, kind, time_format, default_null_value: f.default_null_value });
+                fields.push(FieldSpec {
+                    name,
+                    data_type,
+                    kind,
+                    time_format,
+                    default_null_value: f.default_null_value,
+                    not_null: f.not_null.unwrap_or(false),
+                });
             }
         }
         if fields.is_empty() {

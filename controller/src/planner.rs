@@ -521,6 +521,7 @@ mod tests {
             late_data_policy: r2o_common::config::LateDataPolicy::Rematerialize,
             segment_name_postfix: None,
             schedule: None,
+            allow_nan: false,
             time_column: "ts".into(),
             sorted_column: None,
             partitioning: None,

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use r2o_common::columnar::{read_segment_in, time_ms, time_range_ms, write_parquet, TimeFilter};
+use r2o_common::columnar::{check_rows, read_segment_in, time_ms, time_range_ms, write_parquet, TimeFilter};
 use r2o_common::config::{AggregationType, MergeType, TableSpec};
 use r2o_common::schema::{DataType, FieldKind, Schema, TimeFormat};
 use r2o_common::window::{floor_to_bucket, Window};
@@ -745,6 +745,7 @@ fn split_by_window(
     ms: &Int64Array,
     windows: &[Window],
     out: &mut [Vec<RecordBatch>],
+    spec: &TableSpec,
 ) -> Result<(), Error> {
     let range = Window { start_ms: windows[0].start_ms, end_ms: windows[windows.len() - 1].end_ms };
     let mut rows: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
@@ -767,11 +768,13 @@ fn split_by_window(
         }
     }
     for (i, idx) in rows {
-        if idx.len() == batch.num_rows() {
-            out[i].push(batch.clone());
+        let piece = if idx.len() == batch.num_rows() {
+            batch.clone()
         } else {
-            out[i].push(take_record_batch(batch, &arrow::array::UInt32Array::from(idx))?);
-        }
+            take_record_batch(batch, &arrow::array::UInt32Array::from(idx))?
+        };
+        check_rows(segment, &piece, &spec.schema, &spec.flow.time_column, spec.flow.allow_nan)?;
+        out[i].push(piece);
     }
     Ok(())
 }
@@ -882,7 +885,7 @@ pub fn process_part(
                     result.rows_null_time += col.null_count() as u64;
                 }
                 let ms = time_ms(col, format)?;
-                split_by_window(&input.name, &b, &ms, windows, &mut per_window)?;
+                split_by_window(&input.name, &b, &ms, windows, &mut per_window, spec)?;
             }
             send_until(starts.get(k + 1).copied().unwrap_or(i64::MAX), &mut per_window);
         }

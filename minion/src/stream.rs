@@ -354,6 +354,7 @@ impl Ctx {
                 if kept.num_rows() == 0 {
                     continue;
                 }
+                r2o_common::columnar::check_rows(name, &kept, &self.spec.schema, time_col, self.spec.flow.allow_nan)?;
                 // small segments give small batches: gather a full batch before
                 // the per-batch stages and the sort see it
                 pending_rows += kept.num_rows();
