@@ -1106,6 +1106,40 @@ mod tests {
         assert_eq!(canonical(&outputs[1], &spec), canonical(&outputs[0], &spec), "the same rows");
     }
 
+    /// The staged-data checks hold on this path too: a NaN metric fails the
+    /// window, naming the segment, the check and the column.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nan_metric_fails_the_window_on_this_path_too() {
+        let spec = spec("concat", false);
+        let store: Store = Arc::new(object_store::memory::InMemory::new());
+        let mut segs = inputs(&spec, &store, 3, 2_000).await;
+        let batches = read_segment("s1", segs[1].1.clone(), &spec.schema, 1 << 20).unwrap();
+        let b = concat_batches(&spec.schema.arrow_schema(), &batches).unwrap();
+        let mut delay: Vec<f64> = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap().values().to_vec();
+        delay[0] = f64::NAN; // row 0 lies in day 0, the window
+        let mut cols = b.columns().to_vec();
+        cols[2] = Arc::new(Float64Array::from(delay));
+        let b = RecordBatch::try_new(b.schema(), cols).unwrap();
+        let bytes = write_parquet_with(&spec.schema.arrow_schema(), &[b], REALTIME_ROW_GROUP_ROWS).unwrap();
+        r2o_common::store::put_bytes(&store, &segs[1].0.location, bytes.clone()).await.unwrap();
+        segs[1].0.size_bytes = bytes.len() as u64;
+        let spill_dir = tempfile::tempdir().unwrap();
+        let settings = small_budget(spill_dir.path().join("attempt"));
+        let stream_inputs = stream_inputs(&segs);
+        let s2 = spec.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            let window = Window { start_ms: 0, end_ms: 24 * H };
+            process_streaming(&s2, &[window], stream_inputs, store, "out/", &settings, &CancellationToken::new())
+        })
+        .await
+        .unwrap();
+        let e = match run {
+            Ok(_) => panic!("a NaN metric was moved"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("NaN") && e.contains("'delay'") && e.contains("s1"), "{e}");
+    }
+
     /// Cancelling stops the run promptly and reports it as cancelled.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cancelling_stops_the_work() {
