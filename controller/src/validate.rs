@@ -242,6 +242,24 @@ pub fn check(
     if req.rows_null_time > registered_rows {
         return Err(format!("rows_null_time {} is more than the inputs' {registered_rows} rows", req.rows_null_time));
     }
+    // and from below: every row of an input whose registered time range lies
+    // inside the task's windows is in one of them, or has a NULL time (a hash
+    // sub-task keeps only its share, so it is not bounded this way)
+    let hash_share = task.is_sub_task() && spec.flow.merge_type != MergeType::Concat;
+    if let (Some(first), Some(last), false) = (task.windows.first(), task.windows.last(), hash_share) {
+        let inside: u64 = inputs
+            .iter()
+            .filter(|s| s.start_time_ms >= first.start_ms && s.end_time_ms < last.end_ms)
+            .map(|s| s.total_docs)
+            .sum();
+        if req.rows_in + req.rows_null_time < inside {
+            return Err(format!(
+                "rows_in {} (+ {} with a NULL time) is less than the {inside} rows registered for inputs that lie \
+                 wholly inside the task's windows",
+                req.rows_in, req.rows_null_time
+            ));
+        }
+    }
     let prefix = canonical_path(&layout.staging_prefix(&task.id, req.attempt));
     let rounding = spec.flow.rounding();
     // the report's windows are the task's, in order
@@ -444,7 +462,8 @@ mod tests {
             table_name: "t_REALTIME".into(),
             status: SegmentStatus::Done,
             start_time_ms: 0,
-            end_time_ms: 10,
+            // past the window: its rows need not all be in it
+            end_time_ms: 7_200_000,
             total_docs: rows,
             size_bytes: 1,
             schema_fingerprint: String::new(),
@@ -523,6 +542,16 @@ mod tests {
         let (req, ev) = report(&s, 10, 4);
         assert_eq!(run(&s, &req, &ev, &in_footer()), Ok(()));
         assert_eq!(run(&s, &req, &ev, &[None]), Ok(()), "an unreadable input footer only skips the range check");
+    }
+
+    #[test]
+    fn rows_of_inputs_wholly_inside_the_windows_must_all_be_read() {
+        let s = spec("rollup");
+        let (req, ev) = report(&s, 10, 4);
+        let mut inside = input(100);
+        inside.end_time_ms = 10; // every row of it lies in the window
+        let e = check(&task(&s), &s, &Layout::new("ns"), &[inside], &in_footer(), &req, &ev).unwrap_err();
+        assert!(e.contains("rows_in 10") && e.contains("100 rows registered") && e.contains("wholly inside"), "{e}");
     }
 
     #[test]
