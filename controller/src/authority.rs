@@ -108,6 +108,9 @@ pub struct Authority {
     /// The last reason per table why a ready window could not be published
     /// (logged once per change, not every tick).
     plan_problems: Arc<Mutex<HashMap<String, String>>>,
+    /// The last `created_ms` a task id got from this authority (see
+    /// [`Authority::fresh_created_ms`]).
+    last_created_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Why a task of `windows` over `inputs` input segments, listed in `n`
@@ -321,6 +324,7 @@ impl Authority {
             footers: FooterCache::new(200_000),
             segments: SegmentCache::default(),
             plan_problems: Default::default(),
+            last_created_ms: Default::default(),
         }
     }
 
@@ -475,6 +479,7 @@ impl Authority {
         self.plan_problems.lock().map(|mut m| m.remove(raw)).ok();
         let first = windows[0];
         let last = *windows.last().expect("a run has windows");
+        let now = self.fresh_created_ms();
         let id = TaskId::new(raw, first.start_ms, now);
         let input_chunks = encoded_inputs.len() as u32;
         let task = self.new_task(
@@ -504,12 +509,14 @@ impl Authority {
                 }
                 Err(e) => return Err(e.into()),
             };
+        let cleanup = input_revs.clone();
         let cold =
             wm.is_none().then(|| WatermarkRecord { watermark_ms: from_ms, updated_ms: now, ..Default::default() });
         let txn =
             protocol::publish(&self.keys, &tasks, frontier_rev, narrow_until_ms, cold.as_ref(), leadership, input_revs);
         if !txn.apply(&self.kv).await? {
-            let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
+            // (only if the list is still the one written here)
+            let _ = self.kv.txn(cleanup, vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
             return Ok(Err("the table changed while planning; planning again on the next tick".into()));
         }
         let t = &tasks[0];
@@ -591,6 +598,25 @@ impl Authority {
         Ok(self.kv.get(&key).await?.map(|e| e.mod_revision))
     }
 
+    /// A `created_ms` for a new task id, never one this authority gave
+    /// before (ids of a split window's sub-tasks take `created_ms + k`, so
+    /// the next is past those): a planning pass and a run-now planning the
+    /// same window in the same millisecond must not share an id, for their
+    /// input lists would share a key prefix, and the loser's cleanup would
+    /// delete the winner's inputs (its task then reads no rows).
+    fn fresh_created_ms(&self) -> i64 {
+        use std::sync::atomic::Ordering;
+        let step = crate::planner::MAX_SUB_TASKS as i64;
+        let mut last = self.last_created_ms.load(Ordering::Relaxed);
+        loop {
+            let next = now_ms().max(last.saturating_add(step));
+            match self.last_created_ms.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
     /// Late segments moved into each committed window by late-data runs
     /// (window start -> segment names), from the table's lineage.
     async fn moved_late(&self, raw: &str) -> Result<HashMap<i64, std::collections::HashSet<String>>> {
@@ -647,7 +673,7 @@ impl Authority {
                 return Ok(false);
             }
         }
-        let now = now_ms();
+        let now = self.fresh_created_ms();
         let id = TaskId::new(raw, window.start_ms, now);
         // the run's config snapshot names its segments apart from the window's others
         let mut config = spec.config_json.clone();
@@ -673,8 +699,9 @@ impl Authority {
             },
         );
         let input_revs = chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded).await?;
+        let cleanup = input_revs.clone();
         if !protocol::publish_late(&self.keys, &task, leadership, input_revs).apply(&self.kv).await? {
-            let _ = self.kv.txn(vec![], vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
+            let _ = self.kv.txn(cleanup, vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
             return Ok(false);
         }
         info!(table = %raw, task = %id, policy = %run.policy, window_start_ms = window.start_ms, window_end_ms = window.end_ms, late_segments = run.segments.len(), inputs = inputs.len(), "late-data run published");
