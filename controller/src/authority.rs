@@ -619,14 +619,8 @@ impl Authority {
 
     /// Late segments moved into each committed window by late-data runs
     /// (window start -> segment names), from the table's lineage.
-    async fn moved_late(&self, raw: &str) -> Result<HashMap<i64, std::collections::HashSet<String>>> {
-        let mut moved: HashMap<i64, std::collections::HashSet<String>> = HashMap::new();
-        for l in crate::registry::lineage(&self.kv, &self.keys, raw).await? {
-            if let Some(run) = l.late {
-                moved.entry(l.window_start_ms).or_default().extend(run.segments);
-            }
-        }
-        Ok(moved)
+    async fn moved_late(&self, raw: &str) -> Result<crate::planner::MovedLate> {
+        crate::registry::late_moved(&self.kv, &self.keys, raw).await
     }
 
     /// Publishes the table's next late-data run (`lateDataPolicy`), one at a

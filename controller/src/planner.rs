@@ -155,16 +155,10 @@ pub fn plan_late(
     if flow.late_data_policy == LateDataPolicy::Ignore {
         return None;
     }
-    let buckets = flow.windows();
     let mut owed: std::collections::BTreeMap<Window, Vec<&SegmentMeta>> = std::collections::BTreeMap::new();
     for s in segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0) {
-        let Some(before) = s.late_before_ms else { continue };
-        let mut w = buckets.containing(s.start_time_ms);
-        while w.start_ms <= s.end_time_ms && w.end_ms <= before && w.end_ms > w.start_ms {
-            if only.is_none_or(|o| o == w) && !moved.get(&w.start_ms).is_some_and(|m| m.contains(&s.segment_name)) {
-                owed.entry(w).or_default().push(s);
-            }
-            w = buckets.window_at(w.end_ms);
+        for w in owed_windows(flow, s, moved).into_iter().filter(|w| only.is_none_or(|o| o == *w)) {
+            owed.entry(w).or_default().push(s);
         }
     }
     let (window, late) = owed.into_iter().next()?;
@@ -198,17 +192,29 @@ pub fn owes_late_rows(
     s: &SegmentMeta,
     moved: &HashMap<i64, std::collections::HashSet<String>>,
 ) -> bool {
-    let Some(before) = s.late_before_ms else { return false };
+    !owed_windows(flow, s, moved).is_empty()
+}
+
+/// The committed windows late segment `s` still owes rows to: those it
+/// overlaps below `late_before_ms` that no late-data run has moved it into
+/// (none for a segment registered on time). Pure.
+pub fn owed_windows(flow: &FlowConfig, s: &SegmentMeta, moved: &MovedLate) -> Vec<Window> {
+    let Some(before) = s.late_before_ms else { return vec![] };
     let buckets = flow.windows();
+    let mut owed = vec![];
     let mut w = buckets.containing(s.start_time_ms);
     while w.start_ms <= s.end_time_ms && w.end_ms <= before && w.end_ms > w.start_ms {
         if !moved.get(&w.start_ms).is_some_and(|m| m.contains(&s.segment_name)) {
-            return true;
+            owed.push(w);
         }
         w = buckets.window_at(w.end_ms);
     }
-    false
+    owed
 }
+
+/// Late segments moved into each committed window by late-data runs:
+/// window start -> segment names (see `registry::late_moved`).
+pub type MovedLate = HashMap<i64, std::collections::HashSet<String>>;
 
 /// What the planner decided for one table.
 #[derive(Debug, Clone, PartialEq)]

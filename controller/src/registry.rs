@@ -312,6 +312,18 @@ pub async fn seal_segment(kv: &Kv, keys: &Keys, table: &str, segment: &str, end_
     Ok(())
 }
 
+/// Late segments moved into each committed window by the table's late-data
+/// runs (from its lineage).
+pub async fn late_moved(kv: &Kv, keys: &Keys, raw: &str) -> Result<crate::planner::MovedLate> {
+    let mut moved = crate::planner::MovedLate::new();
+    for l in lineage(kv, keys, raw).await? {
+        if let Some(run) = l.late {
+            moved.entry(l.window_start_ms).or_default().extend(run.segments);
+        }
+    }
+    Ok(moved)
+}
+
 /// The table's committed lineage, in window order.
 pub async fn lineage(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<LineageRecord>> {
     Ok(range_records::<LineageRecord>(kv, &keys.lineages(raw)).await?.into_iter().map(|(l, _)| l).collect())

@@ -168,12 +168,10 @@ pub async fn late_settled(
     if spec.flow.late_data_policy == r2o_common::config::LateDataPolicy::Ignore {
         return Ok(Box::new(|_| false));
     }
-    let mut moved: std::collections::HashMap<i64, std::collections::HashSet<String>> = Default::default();
-    for (l, _) in range_records::<r2o_common::meta::LineageRecord>(kv, &keys.lineages(&spec.name)).await? {
-        if let Some(run) = l.late {
-            moved.entry(l.window_start_ms).or_default().extend(run.segments);
-        }
-    }
+    let moved = crate::registry::late_moved(kv, keys, &spec.name).await.map_err(|e| match e {
+        crate::error::ControllerError::Common(e) => e,
+        other => Error::Meta(other.to_string()),
+    })?;
     let flow = spec.flow.clone();
     Ok(Box::new(move |s| !crate::planner::owes_late_rows(&flow, s, &moved)))
 }
