@@ -469,6 +469,8 @@ pub fn rollup(
 /// are runs of equal keys (every non-metric column; NULL equals NULL), found
 /// by comparing neighbours column by column, with no hashing or row
 /// encoding. Same result as [`rollup`] on that batch, in the batch's order.
+/// Columns past `schema`'s (the bounded-memory path's row hash) are carried
+/// like keys: the value of each run's first row.
 ///
 /// # Errors
 /// Arrow errors (a metric of an unexpected type).
@@ -493,6 +495,9 @@ pub fn rollup_sorted(
         acc.grow(starts.len());
         acc.update(col, &ids)?;
         columns.push(acc.finish(t)?);
+    }
+    for col in &batch.columns()[schema.fields.len()..] {
+        columns.push(arrow::compute::take(col.as_ref(), &starts, None)?);
     }
     Ok(RecordBatch::try_new(arrow_schema, columns)?)
 }

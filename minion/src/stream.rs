@@ -4,14 +4,16 @@
 //! Per window: the inputs are read by row group with ranged reads straight
 //! from the object store (row groups pruned by their time statistics),
 //! filtered to the window and rounded by r2o's own stages
-//! ([`crate::processor`]), tagged with Pinot's partition, and handed to
-//! Apache DataFusion as a stream. DataFusion sorts them by
-//! `(partition, sortedColumn, time, the rest of the merge key)` under a
-//! memory pool of the attempt's share, spilling sorted runs to local disk
-//! and merging them back. In that order every rollup group and every
-//! duplicate is adjacent, so the merge (r2o's own rollup and dedup, with
-//! Pinot's value aggregators) needs one carried row, and the rows come out
-//! in the OFFLINE segments' sort order. The outputs are cut at
+//! ([`crate::processor`]), tagged with Pinot's partition and a hash of the
+//! merge key, and handed to Apache DataFusion as streams, one per core.
+//! DataFusion sorts each by `(partition, sortedColumn, time, merge key
+//! hash)` under a memory pool of its share of the attempt's, spilling
+//! sorted runs to local disk and merging them back, and merges the sorted
+//! streams into one. In that order every rollup group and every duplicate
+//! is adjacent (keys sharing a hash are caught and merged exactly), so the
+//! merge (r2o's own rollup and dedup, with Pinot's value aggregators) needs
+//! one carried row, and the rows come out in the OFFLINE segments' sort
+//! order. The outputs are cut at
 //! `maxNumRecordsPerSegment` and written as they come, each streamed to the
 //! object store in parts (multipart upload).
 //!
@@ -36,8 +38,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
@@ -112,15 +114,29 @@ const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
 /// Column holding a row's Pinot partition while it crosses the sort.
 const PARTITION_COLUMN: &str = "__r2o_partition";
 
+/// Column holding a hash of a row's merge key while it crosses the sort and
+/// the merge (rollup: every non-metric column, the rounded time included;
+/// dedup: the whole row): the sort key ends with it instead of every key
+/// column, so each group or duplicate is still one run but the sort compares
+/// and encodes a few fixed-width keys. Keys of other content with one hash
+/// are caught by the merge ([`Merger`]), which then falls back to an exact
+/// rollup or dedup.
+const ROW_HASH_COLUMN: &str = "__r2o_row_hash";
+
+/// The row hash's seed (any fixed one: hashes are compared within one attempt).
+const ROW_HASH_STATE: datafusion::common::hash_utils::RandomState =
+    datafusion::common::hash_utils::RandomState::with_seed(0x7232_6f5f_6465_6475);
+
 /// How one attempt on this path may use the machine.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
-    /// Bytes the sort may hold before it spills (the attempt's share of the
-    /// minion's budget, less what readers and writers hold), bytes.
+    /// Bytes the sorters together may hold before they spill (the attempt's
+    /// share of the minion's budget, less what readers and writers hold),
+    /// split evenly among them, bytes.
     pub memory_bytes: usize,
     /// Local directory for spill files (created when missing).
     pub spill_dir: PathBuf,
-    /// Source partitions (inputs decoded at once).
+    /// Source partitions (inputs decoded at once), each with its sorter.
     pub threads: usize,
     /// This sub-task of a split window (`None`: the whole window).
     pub split: Option<SubTask>,
@@ -283,8 +299,14 @@ struct Ctx {
     spec: TableSpec,
     store: Store,
     cancel: CancellationToken,
-    /// Schema of the rows crossing the sort: the table's, plus the partition column when partitioned.
+    /// Schema of the rows crossing the sort: the table's, plus the partition
+    /// column when partitioned, plus the row hash (dedup).
     sort_schema: SchemaRef,
+    /// Schema of the rows the merge sees: the table's, plus the row hash.
+    merge_schema: SchemaRef,
+    /// The table's columns the row hash covers ([`ROW_HASH_COLUMN`]); `None`
+    /// when the sort key is the columns themselves (concat).
+    hash_key: Option<Vec<usize>>,
     table_schema: SchemaRef,
     split: Option<SubTask>,
     /// Rows per batch ([`batch_rows`]).
@@ -402,21 +424,33 @@ impl Ctx {
             s.rows_in += kept.num_rows() as u64;
             s.sums_in.add(metric_sums(std::slice::from_ref(&kept), &self.spec));
         }
-        let tagged = self.tag_partition(kept)?;
+        let tagged = self.tag(kept)?;
         Ok(tx.send(Ok(tagged)).await.is_ok())
     }
 
-    /// Adds the partition column when the table is partitioned.
-    fn tag_partition(&self, batch: RecordBatch) -> Result<RecordBatch, Error> {
-        let Some(p) = &self.spec.flow.partitioning else { return Ok(batch) };
+    /// Adds the partition column when the table is partitioned, and the row
+    /// hash when the sort key ends with it (dedup).
+    fn tag(&self, batch: RecordBatch) -> Result<RecordBatch, Error> {
+        let mut cols = batch.columns().to_vec();
+        if let Some(p) = &self.spec.flow.partitioning {
+            cols.push(Arc::new(self.partition_ids(&batch, p)?));
+        }
+        if let Some(key) = &self.hash_key {
+            cols.push(Arc::new(row_hashes(&batch, key)?));
+        }
+        if cols.len() == batch.num_columns() {
+            return Ok(batch);
+        }
+        Ok(RecordBatch::try_new(self.sort_schema.clone(), cols)?)
+    }
+
+    /// Pinot's partition of every row of `batch`.
+    fn partition_ids(&self, batch: &RecordBatch, p: &r2o_common::config::Partitioning) -> Result<Int32Array, Error> {
         let c = batch.column_by_name(&p.column).ok_or_else(|| Error::Segment {
             segment: String::new(),
             problem: format!("partition column '{}' is missing", p.column),
         })?;
-        let ids: Int32Array = partition_ids(c, p)?.into_iter().map(|i| i as i32).collect();
-        let mut cols = batch.columns().to_vec();
-        cols.push(Arc::new(ids));
-        Ok(RecordBatch::try_new(self.sort_schema.clone(), cols)?)
+        Ok(partition_ids(c, p)?.into_iter().map(|i| i as i32).collect())
     }
 
     /// The sort key: partition, the outputs' order, then (rollup, dedup) the
@@ -428,6 +462,10 @@ impl Ctx {
             key.push(PARTITION_COLUMN.to_string());
         }
         key.extend(sort_columns(spec).into_iter().map(String::from));
+        if self.hash_key.is_some() {
+            key.push(ROW_HASH_COLUMN.to_string());
+            return key;
+        }
         let rest = spec.schema.fields.iter().filter(|f| match spec.flow.merge_type {
             MergeType::Concat => false,
             MergeType::Dedup => true,
@@ -443,11 +481,22 @@ impl Ctx {
 }
 
 /// Collapses adjacent rows of one partition: rollup groups, dedup
-/// duplicates. Holds back the last merged row, which the next batch may
+/// duplicates. Holds back the last merged rows, which the next batch may
 /// continue.
+///
+/// Rows arrive sorted by the merge key's hash after the outputs' order
+/// ([`ROW_HASH_COLUMN`]): each group or duplicate is one run unless a key of
+/// other content with the same hash sits inside it. Two merged rows left
+/// side by side with one hash show that case; the batch then gets the exact
+/// (hash-table) merge, and the carried rows are the whole last run of one
+/// hash.
 struct Merger<'a> {
     spec: &'a TableSpec,
+    /// The rows' schema: the table's, plus the row hash.
     schema: SchemaRef,
+    table_schema: SchemaRef,
+    /// The table's columns the row hash covers (`None`: no row hash).
+    hash_key: Option<Vec<usize>>,
     partition: i32,
     carry: Option<RecordBatch>,
 }
@@ -455,7 +504,7 @@ struct Merger<'a> {
 impl Merger<'_> {
     fn push(&mut self, partition: i32, batch: RecordBatch, out: &mut Vec<(i32, RecordBatch)>) -> Result<(), Error> {
         if partition != self.partition {
-            self.flush(out);
+            self.flush(out)?;
             self.partition = partition;
         }
         if self.spec.flow.merge_type == MergeType::Concat {
@@ -466,26 +515,69 @@ impl Merger<'_> {
             Some(c) => concat_batches(&self.schema, [&c, &batch])?,
             None => batch,
         };
-        // sorted by the whole merge key: groups and duplicates are runs
-        let merged = match self.spec.flow.merge_type {
+        // sorted by the merge key's hash: groups and duplicates are runs
+        let (flow, schema) = (&self.spec.flow, &self.spec.schema);
+        let mut merged = match flow.merge_type {
             MergeType::Dedup => dedup_sorted(&input)?,
-            _ => rollup_sorted(&input, &self.spec.schema, &self.spec.flow.aggregations)?,
+            _ => rollup_sorted(&input, schema, &flow.aggregations)?,
         };
+        if let (Some(key), Some(h)) = (&self.hash_key, self.hashes(&merged)) {
+            if h.windows(2).any(|w| w[0] == w[1]) {
+                // two keys of one hash: the exact, hash-table merge
+                let rows = [self.strip(merged)?];
+                let exact = match flow.merge_type {
+                    MergeType::Dedup => crate::processor::dedup(&rows)?,
+                    _ => crate::processor::rollup(&rows, schema, &flow.aggregations)?,
+                };
+                let exact = concat_batches(&self.table_schema, &exact)?;
+                let mut cols = exact.columns().to_vec();
+                cols.push(Arc::new(row_hashes(&exact, key)?));
+                merged = RecordBatch::try_new(self.schema.clone(), cols)?;
+            }
+        }
         let n = merged.num_rows();
         if n > 0 {
-            if n > 1 {
-                out.push((partition, merged.slice(0, n - 1)));
+            // the last run of one hash: the next batch may continue any of its keys
+            let held = self.hashes(&merged).map_or(1, |h| h.iter().rev().take_while(|x| **x == h[n - 1]).count());
+            if n > held {
+                out.push((partition, self.strip(merged.slice(0, n - held))?));
             }
-            self.carry = Some(merged.slice(n - 1, 1));
+            self.carry = Some(merged.slice(n - held, held));
         }
         Ok(())
     }
 
-    fn flush(&mut self, out: &mut Vec<(i32, RecordBatch)>) {
-        if let Some(c) = self.carry.take() {
-            out.push((self.partition, c));
-        }
+    /// The row hashes of `merged`, `None` without them.
+    fn hashes<'b>(&self, merged: &'b RecordBatch) -> Option<&'b [u64]> {
+        let idx = merged.schema().index_of(ROW_HASH_COLUMN).ok()?;
+        Some(merged.column(idx).as_primitive::<arrow::datatypes::UInt64Type>().values())
     }
+
+    /// The table's columns of `batch` (the row hash dropped).
+    fn strip(&self, batch: RecordBatch) -> Result<RecordBatch, Error> {
+        let n = self.table_schema.fields().len();
+        if batch.num_columns() == n {
+            return Ok(batch);
+        }
+        Ok(RecordBatch::try_new(self.table_schema.clone(), batch.columns()[..n].to_vec())?)
+    }
+
+    fn flush(&mut self, out: &mut Vec<(i32, RecordBatch)>) -> Result<(), Error> {
+        if let Some(c) = self.carry.take() {
+            out.push((self.partition, self.strip(c)?));
+        }
+        Ok(())
+    }
+}
+
+/// A hash of each row of `batch` over the columns `key` (a fixed seed:
+/// hashes are compared within one attempt only).
+fn row_hashes(batch: &RecordBatch, key: &[usize]) -> Result<arrow::array::UInt64Array, Error> {
+    let mut hashes = vec![0u64; batch.num_rows()];
+    let cols: Vec<&arrow::array::ArrayRef> = key.iter().map(|i| batch.column(*i)).collect();
+    datafusion::common::hash_utils::create_hashes(cols, &ROW_HASH_STATE, &mut hashes)
+        .map_err(|e| Error::Segment { segment: String::new(), problem: format!("cannot hash rows: {e}") })?;
+    Ok(arrow::array::UInt64Array::from(hashes))
 }
 
 /// One output segment being written.
@@ -584,13 +676,16 @@ impl Sink<'_> {
 }
 
 /// Splits a sorted batch into runs of one partition (the partition column
-/// dropped); one run of partition -1 when the table is not partitioned.
-fn partition_runs(batch: &RecordBatch, table_schema: &SchemaRef) -> Result<Vec<(i32, RecordBatch)>, Error> {
+/// dropped: `merge_schema` is the rest); one run of partition -1 when the
+/// table is not partitioned.
+fn partition_runs(batch: &RecordBatch, merge_schema: &SchemaRef) -> Result<Vec<(i32, RecordBatch)>, Error> {
     let Some(idx) = batch.schema().index_of(PARTITION_COLUMN).ok() else {
         return Ok(vec![(-1, batch.clone())]);
     };
     let ids = batch.column(idx).as_primitive::<Int32Type>().clone();
-    let data = RecordBatch::try_new(table_schema.clone(), batch.columns()[..idx].to_vec())?;
+    let mut cols = batch.columns().to_vec();
+    cols.remove(idx);
+    let data = RecordBatch::try_new(merge_schema.clone(), cols)?;
     let mut runs = vec![];
     let mut start = 0usize;
     for i in 1..=ids.len() {
@@ -667,9 +762,32 @@ async fn run_task(
         problem: format!("cannot create the spill directory {}: {e}", settings.spill_dir.display()),
     })?;
     let table_schema = spec.schema.arrow_schema();
-    let sort_schema: SchemaRef = if spec.flow.partitioning.is_some() {
-        let mut fields: Vec<Field> = table_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let hash_field = Field::new(ROW_HASH_COLUMN, ArrowType::UInt64, false);
+    let hash_key: Option<Vec<usize>> = match spec.flow.merge_type {
+        MergeType::Concat => None,
+        MergeType::Dedup => Some((0..spec.schema.fields.len()).collect()),
+        MergeType::Rollup => Some(
+            spec.schema
+                .fields
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.kind != FieldKind::Metric)
+                .map(|(i, _)| i)
+                .collect(),
+        ),
+    };
+    let row_hash = hash_key.is_some();
+    let mut fields: Vec<Field> = table_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    if spec.flow.partitioning.is_some() {
         fields.push(Field::new(PARTITION_COLUMN, ArrowType::Int32, false));
+    }
+    if row_hash {
+        fields.push(hash_field.clone());
+    }
+    let sort_schema = Arc::new(ArrowSchema::new(fields));
+    let merge_schema = if row_hash {
+        let mut fields: Vec<Field> = table_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(hash_field);
         Arc::new(ArrowSchema::new(fields))
     } else {
         table_schema.clone()
@@ -679,25 +797,20 @@ async fn run_task(
         store: store.clone(),
         cancel: cancel.clone(),
         sort_schema,
+        merge_schema,
+        hash_key,
         table_schema,
         split: settings.split,
         batch_rows: batch_rows(settings.memory_bytes, &spec.schema),
         rounding: spec.flow.rounding(),
     });
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(settings.memory_bytes)))
-        .with_disk_manager_builder(
-            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![settings.spill_dir.clone()])),
-        )
-        .build_arc()
-        .map_err(from_df)?;
-    let mut config = SessionConfig::new().with_batch_size(ctx.batch_rows).with_target_partitions(settings.threads);
-    // the sort's reservation for merging its spilled runs back (the merge
-    // reads a batch of every run at once): half of a small pool, up to 16 MiB,
-    // and at least a quarter of a large one
-    let pool = settings.memory_bytes;
-    config.options_mut().execution.sort_spill_reservation_bytes = (pool / 2).min(16 << 20).max(pool / 4);
-    let task_ctx = Arc::new(TaskContext::default().with_runtime(runtime).with_session_config(config));
+    // a sorter per source partition, each alone in a pool of its share (two
+    // sorters in one pool race for the memory each frees for its merge)
+    let sorters = settings.threads.max(1);
+    let share = settings.memory_bytes / sorters;
+    let sort_ctxs = (0..sorters)
+        .map(|_| sort_context(share, &settings.spill_dir, ctx.batch_rows))
+        .collect::<Result<Vec<_>, ProcessError>>()?;
     let mut processed = Processed::default();
     let mut spill = SpillStats::default();
     let (mut sums_in, mut sums_out) = (Sums::default(), Sums::default());
@@ -711,7 +824,7 @@ async fn run_task(
                 i
             })
             .collect();
-        let w = run_window(&ctx, *window, mine, prefix, settings, task_ctx.clone()).await?;
+        let w = run_window(&ctx, *window, mine, prefix, settings, &sort_ctxs).await?;
         processed.rows_in += w.stats.rows_in;
         processed.rows_out += w.stats.rows_out;
         processed.bytes_in += w.bytes_in;
@@ -726,6 +839,29 @@ async fn run_task(
     }
     processed.metric_sums = crate::processor::finish_sums(spec, sums_in, sums_out);
     Ok((processed, spill))
+}
+
+/// A DataFusion context for one sorter: a spilling pool of `memory_bytes`
+/// and spill files under `spill_dir`.
+fn sort_context(
+    memory_bytes: usize,
+    spill_dir: &std::path::Path,
+    batch_rows: usize,
+) -> Result<Arc<TaskContext>, ProcessError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()])),
+        )
+        .build_arc()
+        .map_err(from_df)?;
+    let mut config = SessionConfig::new().with_batch_size(batch_rows).with_target_partitions(1);
+    // the sort's reservation for merging its spilled runs back (the merge
+    // reads a batch of every run at once): half of a small pool, up to 16 MiB,
+    // and at least a quarter of a large one
+    config.options_mut().execution.sort_spill_reservation_bytes =
+        (memory_bytes / 2).min(16 << 20).max(memory_bytes / 4);
+    Ok(Arc::new(TaskContext::default().with_runtime(runtime).with_session_config(config)))
 }
 
 struct WindowRun {
@@ -745,7 +881,7 @@ async fn run_window(
     inputs: Vec<StreamInput>,
     prefix: &str,
     settings: &StreamSettings,
-    task_ctx: Arc<TaskContext>,
+    sort_ctxs: &[Arc<TaskContext>],
 ) -> Result<WindowRun, ProcessError> {
     let spec = &ctx.spec;
     let stats = Arc::new(Mutex::new(SourceStats::default()));
@@ -772,12 +908,12 @@ async fn run_window(
         }));
     }
     let key = ctx.sort_key();
-    let source: Arc<dyn ExecutionPlan> = Arc::new(
-        StreamingTableExec::try_new(ctx.sort_schema.clone(), streams, None, vec![], false, None).map_err(from_df)?,
-    );
-    let mut sort: Option<Arc<SortExec>> = None;
-    let plan: Arc<dyn ExecutionPlan> = if key.is_empty() {
-        source
+    let started = std::time::Instant::now();
+    let mut sorts: Vec<Arc<SortExec>> = vec![];
+    let mut sorted = if key.is_empty() {
+        let source = StreamingTableExec::try_new(ctx.sort_schema.clone(), streams, None, vec![], false, None)
+            .map_err(from_df)?;
+        execute_stream(Arc::new(source), sort_ctxs[0].clone()).map_err(from_df)?
     } else {
         let exprs = key
             .iter()
@@ -790,16 +926,31 @@ async fn run_window(
             .collect::<Result<Vec<_>, DataFusionError>>()
             .map_err(from_df)?;
         let ordering = LexOrdering::new(exprs).expect("a non-empty sort key");
-        // the sources decode in parallel; one sorter holds the whole pool, so
-        // its runs are as long as the budget allows and its merge has room
-        let input: Arc<dyn ExecutionPlan> =
-            if parts > 1 { Arc::new(CoalescePartitionsExec::new(source)) } else { source };
-        let s = Arc::new(SortExec::new(ordering, input));
-        sort = Some(s.clone());
-        s
+        // a sorter per source partition, each in its own context: decoding,
+        // sorting and spilling run on every core at once
+        let mut runs: Vec<Arc<dyn PartitionStream>> = vec![];
+        for (stream, task_ctx) in streams.into_iter().zip(sort_ctxs) {
+            let source = StreamingTableExec::try_new(ctx.sort_schema.clone(), vec![stream], None, vec![], false, None)
+                .map_err(from_df)?;
+            let sort = Arc::new(SortExec::new(ordering.clone(), Arc::new(source)));
+            sorts.push(sort.clone());
+            let run = execute_stream(sort, task_ctx.clone()).map_err(from_df)?;
+            runs.push(Arc::new(OneShot { schema: ctx.sort_schema.clone(), stream: Mutex::new(Some(run)) }));
+        }
+        if runs.len() == 1 {
+            runs[0].execute(sort_ctxs[0].clone())
+        } else {
+            // their sorted streams merged into one; the merge holds a batch or
+            // two of each stream, outside the sorters' pools
+            let source =
+                StreamingTableExec::try_new(ctx.sort_schema.clone(), runs, None, vec![ordering.clone()], false, None)
+                    .map_err(from_df)?;
+            let merge = SortPreservingMergeExec::new(ordering, Arc::new(source));
+            let config = SessionConfig::new().with_batch_size(ctx.batch_rows);
+            execute_stream(Arc::new(merge), Arc::new(TaskContext::default().with_session_config(config)))
+                .map_err(from_df)?
+        }
     };
-    let started = std::time::Instant::now();
-    let mut sorted = execute_stream(plan, task_ctx).map_err(from_df)?;
     // the sort's merge runs on a task of its own, the merge and the encoding
     // of the outputs here: the tail after the last input is read uses two cores
     let (merge_tx, mut rows) = tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(2);
@@ -812,7 +963,14 @@ async fn run_window(
         }
     }));
     let mut first_sorted: Option<std::time::Duration> = None;
-    let mut merger = Merger { spec, schema: ctx.table_schema.clone(), partition: i32::MIN, carry: None };
+    let mut merger = Merger {
+        spec,
+        schema: ctx.merge_schema.clone(),
+        table_schema: ctx.table_schema.clone(),
+        hash_key: ctx.hash_key.clone(),
+        partition: i32::MIN,
+        carry: None,
+    };
     let mut sink = Sink {
         spec,
         store: ctx.store.clone(),
@@ -833,14 +991,14 @@ async fn run_window(
         }
         let batch = batch.map_err(from_df)?;
         first_sorted.get_or_insert_with(|| started.elapsed());
-        for (partition, run) in partition_runs(&batch, &ctx.table_schema)? {
+        for (partition, run) in partition_runs(&batch, &ctx.merge_schema)? {
             merger.push(partition, run, &mut merged)?;
         }
         for (partition, b) in merged.drain(..) {
             sink.write(partition, b).await?;
         }
     }
-    merger.flush(&mut merged);
+    merger.flush(&mut merged)?;
     for (partition, b) in merged.drain(..) {
         sink.write(partition, b).await?;
     }
@@ -855,13 +1013,11 @@ async fn run_window(
         total_ms = started.elapsed().as_millis() as u64,
         "window streamed"
     );
-    let spill = sort
-        .and_then(|s| s.metrics())
-        .map(|m| SpillStats {
-            spill_count: m.spill_count().unwrap_or(0),
-            spilled_bytes: m.spilled_bytes().unwrap_or(0),
-        })
-        .unwrap_or_default();
+    let mut spill = SpillStats::default();
+    for m in sorts.iter().filter_map(|s| s.metrics()) {
+        spill.spill_count += m.spill_count().unwrap_or(0);
+        spill.spilled_bytes += m.spilled_bytes().unwrap_or(0);
+    }
     let src = std::mem::take(&mut *stats.lock().unwrap_or_else(|p| p.into_inner()));
     let stats = WindowStats {
         start_ms: window.start_ms,
@@ -1159,5 +1315,59 @@ mod tests {
         cancel.cancel();
         let r = run.await.unwrap();
         assert!(matches!(r, Err(ProcessError::Cancelled)), "{:?}", r.map(|(p, s)| (p.rows_out, s)));
+    }
+
+    /// Rows sorted by (carrier, ts) only, with a row hash over the carrier
+    /// alone (as if every key of one carrier collided), in batches of 3 rows:
+    /// the merge falls back to the exact one and still gives the hash-table
+    /// rollup and dedup.
+    #[test]
+    fn keys_sharing_a_hash_still_merge_exactly() {
+        for merge in ["rollup", "dedup"] {
+            let spec = spec(merge, false);
+            let table = spec.schema.arrow_schema();
+            let carriers = ["AA", "AA", "AA", "AA", "AA", "AA", "UA", "UA", "UA", "UA"];
+            let origins = ["JFK", "SFO", "JFK", "SFO", "JFK", "JFK", "SFO", "SFO", "LAX", "SFO"];
+            let delays = [1.0, 2.0, 1.0, 2.0, 5.0, 1.0, 3.0, 3.0, 4.0, 3.0];
+            let rows = RecordBatch::try_new(
+                table.clone(),
+                vec![
+                    Arc::new(StringArray::from(carriers.to_vec())),
+                    Arc::new(StringArray::from(origins.to_vec())),
+                    Arc::new(Float64Array::from(delays.to_vec())),
+                    Arc::new(Int64Array::from(vec![1i64; 10])),
+                    Arc::new(TimestampMillisecondArray::from(vec![H; 10])),
+                ],
+            )
+            .unwrap();
+            let want = match merge {
+                "dedup" => crate::processor::dedup(std::slice::from_ref(&rows)).unwrap(),
+                _ => crate::processor::rollup(std::slice::from_ref(&rows), &spec.schema, &spec.flow.aggregations)
+                    .unwrap(),
+            };
+            let mut fields: Vec<Field> = table.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(ROW_HASH_COLUMN, ArrowType::UInt64, false));
+            let schema = Arc::new(ArrowSchema::new(fields));
+            let mut cols = rows.columns().to_vec();
+            cols.push(Arc::new(row_hashes(&rows, &[0]).unwrap()));
+            let hashed = RecordBatch::try_new(schema.clone(), cols).unwrap();
+            let mut merger = Merger {
+                spec: &spec,
+                schema,
+                table_schema: table.clone(),
+                hash_key: Some(vec![0]),
+                partition: i32::MIN,
+                carry: None,
+            };
+            let mut out = vec![];
+            for start in (0..10).step_by(3) {
+                merger.push(-1, hashed.slice(start, 3.min(10 - start)), &mut out).unwrap();
+            }
+            merger.flush(&mut out).unwrap();
+            let got: Vec<RecordBatch> = out.into_iter().map(|(_, b)| b).collect();
+            let n: usize = got.iter().map(|b| b.num_rows()).sum();
+            assert_eq!(n, if merge == "dedup" { 5 } else { 4 }, "{merge}");
+            assert_eq!(canonical(&got, &spec), canonical(&want, &spec), "{merge}");
+        }
     }
 }
