@@ -77,6 +77,7 @@ fn main() -> Result<()> {
                 late: false,
                 late_before_ms: None,
                 window_start_ms: None,
+                null_time_rows: 0,
             },
             bytes,
         });

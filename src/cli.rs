@@ -308,13 +308,19 @@ pub enum SegmentCmd {
         #[arg(long)]
         end_of_stream: bool,
     },
-    /// List a table's segments (REALTIME and OFFLINE).
+    /// List a table's segments (REALTIME and OFFLINE), REALTIME ones with their load status:
+    /// PENDING (rows not yet in committed windows), LOADED, LOADED_WITH_ERRORS (some rows could
+    /// not move: NULL time, late under lateDataPolicy ignore), SKIPPED (no row moves).
     List {
         #[command(flatten)]
         conn: Conn,
         /// Raw table name.
         #[arg(long)]
         table: String,
+        /// Only REALTIME segments of this load status (PENDING, LOADED, LOADED_WITH_ERRORS,
+        /// SKIPPED).
+        #[arg(long)]
+        status: Option<String>,
     },
 }
 
@@ -365,7 +371,8 @@ fn print_rows(header: &[&str], rows: &[Vec<String>]) {
 fn segment_json(s: &pb::Segment) -> serde_json::Value {
     json!({"segmentName": s.name, "tableName": s.table, "status": s.status, "startTimeMs": s.start_time_ms,
            "endTimeMs": s.end_time_ms, "totalDocs": s.num_rows, "sizeBytes": s.size_bytes,
-           "location": s.location, "partition": s.partition})
+           "location": s.location, "partition": s.partition, "nullTimeRows": s.null_time_rows,
+           "loadStatus": s.load_status, "loadDetail": s.load_detail})
 }
 
 fn task_json(t: &pb::Task) -> serde_json::Value {
@@ -534,15 +541,24 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 rpc!(conn, seal_segment, pb::SealSegmentRequest { table, segment: segment.clone(), end_of_stream });
                 println!("segment {segment} sealed");
             }
-            SegmentCmd::List { conn, table } => {
-                let segs = rpc!(conn, list_segments, pb::ListSegmentsRequest { table }).segments;
+            SegmentCmd::List { conn, table, status } => {
+                let wanted = match status.as_deref() {
+                    None => None,
+                    Some(s) => Some(r2o_common::meta::LoadStatus::parse(s).with_context(|| {
+                        format!("invalid --status '{s}': expected PENDING, LOADED, LOADED_WITH_ERRORS or SKIPPED")
+                    })?),
+                };
+                let mut segs = rpc!(conn, list_segments, pb::ListSegmentsRequest { table }).segments;
+                if let Some(w) = wanted {
+                    segs.retain(|s| s.load_status == w.name());
+                }
                 match conn.output {
                     Output::Json => println!(
                         "{}",
                         serde_json::to_string_pretty(&segs.iter().map(segment_json).collect::<Vec<_>>())?
                     ),
                     Output::Table => print_rows(
-                        &["SEGMENT", "TABLE", "STATUS", "START", "END", "ROWS", "BYTES"],
+                        &["SEGMENT", "TABLE", "STATUS", "LOAD", "START", "END", "ROWS", "NULL TIME", "BYTES", "DETAIL"],
                         &segs
                             .iter()
                             .map(|s| {
@@ -550,10 +566,13 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                                     s.name.clone(),
                                     s.table.clone(),
                                     s.status.clone(),
+                                    if s.load_status.is_empty() { "-".into() } else { s.load_status.clone() },
                                     format_utc(s.start_time_ms),
                                     format_utc(s.end_time_ms),
                                     s.num_rows.to_string(),
+                                    s.null_time_rows.to_string(),
                                     s.size_bytes.to_string(),
+                                    s.load_detail.clone(),
                                 ]
                             })
                             .collect::<Vec<_>>(),

@@ -12,7 +12,8 @@ use anyhow::{bail, Context, Result};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use bytes::Bytes;
 use r2o_common::columnar::{
-    read_csv, read_segment, segment_facts, time_ms, time_range_ms, write_parquet_with, REALTIME_ROW_GROUP_ROWS,
+    null_time_rows, read_csv, read_segment, segment_facts, time_ms, time_range_ms, write_parquet_with,
+    REALTIME_ROW_GROUP_ROWS,
 };
 use r2o_common::config::TableSpec;
 use r2o_common::meta::now_ms;
@@ -107,6 +108,8 @@ pub async fn add_segment_file(
         created_ms: now_ms(),
         end_of_stream,
         late: false,
+        null_time_rows: facts.null_time_rows,
+        ..Default::default()
     };
     let mut c = client(controller).await?;
     let (seg, warning) = upload_and_register(&mut c, &store, &spec.name, seg, bytes).await?;
@@ -315,6 +318,8 @@ impl Bulk {
                 created_ms: now_ms(),
                 end_of_stream: self.ends.contains(&f.name),
                 late: false,
+                null_time_rows: facts.null_time_rows,
+                ..Default::default()
             });
             uploads.push((location, bytes));
         }
@@ -439,6 +444,8 @@ pub async fn ingest(
             created_ms: now_ms(),
             end_of_stream: false,
             late: false,
+            null_time_rows: null_time_rows(std::slice::from_ref(&piece), &spec.flow.time_column)?,
+            ..Default::default()
         };
         let (_, warning) = upload_and_register(&mut c, &store, &spec.name, seg, bytes).await?;
         if !warning.is_empty() {

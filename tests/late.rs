@@ -138,6 +138,78 @@ async fn late_rows_are_moved_by_policy() {
     assert!(!tasks(&cluster, "ig").iter().any(|t| t["trigger"].as_str().unwrap_or("").starts_with("late")));
     assert_eq!(offline(&cluster, "ig").await.1, 30);
 
+    // load status: what became of each REALTIME segment's rows
+    let with_nulls = {
+        let b = on_time(3);
+        let mut ts: Vec<Option<i64>> = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap().iter().collect();
+        ts.extend([None, None]);
+        let n = ts.len();
+        RecordBatch::try_from_iter(vec![
+            ("k", Arc::new(StringArray::from(vec!["n"; n])) as Arc<dyn Array>),
+            ("m", Arc::new(Int64Array::from(vec![1; n])) as _),
+            ("ts", Arc::new(Int64Array::from(ts)) as _),
+        ])
+        .unwrap()
+    };
+    cluster.add_table("ls", &table("ls", json!({"mergeType": "concat"})), &schema());
+    add("ls", "s1", &with_nulls);
+    let w = cluster.wait_idle("ls", Duration::from_secs(60)).await;
+    assert_eq!(w.watermark_ms, T0_MS + 3 * H_MS, "{}", w.next);
+    // paused: the next segment's rows wait
+    cluster.cli(&["pause", "--table", "ls"]);
+    add("ls", "s2", &rows(&[("n", T0_MS + 3 * H_MS + 1), ("n", T0_MS + 3 * H_MS + 2)]));
+    let status = |t: &str| -> BTreeMap<String, (String, String)> {
+        let out = cluster.cli(&["segment", "list", "--table", t, "--output", "json"]);
+        let segs: Vec<Value> = serde_json::from_str(&out).unwrap();
+        segs.iter()
+            .filter(|s| s["tableName"].as_str().unwrap().ends_with("_REALTIME"))
+            .map(|s| {
+                let text = |k: &str| s[k].as_str().unwrap().to_string();
+                (text("segmentName"), (text("loadStatus"), text("loadDetail")))
+            })
+            .collect()
+    };
+    let ls = status("ls");
+    assert_eq!(ls["s1"].0, "LOADED_WITH_ERRORS", "{ls:?}");
+    assert!(ls["s1"].1.contains("2 rows with a NULL time"), "{ls:?}");
+    assert_eq!(ls["s2"].0, "PENDING", "{ls:?}");
+    let ig = status("ig");
+    assert_eq!(ig["s1"].0, "LOADED", "{ig:?}");
+    assert_eq!(ig["late"].0, "SKIPPED", "late, every row below the watermark, ignored: {ig:?}");
+    assert!(ig["late"].1.contains("lateDataPolicy ignore"), "{ig:?}");
+    let lr = status("lr");
+    assert_eq!((lr["s1"].0.as_str(), lr["late"].0.as_str()), ("LOADED", "LOADED"), "moved by its late run: {lr:?}");
+    let only = cluster.cli(&["segment", "list", "--table", "ls", "--status", "pending", "--output", "json"]);
+    let only: Vec<Value> = serde_json::from_str(&only).unwrap();
+    assert_eq!(only.iter().map(|s| s["segmentName"].as_str().unwrap()).collect::<Vec<_>>(), ["s2"]);
+    let shown = cluster.cli(&["segment", "list", "--table", "ls"]);
+    assert!(shown.contains("LOADED_WITH_ERRORS") && shown.contains("NULL TIME"), "{shown}");
+    let bad = cluster.cli_raw(&["segment", "list", "--table", "ls", "--status", "DONE"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--status 'DONE'") && err.contains("LOADED_WITH_ERRORS"), "{err}");
+    let want =
+        [("ls", "LOADED_WITH_ERRORS", 1.0), ("ls", "PENDING", 1.0), ("ig", "SKIPPED", 1.0), ("lr", "LOADED", 2.0)];
+    let start = Instant::now();
+    loop {
+        // the leader refreshes its per-table figures every few seconds
+        let (_, body) = support::http_get(cluster.controllers[0].http_port, "/metrics");
+        let got: Vec<Option<f64>> = want
+            .iter()
+            .map(|(t, status, _)| {
+                support::metric(&body, &format!(r#"r2o_table_realtime_segments{{load_status="{status}",table="{t}"}}"#))
+            })
+            .collect();
+        if got.iter().zip(&want).all(|(g, w)| *g == Some(w.2)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{want:?}: {got:?}\n{}",
+            body.lines().filter(|l| l.contains("realtime_segments")).collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // bad values are refused by key
     for (task, shown) in [
         (json!({"mergeType": "rollup", "lateDataPolicy": "append"}), "concat"),

@@ -317,11 +317,13 @@ pub struct SegmentFacts {
     pub rows: u64,
     /// Smallest and largest time value, epoch ms; `None` when no row has one.
     pub time_range_ms: Option<(i64, i64)>,
+    /// Rows whose time is NULL.
+    pub null_time_rows: u64,
 }
 
-/// Reads a segment file's row count and time range, from its footer's
-/// statistics when every row group has exact ones (no data is decoded), else
-/// by reading the time column. Checks the file against the table schema.
+/// Reads a segment file's row count, time range and NULL-time rows, from its
+/// footer's statistics when every row group has exact ones (no data is
+/// decoded), else by reading the time column. Checks the file against the table schema.
 ///
 /// # Errors
 /// [`Error::Segment`] naming the segment for an unreadable file or a schema
@@ -348,14 +350,19 @@ pub fn segment_facts(
     let arrow_type = builder.schema().field_with_name(time_column).map(|f| f.data_type().clone()).ok();
     if let (Some(leaf), Some(t)) = (leaf, arrow_type) {
         let mut range: Option<(i64, i64)> = None;
+        let mut null_time_rows = 0u64;
         let mut exact = true;
         for rg in meta.row_groups() {
             let Some(stats) = rg.column(leaf).statistics() else {
                 exact = false;
                 break;
             };
-            let nulls = stats.null_count_opt();
-            if nulls == Some(rg.num_rows() as u64) {
+            let Some(nulls) = stats.null_count_opt() else {
+                exact = false;
+                break;
+            };
+            null_time_rows += nulls;
+            if nulls == rg.num_rows() as u64 {
                 continue; // every value of the group is null
             }
             let exact_here = match stats {
@@ -372,11 +379,31 @@ pub fn segment_facts(
             }
         }
         if exact {
-            return Ok(SegmentFacts { rows, time_range_ms: range });
+            return Ok(SegmentFacts { rows, time_range_ms: range, null_time_rows });
         }
     }
     let batches = read_segment(segment, bytes, schema, 64 * 1024)?;
-    Ok(SegmentFacts { rows: num_rows(&batches), time_range_ms: time_range_ms(&batches, time_column, format)? })
+    Ok(SegmentFacts {
+        rows: num_rows(&batches),
+        time_range_ms: time_range_ms(&batches, time_column, format)?,
+        null_time_rows: null_time_rows(&batches, time_column)?,
+    })
+}
+
+/// Rows of `batches` whose `time_column` is NULL.
+///
+/// # Errors
+/// [`Error::Segment`] when the column is missing.
+pub fn null_time_rows(batches: &[RecordBatch], time_column: &str) -> Result<u64> {
+    let mut n = 0u64;
+    for b in batches {
+        let col = b.column_by_name(time_column).ok_or_else(|| Error::Segment {
+            segment: String::new(),
+            problem: format!("time column '{time_column}' is missing"),
+        })?;
+        n += col.null_count() as u64;
+    }
+    Ok(n)
 }
 
 /// Like [`read_segment`], skipping row groups whose time-column statistics
@@ -917,7 +944,7 @@ mod tests {
     fn segment_facts_come_from_statistics_or_the_data() {
         let s = schema();
         let facts = segment_facts("seg", codec_file(Compression::SNAPPY), &s, "ts", TimeFormat::MILLIS).unwrap();
-        assert_eq!(facts, SegmentFacts { rows: 3, time_range_ms: Some((5, 7)) });
+        assert_eq!(facts, SegmentFacts { rows: 3, time_range_ms: Some((5, 7)), null_time_rows: 0 });
         // no statistics: the time column is read
         let batch = RecordBatch::try_new(
             s.arrow_schema(),
@@ -928,15 +955,20 @@ mod tests {
             ],
         )
         .unwrap();
-        let props = WriterProperties::builder()
-            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
-            .build();
-        let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, s.arrow_schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        let facts = segment_facts("seg", Bytes::from(buf), &s, "ts", TimeFormat::MILLIS).unwrap();
-        assert_eq!(facts, SegmentFacts { rows: 2, time_range_ms: Some((9, 9)) });
+        let file = |stats| {
+            let props = WriterProperties::builder().set_statistics_enabled(stats).build();
+            let mut buf = Vec::new();
+            let mut w = ArrowWriter::try_new(&mut buf, s.arrow_schema(), Some(props)).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            Bytes::from(buf)
+        };
+        let want = SegmentFacts { rows: 2, time_range_ms: Some((9, 9)), null_time_rows: 1 };
+        let none = file(parquet::file::properties::EnabledStatistics::None);
+        assert_eq!(segment_facts("seg", none, &s, "ts", TimeFormat::MILLIS).unwrap(), want);
+        // with statistics: the NULL count comes from the footer
+        let page = file(parquet::file::properties::EnabledStatistics::Page);
+        assert_eq!(segment_facts("seg", page, &s, "ts", TimeFormat::MILLIS).unwrap(), want);
     }
 
     #[tokio::test]

@@ -105,6 +105,95 @@ pub struct SegmentMeta {
     /// UTC epoch ms (a late-data run replaces a window's segments by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_start_ms: Option<i64>,
+    /// REALTIME only: rows whose time is NULL (never moved; counted by the
+    /// window holding the segment's start), rows; read at registration.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub null_time_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What became of a REALTIME segment's rows (Ocient's per-file load status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LoadStatus {
+    /// Some rows are not yet in committed windows (or still owed to one by a
+    /// late-data run).
+    Pending,
+    /// Every row is in a committed window.
+    Loaded,
+    /// Every row that could move is in a committed window; some could not
+    /// (NULL time, or late under `lateDataPolicy: ignore`).
+    LoadedWithErrors,
+    /// No row moves: the segment is empty, every time is NULL, or it is late
+    /// under `lateDataPolicy: ignore` with all its rows below the watermark.
+    Skipped,
+}
+
+impl LoadStatus {
+    /// Every status, in display order.
+    pub const ALL: [LoadStatus; 4] =
+        [LoadStatus::Pending, LoadStatus::Loaded, LoadStatus::LoadedWithErrors, LoadStatus::Skipped];
+
+    /// `PENDING`, `LOADED`, `LOADED_WITH_ERRORS` or `SKIPPED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadStatus::Pending => "PENDING",
+            LoadStatus::Loaded => "LOADED",
+            LoadStatus::LoadedWithErrors => "LOADED_WITH_ERRORS",
+            LoadStatus::Skipped => "SKIPPED",
+        }
+    }
+
+    /// Parses a [`LoadStatus::name`] (any case).
+    pub fn parse(text: &str) -> Option<LoadStatus> {
+        LoadStatus::ALL.into_iter().find(|s| s.name().eq_ignore_ascii_case(text.trim()))
+    }
+}
+
+/// The load status of REALTIME segment `s` and why, given the table's
+/// watermark (`None`: no window committed yet, UTC epoch ms), whether a
+/// late-data run still owes windows some of its rows (`owes_late`), and
+/// whether late rows are ignored (`lateDataPolicy: ignore`). Pure.
+///
+/// A segment's timed rows are all in committed windows once its end time
+/// is below the watermark (windows commit in order); its NULL-time rows
+/// never move.
+pub fn load_status(
+    s: &SegmentMeta,
+    watermark_ms: Option<i64>,
+    owes_late: bool,
+    late_ignored: bool,
+) -> (LoadStatus, String) {
+    if s.total_docs == 0 {
+        return (LoadStatus::Skipped, "no rows".into());
+    }
+    if s.null_time_rows >= s.total_docs {
+        return (LoadStatus::Skipped, format!("every row ({}) has a NULL time", s.total_docs));
+    }
+    let ignored_before = s.late_before_ms.filter(|_| s.late && late_ignored);
+    if let Some(before) = ignored_before {
+        if s.status == SegmentStatus::Done && s.end_time_ms < before {
+            return (LoadStatus::Skipped, "late (lateDataPolicy ignore): every row is below the watermark".into());
+        }
+    }
+    let moved = s.status == SegmentStatus::Done && watermark_ms.is_some_and(|w| s.end_time_ms < w) && !owes_late;
+    if !moved {
+        return (LoadStatus::Pending, String::new());
+    }
+    let mut errors = vec![];
+    if s.null_time_rows > 0 {
+        errors.push(format!("{} rows with a NULL time", s.null_time_rows));
+    }
+    if ignored_before.is_some() {
+        errors.push("late rows below the watermark ignored (lateDataPolicy ignore)".to_string());
+    }
+    if errors.is_empty() {
+        (LoadStatus::Loaded, String::new())
+    } else {
+        (LoadStatus::LoadedWithErrors, errors.join("; "))
+    }
 }
 
 /// A late-data run: one window below the watermark recomputed from all its
@@ -918,6 +1007,56 @@ mod tests {
     use super::*;
     use crate::kv::MemKv;
     use std::sync::Arc;
+
+    #[test]
+    fn load_status_follows_the_watermark_nulls_and_late_rows() {
+        let seg = SegmentMeta {
+            segment_name: "s".into(),
+            table_name: "t_REALTIME".into(),
+            status: SegmentStatus::Done,
+            start_time_ms: 100,
+            end_time_ms: 199,
+            total_docs: 10,
+            size_bytes: 1,
+            schema_fingerprint: String::new(),
+            location: String::new(),
+            partition: -1,
+            created_ms: 0,
+            end_of_stream: false,
+            late: false,
+            late_before_ms: None,
+            window_start_ms: None,
+            null_time_rows: 0,
+        };
+        let status = |s: &SegmentMeta, wm: Option<i64>, owes: bool, ignored: bool| load_status(s, wm, owes, ignored).0;
+        assert_eq!(status(&seg, None, false, false), LoadStatus::Pending);
+        assert_eq!(
+            status(&seg, Some(199), false, false),
+            LoadStatus::Pending,
+            "its last ms is not below the watermark"
+        );
+        assert_eq!(status(&seg, Some(200), false, false), LoadStatus::Loaded);
+        assert_eq!(status(&seg, Some(200), true, false), LoadStatus::Pending, "a late run still owes a window");
+        let consuming = SegmentMeta { status: SegmentStatus::Consuming, ..seg.clone() };
+        assert_eq!(status(&consuming, Some(500), false, false), LoadStatus::Pending);
+        let nulls = SegmentMeta { null_time_rows: 3, ..seg.clone() };
+        let (st, why) = load_status(&nulls, Some(200), false, false);
+        assert_eq!((st, why.as_str()), (LoadStatus::LoadedWithErrors, "3 rows with a NULL time"));
+        let all_null = SegmentMeta { null_time_rows: 10, ..seg.clone() };
+        assert_eq!(status(&all_null, None, false, false), LoadStatus::Skipped);
+        let empty = SegmentMeta { total_docs: 0, ..seg.clone() };
+        assert_eq!(status(&empty, None, false, false), LoadStatus::Skipped);
+        let late = SegmentMeta { late: true, late_before_ms: Some(300), ..seg.clone() };
+        assert_eq!(status(&late, Some(300), false, true), LoadStatus::Skipped, "every row below, ignored");
+        assert_eq!(status(&late, Some(300), false, false), LoadStatus::Loaded, "moved by its late run");
+        let partly = SegmentMeta { late: true, late_before_ms: Some(150), ..seg.clone() };
+        assert_eq!(status(&partly, Some(150), false, true), LoadStatus::Pending);
+        assert_eq!(status(&partly, Some(200), false, true), LoadStatus::LoadedWithErrors);
+        for s in LoadStatus::ALL {
+            assert_eq!(LoadStatus::parse(&s.name().to_lowercase()), Some(s));
+        }
+        assert_eq!(LoadStatus::parse("DONE"), None);
+    }
 
     #[test]
     fn backoffs_grow_and_cap() {

@@ -20,6 +20,9 @@ impl From<&SegmentMeta> for pb::Segment {
             created_ms: s.created_ms,
             end_of_stream: s.end_of_stream,
             late: s.late,
+            null_time_rows: s.null_time_rows,
+            load_status: String::new(),
+            load_detail: String::new(),
         }
     }
 }
@@ -42,6 +45,7 @@ pub fn segment_from_wire(s: &pb::Segment) -> Option<SegmentMeta> {
         late: false,
         late_before_ms: None,
         window_start_ms: None,
+        null_time_rows: s.null_time_rows,
     })
 }
 

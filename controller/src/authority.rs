@@ -165,6 +165,7 @@ fn offline_metas(spec: &TableSpec, req: &pb::CompleteTaskRequest, now: i64) -> V
             late: false,
             late_before_ms: None,
             window_start_ms: Some(o.window_start_ms),
+            null_time_rows: 0,
         })
         .collect()
 }
@@ -1669,6 +1670,7 @@ mod tests {
             late: false,
             late_before_ms: None,
             window_start_ms: None,
+            null_time_rows: 0,
         };
         crate::registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, meta).await.unwrap();
     }
@@ -2034,6 +2036,7 @@ mod tests {
                 late: false,
                 late_before_ms: None,
                 window_start_ms: None,
+                null_time_rows: 0,
             };
             a.kv.put(&a.keys.segment("t__x_REALTIME", &format!("s{i}")), encode(&meta), None).await.unwrap();
         }

@@ -560,6 +560,7 @@ mod tests {
             late: false,
             late_before_ms: None,
             window_start_ms: None,
+            null_time_rows: 0,
         }
     }
 

@@ -324,6 +324,32 @@ pub async fn late_moved(kv: &Kv, keys: &Keys, raw: &str) -> Result<crate::planne
     Ok(moved)
 }
 
+/// The load status of each of `realtime` (a table's REALTIME segments), in
+/// order, with why ([`r2o_common::meta::load_status`]); `watermark_ms` is
+/// the table's (`None`: nothing committed). Reads the lineage only when a
+/// segment is late.
+pub async fn load_statuses(
+    kv: &Kv,
+    keys: &Keys,
+    spec: &r2o_common::config::TableSpec,
+    realtime: &[SegmentMeta],
+    watermark_ms: Option<i64>,
+) -> Result<Vec<(r2o_common::meta::LoadStatus, String)>> {
+    let ignored = spec.flow.late_data_policy == LateDataPolicy::Ignore;
+    let moved = if !ignored && realtime.iter().any(|s| s.late) {
+        late_moved(kv, keys, &spec.name).await?
+    } else {
+        crate::planner::MovedLate::new()
+    };
+    Ok(realtime
+        .iter()
+        .map(|s| {
+            let owes = !ignored && crate::planner::owes_late_rows(&spec.flow, s, &moved);
+            r2o_common::meta::load_status(s, watermark_ms, owes, ignored)
+        })
+        .collect())
+}
+
 /// The table's committed lineage, in window order.
 pub async fn lineage(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<LineageRecord>> {
     Ok(range_records::<LineageRecord>(kv, &keys.lineages(raw)).await?.into_iter().map(|(l, _)| l).collect())

@@ -201,6 +201,7 @@ mod tests {
             late,
             late_before_ms: None,
             window_start_ms: None,
+            null_time_rows: 0,
         }
     }
 

@@ -191,10 +191,19 @@ impl ControllerSvc {
     }
 
     async fn list_segments(&self, raw: &str) -> Result<pb::ListSegmentsResponse> {
-        self.require_table(raw).await?;
-        let (realtime, _) = read_segments(&self.auth.kv, &self.auth.keys, raw).await?;
-        let offline = registry::offline_segments(&self.auth.kv, &self.auth.keys, raw).await?;
-        Ok(pb::ListSegmentsResponse { segments: realtime.iter().chain(&offline).map(pb::Segment::from).collect() })
+        let spec = self.require_table(raw).await?;
+        let (kv, keys) = (&self.auth.kv, &self.auth.keys);
+        let (realtime, _) = read_segments(kv, keys, raw).await?;
+        let offline = registry::offline_segments(kv, keys, raw).await?;
+        let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?.map(|(w, _)| w.watermark_ms);
+        let statuses = registry::load_statuses(kv, keys, &spec, &realtime, wm).await?;
+        let mut segments: Vec<pb::Segment> = realtime.iter().map(pb::Segment::from).collect();
+        for (seg, (status, detail)) in segments.iter_mut().zip(statuses) {
+            seg.load_status = status.name().into();
+            seg.load_detail = detail;
+        }
+        segments.extend(offline.iter().map(pb::Segment::from));
+        Ok(pb::ListSegmentsResponse { segments })
     }
 
     async fn list_tasks(&self, raw: &str) -> Result<pb::ListTasksResponse> {
