@@ -98,4 +98,42 @@ async fn metrics_move_as_the_flow_runs() {
         assert!(metric(&body, r#"r2o_minion_attempts_total{outcome="started"}"#).is_some());
     }
     assert_eq!(succeeded, done, "every task committed by one succeeded attempt");
+
+    // the shipped Grafana dashboard queries only metrics these processes serve
+    let mut served = http_get(c.http_port, "/metrics").1;
+    for m in &cluster.minions {
+        served.push_str(&http_get(m.http_port, "/metrics").1);
+    }
+    let series: std::collections::BTreeSet<&str> = served
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/r2o-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut queried = 0;
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel '{}' queries nothing", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("r2o_"))
+                .collect();
+            assert!(!names.is_empty(), "panel '{}': {expr}", p["title"]);
+            for n in names {
+                assert!(series.contains(n), "panel '{}' queries {n}, which no process serves", p["title"]);
+                queried += 1;
+            }
+        }
+    }
+    let titles: Vec<&str> = panels.iter().map(|p| p["title"].as_str().unwrap()).collect();
+    for want in
+        ["Watermark lag", "Failed tasks", "Minion slots", "Attempt outcomes", "REALTIME segments by load status"]
+    {
+        assert!(titles.contains(&want), "{titles:?}");
+    }
+    assert!(queried >= 12, "{queried} metric references");
 }

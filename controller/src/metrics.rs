@@ -51,6 +51,9 @@ pub struct ControllerMetrics {
     /// segments older than the retention that hold rows not yet moved
     /// (kept; tables with a retention only).
     pub unmoved_past_retention: IntGaugeVec,
+    /// `r2o_table_realtime_segments{table,load_status}`: REALTIME segments
+    /// by load status (PENDING, LOADED, LOADED_WITH_ERRORS, SKIPPED).
+    pub realtime_segments: IntGaugeVec,
     /// `r2o_table_realtime_segments_retention_deleted_total{table}`: REALTIME
     /// segments retention deleted (all their rows had moved).
     pub retention_deleted: IntCounterVec,
@@ -120,8 +123,15 @@ impl ControllerMetrics {
         )
         .unwrap();
         r.register(Box::new(unmoved_past_retention.clone())).unwrap();
-        ControllerMetrics {
+        let realtime_segments = IntGaugeVec::new(
+            Opts::new("r2o_table_realtime_segments", "REALTIME segments by load status"),
+            &["table", "load_status"],
+        )
+        .unwrap();
+        r.register(Box::new(realtime_segments.clone())).unwrap();
+        let m = ControllerMetrics {
             unmoved_past_retention,
+            realtime_segments,
             retention_deleted: counter(
                 r,
                 "r2o_table_realtime_segments_retention_deleted_total",
@@ -159,7 +169,12 @@ impl ControllerMetrics {
             ),
             etcd_alarm,
             etcd_db_size,
+        };
+        // every series exists from the start, at 0 (dashboards and alerts see it)
+        for c in ["etcd", "planner", "janitor", "retention"] {
+            m.errors.with_label_values(&[c]);
         }
+        m
     }
 
     /// Records etcd's status: its alarms and database size.
@@ -184,6 +199,7 @@ impl ControllerMetrics {
         self.watermark_ms.reset();
         self.lag_seconds.reset();
         self.unmoved_past_retention.reset();
+        self.realtime_segments.reset();
         for c in [
             &self.windows_committed,
             &self.windows_skipped,
@@ -200,32 +216,37 @@ impl ControllerMetrics {
             let raw = entry.key.rsplit('/').next().unwrap_or_default().to_string();
             let Ok(spec) = TableSpec::from_json(rec.table_config, rec.schema) else { continue };
             let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(&raw)).await.ok().flatten().map(|(w, _)| w);
-            let segments = || async {
-                range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name()))
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .collect::<Vec<_>>()
-            };
+            let realtime: Vec<SegmentMeta> = range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name()))
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
             let position = match &wm {
                 Some(w) => Some(w.watermark_ms),
-                None => segments()
-                    .await
+                None => realtime
                     .iter()
                     .filter(|s| s.total_docs > 0)
                     .map(|s| s.start_time_ms)
                     .min()
                     .map(|m| spec.flow.windows().floor(m)),
             };
+            let wm_ms = wm.as_ref().map(|w| w.watermark_ms);
+            match crate::registry::load_statuses(kv, keys, &spec, &realtime, wm_ms).await {
+                Ok(statuses) => {
+                    for status in r2o_common::meta::LoadStatus::ALL {
+                        let n = statuses.iter().filter(|(s, _)| *s == status).count();
+                        self.realtime_segments.with_label_values(&[&raw, status.name()]).set(n as i64);
+                    }
+                }
+                Err(_) => self.errors.with_label_values(&["etcd"]).inc(),
+            }
             if let Some(r) = spec.flow.retention_ms {
                 let settled = match crate::retention::late_settled(kv, keys, &spec).await {
                     Ok(f) => f,
                     Err(_) => Box::new(|_: &SegmentMeta| false),
                 };
-                let wm_ms = wm.as_ref().map(|w| w.watermark_ms);
-                let unmoved =
-                    crate::retention::plan_retention(&segments().await, wm_ms, r, now, &*settled).unmoved.len();
+                let unmoved = crate::retention::plan_retention(&realtime, wm_ms, r, now, &*settled).unmoved.len();
                 self.unmoved_past_retention.with_label_values(&[&raw]).set(unmoved as i64);
                 let deleted = get_record::<RetentionRecord>(kv, &keys.retention(&raw))
                     .await

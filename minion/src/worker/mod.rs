@@ -137,6 +137,8 @@ impl MinionMetrics {
         };
         m.slots.set(i64::from(slots));
         m.free.set(i64::from(slots));
+        // every series exists from the start, at 0 (dashboards and alerts see it)
+        m.errors.with_label_values(&["store"]);
         for o in ["started", "succeeded", "failed", "cancelled"] {
             m.attempts.with_label_values(&[o]).inc_by(0);
         }
