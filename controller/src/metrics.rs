@@ -7,8 +7,19 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeV
 use r2o_common::config::TableSpec;
 use r2o_common::kv::Kv;
 use r2o_common::meta::{
-    get_record, now_ms, range_records, Keys, RetentionRecord, SegmentMeta, TableRecord, TaskRecord, WatermarkRecord,
+    get_record, now_ms, range_records, Keys, LoadStatus, RetentionRecord, SegmentMeta, TableRecord, TaskRecord,
+    WatermarkRecord,
 };
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How often, at most, a table's segments are read to count their load
+/// statuses for `/metrics`, ms (scrapes in between show the last counts).
+pub const LOAD_STATUS_EVERY_MS: i64 = 10_000;
+
+/// When a table's load statuses were counted (UTC epoch ms) and the counts,
+/// in [`LoadStatus::ALL`]'s order.
+type Counted = (i64, [i64; 4]);
 
 /// Every metric the controller exports.
 #[derive(Clone)]
@@ -52,8 +63,12 @@ pub struct ControllerMetrics {
     /// (kept; tables with a retention only).
     pub unmoved_past_retention: IntGaugeVec,
     /// `r2o_table_realtime_segments{table,load_status}`: REALTIME segments
-    /// by load status (PENDING, LOADED, LOADED_WITH_ERRORS, SKIPPED).
+    /// by load status (PENDING, LOADED, LOADED_WITH_ERRORS, SKIPPED),
+    /// counted at most every [`LOAD_STATUS_EVERY_MS`] per table.
     pub realtime_segments: IntGaugeVec,
+    /// Per table: when its load statuses were last counted (UTC epoch ms)
+    /// and the counts, in [`LoadStatus::ALL`]'s order.
+    load_status_counts: Arc<Mutex<HashMap<String, Counted>>>,
     /// `r2o_table_realtime_segments_retention_deleted_total{table}`: REALTIME
     /// segments retention deleted (all their rows had moved).
     pub retention_deleted: IntCounterVec,
@@ -132,6 +147,7 @@ impl ControllerMetrics {
         let m = ControllerMetrics {
             unmoved_past_retention,
             realtime_segments,
+            load_status_counts: Arc::default(),
             retention_deleted: counter(
                 r,
                 "r2o_table_realtime_segments_retention_deleted_total",
@@ -212,16 +228,26 @@ impl ControllerMetrics {
         ] {
             c.reset();
         }
+        let names: std::collections::HashSet<String> =
+            tables.iter().map(|(_, e)| e.key.rsplit('/').next().unwrap_or_default().to_string()).collect();
+        self.load_status_counts.lock().unwrap_or_else(|p| p.into_inner()).retain(|t, _| names.contains(t));
         for (rec, entry) in tables {
             let raw = entry.key.rsplit('/').next().unwrap_or_default().to_string();
             let Ok(spec) = TableSpec::from_json(rec.table_config, rec.schema) else { continue };
             let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(&raw)).await.ok().flatten().map(|(w, _)| w);
-            let realtime: Vec<SegmentMeta> = range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name()))
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(s, _)| s)
-                .collect();
+            let counted = self.load_status_counts.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
+            let count_now = counted.is_none_or(|(at, _)| now - at >= LOAD_STATUS_EVERY_MS);
+            // the segment list only when something here needs it (a table may hold ~15k)
+            let realtime: Vec<SegmentMeta> = if count_now || wm.is_none() || spec.flow.retention_ms.is_some() {
+                range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name()))
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect()
+            } else {
+                vec![]
+            };
             let position = match &wm {
                 Some(w) => Some(w.watermark_ms),
                 None => realtime
@@ -232,14 +258,25 @@ impl ControllerMetrics {
                     .map(|m| spec.flow.windows().floor(m)),
             };
             let wm_ms = wm.as_ref().map(|w| w.watermark_ms);
-            match crate::registry::load_statuses(kv, keys, &spec, &realtime, wm_ms).await {
-                Ok(statuses) => {
-                    for status in r2o_common::meta::LoadStatus::ALL {
-                        let n = statuses.iter().filter(|(s, _)| *s == status).count();
-                        self.realtime_segments.with_label_values(&[&raw, status.name()]).set(n as i64);
+            let counts = match counted {
+                Some((_, counts)) if !count_now => Some(counts),
+                _ => match crate::registry::load_statuses(kv, keys, &spec, &realtime, wm_ms).await {
+                    Ok(statuses) => {
+                        let counts = LoadStatus::ALL.map(|st| statuses.iter().filter(|(s, _)| *s == st).count() as i64);
+                        self.load_status_counts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(raw.clone(), (now, counts));
+                        Some(counts)
                     }
-                }
-                Err(_) => self.errors.with_label_values(&["etcd"]).inc(),
+                    Err(_) => {
+                        self.errors.with_label_values(&["etcd"]).inc();
+                        None
+                    }
+                },
+            };
+            for (status, n) in counts.iter().flat_map(|c| LoadStatus::ALL.iter().zip(c)) {
+                self.realtime_segments.with_label_values(&[&raw, status.name()]).set(*n);
             }
             if let Some(r) = spec.flow.retention_ms {
                 let settled = match crate::retention::late_settled(kv, keys, &spec).await {
