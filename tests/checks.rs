@@ -96,3 +96,57 @@ async fn a_window_failing_a_staged_data_check_is_held() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("allowNaN") && err.contains("'maybe'"), "{err}");
 }
+
+/// A file column wider than the table's (LONG in the file, INT in the
+/// table, as streaming sinks write) is read while every value fits; the
+/// window holding a value that does not fit is FAILED with the check, the
+/// column, the count and the value, and the windows before it commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_does_not_fit_its_column_type_holds_its_window() {
+    let cluster = Cluster::start(1, 1);
+    let schema = json!({"schemaName": "s", "metricFieldSpecs": [{"name": "n", "dataType": "INT"}],
+        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]});
+    for t in ["fit", "wide"] {
+        cluster.add_table(t, &table(t, json!({})), &schema);
+        for hour in 0..3i64 {
+            let ts: Vec<i64> = (0..10).map(|i| T0_MS + hour * H_MS + i * H_MS / 10).collect();
+            let n: Vec<i64> =
+                (0..10).map(|i| if t == "wide" && hour == 1 && i == 3 { 3_000_000_000 } else { i }).collect();
+            let batch = RecordBatch::try_from_iter(vec![
+                ("n", Arc::new(Int64Array::from(n)) as Arc<dyn Array>),
+                ("ts", Arc::new(Int64Array::from(ts)) as _),
+            ])
+            .unwrap();
+            let f = cluster.parquet_file(&format!("{t}-{hour}.parquet"), &batch);
+            let mut args = vec!["segment", "add", "--table", t, "--file", f.to_str().unwrap()];
+            if hour == 2 {
+                args.push("--end-of-stream");
+            }
+            cluster.cli(&args);
+        }
+    }
+    let e = failed_error(&cluster, "wide").await;
+    assert!(
+        e.contains("fits the column type") && e.contains("'n'") && e.contains("1 value(s)") && e.contains("3000000000"),
+        "{e}"
+    );
+    let ok = cluster.wait_idle("fit", Duration::from_secs(60)).await;
+    assert_eq!((ok.watermark_ms, ok.rows_in), (T0_MS + 3 * H_MS, 30), "every value fits INT: {}", ok.next);
+    let sum: i64 = cluster
+        .offline_batches("fit")
+        .await
+        .iter()
+        .map(|b| {
+            b.column_by_name("n")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int32Array>()
+                .unwrap()
+                .iter()
+                .flatten()
+                .map(i64::from)
+                .sum::<i64>()
+        })
+        .sum();
+    assert_eq!(sum, 3 * 45, "read as INT");
+}

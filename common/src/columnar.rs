@@ -34,8 +34,16 @@ fn compatible(file: &ArrowType, table: &ArrowType) -> bool {
         (Float16 | Float32, Float32) => true,
         (Float16 | Float32 | Float64, Float64) => true,
         (Dictionary(_, v), t) => compatible(v, t),
-        _ => false,
+        _ => narrowing(file, table),
     }
+}
+
+/// A file type read as a narrower table type (streaming sinks write 64-bit
+/// integers and doubles for every number): read when each value fits, and
+/// a value that does not fit fails the read ([`conform_batch`]).
+fn narrowing(file: &ArrowType, table: &ArrowType) -> bool {
+    use ArrowType::*;
+    matches!((file, table), (Int64 | UInt32 | UInt64, Int32) | (UInt64, Int64) | (Float64, Float32))
 }
 
 /// Checks that a file schema holds every table column with a compatible
@@ -105,6 +113,39 @@ pub fn check_file_schema_as(segment: &str, file: &ArrowSchema, schema: &Schema, 
     Ok(())
 }
 
+/// The staged-data check of a narrowing read: every value of `file` is
+/// still there in `read` (an integer out of range casts to NULL, a finite
+/// double out of FLOAT's range to an infinity).
+///
+/// # Errors
+/// [`Error::Segment`] naming `segment`, the check, the column, how many
+/// values do not fit `type_name` and the first (at most 3) of them.
+fn check_fits(segment: &str, column: &str, type_name: &str, file: &ArrayRef, read: &ArrayRef) -> Result<()> {
+    let as_f64 = cast(file, &ArrowType::Float64).map_err(|e| seg_err(segment, e.to_string()))?;
+    let as_f64 = as_f64.as_any().downcast_ref::<arrow::array::Float64Array>().expect("cast to Float64");
+    let read_f64 = cast(read, &ArrowType::Float64).map_err(|e| seg_err(segment, e.to_string()))?;
+    let read_f64 = read_f64.as_any().downcast_ref::<arrow::array::Float64Array>().expect("cast to Float64");
+    let bad: Vec<usize> = (0..file.len())
+        .filter(|&i| {
+            file.is_valid(i) && (read.is_null(i) || (as_f64.value(i).is_finite() && !read_f64.value(i).is_finite()))
+        })
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let shown = arrow::util::display::ArrayFormatter::try_new(file.as_ref(), &Default::default())
+        .map_err(|e| seg_err(segment, e.to_string()))?;
+    let first: Vec<String> = bad.iter().take(3).map(|&i| shown.value(i).to_string()).collect();
+    Err(seg_err(
+        segment,
+        format!(
+            "check 'fits the column type' failed: column '{column}' has {} value(s) that do not fit {type_name} (first: {})",
+            bad.len(),
+            first.join(", ")
+        ),
+    ))
+}
+
 /// Projects and casts a batch to the table's Arrow schema; a table column
 /// missing from the batch (a segment of an older schema version, checked by
 /// [`check_file_schema_as`]) is filled with its `defaultNullValue` (or null).
@@ -127,6 +168,9 @@ pub fn conform_batch(
             let c = cast(col, &want).map_err(|e| {
                 seg_err(segment, format!("column '{}' cannot be read as {}: {e}", f.name, f.data_type.name()))
             })?;
+            if narrowing(col.data_type(), &want) {
+                check_fits(segment, &f.name, f.data_type.name(), col, &c)?;
+            }
             columns.push(c);
         }
     }
@@ -938,6 +982,41 @@ mod tests {
         for file in files {
             assert_eq!(num_rows(&read_segment("seg", file, &s, 1024).unwrap()), n as u64);
         }
+    }
+
+    #[test]
+    fn narrowing_reads_values_that_fit_and_refuses_the_rest() {
+        let s = Schema::from_json(&json!({
+            "metricFieldSpecs": [{"name": "i", "dataType": "INT"}, {"name": "f", "dataType": "FLOAT"}],
+            "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH"}]
+        }))
+        .unwrap();
+        let target = s.arrow_schema();
+        let batch = |i: Vec<Option<i64>>, f: Vec<f64>| {
+            let n = i.len();
+            RecordBatch::try_from_iter(vec![
+                ("i", Arc::new(Int64Array::from(i)) as ArrayRef),
+                ("f", Arc::new(arrow::array::Float64Array::from(f)) as ArrayRef),
+                ("ts", Arc::new(Int64Array::from(vec![1i64; n])) as ArrayRef),
+            ])
+            .unwrap()
+        };
+        check_file_schema("seg", &batch(vec![], vec![]).schema(), &s).unwrap();
+        let ok = conform_batch(
+            "seg",
+            &batch(vec![Some(-5), None, Some(i32::MAX as i64)], vec![1.5, 0.0, -2.0]),
+            &s,
+            &target,
+        )
+        .unwrap();
+        assert_eq!(ok.column(0).as_any().downcast_ref::<arrow::array::Int32Array>().unwrap().value(2), i32::MAX);
+        assert_eq!(ok.column(0).null_count(), 1, "a NULL stays NULL");
+        let e = conform_batch("seg", &batch(vec![Some(1), Some(1 << 40), Some(-(1 << 33))], vec![0.0; 3]), &s, &target)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'i'") && e.contains("2 value(s)") && e.contains("1099511627776"), "{e}");
+        let e = conform_batch("seg", &batch(vec![Some(1)], vec![1e300]), &s, &target).unwrap_err().to_string();
+        assert!(e.contains("'f'") && e.contains("FLOAT") && e.contains("1e300"), "{e}");
     }
 
     #[test]
