@@ -300,7 +300,7 @@ struct Ctx {
     store: Store,
     cancel: CancellationToken,
     /// Schema of the rows crossing the sort: the table's, plus the partition
-    /// column when partitioned, plus the row hash (dedup).
+    /// column when partitioned, plus the row hash (rollup, dedup).
     sort_schema: SchemaRef,
     /// Schema of the rows the merge sees: the table's, plus the row hash.
     merge_schema: SchemaRef,
@@ -429,7 +429,7 @@ impl Ctx {
     }
 
     /// Adds the partition column when the table is partitioned, and the row
-    /// hash when the sort key ends with it (dedup).
+    /// hash when the sort key ends with it (rollup, dedup).
     fn tag(&self, batch: RecordBatch) -> Result<RecordBatch, Error> {
         let mut cols = batch.columns().to_vec();
         if let Some(p) = &self.spec.flow.partitioning {
