@@ -804,13 +804,6 @@ async fn run_task(
         batch_rows: batch_rows(settings.memory_bytes, &spec.schema),
         rounding: spec.flow.rounding(),
     });
-    // a sorter per source partition, each alone in a pool of its share (two
-    // sorters in one pool race for the memory each frees for its merge)
-    let sorters = settings.threads.max(1);
-    let share = settings.memory_bytes / sorters;
-    let sort_ctxs = (0..sorters)
-        .map(|_| sort_context(share, &settings.spill_dir, ctx.batch_rows))
-        .collect::<Result<Vec<_>, ProcessError>>()?;
     let mut processed = Processed::default();
     let mut spill = SpillStats::default();
     let (mut sums_in, mut sums_out) = (Sums::default(), Sums::default());
@@ -824,7 +817,7 @@ async fn run_task(
                 i
             })
             .collect();
-        let w = run_window(&ctx, *window, mine, prefix, settings, &sort_ctxs).await?;
+        let w = run_window(&ctx, *window, mine, prefix, settings).await?;
         processed.rows_in += w.stats.rows_in;
         processed.rows_out += w.stats.rows_out;
         processed.bytes_in += w.bytes_in;
@@ -881,7 +874,6 @@ async fn run_window(
     inputs: Vec<StreamInput>,
     prefix: &str,
     settings: &StreamSettings,
-    sort_ctxs: &[Arc<TaskContext>],
 ) -> Result<WindowRun, ProcessError> {
     let spec = &ctx.spec;
     let stats = Arc::new(Mutex::new(SourceStats::default()));
@@ -907,6 +899,12 @@ async fn run_window(
             stream: Mutex::new(Some(Box::pin(RecordBatchStreamAdapter::new(ctx.sort_schema.clone(), stream)))),
         }));
     }
+    // a sorter per source partition, each alone in a pool of its share of
+    // the memory (two sorters in one pool race for the memory each frees to
+    // merge its batches)
+    let sort_ctxs = (0..parts)
+        .map(|_| sort_context(settings.memory_bytes / parts, &settings.spill_dir, ctx.batch_rows))
+        .collect::<Result<Vec<_>, ProcessError>>()?;
     let key = ctx.sort_key();
     let started = std::time::Instant::now();
     let mut sorts: Vec<Arc<SortExec>> = vec![];
@@ -929,7 +927,7 @@ async fn run_window(
         // a sorter per source partition, each in its own context: decoding,
         // sorting and spilling run on every core at once
         let mut runs: Vec<Arc<dyn PartitionStream>> = vec![];
-        for (stream, task_ctx) in streams.into_iter().zip(sort_ctxs) {
+        for (stream, task_ctx) in streams.into_iter().zip(&sort_ctxs) {
             let source = StreamingTableExec::try_new(ctx.sort_schema.clone(), vec![stream], None, vec![], false, None)
                 .map_err(from_df)?;
             let sort = Arc::new(SortExec::new(ordering.clone(), Arc::new(source)));
