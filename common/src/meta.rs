@@ -30,13 +30,14 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::kv::{Compare, KeyValue, Kv, Op};
 
-/// Status of a REALTIME segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Status of a REALTIME segment (`Done` by default, as every OFFLINE one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SegmentStatus {
     /// Still growing on a realtime server; its end time is not final.
     Consuming,
     /// Completed and immutable.
+    #[default]
     Done,
 }
 
@@ -59,8 +60,9 @@ impl SegmentStatus {
     }
 }
 
-/// Metadata of one segment (one Parquet object).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Metadata of one segment (one Parquet object). `Default` is an empty
+/// DONE segment with no name, for building records field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SegmentMeta {
     /// Segment name, unique within its table part.
@@ -1021,12 +1023,7 @@ mod tests {
             schema_fingerprint: String::new(),
             location: String::new(),
             partition: -1,
-            created_ms: 0,
-            end_of_stream: false,
-            late: false,
-            late_before_ms: None,
-            window_start_ms: None,
-            null_time_rows: 0,
+            ..Default::default()
         };
         let status = |s: &SegmentMeta, wm: Option<i64>, owes: bool, ignored: bool| load_status(s, wm, owes, ignored).0;
         assert_eq!(status(&seg, None, false, false), LoadStatus::Pending);

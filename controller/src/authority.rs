@@ -1665,12 +1665,7 @@ mod tests {
             schema_fingerprint: w.spec.schema.fingerprint(),
             location,
             partition: 0,
-            created_ms: 0,
-            end_of_stream: false,
-            late: false,
-            late_before_ms: None,
-            window_start_ms: None,
-            null_time_rows: 0,
+            ..Default::default()
         };
         crate::registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, meta).await.unwrap();
     }
@@ -2031,12 +2026,7 @@ mod tests {
                 schema_fingerprint: w.spec.schema.fingerprint(),
                 location: format!("ns/realtime/{pad}/s{i}.parquet"),
                 partition: 0,
-                created_ms: 0,
-                end_of_stream: false,
-                late: false,
-                late_before_ms: None,
-                window_start_ms: None,
-                null_time_rows: 0,
+                ..Default::default()
             };
             a.kv.put(&a.keys.segment("t__x_REALTIME", &format!("s{i}")), encode(&meta), None).await.unwrap();
         }

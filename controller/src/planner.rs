@@ -555,12 +555,7 @@ mod tests {
             schema_fingerprint: String::new(),
             location: String::new(),
             partition,
-            created_ms: 0,
-            end_of_stream: false,
-            late: false,
-            late_before_ms: None,
-            window_start_ms: None,
-            null_time_rows: 0,
+            ..Default::default()
         }
     }
 

@@ -571,12 +571,7 @@ mod tests {
             schema_fingerprint: "f".into(),
             location: format!("ns/offline/t_OFFLINE/t__3600000__7/attempt-1/t_3600000_7200000_{i}_0.parquet"),
             partition: i as i32,
-            created_ms: 0,
-            end_of_stream: false,
-            late: false,
-            late_before_ms: None,
-            window_start_ms: None,
-            null_time_rows: 0,
+            ..Default::default()
         }
     }
 

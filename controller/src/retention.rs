@@ -196,12 +196,8 @@ mod tests {
             schema_fingerprint: String::new(),
             location: format!("t/{name}"),
             partition: -1,
-            created_ms: 0,
-            end_of_stream: false,
             late,
-            late_before_ms: None,
-            window_start_ms: None,
-            null_time_rows: 0,
+            ..Default::default()
         }
     }
 

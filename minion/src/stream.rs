@@ -1115,12 +1115,7 @@ mod tests {
                 schema_fingerprint: spec.schema.fingerprint(),
                 location,
                 partition: 0,
-                created_ms: 0,
-                end_of_stream: false,
-                late: false,
-                late_before_ms: None,
-                window_start_ms: None,
-                null_time_rows: 0,
+                ..Default::default()
             };
             out.push((meta, bytes));
         }
