@@ -232,6 +232,11 @@ pub trait KvBackend: Send + Sync + 'static {
     /// callers read the state itself after an event).
     async fn watch(&self, prefix: &str) -> Result<WatchReceiver>;
 
+    /// `mod_revision` of `key` (without its value), `None` when absent.
+    async fn mod_revision(&self, key: &str) -> Result<Option<i64>> {
+        Ok(self.get(key).await?.map(|e| e.mod_revision))
+    }
+
     /// Every key (no values) starting with `prefix`, in key order, read
     /// page by page.
     async fn range_keys(&self, prefix: &str) -> Result<Vec<String>> {
@@ -320,6 +325,12 @@ impl KvBackend for EtcdKv {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let resp = self.client.kv_client().get(key, None).await.map_err(meta_err)?;
         Ok(resp.kvs().first().map(to_kv))
+    }
+
+    async fn mod_revision(&self, key: &str) -> Result<Option<i64>> {
+        let opts = etcd_client::GetOptions::new().with_keys_only();
+        let resp = self.client.kv_client().get(key, Some(opts)).await.map_err(meta_err)?;
+        Ok(resp.kvs().first().map(|kv| kv.mod_revision()))
     }
 
     async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page> {

@@ -22,6 +22,7 @@
 
 use r2o_common::config::TableSpec;
 use r2o_common::kv::{Compare, KeyValue, Kv, Op};
+use r2o_common::meta::chunks::ListCache;
 use r2o_common::meta::{
     chunks, encode, get_record, now_ms, range_records, ClaimRecord, FrontierRecord, Keys, MinionRecord, SegmentMeta,
     SegmentStatus, TableRecord, TaskId, TaskRecord, TaskState, WatermarkRecord, WindowStats,
@@ -105,6 +106,9 @@ pub struct Authority {
     pub(crate) footers: FooterCache,
     /// REALTIME segments per table, revision-checked.
     pub(crate) segments: SegmentCache,
+    /// Task input lists, revision-checked: a split window's list is read by
+    /// each of its sub-tasks' reports and by every commit pass.
+    pub(crate) inputs: ListCache<SegmentMeta>,
     /// The last reason per table why a ready window could not be published
     /// (logged once per change, not every tick).
     plan_problems: Arc<Mutex<HashMap<String, String>>>,
@@ -324,6 +328,7 @@ impl Authority {
             metrics: None,
             footers: FooterCache::new(200_000),
             segments: SegmentCache::default(),
+            inputs: ListCache::new(8),
             plan_problems: Default::default(),
             last_created_ms: Default::default(),
         }
@@ -1228,7 +1233,7 @@ impl Authority {
             };
             let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
             // the window's inputs (a sub-task's list is its group's), and those this task read
-            let window_inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
+            let window_inputs = self.inputs.read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
             let inputs = task.input_slice(&window_inputs).to_vec();
 
             // the plan still holds: same epoch, a range not yet committed, same inputs
@@ -1396,12 +1401,15 @@ impl Authority {
             let (wm, wm_rev) = self.watermark(raw).await?;
             let Some(w) = wm else { return Ok(committed) };
             let Some((task, entry)) =
-                open.into_iter().find(|(t, _)| t.state == TaskState::Staged && t.from_ms == w.watermark_ms)
+                open.iter().find(|(t, _)| t.state == TaskState::Staged && t.from_ms == w.watermark_ms).cloned()
             else {
                 return Ok(committed);
             };
+            if task.is_sub_task() && group_members(&open, &task).is_none() {
+                return Ok(committed); // its window waits for the other sub-tasks
+            }
             let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
-            let inputs: Vec<SegmentMeta> = chunks::read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
+            let inputs = self.inputs.read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
             let (segments_rev, changed) = self.plan_changed(&task, &spec, &inputs).await?;
             if let Some(reason) = changed {
                 self.supersede(&task, entry.mod_revision, epoch_rev, leadership, &reason).await?;
@@ -1465,17 +1473,9 @@ impl Authority {
         leadership: Leadership,
     ) -> Result<GroupCommit> {
         let (open, _) = open_tasks(&self.kv, &self.keys, &staged.table).await?;
-        let mut members: Vec<(TaskRecord, i64)> = open
-            .into_iter()
-            .filter(|(t, _)| t.group == staged.group && t.from_ms == staged.from_ms)
-            .map(|(t, e)| (t, e.mod_revision))
-            .collect();
-        members.sort_by_key(|(t, _)| t.sub_task);
-        let complete = members.len() == staged.sub_tasks as usize
-            && members.iter().enumerate().all(|(k, (t, _))| t.sub_task as usize == k && t.state == TaskState::Staged);
-        if !complete {
+        let Some(members) = group_members(&open, staged) else {
             return Ok(GroupCommit::Waiting);
-        }
+        };
         let mut outputs: Vec<SegmentMeta> = vec![];
         for (t, _) in &members {
             outputs.extend(chunks::read::<SegmentMeta>(&self.kv, &self.keys.manifest(&t.id, t.staged_attempt)).await?);
@@ -1563,6 +1563,21 @@ impl Authority {
         }
         Ok(())
     }
+}
+
+/// The sub-tasks of `staged`'s window among the `open` tasks, in order with
+/// their revisions, when every one of them is STAGED; `None` while any is
+/// missing or not staged. Pure.
+fn group_members(open: &[(TaskRecord, KeyValue)], staged: &TaskRecord) -> Option<Vec<(TaskRecord, i64)>> {
+    let mut members: Vec<(TaskRecord, i64)> = open
+        .iter()
+        .filter(|(t, _)| t.group == staged.group && t.from_ms == staged.from_ms)
+        .map(|(t, e)| (t.clone(), e.mod_revision))
+        .collect();
+    members.sort_by_key(|(t, _)| t.sub_task);
+    let complete = members.len() == staged.sub_tasks as usize
+        && members.iter().enumerate().all(|(k, (t, _))| t.sub_task as usize == k && t.state == TaskState::Staged);
+    complete.then_some(members)
 }
 
 /// Runs the planning loop while this controller leads.

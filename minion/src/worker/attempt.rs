@@ -11,7 +11,7 @@ use backon::Retryable;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use r2o_common::config::{MergeType, TableSpec};
-use r2o_common::meta::{SegmentMeta, TaskRecord};
+use r2o_common::meta::TaskRecord;
 use r2o_common::retry::{reconnect_backoff, store_backoff};
 use r2o_common::store::{get_bytes, put_bytes};
 use r2o_common::window::Window;
@@ -261,7 +261,7 @@ impl Worker {
     ) -> Result<(Processed, Vec<pb::StagedSegment>, String), ProcessError> {
         let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone()).map_err(Error::from)?;
         let inputs_id = task.inputs_id();
-        let listed: Vec<SegmentMeta> = (|| claim::inputs(&self.kv, &self.keys, &inputs_id))
+        let listed = (|| claim::inputs(&self.kv, &self.keys, &self.inputs, &inputs_id))
             .retry(store_backoff())
             .when(Error::is_retryable)
             .await?;

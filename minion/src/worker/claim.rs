@@ -10,6 +10,7 @@ use r2o_common::meta::{
     chunks, encode, get_record, now_ms, range_records, ClaimRecord, Keys, SegmentMeta, TaskId, TaskRecord, TaskState,
 };
 use r2o_common::Error;
+use std::sync::Arc;
 
 /// A task this minion holds: its record, the claim's revision and its inputs.
 #[derive(Debug, Clone)]
@@ -111,9 +112,15 @@ pub async fn read_back(
     }
 }
 
-/// The task's inputs (read after claiming).
-pub async fn inputs(kv: &Kv, keys: &Keys, id: &TaskId) -> Result<Vec<SegmentMeta>, Error> {
-    chunks::read(kv, &keys.inputs(id)).await
+/// The task's inputs (read after claiming), through `cache`: the sub-tasks
+/// of a split window share one list.
+pub async fn inputs(
+    kv: &Kv,
+    keys: &Keys,
+    cache: &chunks::ListCache<SegmentMeta>,
+    id: &TaskId,
+) -> Result<Arc<Vec<SegmentMeta>>, Error> {
+    cache.read(kv, &keys.inputs(id)).await
 }
 
 /// Gives a claim back: deletes it if it is still the one this minion

@@ -18,7 +18,7 @@ pub mod claim;
 pub mod client;
 
 use r2o_common::kv::Kv;
-use r2o_common::meta::{encode, now_ms, Keys, MinionRecord, TaskId};
+use r2o_common::meta::{chunks, encode, now_ms, Keys, MinionRecord, SegmentMeta, TaskId};
 use r2o_common::retry::reconnect_backoff;
 use r2o_common::store::{Layout, Store};
 use r2o_common::Error;
@@ -165,6 +165,8 @@ pub(crate) struct Worker {
     metrics: MinionMetrics,
     leader: Arc<LeaderClient>,
     rpc_timeout: Duration,
+    /// Task input lists read by recent claims (a split window's sub-tasks share one).
+    inputs: chunks::ListCache<SegmentMeta>,
 }
 
 struct Registration {
@@ -285,6 +287,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
         metrics: metrics.clone(),
         leader,
         rpc_timeout: cfg.rpc_timeout,
+        inputs: chunks::ListCache::new(4),
     };
     let http_cancel = CancellationToken::new();
     let http = cfg.http_listen.map(|listen| {
