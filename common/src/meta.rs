@@ -897,6 +897,7 @@ pub const MAX_CHUNKS: usize = 1024;
 /// (a JSON array per chunk).
 pub mod chunks {
     use super::*;
+    use futures::{StreamExt, TryStreamExt};
 
     /// Encodes `items` as JSON-array chunks of at most [`CHUNK_BYTES`] (an
     /// item larger than that gets a chunk of its own). An empty list is one
@@ -941,7 +942,8 @@ pub mod chunks {
     /// The compares cover the first and the last chunk only, whatever the
     /// list's length: every deletion of a chunked list is one
     /// `delete_prefix` (etcd applies it atomically), and chunks are written
-    /// once, in order, so a list whose first and last chunks still have the
+    /// once (8 at a time), the compares returned only when every put has
+    /// succeeded, so a list whose first and last chunks still have the
     /// revisions they were written with is whole.
     ///
     /// # Errors
@@ -954,14 +956,22 @@ pub mod chunks {
             )));
         }
         let last = encoded.len().saturating_sub(1);
+        // 8 puts at once; the list counts only once every put has succeeded
+        let puts: Vec<_> = encoded
+            .into_iter()
+            .enumerate()
+            .map(|(n, bytes)| {
+                let kv = kv.clone();
+                let key = key(prefix, n);
+                async move { kv.put(&key, bytes, None).await }
+            })
+            .collect();
+        futures::stream::iter(puts).buffer_unordered(8).try_collect::<Vec<()>>().await?;
         let mut compares = Vec::with_capacity(2);
-        for (n, bytes) in encoded.into_iter().enumerate() {
+        for n in if last == 0 { vec![0] } else { vec![0, last] } {
             let key = key(prefix, n);
-            kv.put(&key, bytes, None).await?;
-            if n == 0 || n == last {
-                let rev = kv.get(&key).await?.map_or(0, |e| e.mod_revision);
-                compares.push(Compare::ModRevision(key, rev));
-            }
+            let rev = kv.mod_revision(&key).await?.unwrap_or(0);
+            compares.push(Compare::ModRevision(key, rev));
         }
         Ok(compares)
     }

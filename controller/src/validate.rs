@@ -95,27 +95,53 @@ pub async fn gather(
         .buffered(16)
         .try_collect()
         .await?;
-    let ins: Vec<Option<FooterFacts>> = futures::stream::iter(inputs.iter().cloned())
-        .map(|s| {
+    let locations: Vec<String> = inputs.iter().map(|s| s.location.clone()).collect();
+    let ins: Vec<Option<FooterFacts>> = futures::stream::iter(locations)
+        .map(|l| {
             let (store, cache) = (store.clone(), cache.clone());
-            async move {
-                if let Some(f) = cache.get(&s.location) {
-                    return Ok::<_, r2o_common::Error>(f);
-                }
-                let read = || object_footer(&store, &s.location);
-                let f = match read.retry(store_backoff()).when(Error::is_retryable).await? {
-                    Some((_, Ok(f))) => Some(f),
-                    Some((_, Err(r2o_common::Error::Segment { .. }))) | None => None,
-                    Some((_, Err(e))) => return Err(e),
-                };
-                cache.put(&s.location, f.clone());
-                Ok(f)
-            }
+            async move { input_footer(store, cache, l).await }
         })
         .buffered(16)
         .try_collect()
         .await?;
     Ok((outs, ins))
+}
+
+/// One input's footer, from `cache` or read (and cached); `None` when it is
+/// missing or does not decode.
+async fn input_footer(store: Store, cache: FooterCache, location: String) -> r2o_common::Result<Option<FooterFacts>> {
+    if let Some(f) = cache.get(&location) {
+        return Ok(f);
+    }
+    let read = || object_footer(&store, &location);
+    let f = match read.retry(store_backoff()).when(Error::is_retryable).await? {
+        Some((_, Ok(f))) => Some(f),
+        Some((_, Err(r2o_common::Error::Segment { .. }))) | None => None,
+        Some((_, Err(e))) => return Err(e),
+    };
+    cache.put(&location, f.clone());
+    Ok(f)
+}
+
+/// Reads the footers of a just-published task's inputs into `cache` in the
+/// background (4 at a time; `locations` are the inputs'), so that its report's validation ([`gather`])
+/// finds them there instead of reading them while the commit waits. Skipped
+/// for a list of more than half the cache's capacity (it would evict
+/// itself). A read that fails is left for [`gather`] to do again.
+pub fn prefetch(store: Store, cache: FooterCache, locations: Vec<String>) {
+    if locations.len() > cache.capacity / 2 {
+        return;
+    }
+    tokio::spawn(async move {
+        let reads: Vec<_> = locations.into_iter().map(|l| input_footer(store.clone(), cache.clone(), l)).collect();
+        let reads = futures::stream::iter(reads).buffer_unordered(4);
+        futures::pin_mut!(reads);
+        while let Some(read) = reads.next().await {
+            if let Err(e) = read {
+                tracing::debug!(error = %e, "prefetching an input footer failed");
+            }
+        }
+    });
 }
 
 /// Unit roundoff of a float column type.
