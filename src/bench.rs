@@ -70,14 +70,7 @@ fn main() -> Result<()> {
                 total_docs: piece.num_rows() as u64,
                 size_bytes: bytes.len() as u64,
                 schema_fingerprint: spec.schema.fingerprint(),
-                location: String::new(),
-                partition: 0,
-                created_ms: 0,
-                end_of_stream: false,
-                late: false,
-                late_before_ms: None,
-                window_start_ms: None,
-                null_time_rows: 0,
+                ..Default::default()
             },
             bytes,
         });

@@ -85,6 +85,10 @@ enum Command {
         /// Janitor sweep interval, seconds.
         #[arg(long, env = "R2O_JANITOR_INTERVAL_SECS", default_value_t = 60)]
         janitor_interval_secs: u64,
+        /// How often the leader lists the tables' batchConfigMaps sources for new files, ms
+        /// (a file is registered once two listings in a row agree on its size and version).
+        #[arg(long, env = "R2O_DISCOVERY_INTERVAL_MS", default_value_t = 10_000)]
+        discovery_interval_ms: u64,
         /// How long an object or metadata chunk must stay orphaned, as seen by the leader's own
         /// sweeps, before the janitor deletes it, seconds.
         #[arg(long, env = "R2O_JANITOR_GRACE_SECS", default_value_t = 600)]
@@ -195,6 +199,7 @@ async fn main() -> Result<()> {
             id,
             plan_interval_ms,
             janitor_interval_secs,
+            discovery_interval_ms,
             janitor_grace_secs,
             history_max_per_table,
             history_max_age_secs,
@@ -228,6 +233,7 @@ async fn main() -> Result<()> {
                     max_input_bytes: task_max_input_bytes.max(1),
                 },
                 max_tasks_per_table,
+                discovery_interval: Duration::from_millis(discovery_interval_ms.max(100)),
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }

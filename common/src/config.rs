@@ -183,6 +183,140 @@ pub struct TableSpec {
     pub schema: Schema,
     /// Parsed flow settings.
     pub flow: FlowConfig,
+    /// Where REALTIME files arrive on their own (Pinot's
+    /// `ingestionConfig.batchIngestionConfig.batchConfigMaps`); empty: only
+    /// segments registered by command.
+    pub file_sources: Vec<FileSource>,
+}
+
+/// One entry of Pinot's `ingestionConfig.batchIngestionConfig.batchConfigMaps`:
+/// a location whose Parquet files the leader registers in place, as DONE
+/// REALTIME segments, once they stop changing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSource {
+    /// `inputDirURI`: `file:///<absolute dir>/` or `s3://<bucket>/<prefix>/`
+    /// (always ending with `/`; an empty S3 prefix is the whole bucket).
+    pub input_dir_uri: String,
+    /// `includeFileNamePattern` (after `glob:`): only files whose path under
+    /// `inputDirURI` matches are registered; `None`: every file.
+    pub include: Option<glob::Pattern>,
+    /// `excludeFileNamePattern` (after `glob:`): files whose path under
+    /// `inputDirURI` matches are never registered.
+    pub exclude: Option<glob::Pattern>,
+}
+
+impl FileSource {
+    /// Whether the file at `relative` (its path under `inputDirURI`, `/`
+    /// between directories) is one to register: it matches the include
+    /// pattern (Java's glob rules: `*` stays within a directory, `**` crosses
+    /// them), not the exclude pattern, and no part of it starts with `.` or
+    /// `_` (hidden files, and a sink's temporary and marker files such as
+    /// `_SUCCESS`).
+    pub fn wants(&self, relative: &str) -> bool {
+        let opts = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+        !relative.is_empty()
+            && !relative.split('/').any(|p| p.starts_with('.') || p.starts_with('_'))
+            && self.include.as_ref().is_none_or(|p| p.matches_with(relative, opts))
+            && !self.exclude.as_ref().is_some_and(|p| p.matches_with(relative, opts))
+    }
+}
+
+/// Reads `ingestionConfig.batchIngestionConfig.batchConfigMaps`.
+fn parse_file_sources(config: &Value) -> Result<Vec<FileSource>, ConfigError> {
+    const PATH: &str = "ingestionConfig.batchIngestionConfig.batchConfigMaps";
+    let maps = match config.pointer("/ingestionConfig/batchIngestionConfig/batchConfigMaps") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(a)) => a,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                field: PATH.into(),
+                value: other.to_string(),
+                expected: "a list of objects with inputDirURI".into(),
+            })
+        }
+    };
+    let mut out = Vec::with_capacity(maps.len());
+    for (i, m) in maps.iter().enumerate() {
+        let at = |key: &str| format!("{PATH}[{i}].{key}");
+        let Some(m) = m.as_object() else {
+            return Err(ConfigError::Invalid {
+                field: format!("{PATH}[{i}]"),
+                value: m.to_string(),
+                expected: "an object with inputDirURI".into(),
+            });
+        };
+        let text = |key: &str| -> Result<Option<String>, ConfigError> {
+            match m.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+                Some(other) => {
+                    Err(ConfigError::Invalid { field: at(key), value: other.to_string(), expected: "a string".into() })
+                }
+            }
+        };
+        let uri = text("inputDirURI")?.ok_or_else(|| ConfigError::Missing {
+            field: at("inputDirURI"),
+            expected: "file:///<absolute dir> or s3://<bucket>[/<prefix>]".into(),
+        })?;
+        let input_dir_uri = if let Some(path) = uri.strip_prefix("file://") {
+            if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
+                return Err(ConfigError::Invalid {
+                    field: at("inputDirURI"),
+                    value: uri.clone(),
+                    expected: "file:///<absolute dir> (an absolute path, without '..')".into(),
+                });
+            }
+            format!("file://{}/", path.trim_end_matches('/'))
+        } else if let Some(rest) = uri.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: at("inputDirURI"),
+                    value: uri.clone(),
+                    expected: "s3://<bucket>[/<prefix>]".into(),
+                });
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                format!("s3://{bucket}/")
+            } else {
+                format!("s3://{bucket}/{prefix}/")
+            }
+        } else {
+            return Err(ConfigError::Invalid {
+                field: at("inputDirURI"),
+                value: uri.clone(),
+                expected: "file:///<absolute dir> or s3://<bucket>[/<prefix>]".into(),
+            });
+        };
+        if let Some(f) = text("inputFormat")? {
+            if !f.eq_ignore_ascii_case("parquet") {
+                return Err(ConfigError::Invalid {
+                    field: at("inputFormat"),
+                    value: f,
+                    expected: "parquet (r2o registers Parquet files)".into(),
+                });
+            }
+        }
+        let pattern = |key: &str| -> Result<Option<glob::Pattern>, ConfigError> {
+            let Some(p) = text(key)? else { return Ok(None) };
+            let bad = |why: String| ConfigError::Invalid {
+                field: at(key),
+                value: p.clone(),
+                expected: format!("glob:<pattern>, e.g. glob:**/*.parquet ({why})"),
+            };
+            let Some(g) = p.strip_prefix("glob:") else {
+                return Err(bad("only the glob: syntax is supported".into()));
+            };
+            glob::Pattern::new(g).map(Some).map_err(|e| bad(format!("at position {}: {}", e.pos + 5, e.msg)))
+        };
+        out.push(FileSource {
+            input_dir_uri,
+            include: pattern("includeFileNamePattern")?,
+            exclude: pattern("excludeFileNamePattern")?,
+        });
+    }
+    Ok(out)
 }
 
 fn as_text(v: &Value) -> Option<String> {
@@ -486,9 +620,12 @@ impl TableSpec {
             }
         };
 
+        let file_sources = parse_file_sources(&config_json)?;
+
         Ok(TableSpec {
             name,
             schema,
+            file_sources,
             flow: FlowConfig {
                 time_column,
                 sorted_column,

@@ -111,6 +111,17 @@ pub struct SegmentMeta {
     /// window holding the segment's start), rows; read at registration.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub null_time_rows: u64,
+    /// REALTIME, discovered files only (registered in place from a
+    /// `batchConfigMaps` source): the file's version when it was registered
+    /// (its ETag, else its modification time in ms), compared with every
+    /// later listing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_version: String,
+    /// Why the segment's rows are not moved: a discovered file that cannot
+    /// be read, or one that changed after registration. Empty for a healthy
+    /// segment; a segment with an error is never planned.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -168,6 +179,15 @@ pub fn load_status(
     owes_late: bool,
     late_ignored: bool,
 ) -> (LoadStatus, String) {
+    if !s.error.is_empty() {
+        // a file that changed after its rows moved keeps them in OFFLINE
+        let moved = s.total_docs > 0 && watermark_ms.is_some_and(|w| s.end_time_ms < w) && !owes_late;
+        return if moved {
+            (LoadStatus::LoadedWithErrors, format!("{} (its registered rows had moved)", s.error))
+        } else {
+            (LoadStatus::Skipped, s.error.clone())
+        };
+    }
     if s.total_docs == 0 {
         return (LoadStatus::Skipped, "no rows".into());
     }

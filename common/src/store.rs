@@ -112,6 +112,62 @@ fn open_plain_store(uri: &str) -> Result<Store> {
     Err(bad("file:///<absolute dir>, s3://<bucket>[/<prefix>] or memory://"))
 }
 
+/// Whether `location` is a file outside the cluster's store: a full URI
+/// (`file:///abs/dir/f.parquet`, `s3://bucket/key`) of a file registered
+/// in place by segment discovery. r2o reads such files and never writes or
+/// deletes them.
+pub fn is_external(location: &str) -> bool {
+    location.contains("://")
+}
+
+/// Stores of external files, by root (`file:///`, `s3://bucket`), opened
+/// once and kept.
+static EXTERNAL: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Store>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The root and the path under it of an external location: (`file:///`,
+/// `abs/dir/f.parquet`) or (`s3://bucket`, `key`).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `location` for another scheme.
+pub fn split_external(location: &str) -> Result<(String, String)> {
+    if let Some(path) = location.strip_prefix("file:///") {
+        return Ok(("file:///".into(), path.to_string()));
+    }
+    if let Some(rest) = location.strip_prefix("s3://") {
+        if let Some((bucket, key)) = rest.split_once('/') {
+            if !bucket.is_empty() {
+                return Ok((format!("s3://{bucket}"), key.to_string()));
+            }
+        }
+    }
+    Err(Error::Config(ConfigError::Invalid {
+        field: "location".into(),
+        value: location.into(),
+        expected: "a path in the cluster's store, file:///<absolute path> or s3://<bucket>/<key>".into(),
+    }))
+}
+
+/// The store holding `location` and its path there: `home` (the cluster's
+/// store) for its own paths, the external file's own store (see
+/// [`is_external`]; opened from its root with [`open_store`]) otherwise.
+///
+/// # Errors
+/// An external location of an unsupported scheme, or a store that cannot be opened.
+pub fn resolve(home: &Store, location: &str) -> Result<(Store, String)> {
+    if !is_external(location) {
+        return Ok((home.clone(), location.to_string()));
+    }
+    let (root, path) = split_external(location)?;
+    let mut stores = EXTERNAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = stores.get(&root) {
+        return Ok((s.clone(), path));
+    }
+    let store = open_store(&root)?;
+    stores.insert(root, store.clone());
+    Ok((store, path))
+}
+
 /// Installs rustls' ring crypto provider for the S3 client's https (r2o
 /// builds reqwest without aws-lc); harmless when one is installed already.
 pub fn install_tls_provider() {

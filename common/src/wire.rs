@@ -46,6 +46,7 @@ pub fn segment_from_wire(s: &pb::Segment) -> Option<SegmentMeta> {
         late_before_ms: None,
         window_start_ms: None,
         null_time_rows: s.null_time_rows,
+        ..Default::default()
     })
 }
 

@@ -169,7 +169,7 @@ fn offline_metas(spec: &TableSpec, req: &pb::CompleteTaskRequest, now: i64) -> V
             late: false,
             late_before_ms: None,
             window_start_ms: Some(o.window_start_ms),
-            null_time_rows: 0,
+            ..Default::default()
         })
         .collect()
 }
@@ -990,7 +990,13 @@ impl Authority {
         }
         if purge {
             use futures::StreamExt;
-            let locations: Vec<String> = realtime.iter().chain(offline.iter()).map(|s| s.location.clone()).collect();
+            // never a discovered file: it is the owner's
+            let locations: Vec<String> = realtime
+                .iter()
+                .chain(offline.iter())
+                .filter(|s| !r2o_common::store::is_external(&s.location))
+                .map(|s| s.location.clone())
+                .collect();
             let store = self.store.clone();
             let failed = futures::stream::iter(locations)
                 .map(|l| {

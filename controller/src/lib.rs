@@ -4,6 +4,7 @@
 //! plans and commits.
 
 pub mod authority;
+pub mod discovery;
 pub mod election;
 pub mod error;
 pub mod janitor;
@@ -60,6 +61,9 @@ pub struct ControllerConfig {
     pub budget: planner::Budget,
     /// Tasks of one table in flight at once (0: the live minions' slots plus one).
     pub max_tasks_per_table: usize,
+    /// How often the leader lists the tables' `batchConfigMaps` sources
+    /// (segment discovery; a file registers after two listings agree).
+    pub discovery_interval: Duration,
 }
 
 /// Runs the janitor every `interval` while this controller leads; a new
@@ -231,6 +235,7 @@ pub async fn run(
     let planner = tokio::spawn(authority::planning_loop(auth.clone(), cfg.plan_interval, cancel.clone()));
     let janitor =
         tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cfg.history, cancel.clone()));
+    let discovery = tokio::spawn(discovery::discovery_loop(auth.clone(), cfg.discovery_interval, cancel.clone()));
     info!(controller = %cfg.id, listen = %cfg.listen, "controller serving");
     let server = tonic::transport::Server::builder()
         .add_service(ControllerServiceServer::new(service::ControllerSvc::new(auth)))
@@ -238,6 +243,7 @@ pub async fn run(
     let served = server.await;
     let _ = planner.await;
     let _ = janitor.await;
+    let _ = discovery.await;
     let _ = readiness.await;
     if let Some(h) = http {
         let _ = h.await;

@@ -72,6 +72,11 @@ pub struct ControllerMetrics {
     /// `r2o_table_realtime_segments_retention_deleted_total{table}`: REALTIME
     /// segments retention deleted (all their rows had moved).
     pub retention_deleted: IntCounterVec,
+    /// `r2o_discovered_files_total{table,outcome}`: files of a table's
+    /// `batchConfigMaps` sources the leader handled: `registered`,
+    /// `unreadable` (registered SKIPPED with the error), `changed` (refused:
+    /// changed or deleted after registration).
+    pub discovered_files: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -148,6 +153,12 @@ impl ControllerMetrics {
             unmoved_past_retention,
             realtime_segments,
             load_status_counts: Arc::default(),
+            discovered_files: counter(
+                r,
+                "r2o_discovered_files_total",
+                "files of batchConfigMaps sources handled by the leader, by outcome",
+                &["table", "outcome"],
+            ),
             retention_deleted: counter(
                 r,
                 "r2o_table_realtime_segments_retention_deleted_total",

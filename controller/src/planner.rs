@@ -156,7 +156,7 @@ pub fn plan_late(
         return None;
     }
     let mut owed: std::collections::BTreeMap<Window, Vec<&SegmentMeta>> = std::collections::BTreeMap::new();
-    for s in segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0) {
+    for s in segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty()) {
         for w in owed_windows(flow, s, moved).into_iter().filter(|w| only.is_none_or(|o| o == *w)) {
             owed.entry(w).or_default().push(s);
         }
@@ -171,6 +171,7 @@ pub fn plan_late(
             .filter(|s| {
                 s.status == SegmentStatus::Done
                     && s.total_docs > 0
+                    && s.error.is_empty()
                     && window.overlaps_segment(s.start_time_ms, s.end_time_ms)
             })
             .cloned()
@@ -360,7 +361,7 @@ pub fn plan(
 ) -> Decision {
     let buckets = flow.windows();
     let mut done: Vec<&SegmentMeta> =
-        segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0).collect();
+        segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty()).collect();
     done.sort_by_key(|s| s.start_time_ms);
     let consuming: Vec<&SegmentMeta> = segments.iter().filter(|s| s.status == SegmentStatus::Consuming).collect();
     let mut latest_done_end: HashMap<i32, i64> = HashMap::new();
@@ -890,7 +891,7 @@ mod tests {
                             let is_input = inputs.iter().any(|i| i.segment_name == s.segment_name);
                             prop_assert_eq!(is_input, overlaps, "an input exactly when it overlaps a window of the task");
                         }
-                        let latest = latest_completed(&segs.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0).collect::<Vec<_>>());
+                        let latest = latest_completed(&segs.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty()).collect::<Vec<_>>());
                         for window in &windows {
                             prop_assert!(window.end_ms <= now - buffer, "buffer rule");
                             prop_assert_eq!(window.start_ms.rem_euclid(bucket), 0);

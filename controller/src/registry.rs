@@ -187,6 +187,26 @@ pub async fn add_segments(
             }
         }
     }
+    write_segments(kv, keys, &spec, &metas).await
+}
+
+/// Writes checked REALTIME segments of `spec`'s table (names free, files in
+/// place) in transactions of [`SEGMENTS_PER_TXN`], each against the
+/// watermark it was read with: a segment starting before it is registered
+/// `late`. Returns a warning per late segment.
+///
+/// # Errors
+/// [`ControllerError::AlreadyExists`] when a name was taken meanwhile (that
+/// batch writes nothing; batches before it stay); a watermark that kept
+/// moving; etcd errors.
+pub(crate) async fn write_segments(
+    kv: &Kv,
+    keys: &Keys,
+    spec: &r2o_common::config::TableSpec,
+    metas: &[SegmentMeta],
+) -> Result<Vec<String>> {
+    let Some(first) = metas.first() else { return Ok(vec![]) };
+    let raw = spec.name.as_str();
     // each batch is written against the watermark it was checked with: a
     // segment starting before it is registered `late` (its rows there never move)
     let mut late: Vec<(String, i64, i64)> = Vec::new();

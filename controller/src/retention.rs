@@ -53,7 +53,7 @@ pub fn moved(s: &SegmentMeta, watermark_ms: Option<i64>, late_settled: &dyn Fn(&
 /// Splits the segments past `retention_ms` at `now_ms` (Pinot's rule:
 /// `now - end > retention`, end times outside 1971..2071 never expire) into
 /// those to delete (wholly [`moved`]) and those kept with rows not moved.
-/// Pure.
+/// Discovered files (registered in place) are left alone. Pure.
 pub fn plan_retention(
     segments: &[SegmentMeta],
     watermark_ms: Option<i64>,
@@ -63,6 +63,11 @@ pub fn plan_retention(
 ) -> RetentionPlan {
     let mut plan = RetentionPlan::default();
     for s in segments {
+        if r2o_common::store::is_external(&s.location) {
+            // a discovered file is the owner's (r2o never deletes it); its
+            // record stays so that discovery never registers it again
+            continue;
+        }
         let expired = VALID_END_MS.contains(&s.end_time_ms) && now_ms.saturating_sub(s.end_time_ms) > retention_ms;
         if !expired {
             continue;

@@ -113,7 +113,8 @@ async fn input_footer(store: Store, cache: FooterCache, location: String) -> r2o
     if let Some(f) = cache.get(&location) {
         return Ok(f);
     }
-    let read = || object_footer(&store, &location);
+    let (store, path) = r2o_common::store::resolve(&store, &location)?;
+    let read = || object_footer(&store, &path);
     let f = match read.retry(store_backoff()).when(Error::is_retryable).await? {
         Some((_, Ok(f))) => Some(f),
         Some((_, Err(r2o_common::Error::Segment { .. }))) | None => None,

@@ -342,7 +342,9 @@ impl Ctx {
             self.check()?;
             let name = input.meta.segment_name.as_str();
             let seg_err = |problem: String| Error::Segment { segment: name.to_string(), problem };
-            let reader = StoreReader::new(self.store.clone(), &input.meta.location, input.meta.size_bytes);
+            // a discovered file is read where it lies
+            let (store, path) = r2o_common::store::resolve(&self.store, &input.meta.location)?;
+            let reader = StoreReader::new(store, &path, input.meta.size_bytes);
             let builder = ParquetRecordBatchStreamBuilder::new(reader)
                 .await
                 .map_err(|e| seg_err(format!("cannot read {}: {e}", input.meta.location)))?;

@@ -326,10 +326,12 @@ impl Worker {
         let fingerprint = spec.schema.fingerprint();
         let inputs: Vec<Input> = futures::stream::iter(segments)
             .map(|seg| {
-                let store = self.store.clone();
+                let home = self.store.clone();
                 let older = !seg.schema_fingerprint.is_empty() && seg.schema_fingerprint != fingerprint;
                 async move {
-                    let bytes: Result<Bytes, Error> = (|| get_bytes(&store, &seg.location))
+                    // a discovered file is read where it lies
+                    let (store, path) = r2o_common::store::resolve(&home, &seg.location)?;
+                    let bytes: Result<Bytes, Error> = (|| get_bytes(&store, &path))
                         .retry(retry)
                         .when(Error::is_retryable)
                         .notify(|_, _| self.metrics.errors.with_label_values(&["store"]).inc())

@@ -1,0 +1,484 @@
+//! Segment discovery: REALTIME files that arrive on their own.
+//!
+//! A table whose config has Pinot's
+//! `ingestionConfig.batchIngestionConfig.batchConfigMaps` (see
+//! [`r2o_common::config::FileSource`]) gets its files registered by the
+//! leader, in place (never copied, written or deleted), as DONE REALTIME
+//! segments:
+//!
+//! - every pass lists each source whole (the store pages the listing) and
+//!   keeps the files its patterns want;
+//! - a file is registered once it is *stable*: listed with the same size and
+//!   version (ETag, else modification time) by two passes in a row, so a
+//!   file still being written is not read half-way;
+//! - its row count and time range come from the Parquet footer's statistics
+//!   (or the time column when there are none); a file that cannot be read is
+//!   registered with its error and no rows (load status SKIPPED), and never
+//!   blocks the flow;
+//! - a registered file that changes, or disappears before its rows moved, is
+//!   refused: its segment gets the error, is never planned again, and an
+//!   in-flight window holding it is planned again without it. It is never
+//!   read again silently.
+//!
+//! [`step`] decides a pass from the listing and the registered segments
+//! (pure); [`Discoverer`] does the I/O around it.
+
+use futures::{StreamExt, TryStreamExt};
+use r2o_common::config::{FileSource, TableSpec};
+use r2o_common::kv::{Compare, Op};
+use r2o_common::meta::{encode, get_record, now_ms, range_records, SegmentMeta, SegmentStatus, TableRecord};
+use r2o_common::store::{get_bytes, resolve, split_external, Store};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::authority::Authority;
+use crate::error::Result;
+
+/// A listed file's identity: its size (bytes) and version (ETag, else
+/// modification time, ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileVersion {
+    /// Bytes.
+    pub size: u64,
+    /// ETag, else `mtime:<ms>`.
+    pub version: String,
+}
+
+/// A file listed under a source that its patterns want.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    /// Its full URI (`file:///dir/f.parquet`, `s3://bucket/key`): the
+    /// segment's location.
+    pub location: String,
+    /// Its path under the source's `inputDirURI`.
+    pub relative: String,
+    /// Size and version as listed.
+    pub version: FileVersion,
+}
+
+/// What one pass does for one table.
+#[derive(Debug, Default, PartialEq)]
+pub struct Step {
+    /// Stable files not yet registered, to read and register.
+    pub register: Vec<Listed>,
+    /// Registered segments to refuse: (segment name, why).
+    pub refuse: Vec<(String, String)>,
+    /// Unregistered files seen for the first time or changed since the last
+    /// pass: compared with the next listing.
+    pub seen: HashMap<String, FileVersion>,
+}
+
+/// Decides a pass (pure): `listed` is this listing of every source,
+/// `registered` the table's REALTIME segments, `seen` the unstable files of
+/// the previous pass, `sources` the table's sources (a registered file under
+/// one of them that is no longer listed vanished) and `watermark_ms` the
+/// table's watermark (a vanished file whose rows all moved is no loss).
+pub fn step(
+    listed: &[Listed],
+    registered: &[SegmentMeta],
+    seen: &HashMap<String, FileVersion>,
+    sources: &[FileSource],
+    watermark_ms: Option<i64>,
+) -> Step {
+    let by_location: HashMap<&str, &SegmentMeta> = registered.iter().map(|s| (s.location.as_str(), s)).collect();
+    let mut out = Step::default();
+    for f in listed {
+        match by_location.get(f.location.as_str()) {
+            Some(s) => {
+                let was = version_of(s);
+                if s.error.is_empty() && was != f.version {
+                    out.refuse.push((
+                        s.segment_name.clone(),
+                        format!(
+                            "the file changed after registration ({} bytes, version {} when registered; now {} bytes, version {}); \
+                             r2o does not read it again",
+                            was.size, was.version, f.version.size, f.version.version
+                        ),
+                    ));
+                }
+            }
+            None if seen.get(&f.location) == Some(&f.version) => out.register.push(f.clone()),
+            None => {
+                out.seen.insert(f.location.clone(), f.version.clone());
+            }
+        }
+    }
+    let listed_now: HashSet<&str> = listed.iter().map(|f| f.location.as_str()).collect();
+    for s in registered {
+        let ours = sources.iter().any(|src| s.location.starts_with(&src.input_dir_uri));
+        let moved = watermark_ms.is_some_and(|w| s.end_time_ms < w);
+        if ours && s.error.is_empty() && s.total_docs > 0 && !moved && !listed_now.contains(s.location.as_str()) {
+            out.refuse.push((
+                s.segment_name.clone(),
+                "the file was deleted before its rows moved; r2o does not read it again".to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// The registered version of a discovered segment.
+fn version_of(s: &SegmentMeta) -> FileVersion {
+    FileVersion { size: s.size_bytes, version: s.source_version.clone() }
+}
+
+/// A segment name for the file at `relative` under its source: the path with
+/// `%` and `/` percent-encoded (so two paths never share a name), at most
+/// 255 bytes (a longer one keeps its first 230 bytes and a hash of the rest).
+pub fn segment_name(relative: &str) -> String {
+    let name = relative.replace('%', "%25").replace('/', "%2F");
+    if name.len() <= 255 {
+        return name;
+    }
+    // FNV-1a 64: stable across builds, unlike std's hasher
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let mut cut = 230;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{hash:016x}", &name[..cut])
+}
+
+/// Lists one source whole (paged by the store) and keeps the files its
+/// patterns want.
+///
+/// # Errors
+/// Store errors (the pass is abandoned; nothing is decided on a partial listing).
+pub async fn list_source(home: &Store, source: &FileSource) -> r2o_common::Result<Vec<Listed>> {
+    let (store, prefix) = resolve(home, &source.input_dir_uri)?;
+    let (root, _) = split_external(&source.input_dir_uri)?;
+    let dir = prefix.trim_end_matches('/');
+    let path = (!dir.is_empty()).then(|| object_store::path::Path::from(dir));
+    let metas: Vec<object_store::ObjectMeta> = store
+        .list(path.as_ref())
+        .try_collect()
+        .await
+        .map_err(|source| r2o_common::Error::Store { path: source_text(&root, dir), source })?;
+    let mut out = Vec::new();
+    for m in metas {
+        let key = m.location.as_ref();
+        let relative = if dir.is_empty() { key } else { key.strip_prefix(dir).unwrap_or(key).trim_start_matches('/') };
+        if !source.wants(relative) {
+            continue;
+        }
+        let version = match &m.e_tag {
+            Some(tag) => tag.clone(),
+            None => format!("mtime:{}", m.last_modified.timestamp_millis()),
+        };
+        out.push(Listed {
+            location: source_text(&root, key),
+            relative: relative.to_string(),
+            version: FileVersion { size: m.size, version },
+        });
+    }
+    out.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(out)
+}
+
+/// `root` (`file:///`, `s3://bucket`) joined with a path under it.
+fn source_text(root: &str, path: &str) -> String {
+    if root.ends_with('/') {
+        format!("{root}{path}")
+    } else {
+        format!("{root}/{path}")
+    }
+}
+
+/// The leader's discovery state: the unstable files of each table's last
+/// pass (kept in memory: a new leader needs two passes before it registers).
+#[derive(Default)]
+pub struct Discoverer {
+    seen: HashMap<String, HashMap<String, FileVersion>>,
+}
+
+/// What one pass did to one table.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TableReport {
+    /// Files registered with rows.
+    pub registered: usize,
+    /// Files registered SKIPPED because they cannot be read (or have no time).
+    pub unreadable: usize,
+    /// Registered files refused because they changed or vanished.
+    pub refused: usize,
+}
+
+impl Discoverer {
+    /// One pass over every table with sources.
+    ///
+    /// # Errors
+    /// etcd errors reading the tables; a table's own failure is logged and
+    /// the others go on.
+    pub async fn pass(&mut self, auth: &Authority) -> r2o_common::Result<()> {
+        let tables = range_records::<TableRecord>(&auth.kv, &auth.keys.tables()).await?;
+        let mut names = HashSet::new();
+        for (rec, _) in tables {
+            let Ok(spec) = TableSpec::from_json(rec.table_config, rec.schema) else { continue };
+            if spec.file_sources.is_empty() {
+                continue;
+            }
+            names.insert(spec.name.clone());
+            match self.table(auth, &spec).await {
+                Ok(r) if r != TableReport::default() => {
+                    info!(table = %spec.name, registered = r.registered, unreadable = r.unreadable, refused = r.refused, "discovery pass");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(m) = &auth.metrics {
+                        m.errors.with_label_values(&["discovery"]).inc();
+                    }
+                    warn!(table = %spec.name, error = %e, "discovery pass failed; trying on the next one");
+                }
+            }
+        }
+        self.seen.retain(|t, _| names.contains(t));
+        Ok(())
+    }
+
+    /// One pass over one table's sources.
+    async fn table(&mut self, auth: &Authority, spec: &TableSpec) -> Result<TableReport> {
+        let raw = spec.name.as_str();
+        let mut listed = Vec::new();
+        for source in &spec.file_sources {
+            listed.extend(list_source(&auth.store, source).await?);
+        }
+        let (segments, _) = crate::authority::read_segments(&auth.kv, &auth.keys, raw).await?;
+        let watermark = get_record::<r2o_common::meta::WatermarkRecord>(&auth.kv, &auth.keys.watermark(raw))
+            .await?
+            .map(|(w, _)| w.watermark_ms);
+        let seen = self.seen.remove(raw).unwrap_or_default();
+        let step = step(&listed, &segments, &seen, &spec.file_sources, watermark);
+        let mut report = TableReport::default();
+        for (name, why) in &step.refuse {
+            if refuse(auth, spec, name, why).await? {
+                error!(table = %raw, segment = %name, reason = %why, "discovered file refused");
+                report.refused += 1;
+                count(auth, raw, "changed");
+            }
+        }
+        let mut next_seen = step.seen;
+        // a name another segment already has cannot be registered
+        let taken: HashSet<&str> = segments.iter().map(|s| s.segment_name.as_str()).collect();
+        let mut fresh: Vec<Listed> = Vec::new();
+        for f in step.register {
+            let name = segment_name(&f.relative);
+            if taken.contains(name.as_str()) {
+                warn!(table = %raw, file = %f.location, segment = %name, "a segment of this name exists; the file is not registered");
+                continue;
+            }
+            fresh.push(f);
+        }
+        let metas: Vec<(Option<SegmentMeta>, Listed)> = futures::stream::iter(fresh)
+            .map(|f| {
+                let (store, spec) = (auth.store.clone(), spec.clone());
+                async move { (read_file(&store, &spec, &f).await, f) }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let mut batch = Vec::new();
+        for (meta, f) in metas {
+            match meta {
+                // changed between the listing and the read: compared again next pass
+                None => {
+                    next_seen.insert(f.location.clone(), f.version.clone());
+                }
+                Some(m) => batch.push(m),
+            }
+        }
+        for chunk in batch.chunks(crate::registry::SEGMENTS_PER_TXN) {
+            let warnings = crate::registry::write_segments(&auth.kv, &auth.keys, spec, chunk).await?;
+            for w in warnings {
+                warn!(table = %raw, "{w}");
+            }
+            for m in chunk {
+                if m.error.is_empty() {
+                    report.registered += 1;
+                    count(auth, raw, "registered");
+                } else {
+                    warn!(table = %raw, segment = %m.segment_name, file = %m.location, error = %m.error, "discovered file registered SKIPPED");
+                    report.unreadable += 1;
+                    count(auth, raw, "unreadable");
+                }
+            }
+        }
+        self.seen.insert(raw.to_string(), next_seen);
+        Ok(report)
+    }
+}
+
+fn count(auth: &Authority, raw: &str, outcome: &str) {
+    if let Some(m) = &auth.metrics {
+        m.discovered_files.with_label_values(&[raw, outcome]).inc();
+    }
+}
+
+/// Reads a stable file and describes it as a DONE REALTIME segment of
+/// `spec`; one that cannot be read (or has no time value) gets its error and
+/// no rows. `None` when the file is no longer what was listed (its size
+/// changed, or it is gone): it is looked at again on the next pass.
+async fn read_file(home: &Store, spec: &TableSpec, f: &Listed) -> Option<SegmentMeta> {
+    let mut meta = SegmentMeta {
+        segment_name: segment_name(&f.relative),
+        table_name: spec.realtime_name(),
+        status: SegmentStatus::Done,
+        size_bytes: f.version.size,
+        schema_fingerprint: spec.schema.fingerprint(),
+        location: f.location.clone(),
+        created_ms: now_ms(),
+        source_version: f.version.version.clone(),
+        ..Default::default()
+    };
+    let bytes = match resolve(home, &f.location) {
+        Ok((store, path)) => get_bytes(&store, &path).await,
+        Err(e) => Err(e),
+    };
+    let bytes = match bytes {
+        Ok(b) if b.len() as u64 == f.version.size => b,
+        Ok(_) => return None,
+        Err(r2o_common::Error::Store { source: object_store::Error::NotFound { .. }, .. }) => return None,
+        Err(e) => {
+            meta.error = format!("the file cannot be read: {e}");
+            return Some(meta);
+        }
+    };
+    let (name, schema, time) = (meta.segment_name.clone(), spec.schema.clone(), spec.flow.time_column.clone());
+    let format = spec.schema.field(&time).and_then(|f| f.time_format).unwrap_or(r2o_common::schema::TimeFormat::MILLIS);
+    let facts = tokio::task::spawn_blocking(move || r2o_common::columnar::segment_facts(&name, bytes, &schema, &time, format))
+        .await
+        .map_err(|e| r2o_common::Error::Segment { segment: meta.segment_name.clone(), problem: e.to_string() })
+        .and_then(|r| r);
+    match facts {
+        Err(e) => meta.error = format!("the file cannot be read as a segment of the table: {e}"),
+        Ok(facts) => {
+            meta.total_docs = facts.rows;
+            meta.null_time_rows = facts.null_time_rows;
+            match facts.time_range_ms {
+                Some((start, end)) => (meta.start_time_ms, meta.end_time_ms) = (start, end),
+                None if facts.rows > 0 => {
+                    meta.error = format!("no row has a value in time column '{}'", spec.flow.time_column)
+                }
+                None => {}
+            }
+        }
+    }
+    Some(meta)
+}
+
+/// Sets `why` as the error of segment `name` (unless it has one), in one
+/// transaction with the segment marker, so a task holding it is planned
+/// again. Returns whether it did.
+async fn refuse(auth: &Authority, spec: &TableSpec, name: &str, why: &str) -> Result<bool> {
+    let key = auth.keys.segment(&spec.realtime_name(), name);
+    let Some((mut s, entry)) = get_record::<SegmentMeta>(&auth.kv, &key).await? else { return Ok(false) };
+    if !s.error.is_empty() {
+        return Ok(false);
+    }
+    s.error = why.to_string();
+    Ok(auth
+        .kv
+        .txn(
+            vec![Compare::ModRevision(key.clone(), entry.mod_revision)],
+            vec![Op::put(key, encode(&s)), crate::registry::touch_marker(&auth.keys, &spec.name)],
+        )
+        .await?)
+}
+
+/// Runs discovery every `interval` while this controller leads (a new term
+/// starts with no unstable files remembered).
+pub async fn discovery_loop(auth: Authority, interval: Duration, cancel: CancellationToken) {
+    let mut d: Option<Discoverer> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if auth.leadership.borrow().is_none() {
+            d = None;
+            continue;
+        }
+        let disc = d.get_or_insert_with(Discoverer::default);
+        if let Err(e) = disc.pass(&auth).await {
+            if let Some(m) = &auth.metrics {
+                m.errors.with_label_values(&["discovery"]).inc();
+            }
+            warn!(error = %e, "discovery pass failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(uri: &str) -> FileSource {
+        FileSource { input_dir_uri: uri.into(), include: None, exclude: None }
+    }
+
+    fn listed(name: &str, size: u64, v: &str) -> Listed {
+        Listed {
+            location: format!("file:///in/{name}"),
+            relative: name.into(),
+            version: FileVersion { size, version: v.into() },
+        }
+    }
+
+    fn registered(name: &str, size: u64, v: &str, end: i64) -> SegmentMeta {
+        SegmentMeta {
+            segment_name: segment_name(name),
+            location: format!("file:///in/{name}"),
+            size_bytes: size,
+            source_version: v.into(),
+            total_docs: 10,
+            end_time_ms: end,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_file_is_registered_once_two_listings_agree() {
+        let src = [source("file:///in/")];
+        let first = step(&[listed("a.parquet", 10, "e1")], &[], &HashMap::new(), &src, None);
+        assert!(first.register.is_empty(), "one listing is not enough");
+        // still growing: seen again, not registered
+        let second = step(&[listed("a.parquet", 20, "e2")], &[], &first.seen, &src, None);
+        assert!(second.register.is_empty());
+        let third = step(&[listed("a.parquet", 20, "e2")], &[], &second.seen, &src, None);
+        assert_eq!(third.register, vec![listed("a.parquet", 20, "e2")]);
+        assert!(third.seen.is_empty());
+    }
+
+    #[test]
+    fn a_registered_file_that_changes_or_vanishes_is_refused() {
+        let src = [source("file:///in/")];
+        let regs = [registered("a.parquet", 10, "e1", 100), registered("b.parquet", 10, "e1", 100)];
+        let same = step(&[listed("a.parquet", 10, "e1"), listed("b.parquet", 10, "e1")], &regs, &HashMap::new(), &src, None);
+        assert_eq!(same, Step::default(), "unchanged registered files: nothing to do");
+        let changed = step(&[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")], &regs, &HashMap::new(), &src, None);
+        assert_eq!(changed.refuse.len(), 1);
+        assert_eq!(changed.refuse[0].0, "a.parquet");
+        assert!(changed.refuse[0].1.contains("changed after registration"), "{}", changed.refuse[0].1);
+        // b deleted before its rows moved: refused; after they moved: the owner's cleanup
+        let gone = step(&[listed("a.parquet", 10, "e1")], &regs, &HashMap::new(), &src, Some(50));
+        assert_eq!(gone.refuse, vec![("b.parquet".into(), "the file was deleted before its rows moved; r2o does not read it again".into())]);
+        let cleaned = step(&[listed("a.parquet", 10, "e1")], &regs, &HashMap::new(), &src, Some(101));
+        assert!(cleaned.refuse.is_empty());
+        // a segment already refused is not refused again
+        let mut refused = regs.clone();
+        refused[0].error = "changed".into();
+        assert!(step(&[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")], &refused, &HashMap::new(), &src, None)
+            .refuse
+            .is_empty());
+    }
+
+    #[test]
+    fn segment_names_are_unique_per_path_and_bounded() {
+        assert_eq!(segment_name("2024/01/a.parquet"), "2024%2F01%2Fa.parquet");
+        assert_ne!(segment_name("a/b.parquet"), segment_name("a%2Fb.parquet"));
+        let long = format!("{}/x.parquet", "d".repeat(400));
+        let n = segment_name(&long);
+        assert!(n.len() <= 255, "{}", n.len());
+        assert_ne!(n, segment_name(&format!("{}/y.parquet", "d".repeat(400))));
+    }
+}
