@@ -213,7 +213,11 @@ impl FileSource {
     /// `_` (hidden files, and a sink's temporary and marker files such as
     /// `_SUCCESS`).
     pub fn wants(&self, relative: &str) -> bool {
-        let opts = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
         !relative.is_empty()
             && !relative.split('/').any(|p| p.starts_with('.') || p.starts_with('_'))
             && self.include.as_ref().is_none_or(|p| p.matches_with(relative, opts))

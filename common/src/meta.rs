@@ -122,6 +122,10 @@ pub struct SegmentMeta {
     /// segment; a segment with an error is never planned.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// The table's watermark when [`SegmentMeta::error`] was set after
+    /// registration (UTC epoch ms): rows before it had moved already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_watermark_ms: Option<i64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -180,12 +184,17 @@ pub fn load_status(
     late_ignored: bool,
 ) -> (LoadStatus, String) {
     if !s.error.is_empty() {
-        // a file that changed after its rows moved keeps them in OFFLINE
-        let moved = s.total_docs > 0 && watermark_ms.is_some_and(|w| s.end_time_ms < w) && !owes_late;
-        return if moved {
-            (LoadStatus::LoadedWithErrors, format!("{} (its registered rows had moved)", s.error))
-        } else {
-            (LoadStatus::Skipped, s.error.clone())
+        // a file refused after (some of) its rows moved keeps them in OFFLINE
+        let at = s.error_watermark_ms.filter(|_| s.total_docs > 0);
+        return match at {
+            Some(w) if s.end_time_ms < w => {
+                (LoadStatus::LoadedWithErrors, format!("{} (its registered rows had moved)", s.error))
+            }
+            Some(w) if s.start_time_ms < w => (
+                LoadStatus::LoadedWithErrors,
+                format!("{} (its rows before {} had moved)", s.error, crate::window::format_utc(w)),
+            ),
+            _ => (LoadStatus::Skipped, s.error.clone()),
         };
     }
     if s.total_docs == 0 {
@@ -1146,6 +1155,17 @@ mod tests {
         let partly = SegmentMeta { late: true, late_before_ms: Some(150), ..seg.clone() };
         assert_eq!(status(&partly, Some(150), false, true), LoadStatus::Pending);
         assert_eq!(status(&partly, Some(200), false, true), LoadStatus::LoadedWithErrors);
+        // a refused discovered file: what had moved before the refusal stays moved
+        let refused = |at: Option<i64>| SegmentMeta { error: "changed".into(), error_watermark_ms: at, ..seg.clone() };
+        assert_eq!(status(&refused(None), Some(500), false, false), LoadStatus::Skipped, "unreadable: nothing moves");
+        assert_eq!(
+            status(&refused(Some(100)), Some(500), false, false),
+            LoadStatus::Skipped,
+            "refused before its window"
+        );
+        assert_eq!(status(&refused(Some(150)), Some(500), false, false), LoadStatus::LoadedWithErrors, "partly moved");
+        let (st, why) = load_status(&refused(Some(200)), Some(500), false, false);
+        assert_eq!((st, why.as_str()), (LoadStatus::LoadedWithErrors, "changed (its registered rows had moved)"));
         for s in LoadStatus::ALL {
             assert_eq!(LoadStatus::parse(&s.name().to_lowercase()), Some(s));
         }

@@ -345,10 +345,11 @@ async fn read_file(home: &Store, spec: &TableSpec, f: &Listed) -> Option<Segment
     };
     let (name, schema, time) = (meta.segment_name.clone(), spec.schema.clone(), spec.flow.time_column.clone());
     let format = spec.schema.field(&time).and_then(|f| f.time_format).unwrap_or(r2o_common::schema::TimeFormat::MILLIS);
-    let facts = tokio::task::spawn_blocking(move || r2o_common::columnar::segment_facts(&name, bytes, &schema, &time, format))
-        .await
-        .map_err(|e| r2o_common::Error::Segment { segment: meta.segment_name.clone(), problem: e.to_string() })
-        .and_then(|r| r);
+    let facts =
+        tokio::task::spawn_blocking(move || r2o_common::columnar::segment_facts(&name, bytes, &schema, &time, format))
+            .await
+            .map_err(|e| r2o_common::Error::Segment { segment: meta.segment_name.clone(), problem: e.to_string() })
+            .and_then(|r| r);
     match facts {
         Err(e) => meta.error = format!("the file cannot be read as a segment of the table: {e}"),
         Ok(facts) => {
@@ -366,9 +367,10 @@ async fn read_file(home: &Store, spec: &TableSpec, f: &Listed) -> Option<Segment
     Some(meta)
 }
 
-/// Sets `why` as the error of segment `name` (unless it has one), in one
-/// transaction with the segment marker, so a task holding it is planned
-/// again. Returns whether it did.
+/// Sets `why` as the error of segment `name` (unless it has one), with the
+/// watermark it is refused at, in one transaction with the segment marker
+/// (so a task holding it is planned again) that checks that watermark.
+/// Returns whether it did (`false`: retried on the next pass).
 async fn refuse(auth: &Authority, spec: &TableSpec, name: &str, why: &str) -> Result<bool> {
     let key = auth.keys.segment(&spec.realtime_name(), name);
     let Some((mut s, entry)) = get_record::<SegmentMeta>(&auth.kv, &key).await? else { return Ok(false) };
@@ -376,10 +378,15 @@ async fn refuse(auth: &Authority, spec: &TableSpec, name: &str, why: &str) -> Re
         return Ok(false);
     }
     s.error = why.to_string();
+    // the watermark it is refused at says which of its rows had moved
+    let wm_key = auth.keys.watermark(&spec.name);
+    let wm = get_record::<r2o_common::meta::WatermarkRecord>(&auth.kv, &wm_key).await?;
+    s.error_watermark_ms = wm.as_ref().map(|(w, _)| w.watermark_ms);
+    let wm_rev = wm.map_or(0, |(_, e)| e.mod_revision);
     Ok(auth
         .kv
         .txn(
-            vec![Compare::ModRevision(key.clone(), entry.mod_revision)],
+            vec![Compare::ModRevision(key.clone(), entry.mod_revision), Compare::ModRevision(wm_key, wm_rev)],
             vec![Op::put(key, encode(&s)), crate::registry::touch_marker(&auth.keys, &spec.name)],
         )
         .await?)
@@ -453,23 +460,34 @@ mod tests {
     fn a_registered_file_that_changes_or_vanishes_is_refused() {
         let src = [source("file:///in/")];
         let regs = [registered("a.parquet", 10, "e1", 100), registered("b.parquet", 10, "e1", 100)];
-        let same = step(&[listed("a.parquet", 10, "e1"), listed("b.parquet", 10, "e1")], &regs, &HashMap::new(), &src, None);
+        let same =
+            step(&[listed("a.parquet", 10, "e1"), listed("b.parquet", 10, "e1")], &regs, &HashMap::new(), &src, None);
         assert_eq!(same, Step::default(), "unchanged registered files: nothing to do");
-        let changed = step(&[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")], &regs, &HashMap::new(), &src, None);
+        let changed =
+            step(&[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")], &regs, &HashMap::new(), &src, None);
         assert_eq!(changed.refuse.len(), 1);
         assert_eq!(changed.refuse[0].0, "a.parquet");
         assert!(changed.refuse[0].1.contains("changed after registration"), "{}", changed.refuse[0].1);
         // b deleted before its rows moved: refused; after they moved: the owner's cleanup
         let gone = step(&[listed("a.parquet", 10, "e1")], &regs, &HashMap::new(), &src, Some(50));
-        assert_eq!(gone.refuse, vec![("b.parquet".into(), "the file was deleted before its rows moved; r2o does not read it again".into())]);
+        assert_eq!(
+            gone.refuse,
+            vec![("b.parquet".into(), "the file was deleted before its rows moved; r2o does not read it again".into())]
+        );
         let cleaned = step(&[listed("a.parquet", 10, "e1")], &regs, &HashMap::new(), &src, Some(101));
         assert!(cleaned.refuse.is_empty());
         // a segment already refused is not refused again
         let mut refused = regs.clone();
         refused[0].error = "changed".into();
-        assert!(step(&[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")], &refused, &HashMap::new(), &src, None)
-            .refuse
-            .is_empty());
+        assert!(step(
+            &[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")],
+            &refused,
+            &HashMap::new(),
+            &src,
+            None
+        )
+        .refuse
+        .is_empty());
     }
 
     #[test]
