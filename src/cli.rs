@@ -380,6 +380,7 @@ fn task_json(t: &pb::Task) -> serde_json::Value {
            "windows": t.windows, "state": t.state,
            "attempt": t.attempt, "minion": t.minion, "trigger": t.trigger, "startedMs": t.started_ms, "rowsIn": t.rows_in, "rowsOut": t.rows_out,
            "inputCount": t.input_count, "outputCount": t.output_count, "rowsNullTime": t.rows_null_time,
+           "rowsFiltered": t.rows_filtered,
            "error": t.error, "errors": t.errors,
            "createdMs": t.created_ms, "finishedMs": t.finished_ms})
 }
@@ -600,6 +601,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         "ROWS IN",
                         "ROWS OUT",
                         "NULL TIME",
+                        "FILTERED",
                         "SEGMENTS",
                         "DURATION",
                         "ERROR",
@@ -617,6 +619,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                                 t.rows_in.to_string(),
                                 t.rows_out.to_string(),
                                 t.rows_null_time.to_string(),
+                                t.rows_filtered.to_string(),
                                 t.output_count.to_string(),
                                 if t.finished_ms > 0 && t.started_ms > 0 {
                                     format!("{:.2}s", (t.finished_ms - t.started_ms) as f64 / 1000.0)

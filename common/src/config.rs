@@ -148,6 +148,9 @@ pub struct FlowConfig {
     /// `allowNaN` (r2o's task key): NaN values in FLOAT and DOUBLE metrics
     /// may be moved; `false` (default): a window holding one is not committed.
     pub allow_nan: bool,
+    /// `offloadPredicate` (r2o's task key, GOE's predicate grammar): only
+    /// the rows it is true for move; `None`: every row.
+    pub offload_predicate: Option<crate::predicate::Predicate>,
 }
 
 impl FlowConfig {
@@ -582,6 +585,17 @@ impl TableSpec {
                 })
             }
         };
+        let offload_predicate = match text("offloadPredicate")? {
+            None => None,
+            Some(t) if t.trim().is_empty() => None,
+            Some(t) => Some(crate::predicate::Predicate::parse(&t, &schema).map_err(|e| ConfigError::Invalid {
+                field: format!("{TASK_PATH}.offloadPredicate"),
+                value: t.clone(),
+                expected: format!(
+                    "a predicate in GOE's grammar, e.g. column(country) in (string(\"FR\"), string(\"DE\")) and column(amount) > numeric(0); {e}"
+                ),
+            })?),
+        };
         let schedule = match text("schedule")? {
             None => None,
             Some(t) if t.trim().is_empty() => None,
@@ -649,6 +663,7 @@ impl TableSpec {
                 segment_name_postfix,
                 schedule,
                 allow_nan,
+                offload_predicate,
             },
             config_json,
             schema_json,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod kv;
 pub mod meta;
 pub mod period;
+pub mod predicate;
 pub mod retry;
 pub mod schedule;
 pub mod schema;

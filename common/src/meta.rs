@@ -526,6 +526,9 @@ pub struct TaskRecord {
     /// Rows of inputs first seen by this window whose time value is NULL.
     #[serde(default)]
     pub rows_null_time: u64,
+    /// Rows of its windows the table's `offloadPredicate` did not keep (not moved).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows_filtered: u64,
     /// OFFLINE segments committed.
     #[serde(default)]
     pub output_count: u64,

@@ -70,6 +70,7 @@ impl From<&TaskRecord> for pb::Task {
             trigger: t.trigger.clone(),
             started_ms: t.started_ms,
             rows_null_time: t.rows_null_time,
+            rows_filtered: t.rows_filtered,
             input_count: t.input_count,
             output_count: t.output_count,
             errors: t.errors.clone(),

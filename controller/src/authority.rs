@@ -183,6 +183,7 @@ fn report_totals(req: &pb::CompleteTaskRequest, outputs: &[SegmentMeta], output_
         bytes_in: req.bytes_in,
         bytes_out: outputs.iter().map(|o| o.size_bytes).sum(),
         rows_null_time: req.rows_null_time,
+        rows_filtered: req.rows_filtered,
         outputs: outputs.len() as u64,
         output_chunks,
         windows: req.windows.iter().map(WindowStats::from).collect(),
@@ -747,6 +748,7 @@ impl Authority {
             bytes_in: 0,
             bytes_out: 0,
             rows_null_time: 0,
+            rows_filtered: 0,
             output_count: 0,
             staged_attempt: 0,
             staged_chunks: 0,
@@ -1754,6 +1756,7 @@ mod tests {
             rows_out: outputs.iter().map(|b| b.num_rows() as u64).sum(),
             outputs: staged,
             rows_in,
+            rows_filtered: 0,
             bytes_in: 1,
             metric_sums: [(
                 "f".to_string(),

@@ -529,6 +529,7 @@ mod tests {
             segment_name_postfix: None,
             schedule: None,
             allow_nan: false,
+            offload_predicate: None,
             time_column: "ts".into(),
             sorted_column: None,
             partitioning: None,

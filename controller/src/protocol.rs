@@ -177,6 +177,7 @@ pub fn group_totals(members: &[TaskRecord], attempt: u32, output_chunks: u32) ->
         t.bytes_in += s.bytes_in;
         t.bytes_out += s.bytes_out;
         t.rows_null_time += s.rows_null_time;
+        t.rows_filtered += s.rows_filtered;
         t.outputs += s.outputs;
         for w in s.windows {
             match t.windows.iter_mut().find(|x| x.start_ms == w.start_ms) {
@@ -265,6 +266,8 @@ pub struct ReportTotals {
     pub bytes_out: u64,
     /// Rows with a NULL time value.
     pub rows_null_time: u64,
+    /// Rows of the windows `offloadPredicate` did not keep.
+    pub rows_filtered: u64,
     /// OFFLINE segments written.
     pub outputs: u64,
     /// Manifest chunks they are listed in.
@@ -402,6 +405,7 @@ fn record_totals(task: &mut TaskRecord, totals: &ReportTotals) {
     task.bytes_in = totals.bytes_in;
     task.bytes_out = totals.bytes_out;
     task.rows_null_time = totals.rows_null_time;
+    task.rows_filtered = totals.rows_filtered;
     task.output_count = totals.outputs;
     task.window_stats = totals.windows.clone();
 }
@@ -415,6 +419,7 @@ pub fn staged_totals(task: &TaskRecord) -> ReportTotals {
         bytes_in: task.bytes_in,
         bytes_out: task.bytes_out,
         rows_null_time: task.rows_null_time,
+        rows_filtered: task.rows_filtered,
         outputs: task.output_count,
         output_chunks: task.staged_chunks,
         windows: task.window_stats.clone(),

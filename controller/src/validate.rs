@@ -259,12 +259,16 @@ pub fn check(
         ));
     }
     let registered_rows: u64 = inputs.iter().map(|s| s.total_docs).sum();
-    if req.rows_in > registered_rows {
+    if req.rows_in.saturating_add(req.rows_filtered) > registered_rows {
         return Err(format!(
-            "rows_in {} is more than the {registered_rows} rows registered for the task's {} inputs",
+            "rows_in {} (+ {} dropped by offloadPredicate) is more than the {registered_rows} rows registered for the task's {} inputs",
             req.rows_in,
+            req.rows_filtered,
             inputs.len()
         ));
+    }
+    if req.rows_filtered > 0 && spec.flow.offload_predicate.is_none() {
+        return Err(format!("{} rows reported dropped, but the table has no offloadPredicate", req.rows_filtered));
     }
     if req.rows_null_time > registered_rows {
         return Err(format!("rows_null_time {} is more than the inputs' {registered_rows} rows", req.rows_null_time));
@@ -279,11 +283,11 @@ pub fn check(
             .filter(|s| s.start_time_ms >= first.start_ms && s.end_time_ms < last.end_ms)
             .map(|s| s.total_docs)
             .sum();
-        if req.rows_in + req.rows_null_time < inside {
+        if req.rows_in + req.rows_null_time + req.rows_filtered < inside {
             return Err(format!(
-                "rows_in {} (+ {} with a NULL time) is less than the {inside} rows registered for inputs that lie \
-                 wholly inside the task's windows",
-                req.rows_in, req.rows_null_time
+                "rows_in {} (+ {} with a NULL time, + {} dropped by offloadPredicate) is less than the {inside} rows \
+                 registered for inputs that lie wholly inside the task's windows",
+                req.rows_in, req.rows_null_time, req.rows_filtered
             ));
         }
     }
@@ -534,6 +538,7 @@ mod tests {
                 .collect(),
             schema_fingerprint: s.schema.fingerprint(),
             rows_null_time: 0,
+            rows_filtered: 0,
             windows: vec![pb::WindowStats { start_ms: 0, end_ms: 3_600_000, rows_in, rows_out: rows, outputs: 1 }],
         };
         let ev = vec![OutputEvidence {
@@ -575,6 +580,31 @@ mod tests {
         inside.end_time_ms = 10; // every row of it lies in the window
         let e = check(&task(&s), &s, &Layout::new("ns"), &[inside], &in_footer(), &req, &ev).unwrap_err();
         assert!(e.contains("rows_in 10") && e.contains("100 rows registered") && e.contains("wholly inside"), "{e}");
+    }
+
+    #[test]
+    fn rows_dropped_by_the_predicate_count_only_when_the_table_has_one() {
+        let mut inside = input(100);
+        inside.end_time_ms = 10; // every row of it lies in the window
+        let s = spec("rollup");
+        let (mut req, ev) = report(&s, 10, 4);
+        req.rows_filtered = 90;
+        let e = check(&task(&s), &s, &Layout::new("ns"), &[inside.clone()], &in_footer(), &req, &ev).unwrap_err();
+        assert!(e.contains("no offloadPredicate"), "{e}");
+        let mut p = spec("rollup");
+        let mut cfg = p.config_json.clone();
+        cfg["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]["offloadPredicate"] =
+            json!("column(d) > numeric(0)");
+        p = TableSpec::from_json(cfg, p.schema_json.clone()).unwrap();
+        let (mut req, ev) = report(&p, 10, 4);
+        req.rows_filtered = 90;
+        assert_eq!(check(&task(&p), &p, &Layout::new("ns"), &[inside.clone()], &in_footer(), &req, &ev), Ok(()));
+        req.rows_filtered = 89;
+        let e = check(&task(&p), &p, &Layout::new("ns"), &[inside.clone()], &in_footer(), &req, &ev).unwrap_err();
+        assert!(e.contains("89 dropped by offloadPredicate") && e.contains("wholly inside"), "{e}");
+        req.rows_filtered = 91;
+        let e = check(&task(&p), &p, &Layout::new("ns"), &[inside], &in_footer(), &req, &ev).unwrap_err();
+        assert!(e.contains("more than the 100 rows registered"), "{e}");
     }
 
     #[test]

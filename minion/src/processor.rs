@@ -57,7 +57,8 @@ pub struct OutputSegment {
 pub struct Processed {
     /// Output segments.
     pub outputs: Vec<OutputSegment>,
-    /// Rows inside the window read from the inputs.
+    /// Rows inside the window read from the inputs (that `offloadPredicate`
+    /// keeps, when the table has one).
     pub rows_in: u64,
     /// Rows written.
     pub rows_out: u64,
@@ -69,6 +70,10 @@ pub struct Processed {
     /// (they belong to no window; counted once, by the window holding the
     /// segment's start).
     pub rows_null_time: u64,
+    /// Rows inside the windows that the table's `offloadPredicate` does not
+    /// keep (not moved, not in `rows_in`); for a hash split, counted by its
+    /// first sub-task alone.
+    pub rows_filtered: u64,
     /// Per sum-aggregated metric: sums over the input rows in the windows and
     /// over the output rows, for the controller's check.
     pub metric_sums: BTreeMap<String, MetricSums>,
@@ -258,6 +263,13 @@ pub struct SubTask {
 }
 
 impl SubTask {
+    /// Whether the task of `split` counts the window rows `offloadPredicate`
+    /// drops: every task but the sub-tasks of a hash split after the first
+    /// (each of those reads every row of the window).
+    pub fn counts_filtered(split: Option<SubTask>) -> bool {
+        split.is_none_or(|s| !s.by_hash || s.index == 0)
+    }
+
     /// The partition part of its output names: `<partition|all>_s<index>`.
     pub fn name_part(sub: Option<SubTask>, partition: i32) -> String {
         let part = if partition < 0 { "all".to_string() } else { partition.to_string() };
@@ -751,7 +763,8 @@ fn split_by_window(
     windows: &[Window],
     out: &mut [Vec<RecordBatch>],
     spec: &TableSpec,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
+    let mut filtered = 0u64;
     let range = Window { start_ms: windows[0].start_ms, end_ms: windows[windows.len() - 1].end_ms };
     let mut rows: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
     for (row, t) in ms.iter().enumerate() {
@@ -778,10 +791,22 @@ fn split_by_window(
         } else {
             take_record_batch(batch, &arrow::array::UInt32Array::from(idx))?
         };
+        // only the rows offloadPredicate keeps move, and are checked
+        let piece = match &spec.flow.offload_predicate {
+            Some(p) => {
+                let (kept, dropped) = p.filter(&piece, &spec.schema)?;
+                filtered += dropped;
+                kept
+            }
+            None => piece,
+        };
+        if piece.num_rows() == 0 {
+            continue;
+        }
         check_rows(segment, &piece, &spec.schema, &spec.flow.time_column, spec.flow.allow_nan)?;
         out[i].push(piece);
     }
-    Ok(())
+    Ok(filtered)
 }
 
 /// Runs the whole pipeline for one task of `windows` (sorted, each with its
@@ -890,7 +915,10 @@ pub fn process_part(
                     result.rows_null_time += col.null_count() as u64;
                 }
                 let ms = time_ms(col, format)?;
-                split_by_window(&input.name, &b, &ms, windows, &mut per_window, spec)?;
+                let filtered = split_by_window(&input.name, &b, &ms, windows, &mut per_window, spec)?;
+                if SubTask::counts_filtered(split) {
+                    result.rows_filtered += filtered;
+                }
             }
             send_until(starts.get(k + 1).copied().unwrap_or(i64::MAX), &mut per_window);
         }

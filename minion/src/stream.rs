@@ -167,6 +167,7 @@ struct SourceStats {
     bytes_in: u64,
     row_groups_skipped: u64,
     rows_null_time: u64,
+    rows_filtered: u64,
     sums_in: Sums,
 }
 
@@ -375,6 +376,17 @@ impl Ctx {
                     stats.lock().unwrap_or_else(|p| p.into_inner()).rows_null_time += nulls;
                 }
                 let kept = filter_window(&b, time_col, format, window)?;
+                // only the rows offloadPredicate keeps move, and are checked
+                let kept = match &self.spec.flow.offload_predicate {
+                    Some(p) if kept.num_rows() > 0 => {
+                        let (kept, dropped) = p.filter(&kept, &self.spec.schema)?;
+                        if SubTask::counts_filtered(self.split) {
+                            stats.lock().unwrap_or_else(|p| p.into_inner()).rows_filtered += dropped;
+                        }
+                        kept
+                    }
+                    _ => kept,
+                };
                 if kept.num_rows() == 0 {
                     continue;
                 }
@@ -825,6 +837,7 @@ async fn run_task(
         processed.bytes_in += w.bytes_in;
         processed.row_groups_skipped += w.row_groups_skipped;
         processed.rows_null_time += w.rows_null_time;
+        processed.rows_filtered += w.rows_filtered;
         processed.outputs.extend(w.outputs);
         processed.windows.push(w.stats);
         sums_in.merge(w.sums_in);
@@ -865,6 +878,7 @@ struct WindowRun {
     bytes_in: u64,
     row_groups_skipped: u64,
     rows_null_time: u64,
+    rows_filtered: u64,
     sums_in: Sums,
     sums_out: Sums,
     spill: SpillStats,
@@ -1032,6 +1046,7 @@ async fn run_window(
         bytes_in: src.bytes_in,
         row_groups_skipped: src.row_groups_skipped,
         rows_null_time: src.rows_null_time,
+        rows_filtered: src.rows_filtered,
         sums_in: src.sums_in,
         sums_out: sink.sums_out,
         spill,

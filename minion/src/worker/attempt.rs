@@ -156,6 +156,7 @@ impl Worker {
                     schema_fingerprint,
                     rows_null_time: processed.rows_null_time,
                     windows: processed.windows.iter().map(pb::WindowStats::from).collect(),
+                    rows_filtered: processed.rows_filtered,
                 };
                 match self
                     .report("complete", work, |mut c| {
