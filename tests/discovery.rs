@@ -78,7 +78,7 @@ fn find<'a>(segs: &'a [pb::Segment], name: &str) -> &'a pb::Segment {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_landing_in_a_directory_are_registered_in_place_and_moved() {
-    let c = Cluster::start_with(1, 1, vec![("R2O_DISCOVERY_INTERVAL_MS".into(), "300".into())]);
+    let c = Cluster::start_with(1, 1, vec![("R2O_DISCOVERY_INTERVAL_MS".into(), "100".into())]);
     let landing = c.dir.path().join("landing");
     std::fs::create_dir_all(&landing).unwrap();
     c.add_table(
@@ -194,7 +194,7 @@ async fn files_landing_in_an_s3_bucket_are_registered_and_moved() {
     let scratch = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(scratch.path(), "landing");
     let mut env = s3.env();
-    env.push(("R2O_DISCOVERY_INTERVAL_MS".into(), "300".into()));
+    env.push(("R2O_DISCOVERY_INTERVAL_MS".into(), "100".into()));
     let c = Cluster::start_with(1, 1, env);
     c.add_table(
         "sdisc",
@@ -231,6 +231,7 @@ async fn files_landing_in_an_s3_bucket_are_registered_and_moved() {
     let segs = wait_for(&c, "sdisc", "both partitions registered", |s| s.len() >= 2).await;
     assert_eq!(segs.len(), 2);
     assert!(segs.iter().all(|s| s.location.starts_with("s3://landing/sink/topic/")), "{segs:?}");
+    // sorts before the cursor (partition=1's file): found by the next full listing
     put("sink/topic/partition=0/t+0+0010.parquet", hour_rows(2, 30)).await;
     wait_for(&c, "sdisc", "the third file registered", |s| s.len() >= 3).await;
     let start = Instant::now();

@@ -6,8 +6,12 @@
 //! leader, in place (never copied, written or deleted), as DONE REALTIME
 //! segments:
 //!
-//! - every pass lists each source whole (the store pages the listing) and
-//!   keeps the files its patterns want;
+//! - a pass lists each source incrementally: only the keys after its
+//!   cursor (S3's `StartAfter`; the cursor is the last key before which
+//!   every listed file is registered), and every [`FULL_LISTING_EVERY`]
+//!   passes the whole source, which finds files landing under keys that
+//!   sort before the cursor (another partition's directory), changed
+//!   registered files and deleted ones. The store pages every listing;
 //! - a file is registered once it is *stable*: listed with the same size and
 //!   version (ETag, else modification time) by two passes in a row, so a
 //!   file still being written is not read half-way;
@@ -46,9 +50,15 @@ pub struct FileVersion {
     pub version: String,
 }
 
+/// Every this many passes a source is listed whole; in between, only the
+/// keys after its cursor.
+pub const FULL_LISTING_EVERY: u32 = 30;
+
 /// A file listed under a source that its patterns want.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listed {
+    /// Its key in its store (what the source's cursor compares).
+    pub key: String,
     /// Its full URI (`file:///dir/f.parquet`, `s3://bucket/key`): the
     /// segment's location.
     pub location: String,
@@ -70,13 +80,15 @@ pub struct Step {
     pub seen: HashMap<String, FileVersion>,
 }
 
-/// Decides a pass (pure): `listed` is this listing of every source,
-/// `registered` the table's REALTIME segments, `seen` the unstable files of
-/// the previous pass, `sources` the table's sources (a registered file under
-/// one of them that is no longer listed vanished) and `watermark_ms` the
-/// table's watermark (a vanished file whose rows all moved is no loss).
+/// Decides a pass (pure): `listed` is this listing of every source
+/// (`full`: whole, else only the keys after the cursors), `registered` the
+/// table's REALTIME segments, `seen` the unstable files of the previous
+/// pass, `sources` the table's sources (after a full listing, a registered
+/// file under one of them that is not listed vanished) and `watermark_ms`
+/// the table's watermark (a vanished file whose rows all moved is no loss).
 pub fn step(
     listed: &[Listed],
+    full: bool,
     registered: &[SegmentMeta],
     seen: &HashMap<String, FileVersion>,
     sources: &[FileSource],
@@ -109,7 +121,8 @@ pub fn step(
     for s in registered {
         let ours = sources.iter().any(|src| s.location.starts_with(&src.input_dir_uri));
         let moved = watermark_ms.is_some_and(|w| s.end_time_ms < w);
-        if ours && s.error.is_empty() && s.total_docs > 0 && !moved && !listed_now.contains(s.location.as_str()) {
+        if full && ours && s.error.is_empty() && s.total_docs > 0 && !moved && !listed_now.contains(s.location.as_str())
+        {
             out.refuse.push((
                 s.segment_name.clone(),
                 "the file was deleted before its rows moved; r2o does not read it again".to_string(),
@@ -141,18 +154,21 @@ pub fn segment_name(relative: &str) -> String {
     format!("{}~{hash:016x}", &name[..cut])
 }
 
-/// Lists one source whole (paged by the store) and keeps the files its
-/// patterns want.
+/// Lists one source (paged by the store): whole, or only the keys after
+/// `after` (its cursor); keeps the files its patterns want, in key order.
 ///
 /// # Errors
 /// Store errors (the pass is abandoned; nothing is decided on a partial listing).
-pub async fn list_source(home: &Store, source: &FileSource) -> r2o_common::Result<Vec<Listed>> {
+pub async fn list_source(home: &Store, source: &FileSource, after: Option<&str>) -> r2o_common::Result<Vec<Listed>> {
     let (store, prefix) = resolve(home, &source.input_dir_uri)?;
     let (root, _) = split_external(&source.input_dir_uri)?;
     let dir = prefix.trim_end_matches('/');
     let path = (!dir.is_empty()).then(|| object_store::path::Path::from(dir));
-    let metas: Vec<object_store::ObjectMeta> = store
-        .list(path.as_ref())
+    let listing = match after {
+        Some(k) => store.list_with_offset(path.as_ref(), &object_store::path::Path::from(k)),
+        None => store.list(path.as_ref()),
+    };
+    let metas: Vec<object_store::ObjectMeta> = listing
         .try_collect()
         .await
         .map_err(|source| r2o_common::Error::Store { path: source_text(&root, dir), source })?;
@@ -168,13 +184,28 @@ pub async fn list_source(home: &Store, source: &FileSource) -> r2o_common::Resul
             None => format!("mtime:{}", m.last_modified.timestamp_millis()),
         };
         out.push(Listed {
+            key: key.to_string(),
             location: source_text(&root, key),
             relative: relative.to_string(),
             version: FileVersion { size: m.size, version },
         });
     }
-    out.sort_by(|a, b| a.location.cmp(&b.location));
+    out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
+}
+
+/// A source's cursor after a pass: the last of `listed` (one source's
+/// listing, in key order, all after `cursor`) before the first file not
+/// `handled` (registered, or never to be), else `cursor`. Pure.
+pub fn advance_cursor(cursor: Option<String>, listed: &[Listed], handled: &dyn Fn(&Listed) -> bool) -> Option<String> {
+    let mut cursor = cursor;
+    for f in listed {
+        if !handled(f) {
+            break;
+        }
+        cursor = Some(f.key.clone());
+    }
+    cursor
 }
 
 /// `root` (`file:///`, `s3://bucket`) joined with a path under it.
@@ -186,11 +217,22 @@ fn source_text(root: &str, path: &str) -> String {
     }
 }
 
-/// The leader's discovery state: the unstable files of each table's last
-/// pass (kept in memory: a new leader needs two passes before it registers).
+/// The leader's discovery state per table (kept in memory: a new leader
+/// starts with a full listing and needs two passes before it registers).
 #[derive(Default)]
 pub struct Discoverer {
-    seen: HashMap<String, HashMap<String, FileVersion>>,
+    tables: HashMap<String, TableState>,
+}
+
+#[derive(Default)]
+struct TableState {
+    /// Unstable files of the last pass: listed once, or changed since.
+    seen: HashMap<String, FileVersion>,
+    /// Per source (`inputDirURI`): the key after which the next
+    /// incremental listing starts.
+    cursors: HashMap<String, String>,
+    /// Passes so far (every [`FULL_LISTING_EVERY`]th is a full listing).
+    passes: u32,
 }
 
 /// What one pass did to one table.
@@ -232,23 +274,27 @@ impl Discoverer {
                 }
             }
         }
-        self.seen.retain(|t, _| names.contains(t));
+        self.tables.retain(|t, _| names.contains(t));
         Ok(())
     }
 
     /// One pass over one table's sources.
     async fn table(&mut self, auth: &Authority, spec: &TableSpec) -> Result<TableReport> {
         let raw = spec.name.as_str();
-        let mut listed = Vec::new();
+        let mut state = self.tables.remove(raw).unwrap_or_default();
+        let full = state.passes % FULL_LISTING_EVERY == 0;
+        state.passes = state.passes.wrapping_add(1);
+        let mut per_source: Vec<(String, Vec<Listed>)> = Vec::new();
         for source in &spec.file_sources {
-            listed.extend(list_source(&auth.store, source).await?);
+            let after = if full { None } else { state.cursors.get(&source.input_dir_uri).map(String::as_str) };
+            per_source.push((source.input_dir_uri.clone(), list_source(&auth.store, source, after).await?));
         }
+        let listed: Vec<Listed> = per_source.iter().flat_map(|(_, l)| l.iter().cloned()).collect();
         let (segments, _) = crate::authority::read_segments(&auth.kv, &auth.keys, raw).await?;
         let watermark = get_record::<r2o_common::meta::WatermarkRecord>(&auth.kv, &auth.keys.watermark(raw))
             .await?
             .map(|(w, _)| w.watermark_ms);
-        let seen = self.seen.remove(raw).unwrap_or_default();
-        let step = step(&listed, &segments, &seen, &spec.file_sources, watermark);
+        let step = step(&listed, full, &segments, &state.seen, &spec.file_sources, watermark);
         let mut report = TableReport::default();
         for (name, why) in &step.refuse {
             if refuse(auth, spec, name, why).await? {
@@ -258,13 +304,15 @@ impl Discoverer {
             }
         }
         let mut next_seen = step.seen;
-        // a name another segment already has cannot be registered
+        // handled: registered before or now, or never to be (a name taken by another segment)
+        let mut handled: HashSet<String> = segments.iter().map(|s| s.location.clone()).collect();
         let taken: HashSet<&str> = segments.iter().map(|s| s.segment_name.as_str()).collect();
         let mut fresh: Vec<Listed> = Vec::new();
         for f in step.register {
             let name = segment_name(&f.relative);
             if taken.contains(name.as_str()) {
                 warn!(table = %raw, file = %f.location, segment = %name, "a segment of this name exists; the file is not registered");
+                handled.insert(f.location.clone());
                 continue;
             }
             fresh.push(f);
@@ -293,6 +341,7 @@ impl Discoverer {
                 warn!(table = %raw, "{w}");
             }
             for m in chunk {
+                handled.insert(m.location.clone());
                 if m.error.is_empty() {
                     report.registered += 1;
                     count(auth, raw, "registered");
@@ -303,7 +352,14 @@ impl Discoverer {
                 }
             }
         }
-        self.seen.insert(raw.to_string(), next_seen);
+        for (uri, l) in &per_source {
+            let old = state.cursors.remove(uri).filter(|_| !full);
+            if let Some(c) = advance_cursor(old, l, &|f: &Listed| handled.contains(&f.location)) {
+                state.cursors.insert(uri.clone(), c);
+            }
+        }
+        state.seen = next_seen;
+        self.tables.insert(raw.to_string(), state);
         Ok(report)
     }
 }
@@ -425,6 +481,7 @@ mod tests {
 
     fn listed(name: &str, size: u64, v: &str) -> Listed {
         Listed {
+            key: format!("in/{name}"),
             location: format!("file:///in/{name}"),
             relative: name.into(),
             version: FileVersion { size, version: v.into() },
@@ -446,12 +503,12 @@ mod tests {
     #[test]
     fn a_file_is_registered_once_two_listings_agree() {
         let src = [source("file:///in/")];
-        let first = step(&[listed("a.parquet", 10, "e1")], &[], &HashMap::new(), &src, None);
+        let first = step(&[listed("a.parquet", 10, "e1")], true, &[], &HashMap::new(), &src, None);
         assert!(first.register.is_empty(), "one listing is not enough");
         // still growing: seen again, not registered
-        let second = step(&[listed("a.parquet", 20, "e2")], &[], &first.seen, &src, None);
+        let second = step(&[listed("a.parquet", 20, "e2")], true, &[], &first.seen, &src, None);
         assert!(second.register.is_empty());
-        let third = step(&[listed("a.parquet", 20, "e2")], &[], &second.seen, &src, None);
+        let third = step(&[listed("a.parquet", 20, "e2")], true, &[], &second.seen, &src, None);
         assert_eq!(third.register, vec![listed("a.parquet", 20, "e2")]);
         assert!(third.seen.is_empty());
     }
@@ -460,27 +517,40 @@ mod tests {
     fn a_registered_file_that_changes_or_vanishes_is_refused() {
         let src = [source("file:///in/")];
         let regs = [registered("a.parquet", 10, "e1", 100), registered("b.parquet", 10, "e1", 100)];
-        let same =
-            step(&[listed("a.parquet", 10, "e1"), listed("b.parquet", 10, "e1")], &regs, &HashMap::new(), &src, None);
+        let same = step(
+            &[listed("a.parquet", 10, "e1"), listed("b.parquet", 10, "e1")],
+            true,
+            &regs,
+            &HashMap::new(),
+            &src,
+            None,
+        );
         assert_eq!(same, Step::default(), "unchanged registered files: nothing to do");
-        let changed =
-            step(&[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")], &regs, &HashMap::new(), &src, None);
+        let changed = step(
+            &[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")],
+            true,
+            &regs,
+            &HashMap::new(),
+            &src,
+            None,
+        );
         assert_eq!(changed.refuse.len(), 1);
         assert_eq!(changed.refuse[0].0, "a.parquet");
         assert!(changed.refuse[0].1.contains("changed after registration"), "{}", changed.refuse[0].1);
         // b deleted before its rows moved: refused; after they moved: the owner's cleanup
-        let gone = step(&[listed("a.parquet", 10, "e1")], &regs, &HashMap::new(), &src, Some(50));
+        let gone = step(&[listed("a.parquet", 10, "e1")], true, &regs, &HashMap::new(), &src, Some(50));
         assert_eq!(
             gone.refuse,
             vec![("b.parquet".into(), "the file was deleted before its rows moved; r2o does not read it again".into())]
         );
-        let cleaned = step(&[listed("a.parquet", 10, "e1")], &regs, &HashMap::new(), &src, Some(101));
+        let cleaned = step(&[listed("a.parquet", 10, "e1")], true, &regs, &HashMap::new(), &src, Some(101));
         assert!(cleaned.refuse.is_empty());
         // a segment already refused is not refused again
         let mut refused = regs.clone();
         refused[0].error = "changed".into();
         assert!(step(
             &[listed("a.parquet", 12, "e2"), listed("b.parquet", 10, "e1")],
+            true,
             &refused,
             &HashMap::new(),
             &src,
@@ -488,6 +558,28 @@ mod tests {
         )
         .refuse
         .is_empty());
+    }
+
+    #[test]
+    fn an_incremental_listing_never_reports_unlisted_files_as_deleted() {
+        let src = [source("file:///in/")];
+        let regs = [registered("a.parquet", 10, "e1", 100)];
+        let partial = step(&[listed("b.parquet", 10, "e1")], false, &regs, &HashMap::new(), &src, None);
+        assert!(partial.refuse.is_empty(), "a is before the cursor, not gone");
+        let full = step(&[listed("b.parquet", 10, "e1")], true, &regs, &HashMap::new(), &src, None);
+        assert_eq!(full.refuse.len(), 1);
+    }
+
+    #[test]
+    fn the_cursor_stops_before_the_first_file_not_yet_registered() {
+        let l = [listed("a", 1, "x"), listed("b", 1, "x"), listed("c", 1, "x"), listed("d", 1, "x")];
+        let done: HashSet<&str> = ["in/a", "in/b", "in/d"].into();
+        let handled = |f: &Listed| done.contains(f.key.as_str());
+        assert_eq!(advance_cursor(None, &l, &handled), Some("in/b".into()), "c is not stable yet: listed again");
+        assert_eq!(advance_cursor(Some("in/0".into()), &l[2..], &handled), Some("in/0".into()));
+        assert_eq!(advance_cursor(Some("in/0".into()), &[], &handled), Some("in/0".into()), "nothing new: kept");
+        let all = |_: &Listed| true;
+        assert_eq!(advance_cursor(None, &l, &all), Some("in/d".into()));
     }
 
     #[test]
