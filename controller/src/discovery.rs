@@ -282,7 +282,7 @@ impl Discoverer {
     async fn table(&mut self, auth: &Authority, spec: &TableSpec) -> Result<TableReport> {
         let raw = spec.name.as_str();
         let mut state = self.tables.remove(raw).unwrap_or_default();
-        let full = state.passes % FULL_LISTING_EVERY == 0;
+        let full = state.passes.is_multiple_of(FULL_LISTING_EVERY);
         state.passes = state.passes.wrapping_add(1);
         let mut per_source: Vec<(String, Vec<Listed>)> = Vec::new();
         for source in &spec.file_sources {
