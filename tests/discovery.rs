@@ -126,7 +126,7 @@ async fn files_landing_in_a_directory_are_registered_in_place_and_moved() {
     assert_eq!(offline_rows(&c, "disc").await, 100, "every row of h0-h3 once");
     assert!(
         !c.dir.path().join("store").join("realtime").exists()
-            || walk(&c.dir.path().join("store").join("realtime")).is_empty(),
+            || support::files_under(&c.dir.path().join("store").join("realtime")).is_empty(),
         "nothing was copied into the store"
     );
 
@@ -176,19 +176,6 @@ async fn files_landing_in_a_directory_are_registered_in_place_and_moved() {
     );
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_landing_in_an_s3_bucket_are_registered_and_moved() {
     let scratch = tempfile::tempdir().unwrap();
@@ -204,19 +191,7 @@ async fn files_landing_in_an_s3_bucket_are_registered_and_moved() {
         ),
         &metric_schema(),
     );
-    let vars: std::collections::HashMap<String, String> = s3.env().into_iter().collect();
-    r2o_common::store::install_tls_provider();
-    let bucket: r2o_common::store::Store = std::sync::Arc::new(
-        object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&vars["AWS_ENDPOINT"])
-            .with_allow_http(true)
-            .with_region(&vars["AWS_REGION"])
-            .with_access_key_id(&vars["AWS_ACCESS_KEY_ID"])
-            .with_secret_access_key(&vars["AWS_SECRET_ACCESS_KEY"])
-            .with_bucket_name("landing")
-            .build()
-            .unwrap(),
-    );
+    let bucket = s3.bucket("landing");
     let put = |key: &str, batch: arrow::array::RecordBatch| {
         let bucket = bucket.clone();
         let key = key.to_string();

@@ -244,18 +244,7 @@ async fn flows_concat_rollup_dedup_exactly_once_on_s3() {
     let scratch = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(scratch.path(), "r2o-e2e");
     let cluster = Cluster::start_on_store(1, 2, s3.env(), Some("s3://r2o-e2e/flows".into()));
-    let env: std::collections::HashMap<String, String> = s3.env().into_iter().collect();
-    r2o_common::store::install_tls_provider();
-    let s3_store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(&env["AWS_ENDPOINT"])
-        .with_allow_http(true)
-        .with_region(&env["AWS_REGION"])
-        .with_access_key_id(&env["AWS_ACCESS_KEY_ID"])
-        .with_secret_access_key(&env["AWS_SECRET_ACCESS_KEY"])
-        .with_bucket_name("r2o-e2e")
-        .build()
-        .unwrap();
-    let store: Store = Arc::new(object_store::prefix::PrefixStore::new(s3_store, "flows"));
+    let store: Store = Arc::new(object_store::prefix::PrefixStore::new(s3.bucket("r2o-e2e"), "flows"));
     let local = cluster.dir.path().join("store");
     run_flow(cluster, store).await;
     assert!(!local.join("offline").exists() && !local.join("realtime").exists(), "nothing went to the local disk");

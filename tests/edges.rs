@@ -249,20 +249,9 @@ async fn bulk_registration_in_batched_transactions() {
         cluster.segments("bk2").await.into_iter().filter(|s| s.table == "bk2_REALTIME").map(|s| s.name).collect();
     assert_eq!(names.len(), 100, "the first batch stays registered");
     assert!(names.iter().all(|n| n.as_str() < "bk2__0__100"), "only the first batch: {names:?}");
-    let uploaded = walk(&cluster.dir.path().join("store")).into_iter().filter(|p| p.contains("bk2__0__")).count();
+    let uploaded = support::files_under(&cluster.dir.path().join("store"))
+        .into_iter()
+        .filter(|p| p.display().to_string().contains("bk2__0__"))
+        .count();
     assert_eq!(uploaded, 100, "no upload without a registration");
-}
-
-/// Every file under `dir`, as paths.
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out
 }

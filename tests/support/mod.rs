@@ -507,6 +507,38 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// A client of `bucket` on this server (the test's own view of it).
+    pub fn bucket(&self, bucket: &str) -> r2o_common::store::Store {
+        r2o_common::store::install_tls_provider();
+        std::sync::Arc::new(
+            object_store::aws::AmazonS3Builder::new()
+                .with_endpoint(format!("http://127.0.0.1:{}", self.port))
+                .with_allow_http(true)
+                .with_region("us-east-1")
+                .with_access_key_id("r2o-test")
+                .with_secret_access_key("r2o-test")
+                .with_bucket_name(bucket)
+                .build()
+                .unwrap(),
+        )
+    }
+}
+
+/// Every file under `dir` (recursively).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
