@@ -290,7 +290,7 @@ impl Discoverer {
             per_source.push((source.input_dir_uri.clone(), list_source(&auth.store, source, after).await?));
         }
         let listed: Vec<Listed> = per_source.iter().flat_map(|(_, l)| l.iter().cloned()).collect();
-        let (segments, _) = crate::authority::read_segments(&auth.kv, &auth.keys, raw).await?;
+        let (segments, _) = auth.segments.get(&auth.kv, &auth.keys, raw).await?;
         let watermark = get_record::<r2o_common::meta::WatermarkRecord>(&auth.kv, &auth.keys.watermark(raw))
             .await?
             .map(|(w, _)| w.watermark_ms);
