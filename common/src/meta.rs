@@ -1031,11 +1031,11 @@ pub mod chunks {
     /// [`write_encoded`]), so an unchanged first chunk means an unchanged
     /// list: a hit costs one keys-only read instead of the whole list (a
     /// window of 43,800 inputs is ~13 MB of JSON, read by every sub-task's
-    /// claim, report and commit). Holds at most `capacity` lists, dropping
-    /// the oldest.
+    /// claim, report and commit). Holds lists of at most `max_items` items
+    /// together (the newest list always), dropping the oldest first.
     pub struct ListCache<T> {
         inner: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<CachedList<T>>>>,
-        capacity: usize,
+        max_items: usize,
     }
 
     /// (prefix, first chunk's revision, the list).
@@ -1043,14 +1043,15 @@ pub mod chunks {
 
     impl<T> Clone for ListCache<T> {
         fn clone(&self) -> Self {
-            ListCache { inner: self.inner.clone(), capacity: self.capacity }
+            ListCache { inner: self.inner.clone(), max_items: self.max_items }
         }
     }
 
     impl<T: DeserializeOwned> ListCache<T> {
-        /// An empty cache of at most `capacity` lists (at least 1).
-        pub fn new(capacity: usize) -> ListCache<T> {
-            ListCache { inner: Default::default(), capacity: capacity.max(1) }
+        /// An empty cache of lists of at most `max_items` items together
+        /// (a single longer list is still kept, alone).
+        pub fn new(max_items: usize) -> ListCache<T> {
+            ListCache { inner: Default::default(), max_items }
         }
 
         /// The list under `prefix` ([`read`]), from the cache when its first
@@ -1071,10 +1072,11 @@ pub mod chunks {
             if rev != 0 {
                 let mut m = self.lock();
                 m.retain(|(p, _, _)| p != prefix);
-                if m.len() >= self.capacity {
-                    m.pop_front();
-                }
                 m.push_back((prefix.to_string(), rev, list.clone()));
+                let mut items: usize = m.iter().map(|(_, _, l)| l.len()).sum();
+                while items > self.max_items && m.len() > 1 {
+                    items -= m.pop_front().map_or(0, |(_, _, l)| l.len());
+                }
             }
             Ok(list)
         }
@@ -1259,7 +1261,7 @@ mod tests {
     #[tokio::test]
     async fn a_cached_list_is_served_while_its_first_chunk_is_unchanged() {
         let kv: Kv = Arc::new(MemKv::new());
-        let cache = chunks::ListCache::<String>::new(2);
+        let cache = chunks::ListCache::<String>::new(11);
         assert!(cache.read(&kv, "/l/").await.unwrap().is_empty(), "a missing list reads as empty");
         let items: Vec<String> = (0..3_000).map(|i| format!("segment-{i:05}-{}", "x".repeat(100))).collect();
         chunks::write(&kv, "/l/", &items).await.unwrap();
@@ -1273,7 +1275,7 @@ mod tests {
         chunks::write(&kv, "/l/", &items[..10]).await.unwrap();
         let l1 = cache.read(&kv, "/l/").await.unwrap();
         assert_eq!(*l1, items[..10].to_vec());
-        // at most `capacity` lists are kept, the oldest dropped first
+        // at most 11 items are kept together, the oldest lists dropped first
         let mut kept = vec![];
         for p in ["/a/", "/b/"] {
             chunks::write(&kv, p, &items[..1]).await.unwrap();

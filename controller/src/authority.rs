@@ -107,7 +107,8 @@ pub struct Authority {
     /// REALTIME segments per table, revision-checked.
     pub(crate) segments: SegmentCache,
     /// Task input lists, revision-checked: a split window's list is read by
-    /// each of its sub-tasks' reports and by every commit pass.
+    /// each of its sub-tasks' reports and by every commit pass (at most
+    /// 200,000 inputs kept, ~100 MB).
     pub(crate) inputs: ListCache<SegmentMeta>,
     /// The last reason per table why a ready window could not be published
     /// (logged once per change, not every tick).
@@ -329,7 +330,7 @@ impl Authority {
             metrics: None,
             footers: FooterCache::new(200_000),
             segments: SegmentCache::default(),
-            inputs: ListCache::new(8),
+            inputs: ListCache::new(200_000),
             plan_problems: Default::default(),
             last_created_ms: Default::default(),
         }

@@ -287,7 +287,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
         metrics: metrics.clone(),
         leader,
         rpc_timeout: cfg.rpc_timeout,
-        inputs: chunks::ListCache::new(4),
+        inputs: chunks::ListCache::new(100_000),
     };
     let http_cancel = CancellationToken::new();
     let http = cfg.http_listen.map(|listen| {
