@@ -234,6 +234,7 @@ async fn main() -> Result<()> {
                 },
                 max_tasks_per_table,
                 discovery_interval: Duration::from_millis(discovery_interval_ms.max(100)),
+                store_uri: state.store.clone(),
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }

@@ -243,6 +243,8 @@ fn bad_discovery_keys_are_refused_by_name() {
             json!({"inputDirURI": "file:///tmp/x", "excludeFileNamePattern": "glob:[a"}),
             "batchConfigMaps[0].excludeFileNamePattern",
         ),
+        // the install's own store holds its namespace: the janitor would delete the owner's files
+        (json!({"inputDirURI": c.store_uri.clone()}), "batchConfigMaps[0].inputDirURI"),
     ];
     for (i, (source, key)) in cases.into_iter().enumerate() {
         let name = format!("bad{i}");

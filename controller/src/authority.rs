@@ -57,6 +57,9 @@ pub struct AuthorityConfig {
     pub budget: Budget,
     /// Tasks of one table in flight at once (0: the live minions' slots plus one).
     pub max_tasks_per_table: usize,
+    /// The install's store URI (`--store`); a discovery source may not
+    /// overlap its namespace (empty: not checked).
+    pub store_uri: String,
 }
 
 /// A table's REALTIME segments as last read, with the revision of the
@@ -1658,6 +1661,7 @@ mod tests {
             attempt_grace_ms: 60_000,
             budget: Budget::ONE_WINDOW,
             max_tasks_per_table: 1,
+            store_uri: String::new(),
         };
         let auth = Authority::new(kv, keys, store, Layout::new("ns"), cfg, rx);
         World { auth, spec, _tx: tx }

@@ -132,6 +132,33 @@ pub fn step(
     out
 }
 
+/// Checks that no source of `spec` overlaps the install's namespace
+/// (`namespace` under the store `store_uri`): the janitor deletes objects
+/// there that no segment names, and a source holding it would discover
+/// r2o's own files. Pure; `store_uri` empty: nothing to check.
+///
+/// # Errors
+/// [`r2o_common::ConfigError::Invalid`] naming the source's `inputDirURI`.
+pub fn check_sources(spec: &TableSpec, store_uri: &str, namespace: &str) -> Result<(), r2o_common::ConfigError> {
+    if store_uri.is_empty() {
+        return Ok(());
+    }
+    let install = format!("{}/{}", store_uri.trim_end_matches('/'), namespace.trim_matches('/'));
+    let install = format!("{install}/");
+    for (i, s) in spec.file_sources.iter().enumerate() {
+        if s.input_dir_uri.starts_with(&install) || install.starts_with(&s.input_dir_uri) {
+            return Err(r2o_common::ConfigError::Invalid {
+                field: format!("ingestionConfig.batchIngestionConfig.batchConfigMaps[{i}].inputDirURI"),
+                value: s.input_dir_uri.clone(),
+                expected: format!(
+                    "a location that neither holds nor lies inside r2o's own namespace {install} (its janitor deletes files there)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The registered version of a discovered segment.
 fn version_of(s: &SegmentMeta) -> FileVersion {
     FileVersion { size: s.size_bytes, version: s.source_version.clone() }
@@ -580,6 +607,30 @@ mod tests {
         assert_eq!(advance_cursor(Some("in/0".into()), &[], &handled), Some("in/0".into()), "nothing new: kept");
         let all = |_: &Listed| true;
         assert_eq!(advance_cursor(None, &l, &all), Some("in/d".into()));
+    }
+
+    #[test]
+    fn a_source_may_not_overlap_the_install_namespace() {
+        let spec = |uri: &str| {
+            TableSpec::from_json(
+                serde_json::json!({"tableName": "t", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                    "ingestionConfig": {"batchIngestionConfig": {"batchConfigMaps": [{"inputDirURI": uri}]}}}),
+                serde_json::json!({"schemaName": "s", "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG",
+                    "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]}),
+            )
+            .unwrap()
+        };
+        let store = "file:///var/lib/r2o/store";
+        assert!(check_sources(&spec("file:///var/lib/r2o/landing"), store, "r2o-1/").is_ok());
+        assert!(check_sources(&spec("file:///var/lib/r2o/store/other"), store, "r2o-1/").is_ok(), "beside it");
+        assert!(check_sources(&spec("file:///var/lib/r2o/store/r2o-10"), store, "r2o-1/").is_ok(), "a longer name");
+        for bad in ["file:///var/lib/r2o/store/r2o-1/in", "file:///var/lib/r2o/store", "file:///var"] {
+            let e = check_sources(&spec(bad), store, "r2o-1/").unwrap_err().to_string();
+            assert!(e.contains("batchConfigMaps[0].inputDirURI"), "{bad}: {e}");
+        }
+        assert!(check_sources(&spec("s3://b/landing"), "s3://b/r2o", "r2o-1/").is_ok());
+        assert!(check_sources(&spec("s3://b"), "s3://b/r2o", "r2o-1/").is_err(), "the whole bucket holds it");
+        assert!(check_sources(&spec("file:///anything"), "", "r2o-1/").is_ok(), "no store: not checked");
     }
 
     #[test]

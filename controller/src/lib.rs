@@ -64,6 +64,9 @@ pub struct ControllerConfig {
     /// How often the leader lists the tables' `batchConfigMaps` sources
     /// (segment discovery; a file registers after two listings agree).
     pub discovery_interval: Duration,
+    /// The store URI it was started with (`--store`), to keep discovery
+    /// sources out of the install's namespace.
+    pub store_uri: String,
 }
 
 /// Runs the janitor every `interval` while this controller leads; a new
@@ -184,6 +187,7 @@ pub async fn run(
             attempt_grace_ms: (cfg.lease_ttl_secs.max(1) * 3_000).max(60_000),
             budget: cfg.budget,
             max_tasks_per_table: cfg.max_tasks_per_table,
+            store_uri: cfg.store_uri.clone(),
         },
         rx.clone(),
     );

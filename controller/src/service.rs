@@ -67,6 +67,7 @@ impl ControllerSvc {
         let config = parse_json("table config", &req.table_config_json)?;
         let schema = parse_json("schema", &req.schema_json)?;
         let spec = TableSpec::from_json(config.clone(), schema.clone())?;
+        crate::discovery::check_sources(&spec, &self.auth.cfg.store_uri, self.auth.layout.namespace())?;
         let key = self.auth.keys.table(&spec.name);
         let rec = TableRecord {
             table_config: config,
@@ -94,6 +95,7 @@ impl ControllerSvc {
         let config = parse_json("table config", &req.table_config_json)?;
         let schema = parse_json("schema", &req.schema_json)?;
         let new = TableSpec::from_json(config.clone(), schema.clone())?;
+        crate::discovery::check_sources(&new, &self.auth.cfg.store_uri, self.auth.layout.namespace())?;
         let raw = new.name.clone();
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
         let (rec, entry) = get_record::<TableRecord>(kv, &keys.table(&raw))
