@@ -17,7 +17,6 @@ use r2o_common::columnar::{
 };
 use r2o_common::config::TableSpec;
 use r2o_common::meta::now_ms;
-use r2o_common::schema::TimeFormat;
 use r2o_common::store::{delete_object, open_store, put_new, Store};
 use r2o_proto::controller as pb;
 use std::io::Write;
@@ -34,10 +33,6 @@ async fn table_spec(controller: &str, table: &str) -> Result<TableSpec> {
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
     Ok(TableSpec::from_json(serde_json::from_str(&t.table_config_json)?, serde_json::from_str(&t.schema_json)?)?)
-}
-
-fn time_format(spec: &TableSpec) -> TimeFormat {
-    spec.schema.field(&spec.flow.time_column).and_then(|f| f.time_format).unwrap_or(TimeFormat::MILLIS)
 }
 
 /// Uploads `bytes` for segment `name` of `raw` to the path the controller
@@ -85,7 +80,7 @@ pub async fn add_segment_file(
         .with_context(|| format!("invalid --status '{status}': expected CONSUMING or DONE"))?;
     let name = name.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let bytes = Bytes::from(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
-    let facts = segment_facts(&name, bytes.clone(), &spec.schema, &spec.flow.time_column, time_format(&spec))?;
+    let facts = segment_facts(&name, bytes.clone(), &spec.schema, &spec.flow.time_column, spec.time_format())?;
     let rows = facts.rows;
     let (start, end) = match (facts.time_range_ms, status) {
         (Some(r), _) => r,
@@ -269,7 +264,7 @@ impl Bulk {
     async fn stage(&self, chunk: &[BulkFile]) -> Result<StagedBatch> {
         use futures::{StreamExt, TryStreamExt};
         let spec = &self.spec;
-        let format = time_format(spec);
+        let format = spec.time_format();
         let read: Vec<(BulkFile, Bytes, r2o_common::columnar::SegmentFacts)> = futures::stream::iter(chunk.to_vec())
             .map(|f| {
                 let schema = spec.schema.clone();
@@ -395,7 +390,7 @@ pub async fn ingest(
     let all = concat_batches(&schema, &batches)?;
     drop(batches);
     // event-time order, as a stream would deliver it
-    let t = time_ms(all.column(schema.index_of(&spec.flow.time_column)?), time_format(&spec))?;
+    let t = time_ms(all.column(schema.index_of(&spec.flow.time_column)?), spec.time_format())?;
     let idx = lexsort_to_indices(&[SortColumn { values: Arc::new(t), options: None }], None)?;
     let all = take_record_batch(&all, &idx)?;
     let total = all.num_rows();
@@ -426,7 +421,7 @@ pub async fn ingest(
         let name = format!("{prefix}{}__{stamp}Z", first_seq + i as u64);
         let bytes = write_parquet_with(&schema, std::slice::from_ref(&piece), REALTIME_ROW_GROUP_ROWS)?;
         let (start, end) =
-            time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, time_format(&spec))?.unwrap_or((0, 0));
+            time_range_ms(std::slice::from_ref(&piece), &spec.flow.time_column, spec.time_format())?.unwrap_or((0, 0));
         // As a realtime server does: the new segment is CONSUMING before the
         // previous one is sealed, so the planner never sees a partition's
         // latest DONE segment without a CONSUMING one behind it.

@@ -670,6 +670,14 @@ impl TableSpec {
         })
     }
 
+    /// The time column's format (epoch ms when the schema gives none).
+    pub fn time_format(&self) -> crate::schema::TimeFormat {
+        self.schema
+            .field(&self.flow.time_column)
+            .and_then(|f| f.time_format)
+            .unwrap_or(crate::schema::TimeFormat::MILLIS)
+    }
+
     /// `<raw>_REALTIME`.
     pub fn realtime_name(&self) -> String {
         format!("{}_REALTIME", self.name)

@@ -427,7 +427,7 @@ async fn read_file(home: &Store, spec: &TableSpec, f: &Listed) -> Option<Segment
         }
     };
     let (name, schema, time) = (meta.segment_name.clone(), spec.schema.clone(), spec.flow.time_column.clone());
-    let format = spec.schema.field(&time).and_then(|f| f.time_format).unwrap_or(r2o_common::schema::TimeFormat::MILLIS);
+    let format = spec.time_format();
     let facts =
         tokio::task::spawn_blocking(move || r2o_common::columnar::segment_facts(&name, bytes, &schema, &time, format))
             .await

@@ -132,11 +132,6 @@ impl From<arrow::error::ArrowError> for ProcessError {
     }
 }
 
-/// The time column's format (epoch ms when the schema does not say).
-pub(crate) fn time_format(spec: &TableSpec) -> TimeFormat {
-    spec.schema.field(&spec.flow.time_column).and_then(|f| f.time_format).unwrap_or(TimeFormat::MILLIS)
-}
-
 /// Stage 2: keeps the rows whose time is in `[window.start_ms, window.end_ms)`.
 pub fn filter_window(
     batch: &RecordBatch,
@@ -685,7 +680,7 @@ fn process_window(
     split: Option<SubTask>,
     check: &dyn Fn() -> Result<(), ProcessError>,
 ) -> Result<WindowResult, ProcessError> {
-    let format = time_format(spec);
+    let format = spec.time_format();
     let time_col = spec.flow.time_column.as_str();
     let mut rows_in = 0u64;
     let mut rounded = Vec::with_capacity(kept.len());
@@ -845,7 +840,7 @@ pub fn process_part(
     if windows.is_empty() {
         return Ok(result);
     }
-    let format = time_format(spec);
+    let format = spec.time_format();
     let time_col = spec.flow.time_column.as_str();
     let range = Window { start_ms: windows[0].start_ms, end_ms: windows[windows.len() - 1].end_ms };
     // Read every input once, in start order, its rows split by window; a

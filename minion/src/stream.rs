@@ -77,8 +77,8 @@ use r2o_common::Error;
 
 use crate::partition::partition_ids;
 use crate::processor::{
-    dedup_sorted, filter_window, keep_sub_task, metric_sums, rollup_sorted, round_time, sort_columns, time_format,
-    OutputSegment, ProcessError, Processed, SubTask, Sums,
+    dedup_sorted, filter_window, keep_sub_task, metric_sums, rollup_sorted, round_time, sort_columns, OutputSegment,
+    ProcessError, Processed, SubTask, Sums,
 };
 
 /// Rows per batch on this path at most (smaller than the in-memory path's,
@@ -334,7 +334,7 @@ impl Ctx {
         stats: &Mutex<SourceStats>,
         tx: &tokio::sync::mpsc::Sender<Result<RecordBatch, DataFusionError>>,
     ) -> Result<(), Error> {
-        let format = time_format(&self.spec);
+        let format = self.spec.time_format();
         let time_col = self.spec.flow.time_column.as_str();
         let filter = TimeFilter { column: time_col.to_string(), format, window };
         let mut pending: Vec<RecordBatch> = vec![];
@@ -418,7 +418,7 @@ impl Ctx {
         if batches.is_empty() {
             return Ok(true);
         }
-        let format = time_format(&self.spec);
+        let format = self.spec.time_format();
         let time_col = self.spec.flow.time_column.as_str();
         let kept = concat_batches(&self.table_schema, &batches)?;
         drop(batches);
@@ -626,7 +626,7 @@ impl Sink<'_> {
             self.close().await?;
         }
         let max = self.spec.flow.max_records_per_segment.max(1);
-        let format = time_format(self.spec);
+        let format = self.spec.time_format();
         let mut off = 0usize;
         while off < batch.num_rows() {
             if self.open.is_none() {
