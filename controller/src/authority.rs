@@ -230,16 +230,6 @@ pub fn sub_tasks(task: TaskRecord, inputs: &[SegmentMeta], split: Split) -> Vec<
         .collect()
 }
 
-/// How a split window's commit went.
-enum GroupCommit {
-    /// Committed.
-    Committed,
-    /// Some sub-task is not STAGED yet.
-    Waiting,
-    /// Something changed between the reads and the transaction: read again.
-    Raced,
-}
-
 /// A table as stored plus its parsed view.
 pub(crate) async fn load_table(kv: &Kv, keys: &Keys, raw: &str) -> Result<Option<TableSpec>> {
     match get_record::<TableRecord>(kv, &keys.table(raw)).await? {
@@ -1420,9 +1410,13 @@ impl Authority {
             else {
                 return Ok(committed);
             };
-            if task.is_sub_task() && group_members(&open, &task).is_none() {
-                return Ok(committed); // its window waits for the other sub-tasks
-            }
+            let members = match task.is_sub_task() {
+                true => match group_members(&open, &task) {
+                    Some(m) => Some(m),
+                    None => return Ok(committed), // its window waits for the other sub-tasks
+                },
+                false => None,
+            };
             let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
             let inputs = self.inputs.read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
             let (segments_rev, changed) = self.plan_changed(&task, &spec, &inputs).await?;
@@ -1430,16 +1424,12 @@ impl Authority {
                 self.supersede(&task, entry.mod_revision, epoch_rev, leadership, &reason).await?;
                 return Ok(committed);
             }
-            if task.is_sub_task() {
+            if let Some(members) = members {
                 let table_revs = TableRevs { watermark: wm_rev, segments: segments_rev, epoch: epoch_rev };
-                match self.commit_group(&task, &w, inputs.len() as u64, table_revs, leadership).await? {
-                    GroupCommit::Committed => {
-                        committed += 1;
-                        continue;
-                    }
-                    GroupCommit::Waiting => return Ok(committed),
-                    GroupCommit::Raced => continue,
+                if self.commit_group(members, &w, inputs.len() as u64, table_revs, leadership).await? {
+                    committed += 1;
                 }
+                continue; // committed, or raced: read again
             }
             let mprefix = self.keys.manifest(&task.id, task.staged_attempt);
             let manifest: Vec<Compare> = self
@@ -1474,23 +1464,21 @@ impl Authority {
         Ok(committed)
     }
 
-    /// Commits a split window once every one of its sub-tasks is STAGED:
+    /// Commits a split window whose sub-tasks are all STAGED (`members`,
+    /// in order with the revisions they were read at, see [`group_members`]):
     /// their manifests combined into one under the first sub-task (a fresh
     /// [`protocol::group_manifest_attempt`] per try), then one transaction
-    /// ([`protocol::commit_group`]). `staged` is one of them, at the
+    /// ([`protocol::commit_group`]) that checks those revisions, at the
     /// watermark `wm`; `window_inputs` counts the window's input segments.
+    /// Returns `false` when something changed since the read (read again).
     async fn commit_group(
         &self,
-        staged: &TaskRecord,
+        members: Vec<(TaskRecord, i64)>,
         wm: &WatermarkRecord,
         window_inputs: u64,
         table_revs: TableRevs,
         leadership: Leadership,
-    ) -> Result<GroupCommit> {
-        let (open, _) = open_tasks(&self.kv, &self.keys, &staged.table).await?;
-        let Some(members) = group_members(&open, staged) else {
-            return Ok(GroupCommit::Waiting);
-        };
+    ) -> Result<bool> {
         let mut outputs: Vec<SegmentMeta> = vec![];
         for (t, _) in &members {
             outputs.extend(chunks::read::<SegmentMeta>(&self.kv, &self.keys.manifest(&t.id, t.staged_attempt)).await?);
@@ -1507,10 +1495,10 @@ impl Authority {
             .apply(&self.kv)
             .await?
         {
-            return Ok(GroupCommit::Raced);
+            return Ok(false);
         }
         info!(table = %lead.table, task = %lead.id, sub_tasks = members.len(), window_start_ms = lead.window_start_ms, rows_in = totals.rows_in, rows_out = totals.rows_out, segments = totals.outputs, "split window committed");
-        Ok(GroupCommit::Committed)
+        Ok(true)
     }
 
     /// Whether the task's plan still holds: when the table's segments
