@@ -924,10 +924,14 @@ mod tests {
             ],
         )
         .unwrap();
-        let props = WriterProperties::builder().set_compression(compression).build();
+        file_with(&batch, WriterProperties::builder().set_compression(compression).build())
+    }
+
+    /// `batch` as a Parquet file written with `props`.
+    fn file_with(batch: &RecordBatch, props: WriterProperties) -> Bytes {
         let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, s.arrow_schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
+        let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
+        w.write(batch).unwrap();
         w.close().unwrap();
         Bytes::from(buf)
     }
@@ -970,11 +974,7 @@ mod tests {
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(level).unwrap()))
                 .set_dictionary_enabled(false)
                 .build();
-            let mut buf = Vec::new();
-            let mut w = ArrowWriter::try_new(&mut buf, s.arrow_schema(), Some(props)).unwrap();
-            w.write(&batch).unwrap();
-            w.close().unwrap();
-            Bytes::from(buf)
+            file_with(&batch, props)
         };
         // were the level lost, every file would be zstd's default level's bytes
         let files = [write(1), write(3), write(19)];
@@ -1034,14 +1034,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let file = |stats| {
-            let props = WriterProperties::builder().set_statistics_enabled(stats).build();
-            let mut buf = Vec::new();
-            let mut w = ArrowWriter::try_new(&mut buf, s.arrow_schema(), Some(props)).unwrap();
-            w.write(&batch).unwrap();
-            w.close().unwrap();
-            Bytes::from(buf)
-        };
+        let file = |stats| file_with(&batch, WriterProperties::builder().set_statistics_enabled(stats).build());
         let want = SegmentFacts { rows: 2, time_range_ms: Some((9, 9)), null_time_rows: 1 };
         let none = file(parquet::file::properties::EnabledStatistics::None);
         assert_eq!(segment_facts("seg", none, &s, "ts", TimeFormat::MILLIS).unwrap(), want);
