@@ -764,7 +764,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                            "segmentsDeletedByRetention": w.segments_deleted_by_retention,
                            "timeZone": w.time_zone,
                            "schedule": w.schedule, "lastRunMs": w.last_run_ms, "lastRunTrigger": w.last_run_trigger,
-                           "nextRunMs": w.next_run_ms,
+                           "nextRunMs": w.next_run_ms, "lateProblems": w.late_problems,
                            "watermarkLocal": if w.exists && !w.time_zone.is_empty() {
                                r2o_common::window::format_in_zone(w.watermark_ms, &w.time_zone)
                            } else { String::new() }})
@@ -801,6 +801,9 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                             "retention: {} ms; REALTIME segments deleted by it: {}; past it but kept (rows not moved): {}",
                             w.retention_ms, w.segments_deleted_by_retention, w.segments_unmoved_past_retention
                         );
+                    }
+                    for p in &w.late_problems {
+                        println!("late data: {p}");
                     }
                 }
             }

@@ -26,4 +26,21 @@ async fn etcd_backend_conforms() {
     }
     assert!(gone, "a key on an expired lease must disappear");
     assert!(kv.keep_alive(lease).await.is_err(), "an expired lease cannot be renewed");
+
+    // several ranges read at one revision: a key that moves from one range to
+    // the other between the reads is seen exactly once (`r2o tasks`)
+    kv.put("/c/active/t1", b"1".to_vec(), None).await.unwrap();
+    let first = kv.range_page_at("/c/active/", None, 10, 0).await.unwrap();
+    assert_eq!(first.kvs.len(), 1);
+    kv.txn(
+        vec![],
+        vec![r2o_common::kv::Op::delete("/c/active/t1"), r2o_common::kv::Op::put("/c/history/t1", b"1".to_vec())],
+    )
+    .await
+    .unwrap();
+    let at = kv.range_page_at("/c/history/", None, 10, first.revision).await.unwrap();
+    assert!(at.kvs.is_empty(), "as of the first read, t1 was not in history yet");
+    assert_eq!(at.revision, first.revision);
+    let both = kv.range_consistent(&["/c/history/".to_string(), "/c/active/".to_string()]).await.unwrap();
+    assert_eq!((both[0].len(), both[1].len()), (1, 0), "now in history only");
 }

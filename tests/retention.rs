@@ -104,6 +104,28 @@ async fn moved_segments_past_retention_go_and_unmoved_ones_stay() {
     let offline_after: usize = cluster.offline_batches("ret").await.iter().map(|b| b.num_rows()).sum();
     assert_eq!(offline_after, 40, "nothing was reset");
 
+    // d's window cannot be rematerialized (retention deleted its inputs); that
+    // must not hold a late segment of a window whose inputs are intact (finding
+    // 14 of issue 19), and `r2o watermark` says why d stays (finding 15)
+    add(&cluster, "f", rows_from(T0_MS + 3 * H_MS, 1), &[]);
+    let start = Instant::now();
+    loop {
+        let offline: usize = cluster.offline_batches("ret").await.iter().map(|b| b.num_rows()).sum();
+        if offline == 50 {
+            break; // window 3 rematerialized from e and f: 10 + 10 rows
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "f's rows never moved: {offline} OFFLINE rows");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let text = cluster.cli(&["watermark", "--table", "ret"]);
+    assert!(
+        text.contains("late data: late rows for window") && text.contains("retention deleted REALTIME segments"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.cli(&["watermark", "--table", "ret", "--output", "json"])).unwrap();
+    assert_eq!(json["lateProblems"].as_array().map(Vec::len), Some(1), "{json}");
+
     // a table with nothing committed has no time boundary
     cluster.add_table("empty", &table("empty", "HOURS", "12"), &metric_schema());
     let out = cluster.cli_raw(&["time-boundary", "--table", "empty"]);

@@ -3,7 +3,8 @@
 //! afterwards, a REALTIME segment registered under the old schema is read
 //! with the added column as its `defaultNullValue`, and the OFFLINE segments
 //! of both schema versions read as one table; a narrowing or a changed time
-//! column is refused by name and nothing changes.
+//! column is refused by name and nothing changes; so is a key that recuts
+//! committed windows (`bucketTimePeriod`) once the table has lineage.
 
 mod support;
 
@@ -118,6 +119,27 @@ async fn a_paused_flow_gains_a_column_and_reads_old_segments_with_its_default() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("segmentsConfig.timeColumnName") && err.contains("ts -> ts2"),
+        "{err}"
+    );
+    // refused once a window is committed: a key that would recut it (late-data
+    // runs would keep old and new results side by side), naming the ways out
+    let mut daily = config.clone();
+    daily["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]["bucketTimePeriod"] = json!("1d");
+    let out = cluster.cli_raw(&[
+        "table",
+        "update",
+        "--config",
+        &write("daily.json", &daily),
+        "--schema",
+        &write("v1.json", &schema_v1()),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("bucketTimePeriod")
+            && err.contains("3600000 ms -> 86400000 ms")
+            && err.contains("table copy")
+            && err.contains("--mode flush"),
         "{err}"
     );
     let shown: serde_json::Value = serde_json::from_str(&cluster.cli(&["table", "show", "evo"])).unwrap();

@@ -120,14 +120,23 @@ pub fn check_file_schema_as(segment: &str, file: &ArrowSchema, schema: &Schema, 
 /// # Errors
 /// [`Error::Segment`] naming `segment`, the check, the column, how many
 /// values do not fit `type_name` and the first (at most 3) of them.
-fn check_fits(segment: &str, column: &str, type_name: &str, file: &ArrayRef, read: &ArrayRef) -> Result<()> {
+fn check_fits(
+    segment: &str,
+    column: &str,
+    type_name: &str,
+    file: &ArrayRef,
+    read: &ArrayRef,
+    in_scope: Option<&arrow::array::BooleanArray>,
+) -> Result<()> {
     let as_f64 = cast(file, &ArrowType::Float64).map_err(|e| seg_err(segment, e.to_string()))?;
     let as_f64 = as_f64.as_any().downcast_ref::<arrow::array::Float64Array>().expect("cast to Float64");
     let read_f64 = cast(read, &ArrowType::Float64).map_err(|e| seg_err(segment, e.to_string()))?;
     let read_f64 = read_f64.as_any().downcast_ref::<arrow::array::Float64Array>().expect("cast to Float64");
     let bad: Vec<usize> = (0..file.len())
         .filter(|&i| {
-            file.is_valid(i) && (read.is_null(i) || (as_f64.value(i).is_finite() && !read_f64.value(i).is_finite()))
+            in_scope.is_none_or(|m| m.value(i))
+                && file.is_valid(i)
+                && (read.is_null(i) || (as_f64.value(i).is_finite() && !read_f64.value(i).is_finite()))
         })
         .collect();
     if bad.is_empty() {
@@ -155,6 +164,34 @@ pub fn conform_batch(
     schema: &Schema,
     target: &Arc<ArrowSchema>,
 ) -> Result<RecordBatch> {
+    conform_batch_in(segment, batch, schema, target, None)
+}
+
+/// Which rows of `batch` a reader needs by `scope` (its time column inside
+/// the window; NULL times never), or `None` for all of them.
+fn scope_mask(batch: &RecordBatch, scope: Option<&TimeFilter>) -> Result<Option<arrow::array::BooleanArray>> {
+    let Some(f) = scope else { return Ok(None) };
+    let Some(col) = batch.column_by_name(&f.column) else { return Ok(None) };
+    let ms = time_ms(col, f.format)?;
+    Ok(Some(ms.iter().map(|v| Some(v.is_some_and(|v| f.window.start_ms <= v && v < f.window.end_ms))).collect()))
+}
+
+/// [`conform_batch`] for a reader that needs only the rows `scope` keeps:
+/// the "fits the column type" check of a narrowing read looks at those rows
+/// only, so a value that does not fit fails the windows it is in and no
+/// other (finding 16 of issue 19). Rows outside `scope` may come back NULL
+/// where their value does not fit; the caller filters them out.
+///
+/// # Errors
+/// As [`conform_batch`].
+pub fn conform_batch_in(
+    segment: &str,
+    batch: &RecordBatch,
+    schema: &Schema,
+    target: &Arc<ArrowSchema>,
+    scope: Option<&TimeFilter>,
+) -> Result<RecordBatch> {
+    let mut mask: Option<Option<arrow::array::BooleanArray>> = None; // on the first narrowing only
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields.len());
     for f in &schema.fields {
         let Some(col) = batch.column_by_name(&f.name) else {
@@ -169,7 +206,11 @@ pub fn conform_batch(
                 seg_err(segment, format!("column '{}' cannot be read as {}: {e}", f.name, f.data_type.name()))
             })?;
             if narrowing(col.data_type(), &want) {
-                check_fits(segment, &f.name, f.data_type.name(), col, &c)?;
+                if mask.is_none() {
+                    mask = Some(scope_mask(batch, scope)?);
+                }
+                let in_scope = mask.as_ref().and_then(Option::as_ref);
+                check_fits(segment, &f.name, f.data_type.name(), col, &c, in_scope)?;
             }
             columns.push(c);
         }
@@ -379,52 +420,11 @@ pub fn segment_facts(
     time_column: &str,
     format: TimeFormat,
 ) -> Result<SegmentFacts> {
-    use parquet::file::statistics::Statistics;
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
         .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
     check_file_schema(segment, builder.schema(), schema)?;
-    let meta = builder.metadata().clone();
-    let rows = meta.file_metadata().num_rows().max(0) as u64;
-    let leaf = meta
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.path().parts() == [time_column.to_string()]);
-    let arrow_type = builder.schema().field_with_name(time_column).map(|f| f.data_type().clone()).ok();
-    if let (Some(leaf), Some(t)) = (leaf, arrow_type) {
-        let mut range: Option<(i64, i64)> = None;
-        let mut null_time_rows = 0u64;
-        let mut exact = true;
-        for rg in meta.row_groups() {
-            let Some(stats) = rg.column(leaf).statistics() else {
-                exact = false;
-                break;
-            };
-            let Some(nulls) = stats.null_count_opt() else {
-                exact = false;
-                break;
-            };
-            null_time_rows += nulls;
-            if nulls == rg.num_rows() as u64 {
-                continue; // every value of the group is null
-            }
-            let exact_here = match stats {
-                Statistics::Int64(s) => s.min_is_exact() && s.max_is_exact(),
-                Statistics::Int32(s) => s.min_is_exact() && s.max_is_exact(),
-                _ => false,
-            };
-            match (exact_here, row_group_time_range(rg, leaf, &t, format)) {
-                (true, Some((lo, hi))) => range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi)))),
-                _ => {
-                    exact = false;
-                    break;
-                }
-            }
-        }
-        if exact {
-            return Ok(SegmentFacts { rows, time_range_ms: range, null_time_rows });
-        }
+    if let Some(facts) = facts_from_statistics(builder.metadata(), builder.schema(), time_column, format) {
+        return Ok(facts);
     }
     let batches = read_segment(segment, bytes, schema, 64 * 1024)?;
     Ok(SegmentFacts {
@@ -432,6 +432,100 @@ pub fn segment_facts(
         time_range_ms: time_range_ms(&batches, time_column, format)?,
         null_time_rows: null_time_rows(&batches, time_column)?,
     })
+}
+
+/// [`segment_facts`] of an object in a store, without holding the file:
+/// the footer (ranged reads), and, when its statistics are not exact, the
+/// time column alone, streamed a batch at a time (segment discovery reads
+/// files of any size inside the leader: reading them whole, eight at a
+/// time, outgrew the controller's memory; finding 8 of issue 19).
+/// `path` is a path of `store` (from [`crate::store::resolve`]), `size_bytes`
+/// the object's listed size.
+///
+/// # Errors
+/// As [`segment_facts`]; store errors as [`Error::Segment`] too.
+pub async fn segment_facts_in_store(
+    segment: &str,
+    store: &crate::store::Store,
+    path: &str,
+    size_bytes: u64,
+    schema: &Schema,
+    time_column: &str,
+    format: TimeFormat,
+) -> Result<SegmentFacts> {
+    use futures::TryStreamExt;
+    use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+    let reader = reader::StoreReader::new(store.clone(), path, size_bytes);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
+    check_file_schema(segment, builder.schema(), schema)?;
+    if let Some(facts) = facts_from_statistics(builder.metadata(), builder.schema(), time_column, format) {
+        return Ok(facts);
+    }
+    let leaf = builder
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [time_column.to_string()])
+        .ok_or_else(|| seg_err(segment, format!("time column '{time_column}' is missing")))?;
+    let mask = parquet::arrow::ProjectionMask::leaves(builder.metadata().file_metadata().schema_descr(), [leaf]);
+    let mut stream = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
+    let mut facts = SegmentFacts { rows: 0, time_range_ms: None, null_time_rows: 0 };
+    while let Some(b) = stream.try_next().await.map_err(|e| seg_err(segment, format!("corrupt data: {e}")))? {
+        facts.rows += b.num_rows() as u64;
+        facts.null_time_rows += null_time_rows(std::slice::from_ref(&b), time_column)?;
+        if let Some((lo, hi)) = time_range_ms(std::slice::from_ref(&b), time_column, format)? {
+            facts.time_range_ms = Some(facts.time_range_ms.map_or((lo, hi), |(a, c)| (a.min(lo), c.max(hi))));
+        }
+    }
+    Ok(facts)
+}
+
+/// A file's facts from its footer alone, when every row group has exact
+/// statistics (and null counts) for the time column; `None` otherwise.
+fn facts_from_statistics(
+    meta: &parquet::file::metadata::ParquetMetaData,
+    file_schema: &ArrowSchema,
+    time_column: &str,
+    format: TimeFormat,
+) -> Option<SegmentFacts> {
+    use parquet::file::statistics::Statistics;
+    let rows = meta.file_metadata().num_rows().max(0) as u64;
+    let leaf = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [time_column.to_string()]);
+    let leaf = leaf?;
+    let t = file_schema.field_with_name(time_column).map(|f| f.data_type().clone()).ok()?;
+    let mut range: Option<(i64, i64)> = None;
+    let mut null_time_rows = 0u64;
+    for rg in meta.row_groups() {
+        let stats = rg.column(leaf).statistics()?;
+        let nulls = stats.null_count_opt()?;
+        null_time_rows += nulls;
+        if nulls == rg.num_rows() as u64 {
+            continue; // every value of the group is null
+        }
+        let exact_here = match stats {
+            Statistics::Int64(s) => s.min_is_exact() && s.max_is_exact(),
+            Statistics::Int32(s) => s.min_is_exact() && s.max_is_exact(),
+            _ => false,
+        };
+        match (exact_here, row_group_time_range(rg, leaf, &t, format)) {
+            (true, Some((lo, hi))) => range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi)))),
+            _ => return None,
+        }
+    }
+    Some(SegmentFacts { rows, time_range_ms: range, null_time_rows })
 }
 
 /// Rows of `batches` whose `time_column` is NULL.
@@ -482,7 +576,7 @@ pub fn read_segment_in(
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| seg_err(segment, format!("corrupt data: {e}")))?;
-        out.push(conform_batch(segment, &batch, schema, &target)?);
+        out.push(conform_batch_in(segment, &batch, schema, &target, filter)?);
     }
     Ok(SegmentRead { batches: out, skipped_row_groups: skipped, skipped_null_time_rows: skipped_nulls })
 }
@@ -822,6 +916,105 @@ pub fn read_csv(path: &std::path::Path, schema: &Schema) -> Result<Vec<RecordBat
     Ok(out)
 }
 
+/// Reading Parquet objects in place, for the minion's bounded-memory path
+/// and for discovery's footers (no file is held whole past
+/// [`WHOLE_FILE_BYTES`]).
+pub mod reader {
+    use crate::error::store_retryable;
+    use crate::retry::store_backoff;
+    use crate::store::Store;
+    use backon::Retryable;
+    use bytes::Bytes;
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+    use object_store::path::Path;
+    use object_store::ObjectStoreExt;
+    use parquet::arrow::arrow_reader::ArrowReaderOptions;
+    use parquet::arrow::async_reader::AsyncFileReader;
+    use parquet::errors::ParquetError;
+    use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+    use std::ops::Range;
+    use std::sync::Arc;
+
+    /// Inputs up to this size are fetched whole in one request (a footer read
+    /// and a ranged read per column chunk would cost more requests than bytes);
+    /// larger ones are read by row group with ranged reads, bytes.
+    pub const WHOLE_FILE_BYTES: u64 = 1 << 20;
+
+    /// Parquet's async reader over one object of the store: a small object is
+    /// fetched whole on the first request and served from memory; a large one
+    /// by ranged reads (the footer, then the kept row groups' column chunks).
+    pub struct StoreReader {
+        store: Store,
+        path: Path,
+        size: u64,
+        whole: Option<Bytes>,
+    }
+
+    impl StoreReader {
+        /// A reader of the object at `location` (a path of this install's store,
+        /// or one [`crate::store::resolve`]d from an external location), `size`
+        /// bytes long.
+        pub fn new(store: Store, location: &str, size: u64) -> StoreReader {
+            StoreReader { store, path: crate::store::object_path(location), size, whole: None }
+        }
+
+        /// The bytes of `ranges`; each store call is retried ([`store_backoff`])
+        /// on errors that may pass, so a transient failure in the middle of a
+        /// window does not fail the attempt.
+        async fn fetch(&mut self, ranges: Vec<Range<u64>>) -> parquet::errors::Result<Vec<Bytes>> {
+            let external = |e: object_store::Error| ParquetError::External(Box::new(e));
+            let (store, path) = (self.store.clone(), self.path.clone());
+            if self.size <= WHOLE_FILE_BYTES {
+                if self.whole.is_none() {
+                    let whole = || async { store.get(&path).await?.bytes().await };
+                    let got = whole.retry(store_backoff()).when(store_retryable).await.map_err(external)?;
+                    self.whole = Some(got);
+                }
+                let whole = self.whole.as_ref().expect("fetched above");
+                return ranges
+                    .into_iter()
+                    .map(|r| {
+                        whole
+                            .get(r.start as usize..r.end as usize)
+                            .map(|_| whole.slice(r.start as usize..r.end as usize))
+                            .ok_or_else(|| {
+                                ParquetError::EOF(format!("range {r:?} past the object's {} bytes", whole.len()))
+                            })
+                    })
+                    .collect();
+            }
+            let ranged = || store.get_ranges(&path, &ranges);
+            ranged.retry(store_backoff()).when(store_retryable).await.map_err(external)
+        }
+    }
+
+    impl AsyncFileReader for StoreReader {
+        fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+            async move { Ok(self.fetch(vec![range]).await?.remove(0)) }.boxed()
+        }
+
+        fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+            self.fetch(ranges).boxed()
+        }
+
+        fn get_metadata<'a>(
+            &'a mut self,
+            _options: Option<&'a ArrowReaderOptions>,
+        ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+            async move {
+                let size = self.size;
+                let meta = ParquetMetaDataReader::new()
+                    .with_prefetch_hint(Some(64 * 1024))
+                    .load_and_finish(self, size)
+                    .await?;
+                Ok(Arc::new(meta))
+            }
+            .boxed()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1017,6 +1210,23 @@ mod tests {
         assert!(e.contains("'i'") && e.contains("2 value(s)") && e.contains("1099511627776"), "{e}");
         let e = conform_batch("seg", &batch(vec![Some(1)], vec![1e300]), &s, &target).unwrap_err().to_string();
         assert!(e.contains("'f'") && e.contains("FLOAT") && e.contains("1e300"), "{e}");
+        // finding 16 of issue 19: a reader of one window checks the rows of that window only
+        let spread = RecordBatch::try_from_iter(vec![
+            ("i", Arc::new(Int64Array::from(vec![1, 3_000_000_000, 2])) as ArrayRef),
+            ("f", Arc::new(arrow::array::Float64Array::from(vec![0.0; 3])) as ArrayRef),
+            ("ts", Arc::new(Int64Array::from(vec![10, 3_600_010, 7_200_010])) as ArrayRef),
+        ])
+        .unwrap();
+        let window = |start_ms: i64| TimeFilter {
+            column: "ts".into(),
+            format: TimeFormat::MILLIS,
+            window: crate::window::Window { start_ms, end_ms: start_ms + 3_600_000 },
+        };
+        for start in [0, 7_200_000] {
+            conform_batch_in("seg", &spread, &s, &target, Some(&window(start))).expect("the bad value is in hour 1");
+        }
+        let e = conform_batch_in("seg", &spread, &s, &target, Some(&window(3_600_000))).unwrap_err().to_string();
+        assert!(e.contains("1 value(s)") && e.contains("3000000000"), "{e}");
     }
 
     #[test]

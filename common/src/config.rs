@@ -793,20 +793,114 @@ pub fn table_changes(old: &TableSpec, new: &TableSpec) -> Result<Vec<String>, Co
             n.data_type.name()
         ));
     }
+    // every other key of a kept column's spec (notNull, defaultNullValue,
+    // format, ...): applied and listed, never dropped silently
+    let (old_fields, new_fields) = (field_specs(&old.schema_json), field_specs(&new.schema_json));
+    for (name, o) in &old_fields {
+        let Some(n) = new_fields.get(name) else { continue };
+        let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+        leaves(o, "", &mut a);
+        leaves(n, "", &mut b);
+        a.retain(|k, _| k != "name" && k != "dataType");
+        b.retain(|k, _| k != "name" && k != "dataType");
+        diff_leaves(&a, &b, &format!("column {name}: "), &mut changes);
+    }
+    // the schema's other keys (schemaName, primaryKeyColumns, ...)
+    let top = |s: &Value| {
+        let mut m = BTreeMap::new();
+        if let Value::Object(o) = s {
+            for (k, v) in o.iter().filter(|(k, _)| !FIELD_ARRAYS.contains(&k.as_str())) {
+                leaves(v, &format!("schema.{k}"), &mut m);
+            }
+        }
+        m
+    };
+    diff_leaves(&top(&old.schema_json), &top(&new.schema_json), "", &mut changes);
     let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
     leaves(&old.config_json, "", &mut a);
     leaves(&new.config_json, "", &mut b);
-    for (k, v) in &b {
+    diff_leaves(&a, &b, "", &mut changes);
+    Ok(changes)
+}
+
+/// The schema's arrays of column specs.
+const FIELD_ARRAYS: [&str; 3] = ["dimensionFieldSpecs", "metricFieldSpecs", "dateTimeFieldSpecs"];
+
+/// A schema's column specs by name (`dimensionFieldSpecs`,
+/// `metricFieldSpecs`, `dateTimeFieldSpecs`).
+fn field_specs(schema: &Value) -> BTreeMap<String, &Value> {
+    let mut out = BTreeMap::new();
+    for list in FIELD_ARRAYS {
+        for f in schema.get(list).and_then(Value::as_array).into_iter().flatten() {
+            if let Some(name) = f.get("name").and_then(Value::as_str) {
+                out.insert(name.to_string(), f);
+            }
+        }
+    }
+    out
+}
+
+/// One line per leaf added, changed or removed from `a` to `b`, each
+/// prefixed with `prefix`.
+fn diff_leaves(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in b {
         match a.get(k) {
-            None => changes.push(format!("{k}: added '{v}'")),
-            Some(o) if o != v => changes.push(format!("{k}: '{o}' -> '{v}'")),
+            None => out.push(format!("{prefix}{k}: added '{v}'")),
+            Some(o) if o != v => out.push(format!("{prefix}{k}: '{o}' -> '{v}'")),
             _ => {}
         }
     }
     for (k, v) in a.iter().filter(|(k, _)| !b.contains_key(*k)) {
-        changes.push(format!("{k}: removed (was '{v}')"));
+        out.push(format!("{prefix}{k}: removed (was '{v}')"));
     }
-    Ok(changes)
+}
+
+/// Keys whose change would make a table's committed windows disagree with
+/// the windows cut from then on, with their old and new values: `(key, old,
+/// new)`. Late-data runs recut committed windows with the current
+/// bucketing, merge and filter, so once a table has lineage a change of
+/// `bucketTimePeriod`, `bucketTimeZone`, `roundBucketTimePeriod`,
+/// `mergeType`, any `<metric>.aggregationType`, the partitioning
+/// (`tableIndexConfig.segmentPartitionConfig`) or `offloadPredicate` would
+/// keep old and new results of the same rows side by side (or apply a new
+/// filter to old windows). Every other key is safe to change. Pure.
+pub fn lineage_bound_changes(old: &TableSpec, new: &TableSpec) -> Vec<(String, String, String)> {
+    let (o, n) = (&old.flow, &new.flow);
+    let mut out = vec![];
+    let mut check = |key: &str, a: String, b: String| {
+        if a != b {
+            out.push((key.to_string(), a, b));
+        }
+    };
+    let period = |ms: Option<i64>| ms.map_or("none".to_string(), |ms| format!("{ms} ms"));
+    check(&format!("{TASK_PATH}.bucketTimePeriod"), period(Some(o.bucket_ms)), period(Some(n.bucket_ms)));
+    let zone = |z: &Option<jiff::tz::TimeZone>| {
+        z.as_ref().map_or("UTC (none)".to_string(), |z| z.iana_name().unwrap_or("a fixed offset").to_string())
+    };
+    check(&format!("{TASK_PATH}.bucketTimeZone"), zone(&o.bucket_time_zone), zone(&n.bucket_time_zone));
+    check(&format!("{TASK_PATH}.roundBucketTimePeriod"), period(o.round_ms), period(n.round_ms));
+    check(&format!("{TASK_PATH}.mergeType"), o.merge_type.name().into(), n.merge_type.name().into());
+    let columns: std::collections::BTreeSet<&String> = o.aggregations.keys().chain(n.aggregations.keys()).collect();
+    for c in columns {
+        let agg = |m: &BTreeMap<String, AggregationType>| m.get(c).map_or("none".to_string(), |a| format!("{a:?}"));
+        check(&format!("{TASK_PATH}.{c}.aggregationType"), agg(&o.aggregations), agg(&n.aggregations));
+    }
+    let parts = |p: &Option<Partitioning>| {
+        p.as_ref().map_or("none".to_string(), |p| {
+            format!("{} by {:?} into {} partitions", p.column, p.function, p.num_partitions)
+        })
+    };
+    check("tableIndexConfig.segmentPartitionConfig", parts(&o.partitioning), parts(&n.partitioning));
+    if o.offload_predicate != n.offload_predicate {
+        let text = |s: &TableSpec| {
+            s.config_json
+                .pointer("/task/taskTypeConfigsMap/RealtimeToOfflineSegmentsTask/offloadPredicate")
+                .and_then(as_text)
+                .unwrap_or_else(|| format!("{:?}", s.flow.offload_predicate))
+        };
+        out.push((format!("{TASK_PATH}.offloadPredicate"), text(old), text(new)));
+    }
+    out
 }
 
 /// `segmentsConfig.retentionTimeUnit` + `retentionTimeValue` as ms: both or
@@ -1034,6 +1128,70 @@ mod tests {
         let d = TableSpec::from_json(config(json!({})), schema()).unwrap();
         assert_eq!(table_changes(&f, &d).unwrap(), vec!["column delay: FLOAT -> DOUBLE".to_string()]);
         assert!(table_changes(&d, &f).unwrap_err().to_string().contains("DOUBLE -> FLOAT"));
+    }
+
+    #[test]
+    fn every_schema_change_is_applied_or_refused_by_name() {
+        let mut strict = schema();
+        strict["metricFieldSpecs"][1]["notNull"] = json!(true);
+        let old = TableSpec::from_json(config(json!({})), strict.clone()).unwrap();
+        let changes = |f: &dyn Fn(&mut Value)| {
+            let mut s = strict.clone();
+            f(&mut s);
+            table_changes(&old, &TableSpec::from_json(config(json!({})), s).unwrap()).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            changes(&|s| s["metricFieldSpecs"][1]["notNull"] = json!(false)).unwrap(),
+            vec!["column n: notNull: 'true' -> 'false'".to_string()],
+            "relaxing notNull is a change, not 'nothing to change'"
+        );
+        assert_eq!(
+            changes(&|s| {
+                s["metricFieldSpecs"][1].as_object_mut().unwrap().remove("notNull");
+            })
+            .unwrap(),
+            vec!["column n: notNull: removed (was 'true')".to_string()]
+        );
+        assert_eq!(
+            changes(&|s| s["dimensionFieldSpecs"][0]["defaultNullValue"] = json!("?")).unwrap(),
+            vec!["column carrier: defaultNullValue: added '?'".to_string()]
+        );
+        assert_eq!(
+            changes(&|s| s["primaryKeyColumns"] = json!(["carrier"])).unwrap(),
+            vec!["schema.primaryKeyColumns: added '[\"carrier\"]'".to_string()]
+        );
+        assert!(changes(&|_| {}).unwrap().is_empty(), "no change, no line");
+    }
+
+    #[test]
+    fn keys_that_recut_committed_windows_are_named() {
+        let old = TableSpec::from_json(config(json!({"mergeType": "rollup"})), schema()).unwrap();
+        let bound = |task: Value| {
+            let new = TableSpec::from_json(config(task), schema()).unwrap();
+            lineage_bound_changes(&old, &new).into_iter().map(|(k, _, _)| k).collect::<Vec<_>>()
+        };
+        let key = |k: &str| format!("{TASK_PATH}.{k}");
+        assert!(bound(json!({"mergeType": "rollup", "maxNumRecordsPerSegment": "10", "timeoutMs": "5"})).is_empty());
+        assert_eq!(bound(json!({"mergeType": "rollup", "bucketTimePeriod": "1h"})), vec![key("bucketTimePeriod")]);
+        assert_eq!(
+            bound(json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h"})),
+            vec![key("roundBucketTimePeriod")]
+        );
+        assert_eq!(
+            bound(json!({"mergeType": "rollup", "bucketTimeZone": "Europe/Paris"})),
+            vec![key("bucketTimeZone")]
+        );
+        assert_eq!(bound(json!({"mergeType": "dedup"})), vec![key("mergeType")]);
+        assert_eq!(bound(json!({"mergeType": "rollup", "n.aggregationType": "max"})), vec![key("n.aggregationType")]);
+        let changed = bound(json!({"mergeType": "rollup", "offloadPredicate": "column(n) > numeric(0)"}));
+        assert_eq!(changed, vec![key("offloadPredicate")]);
+        let mut c = config(json!({"mergeType": "rollup"}));
+        c["tableIndexConfig"]["segmentPartitionConfig"] =
+            json!({"columnPartitionMap": {"carrier": {"functionName": "Murmur", "numPartitions": 4}}});
+        let new = TableSpec::from_json(c, schema()).unwrap();
+        let (k, o, n) = lineage_bound_changes(&old, &new).remove(0);
+        assert_eq!((k.as_str(), o.as_str()), ("tableIndexConfig.segmentPartitionConfig", "none"));
+        assert!(n.contains("carrier") && n.contains('4'), "{n}");
     }
 
     #[test]

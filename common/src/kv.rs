@@ -168,6 +168,8 @@ pub struct Page {
     pub kvs: Vec<KeyValue>,
     /// Whether keys remain after the last one returned.
     pub more: bool,
+    /// The store revision the page was read at.
+    pub revision: i64,
 }
 
 /// One change of a watched key.
@@ -209,8 +211,13 @@ pub trait KvBackend: Send + Sync + 'static {
     /// The value at `key`.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// At most `limit` keys starting with `prefix`, in key order, after
-    /// `after` (exclusive) when given.
-    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page>;
+    /// `after` (exclusive) when given, as of store revision `revision` (0:
+    /// the latest); [`Page::revision`] says which revision was read.
+    ///
+    /// # Errors
+    /// As the trait; a revision already compacted (or, for [`MemKv`], any
+    /// revision but the current one: it keeps no history) is [`Error::Meta`].
+    async fn range_page_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: i64) -> Result<Page>;
     /// Puts a value (optionally attached to a lease).
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()>;
     /// Deletes a key; `Ok` when it was absent.
@@ -231,6 +238,43 @@ pub trait KvBackend: Send + Sync + 'static {
     /// Streams the changes under `prefix` made from now on (for wake-ups:
     /// callers read the state itself after an event).
     async fn watch(&self, prefix: &str) -> Result<WatchReceiver>;
+
+    /// At most `limit` keys starting with `prefix`, in key order, after
+    /// `after` (exclusive) when given; the latest revision.
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page> {
+        self.range_page_at(prefix, after, limit, 0).await
+    }
+
+    /// Every key under each of `prefixes`, all read at one store revision
+    /// (the first page's), page by page: one consistent view of several
+    /// ranges, e.g. a table's task history and its active tasks, so a task
+    /// that moves from one to the other between the reads is seen exactly
+    /// once.
+    ///
+    /// # Errors
+    /// As [`KvBackend::range_page_at`] (a compaction racing the read:
+    /// retryable).
+    async fn range_consistent(&self, prefixes: &[String]) -> Result<Vec<Vec<KeyValue>>> {
+        let mut revision = 0;
+        let mut out = Vec::with_capacity(prefixes.len());
+        for prefix in prefixes {
+            let mut all = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.range_page_at(prefix, after.as_deref(), RANGE_PAGE_KEYS, revision).await?;
+                if revision == 0 {
+                    revision = page.revision;
+                }
+                after = page.kvs.last().map(|kv| kv.key.clone());
+                all.extend(page.kvs);
+                if !page.more || after.is_none() {
+                    break;
+                }
+            }
+            out.push(all);
+        }
+        Ok(out)
+    }
 
     /// `mod_revision` of `key` (without its value), `None` when absent.
     async fn mod_revision(&self, key: &str) -> Result<Option<i64>> {
@@ -333,7 +377,7 @@ impl KvBackend for EtcdKv {
         Ok(resp.kvs().first().map(|kv| kv.mod_revision()))
     }
 
-    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page> {
+    async fn range_page_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: i64) -> Result<Page> {
         let start: Vec<u8> = match after {
             Some(a) => {
                 let mut k = a.as_bytes().to_vec();
@@ -344,11 +388,21 @@ impl KvBackend for EtcdKv {
         };
         let mut limit = limit.max(1);
         loop {
-            let opts = etcd_client::GetOptions::new().with_range(prefix_end(prefix)).with_limit(limit as i64);
+            let mut opts = etcd_client::GetOptions::new().with_range(prefix_end(prefix)).with_limit(limit as i64);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
             let resp =
                 self.client.kv_client().max_decoding_message_size(MAX_REPLY_BYTES).get(start.clone(), Some(opts)).await;
             match resp {
-                Ok(resp) => return Ok(Page { kvs: resp.kvs().iter().map(to_kv).collect(), more: resp.more() }),
+                Ok(resp) => {
+                    return Ok(Page {
+                        kvs: resp.kvs().iter().map(to_kv).collect(),
+                        more: resp.more(),
+                        // (etcd's header gives the store's current revision)
+                        revision: if revision > 0 { revision } else { resp.header().map_or(0, |h| h.revision()) },
+                    });
+                }
                 Err(e) if too_large(&e) && limit > 1 => limit /= 2,
                 Err(e) => return Err(meta_err(e)),
             }
@@ -647,8 +701,14 @@ impl KvBackend for MemKv {
         Ok(self.state().data.get(key).cloned())
     }
 
-    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page> {
+    async fn range_page_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: i64) -> Result<Page> {
         let s = self.state();
+        if revision != 0 && revision != s.revision {
+            return Err(Error::Meta(format!(
+                "the in-memory store keeps no history: revision {revision} is not the current {}",
+                s.revision
+            )));
+        }
         let start = match after {
             Some(a) => std::ops::Bound::Excluded(a.to_string()),
             None => std::ops::Bound::Included(prefix.to_string()),
@@ -660,7 +720,7 @@ impl KvBackend for MemKv {
             .map(|(_, v)| v.clone());
         let kvs: Vec<KeyValue> = iter.by_ref().take(limit.max(1)).collect();
         let more = iter.next().is_some();
-        Ok(Page { kvs, more })
+        Ok(Page { kvs, more, revision: s.revision })
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()> {

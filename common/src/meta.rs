@@ -126,6 +126,28 @@ pub struct SegmentMeta {
     /// registration (UTC epoch ms): rows before it had moved already.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_watermark_ms: Option<i64>,
+    /// REALTIME, as read: the etcd create revision of the segment's record
+    /// (0: not read from etcd). Not stored; set by [`read_realtime`]. Late
+    /// data is decided by it: a window the flow committed at a later
+    /// revision read the segment.
+    #[serde(skip)]
+    pub registered_revision: i64,
+}
+
+/// A table's REALTIME segments, each with its
+/// [`SegmentMeta::registered_revision`] (one paged read).
+///
+/// # Errors
+/// etcd errors; a record that does not decode.
+pub async fn read_realtime(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<SegmentMeta>> {
+    Ok(range_records::<SegmentMeta>(kv, &keys.segments(&format!("{raw}_REALTIME")))
+        .await?
+        .into_iter()
+        .map(|(mut s, e)| {
+            s.registered_revision = e.create_revision;
+            s
+        })
+        .collect())
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -328,7 +350,7 @@ pub struct WindowStats {
 /// segments, named after the window), where its inputs and outputs are
 /// listed, and totals. The OFFLINE segments a window holds are the manifest
 /// this record names; nothing else is published.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LineageRecord {
     /// Start of the first window, UTC epoch ms (inclusive).
@@ -1006,6 +1028,28 @@ pub mod chunks {
             compares.push(Compare::ModRevision(key, rev));
         }
         Ok(compares)
+    }
+
+    /// The compares that prove a list of `n` chunks written under `prefix`
+    /// (by [`write_encoded`]) is still whole: its first and last chunks at
+    /// their current revisions (the argument of [`write_encoded`]), so a
+    /// transaction that checks a list of any length stays at two compares
+    /// (a STAGED task's manifest of 120 chunks used to add 120).
+    /// `None` when either chunk is missing.
+    ///
+    /// # Errors
+    /// etcd errors.
+    pub async fn compares(kv: &Kv, prefix: &str, n: usize) -> Result<Option<Vec<Compare>>> {
+        let ends = if n <= 1 { vec![0] } else { vec![0, n - 1] };
+        let mut compares = Vec::with_capacity(2);
+        for i in ends {
+            let key = key(prefix, i);
+            match kv.mod_revision(&key).await? {
+                Some(rev) => compares.push(Compare::ModRevision(key, rev)),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(compares))
     }
 
     /// Reads and concatenates every chunk under `prefix`, in order.

@@ -47,9 +47,13 @@ impl Schedule {
     }
 
     /// The first fire time strictly after `after_ms` (UTC epoch ms), if any.
+    /// Fire times are whole seconds, as in Quartz: the search starts from
+    /// `after_ms` truncated to its second (croner keeps the sub-second part
+    /// of the instant it is given, which made fire times drift with the
+    /// caller's clock).
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
-        let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(after_ms)?;
-        self.cron.find_next_occurrence(&t, false).ok().map(|d| d.timestamp_millis())
+        let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(after_ms.div_euclid(1000) * 1000)?;
+        self.cron.find_next_occurrence(&t, false).ok().map(|d| d.timestamp_millis().div_euclid(1000) * 1000)
     }
 
     /// Whether a run is due at `now_ms` given the last fire time a run was
@@ -98,6 +102,13 @@ mod tests {
         let mon = Schedule::parse("0 0 12 ? * 2").unwrap();
         assert_eq!(mon.next_after(1_577_836_800_000), Some(1_578_312_000_000));
         assert!(Schedule::parse("0 */10 * * *").unwrap_err().contains("5 fields"));
+        // fire times are whole seconds whatever the caller's milliseconds
+        assert_eq!(s.next_after(1_577_836_980_806), Some(1_577_837_400_000));
+        assert_eq!(s.next_after(1_577_837_400_000 - 1), Some(1_577_837_400_000), "one ms before a fire");
+        assert_eq!(s.next_after(1_577_837_400_000), Some(1_577_838_000_000), "strictly after");
+        let every = Schedule::parse("* * * * * ?").unwrap();
+        assert_eq!(every.next_after(1_577_836_980_806), Some(1_577_836_981_000));
+        assert_eq!(every.due(1_577_836_980_000, 1_577_836_990_123), Some(1_577_836_990_000));
         assert!(Schedule::parse("0 61 * * * ?").is_err());
     }
 }

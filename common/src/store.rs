@@ -47,6 +47,7 @@ pub fn store_deadline() -> Duration {
 /// retryable [`Error::Store`].
 async fn deadline<T>(path: &str, call: impl std::future::Future<Output = object_store::Result<T>>) -> Result<T> {
     let limit = store_deadline();
+    let path = listed_text(path);
     match tokio::time::timeout(limit, call).await {
         Ok(r) => r.map_err(|source| Error::Store { path: path.into(), source }),
         Err(_) => Err(Error::Store {
@@ -148,9 +149,35 @@ pub fn split_external(location: &str) -> Result<(String, String)> {
     }))
 }
 
+/// Marks a path [`resolve`]d from an external location: the text after it
+/// is the key as the source's store lists it, already in object_store's
+/// form, so it is read with `Path::parse` and never encoded again.
+const LISTED: char = '\u{1}';
+
+/// The object_store path of a path given to this module's helpers: r2o's
+/// own paths are encoded from their text (`Path::from`, as they were
+/// written); an external file's path from [`resolve`] is taken as listed
+/// (finding 5 of issue 19: a discovered file named `00%3A00`, as in
+/// Hive-escaped partitions, was encoded again to `00%253A00` on read, never
+/// found, and listed again forever).
+pub fn object_path(path: &str) -> Path {
+    match path.strip_prefix(LISTED) {
+        Some(listed) => Path::parse(listed).unwrap_or_else(|_| Path::from(listed)),
+        None => Path::from(path),
+    }
+}
+
+/// A path from [`resolve`] as text (without its mark), for messages and
+/// comparisons with listed keys.
+pub fn listed_text(path: &str) -> &str {
+    path.strip_prefix(LISTED).unwrap_or(path)
+}
+
 /// The store holding `location` and its path there: `home` (the cluster's
 /// store) for its own paths, the external file's own store (see
-/// [`is_external`]; opened from its root with [`open_store`]) otherwise.
+/// [`is_external`]; opened from its root with [`open_store`]) otherwise,
+/// with the path marked as listed (read it through [`object_path`] or this
+/// module's helpers).
 ///
 /// # Errors
 /// An external location of an unsupported scheme, or a store that cannot be opened.
@@ -159,6 +186,7 @@ pub fn resolve(home: &Store, location: &str) -> Result<(Store, String)> {
         return Ok((home.clone(), location.to_string()));
     }
     let (root, path) = split_external(location)?;
+    let path = format!("{LISTED}{path}");
     let mut stores = EXTERNAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(s) = stores.get(&root) {
         return Ok((s.clone(), path));
@@ -224,21 +252,21 @@ impl Layout {
 
 /// Reads a whole object, within the store deadline.
 pub async fn get_bytes(store: &Store, path: &str) -> Result<Bytes> {
-    let p = Path::from(path);
+    let p = object_path(path);
     let got = deadline(path, store.get(&p)).await?;
     deadline(path, got.bytes()).await
 }
 
 /// Reads `range` of an object (bytes), within the store deadline.
 pub async fn get_range(store: &Store, path: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
-    deadline(path, store.get_range(&Path::from(path), range)).await
+    deadline(path, store.get_range(&object_path(path), range)).await
 }
 
 /// The size of an object and its last `n` bytes (all of it when smaller),
 /// in one request within the store deadline; `None` when it does not exist.
 pub async fn get_tail(store: &Store, path: &str, n: u64) -> Result<Option<(u64, Bytes)>> {
     let opts = object_store::GetOptions { range: Some(object_store::GetRange::Suffix(n)), ..Default::default() };
-    let got = match deadline(path, store.get_opts(&Path::from(path), opts)).await {
+    let got = match deadline(path, store.get_opts(&object_path(path), opts)).await {
         Ok(g) => g,
         Err(Error::Store { source: object_store::Error::NotFound { .. }, .. }) => return Ok(None),
         Err(e) => return Err(e),
@@ -250,7 +278,7 @@ pub async fn get_tail(store: &Store, path: &str, n: u64) -> Result<Option<(u64, 
 /// Writes a whole object (overwriting), within the store deadline. For
 /// staged outputs, whose paths are unique to their attempt.
 pub async fn put_bytes(store: &Store, path: &str, bytes: Bytes) -> Result<()> {
-    deadline(path, store.put(&Path::from(path), PutPayload::from(bytes))).await?;
+    deadline(path, store.put(&object_path(path), PutPayload::from(bytes))).await?;
     Ok(())
 }
 
@@ -258,13 +286,49 @@ pub async fn put_bytes(store: &Store, path: &str, bytes: Bytes) -> Result<()> {
 /// one is there: registered REALTIME objects are never overwritten.
 pub async fn put_new(store: &Store, path: &str, bytes: Bytes) -> Result<()> {
     let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-    deadline(path, store.put_opts(&Path::from(path), PutPayload::from(bytes), opts)).await?;
+    deadline(path, store.put_opts(&object_path(path), PutPayload::from(bytes), opts)).await?;
+    Ok(())
+}
+
+/// An object's version as discovery records it
+/// ([`crate::meta::SegmentMeta::source_version`]): its ETag, else its
+/// modification time in ms (`mtime:<ms>`). Pure.
+pub fn version_text(meta: &object_store::ObjectMeta) -> String {
+    match &meta.e_tag {
+        Some(tag) => tag.clone(),
+        None => format!("mtime:{}", meta.last_modified.timestamp_millis()),
+    }
+}
+
+/// Checks that the external file at `path` (from [`resolve`]) is still the
+/// one registered: `size_bytes` long and at version `version` (see
+/// [`version_text`]; empty: size only). A minion reads a discovered file
+/// where it lies, so content changed after registration must fail its
+/// attempt, never be moved (finding 12 of issue 19).
+///
+/// # Errors
+/// [`Error::Segment`] naming `segment`, what changed and how (not
+/// retryable); store errors (a missing file: `NotFound`).
+pub async fn check_registered(store: &Store, path: &str, segment: &str, size_bytes: u64, version: &str) -> Result<()> {
+    let meta = deadline(path, store.head(&object_path(path))).await?;
+    let now = version_text(&meta);
+    if meta.size != size_bytes || (!version.is_empty() && now != version) {
+        return Err(Error::Segment {
+            segment: segment.to_string(),
+            problem: format!(
+                "the discovered file {} changed after registration ({} bytes, version {now}; registered {size_bytes} \
+                 bytes, version {version}); its rows are not moved (discovery refuses it)",
+                listed_text(path),
+                meta.size
+            ),
+        });
+    }
     Ok(())
 }
 
 /// Size of an object in bytes, `None` when it does not exist.
 pub async fn object_size(store: &Store, path: &str) -> Result<Option<u64>> {
-    match deadline(path, store.head(&Path::from(path))).await {
+    match deadline(path, store.head(&object_path(path))).await {
         Ok(meta) => Ok(Some(meta.size)),
         Err(Error::Store { source: object_store::Error::NotFound { .. }, .. }) => Ok(None),
         Err(e) => Err(e),
@@ -273,7 +337,7 @@ pub async fn object_size(store: &Store, path: &str) -> Result<Option<u64>> {
 
 /// Deletes an object (absent is fine), within the store deadline.
 pub async fn delete_object(store: &Store, path: &str) -> Result<()> {
-    match deadline(path, store.delete(&Path::from(path))).await {
+    match deadline(path, store.delete(&object_path(path))).await {
         Ok(()) | Err(Error::Store { source: object_store::Error::NotFound { .. }, .. }) => Ok(()),
         Err(e) => Err(e),
     }
@@ -443,6 +507,58 @@ impl ObjectStore for FaultyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_external_file_is_read_by_its_listed_key_whatever_its_name() {
+        // finding 5 of issue 19: Hive-escaped names (`00%3A00`) and the other
+        // characters object_store encodes were encoded again on read
+        use futures::TryStreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["ts=2024-01-01 00%3A00", "a[1]{x}#^|~<>", "q?*"];
+        for n in names {
+            std::fs::create_dir_all(dir.path().join(n)).unwrap();
+            std::fs::write(dir.path().join(n).join("p.parquet"), n.as_bytes()).unwrap();
+        }
+        let root = open_store("file:///").unwrap();
+        let base = dir.path().to_str().unwrap().trim_start_matches('/').to_string();
+        let listed: Vec<object_store::ObjectMeta> =
+            root.list(Some(&Path::parse(&base).unwrap())).try_collect().await.unwrap();
+        assert_eq!(listed.len(), names.len());
+        for m in listed {
+            let location = format!("file:///{}", m.location.as_ref());
+            let (store, path) = resolve(&root, &location).unwrap();
+            let bytes = get_bytes(&store, &path).await.unwrap_or_else(|e| panic!("{location}: {e}"));
+            assert!(names.iter().any(|n| n.as_bytes() == &bytes[..]), "{location}");
+            assert_eq!(object_size(&store, &path).await.unwrap(), Some(m.size));
+        }
+        // r2o's own paths keep their encoding from text
+        assert_eq!(object_path("ns/a%b").as_ref(), "ns/a%25b");
+    }
+
+    #[tokio::test]
+    async fn a_discovered_file_changed_after_registration_is_refused_on_read() {
+        // finding 12 of issue 19: minions read discovered files unchecked
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.parquet");
+        std::fs::write(&file, b"first").unwrap();
+        let root = open_store("file:///").unwrap();
+        let location = format!("file://{}", file.display());
+        let (store, path) = resolve(&root, &location).unwrap();
+        let meta = store.head(&object_path(&path)).await.unwrap();
+        let version = version_text(&meta);
+        check_registered(&store, &path, "f", 5, &version).await.unwrap();
+        // rewritten with the same size, then with another
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, b"other").unwrap();
+        let e = check_registered(&store, &path, "f", 5, &version).await.unwrap_err().to_string();
+        assert!(e.contains("changed after registration") && e.contains("f.parquet"), "{e}");
+        std::fs::write(&file, b"longer now").unwrap();
+        let e = check_registered(&store, &path, "f", 5, "").await.unwrap_err().to_string();
+        assert!(e.contains("10 bytes"), "{e}");
+        std::fs::remove_file(&file).unwrap();
+        let e = check_registered(&store, &path, "f", 5, "").await.unwrap_err();
+        assert!(matches!(e, Error::Store { source: object_store::Error::NotFound { .. }, .. }), "{e}");
+    }
 
     #[tokio::test]
     async fn faulty_store_injects_retryable_errors_at_the_rate() {

@@ -31,7 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 use r2o_common::config::{FileSource, TableSpec};
 use r2o_common::kv::{Compare, Op};
 use r2o_common::meta::{encode, get_record, now_ms, range_records, SegmentMeta, SegmentStatus, TableRecord};
-use r2o_common::store::{get_bytes, resolve, split_external, Store};
+use r2o_common::store::{object_size, resolve, split_external, Store};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -189,10 +189,12 @@ pub fn segment_name(relative: &str) -> String {
 pub async fn list_source(home: &Store, source: &FileSource, after: Option<&str>) -> r2o_common::Result<Vec<Listed>> {
     let (store, prefix) = resolve(home, &source.input_dir_uri)?;
     let (root, _) = split_external(&source.input_dir_uri)?;
-    let dir = prefix.trim_end_matches('/');
-    let path = (!dir.is_empty()).then(|| object_store::path::Path::from(dir));
+    let dir = r2o_common::store::listed_text(&prefix).trim_end_matches('/');
+    // keys are used as listed, never encoded again (see `store::object_path`)
+    let as_listed = |k: &str| object_store::path::Path::parse(k).unwrap_or_else(|_| object_store::path::Path::from(k));
+    let path = (!dir.is_empty()).then(|| as_listed(dir));
     let listing = match after {
-        Some(k) => store.list_with_offset(path.as_ref(), &object_store::path::Path::from(k)),
+        Some(k) => store.list_with_offset(path.as_ref(), &as_listed(k)),
         None => store.list(path.as_ref()),
     };
     let metas: Vec<object_store::ObjectMeta> = listing
@@ -206,10 +208,7 @@ pub async fn list_source(home: &Store, source: &FileSource, after: Option<&str>)
         if !source.wants(relative) {
             continue;
         }
-        let version = match &m.e_tag {
-            Some(tag) => tag.clone(),
-            None => format!("mtime:{}", m.last_modified.timestamp_millis()),
-        };
+        let version = r2o_common::store::version_text(&m);
         out.push(Listed {
             key: key.to_string(),
             location: source_text(&root, key),
@@ -413,26 +412,34 @@ async fn read_file(home: &Store, spec: &TableSpec, f: &Listed) -> Option<Segment
         source_version: f.version.version.clone(),
         ..Default::default()
     };
-    let bytes = match resolve(home, &f.location) {
-        Ok((store, path)) => get_bytes(&store, &path).await,
-        Err(e) => Err(e),
-    };
-    let bytes = match bytes {
-        Ok(b) if b.len() as u64 == f.version.size => b,
-        Ok(_) => return None,
-        Err(r2o_common::Error::Store { source: object_store::Error::NotFound { .. }, .. }) => return None,
+    // the file's footer (and, without exact statistics, its time column),
+    // never the whole file: the leader holds no file in memory
+    let (store, path) = match resolve(home, &f.location) {
+        Ok(r) => r,
         Err(e) => {
             meta.error = format!("the file cannot be read: {e}");
             return Some(meta);
         }
     };
-    let (name, schema, time) = (meta.segment_name.clone(), spec.schema.clone(), spec.flow.time_column.clone());
+    match object_size(&store, &path).await {
+        Ok(Some(size)) if size == f.version.size => {}
+        Ok(_) | Err(r2o_common::Error::Store { source: object_store::Error::NotFound { .. }, .. }) => return None,
+        Err(e) => {
+            meta.error = format!("the file cannot be read: {e}");
+            return Some(meta);
+        }
+    }
     let format = spec.time_format();
-    let facts =
-        tokio::task::spawn_blocking(move || r2o_common::columnar::segment_facts(&name, bytes, &schema, &time, format))
-            .await
-            .map_err(|e| r2o_common::Error::Segment { segment: meta.segment_name.clone(), problem: e.to_string() })
-            .and_then(|r| r);
+    let facts = r2o_common::columnar::segment_facts_in_store(
+        &meta.segment_name,
+        &store,
+        &path,
+        f.version.size,
+        &spec.schema,
+        &spec.flow.time_column,
+        format,
+    )
+    .await;
     match facts {
         Err(e) => meta.error = format!("the file cannot be read as a segment of the table: {e}"),
         Ok(facts) => {

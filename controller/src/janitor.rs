@@ -6,7 +6,11 @@
 //!   (or next) attempt names: staged outputs of attempts that never
 //!   committed, REALTIME uploads that were never registered.
 //! - **etcd chunks** nothing refers to: manifests of attempts that never
-//!   committed, inputs of tasks that are neither active nor committed.
+//!   committed, input lists of tasks no longer active (committed windows
+//!   keep their input count in the lineage).
+//! - **Replaced OFFLINE files**: a window's segments that a later
+//!   `rematerialize` late-data run replaced (`registry::visible_segments`)
+//!   are no longer named, so their files go after the grace.
 //! - **History** past its retention (count per table and age).
 //! - **Revisions**: compacts etcd to the revision seen one sweep earlier.
 //!
@@ -113,24 +117,28 @@ impl Janitor {
             }
             active.insert(t.id.to_string(), t.attempt);
         }
-        // 2. lineage: what is committed
+        // 2. lineage: what is committed, per table (with its keys' revisions)
         let mut committed: HashSet<(String, u32)> = HashSet::new();
-        let mut committed_tasks: HashSet<String> = HashSet::new();
-        for (l, _) in range_records::<LineageRecord>(kv, &keys.all_lineage()).await? {
-            committed_tasks.insert(l.task_id.clone());
-            committed.insert((l.task_id, l.attempt));
+        let mut lineages: HashMap<String, Vec<(LineageRecord, i64)>> = HashMap::new();
+        let lprefix = keys.all_lineage();
+        for (l, entry) in range_records::<LineageRecord>(kv, &lprefix).await? {
+            let raw = entry.key[lprefix.len()..].split('/').next().unwrap_or_default().to_string();
+            committed.insert((l.task_id.clone(), l.attempt));
+            lineages.entry(raw).or_default().push((l, entry.create_revision));
         }
-        // 3. manifests: committed ones name live objects; the rest are orphans
-        //    unless an active task may be committing that attempt right now
+        // 3. manifests: committed ones name the objects readers see (a window's
+        //    segments replaced by a later rematerialize run no longer count;
+        //    their files go after the grace); the rest are orphans unless an
+        //    active task may be committing that attempt right now
         let mut named: HashSet<String> = HashSet::new();
         let mut orphan_keys: Vec<String> = Vec::new();
+        let mut manifests: HashMap<String, Vec<(String, u32, Vec<SegmentMeta>)>> = HashMap::new();
         let mprefix = keys.all_manifests();
         for entry in kv.range(&mprefix).await? {
             let Some((raw, task, attempt)) = parse_manifest_key(&entry.key[mprefix.len()..]) else { continue };
             if committed.contains(&(task.to_string(), attempt)) {
-                for s in decode::<Vec<SegmentMeta>>(&entry)? {
-                    named.insert(canonical_path(&s.location));
-                }
+                let entries = decode::<Vec<SegmentMeta>>(&entry)?;
+                manifests.entry(raw.to_string()).or_default().push((task.to_string(), attempt, entries));
             } else if active.get(task).is_none_or(|current| attempt < *current) {
                 let p = format!("{mprefix}{raw}/{task}/a{attempt}/");
                 if orphan_keys.last() != Some(&p) {
@@ -138,12 +146,19 @@ impl Janitor {
                 }
             }
         }
-        // 4. inputs of tasks neither active nor committed
+        for (raw, m) in manifests {
+            let l = lineages.get(&raw).map(Vec::as_slice).unwrap_or_default();
+            for s in crate::registry::visible_segments(l, m) {
+                named.insert(canonical_path(&s.location));
+            }
+        }
+        // 4. inputs of tasks not active: committed windows no longer need their
+        //    input lists (the lineage keeps their count), abandoned ones never will
         let iprefix = keys.all_inputs();
         for key in kv.range_keys(&iprefix).await? {
             let mut parts = key[iprefix.len()..].split('/');
             let (Some(raw), Some(task)) = (parts.next(), parts.next()) else { continue };
-            if !active.contains_key(task) && !committed_tasks.contains(task) {
+            if !active.contains_key(task) {
                 let p = format!("{iprefix}{raw}/{task}/");
                 if orphan_keys.last() != Some(&p) {
                     orphan_keys.push(p);
@@ -344,7 +359,7 @@ mod tests {
         // first sight: nothing goes, whatever the objects' timestamps say
         let r = j.sweep(&kv, &keys, &store, &layout, t0, 0).await.unwrap();
         assert_eq!((r.scanned, r.deleted.len(), r.deleted_keys.len()), (6, 0, 0), "{r:?}");
-        assert_eq!(r.young_orphans, 4, "two objects, one manifest, one inputs list: {r:?}");
+        assert_eq!(r.young_orphans, 5, "two objects, one manifest, two inputs lists: {r:?}");
         // still within the grace on this process's clock
         let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(59), 0).await.unwrap();
         assert!(r.deleted.is_empty() && r.deleted_keys.is_empty());
@@ -355,7 +370,7 @@ mod tests {
         assert_eq!(deleted, vec![canonical_path(&orphan), canonical_path(&unregistered)]);
         let mut gone = r.deleted_keys.clone();
         gone.sort();
-        assert_eq!(gone, vec![keys.inputs(&abandoned), keys.manifest(&done, 2)]);
+        assert_eq!(gone, vec![keys.inputs(&done), keys.inputs(&abandoned), keys.manifest(&done, 2)]);
         for p in [&committed, &staged, &realtime, &foreign, &staged_file] {
             assert!(object_size(&store, p).await.unwrap().is_some(), "{p} must survive");
         }
@@ -363,8 +378,47 @@ mod tests {
             assert!(object_size(&store, p).await.unwrap().is_none(), "{p} must be gone");
         }
         assert!(!kv.range(&keys.manifest(&done, 1)).await.unwrap().is_empty(), "the committed manifest stays");
-        assert!(!kv.range(&keys.inputs(&done)).await.unwrap().is_empty(), "committed inputs stay");
+        assert!(kv.range(&keys.inputs(&done)).await.unwrap().is_empty(), "a committed window's input list goes");
         assert!(!kv.range(&keys.manifest(&staged_id, 2)).await.unwrap().is_empty(), "a STAGED manifest stays");
+    }
+
+    #[tokio::test]
+    async fn files_a_rematerialize_run_replaced_go_after_the_grace() {
+        // finding 13 of issue 19: replaced files were kept forever
+        let kv: Kv = Arc::new(MemKv::new());
+        let keys = Keys::new("/j");
+        let store = open_store("memory://").unwrap();
+        let layout = Layout::new("ns");
+        let (flow, late) = (TaskId::new("t", 0, 1), TaskId::new("t", 0, 2));
+        let old = format!("{}a.parquet", layout.staging_prefix(&flow, 1));
+        let new = format!("{}b.parquet", layout.staging_prefix(&late, 1));
+        let other = format!("{}c.parquet", layout.staging_prefix(&flow, 1));
+        for p in [&old, &new, &other] {
+            put_bytes(&store, p, bytes::Bytes::from_static(b"x")).await.unwrap();
+        }
+        let in_window = |name: &str, location: &str, w: i64| SegmentMeta {
+            window_start_ms: Some(w),
+            ..seg("t_OFFLINE", name, location)
+        };
+        // the flow committed windows 0 and 1; a late run then rematerialized window 0
+        chunks::write(&kv, &keys.manifest(&flow, 1), &[in_window("a", &old, 0), in_window("c", &other, 1)])
+            .await
+            .unwrap();
+        kv.put(&keys.lineage("t", 0), encode(&lineage(&flow.to_string(), 1)), None).await.unwrap();
+        chunks::write(&kv, &keys.manifest(&late, 1), &[in_window("b", &new, 0)]).await.unwrap();
+        let run = LineageRecord {
+            late: Some(r2o_common::meta::LateRun { policy: "rematerialize".into(), segments: vec!["l".into()] }),
+            ..lineage(&late.to_string(), 1)
+        };
+        kv.put(&keys.late_lineage("t", 0, 2), encode(&run), None).await.unwrap();
+        let mut j = Janitor::new(Duration::from_secs(10), NO_LIMIT);
+        let t0 = Instant::now();
+        assert_eq!(j.sweep(&kv, &keys, &store, &layout, t0, 0).await.unwrap().young_orphans, 1);
+        let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(11), 0).await.unwrap();
+        assert_eq!(r.deleted, vec![canonical_path(&old)]);
+        for p in [&new, &other] {
+            assert!(object_size(&store, p).await.unwrap().is_some(), "{p} is still read");
+        }
     }
 
     #[tokio::test]

@@ -250,12 +250,7 @@ impl ControllerMetrics {
             let count_now = counted.is_none_or(|(at, _)| now - at >= LOAD_STATUS_EVERY_MS);
             // the segment list only when something here needs it (a table may hold ~15k)
             let realtime: Vec<SegmentMeta> = if count_now || wm.is_none() || spec.flow.retention_ms.is_some() {
-                range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name()))
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .collect()
+                r2o_common::meta::read_realtime(kv, keys, &raw).await.unwrap_or_default()
             } else {
                 vec![]
             };

@@ -138,74 +138,167 @@ pub struct LatePlan {
     pub run: r2o_common::meta::LateRun,
 }
 
-/// The oldest committed window that late segments still owe rows to, and
-/// the run that moves them (`lateDataPolicy`; none for `ignore`). A late
-/// segment (registered when the watermark was `late_before_ms`, past its
-/// start) owes every window it overlaps below that watermark, until a
-/// late-data run of the window has moved it (`moved`: window start -> the
-/// late segments moved there). With `only`, that window's run (the check
-/// at commit that the run still is what the window needs). Pure.
+/// What [`plan_late`] decided: the run to publish (the oldest window late
+/// segments owe rows to that can be redone), and every owed window that
+/// cannot be, with why (shown by `r2o watermark`; their late rows stay in
+/// REALTIME).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LateOutcome {
+    /// The next run, if any window can be redone.
+    pub plan: Option<LatePlan>,
+    /// Owed windows that cannot be redone, in window order, with the reason.
+    pub blocked: Vec<(Window, String)>,
+}
+
+/// What a table's committed lineage and watermark say about late data
+/// (read by `registry::late_ledger`), for [`owed_windows`] and [`plan_late`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LateLedger {
+    /// The flow's commits (not late-data runs): the range `[from_ms,
+    /// end_ms)` each covers (skipped windows included) and the etcd create
+    /// revision of its lineage key.
+    pub committed: Vec<(i64, i64, i64)>,
+    /// Late segments moved into each committed window by late-data runs.
+    pub moved: MovedLate,
+    /// The table's watermark now, UTC epoch ms (`None`: nothing committed,
+    /// e.g. after `reset --mode flush`).
+    pub watermark_ms: Option<i64>,
+}
+
+impl LateLedger {
+    /// Whether the flow committed window `w` after a segment registered at
+    /// etcd revision `registered_revision` (0: unknown): its commit then read
+    /// that segment, so the segment owes the window nothing. Decided by etcd
+    /// revisions, never by clocks.
+    pub fn committed_after(&self, w: Window, registered_revision: i64) -> bool {
+        registered_revision > 0
+            && self
+                .committed
+                .iter()
+                .any(|(from, end, rev)| *from <= w.start_ms && w.start_ms < *end && *rev > registered_revision)
+    }
+}
+
+/// Why window `w` cannot be rematerialized, if it cannot: a rematerialize
+/// run replaces every earlier result of the window with what it computes
+/// from the window's REALTIME segments, so it must be able to read every
+/// row those results hold. Not when retention deleted REALTIME segments up
+/// to `retained_until_ms` at or after the window's start (its own inputs may
+/// be gone), nor when a segment whose rows in the window had moved was
+/// refused since (a discovered file changed or deleted: the planner never
+/// reads it again, and the run would drop its rows from OFFLINE). Pure.
+pub fn rematerialize_problem(
+    w: Window,
+    segments: &[SegmentMeta],
+    ledger: &LateLedger,
+    retained_until_ms: Option<i64>,
+) -> Option<String> {
+    if let Some(r) = retained_until_ms.filter(|r| *r >= w.start_ms) {
+        return Some(format!(
+            "late rows for window {w} cannot be rematerialized: retention deleted REALTIME segments up to {} (the \
+             window's own inputs may be gone); they stay in REALTIME",
+            r2o_common::window::format_utc(r)
+        ));
+    }
+    let refused = segments.iter().find(|s| {
+        let moved_there = s.error_watermark_ms.is_some_and(|ew| ew >= w.end_ms)
+            && (s.late_before_ms.is_none_or(|b| w.end_ms > b)
+                || ledger.moved.get(&w.start_ms).is_some_and(|m| m.contains(&s.segment_name)));
+        !s.error.is_empty()
+            && s.status == SegmentStatus::Done
+            && s.total_docs > 0
+            && w.overlaps_segment(s.start_time_ms, s.end_time_ms)
+            && moved_there
+    })?;
+    Some(format!(
+        "late rows for window {w} cannot be rematerialized: segment {}, whose rows there had moved, was refused since \
+         ({}), and a run would drop its rows from OFFLINE; they stay in REALTIME",
+        refused.segment_name, refused.error
+    ))
+}
+
+/// The next late-data run (`lateDataPolicy`; none for `ignore`): the
+/// oldest committed window that late segments still owe rows to (see
+/// [`owed_windows`]) and that can be redone (a `rematerialize` window with
+/// a [`rematerialize_problem`] is reported in [`LateOutcome::blocked`] and
+/// passed over, so it never holds later windows). With `only`, that
+/// window's run alone (the check at commit that the run still is what the
+/// window needs). Pure.
 pub fn plan_late(
     flow: &FlowConfig,
     segments: &[SegmentMeta],
-    moved: &HashMap<i64, std::collections::HashSet<String>>,
+    ledger: &LateLedger,
     only: Option<Window>,
-) -> Option<LatePlan> {
+    retained_until_ms: Option<i64>,
+) -> LateOutcome {
     use r2o_common::config::LateDataPolicy;
+    let mut out = LateOutcome::default();
     if flow.late_data_policy == LateDataPolicy::Ignore {
-        return None;
+        return out;
     }
     let mut owed: std::collections::BTreeMap<Window, Vec<&SegmentMeta>> = std::collections::BTreeMap::new();
     for s in segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty()) {
-        for w in owed_windows(flow, s, moved).into_iter().filter(|w| only.is_none_or(|o| o == *w)) {
+        for w in owed_windows(flow, s, ledger).into_iter().filter(|w| only.is_none_or(|o| o == *w)) {
             owed.entry(w).or_default().push(s);
         }
     }
-    let (window, late) = owed.into_iter().next()?;
-    let mut names: Vec<String> = late.iter().map(|s| s.segment_name.clone()).collect();
-    names.sort();
-    let mut inputs: Vec<SegmentMeta> = match flow.late_data_policy {
-        LateDataPolicy::Append => late.into_iter().cloned().collect(),
-        _ => segments
-            .iter()
-            .filter(|s| {
-                s.status == SegmentStatus::Done
-                    && s.total_docs > 0
-                    && s.error.is_empty()
-                    && window.overlaps_segment(s.start_time_ms, s.end_time_ms)
-            })
-            .cloned()
-            .collect(),
-    };
-    inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
-    Some(LatePlan {
-        window,
-        inputs,
-        run: r2o_common::meta::LateRun { policy: flow.late_data_policy.name().to_string(), segments: names },
-    })
+    for (window, late) in owed {
+        if flow.late_data_policy == LateDataPolicy::Rematerialize {
+            if let Some(why) = rematerialize_problem(window, segments, ledger, retained_until_ms) {
+                out.blocked.push((window, why));
+                continue;
+            }
+        }
+        if out.plan.is_some() {
+            continue;
+        }
+        let mut names: Vec<String> = late.iter().map(|s| s.segment_name.clone()).collect();
+        names.sort();
+        let mut inputs: Vec<SegmentMeta> = match flow.late_data_policy {
+            LateDataPolicy::Append => late.into_iter().cloned().collect(),
+            _ => segments
+                .iter()
+                .filter(|s| {
+                    s.status == SegmentStatus::Done
+                        && s.total_docs > 0
+                        && s.error.is_empty()
+                        && window.overlaps_segment(s.start_time_ms, s.end_time_ms)
+                })
+                .cloned()
+                .collect(),
+        };
+        inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
+        out.plan = Some(LatePlan {
+            window,
+            inputs,
+            run: r2o_common::meta::LateRun { policy: flow.late_data_policy.name().to_string(), segments: names },
+        });
+    }
+    out
 }
 
-/// Whether late segment `s` still owes rows to a committed window (one it
-/// overlaps below `late_before_ms` that no late-data run has moved it into).
-/// Pure.
-pub fn owes_late_rows(
-    flow: &FlowConfig,
-    s: &SegmentMeta,
-    moved: &HashMap<i64, std::collections::HashSet<String>>,
-) -> bool {
-    !owed_windows(flow, s, moved).is_empty()
+/// Whether late segment `s` still owes rows to a committed window (see
+/// [`owed_windows`]). Pure.
+pub fn owes_late_rows(flow: &FlowConfig, s: &SegmentMeta, ledger: &LateLedger) -> bool {
+    !owed_windows(flow, s, ledger).is_empty()
 }
 
 /// The committed windows late segment `s` still owes rows to: those it
-/// overlaps below `late_before_ms` that no late-data run has moved it into
-/// (none for a segment registered on time). Pure.
-pub fn owed_windows(flow: &FlowConfig, s: &SegmentMeta, moved: &MovedLate) -> Vec<Window> {
-    let Some(before) = s.late_before_ms else { return vec![] };
+/// overlaps that ended at or before both the watermark when it was
+/// registered (`late_before_ms`) and the watermark now, that no late-data
+/// run has moved it into, and that the flow did not commit after it was
+/// registered (by etcd revision: a `reset --mode flush` recommits windows
+/// that then read it; finding 3 of issue 19). None for a segment registered
+/// on time. Pure.
+pub fn owed_windows(flow: &FlowConfig, s: &SegmentMeta, ledger: &LateLedger) -> Vec<Window> {
+    let (Some(before), Some(now)) = (s.late_before_ms, ledger.watermark_ms) else { return vec![] };
+    let until = before.min(now);
     let buckets = flow.windows();
     let mut owed = vec![];
     let mut w = buckets.containing(s.start_time_ms);
-    while w.start_ms <= s.end_time_ms && w.end_ms <= before && w.end_ms > w.start_ms {
-        if !moved.get(&w.start_ms).is_some_and(|m| m.contains(&s.segment_name)) {
+    while w.start_ms <= s.end_time_ms && w.end_ms <= until && w.end_ms > w.start_ms {
+        let moved = ledger.moved.get(&w.start_ms).is_some_and(|m| m.contains(&s.segment_name));
+        if !moved && !ledger.committed_after(w, s.registered_revision) {
             owed.push(w);
         }
         w = buckets.window_at(w.end_ms);
@@ -214,7 +307,7 @@ pub fn owed_windows(flow: &FlowConfig, s: &SegmentMeta, moved: &MovedLate) -> Ve
 }
 
 /// Late segments moved into each committed window by late-data runs:
-/// window start -> segment names (see `registry::late_moved`).
+/// window start -> segment names (see `registry::late_ledger`).
 pub type MovedLate = HashMap<i64, std::collections::HashSet<String>>;
 
 /// What the planner decided for one table.
@@ -770,24 +863,99 @@ mod tests {
         let mut late = seg("late", H + 5, 3 * H + 5, SegmentStatus::Done, 0);
         late.late = true;
         late.late_before_ms = Some(3 * H);
+        late.registered_revision = 50;
         segs.push(late);
-        let mut moved: HashMap<i64, std::collections::HashSet<String>> = HashMap::new();
-        let p = plan_late(&f, &segs, &moved, None).unwrap();
+        let mut ledger =
+            LateLedger { committed: vec![(0, 3 * H, 10)], watermark_ms: Some(3 * H), ..Default::default() };
+        let plan = |f: &FlowConfig, l: &LateLedger| plan_late(f, &segs, l, None, None).plan;
+        let p = plan(&f, &ledger).unwrap();
         assert_eq!(p.window, Window { start_ms: H, end_ms: 2 * H });
         let names: Vec<&str> = p.inputs.iter().map(|s| s.segment_name.as_str()).collect();
         assert_eq!(names, vec!["late", "s1"], "rematerialize reads every input of the window");
         assert_eq!((p.run.policy.as_str(), p.run.segments.clone()), ("rematerialize", vec!["late".to_string()]));
-        moved.entry(H).or_default().insert("late".into());
-        let p = plan_late(&f, &segs, &moved, None).unwrap();
+        ledger.moved.entry(H).or_default().insert("late".into());
+        let p = plan(&f, &ledger).unwrap();
         assert_eq!(p.window.start_ms, 2 * H);
-        moved.entry(2 * H).or_default().insert("late".into());
-        assert_eq!(plan_late(&f, &segs, &moved, None), None, "window 3 was not committed when it arrived");
+        ledger.moved.entry(2 * H).or_default().insert("late".into());
+        assert_eq!(plan(&f, &ledger), None, "window 3 was not committed when it arrived");
         f.late_data_policy = LateDataPolicy::Append;
-        moved.clear();
-        let p = plan_late(&f, &segs, &moved, None).unwrap();
+        ledger.moved.clear();
+        let p = plan(&f, &ledger).unwrap();
         assert_eq!(p.inputs.len(), 1, "append reads the late segment only");
         f.late_data_policy = LateDataPolicy::Ignore;
-        assert_eq!(plan_late(&f, &segs, &moved, None), None);
+        assert_eq!(plan(&f, &ledger), None);
+    }
+
+    #[test]
+    fn after_a_flush_a_late_mark_owes_nothing_to_windows_committed_again() {
+        // finding 3 of issue 19: `reset --mode flush` and clearing the late
+        // marks are two steps; a crash between them left marks that made
+        // late runs commit windows the restarted flow committed too
+        let f = flow(H, H);
+        let mut late = seg("late", H + 5, H + 9, SegmentStatus::Done, 0);
+        late.late = true;
+        late.late_before_ms = Some(3 * H);
+        late.registered_revision = 50;
+        let segs = vec![seg("s1", H, H + 10, SegmentStatus::Done, 0), late];
+        // just flushed: no watermark, no lineage
+        let flushed = LateLedger::default();
+        assert_eq!(plan_late(&f, &segs, &flushed, None, None), LateOutcome::default());
+        // the flow committed the window again after the mark (revision 60 > 50): it read the segment
+        let again = LateLedger { committed: vec![(0, 3 * H, 60)], watermark_ms: Some(3 * H), ..Default::default() };
+        assert!(owed_windows(&f, &segs[1], &again).is_empty());
+        // before it was registered (revision 40 < 50): owed
+        let before = LateLedger { committed: vec![(0, 3 * H, 40)], watermark_ms: Some(3 * H), ..Default::default() };
+        assert_eq!(owed_windows(&f, &segs[1], &before), vec![Window { start_ms: H, end_ms: 2 * H }]);
+        // the watermark now behind the window (flushed and recommitting): not owed yet
+        let behind = LateLedger { watermark_ms: Some(H), ..before };
+        assert!(owed_windows(&f, &segs[1], &behind).is_empty());
+    }
+
+    #[test]
+    fn a_window_that_cannot_be_rematerialized_never_holds_later_ones() {
+        // findings 1 and 14 of issue 19
+        let f = flow(H, H);
+        let late = |name: &str, at: i64| {
+            let mut s = seg(name, at, at + 5, SegmentStatus::Done, 0);
+            s.late = true;
+            s.late_before_ms = Some(10 * H);
+            s.registered_revision = 90;
+            s
+        };
+        let mut segs: Vec<SegmentMeta> =
+            (0..10).map(|i| seg(&format!("s{i}"), i * H, i * H + 10, SegmentStatus::Done, 0)).collect();
+        segs.extend([late("l1", H + 1), late("l5", 5 * H + 1), late("l7", 7 * H + 1)]);
+        let ledger = LateLedger { committed: vec![(0, 10 * H, 10)], watermark_ms: Some(10 * H), ..Default::default() };
+        // retention deleted REALTIME segments up to 2h: window 1 is passed over, window 5 runs
+        let out = plan_late(&f, &segs, &ledger, None, Some(2 * H));
+        assert_eq!(out.plan.unwrap().window.start_ms, 5 * H);
+        assert_eq!(out.blocked.len(), 1);
+        assert_eq!(out.blocked[0].0.start_ms, H);
+        assert!(out.blocked[0].1.contains("retention"), "{}", out.blocked[0].1);
+        // a discovered file of window 5 whose rows moved was refused since: a
+        // rematerialize run would drop them; window 1 runs, 5 is passed over
+        segs[5].error = "the file changed after registration".into();
+        segs[5].error_watermark_ms = Some(10 * H);
+        let out = plan_late(&f, &segs, &ledger, None, None);
+        assert_eq!(out.plan.as_ref().unwrap().window.start_ms, H);
+        assert_eq!(out.blocked.iter().map(|(w, _)| w.start_ms).collect::<Vec<_>>(), vec![5 * H]);
+        assert!(out.blocked[0].1.contains("s5") && out.blocked[0].1.contains("changed"), "{}", out.blocked[0].1);
+        // refused before its window was committed: its rows never moved, nothing is lost
+        segs[5].error_watermark_ms = Some(5 * H);
+        assert!(plan_late(&f, &segs, &ledger, None, None).blocked.is_empty());
+        // ... and a late segment refused before a run moved it held no rows there either
+        let mut l5 = late("lx", 5 * H + 2);
+        l5.error = "deleted".into();
+        l5.error_watermark_ms = Some(10 * H);
+        segs.push(l5);
+        assert!(plan_late(&f, &segs, &ledger, Some(Window { start_ms: 5 * H, end_ms: 6 * H }), None)
+            .blocked
+            .is_empty());
+        // append never rereads a window, so nothing blocks it
+        let mut append = flow(H, H);
+        append.late_data_policy = r2o_common::config::LateDataPolicy::Append;
+        let out = plan_late(&append, &segs, &ledger, None, Some(20 * H));
+        assert!(out.blocked.is_empty() && out.plan.unwrap().window.start_ms == H);
     }
 
     #[test]

@@ -55,6 +55,10 @@ fn leader_compare(keys: &Keys, leadership: Leadership) -> Compare {
 pub struct TableRevs {
     /// `mod_revision` of `watermarks/<raw>` (0: absent).
     pub watermark: i64,
+    /// `create_revision` of `watermarks/<raw>` (0: absent): a flush deletes
+    /// the watermark and the flow's restart creates a new one, so a late-data
+    /// run checks it instead of the watermark's every move.
+    pub watermark_created: i64,
     /// `mod_revision` of `segmarks/<raw>` (0: absent).
     pub segments: i64,
     /// `mod_revision` of `tasks/epoch/<raw>` (0: absent).
@@ -117,8 +121,10 @@ pub fn publish_late(keys: &Keys, task: &TaskRecord, leadership: Leadership, inpu
 /// Commits a late-data run: its lineage (a key of its own, after the
 /// window's first) and history written, the task and claim deleted, if the
 /// task and claim are as read, the table's segments and epoch are as
-/// checked (`table.watermark` is not: the run is of a committed window), this
-/// controller leads and the manifest is the one written. The watermark does
+/// checked, the watermark is the one checked (`table.watermark_created`: not
+/// deleted by a flush and created again since; its moves are not checked,
+/// the run is of a committed window), this controller leads and the manifest
+/// is the one written. The watermark does
 /// not move. From then on the window's OFFLINE segments are
 /// this run's (`rematerialize`) or include them (`append`): see
 /// [`crate::registry::offline_segments`].
@@ -137,6 +143,7 @@ pub fn commit_late(
         Compare::ModRevision(keys.claim(&task.id), revs.claim),
         Compare::ModRevision(keys.segments_marker(&task.table), table.segments),
         Compare::ModRevision(keys.epoch(&task.table), table.epoch),
+        Compare::CreateRevision(keys.watermark(&task.table), table.watermark_created),
         Compare::CreateRevision(lineage_key.clone(), 0),
         leader_compare(keys, leadership),
     ];
@@ -455,6 +462,17 @@ pub fn record_failure(keys: &Keys, next: &TaskRecord, revs: &AttemptRevs, leader
     Txn { compares, ops: vec![Op::put(keys.active_task(&next.id), encode(next)), Op::delete(keys.claim(&next.id))] }
 }
 
+/// Whether the leader ends a RUNNING attempt itself: it has run past
+/// `timeout_ms` plus `grace_ms` since the leader first saw it running
+/// (`first_seen_ms`, the leader's own clock). A minion's clock is never
+/// compared with the leader's (finding 11 of issue 19: a minion behind by
+/// more than the timeout had every attempt failed at once); a new leader
+/// counts from when it first sees the attempt, so a failover only makes the
+/// wait longer. All ms. Pure.
+pub fn attempt_overdue(first_seen_ms: i64, now_ms: i64, timeout_ms: i64, grace_ms: i64) -> bool {
+    now_ms > first_seen_ms.saturating_add(timeout_ms).saturating_add(grace_ms)
+}
+
 /// A FAILED task starts a new round of attempts now. Pure.
 pub fn rearmed(mut task: TaskRecord) -> TaskRecord {
     task.state = TaskState::Pending;
@@ -481,13 +499,60 @@ fn gone_to_history(task: &TaskRecord, reason: &str, now_ms: i64) -> TaskRecord {
     gone
 }
 
+/// Where a table's frontier goes when one of its tasks is superseded: back
+/// to the watermark (`watermark_ms`; the task's own start when there is
+/// none), not to the task's start. Moving the epoch abandons every open task
+/// of the table, the ones before the superseded task too, so their range
+/// `[watermark, task start)` must be planned again as well (finding 6 of
+/// issue 19: rewinding to the task's start left it unplanned for good).
+/// Narrowing (one window per task) lasts until the later of the frontier's
+/// current `narrow_until_ms` and `narrow_until_ms`, so a window being
+/// isolated stays isolated. Pure.
+pub fn rewound_frontier(
+    task: &TaskRecord,
+    watermark_ms: Option<i64>,
+    current: Option<&FrontierRecord>,
+    narrow_until_ms: i64,
+) -> FrontierRecord {
+    let next_ms = watermark_ms.unwrap_or(task.from_ms);
+    let kept = current.map_or(0, |f| f.narrow_until_ms);
+    let narrow = if narrow_until_ms > next_ms { narrow_until_ms } else { 0 };
+    let kept = if kept > next_ms { kept } else { 0 };
+    FrontierRecord { next_ms, narrow_until_ms: narrow.max(kept) }
+}
+
+/// What a failed attempt leads to (see [`on_failure`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailureOutcome {
+    /// Another attempt of the round, after the attempt backoff (PENDING), or
+    /// the round's end (FAILED, re-armed after the round backoff): the task
+    /// as it is written next.
+    Record(Box<TaskRecord>),
+    /// The last attempt of a round of a task of several windows failed: it
+    /// is superseded and its range planned again one window per task, so a
+    /// bad window fails (and holds the table) on its own while the windows
+    /// before it commit, as in Pinot's one-window tasks.
+    Split,
+}
+
+/// The decision after attempt `attempt` of `task` failed with `error` at
+/// `now_ms`. A task of several windows is retried whole while its round has
+/// attempts left (a minion that died, a store hiccup), and split only when
+/// the round is spent; a one-window task is retried, then FAILED. Pure.
+pub fn on_failure(task: TaskRecord, attempt: u32, error: &str, now_ms: i64) -> FailureOutcome {
+    if task.windows.len() > 1 && task.attempts_in_round() >= task.max_attempts {
+        return FailureOutcome::Split;
+    }
+    FailureOutcome::Record(Box::new(attempt_failed(task, attempt, error, now_ms)))
+}
+
 /// Drops a task whose plan no longer holds (its inputs or the watermark
-/// changed): it goes to history as SUPERSEDED with `reason`, its claim and
-/// inputs are deleted, the table's epoch moves (so no task planned after it
-/// can commit either) and its frontier goes back to the task's start, so the
-/// planner plans the range again from current metadata (one window at a
-/// time until `narrow_until_ms`, when given); if the task and the epoch are
-/// as read and this controller leads.
+/// changed, or a split): it goes to history as SUPERSEDED with `reason`, its
+/// claim and inputs are deleted, the table's epoch moves (so no other open
+/// task of the table can commit either) and its frontier becomes `frontier`
+/// ([`rewound_frontier`]: the watermark), so the planner plans the range
+/// again from current metadata; if the task and the epoch are as read and
+/// this controller leads.
 #[allow(clippy::too_many_arguments)]
 pub fn supersede(
     keys: &Keys,
@@ -497,7 +562,7 @@ pub fn supersede(
     leadership: Leadership,
     reason: &str,
     now_ms: i64,
-    narrow_until_ms: i64,
+    frontier: &FrontierRecord,
 ) -> Txn {
     Txn {
         compares: vec![
@@ -511,7 +576,7 @@ pub fn supersede(
             Op::delete(keys.claim(&task.id)),
             Op::delete_prefix(keys.inputs(&task.id)),
             Op::put(keys.epoch(&task.table), now_ms.to_string().into_bytes()),
-            Op::put(keys.frontier(&task.table), encode(&FrontierRecord { next_ms: task.from_ms, narrow_until_ms })),
+            Op::put(keys.frontier(&task.table), encode(frontier)),
         ],
     }
 }
@@ -620,7 +685,7 @@ mod tests {
         (running, AttemptRevs { task: task_rev, claim: claim_rev })
     }
 
-    const NO_REVS: TableRevs = TableRevs { watermark: 0, segments: 0, epoch: 0 };
+    const NO_REVS: TableRevs = TableRevs { watermark: 0, watermark_created: 0, segments: 0, epoch: 0 };
 
     fn totals(outputs: u64, chunks: u32) -> ReportTotals {
         ReportTotals {
@@ -680,7 +745,7 @@ mod tests {
         let totals = group_totals(&stageds, GROUP_MANIFEST_ATTEMPT + 7, 3);
         let done = committed(&members[0].0, &totals, None, 1);
         let leadership = Leadership { lease: 1, create_revision: 1 };
-        let revs = TableRevs { watermark: 1, segments: 1, epoch: 1 };
+        let revs = TableRevs { watermark: 1, watermark_created: 1, segments: 1, epoch: 1 };
         let compares = vec![Compare::ModRevision("m0".into(), 1), Compare::ModRevision("m2".into(), 1)];
         let txn = commit_group(&keys, &members, revs, leadership, compares, &done);
         assert_eq!(txn.ops.len(), 2 + 3 * crate::planner::MAX_SUB_TASKS);
@@ -753,7 +818,9 @@ mod tests {
         let w = world().await;
         let t = task("a__b");
         let (running, revs) = published_and_claimed(&w, &t).await;
-        let txn = supersede(&w.keys, &t, revs.task, 0, w.leadership, "a segment was registered in the window", 9, 0);
+        let frontier = rewound_frontier(&t, None, None, 0);
+        let txn =
+            supersede(&w.keys, &t, revs.task, 0, w.leadership, "a segment was registered in the window", 9, &frontier);
         assert!(within_limits(&txn));
         assert!(txn.apply(&w.kv).await.unwrap());
         for key in [w.keys.active_task(&t.id), w.keys.claim(&t.id)] {
@@ -773,6 +840,61 @@ mod tests {
         assert_eq!(h.state, TaskState::Superseded);
         assert!(h.errors.last().unwrap().contains("registered"));
         assert_eq!(h.id, TaskId::new("a__b", 3_600_000, 7), "a table name with __ round-trips");
+    }
+
+    #[test]
+    fn a_supersede_rewinds_the_frontier_to_the_watermark_and_keeps_narrowing() {
+        // finding 6 of issue 19: a task after others in flight (from 7h while
+        // the watermark is at 1h) rewound the frontier to 7h; the epoch move
+        // abandoned the tasks of [1h, 7h) and nothing planned them again
+        let mut t = task("t");
+        t.from_ms = 7 * 3_600_000;
+        t.window_end_ms = 9 * 3_600_000;
+        let f = rewound_frontier(&t, Some(3_600_000), None, 0);
+        assert_eq!(f, FrontierRecord { next_ms: 3_600_000, narrow_until_ms: 0 });
+        // a split narrows up to the task's end
+        let f = rewound_frontier(&t, Some(3_600_000), None, t.window_end_ms);
+        assert_eq!(f, FrontierRecord { next_ms: 3_600_000, narrow_until_ms: 9 * 3_600_000 });
+        // a later supersede keeps an isolation in progress
+        let narrowing = FrontierRecord { next_ms: 8 * 3_600_000, narrow_until_ms: 12 * 3_600_000 };
+        let f = rewound_frontier(&t, Some(3_600_000), Some(&narrowing), 0);
+        assert_eq!(f.narrow_until_ms, 12 * 3_600_000);
+        // ... but not one already behind the watermark
+        let f = rewound_frontier(&t, Some(20 * 3_600_000), Some(&narrowing), 0);
+        assert_eq!(f, FrontierRecord { next_ms: 20 * 3_600_000, narrow_until_ms: 0 });
+        // no watermark (a flush): the task's own start
+        assert_eq!(rewound_frontier(&t, None, None, 0).next_ms, 7 * 3_600_000);
+    }
+
+    #[test]
+    fn an_attempt_is_overdue_by_the_leaders_clock_only() {
+        // the leader first saw the attempt at 1,000; timeout 10 s, grace 60 s
+        assert!(!attempt_overdue(1_000, 71_000, 10_000, 60_000));
+        assert!(attempt_overdue(1_000, 71_001, 10_000, 60_000));
+        // whatever the minion wrote as started_ms (its clock an hour behind)
+        // plays no part: a just-seen attempt is never overdue
+        assert!(!attempt_overdue(5_000_000, 5_000_000, 10_000, 60_000));
+        assert!(!attempt_overdue(0, i64::MAX - 1, i64::MAX, 60_000), "no overflow");
+    }
+
+    #[test]
+    fn a_multi_window_task_is_retried_whole_and_split_when_its_round_is_spent() {
+        let mut t = task("t");
+        t.windows.push(r2o_common::window::Window { start_ms: 7_200_000, end_ms: 10_800_000 });
+        t.state = TaskState::Running;
+        t.attempt = 1; // maxAttempts 2
+        match on_failure(t.clone(), 1, "minion died", 5) {
+            FailureOutcome::Record(next) => assert_eq!(next.state, TaskState::Pending, "retried whole first"),
+            other => panic!("{other:?}"),
+        }
+        t.attempt = 2;
+        assert_eq!(on_failure(t.clone(), 2, "bad value", 5), FailureOutcome::Split);
+        // one window: FAILED after its round
+        t.windows.truncate(1);
+        match on_failure(t, 2, "bad value", 5) {
+            FailureOutcome::Record(next) => assert_eq!(next.state, TaskState::Failed),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -834,12 +956,12 @@ mod tests {
         // the first commits
         let m1 = chunks::write(&w.kv, &w.keys.manifest(&first.id, 1), &[output(1)]).await.unwrap();
         let d1 = committed(&r1, &totals(1, 1), Some(&cold), 50);
-        let revs = TableRevs { watermark: wm_rev, segments: 0, epoch: 0 };
+        let revs = TableRevs { watermark: wm_rev, watermark_created: 0, segments: 0, epoch: 0 };
         assert!(commit(&w.keys, &r1, &revs1, revs, w.leadership, m1, &d1).apply(&w.kv).await.unwrap());
         // then the staged one, with no claim
         let wm_rev = w.kv.get(&w.keys.watermark("t")).await.unwrap().unwrap().mod_revision;
         let d2 = committed(&st, &staged_totals(&st), Some(&d1.watermark), 60);
-        let revs = TableRevs { watermark: wm_rev, segments: 0, epoch: 0 };
+        let revs = TableRevs { watermark: wm_rev, watermark_created: 0, segments: 0, epoch: 0 };
         let staged_revs = AttemptRevs { task: st_entry.mod_revision, claim: 0 };
         assert!(commit(&w.keys, &st, &staged_revs, revs, w.leadership, manifest, &d2).apply(&w.kv).await.unwrap());
         let (wm, _) = get_record::<WatermarkRecord>(&w.kv, &w.keys.watermark("t")).await.unwrap().unwrap();

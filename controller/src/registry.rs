@@ -332,16 +332,26 @@ pub async fn seal_segment(kv: &Kv, keys: &Keys, table: &str, segment: &str, end_
     Ok(())
 }
 
-/// Late segments moved into each committed window by the table's late-data
-/// runs (from its lineage).
-pub async fn late_moved(kv: &Kv, keys: &Keys, raw: &str) -> Result<crate::planner::MovedLate> {
-    let mut moved = crate::planner::MovedLate::new();
-    for l in lineage(kv, keys, raw).await? {
-        if let Some(run) = l.late {
-            moved.entry(l.window_start_ms).or_default().extend(run.segments);
+/// What the table's lineage and watermark say about late data (see
+/// [`crate::planner::LateLedger`]): the flow's commits with their lineage
+/// keys' create revisions, the late segments moved into each window by
+/// late-data runs, and the watermark now.
+pub async fn late_ledger(kv: &Kv, keys: &Keys, raw: &str) -> Result<crate::planner::LateLedger> {
+    let mut ledger = crate::planner::LateLedger {
+        watermark_ms: get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?.map(|(w, _)| w.watermark_ms),
+        ..Default::default()
+    };
+    for (l, entry) in range_records::<LineageRecord>(kv, &keys.lineages(raw)).await? {
+        match l.late {
+            Some(run) => ledger.moved.entry(l.window_start_ms).or_default().extend(run.segments),
+            None => {
+                // records written before `from_ms` existed cover their windows only
+                let from = if l.from_ms == 0 { l.window_start_ms } else { l.from_ms };
+                ledger.committed.push((from, l.window_end_ms, entry.create_revision));
+            }
         }
     }
-    Ok(moved)
+    Ok(ledger)
 }
 
 /// The load status of each of `realtime` (a table's REALTIME segments), in
@@ -356,15 +366,15 @@ pub async fn load_statuses(
     watermark_ms: Option<i64>,
 ) -> Result<Vec<(r2o_common::meta::LoadStatus, String)>> {
     let ignored = spec.flow.late_data_policy == LateDataPolicy::Ignore;
-    let moved = if !ignored && realtime.iter().any(|s| s.late) {
-        late_moved(kv, keys, &spec.name).await?
+    let ledger = if !ignored && realtime.iter().any(|s| s.late) {
+        late_ledger(kv, keys, &spec.name).await?
     } else {
-        crate::planner::MovedLate::new()
+        crate::planner::LateLedger::default()
     };
     Ok(realtime
         .iter()
         .map(|s| {
-            let owes = !ignored && crate::planner::owes_late_rows(&spec.flow, s, &moved);
+            let owes = !ignored && crate::planner::owes_late_rows(&spec.flow, s, &ledger);
             r2o_common::meta::load_status(s, watermark_ms, owes, ignored)
         })
         .collect())
@@ -392,32 +402,108 @@ fn entry_window(entry: &SegmentMeta, lineage: &LineageRecord) -> i64 {
 /// names (manifests of attempts that never committed are not segments),
 /// where, per window, the latest `rematerialize` late-data run replaces
 /// every segment committed for that window before it (`append` runs add
-/// theirs). Replaced segments stay in their lineage (their files are kept).
+/// theirs); see [`visible_segments`]. Replaced segments stay in their
+/// lineage (their files are kept).
 pub async fn offline_segments(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<SegmentMeta>> {
-    let lineages = lineage(kv, keys, raw).await?;
-    let mut by_attempt: HashMap<(String, u32), &LineageRecord> = HashMap::new();
-    // window start -> commit time of its latest rematerialize run
-    let mut rematerialized: HashMap<i64, i64> = HashMap::new();
-    for l in &lineages {
-        by_attempt.insert((l.task_id.clone(), l.attempt), l);
-        if l.late.as_ref().is_some_and(|r| r.policy == "rematerialize") {
-            let t = rematerialized.entry(l.window_start_ms).or_insert(l.committed_ms);
-            *t = (*t).max(l.committed_ms);
-        }
-    }
+    let lineages: Vec<(LineageRecord, i64)> = range_records::<LineageRecord>(kv, &keys.lineages(raw))
+        .await?
+        .into_iter()
+        .map(|(l, e)| (l, e.create_revision))
+        .collect();
     let prefix = keys.manifests(raw);
-    let mut out = Vec::new();
+    let mut manifests = Vec::new();
     for entry in kv.range(&prefix).await? {
         let mut parts = entry.key[prefix.len()..].split('/');
         let (Some(task), Some(attempt)) = (parts.next(), parts.next()) else { continue };
         let Some(attempt) = attempt.strip_prefix('a').and_then(|a| a.parse::<u32>().ok()) else { continue };
-        let Some(l) = by_attempt.get(&(task.to_string(), attempt)) else { continue };
-        for s in decode::<Vec<SegmentMeta>>(&entry)? {
-            let replaced = rematerialized.get(&entry_window(&s, l)).is_some_and(|latest| l.committed_ms < *latest);
+        manifests.push((task.to_string(), attempt, decode::<Vec<SegmentMeta>>(&entry)?));
+    }
+    Ok(visible_segments(&lineages, manifests))
+}
+
+/// The OFFLINE segments readers see, from the table's lineage (each with the
+/// etcd create revision of its key) and its manifest chunks (task, attempt,
+/// entries): the entries of manifests a lineage names, less those of a
+/// window that a later `rematerialize` run replaced. "Later" is by etcd
+/// revision, never by the committing leader's clock (finding 4 of issue 19:
+/// after a failover to a controller whose clock is behind, a run ordered by
+/// `committed_ms` failed to replace the original, or an older run won). Pure.
+pub fn visible_segments(
+    lineages: &[(LineageRecord, i64)],
+    manifests: Vec<(String, u32, Vec<SegmentMeta>)>,
+) -> Vec<SegmentMeta> {
+    let mut by_attempt: HashMap<(&str, u32), (&LineageRecord, i64)> = HashMap::new();
+    // window start -> revision of its latest rematerialize run
+    let mut rematerialized: HashMap<i64, i64> = HashMap::new();
+    for (l, rev) in lineages {
+        by_attempt.insert((l.task_id.as_str(), l.attempt), (l, *rev));
+        if l.late.as_ref().is_some_and(|r| r.policy == "rematerialize") {
+            let t = rematerialized.entry(l.window_start_ms).or_insert(*rev);
+            *t = (*t).max(*rev);
+        }
+    }
+    let mut out = Vec::new();
+    for (task, attempt, entries) in manifests {
+        let Some((l, rev)) = by_attempt.get(&(task.as_str(), attempt)) else { continue };
+        for s in entries {
+            let replaced = rematerialized.get(&entry_window(&s, l)).is_some_and(|latest| rev < latest);
             if !replaced {
                 out.push(s);
             }
         }
     }
-    Ok(out)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use r2o_common::meta::LateRun;
+
+    fn lineage(task: &str, window: i64, committed_ms: i64, late: Option<&str>) -> LineageRecord {
+        LineageRecord {
+            window_start_ms: window,
+            window_end_ms: window + 10,
+            task_id: task.into(),
+            attempt: 1,
+            committed_ms,
+            late: late.map(|p| LateRun { policy: p.into(), segments: vec!["l".into()] }),
+            ..Default::default()
+        }
+    }
+
+    fn entry(name: &str, window: i64) -> SegmentMeta {
+        SegmentMeta { segment_name: name.into(), window_start_ms: Some(window), ..Default::default() }
+    }
+
+    fn names(v: Vec<SegmentMeta>) -> Vec<String> {
+        let mut n: Vec<String> = v.into_iter().map(|s| s.segment_name).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn the_latest_rematerialize_run_by_revision_wins_whatever_the_clocks_said() {
+        let manifests = || {
+            vec![
+                ("flow".to_string(), 1, vec![entry("a", 0), entry("b", 10)]),
+                ("late1".to_string(), 1, vec![entry("a1", 0)]),
+                ("late2".to_string(), 1, vec![entry("a2", 0)]),
+            ]
+        };
+        // the second run was committed by a leader whose clock was an hour behind
+        let lineages = vec![
+            (lineage("flow", 0, 5_000_000, None), 10),
+            (lineage("late1", 0, 6_000_000, Some("rematerialize")), 20),
+            (lineage("late2", 0, 2_000_000, Some("rematerialize")), 30),
+        ];
+        assert_eq!(names(visible_segments(&lineages, manifests())), vec!["a2", "b"]);
+        // a run that replaced the original though its clock said it was older
+        let lineages =
+            vec![(lineage("flow", 0, 5_000_000, None), 10), (lineage("late1", 0, 1_000, Some("rematerialize")), 20)];
+        assert_eq!(names(visible_segments(&lineages, manifests())), vec!["a1", "b"]);
+        // append adds; an uncommitted manifest is no segment
+        let lineages = vec![(lineage("flow", 0, 5, None), 10), (lineage("late1", 0, 1, Some("append")), 20)];
+        assert_eq!(names(visible_segments(&lineages, manifests())), vec!["a", "a1", "b"]);
+    }
 }

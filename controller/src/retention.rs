@@ -114,7 +114,8 @@ pub async fn enforce(
         None => (None, 0),
     };
     let entries = range_records::<SegmentMeta>(kv, &keys.segments(&spec.realtime_name())).await?;
-    let segments: Vec<SegmentMeta> = entries.iter().map(|(s, _)| s.clone()).collect();
+    let segments: Vec<SegmentMeta> =
+        entries.iter().map(|(s, e)| SegmentMeta { registered_revision: e.create_revision, ..s.clone() }).collect();
     let settled = late_settled(kv, keys, spec).await?;
     let plan = plan_retention(&segments, wm, retention_ms, now_ms, &*settled);
     let mut report = RetentionReport { unmoved: plan.unmoved.len(), ..Default::default() };
@@ -173,12 +174,12 @@ pub async fn late_settled(
     if spec.flow.late_data_policy == r2o_common::config::LateDataPolicy::Ignore {
         return Ok(Box::new(|_| false));
     }
-    let moved = crate::registry::late_moved(kv, keys, &spec.name).await.map_err(|e| match e {
+    let ledger = crate::registry::late_ledger(kv, keys, &spec.name).await.map_err(|e| match e {
         crate::error::ControllerError::Common(e) => e,
         other => Error::Meta(other.to_string()),
     })?;
     let flow = spec.flow.clone();
-    Ok(Box::new(move |s| !crate::planner::owes_late_rows(&flow, s, &moved)))
+    Ok(Box::new(move |s| !crate::planner::owes_late_rows(&flow, s, &ledger)))
 }
 
 #[cfg(test)]

@@ -6,9 +6,7 @@
 
 use r2o_common::config::TableSpec;
 use r2o_common::kv::{Compare, Op};
-use r2o_common::meta::{
-    encode, get_record, now_ms, range_records, LeaderRecord, TableRecord, TaskRecord, WatermarkRecord,
-};
+use r2o_common::meta::{encode, get_record, now_ms, LeaderRecord, TableRecord, TaskRecord, WatermarkRecord};
 use r2o_common::wire::segment_from_wire;
 use r2o_proto::controller as pb;
 use r2o_proto::controller::controller_service_server::ControllerService;
@@ -117,6 +115,29 @@ impl ControllerSvc {
         }
         let old = TableSpec::from_json(rec.table_config.clone(), rec.schema.clone())?;
         let changes = r2o_common::config::table_changes(&old, &new)?;
+        let bound = r2o_common::config::lineage_bound_changes(&old, &new);
+        if let Some((key, from, to)) = bound.first() {
+            if !kv.range_page(&keys.lineages(&raw), None, 1).await?.kvs.is_empty() {
+                return Err(ControllerError::Config(r2o_common::ConfigError::Invalid {
+                    field: key.clone(),
+                    value: format!("{from} -> {to}"),
+                    expected: format!(
+                        "unchanged: table '{raw}' has committed windows, and late-data runs would cut, merge or \
+                         filter them the new way beside the old results{}. Ways out: add the new config as a new \
+                         table (r2o table copy, then update the copy while it is paused), or rebuild every \
+                         window with it (r2o reset --table {raw} --mode flush, then update)",
+                        if bound.len() > 1 {
+                            format!(
+                                " (also changed: {})",
+                                bound[1..].iter().map(|b| b.0.as_str()).collect::<Vec<_>>().join(", ")
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ),
+                }));
+            }
+        }
         let version = rec.version.max(1);
         if req.dry_run || changes.is_empty() {
             return Ok(pb::UpdateTableResponse { table: raw, version, changes, done: false });
@@ -210,12 +231,13 @@ impl ControllerSvc {
 
     async fn list_tasks(&self, raw: &str) -> Result<pb::ListTasksResponse> {
         self.require_table(raw).await?;
-        let mut tasks: Vec<TaskRecord> = range_records::<TaskRecord>(&self.auth.kv, &self.auth.keys.histories(raw))
-            .await?
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect();
-        for (t, _) in range_records::<TaskRecord>(&self.auth.kv, &self.auth.keys.active_tasks()).await? {
+        // history and active tasks at one etcd revision: a task committing
+        // between two reads would be in neither (finding 18 of issue 19)
+        let keys = &self.auth.keys;
+        let ranges = self.auth.kv.range_consistent(&[keys.histories(raw), keys.active_tasks()]).await?;
+        let mut tasks: Vec<TaskRecord> = Vec::new();
+        for entry in ranges.iter().flatten() {
+            let t: TaskRecord = r2o_common::meta::decode(entry)?;
             if t.table == raw {
                 tasks.push(t);
             }
@@ -300,9 +322,21 @@ impl ControllerSvc {
             }
             None => 0,
         };
-        let deleted = get_record::<r2o_common::meta::RetentionRecord>(kv, &keys.retention(raw))
-            .await?
-            .map_or(0, |(r, _)| r.deleted_segments);
+        let retained = get_record::<r2o_common::meta::RetentionRecord>(kv, &keys.retention(raw)).await?.map(|(r, _)| r);
+        let deleted = retained.as_ref().map_or(0, |r| r.deleted_segments);
+        // late windows that cannot be redone: the planner passes them over, this says why
+        let (segments, _) = read_segments(kv, keys, raw).await?;
+        let late_problems = if segments.iter().any(|s| s.late_before_ms.is_some()) {
+            let ledger = crate::registry::late_ledger(kv, keys, raw).await?;
+            let until = retained.as_ref().map(|r| r.deleted_until_ms);
+            crate::planner::plan_late(&spec.flow, &segments, &ledger, None, until)
+                .blocked
+                .into_iter()
+                .map(|(_, why)| why)
+                .collect()
+        } else {
+            vec![]
+        };
         Ok(pb::GetWatermarkResponse {
             retention_ms: spec.flow.retention_ms.unwrap_or(0),
             schedule: spec.flow.schedule.as_ref().map(|s| s.text().to_string()).unwrap_or_default(),
@@ -321,6 +355,7 @@ impl ControllerSvc {
             idle,
             rows_null_time: w.rows_null_time,
             rows_in: w.rows_in,
+            late_problems,
         })
     }
 

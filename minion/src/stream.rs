@@ -30,7 +30,6 @@
 use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType as ArrowType, Field, Int32Type, Schema as ArrowSchema, SchemaRef};
-use bytes::Bytes;
 use datafusion::common::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -44,30 +43,22 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionConfig;
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
-use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::errors::ParquetError;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use backon::Retryable;
 use r2o_common::columnar::{
-    check_file_schema_as, conform_batch, prune_row_groups, time_range_ms, writer_properties, SchemaVersion, TimeFilter,
+    check_file_schema_as, conform_batch_in, prune_row_groups, time_range_ms, writer_properties, SchemaVersion,
+    TimeFilter,
 };
 use r2o_common::config::{MergeType, TableSpec};
-use r2o_common::error::store_retryable;
 use r2o_common::meta::{SegmentMeta, WindowStats};
 use r2o_common::retry::store_backoff;
 use r2o_common::schema::FieldKind;
@@ -97,11 +88,6 @@ pub fn batch_rows(memory_bytes: usize, schema: &r2o_common::schema::Schema) -> u
 /// Rows per row group of outputs written on this path (the writer holds one
 /// encoded row group per output in progress).
 const OUTPUT_ROW_GROUP_ROWS: usize = 256 * 1024;
-
-/// Inputs up to this size are fetched whole in one request (a footer read
-/// and a ranged read per column chunk would cost more requests than bytes);
-/// larger ones are read by row group with ranged reads, bytes.
-const WHOLE_FILE_BYTES: u64 = 1 << 20;
 
 /// Bytes of the multipart upload buffer per output being written (each part
 /// is uploaded as it fills), bytes.
@@ -197,74 +183,6 @@ fn from_df(e: DataFusionError) -> ProcessError {
     }
 }
 
-/// Parquet's async reader over one object of the store: a small object is
-/// fetched whole on the first request and served from memory; a large one
-/// by ranged reads (the footer, then the kept row groups' column chunks).
-struct StoreReader {
-    store: Store,
-    path: Path,
-    size: u64,
-    whole: Option<Bytes>,
-}
-
-impl StoreReader {
-    fn new(store: Store, location: &str, size: u64) -> StoreReader {
-        StoreReader { store, path: Path::from(location), size, whole: None }
-    }
-
-    /// The bytes of `ranges`; each store call is retried ([`store_backoff`])
-    /// on errors that may pass, so a transient failure in the middle of a
-    /// window does not fail the attempt.
-    async fn fetch(&mut self, ranges: Vec<Range<u64>>) -> parquet::errors::Result<Vec<Bytes>> {
-        let external = |e: object_store::Error| ParquetError::External(Box::new(e));
-        let (store, path) = (self.store.clone(), self.path.clone());
-        if self.size <= WHOLE_FILE_BYTES {
-            if self.whole.is_none() {
-                let whole = || async { store.get(&path).await?.bytes().await };
-                let got = whole.retry(store_backoff()).when(store_retryable).await.map_err(external)?;
-                self.whole = Some(got);
-            }
-            let whole = self.whole.as_ref().expect("fetched above");
-            return ranges
-                .into_iter()
-                .map(|r| {
-                    whole
-                        .get(r.start as usize..r.end as usize)
-                        .map(|_| whole.slice(r.start as usize..r.end as usize))
-                        .ok_or_else(|| {
-                            ParquetError::EOF(format!("range {r:?} past the object's {} bytes", whole.len()))
-                        })
-                })
-                .collect();
-        }
-        let ranged = || store.get_ranges(&path, &ranges);
-        ranged.retry(store_backoff()).when(store_retryable).await.map_err(external)
-    }
-}
-
-impl AsyncFileReader for StoreReader {
-    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        async move { Ok(self.fetch(vec![range]).await?.remove(0)) }.boxed()
-    }
-
-    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        self.fetch(ranges).boxed()
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        _options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        async move {
-            let size = self.size;
-            let meta =
-                ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024)).load_and_finish(self, size).await?;
-            Ok(Arc::new(meta))
-        }
-        .boxed()
-    }
-}
-
 /// A [`PartitionStream`] over a stream made before the plan runs (taken once).
 struct OneShot {
     schema: SchemaRef,
@@ -345,7 +263,14 @@ impl Ctx {
             let seg_err = |problem: String| Error::Segment { segment: name.to_string(), problem };
             // a discovered file is read where it lies
             let (store, path) = r2o_common::store::resolve(&self.store, &input.meta.location)?;
-            let reader = StoreReader::new(store, &path, input.meta.size_bytes);
+            if r2o_common::store::is_external(&input.meta.location) {
+                // still the file that was registered? (it is read in ranges, in place)
+                let m = &input.meta;
+                let check =
+                    || r2o_common::store::check_registered(&store, &path, name, m.size_bytes, &m.source_version);
+                check.retry(store_backoff()).when(Error::is_retryable).await?;
+            }
+            let reader = r2o_common::columnar::reader::StoreReader::new(store, &path, input.meta.size_bytes);
             let builder = ParquetRecordBatchStreamBuilder::new(reader)
                 .await
                 .map_err(|e| seg_err(format!("cannot read {}: {e}", input.meta.location)))?;
@@ -370,7 +295,7 @@ impl Ctx {
             while let Some(b) = batches.next().await {
                 self.check()?;
                 let b = b.map_err(|e| seg_err(format!("corrupt data: {e}")))?;
-                let b = conform_batch(name, &b, &self.spec.schema, &self.table_schema)?;
+                let b = conform_batch_in(name, &b, &self.spec.schema, &self.table_schema, Some(&filter))?;
                 if input.count_null_time {
                     let nulls = b.column_by_name(time_col).map_or(0, |c| c.null_count() as u64);
                     stats.lock().unwrap_or_else(|p| p.into_inner()).rows_null_time += nulls;

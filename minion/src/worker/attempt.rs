@@ -332,7 +332,28 @@ impl Worker {
                 async move {
                     // a discovered file is read where it lies
                     let (store, path) = r2o_common::store::resolve(&home, &seg.location)?;
-                    let bytes: Result<Bytes, Error> = (|| get_bytes(&store, &path))
+                    let external = r2o_common::store::is_external(&seg.location);
+                    let read = || async {
+                        if external {
+                            // still the file that was registered?
+                            let (name, size, version) = (&seg.segment_name, seg.size_bytes, &seg.source_version);
+                            r2o_common::store::check_registered(&store, &path, name, size, version).await?;
+                        }
+                        let bytes = get_bytes(&store, &path).await?;
+                        if external && bytes.len() as u64 != seg.size_bytes {
+                            return Err(Error::Segment {
+                                segment: seg.segment_name.clone(),
+                                problem: format!(
+                                    "the discovered file {} changed after registration ({} bytes read, {} registered)",
+                                    seg.location,
+                                    bytes.len(),
+                                    seg.size_bytes
+                                ),
+                            });
+                        }
+                        Ok(bytes)
+                    };
+                    let bytes: Result<Bytes, Error> = read
                         .retry(retry)
                         .when(Error::is_retryable)
                         .notify(|_, _| self.metrics.errors.with_label_values(&["store"]).inc())
