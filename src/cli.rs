@@ -6,12 +6,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use r2o_common::window::format_utc;
 use r2o_proto::controller as pb;
-use r2o_proto::controller::controller_service_client::ControllerServiceClient;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
+use crate::connect::{client, on_leader, status_err};
 use crate::ingest;
 
 /// How to reach the cluster.
@@ -324,25 +323,18 @@ pub enum SegmentCmd {
     },
 }
 
-/// Calls one controller RPC: connect to `conn.controller`, call, turn a
+/// Calls one controller RPC: connect to `conn.controller`, call (again on
+/// the leader when that controller is not it, see [`on_leader`]), turn a
 /// gRPC status into an error with the controller's message; yields the reply.
 macro_rules! rpc {
-    ($conn:expr, $method:ident, $req:expr) => {
-        client(&$conn.controller).await?.$method($req).await.map_err(status_err)?.into_inner()
-    };
-}
-
-/// Connects to a controller. Replies may be large (a table's segment list
-/// at tens of thousands of segments): up to 1 GiB is accepted.
-pub async fn client(addr: &str) -> Result<ControllerServiceClient<Channel>> {
-    Ok(ControllerServiceClient::connect(addr.to_string())
-        .await
-        .with_context(|| format!("connecting to the controller at {addr}"))?
-        .max_decoding_message_size(1 << 30))
-}
-
-fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", s.message())
+    ($conn:expr, $method:ident, $req:expr) => {{
+        let req = $req;
+        on_leader(&$conn.controller, |mut c| {
+            let req = req.clone();
+            async move { c.$method(req).await.map(|r| r.into_inner()) }
+        })
+        .await?
+    }};
 }
 
 fn print_rows(header: &[&str], rows: &[Vec<String>]) {
@@ -650,9 +642,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
         }
         AdminCommand::Reset { conn, table, mode, yes } => {
             let flush = mode == "flush";
-            let mut c = client(&conn.controller).await?;
             let req = |dry_run| pb::ResetTableRequest { table: table.clone(), mode: mode.clone(), dry_run };
-            let plan = c.reset_table(req(true)).await.map_err(status_err)?.into_inner();
+            let plan = rpc!(conn, reset_table, req(true));
             if flush {
                 let say = format!(
                     "flush of {table} deletes {} OFFLINE segments ({} rows, {} bytes) and the lineage of {} windows, \
@@ -677,7 +668,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     bail!("not confirmed: run again with --yes to flush table {table}");
                 }
             }
-            let done = c.reset_table(req(false)).await.map_err(status_err)?.into_inner();
+            let done = rpc!(conn, reset_table, req(false));
             match conn.output {
                 Output::Json => println!(
                     "{}",

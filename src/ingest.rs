@@ -23,7 +23,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::cli::client;
+use crate::connect::client;
 
 async fn table_spec(controller: &str, table: &str) -> Result<TableSpec> {
     let t = client(controller)

@@ -2,6 +2,7 @@
 //! CLI (tables, segments, ingest, tasks, watermark, report).
 
 mod cli;
+mod connect;
 mod ingest;
 mod settings;
 

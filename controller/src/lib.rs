@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod registry;
 pub mod retention;
 pub mod service;
+pub mod tables;
 pub mod validate;
 
 use r2o_common::kv::Kv;

@@ -15,8 +15,8 @@ use r2o_common::store::{canonical_path, object_size, Layout, Store};
 use std::collections::{HashMap, HashSet};
 use tracing::{info, warn};
 
-use crate::authority::load_table;
 use crate::error::{ControllerError, Result};
+use crate::tables::load_table;
 
 /// Checks a segment name: 1 to 255 bytes, no `/`, no control characters,
 /// not `.` or `..` (it becomes part of an object path and an etcd key).

@@ -13,10 +13,11 @@ use r2o_proto::controller::controller_service_server::ControllerService;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::authority::{load_table, open_tasks, read_segments, Authority, PlanOutcome};
+use crate::authority::{open_tasks, read_segments, Authority, PlanOutcome};
 use crate::error::{ControllerError, Result};
 use crate::planner::{plan, Decision};
 use crate::registry;
+use crate::tables::load_table;
 
 /// Parses a JSON document of a request (`what`: "table config", "schema").
 fn parse_json(what: &str, text: &str) -> Result<serde_json::Value> {

@@ -1,0 +1,345 @@
+//! The commit authority: publishes planned tasks, commits completed
+//! attempts in window order, stages attempts that finish ahead of their
+//! predecessors, records failures and supersedes tasks whose plan no longer
+//! holds. Each step reads what it needs, decides with a pure function of
+//! [`crate::protocol`] (or [`crate::planner`], [`crate::validate`]) and
+//! writes one etcd transaction comparing the revisions it read (DESIGN.md,
+//! the commit protocol).
+//!
+//! Many tasks of a table may be in flight at once (up to a limit); each
+//! covers a run of consecutive windows starting where the previous one ends
+//! (the table's frontier). A task commits only when the watermark has
+//! reached its start; one that finishes earlier is validated and STAGED,
+//! and commits as soon as its predecessors have. A failed task holds the
+//! ones after it. When a task's plan no longer holds, it is superseded and
+//! the table's epoch moves: every task planned after it is abandoned (it can
+//! no longer commit) and the range is planned again.
+//!
+//! Every way an attempt can end ends it here, decided by the leader: a
+//! commit or staging, a refused report (validation: the failure path, with
+//! backoff and then FAILED), a superseded plan, a failure report, an attempt
+//! whose claim vanished or that outlived its `timeoutMs`.
+
+mod admin;
+mod commit;
+mod complete;
+mod failure;
+mod late;
+mod publish;
+mod schedule;
+mod tasks;
+#[cfg(test)]
+mod tests;
+
+use r2o_common::config::TableSpec;
+use r2o_common::kv::{Compare, KeyValue, Kv, Op};
+use r2o_common::meta::chunks::ListCache;
+use r2o_common::meta::{
+    chunks, encode, get_record, now_ms, range_records, ClaimRecord, FrontierRecord, Keys, MinionRecord, SegmentMeta,
+    SegmentStatus, TableRecord, TaskId, TaskRecord, TaskState, WatermarkRecord, WindowStats,
+};
+use r2o_common::store::{Layout, Store};
+use r2o_proto::controller as pb;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::election::Leadership;
+use crate::error::{ControllerError, Result};
+use crate::planner::{plan, plan_late, recheck, split_window, Budget, Decision, LatePlan, Split};
+use crate::protocol::{self, AttemptRevs, ReportTotals, TableRevs};
+use crate::validate::{self, FooterCache};
+
+use tasks::{group_members, offline_metas, report_totals, NewTask};
+pub use tasks::{inputs_problem, publishable, sub_tasks};
+
+/// Settings of the commit authority.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// Attempts per task round before it is FAILED, unless the table sets
+    /// Pinot's `maxAttemptsPerTask`.
+    pub max_attempts: u32,
+    /// Attempt timeout unless the table sets Pinot's `timeoutMs`, ms.
+    pub default_timeout_ms: i64,
+    /// Grace past an attempt's `timeoutMs` before the leader ends it itself
+    /// (the minion's own deadline should have ended it first), ms.
+    pub attempt_grace_ms: i64,
+    /// How much one task may take (input rows unless the table sets
+    /// `maxNumRecordsPerTask`, input bytes, windows).
+    pub budget: Budget,
+    /// Tasks of one table in flight at once (0: the live minions' slots plus one).
+    pub max_tasks_per_table: usize,
+    /// The install's store URI (`--store`); a discovery source may not
+    /// overlap its namespace (empty: not checked).
+    pub store_uri: String,
+}
+
+/// A table's REALTIME segments as last read, with the revision of the
+/// table's segment marker they reflect: re-read only when the marker moved.
+#[derive(Clone, Default)]
+pub struct SegmentCache {
+    inner: Arc<Mutex<HashMap<String, CachedSegments>>>,
+}
+
+/// (marker revision, the table's REALTIME segments at it).
+type CachedSegments = (i64, Arc<Vec<SegmentMeta>>);
+
+impl SegmentCache {
+    /// The table's segments and the marker revision they reflect: one etcd
+    /// read when nothing changed, a paged re-read when something did.
+    pub async fn get(&self, kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<(Arc<Vec<SegmentMeta>>, i64)> {
+        let rev = kv.get(&keys.segments_marker(raw)).await?.map_or(0, |e| e.mod_revision);
+        if let Some((r, segs)) = self.inner.lock().ok().and_then(|m| m.get(raw).cloned()) {
+            if r == rev {
+                return Ok((segs, rev));
+            }
+        }
+        let (segs, rev) = read_segments(kv, keys, raw).await?;
+        let segs = Arc::new(segs);
+        if let Ok(mut m) = self.inner.lock() {
+            m.insert(raw.to_string(), (rev, segs.clone()));
+        }
+        Ok((segs, rev))
+    }
+}
+
+/// The commit authority's state-changing logic over etcd and the segment store.
+#[derive(Clone)]
+pub struct Authority {
+    pub(crate) kv: Kv,
+    pub(crate) keys: Keys,
+    pub(crate) store: Store,
+    pub(crate) layout: Layout,
+    pub(crate) cfg: AuthorityConfig,
+    pub(crate) leadership: watch::Receiver<Option<Leadership>>,
+    /// Wakes the planning loop after a commit, so the table's next tasks are
+    /// planned at once instead of on the next tick.
+    pub(crate) replan: Arc<tokio::sync::Notify>,
+    /// Metrics observed while committing.
+    pub(crate) metrics: Option<crate::metrics::ControllerMetrics>,
+    /// Footers of REALTIME inputs, for validation.
+    pub(crate) footers: FooterCache,
+    /// REALTIME segments per table, revision-checked.
+    pub(crate) segments: SegmentCache,
+    /// Tables, each parsed once per change of its record.
+    pub(crate) tables: TableCache,
+    /// Task input lists, revision-checked: a split window's list is read by
+    /// each of its sub-tasks' reports and by every commit pass (at most
+    /// 200,000 inputs kept, ~100 MB).
+    pub(crate) inputs: ListCache<SegmentMeta>,
+    /// The last reason per table why a ready window could not be published
+    /// (logged once per change, not every tick).
+    plan_problems: Arc<Mutex<HashMap<String, String>>>,
+    /// The last `created_ms` a task id got from this authority (see
+    /// [`Authority::fresh_created_ms`]).
+    last_created_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// When this leader first saw each RUNNING attempt, on its own clock
+    /// ((task id, attempt) -> ms): attempt timeouts count from it, never
+    /// from a minion's clock. A new leader starts counting afresh.
+    attempt_seen: Arc<Mutex<HashMap<(String, u32), i64>>>,
+}
+
+use crate::tables::{TableCache, TableView};
+
+/// What planning one table did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanOutcome {
+    /// Tasks were published (their ids), the last one ending at the window end given.
+    Published(Vec<TaskId>, i64),
+    /// As many tasks as allowed are in flight.
+    InFlight(String),
+    /// The table is paused.
+    Paused,
+    /// Nothing is eligible, and why.
+    Wait(String),
+}
+
+impl std::fmt::Display for PlanOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use r2o_common::window::format_utc;
+        match self {
+            PlanOutcome::Published(ids, end) => write!(
+                f,
+                "{} task(s) published up to {}: {}",
+                ids.len(),
+                format_utc(*end),
+                ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+            PlanOutcome::InFlight(why) => write!(f, "{why}"),
+            PlanOutcome::Paused => write!(f, "the table is paused"),
+            PlanOutcome::Wait(why) => write!(f, "nothing to run: {why}"),
+        }
+    }
+}
+
+/// Whether a task's plan still holds (see [`Authority::check_plan`]).
+enum PlanCheck {
+    /// It holds: the watermark and the revisions a commit checks.
+    Holds { wm: Option<WatermarkRecord>, revs: TableRevs },
+    /// The table's epoch moved (or a late run's window no longer needs it):
+    /// the task can never commit and is dropped.
+    Abandoned(String),
+    /// Its range or inputs changed: it is superseded and planned again.
+    Supersede(String),
+}
+
+/// Where an attempt stands, as read from etcd.
+enum Attempt {
+    /// It is the task's current attempt and holds its claim.
+    Current { task: Box<TaskRecord>, revs: AttemptRevs },
+    /// The task is no longer active (committed, superseded or reset).
+    Gone,
+}
+
+/// The table's REALTIME segments and the revision of its segment marker,
+/// read marker first: a change after the marker read moves the marker.
+pub(crate) async fn read_segments(kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<(Vec<SegmentMeta>, i64)> {
+    let rev = kv.get(&keys.segments_marker(raw)).await?.map_or(0, |e| e.mod_revision);
+    let segments = r2o_common::meta::read_realtime(kv, keys, raw).await?;
+    Ok((segments, rev))
+}
+
+/// A table's open tasks of its current epoch, in window order, with their
+/// records' revisions; and the epoch's revision.
+pub(crate) async fn open_tasks(kv: &Kv, keys: &Keys, raw: &str) -> Result<(Vec<(TaskRecord, KeyValue)>, i64)> {
+    let epoch = kv.get(&keys.epoch(raw)).await?.map_or(0, |e| e.mod_revision);
+    let mut tasks: Vec<(TaskRecord, KeyValue)> = range_records::<TaskRecord>(kv, &keys.active_tasks())
+        .await?
+        .into_iter()
+        .filter(|(t, _)| t.table == raw && t.epoch_revision == epoch && t.is_open())
+        .collect();
+    tasks.sort_by_key(|(t, _)| (t.from_ms, t.created_ms));
+    Ok((tasks, epoch))
+}
+
+impl Authority {
+    /// A new authority writing under `layout` in `store`.
+    pub fn new(
+        kv: Kv,
+        keys: Keys,
+        store: Store,
+        layout: Layout,
+        cfg: AuthorityConfig,
+        leadership: watch::Receiver<Option<Leadership>>,
+    ) -> Authority {
+        Authority {
+            kv,
+            keys,
+            store,
+            layout,
+            cfg,
+            leadership,
+            replan: Default::default(),
+            metrics: None,
+            footers: FooterCache::new(200_000),
+            segments: SegmentCache::default(),
+            tables: TableCache::default(),
+            inputs: ListCache::new(200_000),
+            plan_problems: Default::default(),
+            last_created_ms: Default::default(),
+            attempt_seen: Default::default(),
+        }
+    }
+
+    pub(super) fn leadership(&self) -> Result<Leadership> {
+        (*self.leadership.borrow()).ok_or_else(|| ControllerError::NotLeader { leader: "unknown".into() })
+    }
+
+    pub(super) async fn watermark(&self, raw: &str) -> Result<(Option<WatermarkRecord>, i64)> {
+        Ok(match get_record::<WatermarkRecord>(&self.kv, &self.keys.watermark(raw)).await? {
+            None => (None, 0),
+            Some((w, entry)) => (Some(w), entry.mod_revision),
+        })
+    }
+
+    /// The watermark with its key's mod and create revisions (0, 0: absent).
+    pub(super) async fn watermark_entry(&self, raw: &str) -> Result<(Option<WatermarkRecord>, i64, i64)> {
+        Ok(match get_record::<WatermarkRecord>(&self.kv, &self.keys.watermark(raw)).await? {
+            None => (None, 0, 0),
+            Some((w, entry)) => (Some(w), entry.mod_revision, entry.create_revision),
+        })
+    }
+
+    pub(super) async fn epoch(&self, raw: &str) -> Result<i64> {
+        Ok(self.kv.get(&self.keys.epoch(raw)).await?.map_or(0, |e| e.mod_revision))
+    }
+
+    /// Tasks of one table allowed in flight: the setting, or the live
+    /// minions' slots plus one (so a minion finishing a task finds the next).
+    pub(super) async fn task_limit(&self) -> Result<usize> {
+        if self.cfg.max_tasks_per_table > 0 {
+            return Ok(self.cfg.max_tasks_per_table);
+        }
+        let slots: u64 = range_records::<MinionRecord>(&self.kv, &self.keys.minions())
+            .await?
+            .iter()
+            .map(|(m, _)| u64::from(m.slots))
+            .sum();
+        Ok((slots as usize + 1).max(2))
+    }
+
+    /// Distinct machines among the live minions (`MinionRecord::host`; a
+    /// record without one counts as a machine of its own).
+    pub(super) async fn minion_hosts(&self) -> Result<usize> {
+        let minions = range_records::<MinionRecord>(&self.kv, &self.keys.minions()).await?;
+        let hosts: std::collections::BTreeSet<&str> =
+            minions.iter().map(|(m, _)| if m.host.is_empty() { m.id.as_str() } else { m.host.as_str() }).collect();
+        Ok(hosts.len())
+    }
+
+    /// One planning pass over every table (leader only): commits what is
+    /// staged and due, publishes what is ready up to the in-flight limit, and
+    /// ends attempts that can no longer end by themselves. Returns the tasks
+    /// published.
+    pub async fn plan_all(&self) -> Result<usize> {
+        let leadership = self.leadership()?;
+        let mut published = 0;
+        // every table read once (and parsed only when changed) for the whole pass
+        for (raw, table) in self.tables.all(&self.kv, &self.keys).await? {
+            if let Err(e) = self.commit_ready(&raw, leadership).await {
+                warn!(table = %raw, error = %e, "committing staged tasks failed");
+            }
+            let table = match table {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(table = %raw, error = %e, "planning failed: the stored table does not parse");
+                    continue;
+                }
+            };
+            match self.plan_on_schedule(&table, leadership).await {
+                Ok(PlanOutcome::Published(ids, _)) => published += ids.len(),
+                Ok(_) => {}
+                Err(e) => warn!(table = %raw, error = %e, "planning failed"),
+            }
+            match self.plan_late_table(&table, leadership).await {
+                Ok(true) => published += 1,
+                Ok(false) => {}
+                Err(e) => warn!(table = %raw, error = %e, "planning a late-data run failed"),
+            }
+        }
+        self.expire_attempts(leadership).await?;
+        Ok(published)
+    }
+}
+
+/// Runs the planning loop while this controller leads.
+pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+            _ = auth.replan.notified() => {}
+        }
+        if auth.leadership.borrow().is_none() {
+            continue;
+        }
+        if let Err(e) = auth.plan_all().await {
+            if let Some(m) = &auth.metrics {
+                m.errors.with_label_values(&["etcd"]).inc();
+            }
+            warn!(error = %e, "planning pass failed");
+        }
+    }
+}
