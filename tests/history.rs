@@ -20,8 +20,8 @@
 //! `history: seeds N, operations N, lost 0, duplicated 0, wedged 0`, and on
 //! a failure the seed and the operation sequence.
 //!
-//! `R2O_HISTORY_SEEDS=N` runs seeds 1..=N (default 3); `R2O_HISTORY_SEED=S`
-//! runs seed S alone.
+//! `R2O_HISTORY_SEEDS=N` runs N seeds from 1 (default 3), or from
+//! `R2O_HISTORY_FROM`; `R2O_HISTORY_SEED=S` runs seed S alone.
 
 mod support;
 
@@ -551,7 +551,11 @@ async fn seed(run: &mut Run, seed: u64, tally: &mut Tally) -> usize {
 async fn random_histories_lose_nothing_and_move_nothing_twice() {
     let seeds: Vec<u64> = match (std::env::var("R2O_HISTORY_SEED"), std::env::var("R2O_HISTORY_SEEDS")) {
         (Ok(s), _) => vec![s.parse().expect("R2O_HISTORY_SEED: a number")],
-        (_, Ok(n)) => (1..=n.parse::<u64>().expect("R2O_HISTORY_SEEDS: a number")).collect(),
+        (_, Ok(n)) => {
+            let from: u64 =
+                std::env::var("R2O_HISTORY_FROM").map_or(1, |f| f.parse().expect("R2O_HISTORY_FROM: a number"));
+            (from..from + n.parse::<u64>().expect("R2O_HISTORY_SEEDS: a number")).collect()
+        }
         _ => (1..=3).collect(),
     };
     let env = vec![

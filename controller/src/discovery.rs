@@ -29,8 +29,8 @@
 
 use futures::{StreamExt, TryStreamExt};
 use r2o_common::config::{FileSource, TableSpec};
-use r2o_common::kv::{Compare, Op};
-use r2o_common::meta::{encode, get_record, now_ms, range_records, SegmentMeta, SegmentStatus, TableRecord};
+use r2o_common::kv::Compare;
+use r2o_common::meta::{get_record, now_ms, range_records, SegmentMeta, SegmentStatus, TableRecord};
 use r2o_common::store::{object_size, resolve, split_external, Store};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -473,13 +473,9 @@ async fn refuse(auth: &Authority, spec: &TableSpec, name: &str, why: &str) -> Re
     let wm = get_record::<r2o_common::meta::WatermarkRecord>(&auth.kv, &wm_key).await?;
     s.error_watermark_ms = wm.as_ref().map(|(w, _)| w.watermark_ms);
     let wm_rev = wm.map_or(0, |(_, e)| e.mod_revision);
-    Ok(auth
-        .kv
-        .txn(
-            vec![Compare::ModRevision(key.clone(), entry.mod_revision), Compare::ModRevision(wm_key, wm_rev)],
-            vec![Op::put(key, encode(&s)), crate::registry::touch_marker(&auth.keys, &spec.name)],
-        )
-        .await?)
+    let extra = vec![Compare::ModRevision(wm_key, wm_rev)];
+    let txn = crate::protocol::rewrite_segments(&auth.keys, &spec.name, &[(s, entry.mod_revision)], extra, now_ms());
+    Ok(txn.apply(&auth.kv).await?)
 }
 
 /// Runs discovery every `interval` while this controller leads (a new term

@@ -10,8 +10,8 @@
 
 use r2o_common::kv::{check_txn, Compare, Kv, Op};
 use r2o_common::meta::{
-    attempt_backoff_ms, encode, round_backoff_ms, FrontierRecord, Keys, LineageRecord, TaskRecord, TaskState,
-    WatermarkRecord, WindowStats,
+    attempt_backoff_ms, encode, round_backoff_ms, FrontierRecord, Keys, LineageRecord, TableRecord, TaskRecord,
+    TaskState, WatermarkRecord, WindowStats,
 };
 
 use crate::election::Leadership;
@@ -603,6 +603,223 @@ pub fn drop_abandoned(
     }
 }
 
+/// `table add`: the table's record, if no table has the name.
+pub fn add_table(keys: &Keys, raw: &str, rec: &TableRecord) -> Txn {
+    Txn {
+        compares: vec![Compare::CreateRevision(keys.table(raw), 0)],
+        ops: vec![Op::put(keys.table(raw), encode(rec))],
+    }
+}
+
+/// A table's record replaced (`table update`, pause, resume), if it is as
+/// read (`table_rev`) and, when given, the table's epoch too (an update:
+/// no task was planned meanwhile).
+pub fn put_table(keys: &Keys, raw: &str, rec: &TableRecord, table_rev: i64, epoch_rev: Option<i64>) -> Txn {
+    let mut compares = vec![Compare::ModRevision(keys.table(raw), table_rev)];
+    if let Some(e) = epoch_rev {
+        compares.push(Compare::ModRevision(keys.epoch(raw), e));
+    }
+    Txn { compares, ops: vec![Op::put(keys.table(raw), encode(rec))] }
+}
+
+/// A table's schedule record written, if it is as read and this controller
+/// leads.
+pub fn put_schedule(
+    keys: &Keys,
+    raw: &str,
+    s: &r2o_common::schedule::ScheduleRecord,
+    rev: i64,
+    leadership: Leadership,
+) -> Txn {
+    Txn {
+        compares: vec![Compare::ModRevision(keys.schedule(raw), rev), leader_compare(keys, leadership)],
+        ops: vec![Op::put(keys.schedule(raw), encode(s))],
+    }
+}
+
+/// Deletes an input list written for a task that was not published, if it
+/// is still the list written (`written`: its chunk compares).
+pub fn drop_inputs(keys: &Keys, task: &r2o_common::meta::TaskId, written: Vec<Compare>) -> Txn {
+    Txn { compares: written, ops: vec![Op::delete_prefix(keys.inputs(task))] }
+}
+
+/// The revisions a reset or a delete was decided on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowRevs {
+    /// `tables/<raw>` (delete only).
+    pub table: i64,
+    /// `watermarks/<raw>`.
+    pub watermark: i64,
+    /// `tasks/epoch/<raw>`.
+    pub epoch: i64,
+    /// `retention/<raw>` (reset only).
+    pub retention: i64,
+    /// `tasks/frontier/<raw>` (delete only).
+    pub frontier: i64,
+    /// `segmarks/<raw>` (delete only).
+    pub segments: i64,
+}
+
+/// `reset`: the epoch moves (every open task is abandoned); `append` puts
+/// the frontier at the watermark (`watermark_ms`; none: deleted); `flush`
+/// deletes the lineage, manifests, inputs, watermark and frontier (the flow
+/// restarts from the earliest data); if the watermark, epoch and retention
+/// record are as read and this controller leads. `now_ms` marks the epoch.
+pub fn reset(
+    keys: &Keys,
+    raw: &str,
+    flush: bool,
+    watermark_ms: Option<i64>,
+    revs: FlowRevs,
+    leadership: Leadership,
+    now_ms: i64,
+) -> Txn {
+    let compares = vec![
+        Compare::ModRevision(keys.watermark(raw), revs.watermark),
+        Compare::ModRevision(keys.epoch(raw), revs.epoch),
+        leader_compare(keys, leadership),
+        Compare::ModRevision(keys.retention(raw), revs.retention),
+    ];
+    let mut ops = vec![Op::put(keys.epoch(raw), now_ms.to_string().into_bytes())];
+    if flush {
+        ops.push(Op::delete_prefix(keys.lineages(raw)));
+        ops.push(Op::delete_prefix(keys.manifests(raw)));
+        ops.push(Op::delete_prefix(keys.inputs_of_table(raw)));
+        ops.push(Op::delete(keys.watermark(raw)));
+        ops.push(Op::delete(keys.frontier(raw)));
+    } else {
+        match watermark_ms {
+            Some(n) => {
+                ops.push(Op::put(keys.frontier(raw), encode(&FrontierRecord { next_ms: n, narrow_until_ms: 0 })))
+            }
+            None => ops.push(Op::delete(keys.frontier(raw))),
+        }
+    }
+    Txn { compares, ops }
+}
+
+/// `table delete`: the table record, its task history, frontier and epoch
+/// removed; with `purge` also its REALTIME segment metadata, marker,
+/// watermark, retention record, lineage, manifests and inputs; if the table,
+/// epoch, frontier, segment marker and watermark are as read and this
+/// controller leads.
+pub fn delete_table(keys: &Keys, raw: &str, purge: bool, revs: FlowRevs, leadership: Leadership) -> Txn {
+    let compares = vec![
+        Compare::ModRevision(keys.table(raw), revs.table),
+        Compare::ModRevision(keys.epoch(raw), revs.epoch),
+        Compare::ModRevision(keys.frontier(raw), revs.frontier),
+        Compare::ModRevision(keys.segments_marker(raw), revs.segments),
+        Compare::ModRevision(keys.watermark(raw), revs.watermark),
+        leader_compare(keys, leadership),
+    ];
+    let mut ops = vec![
+        Op::delete(keys.table(raw)),
+        Op::delete(keys.frontier(raw)),
+        Op::delete(keys.epoch(raw)),
+        Op::delete_prefix(keys.histories(raw)),
+    ];
+    if purge {
+        ops.extend([
+            Op::delete_prefix(keys.segments(&format!("{raw}_REALTIME"))),
+            Op::delete(keys.segments_marker(raw)),
+            Op::delete(keys.watermark(raw)),
+            Op::delete(keys.retention(raw)),
+            Op::delete_prefix(keys.lineages(raw)),
+            Op::delete_prefix(keys.manifests(raw)),
+            Op::delete_prefix(keys.inputs_of_table(raw)),
+        ]);
+    }
+    Txn { compares, ops }
+}
+
+/// The write that moves a table's segment marker (`segmarks/<raw>`; its
+/// value is the time, its revision is what counts): part of every
+/// transaction that changes the table's REALTIME segments, so that a task
+/// planned from them notices at commit.
+pub fn touch_marker(keys: &Keys, raw: &str, now_ms: i64) -> Op {
+    Op::put(keys.segments_marker(raw), now_ms.to_string().into_bytes())
+}
+
+/// A REALTIME segment as registered against the watermark `watermark_ms`
+/// (`None`: nothing committed): one with rows starting before it is late,
+/// and remembers that watermark (its rows before it belong to committed
+/// windows; `lateDataPolicy` decides their fate). Pure.
+pub fn as_registered(mut m: r2o_common::meta::SegmentMeta, watermark_ms: Option<i64>) -> r2o_common::meta::SegmentMeta {
+    m.late = watermark_ms.is_some_and(|w| m.total_docs > 0 && m.start_time_ms < w);
+    m.late_before_ms = if m.late { watermark_ms } else { None };
+    m
+}
+
+/// Registers REALTIME segments of table `raw` (already [`as_registered`]),
+/// if none of their names is taken and the watermark is as read
+/// (`watermark_rev`), moving the segment marker. One compare and one put per
+/// segment: callers batch at most 100.
+pub fn register_segments(
+    keys: &Keys,
+    raw: &str,
+    segments: &[r2o_common::meta::SegmentMeta],
+    watermark_rev: i64,
+    now_ms: i64,
+) -> Txn {
+    let mut compares = Vec::with_capacity(segments.len() + 1);
+    let mut ops = Vec::with_capacity(segments.len() + 1);
+    for m in segments {
+        let key = keys.segment(&m.table_name, &m.segment_name);
+        compares.push(Compare::CreateRevision(key.clone(), 0));
+        ops.push(Op::put(key, encode(m)));
+    }
+    compares.push(Compare::ModRevision(keys.watermark(raw), watermark_rev));
+    ops.push(touch_marker(keys, raw, now_ms));
+    Txn { compares, ops }
+}
+
+/// Rewrites REALTIME segments of table `raw` (late marks cleared, a seal, a
+/// refusal), each if it is as read (its revision beside it), and `extra`
+/// holds, moving the segment marker.
+pub fn rewrite_segments(
+    keys: &Keys,
+    raw: &str,
+    segments: &[(r2o_common::meta::SegmentMeta, i64)],
+    extra: Vec<Compare>,
+    now_ms: i64,
+) -> Txn {
+    let mut compares = extra;
+    let mut ops = Vec::with_capacity(segments.len() + 1);
+    for (s, rev) in segments {
+        let key = keys.segment(&s.table_name, &s.segment_name);
+        compares.push(Compare::ModRevision(key.clone(), *rev));
+        ops.push(Op::put(key, encode(s)));
+    }
+    ops.push(touch_marker(keys, raw, now_ms));
+    Txn { compares, ops }
+}
+
+/// Retention deletes REALTIME segments of table `raw` (`doomed`: key and
+/// revision of each) and records it (`record`), if each segment, the
+/// watermark and the retention record are as read, moving the marker.
+pub fn retention_delete(
+    keys: &Keys,
+    raw: &str,
+    doomed: &[(String, i64)],
+    watermark_rev: i64,
+    record: &r2o_common::meta::RetentionRecord,
+    record_rev: i64,
+    now_ms: i64,
+) -> Txn {
+    let mut compares = vec![
+        Compare::ModRevision(keys.watermark(raw), watermark_rev),
+        Compare::ModRevision(keys.retention(raw), record_rev),
+    ];
+    let mut ops = Vec::with_capacity(doomed.len() + 2);
+    for (key, rev) in doomed {
+        compares.push(Compare::ModRevision(key.clone(), *rev));
+        ops.push(Op::delete(key.clone()));
+    }
+    ops.push(Op::put(keys.retention(raw), encode(record)));
+    ops.push(touch_marker(keys, raw, now_ms));
+    Txn { compares, ops }
+}
+
 /// Checks that a transaction this module built fits etcd's limits.
 pub fn within_limits(txn: &Txn) -> bool {
     check_txn(&txn.compares, &txn.ops).is_ok()
@@ -864,6 +1081,34 @@ mod tests {
         assert_eq!(f, FrontierRecord { next_ms: 20 * 3_600_000, narrow_until_ms: 0 });
         // no watermark (a flush): the task's own start
         assert_eq!(rewound_frontier(&t, None, None, 0).next_ms, 7 * 3_600_000);
+    }
+
+    #[tokio::test]
+    async fn a_flush_and_a_purge_are_one_transaction_each_within_the_limits() {
+        let w = world().await;
+        let revs = FlowRevs::default();
+        for flush in [false, true] {
+            let txn = reset(&w.keys, "t", flush, Some(7), revs, w.leadership, 1);
+            assert!(within_limits(&txn));
+            assert_eq!(txn.ops.len(), if flush { 6 } else { 2 });
+        }
+        // a reset decided on a watermark that moved since changes nothing
+        w.kv.put(&w.keys.watermark("t"), b"{}".to_vec(), None).await.unwrap();
+        assert!(!reset(&w.keys, "t", true, None, revs, w.leadership, 1).apply(&w.kv).await.unwrap());
+        assert!(w.kv.get(&w.keys.watermark("t")).await.unwrap().is_some());
+        let txn = delete_table(&w.keys, "t", true, revs, w.leadership);
+        assert!(within_limits(&txn) && txn.ops.len() == 11);
+        // table add refuses a name taken
+        let rec = TableRecord {
+            table_config: serde_json::json!({}),
+            schema: serde_json::json!({}),
+            created_ms: 0,
+            paused: false,
+            version: 1,
+            updated_ms: 0,
+        };
+        assert!(add_table(&w.keys, "t", &rec).apply(&w.kv).await.unwrap());
+        assert!(!add_table(&w.keys, "t", &rec).apply(&w.kv).await.unwrap());
     }
 
     #[test]

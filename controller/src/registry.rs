@@ -7,9 +7,9 @@
 use backon::Retryable;
 use futures::{StreamExt, TryStreamExt};
 use r2o_common::config::LateDataPolicy;
-use r2o_common::kv::{Compare, Kv, Op};
+use r2o_common::kv::Kv;
 use r2o_common::meta::{
-    decode, encode, get_record, now_ms, range_records, Keys, LineageRecord, SegmentMeta, SegmentStatus, WatermarkRecord,
+    decode, get_record, now_ms, range_records, Keys, LineageRecord, SegmentMeta, SegmentStatus, WatermarkRecord,
 };
 use r2o_common::store::{canonical_path, object_size, Layout, Store};
 use std::collections::{HashMap, HashSet};
@@ -34,12 +34,6 @@ pub fn validate_segment_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The write that moves a table's segment marker; part of every transaction
-/// that changes its REALTIME segments.
-pub(crate) fn touch_marker(keys: &Keys, raw: &str) -> Op {
-    Op::put(keys.segments_marker(raw), now_ms().to_string().into_bytes())
 }
 
 /// Segments registered in one transaction by [`add_segments`]: 100
@@ -217,23 +211,15 @@ pub(crate) async fn write_segments(
                 Some((w, e)) => (Some(w.watermark_ms), e.mod_revision),
                 None => (None, 0),
             };
-            let mut compares = Vec::with_capacity(batch.len() + 1);
-            let mut ops = Vec::with_capacity(batch.len() + 1);
-            let mut batch_late = Vec::new();
-            for m in batch {
-                let key = keys.segment(&m.table_name, &m.segment_name);
-                compares.push(Compare::CreateRevision(key.clone(), 0));
-                let mut m = m.clone();
-                m.late = wm.is_some_and(|w| m.total_docs > 0 && m.start_time_ms < w);
-                m.late_before_ms = if m.late { wm } else { None };
-                if m.late {
-                    batch_late.push((m.segment_name.clone(), m.start_time_ms, wm.unwrap_or_default()));
-                }
-                ops.push(Op::put(key, encode(&m)));
-            }
-            compares.push(Compare::ModRevision(keys.watermark(raw), wm_rev));
-            ops.push(touch_marker(keys, raw));
-            if kv.txn(compares, ops).await? {
+            let registered: Vec<SegmentMeta> =
+                batch.iter().map(|m| crate::protocol::as_registered(m.clone(), wm)).collect();
+            let batch_late: Vec<(String, i64, i64)> = registered
+                .iter()
+                .filter(|m| m.late)
+                .map(|m| (m.segment_name.clone(), m.start_time_ms, wm.unwrap_or_default()))
+                .collect();
+            let txn = crate::protocol::register_segments(keys, raw, &registered, wm_rev, now_ms());
+            if txn.apply(kv).await? {
                 late.extend(batch_late);
                 break;
             }
@@ -292,15 +278,11 @@ pub async fn clear_late(kv: &Kv, keys: &Keys, raw: &str) -> Result<()> {
         .filter(|(s, _)| s.late)
         .collect();
     for batch in late.chunks(SEGMENTS_PER_TXN) {
-        let mut compares = Vec::with_capacity(batch.len());
-        let mut ops = Vec::with_capacity(batch.len() + 1);
-        for (s, entry) in batch {
-            let key = keys.segment(&s.table_name, &s.segment_name);
-            compares.push(Compare::ModRevision(key.clone(), entry.mod_revision));
-            ops.push(Op::put(key, encode(&SegmentMeta { late: false, late_before_ms: None, ..s.clone() })));
-        }
-        ops.push(touch_marker(keys, raw));
-        kv.txn(compares, ops).await?;
+        let cleared: Vec<(SegmentMeta, i64)> = batch
+            .iter()
+            .map(|(s, e)| (SegmentMeta { late: false, late_before_ms: None, ..s.clone() }, e.mod_revision))
+            .collect();
+        crate::protocol::rewrite_segments(keys, raw, &cleared, vec![], now_ms()).apply(kv).await?;
     }
     Ok(())
 }
@@ -319,13 +301,7 @@ pub async fn seal_segment(kv: &Kv, keys: &Keys, table: &str, segment: &str, end_
     }
     meta.status = SegmentStatus::Done;
     meta.end_of_stream |= end_of_stream;
-    let ok = kv
-        .txn(
-            vec![Compare::ModRevision(key.clone(), entry.mod_revision)],
-            vec![Op::put(key, encode(&meta)), touch_marker(keys, raw)],
-        )
-        .await?;
-    if !ok {
+    if !crate::protocol::rewrite_segments(keys, raw, &[(meta, entry.mod_revision)], vec![], now_ms()).apply(kv).await? {
         return Err(ControllerError::Conflict(format!("segment '{segment}' changed while sealing; try again")));
     }
     info!(table = %raw, segment, end_of_stream, "segment sealed");

@@ -16,10 +16,8 @@
 //! behind by a crash is an orphan the janitor removes).
 
 use r2o_common::config::TableSpec;
-use r2o_common::kv::{Compare, Kv, Op};
-use r2o_common::meta::{
-    encode, get_record, range_records, Keys, RetentionRecord, SegmentMeta, SegmentStatus, WatermarkRecord,
-};
+use r2o_common::kv::Kv;
+use r2o_common::meta::{get_record, range_records, Keys, RetentionRecord, SegmentMeta, SegmentStatus, WatermarkRecord};
 use r2o_common::store::{delete_object, Store};
 use r2o_common::Error;
 use tracing::{info, warn};
@@ -126,15 +124,13 @@ pub async fn enforce(
             Some((r, e)) => (r, e.mod_revision),
             None => (RetentionRecord::default(), 0),
         };
-        let mut compares =
-            vec![Compare::ModRevision(keys.watermark(raw), wm_rev), Compare::ModRevision(keys.retention(raw), rec_rev)];
-        let mut ops = Vec::with_capacity(batch.len() + 2);
-        for s in batch {
-            let key = keys.segment(&s.table_name, &s.segment_name);
-            compares
-                .push(Compare::ModRevision(key.clone(), revision.get(s.segment_name.as_str()).copied().unwrap_or(0)));
-            ops.push(Op::delete(key));
-        }
+        let doomed: Vec<(String, i64)> = batch
+            .iter()
+            .map(|s| {
+                let rev = revision.get(s.segment_name.as_str()).copied().unwrap_or(0);
+                (keys.segment(&s.table_name, &s.segment_name), rev)
+            })
+            .collect();
         let rec = RetentionRecord {
             deleted_segments: rec.deleted_segments + batch.len() as u64,
             deleted_rows: rec.deleted_rows + batch.iter().map(|s| s.total_docs).sum::<u64>(),
@@ -142,9 +138,8 @@ pub async fn enforce(
             deleted_until_ms: batch.iter().map(|s| s.end_time_ms).fold(rec.deleted_until_ms, i64::max),
             updated_ms: now_ms,
         };
-        ops.push(Op::put(keys.retention(raw), encode(&rec)));
-        ops.push(crate::registry::touch_marker(keys, raw));
-        if !kv.txn(compares, ops).await? {
+        let txn = crate::protocol::retention_delete(keys, raw, &doomed, wm_rev, &rec, rec_rev, now_ms);
+        if !txn.apply(kv).await? {
             info!(table = %raw, "retention: the watermark or a segment changed; trying on the next sweep");
             break;
         }

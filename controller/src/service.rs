@@ -5,8 +5,7 @@
 //! controller is not it.
 
 use r2o_common::config::TableSpec;
-use r2o_common::kv::{Compare, Op};
-use r2o_common::meta::{encode, get_record, now_ms, LeaderRecord, TableRecord, TaskRecord, WatermarkRecord};
+use r2o_common::meta::{get_record, now_ms, LeaderRecord, TableRecord, TaskRecord, WatermarkRecord};
 use r2o_common::wire::segment_from_wire;
 use r2o_proto::controller as pb;
 use r2o_proto::controller::controller_service_server::ControllerService;
@@ -16,6 +15,7 @@ use tracing::info;
 use crate::authority::{open_tasks, read_segments, Authority, PlanOutcome};
 use crate::error::{ControllerError, Result};
 use crate::planner::{plan, Decision};
+use crate::protocol;
 use crate::registry;
 use crate::tables::load_table;
 
@@ -67,7 +67,6 @@ impl ControllerSvc {
         let schema = parse_json("schema", &req.schema_json)?;
         let spec = TableSpec::from_json(config.clone(), schema.clone())?;
         crate::discovery::check_sources(&spec, &self.auth.cfg.store_uri, self.auth.layout.namespace())?;
-        let key = self.auth.keys.table(&spec.name);
         let rec = TableRecord {
             table_config: config,
             schema,
@@ -76,9 +75,7 @@ impl ControllerSvc {
             version: 1,
             updated_ms: 0,
         };
-        let ok =
-            self.auth.kv.txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![Op::put(key, encode(&rec))]).await?;
-        if !ok {
+        if !protocol::add_table(&self.auth.keys, &spec.name, &rec).apply(&self.auth.kv).await? {
             return Err(ControllerError::AlreadyExists(format!("table '{}'", spec.name)));
         }
         info!(table = %spec.name, merge_type = spec.flow.merge_type.name(), bucket_ms = spec.flow.bucket_ms, "table added");
@@ -144,16 +141,8 @@ impl ControllerSvc {
             return Ok(pb::UpdateTableResponse { table: raw, version, changes, done: false });
         }
         let updated = TableRecord { table_config: config, schema, version: version + 1, updated_ms: now_ms(), ..rec };
-        let ok = kv
-            .txn(
-                vec![
-                    Compare::ModRevision(keys.table(&raw), entry.mod_revision),
-                    Compare::ModRevision(keys.epoch(&raw), epoch_rev),
-                ],
-                vec![Op::put(keys.table(&raw), encode(&updated))],
-            )
-            .await?;
-        if !ok {
+        let txn = protocol::put_table(keys, &raw, &updated, entry.mod_revision, Some(epoch_rev));
+        if !txn.apply(kv).await? {
             return Err(ControllerError::Conflict(format!(
                 "table '{raw}' changed while it was being updated; nothing was changed, try again"
             )));
@@ -190,12 +179,8 @@ impl ControllerSvc {
         };
         if rec.paused != paused {
             rec.paused = paused;
-            let ok = self
-                .auth
-                .kv
-                .txn(vec![Compare::ModRevision(key.clone(), entry.mod_revision)], vec![Op::put(key, encode(&rec))])
-                .await?;
-            if !ok {
+            let txn = protocol::put_table(&self.auth.keys, raw, &rec, entry.mod_revision, None);
+            if !txn.apply(&self.auth.kv).await? {
                 return Err(ControllerError::Conflict(format!("table '{raw}' changed meanwhile; try again")));
             }
             info!(table = %raw, paused, "flow {}", if paused { "paused" } else { "resumed" });

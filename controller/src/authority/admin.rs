@@ -46,28 +46,14 @@ impl Authority {
         if dry_run {
             return Ok(resp);
         }
-        let compares = vec![
-            Compare::ModRevision(self.keys.watermark(raw), wm_rev),
-            Compare::ModRevision(self.keys.epoch(raw), epoch_rev),
-            Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
-            Compare::ModRevision(self.keys.retention(raw), retained.as_ref().map_or(0, |(_, e)| e.mod_revision)),
-        ];
-        let mut ops = vec![Op::put(self.keys.epoch(raw), now_ms().to_string().into_bytes())];
-        if flush {
-            ops.push(Op::delete_prefix(self.keys.lineages(raw)));
-            ops.push(Op::delete_prefix(self.keys.manifests(raw)));
-            ops.push(Op::delete_prefix(self.keys.inputs_of_table(raw)));
-            ops.push(Op::delete(self.keys.watermark(raw)));
-            ops.push(Op::delete(self.keys.frontier(raw)));
-        } else {
-            let next = wm.as_ref().map(|w| w.watermark_ms);
-            match next {
-                Some(n) => ops
-                    .push(Op::put(self.keys.frontier(raw), encode(&FrontierRecord { next_ms: n, narrow_until_ms: 0 }))),
-                None => ops.push(Op::delete(self.keys.frontier(raw))),
-            }
-        }
-        if !self.kv.txn(compares, ops).await? {
+        let revs = protocol::FlowRevs {
+            watermark: wm_rev,
+            epoch: epoch_rev,
+            retention: retained.as_ref().map_or(0, |(_, e)| e.mod_revision),
+            ..Default::default()
+        };
+        let next = wm.as_ref().map(|w| w.watermark_ms);
+        if !protocol::reset(&self.keys, raw, flush, next, revs, leadership, now_ms()).apply(&self.kv).await? {
             return Err(ControllerError::Conflict(format!(
                 "table '{raw}' changed while resetting; nothing was changed, try again"
             )));
@@ -145,32 +131,15 @@ impl Authority {
         if dry_run {
             return Ok(resp);
         }
-        let compares = vec![
-            Compare::ModRevision(self.keys.table(raw), entry.mod_revision),
-            Compare::ModRevision(self.keys.epoch(raw), epoch_rev),
-            Compare::ModRevision(self.keys.frontier(raw), frontier_rev),
-            Compare::ModRevision(self.keys.segments_marker(raw), marker_rev),
-            Compare::ModRevision(self.keys.watermark(raw), wm_rev),
-            Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
-        ];
-        let mut ops = vec![
-            Op::delete(self.keys.table(raw)),
-            Op::delete(self.keys.frontier(raw)),
-            Op::delete(self.keys.epoch(raw)),
-            Op::delete_prefix(self.keys.histories(raw)),
-        ];
-        if purge {
-            ops.extend([
-                Op::delete_prefix(self.keys.segments(&format!("{raw}_REALTIME"))),
-                Op::delete(self.keys.segments_marker(raw)),
-                Op::delete(self.keys.watermark(raw)),
-                Op::delete(self.keys.retention(raw)),
-                Op::delete_prefix(self.keys.lineages(raw)),
-                Op::delete_prefix(self.keys.manifests(raw)),
-                Op::delete_prefix(self.keys.inputs_of_table(raw)),
-            ]);
-        }
-        if !self.kv.txn(compares, ops).await? {
+        let revs = protocol::FlowRevs {
+            table: entry.mod_revision,
+            epoch: epoch_rev,
+            frontier: frontier_rev,
+            segments: marker_rev,
+            watermark: wm_rev,
+            ..Default::default()
+        };
+        if !protocol::delete_table(&self.keys, raw, purge, revs, leadership).apply(&self.kv).await? {
             return Err(ControllerError::Conflict(format!(
                 "table '{raw}' changed while it was being deleted; nothing was deleted, try again"
             )));

@@ -128,6 +128,19 @@ impl Authority {
         }
     }
 
+    /// Checks `task`'s plan (read at `task_rev`) and, when it no longer
+    /// holds, ends the task ([`Authority::end_unplanned`]): `Some(whether it
+    /// was ended)`, or `None` while the plan holds.
+    async fn end_if_unplanned(&self, task: &TaskRecord, task_rev: i64, leadership: Leadership) -> Result<Option<bool>> {
+        let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
+        let window_inputs = self.inputs.read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
+        let check = self.check_plan(task, &spec, &window_inputs).await?;
+        if matches!(check, PlanCheck::Holds { .. }) {
+            return Ok(None);
+        }
+        Ok(Some(self.end_unplanned(task, task_rev, check, leadership).await?.is_some()))
+    }
+
     /// Records a failed attempt, after checking that the task's plan still
     /// holds: a task whose inputs changed or vanished (a discovered file
     /// refused, a late run's input deleted by retention) is superseded or
@@ -144,12 +157,9 @@ impl Authority {
         attempt: u32,
         error: &str,
     ) -> Result<bool> {
-        let spec = TableSpec::from_json(task.table_config.clone(), task.schema.clone())?;
-        let window_inputs = self.inputs.read(&self.kv, &self.keys.inputs(&task.inputs_id())).await?;
-        let check = self.check_plan(&task, &spec, &window_inputs).await?;
-        if !matches!(check, PlanCheck::Holds { .. }) {
+        if let Some(ended) = self.end_if_unplanned(&task, revs.task, leadership).await? {
             info!(table = %task.table, task = %task.id, attempt, error = %error, "attempt failed, but its plan no longer holds; planning again");
-            return Ok(self.end_unplanned(&task, revs.task, check, leadership).await?.is_some());
+            return Ok(ended);
         }
         match protocol::on_failure(task.clone(), attempt, error, now_ms()) {
             protocol::FailureOutcome::Split => {
@@ -199,11 +209,8 @@ impl Authority {
         leadership: Leadership,
         why: &str,
     ) -> Result<bool> {
-        let spec = TableSpec::from_json(t.table_config.clone(), t.schema.clone())?;
-        let window_inputs = self.inputs.read(&self.kv, &self.keys.inputs(&t.inputs_id())).await?;
-        let check = self.check_plan(&t, &spec, &window_inputs).await?;
-        if !matches!(check, PlanCheck::Holds { .. }) {
-            return Ok(self.end_unplanned(&t, entry.mod_revision, check, leadership).await?.is_some());
+        if let Some(ended) = self.end_if_unplanned(&t, entry.mod_revision, leadership).await? {
+            return Ok(ended);
         }
         let next = protocol::rearmed(t);
         let ok = protocol::update_task(&self.keys, &next, entry.mod_revision, leadership).apply(&self.kv).await?;

@@ -81,7 +81,7 @@ impl Authority {
         let input_revs = chunks::write_encoded(&self.kv, &self.keys.inputs(&id), inputs.len(), encoded).await?;
         let cleanup = input_revs.clone();
         if !protocol::publish_late(&self.keys, &task, leadership, input_revs).apply(&self.kv).await? {
-            let _ = self.kv.txn(cleanup, vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
+            let _ = protocol::drop_inputs(&self.keys, &id, cleanup).apply(&self.kv).await;
             return Ok(false);
         }
         info!(table = %raw, task = %id, policy = %run.policy, window_start_ms = window.start_ms, window_end_ms = window.end_ms, late_segments = run.segments.len(), inputs = inputs.len(), "late-data run published");

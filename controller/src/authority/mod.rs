@@ -32,7 +32,7 @@ mod tasks;
 mod tests;
 
 use r2o_common::config::TableSpec;
-use r2o_common::kv::{Compare, KeyValue, Kv, Op};
+use r2o_common::kv::{KeyValue, Kv};
 use r2o_common::meta::chunks::ListCache;
 use r2o_common::meta::{
     chunks, encode, get_record, now_ms, range_records, ClaimRecord, FrontierRecord, Keys, MinionRecord, SegmentMeta,

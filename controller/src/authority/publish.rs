@@ -130,7 +130,7 @@ impl Authority {
         if !matches!(applied, Ok(true)) {
             // not published, however it failed: the input list goes (only if
             // it is still the one written here), or every pass would leave one
-            let _ = self.kv.txn(cleanup, vec![Op::delete_prefix(self.keys.inputs(&id))]).await;
+            let _ = protocol::drop_inputs(&self.keys, &id, cleanup).apply(&self.kv).await;
             applied?;
             return Ok(Err("the table changed while planning; planning again on the next tick".into()));
         }

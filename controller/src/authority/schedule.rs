@@ -57,21 +57,10 @@ impl Authority {
         rev: i64,
         leadership: Leadership,
     ) -> Result<Option<i64>> {
-        let key = self.keys.schedule(raw);
-        let ok = self
-            .kv
-            .txn(
-                vec![
-                    Compare::ModRevision(key.clone(), rev),
-                    Compare::CreateRevision(self.keys.leader(), leadership.create_revision),
-                ],
-                vec![Op::put(key.clone(), encode(s))],
-            )
-            .await?;
-        if !ok {
+        if !protocol::put_schedule(&self.keys, raw, s, rev, leadership).apply(&self.kv).await? {
             return Ok(None);
         }
-        Ok(self.kv.get(&key).await?.map(|e| e.mod_revision))
+        Ok(self.kv.get(&self.keys.schedule(raw)).await?.map(|e| e.mod_revision))
     }
 
     /// Run now: plans `raw` at once (leader only; the planner's rules hold).

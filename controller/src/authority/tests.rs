@@ -3,7 +3,7 @@
 use super::*;
 use arrow::array::{Float32Array, Int64Array, RecordBatch, StringArray};
 use r2o_common::columnar::write_parquet;
-use r2o_common::kv::{Compare, MemKv};
+use r2o_common::kv::{Compare, MemKv, Op};
 use r2o_common::meta::{encode, ClaimRecord};
 use r2o_common::store::{open_store, put_bytes};
 use serde_json::json;
@@ -363,7 +363,7 @@ async fn a_failure_whose_plan_no_longer_holds_supersedes_instead_of_retrying() {
         .kv
         .txn(
             vec![Compare::ModRevision(key.clone(), entry.mod_revision)],
-            vec![Op::put(key, encode(&s0)), crate::registry::touch_marker(&a.keys, "t__x")],
+            vec![Op::put(key, encode(&s0)), crate::protocol::touch_marker(&a.keys, "t__x", 1)],
         )
         .await
         .unwrap());
