@@ -516,6 +516,12 @@ pub struct TaskRecord {
     /// `mod_revision` of the table's segment marker when the task was
     /// planned: a commit that finds it changed re-checks the inputs.
     pub segments_revision: i64,
+    /// `mod_revision` of the table's record its config snapshot was taken
+    /// at (0: not recorded): publishing checks it, so a planning pass that
+    /// read the table before a `table update` publishes nothing with the old
+    /// config.
+    #[serde(default)]
+    pub table_revision: i64,
     /// Snapshot of the table config at planning.
     pub table_config: Value,
     /// Snapshot of the schema at planning.

@@ -67,9 +67,10 @@ pub struct TableRevs {
 
 /// Step 1, publish: the tasks (one, or the sub-tasks of one split window,
 /// all planned from the same reads) and the table's new frontier (their
-/// end), if the frontier, the epoch and the table's segments are as planned
-/// from, this controller still leads and the input chunks are the ones
-/// written for them. On a cold start (`cold_start`), the watermark is
+/// end), if the frontier, the epoch, the table's segments and its record
+/// (`table_revision`: the config snapshot is current) are as planned from,
+/// this controller still leads and the input chunks are the ones written
+/// for them. On a cold start (`cold_start`), the watermark is
 /// created at the tasks' start in the same transaction, as Pinot persists
 /// its watermark when it generates the first task.
 ///
@@ -91,6 +92,9 @@ pub fn publish(
         Compare::ModRevision(keys.segments_marker(&task.table), task.segments_revision),
         leader_compare(keys, leadership),
     ];
+    if task.table_revision > 0 {
+        compares.push(Compare::ModRevision(keys.table(&task.table), task.table_revision));
+    }
     compares.extend(input_chunks);
     let mut ops: Vec<Op> = tasks.iter().map(|t| Op::put(keys.active_task(&t.id), encode(t))).collect();
     ops.push(Op::put(
@@ -114,6 +118,9 @@ pub fn publish_late(keys: &Keys, task: &TaskRecord, leadership: Leadership, inpu
         Compare::ModRevision(keys.segments_marker(&task.table), task.segments_revision),
         leader_compare(keys, leadership),
     ];
+    if task.table_revision > 0 {
+        compares.push(Compare::ModRevision(keys.table(&task.table), task.table_revision));
+    }
     compares.extend(input_chunks);
     Txn { compares, ops: vec![Op::put(keys.active_task(&task.id), encode(task))] }
 }
@@ -1140,6 +1147,27 @@ mod tests {
             FailureOutcome::Record(next) => assert_eq!(next.state, TaskState::Failed),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_task_planned_from_a_table_updated_since_is_not_published() {
+        // found by the history test (seeds 78, 90, 95): a planning pass that
+        // read the table before pause, reset, `table update` and resume
+        // published a late-data run with the old schema, which then failed
+        // its notNull check forever
+        let w = world().await;
+        w.kv.put(&w.keys.table("t"), b"{}".to_vec(), None).await.unwrap();
+        let mut t = task("t");
+        t.table_revision = w.kv.get(&w.keys.table("t")).await.unwrap().unwrap().mod_revision;
+        w.kv.put(&w.keys.table("t"), b"{\"updated\": 1}".to_vec(), None).await.unwrap();
+        let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
+        assert!(!publish(&w.keys, std::slice::from_ref(&t), 0, 0, None, w.leadership, inputs.clone())
+            .apply(&w.kv)
+            .await
+            .unwrap());
+        assert!(!publish_late(&w.keys, &t, w.leadership, inputs.clone()).apply(&w.kv).await.unwrap());
+        t.table_revision = w.kv.get(&w.keys.table("t")).await.unwrap().unwrap().mod_revision;
+        assert!(publish_late(&w.keys, &t, w.leadership, inputs).apply(&w.kv).await.unwrap());
     }
 
     #[tokio::test]

@@ -73,6 +73,7 @@ impl Authority {
                 inputs: &inputs,
                 input_chunks: encoded.len() as u32,
                 segments_revision: segments_rev,
+                table_revision: table.revision,
                 table_config: config,
                 trigger: format!("late-{}", run.policy),
                 late: Some(run.clone()),

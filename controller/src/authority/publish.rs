@@ -31,7 +31,7 @@ impl Authority {
                 }
                 break;
             }
-            match self.publish_next(raw, spec, epoch_rev, leadership, trigger).await? {
+            match self.publish_next(raw, spec, table.revision, epoch_rev, leadership, trigger).await? {
                 Ok((ids, end)) => {
                     published.extend(ids);
                     last_end = end;
@@ -53,6 +53,7 @@ impl Authority {
         &self,
         raw: &str,
         spec: &TableSpec,
+        table_revision: i64,
         epoch_rev: i64,
         leadership: Leadership,
         trigger: &str,
@@ -104,6 +105,7 @@ impl Authority {
                 inputs: &inputs,
                 input_chunks,
                 segments_revision: segments_rev,
+                table_revision,
                 table_config: spec.config_json.clone(),
                 trigger: trigger.to_string(),
                 late: None,
@@ -182,6 +184,7 @@ impl Authority {
             input_rows: n.inputs.iter().map(|s| s.total_docs).sum(),
             input_bytes: n.inputs.iter().map(|s| s.size_bytes).sum(),
             segments_revision: n.segments_revision,
+            table_revision: n.table_revision,
             table_config: n.table_config,
             schema: spec.schema_json.clone(),
             state: TaskState::Pending,

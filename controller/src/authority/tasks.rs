@@ -31,6 +31,7 @@ pub(crate) struct NewTask<'a> {
     pub(crate) inputs: &'a [SegmentMeta],
     pub(crate) input_chunks: u32,
     pub(crate) segments_revision: i64,
+    pub(crate) table_revision: i64,
     pub(crate) table_config: serde_json::Value,
     pub(crate) trigger: String,
     pub(crate) late: Option<r2o_common::meta::LateRun>,

@@ -400,6 +400,7 @@ async fn sub_tasks_that_would_pass_etcds_request_limit_are_published_whole() {
             inputs: &inputs,
             input_chunks: 1,
             segments_revision: 0,
+            table_revision: 0,
             table_config: w.spec.config_json.clone(),
             trigger: "scheduled".into(),
             late: None,
