@@ -283,7 +283,7 @@ impl ControllerSvc {
                 if at > 0 { r2o_common::window::format_utc(at) } else { "never".into() }
             )
         } else {
-            let (segments, _) = read_segments(kv, keys, raw).await?;
+            let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
             let from = wm.as_ref().map(|w| w.watermark_ms);
             match plan(&spec.flow, &segments, from, now_ms(), &crate::planner::Budget::ONE_WINDOW) {
                 Decision::Run { windows, inputs, .. } => {
@@ -301,7 +301,7 @@ impl ControllerSvc {
         let w = wm.clone().unwrap_or_default();
         let unmoved = match spec.flow.retention_ms {
             Some(r) => {
-                let (segments, _) = read_segments(kv, keys, raw).await?;
+                let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
                 let from = wm.as_ref().map(|w| w.watermark_ms);
                 let settled = crate::retention::late_settled(kv, keys, &spec).await?;
                 crate::retention::plan_retention(&segments, from, r, now_ms(), &*settled).unmoved.len() as u64
@@ -311,7 +311,9 @@ impl ControllerSvc {
         let retained = get_record::<r2o_common::meta::RetentionRecord>(kv, &keys.retention(raw)).await?.map(|(r, _)| r);
         let deleted = retained.as_ref().map_or(0, |r| r.deleted_segments);
         // late windows that cannot be redone: the planner passes them over, this says why
-        let (segments, _) = read_segments(kv, keys, raw).await?;
+        // the revision-checked segment cache: `r2o watermark` (polled by `r2o wait`) reads
+        // the segment list once per change, not up to three times per call
+        let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
         let late_problems = if segments.iter().any(|s| s.late_before_ms.is_some()) {
             let ledger = crate::registry::late_ledger(kv, keys, raw).await?;
             let until = retained.as_ref().map(|r| r.deleted_until_ms);
