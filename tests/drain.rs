@@ -5,7 +5,7 @@
 
 mod support;
 
-use r2o_common::kv::{EtcdKv, KvBackend};
+use r2o_common::kv::KvBackend;
 use r2o_proto::controller as pb;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<p
     let status = cluster.minions[busy].terminate();
     assert!(status.success(), "a drained minion exits cleanly: {status:?}");
     // its lease was revoked on the way out: its registration is gone at once
-    let kv = EtcdKv::connect(std::slice::from_ref(&cluster.etcd.endpoint), Duration::from_secs(5)).await.unwrap();
+    let kv = cluster.etcd.kv(Duration::from_secs(5)).await.unwrap();
     assert!(kv.get(&format!("{}/minions/{id}", cluster.prefix)).await.unwrap().is_none(), "lease revoked");
     let log = std::fs::read_to_string(cluster.dir.path().join(format!("{id}.log"))).unwrap();
     assert!(log.contains("draining") && log.contains("minion stopped"), "{log}");

@@ -375,9 +375,9 @@ async fn run_flow(cluster: Cluster, store: Store) {
         .into_inner()
         .tasks;
     let t = tasks.iter().find(|t| t.state == "SUCCEEDED").expect("a committed task");
-    let dup = cluster
-        .client()
-        .await
+    // reports come from minions: the minion certificate
+    let mut as_minion = cluster.client_as(cluster.controllers[0].port, "minion").await.unwrap();
+    let dup = as_minion
         .complete_task(pb::CompleteTaskRequest {
             task_id: t.id.clone(),
             attempt: t.attempt,
@@ -388,9 +388,7 @@ async fn run_flow(cluster: Cluster, store: Store) {
         .unwrap()
         .into_inner();
     assert!(!dup.committed, "a duplicate report must not commit twice");
-    let stale = cluster
-        .client()
-        .await
+    let stale = as_minion
         .complete_task(pb::CompleteTaskRequest {
             task_id: t.id.clone(),
             attempt: t.attempt + 1,

@@ -156,7 +156,7 @@ async fn registered_files_are_never_overwritten_or_deleted_by_another_install() 
     );
     // a second install (another prefix) on the same store, with an orphan of its own
     let _second = cluster.second_install("/r2o-other");
-    let kv = EtcdKv::connect(std::slice::from_ref(&cluster.etcd.endpoint), Duration::from_secs(5)).await.unwrap();
+    let kv = cluster.etcd.kv(Duration::from_secs(5)).await.unwrap();
     let ns = loop {
         if let Some(e) = kv.get("/r2o-other/cluster").await.unwrap() {
             let c: ClusterRecord = serde_json::from_slice(&e.value).unwrap();

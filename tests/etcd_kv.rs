@@ -3,14 +3,14 @@
 
 mod support;
 
-use r2o_common::kv::{conformance, EtcdKv, KvBackend};
+use r2o_common::kv::{conformance, KvBackend};
 use std::time::Duration;
 
 #[tokio::test]
 async fn etcd_backend_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = support::Etcd::start(dir.path());
-    let kv = EtcdKv::connect(std::slice::from_ref(&etcd.endpoint), Duration::from_secs(5)).await.unwrap();
+    let kv = etcd.kv(Duration::from_secs(5)).await.unwrap();
     conformance(&kv, "/conformance").await;
 
     // a lease that is not renewed expires and takes its keys with it

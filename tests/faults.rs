@@ -22,7 +22,6 @@ use arrow::datatypes::Int64Type;
 use r2o_common::kv::{EtcdKv, KvBackend};
 use r2o_common::meta::{LeaderRecord, LineageRecord};
 use r2o_proto::controller as pb;
-use r2o_proto::controller::controller_service_client::ControllerServiceClient;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
@@ -108,12 +107,7 @@ async fn client(
     cluster: &Cluster,
 ) -> Option<r2o_proto::controller::controller_service_client::ControllerServiceClient<tonic::transport::Channel>> {
     for c in &cluster.controllers {
-        if let Ok(cl) = r2o_proto::controller::controller_service_client::ControllerServiceClient::connect(format!(
-            "http://127.0.0.1:{}",
-            c.port
-        ))
-        .await
-        {
+        if let Ok(cl) = cluster.client_at(c.port).await {
             return Some(cl);
         }
     }
@@ -122,7 +116,7 @@ async fn client(
 
 /// Index in `cluster.controllers` of the current leader, from its etcd key.
 async fn leader_index(cluster: &Cluster, endpoints: &[String]) -> Option<usize> {
-    let kv = EtcdKv::connect(endpoints, Duration::from_secs(2)).await.ok()?;
+    let kv = EtcdKv::connect(endpoints, Duration::from_secs(2), &cluster.etcd.security()).await.ok()?;
     let entry = kv.get(&format!("{}/election/leader", cluster.prefix)).await.ok().flatten()?;
     let leader: LeaderRecord = serde_json::from_slice(&entry.value).ok()?;
     cluster.controllers.iter().position(|c| leader.addr.ends_with(&format!(":{}", c.port)))
@@ -351,13 +345,16 @@ async fn exactly_once_under_faults() {
                 // to the leader (a standby answers UNAVAILABLE, which proves nothing)
                 let leader = match leader_index(&cluster, &kv_endpoint).await {
                     Some(i) => {
-                        ControllerServiceClient::connect(format!("http://127.0.0.1:{}", cluster.controllers[i].port))
-                            .await
-                            .ok()
+                        let port = cluster.controllers[i].port;
+                        // reads as the admin, reports as a minion (the role CompleteTask needs)
+                        match (cluster.client_at(port).await, cluster.client_as(port, "minion").await) {
+                            (Ok(a), Ok(m)) => Some((a, m)),
+                            _ => None,
+                        }
                     }
                     None => None,
                 };
-                if let Some(mut c) = leader {
+                if let Some((mut c, mut minion)) = leader {
                     if let Ok(tasks) = c.list_tasks(pb::ListTasksRequest { table: "fa".into() }).await {
                         let done: Vec<pb::Task> =
                             tasks.into_inner().tasks.into_iter().filter(|t| t.state == "SUCCEEDED").collect();
@@ -369,7 +366,7 @@ async fn exactly_once_under_faults() {
                                 ..Default::default()
                             };
                             // any controller: the leader answers "already committed"; a standby, UNAVAILABLE
-                            match c.complete_task(req).await {
+                            match minion.complete_task(req).await {
                                 Ok(r) => {
                                     assert!(!r.into_inner().committed, "a duplicate report committed twice");
                                     ok = true;
@@ -442,7 +439,7 @@ async fn exactly_once_under_faults() {
     let fr_locations = offline_locations(&cluster, "fr").await;
 
     // the watermark is contiguous: lineage windows follow each other
-    let kv = EtcdKv::connect(&kv_endpoint, Duration::from_secs(5)).await.unwrap();
+    let kv = EtcdKv::connect(&kv_endpoint, Duration::from_secs(5), &cluster.etcd.security()).await.unwrap();
     let lineage: Vec<LineageRecord> = kv
         .range(&format!("{}/lineage/fa/", cluster.prefix))
         .await

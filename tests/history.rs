@@ -27,7 +27,7 @@ mod support;
 
 use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::Int64Type;
-use r2o_common::kv::{EtcdKv, KvBackend};
+use r2o_common::kv::KvBackend;
 use r2o_common::meta::LeaderRecord;
 use r2o_proto::controller as pb;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -265,8 +265,7 @@ impl Run {
     }
 
     async fn leader(&self) -> Option<usize> {
-        let kv =
-            EtcdKv::connect(std::slice::from_ref(&self.cluster.etcd.endpoint), Duration::from_secs(2)).await.ok()?;
+        let kv = self.cluster.etcd.kv(Duration::from_secs(2)).await.ok()?;
         let entry = kv.get(&format!("{}/election/leader", self.cluster.prefix)).await.ok().flatten()?;
         let leader: LeaderRecord = serde_json::from_slice(&entry.value).ok()?;
         self.cluster.controllers.iter().position(|c| leader.addr.ends_with(&format!(":{}", c.port)))
@@ -278,13 +277,7 @@ impl Run {
     ) -> Option<r2o_proto::controller::controller_service_client::ControllerServiceClient<tonic::transport::Channel>>
     {
         for c in &self.cluster.controllers {
-            let addr = format!("http://127.0.0.1:{}", c.port);
-            if let Ok(Ok(cl)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                r2o_proto::controller::controller_service_client::ControllerServiceClient::connect(addr),
-            )
-            .await
-            {
+            if let Ok(Ok(cl)) = tokio::time::timeout(Duration::from_secs(2), self.cluster.client_at(c.port)).await {
                 return Some(cl);
             }
         }

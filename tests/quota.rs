@@ -5,7 +5,7 @@
 
 mod support;
 
-use r2o_common::kv::{EtcdKv, KvBackend};
+use r2o_common::kv::KvBackend;
 use std::time::{Duration, Instant};
 use support::{http_get, metric, Cluster};
 
@@ -23,7 +23,7 @@ async fn a_nospace_alarm_shows_in_readyz_and_metrics() {
     assert!(metric(&body, "r2o_etcd_db_size_bytes").is_some_and(|v| v > 0.0));
 
     // fill etcd past its quota
-    let kv = EtcdKv::connect(std::slice::from_ref(&cluster.etcd.endpoint), Duration::from_secs(5)).await.unwrap();
+    let kv = cluster.etcd.kv(Duration::from_secs(5)).await.unwrap();
     let mut refused = false;
     for i in 0..100 {
         if kv.put(&format!("/filler/{i}"), vec![b'x'; 500_000], None).await.is_err() {

@@ -334,16 +334,63 @@ fn meta_err(e: etcd_client::Error) -> Error {
 /// are sized to stay well below it.
 const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
+/// How r2o reaches etcd: TLS (a CA that verifies etcd's server
+/// certificate, and a client certificate for etcd's `--client-cert-auth`)
+/// and/or an etcd user with a password. `Default` is plain text without
+/// credentials, which processes accept only with `--insecure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdSecurity {
+    /// CA file (PEM) of etcd's server certificate; TLS when set (endpoints `https://`).
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key files (PEM).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// etcd user name and password.
+    pub user: Option<(String, String)>,
+}
+
+impl EtcdSecurity {
+    /// Checks the settings against the endpoints: TLS needs `https://`
+    /// endpoints, and plain `http://` endpoints need `insecure`.
+    ///
+    /// Errors: name the endpoint and the setting that is missing.
+    pub fn check(&self, endpoints: &[String], insecure: bool) -> std::result::Result<(), String> {
+        for e in endpoints {
+            let plain = !e.starts_with("https://");
+            if self.ca.is_some() && plain {
+                return Err(format!("etcd endpoint {e}: TLS to etcd is on (--etcd-ca), expected https://"));
+            }
+            if self.ca.is_none() && !insecure {
+                return Err(format!(
+                    "etcd endpoint {e}: r2o talks to etcd over TLS by default; give --etcd-ca (R2O_ETCD_CA, default \
+                     --tls-ca) and an https:// endpoint, or pass --insecure for plain text"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl EtcdKv {
-    /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`), with a
-    /// `connect_timeout` for each attempt, request timeouts of 5 s and
-    /// HTTP/2 keep-alive pings every 5 s (dead connections are noticed
-    /// within about 10 s).
-    pub async fn connect(endpoints: &[String], connect_timeout: Duration) -> Result<EtcdKv> {
-        let options = etcd_client::ConnectOptions::new()
+    /// Connects to `endpoints` (e.g. `https://127.0.0.1:2379`) with
+    /// `security`, a `connect_timeout` for each attempt, request timeouts
+    /// of 5 s and HTTP/2 keep-alive pings every 5 s (dead connections are
+    /// noticed within about 10 s).
+    ///
+    /// Errors: unreadable TLS files ([`Error::Config`]-like meta errors
+    /// naming the file), etcd unreachable, a wrong password.
+    pub async fn connect(endpoints: &[String], connect_timeout: Duration, security: &EtcdSecurity) -> Result<EtcdKv> {
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(connect_timeout)
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        if let Some(ca) = &security.ca {
+            let identity = security.identity.as_ref().map(|(c, k)| (c, k));
+            let tls = crate::tls::client_config(ca, identity).map_err(|e| Error::Meta(format!("etcd TLS: {e}")))?;
+            options = options.with_tls(tls);
+        }
+        if let Some((user, password)) = &security.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
         let client = etcd_client::Client::connect(endpoints, Some(options)).await.map_err(meta_err)?;
         Ok(EtcdKv { client })
     }

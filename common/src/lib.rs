@@ -4,6 +4,7 @@
 //! Arrow/Parquet helpers. Layering: `proto` <- `common` <- `controller`,
 //! `minion`; nothing here knows either role.
 
+pub mod access;
 pub mod columnar;
 pub mod config;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod schedule;
 pub mod schema;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod window;
 pub mod wire;
 

@@ -740,6 +740,47 @@ pub struct LeaderRecord {
     pub since_ms: i64,
 }
 
+/// A bearer token for people and scripts (`r2o token create`). Only the
+/// SHA-256 of the token is stored; revoking deletes the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    /// The id in the token (`r2o_<id>_<secret>`), 12 hex digits.
+    pub id: String,
+    /// Whose it is (free text: a person, a script).
+    pub name: String,
+    /// What it may do.
+    pub role: crate::access::Role,
+    /// [`crate::access::token_hash`] of the token.
+    pub sha256: String,
+    /// Created, UTC epoch ms.
+    pub created_ms: i64,
+    /// Who created it (an audit name).
+    pub created_by: String,
+}
+
+/// One admin or operator action, as recorded (who, what, when, which table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// When, UTC epoch ms (the controller's clock).
+    pub at_ms: i64,
+    /// Who (`cert:<name>`, `token:<name> (<id>)`, `insecure`).
+    pub who: String,
+    /// Their role.
+    pub role: crate::access::Role,
+    /// The call (`DeleteTable`).
+    pub call: String,
+    /// The table, when the call names one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub table: String,
+    /// What was asked beyond the table (`purge`, `mode FLUSH`, `dry run`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// `ok`, or the error the call answered.
+    pub outcome: String,
+}
+
 /// The install: created once by the first process to start against an
 /// empty prefix. Its id names the install's own namespace in the segment
 /// store, so two installs (two prefixes, or two etcd clusters) sharing one
@@ -938,6 +979,22 @@ impl Keys {
     /// `election/leader`.
     pub fn leader(&self) -> String {
         format!("{}/election/leader", self.prefix)
+    }
+    /// `access/tokens/<id>`.
+    pub fn token(&self, id: &str) -> String {
+        format!("{}/access/tokens/{id}", self.prefix)
+    }
+    /// `access/tokens/`.
+    pub fn tokens(&self) -> String {
+        format!("{}/access/tokens/", self.prefix)
+    }
+    /// `access/audit/<sortable at>/<nonce>`: oldest first.
+    pub fn audit(&self, at_ms: i64, nonce: &str) -> String {
+        format!("{}/access/audit/{}/{nonce}", self.prefix, sortable_ms(at_ms))
+    }
+    /// `access/audit/`.
+    pub fn audits(&self) -> String {
+        format!("{}/access/audit/", self.prefix)
     }
 }
 

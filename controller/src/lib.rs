@@ -3,6 +3,7 @@
 //! ([`service`]). Any controller serves admin calls; only the elected leader
 //! plans and commits.
 
+pub mod access;
 pub mod authority;
 pub mod discovery;
 pub mod election;
@@ -68,6 +69,10 @@ pub struct ControllerConfig {
     /// The store URI it was started with (`--store`), to keep discovery
     /// sources out of the install's namespace.
     pub store_uri: String,
+    /// TLS files, or plain text with `--insecure`.
+    pub transport: r2o_common::tls::Transport,
+    /// Client certificate names and their roles (`--cert-roles`).
+    pub cert_roles: Vec<(String, r2o_common::access::Role)>,
 }
 
 /// Runs the janitor every `interval` while this controller leads; a new
@@ -241,11 +246,25 @@ pub async fn run(
     let janitor =
         tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cfg.history, cancel.clone()));
     let discovery = tokio::spawn(discovery::discovery_loop(auth.clone(), cfg.discovery_interval, cancel.clone()));
-    info!(controller = %cfg.id, listen = %cfg.listen, "controller serving");
-    let server = tonic::transport::Server::builder()
-        .add_service(ControllerServiceServer::new(service::ControllerSvc::new(auth)))
-        .serve_with_shutdown(cfg.listen, cancel.clone().cancelled_owned());
-    let served = server.await;
+    let policy = match &cfg.transport {
+        r2o_common::tls::Transport::Insecure => {
+            tracing::warn!(
+                listen = %cfg.listen,
+                "--insecure: gRPC is plain text and every caller is an admin; use only on a trusted network"
+            );
+            access::Policy::Open
+        }
+        r2o_common::tls::Transport::Tls(_) => access::Policy::Roles { cert_roles: cfg.cert_roles.clone() },
+    };
+    let gate = access::Gate::new(kv.clone(), keys.clone(), policy);
+    info!(controller = %cfg.id, listen = %cfg.listen, tls = matches!(cfg.transport, r2o_common::tls::Transport::Tls(_)), "controller serving");
+    let router = tonic::transport::Server::builder()
+        .add_service(ControllerServiceServer::new(service::ControllerSvc::new(auth, gate)));
+    let served = r2o_common::tls::serve(router, cfg.listen, &cfg.transport, cancel.clone()).await;
+    if served.is_err() {
+        // cannot serve (the port is taken, say): stop the rest too
+        cancel.cancel();
+    }
     let _ = planner.await;
     let _ = janitor.await;
     let _ = discovery.await;

@@ -610,6 +610,25 @@ pub fn drop_abandoned(
     }
 }
 
+/// `token create`: the token's record, if its id is free.
+pub fn add_token(keys: &Keys, rec: &r2o_common::meta::TokenRecord) -> Txn {
+    Txn {
+        compares: vec![Compare::CreateRevision(keys.token(&rec.id), 0)],
+        ops: vec![Op::put(keys.token(&rec.id), encode(rec))],
+    }
+}
+
+/// `token revoke`: the token's record deleted, if it is as read (`rev`).
+pub fn revoke_token(keys: &Keys, id: &str, rev: i64) -> Txn {
+    Txn { compares: vec![Compare::ModRevision(keys.token(id), rev)], ops: vec![Op::delete(keys.token(id))] }
+}
+
+/// One admin or operator action recorded under a fresh key (`nonce` makes
+/// two actions in one millisecond two records).
+pub fn audit(keys: &Keys, rec: &r2o_common::meta::AuditRecord, nonce: &str) -> Txn {
+    Txn { compares: vec![], ops: vec![Op::put(keys.audit(rec.at_ms, nonce), encode(rec))] }
+}
+
 /// `table add`: the table's record, if no table has the name.
 pub fn add_table(keys: &Keys, raw: &str, rec: &TableRecord) -> Txn {
     Txn {

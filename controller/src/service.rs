@@ -12,6 +12,9 @@ use r2o_proto::controller::controller_service_server::ControllerService;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::access::Gate;
+use r2o_common::access::{Role, Via};
+
 use crate::authority::{open_tasks, read_segments, Authority, PlanOutcome};
 use crate::error::{ControllerError, Result};
 use crate::planner::{plan, Decision};
@@ -30,14 +33,15 @@ fn parse_json(what: &str, text: &str) -> Result<serde_json::Value> {
 #[derive(Clone)]
 pub struct ControllerSvc {
     auth: Authority,
+    gate: Gate,
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
 impl ControllerSvc {
-    /// Wraps an authority.
-    pub fn new(auth: Authority) -> ControllerSvc {
-        ControllerSvc { auth }
+    /// Wraps an authority; every call passes `gate` first.
+    pub fn new(auth: Authority, gate: Gate) -> ControllerSvc {
+        ControllerSvc { auth, gate }
     }
 
     /// The one mapping from results to gRPC replies; `NotLeader` carries the
@@ -372,26 +376,68 @@ impl ControllerSvc {
     }
 }
 
+/// Shorthand for the audit outcome of a result.
+fn outcome<T>(r: &Result<T>) -> std::result::Result<(), String> {
+    r.as_ref().map(|_| ()).map_err(ToString::to_string)
+}
+
+fn token_info(r: &r2o_common::meta::TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        role: r.role.to_string(),
+        created_ms: r.created_ms,
+        created_by: r.created_by.clone(),
+    }
+}
+
 #[tonic::async_trait]
 impl ControllerService for ControllerSvc {
     async fn add_table(&self, req: Request<pb::AddTableRequest>) -> Reply<pb::AddTableResponse> {
-        self.answer(self.add_table(req.into_inner()).await).await
+        let who = self.gate.check(&req, "AddTable", Role::Admin).await?;
+        let r = self.add_table(req.into_inner()).await;
+        let table = r.as_ref().map(|t| t.table.clone()).unwrap_or_default();
+        self.gate.record(&who, "AddTable", &table, "", outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn update_table(&self, req: Request<pb::UpdateTableRequest>) -> Reply<pb::UpdateTableResponse> {
-        self.answer(self.update_table(req.into_inner()).await).await
+        let who = self.gate.check(&req, "UpdateTable", Role::Admin).await?;
+        let req = req.into_inner();
+        let table = serde_json::from_str::<serde_json::Value>(&req.table_config_json)
+            .ok()
+            .and_then(|v| {
+                v.get("tableName")
+                    .and_then(|n| n.as_str())
+                    .map(|n| n.strip_suffix("_REALTIME").unwrap_or(n).to_string())
+            })
+            .unwrap_or_default();
+        let detail = if req.dry_run { "dry run" } else { "" };
+        let r = self.update_table(req).await;
+        self.gate.record(&who, "UpdateTable", &table, detail, outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn delete_table(&self, req: Request<pb::DeleteTableRequest>) -> Reply<pb::DeleteTableResponse> {
+        let who = self.gate.check(&req, "DeleteTable", Role::Admin).await?;
         let req = req.into_inner();
-        self.answer(self.auth.delete_table(&req.table, req.purge, req.dry_run).await).await
+        let r = self.auth.delete_table(&req.table, req.purge, req.dry_run).await;
+        let detail = [(req.purge, "purge"), (req.dry_run, "dry run")]
+            .iter()
+            .filter_map(|(on, w)| on.then_some(*w))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.gate.record(&who, "DeleteTable", &req.table, &detail, outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn get_table(&self, req: Request<pb::GetTableRequest>) -> Reply<pb::GetTableResponse> {
+        self.gate.check(&req, "GetTable", Role::Reader).await?;
         self.answer(self.get_table(&req.into_inner().table).await).await
     }
 
-    async fn list_tables(&self, _req: Request<pb::ListTablesRequest>) -> Reply<pb::ListTablesResponse> {
+    async fn list_tables(&self, req: Request<pb::ListTablesRequest>) -> Reply<pb::ListTablesResponse> {
+        self.gate.check(&req, "ListTables", Role::Reader).await?;
         self.answer(self.list_tables().await).await
     }
 
@@ -399,6 +445,7 @@ impl ControllerService for ControllerSvc {
         &self,
         req: Request<pb::PrepareSegmentUploadRequest>,
     ) -> Reply<pb::PrepareSegmentUploadResponse> {
+        self.gate.check(&req, "PrepareSegmentUpload", Role::Admin).await?;
         let req = req.into_inner();
         let (kv, keys, layout) = (&self.auth.kv, &self.auth.keys, &self.auth.layout);
         let r = registry::prepare_upload(kv, keys, layout, &req.table, &req.segment).await;
@@ -409,6 +456,7 @@ impl ControllerService for ControllerSvc {
         &self,
         req: Request<pb::PrepareSegmentUploadsRequest>,
     ) -> Reply<pb::PrepareSegmentUploadsResponse> {
+        self.gate.check(&req, "PrepareSegmentUploads", Role::Admin).await?;
         let req = req.into_inner();
         let (kv, keys, layout) = (&self.auth.kv, &self.auth.keys, &self.auth.layout);
         let r = registry::prepare_uploads(kv, keys, layout, &req.table, &req.segments).await;
@@ -416,10 +464,11 @@ impl ControllerService for ControllerSvc {
     }
 
     async fn add_segments(&self, req: Request<pb::AddSegmentsRequest>) -> Reply<pb::AddSegmentsResponse> {
+        let who = self.gate.check(&req, "AddSegments", Role::Admin).await?;
+        let segments = req.into_inner().segments;
+        let table = segments.first().map(|s| s.table.clone()).unwrap_or_default();
         let r = async {
-            let metas = req
-                .into_inner()
-                .segments
+            let metas = segments
                 .iter()
                 .map(|seg| {
                     segment_from_wire(seg).ok_or_else(|| {
@@ -435,60 +484,169 @@ impl ControllerService for ControllerSvc {
                 registry::add_segments(&self.auth.kv, &self.auth.keys, &self.auth.store, &self.auth.layout, metas)
                     .await?;
             Ok(pb::AddSegmentsResponse { added, warnings })
-        };
-        self.answer(r.await).await
+        }
+        .await;
+        let detail = format!("{} segments", segments.len());
+        self.gate.record(&who, "AddSegments", &table, &detail, outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn add_segment(&self, req: Request<pb::AddSegmentRequest>) -> Reply<pb::AddSegmentResponse> {
-        self.answer(self.add_segment(req.into_inner()).await).await
+        let who = self.gate.check(&req, "AddSegment", Role::Admin).await?;
+        let req = req.into_inner();
+        let (table, detail) =
+            req.segment.as_ref().map(|s| (s.table.clone(), format!("segment {}", s.name))).unwrap_or_default();
+        let r = self.add_segment(req).await;
+        self.gate.record(&who, "AddSegment", &table, &detail, outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn seal_segment(&self, req: Request<pb::SealSegmentRequest>) -> Reply<pb::SealSegmentResponse> {
+        let who = self.gate.check(&req, "SealSegment", Role::Admin).await?;
         let req = req.into_inner();
         let r =
             registry::seal_segment(&self.auth.kv, &self.auth.keys, &req.table, &req.segment, req.end_of_stream).await;
-        self.answer(r.map(|_| pb::SealSegmentResponse {})).await
+        let r = r.map(|_| pb::SealSegmentResponse {});
+        self.gate.record(&who, "SealSegment", &req.table, &format!("segment {}", req.segment), outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn list_segments(&self, req: Request<pb::ListSegmentsRequest>) -> Reply<pb::ListSegmentsResponse> {
+        self.gate.check(&req, "ListSegments", Role::Reader).await?;
         self.answer(self.list_segments(&req.into_inner().table).await).await
     }
 
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Reply<pb::ListTasksResponse> {
+        self.gate.check(&req, "ListTasks", Role::Reader).await?;
         self.answer(self.list_tasks(&req.into_inner().table).await).await
     }
 
     async fn get_watermark(&self, req: Request<pb::GetWatermarkRequest>) -> Reply<pb::GetWatermarkResponse> {
+        self.gate.check(&req, "GetWatermark", Role::Reader).await?;
         self.answer(self.get_watermark(&req.into_inner().table).await).await
     }
 
     async fn retry_task(&self, req: Request<pb::RetryTaskRequest>) -> Reply<pb::RetryTaskResponse> {
-        let r = self.auth.retry(&req.into_inner().table).await;
-        self.answer(r.map(|task_id| pb::RetryTaskResponse { task_id })).await
+        let who = self.gate.check(&req, "RetryTask", Role::Operator).await?;
+        let table = req.into_inner().table;
+        let r = self.auth.retry(&table).await.map(|task_id| pb::RetryTaskResponse { task_id });
+        self.gate.record(&who, "RetryTask", &table, "", outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn pause_table(&self, req: Request<pb::TableRequest>) -> Reply<pb::TableStateResponse> {
-        self.answer(self.set_paused(&req.into_inner().table, true).await).await
+        let who = self.gate.check(&req, "PauseTable", Role::Operator).await?;
+        let table = req.into_inner().table;
+        let r = self.set_paused(&table, true).await;
+        self.gate.record(&who, "PauseTable", &table, "", outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn resume_table(&self, req: Request<pb::TableRequest>) -> Reply<pb::TableStateResponse> {
-        self.answer(self.set_paused(&req.into_inner().table, false).await).await
+        let who = self.gate.check(&req, "ResumeTable", Role::Operator).await?;
+        let table = req.into_inner().table;
+        let r = self.set_paused(&table, false).await;
+        self.gate.record(&who, "ResumeTable", &table, "", outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn run_now(&self, req: Request<pb::TableRequest>) -> Reply<pb::RunNowResponse> {
-        self.answer(self.run_now(&req.into_inner().table).await).await
+        let who = self.gate.check(&req, "RunNow", Role::Operator).await?;
+        let table = req.into_inner().table;
+        let r = self.run_now(&table).await;
+        self.gate.record(&who, "RunNow", &table, "", outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn reset_table(&self, req: Request<pb::ResetTableRequest>) -> Reply<pb::ResetTableResponse> {
-        self.answer(self.reset(req.into_inner()).await).await
+        // append continues from the watermark (an operator's fix); flush
+        // deletes the OFFLINE table (an admin's decision)
+        let need = if req.get_ref().mode.eq_ignore_ascii_case("append") { Role::Operator } else { Role::Admin };
+        let who = self.gate.check(&req, "ResetTable", need).await?;
+        let req = req.into_inner();
+        let detail = format!("mode {}{}", req.mode.to_ascii_uppercase(), if req.dry_run { ", dry run" } else { "" });
+        let table = req.table.clone();
+        let r = self.reset(req).await;
+        self.gate.record(&who, "ResetTable", &table, &detail, outcome(&r)).await;
+        self.answer(r).await
     }
 
     async fn complete_task(&self, req: Request<pb::CompleteTaskRequest>) -> Reply<pb::CompleteTaskResponse> {
+        self.gate.check(&req, "CompleteTask", Role::Minion).await?;
         self.answer(self.auth.complete(&req.into_inner()).await).await
     }
 
     async fn fail_task(&self, req: Request<pb::FailTaskRequest>) -> Reply<pb::FailTaskResponse> {
+        self.gate.check(&req, "FailTask", Role::Minion).await?;
         let r = self.auth.fail(&req.into_inner()).await;
         self.answer(r.map(|_| pb::FailTaskResponse {})).await
+    }
+
+    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Reply<pb::CreateTokenResponse> {
+        let who = self.gate.check(&req, "CreateToken", Role::Admin).await?;
+        let req = req.into_inner();
+        let r = async {
+            let role = Role::parse(&req.role).map_err(ControllerError::Invalid)?;
+            self.gate.create_token(&req.name, role, &who).await
+        }
+        .await;
+        let detail = match &r {
+            Ok((rec, _)) => format!("token {} for '{}' with role {}", rec.id, rec.name, rec.role),
+            Err(_) => format!("for '{}' with role {}", req.name, req.role),
+        };
+        self.gate.record(&who, "CreateToken", "", &detail, outcome(&r)).await;
+        self.answer(r.map(|(rec, token)| pb::CreateTokenResponse { info: Some(token_info(&rec)), token })).await
+    }
+
+    async fn revoke_token(&self, req: Request<pb::RevokeTokenRequest>) -> Reply<pb::RevokeTokenResponse> {
+        let who = self.gate.check(&req, "RevokeToken", Role::Admin).await?;
+        let id = req.into_inner().id;
+        let r = self.gate.revoke_token(&id).await;
+        self.gate.record(&who, "RevokeToken", "", &format!("token {id}"), outcome(&r)).await;
+        self.answer(r.map(|rec| pb::RevokeTokenResponse { info: Some(token_info(&rec)) })).await
+    }
+
+    async fn list_tokens(&self, req: Request<pb::ListTokensRequest>) -> Reply<pb::ListTokensResponse> {
+        self.gate.check(&req, "ListTokens", Role::Admin).await?;
+        let r = self.gate.tokens().await;
+        self.answer(r.map(|t| pb::ListTokensResponse { tokens: t.iter().map(token_info).collect() })).await
+    }
+
+    async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Reply<pb::ListAuditResponse> {
+        self.gate.check(&req, "ListAudit", Role::Operator).await?;
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let r = self.gate.audit_log(limit).await.map(|entries| pb::ListAuditResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::AuditEntry {
+                    at_ms: e.at_ms,
+                    who: e.who,
+                    role: e.role.to_string(),
+                    call: e.call,
+                    table: e.table,
+                    detail: e.detail,
+                    outcome: e.outcome,
+                })
+                .collect(),
+        });
+        self.answer(r).await
+    }
+
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Reply<pb::WhoAmIResponse> {
+        let who = self.gate.identify(&req).await?.ok_or_else(|| {
+            Status::unauthenticated(
+                "no credentials: present a client certificate whose name is mapped to a role, \
+                 or a bearer token (R2O_TOKEN or --token-file)",
+            )
+        })?;
+        let via = match who.via {
+            Via::Certificate => "certificate",
+            Via::Token => "token",
+            Via::Insecure => "insecure",
+        };
+        Ok(Response::new(pb::WhoAmIResponse { name: who.name, role: who.role.to_string(), via: via.into() }))
     }
 }

@@ -52,23 +52,41 @@ pub struct Etcd {
     pub dir: PathBuf,
     pub client_port: u16,
     pub peer_port: u16,
+    /// The certificates (`r2o certs init`) when clients reach it over TLS
+    /// with client certificates; `None`: plain text.
+    pub tls: Option<PathBuf>,
 }
 
 impl Etcd {
     /// Starts etcd with its data under `dir`.
     pub fn start(dir: &Path) -> Etcd {
-        Self::start_with(dir, free_port(), free_port(), &[])
+        Self::start_with(dir, free_port(), free_port(), &[], None)
     }
 
     /// Starts (or restarts) etcd on the given ports.
-    pub fn start_on(dir: &Path, client_port: u16, peer_port: u16) -> Etcd {
-        Self::start_with(dir, client_port, peer_port, &[])
+    pub fn start_on(dir: &Path, client_port: u16, peer_port: u16, tls: Option<&Path>) -> Etcd {
+        Self::start_with(dir, client_port, peer_port, &[], tls)
     }
 
     /// Starts etcd with extra command-line arguments (e.g. a small
-    /// `--quota-backend-bytes`).
-    pub fn start_with(dir: &Path, client_port: u16, peer_port: u16, extra: &[&str]) -> Etcd {
-        let endpoint = format!("http://127.0.0.1:{client_port}");
+    /// `--quota-backend-bytes`); with `tls`, clients must come over TLS with
+    /// a certificate from its CA (the server presents `controller.pem`,
+    /// whose names include 127.0.0.1).
+    pub fn start_with(dir: &Path, client_port: u16, peer_port: u16, extra: &[&str], tls: Option<&Path>) -> Etcd {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
+        let tls_args: Vec<String> = match tls {
+            Some(d) => vec![
+                "--cert-file".into(),
+                d.join("controller.pem").display().to_string(),
+                "--key-file".into(),
+                d.join("controller.key").display().to_string(),
+                "--trusted-ca-file".into(),
+                d.join("ca.pem").display().to_string(),
+                "--client-cert-auth".into(),
+            ],
+            None => vec![],
+        };
         let log_path = dir.join(format!("etcd-{client_port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut child = Command::new(std::env::var("R2O_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
@@ -79,13 +97,31 @@ impl Etcd {
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
             .args(["--initial-cluster", &format!("r2o-test=http://127.0.0.1:{peer_port}")])
+            .args(&tls_args)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("etcd must be installed (scripts/setup.sh installs Debian's etcd-server)");
         wait_port(&mut child, client_port, Duration::from_secs(20), &log_path);
-        Etcd { child, endpoint, dir: dir.to_path_buf(), client_port, peer_port }
+        Etcd { child, endpoint, dir: dir.to_path_buf(), client_port, peer_port, tls: tls.map(Path::to_path_buf) }
+    }
+
+    /// How a client reaches this etcd.
+    pub fn security(&self) -> r2o_common::kv::EtcdSecurity {
+        match &self.tls {
+            None => r2o_common::kv::EtcdSecurity::default(),
+            Some(d) => r2o_common::kv::EtcdSecurity {
+                ca: Some(d.join("ca.pem")),
+                identity: Some((d.join("admin.pem"), d.join("admin.key"))),
+                user: None,
+            },
+        }
+    }
+
+    /// A client of this etcd.
+    pub async fn kv(&self, connect_timeout: Duration) -> r2o_common::Result<r2o_common::kv::EtcdKv> {
+        r2o_common::kv::EtcdKv::connect(std::slice::from_ref(&self.endpoint), connect_timeout, &self.security()).await
     }
 }
 
@@ -153,6 +189,9 @@ pub struct Cluster {
     pub minions: Vec<Proc>,
     /// Extra environment for every process started (fault injection, timing).
     pub env: Vec<(String, String)>,
+    /// The cluster's throwaway CA and certificates (`r2o certs init`), or
+    /// `None` when `env` holds `R2O_INSECURE=true` (plain text).
+    pub tls: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -189,7 +228,19 @@ impl Cluster {
             dir.disable_cleanup(true);
             eprintln!("keeping test dir {}", dir.path().display());
         }
-        let etcd = Etcd::start_with(dir.path(), free_port(), free_port(), etcd_args);
+        let insecure = env.iter().any(|(k, v)| k == "R2O_INSECURE" && v == "true");
+        let tls = (!insecure).then(|| {
+            let tls = dir.path().join("tls");
+            let out = Command::new(r2o_bin())
+                .args(["certs", "init", "--dir"])
+                .arg(&tls)
+                .env_remove("R2O_INSECURE")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "r2o certs init: {}", String::from_utf8_lossy(&out.stderr));
+            tls
+        });
+        let etcd = Etcd::start_with(dir.path(), free_port(), free_port(), etcd_args, tls.as_deref());
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store).unwrap();
         let mut c = Cluster {
@@ -200,6 +251,7 @@ impl Cluster {
             controllers: vec![],
             minions: vec![],
             env,
+            tls,
         };
         for _ in 0..controllers {
             c.add_controller();
@@ -229,8 +281,10 @@ impl Cluster {
         args.extend(["--http-listen".to_string(), format!("127.0.0.1:{http_port}")]);
         let log_path = self.dir.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
+        let role = if args.first().map(String::as_str) == Some("minion") { "minion" } else { "controller" };
         let mut child = Command::new(r2o_bin())
             .args(&args)
+            .envs(self.tls_env(role))
             .env("R2O_ETCD", &self.etcd.endpoint)
             .env("R2O_STORE", &self.store_uri)
             .env("R2O_PREFIX", &self.prefix)
@@ -284,7 +338,8 @@ impl Cluster {
         let _ = self.etcd.child.wait();
         std::thread::sleep(down_for);
         let (c, p) = (self.etcd.client_port, self.etcd.peer_port);
-        self.etcd = Etcd::start_on(self.dir.path(), c, p);
+        let tls = self.etcd.tls.clone();
+        self.etcd = Etcd::start_on(self.dir.path(), c, p, tls.as_deref());
     }
 
     /// Sends a signal (`STOP`, `CONT`, ...) to a process.
@@ -331,14 +386,63 @@ impl Cluster {
         p
     }
 
-    /// Address of the first live controller.
-    pub fn controller_addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.controllers[0].port)
+    /// `R2O_TLS_*` for a process presenting `who`'s certificate
+    /// (`controller`, `minion`, `admin`, or one made by `certs issue`).
+    pub fn tls_env(&self, who: &str) -> Vec<(String, String)> {
+        match &self.tls {
+            None => vec![],
+            Some(d) => vec![
+                ("R2O_TLS_CA".into(), d.join("ca.pem").display().to_string()),
+                ("R2O_TLS_CERT".into(), d.join(format!("{who}.pem")).display().to_string()),
+                ("R2O_TLS_KEY".into(), d.join(format!("{who}.key")).display().to_string()),
+            ],
+        }
     }
 
-    /// A gRPC client to the first controller.
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Address of the first live controller.
+    pub fn controller_addr(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.controllers[0].port)
+    }
+
+    /// A gRPC client to the first controller, as the cluster's admin
+    /// (the `admin` certificate).
     pub async fn client(&self) -> ControllerServiceClient<Channel> {
-        ControllerServiceClient::connect(self.controller_addr()).await.unwrap()
+        self.client_at(self.controllers[0].port).await.unwrap()
+    }
+
+    /// A gRPC client, as the admin, to the controller on `port`.
+    pub async fn client_at(&self, port: u16) -> Result<ControllerServiceClient<Channel>, tonic::transport::Error> {
+        self.client_as(port, "admin").await
+    }
+
+    /// A gRPC client to the controller on `port` presenting `who`'s certificate.
+    pub async fn client_as(
+        &self,
+        port: u16,
+        who: &str,
+    ) -> Result<ControllerServiceClient<Channel>, tonic::transport::Error> {
+        let mut ep = tonic::transport::Endpoint::from_shared(format!("{}://127.0.0.1:{port}", self.scheme()))?;
+        if let Some(d) = &self.tls {
+            let read = |f: String| std::fs::read(d.join(f)).unwrap();
+            ep = ep.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
+                    .identity(tonic::transport::Identity::from_pem(
+                        read(format!("{who}.pem")),
+                        read(format!("{who}.key")),
+                    )),
+            )?;
+        }
+        Ok(ControllerServiceClient::new(ep.connect().await?))
     }
 
     /// Runs the admin CLI against this cluster; panics with its output on failure.
@@ -357,6 +461,8 @@ impl Cluster {
     pub fn cli_raw(&self, args: &[&str]) -> std::process::Output {
         Command::new(r2o_bin())
             .args(args)
+            .envs(self.tls_env("admin"))
+            .envs(self.env.iter().filter(|(k, _)| k == "R2O_INSECURE").map(|(k, v)| (k.as_str(), v.as_str())))
             .env("R2O_CONTROLLER", self.controller_addr())
             .env("R2O_STORE", &self.store_uri)
             .envs(self.env.iter().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.as_str(), v.as_str())))

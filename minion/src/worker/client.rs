@@ -6,6 +6,7 @@
 
 use r2o_common::kv::Kv;
 use r2o_common::meta::{get_record, Keys, LeaderRecord};
+use r2o_common::tls::Transport;
 use r2o_proto::controller::controller_service_client::ControllerServiceClient;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -35,10 +36,22 @@ impl ChannelTimeouts {
     }
 }
 
-/// Builds a channel to `addr` with `t`'s timeouts (connects lazily).
-pub fn channel(addr: &str, t: ChannelTimeouts) -> Result<Channel, String> {
-    Ok(Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("bad controller address {addr}: {e}"))?
+/// Builds a channel to `addr` with `t`'s timeouts (connects lazily); with
+/// TLS, the certificate files are read now (a rotation is picked up by the
+/// next channel) and the controller must present a certificate from the CA.
+pub fn channel(addr: &str, t: ChannelTimeouts, transport: &Transport) -> Result<Channel, String> {
+    let mut endpoint =
+        Endpoint::from_shared(addr.to_string()).map_err(|e| format!("bad controller address {addr}: {e}"))?;
+    if let Transport::Tls(files) = transport {
+        if !addr.starts_with("https://") {
+            return Err(format!(
+                "controller address {addr}: TLS is on, expected https:// (the controller's --advertise)"
+            ));
+        }
+        let tls = files.client_config().map_err(|e| e.to_string())?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("tls settings for {addr}: {e}"))?;
+    }
+    Ok(endpoint
         .connect_timeout(t.connect)
         .timeout(t.request)
         .http2_keep_alive_interval(t.keep_alive)
@@ -53,13 +66,14 @@ pub struct LeaderClient {
     kv: Kv,
     keys: Keys,
     timeouts: ChannelTimeouts,
+    transport: Transport,
     cached: Mutex<Option<(String, ControllerServiceClient<Channel>)>>,
 }
 
 impl LeaderClient {
     /// A client that finds the leader in `kv`.
-    pub fn new(kv: Kv, keys: Keys, timeouts: ChannelTimeouts) -> LeaderClient {
-        LeaderClient { kv, keys, timeouts, cached: Mutex::new(None) }
+    pub fn new(kv: Kv, keys: Keys, timeouts: ChannelTimeouts, transport: Transport) -> LeaderClient {
+        LeaderClient { kv, keys, timeouts, transport, cached: Mutex::new(None) }
     }
 
     /// A client of the current leader (the cached channel when the leader
@@ -76,7 +90,7 @@ impl LeaderClient {
                 return Ok(c.clone());
             }
         }
-        let c = ControllerServiceClient::new(channel(&leader.addr, self.timeouts)?);
+        let c = ControllerServiceClient::new(channel(&leader.addr, self.timeouts, &self.transport)?);
         *cached = Some((leader.addr, c.clone()));
         Ok(c)
     }

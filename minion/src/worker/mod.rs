@@ -65,6 +65,9 @@ pub struct MinionConfig {
     /// Local directory for spill files (one subdirectory per attempt,
     /// removed when it ends).
     pub spill_dir: std::path::PathBuf,
+    /// TLS files (the minion's certificate is its identity at the
+    /// controller), or plain text with `--insecure`.
+    pub transport: r2o_common::tls::Transport,
 }
 
 /// The machine this process runs on, for [`MinionConfig::host`]: the
@@ -219,14 +222,22 @@ impl Worker {
 
 struct StatusSvc {
     worker: Worker,
+    transport: r2o_common::tls::Transport,
 }
 
 #[tonic::async_trait]
 impl MinionService for StatusSvc {
     async fn status(
         &self,
-        _req: tonic::Request<mpb::StatusRequest>,
+        req: tonic::Request<mpb::StatusRequest>,
     ) -> Result<tonic::Response<mpb::StatusResponse>, tonic::Status> {
+        // with TLS, only holders of a certificate from the cluster's CA
+        // (verified in the handshake) may read a minion's status
+        if self.transport != r2o_common::tls::Transport::Insecure && req.peer_certs().is_none() {
+            return Err(tonic::Status::unauthenticated(
+                "Status needs a client certificate from the cluster's CA (--tls-cert, --tls-key)",
+            ));
+        }
         let s = self.worker.stats.lock().map_err(|_| tonic::Status::internal("stats lock poisoned"))?;
         Ok(tonic::Response::new(mpb::StatusResponse {
             minion_id: self.worker.cfg.id.clone(),
@@ -276,7 +287,12 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
     let Some(layout) = install_layout(&kv, &keys, &cancel).await else {
         return Ok(());
     };
-    let leader = Arc::new(LeaderClient::new(kv.clone(), keys.clone(), ChannelTimeouts::from_request(cfg.rpc_timeout)));
+    let leader = Arc::new(LeaderClient::new(
+        kv.clone(),
+        keys.clone(),
+        ChannelTimeouts::from_request(cfg.rpc_timeout),
+        cfg.transport.clone(),
+    ));
     let worker = Worker {
         kv,
         keys,
@@ -299,11 +315,17 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
         })
     });
     let server_cancel = CancellationToken::new();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(MinionServiceServer::new(StatusSvc { worker: worker.clone() }))
-            .serve_with_shutdown(cfg.listen, server_cancel.clone().cancelled_owned()),
-    );
+    if cfg.transport == r2o_common::tls::Transport::Insecure {
+        warn!(minion = %cfg.id, listen = %cfg.listen, "--insecure: gRPC is plain text; use only on a trusted network");
+    }
+    let server = {
+        let router = tonic::transport::Server::builder().add_service(MinionServiceServer::new(StatusSvc {
+            worker: worker.clone(),
+            transport: cfg.transport.clone(),
+        }));
+        let (listen, transport, c) = (cfg.listen, cfg.transport.clone(), server_cancel.clone());
+        tokio::spawn(async move { r2o_common::tls::serve(router, listen, &transport, c).await })
+    };
     let max_backoff = Duration::from_secs(cfg.lease_ttl_secs.max(1) as u64);
     let mut backoff = reconnect_backoff(Duration::from_millis(100), max_backoff);
     let mut reg = loop {

@@ -1,0 +1,166 @@
+//! The controller's gate: who is calling (a client certificate mapped to a
+//! role, or a bearer token whose record is in etcd), whether the call is
+//! allowed ([`r2o_common::access::authorize`], pure), and the audit record
+//! of every admin and operator action. The rules are in
+//! [`r2o_common::access`]; this module only reads and writes.
+
+use r2o_common::access::{authorize, cert_identity, token_id, token_matches, Identity, Refusal, Role, Via};
+use r2o_common::kv::Kv;
+use r2o_common::meta::{get_record, now_ms, range_records, AuditRecord, Keys, TokenRecord};
+use tonic::{Request, Status};
+
+use crate::error::{ControllerError, Result};
+use crate::protocol;
+
+/// How callers are identified.
+#[derive(Debug, Clone)]
+pub enum Policy {
+    /// `--insecure`: every caller is an admin (plain text has no identities).
+    Open,
+    /// TLS: certificates named in `cert_roles` and bearer tokens; nobody else.
+    Roles {
+        /// `name=role` pairs of `--cert-roles`, first match wins.
+        cert_roles: Vec<(String, Role)>,
+    },
+}
+
+/// Identifies callers and records what they did.
+#[derive(Clone)]
+pub struct Gate {
+    kv: Kv,
+    keys: Keys,
+    policy: Policy,
+}
+
+fn refused(r: Refusal) -> Status {
+    match r {
+        Refusal::Unauthenticated(m) => Status::unauthenticated(m),
+        Refusal::Denied(m) => Status::permission_denied(m),
+    }
+}
+
+impl Gate {
+    /// A gate over the install's token records.
+    pub fn new(kv: Kv, keys: Keys, policy: Policy) -> Gate {
+        Gate { kv, keys, policy }
+    }
+
+    /// Who is calling: the bearer token when the call carries one (it must
+    /// be valid), else the client certificate when its name is mapped,
+    /// else nobody.
+    ///
+    /// Errors: `UNAUTHENTICATED` for a malformed, unknown or revoked token;
+    /// `UNAVAILABLE` when etcd cannot be read.
+    pub async fn identify<T>(&self, req: &Request<T>) -> std::result::Result<Option<Identity>, Status> {
+        let cert_roles = match &self.policy {
+            Policy::Open => {
+                return Ok(Some(Identity { name: "insecure".into(), role: Role::Admin, via: Via::Insecure }))
+            }
+            Policy::Roles { cert_roles } => cert_roles,
+        };
+        if let Some(auth) = req.metadata().get("authorization") {
+            let token = auth.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).unwrap_or_default();
+            let Some(id) = token_id(token) else {
+                return Err(Status::unauthenticated(
+                    "bearer token: not an r2o token (expected r2o_<12 hex>_<64 hex>, as `r2o token create` prints)",
+                ));
+            };
+            let rec = get_record::<TokenRecord>(&self.kv, &self.keys.token(id))
+                .await
+                .map_err(|e| Status::unavailable(format!("reading token {id}: {e}")))?;
+            return match rec {
+                Some((rec, _)) if token_matches(token, &rec.sha256) => {
+                    Ok(Some(Identity { name: format!("token:{} ({id})", rec.name), role: rec.role, via: Via::Token }))
+                }
+                _ => Err(Status::unauthenticated(format!("token {id}: unknown or revoked"))),
+            };
+        }
+        Ok(req.peer_certs().and_then(|certs| certs.first().and_then(|leaf| cert_identity(leaf, cert_roles))))
+    }
+
+    /// The caller, if it may make `call` (which needs `need`).
+    ///
+    /// Errors: `UNAUTHENTICATED` without usable credentials,
+    /// `PERMISSION_DENIED` naming the role needed.
+    pub async fn check<T>(&self, req: &Request<T>, call: &str, need: Role) -> std::result::Result<Identity, Status> {
+        let who = self.identify(req).await?;
+        authorize(who.as_ref(), call, need).map_err(refused)?;
+        Ok(who.expect("authorize refuses no identity"))
+    }
+
+    /// Records an admin or operator action and logs it. A failed write is
+    /// logged, not returned: the action itself already happened.
+    pub async fn record(
+        &self,
+        who: &Identity,
+        call: &str,
+        table: &str,
+        detail: &str,
+        outcome: std::result::Result<(), String>,
+    ) {
+        let rec = AuditRecord {
+            at_ms: now_ms(),
+            who: who.name.clone(),
+            role: who.role,
+            call: call.into(),
+            table: table.into(),
+            detail: detail.into(),
+            outcome: outcome.clone().err().unwrap_or_else(|| "ok".into()),
+        };
+        tracing::info!(who = %rec.who, role = %rec.role, call, table, detail, outcome = %rec.outcome, "audit");
+        let nonce = format!("{:08x}", rand::random::<u32>());
+        if let Err(e) = protocol::audit(&self.keys, &rec, &nonce).apply(&self.kv).await {
+            tracing::warn!(error = %e, call, table, "cannot record the audit entry");
+        }
+    }
+
+    /// Creates a token for `name` with `role`: its record (the hash only)
+    /// goes to etcd, the token itself is returned once.
+    ///
+    /// Errors: etcd errors; an id taken (random 48 bits: retried by the caller).
+    pub async fn create_token(&self, name: &str, role: Role, by: &Identity) -> Result<(TokenRecord, String)> {
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(ControllerError::Invalid(format!(
+                "token name '{name}': expected 1 to 200 characters naming its holder"
+            )));
+        }
+        let (id, token) = r2o_common::access::new_token(rand::random(), rand::random());
+        let rec = TokenRecord {
+            id: id.clone(),
+            name: name.trim().into(),
+            role,
+            sha256: r2o_common::access::token_hash(&token),
+            created_ms: now_ms(),
+            created_by: by.name.clone(),
+        };
+        if !protocol::add_token(&self.keys, &rec).apply(&self.kv).await? {
+            return Err(ControllerError::Conflict(format!("token id {id} is taken; create it again")));
+        }
+        Ok((rec, token))
+    }
+
+    /// Revokes token `id` (deletes its record): its next call is refused.
+    ///
+    /// Errors: `NotFound` for an unknown id; etcd errors.
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord> {
+        let Some((rec, kv)) = get_record::<TokenRecord>(&self.kv, &self.keys.token(id)).await? else {
+            return Err(ControllerError::NotFound(format!("token '{id}'")));
+        };
+        if !protocol::revoke_token(&self.keys, id, kv.mod_revision).apply(&self.kv).await? {
+            return Err(ControllerError::Conflict(format!("token {id} changed meanwhile; revoke it again")));
+        }
+        Ok(rec)
+    }
+
+    /// Every token record (hashes, never tokens).
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        Ok(range_records::<TokenRecord>(&self.kv, &self.keys.tokens()).await?.into_iter().map(|(r, _)| r).collect())
+    }
+
+    /// The newest `limit` audit records, oldest first.
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>> {
+        let all = range_records::<AuditRecord>(&self.kv, &self.keys.audits()).await?;
+        let skip = all.len().saturating_sub(limit);
+        Ok(all.into_iter().skip(skip).map(|(r, _)| r).collect())
+    }
+}
