@@ -167,6 +167,11 @@ enum Command {
         /// operator or admin. People and scripts use tokens (`r2o token create`).
         #[arg(long, env = "R2O_CERT_ROLES", default_value = "r2o-minion=minion,r2o-admin=admin")]
         cert_roles: String,
+        /// Where tables may discover files (batchConfigMaps' inputDirURI), comma-separated:
+        /// file:///data/landing/, s3://landing/. A source must lie inside one (compared after
+        /// normalizing '//', refusing '..' and encoded dots and slashes). Empty: discovery is off.
+        #[arg(long, env = "R2O_SOURCE_ALLOW", default_value = "")]
+        source_allow: String,
         /// Controller id (default: controller-<port>).
         #[arg(long, env = "R2O_ID")]
         id: Option<String>,
@@ -300,11 +305,14 @@ async fn main() -> Result<()> {
             task_max_windows,
             max_tasks_per_table,
             cert_roles,
+            source_allow,
         } => {
             init_tracing();
             let transport = state.transport()?;
             let cert_roles = r2o_common::access::parse_cert_roles(&cert_roles)
                 .map_err(|e| anyhow::anyhow!("--cert-roles (R2O_CERT_ROLES): {e}"))?;
+            let source_allow = r2o_common::config::parse_source_allow(&source_allow)
+                .map_err(|e| anyhow::anyhow!("--source-allow (R2O_SOURCE_ALLOW): {e}"))?;
             let (kv, keys, store) = connect_state(&state).await?;
             let cancel = CancellationToken::new();
             cancel_on_signal(cancel.clone());
@@ -333,6 +341,7 @@ async fn main() -> Result<()> {
                 store_uri: state.store.clone(),
                 transport,
                 cert_roles,
+                source_allow,
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }

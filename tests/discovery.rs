@@ -182,6 +182,7 @@ async fn files_landing_in_an_s3_bucket_are_registered_and_moved() {
     let s3 = S3Server::start(scratch.path(), "landing");
     let mut env = s3.env();
     env.push(("R2O_DISCOVERY_INTERVAL_MS".into(), "100".into()));
+    env.push(("R2O_SOURCE_ALLOW".into(), "s3://landing/sink/".into()));
     let c = Cluster::start_with(1, 1, env);
     c.add_table(
         "sdisc",

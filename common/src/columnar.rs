@@ -705,20 +705,39 @@ pub fn footer_facts(meta: &parquet::file::metadata::ParquetMetaData) -> FooterFa
     FooterFacts { num_rows: meta.file_metadata().num_rows().max(0) as u64, ranges }
 }
 
+/// Largest Parquet footer r2o reads, bytes: a footer of thousands of row
+/// groups and hundreds of columns is a few MiB; a length past this is a
+/// broken or hostile file, refused before anything is allocated for it.
+pub const MAX_FOOTER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The footer length a Parquet file's last 8 bytes (`end8`) declare, checked
+/// against the file's `size_bytes` and [`MAX_FOOTER_BYTES`]. Pure.
+///
+/// # Errors
+/// A message naming what is wrong: too short, no `PAR1`, a length larger
+/// than the file or the limit.
+pub fn footer_length(end8: &[u8], size_bytes: u64) -> std::result::Result<u64, String> {
+    if size_bytes < 12 || end8.len() < 8 {
+        return Err(format!("{size_bytes} bytes is too short for a Parquet file"));
+    }
+    let end = &end8[end8.len() - 8..];
+    if &end[4..8] != b"PAR1" {
+        return Err("no Parquet footer (the file does not end with PAR1)".into());
+    }
+    let len = u64::from(u32::from_le_bytes([end[0], end[1], end[2], end[3]]));
+    if len + 8 > size_bytes {
+        return Err(format!("footer length {len} is larger than the file ({size_bytes} bytes)"));
+    }
+    if len > MAX_FOOTER_BYTES {
+        return Err(format!("footer length {len} bytes: expected at most {MAX_FOOTER_BYTES} (r2o's footer limit)"));
+    }
+    Ok(len)
+}
+
 /// Decodes [`FooterFacts`] from the last bytes of a Parquet file of
 /// `size_bytes` bytes; `Ok(None)` when `tail` does not hold the whole footer.
 fn facts_from_tail(location: &str, size_bytes: u64, tail: &[u8]) -> Result<Option<FooterFacts>> {
-    if size_bytes < 12 || tail.len() < 8 {
-        return Err(seg_err(location, format!("{size_bytes} bytes is too short for a Parquet file")));
-    }
-    let end = &tail[tail.len() - 8..];
-    if &end[4..8] != b"PAR1" {
-        return Err(seg_err(location, "no Parquet footer (the file does not end with PAR1)"));
-    }
-    let len = u32::from_le_bytes([end[0], end[1], end[2], end[3]]) as usize;
-    if (len + 8) as u64 > size_bytes {
-        return Err(seg_err(location, format!("footer length {len} is larger than the file")));
-    }
+    let len = footer_length(tail, size_bytes).map_err(|m| seg_err(location, m))? as usize;
     if len + 8 > tail.len() {
         return Ok(None);
     }
@@ -759,13 +778,7 @@ pub async fn read_footer_facts(store: &crate::store::Store, location: &str, size
         return Err(seg_err(location, format!("{size_bytes} bytes is too short for a Parquet file")));
     }
     let tail = get_range(store, location, size_bytes - 8..size_bytes).await?;
-    if &tail[4..8] != b"PAR1" {
-        return Err(seg_err(location, "no Parquet footer (the file does not end with PAR1)"));
-    }
-    let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if len + 8 > size_bytes {
-        return Err(seg_err(location, format!("footer length {len} is larger than the file")));
-    }
+    let len = footer_length(&tail, size_bytes).map_err(|m| seg_err(location, m))?;
     let raw = get_range(store, location, size_bytes - 8 - len..size_bytes - 8).await?;
     let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&raw)
         .map_err(|e| seg_err(location, format!("the Parquet footer does not decode: {e}")))?;
@@ -1002,13 +1015,24 @@ pub mod reader {
             &'a mut self,
             _options: Option<&'a ArrowReaderOptions>,
         ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+            // the footer's declared length is checked (super::footer_length)
+            // before it is read: a lying length cannot make us allocate it
             async move {
                 let size = self.size;
-                let meta = ParquetMetaDataReader::new()
-                    .with_prefetch_hint(Some(64 * 1024))
-                    .load_and_finish(self, size)
-                    .await?;
-                Ok(Arc::new(meta))
+                if size < 12 {
+                    return Err(ParquetError::General(format!("{size} bytes is too short for a Parquet file")));
+                }
+                let tail_len = size.min(64 * 1024);
+                let range = size - tail_len..size;
+                let tail = self.fetch(vec![range]).await?.remove(0);
+                let len = super::footer_length(&tail, size).map_err(ParquetError::General)?;
+                let raw = if len + 8 <= tail_len {
+                    tail.slice((tail_len - 8 - len) as usize..(tail_len - 8) as usize)
+                } else {
+                    let range = size - 8 - len..size - 8;
+                    self.fetch(vec![range]).await?.remove(0)
+                };
+                Ok(Arc::new(ParquetMetaDataReader::decode_metadata(&raw)?))
             }
             .boxed()
         }

@@ -265,37 +265,11 @@ fn parse_file_sources(config: &Value) -> Result<Vec<FileSource>, ConfigError> {
             field: at("inputDirURI"),
             expected: "file:///<absolute dir> or s3://<bucket>[/<prefix>]".into(),
         })?;
-        let input_dir_uri = if let Some(path) = uri.strip_prefix("file://") {
-            if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
-                return Err(ConfigError::Invalid {
-                    field: at("inputDirURI"),
-                    value: uri.clone(),
-                    expected: "file:///<absolute dir> (an absolute path, without '..')".into(),
-                });
-            }
-            format!("file://{}/", path.trim_end_matches('/'))
-        } else if let Some(rest) = uri.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(ConfigError::Invalid {
-                    field: at("inputDirURI"),
-                    value: uri.clone(),
-                    expected: "s3://<bucket>[/<prefix>]".into(),
-                });
-            }
-            let prefix = prefix.trim_matches('/');
-            if prefix.is_empty() {
-                format!("s3://{bucket}/")
-            } else {
-                format!("s3://{bucket}/{prefix}/")
-            }
-        } else {
-            return Err(ConfigError::Invalid {
-                field: at("inputDirURI"),
-                value: uri.clone(),
-                expected: "file:///<absolute dir> or s3://<bucket>[/<prefix>]".into(),
-            });
-        };
+        let input_dir_uri = normalize_source_uri(&uri).map_err(|expected| ConfigError::Invalid {
+            field: at("inputDirURI"),
+            value: uri.clone(),
+            expected,
+        })?;
         if let Some(f) = text("inputFormat")? {
             if !f.eq_ignore_ascii_case("parquet") {
                 return Err(ConfigError::Invalid {
@@ -1023,6 +997,68 @@ fn as_text_ref(v: &Value) -> Option<String> {
     as_text(v)
 }
 
+/// The canonical form of a source location (`inputDirURI`, an entry of
+/// the controller's `--source-allow`): `file:///<abs dir>/` or
+/// `s3://<bucket>/[<prefix>/]`, with runs of `/` collapsed and a trailing
+/// `/`, so that a prefix test on canonical forms is a containment test.
+/// Pure.
+///
+/// # Errors
+/// What was expected: another scheme, a relative path, `.` or `..`
+/// segments, percent-encoded `.` or `/` (`%2e`, `%2f`), `%00` or control
+/// characters (ways to step outside a prefix that a string compare misses).
+pub fn normalize_source_uri(uri: &str) -> Result<String, String> {
+    let uri = uri.trim();
+    let lower = uri.to_ascii_lowercase();
+    if uri.chars().any(char::is_control) || ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+        return Err("a location without control characters or percent-encoded '.', '/', '\\' or NUL".into());
+    }
+    let canonical = |scheme: &str, path: &str| -> Result<String, String> {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.iter().any(|p| *p == "." || *p == ".." || p.contains('\\')) {
+            return Err(format!("{scheme}... without '.', '..' or '\\' segments"));
+        }
+        Ok(if parts.is_empty() { format!("{scheme}/") } else { format!("{scheme}/{}/", parts.join("/")) })
+    };
+    if let Some(path) = uri.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err("file:///<absolute dir> (an absolute path, without '..')".into());
+        }
+        canonical("file://", path).map_err(|_| "file:///<absolute dir> (an absolute path, without '..')".into())
+    } else if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = |b: &str| {
+            !b.is_empty() && !b.contains("..") && b.bytes().all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c))
+        };
+        if !bucket_ok(bucket) {
+            return Err("s3://<bucket>[/<prefix>]".into());
+        }
+        canonical(&format!("s3://{bucket}"), prefix).map_err(|_| "s3://<bucket>[/<prefix>] (without '..')".into())
+    } else {
+        Err("file:///<absolute dir> or s3://<bucket>[/<prefix>]".into())
+    }
+}
+
+/// Parses the controller's `--source-allow`: comma-separated locations
+/// where discovery may read, each normalized by [`normalize_source_uri`].
+/// Empty: discovery is off.
+///
+/// # Errors
+/// Names the entry and what was expected.
+pub fn parse_source_allow(list: &str) -> Result<Vec<String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| normalize_source_uri(e).map_err(|x| format!("source '{e}': expected {x}")))
+        .collect()
+}
+
+/// Whether the canonical source `uri` lies inside one of the canonical
+/// `allow` prefixes (both from [`normalize_source_uri`]). Pure.
+pub fn source_allowed(uri: &str, allow: &[String]) -> bool {
+    allow.iter().any(|a| uri.starts_with(a.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1280,5 +1316,38 @@ mod tests {
             json!("Modulo");
         let e = TableSpec::from_json(c, schema()).unwrap_err().to_string();
         assert!(e.contains("functionName") && e.contains("Modulo"), "{e}");
+    }
+
+    #[test]
+    fn source_locations_are_normalized_before_any_prefix_test() {
+        let n = |u: &str| normalize_source_uri(u);
+        assert_eq!(n("file:///data/landing").unwrap(), "file:///data/landing/");
+        assert_eq!(n("file:///data//landing///x/").unwrap(), "file:///data/landing/x/");
+        assert_eq!(n("s3://b").unwrap(), "s3://b/");
+        assert_eq!(n("s3://b//p//q").unwrap(), "s3://b/p/q/");
+        for bad in [
+            "file://data/landing",
+            "file:///data/landing/../secret",
+            "file:///data/landing/./x",
+            "file:///data/landing/%2e%2e/secret",
+            "file:///data/landing/%2E%2E%2Fsecret",
+            "file:///data/landing\\..\\x",
+            "file:///data/landing/%00",
+            "s3://",
+            "s3://b..c/x",
+            "s3://b/../c",
+            "hdfs://nn/x",
+        ] {
+            assert!(n(bad).is_err(), "{bad}");
+        }
+        let allow = parse_source_allow("file:///data/landing/, s3://landing").unwrap();
+        assert!(source_allowed(&n("file:///data/landing/a").unwrap(), &allow));
+        assert!(source_allowed(&n("file:///data//landing").unwrap(), &allow), "'//' is one '/'");
+        assert!(!source_allowed(&n("file:///data/landing2").unwrap(), &allow), "a longer name is another directory");
+        assert!(!source_allowed(&n("file:///data").unwrap(), &allow), "holds the allowed one, is not in it");
+        assert!(source_allowed(&n("s3://landing/x").unwrap(), &allow));
+        assert!(!source_allowed(&n("s3://landing-other/x").unwrap(), &allow));
+        assert!(parse_source_allow("").unwrap().is_empty());
+        assert!(parse_source_allow("file://rel").unwrap_err().contains("source 'file://rel'"));
     }
 }

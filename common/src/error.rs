@@ -2,11 +2,23 @@
 //! (it always names the field, the value and what was expected); [`Error`] is
 //! for the stores and data handling.
 
+/// A value as an error shows it: whole up to 200 characters, else its
+/// first 160 and its length (a refusal must stay readable, and fit a
+/// gRPC header, whatever the caller sent).
+fn shown(value: &str) -> String {
+    let n = value.chars().count();
+    if n <= 200 {
+        value.to_string()
+    } else {
+        format!("{}... ({n} characters)", value.chars().take(160).collect::<String>())
+    }
+}
+
 /// A table config, schema or setting that r2o cannot accept.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ConfigError {
     /// A field is present but its value is wrong.
-    #[error("invalid {field}: '{value}', expected {expected}")]
+    #[error("invalid {field}: '{}', expected {expected}", shown(value))]
     Invalid {
         /// Config path of the field, e.g. `task.taskTypeConfigsMap.RealtimeToOfflineSegmentsTask.bucketTimePeriod`.
         field: String,
@@ -106,3 +118,17 @@ pub fn store_retryable(e: &object_store::Error) -> bool {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_shown_by_their_start_and_length() {
+        let e = ConfigError::Invalid { field: "f".into(), value: "(".repeat(100_000), expected: "at most 10".into() };
+        let m = e.to_string();
+        assert!(m.contains("(100000 characters)") && m.ends_with("expected at most 10") && m.len() < 300, "{m}");
+        let e = ConfigError::Invalid { field: "f".into(), value: "1h".into(), expected: "a period".into() };
+        assert_eq!(e.to_string(), "invalid f: '1h', expected a period");
+    }
+}

@@ -124,7 +124,19 @@ struct Parser<'a> {
     toks: Vec<(usize, Tok)>,
     at: usize,
     schema: &'a Schema,
+    /// Current nesting of `not` and `(`.
+    depth: usize,
+    /// Tests parsed so far.
+    tests: usize,
 }
+
+/// Longest `offloadPredicate`, characters.
+pub const MAX_PREDICATE_CHARS: usize = 16 * 1024;
+/// Deepest nesting of `not` and parentheses in an `offloadPredicate`.
+pub const MAX_PREDICATE_DEPTH: usize = 64;
+/// Most tests (`column(..) op value`) in one `offloadPredicate`: `and` and
+/// `or` chains nest as deep as they are long, and evaluation recurses.
+pub const MAX_PREDICATE_TESTS: usize = 256;
 
 fn err(position: usize, message: impl Into<String>) -> PredicateError {
     PredicateError { position, message: message.into() }
@@ -230,8 +242,15 @@ impl Predicate {
     /// A [`PredicateError`] with the 1-based position of the first syntax or
     /// type error and what was expected there.
     pub fn parse(text: &str, schema: &Schema) -> Result<Predicate, PredicateError> {
+        let chars = text.chars().count();
+        if chars > MAX_PREDICATE_CHARS {
+            return Err(err(
+                MAX_PREDICATE_CHARS + 1,
+                format!("the predicate is {chars} characters long: expected at most {MAX_PREDICATE_CHARS}"),
+            ));
+        }
         let toks = lex(text)?;
-        let mut p = Parser { text, toks, at: 0, schema };
+        let mut p = Parser { text, toks, at: 0, schema, depth: 0, tests: 0 };
         let pred = p.or()?;
         if let Some((pos, t)) = p.toks.get(p.at) {
             return Err(err(*pos, format!("unexpected {}; expected 'and', 'or' or the end", describe(t))));
@@ -401,17 +420,40 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Predicate, PredicateError> {
-        if self.peek_word("not") {
-            self.at += 1;
-            return Ok(Predicate::Not(Box::new(self.unary()?)));
+        let nests = self.peek_word("not") || matches!(self.peek(), Some((_, Tok::LParen)));
+        if nests {
+            self.depth += 1;
+            if self.depth > MAX_PREDICATE_DEPTH {
+                let pos = self.peek().map_or(0, |(p, _)| *p);
+                return Err(err(
+                    pos,
+                    format!("'not' and '(' nest deeper than {MAX_PREDICATE_DEPTH} here: expected at most {MAX_PREDICATE_DEPTH}"),
+                ));
+            }
         }
-        if matches!(self.peek(), Some((_, Tok::LParen))) {
+        let out = if self.peek_word("not") {
+            self.at += 1;
+            Predicate::Not(Box::new(self.unary()?))
+        } else if matches!(self.peek(), Some((_, Tok::LParen))) {
             self.at += 1;
             let inner = self.or()?;
             self.expect(Tok::RParen, "')'")?;
-            return Ok(inner);
+            inner
+        } else {
+            self.tests += 1;
+            if self.tests > MAX_PREDICATE_TESTS {
+                let pos = self.peek().map_or(0, |(p, _)| *p);
+                return Err(err(
+                    pos,
+                    format!("more than {MAX_PREDICATE_TESTS} tests: expected at most {MAX_PREDICATE_TESTS}"),
+                ));
+            }
+            self.test()?
+        };
+        if nests {
+            self.depth -= 1;
         }
-        self.test()
+        Ok(out)
     }
 
     fn test(&mut self) -> Result<Predicate, PredicateError> {
@@ -628,5 +670,28 @@ mod tests {
         assert_eq!(e("column(p) = numeric(1) column(p)").position, 24);
         assert_eq!(e("column(ts) > datetime(yesterday)").position, 23);
         assert_eq!(e("column(p) in (numeric(1); numeric(2))").position, 25);
+    }
+
+    #[test]
+    fn predicates_are_bounded_in_length_depth_and_tests() {
+        let e = |text: &str| Predicate::parse(text, &schema()).unwrap_err();
+        // 100,000 nested 'not' and '(' are refused by the length limit, before any recursion
+        let deep = format!("{}column(p) = numeric(1){}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(e(&deep).message.contains("at most 16384"), "{}", e(&deep).message);
+        let nots = format!("{}column(p) = numeric(1)", "not ".repeat(100_000));
+        assert!(e(&nots).message.contains("characters long"));
+        // within the length limit: the depth limit names itself and where
+        let deep = format!("{}column(p) = numeric(1){}", "(".repeat(65), ")".repeat(65));
+        let d = e(&deep);
+        assert!(d.message.contains("nest deeper than 64"), "{}", d.message);
+        assert_eq!(d.position, 65);
+        let ok = format!("{}column(p) = numeric(1){}", "(".repeat(64), ")".repeat(64));
+        Predicate::parse(&ok, &schema()).unwrap();
+        let ok = format!("{}column(p) = numeric(1)", "not ".repeat(64));
+        Predicate::parse(&ok, &schema()).unwrap();
+        let chain = vec!["column(p) = numeric(1)"; 257].join(" or ");
+        assert!(e(&chain).message.contains("more than 256 tests"));
+        let chain = vec!["column(p) = numeric(1)"; 256].join(" or ");
+        Predicate::parse(&chain, &schema()).unwrap();
     }
 }

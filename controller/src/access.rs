@@ -105,7 +105,7 @@ impl Gate {
             call: call.into(),
             table: table.into(),
             detail: detail.into(),
-            outcome: outcome.clone().err().unwrap_or_else(|| "ok".into()),
+            outcome: crate::error::bounded_message(outcome.clone().err().unwrap_or_else(|| "ok".into())),
         };
         tracing::info!(who = %rec.who, role = %rec.role, call, table, detail, outcome = %rec.outcome, "audit");
         let nonce = format!("{:08x}", rand::random::<u32>());

@@ -132,14 +132,37 @@ pub fn step(
     out
 }
 
-/// Checks that no source of `spec` overlaps the install's namespace
+/// Checks every source of `spec`: it must lie inside one of the
+/// operator's `allow`ed locations (`--source-allow`, canonical forms; empty:
+/// discovery is off), and must not overlap the install's namespace
 /// (`namespace` under the store `store_uri`): the janitor deletes objects
 /// there that no segment names, and a source holding it would discover
-/// r2o's own files. Pure; `store_uri` empty: nothing to check.
+/// r2o's own files. Pure; `store_uri` empty: the namespace is not checked.
 ///
 /// # Errors
-/// [`r2o_common::ConfigError::Invalid`] naming the source's `inputDirURI`.
-pub fn check_sources(spec: &TableSpec, store_uri: &str, namespace: &str) -> Result<(), r2o_common::ConfigError> {
+/// [`r2o_common::ConfigError::Invalid`] naming the source's `inputDirURI`
+/// and the allowed locations.
+pub fn check_sources(
+    spec: &TableSpec,
+    store_uri: &str,
+    namespace: &str,
+    allow: &[String],
+) -> Result<(), r2o_common::ConfigError> {
+    let field = |i: usize| format!("ingestionConfig.batchIngestionConfig.batchConfigMaps[{i}].inputDirURI");
+    for (i, s) in spec.file_sources.iter().enumerate() {
+        if !r2o_common::config::source_allowed(&s.input_dir_uri, allow) {
+            return Err(r2o_common::ConfigError::Invalid {
+                field: field(i),
+                value: s.input_dir_uri.clone(),
+                expected: if allow.is_empty() {
+                    "no source: discovery is off on this controller (its --source-allow, R2O_SOURCE_ALLOW, is empty)"
+                        .into()
+                } else {
+                    format!("a location inside one the operator allows (--source-allow): {}", allow.join(", "))
+                },
+            });
+        }
+    }
     if store_uri.is_empty() {
         return Ok(());
     }
@@ -148,7 +171,7 @@ pub fn check_sources(spec: &TableSpec, store_uri: &str, namespace: &str) -> Resu
     for (i, s) in spec.file_sources.iter().enumerate() {
         if s.input_dir_uri.starts_with(&install) || install.starts_with(&s.input_dir_uri) {
             return Err(r2o_common::ConfigError::Invalid {
-                field: format!("ingestionConfig.batchIngestionConfig.batchConfigMaps[{i}].inputDirURI"),
+                field: field(i),
                 value: s.input_dir_uri.clone(),
                 expected: format!(
                     "a location that neither holds nor lies inside r2o's own namespace {install} (its janitor deletes files there)"
@@ -284,6 +307,16 @@ impl Discoverer {
         for (rec, _) in tables {
             let Ok(spec) = TableSpec::from_json(rec.table_config, rec.schema) else { continue };
             if spec.file_sources.is_empty() {
+                continue;
+            }
+            // a table added before the operator narrowed --source-allow: its
+            // sources outside the list are not read (the namespace check is
+            // done at add and update)
+            if let Err(e) = check_sources(&spec, "", "", &auth.cfg.source_allow) {
+                if let Some(m) = &auth.metrics {
+                    m.errors.with_label_values(&["discovery"]).inc();
+                }
+                warn!(table = %spec.name, error = %e, "discovery skips a table whose source is not allowed");
                 continue;
             }
             names.insert(spec.name.clone());
@@ -624,16 +657,50 @@ mod tests {
             .unwrap()
         };
         let store = "file:///var/lib/r2o/store";
-        assert!(check_sources(&spec("file:///var/lib/r2o/landing"), store, "r2o-1/").is_ok());
-        assert!(check_sources(&spec("file:///var/lib/r2o/store/other"), store, "r2o-1/").is_ok(), "beside it");
-        assert!(check_sources(&spec("file:///var/lib/r2o/store/r2o-10"), store, "r2o-1/").is_ok(), "a longer name");
+        let all = ["file:///".to_string(), "s3://b/".to_string()];
+        assert!(check_sources(&spec("file:///var/lib/r2o/landing"), store, "r2o-1/", &all).is_ok());
+        assert!(check_sources(&spec("file:///var/lib/r2o/store/other"), store, "r2o-1/", &all).is_ok(), "beside it");
+        assert!(
+            check_sources(&spec("file:///var/lib/r2o/store/r2o-10"), store, "r2o-1/", &all).is_ok(),
+            "a longer name"
+        );
         for bad in ["file:///var/lib/r2o/store/r2o-1/in", "file:///var/lib/r2o/store", "file:///var"] {
-            let e = check_sources(&spec(bad), store, "r2o-1/").unwrap_err().to_string();
+            let e = check_sources(&spec(bad), store, "r2o-1/", &all).unwrap_err().to_string();
             assert!(e.contains("batchConfigMaps[0].inputDirURI"), "{bad}: {e}");
         }
-        assert!(check_sources(&spec("s3://b/landing"), "s3://b/r2o", "r2o-1/").is_ok());
-        assert!(check_sources(&spec("s3://b"), "s3://b/r2o", "r2o-1/").is_err(), "the whole bucket holds it");
-        assert!(check_sources(&spec("file:///anything"), "", "r2o-1/").is_ok(), "no store: not checked");
+        assert!(check_sources(&spec("s3://b/landing"), "s3://b/r2o", "r2o-1/", &all).is_ok());
+        assert!(check_sources(&spec("s3://b"), "s3://b/r2o", "r2o-1/", &all).is_err(), "the whole bucket holds it");
+        assert!(check_sources(&spec("file:///anything"), "", "r2o-1/", &all).is_ok(), "no store: not checked");
+    }
+
+    #[test]
+    fn a_source_must_lie_inside_the_allowed_locations() {
+        let spec = |uri: &str| {
+            TableSpec::from_json(
+                serde_json::json!({"tableName": "t", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                    "ingestionConfig": {"batchIngestionConfig": {"batchConfigMaps": [{"inputDirURI": uri}]}}}),
+                serde_json::json!({"schemaName": "s", "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG",
+                    "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]}),
+            )
+        };
+        let allow = r2o_common::config::parse_source_allow("file:///data/landing/,s3://landing/").unwrap();
+        let check = |uri: &str| check_sources(&spec(uri).unwrap(), "file:///var/lib/r2o/store", "r2o-1/", &allow);
+        assert!(check("file:///data/landing/topic").is_ok());
+        assert!(check("file:///data//landing/topic").is_ok(), "'//' is collapsed, and stays inside");
+        assert!(check("s3://landing/sink").is_ok());
+        for outside in ["file:///data/landing2", "file:///data", "file:///etc", "s3://other/x", "s3://landing2"] {
+            let e = check(outside).unwrap_err().to_string();
+            assert!(e.contains("inputDirURI") && e.contains("file:///data/landing/, s3://landing/"), "{outside}: {e}");
+        }
+        // ways around a string prefix are refused when the table is parsed
+        for escape in
+            ["file:///data/landing/../../etc", "file:///data/landing/%2e%2e/etc", "file:///data/landing/%2F.."]
+        {
+            let e = spec(escape).unwrap_err().to_string();
+            assert!(e.contains("inputDirURI"), "{escape}: {e}");
+        }
+        let off = check_sources(&spec("file:///data/landing").unwrap(), "", "", &[]).unwrap_err().to_string();
+        assert!(off.contains("discovery is off"), "{off}");
     }
 
     #[test]

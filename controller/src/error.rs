@@ -49,10 +49,28 @@ impl ControllerError {
     }
 }
 
+/// Longest error message a reply carries, bytes: a message echoes the
+/// caller's values, and gRPC sends it in a header (HTTP/2 refuses headers
+/// past 16 KiB by default, which would hide the refusal itself).
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `msg` cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying how
+/// long it was. Pure.
+pub fn bounded_message(msg: String) -> String {
+    if msg.len() <= MAX_MESSAGE_BYTES {
+        return msg;
+    }
+    let mut cut = MAX_MESSAGE_BYTES;
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... (message cut: {} bytes in all)", &msg[..cut], msg.len())
+}
+
 impl From<ControllerError> for tonic::Status {
     fn from(e: ControllerError) -> tonic::Status {
         use tonic::Status;
-        let msg = e.to_string();
+        let msg = bounded_message(e.to_string());
         match e {
             ControllerError::NotLeader { .. } => Status::unavailable(msg),
             ControllerError::NotFound(_) => Status::not_found(msg),
@@ -72,3 +90,18 @@ impl From<ControllerError> for tonic::Status {
 
 /// Shorthand.
 pub type Result<T, E = ControllerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded_message("short".into()), "short");
+        let long = "é".repeat(5000);
+        let cut = bounded_message(long.clone());
+        assert!(cut.len() < 4200 && cut.ends_with("(message cut: 10000 bytes in all)"), "{}", cut.len());
+        let status: tonic::Status = ControllerError::Invalid(long).into();
+        assert!(status.message().len() < 4200);
+    }
+}

@@ -73,6 +73,8 @@ pub struct ControllerConfig {
     pub transport: r2o_common::tls::Transport,
     /// Client certificate names and their roles (`--cert-roles`).
     pub cert_roles: Vec<(String, r2o_common::access::Role)>,
+    /// Where discovery may read (`--source-allow`, canonical; empty: off).
+    pub source_allow: Vec<String>,
 }
 
 /// Runs the janitor every `interval` while this controller leads; a new
@@ -194,6 +196,7 @@ pub async fn run(
             budget: cfg.budget,
             max_tasks_per_table: cfg.max_tasks_per_table,
             store_uri: cfg.store_uri.clone(),
+            source_allow: cfg.source_allow.clone(),
         },
         rx.clone(),
     );

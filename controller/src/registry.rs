@@ -115,6 +115,59 @@ fn check_segment(spec: &r2o_common::config::TableSpec, layout: &Layout, raw: &st
             meta.location
         )));
     }
+    if !is_fresh_upload(&layout.realtime_prefix(raw), &meta.segment_name, &meta.location) {
+        return Err(ControllerError::Invalid(format!(
+            "segment.location '{}' of segment {}: expected the fresh path PrepareSegmentUpload gave for this \
+             name ({}{}.<16 hex>.parquet): a registration may not name another segment's object",
+            meta.location,
+            meta.segment_name,
+            layout.realtime_prefix(raw),
+            meta.segment_name
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `location` is an upload path [`Layout::realtime_upload`] makes
+/// for `segment` under `prefix`: `<prefix><segment>.<16 hex>.parquet`. As
+/// segment names are unique in a table, two segments never share an
+/// object (a registration naming another segment's file would count its
+/// rows twice). Pure.
+pub fn is_fresh_upload(prefix: &str, segment: &str, location: &str) -> bool {
+    let Some(rest) = location.strip_prefix(prefix).and_then(|r| r.strip_prefix(segment)) else { return false };
+    let Some(hex) = rest.strip_prefix('.').and_then(|r| r.strip_suffix(".parquet")) else { return false };
+    hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks what a registration says about its file against what the file
+/// says (its footer, or its time column when the footer's statistics are
+/// not exact): the row count, and the time range (a CONSUMING segment with
+/// no timed row registers `[0, 0]`). Pure.
+///
+/// # Errors
+/// [`ControllerError::Invalid`] naming the field, the claimed value and the file's.
+pub fn check_claims(meta: &SegmentMeta, facts: &r2o_common::columnar::SegmentFacts) -> Result<()> {
+    if meta.total_docs != facts.rows {
+        return Err(ControllerError::Invalid(format!(
+            "segment.numRows {} of segment {}: the file holds {} rows",
+            meta.total_docs, meta.segment_name, facts.rows
+        )));
+    }
+    let claimed = (meta.start_time_ms, meta.end_time_ms);
+    let ok = match facts.time_range_ms {
+        Some(range) => claimed == range,
+        None => claimed == (0, 0) && meta.status == SegmentStatus::Consuming,
+    };
+    if !ok {
+        let file = match facts.time_range_ms {
+            Some((a, b)) => format!("[{a}, {b}]"),
+            None => "no timed row (registered CONSUMING with [0, 0])".into(),
+        };
+        return Err(ControllerError::Invalid(format!(
+            "segment.startTimeMs/endTimeMs [{}, {}] of segment {}: the file's time column spans {file}",
+            claimed.0, claimed.1, meta.segment_name
+        )));
+    }
     Ok(())
 }
 
@@ -180,6 +233,37 @@ pub async fn add_segments(
                 )))
             }
         }
+    }
+    // trust nothing the client says about the data: rows and time range
+    // come from each file (its footer; its time column when the footer's
+    // statistics are not exact), 32 at a time
+    let jobs: Vec<_> = metas
+        .iter()
+        .map(|m| {
+            let (store, schema) = (store.clone(), spec.schema.clone());
+            let (time_column, format) = (spec.flow.time_column.clone(), spec.time_format());
+            let (name, location, size) = (m.segment_name.clone(), m.location.clone(), m.size_bytes);
+            async move {
+                let read = || {
+                    r2o_common::columnar::segment_facts_in_store(
+                        &name,
+                        &store,
+                        &location,
+                        size,
+                        &schema,
+                        &time_column,
+                        format,
+                    )
+                };
+                read.retry(r2o_common::retry::store_backoff()).when(r2o_common::Error::is_retryable).await
+            }
+        })
+        .collect();
+    let facts: Vec<r2o_common::columnar::SegmentFacts> = futures::stream::iter(jobs).buffered(32).try_collect().await?;
+    let mut metas = metas;
+    for (m, f) in metas.iter_mut().zip(&facts) {
+        check_claims(m, f)?;
+        m.null_time_rows = f.null_time_rows;
     }
     write_segments(kv, keys, &spec, &metas).await
 }

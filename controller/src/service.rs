@@ -22,8 +22,19 @@ use crate::protocol;
 use crate::registry;
 use crate::tables::load_table;
 
+/// Largest table config or schema JSON a request may carry, bytes: both go
+/// into one etcd record (etcd's value limit is 1.5 MiB); Pinot's own are a
+/// few KiB.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
 /// Parses a JSON document of a request (`what`: "table config", "schema").
 fn parse_json(what: &str, text: &str) -> Result<serde_json::Value> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ControllerError::Invalid(format!(
+            "the {what} is {} bytes: expected at most {MAX_CONFIG_BYTES}",
+            text.len()
+        )));
+    }
     serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
         ControllerError::Config(r2o_common::ConfigError::Malformed { what: what.into(), message: e.to_string() })
     })
@@ -70,7 +81,12 @@ impl ControllerSvc {
         let config = parse_json("table config", &req.table_config_json)?;
         let schema = parse_json("schema", &req.schema_json)?;
         let spec = TableSpec::from_json(config.clone(), schema.clone())?;
-        crate::discovery::check_sources(&spec, &self.auth.cfg.store_uri, self.auth.layout.namespace())?;
+        crate::discovery::check_sources(
+            &spec,
+            &self.auth.cfg.store_uri,
+            self.auth.layout.namespace(),
+            &self.auth.cfg.source_allow,
+        )?;
         let rec = TableRecord {
             table_config: config,
             schema,
@@ -95,7 +111,12 @@ impl ControllerSvc {
         let config = parse_json("table config", &req.table_config_json)?;
         let schema = parse_json("schema", &req.schema_json)?;
         let new = TableSpec::from_json(config.clone(), schema.clone())?;
-        crate::discovery::check_sources(&new, &self.auth.cfg.store_uri, self.auth.layout.namespace())?;
+        crate::discovery::check_sources(
+            &new,
+            &self.auth.cfg.store_uri,
+            self.auth.layout.namespace(),
+            &self.auth.cfg.source_allow,
+        )?;
         let raw = new.name.clone();
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
         let (rec, entry) = get_record::<TableRecord>(kv, &keys.table(&raw))

@@ -291,6 +291,8 @@ impl Cluster {
             .env("R2O_LEASE_TTL_SECS", "3")
             .env("R2O_LOG", "info")
             .env("R2O_PLAN_INTERVAL_MS", "200")
+            // discovery may read inside the test's own directory
+            .env("R2O_SOURCE_ALLOW", format!("file://{}/", self.dir.path().display()))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
             .stdout(Stdio::null())
@@ -466,6 +468,22 @@ impl Cluster {
             .env("R2O_CONTROLLER", self.controller_addr())
             .env("R2O_STORE", &self.store_uri)
             .envs(self.env.iter().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the admin CLI as `who` (a certificate of the cluster's CA; `None`:
+    /// the CA file alone, for a caller with a token in `env`), with `env`.
+    pub fn cli_as(&self, who: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+        let tls: Vec<(String, String)> = match who {
+            Some(w) => self.tls_env(w),
+            None => self.tls_env("admin").into_iter().filter(|(k, _)| k == "R2O_TLS_CA").collect(),
+        };
+        Command::new(r2o_bin())
+            .args(args)
+            .envs(tls)
+            .env("R2O_CONTROLLER", self.controller_addr())
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }

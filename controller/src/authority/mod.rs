@@ -74,6 +74,8 @@ pub struct AuthorityConfig {
     /// The install's store URI (`--store`); a discovery source may not
     /// overlap its namespace (empty: not checked).
     pub store_uri: String,
+    /// Where discovery may read (`--source-allow`, canonical forms; empty: off).
+    pub source_allow: Vec<String>,
 }
 
 /// A table's REALTIME segments as last read, with the revision of the

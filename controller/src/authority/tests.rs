@@ -44,6 +44,7 @@ async fn world(extra: serde_json::Value) -> World {
         budget: Budget::ONE_WINDOW,
         max_tasks_per_table: 1,
         store_uri: String::new(),
+        source_allow: vec![],
     };
     let auth = Authority::new(kv, keys, store, Layout::new("ns"), cfg, rx);
     World { auth, spec, _tx: tx }
