@@ -10,7 +10,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::connect::{client, on_leader, status_err, Target};
+use crate::connect::{client, on_leader, status_err, Credentials, Target};
 use crate::ingest;
 
 /// How to reach the cluster.
@@ -32,6 +32,9 @@ pub struct Conn {
     /// Key of --tls-cert (PEM).
     #[arg(long, env = "R2O_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Name to verify the controller's certificate against (default: the host of the address).
+    #[arg(long, env = "R2O_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
     /// Bearer token (`r2o token create` prints one); prefer --token-file on shared machines.
     #[arg(long = "token", env = "R2O_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -50,12 +53,15 @@ impl Conn {
     pub fn target(&self) -> Result<Target> {
         Target::new(
             self.controller.clone(),
-            self.insecure,
-            self.tls_ca.clone(),
-            self.tls_cert.clone(),
-            self.tls_key.clone(),
-            self.token.clone(),
-            self.token_file.clone(),
+            Credentials {
+                insecure: self.insecure,
+                ca: self.tls_ca.clone(),
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+                server_name: self.tls_server_name.clone(),
+                token: self.token.clone(),
+                token_file: self.token_file.clone(),
+            },
         )
     }
 }

@@ -27,6 +27,25 @@ impl tonic::service::Interceptor for Bearer {
 /// A controller client that carries the caller's credentials.
 pub type Client = ControllerServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// How the CLI proves who it is and checks the controller (its settings).
+#[derive(Default)]
+pub struct Credentials {
+    /// Plain text (`--insecure`).
+    pub insecure: bool,
+    /// CA file of the controller's certificate.
+    pub ca: Option<PathBuf>,
+    /// Client certificate file.
+    pub cert: Option<PathBuf>,
+    /// Its key file.
+    pub key: Option<PathBuf>,
+    /// Name to verify the controller's certificate against.
+    pub server_name: Option<String>,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// File whose first line is the bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
 /// Where the controller is and how to prove who we are.
 #[derive(Clone)]
 pub struct Target {
@@ -38,20 +57,14 @@ pub struct Target {
 
 impl Target {
     /// From the CLI's settings: `insecure` (plain text), else the CA file
-    /// (required) and optionally a client certificate and key; a token from
-    /// `token` or the first line of `token_file`.
+    /// (required), optionally a client certificate and key and the name to
+    /// verify the controller's certificate against; a token from `token` or
+    /// the first line of `token_file`.
     ///
     /// Errors: TLS without a CA file, a certificate without its key,
     /// unreadable files, a token that is not an r2o token.
-    pub fn new(
-        addr: Option<String>,
-        insecure: bool,
-        ca: Option<PathBuf>,
-        cert: Option<PathBuf>,
-        key: Option<PathBuf>,
-        token: Option<String>,
-        token_file: Option<PathBuf>,
-    ) -> Result<Target> {
+    pub fn new(addr: Option<String>, c: Credentials) -> Result<Target> {
+        let Credentials { insecure, ca, cert, key, server_name, token, token_file } = c;
         let scheme = if insecure { "http" } else { "https" };
         let addr = addr.unwrap_or_else(|| format!("{scheme}://127.0.0.1:7700"));
         let tls = if insecure {
@@ -68,7 +81,11 @@ impl Target {
                 (None, None) => None,
                 _ => bail!("--tls-cert and --tls-key (R2O_TLS_CERT, R2O_TLS_KEY) go together: give both or neither"),
             };
-            Some(r2o_common::tls::client_config(&ca, identity)?)
+            let tls = r2o_common::tls::client_config(&ca, identity)?;
+            Some(match server_name {
+                Some(n) => tls.domain_name(n),
+                None => tls,
+            })
         };
         let token = match (token.filter(|t| !t.trim().is_empty()), token_file) {
             (Some(t), _) => Some(t.trim().to_string()),

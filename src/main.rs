@@ -92,6 +92,10 @@ struct StateArgs {
     /// The key of --tls-cert (PEM).
     #[arg(long, env = "R2O_TLS_KEY")]
     tls_key: Option<std::path::PathBuf>,
+    /// Name to verify the controller's certificate against (default: the host of its
+    /// advertised address); in Kubernetes, the controller's Service name.
+    #[arg(long, env = "R2O_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
 }
 
 impl StateArgs {
@@ -365,6 +369,7 @@ async fn main() -> Result<()> {
                 rpc_timeout: Duration::from_secs(state.rpc_timeout_secs.max(1)),
                 http_listen: state.http_listen,
                 transport,
+                tls_server_name: state.tls_server_name.clone(),
             };
             r2o_minion::run(kv, keys, store, cfg, cancel).await
         }

@@ -39,7 +39,12 @@ impl ChannelTimeouts {
 /// Builds a channel to `addr` with `t`'s timeouts (connects lazily); with
 /// TLS, the certificate files are read now (a rotation is picked up by the
 /// next channel) and the controller must present a certificate from the CA.
-pub fn channel(addr: &str, t: ChannelTimeouts, transport: &Transport) -> Result<Channel, String> {
+pub fn channel(
+    addr: &str,
+    t: ChannelTimeouts,
+    transport: &Transport,
+    server_name: Option<&str>,
+) -> Result<Channel, String> {
     let mut endpoint =
         Endpoint::from_shared(addr.to_string()).map_err(|e| format!("bad controller address {addr}: {e}"))?;
     if let Transport::Tls(files) = transport {
@@ -48,7 +53,10 @@ pub fn channel(addr: &str, t: ChannelTimeouts, transport: &Transport) -> Result<
                 "controller address {addr}: TLS is on, expected https:// (the controller's --advertise)"
             ));
         }
-        let tls = files.client_config().map_err(|e| e.to_string())?;
+        let mut tls = files.client_config().map_err(|e| e.to_string())?;
+        if let Some(name) = server_name {
+            tls = tls.domain_name(name);
+        }
         endpoint = endpoint.tls_config(tls).map_err(|e| format!("tls settings for {addr}: {e}"))?;
     }
     Ok(endpoint
@@ -67,13 +75,20 @@ pub struct LeaderClient {
     keys: Keys,
     timeouts: ChannelTimeouts,
     transport: Transport,
+    server_name: Option<String>,
     cached: Mutex<Option<(String, ControllerServiceClient<Channel>)>>,
 }
 
 impl LeaderClient {
     /// A client that finds the leader in `kv`.
-    pub fn new(kv: Kv, keys: Keys, timeouts: ChannelTimeouts, transport: Transport) -> LeaderClient {
-        LeaderClient { kv, keys, timeouts, transport, cached: Mutex::new(None) }
+    pub fn new(
+        kv: Kv,
+        keys: Keys,
+        timeouts: ChannelTimeouts,
+        transport: Transport,
+        server_name: Option<String>,
+    ) -> LeaderClient {
+        LeaderClient { kv, keys, timeouts, transport, server_name, cached: Mutex::new(None) }
     }
 
     /// A client of the current leader (the cached channel when the leader
@@ -90,7 +105,12 @@ impl LeaderClient {
                 return Ok(c.clone());
             }
         }
-        let c = ControllerServiceClient::new(channel(&leader.addr, self.timeouts, &self.transport)?);
+        let c = ControllerServiceClient::new(channel(
+            &leader.addr,
+            self.timeouts,
+            &self.transport,
+            self.server_name.as_deref(),
+        )?);
         *cached = Some((leader.addr, c.clone()));
         Ok(c)
     }

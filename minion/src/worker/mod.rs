@@ -68,6 +68,10 @@ pub struct MinionConfig {
     /// TLS files (the minion's certificate is its identity at the
     /// controller), or plain text with `--insecure`.
     pub transport: r2o_common::tls::Transport,
+    /// The name the controller's certificate is verified against (`None`:
+    /// the host of its advertised address). In Kubernetes the controller
+    /// advertises its pod IP and its certificate names its Service.
+    pub tls_server_name: Option<String>,
 }
 
 /// The machine this process runs on, for [`MinionConfig::host`]: the
@@ -292,6 +296,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
         keys.clone(),
         ChannelTimeouts::from_request(cfg.rpc_timeout),
         cfg.transport.clone(),
+        cfg.tls_server_name.clone(),
     ));
     let worker = Worker {
         kv,
