@@ -57,3 +57,45 @@ fn deploy_check_refuses_a_multi_document_patch() {
     assert!(!out.status.success(), "a multi-document patch must be refused: {text}");
     assert!(text.contains("drop-etcd.yaml: holds 3 documents"), "{text}");
 }
+
+/// The lockdown rules can fail: a copy of deploy/ loosened in five ways is
+/// refused, naming each.
+#[test]
+fn deploy_check_refuses_a_loosened_deployment() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "run scripts/setup.sh first: it installs kubernetes-validate into .venv");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("deploy");
+    let status = Command::new("cp").arg("-r").arg(root.join("deploy")).arg(&copy).status().unwrap();
+    assert!(status.success());
+    let edit = |file: &str, from: &str, to: &str| {
+        let p = copy.join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{file} holds {from}");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    };
+    edit("base/controller.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false");
+    edit("base/minion.yaml", "runAsNonRoot: true", "runAsNonRoot: false");
+    edit("base/etcd.yaml", "- --client-cert-auth\n", "");
+    edit("base/configmap.yaml", "https://r2o-etcd-0", "http://r2o-etcd-0");
+    edit("base/kustomization.yaml", "  - networkpolicy.yaml\n", "  - secret.yaml\n");
+    std::fs::write(
+        copy.join("base/secret.yaml"),
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: r2o-store-credentials\nstringData:\n  AWS_SECRET_ACCESS_KEY: x\n",
+    )
+    .unwrap();
+    let out = Command::new(python).arg(root.join("scripts/validate_deploy.py")).arg(&copy).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    for expected in [
+        "container controller: expected readOnlyRootFilesystem: true",
+        "Deployment/r2o-minion: expected securityContext.runAsNonRoot: true",
+        "container etcd: expected --client-cert-auth",
+        "R2O_ETCD endpoint http://r2o-etcd-0.r2o-etcd:2379: expected https://",
+        "Secret/r2o-store-credentials: a Secret is committed",
+        "Deployment/r2o-controller: no NetworkPolicy selects its pods",
+    ] {
+        assert!(text.contains(expected), "expected a problem '{expected}':\n{text}");
+    }
+}
