@@ -286,8 +286,17 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
+/// Runs the command; an error is printed as one line (`Error: what: why`),
+/// whatever `RUST_BACKTRACE` says, and exits 1.
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<()> {
     use clap::CommandFactory;
     // settings file (--settings or R2O_SETTINGS) < environment < flags
     settings::apply_settings_file(&Cli::command())?;

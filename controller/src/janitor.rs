@@ -56,6 +56,9 @@ pub struct SweepReport {
     pub young_orphans: usize,
     /// History records pruned.
     pub history_pruned: usize,
+    /// Audit records deleted (older than the history's age limit, or past
+    /// the newest [`AUDIT_MAX`]).
+    pub audit_pruned: usize,
     /// Revision etcd was compacted to.
     pub compacted_to: Option<i64>,
 }
@@ -215,6 +218,7 @@ impl Janitor {
             self.first_seen.remove(&id);
         }
         report.history_pruned = self.prune_history(kv, keys, now_ms).await?;
+        report.audit_pruned = self.prune_audit(kv, keys, now_ms).await?;
         // compact to the revision seen one sweep ago
         let status = kv.status().await?;
         if let Some(rev) = self.last_revision {
@@ -223,6 +227,21 @@ impl Janitor {
         }
         self.last_revision = Some(status.revision);
         Ok(report)
+    }
+
+    /// Deletes audit records (`access/audit/<at>/..`, oldest first) older than
+    /// the history's `max_age_ms`, and the oldest past [`AUDIT_MAX`].
+    async fn prune_audit(&self, kv: &Kv, keys: &Keys, now_ms: i64) -> Result<usize, Error> {
+        let prefix = keys.audits();
+        let all = kv.range_keys(&prefix).await?;
+        let doomed = expired_keys(&all, prefix.len(), AUDIT_MAX, self.retention.max_age_ms, now_ms);
+        for batch in doomed.chunks(100) {
+            kv.txn(vec![], batch.iter().map(|k| Op::delete((*k).clone())).collect()).await?;
+        }
+        if !doomed.is_empty() {
+            info!(pruned = doomed.len(), "janitor pruned the audit log");
+        }
+        Ok(doomed.len())
     }
 
     /// Deletes history beyond the retention: the oldest past
@@ -234,21 +253,8 @@ impl Janitor {
             let raw = &table[tprefix.len()..];
             let hprefix = keys.histories(raw);
             let all = kv.range_keys(&hprefix).await?; // oldest first
-            let excess = all.len().saturating_sub(self.retention.max_per_table);
-            let doomed: Vec<&String> = all
-                .iter()
-                .enumerate()
-                .filter(|(i, k)| {
-                    *i < excess
-                        || (self.retention.max_age_ms > 0
-                            && k[hprefix.len()..]
-                                .split('/')
-                                .next()
-                                .and_then(unsortable_ms)
-                                .is_some_and(|created| created < now_ms - self.retention.max_age_ms))
-                })
-                .map(|(_, k)| k)
-                .collect();
+            let doomed =
+                expired_keys(&all, hprefix.len(), self.retention.max_per_table, self.retention.max_age_ms, now_ms);
             for batch in doomed.chunks(100) {
                 kv.txn(vec![], batch.iter().map(|k| Op::delete((*k).clone())).collect()).await?;
                 pruned += batch.len();
@@ -259,6 +265,29 @@ impl Janitor {
         }
         Ok(pruned)
     }
+}
+
+/// Most audit records kept (the newest).
+pub const AUDIT_MAX: usize = 100_000;
+
+/// Of `keys` (oldest first, each `<prefix of prefix_len><sortable ms>/..`),
+/// those to delete: the oldest past `max_count`, and those whose time is
+/// before `now_ms - max_age_ms` (`max_age_ms` 0: no age limit). Pure.
+fn expired_keys(keys: &[String], prefix_len: usize, max_count: usize, max_age_ms: i64, now_ms: i64) -> Vec<&String> {
+    let excess = keys.len().saturating_sub(max_count);
+    keys.iter()
+        .enumerate()
+        .filter(|(i, k)| {
+            *i < excess
+                || (max_age_ms > 0
+                    && k[prefix_len..]
+                        .split('/')
+                        .next()
+                        .and_then(unsortable_ms)
+                        .is_some_and(|at| at < now_ms - max_age_ms))
+        })
+        .map(|(_, k)| k)
+        .collect()
 }
 
 #[cfg(test)]
@@ -463,5 +492,20 @@ mod tests {
         let r = j.sweep(&kv, &keys, &store, &Layout::new("ns"), Instant::now(), 10_000).await.unwrap();
         assert_eq!(r.compacted_to, Some(rev));
         assert_eq!(mem.compacted_revision(), rev);
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_is_pruned_by_age() {
+        let kv: Kv = Arc::new(MemKv::new());
+        let keys = Keys::new("/j");
+        let store = open_store("memory://").unwrap();
+        for at in 0..10i64 {
+            kv.put(&keys.audit(at * 1_000, "n"), b"{}".to_vec(), None).await.unwrap();
+        }
+        let mut j = Janitor::new(Duration::from_secs(1), HistoryRetention { max_per_table: 6, max_age_ms: 3_500 });
+        let r = j.sweep(&kv, &keys, &store, &Layout::new("ns"), Instant::now(), 10_000).await.unwrap();
+        assert_eq!(r.audit_pruned, 7, "older than 6.5 s");
+        let left = kv.range_keys(&keys.audits()).await.unwrap();
+        assert_eq!(left, (7..10).map(|at| keys.audit(at * 1_000, "n")).collect::<Vec<_>>());
     }
 }

@@ -99,13 +99,21 @@ async fn janitor_loop(
         let j = jan.get_or_insert_with(|| janitor::Janitor::new(grace, history));
         let now = std::time::Instant::now();
         match j.sweep(&auth.kv, &auth.keys, &auth.store, &auth.layout, now, r2o_common::meta::now_ms()).await {
-            Ok(r) if !r.deleted.is_empty() || !r.deleted_keys.is_empty() || r.history_pruned > 0 => info!(
-                deleted = r.deleted.len(),
-                deleted_keys = r.deleted_keys.len(),
-                history_pruned = r.history_pruned,
-                scanned = r.scanned,
-                "janitor sweep"
-            ),
+            Ok(r)
+                if !r.deleted.is_empty()
+                    || !r.deleted_keys.is_empty()
+                    || r.history_pruned > 0
+                    || r.audit_pruned > 0 =>
+            {
+                info!(
+                    deleted = r.deleted.len(),
+                    deleted_keys = r.deleted_keys.len(),
+                    history_pruned = r.history_pruned,
+                    audit_pruned = r.audit_pruned,
+                    scanned = r.scanned,
+                    "janitor sweep"
+                )
+            }
             Ok(_) => {}
             Err(e) => {
                 if let Some(m) = &auth.metrics {
