@@ -195,7 +195,8 @@ def table_config(merge, bench_dir, work, bucket):
 
 
 def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None, insecure=False):
-    c = Cluster(os.path.join(work, f"r2o-{scale}-{merge}-{bucket}"), bench_dir, minion_env, insecure)
+    tag = f"{scale}-{merge}-{bucket}" + ("-insecure" if insecure else "")
+    c = Cluster(os.path.join(work, f"r2o-{tag}"), bench_dir, minion_env, insecure)
     try:
         c.cli("table", "add", "--config", table_config(merge, bench_dir, work, bucket),
               "--schema", os.path.join(bench_dir, "schema.json"), "--paused")
@@ -225,7 +226,7 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None
         print("bench: backfill CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()), file=sys.stderr)
         w = json.loads(c.cli("watermark", "--table", "flights", "--output", "json"))
         segs = json.loads(c.cli("segment", "list", "--table", "flights", "--output", "json"))
-        out = os.path.join(work, f"out-r2o-{scale}-{merge}-{bucket}")
+        out = os.path.join(work, f"out-r2o-{tag}")
         os.makedirs(out)
         store = os.path.join(c.work, "store")
         for s in segs:

@@ -79,7 +79,7 @@ struct StateArgs {
     /// Deadline of each gRPC call between processes, seconds (connects within min(5 s, this)).
     #[arg(long, env = "R2O_RPC_TIMEOUT_SECS", default_value_t = 30)]
     rpc_timeout_secs: u64,
-    /// Plain-text gRPC and no identity checks (every caller is an admin); logs a warning.
+    /// Plain-text gRPC and no identity checks (every caller may make every call); logs a warning.
     /// Only for a trusted network: TLS with roles is the default.
     #[arg(long, env = "R2O_INSECURE")]
     insecure: bool,

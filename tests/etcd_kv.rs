@@ -44,3 +44,36 @@ async fn etcd_backend_conforms() {
     let both = kv.range_consistent(&["/c/history/".to_string(), "/c/active/".to_string()]).await.unwrap();
     assert_eq!((both[0].len(), both[1].len()), (1, 0), "now in history only");
 }
+
+/// etcd users: r2o connects as a user with a password (`--etcd-user`,
+/// `--etcd-password-file`), and a wrong password is refused.
+#[tokio::test]
+async fn etcd_users_with_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = support::Etcd::start(dir.path());
+    // enable etcd's auth: a root user with the root role, and an r2o user
+    let mut admin = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await.unwrap();
+    admin.user_add("root", "root-secret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.user_add("r2o", "r2o-secret", None).await.unwrap();
+    admin.role_add("r2o").await.unwrap();
+    admin.role_grant_permission("r2o", etcd_client::Permission::read_write("/r2o/").with_prefix()).await.unwrap();
+    admin.user_grant_role("r2o", "r2o").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    let as_user = |user: &str, password: &str| r2o_common::kv::EtcdSecurity {
+        user: Some((user.into(), password.into())),
+        ..Default::default()
+    };
+    let endpoints = std::slice::from_ref(&etcd.endpoint);
+    let kv = r2o_common::kv::EtcdKv::connect(endpoints, Duration::from_secs(5), &as_user("r2o", "r2o-secret"))
+        .await
+        .unwrap();
+    kv.put("/r2o/x", b"1".to_vec(), None).await.unwrap();
+    assert_eq!(kv.get("/r2o/x").await.unwrap().map(|e| e.value), Some(b"1".to_vec()));
+    assert!(kv.put("/other/x", b"1".to_vec(), None).await.is_err(), "outside the user's prefix");
+    let wrong = r2o_common::kv::EtcdKv::connect(endpoints, Duration::from_secs(5), &as_user("r2o", "nope")).await;
+    assert!(wrong.is_err(), "a wrong password is refused");
+    // without credentials nothing is readable any more
+    let anon = etcd.kv(Duration::from_secs(5)).await.unwrap();
+    assert!(anon.get("/r2o/x").await.is_err());
+}

@@ -438,6 +438,13 @@ fn insecure_is_explicit_and_plain_text_works_with_it() {
     assert!(log.contains("--insecure"), "a warning at start: {log}");
     let who = c.cli(&["whoami"]);
     assert!(who.contains("insecure (role admin"), "{who}");
+    // data moves: the minion's reports are accepted without identities
+    c.add_table("plain", &hourly_table("plain", json!({})), &metric_schema());
+    let f = c.parquet_file("plain.parquet", &hourly_rows(3, 10));
+    c.cli(&["segment", "add", "--table", "plain", "--file", f.to_str().unwrap(), "--end-of-stream"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let w = rt.block_on(c.wait_idle("plain", Duration::from_secs(60)));
+    assert_eq!(w.watermark_ms, support::T0_MS + 3 * support::H_MS, "{}", w.next);
     // without the flag, a process without TLS files does not start
     let out = std::process::Command::new(support::r2o_bin())
         .args(["controller", "--listen", "127.0.0.1:1"])

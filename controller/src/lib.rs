@@ -261,7 +261,7 @@ pub async fn run(
         r2o_common::tls::Transport::Insecure => {
             tracing::warn!(
                 listen = %cfg.listen,
-                "--insecure: gRPC is plain text and every caller is an admin; use only on a trusted network"
+                "--insecure: gRPC is plain text and every caller may make every call; use only on a trusted network"
             );
             access::Policy::Open
         }
