@@ -83,7 +83,12 @@ def cpu_s(pid):
 
 
 def metric(port, name):
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    """A metric's value, or None (also when a scrape under load times out:
+    the caller polls again)."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    except (TimeoutError, OSError):
+        return None
     for line in body.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[-1])
@@ -359,6 +364,8 @@ def main():
             for x in [r] + ([plain] if plain else []) + peers:
                 x["ratio"] = (best / x["seconds"]) if (best and x in (r, plain)) else None
                 rows.append(x)
+                # as it comes, so a sitting cut short keeps what it measured
+                print(f"bench: {x['tool']} {scale} {merge}: {x['seconds']:.2f} s", file=sys.stderr)
     print()
     print("| tool | scale | mergeType | wall s | rows/s | windows/s | peak RSS MB | vs best peer |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -7,6 +7,22 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The repository root and the venv's Python (with kubernetes-validate).
+fn tools() -> (&'static Path, std::path::PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "run scripts/setup.sh first: it installs kubernetes-validate into .venv");
+    (root, python)
+}
+
+/// A copy of deploy/ under `dir`, to loosen.
+fn copy_of_deploy(root: &Path, dir: &Path) -> std::path::PathBuf {
+    let copy = dir.join("deploy");
+    let status = Command::new("cp").arg("-r").arg(root.join("deploy")).arg(&copy).status().unwrap();
+    assert!(status.success());
+    copy
+}
+
 #[test]
 fn deploy_manifests_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -30,13 +46,9 @@ fn deploy_manifests_validate() {
 /// what kustomize renders.
 #[test]
 fn deploy_check_refuses_a_multi_document_patch() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    assert!(python.exists(), "run scripts/setup.sh first: it installs kubernetes-validate into .venv");
+    let (root, python) = tools();
     let tmp = tempfile::tempdir().unwrap();
-    let copy = tmp.path().join("deploy");
-    let status = Command::new("cp").arg("-r").arg(root.join("deploy")).arg(&copy).status().unwrap();
-    assert!(status.success());
+    let copy = copy_of_deploy(root, tmp.path());
     let overlay = copy.join("overlays/external-etcd");
     let mut joined = String::new();
     for part in ["statefulset", "service", "pdb"] {
@@ -62,13 +74,9 @@ fn deploy_check_refuses_a_multi_document_patch() {
 /// refused, naming each.
 #[test]
 fn deploy_check_refuses_a_loosened_deployment() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    assert!(python.exists(), "run scripts/setup.sh first: it installs kubernetes-validate into .venv");
+    let (root, python) = tools();
     let tmp = tempfile::tempdir().unwrap();
-    let copy = tmp.path().join("deploy");
-    let status = Command::new("cp").arg("-r").arg(root.join("deploy")).arg(&copy).status().unwrap();
-    assert!(status.success());
+    let copy = copy_of_deploy(root, tmp.path());
     let edit = |file: &str, from: &str, to: &str| {
         let p = copy.join(file);
         let text = std::fs::read_to_string(&p).unwrap();

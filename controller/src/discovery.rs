@@ -645,17 +645,19 @@ mod tests {
         assert_eq!(advance_cursor(None, &l, &all), Some("in/d".into()));
     }
 
+    /// A table with one discovery source at `uri`.
+    fn source_spec(uri: &str) -> Result<TableSpec, r2o_common::ConfigError> {
+        TableSpec::from_json(
+            serde_json::json!({"tableName": "t", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                "ingestionConfig": {"batchIngestionConfig": {"batchConfigMaps": [{"inputDirURI": uri}]}}}),
+            serde_json::json!({"schemaName": "s", "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG",
+                "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]}),
+        )
+    }
+
     #[test]
     fn a_source_may_not_overlap_the_install_namespace() {
-        let spec = |uri: &str| {
-            TableSpec::from_json(
-                serde_json::json!({"tableName": "t", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
-                    "ingestionConfig": {"batchIngestionConfig": {"batchConfigMaps": [{"inputDirURI": uri}]}}}),
-                serde_json::json!({"schemaName": "s", "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG",
-                    "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]}),
-            )
-            .unwrap()
-        };
+        let spec = |uri: &str| source_spec(uri).unwrap();
         let store = "file:///var/lib/r2o/store";
         let all = ["file:///".to_string(), "s3://b/".to_string()];
         assert!(check_sources(&spec("file:///var/lib/r2o/landing"), store, "r2o-1/", &all).is_ok());
@@ -675,14 +677,7 @@ mod tests {
 
     #[test]
     fn a_source_must_lie_inside_the_allowed_locations() {
-        let spec = |uri: &str| {
-            TableSpec::from_json(
-                serde_json::json!({"tableName": "t", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
-                    "ingestionConfig": {"batchIngestionConfig": {"batchConfigMaps": [{"inputDirURI": uri}]}}}),
-                serde_json::json!({"schemaName": "s", "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG",
-                    "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]}),
-            )
-        };
+        let spec = source_spec;
         let allow = r2o_common::config::parse_source_allow("file:///data/landing/,s3://landing/").unwrap();
         let check = |uri: &str| check_sources(&spec(uri).unwrap(), "file:///var/lib/r2o/store", "r2o-1/", &allow);
         assert!(check("file:///data/landing/topic").is_ok());
