@@ -105,6 +105,11 @@ async fn snapshot(c: &Cluster) -> String {
     out
 }
 
+/// `table add` of `cfg` with the metric schema.
+fn add_request(cfg: &serde_json::Value) -> pb::AddTableRequest {
+    pb::AddTableRequest { table_config_json: cfg.to_string(), schema_json: metric_schema().to_string(), paused: false }
+}
+
 /// A sparse file of `size` bytes ending in a Parquet tail that declares a
 /// footer of `footer_len` bytes.
 fn lying_parquet(path: &Path, size: u64, footer_len: u32) {
@@ -318,13 +323,7 @@ async fn attacks_are_refused_and_change_nothing() {
     ] {
         let mut cfg = hourly_table("src", json!({}));
         cfg["ingestionConfig"] = json!({"batchIngestionConfig": {"batchConfigMaps": [{"inputDirURI": uri}]}});
-        let r = admin
-            .add_table(pb::AddTableRequest {
-                table_config_json: cfg.to_string(),
-                schema_json: metric_schema().to_string(),
-                paused: false,
-            })
-            .await;
+        let r = admin.add_table(add_request(&cfg)).await;
         let named = matches!(&r, Err(s) if s.message().contains("inputDirURI"));
         t.expect(what, r, tonic::Code::InvalidArgument);
         assert!(named, "{what}: the refusal names inputDirURI");
@@ -334,25 +333,13 @@ async fn attacks_are_refused_and_change_nothing() {
     let mut cfg = hourly_table("deep", json!({}));
     let deep = format!("{}column(m) = numeric(1){}", "(".repeat(100_000), ")".repeat(100_000));
     cfg["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]["offloadPredicate"] = json!(deep);
-    let r = admin
-        .add_table(pb::AddTableRequest {
-            table_config_json: cfg.to_string(),
-            schema_json: metric_schema().to_string(),
-            paused: false,
-        })
-        .await;
+    let r = admin.add_table(add_request(&cfg)).await;
     let limit = matches!(&r, Err(s) if s.message().contains("expected at most"));
     t.expect("a predicate nested 100,000 deep", r, tonic::Code::InvalidArgument);
     assert!(limit, "the refusal names the limit");
     let mut cfg = hourly_table("huge", json!({}));
     cfg["padding"] = json!("x".repeat(300 * 1024));
-    let r = admin
-        .add_table(pb::AddTableRequest {
-            table_config_json: cfg.to_string(),
-            schema_json: metric_schema().to_string(),
-            paused: false,
-        })
-        .await;
+    let r = admin.add_table(add_request(&cfg)).await;
     t.expect("an oversized table config", r, tonic::Code::InvalidArgument);
 
     // the controller is still up, and nothing changed
