@@ -1303,4 +1303,17 @@ mod tests {
         let ms = time_ms(&col, TimeFormat::parse("f", "1:HOURS:EPOCH").unwrap()).unwrap();
         assert_eq!(ms.iter().collect::<Vec<_>>(), vec![Some(7_200_000), None, Some(-3_600_000)]);
     }
+
+    #[test]
+    fn footer_lengths_are_checked_against_the_file_and_the_limit() {
+        let end = |len: u32| [len.to_le_bytes().as_slice(), b"PAR1"].concat();
+        assert_eq!(footer_length(&end(100), 1_000), Ok(100));
+        assert!(footer_length(&end(100), 10).unwrap_err().contains("too short"));
+        assert!(footer_length(b"xxxxxxxx", 1_000).unwrap_err().contains("PAR1"));
+        assert!(footer_length(&end(995), 1_000).unwrap_err().contains("larger than the file"));
+        let lie = u32::MAX - 16;
+        let e = footer_length(&end(lie), 5 << 30).unwrap_err();
+        assert!(e.contains("expected at most 67108864"), "{e}");
+        assert_eq!(footer_length(&end(64 << 20), 1 << 30), Ok(64 << 20), "the limit itself is allowed");
+    }
 }

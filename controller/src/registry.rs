@@ -566,4 +566,44 @@ mod tests {
         let lineages = vec![(lineage("flow", 0, 5, None), 10), (lineage("late1", 0, 1, Some("append")), 20)];
         assert_eq!(names(visible_segments(&lineages, manifests())), vec!["a", "a1", "b"]);
     }
+
+    #[test]
+    fn a_registration_names_its_own_fresh_upload() {
+        let prefix = "ns/realtime/t_REALTIME/";
+        assert!(is_fresh_upload(prefix, "s1", "ns/realtime/t_REALTIME/s1.0123456789abcdef.parquet"));
+        for bad in [
+            "ns/realtime/t_REALTIME/s2.0123456789abcdef.parquet",
+            "ns/realtime/t_REALTIME/s1.0123456789abcdeX.parquet",
+            "ns/realtime/t_REALTIME/s1.0123.parquet",
+            "ns/realtime/t_REALTIME/s1.0123456789abcdef.csv",
+            "ns/realtime/u_REALTIME/s1.0123456789abcdef.parquet",
+            "ns/realtime/t_REALTIME/s1",
+        ] {
+            assert!(!is_fresh_upload(prefix, "s1", bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn claims_must_match_the_file() {
+        use r2o_common::columnar::SegmentFacts;
+        let meta = |rows: u64, start: i64, end: i64, status: SegmentStatus| SegmentMeta {
+            segment_name: "s".into(),
+            total_docs: rows,
+            start_time_ms: start,
+            end_time_ms: end,
+            status,
+            ..Default::default()
+        };
+        let facts = SegmentFacts { rows: 7, time_range_ms: Some((10, 20)), null_time_rows: 0 };
+        assert!(check_claims(&meta(7, 10, 20, SegmentStatus::Done), &facts).is_ok());
+        let e = check_claims(&meta(70, 10, 20, SegmentStatus::Done), &facts).unwrap_err().to_string();
+        assert!(e.contains("segment.numRows 70") && e.contains("holds 7 rows"), "{e}");
+        let e = check_claims(&meta(7, 10, 99, SegmentStatus::Done), &facts).unwrap_err().to_string();
+        assert!(e.contains("[10, 99]") && e.contains("spans [10, 20]"), "{e}");
+        // no timed row: only a CONSUMING segment at [0, 0]
+        let untimed = SegmentFacts { rows: 0, time_range_ms: None, null_time_rows: 0 };
+        assert!(check_claims(&meta(0, 0, 0, SegmentStatus::Consuming), &untimed).is_ok());
+        assert!(check_claims(&meta(0, 0, 0, SegmentStatus::Done), &untimed).is_err());
+        assert!(check_claims(&meta(0, 5, 5, SegmentStatus::Consuming), &untimed).is_err());
+    }
 }
