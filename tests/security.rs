@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{hourly_rows, hourly_table, metric_schema, Cluster};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 /// Adds `authorization: Bearer <token>` when there is a token.
 #[derive(Clone)]
@@ -40,11 +40,8 @@ struct As<'a> {
 }
 
 async fn connect(port: u16, a: As<'_>) -> Result<Client, String> {
-    let read = |f: &str| std::fs::read(a.dir.join(f)).unwrap();
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem")));
-    if let Some(c) = a.cert {
-        tls = tls.identity(Identity::from_pem(read(&format!("{c}.pem")), read(&format!("{c}.key"))));
-    }
+    let files = a.cert.map(|c| (a.dir.join(format!("{c}.pem")), a.dir.join(format!("{c}.key"))));
+    let tls = r2o_common::tls::client_config(&a.dir.join("ca.pem"), files.as_ref().map(|(c, k)| (c, k))).unwrap();
     let ep = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
         .tls_config(tls)

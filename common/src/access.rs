@@ -173,7 +173,6 @@ pub fn token_id(token: &str) -> Option<&str> {
 /// A new token from 6 + 32 random bytes: (id, token). Shown once; only its
 /// [`token_hash`] is stored.
 pub fn new_token(id_bytes: [u8; 6], secret: [u8; 32]) -> (String, String) {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let id = hex(&id_bytes);
     let token = format!("{TOKEN_PREFIX}{id}_{}", hex(&secret));
     (id, token)
@@ -181,7 +180,12 @@ pub fn new_token(id_bytes: [u8; 6], secret: [u8; 32]) -> (String, String) {
 
 /// SHA-256 of the whole token, lowercase hex: what a token record stores.
 pub fn token_hash(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().iter().map(|x| format!("{x:02x}")).collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Whether `token` is the one whose hash is `stored` (compared in constant time).

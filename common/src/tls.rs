@@ -98,24 +98,37 @@ impl Transport {
     }
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// A PEM file's bytes, the error naming the setting and the file.
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File { what, path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// The certificates in `pem` (read from `path`): at least one.
+fn certs_in(what: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_err = |message: String| TlsError::File { what, path: path.to_path_buf(), message };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(e.to_string()))?;
+    let certs =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| file_err(e.to_string()))?;
     if certs.is_empty() {
         return Err(file_err("no PEM CERTIFICATE block: expected at least one".into()));
     }
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+/// The private key in `pem` (read from `path`).
+fn key_in(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::File {
         what: "key (--tls-key)",
         path: path.to_path_buf(),
         message: format!("{e}: expected one PEM private key (PKCS#8, PKCS#1 or SEC1)"),
     })
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certs_in(what, path, &read_pem(what, path)?)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    key_in(path, &read_pem("key (--tls-key)", path)?)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -182,20 +195,17 @@ pub fn client_config(
     ca: &Path,
     identity: Option<(&PathBuf, &PathBuf)>,
 ) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
-    let read = |what: &'static str, p: &Path| {
-        std::fs::read(p).map_err(|e| TlsError::File { what, path: p.to_path_buf(), message: e.to_string() })
-    };
-    // parse now, so a bad file is named here and not as a handshake failure later
-    read_certs("CA bundle (--tls-ca)", ca)?;
-    let mut cfg = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(read("CA bundle (--tls-ca)", ca)?));
+    // each file is read once, and parsed now, so a bad file is named here
+    // and not as a handshake failure later
+    let ca_pem = read_pem("CA bundle (--tls-ca)", ca)?;
+    certs_in("CA bundle (--tls-ca)", ca, &ca_pem)?;
+    let mut cfg =
+        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
     if let Some((cert, key)) = identity {
-        read_certs("certificate (--tls-cert)", cert)?;
-        read_key(key)?;
-        cfg = cfg.identity(tonic::transport::Identity::from_pem(
-            read("certificate (--tls-cert)", cert)?,
-            read("key (--tls-key)", key)?,
-        ));
+        let (cert_pem, key_pem) = (read_pem("certificate (--tls-cert)", cert)?, read_pem("key (--tls-key)", key)?);
+        certs_in("certificate (--tls-cert)", cert, &cert_pem)?;
+        key_in(key, &key_pem)?;
+        cfg = cfg.identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
     }
     Ok(cfg)
 }

@@ -434,15 +434,8 @@ impl Cluster {
     ) -> Result<ControllerServiceClient<Channel>, tonic::transport::Error> {
         let mut ep = tonic::transport::Endpoint::from_shared(format!("{}://127.0.0.1:{port}", self.scheme()))?;
         if let Some(d) = &self.tls {
-            let read = |f: String| std::fs::read(d.join(f)).unwrap();
-            ep = ep.tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
-                    .identity(tonic::transport::Identity::from_pem(
-                        read(format!("{who}.pem")),
-                        read(format!("{who}.key")),
-                    )),
-            )?;
+            let (cert, key) = (d.join(format!("{who}.pem")), d.join(format!("{who}.key")));
+            ep = ep.tls_config(r2o_common::tls::client_config(&d.join("ca.pem"), Some((&cert, &key))).unwrap())?;
         }
         Ok(ControllerServiceClient::new(ep.connect().await?))
     }
