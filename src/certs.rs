@@ -30,33 +30,18 @@ pub struct Validity {
     pub until_days: i64,
 }
 
-fn date(offset_days: i64) -> Result<time_shim::Date> {
-    time_shim::today_plus(offset_days)
-}
-
-/// Day arithmetic on the civil calendar (jiff), handed to rcgen as y/m/d.
-mod time_shim {
-    use anyhow::{Context, Result};
-
-    /// A UTC calendar date.
-    pub struct Date {
-        pub y: i32,
-        pub m: u8,
-        pub d: u8,
-    }
-
-    /// Today (UTC) plus `days`.
-    pub fn today_plus(days: i64) -> Result<Date> {
-        let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
-        let d = today.checked_add(jiff::Span::new().days(days)).context("certificate validity out of range")?;
-        Ok(Date { y: i32::from(d.year()), m: d.month() as u8, d: d.day() as u8 })
-    }
+/// Today (UTC) plus `days`, as (year, month, day): jiff does the calendar
+/// arithmetic, rcgen takes the date.
+fn day(days: i64) -> Result<(i32, u8, u8)> {
+    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let d = today.checked_add(jiff::Span::new().days(days)).context("certificate validity out of range")?;
+    Ok((i32::from(d.year()), d.month() as u8, d.day() as u8))
 }
 
 fn set_validity(p: &mut CertificateParams, v: Validity) -> Result<()> {
-    let (a, b) = (date(v.from_days)?, date(v.until_days)?);
-    p.not_before = rcgen::date_time_ymd(a.y, a.m, a.d);
-    p.not_after = rcgen::date_time_ymd(b.y, b.m, b.d);
+    let ((ay, am, ad), (by, bm, bd)) = (day(v.from_days)?, day(v.until_days)?);
+    p.not_before = rcgen::date_time_ymd(ay, am, ad);
+    p.not_after = rcgen::date_time_ymd(by, bm, bd);
     Ok(())
 }
 
