@@ -892,7 +892,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     plan.offline_rows,
                     plan.offline_bytes,
                     plan.windows,
-                    if plan.watermark_ms > 0 { format_utc(plan.watermark_ms) } else { "none".into() },
+                    plan.watermark_ms.map_or_else(|| "none".into(), format_utc),
                     if plan.abandoned_task.is_empty() {
                         String::new()
                     } else {
@@ -1019,12 +1019,11 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         w.windows_committed, w.windows_skipped, w.rows_null_time, w.next
                     );
                     if !w.schedule.is_empty() {
-                        let last = if w.last_run_ms > 0 {
-                            format!("{} ({})", format_utc(w.last_run_ms), w.last_run_trigger)
-                        } else {
-                            "none yet".into()
-                        };
-                        let next = if w.next_run_ms > 0 { format_utc(w.next_run_ms) } else { "-".into() };
+                        let last = w.last_run_ms.map_or_else(
+                            || "none yet".into(),
+                            |t| format!("{} ({})", format_utc(t), w.last_run_trigger),
+                        );
+                        let next = w.next_run_ms.map_or_else(|| "-".into(), format_utc);
                         println!("schedule: {}; last run: {last}; next run: {next}", w.schedule);
                     }
                     if w.retention_ms > 0 {
@@ -1118,9 +1117,9 @@ async fn report(conn: &Conn, table: &str) -> Result<()> {
         "failedTasks": tasks.iter().filter(|t| t.state == "FAILED").count(),
         "next": w.next,
         "schedule": w.schedule,
-        "lastRun": if w.last_run_ms > 0 { format_utc(w.last_run_ms) } else { String::new() },
+        "lastRun": w.last_run_ms.map(format_utc).unwrap_or_default(),
         "lastRunTrigger": w.last_run_trigger,
-        "nextRun": if w.next_run_ms > 0 { format_utc(w.next_run_ms) } else { String::new() },
+        "nextRun": w.next_run_ms.map(format_utc).unwrap_or_default(),
     });
     match conn.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),

@@ -357,9 +357,11 @@ pub struct LineageRecord {
     pub window_start_ms: i64,
     /// End of the last window, UTC epoch ms (exclusive): the watermark after the commit.
     pub window_end_ms: i64,
-    /// Where the task's range starts (the previous watermark), UTC epoch ms.
+    /// Where the task's range starts (the previous watermark), UTC epoch ms;
+    /// `None` only in records written before the field existed, which cover
+    /// their windows only (see [`LineageRecord::range_start_ms`]).
     #[serde(default)]
-    pub from_ms: i64,
+    pub from_ms: Option<i64>,
     /// Empty windows skipped in `[from_ms, window_end_ms)` (persisted by this commit).
     #[serde(default)]
     pub skipped_windows: u64,
@@ -388,6 +390,21 @@ pub struct LineageRecord {
     /// (`rematerialize`) or join (`append`) those committed before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late: Option<LateRun>,
+}
+
+/// An optional wall-clock time, UTC epoch ms, where legacy records wrote 0
+/// (or nothing) for "none". Only for times the controller takes from its
+/// clock, which are never 1970-01-01T00:00Z; never for data times.
+pub(crate) fn wall_clock_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.filter(|&t| t != 0))
+}
+
+impl LineageRecord {
+    /// Where the committed range starts, UTC epoch ms: `from_ms`, or the
+    /// first window's start for records written before `from_ms` existed.
+    pub fn range_start_ms(&self) -> i64 {
+        self.from_ms.unwrap_or(self.window_start_ms)
+    }
 }
 
 /// State of a task.
@@ -584,9 +601,11 @@ pub struct TaskRecord {
     /// Rounds that ended FAILED.
     #[serde(default)]
     pub failed_rounds: u32,
-    /// A FAILED task is re-armed for a new round at this time (0: never), UTC epoch ms.
-    #[serde(default)]
-    pub retry_at_ms: i64,
+    /// A FAILED task is re-armed for a new round at this time, UTC epoch ms
+    /// (`None`: not re-armed by itself). Records written before issue 21
+    /// stored 0 for `None`; a wall-clock time is never 0, so 0 reads as `None`.
+    #[serde(default, deserialize_with = "wall_clock_or_none")]
+    pub retry_at_ms: Option<i64>,
     /// This task's index among its window's sub-tasks, `0..sub_tasks`.
     #[serde(default)]
     pub sub_task: u32,
@@ -671,16 +690,41 @@ impl TaskRecord {
 }
 
 /// Where a table's next task starts: the end of the last published one.
+///
+/// Stored as `{"nextMs": .., "narrowingUntilMs": ..}`; records written
+/// before issue 21 carry `narrowUntilMs` with 0 for "not narrowing" (a
+/// sentinel that made every task before 1970 a one-window task) and are
+/// read with 0 as `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "FrontierWire")]
 pub struct FrontierRecord {
     /// Start of the next task's range, UTC epoch ms.
     pub next_ms: i64,
     /// Until the frontier passes this time, tasks are planned one window at
     /// a time (set when a task of many windows failed, to isolate the
-    /// failing window), UTC epoch ms; 0: no limit.
+    /// failing window), UTC epoch ms; `None`: not narrowing. Any `i64` is a
+    /// time, negative ones (before 1970) included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrowing_until_ms: Option<i64>,
+}
+
+/// [`FrontierRecord`] as stored, current and legacy keys.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FrontierWire {
+    next_ms: i64,
     #[serde(default)]
-    pub narrow_until_ms: i64,
+    narrowing_until_ms: Option<i64>,
+    /// Legacy: 0 meant "not narrowing".
+    #[serde(default)]
+    narrow_until_ms: i64,
+}
+
+impl From<FrontierWire> for FrontierRecord {
+    fn from(w: FrontierWire) -> FrontierRecord {
+        let legacy = (w.narrow_until_ms != 0).then_some(w.narrow_until_ms);
+        FrontierRecord { next_ms: w.next_ms, narrowing_until_ms: w.narrowing_until_ms.or(legacy) }
+    }
 }
 
 /// Backoff before attempt `n + 1` after `n` failed attempts in a round:

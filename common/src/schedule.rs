@@ -76,11 +76,14 @@ impl Schedule {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleRecord {
-    /// The fire time of the last scheduled run, UTC epoch ms (0: none yet;
-    /// the table's creation counts as the start).
+    /// The fire time of the last scheduled run, UTC epoch ms (before the
+    /// first run the record is absent and the table's creation counts as
+    /// the last fire).
     pub last_fire_ms: i64,
-    /// When the last run (scheduled or manual) started, UTC epoch ms.
-    pub last_run_ms: i64,
+    /// When the last run (scheduled or manual) started, UTC epoch ms
+    /// (`None`: none yet; legacy records wrote 0).
+    #[serde(default, deserialize_with = "crate::meta::wall_clock_or_none")]
+    pub last_run_ms: Option<i64>,
     /// `scheduled` or `manual`.
     pub last_trigger: String,
     /// A scheduled run is planning (until nothing more is ready).

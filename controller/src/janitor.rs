@@ -318,7 +318,7 @@ mod tests {
         LineageRecord {
             window_start_ms: 0,
             window_end_ms: 1,
-            from_ms: 0,
+            from_ms: Some(0),
             windows: vec![],
             skipped_windows: 0,
             task_id: task.into(),

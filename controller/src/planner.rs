@@ -1010,6 +1010,70 @@ mod tests {
         }
     }
 
+    /// `d` with every time moved by `by` ms.
+    fn shifted(d: Decision, by: i64) -> Decision {
+        let w = |w: Window| Window { start_ms: w.start_ms + by, end_ms: w.end_ms + by };
+        match d {
+            Decision::Run { from_ms, windows, skipped_windows, mut inputs } => {
+                for i in &mut inputs {
+                    i.start_time_ms += by;
+                    i.end_time_ms += by;
+                }
+                Decision::Run {
+                    from_ms: from_ms + by,
+                    windows: windows.into_iter().map(w).collect(),
+                    skipped_windows,
+                    inputs,
+                }
+            }
+            Decision::Wait(r) => Decision::Wait(match r {
+                WaitReason::NoSegments => WaitReason::NoSegments,
+                WaitReason::CaughtUp { watermark_ms } => WaitReason::CaughtUp { watermark_ms: watermark_ms + by },
+                WaitReason::Buffer { window, eligible_at_ms } => {
+                    WaitReason::Buffer { window: w(window), eligible_at_ms: eligible_at_ms + by }
+                }
+                WaitReason::Consuming { window, segment } => WaitReason::Consuming { window: w(window), segment },
+                WaitReason::LastCompleted { window, segment } => {
+                    WaitReason::LastCompleted { window: w(window), segment }
+                }
+            }),
+        }
+    }
+
+    proptest! {
+        /// Times before 1970 are ordinary times (issue 21): moving every
+        /// segment, the watermark and the clock by whole days, back as far as
+        /// 1806 or forward to 2134, moves the plan by the same amount and
+        /// changes nothing else, whichever side of 0 the times land on.
+        #[test]
+        fn a_plan_moved_across_1970_is_the_same_plan(
+            raw in arb_segments(),
+            llc_names in arb_names(),
+            max_windows in 1usize..5,
+            buffer_h in 0i64..72,
+            wm_day in prop::option::of(-3i64..10),
+            now_h in 0i64..300,
+            days in -60_000i64..60_000,
+        ) {
+            const DAY: i64 = 24 * H;
+            let f = flow(DAY, buffer_h * H);
+            let segs: Vec<SegmentMeta> = raw.iter().enumerate().map(|(i, (s, len, c, p))| {
+                let name = if llc_names { llc(*p, i as u64) } else { format!("s{i:02}") };
+                seg(&name, s * H, (s + len) * H, if *c { SegmentStatus::Consuming } else { SegmentStatus::Done }, *p)
+            }).collect();
+            let by = days * DAY;
+            let moved: Vec<SegmentMeta> = segs.iter().cloned().map(|mut s| {
+                s.start_time_ms += by;
+                s.end_time_ms += by;
+                s
+            }).collect();
+            let budget = Budget { max_windows, max_input_rows: u64::MAX, max_input_bytes: u64::MAX };
+            let here = plan(&f, &segs, wm_day.map(|d| d * DAY), now_h * H, &budget);
+            let there = plan(&f, &moved, wm_day.map(|d| d * DAY + by), now_h * H + by, &budget);
+            prop_assert_eq!(shifted(here, by), there);
+        }
+    }
+
     fn arb_segments() -> impl Strategy<Value = Vec<(i64, i64, bool, i32)>> {
         prop::collection::vec((-50i64..200, 0i64..30, prop::bool::weighted(0.15), 0i32..3), 1..12)
     }

@@ -80,7 +80,7 @@ pub fn publish(
     keys: &Keys,
     tasks: &[TaskRecord],
     frontier_rev: i64,
-    narrow_until_ms: i64,
+    narrowing_until_ms: Option<i64>,
     cold_start: Option<&WatermarkRecord>,
     leadership: Leadership,
     input_chunks: Vec<Compare>,
@@ -99,7 +99,7 @@ pub fn publish(
     let mut ops: Vec<Op> = tasks.iter().map(|t| Op::put(keys.active_task(&t.id), encode(t))).collect();
     ops.push(Op::put(
         keys.frontier(&task.table),
-        encode(&FrontierRecord { next_ms: task.window_end_ms, narrow_until_ms }),
+        encode(&FrontierRecord { next_ms: task.window_end_ms, narrowing_until_ms }),
     ));
     if let Some(wm) = cold_start {
         compares.push(Compare::ModRevision(keys.watermark(&task.table), 0));
@@ -296,7 +296,7 @@ pub fn committed(task: &TaskRecord, totals: &ReportTotals, old: Option<&Watermar
     let lineage = LineageRecord {
         window_start_ms: task.window_start_ms,
         window_end_ms: task.window_end_ms,
-        from_ms: task.from_ms,
+        from_ms: Some(task.from_ms),
         skipped_windows: task.skipped_windows,
         windows: totals.windows.clone(),
         task_id: task.id.to_string(),
@@ -449,7 +449,7 @@ pub fn attempt_failed(mut task: TaskRecord, attempt: u32, error: &str, now_ms: i
         task.state = TaskState::Failed;
         task.finished_ms = now_ms;
         task.failed_rounds += 1;
-        task.retry_at_ms = now_ms + round_backoff_ms(task.failed_rounds);
+        task.retry_at_ms = Some(now_ms + round_backoff_ms(task.failed_rounds));
     } else {
         task.state = TaskState::Pending;
         task.not_before_ms = now_ms + attempt_backoff_ms(task.attempts_in_round());
@@ -484,7 +484,7 @@ pub fn attempt_overdue(first_seen_ms: i64, now_ms: i64, timeout_ms: i64, grace_m
 pub fn rearmed(mut task: TaskRecord) -> TaskRecord {
     task.state = TaskState::Pending;
     task.round_start_attempt = task.attempt;
-    task.retry_at_ms = 0;
+    task.retry_at_ms = None;
     task.not_before_ms = 0;
     task.finished_ms = 0;
     task
@@ -513,19 +513,30 @@ fn gone_to_history(task: &TaskRecord, reason: &str, now_ms: i64) -> TaskRecord {
 /// `[watermark, task start)` must be planned again as well (finding 6 of
 /// issue 19: rewinding to the task's start left it unplanned for good).
 /// Narrowing (one window per task) lasts until the later of the frontier's
-/// current `narrow_until_ms` and `narrow_until_ms`, so a window being
-/// isolated stays isolated. Pure.
+/// current `narrowing_until_ms` and `narrow_until_ms` (`None`: no new
+/// narrowing), so a window being isolated stays isolated; a limit at or
+/// before the new frontier is dropped. Any `i64` is a time (before 1970
+/// included): there is no sentinel. Pure.
 pub fn rewound_frontier(
     task: &TaskRecord,
     watermark_ms: Option<i64>,
     current: Option<&FrontierRecord>,
-    narrow_until_ms: i64,
+    narrow_until_ms: Option<i64>,
 ) -> FrontierRecord {
     let next_ms = watermark_ms.unwrap_or(task.from_ms);
-    let kept = current.map_or(0, |f| f.narrow_until_ms);
-    let narrow = if narrow_until_ms > next_ms { narrow_until_ms } else { 0 };
-    let kept = if kept > next_ms { kept } else { 0 };
-    FrontierRecord { next_ms, narrow_until_ms: narrow.max(kept) }
+    let kept = current.and_then(|f| f.narrowing_until_ms);
+    let narrowing_until_ms = narrow_until_ms.into_iter().chain(kept).filter(|&t| t > next_ms).max();
+    FrontierRecord { next_ms, narrowing_until_ms }
+}
+
+/// Whether a task starting at `from_ms` is planned one window at a time:
+/// the frontier is isolating a failing window that ends after `from_ms`.
+/// Pure.
+pub fn narrowing(frontier: Option<&FrontierRecord>, from_ms: Option<i64>) -> bool {
+    match (frontier.and_then(|f| f.narrowing_until_ms), from_ms) {
+        (Some(until), Some(from)) => from < until,
+        _ => false,
+    }
 }
 
 /// What a failed attempt leads to (see [`on_failure`]).
@@ -716,7 +727,7 @@ pub fn reset(
     } else {
         match watermark_ms {
             Some(n) => {
-                ops.push(Op::put(keys.frontier(raw), encode(&FrontierRecord { next_ms: n, narrow_until_ms: 0 })))
+                ops.push(Op::put(keys.frontier(raw), encode(&FrontierRecord { next_ms: n, narrowing_until_ms: None })))
             }
             None => ops.push(Op::delete(keys.frontier(raw))),
         }
@@ -906,7 +917,7 @@ mod tests {
     async fn published_and_claimed(w: &World, t: &TaskRecord) -> (TaskRecord, AttemptRevs) {
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         let frontier_rev = w.kv.get(&w.keys.frontier(&t.table)).await.unwrap().map_or(0, |e| e.mod_revision);
-        assert!(publish(&w.keys, std::slice::from_ref(t), frontier_rev, 0, None, w.leadership, inputs)
+        assert!(publish(&w.keys, std::slice::from_ref(t), frontier_rev, None, None, w.leadership, inputs)
             .apply(&w.kv)
             .await
             .unwrap());
@@ -1046,7 +1057,7 @@ mod tests {
         second.state = TaskState::Running;
         let done = attempt_failed(second, 2, "validation failed again", 5_000);
         assert_eq!(done.state, TaskState::Failed);
-        assert_eq!(done.retry_at_ms, 5_000 + round_backoff_ms(1));
+        assert_eq!(done.retry_at_ms, Some(5_000 + round_backoff_ms(1)));
         assert_eq!(done.errors.len(), 2);
         assert!(update_task(&w.keys, &done, entry.mod_revision, w.leadership).apply(&w.kv).await.unwrap());
         let (stored, entry) = get_record::<TaskRecord>(&w.kv, &w.keys.active_task(&t.id)).await.unwrap().unwrap();
@@ -1061,7 +1072,7 @@ mod tests {
         let w = world().await;
         let t = task("a__b");
         let (running, revs) = published_and_claimed(&w, &t).await;
-        let frontier = rewound_frontier(&t, None, None, 0);
+        let frontier = rewound_frontier(&t, None, None, None);
         let txn =
             supersede(&w.keys, &t, revs.task, 0, w.leadership, "a segment was registered in the window", 9, &frontier);
         assert!(within_limits(&txn));
@@ -1093,20 +1104,55 @@ mod tests {
         let mut t = task("t");
         t.from_ms = 7 * 3_600_000;
         t.window_end_ms = 9 * 3_600_000;
-        let f = rewound_frontier(&t, Some(3_600_000), None, 0);
-        assert_eq!(f, FrontierRecord { next_ms: 3_600_000, narrow_until_ms: 0 });
+        let f = rewound_frontier(&t, Some(3_600_000), None, None);
+        assert_eq!(f, FrontierRecord { next_ms: 3_600_000, narrowing_until_ms: None });
         // a split narrows up to the task's end
-        let f = rewound_frontier(&t, Some(3_600_000), None, t.window_end_ms);
-        assert_eq!(f, FrontierRecord { next_ms: 3_600_000, narrow_until_ms: 9 * 3_600_000 });
+        let f = rewound_frontier(&t, Some(3_600_000), None, Some(t.window_end_ms));
+        assert_eq!(f, FrontierRecord { next_ms: 3_600_000, narrowing_until_ms: Some(9 * 3_600_000) });
         // a later supersede keeps an isolation in progress
-        let narrowing = FrontierRecord { next_ms: 8 * 3_600_000, narrow_until_ms: 12 * 3_600_000 };
-        let f = rewound_frontier(&t, Some(3_600_000), Some(&narrowing), 0);
-        assert_eq!(f.narrow_until_ms, 12 * 3_600_000);
+        let narrowing = FrontierRecord { next_ms: 8 * 3_600_000, narrowing_until_ms: Some(12 * 3_600_000) };
+        let f = rewound_frontier(&t, Some(3_600_000), Some(&narrowing), None);
+        assert_eq!(f.narrowing_until_ms, Some(12 * 3_600_000));
         // ... but not one already behind the watermark
-        let f = rewound_frontier(&t, Some(20 * 3_600_000), Some(&narrowing), 0);
-        assert_eq!(f, FrontierRecord { next_ms: 20 * 3_600_000, narrow_until_ms: 0 });
+        let f = rewound_frontier(&t, Some(20 * 3_600_000), Some(&narrowing), None);
+        assert_eq!(f, FrontierRecord { next_ms: 20 * 3_600_000, narrowing_until_ms: None });
         // no watermark (a flush): the task's own start
-        assert_eq!(rewound_frontier(&t, None, None, 0).next_ms, 7 * 3_600_000);
+        assert_eq!(rewound_frontier(&t, None, None, None).next_ms, 7 * 3_600_000);
+    }
+
+    #[test]
+    fn narrowing_before_1970_is_an_ordinary_time() {
+        // issue 21: 0 meant "not narrowing", so every task starting before
+        // 1970 (negative epoch ms) was planned one window at a time
+        const H: i64 = 3_600_000;
+        let mut t = task("t");
+        t.from_ms = -20 * H;
+        t.window_end_ms = -18 * H;
+        let f = rewound_frontier(&t, Some(-30 * H), None, None);
+        assert_eq!(f, FrontierRecord { next_ms: -30 * H, narrowing_until_ms: None });
+        assert!(!narrowing(Some(&f), Some(-30 * H)), "no narrowing before 1970 unless set");
+        let f = rewound_frontier(&t, Some(-30 * H), None, Some(-18 * H));
+        assert_eq!(f.narrowing_until_ms, Some(-18 * H));
+        assert!(narrowing(Some(&f), Some(-19 * H)));
+        assert!(!narrowing(Some(&f), Some(-18 * H)), "narrowing ends at its limit");
+        // a limit of exactly 0 (1970-01-01T00:00Z) is a time, not "none"
+        let f = rewound_frontier(&t, Some(-H), None, Some(0));
+        assert_eq!(f.narrowing_until_ms, Some(0));
+        assert!(narrowing(Some(&f), Some(-H)));
+        assert!(!narrowing(None, Some(-H)));
+    }
+
+    #[test]
+    fn legacy_frontier_records_read_zero_as_not_narrowing() {
+        let legacy: FrontierRecord = serde_json::from_str(r#"{"nextMs":-5,"narrowUntilMs":0}"#).unwrap();
+        assert_eq!(legacy, FrontierRecord { next_ms: -5, narrowing_until_ms: None });
+        let legacy: FrontierRecord = serde_json::from_str(r#"{"nextMs":-5,"narrowUntilMs":7}"#).unwrap();
+        assert_eq!(legacy.narrowing_until_ms, Some(7));
+        let now = FrontierRecord { next_ms: -5, narrowing_until_ms: Some(0) };
+        let back: FrontierRecord = serde_json::from_slice(&encode(&now)).unwrap();
+        assert_eq!(back, now, "a limit at 0 round-trips");
+        let none = FrontierRecord { next_ms: -5, narrowing_until_ms: None };
+        assert_eq!(serde_json::from_slice::<FrontierRecord>(&encode(&none)).unwrap(), none);
     }
 
     #[tokio::test]
@@ -1180,7 +1226,7 @@ mod tests {
         t.table_revision = w.kv.get(&w.keys.table("t")).await.unwrap().unwrap().mod_revision;
         w.kv.put(&w.keys.table("t"), b"{\"updated\": 1}".to_vec(), None).await.unwrap();
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
-        assert!(!publish(&w.keys, std::slice::from_ref(&t), 0, 0, None, w.leadership, inputs.clone())
+        assert!(!publish(&w.keys, std::slice::from_ref(&t), 0, None, None, w.leadership, inputs.clone())
             .apply(&w.kv)
             .await
             .unwrap());
@@ -1196,7 +1242,7 @@ mod tests {
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         // a segment was registered after planning: the marker moved
         w.kv.put(&w.keys.segments_marker("t"), b"1".to_vec(), None).await.unwrap();
-        assert!(!publish(&w.keys, std::slice::from_ref(&t), 0, 0, None, w.leadership, inputs.clone())
+        assert!(!publish(&w.keys, std::slice::from_ref(&t), 0, None, None, w.leadership, inputs.clone())
             .apply(&w.kv)
             .await
             .unwrap());
@@ -1204,20 +1250,20 @@ mod tests {
         replanned.segments_revision = w.kv.get(&w.keys.segments_marker("t")).await.unwrap().unwrap().mod_revision;
         // the input chunks were deleted meanwhile (by a janitor): refused
         w.kv.txn(vec![], vec![Op::delete_prefix(w.keys.inputs(&t.id))]).await.unwrap();
-        assert!(!publish(&w.keys, std::slice::from_ref(&replanned), 0, 0, None, w.leadership, inputs)
+        assert!(!publish(&w.keys, std::slice::from_ref(&replanned), 0, None, None, w.leadership, inputs)
             .apply(&w.kv)
             .await
             .unwrap());
         let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
         let cold = WatermarkRecord { watermark_ms: t.from_ms, ..Default::default() };
-        assert!(publish(&w.keys, std::slice::from_ref(&replanned), 0, 0, Some(&cold), w.leadership, inputs.clone())
+        assert!(publish(&w.keys, std::slice::from_ref(&replanned), 0, None, Some(&cold), w.leadership, inputs.clone())
             .apply(&w.kv)
             .await
             .unwrap());
         // a second publish from the same frontier (two planners racing) is refused
         let mut twin = replanned.clone();
         twin.id = TaskId::new("t", 3_600_000, 8);
-        assert!(!publish(&w.keys, std::slice::from_ref(&twin), 0, 0, None, w.leadership, inputs)
+        assert!(!publish(&w.keys, std::slice::from_ref(&twin), 0, None, None, w.leadership, inputs)
             .apply(&w.kv)
             .await
             .unwrap());

@@ -405,9 +405,7 @@ pub async fn late_ledger(kv: &Kv, keys: &Keys, raw: &str) -> Result<crate::plann
         match l.late {
             Some(run) => ledger.moved.entry(l.window_start_ms).or_default().extend(run.segments),
             None => {
-                // records written before `from_ms` existed cover their windows only
-                let from = if l.from_ms == 0 { l.window_start_ms } else { l.from_ms };
-                ledger.committed.push((from, l.window_end_ms, entry.create_revision));
+                ledger.committed.push((l.range_start_ms(), l.window_end_ms, entry.create_revision));
             }
         }
     }

@@ -277,7 +277,7 @@ impl ControllerSvc {
                     });
                 let now = now_ms();
                 let running = rec.active || s.due(rec.last_fire_ms, now).is_some();
-                let next = if rec.active { 0 } else { s.next_after(rec.last_fire_ms.max(now)).unwrap_or(0) };
+                let next = if rec.active { None } else { s.next_after(rec.last_fire_ms.max(now)) };
                 Some((rec.last_run_ms, rec.last_trigger, running, next))
             }
         };
@@ -305,7 +305,7 @@ impl ControllerSvc {
             format!(
                 "on schedule '{}': the next run is at {} (r2o run-now plans before it)",
                 spec.flow.schedule.as_ref().map(|s| s.text()).unwrap_or_default(),
-                if at > 0 { r2o_common::window::format_utc(at) } else { "never".into() }
+                at.map_or_else(|| "never".into(), r2o_common::window::format_utc)
             )
         } else {
             let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
@@ -353,9 +353,9 @@ impl ControllerSvc {
         Ok(pb::GetWatermarkResponse {
             retention_ms: spec.flow.retention_ms.unwrap_or(0),
             schedule: spec.flow.schedule.as_ref().map(|s| s.text().to_string()).unwrap_or_default(),
-            last_run_ms: sched.as_ref().map_or(0, |s| s.0),
+            last_run_ms: sched.as_ref().and_then(|s| s.0),
             last_run_trigger: sched.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
-            next_run_ms: sched.as_ref().map_or(0, |s| s.3),
+            next_run_ms: sched.as_ref().and_then(|s| s.3),
             time_zone: spec.flow.bucket_time_zone.as_ref().and_then(|z| z.iana_name()).unwrap_or_default().to_string(),
             segments_unmoved_past_retention: unmoved,
             segments_deleted_by_retention: deleted,

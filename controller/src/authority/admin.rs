@@ -39,7 +39,7 @@ impl Authority {
             offline_rows: if flush { offline.iter().map(|s| s.total_docs).sum() } else { 0 },
             offline_bytes: if flush { offline.iter().map(|s| s.size_bytes).sum() } else { 0 },
             windows: if flush { windows } else { 0 },
-            watermark_ms: wm.as_ref().map_or(0, |w| w.watermark_ms),
+            watermark_ms: wm.as_ref().map(|w| w.watermark_ms),
             abandoned_task: abandoned.join(", "),
             done: false,
         };

@@ -73,7 +73,7 @@ impl Authority {
                     );
                     self.attempt_failed(task, &revs, leadership, attempt, &error).await?;
                 }
-                TaskState::Failed if task.retry_at_ms > 0 && task.retry_at_ms <= now => {
+                TaskState::Failed if task.retry_at_ms.is_some_and(|at| at <= now) => {
                     self.rearm(task, &entry, leadership, "round backoff passed").await?;
                 }
                 _ => {}
@@ -123,7 +123,7 @@ impl Authority {
             }
             PlanCheck::Supersede(reason) => {
                 let epoch_rev = self.epoch(&task.table).await?;
-                self.supersede(task, task_rev, epoch_rev, leadership, &reason, 0).await
+                self.supersede(task, task_rev, epoch_rev, leadership, &reason, None).await
             }
         }
     }
@@ -169,7 +169,7 @@ impl Authority {
                     task.windows.len()
                 );
                 let ended = self
-                    .supersede(&task, revs.task, epoch_rev, leadership, &reason, task.window_end_ms)
+                    .supersede(&task, revs.task, epoch_rev, leadership, &reason, Some(task.window_end_ms))
                     .await?
                     .is_some();
                 if ended {
@@ -256,7 +256,7 @@ impl Authority {
     /// Drops a task whose plan no longer holds, moving the epoch (every
     /// open task of the table is abandoned) and the frontier back to the
     /// watermark ([`protocol::rewound_frontier`]; one window per task until
-    /// `narrow_until_ms`, 0: no narrowing); returns the error to answer
+    /// `narrow_until_ms`, `None`: no new narrowing); returns the error to answer
     /// with, or `None` when the supersede lost a race.
     pub(super) async fn supersede(
         &self,
@@ -265,7 +265,7 @@ impl Authority {
         epoch_rev: i64,
         leadership: Leadership,
         reason: &str,
-        narrow_until_ms: i64,
+        narrow_until_ms: Option<i64>,
     ) -> Result<Option<ControllerError>> {
         let (wm, _) = self.watermark(&task.table).await?;
         let current = get_record::<FrontierRecord>(&self.kv, &self.keys.frontier(&task.table)).await?.map(|(f, _)| f);

@@ -75,8 +75,8 @@ impl Authority {
         if let Some(n) = spec.flow.max_records_per_task {
             budget.max_input_rows = n;
         }
-        let narrow_until_ms = frontier.as_ref().map_or(0, |f| f.narrow_until_ms);
-        if narrow_until_ms != 0 && from.is_some_and(|f| f < narrow_until_ms) {
+        let narrowing_until_ms = frontier.as_ref().and_then(|f| f.narrowing_until_ms);
+        if protocol::narrowing(frontier.as_ref(), from) {
             budget = Budget::ONE_WINDOW; // isolating a failing window
         }
         let (from_ms, windows, skipped_windows, inputs) = match plan(&spec.flow, &segments, from, now, &budget) {
@@ -126,8 +126,15 @@ impl Authority {
         let cleanup = input_revs.clone();
         let cold =
             wm.is_none().then(|| WatermarkRecord { watermark_ms: from_ms, updated_ms: now, ..Default::default() });
-        let txn =
-            protocol::publish(&self.keys, &tasks, frontier_rev, narrow_until_ms, cold.as_ref(), leadership, input_revs);
+        let txn = protocol::publish(
+            &self.keys,
+            &tasks,
+            frontier_rev,
+            narrowing_until_ms,
+            cold.as_ref(),
+            leadership,
+            input_revs,
+        );
         let applied = txn.apply(&self.kv).await;
         if !matches!(applied, Ok(true)) {
             // not published, however it failed: the input list goes (only if
@@ -210,7 +217,7 @@ impl Authority {
             not_before_ms: 0,
             round_start_attempt: 0,
             failed_rounds: 0,
-            retry_at_ms: 0,
+            retry_at_ms: None,
             sub_task: 0,
             sub_tasks: 0,
             group: String::new(),

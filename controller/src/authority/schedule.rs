@@ -30,7 +30,12 @@ impl Authority {
                     schedule.next_after(s.last_fire_ms.max(now)).map_or("never".into(), r2o_common::window::format_utc);
                 return Ok(PlanOutcome::Wait(format!("on schedule '{}': the next run is at {next}", schedule.text())));
             };
-            s = ScheduleRecord { last_fire_ms: fire, last_run_ms: now, last_trigger: "scheduled".into(), active: true };
+            s = ScheduleRecord {
+                last_fire_ms: fire,
+                last_run_ms: Some(now),
+                last_trigger: "scheduled".into(),
+                active: true,
+            };
             rev = match self.put_schedule(raw, &s, rev, leadership).await? {
                 Some(r) => r,
                 None => return Ok(PlanOutcome::Wait("the schedule record changed; planning again".into())),
@@ -82,7 +87,7 @@ impl Authority {
                     }
                 };
                 let s = r2o_common::schedule::ScheduleRecord {
-                    last_run_ms: now_ms(),
+                    last_run_ms: Some(now_ms()),
                     last_trigger: "manual".into(),
                     active: true,
                     ..s
