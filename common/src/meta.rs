@@ -883,6 +883,19 @@ pub fn unsortable_ms(text: &str) -> Option<i64> {
     text.parse::<u64>().ok().map(|v| (v as i128 + i64::MIN as i128) as i64)
 }
 
+/// Whose planning a change of one etcd key can affect (see
+/// [`Keys::touched`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// One table's state moved (its raw name).
+    Table(String),
+    /// Something every table's planning reads moved (the minion pool, the
+    /// leader, a key this build does not know).
+    All,
+    /// Nothing planning reads (access tokens and audit, the cluster record).
+    Nothing,
+}
+
 impl Keys {
     /// Keys under `prefix` (e.g. `/r2o`; a trailing `/` is dropped).
     pub fn new(prefix: &str) -> Keys {
@@ -891,6 +904,34 @@ impl Keys {
     /// The prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+    /// Which table's planning a change of `key` can affect, from the key
+    /// alone: the table named in it (`tables/<raw>`, `segments/<raw>_REALTIME/..`,
+    /// `watermarks/<raw>`, `tasks/active/<task id>`, ...); [`Touched::All`]
+    /// for `minions/`, the leader and anything unknown (the safe answer);
+    /// [`Touched::Nothing`] for `access/` and `cluster`. Pure.
+    pub fn touched(&self, key: &str) -> Touched {
+        let Some(rest) = key.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix('/')) else {
+            return Touched::Nothing; // another install's key
+        };
+        let (kind, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let first = tail.split('/').next().unwrap_or("");
+        let table = |raw: &str| if raw.is_empty() { Touched::All } else { Touched::Table(raw.to_string()) };
+        match kind {
+            "tables" | "segmarks" | "schedules" | "retention" | "watermarks" | "lineage" | "inputs" | "manifests"
+            | "history" => table(first),
+            "segments" => table(first.strip_suffix("_REALTIME").or(first.strip_suffix("_OFFLINE")).unwrap_or(first)),
+            "tasks" => {
+                let (sub, name) = tail.split_once('/').unwrap_or((tail, ""));
+                match sub {
+                    "frontier" | "epoch" => table(name),
+                    "active" | "claims" => name.parse::<TaskId>().map_or(Touched::All, |id| Touched::Table(id.table)),
+                    _ => Touched::All,
+                }
+            }
+            "access" | "cluster" => Touched::Nothing,
+            _ => Touched::All,
+        }
     }
     /// `cluster`.
     pub fn cluster(&self) -> String {
@@ -1271,6 +1312,37 @@ mod tests {
     use super::*;
     use crate::kv::MemKv;
     use std::sync::Arc;
+
+    #[test]
+    fn a_key_names_the_table_whose_planning_it_touches() {
+        let k = Keys::new("/r2o");
+        let t = |raw: &str| Touched::Table(raw.into());
+        let id = TaskId::new("a__b", -86_400_000, 7);
+        for (key, want) in [
+            (k.table("t"), t("t")),
+            (k.segment("t_REALTIME", "s1"), t("t")),
+            (k.segments_marker("t"), t("t")),
+            (k.watermark("t"), t("t")),
+            (k.lineage("t", -5), t("t")),
+            (k.schedule("t"), t("t")),
+            (k.frontier("t"), t("t")),
+            (k.epoch("t"), t("t")),
+            (k.active_task(&id), t("a__b")),
+            (k.claim(&id), t("a__b")),
+            (k.history(&id), t("a__b")),
+            (format!("{}x", k.inputs(&id)), t("a__b")),
+            (format!("{}x", k.manifest(&id, 2)), t("a__b")),
+            (k.minion("m1"), Touched::All),
+            (k.leader(), Touched::All),
+            (format!("{}/new-kind/x", k.prefix()), Touched::All),
+            (k.token("x"), Touched::Nothing),
+            (k.cluster(), Touched::Nothing),
+            ("/other/tables/t".to_string(), Touched::Nothing),
+            ("/r2o2/tables/t".to_string(), Touched::Nothing),
+        ] {
+            assert_eq!(k.touched(&key), want, "{key}");
+        }
+    }
 
     #[test]
     fn load_status_follows_the_watermark_nulls_and_late_rows() {

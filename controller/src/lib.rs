@@ -17,6 +17,7 @@ pub mod retention;
 pub mod service;
 pub mod tables;
 pub mod validate;
+pub mod wakeups;
 
 use r2o_common::kv::Kv;
 use r2o_common::meta::Keys;

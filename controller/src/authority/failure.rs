@@ -76,6 +76,17 @@ impl Authority {
                 TaskState::Failed if task.retry_at_ms.is_some_and(|at| at <= now) => {
                     self.rearm(task, &entry, leadership, "round backoff passed").await?;
                 }
+                TaskState::Failed => {
+                    if let Some(at) = task.retry_at_ms {
+                        self.wake_all_at(at);
+                    }
+                }
+                TaskState::Running if claim_rev != 0 => {
+                    // the instant `attempt_overdue` turns true
+                    let deadline =
+                        first_seen.saturating_add(task.timeout_ms).saturating_add(self.cfg.attempt_grace_ms);
+                    self.wake_all_at(deadline.saturating_add(1));
+                }
                 _ => {}
             }
         }

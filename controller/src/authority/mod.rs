@@ -119,6 +119,9 @@ pub struct Authority {
     /// Wakes the planning loop after a commit, so the table's next tasks are
     /// planned at once instead of on the next tick.
     pub(crate) replan: Arc<tokio::sync::Notify>,
+    /// Tables marked for the next planning pass and the timers that mark
+    /// them (see [`crate::wakeups`]).
+    pub(crate) wakeups: Arc<Mutex<Wakeups>>,
     /// Metrics observed while committing.
     pub(crate) metrics: Option<crate::metrics::ControllerMetrics>,
     /// Footers of REALTIME inputs, for validation.
@@ -144,6 +147,7 @@ pub struct Authority {
 }
 
 use crate::tables::{TableCache, TableView};
+use crate::wakeups::{Pass, Wakeups};
 
 /// What planning one table did.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,6 +238,7 @@ impl Authority {
             cfg,
             leadership,
             replan: Default::default(),
+            wakeups: Default::default(),
             metrics: None,
             footers: FooterCache::new(200_000),
             segments: SegmentCache::default(),
@@ -291,15 +296,49 @@ impl Authority {
         Ok(hosts.len())
     }
 
-    /// One planning pass over every table (leader only): commits what is
-    /// staged and due, publishes what is ready up to the in-flight limit, and
-    /// ends attempts that can no longer end by themselves. Returns the tasks
-    /// published.
+    /// Plans `raw` again at `at_ms` (UTC epoch ms) at the latest, though
+    /// nothing in etcd changes: the instant a window passes its buffer, a
+    /// schedule fires.
+    pub(crate) fn wake_table_at(&self, raw: &str, at_ms: i64) {
+        self.wakeups.lock().unwrap_or_else(|p| p.into_inner()).table_at(raw, at_ms);
+    }
+
+    /// Looks at every table's tasks again at `at_ms` at the latest (an
+    /// attempt deadline, a FAILED task's retry).
+    pub(crate) fn wake_all_at(&self, at_ms: i64) {
+        self.wakeups.lock().unwrap_or_else(|p| p.into_inner()).all_at(at_ms);
+    }
+
+    /// One planning pass over every table (leader only); see
+    /// [`Authority::plan_pass`].
     pub async fn plan_all(&self) -> Result<usize> {
+        self.plan_pass(&Pass::All).await
+    }
+
+    /// One planning pass over the tables of `pass` (leader only): commits
+    /// what is staged and due, publishes what is ready up to the in-flight
+    /// limit, and ends attempts that can no longer end by themselves (over
+    /// the whole pool). Returns the tasks published.
+    pub async fn plan_pass(&self, pass: &Pass) -> Result<usize> {
         let leadership = self.leadership()?;
         let mut published = 0;
-        // every table read once (and parsed only when changed) for the whole pass
-        for (raw, table) in self.tables.all(&self.kv, &self.keys).await? {
+        // each table read once (and parsed only when changed) for the whole pass
+        let tables = match pass {
+            Pass::All => self.tables.all(&self.kv, &self.keys).await?,
+            Pass::Tables(names) => {
+                let mut out = Vec::with_capacity(names.len());
+                for raw in names {
+                    match self.tables.one(&self.kv, &self.keys, raw).await {
+                        Ok(None) => {} // deleted
+                        Ok(Some(view)) => out.push((raw.clone(), Ok(view))),
+                        Err(e @ ControllerError::Config(_)) => out.push((raw.clone(), Err(e))),
+                        Err(e) => return Err(e),
+                    }
+                }
+                out
+            }
+        };
+        for (raw, table) in tables {
             if let Err(e) = self.commit_ready(&raw, leadership).await {
                 warn!(table = %raw, error = %e, "committing staged tasks failed");
             }
@@ -326,22 +365,105 @@ impl Authority {
     }
 }
 
-/// Runs the planning loop while this controller leads.
+/// Runs the planning loop while this controller leads: planning follows
+/// change, not size (issue 21; [`crate::wakeups`]).
+///
+/// - A watch on the install's prefix marks the tables whose keys changed;
+///   a pass plans those tables only, at once (no tick to wait for).
+/// - Timers mark a table at the next instant a window of it can become
+///   ready though nothing changes (buffer, schedule), and the pool at the
+///   next attempt deadline or retry.
+/// - Every `interval` (the safety net) one revision check (`status`): when
+///   the store moved but the watch brought nothing since the last check,
+///   the watch may be broken or behind, so every table is planned and the
+///   watch is opened again. An unchanged store is not read at all.
+/// - A new term, and a watch that ends or errs, plan every table.
 pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_util::sync::CancellationToken) {
+    let prefix = format!("{}/", auth.keys.prefix());
+    let mut watch: Option<r2o_common::kv::WatchReceiver> = None;
+    // revision at the last safety-net check, and whether events came since
+    let (mut checked_rev, mut events_since_check) = (0i64, false);
+    let mut next_check = tokio::time::Instant::now() + interval;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-            _ = auth.replan.notified() => {}
-        }
         if auth.leadership.borrow().is_none() {
+            watch = None;
+        } else if watch.is_none() {
+            auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).mark_all();
+            match auth.kv.watch(&prefix).await {
+                Ok(w) => watch = Some(w),
+                Err(e) => {
+                    warn!(error = %e, "watching the install's keys failed; planning every table on the tick");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                }
+            }
+        }
+        let now = now_ms();
+        let pass = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).take(now);
+        let leading = auth.leadership.borrow().is_some();
+        if let (Some(pass), true) = (pass, leading) {
+            if let Err(e) = auth.plan_pass(&pass).await {
+                if let Some(m) = &auth.metrics {
+                    m.errors.with_label_values(&["etcd"]).inc();
+                }
+                warn!(error = %e, "planning pass failed");
+                // whatever the pass did not finish is planned again
+                auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).mark_all();
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
             continue;
         }
-        if let Err(e) = auth.plan_all().await {
-            if let Some(m) = &auth.metrics {
-                m.errors.with_label_values(&["etcd"]).inc();
+        let due = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).next_due_ms();
+        let timer = tokio::time::Instant::now()
+            + due.map_or(interval, |d| Duration::from_millis(d.saturating_sub(now).clamp(0, 86_400_000) as u64));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = auth.replan.notified() => {}
+            _ = tokio::time::sleep_until(timer.min(next_check)) => {}
+            event = async {
+                match watch.as_mut() {
+                    Some(w) => w.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut w = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner());
+                match event {
+                    Some(Ok(events)) => {
+                        events_since_check = true;
+                        for e in events {
+                            w.touch(auth.keys.touched(&e.key));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "the watch on the install's keys broke; planning every table");
+                        watch = None;
+                    }
+                    None => watch = None,
+                }
             }
-            warn!(error = %e, "planning pass failed");
+        }
+        if tokio::time::Instant::now() >= next_check {
+            next_check = tokio::time::Instant::now() + interval;
+            let leading = auth.leadership.borrow().is_some();
+            if leading {
+                match auth.kv.status().await {
+                    Ok(s) => {
+                        if s.revision != checked_rev && !events_since_check && checked_rev != 0 {
+                            // the store moved and the watch said nothing: it may
+                            // be behind or stalled (or another install wrote)
+                            auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).mark_all();
+                        }
+                        checked_rev = s.revision;
+                        events_since_check = false;
+                    }
+                    Err(e) => warn!(error = %e, "the planner's revision check failed"),
+                }
+            }
         }
     }
 }

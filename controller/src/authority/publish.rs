@@ -81,7 +81,13 @@ impl Authority {
         }
         let (from_ms, windows, skipped_windows, inputs) = match plan(&spec.flow, &segments, from, now, &budget) {
             Decision::Run { from_ms, windows, skipped_windows, inputs } => (from_ms, windows, skipped_windows, inputs),
-            Decision::Wait(reason) => return Ok(Err(reason.to_string())),
+            Decision::Wait(reason) => {
+                if let crate::planner::WaitReason::Buffer { eligible_at_ms, .. } = reason {
+                    // nothing in etcd changes when the window passes its buffer
+                    self.wake_table_at(raw, eligible_at_ms);
+                }
+                return Ok(Err(reason.to_string()));
+            }
         };
         let encoded_inputs = chunks::encode_all(&inputs);
         if let Some(problem) = inputs_problem(&windows, inputs.len(), encoded_inputs.len()) {

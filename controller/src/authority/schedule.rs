@@ -26,8 +26,11 @@ impl Authority {
         let now = now_ms();
         if !s.active {
             let Some(fire) = schedule.due(s.last_fire_ms, now) else {
-                let next =
-                    schedule.next_after(s.last_fire_ms.max(now)).map_or("never".into(), r2o_common::window::format_utc);
+                let next_ms = schedule.next_after(s.last_fire_ms.max(now));
+                if let Some(at) = next_ms {
+                    self.wake_table_at(raw, at);
+                }
+                let next = next_ms.map_or("never".into(), r2o_common::window::format_utc);
                 return Ok(PlanOutcome::Wait(format!("on schedule '{}': the next run is at {next}", schedule.text())));
             };
             s = ScheduleRecord {
