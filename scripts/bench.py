@@ -294,6 +294,116 @@ def verify(a, b, bench_dir, one_window=False):
     return all(l.split()[0] == "files" for l in diffs) and bad == 0, text
 
 
+def run_idle(tables, seg_dir, work, bench_dir, idle_s):
+    """Issue 21's idle cost: `tables` small rollup tables (the flights config
+    under N names, 2 x1 segments each) on one cluster (TLS, as everywhere),
+    each caught up; then the CPU controller and etcd burn over `idle_s`
+    seconds while nothing happens (../shared/bench/many_tables.py's
+    measurement, on the secured cluster)."""
+    c = Cluster(os.path.join(work, f"idle-{tables}"), bench_dir)
+    try:
+        with open(os.path.join(seg_dir, "segments.json")) as f:
+            man = json.load(f)["segments"][:8]
+        with open(os.path.join(bench_dir, "schema.json")) as f:
+            schema = json.load(f)
+        with open(os.path.join(bench_dir, "table-rollup.json")) as f:
+            table = json.load(f)
+        t0 = time.perf_counter()
+        for i in range(tables):
+            n = f"t{i:04d}"
+            sc = dict(schema, schemaName=n)
+            cf = json.loads(json.dumps(table))
+            cf["tableName"] = f"{n}_REALTIME"
+            cf.setdefault("segmentsConfig", {})["schemaName"] = n
+            for name, doc in (("s.json", sc), ("c.json", cf)):
+                with open(os.path.join(c.work, name), "w") as f:
+                    json.dump(doc, f)
+            c.cli("table", "add", "--config", os.path.join(c.work, "c.json"), "--schema", os.path.join(c.work, "s.json"))
+            m = {"segments": [dict(x, file=os.path.join(seg_dir, x["file"]),
+                                   segmentName=x["segmentName"].replace("flights", n)) for x in man]}
+            with open(os.path.join(c.work, "m.json"), "w") as f:
+                json.dump(m, f)
+            c.cli("segment", "add", "--table", n, "--manifest", os.path.join(c.work, "m.json"), "--end-of-stream")
+        add_s = time.perf_counter() - t0
+        for i in range(tables):
+            c.cli("wait", "--table", f"t{i:04d}", "--timeout-secs", "600")
+        catch_s = time.perf_counter() - t0 - add_s
+        time.sleep(5)  # the last commits' follow-up passes
+        cpu0 = c.cpu()
+        time.sleep(idle_s)
+        cpu1 = c.cpu()
+        pct = {k: 100 * (cpu1[k] - cpu0[k]) / idle_s for k in ("controller", "etcd")}
+        return {"tables": tables, "add_s": add_s, "catch_up_s": catch_s, "idle_s": idle_s,
+                "controller_pct": pct["controller"], "etcd_pct": pct["etcd"], "rss_mb": c.rss()}
+    finally:
+        c.stop()
+
+
+def run_freshness(samples, work, bench_dir, extra_tables=0, seg_dir=None):
+    """Issue 21's freshness: with bufferTimePeriod 0, the time from
+    registering a DONE segment that completes a 1-hour window to that
+    window's commit (polling the controller's /metrics every 5 ms), p50 and
+    p99, beside `extra_tables` idle tables (../shared/bench/freshness.py's
+    measurement, on the secured cluster)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    c = Cluster(os.path.join(work, f"fresh-{extra_tables}"), bench_dir)
+    try:
+        if extra_tables:
+            with open(os.path.join(bench_dir, "schema.json")) as f:
+                schema = json.load(f)
+            with open(os.path.join(bench_dir, "table-rollup.json")) as f:
+                table = json.load(f)
+            for i in range(extra_tables):
+                n = f"t{i:04d}"
+                cf = json.loads(json.dumps(table))
+                cf["tableName"] = f"{n}_REALTIME"
+                cf.setdefault("segmentsConfig", {})["schemaName"] = n
+                for name, doc in (("s.json", dict(schema, schemaName=n)), ("c.json", cf)):
+                    with open(os.path.join(c.work, name), "w") as f:
+                        json.dump(doc, f)
+                c.cli("table", "add", "--config", os.path.join(c.work, "c.json"),
+                      "--schema", os.path.join(c.work, "s.json"))
+        segs = os.path.join(c.work, "segs")
+        os.makedirs(segs)
+        sc = {"schemaName": "fr", "dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
+              "metricFieldSpecs": [{"name": "v", "dataType": "LONG"}],
+              "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH",
+                                      "granularity": "1:MILLISECONDS"}]}
+        cf = {"tableName": "fr_REALTIME", "tableType": "REALTIME",
+              "segmentsConfig": {"schemaName": "fr", "timeColumnName": "ts", "replication": "1"},
+              "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
+                  "bucketTimePeriod": "1h", "bufferTimePeriod": "0d", "mergeType": "rollup"}}}}
+        for name, doc in (("fs.json", sc), ("ft.json", cf)):
+            with open(os.path.join(c.work, name), "w") as f:
+                json.dump(doc, f)
+        c.cli("table", "add", "--config", os.path.join(c.work, "ft.json"), "--schema", os.path.join(c.work, "fs.json"))
+        h0 = 1_600_000_000_000 - 1_600_000_000_000 % 3_600_000
+        lat = []
+        for i in range(samples + 1):
+            ws = h0 + i * 3_600_000
+            f = os.path.join(segs, f"seg_{i:04d}.parquet")
+            pq.write_table(pa.table({"ts": [ws + j * 60_000 for j in range(60)], "k": ["a"] * 60,
+                                     "v": list(range(60))}), f)
+            t0 = time.perf_counter()
+            c.cli("segment", "add", "--table", "fr", "--file", f, "--name", f"seg_{i:04d}", "--status", "DONE")
+            while True:
+                wm = metric(c.controller_http, 'r2o_table_watermark_ms{table="fr"}')
+                if wm is not None and wm >= ws + 3_600_000:
+                    break
+                if time.perf_counter() - t0 > 30:
+                    raise RuntimeError(f"sample {i}: window not committed in 30 s")
+                time.sleep(0.005)
+            if i:  # the first sample includes the cold start
+                lat.append((time.perf_counter() - t0) * 1000)
+        lat.sort()
+        q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+        return {"tables": extra_tables + 1, "samples": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99),
+                "max_ms": lat[-1]}
+    finally:
+        c.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scales", default="x1,x30")
@@ -303,18 +413,49 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, ".r2o", "bench"))
     ap.add_argument("--bucket", default="1d", help="bucketTimePeriod of the table and the peers")
     ap.add_argument("--one-window", action="store_true",
-                    help="the huge-window benchmark: x30 in one 20000d window (1970 to 2024), "
-                         "next to DuckDB and Polars doing that window in one query; the minions "
-                         "run with --memory-budget (default 256MB) and one slot each")
+                    help="the huge-window benchmark: x30 (or --scales) in one 20000d window, next to "
+                         "DuckDB and Polars doing that window in one query; the minions run on their "
+                         "default settings unless --memory-budget is given")
     ap.add_argument("--also-insecure", action="store_true",
                     help="also run r2o in plain text (--insecure) in the same sitting, to measure what TLS costs")
     ap.add_argument("--memory-budget", default=None,
                     help="R2O_MEMORY_BUDGET of the minions (default: theirs; 256MB with --one-window)")
+    ap.add_argument("--idle-tables", default=None,
+                    help="instead of the backfill: the idle cost of N caught-up tables (comma list, e.g. 300,1000)")
+    ap.add_argument("--idle-s", type=int, default=60, help="seconds the idle cost is measured over")
+    ap.add_argument("--freshness", default=None,
+                    help="instead of the backfill: DONE segment to committed window latency beside N-1 idle "
+                         "tables (comma list of table counts, e.g. 1,1000)")
+    ap.add_argument("--samples", type=int, default=40, help="freshness samples")
     args = ap.parse_args()
+    if args.idle_tables or args.freshness:
+        bench_dir = os.path.abspath(args.bench_dir)
+        subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--bench"], check=True)
+        subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
+        work = os.path.join(args.work, "runs", f"small-{time.time_ns()}")
+        os.makedirs(work)
+        seg_dir = os.path.join(args.work, "x1")
+        if not os.path.exists(os.path.join(seg_dir, "segments.json")):
+            subprocess.run([PY, os.path.join(bench_dir, "gen_flights.py"), seg_dir, "--scale", "1"], check=True)
+        for n in [int(x) for x in (args.idle_tables or "").split(",") if x]:
+            r = run_idle(n, seg_dir, work, bench_dir, args.idle_s)
+            print(f"| idle | {n} tables | controller {r['controller_pct']:.1f}% + etcd {r['etcd_pct']:.1f}% of a core "
+                  f"over {r['idle_s']} s | RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mb"].items())
+                  + f" | add {r['add_s']:.0f} s, catch-up {r['catch_up_s']:.0f} s |", flush=True)
+        for n in [int(x) for x in (args.freshness or "").split(",") if x]:
+            r = run_freshness(args.samples, work, bench_dir, n - 1, seg_dir)
+            print(f"| freshness | {n} tables | p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+                  f"max {r['max_ms']:.0f} ms over {r['samples']} samples |", flush=True)
+        return
     minion_env = {}
     if args.one_window:
-        args.scales, args.bucket, args.peers = "x30", "20000d", "duckdb,polars"
-        minion_env = {"R2O_MEMORY_BUDGET": args.memory_budget or "256MB", "R2O_SLOTS": "1"}
+        if args.scales == ap.get_default("scales"):
+            args.scales = "x30"
+        args.bucket = "20000d"
+        if args.peers == ap.get_default("peers"):
+            args.peers = "duckdb,polars"
+        if args.memory_budget:
+            minion_env = {"R2O_MEMORY_BUDGET": args.memory_budget}
     elif args.memory_budget:
         minion_env = {"R2O_MEMORY_BUDGET": args.memory_budget}
     parse_period(args.bucket)

@@ -434,7 +434,10 @@ impl TableSpec {
             }
         };
         let bucket_ms = period("bucketTimePeriod", Some("1d"))?.unwrap_or(86_400_000);
-        let buffer_ms = period("bufferTimePeriod", Some("2d"))?.unwrap_or(172_800_000);
+        let buffer_ms = match text("bufferTimePeriod")? {
+            None => 172_800_000,
+            Some(t) => crate::period::parse_period_ms_zero_ok(&format!("{TASK_PATH}.bufferTimePeriod"), &t)?,
+        };
         let round_ms = period("roundBucketTimePeriod", None)?;
 
         let (merge_key, merge_text) = match (text("mergeType")?, text("collectorType")?) {

@@ -18,10 +18,30 @@ const UNITS: [(char, i64); 4] = [('d', 86_400_000), ('h', 3_600_000), ('m', 60_0
 /// [`ConfigError::Invalid`] when the text is empty, has an unknown unit, a
 /// unit out of order or twice, a number without a unit, overflows, or is 0.
 pub fn parse_period_ms(field: &str, text: &str) -> Result<i64, ConfigError> {
+    parse_period_total(field, text, false)
+}
+
+/// [`parse_period_ms`] that also accepts a zero period (`0d`, `0h`, `0m`),
+/// for `bufferTimePeriod`: Pinot's generator takes 0 as "a window is ready
+/// as soon as it ends" (the CONSUMING and last-completed-segment rules
+/// still hold it while rows may come).
+///
+/// # Errors
+/// As [`parse_period_ms`], but 0 is valid.
+pub fn parse_period_ms_zero_ok(field: &str, text: &str) -> Result<i64, ConfigError> {
+    parse_period_total(field, text, true)
+}
+
+fn parse_period_total(field: &str, text: &str, zero_ok: bool) -> Result<i64, ConfigError> {
+    let what = if zero_ok {
+        "a Pinot period such as 0d, 1d, 6h or 4h30m"
+    } else {
+        "a positive Pinot period such as 1d, 6h or 4h30m"
+    };
     let bad = |why: &str| ConfigError::Invalid {
         field: field.to_string(),
         value: text.to_string(),
-        expected: format!("a positive Pinot period such as 1d, 6h or 4h30m ({why})"),
+        expected: format!("{what} ({why})"),
     };
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -53,7 +73,7 @@ pub fn parse_period_ms(field: &str, text: &str) -> Result<i64, ConfigError> {
     if !digits.is_empty() {
         return Err(bad(&format!("'{digits}' has no unit")));
     }
-    if total <= 0 {
+    if total < 0 || (total == 0 && !zero_ok) {
         return Err(bad("it must be greater than zero"));
     }
     Ok(total)
@@ -97,6 +117,17 @@ mod tests {
             let err = parse_period_ms("bucketTimePeriod", bad).unwrap_err().to_string();
             assert!(err.contains("bucketTimePeriod"), "{err}");
             assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_buffer_may_be_zero_as_in_pinot() {
+        assert_eq!(parse_period_ms_zero_ok("bufferTimePeriod", "0d").unwrap(), 0);
+        assert_eq!(parse_period_ms_zero_ok("bufferTimePeriod", "0h0m").unwrap(), 0);
+        assert_eq!(parse_period_ms_zero_ok("bufferTimePeriod", "2h").unwrap(), 7_200_000);
+        for bad in ["", "-1d", "1x"] {
+            let err = parse_period_ms_zero_ok("bufferTimePeriod", bad).unwrap_err().to_string();
+            assert!(err.contains("bufferTimePeriod") && err.contains(&format!("'{bad}'")), "{err}");
         }
     }
 

@@ -60,15 +60,59 @@ fn machine_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Default budget without a container limit: a minion on a shared machine
+/// takes at most this much, bytes (2 GiB).
+pub const DEFAULT_MACHINE_CAP_BYTES: u64 = 2 << 30;
+
 /// The default budget, bytes: 3/4 of the container's memory limit when
-/// there is one, else half of the machine's memory (4 GiB when neither can
-/// be read).
+/// there is one (the operator sized the container for the minion), else
+/// half of the machine's memory up to [`DEFAULT_MACHINE_CAP_BYTES`] (a
+/// minion shares a machine with etcd, the controller and other minions;
+/// issue 21 measured half of a 24 GiB machine as the default, which let one
+/// big window take the in-memory path at 1.33 GB).
 pub fn default_budget() -> u64 {
     let (num, den) = DEFAULT_LIMIT_FRACTION;
     match container_memory_limit() {
         Some(limit) => limit / den * num,
-        None => machine_memory().map_or(4 << 30, |m| m / 2),
+        None => machine_memory().map_or(DEFAULT_MACHINE_CAP_BYTES, |m| (m / 2).min(DEFAULT_MACHINE_CAP_BYTES)),
     }
+}
+
+/// Which processor runs an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// [`crate::processor`]: every input decoded in memory, up to `threads`
+    /// windows at once, one thread per window.
+    InMemory,
+    /// [`crate::stream`]: inputs read by row group, each window's inputs
+    /// spread over every thread, sorting under a memory pool that spills.
+    Stream,
+}
+
+/// Estimated decoded bytes under which one window is done on one thread
+/// faster than the stream path spreads it (its planning and merge cost a
+/// few ms per window), bytes (64 MiB: ~300k rows of the flights schema).
+pub const STREAM_MIN_ESTIMATE_BYTES: u64 = 64 << 20;
+
+/// The path of an attempt whose inputs are estimated at `estimate_bytes`
+/// decoded, with an attempt's share of the budget of `share_bytes`, running
+/// `windows` windows on `threads` threads. Pure.
+///
+/// - Past the share: the stream path, whose memory is bounded.
+/// - Fewer windows than threads and more than [`STREAM_MIN_ESTIMATE_BYTES`]:
+///   the stream path too, since the in-memory processor runs a window on
+///   one thread and would leave cores idle (issue 21: one 3.4M-row window
+///   ran at 0.41-0.51x Polars in memory, 0.90-0.94x on the stream path).
+/// - Otherwise in memory: many windows keep every thread busy, and small
+///   ones are not worth a sort plan each.
+pub fn choose_path(estimate_bytes: u64, share_bytes: u64, windows: usize, threads: usize) -> Path {
+    if estimate_bytes > share_bytes {
+        return Path::Stream;
+    }
+    if threads > 1 && windows < threads && estimate_bytes > STREAM_MIN_ESTIMATE_BYTES {
+        return Path::Stream;
+    }
+    Path::InMemory
 }
 
 /// Estimated bytes of one decoded row of `schema` in Arrow: fixed widths
@@ -112,8 +156,26 @@ mod tests {
     fn the_default_budget_is_a_positive_share_of_memory() {
         let b = default_budget();
         assert!(b > 0);
-        if let Some(limit) = container_memory_limit() {
-            assert!(b < limit, "the budget leaves headroom under the container's limit");
+        match container_memory_limit() {
+            Some(limit) => assert!(b < limit, "the budget leaves headroom under the container's limit"),
+            None => assert!(b <= DEFAULT_MACHINE_CAP_BYTES, "a bounded share of a shared machine: {b}"),
         }
+    }
+
+    #[test]
+    fn one_big_window_takes_every_core_and_many_windows_stay_in_memory() {
+        const MIB: u64 = 1 << 20;
+        let share = 1024 * MIB;
+        // past the share: bounded memory, whatever the shape
+        assert_eq!(choose_path(share + 1, share, 500, 2), Path::Stream);
+        assert_eq!(choose_path(share + 1, share, 1, 1), Path::Stream);
+        // one big window on two threads: spread over both
+        assert_eq!(choose_path(600 * MIB, share, 1, 2), Path::Stream);
+        // many windows (the backfill): one per thread in memory
+        assert_eq!(choose_path(600 * MIB, share, 40, 2), Path::InMemory);
+        assert_eq!(choose_path(600 * MIB, share, 2, 2), Path::InMemory);
+        // one small window, or one thread: in memory
+        assert_eq!(choose_path(10 * MIB, share, 1, 2), Path::InMemory);
+        assert_eq!(choose_path(600 * MIB, share, 1, 1), Path::InMemory);
     }
 }

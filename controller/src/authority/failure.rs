@@ -83,8 +83,7 @@ impl Authority {
                 }
                 TaskState::Running if claim_rev != 0 => {
                     // the instant `attempt_overdue` turns true
-                    let deadline =
-                        first_seen.saturating_add(task.timeout_ms).saturating_add(self.cfg.attempt_grace_ms);
+                    let deadline = first_seen.saturating_add(task.timeout_ms).saturating_add(self.cfg.attempt_grace_ms);
                     self.wake_all_at(deadline.saturating_add(1));
                 }
                 _ => {}

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::claim::{self, Claimed};
 use super::Worker;
-use crate::budget::decoded_row_bytes;
+use crate::budget::{choose_path, decoded_row_bytes, Path};
 use crate::processor::{process_part, Input, OutputSegment, ProcessError, Processed, SubTask};
 use crate::stream::{process_streaming, StreamInput, StreamSettings};
 
@@ -286,15 +286,17 @@ impl Worker {
         let threads = (cores / self.running().max(1)).max(1);
         let share = self.cfg.memory_budget / u64::from(self.cfg.slots.max(1));
         let estimate = task.input_bytes + 3 * task.input_rows * decoded_row_bytes(&spec.schema);
-        if estimate > share {
-            // past the attempt's share: read in place, spill, stream the outputs
+        let path = choose_path(estimate, share, task.windows.len(), threads);
+        if path == Path::Stream {
+            // past the attempt's share, or one big window for many threads:
+            // read in place, spread over the threads, spill, stream the outputs
             let settings = StreamSettings {
                 memory_bytes: (share / 8 * 5) as usize,
                 spill_dir: self.cfg.spill_dir.join(format!("{}-{}", task.id, task.attempt)),
                 threads,
                 split,
             };
-            info!(table = %task.table, task = %task.id, attempt = task.attempt, estimate_bytes = estimate, share_bytes = share, sort_memory_bytes = settings.memory_bytes, "task exceeds the attempt's memory share; running it on the bounded-memory path");
+            info!(table = %task.table, task = %task.id, attempt = task.attempt, estimate_bytes = estimate, share_bytes = share, windows = task.windows.len(), threads, sort_memory_bytes = settings.memory_bytes, "running the task on the bounded-memory path");
             let inputs: Vec<StreamInput> = segments
                 .into_iter()
                 .map(|meta| StreamInput { count_null_time: counts_nulls && range.contains(meta.start_time_ms), meta })
