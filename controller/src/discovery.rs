@@ -30,7 +30,7 @@
 use futures::{StreamExt, TryStreamExt};
 use r2o_common::config::{FileSource, TableSpec};
 use r2o_common::kv::Compare;
-use r2o_common::meta::{get_record, now_ms, range_records, SegmentMeta, SegmentStatus, TableRecord};
+use r2o_common::meta::{get_record, now_ms, SegmentMeta, SegmentStatus};
 use r2o_common::store::{object_size, resolve, split_external, Store};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -302,17 +302,22 @@ impl Discoverer {
     /// etcd errors reading the tables; a table's own failure is logged and
     /// the others go on.
     pub async fn pass(&mut self, auth: &Authority) -> r2o_common::Result<()> {
-        let tables = range_records::<TableRecord>(&auth.kv, &auth.keys.tables()).await?;
+        // the planner's table cache: configs parsed once per change, not per pass
+        let tables = auth.tables.all(&auth.kv, &auth.keys).await.map_err(|e| match e {
+            crate::error::ControllerError::Common(c) => c,
+            other => r2o_common::Error::Meta(other.to_string()),
+        })?;
         let mut names = HashSet::new();
-        for (rec, _) in tables {
-            let Ok(spec) = TableSpec::from_json(rec.table_config, rec.schema) else { continue };
+        for (_, view) in tables {
+            let Ok(view) = view else { continue };
+            let spec = view.spec.as_ref();
             if spec.file_sources.is_empty() {
                 continue;
             }
             // a table added before the operator narrowed --source-allow: its
             // sources outside the list are not read (the namespace check is
             // done at add and update)
-            if let Err(e) = check_sources(&spec, "", "", &auth.cfg.source_allow) {
+            if let Err(e) = check_sources(spec, "", "", &auth.cfg.source_allow) {
                 if let Some(m) = &auth.metrics {
                     m.errors.with_label_values(&["discovery"]).inc();
                 }
@@ -320,7 +325,7 @@ impl Discoverer {
                 continue;
             }
             names.insert(spec.name.clone());
-            match self.table(auth, &spec).await {
+            match self.table(auth, spec).await {
                 Ok(r) if r != TableReport::default() => {
                     info!(table = %spec.name, registered = r.registered, unreadable = r.unreadable, refused = r.refused, "discovery pass");
                 }
@@ -523,6 +528,9 @@ pub async fn discovery_loop(auth: Authority, interval: Duration, cancel: Cancell
         if auth.leadership.borrow().is_none() {
             d = None;
             continue;
+        }
+        if auth.cfg.source_allow.is_empty() {
+            continue; // discovery is off (`--source-allow` empty): nothing to read
         }
         let disc = d.get_or_insert_with(Discoverer::default);
         if let Err(e) = disc.pass(&auth).await {

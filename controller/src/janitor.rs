@@ -63,6 +63,21 @@ pub struct SweepReport {
     pub compacted_to: Option<i64>,
 }
 
+/// Sweeps in a row the janitor may skip while nothing changed: a full sweep
+/// runs at least this often anyway (history's age limit, the etcd
+/// compaction), in janitor intervals (60: an hour at the default 60 s).
+pub const MAX_SKIPPED_SWEEPS: u32 = 60;
+
+/// Whether the janitor sweeps now (issue 21: cost that follows change): it
+/// skips while etcd's revision is the one its last sweep started at
+/// (`unchanged`; r2o writes to etcd before and after every store write, so
+/// the store is unchanged too) and that sweep left no orphan waiting for its
+/// grace (`young_orphans`), up to [`MAX_SKIPPED_SWEEPS`] in a row (`skipped`).
+/// Pure.
+pub fn sweep_due(unchanged: bool, young_orphans: usize, skipped: u32) -> bool {
+    !unchanged || young_orphans > 0 || skipped >= MAX_SKIPPED_SWEEPS
+}
+
 /// The janitor's memory between sweeps.
 #[derive(Debug)]
 pub struct Janitor {
@@ -297,6 +312,15 @@ mod tests {
     use r2o_common::meta::{chunks, encode, SegmentStatus, TaskId};
     use r2o_common::store::{object_size, open_store, put_bytes};
     use std::sync::Arc;
+
+    #[test]
+    fn an_unchanged_cluster_is_not_swept_until_the_hour() {
+        assert!(sweep_due(false, 0, 0), "etcd moved");
+        assert!(sweep_due(true, 3, 0), "orphans wait for their grace");
+        assert!(!sweep_due(true, 0, 0));
+        assert!(!sweep_due(true, 0, MAX_SKIPPED_SWEEPS - 1));
+        assert!(sweep_due(true, 0, MAX_SKIPPED_SWEEPS), "a full sweep at least every MAX_SKIPPED_SWEEPS");
+    }
 
     fn seg(table: &str, name: &str, location: &str) -> SegmentMeta {
         SegmentMeta {

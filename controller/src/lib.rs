@@ -88,6 +88,9 @@ async fn janitor_loop(
     cancel: CancellationToken,
 ) {
     let mut jan: Option<janitor::Janitor> = None;
+    // (revision the last sweep started at, its young orphans), sweeps skipped since
+    let mut last: Option<(i64, usize)> = None;
+    let mut skipped = 0u32;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -95,11 +98,31 @@ async fn janitor_loop(
         }
         if auth.leadership.borrow().is_none() {
             jan = None;
+            last = None;
             continue;
         }
+        let revision = auth.kv.status().await.map(|s| s.revision).ok();
+        let unchanged = matches!((last, revision), (Some((l, _)), Some(r)) if l == r);
+        // retention is a matter of time: every interval, whatever changed
+        if let Err(e) = enforce_retention(&auth).await {
+            if let Some(m) = &auth.metrics {
+                m.errors.with_label_values(&["retention"]).inc();
+            }
+            tracing::warn!(error = %e, "retention sweep failed");
+        }
+        if !janitor::sweep_due(unchanged, last.map_or(0, |(_, y)| y), skipped) {
+            skipped += 1;
+            continue;
+        }
+        skipped = 0;
         let j = jan.get_or_insert_with(|| janitor::Janitor::new(grace, history));
         let now = std::time::Instant::now();
-        match j.sweep(&auth.kv, &auth.keys, &auth.store, &auth.layout, now, r2o_common::meta::now_ms()).await {
+        let swept = j.sweep(&auth.kv, &auth.keys, &auth.store, &auth.layout, now, r2o_common::meta::now_ms()).await;
+        last = match (&swept, revision) {
+            (Ok(r), Some(rev)) => Some((rev, r.young_orphans)),
+            _ => None,
+        };
+        match swept {
             Ok(r)
                 if !r.deleted.is_empty()
                     || !r.deleted_keys.is_empty()
@@ -123,22 +146,23 @@ async fn janitor_loop(
                 tracing::warn!(error = %e, "janitor sweep failed")
             }
         }
-        if let Err(e) = enforce_retention(&auth).await {
-            if let Some(m) = &auth.metrics {
-                m.errors.with_label_values(&["retention"]).inc();
-            }
-            tracing::warn!(error = %e, "retention sweep failed");
-        }
     }
 }
 
 /// Applies every table's REALTIME retention (see [`retention::enforce`]).
 async fn enforce_retention(auth: &Authority) -> Result<(), r2o_common::Error> {
-    let tables =
-        r2o_common::meta::range_records::<r2o_common::meta::TableRecord>(&auth.kv, &auth.keys.tables()).await?;
-    for (rec, _) in tables {
-        let Ok(spec) = r2o_common::config::TableSpec::from_json(rec.table_config, rec.schema) else { continue };
-        let r = retention::enforce(&auth.kv, &auth.keys, &auth.store, &spec, r2o_common::meta::now_ms()).await?;
+    // the planner's table cache: configs parsed once per change, not per sweep
+    let tables = auth.tables.all(&auth.kv, &auth.keys).await.map_err(|e| match e {
+        error::ControllerError::Common(c) => c,
+        other => r2o_common::Error::Meta(other.to_string()),
+    })?;
+    for (_, view) in tables {
+        let Ok(view) = view else { continue };
+        let spec = view.spec.as_ref();
+        if spec.flow.retention_ms.is_none() {
+            continue;
+        }
+        let r = retention::enforce(&auth.kv, &auth.keys, &auth.store, spec, r2o_common::meta::now_ms()).await?;
         if !r.deleted.is_empty() {
             info!(table = %spec.name, deleted = r.deleted.len(), unmoved_past_retention = r.unmoved, "retention sweep");
         }

@@ -590,3 +590,46 @@ async fn a_window_with_tens_of_thousands_of_inputs_is_planned_as_one_task() {
     assert!(why.contains("cannot be planned") && why.contains("800000 input segments"), "{why}");
     assert!(inputs_problem(&[w0], 24_000, 80).is_none());
 }
+
+/// Waits until the table has `n` active tasks (10 s at most).
+async fn until_tasks(a: &Authority, n: usize) {
+    let start = std::time::Instant::now();
+    while range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks()).await.unwrap().len() < n {
+        assert!(start.elapsed() < Duration::from_secs(10), "no task {n} within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Issue 21: planning follows change. With a safety-net tick of an hour, a
+/// registered segment's window is planned from the watch event alone.
+#[tokio::test]
+async fn the_loop_plans_a_registration_from_its_watch_event() {
+    let w = world(json!({})).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let lp = tokio::spawn(planning_loop(w.auth.clone(), Duration::from_secs(3600), cancel.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await; // the first (full) pass: nothing to plan
+    let t0 = 400_000 * H;
+    register(&w, "a", &rows(&w.spec, &["x"], 1.0, t0 + 1), t0 + 1, t0 + 1).await;
+    until_tasks(&w.auth, 1).await;
+    cancel.cancel();
+    lp.await.unwrap();
+}
+
+/// Issue 21: a window inside its buffer is planned by the timer at the
+/// instant it leaves the buffer, though nothing in etcd changes then (and
+/// the tick is an hour).
+#[tokio::test]
+async fn the_loop_plans_a_window_when_its_buffer_passes_without_a_write() {
+    let w = world(json!({"bucketTimePeriod": "1s", "bufferTimePeriod": "2s"})).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let lp = tokio::spawn(planning_loop(w.auth.clone(), Duration::from_secs(3600), cancel.clone()));
+    let now = now_ms();
+    register(&w, "a", &rows(&w.spec, &["x"], 1.0, now), now, now).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early = range_records::<TaskRecord>(&w.auth.kv, &w.auth.keys.active_tasks()).await.unwrap();
+    assert!(early.is_empty() || now_ms() >= now + 2_000, "planned inside the buffer");
+    assert!(w.auth.wakeups.lock().unwrap().next_due_ms().is_some(), "a timer is set for the buffer's end");
+    until_tasks(&w.auth, 1).await;
+    cancel.cancel();
+    lp.await.unwrap();
+}
