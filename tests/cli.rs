@@ -30,7 +30,7 @@ async fn table_add_validates_and_stores_nothing_on_error() {
     };
     let cases = [
         (json!({"bucketTimePeriod": "1x"}), vec!["bucketTimePeriod", "'1x'", "Pinot period"]),
-        (json!({"bufferTimePeriod": "0d"}), vec!["bufferTimePeriod", "'0d'", "greater than zero"]),
+        (json!({"bufferTimePeriod": "-1d"}), vec!["bufferTimePeriod", "'-1d'", "Pinot period such as 0d"]),
         (json!({"mergeType": "merge"}), vec!["mergeType", "'merge'", "concat, rollup or dedup"]),
         (json!({"d.aggregationType": "sum"}), vec!["d.aggregationType", "'d'", "metricFieldSpecs"]),
         (json!({"m.aggregationType": "median"}), vec!["m.aggregationType", "'median'", "sum, min or max"]),

@@ -404,6 +404,10 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
         let pass = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).take(now);
         let leading = auth.leadership.borrow().is_some();
         if let (Some(pass), true) = (pass, leading) {
+            match &pass {
+                Pass::All => tracing::debug!("planning pass over every table"),
+                Pass::Tables(t) => tracing::debug!(tables = t.len(), "planning pass over the tables that moved"),
+            }
             if let Err(e) = auth.plan_pass(&pass).await {
                 if let Some(m) = &auth.metrics {
                     m.errors.with_label_values(&["etcd"]).inc();
@@ -456,6 +460,11 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
                         if s.revision != checked_rev && !events_since_check && checked_rev != 0 {
                             // the store moved and the watch said nothing: it may
                             // be behind or stalled (or another install wrote)
+                            tracing::debug!(
+                                revision = s.revision,
+                                checked_rev,
+                                "the store moved without watch events; planning every table"
+                            );
                             auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).mark_all();
                         }
                         checked_rev = s.revision;
