@@ -453,6 +453,16 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
         }
         if tokio::time::Instant::now() >= next_check {
             next_check = tokio::time::Instant::now() + interval;
+            // events that queued while a pass ran count as seen: without this,
+            // a pass longer than the interval (1,000 tables) looked like a
+            // stalled watch and made every check plan every table again
+            while let Some(Ok(events)) = watch.as_mut().and_then(|w| w.try_recv().ok()) {
+                events_since_check = true;
+                let mut w = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner());
+                for e in events {
+                    w.touch(auth.keys.touched(&e.key));
+                }
+            }
             let leading = auth.leadership.borrow().is_some();
             if leading {
                 match auth.kv.status().await {
