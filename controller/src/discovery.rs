@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::authority::Authority;
-use crate::error::Result;
+use crate::error::{ControllerError, Result};
 
 /// A listed file's identity: its size (bytes) and version (ETag, else
 /// modification time, ms).
@@ -303,10 +303,7 @@ impl Discoverer {
     /// the others go on.
     pub async fn pass(&mut self, auth: &Authority) -> r2o_common::Result<()> {
         // the planner's table cache: configs parsed once per change, not per pass
-        let tables = auth.tables.all(&auth.kv, &auth.keys).await.map_err(|e| match e {
-            crate::error::ControllerError::Common(c) => c,
-            other => r2o_common::Error::Meta(other.to_string()),
-        })?;
+        let tables = auth.tables.all(&auth.kv, &auth.keys).await.map_err(ControllerError::into_common)?;
         let mut names = HashSet::new();
         for (_, view) in tables {
             let Ok(view) = view else { continue };

@@ -39,6 +39,15 @@ pub enum ControllerError {
 }
 
 impl ControllerError {
+    /// As the shared layer's error, for loops that report in its terms: a
+    /// store, etcd or data error as it is, anything else as its message.
+    pub fn into_common(self) -> CommonError {
+        match self {
+            ControllerError::Common(c) => c,
+            other => CommonError::Meta(other.to_string()),
+        }
+    }
+
     /// Whether the caller may retry the same call.
     pub fn is_retryable(&self) -> bool {
         match self {

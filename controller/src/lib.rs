@@ -152,10 +152,7 @@ async fn janitor_loop(
 /// Applies every table's REALTIME retention (see [`retention::enforce`]).
 async fn enforce_retention(auth: &Authority) -> Result<(), r2o_common::Error> {
     // the planner's table cache: configs parsed once per change, not per sweep
-    let tables = auth.tables.all(&auth.kv, &auth.keys).await.map_err(|e| match e {
-        error::ControllerError::Common(c) => c,
-        other => r2o_common::Error::Meta(other.to_string()),
-    })?;
+    let tables = auth.tables.all(&auth.kv, &auth.keys).await.map_err(error::ControllerError::into_common)?;
     for (_, view) in tables {
         let Ok(view) = view else { continue };
         let spec = view.spec.as_ref();

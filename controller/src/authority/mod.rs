@@ -300,13 +300,26 @@ impl Authority {
     /// nothing in etcd changes: the instant a window passes its buffer, a
     /// schedule fires.
     pub(crate) fn wake_table_at(&self, raw: &str, at_ms: i64) {
-        self.wakeups.lock().unwrap_or_else(|p| p.into_inner()).table_at(raw, at_ms);
+        self.wakeups().table_at(raw, at_ms);
     }
 
     /// Looks at every table's tasks again at `at_ms` at the latest (an
     /// attempt deadline, a FAILED task's retry).
     pub(crate) fn wake_all_at(&self, at_ms: i64) {
-        self.wakeups.lock().unwrap_or_else(|p| p.into_inner()).all_at(at_ms);
+        self.wakeups().all_at(at_ms);
+    }
+
+    /// The planner's marks and timers (a poisoned lock still holds valid ones).
+    pub(crate) fn wakeups(&self) -> std::sync::MutexGuard<'_, Wakeups> {
+        self.wakeups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the tables whose keys `events` changed ([`Keys::touched`]).
+    fn note_events(&self, events: &[r2o_common::kv::WatchEvent]) {
+        let mut w = self.wakeups();
+        for e in events {
+            w.touch(self.keys.touched(&e.key));
+        }
     }
 
     /// One planning pass over every table (leader only); see
@@ -374,9 +387,9 @@ impl Authority {
 ///   ready though nothing changes (buffer, schedule), and the pool at the
 ///   next attempt deadline or retry.
 /// - Every `interval` (the safety net) one revision check (`status`): when
-///   the store moved but the watch brought nothing since the last check,
-///   the watch may be broken or behind, so every table is planned and the
-///   watch is opened again. An unchanged store is not read at all.
+///   the store moved but the watch brought nothing since the last check
+///   (events queued during a long pass count), the watch may be stalled,
+///   so every table is planned. An unchanged store is not read at all.
 /// - A new term, and a watch that ends or errs, plan every table.
 pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_util::sync::CancellationToken) {
     let prefix = format!("{}/", auth.keys.prefix());
@@ -388,7 +401,7 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
         if auth.leadership.borrow().is_none() {
             watch = None;
         } else if watch.is_none() {
-            auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).mark_all();
+            auth.wakeups().mark_all();
             match auth.kv.watch(&prefix).await {
                 Ok(w) => watch = Some(w),
                 Err(e) => {
@@ -401,7 +414,7 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
             }
         }
         let now = now_ms();
-        let pass = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).take(now);
+        let pass = auth.wakeups().take(now);
         let leading = auth.leadership.borrow().is_some();
         if let (Some(pass), true) = (pass, leading) {
             match &pass {
@@ -414,7 +427,7 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
                 }
                 warn!(error = %e, "planning pass failed");
                 // whatever the pass did not finish is planned again
-                auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).mark_all();
+                auth.wakeups().mark_all();
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(interval) => {}
@@ -422,7 +435,7 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
             }
             continue;
         }
-        let due = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).next_due_ms();
+        let due = auth.wakeups().next_due_ms();
         let timer = tokio::time::Instant::now()
             + due.map_or(interval, |d| Duration::from_millis(d.saturating_sub(now).clamp(0, 86_400_000) as u64));
         tokio::select! {
@@ -435,13 +448,10 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
                     None => std::future::pending().await,
                 }
             } => {
-                let mut w = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner());
                 match event {
                     Some(Ok(events)) => {
                         events_since_check = true;
-                        for e in events {
-                            w.touch(auth.keys.touched(&e.key));
-                        }
+                        auth.note_events(&events);
                     }
                     Some(Err(e)) => {
                         warn!(error = %e, "the watch on the install's keys broke; planning every table");
@@ -458,10 +468,7 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
             // stalled watch and made every check plan every table again
             while let Some(Ok(events)) = watch.as_mut().and_then(|w| w.try_recv().ok()) {
                 events_since_check = true;
-                let mut w = auth.wakeups.lock().unwrap_or_else(|p| p.into_inner());
-                for e in events {
-                    w.touch(auth.keys.touched(&e.key));
-                }
+                auth.note_events(&events);
             }
             let leading = auth.leadership.borrow().is_some();
             if leading {
@@ -475,7 +482,7 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
                                 checked_rev,
                                 "the store moved without watch events; planning every table"
                             );
-                            auth.wakeups.lock().unwrap_or_else(|p| p.into_inner()).mark_all();
+                            auth.wakeups().mark_all();
                         }
                         checked_rev = s.revision;
                         events_since_check = false;
