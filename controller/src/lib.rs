@@ -234,12 +234,14 @@ pub async fn run(
     let metrics = metrics::ControllerMetrics::new(&telemetry.registry);
     auth.metrics = Some(metrics.clone());
     {
-        let (kv, keys, metrics, rx) = (kv.clone(), keys.clone(), metrics.clone(), rx.clone());
+        let (kv, keys, metrics, rx, tables) =
+            (kv.clone(), keys.clone(), metrics.clone(), rx.clone(), auth.tables.clone());
         telemetry.on_scrape = Some(std::sync::Arc::new(move || {
-            let (kv, keys, metrics, leading) = (kv.clone(), keys.clone(), metrics.clone(), rx.borrow().is_some());
+            let (kv, keys, metrics, tables) = (kv.clone(), keys.clone(), metrics.clone(), tables.clone());
+            let leading = rx.borrow().is_some();
             Box::pin(async move {
                 metrics.is_leader.set(i64::from(leading));
-                metrics.refresh(&kv, &keys).await;
+                metrics.refresh(&kv, &keys, &tables).await;
             })
         }));
     }

@@ -4,11 +4,9 @@
 //! observed by the leader as it commits.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use r2o_common::config::TableSpec;
 use r2o_common::kv::Kv;
 use r2o_common::meta::{
-    get_record, now_ms, range_records, Keys, LoadStatus, RetentionRecord, SegmentMeta, TableRecord, TaskRecord,
-    WatermarkRecord,
+    get_record, now_ms, range_records, Keys, LoadStatus, RetentionRecord, SegmentMeta, TaskRecord, WatermarkRecord,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -212,9 +210,10 @@ impl ControllerMetrics {
         self.etcd_db_size.set(st.db_size_bytes);
     }
 
-    /// Refreshes the per-table figures from etcd.
-    pub async fn refresh(&self, kv: &Kv, keys: &Keys) {
-        let Ok(tables) = range_records::<TableRecord>(kv, &keys.tables()).await else {
+    /// Refreshes the per-table figures from etcd; table configs come from
+    /// `tables` (the planner's cache: parsed once per change, not per scrape).
+    pub async fn refresh(&self, kv: &Kv, keys: &Keys, tables: &crate::tables::TableCache) {
+        let Ok(tables) = tables.all(kv, keys).await else {
             self.errors.with_label_values(&["etcd"]).inc();
             return;
         };
@@ -239,12 +238,11 @@ impl ControllerMetrics {
         ] {
             c.reset();
         }
-        let names: std::collections::HashSet<String> =
-            tables.iter().map(|(_, e)| e.key.rsplit('/').next().unwrap_or_default().to_string()).collect();
+        let names: std::collections::HashSet<String> = tables.iter().map(|(raw, _)| raw.clone()).collect();
         self.load_status_counts.lock().unwrap_or_else(|p| p.into_inner()).retain(|t, _| names.contains(t));
-        for (rec, entry) in tables {
-            let raw = entry.key.rsplit('/').next().unwrap_or_default().to_string();
-            let Ok(spec) = TableSpec::from_json(rec.table_config, rec.schema) else { continue };
+        for (raw, view) in tables {
+            let Ok(view) = view else { continue };
+            let spec = view.spec.as_ref();
             let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(&raw)).await.ok().flatten().map(|(w, _)| w);
             let counted = self.load_status_counts.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
             let count_now = counted.is_none_or(|(at, _)| now - at >= LOAD_STATUS_EVERY_MS);
@@ -266,7 +264,7 @@ impl ControllerMetrics {
             let wm_ms = wm.as_ref().map(|w| w.watermark_ms);
             let counts = match counted {
                 Some((_, counts)) if !count_now => Some(counts),
-                _ => match crate::registry::load_statuses(kv, keys, &spec, &realtime, wm_ms).await {
+                _ => match crate::registry::load_statuses(kv, keys, spec, &realtime, wm_ms).await {
                     Ok(statuses) => {
                         let counts = LoadStatus::ALL.map(|st| statuses.iter().filter(|(s, _)| *s == st).count() as i64);
                         self.load_status_counts
@@ -285,7 +283,7 @@ impl ControllerMetrics {
                 self.realtime_segments.with_label_values(&[&raw, status.name()]).set(*n);
             }
             if let Some(r) = spec.flow.retention_ms {
-                let settled = match crate::retention::late_settled(kv, keys, &spec).await {
+                let settled = match crate::retention::late_settled(kv, keys, spec).await {
                     Ok(f) => f,
                     Err(_) => Box::new(|_: &SegmentMeta| false),
                 };
