@@ -515,7 +515,8 @@ def main():
         wps = f"{x['windows'] / x['seconds']:,.0f}" if x.get("windows") else "-"
         vs = f"{x['ratio']:.2f}x faster" if x.get("ratio") and x["ratio"] >= 1 else (
             f"{1 / x['ratio']:.2f}x slower" if x.get("ratio") else "")
-        extra = f" (verified against {x['verified']}; registration {x['registration_s']:.1f} s)" if x.get("verified") else ""
+        extra = f" (verified against {x['verified']}; registration {x['registration_s']:.1f} s)" if x.get("verified") else (
+            f" (registration {x['registration_s']:.1f} s)" if x.get("registration_s") else "")
         scale = x["scale"] if args.bucket == "1d" else f"{x['scale']}, {args.bucket} windows"
         print(f"| {x['tool']} | {scale} | {x['merge']} | {x['seconds']:.2f} | {x['rows_in'] / x['seconds']:,.0f} "
               f"| {wps} | {rss} | {vs}{extra} |")

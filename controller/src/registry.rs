@@ -41,10 +41,33 @@ pub fn validate_segment_name(name: &str) -> Result<()> {
 pub const SEGMENTS_PER_TXN: usize = 100;
 
 /// Names among `names` that `raw` already has (one paged, keys-only read).
+///
+/// Reads only the keys between the smallest and the largest of `names` (a
+/// batch of consecutive segments is one short range), not the whole table:
+/// issue 21 measured registration falling from 6.5k to 2.2k segments/s as
+/// the table grew, each batch reading every registered name.
 async fn taken(kv: &Kv, keys: &Keys, raw: &str, names: &[&str]) -> Result<Vec<String>> {
     let prefix = keys.segments(&format!("{raw}_REALTIME"));
-    let existing: HashSet<String> =
-        kv.range_keys(&prefix).await?.into_iter().map(|k| k[prefix.len()..].to_string()).collect();
+    let (Some(lo), Some(hi)) = (names.iter().min(), names.iter().max()) else { return Ok(vec![]) };
+    let (first, last) = (format!("{prefix}{lo}"), format!("{prefix}{hi}"));
+    let mut existing: HashSet<String> = HashSet::new();
+    if kv.get(&first).await?.is_some() {
+        existing.insert(lo.to_string());
+    }
+    let mut after = first;
+    'pages: loop {
+        let page = kv.range_page(&prefix, Some(&after), r2o_common::kv::RANGE_PAGE_KEYS).await?;
+        for e in &page.kvs {
+            if e.key > last {
+                break 'pages;
+            }
+            existing.insert(e.key[prefix.len()..].to_string());
+        }
+        match page.kvs.last() {
+            Some(e) if page.more => after = e.key.clone(),
+            _ => break,
+        }
+    }
     Ok(names.iter().filter(|n| existing.contains(**n)).map(|n| n.to_string()).collect())
 }
 
@@ -517,6 +540,31 @@ pub fn visible_segments(
 mod tests {
     use super::*;
     use r2o_common::meta::LateRun;
+
+    #[tokio::test]
+    async fn taken_names_are_found_by_a_range_over_the_batch_alone() {
+        let kv: Kv = std::sync::Arc::new(r2o_common::kv::MemKv::new());
+        let keys = Keys::new("/r");
+        // more than a page of registered names, and a neighbouring table
+        for i in 0..600 {
+            kv.put(&keys.segment("t_REALTIME", &format!("s{i:04}")), b"{}".to_vec(), None).await.unwrap();
+        }
+        kv.put(&keys.segment("t2_REALTIME", "s0700"), b"{}".to_vec(), None).await.unwrap();
+        let t = |names: &[&str]| {
+            let (kv, keys) = (kv.clone(), keys.clone());
+            let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            async move {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                taken(&kv, &keys, "t", &refs).await.unwrap()
+            }
+        };
+        assert_eq!(t(&["s0600", "s0601"]).await, Vec::<String>::new(), "free names after the last");
+        assert_eq!(t(&["s0000"]).await, vec!["s0000"], "the smallest name itself");
+        assert_eq!(t(&["s0599", "s0700"]).await, vec!["s0599"], "another table's name is not this one's");
+        // names spread over more than one page: every taken one, in the given order
+        assert_eq!(t(&["s0550", "zz", "s0001", "s0300"]).await, vec!["s0550", "s0001", "s0300"]);
+        assert_eq!(t(&[]).await, Vec::<String>::new());
+    }
 
     fn lineage(task: &str, window: i64, committed_ms: i64, late: Option<&str>) -> LineageRecord {
         LineageRecord {
