@@ -35,6 +35,26 @@ async fn table_spec(controller: &Target, table: &str) -> Result<TableSpec> {
     Ok(TableSpec::from_json(serde_json::from_str(&t.table_config_json)?, serde_json::from_str(&t.schema_json)?)?)
 }
 
+/// Whether a registration call that failed with `code` surely registered
+/// nothing, so its uploads may be deleted at once: the controller refused it
+/// (bad input, a name taken, no permission). Any other failure (unavailable,
+/// a deadline, a dropped connection, an internal error) may come after the
+/// registration was applied, and deleting then would leave a registered
+/// segment without its file. Pure.
+pub(crate) fn surely_not_registered(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        InvalidArgument
+            | AlreadyExists
+            | FailedPrecondition
+            | PermissionDenied
+            | Unauthenticated
+            | NotFound
+            | OutOfRange
+    )
+}
+
 /// Uploads `bytes` for segment `name` of `raw` to the path the controller
 /// hands out, and registers `seg` (its location filled in). Returns the
 /// registration's warning, if any.
@@ -56,8 +76,12 @@ async fn upload_and_register(
     match c.add_segment(pb::AddSegmentRequest { segment: Some(seg.clone()) }).await {
         Ok(r) => Ok((seg, r.into_inner().warning)),
         Err(s) => {
-            // the name was taken meanwhile, or the segment was refused: nothing refers to the upload
-            let _ = delete_object(store, &location).await;
+            // the name was taken meanwhile, or the segment was refused: nothing refers to the
+            // upload. An answer lost on the way may hide a registration: then the upload stays
+            // (the janitor deletes it after its grace if nothing names it)
+            if surely_not_registered(s.code()) {
+                let _ = delete_object(store, &location).await;
+            }
             bail!("{}", s.message())
         }
     }
@@ -348,8 +372,11 @@ impl Bulk {
                 Ok((n, batch.rows))
             }
             Err(s) => {
-                // nothing of this batch was registered: its uploads are nobody's
-                self.discard(batch.uploaded).await;
+                // refused: nothing of this batch was registered, its uploads are nobody's
+                // (an answer lost on the way may hide a registration: they stay for the janitor)
+                if surely_not_registered(s.code()) {
+                    self.discard(batch.uploaded).await;
+                }
                 bail!("{}", s.message())
             }
         }
@@ -467,4 +494,21 @@ pub async fn ingest(
         if seal_last { "all DONE, the last one ending its stream" } else { "last one CONSUMING" }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::surely_not_registered;
+    use tonic::Code;
+
+    #[test]
+    fn uploads_go_only_when_the_registration_was_refused() {
+        for refused in [Code::InvalidArgument, Code::AlreadyExists, Code::FailedPrecondition, Code::PermissionDenied] {
+            assert!(surely_not_registered(refused), "{refused:?}");
+        }
+        // the call may have been applied before its answer was lost
+        for unknown in [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled, Code::Unknown, Code::Internal] {
+            assert!(!surely_not_registered(unknown), "{unknown:?}");
+        }
+    }
 }

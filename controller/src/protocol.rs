@@ -469,6 +469,28 @@ pub fn record_failure(keys: &Keys, next: &TaskRecord, revs: &AttemptRevs, leader
     Txn { compares, ops: vec![Op::put(keys.active_task(&next.id), encode(next)), Op::delete(keys.claim(&next.id))] }
 }
 
+/// Why a task's input list, as read now (`window_inputs` entries: the
+/// whole list, a sub-task's being its group's), is not the list it was
+/// published with, or `None` when it is: the slice the task reads must hold
+/// the `input_count` inputs recorded at publish. A list that lost chunks can
+/// never be read whole again, so the task is planned again rather than
+/// committing the windows with the rows it could still find (a published
+/// task's list deleted by a cleanup once committed a window with no rows).
+/// Pure.
+pub fn inputs_lost(task: &TaskRecord, window_inputs: usize) -> Option<String> {
+    let slice = if task.input_to == 0 {
+        window_inputs
+    } else {
+        (task.input_to as usize).min(window_inputs).saturating_sub(task.input_from as usize)
+    };
+    (slice as u64 != task.input_count).then(|| {
+        format!(
+            "its input list holds {slice} of the {} inputs it was published with (chunks lost); the windows are planned again",
+            task.input_count
+        )
+    })
+}
+
 /// Whether the leader ends a RUNNING attempt itself: it has run past
 /// `timeout_ms` plus `grace_ms` since the leader first saw it running
 /// (`first_seen_ms`, the leader's own clock). A minion's clock is never
@@ -675,9 +697,19 @@ pub fn put_schedule(
 }
 
 /// Deletes an input list written for a task that was not published, if it
-/// is still the list written (`written`: its chunk compares).
+/// is still the list written (`written`: its chunk compares) and no task
+/// record `task` exists. A publish whose answer was lost (an etcd restart, a
+/// timeout, a controller frozen while its request was applied) returns an
+/// error though the task is published and minions may already run it: then
+/// the record exists and the list stays. Without that compare the cleanup
+/// deleted a published task's inputs, and its next attempt committed its
+/// window with no rows (found by the fault suite, a leader frozen mid-publish).
+/// A publish writes every record of a split window in one transaction with
+/// the first (`task`, the inputs' id), so one compare covers them all.
 pub fn drop_inputs(keys: &Keys, task: &r2o_common::meta::TaskId, written: Vec<Compare>) -> Txn {
-    Txn { compares: written, ops: vec![Op::delete_prefix(keys.inputs(task))] }
+    let mut compares = written;
+    compares.push(Compare::ModRevision(keys.active_task(task), 0));
+    Txn { compares, ops: vec![Op::delete_prefix(keys.inputs(task))] }
 }
 
 /// The revisions a reset or a delete was decided on.
@@ -1267,6 +1299,41 @@ mod tests {
             .apply(&w.kv)
             .await
             .unwrap());
+    }
+
+    #[test]
+    fn a_task_whose_input_list_lost_entries_is_planned_again() {
+        let mut t = task("t");
+        t.input_count = 3;
+        assert_eq!(inputs_lost(&t, 3), None);
+        assert!(inputs_lost(&t, 0).unwrap().contains("holds 0 of the 3 inputs"));
+        assert!(inputs_lost(&t, 2).is_some());
+        // a sub-task split by input reads its own range of its group's list
+        t.input_from = 4;
+        t.input_to = 7;
+        assert_eq!(inputs_lost(&t, 9), None);
+        assert!(inputs_lost(&t, 5).unwrap().contains("holds 1 of the 3"));
+        assert!(inputs_lost(&t, 0).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unpublished_task_s_inputs_go_but_a_published_one_s_stay() {
+        let w = world().await;
+        let t = task("t");
+        // not published (the publish lost a race): its list goes
+        let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
+        assert!(drop_inputs(&w.keys, &t.id, inputs).apply(&w.kv).await.unwrap());
+        assert!(w.kv.range(&w.keys.inputs(&t.id)).await.unwrap().is_empty());
+        // published, but its answer was lost: the cleanup after the error
+        // must leave the list a minion is reading
+        let inputs = chunks::write(&w.kv, &w.keys.inputs(&t.id), &[output(0)]).await.unwrap();
+        assert!(publish(&w.keys, std::slice::from_ref(&t), 0, None, None, w.leadership, inputs.clone())
+            .apply(&w.kv)
+            .await
+            .unwrap());
+        assert!(!drop_inputs(&w.keys, &t.id, inputs).apply(&w.kv).await.unwrap());
+        let kept: Vec<SegmentMeta> = chunks::read(&w.kv, &w.keys.inputs(&t.id)).await.unwrap();
+        assert_eq!(kept, vec![output(0)], "a published task keeps its inputs");
     }
 
     #[tokio::test]

@@ -23,6 +23,12 @@ impl Authority {
         let (wm, wm_rev, wm_created) = self.watermark_entry(&task.table).await?;
         let revs =
             |segments: i64| TableRevs { watermark: wm_rev, watermark_created: wm_created, segments, epoch: epoch_rev };
+        if let Some(why) = protocol::inputs_lost(task, window_inputs.len()) {
+            return Ok(match task.late {
+                Some(_) => PlanCheck::Abandoned(why),
+                None => PlanCheck::Supersede(why),
+            });
+        }
         if task.late.is_some() {
             // a late-data run: still what its window needs?
             let (segments, rev) = self.segments.get(&self.kv, &self.keys, &task.table).await?;
