@@ -140,14 +140,24 @@ pub struct SegmentMeta {
 /// # Errors
 /// etcd errors; a record that does not decode.
 pub async fn read_realtime(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<SegmentMeta>> {
-    Ok(range_records::<SegmentMeta>(kv, &keys.segments(&format!("{raw}_REALTIME")))
-        .await?
-        .into_iter()
-        .map(|(mut s, e)| {
-            s.registered_revision = e.create_revision;
-            s
-        })
-        .collect())
+    // decoded page by page: the raw values of a table of 100,000s of
+    // segments are never all held at once beside the decoded list
+    let prefix = keys.segments(&format!("{raw}_REALTIME"));
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = kv.range_page(&prefix, after.as_deref(), crate::kv::RANGE_PAGE_KEYS).await?;
+        after = page.kvs.last().map(|kv| kv.key.clone());
+        for entry in &page.kvs {
+            let mut s: SegmentMeta = decode(entry)?;
+            s.registered_revision = entry.create_revision;
+            out.push(s);
+        }
+        if !page.more || after.is_none() {
+            out.shrink_to_fit();
+            return Ok(out);
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -234,14 +234,15 @@ pub async fn run(
     let metrics = metrics::ControllerMetrics::new(&telemetry.registry);
     auth.metrics = Some(metrics.clone());
     {
-        let (kv, keys, metrics, rx, tables) =
-            (kv.clone(), keys.clone(), metrics.clone(), rx.clone(), auth.tables.clone());
+        let (kv, keys, metrics, rx, tables, segments) =
+            (kv.clone(), keys.clone(), metrics.clone(), rx.clone(), auth.tables.clone(), auth.segments.clone());
         telemetry.on_scrape = Some(std::sync::Arc::new(move || {
-            let (kv, keys, metrics, tables) = (kv.clone(), keys.clone(), metrics.clone(), tables.clone());
+            let (kv, keys, metrics, tables, segments) =
+                (kv.clone(), keys.clone(), metrics.clone(), tables.clone(), segments.clone());
             let leading = rx.borrow().is_some();
             Box::pin(async move {
                 metrics.is_leader.set(i64::from(leading));
-                metrics.refresh(&kv, &keys, &tables).await;
+                metrics.refresh(&kv, &keys, &tables, &segments).await;
             })
         }));
     }

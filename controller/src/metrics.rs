@@ -211,8 +211,16 @@ impl ControllerMetrics {
     }
 
     /// Refreshes the per-table figures from etcd; table configs come from
-    /// `tables` (the planner's cache: parsed once per change, not per scrape).
-    pub async fn refresh(&self, kv: &Kv, keys: &Keys, tables: &crate::tables::TableCache) {
+    /// `tables` (the planner's cache: parsed once per change, not per scrape)
+    /// and segment lists from `segments` (read again only when a table's
+    /// segments changed).
+    pub async fn refresh(
+        &self,
+        kv: &Kv,
+        keys: &Keys,
+        tables: &crate::tables::TableCache,
+        segments: &crate::authority::SegmentCache,
+    ) {
         let Ok(tables) = tables.all(kv, keys).await else {
             self.errors.with_label_values(&["etcd"]).inc();
             return;
@@ -247,11 +255,12 @@ impl ControllerMetrics {
             let counted = self.load_status_counts.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
             let count_now = counted.is_none_or(|(at, _)| now - at >= LOAD_STATUS_EVERY_MS);
             // the segment list only when something here needs it (a table may hold ~15k)
-            let realtime: Vec<SegmentMeta> = if count_now || wm.is_none() || spec.flow.retention_ms.is_some() {
-                r2o_common::meta::read_realtime(kv, keys, &raw).await.unwrap_or_default()
-            } else {
-                vec![]
-            };
+            let realtime: std::sync::Arc<Vec<SegmentMeta>> =
+                if count_now || wm.is_none() || spec.flow.retention_ms.is_some() {
+                    segments.get(kv, keys, &raw).await.map(|(s, _)| s).unwrap_or_default()
+                } else {
+                    Default::default()
+                };
             let position = match &wm {
                 Some(w) => Some(w.watermark_ms),
                 None => realtime

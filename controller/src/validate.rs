@@ -34,30 +34,71 @@ pub struct OutputEvidence {
 }
 
 /// Footers of REALTIME inputs, by location: read once, used by every window
-/// the segment overlaps. Bounded: cleared when it holds `capacity` entries.
+/// the segment overlaps. Bounded in bytes (issue 21: the controller's memory
+/// bounded whatever the number of segments): past its budget the oldest
+/// footers go first (a footer is needed by the few windows its segment
+/// overlaps, planned close together).
 #[derive(Clone)]
 pub struct FooterCache {
-    inner: Arc<Mutex<HashMap<String, Option<FooterFacts>>>>,
-    capacity: usize,
+    inner: Arc<Mutex<FooterCacheInner>>,
+    budget_bytes: usize,
+}
+
+#[derive(Default)]
+struct FooterCacheInner {
+    map: HashMap<String, (Option<FooterFacts>, usize)>,
+    /// Locations in insertion order (the eviction order).
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+/// Approximate bytes one cached footer takes: its location twice (map and
+/// order), its ranges with their column names, and the map's overhead.
+fn footer_bytes(location: &str, facts: &Option<FooterFacts>) -> usize {
+    let ranges = facts.as_ref().map_or(0, |f| f.ranges.keys().map(|k| k.len() + 96).sum());
+    2 * location.len() + ranges + 160
 }
 
 impl FooterCache {
-    /// An empty cache of at most `capacity` footers.
-    pub fn new(capacity: usize) -> FooterCache {
-        FooterCache { inner: Arc::default(), capacity: capacity.max(1) }
+    /// An empty cache of footers taking at most about `budget_bytes`.
+    pub fn new(budget_bytes: usize) -> FooterCache {
+        FooterCache { inner: Arc::default(), budget_bytes: budget_bytes.max(1) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FooterCacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get(&self, location: &str) -> Option<Option<FooterFacts>> {
-        self.inner.lock().ok()?.get(location).cloned()
+        self.lock().map.get(location).map(|(f, _)| f.clone())
     }
 
     fn put(&self, location: &str, facts: Option<FooterFacts>) {
-        if let Ok(mut m) = self.inner.lock() {
-            if m.len() >= self.capacity {
-                m.clear();
-            }
-            m.insert(location.to_string(), facts);
+        let bytes = footer_bytes(location, &facts);
+        let mut c = self.lock();
+        if c.map.contains_key(location) {
+            return; // read twice at once: the first one stays
         }
+        c.map.insert(location.to_string(), (facts, bytes));
+        c.order.push_back(location.to_string());
+        c.bytes += bytes;
+        while c.bytes > self.budget_bytes && c.order.len() > 1 {
+            let Some(oldest) = c.order.pop_front() else { break };
+            if let Some((_, b)) = c.map.remove(&oldest) {
+                c.bytes -= b;
+            }
+        }
+    }
+
+    /// Footers held, and their approximate bytes.
+    pub fn usage(&self) -> (usize, usize) {
+        let c = self.lock();
+        (c.map.len(), c.bytes)
+    }
+
+    /// How many footers of about `bytes_each` fit the budget.
+    fn fits(&self, count: usize, bytes_each: usize) -> bool {
+        count.saturating_mul(bytes_each) <= self.budget_bytes
     }
 }
 
@@ -127,10 +168,11 @@ async fn input_footer(store: Store, cache: FooterCache, location: String) -> r2o
 /// Reads the footers of a just-published task's inputs into `cache` in the
 /// background (4 at a time; `locations` are the inputs'), so that its report's validation ([`gather`])
 /// finds them there instead of reading them while the commit waits. Skipped
-/// for a list of more than half the cache's capacity (it would evict
-/// itself). A read that fails is left for [`gather`] to do again.
+/// for a list that would take more than half the cache's budget (it would
+/// evict itself). A read that fails is left for [`gather`] to do again.
 pub fn prefetch(store: Store, cache: FooterCache, locations: Vec<String>) {
-    if locations.len() > cache.capacity / 2 {
+    let each = locations.first().map_or(0, |l| footer_bytes(l, &Some(FooterFacts::default())) + 16 * 112);
+    if !cache.fits(locations.len().saturating_mul(2), each) {
         return;
     }
     tokio::spawn(async move {
@@ -459,6 +501,31 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_footer_cache_keeps_to_its_byte_budget_and_evicts_the_oldest() {
+        let facts = |n: u64| {
+            Some(FooterFacts {
+                num_rows: n,
+                ranges: [("ts".to_string(), ValueRange::Int { min: 0, max: n as i64 })].into_iter().collect(),
+            })
+        };
+        let one = footer_bytes("seg/000", &facts(0));
+        let cache = FooterCache::new(10 * one);
+        for i in 0..25u64 {
+            cache.put(&format!("seg/{i:03}"), facts(i));
+        }
+        let (count, bytes) = cache.usage();
+        assert!(bytes <= 10 * one, "{bytes} bytes over the budget of {}", 10 * one);
+        assert_eq!(count, 10);
+        assert_eq!(cache.get("seg/000"), None, "the oldest went first");
+        assert_eq!(cache.get("seg/024"), Some(facts(24)));
+        assert_eq!(cache.get("seg/015"), Some(facts(15)));
+        // a footer that did not decode is remembered as such
+        cache.put("seg/bad", None);
+        assert_eq!(cache.get("seg/bad"), Some(None));
+        assert!(cache.fits(5, one) && !cache.fits(11, one));
+    }
     use r2o_common::meta::SegmentStatus;
     use serde_json::json;
 

@@ -107,6 +107,15 @@ impl SegmentCache {
     }
 }
 
+/// Bytes of REALTIME footers the controller keeps for validation (issue
+/// 21: caches with byte budgets; a footer takes ~1 KB, so ~32,000 of them,
+/// more than the inputs of the tasks in flight).
+pub const FOOTER_CACHE_BYTES: usize = 32 << 20;
+
+/// Input-list entries the controller keeps (~600 bytes each: ~30 MB), read
+/// by a task's reports and commit passes; lists past it are read again.
+pub const INPUT_CACHE_ITEMS: usize = 50_000;
+
 /// The commit authority's state-changing logic over etcd and the segment store.
 #[derive(Clone)]
 pub struct Authority {
@@ -132,7 +141,7 @@ pub struct Authority {
     pub(crate) tables: TableCache,
     /// Task input lists, revision-checked: a split window's list is read by
     /// each of its sub-tasks' reports and by every commit pass (at most
-    /// 200,000 inputs kept, ~100 MB).
+    /// [`INPUT_CACHE_ITEMS`] inputs kept).
     pub(crate) inputs: ListCache<SegmentMeta>,
     /// The last reason per table why a ready window could not be published
     /// (logged once per change, not every tick).
@@ -240,10 +249,10 @@ impl Authority {
             replan: Default::default(),
             wakeups: Default::default(),
             metrics: None,
-            footers: FooterCache::new(200_000),
+            footers: FooterCache::new(FOOTER_CACHE_BYTES),
             segments: SegmentCache::default(),
             tables: TableCache::default(),
-            inputs: ListCache::new(200_000),
+            inputs: ListCache::new(INPUT_CACHE_ITEMS),
             plan_problems: Default::default(),
             last_created_ms: Default::default(),
             attempt_seen: Default::default(),
