@@ -146,10 +146,10 @@ class Cluster:
         self.env.update(as_("admin"))
 
     def spawn(self, name, args, port, env=None):
-        # R2O_BENCH_WRAP_CONTROLLER: a command the controller runs under, for
+        # BENCH_WRAP_CONTROLLER: a command the controller runs under, for
         # profiling (e.g. "heaptrack -o /tmp/controller"); its figures then
         # say nothing about speed
-        wrap = os.environ.get("R2O_BENCH_WRAP_CONTROLLER", "").split() if name == "controller" else []
+        wrap = os.environ.get("BENCH_WRAP_CONTROLLER", "").split() if name == "controller" else []
         self.procs[name] = subprocess.Popen(wrap + [R2O] + args, env=env or self.env, stdout=subprocess.DEVNULL,
                                             stderr=open(os.path.join(self.work, f"{name}.log"), "w"))
         wait_port(port)

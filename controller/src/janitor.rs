@@ -183,24 +183,35 @@ impl Janitor {
                 }
             }
         }
-        // 5. REALTIME segments name their objects
-        for (s, _) in range_records::<SegmentMeta>(kv, &keys.all_segments()).await? {
-            named.insert(canonical_path(&s.location));
+        // 5. REALTIME segments name their objects (page by page, keeping only
+        //    the locations: a table may hold 100,000s of segments)
+        let sprefix = keys.all_segments();
+        let mut after: Option<String> = None;
+        loop {
+            let page = kv.range_page(&sprefix, after.as_deref(), r2o_common::kv::RANGE_PAGE_KEYS).await?;
+            after = page.kvs.last().map(|e| e.key.clone());
+            for entry in &page.kvs {
+                named.insert(canonical_path(&decode::<SegmentMeta>(entry)?.location));
+            }
+            if !page.more || after.is_none() {
+                break;
+            }
         }
-        // 6. objects under the namespace, and only there
+        // 6. objects under the namespace, and only there (the orphans alone kept)
         let ns = layout.namespace();
-        let objects: Vec<object_store::ObjectMeta> = store
-            .list(Some(&Path::from(ns)))
-            .try_collect()
-            .await
-            .map_err(|source| Error::Store { path: ns.into(), source })?;
-        let mut still_orphaned: HashSet<String> = HashSet::new();
-        for o in objects {
+        let mut listing = store.list(Some(&Path::from(ns)));
+        let mut orphans: Vec<String> = Vec::new();
+        while let Some(o) = listing.try_next().await.map_err(|source| Error::Store { path: ns.into(), source })? {
             report.scanned += 1;
             let path = o.location.to_string();
-            if named.contains(&path) || live_prefixes.iter().any(|p| path.starts_with(p.as_str())) {
-                continue;
+            if !(named.contains(&path) || live_prefixes.iter().any(|p| path.starts_with(p.as_str()))) {
+                orphans.push(path);
             }
+        }
+        drop(listing);
+        drop(named);
+        let mut still_orphaned: HashSet<String> = HashSet::new();
+        for path in orphans {
             let id = format!("store:{path}");
             still_orphaned.insert(id.clone());
             if !self.ripe(&id, now) {
