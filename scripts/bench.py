@@ -123,7 +123,8 @@ class Cluster:
             ["etcd", "--data-dir", os.path.join(work, "etcd"), "--name", "bench",
              "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
              "--listen-peer-urls", f"http://127.0.0.1:{pp}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
-             "--initial-cluster", f"bench=http://127.0.0.1:{pp}", "--quota-backend-bytes", str(8 << 30)] + etcd_tls,
+             "--initial-cluster", f"bench=http://127.0.0.1:{pp}", "--quota-backend-bytes", str(8 << 30)] + etcd_tls
+            + os.environ.get("BENCH_ETCD_ARGS", "").split(),
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "etcd.log"), "w"))
         wait_port(cp)
         self.env = dict(base, R2O_ETCD=self.etcd_url, R2O_PREFIX="/bench",

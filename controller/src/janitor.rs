@@ -155,7 +155,7 @@ impl Janitor {
         for entry in kv.range(&mprefix).await? {
             let Some((raw, task, attempt)) = parse_manifest_key(&entry.key[mprefix.len()..]) else { continue };
             if committed.contains(&(task.to_string(), attempt)) {
-                let entries = decode::<Vec<SegmentMeta>>(&entry)?;
+                let entries = r2o_common::meta::chunks::decode_chunk::<SegmentMeta>(&entry)?;
                 manifests.entry(raw.to_string()).or_default().push((task.to_string(), attempt, entries));
             } else if active.get(task).is_none_or(|current| attempt < *current) {
                 let p = format!("{mprefix}{raw}/{task}/a{attempt}/");

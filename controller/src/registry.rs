@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use r2o_common::config::LateDataPolicy;
 use r2o_common::kv::Kv;
 use r2o_common::meta::{
-    decode, get_record, now_ms, range_records, Keys, LineageRecord, SegmentMeta, SegmentStatus, WatermarkRecord,
+    get_record, now_ms, range_records, Keys, LineageRecord, SegmentMeta, SegmentStatus, WatermarkRecord,
 };
 use r2o_common::store::{canonical_path, object_size, Layout, Store};
 use std::collections::{HashMap, HashSet};
@@ -497,7 +497,7 @@ pub async fn offline_segments(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<Seg
         let mut parts = entry.key[prefix.len()..].split('/');
         let (Some(task), Some(attempt)) = (parts.next(), parts.next()) else { continue };
         let Some(attempt) = attempt.strip_prefix('a').and_then(|a| a.parse::<u32>().ok()) else { continue };
-        manifests.push((task.to_string(), attempt, decode::<Vec<SegmentMeta>>(&entry)?));
+        manifests.push((task.to_string(), attempt, r2o_common::meta::chunks::decode_chunk::<SegmentMeta>(&entry)?));
     }
     Ok(visible_segments(&lineages, manifests))
 }
