@@ -734,6 +734,19 @@ pub fn footer_length(end8: &[u8], size_bytes: u64) -> std::result::Result<u64, S
     Ok(len)
 }
 
+/// What [`FooterFacts`] needs of a footer: row counts and column
+/// statistics, not the page encoding or size statistics (skipped while
+/// decoding: the controller decodes every REALTIME input's footer once).
+fn facts_options() -> &'static parquet::file::metadata::ParquetMetaDataOptions {
+    use parquet::file::metadata::{ParquetMetaDataOptions, ParquetStatisticsPolicy};
+    static OPTIONS: std::sync::OnceLock<ParquetMetaDataOptions> = std::sync::OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        ParquetMetaDataOptions::new()
+            .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)
+            .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll)
+    })
+}
+
 /// Decodes [`FooterFacts`] from the last bytes of a Parquet file of
 /// `size_bytes` bytes; `Ok(None)` when `tail` does not hold the whole footer.
 fn facts_from_tail(location: &str, size_bytes: u64, tail: &[u8]) -> Result<Option<FooterFacts>> {
@@ -742,7 +755,7 @@ fn facts_from_tail(location: &str, size_bytes: u64, tail: &[u8]) -> Result<Optio
         return Ok(None);
     }
     let raw = &tail[tail.len() - 8 - len..tail.len() - 8];
-    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(raw)
+    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata_with_options(raw, Some(facts_options()))
         .map_err(|e| seg_err(location, format!("the Parquet footer does not decode: {e}")))?;
     Ok(Some(footer_facts(&meta)))
 }
@@ -780,8 +793,9 @@ pub async fn read_footer_facts(store: &crate::store::Store, location: &str, size
     let tail = get_range(store, location, size_bytes - 8..size_bytes).await?;
     let len = footer_length(&tail, size_bytes).map_err(|m| seg_err(location, m))?;
     let raw = get_range(store, location, size_bytes - 8 - len..size_bytes - 8).await?;
-    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&raw)
-        .map_err(|e| seg_err(location, format!("the Parquet footer does not decode: {e}")))?;
+    let meta =
+        parquet::file::metadata::ParquetMetaDataReader::decode_metadata_with_options(&raw, Some(facts_options()))
+            .map_err(|e| seg_err(location, format!("the Parquet footer does not decode: {e}")))?;
     Ok(footer_facts(&meta))
 }
 
