@@ -18,7 +18,10 @@ struct World {
 }
 
 async fn world(extra: serde_json::Value) -> World {
-    let kv: Kv = Arc::new(MemKv::new());
+    world_on(Arc::new(MemKv::new()), extra).await
+}
+
+async fn world_on(kv: Kv, extra: serde_json::Value) -> World {
     let keys = Keys::new("/a");
     let store = open_store("memory://").unwrap();
     kv.put(&keys.leader(), b"me".to_vec(), None).await.unwrap();
@@ -632,4 +635,93 @@ async fn the_loop_plans_a_window_when_its_buffer_passes_without_a_write() {
     until_tasks(&w.auth, 1).await;
     cancel.cancel();
     lp.await.unwrap();
+}
+
+/// An in-memory store whose next transaction that puts an active task is
+/// applied and then answered with an error, as when the answer is lost (an
+/// etcd restart, a timeout, a controller frozen while its request ran).
+struct LosesPublishAnswer {
+    inner: MemKv,
+    keys: Keys,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl r2o_common::kv::KvBackend for LosesPublishAnswer {
+    async fn get(&self, key: &str) -> r2o_common::Result<Option<r2o_common::kv::KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn range_page_at(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: i64,
+    ) -> r2o_common::Result<r2o_common::kv::Page> {
+        self.inner.range_page_at(prefix, after, limit, revision).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> r2o_common::Result<()> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> r2o_common::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> r2o_common::Result<bool> {
+        let publishes =
+            ops.iter().any(|op| matches!(op, Op::Put { key, .. } if key.starts_with(&self.keys.active_tasks())));
+        let applied = self.inner.txn(compares, ops).await?;
+        if publishes && applied && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(r2o_common::Error::Meta("the answer was lost (test)".into()));
+        }
+        Ok(applied)
+    }
+    async fn grant_lease(&self, ttl_secs: i64) -> r2o_common::Result<i64> {
+        self.inner.grant_lease(ttl_secs).await
+    }
+    async fn keep_alive(&self, lease: i64) -> r2o_common::Result<()> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: i64) -> r2o_common::Result<()> {
+        self.inner.revoke_lease(lease).await
+    }
+    async fn status(&self) -> r2o_common::Result<r2o_common::kv::KvStatus> {
+        self.inner.status().await
+    }
+    async fn compact(&self, revision: i64) -> r2o_common::Result<()> {
+        self.inner.compact(revision).await
+    }
+    async fn watch(&self, prefix: &str) -> r2o_common::Result<r2o_common::kv::WatchReceiver> {
+        self.inner.watch(prefix).await
+    }
+}
+
+#[tokio::test]
+async fn a_publish_whose_answer_was_lost_keeps_the_task_s_inputs() {
+    // the fault suite's finding: a leader frozen while its publish was applied
+    // timed out on resume, and its cleanup deleted the published task's input
+    // list; the task's next attempt then committed its window with no rows
+    let kv = Arc::new(LosesPublishAnswer {
+        inner: MemKv::new(),
+        keys: Keys::new("/a"),
+        armed: std::sync::atomic::AtomicBool::new(true),
+    });
+    let w = world_on(kv.clone(), json!({})).await;
+    let a = &w.auth;
+    register(&w, "s1", &rows(&w.spec, &["x", "y"], 1.0, H + 5), H + 5, H + 5).await;
+    let _ = a.plan_all().await; // (the pass may log the error and go on)
+    assert!(!kv.armed.load(std::sync::atomic::Ordering::SeqCst), "the publish ran and its answer was lost");
+    let tasks = range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks()).await.unwrap();
+    assert_eq!(tasks.len(), 1, "the publish was applied though its answer was lost");
+    let t = &tasks[0].0;
+    let inputs: Vec<SegmentMeta> = chunks::read(&a.kv, &a.keys.inputs(&t.id)).await.unwrap();
+    assert_eq!(inputs.len(), 1, "the published task keeps its input list");
+    assert_eq!(protocol::inputs_lost(t, inputs.len()), None);
+    // and a task whose list is gone after all is planned again, not committed empty
+    a.kv.txn(vec![], vec![Op::delete_prefix(a.keys.inputs(&t.id))]).await.unwrap();
+    let claimed = claim(&w).await;
+    let report = staged_report(&w, &claimed, &[], 0, 0.0, 0.0).await;
+    let err = a.complete(&report).await.unwrap_err().to_string();
+    assert!(err.contains("input list holds 0 of the 1 inputs"), "{err}");
+    assert!(range_records::<TaskRecord>(&a.kv, &a.keys.active_tasks()).await.unwrap().is_empty(), "superseded");
+    assert_eq!(a.watermark("t__x").await.unwrap().0.map(|w| w.watermark_ms), Some(H), "nothing committed");
 }
