@@ -147,10 +147,10 @@ class Cluster:
         self.env.update(as_("admin"))
 
     def spawn(self, name, args, port, env=None):
-        # BENCH_WRAP_CONTROLLER: a command the controller runs under, for
-        # profiling (e.g. "heaptrack -o /tmp/controller"); its figures then
-        # say nothing about speed
-        wrap = os.environ.get("BENCH_WRAP_CONTROLLER", "").split() if name == "controller" else []
+        # BENCH_WRAP_<NAME> (CONTROLLER, MINION0, ...): a command that process
+        # runs under, for profiling (e.g. "heaptrack -o /tmp/controller"); the
+        # figures of such a run say nothing about speed
+        wrap = os.environ.get(f"BENCH_WRAP_{name.upper()}", "").split()
         self.procs[name] = subprocess.Popen(wrap + [R2O] + args, env=env or self.env, stdout=subprocess.DEVNULL,
                                             stderr=open(os.path.join(self.work, f"{name}.log"), "w"))
         wait_port(port)
