@@ -288,6 +288,13 @@ fn cancel_on_signal(token: CancellationToken) {
 
 /// Runs the command; an error is printed as one line (`Error: what: why`),
 /// whatever `RUST_BACKTRACE` says, and exits 1.
+/// jemalloc, not glibc malloc: the same speed, and a minion's peak RSS at
+/// x100 209-216 MB instead of 220-335 MB (glibc kept freed memory in its
+/// per-thread arenas; the heap itself peaks at ~96 MB). Issue 21: every
+/// r2o process within 300 MB at x100.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
