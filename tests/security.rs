@@ -242,7 +242,11 @@ async fn attacks_are_refused_and_change_nothing() {
     let mut gone = connect(port, As { dir: &tls, cert: None, token: Some(revoked.clone()) }).await.unwrap();
     let r = gone.list_tables(pb::ListTablesRequest {}).await;
     t.expect("a revoked token", r, tonic::Code::Unauthenticated);
-    let forged = format!("{}0", &reader[..reader.len() - 1]);
+    // the reader's token with its last character changed (to another one:
+    // a token that already ended in '0' was "forged" into itself)
+    let last = if reader.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &reader[..reader.len() - 1]);
+    assert_ne!(forged, reader);
     let mut forged = connect(port, As { dir: &tls, cert: None, token: Some(forged) }).await.unwrap();
     let r = forged.list_tables(pb::ListTablesRequest {}).await;
     t.expect("a forged token (a known id, another secret)", r, tonic::Code::Unauthenticated);
