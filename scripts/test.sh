@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (etcd, protoc), then runs
-# every test of the workspace: unit and property tests, the etcd
+# every test of the workspace (all of them, even after a failure): unit and property tests, the etcd
 # conformance suite, and the tests against real etcd, controller and minion
 # processes (end to end, poisoned input, timeouts, faults, drain, metrics,
 # flow management). Ends with one summary line: "tests: N passed, N failed".
@@ -11,7 +11,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 rm -f target/faults-summary.txt
 set +e
-cargo test --workspace --all-targets 2>&1 | tee "$log"
+cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 [ -f target/faults-summary.txt ] && cat target/faults-summary.txt
