@@ -142,22 +142,16 @@ pub struct SegmentMeta {
 pub async fn read_realtime(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<SegmentMeta>> {
     // decoded page by page: the raw values of a table of 100,000s of
     // segments are never all held at once beside the decoded list
-    let prefix = keys.segments(&format!("{raw}_REALTIME"));
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = kv.range_page(&prefix, after.as_deref(), crate::kv::RANGE_PAGE_KEYS).await?;
-        after = page.kvs.last().map(|kv| kv.key.clone());
-        for entry in &page.kvs {
-            let mut s: SegmentMeta = decode(entry)?;
-            s.registered_revision = entry.create_revision;
-            out.push(s);
-        }
-        if !page.more || after.is_none() {
-            out.shrink_to_fit();
-            return Ok(out);
-        }
-    }
+    for_each_entry(kv, &keys.segments(&format!("{raw}_REALTIME")), |entry| {
+        let mut s: SegmentMeta = decode(entry)?;
+        s.registered_revision = entry.create_revision;
+        out.push(s);
+        Ok(())
+    })
+    .await?;
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -671,6 +665,24 @@ impl TaskRecord {
         }
         let end = (self.input_to as usize).min(all.len());
         &all[(self.input_from as usize).min(end)..end]
+    }
+
+    /// Why `all` (the task's input list as read now; a sub-task's is its
+    /// group's) is not the list it was published with, or `None` when it
+    /// is: the slice it reads ([`TaskRecord::input_slice`]) must hold the
+    /// `input_count` inputs recorded at publish. A list that lost chunks can
+    /// never be read whole again: the leader plans the task's windows again
+    /// and a minion refuses to run it, rather than commit the windows with
+    /// the rows still found (a published task's list deleted by a cleanup
+    /// once committed a window with no rows). Pure.
+    pub fn inputs_lost(&self, all: &[SegmentMeta]) -> Option<String> {
+        let held = self.input_slice(all).len();
+        (held as u64 != self.input_count).then(|| {
+            format!(
+                "its input list holds {held} of the {} inputs it was published with (chunks lost); the windows are planned again",
+                self.input_count
+            )
+        })
     }
 
     /// Whether it is one sub-task of a split window.
@@ -1348,6 +1360,27 @@ pub async fn get_record<T: DeserializeOwned>(kv: &Kv, key: &str) -> Result<Optio
     }
 }
 
+/// Calls `f` on every key-value under `prefix`, in key order, one page
+/// ([`crate::kv::RANGE_PAGE_KEYS`] keys) at a time: only one page of raw
+/// values is held at once, for readers that keep a little of each record
+/// (a table's 100,000s of segments). Stops at the first error of `f`.
+///
+/// # Errors
+/// etcd errors; whatever `f` returns.
+pub async fn for_each_entry(kv: &Kv, prefix: &str, mut f: impl FnMut(&KeyValue) -> Result<()>) -> Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = kv.range_page(prefix, after.as_deref(), crate::kv::RANGE_PAGE_KEYS).await?;
+        after = page.kvs.last().map(|e| e.key.clone());
+        for entry in &page.kvs {
+            f(entry)?;
+        }
+        if !page.more || after.is_none() {
+            return Ok(());
+        }
+    }
+}
+
 /// Reads and decodes every record under a prefix (paged).
 pub async fn range_records<T: DeserializeOwned>(kv: &Kv, prefix: &str) -> Result<Vec<(T, KeyValue)>> {
     kv.range(prefix).await?.into_iter().map(|entry| Ok((decode(&entry)?, entry))).collect()
@@ -1363,6 +1396,28 @@ mod tests {
     use super::*;
     use crate::kv::MemKv;
     use std::sync::Arc;
+
+    #[test]
+    fn a_task_whose_input_list_lost_entries_is_planned_again() {
+        let mut t: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": "t__0__7", "table": "t", "fromMs": 0, "windowStartMs": 0, "windowEndMs": 1,
+            "skippedWindows": 0, "inputCount": 3, "inputChunks": 1, "inputRows": 0, "inputBytes": 0,
+            "segmentsRevision": 0, "tableConfig": {}, "schema": {}, "state": "PENDING",
+            "attempt": 0, "minion": "", "createdMs": 7, "startedMs": 0, "finishedMs": 0, "errors": [],
+            "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0, "maxAttempts": 2
+        }))
+        .unwrap();
+        let list = |n: usize| vec![SegmentMeta::default(); n];
+        assert_eq!(t.inputs_lost(&list(3)), None);
+        assert!(t.inputs_lost(&list(0)).unwrap().contains("holds 0 of the 3 inputs"));
+        assert!(t.inputs_lost(&list(2)).is_some());
+        // a sub-task split by input reads its own range of its group's list
+        t.input_from = 4;
+        t.input_to = 7;
+        assert_eq!(t.inputs_lost(&list(9)), None);
+        assert!(t.inputs_lost(&list(5)).unwrap().contains("holds 1 of the 3"));
+        assert!(t.inputs_lost(&list(0)).is_some());
+    }
 
     #[test]
     fn a_key_names_the_table_whose_planning_it_touches() {

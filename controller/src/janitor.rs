@@ -27,7 +27,9 @@
 use futures::TryStreamExt;
 use object_store::path::Path;
 use r2o_common::kv::{Kv, Op};
-use r2o_common::meta::{decode, range_records, unsortable_ms, Keys, LineageRecord, SegmentMeta, TaskRecord, TaskState};
+use r2o_common::meta::{
+    decode, for_each_entry, range_records, unsortable_ms, Keys, LineageRecord, SegmentMeta, TaskRecord, TaskState,
+};
 use r2o_common::store::{canonical_path, delete_object, Layout, Store};
 use r2o_common::Error;
 use std::collections::{HashMap, HashSet};
@@ -185,18 +187,11 @@ impl Janitor {
         }
         // 5. REALTIME segments name their objects (page by page, keeping only
         //    the locations: a table may hold 100,000s of segments)
-        let sprefix = keys.all_segments();
-        let mut after: Option<String> = None;
-        loop {
-            let page = kv.range_page(&sprefix, after.as_deref(), r2o_common::kv::RANGE_PAGE_KEYS).await?;
-            after = page.kvs.last().map(|e| e.key.clone());
-            for entry in &page.kvs {
-                named.insert(canonical_path(&decode::<SegmentMeta>(entry)?.location));
-            }
-            if !page.more || after.is_none() {
-                break;
-            }
-        }
+        for_each_entry(kv, &keys.all_segments(), |entry| {
+            named.insert(canonical_path(&decode::<SegmentMeta>(entry)?.location));
+            Ok(())
+        })
+        .await?;
         // 6. objects under the namespace, and only there (the orphans alone kept)
         let ns = layout.namespace();
         let mut listing = store.list(Some(&Path::from(ns)));

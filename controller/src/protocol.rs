@@ -469,28 +469,6 @@ pub fn record_failure(keys: &Keys, next: &TaskRecord, revs: &AttemptRevs, leader
     Txn { compares, ops: vec![Op::put(keys.active_task(&next.id), encode(next)), Op::delete(keys.claim(&next.id))] }
 }
 
-/// Why a task's input list, as read now (`window_inputs` entries: the
-/// whole list, a sub-task's being its group's), is not the list it was
-/// published with, or `None` when it is: the slice the task reads must hold
-/// the `input_count` inputs recorded at publish. A list that lost chunks can
-/// never be read whole again, so the task is planned again rather than
-/// committing the windows with the rows it could still find (a published
-/// task's list deleted by a cleanup once committed a window with no rows).
-/// Pure.
-pub fn inputs_lost(task: &TaskRecord, window_inputs: usize) -> Option<String> {
-    let slice = if task.input_to == 0 {
-        window_inputs
-    } else {
-        (task.input_to as usize).min(window_inputs).saturating_sub(task.input_from as usize)
-    };
-    (slice as u64 != task.input_count).then(|| {
-        format!(
-            "its input list holds {slice} of the {} inputs it was published with (chunks lost); the windows are planned again",
-            task.input_count
-        )
-    })
-}
-
 /// Whether the leader ends a RUNNING attempt itself: it has run past
 /// `timeout_ms` plus `grace_ms` since the leader first saw it running
 /// (`first_seen_ms`, the leader's own clock). A minion's clock is never
@@ -1299,21 +1277,6 @@ mod tests {
             .apply(&w.kv)
             .await
             .unwrap());
-    }
-
-    #[test]
-    fn a_task_whose_input_list_lost_entries_is_planned_again() {
-        let mut t = task("t");
-        t.input_count = 3;
-        assert_eq!(inputs_lost(&t, 3), None);
-        assert!(inputs_lost(&t, 0).unwrap().contains("holds 0 of the 3 inputs"));
-        assert!(inputs_lost(&t, 2).is_some());
-        // a sub-task split by input reads its own range of its group's list
-        t.input_from = 4;
-        t.input_to = 7;
-        assert_eq!(inputs_lost(&t, 9), None);
-        assert!(inputs_lost(&t, 5).unwrap().contains("holds 1 of the 3"));
-        assert!(inputs_lost(&t, 0).is_some());
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ impl Authority {
         let (wm, wm_rev, wm_created) = self.watermark_entry(&task.table).await?;
         let revs =
             |segments: i64| TableRevs { watermark: wm_rev, watermark_created: wm_created, segments, epoch: epoch_rev };
-        if let Some(why) = protocol::inputs_lost(task, window_inputs.len()) {
+        if let Some(why) = task.inputs_lost(window_inputs) {
             return Ok(match task.late {
                 Some(_) => PlanCheck::Abandoned(why),
                 None => PlanCheck::Supersede(why),

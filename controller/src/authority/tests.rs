@@ -715,7 +715,7 @@ async fn a_publish_whose_answer_was_lost_keeps_the_task_s_inputs() {
     let t = &tasks[0].0;
     let inputs: Vec<SegmentMeta> = chunks::read(&a.kv, &a.keys.inputs(&t.id)).await.unwrap();
     assert_eq!(inputs.len(), 1, "the published task keeps its input list");
-    assert_eq!(protocol::inputs_lost(t, inputs.len()), None);
+    assert_eq!(t.inputs_lost(&inputs), None);
     // and a task whose list is gone after all is planned again, not committed empty
     a.kv.txn(vec![], vec![Op::delete_prefix(a.keys.inputs(&t.id))]).await.unwrap();
     let claimed = claim(&w).await;

@@ -267,17 +267,12 @@ impl Worker {
             .when(Error::is_retryable)
             .await?;
         // a sub-task split by input reads its range of the window's list
-        let segments = task.input_slice(&listed).to_vec();
-        if segments.len() as u64 != task.input_count {
+        if let Some(why) = task.inputs_lost(&listed) {
             // never process a partial list: the rows not found would be lost
             // (the leader plans the windows again when it sees the failure)
-            return Err(ProcessError::Data(Error::Meta(format!(
-                "task {}: its input list holds {} of the {} inputs it was published with",
-                task.id,
-                segments.len(),
-                task.input_count
-            ))));
+            return Err(ProcessError::Data(Error::Meta(format!("task {}: {why}", task.id))));
         }
+        let segments = task.input_slice(&listed).to_vec();
         let windows = task.windows.clone();
         let range = Window { start_ms: task.from_ms, end_ms: task.window_end_ms };
         let retry = store_backoff();
