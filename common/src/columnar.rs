@@ -601,7 +601,9 @@ pub enum ValueRange {
 }
 
 impl ValueRange {
-    fn merge(self, other: ValueRange) -> Option<ValueRange> {
+    /// The smallest range holding both; `None` when one is INT and the
+    /// other FLOAT (not comparable).
+    pub fn merge(self, other: ValueRange) -> Option<ValueRange> {
         match (self, other) {
             (ValueRange::Int { min: a, max: b }, ValueRange::Int { min: c, max: d }) => {
                 Some(ValueRange::Int { min: a.min(c), max: b.max(d) })

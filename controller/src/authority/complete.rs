@@ -157,8 +157,9 @@ impl Authority {
             let position = wm.as_ref().map_or(task.from_ms, |w| w.watermark_ms);
 
             // validate against the inputs and the staged files themselves
-            let (evidence, input_footers) = validate::gather(&self.store, &self.footers, &req.outputs, &inputs).await?;
-            if let Err(why) = validate::check(&task, &spec, &self.layout, &inputs, &input_footers, req, &evidence) {
+            let (evidence, input_ranges) =
+                validate::gather(&self.store, &self.footers, &req.task_id, &spec, &req.outputs, &inputs).await?;
+            if let Err(why) = validate::check(&task, &spec, &self.layout, &inputs, &input_ranges, req, &evidence) {
                 let msg = format!("validation failed: {why}");
                 if !self.attempt_failed(task, &revs, leadership, req.attempt, &msg).await? {
                     continue;

@@ -150,8 +150,7 @@ impl Authority {
             return Ok(Err("the table changed while planning; planning again on the next tick".into()));
         }
         // the report's validation reads every input's footer: read them while the minions work
-        let locations: Vec<String> = inputs.iter().map(|s| s.location.clone()).collect();
-        crate::validate::prefetch(self.store.clone(), self.footers.clone(), locations);
+        crate::validate::prefetch(self.store.clone(), self.footers.clone(), spec, &tasks, &inputs);
         let t = &tasks[0];
         info!(table = %raw, task = %id, trigger, from_ms, window_start_ms = first.start_ms, window_end_ms = last.end_ms, windows = windows.len(), inputs = inputs.len(), input_rows = inputs.iter().map(|s| s.total_docs).sum::<u64>(), skipped_windows, sub_tasks = t.sub_tasks, "task published");
         Ok(Ok((tasks.into_iter().map(|t| t.id).collect(), last.end_ms)))
