@@ -988,6 +988,20 @@ pub mod reader {
             StoreReader { store, path: crate::store::object_path(location), size, whole: None }
         }
 
+        /// Fetches a small object ([`WHOLE_FILE_BYTES`]) whole now, so that
+        /// reading it later waits on no request (a source fetches the inputs
+        /// after the one it decodes while it decodes); a large one is left to
+        /// its ranged reads.
+        ///
+        /// # Errors
+        /// Store errors left after the retries.
+        pub async fn fetched(mut self) -> parquet::errors::Result<StoreReader> {
+            if self.size <= WHOLE_FILE_BYTES {
+                self.fetch(vec![]).await?;
+            }
+            Ok(self)
+        }
+
         /// The bytes of `ranges`; each store call is retried ([`store_backoff`])
         /// on errors that may pass, so a transient failure in the middle of a
         /// window does not fail the attempt.
