@@ -63,7 +63,9 @@ impl Authority {
             Some((f, e)) => (Some(f), e.mod_revision),
         };
         let (wm, _) = self.watermark(raw).await?;
+        let started = std::time::Instant::now();
         let (segments, segments_rev) = self.segments.get(&self.kv, &self.keys, raw).await?;
+        let segments_ms = started.elapsed().as_millis() as u64;
         let from = match (&frontier, &wm) {
             (Some(f), Some(w)) => Some(f.next_ms.max(w.watermark_ms)),
             (Some(f), None) => Some(f.next_ms),
@@ -89,6 +91,7 @@ impl Authority {
                 return Ok(Err(reason.to_string()));
             }
         };
+        let plan_ms = started.elapsed().as_millis() as u64 - segments_ms;
         let encoded_inputs = chunks::encode_all(&inputs);
         if let Some(problem) = inputs_problem(&windows, inputs.len(), encoded_inputs.len()) {
             self.plan_problem(raw, &problem);
@@ -152,7 +155,7 @@ impl Authority {
         // the report's validation reads every input's footer: read them while the minions work
         crate::validate::prefetch(self.store.clone(), self.footers.clone(), spec, &tasks, &inputs);
         let t = &tasks[0];
-        info!(table = %raw, task = %id, trigger, from_ms, window_start_ms = first.start_ms, window_end_ms = last.end_ms, windows = windows.len(), inputs = inputs.len(), input_rows = inputs.iter().map(|s| s.total_docs).sum::<u64>(), skipped_windows, sub_tasks = t.sub_tasks, "task published");
+        info!(table = %raw, task = %id, trigger, from_ms, window_start_ms = first.start_ms, window_end_ms = last.end_ms, windows = windows.len(), inputs = inputs.len(), input_rows = inputs.iter().map(|s| s.total_docs).sum::<u64>(), skipped_windows, sub_tasks = t.sub_tasks, segments_ms, plan_ms, publish_ms = started.elapsed().as_millis() as u64, "task published");
         Ok(Ok((tasks.into_iter().map(|t| t.id).collect(), last.end_ms)))
     }
 
