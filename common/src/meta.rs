@@ -1652,4 +1652,33 @@ mod tests {
         let other = ensure_cluster(&kv, &Keys::new("/r2o/b")).await.unwrap();
         assert_ne!(other.store_namespace(&Keys::new("/r2o/b")), ns, "two prefixes, two namespaces");
     }
+
+    #[tokio::test]
+    async fn every_entry_is_visited_once_in_key_order_across_pages() {
+        let kv: Kv = Arc::new(MemKv::new());
+        let n = 2 * LIST_PAGE_KEYS + 7;
+        for i in 0..n {
+            kv.put(&format!("/p/{i:06}"), vec![1], None).await.unwrap();
+        }
+        kv.put("/q/outside", vec![2], None).await.unwrap();
+        let mut seen = vec![];
+        for_each_entry(&kv, "/p/", |e| {
+            seen.push(e.key.clone());
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, (0..n).map(|i| format!("/p/{i:06}")).collect::<Vec<_>>());
+        // an error of `f` stops the walk and comes back
+        let mut calls = 0;
+        let r = for_each_entry(&kv, "/p/", |_| {
+            calls += 1;
+            match calls {
+                10 => Err(Error::Limit("stop".into())),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        assert!(r.is_err() && calls == 10, "{r:?} after {calls} calls");
+    }
 }
