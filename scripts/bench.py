@@ -45,7 +45,9 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-R2O = os.path.join(ROOT, "target", "release", "r2o")
+# BENCH_R2O_BIN: an r2o binary built elsewhere (an A/B against another
+# commit in one sitting); unset, the tree's release build (built first)
+R2O = os.environ.get("BENCH_R2O_BIN") or os.path.join(ROOT, "target", "release", "r2o")
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 
 
@@ -436,7 +438,8 @@ def main():
     if args.idle_tables or args.freshness:
         bench_dir = os.path.abspath(args.bench_dir)
         subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--bench"], check=True)
-        subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
+        if not os.environ.get("BENCH_R2O_BIN"):
+            subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
         work = os.path.join(args.work, "runs", f"small-{time.time_ns()}")
         os.makedirs(work)
         seg_dir = os.path.join(args.work, "x1")
@@ -466,7 +469,8 @@ def main():
     parse_period(args.bucket)
     bench_dir = os.path.abspath(args.bench_dir)
     subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--bench"], check=True)
-    subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
+    if not os.environ.get("BENCH_R2O_BIN"):
+        subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
     # this sitting's runs; the last sitting's are set aside and deleted at the end
     runs = os.path.join(args.work, "runs")
     if os.path.exists(runs):

@@ -6,6 +6,7 @@
 //! spills to local disk.
 
 pub mod budget;
+pub mod encode;
 pub mod partition;
 pub mod processor;
 pub mod stream;

@@ -46,7 +46,6 @@ use datafusion::prelude::SessionConfig;
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,6 +65,7 @@ use r2o_common::store::Store;
 use r2o_common::window::Window;
 use r2o_common::Error;
 
+use crate::encode::ParallelWriter;
 use crate::partition::partition_ids;
 use crate::processor::{
     dedup_sorted, filter_window, keep_sub_task, metric_sums, rollup_sorted, round_time, sort_columns, OutputSegment,
@@ -561,7 +561,7 @@ struct Open {
     partition: i32,
     name: String,
     location: String,
-    writer: AsyncArrowWriter<BufWriter>,
+    writer: ParallelWriter<BufWriter>,
     rows: u64,
     time: Option<(i64, i64)>,
 }
@@ -580,6 +580,8 @@ struct Sink<'a> {
     outputs: Vec<OutputSegment>,
     sums_out: Sums,
     rows_out: u64,
+    /// Threads each output's columns are encoded on.
+    threads: usize,
 }
 
 impl Sink<'_> {
@@ -618,11 +620,13 @@ impl Sink<'_> {
         let name = crate::processor::output_name(self.spec, &self.window, &part, *seq);
         *seq += 1;
         let location = format!("{}{name}.parquet", self.prefix);
-        let writer = AsyncArrowWriter::try_new(
+        let writer = ParallelWriter::try_new(
             BufWriter::with_capacity(self.store.clone(), Path::from(location.as_str()), UPLOAD_PART_BYTES)
                 .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT),
             self.schema.clone(),
-            Some(writer_properties(OUTPUT_ROW_GROUP_ROWS)?),
+            writer_properties(OUTPUT_ROW_GROUP_ROWS)?,
+            OUTPUT_ROW_GROUP_ROWS,
+            self.threads,
         )?;
         self.open = Some(Open { partition, name, location, writer, rows: 0, time: None });
         Ok(())
@@ -959,6 +963,7 @@ async fn run_window(
         outputs: vec![],
         sums_out: Sums::default(),
         rows_out: 0,
+        threads: settings.threads,
     };
     let mut merged = vec![];
     while let Some(batch) = rows.recv().await {
