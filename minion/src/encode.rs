@@ -111,8 +111,11 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
         self.pending_rows = 0;
         let writers = self.factory.create_column_writers(self.started).map_err(pq)?;
         self.started += 1;
-        let mut jobs: Vec<Job> =
-            writers.into_iter().enumerate().map(|(i, w)| Job { index: i, writer: w, leaves: vec![], rank: 0 }).collect();
+        let mut jobs: Vec<Job> = writers
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| Job { index: i, writer: w, leaves: vec![], rank: 0 })
+            .collect();
         for batch in &batches {
             let mut leaf = 0;
             for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
