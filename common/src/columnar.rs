@@ -997,24 +997,29 @@ pub mod reader {
         /// Store errors left after the retries.
         pub async fn fetched(mut self) -> parquet::errors::Result<StoreReader> {
             if self.size <= WHOLE_FILE_BYTES {
-                self.fetch(vec![]).await?;
+                self.whole().await?;
             }
             Ok(self)
+        }
+
+        /// The whole object, fetched on the first call (retried like
+        /// [`Self::fetch`]).
+        async fn whole(&mut self) -> parquet::errors::Result<&Bytes> {
+            if self.whole.is_none() {
+                let (store, path) = (&self.store, &self.path);
+                let get = || async { store.get(path).await?.bytes().await };
+                let got = get.retry(store_backoff()).when(store_retryable).await;
+                self.whole = Some(got.map_err(|e| ParquetError::External(Box::new(e)))?);
+            }
+            Ok(self.whole.as_ref().expect("fetched above"))
         }
 
         /// The bytes of `ranges`; each store call is retried ([`store_backoff`])
         /// on errors that may pass, so a transient failure in the middle of a
         /// window does not fail the attempt.
         async fn fetch(&mut self, ranges: Vec<Range<u64>>) -> parquet::errors::Result<Vec<Bytes>> {
-            let external = |e: object_store::Error| ParquetError::External(Box::new(e));
-            let (store, path) = (self.store.clone(), self.path.clone());
             if self.size <= WHOLE_FILE_BYTES {
-                if self.whole.is_none() {
-                    let whole = || async { store.get(&path).await?.bytes().await };
-                    let got = whole.retry(store_backoff()).when(store_retryable).await.map_err(external)?;
-                    self.whole = Some(got);
-                }
-                let whole = self.whole.as_ref().expect("fetched above");
+                let whole = self.whole().await?;
                 return ranges
                     .into_iter()
                     .map(|r| {
@@ -1027,6 +1032,8 @@ pub mod reader {
                     })
                     .collect();
             }
+            let external = |e: object_store::Error| ParquetError::External(Box::new(e));
+            let (store, path) = (self.store.clone(), self.path.clone());
             let ranged = || store.get_ranges(&path, &ranges);
             ranged.retry(store_backoff()).when(store_retryable).await.map_err(external)
         }

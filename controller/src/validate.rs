@@ -112,6 +112,12 @@ impl FooterCache {
         count.saturating_mul(bytes_each) <= self.budget_bytes
     }
 
+    /// Whether a task's `inputs` footers are cached one by one: when they
+    /// take at most half the budget (more would evict themselves).
+    fn keeps(&self, inputs: usize) -> bool {
+        self.fits(inputs.saturating_mul(2), PREFETCH_FOOTER_BYTES)
+    }
+
     /// The folded input ranges of task `task_id`, when [`prefetch`] made them.
     fn ranges_of(&self, task_id: &str) -> Option<InputRanges> {
         self.lock().ranges.iter().find(|(id, _)| id == task_id).map(|(_, r)| r.clone())
@@ -235,8 +241,7 @@ pub async fn gather(
         return Ok((outs, ranges));
     }
     let locations: Vec<String> = inputs.iter().map(|s| s.location.clone()).collect();
-    let keep = cache.fits(locations.len(), PREFETCH_FOOTER_BYTES);
-    let ranges = fold_footers(store, cache, spec, locations, keep, 16).await?;
+    let ranges = fold_footers(store, cache, spec, locations, cache.keeps(inputs.len()), 16).await?;
     Ok((outs, ranges))
 }
 
@@ -291,45 +296,31 @@ async fn read_input_footer(store: Store, location: &str) -> r2o_common::Result<O
 }
 
 /// Reads the footers of just-published `tasks`' inputs (`inputs`: their
-/// input list) in the background, 4 at a time, so that their reports'
-/// validation ([`gather`]) does not read them while the commit waits:
-/// into `cache` footer by footer when the list fits half its budget, else
-/// folded into each task's [`InputRanges`] (issue 21: one window of 14,600
-/// inputs waited ~450 ms at its commit for footers the prefetch had skipped
-/// as too many). A read that fails is left for [`gather`] to do again.
+/// input list) in the background, 4 at a time, and folds them into each
+/// task's [`InputRanges`], so that their reports' validation ([`gather`])
+/// reads no input footer while the commit waits (issue 21: one window of
+/// 14,600 inputs, too many for the footer cache, waited ~450 ms at its
+/// commit). The footers are also cached one by one when the list fits
+/// ([`FooterCache::keeps`]): a segment overlapping two tasks' windows is
+/// then read once. A read that fails is left for [`gather`] to do again.
 pub fn prefetch(store: Store, cache: FooterCache, spec: &TableSpec, tasks: &[TaskRecord], inputs: &[SegmentMeta]) {
-    if cache.fits(inputs.len().saturating_mul(2), PREFETCH_FOOTER_BYTES) {
-        let locations: Vec<String> = inputs.iter().map(|s| s.location.clone()).collect();
-        tokio::spawn(async move {
-            let reads: Vec<_> = locations.into_iter().map(|l| input_footer(store.clone(), cache.clone(), l)).collect();
-            let reads = futures::stream::iter(reads).buffer_unordered(4);
-            futures::pin_mut!(reads);
-            while let Some(read) = reads.next().await {
-                if let Err(e) = read {
-                    tracing::debug!(error = %e, "prefetching an input footer failed");
-                }
-            }
-        });
-        return;
-    }
+    let keep = cache.keeps(inputs.len());
     // tasks reading the same slice (a window's hash sub-tasks read all of it) share one fold
-    let mut slices: Vec<(Vec<String>, Vec<String>)> = vec![];
-    let mut seen: Vec<(u64, u64)> = vec![];
+    let mut slices: Vec<((u64, u64), Vec<String>, Vec<String>)> = vec![];
     for t in tasks {
         let key = (t.input_from, t.input_to);
-        match seen.iter().position(|k| *k == key) {
-            Some(i) => slices[i].0.push(t.id.to_string()),
+        match slices.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, ids, _)) => ids.push(t.id.to_string()),
             None => {
-                seen.push(key);
                 let locations = t.input_slice(inputs).iter().map(|s| s.location.clone()).collect();
-                slices.push((vec![t.id.to_string()], locations));
+                slices.push((key, vec![t.id.to_string()], locations));
             }
         }
     }
     let spec = spec.clone();
     tokio::spawn(async move {
-        for (ids, locations) in slices {
-            match fold_footers(&store, &cache, &spec, locations, false, 4).await {
+        for (_, ids, locations) in slices {
+            match fold_footers(&store, &cache, &spec, locations, keep, 4).await {
                 Ok(ranges) => {
                     for id in ids {
                         cache.put_ranges(&id, ranges.clone());

@@ -45,11 +45,6 @@ pub struct ParallelWriter<W: AsyncFileWriter> {
     upload: W,
 }
 
-/// Parquet's error as ours.
-fn pq(e: ParquetError) -> Error {
-    Error::from(e)
-}
-
 impl<W: AsyncFileWriter> ParallelWriter<W> {
     /// A writer of `schema`'s rows to `upload` with `props`, row groups of
     /// `row_group_rows` rows (the same as `props`' maximum), encoded on
@@ -67,7 +62,7 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
         // the same file layout and metadata (the encoded Arrow schema) as ArrowWriter's
         let (file, factory) = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
             .and_then(ArrowWriter::into_serialized_writer)
-            .map_err(pq)?;
+            .map_err(Error::from)?;
         Ok(ParallelWriter {
             file,
             factory,
@@ -109,7 +104,7 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
         }
         let batches = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
-        let writers = self.factory.create_column_writers(self.started).map_err(pq)?;
+        let writers = self.factory.create_column_writers(self.started).map_err(Error::from)?;
         self.started += 1;
         let mut jobs: Vec<Job> = writers
             .into_iter()
@@ -119,7 +114,7 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
         for batch in &batches {
             let mut leaf = 0;
             for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
-                for l in compute_leaves(field, column).map_err(pq)? {
+                for l in compute_leaves(field, column).map_err(Error::from)? {
                     jobs[leaf].leaves.push(l);
                     jobs[leaf].rank = cost_rank(field.data_type());
                     leaf += 1;
@@ -140,20 +135,20 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
             segment: String::new(),
             problem: format!("encoding an output stopped: {e}"),
         })??;
-        let mut row_group = self.file.next_row_group().map_err(pq)?;
+        let mut row_group = self.file.next_row_group().map_err(Error::from)?;
         for chunk in chunks {
-            chunk.append_to_row_group(&mut row_group).map_err(pq)?;
+            chunk.append_to_row_group(&mut row_group).map_err(Error::from)?;
         }
-        row_group.close().map_err(pq)?;
+        row_group.close().map_err(Error::from)?;
         self.drain().await
     }
 
     /// Uploads what the file writer has written so far.
     async fn drain(&mut self) -> Result<(), Error> {
-        self.file.flush().map_err(|e| pq(e.into()))?;
+        self.file.flush().map_err(|e| Error::from(ParquetError::from(e)))?;
         let bytes = std::mem::take(self.file.inner_mut());
         if !bytes.is_empty() {
-            self.upload.write(Bytes::from(bytes)).await.map_err(pq)?;
+            self.upload.write(Bytes::from(bytes)).await.map_err(Error::from)?;
         }
         Ok(())
     }
@@ -167,9 +162,9 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
         if let Some(last) = self.in_flight.take() {
             self.append(last).await?;
         }
-        self.file.finish().map_err(pq)?;
+        self.file.finish().map_err(Error::from)?;
         self.drain().await?;
-        self.upload.complete().await.map_err(pq)
+        self.upload.complete().await.map_err(Error::from)
     }
 }
 
@@ -200,7 +195,7 @@ async fn encode_row_group(mut jobs: Vec<Job>, threads: usize) -> Result<Vec<Arro
             segment: String::new(),
             problem: format!("encoding an output stopped: {e}"),
         })?;
-        chunks.extend(done.map_err(pq)?);
+        chunks.extend(done.map_err(Error::from)?);
     }
     chunks.sort_by_key(|(i, _)| *i);
     Ok(chunks.into_iter().map(|(_, c)| c).collect())
