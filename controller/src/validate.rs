@@ -295,6 +295,16 @@ async fn read_input_footer(store: Store, location: &str) -> r2o_common::Result<O
     })
 }
 
+/// The inputs one or more tasks read: a range of their input list.
+struct Slice {
+    /// `(input_from, input_to)` of the tasks reading it.
+    key: (u64, u64),
+    /// Their ids.
+    tasks: Vec<String>,
+    /// Its inputs' locations.
+    locations: Vec<String>,
+}
+
 /// Reads the footers of just-published `tasks`' inputs (`inputs`: their
 /// input list) in the background, 4 at a time, and folds them into each
 /// task's [`InputRanges`], so that their reports' validation ([`gather`])
@@ -306,20 +316,20 @@ async fn read_input_footer(store: Store, location: &str) -> r2o_common::Result<O
 pub fn prefetch(store: Store, cache: FooterCache, spec: &TableSpec, tasks: &[TaskRecord], inputs: &[SegmentMeta]) {
     let keep = cache.keeps(inputs.len());
     // tasks reading the same slice (a window's hash sub-tasks read all of it) share one fold
-    let mut slices: Vec<((u64, u64), Vec<String>, Vec<String>)> = vec![];
+    let mut slices: Vec<Slice> = vec![];
     for t in tasks {
         let key = (t.input_from, t.input_to);
-        match slices.iter_mut().find(|(k, _, _)| *k == key) {
-            Some((_, ids, _)) => ids.push(t.id.to_string()),
+        match slices.iter_mut().find(|s| s.key == key) {
+            Some(s) => s.tasks.push(t.id.to_string()),
             None => {
                 let locations = t.input_slice(inputs).iter().map(|s| s.location.clone()).collect();
-                slices.push((key, vec![t.id.to_string()], locations));
+                slices.push(Slice { key, tasks: vec![t.id.to_string()], locations });
             }
         }
     }
     let spec = spec.clone();
     tokio::spawn(async move {
-        for (_, ids, locations) in slices {
+        for Slice { tasks: ids, locations, .. } in slices {
             match fold_footers(&store, &cache, &spec, locations, keep, 4).await {
                 Ok(ranges) => {
                     for id in ids {
