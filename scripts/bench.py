@@ -14,7 +14,9 @@ For each scale (x1, x30 of ../shared/bench/gen_flights.py) and mergeType
   5. runs the peers (peers.py: duckdb, polars per window; duckdb-1q,
      polars-1p in one pass) on the same segments, each with its peak RSS;
   6. checks r2o's OFFLINE output against a peer's (peers.py verify
-     --check-sorted) before printing a figure.
+     --check-sorted) before printing a figure;
+  7. with --floor, runs ../shared/bench/floor on the same segments (read
+     and write, no transform) and gives r2o's time as a multiple of it.
 Then it prints one table: tool, scale, mergeType, wall s, rows/s, windows/s,
 peak RSS, and r2o's ratio to the best peer.
 
@@ -29,7 +31,7 @@ times slower (inode allocation skips recently deleted inodes), which would
 charge a previous run's cleanup to the next run.
 
 Usage: scripts/bench.py [--scales x1,x30] [--merges concat,rollup,dedup]
-                        [--peers duckdb,polars,duckdb-1q,polars-1p] [--bucket 1d]
+                        [--peers duckdb,polars,duckdb-1q,polars-1p] [--bucket 1d] [--floor]
        scripts/bench.py --one-window [--merges ...]   (x30 as one window)
 """
 import argparse
@@ -270,6 +272,37 @@ def run_peer(tool, scale, merge, seg_dir, work, bench_dir, bucket="1d"):
             "windows": windows, "rss_mb": {tool: rss}, "out": out}
 
 
+def build_floor(bench_dir):
+    """Builds ../shared/bench/floor (release, the project's patched zstd, as
+    floor/README.md says) into target/floor; returns the binary's path."""
+    target = os.path.join(ROOT, "target", "floor")
+    zstd = os.path.join(ROOT, "vendor", "zstd")
+    subprocess.run(["cargo", "build", "--release", "--manifest-path", os.path.join(bench_dir, "floor", "Cargo.toml"),
+                    "--target-dir", target, "--config", f"patch.crates-io.zstd.path='{zstd}'"], check=True)
+    return os.path.join(target, "release", "floor")
+
+
+def run_floor(binary, scale, seg_dir, work, bucket="1d"):
+    """The floor on one scale: every segment read and written back as zstd
+    Parquet, one file per day, no transform, 2 threads (the machine's cores,
+    as r2o's two minions share them). Only a 1-day bucket has a floor."""
+    if bucket != "1d":
+        return None
+    out = os.path.join(work, f"out-floor-{scale}")
+    wrapper = ("import resource,subprocess,sys;r=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+               "sys.stdout.write(r.stdout);sys.stderr.write(r.stderr);"
+               "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r.returncode)")
+    r = subprocess.run([PY, "-c", wrapper, binary, seg_dir, out, "--threads", "2", "--mode", "day"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"floor failed: {r.stderr[-2000:]}")
+    res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    rss = int(next(l for l in r.stdout.splitlines() if l.startswith("RSS ")).split()[1]) / 1024
+    shutil.rmtree(out, ignore_errors=True)
+    return {"tool": "floor", "scale": scale, "merge": "-", "seconds": res["seconds"], "rows_in": res["rows"],
+            "windows": res["files_out"], "rss_mb": {"floor": rss}, "out": None}
+
+
 def sorted_files(d):
     """Every file of `d` sorted by (carrier, ts): (files, files not sorted)."""
     import pyarrow.parquet as pq
@@ -419,6 +452,9 @@ def main():
     ap.add_argument("--bench-dir", default=os.path.join(ROOT, "..", "shared", "bench"))
     ap.add_argument("--work", default=os.path.join(ROOT, ".r2o", "bench"))
     ap.add_argument("--bucket", default="1d", help="bucketTimePeriod of the table and the peers")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run ../shared/bench/floor (read and write the same files, no transform) on each "
+                         "scale, and give r2o's time as a multiple of it")
     ap.add_argument("--one-window", action="store_true",
                     help="the huge-window benchmark: x30 (or --scales) in one 20000d window, next to "
                          "DuckDB and Polars doing that window in one query; the minions run on their "
@@ -471,6 +507,7 @@ def main():
     subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--bench"], check=True)
     if not os.environ.get("BENCH_R2O_BIN"):
         subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
+    floor_bin = build_floor(bench_dir) if args.floor else None
     # this sitting's runs; the last sitting's are set aside and deleted at the end
     runs = os.path.join(args.work, "runs")
     if os.path.exists(runs):
@@ -497,6 +534,10 @@ def main():
                 print(f"bench: r2o {scale} {merge} --insecure", file=sys.stderr)
                 plain = run_r2o(scale, merge, seg_dir, runs, bench_dir, args.bucket, minion_env, insecure=True)
                 plain["tool"] = "r2o --insecure"
+            floor = None
+            if args.floor:
+                print(f"bench: floor {scale}", file=sys.stderr)
+                floor = run_floor(floor_bin, scale, seg_dir, runs, args.bucket)
             peers = []
             for tool in [t for t in args.peers.split(",") if t]:
                 print(f"bench: {tool} {scale} {merge}", file=sys.stderr)
@@ -511,7 +552,9 @@ def main():
                     raise SystemExit(f"r2o's OFFLINE output differs from {peers[0]['tool']}'s ({scale} {merge})")
                 r["verified"] = peers[0]["tool"]
             best = min((p["seconds"] for p in peers), default=None)
-            for x in [r] + ([plain] if plain else []) + peers:
+            if floor:
+                r["floor_x"] = r["seconds"] / floor["seconds"]
+            for x in [r] + ([plain] if plain else []) + peers + ([floor] if floor else []):
                 x["ratio"] = (best / x["seconds"]) if (best and x in (r, plain)) else None
                 rows.append(x)
                 # as it comes, so a sitting cut short keeps what it measured
@@ -524,8 +567,10 @@ def main():
         wps = f"{x['windows'] / x['seconds']:,.0f}" if x.get("windows") else "-"
         vs = f"{x['ratio']:.2f}x faster" if x.get("ratio") and x["ratio"] >= 1 else (
             f"{1 / x['ratio']:.2f}x slower" if x.get("ratio") else "")
-        extra = f" (verified against {x['verified']}; registration {x['registration_s']:.1f} s)" if x.get("verified") else (
-            f" (registration {x['registration_s']:.1f} s)" if x.get("registration_s") else "")
+        notes = ([f"verified against {x['verified']}"] if x.get("verified") else []) + (
+            [f"{x['floor_x']:.2f}x the floor"] if x.get("floor_x") else []) + (
+            [f"registration {x['registration_s']:.1f} s"] if x.get("registration_s") else [])
+        extra = f" ({'; '.join(notes)})" if notes else ""
         scale = x["scale"] if args.bucket == "1d" else f"{x['scale']}, {args.bucket} windows"
         print(f"| {x['tool']} | {scale} | {x['merge']} | {x['seconds']:.2f} | {x['rows_in'] / x['seconds']:,.0f} "
               f"| {wps} | {rss} | {vs}{extra} |")

@@ -471,6 +471,74 @@ pub fn rollup(
     Ok(vec![RecordBatch::try_new(arrow_schema, columns)?])
 }
 
+/// Rollup whose output is already in the OFFLINE sort order: one batch,
+/// sorted by `sort` (ascending, nulls last, as [`sort_by`]) and then by the
+/// other dimensions. Groups are found by sorting the rows' key bytes
+/// (`arrow_row`, the sort columns first) instead of hashing them and
+/// sorting the groups after: one sort instead of a hash table and a sort.
+/// The sort is stable, so each group's metrics are aggregated in input
+/// order, as [`rollup`] does (float sums add in the same order).
+///
+/// Returns `None` when a sort column is not a dimension (a metric column
+/// named as `sortedColumn`): the caller rolls up with [`rollup`] and sorts.
+///
+/// # Errors
+/// Arrow errors.
+pub fn rollup_in_order(
+    batches: &[RecordBatch],
+    schema: &Schema,
+    aggregations: &BTreeMap<String, AggregationType>,
+    sort: &[&str],
+) -> Result<Option<RecordBatch>, Error> {
+    let is_key = |name: &str| schema.fields.iter().any(|f| f.name == name && f.kind != FieldKind::Metric);
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
+    if sort.is_empty() || !sort.iter().all(|c| is_key(c)) {
+        return Ok(None);
+    }
+    let arrow_schema = first.schema();
+    let all = concat_batches(&arrow_schema, batches)?;
+    let index = |name: &str| schema.fields.iter().position(|f| f.name == name).expect("a sort column is a field");
+    let mut key_idx: Vec<usize> = sort.iter().map(|c| index(c)).collect();
+    let rest: Vec<usize> = (0..schema.fields.len())
+        .filter(|i| schema.fields[*i].kind != FieldKind::Metric && !key_idx.contains(i))
+        .collect();
+    key_idx.extend(rest);
+    let last = SortOptions { descending: false, nulls_first: false };
+    let converter = RowConverter::new(
+        key_idx.iter().map(|i| SortField::new_with_options(arrow_schema.field(*i).data_type().clone(), last)).collect(),
+    )?;
+    let keys: Vec<ArrayRef> = key_idx.iter().map(|i| all.column(*i).clone()).collect();
+    let rows = converter.convert_columns(&keys)?;
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
+    // Group ids in sorted order; each group's first row in input order.
+    let mut ids = vec![0u32; all.num_rows()];
+    let mut starts: Vec<u32> = Vec::new();
+    for (k, &r) in order.iter().enumerate() {
+        if k == 0 || rows.row(order[k - 1] as usize) != rows.row(r as usize) {
+            starts.push(r);
+        }
+        ids[r as usize] = starts.len() as u32 - 1;
+    }
+    let starts = arrow::array::UInt32Array::from(starts);
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(all.num_columns());
+    for (i, f) in schema.fields.iter().enumerate() {
+        let col = all.column(i);
+        if f.kind != FieldKind::Metric {
+            columns.push(arrow::compute::take(col.as_ref(), &starts, None)?);
+            continue;
+        }
+        let t = arrow_schema.field(i).data_type();
+        let mut acc = Acc::new(t, aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum));
+        acc.grow(starts.len());
+        acc.update(col, &ids)?;
+        columns.push(acc.finish(t)?);
+    }
+    Ok(Some(RecordBatch::try_new(arrow_schema, columns)?))
+}
+
 /// Rollup of one batch whose rows are sorted so that each group's rows are
 /// adjacent (the bounded-memory path sorts by the whole key first): groups
 /// are runs of equal keys (every non-metric column; NULL equals NULL), found
@@ -713,13 +781,16 @@ fn process_window(
     };
     for (partition, batches) in partition_batches(rounded, spec)? {
         check()?;
-        let merged = match spec.flow.merge_type {
-            MergeType::Concat => batches,
-            MergeType::Dedup => dedup(&batches)?,
-            MergeType::Rollup => rollup(&batches, &spec.schema, &spec.flow.aggregations)?,
+        let (merged, sort) = match spec.flow.merge_type {
+            MergeType::Concat => (batches, sort.as_slice()),
+            MergeType::Dedup => (dedup(&batches)?, sort.as_slice()),
+            MergeType::Rollup => match rollup_in_order(&batches, &spec.schema, &spec.flow.aggregations, &sort)? {
+                Some(sorted) => (vec![sorted], &[][..]),
+                None => (rollup(&batches, &spec.schema, &spec.flow.aggregations)?, sort.as_slice()),
+            },
         };
         check()?;
-        let sorted = sort_by(&arrow_schema, &merged, &sort)?;
+        let sorted = sort_by(&arrow_schema, &merged, sort)?;
         result.sums_out.add(metric_sums(std::slice::from_ref(&sorted), spec));
         let part = SubTask::name_part(split, partition);
         for (seq, piece) in cut(&sorted, spec.flow.max_records_per_segment).into_iter().enumerate() {
@@ -1072,6 +1143,38 @@ mod tests {
             let want = dedup(std::slice::from_ref(&whole)).unwrap();
             let got = dedup_sorted(&whole).unwrap();
             proptest::prop_assert_eq!(pretty(&[got]), pretty(&want));
+        }
+
+        /// The rollup that sorts key bytes gives what the hash rollup and a
+        /// sort give, in the same order, over several input batches, with
+        /// the sorted column first or the time column first.
+        #[test]
+        fn rollup_in_order_matches_rollup_then_sort(
+            rows in proptest::collection::vec(
+                (0usize..3, proptest::option::of(-4i8..4), 0i64..3, proptest::option::of(0i32..3), -2i64..3),
+                0..60,
+            ),
+            cut in 0usize..60,
+        ) {
+            let carriers = ["AA", "DL", "UA"];
+            let rows: Vec<TestRow> = rows
+                .iter()
+                .map(|(c, d, n, a, t)| (carriers[*c], d.map(|d| f64::from(d) * 0.1), *n, *a, t * H))
+                .collect();
+            let r = spec(json!({"mergeType": "rollup", "air.aggregationType": "max"}), json!({}));
+            let schema = r.schema.arrow_schema();
+            let cut = cut.min(rows.len());
+            let inputs = [batch(&r, &rows[..cut]), batch(&r, &rows[cut..])];
+            for order in [vec!["carrier"], vec!["ts"], vec!["carrier", "ts"]] {
+                let mut full = order.clone();
+                full.extend(["carrier", "ts"].into_iter().filter(|c| !order.contains(c)));
+                let want = rollup(&inputs, &r.schema, &r.flow.aggregations).unwrap();
+                let want = sort_by(&schema, &want, &full).unwrap();
+                let got = rollup_in_order(&inputs, &r.schema, &r.flow.aggregations, &order).unwrap();
+                proptest::prop_assert_eq!(pretty(&[got.expect("sort columns are dimensions")]), pretty(&[want]));
+            }
+            let metric_first = rollup_in_order(&inputs, &r.schema, &r.flow.aggregations, &["n"]).unwrap();
+            proptest::prop_assert!(metric_first.is_none(), "a metric sort column takes the hash rollup");
         }
     }
 
