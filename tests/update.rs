@@ -93,6 +93,24 @@ async fn a_paused_flow_gains_a_column_and_reads_old_segments_with_its_default() 
     // a segment registered under version 1 whose window moves after the update
     add("s2", rows(T0_MS + 2 * H_MS, 1, None));
 
+    // refused: an upsert table (as Pinot refuses it), at add and at update
+    let mut upsert = config.clone();
+    upsert["upsertConfig"] = json!({"mode": "FULL"});
+    let upsert_file = write("upsert.json", &upsert);
+    let v1_file = write("v1.json", &schema_v1());
+    for verb in ["update", "add"] {
+        let mut upsert_as = upsert.clone();
+        if verb == "add" {
+            upsert_as["tableName"] = json!("evo_upsert");
+        }
+        let file = if verb == "add" { write("upsert-add.json", &upsert_as) } else { upsert_file.clone() };
+        let out = cluster.cli_raw(&["table", verb, "--config", &file, "--schema", &v1_file]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("upsertConfig.mode") && err.contains("'FULL'"), "{verb}: {err}");
+    }
+    let listed = cluster.cli(&["table", "list"]);
+    assert!(!listed.contains("evo_upsert"), "an upsert table is not added: {listed}");
+
     // refused: a narrowing, a changed time column; nothing changes
     let mut narrow = schema_v1();
     narrow["metricFieldSpecs"][0]["dataType"] = json!("STRING");

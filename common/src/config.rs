@@ -350,6 +350,8 @@ impl TableSpec {
             });
         }
 
+        refuse_upsert(obj.get("upsertConfig"))?;
+
         let time_column = config_json
             .pointer("/segmentsConfig/timeColumnName")
             .and_then(Value::as_str)
@@ -1062,10 +1064,63 @@ pub fn source_allowed(uri: &str, allow: &[String]) -> bool {
     allow.iter().any(|a| uri.starts_with(a.as_str()))
 }
 
+/// Pinot's rule (`RealtimeToOfflineSegmentsTaskGenerator.validateTaskConfigs`:
+/// "RealtimeToOfflineTask doesn't support upsert table!"): a table whose
+/// `upsertConfig` has a mode other than `NONE` (a missing mode counts as
+/// upsert, as Pinot's `getUpsertMode()` is then not `NONE`) cannot be moved.
+/// Its REALTIME segments hold every version of a key, and only the upsert
+/// metadata of Pinot's servers says which one is valid: moving the rows
+/// would turn old versions back into live rows. `dedupConfig` tables are
+/// moved (their segments hold each key once).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `upsertConfig.mode`.
+fn refuse_upsert(upsert: Option<&Value>) -> Result<(), ConfigError> {
+    let Some(upsert) = upsert.filter(|u| !u.is_null()) else {
+        return Ok(());
+    };
+    let mode = upsert.get("mode").and_then(Value::as_str).unwrap_or("");
+    if mode.eq_ignore_ascii_case("NONE") {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        field: "upsertConfig.mode".into(),
+        value: if mode.is_empty() { "(not set)".into() } else { mode.into() },
+        expected: "NONE or no upsertConfig: RealtimeToOfflineSegmentsTask doesn't support upsert tables (as in \
+                   Pinot), because their segments keep every version of a key and only the servers' upsert \
+                   metadata says which one is current; dedupConfig tables are supported"
+            .into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn upsert_tables_are_refused_like_pinot_and_dedup_tables_are_not() {
+        for upsert in [json!({"mode": "FULL"}), json!({"mode": "partial"}), json!({"comparisonColumns": ["ts"]})] {
+            let mut c = config(json!({}));
+            c["upsertConfig"] = upsert.clone();
+            let e = TableSpec::from_json(c, schema()).unwrap_err().to_string();
+            assert!(e.contains("upsertConfig.mode") && e.contains("upsert"), "{upsert}: {e}");
+        }
+        let e = {
+            let mut c = config(json!({}));
+            c["upsertConfig"] = json!({"mode": "FULL"});
+            TableSpec::from_json(c, schema()).unwrap_err().to_string()
+        };
+        assert!(e.contains("'FULL'"), "the value is named: {e}");
+        for ok in [json!({"mode": "NONE"}), Value::Null] {
+            let mut c = config(json!({}));
+            c["upsertConfig"] = ok;
+            TableSpec::from_json(c, schema()).unwrap();
+        }
+        let mut c = config(json!({}));
+        c["dedupConfig"] = json!({"dedupEnabled": true, "hashFunction": "NONE"});
+        TableSpec::from_json(c, schema()).unwrap();
+    }
 
     fn schema() -> Value {
         json!({
