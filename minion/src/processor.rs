@@ -523,20 +523,39 @@ pub fn rollup_in_order(
         ids[r as usize] = starts.len() as u32 - 1;
     }
     let starts = arrow::array::UInt32Array::from(starts);
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(all.num_columns());
+    let columns = grouped_columns(&all, schema, aggregations, &ids, &starts)?;
+    Ok(Some(RecordBatch::try_new(arrow_schema, columns)?))
+}
+
+/// The columns of a rollup's output given each row's group (`ids`, one per
+/// row of `batch`) and each group's first row (`starts`): a dimension takes
+/// its value at the group's first row, a metric aggregates the group's rows
+/// in row order. Columns past `schema`'s are carried like dimensions.
+fn grouped_columns(
+    batch: &RecordBatch,
+    schema: &Schema,
+    aggregations: &BTreeMap<String, AggregationType>,
+    ids: &[u32],
+    starts: &arrow::array::UInt32Array,
+) -> Result<Vec<ArrayRef>, Error> {
+    let arrow_schema = batch.schema();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
     for (i, f) in schema.fields.iter().enumerate() {
-        let col = all.column(i);
+        let col = batch.column(i);
         if f.kind != FieldKind::Metric {
-            columns.push(arrow::compute::take(col.as_ref(), &starts, None)?);
+            columns.push(arrow::compute::take(col.as_ref(), starts, None)?);
             continue;
         }
         let t = arrow_schema.field(i).data_type();
         let mut acc = Acc::new(t, aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum));
         acc.grow(starts.len());
-        acc.update(col, &ids)?;
+        acc.update(col, ids)?;
         columns.push(acc.finish(t)?);
     }
-    Ok(Some(RecordBatch::try_new(arrow_schema, columns)?))
+    for col in &batch.columns()[schema.fields.len()..] {
+        columns.push(arrow::compute::take(col.as_ref(), starts, None)?);
+    }
+    Ok(columns)
 }
 
 /// Rollup of one batch whose rows are sorted so that each group's rows are
@@ -557,24 +576,8 @@ pub fn rollup_sorted(
     let key_idx: Vec<usize> =
         schema.fields.iter().enumerate().filter(|(_, f)| f.kind != FieldKind::Metric).map(|(i, _)| i).collect();
     let (ids, starts) = runs(batch, &key_idx)?;
-    let arrow_schema = batch.schema();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
-    for (i, f) in schema.fields.iter().enumerate() {
-        let col = batch.column(i);
-        if f.kind != FieldKind::Metric {
-            columns.push(arrow::compute::take(col.as_ref(), &starts, None)?);
-            continue;
-        }
-        let t = arrow_schema.field(i).data_type();
-        let mut acc = Acc::new(t, aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum));
-        acc.grow(starts.len());
-        acc.update(col, &ids)?;
-        columns.push(acc.finish(t)?);
-    }
-    for col in &batch.columns()[schema.fields.len()..] {
-        columns.push(arrow::compute::take(col.as_ref(), &starts, None)?);
-    }
-    Ok(RecordBatch::try_new(arrow_schema, columns)?)
+    let columns = grouped_columns(batch, schema, aggregations, &ids, &starts)?;
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// Dedup of one batch sorted by the whole row: the first row of each run of
