@@ -100,7 +100,7 @@ async fn manage_flows() {
     assert!(r["outcome"].as_str().unwrap().contains("caught up"), "run-now never bypasses the rules: {r}");
 
     // pause and resume
-    let f = setup_table(&cluster, "pz", 4, json!({}));
+    let f = setup_table(&cluster, "pz", 4, json!({"segmentNamePrefix": "pz_v2"}));
     cluster.cli(&["pause", "--table", "pz"]);
     cluster.cli(&[
         "ingest",
@@ -120,6 +120,18 @@ async fn manage_flows() {
     cluster.cli(&["resume", "--table", "pz"]);
     let w = wait_idle(&cluster, "pz").await;
     assert_eq!(w["watermarkMs"], json!(T0_MS + 4 * H_MS), "{w}");
+    // Pinot's segmentNamePrefix starts every OFFLINE segment name
+    let mut offline: Vec<String> = json_of(&cluster, &["segment", "list", "--table", "pz"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["tableName"].as_str().is_some_and(|t| t.ends_with("_OFFLINE")))
+        .map(|s| s["segmentName"].as_str().unwrap().to_string())
+        .collect();
+    offline.sort();
+    let expected: Vec<String> =
+        (0..4).map(|k| format!("pz_v2_{}_{}_all_0", T0_MS + k * H_MS, T0_MS + (k + 1) * H_MS)).collect();
+    assert_eq!(offline, expected);
 
     // reset append: a FAILED task is abandoned, the flow continues from the watermark
     let f = setup_table(&cluster, "ra", 3, json!({"maxAttemptsPerTask": "1"}));
@@ -218,7 +230,7 @@ async fn manage_flows() {
     let names: Vec<&str> = doc["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["pz", "ra", "rn", "rn2"]);
     let text = std::fs::read_to_string(&export).unwrap();
-    assert!(!text.contains("watermark") && !text.contains("segmentName"), "no runtime state exported");
+    assert!(!text.contains("watermark") && !text.contains("\"segmentName\""), "no runtime state exported");
     let other = Cluster::start(1, 0);
     // one table exists there already: it is reported and skipped
     setup_table(&other, "rn", 1, json!({"bucketTimePeriod": "2h"}));

@@ -142,6 +142,11 @@ pub struct FlowConfig {
     /// name; the controller sets it on a late-data run's config snapshot so
     /// the new segments' names differ from those they replace or join.
     pub segment_name_postfix: Option<String>,
+    /// `segmentNamePrefix` (Pinot's task key): replaces the raw table name at
+    /// the start of every OFFLINE segment name, as in Pinot's
+    /// `SimpleSegmentNameGenerator` (`<prefix>_<start>_<end>_...`); names
+    /// stay unique because the window, part and sequence follow it.
+    pub segment_name_prefix: Option<String>,
     /// `schedule` (Pinot's task key, Quartz cron): windows are planned in
     /// runs that start at its fire times (UTC); `None`: continuously.
     pub schedule: Option<crate::schedule::Schedule>,
@@ -595,6 +600,19 @@ impl TableSpec {
                 })
             }
         };
+        let segment_name_prefix = match text("segmentNamePrefix")? {
+            None => None,
+            Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => Some(p),
+            Some(p) => {
+                return Err(ConfigError::Invalid {
+                    field: format!("{TASK_PATH}.segmentNamePrefix"),
+                    value: p,
+                    expected:
+                        "letters, digits, '-' and '_' (it starts every OFFLINE segment name, a path in the store)"
+                            .into(),
+                })
+            }
+        };
         let bucket_time_zone = match text("bucketTimeZone")? {
             None => None,
             Some(name) => {
@@ -640,6 +658,7 @@ impl TableSpec {
                 bucket_time_zone,
                 late_data_policy,
                 segment_name_postfix,
+                segment_name_prefix,
                 schedule,
                 allow_nan,
                 offload_predicate,
@@ -1300,6 +1319,10 @@ mod tests {
         assert!(e.contains("segmentNamePostfix") && e.contains("'a b'"), "{e}");
         let t = TableSpec::from_json(config(json!({"segmentNamePostfix": "v2"})), schema()).unwrap();
         assert_eq!(t.flow.segment_name_postfix.as_deref(), Some("v2"));
+        let e = err_of(json!({"segmentNamePrefix": "a/b"}));
+        assert!(e.contains("segmentNamePrefix") && e.contains("'a/b'"), "{e}");
+        let t = TableSpec::from_json(config(json!({"segmentNamePrefix": "flights_v2"})), schema()).unwrap();
+        assert_eq!(t.flow.segment_name_prefix.as_deref(), Some("flights_v2"));
     }
 
     #[test]

@@ -620,6 +620,7 @@ mod tests {
             bucket_time_zone: None,
             late_data_policy: r2o_common::config::LateDataPolicy::Rematerialize,
             segment_name_postfix: None,
+            segment_name_prefix: None,
             schedule: None,
             allow_nan: false,
             offload_predicate: None,

@@ -275,10 +275,13 @@ impl SubTask {
     }
 }
 
-/// An OFFLINE segment's name: `<raw>_<window start>_<window end>_<part>_<seq>`,
-/// then `_<segmentNamePostfix>` when the config has one (a late-data run's).
+/// An OFFLINE segment's name: `<raw>_<window start>_<window end>_<part>_<seq>`
+/// (`<raw>` replaced by `segmentNamePrefix` when the config has one, as in
+/// Pinot's `SimpleSegmentNameGenerator`), then `_<segmentNamePostfix>` when
+/// the config has one (a late-data run's).
 pub fn output_name(spec: &TableSpec, window: &Window, part: &str, seq: usize) -> String {
-    let base = format!("{}_{}_{}_{part}_{seq}", spec.name, window.start_ms, window.end_ms);
+    let prefix = spec.flow.segment_name_prefix.as_deref().unwrap_or(&spec.name);
+    let base = format!("{prefix}_{}_{}_{part}_{seq}", window.start_ms, window.end_ms);
     match &spec.flow.segment_name_postfix {
         Some(p) => format!("{base}_{p}"),
         None => base,
@@ -1179,6 +1182,15 @@ mod tests {
             let metric_first = rollup_in_order(&inputs, &r.schema, &r.flow.aggregations, &["n"]).unwrap();
             proptest::prop_assert!(metric_first.is_none(), "a metric sort column takes the hash rollup");
         }
+    }
+
+    #[test]
+    fn output_names_take_pinots_prefix_and_r2os_postfix() {
+        let w = Window { start_ms: 0, end_ms: H };
+        let plain = spec(json!({}), json!({}));
+        assert_eq!(output_name(&plain, &w, "all", 0), "f_0_3600000_all_0");
+        let named = spec(json!({"segmentNamePrefix": "f_v2", "segmentNamePostfix": "late1"}), json!({}));
+        assert_eq!(output_name(&named, &w, "3", 1), "f_v2_0_3600000_3_1_late1");
     }
 
     #[test]
