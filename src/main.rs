@@ -245,6 +245,11 @@ enum Command {
         /// Local directory for spill files (default: <temp dir>/r2o-spill-<minion id>).
         #[arg(long, env = "R2O_SPILL_DIR")]
         spill_dir: Option<std::path::PathBuf>,
+        /// This minion's tag: it runs only the tasks of tables whose
+        /// `minionInstanceTag` is this (Pinot's key and default), so a heavy
+        /// table can have a pool of its own.
+        #[arg(long, env = "R2O_MINION_TAG", default_value = r2o_common::config::DEFAULT_MINION_TAG)]
+        tag: String,
     },
     #[command(flatten)]
     Admin(cli::AdminCommand),
@@ -365,13 +370,29 @@ async fn run() -> Result<()> {
             };
             r2o_controller::run(kv, keys, store, cfg, cancel).await
         }
-        Command::Minion { state, listen, id, slots, host, poll_ms, drain_grace_secs, memory_budget, spill_dir } => {
+        Command::Minion {
+            state,
+            listen,
+            id,
+            slots,
+            host,
+            poll_ms,
+            drain_grace_secs,
+            memory_budget,
+            spill_dir,
+            tag,
+        } => {
             init_tracing();
             let transport = state.transport()?;
             let (kv, keys, store) = connect_state(&state).await?;
             let cancel = CancellationToken::new();
             cancel_on_signal(cancel.clone());
             let id = id.unwrap_or_else(|| format!("minion-{}", listen.port()));
+            let tag = tag.trim().to_string();
+            anyhow::ensure!(
+                r2o_common::config::valid_minion_tag(&tag),
+                "invalid --tag '{tag}': expected letters, digits, '_', '-' and '.' (a table's minionInstanceTag)"
+            );
             let cfg = r2o_minion::MinionConfig {
                 spill_dir: spill_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("r2o-spill-{id}"))),
                 memory_budget: memory_budget.unwrap_or_else(r2o_minion::budget::default_budget),
@@ -386,6 +407,7 @@ async fn run() -> Result<()> {
                 http_listen: state.http_listen,
                 transport,
                 tls_server_name: state.tls_server_name.clone(),
+                tag,
             };
             r2o_minion::run(kv, keys, store, cfg, cancel).await
         }

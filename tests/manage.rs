@@ -249,3 +249,37 @@ async fn manage_flows() {
         "existing table untouched"
     );
 }
+
+/// Pinot's `minionInstanceTag`: a table's tasks run only on minions started
+/// with its tag (`r2o minion --tag`); untagged minions run untagged tables;
+/// a table whose tag no minion has waits, its tasks never claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_table_runs_only_on_its_tagged_minions() {
+    let mut cluster = Cluster::start(1, 1);
+    cluster.add_minion_env(&[("R2O_MINION_TAG", "heavy")]);
+    let (untagged, heavy) = (cluster.minions[0].name.clone(), cluster.minions[1].name.clone());
+    for (table, task) in [
+        ("hv", json!({"minionInstanceTag": "heavy", "maxNumRecordsPerTask": "100"})),
+        ("lt", json!({"maxNumRecordsPerTask": "100"})),
+        ("nb", json!({"minionInstanceTag": "nobody"})),
+    ] {
+        let f = setup_table(&cluster, table, 4, task);
+        let f = f.to_str().unwrap();
+        cluster.cli(&["ingest", "--table", table, "--file", f, "--rows-per-segment", "100", "--seal-last"]);
+    }
+    for (table, minion) in [("hv", &heavy), ("lt", &untagged)] {
+        let w = wait_idle(&cluster, table).await;
+        assert_eq!(w["watermarkMs"], json!(T0_MS + 4 * H_MS), "{table}: {w}");
+        let tasks = json_of(&cluster, &["tasks", "--table", table]);
+        let ran: Vec<&str> = tasks.as_array().unwrap().iter().map(|t| t["minion"].as_str().unwrap()).collect();
+        assert!(ran.len() >= 2 && ran.iter().all(|m| m == minion), "{table} ran on {ran:?}, expected {minion}");
+    }
+    // the untagged and the heavy minion were both free all along: nb's
+    // tasks are published but never claimed
+    let tasks = json_of(&cluster, &["tasks", "--table", "nb"]);
+    let tasks = tasks.as_array().unwrap();
+    assert!(!tasks.is_empty(), "nb's windows are planned");
+    assert!(tasks.iter().all(|t| t["state"] == "PENDING" && t["attempt"] == json!(0)), "{tasks:?}");
+    let w = json_of(&cluster, &["watermark", "--table", "nb"]);
+    assert_ne!(w["watermarkMs"], json!(T0_MS + 4 * H_MS), "{w}");
+}

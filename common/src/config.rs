@@ -147,6 +147,10 @@ pub struct FlowConfig {
     /// `SimpleSegmentNameGenerator` (`<prefix>_<start>_<end>_...`); names
     /// stay unique because the window, part and sequence follow it.
     pub segment_name_prefix: Option<String>,
+    /// `minionInstanceTag` (Pinot's task key, default [`DEFAULT_MINION_TAG`]):
+    /// only minions started with this tag (`r2o minion --tag`) claim the
+    /// table's tasks.
+    pub minion_instance_tag: String,
     /// `schedule` (Pinot's task key, Quartz cron): windows are planned in
     /// runs that start at its fire times (UTC); `None`: continuously.
     pub schedule: Option<crate::schedule::Schedule>,
@@ -613,6 +617,7 @@ impl TableSpec {
                 })
             }
         };
+        let minion_instance_tag = minion_instance_tag(&config_json)?;
         let bucket_time_zone = match text("bucketTimeZone")? {
             None => None,
             Some(name) => {
@@ -659,6 +664,7 @@ impl TableSpec {
                 late_data_policy,
                 segment_name_postfix,
                 segment_name_prefix,
+                minion_instance_tag,
                 schedule,
                 allow_nan,
                 offload_predicate,
@@ -1083,6 +1089,47 @@ pub fn source_allowed(uri: &str, allow: &[String]) -> bool {
     allow.iter().any(|a| uri.starts_with(a.as_str()))
 }
 
+/// Pinot's default `minionInstanceTag` (`CommonConstants.Helix.UNTAGGED_MINION_INSTANCE`):
+/// the tag of a minion started without `--tag`, and of a table without the key.
+pub const DEFAULT_MINION_TAG: &str = "minion_untagged";
+
+/// Whether `tag` can be a minion tag: not empty; letters, digits, `_`, `-`, `.`.
+pub fn valid_minion_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A table config's `minionInstanceTag` (the task block's key, Pinot's
+/// meaning: which minions run the table's tasks), [`DEFAULT_MINION_TAG`]
+/// when absent or empty. Read by the controller at `table add` and by
+/// minions from a task's config snapshot.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key when the value is not a string
+/// of letters, digits, `_`, `-` and `.`.
+pub fn minion_instance_tag(config_json: &Value) -> Result<String, ConfigError> {
+    let field = || format!("{TASK_PATH}.minionInstanceTag");
+    let tag = match config_json.pointer(&format!("/task/taskTypeConfigsMap/{TASK_TYPE}/minionInstanceTag")) {
+        None | Some(Value::Null) => return Ok(DEFAULT_MINION_TAG.into()),
+        Some(Value::String(t)) => t.trim().to_string(),
+        Some(other) => {
+            return Err(ConfigError::Invalid { field: field(), value: other.to_string(), expected: "a string".into() })
+        }
+    };
+    if tag.is_empty() {
+        return Ok(DEFAULT_MINION_TAG.into());
+    }
+    if !valid_minion_tag(&tag) {
+        return Err(ConfigError::Invalid {
+            field: field(),
+            value: tag,
+            expected: "a minion tag of letters, digits, '_', '-' and '.' (the value minions are started with: \
+                       r2o minion --tag)"
+                .into(),
+        });
+    }
+    Ok(tag)
+}
+
 /// Pinot's rule (`RealtimeToOfflineSegmentsTaskGenerator.validateTaskConfigs`:
 /// "RealtimeToOfflineTask doesn't support upsert table!"): a table whose
 /// `upsertConfig` has a mode other than `NONE` (a missing mode counts as
@@ -1323,6 +1370,17 @@ mod tests {
         assert!(e.contains("segmentNamePrefix") && e.contains("'a/b'"), "{e}");
         let t = TableSpec::from_json(config(json!({"segmentNamePrefix": "flights_v2"})), schema()).unwrap();
         assert_eq!(t.flow.segment_name_prefix.as_deref(), Some("flights_v2"));
+    }
+
+    #[test]
+    fn minion_instance_tag_defaults_to_pinots_untagged() {
+        let tag = |task: Value| TableSpec::from_json(config(task), schema()).map(|t| t.flow.minion_instance_tag);
+        assert_eq!(tag(json!({})).unwrap(), DEFAULT_MINION_TAG);
+        assert_eq!(tag(json!({"minionInstanceTag": " "})).unwrap(), DEFAULT_MINION_TAG);
+        assert_eq!(tag(json!({"minionInstanceTag": "heavy_minion.v2"})).unwrap(), "heavy_minion.v2");
+        let e = tag(json!({"minionInstanceTag": "a b"})).unwrap_err().to_string();
+        assert!(e.contains("minionInstanceTag") && e.contains("'a b'") && e.contains("--tag"), "{e}");
+        assert_eq!(minion_instance_tag(&config(json!({"minionInstanceTag": "x"}))).unwrap(), "x");
     }
 
     #[test]

@@ -792,6 +792,10 @@ pub struct MinionRecord {
     /// each.
     #[serde(default)]
     pub host: String,
+    /// Its `minionInstanceTag` (`--tag`): it claims only the tasks of tables
+    /// with this tag; empty in records of older minions (untagged).
+    #[serde(default)]
+    pub tag: String,
 }
 
 /// The elected controller, attached to its lease.

@@ -621,6 +621,7 @@ mod tests {
             late_data_policy: r2o_common::config::LateDataPolicy::Rematerialize,
             segment_name_postfix: None,
             segment_name_prefix: None,
+            minion_instance_tag: r2o_common::config::DEFAULT_MINION_TAG.into(),
             schedule: None,
             allow_nan: false,
             offload_predicate: None,

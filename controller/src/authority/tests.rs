@@ -176,7 +176,14 @@ async fn a_rollup_window_past_the_budget_runs_whole_when_the_minions_share_one_h
         register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
     }
     for id in ["m0", "m1"] {
-        let m = MinionRecord { id: id.into(), addr: String::new(), slots: 2, started_ms: 0, host: "h".into() };
+        let m = MinionRecord {
+            id: id.into(),
+            addr: String::new(),
+            slots: 2,
+            started_ms: 0,
+            host: "h".into(),
+            tag: String::new(),
+        };
         a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
     }
     assert_eq!(a.plan_all().await.unwrap(), 1, "one host: the window is one task");
@@ -193,7 +200,14 @@ async fn a_window_past_the_budget_runs_as_sub_tasks_and_commits_once() {
         register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
     }
     for (id, host) in [("m0", "a"), ("m1", "b"), ("m2", "b")] {
-        let m = MinionRecord { id: id.into(), addr: String::new(), slots: 1, started_ms: 0, host: host.into() };
+        let m = MinionRecord {
+            id: id.into(),
+            addr: String::new(),
+            slots: 1,
+            started_ms: 0,
+            host: host.into(),
+            tag: String::new(),
+        };
         a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
     }
     assert_eq!(a.plan_all().await.unwrap(), 2, "6 rows over a budget of 2: two sub-tasks (at most the hosts)");

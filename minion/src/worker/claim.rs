@@ -21,10 +21,18 @@ pub struct Claimed {
     pub claim_rev: i64,
 }
 
-/// Tasks a minion may claim now (PENDING past their backoff, or RUNNING
-/// whose claim vanished), oldest first. Reads every claim in one paged
-/// range; a stale view is harmless (the claim transaction checks again).
-pub async fn claimable(kv: &Kv, keys: &Keys) -> Result<Vec<(TaskRecord, KeyValue)>, Error> {
+/// Whether a minion started with `minion_tag` may claim `task`: the tag of
+/// the task's table (`minionInstanceTag` in its config snapshot, Pinot's
+/// routing of a table's tasks to the minions of one tag) is the minion's.
+pub fn tag_allows(task: &TaskRecord, minion_tag: &str) -> bool {
+    r2o_common::config::minion_instance_tag(&task.table_config).is_ok_and(|t| t == minion_tag)
+}
+
+/// Tasks a minion with `minion_tag` may claim now (PENDING past their
+/// backoff, or RUNNING whose claim vanished, of tables with its tag),
+/// oldest first. Reads every claim in one paged range; a stale view is
+/// harmless (the claim transaction checks again).
+pub async fn claimable(kv: &Kv, keys: &Keys, minion_tag: &str) -> Result<Vec<(TaskRecord, KeyValue)>, Error> {
     let now = now_ms();
     let tasks = range_records::<TaskRecord>(kv, &keys.active_tasks()).await?;
     let prefix = keys.claims();
@@ -35,6 +43,7 @@ pub async fn claimable(kv: &Kv, keys: &Keys) -> Result<Vec<(TaskRecord, KeyValue
         .filter(|(t, _)| {
             matches!(t.state, TaskState::Pending | TaskState::Running)
                 && t.claimable(now, claims.contains(&t.id.to_string()))
+                && tag_allows(t, minion_tag)
         })
         .collect();
     out.sort_by_key(|(t, _)| t.created_ms);
@@ -145,6 +154,27 @@ mod tests {
             "startedMs": 0, "finishedMs": 0, "errors": [], "rowsIn": 0, "rowsOut": 0, "bytesIn": 0, "bytesOut": 0
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_minion_lists_only_the_tasks_of_its_tag() {
+        let mem = MemKv::new();
+        let kv: Kv = Arc::new(mem.clone());
+        let keys = Keys::new("/m");
+        let untagged = task();
+        let mut heavy = task();
+        heavy.id = "t__0__2".parse().unwrap();
+        heavy.table_config = serde_json::json!({"task": {"taskTypeConfigsMap":
+            {"RealtimeToOfflineSegmentsTask": {"minionInstanceTag": "heavy"}}}});
+        for t in [&untagged, &heavy] {
+            kv.put(&keys.active_task(&t.id), encode(t), None).await.unwrap();
+        }
+        let ids = |c: Vec<(TaskRecord, KeyValue)>| c.into_iter().map(|(t, _)| t.id.to_string()).collect::<Vec<_>>();
+        let default = r2o_common::config::DEFAULT_MINION_TAG;
+        assert_eq!(ids(claimable(&kv, &keys, default).await.unwrap()), vec![untagged.id.to_string()]);
+        assert_eq!(ids(claimable(&kv, &keys, "heavy").await.unwrap()), vec![heavy.id.to_string()]);
+        assert!(claimable(&kv, &keys, "other").await.unwrap().is_empty());
+        assert!(tag_allows(&heavy, "heavy") && !tag_allows(&heavy, default) && tag_allows(&untagged, default));
     }
 
     #[tokio::test]

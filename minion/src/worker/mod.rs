@@ -65,6 +65,9 @@ pub struct MinionConfig {
     /// Local directory for spill files (one subdirectory per attempt,
     /// removed when it ends).
     pub spill_dir: std::path::PathBuf,
+    /// `--tag`: this minion claims only the tasks of tables whose
+    /// `minionInstanceTag` is this (Pinot's default: `minion_untagged`).
+    pub tag: String,
     /// TLS files (the minion's certificate is its identity at the
     /// controller), or plain text with `--insecure`.
     pub transport: r2o_common::tls::Transport,
@@ -190,6 +193,7 @@ impl Worker {
             slots: self.cfg.slots,
             started_ms: now_ms(),
             host: self.cfg.host.clone(),
+            tag: self.cfg.tag.clone(),
         };
         self.kv.put(&self.keys.minion(&self.cfg.id), encode(&rec), Some(lease)).await?;
         info!(minion = %self.cfg.id, lease, slots = self.cfg.slots, host = %self.cfg.host, "minion registered");
@@ -424,7 +428,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
         let candidates = if free == 0 {
             vec![]
         } else {
-            match claim::claimable(&worker.kv, &worker.keys).await {
+            match claim::claimable(&worker.kv, &worker.keys, &cfg.tag).await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(minion = %cfg.id, error = %e, "cannot list tasks");
