@@ -798,6 +798,17 @@ pub struct MinionRecord {
     pub tag: String,
 }
 
+impl MinionRecord {
+    /// Its tag, Pinot's `minion_untagged` for a record without one.
+    pub fn tag_or_default(&self) -> &str {
+        if self.tag.is_empty() {
+            crate::config::DEFAULT_MINION_TAG
+        } else {
+            &self.tag
+        }
+    }
+}
+
 /// The elected controller, attached to its lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

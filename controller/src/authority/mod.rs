@@ -282,26 +282,32 @@ impl Authority {
         Ok(self.kv.get(&self.keys.epoch(raw)).await?.map_or(0, |e| e.mod_revision))
     }
 
-    /// Tasks of one table allowed in flight: the setting, or the live
-    /// minions' slots plus one (so a minion finishing a task finds the next).
-    pub(super) async fn task_limit(&self) -> Result<usize> {
+    /// Tasks of one table allowed in flight: the setting, or the slots of
+    /// the live minions that run the table's `minionInstanceTag` plus one
+    /// (so a minion finishing a task finds the next).
+    pub(super) async fn task_limit(&self, tag: &str) -> Result<usize> {
         if self.cfg.max_tasks_per_table > 0 {
             return Ok(self.cfg.max_tasks_per_table);
         }
         let slots: u64 = range_records::<MinionRecord>(&self.kv, &self.keys.minions())
             .await?
             .iter()
+            .filter(|(m, _)| m.tag_or_default() == tag)
             .map(|(m, _)| u64::from(m.slots))
             .sum();
         Ok((slots as usize + 1).max(2))
     }
 
-    /// Distinct machines among the live minions (`MinionRecord::host`; a
-    /// record without one counts as a machine of its own).
-    pub(super) async fn minion_hosts(&self) -> Result<usize> {
+    /// Distinct machines among the live minions that run `tag`
+    /// (`MinionRecord::host`; a record without one counts as a machine of
+    /// its own): hash sub-tasks of one window go to at most this many.
+    pub(super) async fn minion_hosts(&self, tag: &str) -> Result<usize> {
         let minions = range_records::<MinionRecord>(&self.kv, &self.keys.minions()).await?;
-        let hosts: std::collections::BTreeSet<&str> =
-            minions.iter().map(|(m, _)| if m.host.is_empty() { m.id.as_str() } else { m.host.as_str() }).collect();
+        let hosts: std::collections::BTreeSet<&str> = minions
+            .iter()
+            .filter(|(m, _)| m.tag_or_default() == tag)
+            .map(|(m, _)| if m.host.is_empty() { m.id.as_str() } else { m.host.as_str() })
+            .collect();
         Ok(hosts.len())
     }
 

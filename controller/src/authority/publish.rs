@@ -17,7 +17,7 @@ impl Authority {
             return Ok(PlanOutcome::Paused);
         }
         let (raw, spec) = (table.raw.as_str(), table.spec.as_ref());
-        let limit = self.task_limit().await?;
+        let limit = self.task_limit(&spec.flow.minion_instance_tag).await?;
         let mut published: Vec<TaskId> = Vec::new();
         let mut last_end = 0;
         loop {
@@ -121,7 +121,7 @@ impl Authority {
             },
         );
         // one window past the per-task budget: its sub-tasks, published together
-        let hosts = self.minion_hosts().await?;
+        let hosts = self.minion_hosts(&spec.flow.minion_instance_tag).await?;
         let split = split_window(spec.flow.merge_type, &windows, &inputs, &budget, hosts);
         let tasks = publishable(task, &inputs, split);
         let input_revs =

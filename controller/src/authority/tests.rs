@@ -192,6 +192,34 @@ async fn a_rollup_window_past_the_budget_runs_whole_when_the_minions_share_one_h
 }
 
 #[tokio::test]
+async fn only_the_hosts_of_the_tables_minion_tag_count_for_a_split() {
+    let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
+    let a = &w.auth;
+    let t0 = 400_000 * H;
+    for i in 0..3 {
+        register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
+    }
+    // two hosts, but the second runs only tables tagged "heavy"
+    for (id, host, tag) in [("m0", "a", ""), ("m1", "b", "heavy")] {
+        let m = MinionRecord {
+            id: id.into(),
+            addr: String::new(),
+            slots: 2,
+            started_ms: 0,
+            host: host.into(),
+            tag: tag.into(),
+        };
+        a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
+    }
+    assert_eq!(a.minion_hosts(r2o_common::config::DEFAULT_MINION_TAG).await.unwrap(), 1);
+    assert_eq!(a.minion_hosts("heavy").await.unwrap(), 1);
+    assert_eq!(a.minion_hosts("nobody").await.unwrap(), 0);
+    assert_eq!(a.plan_all().await.unwrap(), 1, "one host runs the untagged table: the window is one task");
+    let (open, _) = open_tasks(&a.kv, &a.keys, "t__x").await.unwrap();
+    assert_eq!(open.iter().map(|(t, _)| (t.sub_task, t.sub_tasks)).collect::<Vec<_>>(), vec![(0, 0)]);
+}
+
+#[tokio::test]
 async fn a_window_past_the_budget_runs_as_sub_tasks_and_commits_once() {
     let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
     let a = &w.auth;
