@@ -282,4 +282,6 @@ async fn a_tagged_table_runs_only_on_its_tagged_minions() {
     assert!(tasks.iter().all(|t| t["state"] == "PENDING" && t["attempt"] == json!(0)), "{tasks:?}");
     let w = json_of(&cluster, &["watermark", "--table", "nb"]);
     assert_ne!(w["watermarkMs"], json!(T0_MS + 4 * H_MS), "{w}");
+    let next = w["next"].as_str().unwrap();
+    assert!(next.contains("no live minion runs minionInstanceTag 'nobody'") && next.contains("--tag nobody"), "{w}");
 }

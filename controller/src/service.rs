@@ -285,8 +285,14 @@ impl ControllerSvc {
         let next = if let Some((t, _)) = open.first() {
             let counts = |state: r2o_common::meta::TaskState| open.iter().filter(|(t, _)| t.state == state).count();
             use r2o_common::meta::TaskState as S;
+            let tag = &spec.flow.minion_instance_tag;
+            let no_minion = if counts(S::Pending) > 0 && self.auth.minion_hosts(tag).await? == 0 {
+                format!("; no live minion runs minionInstanceTag '{tag}' (start one with r2o minion --tag {tag})")
+            } else {
+                String::new()
+            };
             format!(
-                "{} task(s) in flight ({} pending, {} running, {} staged, {} failed); the next to commit, {}, is {} (attempt {}){}",
+                "{} task(s) in flight ({} pending, {} running, {} staged, {} failed); the next to commit, {}, is {} (attempt {}){}{no_minion}",
                 open.len(),
                 counts(S::Pending),
                 counts(S::Running),
