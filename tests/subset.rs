@@ -68,12 +68,20 @@ async fn moved(c: &Cluster, t: &str) -> Vec<(String, i64, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_rows_the_predicate_keeps_move_on_both_minion_paths() {
-    // a 16 KiB budget sends every task down the bounded-memory (spilling) path
-    for env in [vec![], vec![("R2O_MEMORY_BUDGET".to_string(), "16KiB".to_string())]] {
-        let bounded = !env.is_empty();
+    // a 16 KiB budget sends every task down the bounded-memory (spilling)
+    // path; so does the table's own segmentMapperFileSizeThresholdInBytes
+    // (Pinot's bound on the data a task maps before reducing)
+    let budget = || vec![("R2O_MEMORY_BUDGET".to_string(), "16KiB".to_string())];
+    for (env, mapper_threshold) in [(vec![], None), (budget(), None), (vec![], Some("16384"))] {
+        let bounded = !env.is_empty() || mapper_threshold.is_some();
         let c = Cluster::start_with(1, 1, env);
         for (t, merge) in [("sub_concat", "concat"), ("sub_dedup", "dedup")] {
-            c.add_table(t, &table(t, PREDICATE, merge), &schema());
+            let mut config = table(t, PREDICATE, merge);
+            if let Some(bytes) = mapper_threshold {
+                config["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]
+                    ["segmentMapperFileSizeThresholdInBytes"] = json!(bytes);
+            }
+            c.add_table(t, &config, &schema());
             let f = c.parquet_file(&format!("{t}.parquet"), &rows());
             c.cli(&["segment", "add", "--table", t, "--file", f.to_str().unwrap(), "--end-of-stream"]);
         }

@@ -127,6 +127,13 @@ pub struct FlowConfig {
     /// up to it (a single window larger than it is still one task);
     /// `None`: the cluster's default.
     pub max_records_per_task: Option<u64>,
+    /// `segmentMapperFileSizeThresholdInBytes` (Pinot's task key: the size
+    /// of the mapper's intermediate files past which Pinot's framework
+    /// reduces what it has mapped before mapping more, bounding the data a
+    /// task holds at once), bytes: an attempt estimated past it runs on the
+    /// bounded-memory (spilling) path even when the minion's budget would
+    /// hold it in memory. `None`: only the minion's budget decides.
+    pub mapper_threshold_bytes: Option<u64>,
     /// The REALTIME table's retention (Pinot's `segmentsConfig.retentionTimeUnit`
     /// and `retentionTimeValue`), ms: a REALTIME segment whose rows have all
     /// moved is deleted once its end time is older than this (Pinot's
@@ -541,6 +548,7 @@ impl TableSpec {
         let max_attempts_per_task = positive("maxAttemptsPerTask")?.map(|n| n.min(i64::from(u32::MAX)) as u32);
         let timeout_ms = positive("timeoutMs")?;
         let max_records_per_task = positive("maxNumRecordsPerTask")?.map(|n| n as u64);
+        let mapper_threshold_bytes = positive("segmentMapperFileSizeThresholdInBytes")?.map(|n| n as u64);
         let retention_ms = parse_retention(&config_json)?;
         let late_data_policy = match text("lateDataPolicy")?.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
             None | Some("rematerialize") => LateDataPolicy::Rematerialize,
@@ -659,6 +667,7 @@ impl TableSpec {
                 max_attempts_per_task,
                 timeout_ms,
                 max_records_per_task,
+                mapper_threshold_bytes,
                 retention_ms,
                 bucket_time_zone,
                 late_data_policy,
@@ -1370,6 +1379,15 @@ mod tests {
         assert!(e.contains("segmentNamePrefix") && e.contains("'a/b'"), "{e}");
         let t = TableSpec::from_json(config(json!({"segmentNamePrefix": "flights_v2"})), schema()).unwrap();
         assert_eq!(t.flow.segment_name_prefix.as_deref(), Some("flights_v2"));
+    }
+
+    #[test]
+    fn segment_mapper_threshold_is_a_positive_byte_count() {
+        let t = TableSpec::from_json(config(json!({"segmentMapperFileSizeThresholdInBytes": "1000000"})), schema());
+        assert_eq!(t.unwrap().flow.mapper_threshold_bytes, Some(1_000_000));
+        assert_eq!(TableSpec::from_json(config(json!({})), schema()).unwrap().flow.mapper_threshold_bytes, None);
+        let e = err_of(json!({"segmentMapperFileSizeThresholdInBytes": "0"}));
+        assert!(e.contains("segmentMapperFileSizeThresholdInBytes") && e.contains("'0'"), "{e}");
     }
 
     #[test]

@@ -637,6 +637,7 @@ mod tests {
             max_attempts_per_task: None,
             timeout_ms: None,
             max_records_per_task: None,
+            mapper_threshold_bytes: None,
         }
     }
 

@@ -96,6 +96,14 @@ pub enum Path {
 /// few ms per window), bytes (64 MiB: ~300k rows of the flights schema).
 pub const STREAM_MIN_ESTIMATE_BYTES: u64 = 64 << 20;
 
+/// An attempt's share of the minion's memory budget, bytes: the budget over
+/// the slots, at most the table's `segmentMapperFileSizeThresholdInBytes`
+/// (Pinot's bound on the data its mapper holds before reducing). Pure.
+pub fn attempt_share(budget_bytes: u64, slots: u32, mapper_threshold_bytes: Option<u64>) -> u64 {
+    let share = budget_bytes / u64::from(slots.max(1));
+    mapper_threshold_bytes.map_or(share, |t| share.min(t))
+}
+
 /// The path of an attempt whose inputs are estimated at `estimate_bytes`
 /// decoded, with an attempt's share of the budget of `share_bytes`, running
 /// `windows` windows on `threads` threads. Pure.
@@ -169,6 +177,10 @@ mod tests {
         const MIB: u64 = 1 << 20;
         let share = 1024 * MIB;
         // past the share: bounded memory, whatever the shape
+        assert_eq!(attempt_share(1024 * MIB, 2, None), 512 * MIB);
+        assert_eq!(attempt_share(1024 * MIB, 0, None), 1024 * MIB, "no slots count as one");
+        assert_eq!(attempt_share(1024 * MIB, 2, Some(100 * MIB)), 100 * MIB, "Pinot's mapper threshold caps it");
+        assert_eq!(attempt_share(1024 * MIB, 2, Some(4096 * MIB)), 512 * MIB);
         assert_eq!(choose_path(share + 1, share, 500, 2), Path::Stream);
         assert_eq!(choose_path(share + 1, share, 1, 1), Path::Stream);
         // one big window on two threads: spread over both
