@@ -625,6 +625,18 @@ impl TableSpec {
                 })
             }
         };
+        if let Some(name) = text("fixedSegmentName")?.filter(|n| !n.trim().is_empty()) {
+            // Pinot's key names every output segment alike; Pinot uploads over
+            // a segment of the same name, so each window would replace the last
+            return Err(ConfigError::Invalid {
+                field: format!("{TASK_PATH}.fixedSegmentName"),
+                value: name,
+                expected: "no fixedSegmentName: it gives every OFFLINE segment one name, so each window's \
+                           segments would replace the last window's; name them with segmentNamePrefix and \
+                           segmentNamePostfix instead"
+                    .into(),
+            });
+        }
         let minion_instance_tag = minion_instance_tag(&config_json)?;
         let bucket_time_zone = match text("bucketTimeZone")? {
             None => None,
@@ -1375,6 +1387,11 @@ mod tests {
         assert!(e.contains("segmentNamePostfix") && e.contains("'a b'"), "{e}");
         let t = TableSpec::from_json(config(json!({"segmentNamePostfix": "v2"})), schema()).unwrap();
         assert_eq!(t.flow.segment_name_postfix.as_deref(), Some("v2"));
+        let e = err_of(json!({"fixedSegmentName": "flights_all"}));
+        assert!(
+            e.contains("fixedSegmentName") && e.contains("'flights_all'") && e.contains("segmentNamePrefix"),
+            "{e}"
+        );
         let e = err_of(json!({"segmentNamePrefix": "a/b"}));
         assert!(e.contains("segmentNamePrefix") && e.contains("'a/b'"), "{e}");
         let t = TableSpec::from_json(config(json!({"segmentNamePrefix": "flights_v2"})), schema()).unwrap();
