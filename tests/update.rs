@@ -110,6 +110,12 @@ async fn a_paused_flow_gains_a_column_and_reads_old_segments_with_its_default() 
     }
     let listed = cluster.cli(&["table", "list"]);
     assert!(!listed.contains("evo_upsert"), "an upsert table is not added: {listed}");
+    // refused at update: Pinot's fixedSegmentName (every window's segments would take one name)
+    let mut fixed = config.clone();
+    fixed["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]["fixedSegmentName"] = json!("evo_all");
+    let out = cluster.cli_raw(&["table", "update", "--config", &write("fixed.json", &fixed), "--schema", &v1_file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fixedSegmentName") && err.contains("'evo_all'"), "{err}");
 
     // refused: a narrowing, a changed time column; nothing changes
     let mut narrow = schema_v1();

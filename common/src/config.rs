@@ -625,18 +625,6 @@ impl TableSpec {
                 })
             }
         };
-        if let Some(name) = text("fixedSegmentName")?.filter(|n| !n.trim().is_empty()) {
-            // Pinot's key names every output segment alike; Pinot uploads over
-            // a segment of the same name, so each window would replace the last
-            return Err(ConfigError::Invalid {
-                field: format!("{TASK_PATH}.fixedSegmentName"),
-                value: name,
-                expected: "no fixedSegmentName: it gives every OFFLINE segment one name, so each window's \
-                           segments would replace the last window's; name them with segmentNamePrefix and \
-                           segmentNamePostfix instead"
-                    .into(),
-            });
-        }
         let minion_instance_tag = minion_instance_tag(&config_json)?;
         let bucket_time_zone = match text("bucketTimeZone")? {
             None => None,
@@ -1110,6 +1098,34 @@ pub fn source_allowed(uri: &str, allow: &[String]) -> bool {
     allow.iter().any(|a| uri.starts_with(a.as_str()))
 }
 
+/// Checks a table config must pass when it is added or updated, beyond what
+/// [`TableSpec::from_json`] checks on every load: keys r2o refuses from now
+/// on but ignored before, so a table stored with one keeps running.
+///
+/// Pinot's `fixedSegmentName` names every output segment alike; Pinot
+/// uploads over a segment of the same name, so each window's segments
+/// would replace the last window's.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key.
+pub fn check_admission(config_json: &Value) -> Result<(), ConfigError> {
+    let fixed = config_json
+        .pointer(&format!("/task/taskTypeConfigsMap/{TASK_TYPE}/fixedSegmentName"))
+        .and_then(as_text)
+        .filter(|n| !n.trim().is_empty());
+    if let Some(name) = fixed {
+        return Err(ConfigError::Invalid {
+            field: format!("{TASK_PATH}.fixedSegmentName"),
+            value: name,
+            expected: "no fixedSegmentName: it gives every OFFLINE segment one name, so each window's segments \
+                       would replace the last window's; name them with segmentNamePrefix and segmentNamePostfix \
+                       instead"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Pinot's default `minionInstanceTag` (`CommonConstants.Helix.UNTAGGED_MINION_INSTANCE`):
 /// the tag of a minion started without `--tag`, and of a table without the key.
 pub const DEFAULT_MINION_TAG: &str = "minion_untagged";
@@ -1387,11 +1403,14 @@ mod tests {
         assert!(e.contains("segmentNamePostfix") && e.contains("'a b'"), "{e}");
         let t = TableSpec::from_json(config(json!({"segmentNamePostfix": "v2"})), schema()).unwrap();
         assert_eq!(t.flow.segment_name_postfix.as_deref(), Some("v2"));
-        let e = err_of(json!({"fixedSegmentName": "flights_all"}));
+        let fixed = config(json!({"fixedSegmentName": "flights_all"}));
+        TableSpec::from_json(fixed.clone(), schema()).expect("a stored table with the key still loads");
+        let e = check_admission(&fixed).unwrap_err().to_string();
         assert!(
             e.contains("fixedSegmentName") && e.contains("'flights_all'") && e.contains("segmentNamePrefix"),
             "{e}"
         );
+        check_admission(&config(json!({"fixedSegmentName": ""}))).unwrap();
         let e = err_of(json!({"segmentNamePrefix": "a/b"}));
         assert!(e.contains("segmentNamePrefix") && e.contains("'a/b'"), "{e}");
         let t = TableSpec::from_json(config(json!({"segmentNamePrefix": "flights_v2"})), schema()).unwrap();

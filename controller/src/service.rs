@@ -81,6 +81,7 @@ impl ControllerSvc {
         let config = parse_json("table config", &req.table_config_json)?;
         let schema = parse_json("schema", &req.schema_json)?;
         let spec = TableSpec::from_json(config.clone(), schema.clone())?;
+        r2o_common::config::check_admission(&config)?;
         crate::discovery::check_sources(
             &spec,
             &self.auth.cfg.store_uri,
@@ -111,6 +112,7 @@ impl ControllerSvc {
         let config = parse_json("table config", &req.table_config_json)?;
         let schema = parse_json("schema", &req.schema_json)?;
         let new = TableSpec::from_json(config.clone(), schema.clone())?;
+        r2o_common::config::check_admission(&config)?;
         crate::discovery::check_sources(
             &new,
             &self.auth.cfg.store_uri,
