@@ -37,7 +37,6 @@ Usage: scripts/bench.py [--scales x1,x30] [--merges concat,rollup,dedup]
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -252,21 +251,25 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None
         c.stop()
 
 
-def run_peer(tool, scale, merge, seg_dir, work, bench_dir, bucket="1d"):
-    out = os.path.join(work, f"out-{tool}-{scale}-{merge}-{bucket}")
-    cmd = [PY, os.path.join(bench_dir, "peers.py"), "run", seg_dir, out, "--tool", tool, "--merge", merge,
-           "--bucket", bucket]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # a wrapper process, so the peak RSS is this run's alone
+def run_measured(tool, cmd):
+    """Runs `cmd` in a wrapper process, so the peak RSS is this run's alone;
+    returns its `RESULT {...}` line as a dict and its peak RSS in MB."""
     wrapper = ("import resource,subprocess,sys;r=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
                "sys.stdout.write(r.stdout);sys.stderr.write(r.stderr);"
                "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r.returncode)")
     r = subprocess.run([PY, "-c", wrapper] + cmd, capture_output=True, text=True)
-    del before
     if r.returncode != 0:
         raise RuntimeError(f"{tool} failed: {r.stderr[-2000:]}")
     res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
     rss = int(next(l for l in r.stdout.splitlines() if l.startswith("RSS ")).split()[1]) / 1024
+    return res, rss
+
+
+def run_peer(tool, scale, merge, seg_dir, work, bench_dir, bucket="1d"):
+    out = os.path.join(work, f"out-{tool}-{scale}-{merge}-{bucket}")
+    cmd = [PY, os.path.join(bench_dir, "peers.py"), "run", seg_dir, out, "--tool", tool, "--merge", merge,
+           "--bucket", bucket]
+    res, rss = run_measured(tool, cmd)
     windows = res["windows"] if res["windows"] >= 0 else None
     return {"tool": tool, "scale": scale, "merge": merge, "seconds": res["seconds"], "rows_in": res["rows_in"],
             "windows": windows, "rss_mb": {tool: rss}, "out": out}
@@ -289,15 +292,7 @@ def run_floor(binary, scale, seg_dir, work, bucket="1d"):
     if bucket != "1d":
         return None
     out = os.path.join(work, f"out-floor-{scale}")
-    wrapper = ("import resource,subprocess,sys;r=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-               "sys.stdout.write(r.stdout);sys.stderr.write(r.stderr);"
-               "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r.returncode)")
-    r = subprocess.run([PY, "-c", wrapper, binary, seg_dir, out, "--threads", "2", "--mode", "day"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"floor failed: {r.stderr[-2000:]}")
-    res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
-    rss = int(next(l for l in r.stdout.splitlines() if l.startswith("RSS ")).split()[1]) / 1024
+    res, rss = run_measured("floor", [binary, seg_dir, out, "--threads", "2", "--mode", "day"])
     shutil.rmtree(out, ignore_errors=True)
     return {"tool": "floor", "scale": scale, "merge": "-", "seconds": res["seconds"], "rows_in": res["rows"],
             "windows": res["files_out"], "rss_mb": {"floor": rss}, "out": None}
