@@ -601,30 +601,30 @@ impl TableSpec {
                 expected: format!("a Quartz cron expression such as '0 */10 * * * ?' ({why})"),
             })?),
         };
-        let segment_name_postfix = match text("segmentNamePostfix")? {
-            None => None,
-            Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => Some(p),
-            Some(p) => {
-                return Err(ConfigError::Invalid {
-                    field: format!("{TASK_PATH}.segmentNamePostfix"),
+        // a part of every OFFLINE segment name (a path in the store): letters,
+        // digits, '-' and the characters in `extra`
+        let name_part = |key: &str, extra: &[char], expected: &str| -> Result<Option<String>, ConfigError> {
+            match text(key)? {
+                None => Ok(None),
+                Some(p)
+                    if !p.is_empty()
+                        && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || extra.contains(&c)) =>
+                {
+                    Ok(Some(p))
+                }
+                Some(p) => Err(ConfigError::Invalid {
+                    field: format!("{TASK_PATH}.{key}"),
                     value: p,
-                    expected: "letters, digits and '-'".into(),
-                })
+                    expected: expected.into(),
+                }),
             }
         };
-        let segment_name_prefix = match text("segmentNamePrefix")? {
-            None => None,
-            Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => Some(p),
-            Some(p) => {
-                return Err(ConfigError::Invalid {
-                    field: format!("{TASK_PATH}.segmentNamePrefix"),
-                    value: p,
-                    expected:
-                        "letters, digits, '-' and '_' (it starts every OFFLINE segment name, a path in the store)"
-                            .into(),
-                })
-            }
-        };
+        let segment_name_postfix = name_part("segmentNamePostfix", &[], "letters, digits and '-'")?;
+        let segment_name_prefix = name_part(
+            "segmentNamePrefix",
+            &['_'],
+            "letters, digits, '-' and '_' (it starts every OFFLINE segment name, a path in the store)",
+        )?;
         let minion_instance_tag = minion_instance_tag(&config_json)?;
         let bucket_time_zone = match text("bucketTimeZone")? {
             None => None,

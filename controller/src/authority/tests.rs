@@ -167,6 +167,13 @@ async fn staged_report(
     }
 }
 
+/// A live minion's record (`tag` "" for an untagged minion).
+async fn live_minion(a: &Authority, id: &str, slots: u32, host: &str, tag: &str) {
+    let m =
+        MinionRecord { id: id.into(), addr: String::new(), slots, started_ms: 0, host: host.into(), tag: tag.into() };
+    a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_rollup_window_past_the_budget_runs_whole_when_the_minions_share_one_host() {
     let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
@@ -176,15 +183,7 @@ async fn a_rollup_window_past_the_budget_runs_whole_when_the_minions_share_one_h
         register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
     }
     for id in ["m0", "m1"] {
-        let m = MinionRecord {
-            id: id.into(),
-            addr: String::new(),
-            slots: 2,
-            started_ms: 0,
-            host: "h".into(),
-            tag: String::new(),
-        };
-        a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
+        live_minion(a, id, 2, "h", "").await;
     }
     assert_eq!(a.plan_all().await.unwrap(), 1, "one host: the window is one task");
     let (open, _) = open_tasks(&a.kv, &a.keys, "t__x").await.unwrap();
@@ -201,15 +200,7 @@ async fn only_the_hosts_of_the_tables_minion_tag_count_for_a_split() {
     }
     // two hosts, but the second runs only tables tagged "heavy"
     for (id, host, tag) in [("m0", "a", ""), ("m1", "b", "heavy")] {
-        let m = MinionRecord {
-            id: id.into(),
-            addr: String::new(),
-            slots: 2,
-            started_ms: 0,
-            host: host.into(),
-            tag: tag.into(),
-        };
-        a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
+        live_minion(a, id, 2, host, tag).await;
     }
     assert_eq!(a.minion_hosts(r2o_common::config::DEFAULT_MINION_TAG).await.unwrap(), 1);
     assert_eq!(a.minion_hosts("heavy").await.unwrap(), 1);
@@ -228,15 +219,7 @@ async fn a_window_past_the_budget_runs_as_sub_tasks_and_commits_once() {
         register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
     }
     for (id, host) in [("m0", "a"), ("m1", "b"), ("m2", "b")] {
-        let m = MinionRecord {
-            id: id.into(),
-            addr: String::new(),
-            slots: 1,
-            started_ms: 0,
-            host: host.into(),
-            tag: String::new(),
-        };
-        a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
+        live_minion(a, id, 1, host, "").await;
     }
     assert_eq!(a.plan_all().await.unwrap(), 2, "6 rows over a budget of 2: two sub-tasks (at most the hosts)");
     let (open, _) = open_tasks(&a.kv, &a.keys, "t__x").await.unwrap();
