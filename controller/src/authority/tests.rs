@@ -167,6 +167,17 @@ async fn staged_report(
     }
 }
 
+/// A table with a budget of 2 rows per task and one window of 6 rows (3
+/// segments of 2 keys from `t0`, returned): a window past the budget.
+async fn one_window_past_the_budget() -> (World, i64) {
+    let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
+    let t0 = 400_000 * H;
+    for i in 0..3 {
+        register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
+    }
+    (w, t0)
+}
+
 /// A live minion's record (`tag` "" for an untagged minion).
 async fn live_minion(a: &Authority, id: &str, slots: u32, host: &str, tag: &str) {
     let m =
@@ -176,12 +187,8 @@ async fn live_minion(a: &Authority, id: &str, slots: u32, host: &str, tag: &str)
 
 #[tokio::test]
 async fn a_rollup_window_past_the_budget_runs_whole_when_the_minions_share_one_host() {
-    let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
+    let (w, _) = one_window_past_the_budget().await;
     let a = &w.auth;
-    let t0 = 400_000 * H;
-    for i in 0..3 {
-        register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
-    }
     for id in ["m0", "m1"] {
         live_minion(a, id, 2, "h", "").await;
     }
@@ -192,12 +199,8 @@ async fn a_rollup_window_past_the_budget_runs_whole_when_the_minions_share_one_h
 
 #[tokio::test]
 async fn only_the_hosts_of_the_tables_minion_tag_count_for_a_split() {
-    let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
+    let (w, _) = one_window_past_the_budget().await;
     let a = &w.auth;
-    let t0 = 400_000 * H;
-    for i in 0..3 {
-        register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
-    }
     // two hosts, but the second runs only tables tagged "heavy"
     for (id, host, tag) in [("m0", "a", ""), ("m1", "b", "heavy")] {
         live_minion(a, id, 2, host, tag).await;
@@ -212,12 +215,8 @@ async fn only_the_hosts_of_the_tables_minion_tag_count_for_a_split() {
 
 #[tokio::test]
 async fn a_window_past_the_budget_runs_as_sub_tasks_and_commits_once() {
-    let w = world(json!({"maxNumRecordsPerTask": "2"})).await;
+    let (w, t0) = one_window_past_the_budget().await;
     let a = &w.auth;
-    let t0 = 400_000 * H;
-    for i in 0..3 {
-        register(&w, &format!("s{i}"), &rows(&w.spec, &["a", "b"], 1.0, t0 + i), t0 + i, t0 + i).await;
-    }
     for (id, host) in [("m0", "a"), ("m1", "b"), ("m2", "b")] {
         live_minion(a, id, 1, host, "").await;
     }
