@@ -63,16 +63,7 @@ impl LateDataPolicy {
     }
 }
 
-/// A metric's aggregation in rollup (`<metric>.aggregationType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AggregationType {
-    /// Sum of non-null values (Pinot's default).
-    Sum,
-    /// Minimum of non-null values.
-    Min,
-    /// Maximum of non-null values.
-    Max,
-}
+pub use crate::aggregation::AggregationType;
 
 /// Partitioning function of `columnPartitionMap` (Pinot's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +104,8 @@ pub struct FlowConfig {
     pub round_ms: Option<i64>,
     /// `mergeType` (or the deprecated `collectorType`); default concat.
     pub merge_type: MergeType,
-    /// Aggregation of every metric column (sum unless configured).
+    /// Aggregation of every metric column: sum unless configured for a
+    /// numeric metric; a BYTES metric has one only when configured.
     pub aggregations: BTreeMap<String, AggregationType>,
     /// `maxNumRecordsPerSegment` in rows (default 5,000,000).
     pub max_records_per_segment: u64,
@@ -477,43 +469,42 @@ impl TableSpec {
         };
 
         let mut aggregations = BTreeMap::new();
-        for f in schema.fields.iter().filter(|f| f.kind == FieldKind::Metric) {
+        for f in schema.fields.iter().filter(|f| f.kind == FieldKind::Metric && f.data_type.is_numeric()) {
             aggregations.insert(f.name.clone(), AggregationType::Sum);
         }
+        let texts = task.iter().map(|(k, v)| (k, as_text(v).unwrap_or_else(|| v.to_string())));
+        let mut params = crate::aggregation::parameters(texts, TASK_PATH)?;
         for (key, value) in task {
             let Some(metric) = key.strip_suffix(".aggregationType") else {
                 continue;
             };
             let field = format!("{TASK_PATH}.{key}");
             let agg_text = as_text(value).unwrap_or_else(|| value.to_string());
-            let col = schema.field(metric);
-            match col {
-                Some(c) if c.kind == FieldKind::Metric && c.data_type.is_numeric() => {}
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        field,
-                        value: agg_text,
-                        expected: format!(
-                            "an aggregation for a numeric metric column, but '{metric}' is not one \
-                             of the schema's metricFieldSpecs of type INT, LONG, FLOAT or DOUBLE"
-                        ),
-                    })
-                }
-            }
-            let agg = match agg_text.to_ascii_lowercase().as_str() {
-                "sum" => AggregationType::Sum,
-                "min" => AggregationType::Min,
-                "max" => AggregationType::Max,
-                _ => return Err(ConfigError::Invalid { field, value: agg_text, expected: "sum, min or max".into() }),
-            };
+            let column_params = params.remove(metric).unwrap_or_default();
+            let params_field = format!("{TASK_PATH}.aggregationFunctionParameters.{metric}");
+            let agg = crate::aggregation::parse(&field, &schema, metric, &agg_text, &column_params, &params_field)?;
             aggregations.insert(metric.to_string(), agg);
         }
+        if let Some((column, p)) = params.into_iter().next() {
+            let (param, value) = p.into_iter().next().unwrap_or_default();
+            return Err(ConfigError::Invalid {
+                field: format!("{TASK_PATH}.aggregationFunctionParameters.{column}.{param}"),
+                value,
+                expected: format!("parameters of a column with an aggregationType, but '{column}' has none"),
+            });
+        }
         if merge_type == MergeType::Rollup {
-            if let Some(f) = schema.fields.iter().find(|f| f.kind == FieldKind::Metric && !f.data_type.is_numeric()) {
+            let unmerged =
+                schema.fields.iter().find(|f| f.kind == FieldKind::Metric && !aggregations.contains_key(&f.name));
+            if let Some(f) = unmerged {
                 return Err(ConfigError::Invalid {
                     field: format!("metricFieldSpecs[{}].dataType", f.name),
                     value: f.data_type.name().into(),
-                    expected: "a numeric type (INT, LONG, FLOAT, DOUBLE) for a rollup metric".into(),
+                    expected: format!(
+                        "a numeric type (INT, LONG, FLOAT, DOUBLE) for a rollup metric, or a BYTES metric with a \
+                         {TASK_PATH}.{}.aggregationType (avg or a sketch aggregation such as distinctCountHLL)",
+                        f.name
+                    ),
                 });
             }
         }
@@ -1472,7 +1463,11 @@ mod tests {
         let e = err_of(json!({"nope.aggregationType": "sum"}));
         assert!(e.contains("nope.aggregationType"), "{e}");
         let e = err_of(json!({"delay.aggregationType": "avg"}));
-        assert!(e.contains("'avg'") && e.contains("sum, min or max"), "{e}");
+        assert!(e.contains("'avg'") && e.contains("BYTES") && e.contains("'delay' is DOUBLE"), "{e}");
+        let e = err_of(json!({"delay.aggregationType": "median"}));
+        assert!(e.contains("'median'") && e.contains("sum, min, max, avg"), "{e}");
+        let e = err_of(json!({"aggregationFunctionParameters.delay.lgK": "10"}));
+        assert!(e.contains("aggregationFunctionParameters.delay.lgK") && e.contains("'delay' has none"), "{e}");
         let e = err_of(json!({"maxAttemptsPerTask": "0"}));
         assert!(e.contains("maxAttemptsPerTask") && e.contains("'0'"), "{e}");
         let e = err_of(json!({"timeoutMs": "soon"}));

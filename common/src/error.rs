@@ -83,6 +83,16 @@ pub enum Error {
         /// What is wrong, naming the column where there is one.
         problem: String,
     },
+    /// A rollup group's values of a bytes-backed metric (a sketch, an
+    /// `AvgPair`) cannot be merged: two HLLs of different `log2m`, Theta
+    /// sketches of different seeds. Not retryable: the same rows fail again.
+    #[error("rollup of column '{column}': {problem}")]
+    Rollup {
+        /// The metric column.
+        column: String,
+        /// What could not be merged.
+        problem: String,
+    },
     /// Bad input from a user or a setting.
     #[error(transparent)]
     Config(#[from] ConfigError),

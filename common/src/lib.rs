@@ -5,6 +5,7 @@
 //! `minion`; nothing here knows either role.
 
 pub mod access;
+pub mod aggregation;
 pub mod columnar;
 pub mod config;
 pub mod error;

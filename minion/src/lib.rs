@@ -9,6 +9,7 @@ pub mod budget;
 pub mod encode;
 pub mod partition;
 pub mod processor;
+pub mod sketch;
 pub mod stream;
 pub mod worker;
 

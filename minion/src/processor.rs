@@ -360,15 +360,80 @@ impl<T: Copy + PartialOrd + Default> Agg<T> {
     }
 }
 
+/// The state of one group of a bytes-backed metric: no row yet; rows but
+/// no value (the first row NULL, or empty bytes when `true`); one value
+/// (kept as is, as Pinot keeps a single row's bytes); a merge.
+enum BytesGroup {
+    Unseen,
+    NoValue(bool),
+    One(Vec<u8>),
+    Many(crate::sketch::State),
+}
+
+/// Running merge of a bytes-backed metric (an `AvgPair` or a sketch) over
+/// groups, with Pinot's value aggregators (see [`crate::sketch`]).
+struct BytesAgg {
+    column: String,
+    agg: AggregationType,
+    groups: Vec<BytesGroup>,
+}
+
+impl BytesAgg {
+    fn update(&mut self, col: &ArrayRef, group_ids: &[u32]) -> Result<(), Error> {
+        let col = col.as_binary_opt::<i32>().ok_or_else(|| Error::Rollup {
+            column: self.column.clone(),
+            problem: format!("expected a BYTES column, found {}", col.data_type()),
+        })?;
+        let fail = |problem: String| Error::Rollup { column: self.column.clone(), problem };
+        for (i, g) in group_ids.iter().enumerate() {
+            let v = col.is_valid(i).then(|| col.value(i));
+            let slot = &mut self.groups[*g as usize];
+            let Some(v) = v.filter(|v| !v.is_empty()) else {
+                if matches!(slot, BytesGroup::Unseen) {
+                    *slot = BytesGroup::NoValue(col.is_valid(i));
+                }
+                continue;
+            };
+            *slot = match std::mem::replace(slot, BytesGroup::Unseen) {
+                BytesGroup::Unseen | BytesGroup::NoValue(_) => BytesGroup::One(v.to_vec()),
+                BytesGroup::One(first) => {
+                    let mut s = crate::sketch::State::new(self.agg, &first).map_err(fail)?;
+                    s.add(v).map_err(fail)?;
+                    BytesGroup::Many(s)
+                }
+                BytesGroup::Many(mut s) => {
+                    s.add(v).map_err(fail)?;
+                    BytesGroup::Many(s)
+                }
+            };
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ArrayRef {
+        let values = self.groups.into_iter().map(|g| match g {
+            BytesGroup::Unseen | BytesGroup::NoValue(false) => None,
+            BytesGroup::NoValue(true) => Some(vec![]),
+            BytesGroup::One(v) => Some(v),
+            BytesGroup::Many(s) => Some(s.finish()),
+        });
+        Arc::new(arrow::array::BinaryArray::from_iter(values))
+    }
+}
+
 enum Acc {
     I32(Agg<i32>),
     I64(Agg<i64>),
     F32(Agg<f32>),
     F64(Agg<f64>),
+    Bytes(BytesAgg),
 }
 
 impl Acc {
-    fn new(t: &ArrowType, agg: AggregationType) -> Acc {
+    fn new(column: &str, t: &ArrowType, agg: AggregationType) -> Acc {
+        if agg.is_bytes_backed() {
+            return Acc::Bytes(BytesAgg { column: column.to_string(), agg, groups: vec![] });
+        }
         match t {
             ArrowType::Int32 => Acc::I32(Agg::new(agg)),
             ArrowType::Float32 => Acc::F32(Agg::new(agg)),
@@ -383,6 +448,7 @@ impl Acc {
             Acc::I64(a) => a.grow(groups),
             Acc::F32(a) => a.grow(groups),
             Acc::F64(a) => a.grow(groups),
+            Acc::Bytes(a) => a.groups.resize_with(groups, || BytesGroup::Unseen),
         }
     }
 
@@ -395,6 +461,7 @@ impl Acc {
                 let c = cast(col, &ArrowType::Int64)?;
                 a.update(c.as_primitive::<Int64Type>().iter(), group_ids, i64::wrapping_add)
             }
+            Acc::Bytes(a) => a.update(col, group_ids)?,
         }
         Ok(())
     }
@@ -405,6 +472,7 @@ impl Acc {
             Acc::I64(a) => Arc::new(Int64Array::from_iter(a.finish())),
             Acc::F32(a) => Arc::new(Float32Array::from_iter(a.finish())),
             Acc::F64(a) => Arc::new(Float64Array::from_iter(a.finish())),
+            Acc::Bytes(a) => a.finish(),
         };
         if arr.data_type() == t {
             return Ok(arr);
@@ -438,6 +506,7 @@ pub fn rollup(
         .map(|i| {
             let f = &schema.fields[*i];
             Acc::new(
+                &f.name,
                 arrow_schema.field(*i).data_type(),
                 aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum),
             )
@@ -550,7 +619,7 @@ fn grouped_columns(
             continue;
         }
         let t = arrow_schema.field(i).data_type();
-        let mut acc = Acc::new(t, aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum));
+        let mut acc = Acc::new(&f.name, t, aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum));
         acc.grow(starts.len());
         acc.update(col, ids)?;
         columns.push(acc.finish(t)?);
@@ -986,6 +1055,7 @@ pub fn process_part(
                 if input.count_null_time {
                     result.rows_null_time += col.null_count() as u64;
                 }
+                crate::sketch::check_batch(&input.name, &b, spec)?;
                 let ms = time_ms(col, format)?;
                 let filtered = split_by_window(&input.name, &b, &ms, windows, &mut per_window, spec)?;
                 if SubTask::counts_filtered(split) {

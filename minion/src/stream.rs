@@ -328,6 +328,7 @@ impl Ctx {
                 self.check()?;
                 let b = b.map_err(|e| seg_err(format!("corrupt data: {e}")))?;
                 let b = conform_batch_in(name, &b, &self.spec.schema, &self.table_schema, Some(&filter))?;
+                crate::sketch::check_batch(name, &b, &self.spec)?;
                 if input.count_null_time {
                     let nulls = b.column_by_name(time_col).map_or(0, |c| c.null_count() as u64);
                     stats.lock().unwrap_or_else(|p| p.into_inner()).rows_null_time += nulls;
