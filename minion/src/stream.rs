@@ -816,13 +816,21 @@ async fn run_task(
     Ok((processed, spill))
 }
 
+/// The smallest sort pool, bytes (2 MiB): room for the sort to hold and
+/// merge a few batches of wide rows (a batch has at least 128 rows, and a
+/// row of sketches can take kilobytes). A smaller share, from a tiny
+/// budget or `segmentMapperFileSizeThresholdInBytes`, is raised to it:
+/// below it every sort failed with DataFusion's "Resources exhausted".
+pub const MIN_SORT_POOL_BYTES: usize = 2 << 20;
+
 /// A DataFusion context for one sorter: a spilling pool of `memory_bytes`
-/// and spill files under `spill_dir`.
+/// (at least [`MIN_SORT_POOL_BYTES`]) and spill files under `spill_dir`.
 fn sort_context(
     memory_bytes: usize,
     spill_dir: &std::path::Path,
     batch_rows: usize,
 ) -> Result<Arc<TaskContext>, ProcessError> {
+    let memory_bytes = memory_bytes.max(MIN_SORT_POOL_BYTES);
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
         .with_disk_manager_builder(
