@@ -78,13 +78,33 @@ pub enum AggregationType {
         /// `K`, 8..=65535 (default 200).
         k: u16,
     },
+    /// `firstWithTime`: the value of the group's row with the earliest
+    /// original (pre-rounding) time, of a metric of any type (Pinot's
+    /// `FirstWithTimeValueAggregator`).
+    FirstWithTime,
+    /// `lastWithTime`: the value of the group's row with the latest
+    /// original time (Pinot's `LastWithTimeValueAggregator`).
+    LastWithTime,
 }
 
 impl AggregationType {
     /// Whether the column holds serialized objects (BYTES), as Pinot's
     /// `ValueAggregatorFactory.isBytesBacked`.
     pub fn is_bytes_backed(self) -> bool {
-        !matches!(self, AggregationType::Sum | AggregationType::Min | AggregationType::Max)
+        !matches!(
+            self,
+            AggregationType::Sum
+                | AggregationType::Min
+                | AggregationType::Max
+                | AggregationType::FirstWithTime
+                | AggregationType::LastWithTime
+        )
+    }
+
+    /// Whether the value is picked by the rows' original time, as Pinot's
+    /// `ValueAggregatorFactory.requiresTimeOrdering`.
+    pub fn requires_time_ordering(self) -> bool {
+        matches!(self, AggregationType::FirstWithTime | AggregationType::LastWithTime)
     }
 }
 
@@ -92,7 +112,8 @@ impl AggregationType {
 const ACCEPTED: &str = "sum, min, max, avg, distinctCountHLL, distinctCountRawHLL, distinctCountThetaSketch, \
      distinctCountRawThetaSketch, distinctCountTupleSketch, distinctCountRawIntegerSumTupleSketch, \
      sumValuesIntegerSumTupleSketch, avgValueIntegerSumTupleSketch, distinctCountCPCSketch, \
-     distinctCountRawCPCSketch, distinctCountULL, distinctCountRawULL, percentileKLL, percentileRawKLL";
+     distinctCountRawCPCSketch, distinctCountULL, distinctCountRawULL, percentileKLL, percentileRawKLL, \
+     firstWithTime, lastWithTime";
 
 /// Parses one `<metric>.aggregationType` with its parameters and checks it
 /// against the schema, as Pinot's task validation does: the column must be
@@ -158,11 +179,8 @@ pub fn parse(
                     .into(),
             ))
         }
-        "FIRSTWITHTIME" | "LASTWITHTIME" => {
-            return Err(invalid(
-                "an aggregation r2o can merge; firstWithTime and lastWithTime are not supported by r2o yet".into(),
-            ))
-        }
+        "FIRSTWITHTIME" => AggregationType::FirstWithTime,
+        "LASTWITHTIME" => AggregationType::LastWithTime,
         _ => return Err(invalid(format!("one of {ACCEPTED} (Pinot's rollup value aggregators)"))),
     };
     let Some(col) = schema.field(metric) else {
@@ -180,7 +198,7 @@ pub fn parse(
             col.data_type.name()
         )));
     }
-    if !kind.is_bytes_backed() && !col.data_type.is_numeric() {
+    if !kind.is_bytes_backed() && !kind.requires_time_ordering() && !col.data_type.is_numeric() {
         return Err(invalid(format!(
             "an aggregation for a numeric metric column, but '{metric}' is {} (a BYTES metric takes avg or a \
              sketch aggregation)",
@@ -386,8 +404,11 @@ mod tests {
         assert!(e.contains("'distinctCountHLLPlus'") && e.contains("no value aggregator"), "{e}");
         let e = err("users", "percentileTDigest", &[]);
         assert!(e.contains("not supported by r2o yet"), "{e}");
-        let e = err("users", "lastWithTime", &[]);
-        assert!(e.contains("not supported by r2o yet"), "{e}");
+        // firstWithTime and lastWithTime: any metric (the table always has a time column)
+        assert_eq!(ok("n", "firstWithTime", &[]), AggregationType::FirstWithTime);
+        assert_eq!(ok("users", "last_with_time", &[]), AggregationType::LastWithTime);
+        let e = err("carrier", "lastWithTime", &[]);
+        assert!(e.contains("metricFieldSpecs"), "{e}");
         let e = err("users", "median", &[]);
         assert!(e.contains("'median'") && e.contains("distinctCountHLL"), "{e}");
     }

@@ -421,18 +421,67 @@ impl BytesAgg {
     }
 }
 
+/// `firstWithTime` / `lastWithTime`: per group, the row whose original
+/// time (the hidden [`FIRST_MS_COLUMN`] / [`LAST_MS_COLUMN`]) is the
+/// earliest (first: the earlier row of a tie) or the latest (last: the
+/// later row of a tie, as Pinot's aggregator keeps `value2`), as (time,
+/// batch, row); the values of any type are gathered at the end.
+struct PickAgg {
+    column: String,
+    last: bool,
+    columns: Vec<ArrayRef>,
+    best: Vec<Option<(i64, usize, usize)>>,
+}
+
+impl PickAgg {
+    fn update(&mut self, col: &ArrayRef, group_ids: &[u32], times: Option<&ArrayRef>) -> Result<(), Error> {
+        let times = times.and_then(|t| t.as_primitive_opt::<Int64Type>()).ok_or_else(|| Error::Rollup {
+            column: self.column.clone(),
+            problem: "the rows' original times are missing (a bug: they are added before rounding)".into(),
+        })?;
+        let b = self.columns.len();
+        self.columns.push(col.clone());
+        for (i, g) in group_ids.iter().enumerate() {
+            let t = if times.is_valid(i) { times.value(i) } else { continue };
+            let slot = &mut self.best[*g as usize];
+            let better = match slot {
+                None => true,
+                Some((bt, _, _)) => (self.last && t >= *bt) || (!self.last && t < *bt),
+            };
+            if better {
+                *slot = Some((t, b, i));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<ArrayRef, Error> {
+        let picks: Vec<(usize, usize)> = self.best.iter().map(|p| p.map_or((0, 0), |(_, b, r)| (b, r))).collect();
+        if self.columns.is_empty() {
+            return Ok(arrow::array::new_empty_array(&ArrowType::Null));
+        }
+        let arrays: Vec<&dyn Array> = self.columns.iter().map(|c| c.as_ref()).collect();
+        Ok(arrow::compute::interleave(&arrays, &picks)?)
+    }
+}
+
 enum Acc {
     I32(Agg<i32>),
     I64(Agg<i64>),
     F32(Agg<f32>),
     F64(Agg<f64>),
     Bytes(BytesAgg),
+    Pick(PickAgg),
 }
 
 impl Acc {
     fn new(column: &str, t: &ArrowType, agg: AggregationType) -> Acc {
         if agg.is_bytes_backed() {
             return Acc::Bytes(BytesAgg { column: column.to_string(), agg, groups: vec![] });
+        }
+        if agg.requires_time_ordering() {
+            let last = agg == AggregationType::LastWithTime;
+            return Acc::Pick(PickAgg { column: column.to_string(), last, columns: vec![], best: vec![] });
         }
         match t {
             ArrowType::Int32 => Acc::I32(Agg::new(agg)),
@@ -449,7 +498,17 @@ impl Acc {
             Acc::F32(a) => a.grow(groups),
             Acc::F64(a) => a.grow(groups),
             Acc::Bytes(a) => a.groups.resize_with(groups, || BytesGroup::Unseen),
+            Acc::Pick(a) => a.best.resize(groups, None),
         }
+    }
+
+    /// Aggregates `col` (a column of `batch`) into the groups `group_ids`.
+    fn update_from(&mut self, col: &ArrayRef, group_ids: &[u32], batch: &RecordBatch) -> Result<(), Error> {
+        if let Acc::Pick(a) = self {
+            let times = batch.column_by_name(if a.last { LAST_MS_COLUMN } else { FIRST_MS_COLUMN });
+            return a.update(col, group_ids, times);
+        }
+        self.update(col, group_ids)
     }
 
     fn update(&mut self, col: &ArrayRef, group_ids: &[u32]) -> Result<(), Error> {
@@ -462,6 +521,7 @@ impl Acc {
                 a.update(c.as_primitive::<Int64Type>().iter(), group_ids, i64::wrapping_add)
             }
             Acc::Bytes(a) => a.update(col, group_ids)?,
+            Acc::Pick(a) => a.update(col, group_ids, None)?,
         }
         Ok(())
     }
@@ -473,12 +533,89 @@ impl Acc {
             Acc::F32(a) => Arc::new(Float32Array::from_iter(a.finish())),
             Acc::F64(a) => Arc::new(Float64Array::from_iter(a.finish())),
             Acc::Bytes(a) => a.finish(),
+            Acc::Pick(a) => a.finish()?,
         };
         if arr.data_type() == t {
             return Ok(arr);
         }
         Ok(cast(&arr, t)?)
     }
+}
+
+/// Hidden column of a rollup table with `firstWithTime` metrics: each
+/// row's original (pre-rounding) time, ms; a merged row holds its group's
+/// earliest. Added before rounding, dropped before writing.
+pub const FIRST_MS_COLUMN: &str = "__r2o_first_ms";
+
+/// Hidden column of a rollup table with `lastWithTime` metrics: each row's
+/// original time, ms; a merged row holds its group's latest. Two columns,
+/// not one, because partial rollups (the bounded-memory path merges runs
+/// across batches) must keep both the earliest and the latest time.
+pub const LAST_MS_COLUMN: &str = "__r2o_last_ms";
+
+/// Whether the table's rollup picks values by original time (a
+/// `firstWithTime` or `lastWithTime` metric).
+pub fn needs_pick_times(spec: &TableSpec) -> bool {
+    spec.flow.merge_type == MergeType::Rollup && spec.flow.aggregations.values().any(|a| a.requires_time_ordering())
+}
+
+/// The schema of a table's rows in the merge: the table's columns, then
+/// [`FIRST_MS_COLUMN`] and [`LAST_MS_COLUMN`] when [`needs_pick_times`].
+pub fn work_schema(spec: &TableSpec) -> Arc<ArrowSchema> {
+    let table = spec.schema.arrow_schema();
+    if !needs_pick_times(spec) {
+        return table;
+    }
+    let mut fields: Vec<arrow::datatypes::Field> = table.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(arrow::datatypes::Field::new(FIRST_MS_COLUMN, ArrowType::Int64, true));
+    fields.push(arrow::datatypes::Field::new(LAST_MS_COLUMN, ArrowType::Int64, true));
+    Arc::new(ArrowSchema::new(fields))
+}
+
+/// Appends the original-time columns to a batch of the table's rows (both
+/// the row's time, ms) when [`needs_pick_times`]; before rounding.
+///
+/// # Errors
+/// The time column is missing or not a time.
+pub fn add_pick_times(batch: RecordBatch, spec: &TableSpec) -> Result<RecordBatch, Error> {
+    if !needs_pick_times(spec) {
+        return Ok(batch);
+    }
+    let time_col = spec.flow.time_column.as_str();
+    let col = batch.column_by_name(time_col).ok_or_else(|| Error::Segment {
+        segment: String::new(),
+        problem: format!("time column '{time_col}' is missing"),
+    })?;
+    let ms: ArrayRef = Arc::new(time_ms(col, spec.time_format())?);
+    let mut cols = batch.columns().to_vec();
+    cols.push(ms.clone());
+    cols.push(ms);
+    Ok(RecordBatch::try_new(work_schema(spec), cols)?)
+}
+
+/// The first `schema`'s columns of `batch`: the table's, without the hidden ones.
+pub fn strip_to(batch: RecordBatch, schema: &Arc<ArrowSchema>) -> Result<RecordBatch, Error> {
+    let n = schema.fields().len();
+    if batch.num_columns() == n {
+        return Ok(batch);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), batch.columns()[..n].to_vec())?)
+}
+
+/// The aggregation of a hidden original-time column: the earliest of
+/// [`FIRST_MS_COLUMN`], the latest of [`LAST_MS_COLUMN`].
+fn pick_time_acc(name: &str) -> Result<Acc, Error> {
+    let agg = match name {
+        FIRST_MS_COLUMN => AggregationType::Min,
+        LAST_MS_COLUMN => AggregationType::Max,
+        _ => {
+            return Err(Error::Rollup {
+                column: name.to_string(),
+                problem: "a column past the table's that the rollup does not know".into(),
+            })
+        }
+    };
+    Ok(Acc::I64(Agg::new(agg)))
 }
 
 /// Stage 5 (rollup): groups by every non-metric column (the rounded time
@@ -512,6 +649,13 @@ pub fn rollup(
             )
         })
         .collect();
+    // the hidden original-time columns (firstWithTime, lastWithTime) past the table's
+    let mut metric_idx = metric_idx;
+    for j in schema.fields.len()..arrow_schema.fields().len() {
+        let name = arrow_schema.field(j).name().as_str();
+        accs.push(pick_time_acc(name)?);
+        metric_idx.push(j);
+    }
     let mut ids: Vec<u32> = Vec::with_capacity(BATCH_ROWS);
     for b in batches {
         let keys: Vec<ArrayRef> = key_idx.iter().map(|i| b.column(*i).clone()).collect();
@@ -527,11 +671,11 @@ pub fn rollup(
         }
         for (acc, i) in accs.iter_mut().zip(&metric_idx) {
             acc.grow(groups.len());
-            acc.update(b.column(*i), &ids)?;
+            acc.update_from(b.column(*i), &ids, b)?;
         }
     }
     let key_cols = converter.convert_rows(&group_rows)?;
-    let mut columns: Vec<Option<ArrayRef>> = vec![None; schema.fields.len()];
+    let mut columns: Vec<Option<ArrayRef>> = vec![None; arrow_schema.fields().len()];
     for (col, i) in key_cols.into_iter().zip(&key_idx) {
         columns[*i] = Some(col);
     }
@@ -621,10 +765,18 @@ fn grouped_columns(
         let t = arrow_schema.field(i).data_type();
         let mut acc = Acc::new(&f.name, t, aggregations.get(&f.name).copied().unwrap_or(AggregationType::Sum));
         acc.grow(starts.len());
-        acc.update(col, ids)?;
+        acc.update_from(col, ids, batch)?;
         columns.push(acc.finish(t)?);
     }
-    for col in &batch.columns()[schema.fields.len()..] {
+    for (j, col) in batch.columns().iter().enumerate().skip(schema.fields.len()) {
+        let name = arrow_schema.field(j).name().as_str();
+        if name == FIRST_MS_COLUMN || name == LAST_MS_COLUMN {
+            let mut acc = pick_time_acc(name)?;
+            acc.grow(starts.len());
+            acc.update(col, ids)?;
+            columns.push(acc.finish(arrow_schema.field(j).data_type())?);
+            continue;
+        }
         columns.push(arrow::compute::take(col.as_ref(), starts, None)?);
     }
     Ok(columns)
@@ -829,6 +981,7 @@ fn process_window(
     let mut rounded = Vec::with_capacity(kept.len());
     let rounding = spec.flow.rounding();
     for b in kept {
+        let b = add_pick_times(b, spec)?;
         let b = match &rounding {
             Some(r) => round_time(&b, time_col, format, r)?,
             None => b,
@@ -860,8 +1013,12 @@ fn process_window(
             MergeType::Concat => (batches, sort.as_slice()),
             MergeType::Dedup => (dedup(&batches)?, sort.as_slice()),
             MergeType::Rollup => match rollup_in_order(&batches, &spec.schema, &spec.flow.aggregations, &sort)? {
-                Some(sorted) => (vec![sorted], &[][..]),
-                None => (rollup(&batches, &spec.schema, &spec.flow.aggregations)?, sort.as_slice()),
+                Some(sorted) => (vec![strip_to(sorted, &arrow_schema)?], &[][..]),
+                None => {
+                    let merged = rollup(&batches, &spec.schema, &spec.flow.aggregations)?;
+                    let merged = merged.into_iter().map(|b| strip_to(b, &arrow_schema)).collect::<Result<_, _>>()?;
+                    (merged, sort.as_slice())
+                }
             },
         };
         check()?;

@@ -248,15 +248,19 @@ struct Ctx {
     spec: TableSpec,
     store: Store,
     cancel: CancellationToken,
-    /// Schema of the rows crossing the sort: the table's, plus the partition
-    /// column when partitioned, plus the row hash (rollup, dedup).
+    /// Schema of the rows crossing the sort: the table's (and the hidden
+    /// original times), plus the partition column when partitioned, plus
+    /// the row hash (rollup, dedup).
     sort_schema: SchemaRef,
-    /// Schema of the rows the merge sees: the table's, plus the row hash.
+    /// Schema of the rows the merge sees: the work schema, plus the row hash.
     merge_schema: SchemaRef,
     /// The table's columns the row hash covers ([`ROW_HASH_COLUMN`]); `None`
     /// when the sort key is the columns themselves (concat).
     hash_key: Option<Vec<usize>>,
     table_schema: SchemaRef,
+    /// The table's columns plus the hidden original times of
+    /// `firstWithTime` / `lastWithTime` ([`crate::processor::work_schema`]).
+    work_schema: SchemaRef,
     split: Option<SubTask>,
     /// Rows per batch ([`batch_rows`]).
     batch_rows: usize,
@@ -380,6 +384,7 @@ impl Ctx {
         let time_col = self.spec.flow.time_column.as_str();
         let kept = concat_batches(&self.table_schema, &batches)?;
         drop(batches);
+        let kept = crate::processor::add_pick_times(kept, &self.spec)?;
         let kept = match &self.rounding {
             Some(r) => round_time(&kept, time_col, format, r)?,
             None => kept,
@@ -467,6 +472,8 @@ struct Merger<'a> {
     /// The rows' schema: the table's, plus the row hash.
     schema: SchemaRef,
     table_schema: SchemaRef,
+    /// The table's columns and the hidden original times.
+    work_schema: SchemaRef,
     /// The table's columns the row hash covers (`None`: no row hash).
     hash_key: Option<Vec<usize>>,
     partition: i32,
@@ -501,12 +508,12 @@ impl Merger<'_> {
         if let (Some(key), Some(h)) = (&self.hash_key, self.hashes(&merged)) {
             if h.windows(2).any(|w| w[0] == w[1]) {
                 // two keys of one hash: the exact, hash-table merge
-                let rows = [self.strip(merged)?];
+                let rows = [crate::processor::strip_to(merged, &self.work_schema)?];
                 let exact = match flow.merge_type {
                     MergeType::Dedup => crate::processor::dedup(&rows)?,
                     _ => crate::processor::rollup(&rows, schema, &flow.aggregations)?,
                 };
-                let exact = concat_batches(&self.table_schema, &exact)?;
+                let exact = concat_batches(&self.work_schema, &exact)?;
                 let mut cols = exact.columns().to_vec();
                 cols.push(Arc::new(row_hashes(&exact, key)?));
                 merged = RecordBatch::try_new(self.schema.clone(), cols)?;
@@ -530,7 +537,7 @@ impl Merger<'_> {
         Some(merged.column(idx).as_primitive::<arrow::datatypes::UInt64Type>().values())
     }
 
-    /// The table's columns of `batch` (the row hash dropped).
+    /// The table's columns of `batch` (the hidden times and the row hash dropped).
     fn strip(&self, batch: RecordBatch) -> Result<RecordBatch, Error> {
         let n = self.table_schema.fields().len();
         if batch.num_columns() == n {
@@ -758,7 +765,9 @@ async fn run_task(
         ),
     };
     let row_hash = hash_key.is_some();
-    let mut fields: Vec<Field> = table_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    // the table's columns, and the original times of firstWithTime / lastWithTime
+    let work_schema = crate::processor::work_schema(spec);
+    let mut fields: Vec<Field> = work_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     if spec.flow.partitioning.is_some() {
         fields.push(Field::new(PARTITION_COLUMN, ArrowType::Int32, false));
     }
@@ -767,11 +776,11 @@ async fn run_task(
     }
     let sort_schema = Arc::new(ArrowSchema::new(fields));
     let merge_schema = if row_hash {
-        let mut fields: Vec<Field> = table_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = work_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(hash_field);
         Arc::new(ArrowSchema::new(fields))
     } else {
-        table_schema.clone()
+        work_schema.clone()
     };
     let ctx = Arc::new(Ctx {
         spec: spec.clone(),
@@ -781,6 +790,7 @@ async fn run_task(
         merge_schema,
         hash_key,
         table_schema,
+        work_schema,
         split: settings.split,
         batch_rows: batch_rows(settings.memory_bytes, &spec.schema),
         rounding: spec.flow.rounding(),
@@ -956,6 +966,7 @@ async fn run_window(
         spec,
         schema: ctx.merge_schema.clone(),
         table_schema: ctx.table_schema.clone(),
+        work_schema: ctx.work_schema.clone(),
         hash_key: ctx.hash_key.clone(),
         partition: i32::MIN,
         carry: None,
@@ -1219,6 +1230,136 @@ mod tests {
         }
     }
 
+    /// `firstWithTime` and `lastWithTime` pick each group's value at its
+    /// earliest and latest original (pre-rounding) time on both paths, the
+    /// bounded one spilling and merging partial groups across batches; each
+    /// output value is checked against the rows themselves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn first_and_last_with_time_pick_by_original_time_on_both_paths() {
+        let spec = TableSpec::from_json(
+            json!({"tableName": "f", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                   "tableIndexConfig": {"sortedColumn": ["carrier"]},
+                   "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
+                       "bucketTimePeriod": "1d", "bufferTimePeriod": "1h", "roundBucketTimePeriod": "1h",
+                       "mergeType": "rollup", "delay.aggregationType": "lastWithTime",
+                       "origin.aggregationType": "firstWithTime"}}}}),
+            json!({"dimensionFieldSpecs": [{"name": "carrier", "dataType": "STRING"}],
+                   "metricFieldSpecs": [{"name": "delay", "dataType": "DOUBLE"}, {"name": "origin", "dataType": "BYTES"},
+                                        {"name": "n", "dataType": "LONG"}],
+                   "dateTimeFieldSpecs": [{"name": "ts", "dataType": "TIMESTAMP", "format": "TIMESTAMP"}]}),
+        )
+        .unwrap();
+        let store: Store = Arc::new(object_store::memory::InMemory::new());
+        // 6 segments of 20,000 rows; every time distinct and shuffled over the day
+        let mut segs = vec![];
+        let mut want: BTreeMap<(String, i64), ((i64, f64), (i64, Vec<u8>), i64)> = BTreeMap::new();
+        for s in 0..6i64 {
+            let (mut carrier, mut delay, mut origin, mut ts) = (vec![], vec![], vec![], vec![]);
+            for r in 0..20_000i64 {
+                let g = s * 20_000 + r;
+                let t = g * 7_919_993 % (24 * H);
+                let c = ["AA", "DL", "UA"][(g % 3) as usize].to_string();
+                let d = (g % 101) as f64;
+                let o = format!("o{}", g % 13).into_bytes();
+                let e = want.entry((c.clone(), t / H * H)).or_insert(((i64::MIN, 0.0), (i64::MAX, vec![]), 0));
+                if t > e.0 .0 {
+                    e.0 = (t, d);
+                }
+                if t < e.1 .0 {
+                    e.1 = (t, o.clone());
+                }
+                e.2 += 1;
+                carrier.push(c);
+                delay.push(d);
+                origin.push(o);
+                ts.push(t);
+            }
+            let batch = RecordBatch::try_new(
+                spec.schema.arrow_schema(),
+                vec![
+                    Arc::new(StringArray::from(carrier)),
+                    Arc::new(Float64Array::from(delay)),
+                    Arc::new(arrow::array::BinaryArray::from_iter_values(origin)),
+                    Arc::new(Int64Array::from(vec![1i64; 20_000])),
+                    Arc::new(TimestampMillisecondArray::from(ts.clone())),
+                ],
+            )
+            .unwrap();
+            let bytes = write_parquet_with(&spec.schema.arrow_schema(), &[batch], REALTIME_ROW_GROUP_ROWS).unwrap();
+            let location = format!("realtime/s{s}.parquet");
+            r2o_common::store::put_bytes(&store, &location, bytes.clone()).await.unwrap();
+            let meta = SegmentMeta {
+                segment_name: format!("s{s}"),
+                table_name: "f_REALTIME".into(),
+                status: SegmentStatus::Done,
+                start_time_ms: *ts.iter().min().unwrap(),
+                end_time_ms: *ts.iter().max().unwrap(),
+                total_docs: 20_000,
+                size_bytes: bytes.len() as u64,
+                schema_fingerprint: spec.schema.fingerprint(),
+                location,
+                partition: 0,
+                ..Default::default()
+            };
+            segs.push((meta, bytes));
+        }
+        let window = Window { start_ms: 0, end_ms: 24 * H };
+        let spill_dir = tempfile::tempdir().unwrap();
+        let settings =
+            StreamSettings { memory_bytes: 2 << 20, spill_dir: spill_dir.path().join("a"), threads: 2, split: None };
+        let (s2, st2, si) = (spec.clone(), store.clone(), stream_inputs(&segs));
+        let (streamed, spill) = tokio::task::spawn_blocking(move || {
+            process_streaming(&s2, &[window], si, st2, "out/", &settings, &CancellationToken::new())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(spill.spill_count > 0, "the sort spilled: {spill:?}");
+        let mem_inputs: Vec<Input> = segs
+            .iter()
+            .map(|(m, b)| Input {
+                name: m.segment_name.clone(),
+                bytes: b.clone(),
+                count_null_time: true,
+                start_ms: m.start_time_ms,
+                schema_version: SchemaVersion::Current,
+            })
+            .collect();
+        let in_memory = process(&spec, &[window], mem_inputs, &CancellationToken::new(), 2).unwrap();
+        let mut streamed_rows = vec![];
+        for o in &streamed.outputs {
+            let (location, _) = o.written.clone().unwrap();
+            let bytes = r2o_common::store::get_bytes(&store, &location).await.unwrap();
+            streamed_rows.extend(read_segment(&o.name, bytes, &spec.schema, 1 << 20).unwrap());
+        }
+        let memory_rows: Vec<RecordBatch> = in_memory
+            .outputs
+            .iter()
+            .flat_map(|o| read_segment(&o.name, o.bytes.clone(), &spec.schema, 1 << 20).unwrap())
+            .collect();
+        for (path, batches) in [("bounded", streamed_rows), ("in memory", memory_rows)] {
+            let mut seen = 0;
+            for b in &batches {
+                assert_eq!(b.num_columns(), 5, "{path}: the hidden time columns are not written");
+                let (c, d, o, n, t) = (
+                    b.column(0).as_string::<i32>(),
+                    b.column(1).as_primitive::<arrow::datatypes::Float64Type>(),
+                    b.column(2).as_binary::<i32>(),
+                    b.column(3).as_primitive::<arrow::datatypes::Int64Type>(),
+                    b.column(4).as_primitive::<arrow::datatypes::TimestampMillisecondType>(),
+                );
+                for i in 0..b.num_rows() {
+                    let w = &want[&(c.value(i).to_string(), t.value(i))];
+                    assert_eq!(d.value(i), w.0 .1, "{path}: lastWithTime of {} at {}", c.value(i), t.value(i));
+                    assert_eq!(o.value(i), &w.1 .1[..], "{path}: firstWithTime of {} at {}", c.value(i), t.value(i));
+                    assert_eq!(n.value(i), w.2, "{path}: rows of the group");
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, want.len(), "{path}: one row per carrier and hour");
+        }
+    }
+
     /// A transient read failure in the middle of a window (every input's
     /// first read fails) is retried, not the end of the attempt: the run
     /// succeeds with the rows a clean store gives.
@@ -1342,6 +1483,7 @@ mod tests {
                 spec: &spec,
                 schema,
                 table_schema: table.clone(),
+                work_schema: table.clone(),
                 hash_key: Some(vec![0]),
                 partition: i32::MIN,
                 carry: None,
