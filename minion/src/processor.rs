@@ -1551,8 +1551,15 @@ mod tests {
     #[test]
     fn hash_sub_tasks_together_give_the_whole_window() {
         use r2o_common::columnar::read_segment;
-        for merge in ["rollup", "dedup"] {
-            let s = spec(json!({"mergeType": merge, "roundBucketTimePeriod": "1m"}), json!({}));
+        // the third: values picked by original time (times are distinct, so one answer)
+        let pick = json!({"mergeType": "rollup", "roundBucketTimePeriod": "1m",
+                          "delay.aggregationType": "lastWithTime", "air.aggregationType": "firstWithTime"});
+        for (merge, task) in [
+            ("rollup", json!({"mergeType": "rollup", "roundBucketTimePeriod": "1m"})),
+            ("dedup", json!({"mergeType": "dedup", "roundBucketTimePeriod": "1m"})),
+            ("rollup with lastWithTime", pick),
+        ] {
+            let s = spec(task, json!({}));
             let rows: Vec<TestRow> = (0..2_000)
                 .map(|i| {
                     let c = ["AA", "UA", "DL", "WN"][i % 4];
