@@ -221,6 +221,9 @@ def make(out):
         "aggregationFunctionParameters.tails_cpc.lgK": str(CPC_LGK),
         "aggregationFunctionParameters.tails_ull.p": str(ULL_P),
         "aggregationFunctionParameters.tails_theta.nominalEntries": "4096",
+        # r2o's own key: OFFLINE segments of at most 16 KiB, so each day's
+        # window is cut into several segments
+        "maxSegmentSizeBytes": "16KiB",
     }
     table = {
         "tableName": "fsk",

@@ -412,6 +412,8 @@ async fn run_flow(cluster: Cluster, store: Store) {
 /// group against DuckDB's exact answers over the raw rows, decoding the
 /// committed bytes with the reference library (Theta, CPC, KLL) or
 /// rebuilding the registers with stream-lib's and hash4j's rules (HLL, ULL).
+/// The table's `maxSegmentSizeBytes` cuts each day into segments of at most
+/// 16 KiB, and the check reads them all: no group lost or split.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sketch_rollup_of_real_flights_matches_duckdb_and_the_reference_library() {
     let cluster = Cluster::start(1, 2);
@@ -457,13 +459,12 @@ async fn sketch_rollup_of_real_flights_matches_duckdb_and_the_reference_library(
     let w = cluster.wait_idle("fsk", Duration::from_secs(120)).await;
     // 2013-01-01 .. 2013-01-08 UTC: every day's window committed
     assert_eq!(w.watermark_ms, 1_357_603_200_000, "{}", w.next);
-    let files: Vec<std::ffi::OsString> = cluster
-        .offline_segments("fsk")
-        .await
-        .iter()
-        .map(|s| cluster.store_path(&s.location).into_os_string())
-        .collect();
-    assert!(!files.is_empty());
+    let offline = cluster.offline_segments("fsk").await;
+    // maxSegmentSizeBytes 16 KiB: every segment within it, and days cut into several
+    assert!(offline.iter().all(|s| s.size_bytes <= 16 << 10), "{offline:?}");
+    assert!(offline.len() > 7, "7 days in more than 7 segments: {}", offline.len());
+    let files: Vec<std::ffi::OsString> =
+        offline.iter().map(|s| cluster.store_path(&s.location).into_os_string()).collect();
     let mut args: Vec<&std::ffi::OsStr> = vec!["check".as_ref(), dir.as_os_str()];
     args.extend(files.iter().map(|f| f.as_os_str()));
     let (ok, text) = run(&args);

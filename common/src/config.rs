@@ -119,6 +119,10 @@ pub struct FlowConfig {
     /// up to it (a single window larger than it is still one task);
     /// `None`: the cluster's default.
     pub max_records_per_task: Option<u64>,
+    /// `maxSegmentSizeBytes` (r2o's own key): OFFLINE segments are cut so
+    /// that each is at most about this many bytes, as well as at most
+    /// `maxNumRecordsPerSegment` rows; bytes; `None`: rows only.
+    pub max_segment_size_bytes: Option<u64>,
     /// `segmentMapperFileSizeThresholdInBytes` (Pinot's task key: the size
     /// of the mapper's intermediate files past which Pinot's framework
     /// reduces what it has mapped before mapping more, bounding the data a
@@ -540,6 +544,20 @@ impl TableSpec {
         let timeout_ms = positive("timeoutMs")?;
         let max_records_per_task = positive("maxNumRecordsPerTask")?.map(|n| n as u64);
         let mapper_threshold_bytes = positive("segmentMapperFileSizeThresholdInBytes")?.map(|n| n as u64);
+        let max_segment_size_bytes = match text("maxSegmentSizeBytes")? {
+            None => None,
+            Some(t) => match crate::period::parse_size(&t) {
+                Ok(n) if n >= 1024 => Some(n),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        field: format!("{TASK_PATH}.maxSegmentSizeBytes"),
+                        value: t,
+                        expected: "a size of at least 1 KiB, in bytes or with a unit (e.g. 268435456, 256MB, 1GiB)"
+                            .into(),
+                    })
+                }
+            },
+        };
         let retention_ms = parse_retention(&config_json)?;
         let late_data_policy = match text("lateDataPolicy")?.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
             None | Some("rematerialize") => LateDataPolicy::Rematerialize,
@@ -659,6 +677,7 @@ impl TableSpec {
                 timeout_ms,
                 max_records_per_task,
                 mapper_threshold_bytes,
+                max_segment_size_bytes,
                 retention_ms,
                 bucket_time_zone,
                 late_data_policy,
@@ -1413,6 +1432,15 @@ mod tests {
         let t = TableSpec::from_json(config(json!({"segmentMapperFileSizeThresholdInBytes": "1000000"})), schema());
         assert_eq!(t.unwrap().flow.mapper_threshold_bytes, Some(1_000_000));
         assert_eq!(TableSpec::from_json(config(json!({})), schema()).unwrap().flow.mapper_threshold_bytes, None);
+        let t = TableSpec::from_json(config(json!({"maxSegmentSizeBytes": "256MiB"})), schema());
+        assert_eq!(t.unwrap().flow.max_segment_size_bytes, Some(256 << 20));
+        let t = TableSpec::from_json(config(json!({"maxSegmentSizeBytes": 1_000_000})), schema());
+        assert_eq!(t.unwrap().flow.max_segment_size_bytes, Some(1_000_000));
+        for bad in ["0", "12", "lots", "-5MB"] {
+            let e =
+                TableSpec::from_json(config(json!({"maxSegmentSizeBytes": bad})), schema()).unwrap_err().to_string();
+            assert!(e.contains("maxSegmentSizeBytes") && e.contains(&format!("'{bad}'")) && e.contains("1 KiB"), "{e}");
+        }
         let e = err_of(json!({"segmentMapperFileSizeThresholdInBytes": "0"}));
         assert!(e.contains("segmentMapperFileSizeThresholdInBytes") && e.contains("'0'"), "{e}");
     }

@@ -4,7 +4,8 @@
 //! Pinot parses these with a Joda period formatter of days, hours, minutes
 //! and seconds in that order (`TimeUtils.convertPeriodToMillis`); r2o keeps
 //! the same grammar: one or more `<digits><unit>` parts, units `d`, `h`, `m`,
-//! `s` (any case), each at most once and in that order.
+//! `s` (any case), each at most once and in that order. Also sizes with
+//! units ([`parse_size`]: `256MB`, `1GiB`), for budgets and segment sizes.
 
 use crate::error::ConfigError;
 
@@ -95,6 +96,40 @@ pub fn format_period_ms(mut ms: i64) -> String {
         out.push_str(&format!("{ms}ms"));
     }
     out
+}
+
+/// Parses a size with an optional unit, as Kubernetes writes them: plain
+/// bytes (`268435456`), decimal `KB`/`MB`/`GB`/`TB` (or `K`, `M`, `G`, `T`:
+/// powers of 1000) and binary `KiB`/`MiB`/`GiB`/`TiB` (or `Ki`, `Mi`, `Gi`,
+/// `Ti`: powers of 1024); a fraction is allowed (`1.5GiB`).
+///
+/// # Errors
+/// A message naming the value and the expected form.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || {
+        format!("'{text}' is not a size: expected bytes with an optional unit, e.g. 268435456, 256MB, 256MiB or 4GiB")
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "k" | "kB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "T" | "TB" => 1_000_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "Ti" | "TiB" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * scale as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]

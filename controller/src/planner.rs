@@ -638,6 +638,7 @@ mod tests {
             timeout_ms: None,
             max_records_per_task: None,
             mapper_threshold_bytes: None,
+            max_segment_size_bytes: None,
         }
     }
 

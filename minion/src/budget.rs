@@ -9,39 +9,7 @@
 /// buffers and allocator slack.
 const DEFAULT_LIMIT_FRACTION: (u64, u64) = (3, 4);
 
-/// Parses a size with an optional unit, as Kubernetes writes them: plain
-/// bytes (`268435456`), decimal `KB`/`MB`/`GB`/`TB` (or `K`, `M`, `G`, `T`:
-/// powers of 1000) and binary `KiB`/`MiB`/`GiB`/`TiB` (or `Ki`, `Mi`, `Gi`,
-/// `Ti`: powers of 1024); a fraction is allowed (`1.5GiB`).
-///
-/// # Errors
-/// A message naming the value and the expected form.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let bad = || {
-        format!("'{text}' is not a size: expected bytes with an optional unit, e.g. 268435456, 256MB, 256MiB or 4GiB")
-    };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" | "k" | "kB" => 1_000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        "T" | "TB" => 1_000_000_000_000,
-        "Ki" | "KiB" => 1 << 10,
-        "Mi" | "MiB" => 1 << 20,
-        "Gi" | "GiB" => 1 << 30,
-        "Ti" | "TiB" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    let bytes = value * scale as f64;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(bytes as u64)
-}
+pub use r2o_common::period::parse_size;
 
 /// The container's memory limit in bytes, when there is one: cgroup v2's
 /// `memory.max`, else cgroup v1's `memory.limit_in_bytes` (values of 2^60
@@ -125,6 +93,21 @@ pub fn choose_path(estimate_bytes: u64, share_bytes: u64, windows: usize, thread
     Path::InMemory
 }
 
+/// Rows per OFFLINE segment under `maxSegmentSizeBytes` (`max_bytes`):
+/// the inputs' compressed bytes per row (`input_bytes` over `input_rows`,
+/// the REALTIME segments' registered sizes and row counts; OFFLINE
+/// segments hold the same columns, compressed alike) sized to 9/10 of the
+/// target, at most `max_rows` (`maxNumRecordsPerSegment`) and at least 1.
+/// Without `max_bytes`, or with no rows to measure: `max_rows`. Pure.
+pub fn rows_per_segment(max_rows: u64, max_bytes: Option<u64>, input_bytes: u64, input_rows: u64) -> u64 {
+    let (Some(max_bytes), true) = (max_bytes, input_rows > 0 && input_bytes > 0) else {
+        return max_rows.max(1);
+    };
+    let per_row = input_bytes as f64 / input_rows as f64;
+    let fit = (max_bytes as f64 * 0.9 / per_row).floor() as u64;
+    fit.clamp(1, max_rows.max(1))
+}
+
 /// Estimated bytes of one decoded row of `schema` in Arrow: fixed widths
 /// plus 4 bytes of offset and 24 of data per string or bytes value, and a
 /// validity bit rounded up to a byte per column. An estimate for choosing
@@ -146,6 +129,18 @@ pub fn decoded_row_bytes(schema: &r2o_common::schema::Schema) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_size_caps_rows_by_the_inputs_bytes_per_row() {
+        // 100 bytes a row: 1 MB at 9/10 is 9,000 rows
+        assert_eq!(rows_per_segment(5_000_000, Some(1_000_000), 100_000_000, 1_000_000), 9_000);
+        // the row cap still holds, and a segment has at least one row
+        assert_eq!(rows_per_segment(5_000, Some(1_000_000), 100_000_000, 1_000_000), 5_000);
+        assert_eq!(rows_per_segment(5_000, Some(1_024), 10_000_000, 1_000), 1);
+        // no size key, or nothing measured: rows only
+        assert_eq!(rows_per_segment(5_000, None, 100, 10), 5_000);
+        assert_eq!(rows_per_segment(5_000, Some(1_000_000), 0, 0), 5_000);
+    }
 
     #[test]
     fn sizes_parse_in_decimal_and_binary_units() {

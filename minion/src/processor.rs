@@ -877,6 +877,41 @@ pub fn cut(batch: &RecordBatch, max_rows: u64) -> Vec<RecordBatch> {
     (0..batch.num_rows()).step_by(max).map(|off| batch.slice(off, max.min(batch.num_rows() - off))).collect()
 }
 
+/// Stages 7 and 8: cuts `batch` into pieces of at most `max_rows` rows
+/// ([`cut`]) and encodes each; a piece whose encoding is larger than
+/// `max_bytes` (`maxSegmentSizeBytes`) is cut again, into pieces sized by
+/// its own encoded bytes per row, until every piece fits or holds one row.
+/// Empty pieces are dropped. Row order is kept.
+///
+/// # Errors
+/// Parquet encoding errors.
+pub fn encode_pieces(
+    schema: &Arc<ArrowSchema>,
+    batch: &RecordBatch,
+    max_rows: u64,
+    max_bytes: Option<u64>,
+) -> Result<Vec<(RecordBatch, Bytes)>, Error> {
+    let mut todo: std::collections::VecDeque<RecordBatch> = cut(batch, max_rows).into();
+    let mut out = vec![];
+    while let Some(piece) = todo.pop_front() {
+        if piece.num_rows() == 0 {
+            continue;
+        }
+        let bytes = write_parquet(schema, std::slice::from_ref(&piece))?;
+        match max_bytes {
+            Some(max) if bytes.len() as u64 > max && piece.num_rows() > 1 => {
+                let rows = piece.num_rows() as u64;
+                let fit = ((rows as f64 * max as f64 / bytes.len() as f64) * 0.9).floor() as u64;
+                for p in cut(&piece, fit.clamp(1, rows - 1)).into_iter().rev() {
+                    todo.push_front(p);
+                }
+            }
+            _ => out.push((piece, bytes)),
+        }
+    }
+    Ok(out)
+}
+
 /// Sums of each sum-aggregated metric over `batches`: `(int, float, abs)`
 /// where `int` is the wrapping sum in the column's width (INT, LONG) and
 /// `float`, `abs` the f64 sum and absolute sum (FLOAT, DOUBLE).
@@ -1025,14 +1060,12 @@ fn process_window(
         let sorted = sort_by(&arrow_schema, &merged, sort)?;
         result.sums_out.add(metric_sums(std::slice::from_ref(&sorted), spec));
         let part = SubTask::name_part(split, partition);
-        for (seq, piece) in cut(&sorted, spec.flow.max_records_per_segment).into_iter().enumerate() {
+        let pieces =
+            encode_pieces(&arrow_schema, &sorted, spec.flow.max_records_per_segment, spec.flow.max_segment_size_bytes)?;
+        for (seq, (piece, bytes)) in pieces.into_iter().enumerate() {
             check()?;
-            if piece.num_rows() == 0 {
-                continue;
-            }
             let (start, end) = time_range_ms(std::slice::from_ref(&piece), time_col, format)?
                 .unwrap_or((window.start_ms, window.start_ms));
-            let bytes = write_parquet(&arrow_schema, std::slice::from_ref(&piece))?;
             result.stats.rows_out += piece.num_rows() as u64;
             result.stats.outputs += 1;
             result.outputs.push(OutputSegment {
@@ -1595,6 +1628,28 @@ mod tests {
             assert_eq!(all(&parts), all(&want), "{merge}");
             assert!(names.iter().any(|n| n.ends_with("_all_s2_0")), "{names:?}");
         }
+    }
+
+    /// maxSegmentSizeBytes: every encoded piece fits, rows keep their order,
+    /// and none is lost; without it, rows alone cut.
+    #[test]
+    fn pieces_are_cut_until_each_fits_its_byte_size() {
+        let s = spec(json!({}), json!({}));
+        let rows: Vec<TestRow> = (0..20_000)
+            .map(|i| (["AA", "UA", "DL"][i % 3], Some(i as f64 * 1.37), i as i64 * 7919, Some(i as i32), i as i64))
+            .collect();
+        let b = batch(&s, &rows);
+        let schema = s.schema.arrow_schema();
+        let whole = encode_pieces(&schema, &b, 1_000_000, None).unwrap();
+        assert_eq!(whole.len(), 1);
+        let max = whole[0].1.len() as u64 / 5;
+        let pieces = encode_pieces(&schema, &b, 1_000_000, Some(max)).unwrap();
+        assert!(pieces.len() >= 5, "{} pieces", pieces.len());
+        assert!(pieces.iter().all(|(_, bytes)| bytes.len() as u64 <= max), "every piece within {max} bytes");
+        let again = concat_batches(&schema, pieces.iter().map(|(p, _)| p)).unwrap();
+        assert_eq!(again, b, "the same rows in the same order");
+        // the row cap still applies
+        assert!(encode_pieces(&schema, &b, 3_000, Some(u64::MAX)).unwrap().iter().all(|(p, _)| p.num_rows() <= 3_000));
     }
 
     #[test]

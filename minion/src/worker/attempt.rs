@@ -273,6 +273,15 @@ impl Worker {
             return Err(ProcessError::Data(Error::Meta(format!("task {}: {why}", task.id))));
         }
         let segments = task.input_slice(&listed).to_vec();
+        // maxSegmentSizeBytes: rows per OFFLINE segment from the inputs' bytes per row
+        let mut spec = spec;
+        let (in_bytes, in_rows) = segments.iter().fold((0u64, 0u64), |(b, r), s| (b + s.size_bytes, r + s.total_docs));
+        spec.flow.max_records_per_segment = crate::budget::rows_per_segment(
+            spec.flow.max_records_per_segment,
+            spec.flow.max_segment_size_bytes,
+            in_bytes,
+            in_rows,
+        );
         let windows = task.windows.clone();
         let range = Window { start_ms: task.from_ms, end_ms: task.window_end_ms };
         let retry = store_backoff();
