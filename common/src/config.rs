@@ -102,6 +102,11 @@ pub struct FlowConfig {
     pub buffer_ms: i64,
     /// `roundBucketTimePeriod` in ms (none: no rounding).
     pub round_ms: Option<i64>,
+    /// `partitionBucketTimePeriod` in ms (Pinot's task key; none: one time
+    /// partition per window): each window's OFFLINE segments are cut by
+    /// this time bucket of their rows' (rounded) time, as Pinot's
+    /// `EpochTimeHandler` partitions records.
+    pub partition_bucket_ms: Option<i64>,
     /// `mergeType` (or the deprecated `collectorType`); default concat.
     pub merge_type: MergeType,
     /// Aggregation of every metric column: sum unless configured for a
@@ -177,11 +182,20 @@ impl FlowConfig {
     /// How the time column is rounded (`roundBucketTimePeriod`, in
     /// `bucketTimeZone` when it is whole days or hours), if at all.
     pub fn rounding(&self) -> Option<Bucketing> {
-        let r = self.round_ms?;
-        Some(match &self.bucket_time_zone {
-            Some(tz) if Bucketing::zoned_period_ok(r) => Bucketing::zoned(r, tz.clone()),
-            _ => Bucketing::utc(r),
-        })
+        self.round_ms.map(|r| self.zoned(r))
+    }
+
+    /// The buckets of `partitionBucketTimePeriod`, in `bucketTimeZone` as
+    /// the windows and the rounding are; `None` without the key.
+    pub fn time_partitioning(&self) -> Option<Bucketing> {
+        self.partition_bucket_ms.map(|p| self.zoned(p))
+    }
+
+    fn zoned(&self, period_ms: i64) -> Bucketing {
+        match &self.bucket_time_zone {
+            Some(tz) if Bucketing::zoned_period_ok(period_ms) => Bucketing::zoned(period_ms, tz.clone()),
+            _ => Bucketing::utc(period_ms),
+        }
     }
 }
 
@@ -453,6 +467,7 @@ impl TableSpec {
             Some(t) => crate::period::parse_period_ms_zero_ok(&format!("{TASK_PATH}.bufferTimePeriod"), &t)?,
         };
         let round_ms = period("roundBucketTimePeriod", None)?;
+        let partition_bucket_ms = period("partitionBucketTimePeriod", None)?;
 
         let (merge_key, merge_text) = match (text("mergeType")?, text("collectorType")?) {
             (Some(m), _) => ("mergeType", Some(m)),
@@ -670,6 +685,7 @@ impl TableSpec {
                 bucket_ms,
                 buffer_ms,
                 round_ms,
+                partition_bucket_ms,
                 merge_type,
                 aggregations,
                 max_records_per_segment,
@@ -1283,6 +1299,11 @@ mod tests {
         assert_eq!(t.flow.bucket_ms, 6 * 3_600_000);
         assert_eq!(t.flow.buffer_ms, 16_200_000);
         assert_eq!(t.flow.round_ms, Some(3_600_000));
+        assert_eq!(t.flow.partition_bucket_ms, None);
+        let t = TableSpec::from_json(config(json!({"partitionBucketTimePeriod": "6h"})), schema()).unwrap();
+        assert_eq!(t.flow.partition_bucket_ms, Some(6 * 3_600_000));
+        let e = err_of(json!({"partitionBucketTimePeriod": "soon"}));
+        assert!(e.contains("partitionBucketTimePeriod") && e.contains("'soon'"), "{e}");
         assert_eq!(t.flow.merge_type, MergeType::Rollup);
         assert_eq!(t.flow.aggregations["n"], AggregationType::Max);
         assert_eq!(t.flow.max_records_per_segment, 1000);

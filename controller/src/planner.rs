@@ -631,6 +631,7 @@ mod tests {
             bucket_ms: bucket,
             buffer_ms: buffer,
             round_ms: None,
+            partition_bucket_ms: None,
             merge_type: MergeType::Concat,
             aggregations: BTreeMap::new(),
             max_records_per_segment: 100,

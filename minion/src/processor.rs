@@ -877,6 +877,52 @@ pub fn cut(batch: &RecordBatch, max_rows: u64) -> Vec<RecordBatch> {
     (0..batch.num_rows()).step_by(max).map(|off| batch.slice(off, max.min(batch.num_rows() - off))).collect()
 }
 
+/// Pinot's `partitionBucketTimePeriod` (its `EpochTimeHandler` partitions
+/// records by `time / partitionBucketMs`): the rows of `batch` split by the
+/// time bucket of their (rounded) time, in bucket order and keeping their
+/// order within each, with the part of `window` each bucket covers (the
+/// output segments' names carry it). Without the key: the whole batch and
+/// `window`. Buckets are floored (a time before 1970 is in the bucket
+/// before it, where Java's division would round toward zero) and follow
+/// `bucketTimeZone` as the windows do.
+///
+/// # Errors
+/// The time column is missing or not a time.
+pub fn time_buckets(
+    batch: &RecordBatch,
+    spec: &TableSpec,
+    window: Window,
+) -> Result<Vec<(Window, RecordBatch)>, Error> {
+    let Some(buckets) = spec.flow.time_partitioning() else {
+        return Ok(vec![(window, batch.clone())]);
+    };
+    let col = batch.column_by_name(&spec.flow.time_column).ok_or_else(|| Error::Segment {
+        segment: String::new(),
+        problem: format!("time column '{}' is missing", spec.flow.time_column),
+    })?;
+    let ms = time_ms(col, spec.time_format())?;
+    let starts: Vec<Option<i64>> = ms.iter().map(|t| t.map(|t| buckets.floor(t))).collect();
+    let mut distinct: Vec<i64> = starts.iter().flatten().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() <= 1 {
+        let b = distinct.first().map_or(window, |s| bucket_part(&buckets, *s, window));
+        return Ok(vec![(b, batch.clone())]);
+    }
+    let mut out = Vec::with_capacity(distinct.len());
+    for start in distinct {
+        let mask: BooleanArray = starts.iter().map(|s| Some(*s == Some(start))).collect();
+        out.push((bucket_part(&buckets, start, window), filter_record_batch(batch, &mask)?));
+    }
+    Ok(out)
+}
+
+/// The part of `window` in the time bucket starting at `start_ms`.
+pub(crate) fn bucket_part(buckets: &r2o_common::window::Bucketing, start_ms: i64, window: Window) -> Window {
+    let b = buckets.window_at(start_ms);
+    Window { start_ms: b.start_ms.max(window.start_ms), end_ms: b.end_ms.min(window.end_ms) }
+}
+
 /// Stages 7 and 8: cuts `batch` into pieces of at most `max_rows` rows
 /// ([`cut`]) and encodes each; a piece whose encoding is larger than
 /// `max_bytes` (`maxSegmentSizeBytes`) is cut again, into pieces sized by
@@ -1060,24 +1106,27 @@ fn process_window(
         let sorted = sort_by(&arrow_schema, &merged, sort)?;
         result.sums_out.add(metric_sums(std::slice::from_ref(&sorted), spec));
         let part = SubTask::name_part(split, partition);
-        let pieces =
-            encode_pieces(&arrow_schema, &sorted, spec.flow.max_records_per_segment, spec.flow.max_segment_size_bytes)?;
-        for (seq, (piece, bytes)) in pieces.into_iter().enumerate() {
-            check()?;
-            let (start, end) = time_range_ms(std::slice::from_ref(&piece), time_col, format)?
-                .unwrap_or((window.start_ms, window.start_ms));
-            result.stats.rows_out += piece.num_rows() as u64;
-            result.stats.outputs += 1;
-            result.outputs.push(OutputSegment {
-                window_start_ms: window.start_ms,
-                name: output_name(spec, &window, &part, seq),
-                partition,
-                num_rows: piece.num_rows() as u64,
-                start_time_ms: start,
-                end_time_ms: end,
-                bytes,
-                written: None,
-            });
+        for (bucket, rows) in time_buckets(&sorted, spec, window)? {
+            let (max_rows, max_bytes) = (spec.flow.max_records_per_segment, spec.flow.max_segment_size_bytes);
+            for (seq, (piece, bytes)) in
+                encode_pieces(&arrow_schema, &rows, max_rows, max_bytes)?.into_iter().enumerate()
+            {
+                check()?;
+                let (start, end) = time_range_ms(std::slice::from_ref(&piece), time_col, format)?
+                    .unwrap_or((window.start_ms, window.start_ms));
+                result.stats.rows_out += piece.num_rows() as u64;
+                result.stats.outputs += 1;
+                result.outputs.push(OutputSegment {
+                    window_start_ms: window.start_ms,
+                    name: output_name(spec, &bucket, &part, seq),
+                    partition,
+                    num_rows: piece.num_rows() as u64,
+                    start_time_ms: start,
+                    end_time_ms: end,
+                    bytes,
+                    written: None,
+                });
+            }
         }
     }
     Ok(result)

@@ -27,9 +27,9 @@
 //! and its spawned tasks at once, and the source checks the token at every
 //! batch.
 
-use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
+use arrow::array::{Array, AsArray, Int32Array, Int64Array, RecordBatch};
 use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType as ArrowType, Field, Int32Type, Schema as ArrowSchema, SchemaRef};
+use arrow::datatypes::{DataType as ArrowType, Field, Int32Type, Int64Type, Schema as ArrowSchema, SchemaRef};
 use datafusion::common::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -99,6 +99,19 @@ const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
 
 /// Column holding a row's Pinot partition while it crosses the sort.
 const PARTITION_COLUMN: &str = "__r2o_partition";
+
+/// Column holding the start of a row's `partitionBucketTimePeriod` bucket,
+/// epoch ms, while it crosses the sort (tables with the key only).
+const TIME_BUCKET_COLUMN: &str = "__r2o_time_bucket";
+
+/// Where a run of merged rows goes: its Pinot partition (-1: the table is
+/// not partitioned) and the start of its `partitionBucketTimePeriod` bucket,
+/// epoch ms (`None`: the table has no such key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct OutKey {
+    partition: i32,
+    bucket: Option<i64>,
+}
 
 /// Column holding a hash of a row's merge key while it crosses the sort and
 /// the merge (rollup: every non-metric column, the rounded time included;
@@ -412,6 +425,17 @@ impl Ctx {
         if let Some(p) = &self.spec.flow.partitioning {
             cols.push(Arc::new(self.partition_ids(&batch, p)?));
         }
+        if let Some(buckets) = self.spec.flow.time_partitioning() {
+            let time_col = self.spec.flow.time_column.as_str();
+            let c = batch.column_by_name(time_col).ok_or_else(|| Error::Segment {
+                segment: String::new(),
+                problem: format!("time column '{time_col}' is missing"),
+            })?;
+            let ms = r2o_common::columnar::time_ms(c, self.spec.time_format())?;
+            // (rows of the window all have a time: a NULL one is in no window)
+            let starts: Int64Array = ms.iter().map(|t| t.map(|t| buckets.floor(t))).collect();
+            cols.push(Arc::new(starts));
+        }
         if let Some(key) = &self.hash_key {
             cols.push(Arc::new(row_hashes(&batch, key)?));
         }
@@ -437,6 +461,9 @@ impl Ctx {
         let mut key: Vec<String> = vec![];
         if spec.flow.partitioning.is_some() {
             key.push(PARTITION_COLUMN.to_string());
+        }
+        if spec.flow.partition_bucket_ms.is_some() {
+            key.push(TIME_BUCKET_COLUMN.to_string());
         }
         key.extend(sort_columns(spec).into_iter().map(String::from));
         if self.hash_key.is_some() {
@@ -476,15 +503,20 @@ struct Merger<'a> {
     work_schema: SchemaRef,
     /// The table's columns the row hash covers (`None`: no row hash).
     hash_key: Option<Vec<usize>>,
-    partition: i32,
+    partition: Option<OutKey>,
     carry: Option<RecordBatch>,
 }
 
 impl Merger<'_> {
-    fn push(&mut self, partition: i32, batch: RecordBatch, out: &mut Vec<(i32, RecordBatch)>) -> Result<(), Error> {
-        if partition != self.partition {
+    fn push(
+        &mut self,
+        partition: OutKey,
+        batch: RecordBatch,
+        out: &mut Vec<(OutKey, RecordBatch)>,
+    ) -> Result<(), Error> {
+        if Some(partition) != self.partition {
             self.flush(out)?;
-            self.partition = partition;
+            self.partition = Some(partition);
         }
         if self.spec.flow.merge_type == MergeType::Concat {
             out.push((partition, batch));
@@ -546,9 +578,9 @@ impl Merger<'_> {
         Ok(RecordBatch::try_new(self.table_schema.clone(), batch.columns()[..n].to_vec())?)
     }
 
-    fn flush(&mut self, out: &mut Vec<(i32, RecordBatch)>) -> Result<(), Error> {
-        if let Some(c) = self.carry.take() {
-            out.push((self.partition, self.strip(c)?));
+    fn flush(&mut self, out: &mut Vec<(OutKey, RecordBatch)>) -> Result<(), Error> {
+        if let (Some(c), Some(key)) = (self.carry.take(), self.partition) {
+            out.push((key, self.strip(c)?));
         }
         Ok(())
     }
@@ -566,7 +598,7 @@ fn row_hashes(batch: &RecordBatch, key: &[usize]) -> Result<arrow::array::UInt64
 
 /// One output segment being written.
 struct Open {
-    partition: i32,
+    key: OutKey,
     name: String,
     location: String,
     writer: ParallelWriter<BufWriter>,
@@ -583,7 +615,7 @@ struct Sink<'a> {
     window: Window,
     schema: SchemaRef,
     open: Option<Open>,
-    seq: BTreeMap<i32, usize>,
+    seq: BTreeMap<OutKey, usize>,
     split: Option<SubTask>,
     outputs: Vec<OutputSegment>,
     sums_out: Sums,
@@ -593,8 +625,8 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    async fn write(&mut self, partition: i32, batch: RecordBatch) -> Result<(), Error> {
-        if self.open.as_ref().is_some_and(|o| o.partition != partition) {
+    async fn write(&mut self, key: OutKey, batch: RecordBatch) -> Result<(), Error> {
+        if self.open.as_ref().is_some_and(|o| o.key != key) {
             self.close().await?;
         }
         let max = self.spec.flow.max_records_per_segment.max(1);
@@ -602,7 +634,7 @@ impl Sink<'_> {
         let mut off = 0usize;
         while off < batch.num_rows() {
             if self.open.is_none() {
-                self.start(partition)?;
+                self.start(key)?;
             }
             let o = self.open.as_mut().expect("opened above");
             let take = ((max - o.rows) as usize).min(batch.num_rows() - off);
@@ -622,10 +654,15 @@ impl Sink<'_> {
         Ok(())
     }
 
-    fn start(&mut self, partition: i32) -> Result<(), Error> {
-        let seq = self.seq.entry(partition).or_default();
-        let part = SubTask::name_part(self.split, partition);
-        let name = crate::processor::output_name(self.spec, &self.window, &part, *seq);
+    fn start(&mut self, key: OutKey) -> Result<(), Error> {
+        let seq = self.seq.entry(key).or_default();
+        let part = SubTask::name_part(self.split, key.partition);
+        // a time bucket's segments are named by the part of the window it covers
+        let named = match (key.bucket, self.spec.flow.time_partitioning()) {
+            (Some(start), Some(buckets)) => crate::processor::bucket_part(&buckets, start, self.window),
+            _ => self.window,
+        };
+        let name = crate::processor::output_name(self.spec, &named, &part, *seq);
         *seq += 1;
         let location = format!("{}{name}.parquet", self.prefix);
         let writer = ParallelWriter::try_new(
@@ -636,7 +673,7 @@ impl Sink<'_> {
             OUTPUT_ROW_GROUP_ROWS,
             self.threads,
         )?;
-        self.open = Some(Open { partition, name, location, writer, rows: 0, time: None });
+        self.open = Some(Open { key, name, location, writer, rows: 0, time: None });
         Ok(())
     }
 
@@ -652,7 +689,7 @@ impl Sink<'_> {
         self.outputs.push(OutputSegment {
             window_start_ms: self.window.start_ms,
             name: o.name,
-            partition: o.partition,
+            partition: o.key.partition,
             num_rows: o.rows,
             start_time_ms: start,
             end_time_ms: end,
@@ -663,22 +700,31 @@ impl Sink<'_> {
     }
 }
 
-/// Splits a sorted batch into runs of one partition (the partition column
-/// dropped: `merge_schema` is the rest); one run of partition -1 when the
-/// table is not partitioned.
-fn partition_runs(batch: &RecordBatch, merge_schema: &SchemaRef) -> Result<Vec<(i32, RecordBatch)>, Error> {
-    let Some(idx) = batch.schema().index_of(PARTITION_COLUMN).ok() else {
-        return Ok(vec![(-1, batch.clone())]);
+/// Splits a sorted batch into runs of one partition and time bucket (the
+/// partition and bucket columns dropped: `merge_schema` is the rest); one
+/// run of partition -1 and no bucket when the table has neither.
+fn partition_runs(batch: &RecordBatch, merge_schema: &SchemaRef) -> Result<Vec<(OutKey, RecordBatch)>, Error> {
+    let schema = batch.schema();
+    let (p_idx, b_idx) = (schema.index_of(PARTITION_COLUMN).ok(), schema.index_of(TIME_BUCKET_COLUMN).ok());
+    if p_idx.is_none() && b_idx.is_none() {
+        return Ok(vec![(OutKey { partition: -1, bucket: None }, batch.clone())]);
+    }
+    let parts = p_idx.map(|i| batch.column(i).as_primitive::<Int32Type>().clone());
+    let buckets = b_idx.map(|i| batch.column(i).as_primitive::<Int64Type>().clone());
+    let key = |i: usize| OutKey {
+        partition: parts.as_ref().map_or(-1, |p| p.value(i)),
+        bucket: buckets.as_ref().and_then(|b| b.is_valid(i).then(|| b.value(i))),
     };
-    let ids = batch.column(idx).as_primitive::<Int32Type>().clone();
     let mut cols = batch.columns().to_vec();
-    cols.remove(idx);
+    for i in [b_idx, p_idx].into_iter().flatten() {
+        cols.remove(i); // the bucket column comes after the partition column
+    }
     let data = RecordBatch::try_new(merge_schema.clone(), cols)?;
     let mut runs = vec![];
     let mut start = 0usize;
-    for i in 1..=ids.len() {
-        if i == ids.len() || ids.value(i) != ids.value(start) {
-            runs.push((ids.value(start), data.slice(start, i - start)));
+    for i in 1..=batch.num_rows() {
+        if i == batch.num_rows() || key(i) != key(start) {
+            runs.push((key(start), data.slice(start, i - start)));
             start = i;
         }
     }
@@ -770,6 +816,9 @@ async fn run_task(
     let mut fields: Vec<Field> = work_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     if spec.flow.partitioning.is_some() {
         fields.push(Field::new(PARTITION_COLUMN, ArrowType::Int32, false));
+    }
+    if spec.flow.partition_bucket_ms.is_some() {
+        fields.push(Field::new(TIME_BUCKET_COLUMN, ArrowType::Int64, true));
     }
     if row_hash {
         fields.push(hash_field.clone());
@@ -968,7 +1017,7 @@ async fn run_window(
         table_schema: ctx.table_schema.clone(),
         work_schema: ctx.work_schema.clone(),
         hash_key: ctx.hash_key.clone(),
-        partition: i32::MIN,
+        partition: None,
         carry: None,
     };
     let mut sink = Sink {
@@ -1053,18 +1102,25 @@ mod tests {
     const H: i64 = 3_600_000;
 
     fn spec(merge: &str, partitioned: bool) -> TableSpec {
+        spec_with(merge, partitioned, json!({}))
+    }
+
+    /// [`spec`] with `extra` keys in the task block.
+    fn spec_with(merge: &str, partitioned: bool, extra: serde_json::Value) -> TableSpec {
         let mut index = json!({"sortedColumn": ["carrier"]});
         if partitioned {
             index["segmentPartitionConfig"] =
                 json!({"columnPartitionMap": {"carrier": {"functionName": "Murmur", "numPartitions": 3}}});
         }
+        let mut task = json!({"bucketTimePeriod": "1d", "bufferTimePeriod": "1h", "roundBucketTimePeriod": "1m",
+                              "mergeType": merge, "maxNumRecordsPerSegment": "7000", "delay.aggregationType": "max"});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            task[k] = v;
+        }
         TableSpec::from_json(
             json!({"tableName": "f", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
                    "tableIndexConfig": index,
-                   "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
-                       "bucketTimePeriod": "1d", "bufferTimePeriod": "1h", "roundBucketTimePeriod": "1m",
-                       "mergeType": merge, "maxNumRecordsPerSegment": "7000",
-                       "delay.aggregationType": "max"}}}}),
+                   "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": task}}}),
             json!({"dimensionFieldSpecs": [{"name": "carrier", "dataType": "STRING"}, {"name": "origin", "dataType": "STRING"}],
                    "metricFieldSpecs": [{"name": "delay", "dataType": "DOUBLE"}, {"name": "n", "dataType": "LONG"}],
                    "dateTimeFieldSpecs": [{"name": "ts", "dataType": "TIMESTAMP", "format": "TIMESTAMP"}]}),
@@ -1228,6 +1284,68 @@ mod tests {
             assert_eq!(parts(&streamed.outputs), parts(&in_memory.outputs), "{merge}: rows per partition");
             assert_eq!(files_under(&spill_dir.path().join("attempt")), 0, "{merge}: spill files are removed");
         }
+    }
+
+    /// `partitionBucketTimePeriod` (6 h in a 1 d window): both paths cut
+    /// each Pinot partition's outputs by time bucket, name each by the
+    /// bucket's part of the window, and hold the same rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partition_buckets_cut_outputs_by_time_on_both_paths() {
+        let spec = spec_with("rollup", true, json!({"partitionBucketTimePeriod": "6h"}));
+        let store: Store = Arc::new(object_store::memory::InMemory::new());
+        let segs = inputs(&spec, &store, 4, 10_000).await;
+        let window = Window { start_ms: 0, end_ms: 24 * H };
+        let spill_dir = tempfile::tempdir().unwrap();
+        let settings = small_budget(spill_dir.path().join("attempt"));
+        let (s2, st2, si) = (spec.clone(), store.clone(), stream_inputs(&segs));
+        let (streamed, _) = tokio::task::spawn_blocking(move || {
+            process_streaming(&s2, &[window], si, st2, "out/", &settings, &CancellationToken::new())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let mem_inputs: Vec<Input> = segs
+            .iter()
+            .map(|(m, b)| Input {
+                name: m.segment_name.clone(),
+                bytes: b.clone(),
+                count_null_time: true,
+                start_ms: m.start_time_ms,
+                schema_version: SchemaVersion::Current,
+            })
+            .collect();
+        let in_memory = process(&spec, &[window], mem_inputs, &CancellationToken::new(), 2).unwrap();
+        for (path, outs) in [("bounded", &streamed.outputs), ("in memory", &in_memory.outputs)] {
+            let mut buckets: BTreeMap<(i32, i64), u64> = BTreeMap::new();
+            for o in outs {
+                // f_<bucketStart>_<bucketEnd>_<partition>_<seq>: every row inside its bucket
+                let parts: Vec<&str> = o.name.split('_').collect();
+                let (start, end): (i64, i64) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+                assert_eq!(end - start, 6 * H, "{path}: {}", o.name);
+                assert!(
+                    o.start_time_ms >= start && o.end_time_ms < end,
+                    "{path}: {} holds {:?}",
+                    o.name,
+                    (o.start_time_ms, o.end_time_ms)
+                );
+                *buckets.entry((o.partition, start)).or_default() += o.num_rows;
+            }
+            assert_eq!(buckets.len(), 3 * 4, "{path}: 3 partitions x 4 buckets of 6 h: {buckets:?}");
+        }
+        let rows = |outs: &[OutputSegment]| {
+            let mut v: Vec<(i32, String, u64)> =
+                outs.iter().map(|o| (o.partition, o.name.clone(), o.num_rows)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(rows(&streamed.outputs), rows(&in_memory.outputs), "the same outputs on both paths");
+        let got = read_outputs(&store, &streamed.outputs, &spec).await;
+        let want: Vec<RecordBatch> = in_memory
+            .outputs
+            .iter()
+            .flat_map(|o| read_segment(&o.name, o.bytes.clone(), &spec.schema, 1 << 20).unwrap())
+            .collect();
+        assert_eq!(canonical(&got, &spec), canonical(&want, &spec), "the same rows");
     }
 
     /// `firstWithTime` and `lastWithTime` pick each group's value at its
@@ -1485,12 +1603,14 @@ mod tests {
                 table_schema: table.clone(),
                 work_schema: table.clone(),
                 hash_key: Some(vec![0]),
-                partition: i32::MIN,
+                partition: None,
                 carry: None,
             };
             let mut out = vec![];
             for start in (0..10).step_by(3) {
-                merger.push(-1, hashed.slice(start, 3.min(10 - start)), &mut out).unwrap();
+                merger
+                    .push(OutKey { partition: -1, bucket: None }, hashed.slice(start, 3.min(10 - start)), &mut out)
+                    .unwrap();
             }
             merger.flush(&mut out).unwrap();
             let got: Vec<RecordBatch> = out.into_iter().map(|(_, b)| b).collect();
