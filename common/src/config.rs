@@ -1300,8 +1300,8 @@ mod tests {
         assert_eq!(t.flow.buffer_ms, 16_200_000);
         assert_eq!(t.flow.round_ms, Some(3_600_000));
         assert_eq!(t.flow.partition_bucket_ms, None);
-        let t = TableSpec::from_json(config(json!({"partitionBucketTimePeriod": "6h"})), schema()).unwrap();
-        assert_eq!(t.flow.partition_bucket_ms, Some(6 * 3_600_000));
+        let p = TableSpec::from_json(config(json!({"partitionBucketTimePeriod": "6h"})), schema()).unwrap();
+        assert_eq!(p.flow.partition_bucket_ms, Some(6 * 3_600_000));
         let e = err_of(json!({"partitionBucketTimePeriod": "soon"}));
         assert!(e.contains("partitionBucketTimePeriod") && e.contains("'soon'"), "{e}");
         assert_eq!(t.flow.merge_type, MergeType::Rollup);
