@@ -30,7 +30,11 @@ creating files in the minutes after tens of thousands were deleted is several
 times slower (inode allocation skips recently deleted inodes), which would
 charge a previous run's cleanup to the next run.
 
-Usage: scripts/bench.py [--scales x1,x30] [--merges concat,rollup,dedup]
+`--merges rollup-sketch` runs the rollup with five sketch columns added
+(HLL, Theta, CPC, KLL, AvgPair; see SKETCH_AGGREGATIONS), with no peer:
+none merges sketches, so it stands beside r2o's plain rollup.
+
+Usage: scripts/bench.py [--scales x1,x30] [--merges concat,rollup,dedup,rollup-sketch]
                         [--peers duckdb,polars,duckdb-1q,polars-1p] [--bucket 1d] [--floor]
        scripts/bench.py --one-window [--merges ...]   (x30 as one window)
 """
@@ -196,10 +200,109 @@ def final_watermark(seg_dir, bucket_ms=86_400_000):
     return (end // bucket_ms + 1) * bucket_ms, sum(s["numRows"] for s in segs)
 
 
+# The sketch columns of `--merges rollup-sketch`: each REALTIME row holds one
+# flight's sketches, as Pinot's realtime servers store them, rolled up with
+# Pinot's value aggregators (the bench's plain rollup plus these).
+SKETCH_AGGREGATIONS = {
+    "tails_hll": "distinctCountHLL",
+    "tails_theta": "distinctCountThetaSketch",
+    "tails_cpc": "distinctCountCPCSketch",
+    "delay_kll": "percentileKLL",
+    "dist_avg": "avg",
+}
+
+
+def sketch_segments(seg_dir):
+    """The segments of `seg_dir` with the sketch columns added (cached in
+    `<seg_dir>-sketch`): per distinct tail number an HLL (stream-lib, log2m
+    8), a Theta and a CPC (lgK 12) sketch; per distinct dep_delay a KLL
+    sketch; per distance an AvgPair; made once per value with
+    scripts/sketch_flights.py's functions and the reference library, then
+    taken per row."""
+    out = seg_dir.rstrip("/") + "-sketch"
+    if os.path.exists(os.path.join(out, "segments.json")):
+        return out
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import struct
+
+    import datasketches as ds
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import sketch_flights as sf
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    files = sorted(f for f in os.listdir(seg_dir) if f.endswith(".parquet"))
+
+    def hll(tail):
+        regs = [0] * (1 << sf.LOG2M)
+        sf.hll_offer(regs, tail)
+        return sf.hll_bytes(regs)
+
+    def theta(tail):
+        t = ds.update_theta_sketch()
+        t.update(tail)
+        return t.compact().serialize()
+
+    def cpc(tail):
+        c = ds.cpc_sketch(12)
+        c.update(tail)
+        return c.serialize()
+
+    def kll(delay):
+        k = ds.kll_doubles_sketch(200)
+        k.update(delay)
+        return k.serialize()
+
+    cache = {}
+    for name in files:
+        t = pq.read_table(os.path.join(seg_dir, name))
+        cols = {}
+        for col, src, make in [("tails_hll", "tailnum", hll), ("tails_theta", "tailnum", theta),
+                               ("tails_cpc", "tailnum", cpc), ("delay_kll", "dep_delay", kll),
+                               ("dist_avg", "distance", lambda d: struct.pack(">dq", float(d), 1))]:
+            values = t.column(src)
+            uniq = pc.unique(values).drop_null()
+            known = cache.setdefault(col, {})
+            for v in uniq.to_pylist():
+                if v not in known:
+                    known[v] = make(v)
+            keys = pa.array(list(known.keys()), type=values.type)
+            table = pa.array(list(known.values()), type=pa.binary())
+            cols[col] = table.take(pc.index_in(values, value_set=keys))
+        for col, arr in cols.items():
+            t = t.append_column(col, arr)
+        pq.write_table(t, os.path.join(tmp, name), compression="zstd", row_group_size=65536)
+    shutil.copy(os.path.join(seg_dir, "segments.json"), os.path.join(tmp, "segments.json"))
+    os.rename(tmp, out)
+    return out
+
+
+def table_schema(merge, bench_dir, work):
+    """The bench's schema, with the sketch metrics for `rollup-sketch`."""
+    path = os.path.join(bench_dir, "schema.json")
+    if merge != "rollup-sketch":
+        return path
+    with open(path) as f:
+        schema = json.load(f)
+    schema["metricFieldSpecs"] += [{"name": c, "dataType": "BYTES"} for c in SKETCH_AGGREGATIONS]
+    path = os.path.join(work, "schema-sketch.json")
+    with open(path, "w") as f:
+        json.dump(schema, f)
+    return path
+
+
 def table_config(merge, bench_dir, work, bucket):
-    """The bench's table config for `merge`, with `bucket` as bucketTimePeriod."""
-    with open(os.path.join(bench_dir, f"table-{merge}.json")) as f:
+    """The bench's table config for `merge`, with `bucket` as bucketTimePeriod
+    (`rollup-sketch`: the rollup's, plus the sketch columns' aggregations)."""
+    with open(os.path.join(bench_dir, f"table-{merge.removesuffix('-sketch')}.json")) as f:
         config = json.load(f)
+    task = config["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]
+    if merge == "rollup-sketch":
+        task.update({f"{c}.aggregationType": a for c, a in SKETCH_AGGREGATIONS.items()})
     config["task"]["taskTypeConfigsMap"]["RealtimeToOfflineSegmentsTask"]["bucketTimePeriod"] = bucket
     path = os.path.join(work, f"table-{merge}-{bucket}.json")
     with open(path, "w") as f:
@@ -212,7 +315,7 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None
     c = Cluster(os.path.join(work, f"r2o-{tag}"), bench_dir, minion_env, insecure)
     try:
         c.cli("table", "add", "--config", table_config(merge, bench_dir, work, bucket),
-              "--schema", os.path.join(bench_dir, "schema.json"), "--paused")
+              "--schema", table_schema(merge, bench_dir, work), "--paused")
         t0 = time.perf_counter()
         c.cli("segment", "add", "--table", "flights", "--dir", seg_dir, "--end-of-stream")
         registration = time.perf_counter() - t0
@@ -518,8 +621,12 @@ def main():
             subprocess.run([PY, os.path.join(bench_dir, "gen_flights.py"), seg_dir, "--scale", n], check=True)
         for merge in args.merges.split(","):
             print(f"bench: r2o {scale} {merge}", file=sys.stderr)
+            segs = seg_dir
+            if merge == "rollup-sketch":
+                print(f"bench: adding the sketch columns to {scale}", file=sys.stderr)
+                segs = sketch_segments(seg_dir)
             try:
-                r = run_r2o(scale, merge, seg_dir, runs, bench_dir, args.bucket, minion_env)
+                r = run_r2o(scale, merge, segs, runs, bench_dir, args.bucket, minion_env)
             except RuntimeError as e:
                 print(f"bench: r2o {scale} {merge} failed: {e}", file=sys.stderr)
                 failures.append(f"r2o {scale} {merge}: {e}")
@@ -534,7 +641,8 @@ def main():
                 print(f"bench: floor {scale}", file=sys.stderr)
                 floor = run_floor(floor_bin, scale, seg_dir, runs, args.bucket)
             peers = []
-            for tool in [t for t in args.peers.split(",") if t]:
+            # no peer merges sketches: the sketch rollup stands beside r2o's plain rollup
+            for tool in [t for t in args.peers.split(",") if t and merge != "rollup-sketch"]:
                 print(f"bench: {tool} {scale} {merge}", file=sys.stderr)
                 peers.append(run_peer(tool, scale, merge, seg_dir, runs, bench_dir, args.bucket))
             if r is None:
