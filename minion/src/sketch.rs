@@ -496,6 +496,21 @@ mod tests {
         [vec![p as u8], r].concat()
     }
 
+    /// Bytes derived by hand from the Java sources: an AvgPair is
+    /// `ByteBuffer.putDouble(sum).putLong(count)` (big-endian); a ULL of p 3
+    /// after `add(0x8000_0000_0000_0000)`: the index is the top 3 bits (4),
+    /// the rest `~(~h << 3)` = 7 has 61 leading zeros, so the hash prefix is
+    /// `1 << (61 + 3 - 1)` = 2^63, which `pack` writes as
+    /// `(-1 << 2) | 0` = 0xFC.
+    #[test]
+    fn avg_pair_and_ull_bytes_are_the_java_sources() {
+        let pair = [1.5f64.to_be_bytes(), 2i64.to_be_bytes()].concat();
+        assert_eq!(pair, [0x3F, 0xF8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        assert_eq!(read_avg(&pair).unwrap(), (1.5, 2));
+        assert_eq!(ull(3, &[1 << 63]), [3, 0, 0, 0, 0, 0xFC, 0, 0, 0]);
+        assert_eq!(ull_unpack(0xFC), 1 << 63);
+    }
+
     #[test]
     fn ull_pack_and_unpack_are_hash4js() {
         // hash4j's register encoding: 4 * (nlz-based exponent) + 2 bits of history
