@@ -33,7 +33,9 @@ async fn table_add_validates_and_stores_nothing_on_error() {
         (json!({"bufferTimePeriod": "-1d"}), vec!["bufferTimePeriod", "'-1d'", "Pinot period such as 0d"]),
         (json!({"mergeType": "merge"}), vec!["mergeType", "'merge'", "concat, rollup or dedup"]),
         (json!({"d.aggregationType": "sum"}), vec!["d.aggregationType", "'d'", "metricFieldSpecs"]),
-        (json!({"m.aggregationType": "median"}), vec!["m.aggregationType", "'median'", "sum, min or max"]),
+        (json!({"m.aggregationType": "median"}), vec!["m.aggregationType", "'median'", "sum, min, max, avg"]),
+        (json!({"m.aggregationType": "distinctCountHLL"}), vec!["m.aggregationType", "BYTES", "'m' is LONG"]),
+        (json!({"m.aggregationType": "distinctCountHLLPlus"}), vec!["'distinctCountHLLPlus'", "no value aggregator"]),
     ];
     for (i, (task, words)) in cases.into_iter().enumerate() {
         let p = write(d, &format!("bad{i}.json"), &config(task));
