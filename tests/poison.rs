@@ -311,8 +311,9 @@ async fn sketch_rollups_merge_like_pinots_and_a_malformed_sketch_fails_its_windo
     cluster.cli(&["segment", "add", "--table", "skz", "--file", f.to_str().unwrap(), "--name", "skz__0__0"]);
 
     // the expected groups: (hour, carrier) -> (ids, registers, sum, count, rows)
-    let mut want: std::collections::BTreeMap<(i64, &str), (std::collections::BTreeSet<u64>, Vec<u32>, f64, i64, i64)> =
-        Default::default();
+    // (hour, carrier) -> (user ids, HLL registers, AvgPair sum, AvgPair count, rows)
+    type Group = (std::collections::BTreeSet<u64>, Vec<u32>, f64, i64, i64);
+    let mut want: std::collections::BTreeMap<(i64, &str), Group> = Default::default();
     for r in &rows {
         let g = want.entry((r.0, r.1)).or_insert_with(|| (Default::default(), vec![0; 256], 0.0, 0, 0));
         g.0.extend(&r.2);

@@ -79,7 +79,7 @@ pub fn hll_words(count: u32) -> usize {
     let bits = count / 6;
     if bits == 0 {
         1
-    } else if bits % 32 == 0 {
+    } else if bits.is_multiple_of(32) {
         bits as usize
     } else {
         bits as usize + 1
@@ -90,7 +90,7 @@ pub fn hll_words(count: u32) -> usize {
 /// lines 202-218: big-endian `log2m`, the register bytes' length, then the
 /// register words), checking every length.
 fn read_hll(bytes: &[u8]) -> Result<(u32, Vec<u32>), String> {
-    if bytes.len() < 8 || bytes.len() % 4 != 0 {
+    if bytes.len() < 8 || !bytes.len().is_multiple_of(4) {
         return Err(format!("{} bytes, not 8 bytes of header then whole 32-bit words", bytes.len()));
     }
     let int = |i: usize| u32::from_be_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);

@@ -1370,7 +1370,9 @@ mod tests {
         let store: Store = Arc::new(object_store::memory::InMemory::new());
         // 6 segments of 20,000 rows; every time distinct and shuffled over the day
         let mut segs = vec![];
-        let mut want: BTreeMap<(String, i64), ((i64, f64), (i64, Vec<u8>), i64)> = BTreeMap::new();
+        // (carrier, hour) -> ((latest time, its delay), (earliest time, its origin), rows)
+        type Picks = ((i64, f64), (i64, Vec<u8>), i64);
+        let mut want: BTreeMap<(String, i64), Picks> = BTreeMap::new();
         for s in 0..6i64 {
             let (mut carrier, mut delay, mut origin, mut ts) = (vec![], vec![], vec![], vec![]);
             for r in 0..20_000i64 {
