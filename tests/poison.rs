@@ -33,6 +33,17 @@ fn hour_batch(hour: i64) -> RecordBatch {
     .unwrap()
 }
 
+/// Registers `files` as the segments `<table>__0__<i>` of `table`, with
+/// `extra` arguments (`--status CONSUMING`).
+fn add_segments(cluster: &Cluster, table: &str, files: &[std::path::PathBuf], extra: &[&str]) {
+    for (i, f) in files.iter().enumerate() {
+        let name = format!("{table}__0__{i}");
+        let mut args = vec!["segment", "add", "--table", table, "--file", f.to_str().unwrap(), "--name", &name];
+        args.extend_from_slice(extra);
+        cluster.cli(&args);
+    }
+}
+
 async fn tasks(cluster: &Cluster, table: &str) -> Vec<pb::Task> {
     cluster.client().await.list_tasks(pb::ListTasksRequest { table: table.into() }).await.unwrap().into_inner().tasks
 }
@@ -87,20 +98,7 @@ async fn poisoned_segment_fails_its_window_and_holds_only_its_table() {
         })
         .collect();
     for t in ["good", "bad"] {
-        for (h, f) in files.iter().enumerate() {
-            cluster.cli(&[
-                "segment",
-                "add",
-                "--table",
-                t,
-                "--file",
-                f.to_str().unwrap(),
-                "--status",
-                "CONSUMING",
-                "--name",
-                &format!("{t}__0__{h}"),
-            ]);
-        }
+        add_segments(&cluster, t, &files, &["--status", "CONSUMING"]);
     }
     // poison bad's middle segment in the store, then let the segments complete
     let poisoned = cluster.segment_file("bad", "bad__0__1").await;
@@ -288,18 +286,7 @@ async fn sketch_rollups_merge_like_pinots_and_a_malformed_sketch_fails_its_windo
         .map(|(k, p)| cluster.parquet_file(&format!("sk{k}.parquet"), &sketch_batch(p)))
         .collect();
     for t in ["skx", "sky"] {
-        for (k, f) in files.iter().enumerate() {
-            cluster.cli(&[
-                "segment",
-                "add",
-                "--table",
-                t,
-                "--file",
-                f.to_str().unwrap(),
-                "--name",
-                &format!("{t}__0__{k}"),
-            ]);
-        }
+        add_segments(&cluster, t, &files, &[]);
     }
     // skz: row 5 of its only segment holds 3 bytes where an HLL belongs
     let mut bad = sketch_batch(&indexed[..40]);

@@ -1191,6 +1191,40 @@ mod tests {
         segs.iter().map(|(m, _)| StreamInput { meta: m.clone(), count_null_time: true }).collect()
     }
 
+    /// One window on both paths: bounded under `settings` (its outputs
+    /// written to `store` under `out/`), and in memory on two threads.
+    async fn both_paths(
+        spec: &TableSpec,
+        store: &Store,
+        segs: &[(SegmentMeta, bytes::Bytes)],
+        window: Window,
+        settings: StreamSettings,
+    ) -> ((Processed, SpillStats), Processed) {
+        let (s2, st2, si) = (spec.clone(), store.clone(), stream_inputs(segs));
+        let streamed = tokio::task::spawn_blocking(move || {
+            process_streaming(&s2, &[window], si, st2, "out/", &settings, &CancellationToken::new())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let mem_inputs: Vec<Input> = segs
+            .iter()
+            .map(|(m, b)| Input {
+                name: m.segment_name.clone(),
+                bytes: b.clone(),
+                count_null_time: true,
+                start_ms: m.start_time_ms,
+                schema_version: SchemaVersion::Current,
+            })
+            .collect();
+        (streamed, process(spec, &[window], mem_inputs, &CancellationToken::new(), 2).unwrap())
+    }
+
+    /// The rows of the in-memory path's outputs (encoded, not written).
+    fn read_in_memory(outputs: &[OutputSegment], spec: &TableSpec) -> Vec<RecordBatch> {
+        outputs.iter().flat_map(|o| read_segment(&o.name, o.bytes.clone(), &spec.schema, 1 << 20).unwrap()).collect()
+    }
+
     fn files_under(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir).map_or(0, |entries| {
             entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
@@ -1234,26 +1268,8 @@ mod tests {
             let window = Window { start_ms: 0, end_ms: 24 * H };
             let spill_dir = tempfile::tempdir().unwrap();
             let settings = small_budget(spill_dir.path().join("attempt"));
-            let stream_inputs = stream_inputs(&segs);
-            let (s2, st2) = (spec.clone(), store.clone());
-            let (streamed, spill) = tokio::task::spawn_blocking(move || {
-                process_streaming(&s2, &[window], stream_inputs, st2, "out/", &settings, &CancellationToken::new())
-            })
-            .await
-            .unwrap()
-            .unwrap();
+            let ((streamed, spill), in_memory) = both_paths(&spec, &store, &segs, window, settings).await;
             assert!(spill.spill_count > 0 && spill.spilled_bytes > 0, "{merge}: the sort spilled: {spill:?}");
-            let mem_inputs: Vec<Input> = segs
-                .iter()
-                .map(|(m, b)| Input {
-                    name: m.segment_name.clone(),
-                    bytes: b.clone(),
-                    count_null_time: true,
-                    start_ms: m.start_time_ms,
-                    schema_version: SchemaVersion::Current,
-                })
-                .collect();
-            let in_memory = process(&spec, &[window], mem_inputs, &CancellationToken::new(), 2).unwrap();
             assert_eq!(streamed.rows_in, in_memory.rows_in, "{merge}");
             assert_eq!(streamed.rows_in, 12 * 20_000 - 12 * 400, "{merge}: the day-1 rows are outside");
             assert_eq!(streamed.rows_out, in_memory.rows_out, "{merge}");
@@ -1267,11 +1283,7 @@ mod tests {
             names.dedup();
             assert_eq!(names.len(), streamed.outputs.len(), "{merge}: output names are unique");
             let got = read_outputs(&store, &streamed.outputs, &spec).await;
-            let want: Vec<RecordBatch> = in_memory
-                .outputs
-                .iter()
-                .flat_map(|o| read_segment(&o.name, o.bytes.clone(), &spec.schema, 1 << 20).unwrap())
-                .collect();
+            let want = read_in_memory(&in_memory.outputs, &spec);
             assert_eq!(canonical(&got, &spec), canonical(&want, &spec), "{merge}: the same rows");
             // the same partitions: every output's rows belong to its partition
             let parts = |outs: &[OutputSegment]| {
@@ -1297,24 +1309,7 @@ mod tests {
         let window = Window { start_ms: 0, end_ms: 24 * H };
         let spill_dir = tempfile::tempdir().unwrap();
         let settings = small_budget(spill_dir.path().join("attempt"));
-        let (s2, st2, si) = (spec.clone(), store.clone(), stream_inputs(&segs));
-        let (streamed, _) = tokio::task::spawn_blocking(move || {
-            process_streaming(&s2, &[window], si, st2, "out/", &settings, &CancellationToken::new())
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        let mem_inputs: Vec<Input> = segs
-            .iter()
-            .map(|(m, b)| Input {
-                name: m.segment_name.clone(),
-                bytes: b.clone(),
-                count_null_time: true,
-                start_ms: m.start_time_ms,
-                schema_version: SchemaVersion::Current,
-            })
-            .collect();
-        let in_memory = process(&spec, &[window], mem_inputs, &CancellationToken::new(), 2).unwrap();
+        let ((streamed, _), in_memory) = both_paths(&spec, &store, &segs, window, settings).await;
         for (path, outs) in [("bounded", &streamed.outputs), ("in memory", &in_memory.outputs)] {
             let mut buckets: BTreeMap<(i32, i64), u64> = BTreeMap::new();
             for o in outs {
@@ -1340,11 +1335,7 @@ mod tests {
         };
         assert_eq!(rows(&streamed.outputs), rows(&in_memory.outputs), "the same outputs on both paths");
         let got = read_outputs(&store, &streamed.outputs, &spec).await;
-        let want: Vec<RecordBatch> = in_memory
-            .outputs
-            .iter()
-            .flat_map(|o| read_segment(&o.name, o.bytes.clone(), &spec.schema, 1 << 20).unwrap())
-            .collect();
+        let want = read_in_memory(&in_memory.outputs, &spec);
         assert_eq!(canonical(&got, &spec), canonical(&want, &spec), "the same rows");
     }
 
@@ -1427,36 +1418,15 @@ mod tests {
         let spill_dir = tempfile::tempdir().unwrap();
         let settings =
             StreamSettings { memory_bytes: 2 << 20, spill_dir: spill_dir.path().join("a"), threads: 2, split: None };
-        let (s2, st2, si) = (spec.clone(), store.clone(), stream_inputs(&segs));
-        let (streamed, spill) = tokio::task::spawn_blocking(move || {
-            process_streaming(&s2, &[window], si, st2, "out/", &settings, &CancellationToken::new())
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let ((streamed, spill), in_memory) = both_paths(&spec, &store, &segs, window, settings).await;
         assert!(spill.spill_count > 0, "the sort spilled: {spill:?}");
-        let mem_inputs: Vec<Input> = segs
-            .iter()
-            .map(|(m, b)| Input {
-                name: m.segment_name.clone(),
-                bytes: b.clone(),
-                count_null_time: true,
-                start_ms: m.start_time_ms,
-                schema_version: SchemaVersion::Current,
-            })
-            .collect();
-        let in_memory = process(&spec, &[window], mem_inputs, &CancellationToken::new(), 2).unwrap();
         let mut streamed_rows = vec![];
         for o in &streamed.outputs {
             let (location, _) = o.written.clone().unwrap();
             let bytes = r2o_common::store::get_bytes(&store, &location).await.unwrap();
             streamed_rows.extend(read_segment(&o.name, bytes, &spec.schema, 1 << 20).unwrap());
         }
-        let memory_rows: Vec<RecordBatch> = in_memory
-            .outputs
-            .iter()
-            .flat_map(|o| read_segment(&o.name, o.bytes.clone(), &spec.schema, 1 << 20).unwrap())
-            .collect();
+        let memory_rows = read_in_memory(&in_memory.outputs, &spec);
         for (path, batches) in [("bounded", streamed_rows), ("in memory", memory_rows)] {
             let mut seen = 0;
             for b in &batches {
