@@ -1157,29 +1157,39 @@ mod tests {
                     Arc::new(StringArray::from(origin)),
                     Arc::new(Float64Array::from(delay)),
                     Arc::new(Int64Array::from(n)),
-                    Arc::new(TimestampMillisecondArray::from(ts.clone())),
+                    Arc::new(TimestampMillisecondArray::from(ts)),
                 ],
             )
             .unwrap();
-            let bytes = write_parquet_with(&spec.schema.arrow_schema(), &[batch], REALTIME_ROW_GROUP_ROWS).unwrap();
-            let location = format!("realtime/s{s}.parquet");
-            r2o_common::store::put_bytes(store, &location, bytes.clone()).await.unwrap();
-            let meta = SegmentMeta {
-                segment_name: format!("s{s}"),
-                table_name: "f_REALTIME".into(),
-                status: SegmentStatus::Done,
-                start_time_ms: *ts.iter().min().unwrap(),
-                end_time_ms: *ts.iter().max().unwrap(),
-                total_docs: rows as u64,
-                size_bytes: bytes.len() as u64,
-                schema_fingerprint: spec.schema.fingerprint(),
-                location,
-                partition: 0,
-                ..Default::default()
-            };
-            out.push((meta, bytes));
+            out.push(put_segment(spec, store, s, batch).await);
         }
         out
+    }
+
+    /// Writes `batch` to `store` as the DONE REALTIME segment `s<s>`; its
+    /// metadata (time range from the `ts` column) and bytes.
+    async fn put_segment(spec: &TableSpec, store: &Store, s: usize, batch: RecordBatch) -> (SegmentMeta, bytes::Bytes) {
+        let ts = batch.column_by_name("ts").unwrap().as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let (lo, hi) = (ts.values().iter().min().copied(), ts.values().iter().max().copied());
+        let bytes =
+            write_parquet_with(&spec.schema.arrow_schema(), std::slice::from_ref(&batch), REALTIME_ROW_GROUP_ROWS)
+                .unwrap();
+        let location = format!("realtime/s{s}.parquet");
+        r2o_common::store::put_bytes(store, &location, bytes.clone()).await.unwrap();
+        let meta = SegmentMeta {
+            segment_name: format!("s{s}"),
+            table_name: "f_REALTIME".into(),
+            status: SegmentStatus::Done,
+            start_time_ms: lo.unwrap(),
+            end_time_ms: hi.unwrap(),
+            total_docs: batch.num_rows() as u64,
+            size_bytes: bytes.len() as u64,
+            schema_fingerprint: spec.schema.fingerprint(),
+            location,
+            partition: 0,
+            ..Default::default()
+        };
+        (meta, bytes)
     }
 
     /// The tests' settings: a 2 MiB sort budget, two threads, spilling under `spill_dir`.
@@ -1392,27 +1402,11 @@ mod tests {
                     Arc::new(Float64Array::from(delay)),
                     Arc::new(arrow::array::BinaryArray::from_iter_values(origin)),
                     Arc::new(Int64Array::from(vec![1i64; 20_000])),
-                    Arc::new(TimestampMillisecondArray::from(ts.clone())),
+                    Arc::new(TimestampMillisecondArray::from(ts)),
                 ],
             )
             .unwrap();
-            let bytes = write_parquet_with(&spec.schema.arrow_schema(), &[batch], REALTIME_ROW_GROUP_ROWS).unwrap();
-            let location = format!("realtime/s{s}.parquet");
-            r2o_common::store::put_bytes(&store, &location, bytes.clone()).await.unwrap();
-            let meta = SegmentMeta {
-                segment_name: format!("s{s}"),
-                table_name: "f_REALTIME".into(),
-                status: SegmentStatus::Done,
-                start_time_ms: *ts.iter().min().unwrap(),
-                end_time_ms: *ts.iter().max().unwrap(),
-                total_docs: 20_000,
-                size_bytes: bytes.len() as u64,
-                schema_fingerprint: spec.schema.fingerprint(),
-                location,
-                partition: 0,
-                ..Default::default()
-            };
-            segs.push((meta, bytes));
+            segs.push(put_segment(&spec, &store, s as usize, batch).await);
         }
         let window = Window { start_ms: 0, end_ms: 24 * H };
         let spill_dir = tempfile::tempdir().unwrap();
