@@ -1184,6 +1184,7 @@ fn split_by_window(
             continue;
         }
         check_rows(segment, &piece, &spec.schema, &spec.flow.time_column, spec.flow.allow_nan)?;
+        crate::sketch::check_batch(segment, &piece, spec)?;
         out[i].push(piece);
     }
     Ok(filtered)
@@ -1294,7 +1295,6 @@ pub fn process_part(
                 if input.count_null_time {
                     result.rows_null_time += col.null_count() as u64;
                 }
-                crate::sketch::check_batch(&input.name, &b, spec)?;
                 let ms = time_ms(col, format)?;
                 let filtered = split_by_window(&input.name, &b, &ms, windows, &mut per_window, spec)?;
                 if SubTask::counts_filtered(split) {

@@ -229,14 +229,15 @@ pub fn check(agg: AggregationType, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Checks every value of the bytes-backed metrics of a rollup table in one
-/// batch read from `segment`, so that a malformed sketch fails its window
-/// before anything is merged or written. Other tables: nothing to check
-/// (their values are moved, not read).
+/// batch of the rows that move from `segment` (inside the task's windows,
+/// kept by `offloadPredicate`), beside the staged-data checks, so that a
+/// malformed sketch fails its window before anything is merged or written.
+/// Other tables: nothing to check (their values are moved, not read).
 ///
 /// # Errors
 /// [`Error::Segment`] naming the segment, the column, what its values must
-/// be, the first bad row (its index in the rows read, and its time value)
-/// and what is wrong with it.
+/// be, the first bad row (its index among the rows checked, and its time
+/// value) and what is wrong with it.
 pub fn check_batch(segment: &str, batch: &RecordBatch, spec: &TableSpec) -> Result<(), Error> {
     if spec.flow.merge_type != MergeType::Rollup {
         return Ok(());
@@ -264,7 +265,7 @@ pub fn check_batch(segment: &str, batch: &RecordBatch, spec: &TableSpec) -> Resu
                 return Err(Error::Segment {
                     segment: segment.to_string(),
                     problem: format!(
-                        "column '{column}' must hold {} (its aggregationType), but row {i} of the rows read{time} \
+                        "column '{column}' must hold {} (its aggregationType), but row {i} of the rows moved{time} \
                          is not one: {problem}",
                         describe(*agg)
                     ),

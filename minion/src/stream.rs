@@ -345,7 +345,6 @@ impl Ctx {
                 self.check()?;
                 let b = b.map_err(|e| seg_err(format!("corrupt data: {e}")))?;
                 let b = conform_batch_in(name, &b, &self.spec.schema, &self.table_schema, Some(&filter))?;
-                crate::sketch::check_batch(name, &b, &self.spec)?;
                 if input.count_null_time {
                     let nulls = b.column_by_name(time_col).map_or(0, |c| c.null_count() as u64);
                     stats.lock().unwrap_or_else(|p| p.into_inner()).rows_null_time += nulls;
@@ -366,6 +365,7 @@ impl Ctx {
                     continue;
                 }
                 r2o_common::columnar::check_rows(name, &kept, &self.spec.schema, time_col, self.spec.flow.allow_nan)?;
+                crate::sketch::check_batch(name, &kept, &self.spec)?;
                 // small segments give small batches: gather a full batch before
                 // the per-batch stages and the sort see it
                 pending_rows += kept.num_rows();
