@@ -1701,6 +1701,40 @@ mod tests {
         assert!(encode_pieces(&schema, &b, 3_000, Some(u64::MAX)).unwrap().iter().all(|(p, _)| p.num_rows() <= 3_000));
     }
 
+    /// A malformed sketch fails its window only if it moves: a bad value
+    /// outside the task's windows is not read as a sketch at all.
+    #[test]
+    fn only_the_rows_that_move_are_checked_for_their_sketches() {
+        let s = TableSpec::from_json(
+            json!({"tableName": "f", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                   "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": {
+                       "mergeType": "rollup", "users.aggregationType": "distinctCountHLL"}}}}),
+            json!({"dimensionFieldSpecs": [{"name": "carrier", "dataType": "STRING"}],
+                   "metricFieldSpecs": [{"name": "users", "dataType": "BYTES"}],
+                   "dateTimeFieldSpecs": [{"name": "ts", "dataType": "TIMESTAMP", "format": "TIMESTAMP"}]}),
+        )
+        .unwrap();
+        // an empty HLL of log2m 4: header (4, 12), three zero words
+        let hll: Vec<u8> = [vec![0, 0, 0, 4, 0, 0, 0, 12], vec![0; 12]].concat();
+        let seg = |bad_at: i64| {
+            let b = RecordBatch::try_new(
+                s.schema.arrow_schema(),
+                vec![
+                    Arc::new(StringArray::from(vec!["a", "a"])),
+                    Arc::new(arrow::array::BinaryArray::from_iter_values([hll.clone(), vec![1, 2, 3]])),
+                    Arc::new(TimestampMillisecondArray::from(vec![600_000, bad_at])),
+                ],
+            )
+            .unwrap();
+            input("seg", write_parquet(&s.schema.arrow_schema(), &[b]).unwrap())
+        };
+        let w = [Window { start_ms: 0, end_ms: H }];
+        let out = process(&s, &w, vec![seg(2 * H)], &CancellationToken::new(), 1).unwrap();
+        assert_eq!((out.rows_in, out.rows_out), (1, 1), "the bad value lies in a later window");
+        let e = process(&s, &w, vec![seg(H / 2)], &CancellationToken::new(), 1).unwrap_err().to_string();
+        assert!(e.contains("'seg'") && e.contains("column 'users'") && e.contains("row 1 "), "{e}");
+    }
+
     #[test]
     fn rollup_sums_in_the_columns_own_type_like_pinot() {
         // INT wraps in 32 bits (Java int addition), never turning into NULL;
