@@ -18,6 +18,9 @@
             its 3-sigma bounds hold the exact count
         delay_kll (percentileKLL): read by `datasketches`; n is the count and
             the rank of DuckDB's exact median and p99 is exact (n < K)
+        delay_td (percentileTDigest): t-digest MergingDigest bytes, read here
+            (MergingDigest.fromBytes): total weight = count, min and max
+            exact, median and p99 within K_1's centroid size
         tails_hll (distinctCountHLL): stream-lib HyperLogLog bytes, rebuilt
             here from the group's tail numbers with stream-lib's MurmurHash
             and offer (HyperLogLog.java, MurmurHash.java): the registers
@@ -33,6 +36,7 @@
 """
 import hashlib
 import json
+import math
 import pathlib
 import struct
 import sys
@@ -128,6 +132,23 @@ def ull_add(registers, h):
     registers[idx] = ull_pack(ull_unpack(registers[idx]) | (1 << (nlz + p - 1)))
 
 
+def tdigest_bytes(value):
+    """A one-value t-digest as MergingDigest.asBytes writes it (verbose)."""
+    return struct.pack(">iddd", 1, value, value, 100.0) + struct.pack(">idd", 1, 1.0, value)
+
+
+def tdigest_read(data):
+    """MergingDigest.fromBytes: (compression, min, max, [(weight, mean)])."""
+    enc = struct.unpack(">i", data[:4])[0]
+    if enc == 1:
+        lo, hi, c, n = struct.unpack(">dddi", data[4:32])
+        cs = [struct.unpack(">dd", data[32 + 16 * i : 48 + 16 * i]) for i in range(n)]
+    else:
+        lo, hi, c, _, _, n = struct.unpack(">ddfhhh", data[4:30])
+        cs = [struct.unpack(">ff", data[30 + 8 * i : 38 + 8 * i]) for i in range(n)]
+    return c, lo, hi, cs
+
+
 def hash64(value):
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little")
 
@@ -155,7 +176,8 @@ def make(out):
     )
     con.execute(
         "CREATE TABLE rt (carrier VARCHAR, tails_hll BLOB, tails_theta BLOB, tails_cpc BLOB, tails_ull BLOB, "
-        "delay_kll BLOB, dist_avg BLOB, first_delay DOUBLE, last_delay DOUBLE, flights BIGINT, ts BIGINT, seg INTEGER)"
+        "delay_kll BLOB, delay_td BLOB, dist_avg BLOB, first_delay DOUBLE, last_delay DOUBLE, flights BIGINT, "
+        "ts BIGINT, seg INTEGER)"
     )
     per_seg = (len(rows) + 7) // 8
     src, rt = [], []
@@ -176,15 +198,16 @@ def make(out):
             u = [0] * (1 << ULL_P)
             ull_add(u, hash64(tail))
             ull = bytes([ULL_P]) + bytes(u)
-        kll = None
+        kll = td = None
         if delay is not None:
             k = ds.kll_doubles_sketch(200)
             k.update(delay)
             kll = k.serialize()
+            td = tdigest_bytes(delay)
         avg = struct.pack(">dq", dist, 1)
-        rt.append((carrier, hll, theta, cpc, ull, kll, avg, delay, delay, 1, ts, seg))
+        rt.append((carrier, hll, theta, cpc, ull, kll, td, avg, delay, delay, 1, ts, seg))
     con.executemany("INSERT INTO src VALUES (?, ?, ?, ?, ?, ?)", src)
-    con.executemany("INSERT INTO rt VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rt)
+    con.executemany("INSERT INTO rt VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rt)
     con.execute(f"COPY (SELECT * EXCLUDE (seg) FROM src) TO '{out / 'source.parquet'}' (FORMAT parquet)")
     segs = con.execute("SELECT DISTINCT seg FROM rt ORDER BY seg").fetchall()
     for (s,) in segs:
@@ -197,7 +220,7 @@ def make(out):
         "dimensionFieldSpecs": [{"name": "carrier", "dataType": "STRING"}],
         "metricFieldSpecs": [
             {"name": n, "dataType": "BYTES"}
-            for n in ["tails_hll", "tails_theta", "tails_cpc", "tails_ull", "delay_kll", "dist_avg"]
+            for n in ["tails_hll", "tails_theta", "tails_cpc", "tails_ull", "delay_kll", "delay_td", "dist_avg"]
         ]
         + [{"name": n, "dataType": "DOUBLE"} for n in ["first_delay", "last_delay"]]
         + [{"name": "flights", "dataType": "LONG"}],
@@ -215,6 +238,7 @@ def make(out):
         "tails_cpc.aggregationType": "distinctCountCPCSketch",
         "tails_ull.aggregationType": "distinctCountULL",
         "delay_kll.aggregationType": "percentileKLL",
+        "delay_td.aggregationType": "percentileTDigest",
         "dist_avg.aggregationType": "avg",
         "first_delay.aggregationType": "firstWithTime",
         "last_delay.aggregationType": "lastWithTime",
@@ -253,7 +277,7 @@ def check(out, files):
         ).fetchall()
     }
     got = con.execute(
-        "SELECT carrier, ts, tails_hll, tails_theta, tails_cpc, tails_ull, delay_kll, dist_avg, first_delay, "
+        "SELECT carrier, ts, tails_hll, tails_theta, tails_cpc, tails_ull, delay_kll, delay_td, dist_avg, first_delay, "
         f"last_delay, flights FROM read_parquet({[str(f) for f in files]!r})"
     ).fetchall()
     problems = []
@@ -285,7 +309,7 @@ def check(out, files):
 
 def check_group(key, row, rows, exact, problem):
     """Checks one OFFLINE row against the source rows of its group."""
-    _, _, hll, theta, cpc, ull, kll, avg, first, last, flights = row
+    _, _, hll, theta, cpc, ull, kll, td, avg, first, last, flights = row
     count, distinct = exact
     tails = [t for _, t, _, _ in rows if t is not None]
     if flights != count:
@@ -318,6 +342,26 @@ def check_group(key, row, rows, exact, problem):
             want = sum(1 for d in delays if d <= v) / len(delays)
             if abs(k.get_rank(v, True) - want) > 1e-12:
                 problem(key, f"KLL rank of {v}: {k.get_rank(v, True)}, exact {want}")
+        c, lo, hi, cs = tdigest_read(bytes(td))
+        if (sum(w for w, _ in cs), lo, hi, c) != (len(delays), delays[0], delays[-1], 100.0):
+            problem(key, f"t-digest weight {sum(w for w, _ in cs)}, min {lo}, max {hi}, compression {c}")
+        if any(cs[i][1] > cs[i + 1][1] for i in range(len(cs) - 1)):
+            problem(key, "t-digest centroids out of order")
+        for q in (0.5, 0.99):
+            # the mean of the centroid holding rank q: its exact rank is within
+            # K_1's largest centroid there (2 sin(pi / 100) sqrt(q (1 - q)) of
+            # the weight) and a value's width of q
+            seen, est = 0.0, hi
+            for w, m in cs:
+                if seen + w >= q * len(delays):
+                    est = m
+                    break
+                seen += w
+            slack = 2 * math.sin(math.pi / 100) * math.sqrt(q * (1 - q)) + 2 / len(delays)
+            below = sum(1 for d in delays if d < est) / len(delays)
+            upto = sum(1 for d in delays if d <= est) / len(delays)
+            if below > q + slack or upto < q - slack:
+                problem(key, f"t-digest q{q}: {est} has ranks {below}..{upto}, beyond {q} +- {slack:.3f}")
     s, n = struct.unpack(">dq", bytes(avg))
     dists = [d for _, _, _, d in rows]
     if n != len(dists) or abs(s - sum(dists)) > 1e-9 * max(1.0, abs(sum(dists))):

@@ -27,6 +27,8 @@ pub const DEFAULT_CPC_LG_K: u8 = 12;
 pub const DEFAULT_ULL_P: u8 = 12;
 /// Pinot's default `K` of KLL unions (`DEFAULT_KLL_SKETCH_K`).
 pub const DEFAULT_KLL_K: u16 = 200;
+/// Pinot's default t-digest compression (`PercentileTDigestAggregationFunction.DEFAULT_TDIGEST_COMPRESSION`).
+pub const DEFAULT_TDIGEST_COMPRESSION: u32 = 100;
 
 /// A metric's aggregation in rollup (`<metric>.aggregationType`), with the
 /// parameters its merge uses.
@@ -78,6 +80,14 @@ pub enum AggregationType {
         /// `K`, 8..=65535 (default 200).
         k: u16,
     },
+    /// `percentileTDigest` / `percentileRawTDigest`: t-digest
+    /// `MergingDigest` bytes (Pinot's `TDigestUtils`); merged by
+    /// recompressing every centroid with the K_1 scale function at
+    /// `compression`.
+    TDigest {
+        /// `compressionFactor`, 10..=10000 (default 100).
+        compression: u32,
+    },
     /// `firstWithTime`: the value of the group's row with the earliest
     /// original (pre-rounding) time, of a metric of any type (Pinot's
     /// `FirstWithTimeValueAggregator`).
@@ -113,7 +123,7 @@ const ACCEPTED: &str = "sum, min, max, avg, distinctCountHLL, distinctCountRawHL
      distinctCountRawThetaSketch, distinctCountTupleSketch, distinctCountRawIntegerSumTupleSketch, \
      sumValuesIntegerSumTupleSketch, avgValueIntegerSumTupleSketch, distinctCountCPCSketch, \
      distinctCountRawCPCSketch, distinctCountULL, distinctCountRawULL, percentileKLL, percentileRawKLL, \
-     firstWithTime, lastWithTime";
+     percentileTDigest, percentileRawTDigest, firstWithTime, lastWithTime";
 
 /// Parses one `<metric>.aggregationType` with its parameters and checks it
 /// against the schema, as Pinot's task validation does: the column must be
@@ -173,11 +183,7 @@ pub fn parse(
             )))
         }
         _ if percentile("TDIGEST") || percentile("RAWTDIGEST") => {
-            return Err(invalid(
-                "an aggregation r2o can merge; percentileTDigest (t-digest MergingDigest bytes) is not supported \
-                 by r2o yet: use percentileKLL"
-                    .into(),
-            ))
+            AggregationType::TDigest { compression: DEFAULT_TDIGEST_COMPRESSION }
         }
         "FIRSTWITHTIME" => AggregationType::FirstWithTime,
         "LASTWITHTIME" => AggregationType::LastWithTime,
@@ -213,6 +219,7 @@ pub fn parse(
         AggregationType::Cpc { .. } => &["lgK"],
         AggregationType::Ull => &["p"],
         AggregationType::Kll { .. } => &["K"],
+        AggregationType::TDigest { .. } => &["compressionFactor"],
         _ => &[],
     };
     for (k, v) in params {
@@ -281,6 +288,9 @@ pub fn parse(
         },
         AggregationType::Cpc { lg_k } => AggregationType::Cpc { lg_k: number("lgK", 4, 26)?.map_or(lg_k, |n| n as u8) },
         AggregationType::Kll { k } => AggregationType::Kll { k: number("K", 8, 65_535)?.map_or(k, |n| n as u16) },
+        AggregationType::TDigest { compression } => AggregationType::TDigest {
+            compression: number("compressionFactor", 10, 10_000)?.map_or(compression, |n| n as u32),
+        },
         other => other,
     })
 }
@@ -402,8 +412,11 @@ mod tests {
     fn types_pinot_cannot_merge_are_refused_with_why() {
         let e = err("users", "distinctCountHLLPlus", &[]);
         assert!(e.contains("'distinctCountHLLPlus'") && e.contains("no value aggregator"), "{e}");
-        let e = err("users", "percentileTDigest", &[]);
-        assert!(e.contains("not supported by r2o yet"), "{e}");
+        assert_eq!(ok("users", "percentileTDigest", &[]), AggregationType::TDigest { compression: 100 });
+        assert_eq!(
+            ok("users", "percentileRawTDigest99", &[("compressionFactor", "200")]),
+            AggregationType::TDigest { compression: 200 }
+        );
         // firstWithTime and lastWithTime: any metric (the table always has a time column)
         assert_eq!(ok("n", "firstWithTime", &[]), AggregationType::FirstWithTime);
         assert_eq!(ok("users", "last_with_time", &[]), AggregationType::LastWithTime);

@@ -12,6 +12,7 @@
 //! | integer-sum Tuple sketches | DataSketches compact Tuple, i32 summaries | Tuple union, summaries summed |
 //! | `distinctCountCPCSketch` | DataSketches CPC | CPC union of `lgK` |
 //! | `percentileKLL` | DataSketches `KllDoublesSketch` | KLL merge into a sketch of `K` |
+//! | `percentileTDigest` | t-digest `MergingDigest` (verbose or small encoding) | every centroid recompressed with the K_1 scale function, written verbose |
 //!
 //! Theta, Tuple, CPC and KLL use the Apache `datasketches` crate, whose
 //! formats are DataSketches' cross-language ones (the Java library Pinot
@@ -51,6 +52,158 @@ pub enum State {
     Cpc(Box<CpcUnion>),
     /// A KLL sketch of doubles.
     Kll(Box<KllSketch<KllFloat<f64>>>),
+    /// A t-digest being merged.
+    TDigest(Digest),
+}
+
+/// A t-digest (t-digest 3.3 `MergingDigest`): compression, the smallest
+/// and largest value, and centroids as (mean, weight).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Digest {
+    /// Compression (Pinot's `compressionFactor`).
+    pub compression: f64,
+    /// Smallest value added.
+    pub min: f64,
+    /// Largest value added.
+    pub max: f64,
+    /// Centroids (mean, weight), unsorted until compressed.
+    pub centroids: Vec<(f64, f64)>,
+}
+
+/// Centroids a digest of `compression` may hold when read (Pinot's
+/// `TDigestUtils.getDefaultCentroidCapacity`).
+fn tdigest_capacity(compression: f64) -> usize {
+    let c = compression.max(10.0);
+    let padding = if c < 30.0 { 30.0 } else { 10.0 };
+    (2.0 * c + padding).ceil() as usize
+}
+
+/// Centroids t-digest 3.2 reads in the verbose encoding (Pinot's
+/// `getLegacyDefaultCentroidCapacity`: `2 * ceil(compression) + 10`).
+fn tdigest_legacy_capacity(compression: f64) -> usize {
+    2 * compression.ceil() as usize + 10
+}
+
+/// Reads t-digest `MergingDigest` bytes (`MergingDigest.fromBytes`,
+/// t-digest 3.3 `MergingDigest.java` lines 899-940): big-endian encoding
+/// 1 (verbose: f64 min, f64 max, f64 compression, i32 count, then f64
+/// weight and f64 mean per centroid) or 2 (small: f64 min, f64 max, f32
+/// compression, i16 main capacity, i16 buffer capacity, i16 count, then
+/// f32 weight and f32 mean per centroid), checked as Pinot's
+/// `TDigestUtils.validateEncodedDigest` checks them, every weight positive
+/// and finite and no mean NaN.
+fn read_tdigest(bytes: &[u8]) -> Result<Digest, String> {
+    let at = std::cell::Cell::new(0usize);
+    let take = |n: usize| -> Result<&[u8], String> {
+        let from = at.get();
+        let s = bytes.get(from..from + n).ok_or_else(|| format!("{} bytes end early (at byte {from})", bytes.len()))?;
+        at.set(from + n);
+        Ok(s)
+    };
+    let int = |b: &[u8]| i32::from_be_bytes(b.try_into().unwrap_or_default());
+    let dbl = |b: &[u8]| f64::from_be_bytes(b.try_into().unwrap_or_default());
+    let flt = |b: &[u8]| f64::from(f32::from_be_bytes(b.try_into().unwrap_or_default()));
+    let short = |b: &[u8]| i16::from_be_bytes(b.try_into().unwrap_or_default());
+    let encoding = int(take(4)?);
+    if encoding != 1 && encoding != 2 {
+        return Err(format!("encoding {encoding}, not 1 (verbose) or 2 (small)"));
+    }
+    let (min, max) = (dbl(take(8)?), dbl(take(8)?));
+    let (compression, count, capacity, verbose) = match encoding {
+        1 => {
+            let c = dbl(take(8)?);
+            let n = int(take(4)?);
+            let cap = if c > 0.0 && c.is_finite() { tdigest_capacity(c).max(tdigest_legacy_capacity(c)) } else { 0 };
+            (c, n, cap, true)
+        }
+        2 => {
+            let c = flt(take(4)?);
+            let main = short(take(2)?);
+            let buffer = short(take(2)?);
+            if main < -1 || buffer < -1 {
+                return Err(format!("negative capacities {main}, {buffer}"));
+            }
+            let n = i32::from(short(take(2)?));
+            let cap = if main == -1 { tdigest_capacity(c) } else { main as usize };
+            (c, n, cap, false)
+        }
+        _ => unreachable!("checked above"),
+    };
+    if !(compression > 0.0 && compression.is_finite()) {
+        return Err(format!("compression {compression} is not a positive number"));
+    }
+    let count = usize::try_from(count).map_err(|_| format!("a negative centroid count {count}"))?;
+    if count > capacity {
+        return Err(format!("{count} centroids, more than a compression of {compression} holds ({capacity})"));
+    }
+    let size = if verbose { 16 } else { 8 };
+    let left = bytes.len() - at.get();
+    if left < count * size {
+        return Err(format!("{count} centroids need {} bytes, {left} follow", count * size));
+    }
+    let mut centroids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (w, m) = if verbose { (dbl(take(8)?), dbl(take(8)?)) } else { (flt(take(4)?), flt(take(4)?)) };
+        if !(w > 0.0 && w.is_finite()) || m.is_nan() {
+            return Err(format!("a centroid of mean {m} and weight {w}"));
+        }
+        centroids.push((m, w));
+    }
+    Ok(Digest { compression, min, max, centroids })
+}
+
+/// The verbose encoding (`MergingDigest.asBytes`), which t-digest 3.2 and
+/// 3.3 both read while the centroids fit 3.2's capacity (Pinot's
+/// `TDigestUtils.makeLegacyCompatible` keeps such a digest as it is).
+fn write_tdigest(d: &Digest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + 16 * d.centroids.len());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&d.min.to_be_bytes());
+    out.extend_from_slice(&d.max.to_be_bytes());
+    out.extend_from_slice(&d.compression.to_be_bytes());
+    out.extend_from_slice(&(d.centroids.len() as i32).to_be_bytes());
+    for (m, w) in &d.centroids {
+        out.extend_from_slice(&w.to_be_bytes());
+        out.extend_from_slice(&m.to_be_bytes());
+    }
+    out
+}
+
+/// t-digest 3.3's `MergingDigest.merge` (forward, with the weight limit,
+/// `MergingDigest.java` lines 374-470) under the K_1 scale function Pinot
+/// configures (`ScaleFunction.K_1`: normalizer `compression / 2pi`, a
+/// centroid at quantile q holds at most `2 sin(0.5 / normalizer)
+/// sqrt(q (1 - q))` of the weight): centroids sorted by mean (stably),
+/// then each merged into the one before while both ends of the result
+/// stay within that limit; the first two and the last stay apart.
+fn compress_tdigest(centroids: &mut Vec<(f64, f64)>, compression: f64) {
+    if centroids.len() < 3 {
+        centroids.sort_by(|a, b| a.0.total_cmp(&b.0));
+        return;
+    }
+    centroids.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = centroids.iter().map(|c| c.1).sum();
+    let normalizer = compression / (2.0 * std::f64::consts::PI);
+    let limit =
+        |q: f64| if q <= 0.0 || q >= 1.0 { 0.0 } else { 2.0 * (0.5 / normalizer).sin() * (q * (1.0 - q)).sqrt() };
+    let n = centroids.len();
+    let mut out: Vec<(f64, f64)> = Vec::with_capacity(tdigest_capacity(compression));
+    out.push(centroids[0]);
+    let mut w_so_far = 0.0;
+    for (i, &(m, w)) in centroids.iter().enumerate().skip(1) {
+        let last = out.last_mut().expect("one centroid at least");
+        let proposed = last.1 + w;
+        let (q0, q2) = (w_so_far / total, (w_so_far + proposed) / total);
+        let fits = proposed <= total * limit(q0).min(limit(q2)) && i != 1 && i != n - 1;
+        if fits {
+            last.1 += w;
+            last.0 += (m - last.0) * w / last.1;
+        } else {
+            w_so_far += last.1;
+            out.push((m, w));
+        }
+    }
+    *centroids = out;
 }
 
 /// What a value of the column should be, for error messages.
@@ -63,6 +216,7 @@ pub fn describe(agg: AggregationType) -> &'static str {
         AggregationType::IntegerSumTuple { .. } => "a compact integer Tuple sketch",
         AggregationType::Cpc { .. } => "a CPC sketch",
         AggregationType::Kll { .. } => "a KLL doubles sketch",
+        AggregationType::TDigest { .. } => "a t-digest (MergingDigest bytes)",
         _ => "a numeric value",
     }
 }
@@ -224,6 +378,7 @@ pub fn check(agg: AggregationType, bytes: &[u8]) -> Result<(), String> {
         AggregationType::Kll { .. } => {
             KllSketch::<KllFloat<f64>>::deserialize(bytes).map(|_| ()).map_err(|e| e.to_string())
         }
+        AggregationType::TDigest { .. } => read_tdigest(bytes).map(|_| ()),
         _ => Ok(()),
     }
 }
@@ -306,6 +461,12 @@ impl State {
             AggregationType::Kll { k } => {
                 State::Kll(Box::new(KllSketch::<KllFloat<f64>>::new(k).map_err(|e| e.to_string())?))
             }
+            AggregationType::TDigest { compression } => State::TDigest(Digest {
+                compression: f64::from(compression),
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                centroids: vec![],
+            }),
             _ => return Err("not a bytes-backed aggregation".into()),
         };
         state.add(first)?;
@@ -360,6 +521,16 @@ impl State {
                 let s = KllSketch::<KllFloat<f64>>::deserialize(bytes).map_err(|e| e.to_string())?;
                 k.merge(&s).map_err(|e| e.to_string())?;
             }
+            State::TDigest(d) => {
+                let other = read_tdigest(bytes)?;
+                d.min = d.min.min(other.min);
+                d.max = d.max.max(other.max);
+                d.centroids.extend(other.centroids);
+                // the merge buffer of MergingDigest: compress when it fills
+                if d.centroids.len() > 5 * tdigest_capacity(d.compression) {
+                    compress_tdigest(&mut d.centroids, d.compression);
+                }
+            }
         }
         Ok(())
     }
@@ -384,6 +555,10 @@ impl State {
             State::Tuple(u) => u.to_sketch(true).serialize(),
             State::Cpc(u) => u.to_sketch().serialize(),
             State::Kll(k) => k.serialize(),
+            State::TDigest(mut d) => {
+                compress_tdigest(&mut d.centroids, d.compression);
+                write_tdigest(&d)
+            }
         }
     }
 }
@@ -510,6 +685,102 @@ mod tests {
         assert_eq!(read_avg(&pair).unwrap(), (1.5, 2));
         assert_eq!(ull(3, &[1 << 63]), [3, 0, 0, 0, 0, 0xFC, 0, 0, 0]);
         assert_eq!(ull_unpack(0xFC), 1 << 63);
+    }
+
+    /// A digest of `values` as MergingDigest builds one: weight-1
+    /// centroids, compressed.
+    fn digest_of(values: impl Iterator<Item = f64>, compression: f64) -> Vec<u8> {
+        let mut centroids: Vec<(f64, f64)> = values.map(|v| (v, 1.0)).collect();
+        let (min, max) =
+            centroids.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), c| (a.min(c.0), b.max(c.0)));
+        compress_tdigest(&mut centroids, compression);
+        write_tdigest(&Digest { compression, min, max, centroids })
+    }
+
+    /// The value at quantile `q` of a digest: the mean of the centroid
+    /// holding that rank (the test's own estimate, coarse but bounded by
+    /// the centroid sizes K_1 allows).
+    fn quantile(d: &Digest, q: f64) -> f64 {
+        let total: f64 = d.centroids.iter().map(|c| c.1).sum();
+        let mut seen = 0.0;
+        for (m, w) in &d.centroids {
+            if seen + w >= q * total {
+                return *m;
+            }
+            seen += w;
+        }
+        d.max
+    }
+
+    /// Bytes derived by hand from `MergingDigest.asBytes` / `asSmallBytes`:
+    /// a one-centroid digest of 2.5 with compression 100, verbose (int 1,
+    /// f64 min, max, compression, int count, f64 weight, f64 mean) and small
+    /// (int 2, f64 min, max, f32 compression, i16 capacities and count, f32
+    /// weight and mean).
+    #[test]
+    fn tdigest_bytes_are_merging_digests() {
+        let verbose: Vec<u8> = [
+            &1i32.to_be_bytes()[..],
+            &2.5f64.to_be_bytes(),
+            &2.5f64.to_be_bytes(),
+            &[0x40, 0x59, 0, 0, 0, 0, 0, 0], // 100.0
+            &1i32.to_be_bytes(),
+            &[0x3F, 0xF0, 0, 0, 0, 0, 0, 0], // weight 1.0
+            &2.5f64.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(verbose.len(), 32 + 16);
+        let d = read_tdigest(&verbose).unwrap();
+        assert_eq!(d, Digest { compression: 100.0, min: 2.5, max: 2.5, centroids: vec![(2.5, 1.0)] });
+        assert_eq!(write_tdigest(&d), verbose);
+        let small: Vec<u8> = [
+            &2i32.to_be_bytes()[..],
+            &2.5f64.to_be_bytes(),
+            &2.5f64.to_be_bytes(),
+            &100f32.to_be_bytes(),
+            &210i16.to_be_bytes(),
+            &1050i16.to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &1f32.to_be_bytes(),
+            &2.5f32.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(small.len(), 30 + 8);
+        assert_eq!(read_tdigest(&small).unwrap(), d);
+        // malformed: a wrong encoding, a count past the bytes, a zero weight
+        assert!(read_tdigest(&[0, 0, 0, 3]).unwrap_err().contains("encoding 3"));
+        let mut short = verbose.clone();
+        short.truncate(40);
+        assert!(read_tdigest(&short).unwrap_err().contains("need 16 bytes"));
+        let mut zero = verbose.clone();
+        zero[32..40].copy_from_slice(&0f64.to_be_bytes());
+        assert!(read_tdigest(&zero).unwrap_err().contains("weight 0"));
+    }
+
+    /// Merged digests keep every value's weight, the extremes, a bounded
+    /// number of centroids, and quantiles within K_1's centroid sizes.
+    #[test]
+    fn tdigest_merge_keeps_weight_extremes_and_quantiles() {
+        let agg = AggregationType::TDigest { compression: 100 };
+        // two halves, interleaved, so every centroid of one overlaps the other's
+        let a = digest_of((0..20_000).filter(|v| v % 2 == 0).map(f64::from), 100.0);
+        let b = digest_of((0..20_000).filter(|v| v % 2 == 1).map(f64::from), 100.0);
+        let m = merge_group(agg, [Some(&a[..]), Some(&b[..])].into_iter()).unwrap().unwrap();
+        let d = read_tdigest(&m).unwrap();
+        let total: f64 = d.centroids.iter().map(|c| c.1).sum();
+        assert_eq!((total, d.min, d.max, d.compression), (20_000.0, 0.0, 19_999.0, 100.0));
+        assert!(d.centroids.len() <= tdigest_legacy_capacity(100.0), "{} centroids", d.centroids.len());
+        assert!(d.centroids.windows(2).all(|w| w[0].0 <= w[1].0), "centroids sorted by mean");
+        assert_eq!((d.centroids[0].1, d.centroids[d.centroids.len() - 1].1), (1.0, 1.0), "unit-weight ends");
+        for (q, exact) in [(0.5, 10_000.0), (0.9, 18_000.0), (0.99, 19_800.0)] {
+            let got = quantile(&d, q);
+            // K_1 at compression 100 keeps a centroid at q within 2 sin(pi/100) sqrt(q(1-q)) of the weight
+            let slack = 20_000.0 * 2.0 * (std::f64::consts::PI / 100.0).sin() * (q * (1.0 - q)).sqrt() + 1.0;
+            assert!((got - exact).abs() <= slack, "q {q}: {got}, exact {exact}, slack {slack}");
+        }
+        // order does not change what the merge keeps
+        let back = merge_group(agg, [Some(&b[..]), Some(&a[..])].into_iter()).unwrap().unwrap();
+        assert_eq!(read_tdigest(&back).unwrap(), d);
     }
 
     #[test]
