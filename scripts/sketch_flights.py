@@ -24,7 +24,8 @@
         tails_hll (distinctCountHLL): stream-lib HyperLogLog bytes, rebuilt
             here from the group's tail numbers with stream-lib's MurmurHash
             and offer (HyperLogLog.java, MurmurHash.java): the registers
-            must be equal
+            must be equal, and stream-lib's estimate within 3 standard
+            errors of the exact count
         tails_ull (distinctCountULL, p 10): hash4j UltraLogLog registers,
             rebuilt here from the group's hashes (UltraLogLog.add): equal
         dist_avg (avg): Pinot's AvgPair; sum and count of distance
@@ -109,6 +110,18 @@ def hll_registers(data):
     log2m, size = struct.unpack(">ii", data[:8])
     words = struct.unpack(f">{size // 4}I", data[8:])
     return [(words[p // 6] >> (5 * (p % 6))) & 0x1F for p in range(1 << log2m)]
+
+
+def hll_cardinality(registers):
+    """stream-lib HyperLogLog.cardinality(): the harmonic-mean estimate, or
+    linear counting below 5m/2 (HyperLogLog.java, getAlphaMM, linearCounting)."""
+    m = len(registers)
+    alpha_mm = (0.7213 / (1 + 1.079 / m)) * m * m  # log2m 8: the default branch
+    estimate = alpha_mm / sum(1.0 / (1 << v) for v in registers)
+    zeros = sum(1 for v in registers if v == 0)
+    if estimate <= 2.5 * m and zeros:
+        return round(m * math.log(m / zeros))
+    return round(estimate)
 
 
 def nlz64(v):
@@ -327,6 +340,10 @@ def check_group(key, row, rows, exact, problem):
             hll_offer(regs, t)
         if hll_registers(bytes(hll)) != regs:
             problem(key, "HLL registers differ from stream-lib's over the group's tail numbers")
+        # stream-lib's estimate: within 3 standard errors (1.04 / sqrt(m)) of the exact count
+        est = hll_cardinality(hll_registers(bytes(hll)))
+        if abs(est - distinct) > 3 * 1.04 / math.sqrt(1 << LOG2M) * distinct + 1:
+            problem(key, f"HLL estimate {est}, COUNT(DISTINCT) {distinct}")
         u = [0] * (1 << ULL_P)
         for t in tails:
             ull_add(u, hash64(t))
