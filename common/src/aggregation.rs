@@ -5,10 +5,11 @@
 //! AVAILABLE_CORE_VALUE_AGGREGATORS`, `ValueAggregatorFactory.isBytesBacked`,
 //! `MergeTaskUtils.validateAggregationColumnType`). Pure: no I/O.
 //!
-//! Numeric aggregations (`sum`, `min`, `max`) keep the column's type. The
-//! others are *bytes-backed*: the column is BYTES and each value a
-//! serialized object (an `AvgPair` or a sketch) that the minion merges per
-//! rollup group (`r2o_minion::sketch`).
+//! Numeric aggregations (`sum`, `min`, `max`) keep the column's type;
+//! `firstWithTime` / `lastWithTime` pick a value of any type by its row's
+//! original time. The others are *bytes-backed*: the column is BYTES and
+//! each value a serialized object (an `AvgPair`, a sketch or a t-digest)
+//! that the minion merges per rollup group (`r2o_minion::sketch`).
 
 use std::collections::BTreeMap;
 

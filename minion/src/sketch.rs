@@ -16,7 +16,7 @@
 //!
 //! Theta, Tuple, CPC and KLL use the Apache `datasketches` crate, whose
 //! formats are DataSketches' cross-language ones (the Java library Pinot
-//! uses reads them); HLL, ULL and `AvgPair` are written here from the Java
+//! uses reads them); HLL, ULL, t-digest and `AvgPair` are written here from the Java
 //! sources cited on each item.
 //!
 //! Missing values: a NULL or an empty value (Pinot's default null value of
