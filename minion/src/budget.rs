@@ -126,8 +126,64 @@ pub fn decoded_row_bytes(schema: &r2o_common::schema::Schema) -> u64 {
         .max(1)
 }
 
+/// [`decoded_row_bytes`] of a table's rows, with each bytes-backed metric
+/// of a rollup table (a per-row sketch, as REALTIME rows hold them) at the
+/// size of its format instead of 24 bytes: an HLL of Pinot's default log2m
+/// 8 is 180 bytes, a ULL of the default p 12 is 4,097 (its registers do
+/// not shrink for one value), an AvgPair 16; the variable sketches (Theta,
+/// Tuple, CPC, KLL, t-digest) of one value about 64. Their compressed size
+/// in the inputs says little: a ULL of one value is mostly zeros, so
+/// without this a task of such rows would look tens of times smaller than
+/// it decodes to and take the in-memory path past its share.
+pub fn table_row_bytes(spec: &r2o_common::config::TableSpec) -> u64 {
+    use r2o_common::config::{AggregationType, MergeType};
+    let base = decoded_row_bytes(&spec.schema);
+    if spec.flow.merge_type != MergeType::Rollup {
+        return base;
+    }
+    let extra: u64 = spec
+        .flow
+        .aggregations
+        .values()
+        .map(|a| match a {
+            AggregationType::Hll => 180 - 24,
+            AggregationType::Ull => (1 << r2o_common::aggregation::DEFAULT_ULL_P) + 1 - 24,
+            AggregationType::Theta { .. }
+            | AggregationType::IntegerSumTuple { .. }
+            | AggregationType::Cpc { .. }
+            | AggregationType::Kll { .. }
+            | AggregationType::TDigest { .. } => 64 - 24,
+            _ => 0,
+        })
+        .sum();
+    base + extra
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sketch_rows_are_estimated_at_their_formats_size() {
+        let spec = |aggs: &str| {
+            let mut task = serde_json::json!({"mergeType": "rollup"});
+            for (i, a) in aggs.split(',').filter(|a| !a.is_empty()).enumerate() {
+                task[format!("s{i}.aggregationType")] = serde_json::json!(a);
+            }
+            let metrics: Vec<serde_json::Value> =
+                (0..3).map(|i| serde_json::json!({"name": format!("s{i}"), "dataType": "BYTES"})).collect();
+            r2o_common::config::TableSpec::from_json(
+                serde_json::json!({"tableName": "t", "tableType": "REALTIME", "segmentsConfig": {"timeColumnName": "ts"},
+                    "task": {"taskTypeConfigsMap": {"RealtimeToOfflineSegmentsTask": task}}}),
+                serde_json::json!({"metricFieldSpecs": metrics,
+                    "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH"}]}),
+            )
+            .unwrap()
+        };
+        let plain = table_row_bytes(&spec("avg,avg,avg"));
+        assert_eq!(plain, 3 * 29 + 9, "AvgPairs fit the default estimate");
+        assert!(table_row_bytes(&spec("distinctCountULL,avg,avg")) >= 4097 + 2 * 29 + 9);
+        assert!(table_row_bytes(&spec("distinctCountHLL,avg,avg")) >= 180 + 2 * 29 + 9);
+    }
+
     use super::*;
 
     #[test]

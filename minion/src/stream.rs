@@ -80,8 +80,8 @@ pub const STREAM_BATCH_ROWS: usize = 8 * 1024;
 /// Rows per batch for a sort pool of `memory_bytes`: at most 1/128 of the
 /// pool per batch (the sort's merge holds a batch of every spilled run at
 /// once), between 128 and [`STREAM_BATCH_ROWS`] rows.
-pub fn batch_rows(memory_bytes: usize, schema: &r2o_common::schema::Schema) -> usize {
-    let row = crate::budget::decoded_row_bytes(schema) as usize;
+pub fn batch_rows(memory_bytes: usize, spec: &TableSpec) -> usize {
+    let row = crate::budget::table_row_bytes(spec) as usize;
     (memory_bytes / 128 / row).clamp(128, STREAM_BATCH_ROWS)
 }
 
@@ -841,7 +841,7 @@ async fn run_task(
         table_schema,
         work_schema,
         split: settings.split,
-        batch_rows: batch_rows(settings.memory_bytes, &spec.schema),
+        batch_rows: batch_rows(settings.memory_bytes, spec),
         rounding: spec.flow.rounding(),
     });
     let mut processed = Processed::default();

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::claim::{self, Claimed};
 use super::Worker;
-use crate::budget::{attempt_share, choose_path, decoded_row_bytes, Path};
+use crate::budget::{attempt_share, choose_path, table_row_bytes, Path};
 use crate::processor::{process_part, Input, OutputSegment, ProcessError, Processed, SubTask};
 use crate::stream::{process_streaming, StreamInput, StreamSettings};
 
@@ -299,7 +299,7 @@ impl Worker {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let threads = (cores / self.running().max(1)).max(1);
         let share = attempt_share(self.cfg.memory_budget, self.cfg.slots, spec.flow.mapper_threshold_bytes);
-        let estimate = task.input_bytes + 3 * task.input_rows * decoded_row_bytes(&spec.schema);
+        let estimate = task.input_bytes + 3 * task.input_rows * table_row_bytes(&spec);
         let path = choose_path(estimate, share, task.windows.len(), threads);
         if path == Path::Stream {
             // past the attempt's share, or one big window for many threads:
