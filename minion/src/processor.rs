@@ -581,12 +581,7 @@ pub fn add_pick_times(batch: RecordBatch, spec: &TableSpec) -> Result<RecordBatc
     if !needs_pick_times(spec) {
         return Ok(batch);
     }
-    let time_col = spec.flow.time_column.as_str();
-    let col = batch.column_by_name(time_col).ok_or_else(|| Error::Segment {
-        segment: String::new(),
-        problem: format!("time column '{time_col}' is missing"),
-    })?;
-    let ms: ArrayRef = Arc::new(time_ms(col, spec.time_format())?);
+    let ms: ArrayRef = Arc::new(times_ms(&batch, spec)?);
     let mut cols = batch.columns().to_vec();
     cols.push(ms.clone());
     cols.push(ms);
@@ -896,13 +891,8 @@ pub fn time_buckets(
     let Some(buckets) = spec.flow.time_partitioning() else {
         return Ok(vec![(window, batch.clone())]);
     };
-    let col = batch.column_by_name(&spec.flow.time_column).ok_or_else(|| Error::Segment {
-        segment: String::new(),
-        problem: format!("time column '{}' is missing", spec.flow.time_column),
-    })?;
-    let ms = time_ms(col, spec.time_format())?;
-    let starts: Vec<Option<i64>> = ms.iter().map(|t| t.map(|t| buckets.floor(t))).collect();
-    let mut distinct: Vec<i64> = starts.iter().flatten().copied().collect();
+    let starts = bucket_starts(batch, spec, &buckets)?;
+    let mut distinct: Vec<i64> = starts.iter().flatten().collect();
     distinct.sort_unstable();
     distinct.dedup();
     if distinct.len() <= 1 {
@@ -911,10 +901,36 @@ pub fn time_buckets(
     }
     let mut out = Vec::with_capacity(distinct.len());
     for start in distinct {
-        let mask: BooleanArray = starts.iter().map(|s| Some(*s == Some(start))).collect();
+        let mask: BooleanArray = starts.iter().map(|s| Some(s == Some(start))).collect();
         out.push((bucket_part(&buckets, start, window), filter_record_batch(batch, &mask)?));
     }
     Ok(out)
+}
+
+/// The time of every row of `batch` (a batch of the table's rows), epoch ms.
+///
+/// # Errors
+/// The time column is missing or not a time.
+pub(crate) fn times_ms(batch: &RecordBatch, spec: &TableSpec) -> Result<Int64Array, Error> {
+    let time_col = spec.flow.time_column.as_str();
+    let col = batch.column_by_name(time_col).ok_or_else(|| Error::Segment {
+        segment: String::new(),
+        problem: format!("time column '{time_col}' is missing"),
+    })?;
+    time_ms(col, spec.time_format())
+}
+
+/// The start of every row's `partitionBucketTimePeriod` bucket, epoch ms
+/// (NULL for a NULL time, which lies in no window).
+///
+/// # Errors
+/// As [`times_ms`].
+pub(crate) fn bucket_starts(
+    batch: &RecordBatch,
+    spec: &TableSpec,
+    buckets: &r2o_common::window::Bucketing,
+) -> Result<Int64Array, Error> {
+    Ok(times_ms(batch, spec)?.iter().map(|t| t.map(|t| buckets.floor(t))).collect())
 }
 
 /// The part of `window` in the time bucket starting at `start_ms`.

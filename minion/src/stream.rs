@@ -27,7 +27,7 @@
 //! and its spawned tasks at once, and the source checks the token at every
 //! batch.
 
-use arrow::array::{Array, AsArray, Int32Array, Int64Array, RecordBatch};
+use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType as ArrowType, Field, Int32Type, Int64Type, Schema as ArrowSchema, SchemaRef};
 use datafusion::common::DataFusionError;
@@ -426,15 +426,7 @@ impl Ctx {
             cols.push(Arc::new(self.partition_ids(&batch, p)?));
         }
         if let Some(buckets) = self.spec.flow.time_partitioning() {
-            let time_col = self.spec.flow.time_column.as_str();
-            let c = batch.column_by_name(time_col).ok_or_else(|| Error::Segment {
-                segment: String::new(),
-                problem: format!("time column '{time_col}' is missing"),
-            })?;
-            let ms = r2o_common::columnar::time_ms(c, self.spec.time_format())?;
-            // (rows of the window all have a time: a NULL one is in no window)
-            let starts: Int64Array = ms.iter().map(|t| t.map(|t| buckets.floor(t))).collect();
-            cols.push(Arc::new(starts));
+            cols.push(Arc::new(crate::processor::bucket_starts(&batch, &self.spec, &buckets)?));
         }
         if let Some(key) = &self.hash_key {
             cols.push(Arc::new(row_hashes(&batch, key)?));
