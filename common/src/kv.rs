@@ -40,6 +40,10 @@ const PER_ITEM_OVERHEAD_BYTES: usize = 32;
 /// reply limit, so the etcd backend also halves the page on a too-large reply.
 pub const RANGE_PAGE_KEYS: usize = 256;
 
+/// Keys per page of [`KvBackend::range_changed`] on etcd, which reads the
+/// rest of the range again for every page of a filtered read.
+const CHANGED_PAGE_KEYS: usize = 4096;
+
 /// A stored key and value with its revisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
@@ -172,6 +176,21 @@ pub struct Page {
     pub revision: i64,
 }
 
+/// What changed under a prefix since a revision
+/// ([`KvBackend::range_changed`]), read at one store revision.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// The keys whose `mod_revision` is at least the one asked for, with
+    /// their values at [`Changes::revision`], in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Keys under the prefix at [`Changes::revision`], changed or not. A
+    /// deletion shows only here: a copy that knew N keys and adds the new
+    /// ones of `kvs` counts more than this when one was deleted.
+    pub count: usize,
+    /// The store revision read.
+    pub revision: i64,
+}
+
 /// One change of a watched key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchEvent {
@@ -274,6 +293,32 @@ pub trait KvBackend: Send + Sync + 'static {
             out.push(all);
         }
         Ok(out)
+    }
+
+    /// The keys under `prefix` put at or after `min_mod_revision` and the
+    /// number of keys under `prefix` in all, read at one store revision: what
+    /// a copy read at `min_mod_revision - 1` must apply to be current (a
+    /// deletion shows only as a lower [`Changes::count`]). etcd filters by
+    /// revision after reading the range, so this costs the server a range
+    /// read but sends only what changed.
+    ///
+    /// # Errors
+    /// As [`KvBackend::range_page_at`].
+    async fn range_changed(&self, prefix: &str, min_mod_revision: i64) -> Result<Changes> {
+        let mut out = Changes::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.range_page_at(prefix, after.as_deref(), RANGE_PAGE_KEYS, out.revision).await?;
+            if out.revision == 0 {
+                out.revision = page.revision;
+            }
+            after = page.kvs.last().map(|kv| kv.key.clone());
+            out.count += page.kvs.len();
+            out.kvs.extend(page.kvs.into_iter().filter(|kv| kv.mod_revision >= min_mod_revision));
+            if !page.more || after.is_none() {
+                return Ok(out);
+            }
+        }
     }
 
     /// `mod_revision` of `key` (without its value), `None` when absent.
@@ -452,6 +497,47 @@ impl KvBackend for EtcdKv {
                 }
                 Err(e) if too_large(&e) && limit > 1 => limit /= 2,
                 Err(e) => return Err(meta_err(e)),
+            }
+        }
+    }
+
+    async fn range_changed(&self, prefix: &str, min_mod_revision: i64) -> Result<Changes> {
+        // etcd reads the whole rest of the range for each page of a filtered
+        // read (it filters, then cuts to the limit): large pages
+        let mut limit = CHANGED_PAGE_KEYS;
+        let mut out = Changes::default();
+        let mut start = prefix.as_bytes().to_vec();
+        loop {
+            let mut opts = etcd_client::GetOptions::new()
+                .with_range(prefix_end(prefix))
+                .with_limit(limit as i64)
+                .with_min_mod_revision(min_mod_revision.max(1));
+            if out.revision > 0 {
+                opts = opts.with_revision(out.revision);
+            }
+            let resp =
+                self.client.kv_client().max_decoding_message_size(MAX_REPLY_BYTES).get(start.clone(), Some(opts)).await;
+            let resp = match resp {
+                Ok(resp) => resp,
+                Err(e) if too_large(&e) && limit > 1 => {
+                    limit /= 2;
+                    continue;
+                }
+                Err(e) => return Err(meta_err(e)),
+            };
+            if out.revision == 0 {
+                // the first page's range is the whole prefix: its count
+                // (unaffected by the filter and the limit) is every key
+                out.revision = resp.header().map_or(0, |h| h.revision());
+                out.count = resp.count().max(0) as usize;
+            }
+            out.kvs.extend(resp.kvs().iter().map(to_kv));
+            match out.kvs.last() {
+                Some(last) if resp.more() => {
+                    start = last.key.as_bytes().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(out),
             }
         }
     }
@@ -937,11 +1023,31 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
 
     // paging: pages follow each other in key order, none larger than asked,
     // and a whole range read crosses page boundaries without loss
-    let n = RANGE_PAGE_KEYS + 45;
+    let n = RANGE_PAGE_KEYS.max(CHANGED_PAGE_KEYS) + 45;
+    let mut chunk_revisions = vec![];
     for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
         let ops = chunk.iter().map(|i| Op::put(k(&format!("g/{i:05}")), vec![b'x'; 10])).collect();
         assert!(kv.txn(vec![], ops).await.unwrap());
+        chunk_revisions.push(kv.get(&k(&format!("g/{:05}", chunk[0]))).await.unwrap().unwrap().mod_revision);
     }
+    // what changed since a revision: the keys put from it on, over pages,
+    // and the count of every key; a deletion shows only in the count
+    let since = kv.range_changed(&k("g/"), chunk_revisions[1]).await.unwrap();
+    assert_eq!(since.count, n, "the count is every key, changed or not");
+    assert_eq!(since.kvs.len(), n - 100, "every key put from the revision on, across pages");
+    assert_eq!(since.kvs[0].key, k("g/00100"));
+    assert!(since.kvs.windows(2).all(|w| w[0].key < w[1].key), "in key order");
+    kv.put(&k("g/00007"), b"y".to_vec(), None).await.unwrap();
+    kv.delete(&k("g/00008")).await.unwrap();
+    kv.put(&k("g/zz"), b"z".to_vec(), None).await.unwrap();
+    let later = kv.range_changed(&k("g/"), since.revision + 1).await.unwrap();
+    assert!(later.revision > since.revision);
+    assert_eq!(later.kvs.iter().map(|e| e.key.clone()).collect::<Vec<_>>(), vec![k("g/00007"), k("g/zz")]);
+    assert_eq!(later.kvs[0].value, b"y", "a changed key comes with its new value");
+    assert_eq!(later.count, n, "one deleted, one added");
+    assert!(kv.range_changed(&k("g/"), later.revision + 1).await.unwrap().kvs.is_empty(), "nothing since");
+    kv.delete(&k("g/zz")).await.unwrap();
+    kv.put(&k("g/00008"), vec![b'x'; 10], None).await.unwrap();
     let first = kv.range_page(&k("g/"), None, 7).await.unwrap();
     assert_eq!(first.kvs.len(), 7);
     assert!(first.more);

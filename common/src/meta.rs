@@ -134,24 +134,35 @@ pub struct SegmentMeta {
     pub registered_revision: i64,
 }
 
-/// A table's REALTIME segments, each with its
-/// [`SegmentMeta::registered_revision`] (one paged read).
+/// A table's REALTIME segments in name order, each with its
+/// [`SegmentMeta::registered_revision`] (one paged read), and the store
+/// revision of the first page: every change after it is in a later read's
+/// [`crate::kv::KvBackend::range_changed`] from the next revision on (the
+/// pages after the first may already hold some of them).
 ///
 /// # Errors
 /// etcd errors; a record that does not decode.
-pub async fn read_realtime(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<SegmentMeta>> {
+pub async fn read_realtime(kv: &Kv, keys: &Keys, raw: &str) -> Result<(Vec<SegmentMeta>, i64)> {
     // decoded page by page: the raw values of a table of 100,000s of
     // segments are never all held at once beside the decoded list
     let mut out = Vec::new();
-    for_each_entry(kv, &keys.segments(&format!("{raw}_REALTIME")), |entry| {
-        let mut s: SegmentMeta = decode(entry)?;
-        s.registered_revision = entry.create_revision;
-        out.push(s);
+    let revision = for_each_entry(kv, &keys.segments(&format!("{raw}_REALTIME")), |entry| {
+        out.push(decode_realtime(entry)?);
         Ok(())
     })
     .await?;
     out.shrink_to_fit();
-    Ok(out)
+    Ok((out, revision))
+}
+
+/// A REALTIME segment's record with its [`SegmentMeta::registered_revision`].
+///
+/// # Errors
+/// [`Error::Meta`] when the record does not decode.
+pub fn decode_realtime(entry: &KeyValue) -> Result<SegmentMeta> {
+    let mut s: SegmentMeta = decode(entry)?;
+    s.registered_revision = entry.create_revision;
+    Ok(s)
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -1386,12 +1397,14 @@ pub const LIST_PAGE_KEYS: usize = 2048;
 /// ([`LIST_PAGE_KEYS`] keys) at a time, the next page read while `f` takes
 /// this one: at most two pages of raw values are held at once, for readers
 /// that keep a little of each record (a table's 100,000s of segments).
-/// Stops at the first error of `f`.
+/// Stops at the first error of `f`. Returns the store revision the first
+/// page was read at (each page is read at the latest revision).
 ///
 /// # Errors
 /// etcd errors; whatever `f` returns.
-pub async fn for_each_entry(kv: &Kv, prefix: &str, mut f: impl FnMut(&KeyValue) -> Result<()>) -> Result<()> {
+pub async fn for_each_entry(kv: &Kv, prefix: &str, mut f: impl FnMut(&KeyValue) -> Result<()>) -> Result<i64> {
     let mut page = kv.range_page(prefix, None, LIST_PAGE_KEYS).await?;
+    let first_revision = page.revision;
     loop {
         // the next page is asked for before this one is handed to `f`
         let after = page.kvs.last().map(|e| e.key.clone());
@@ -1406,7 +1419,7 @@ pub async fn for_each_entry(kv: &Kv, prefix: &str, mut f: impl FnMut(&KeyValue) 
         applied?;
         match next {
             Some(p) => page = p?,
-            None => return Ok(()),
+            None => return Ok(first_revision),
         }
     }
 }

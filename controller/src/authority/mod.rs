@@ -27,6 +27,7 @@ mod failure;
 mod late;
 mod publish;
 mod schedule;
+mod segments;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,7 @@ use crate::planner::{plan, plan_late, recheck, split_window, Budget, Decision, L
 use crate::protocol::{self, AttemptRevs, ReportTotals, TableRevs};
 use crate::validate::{self, FooterCache};
 
+pub use segments::{apply_changes, SegmentCache};
 use tasks::{group_members, offline_metas, report_totals, NewTask};
 pub use tasks::{inputs_problem, publishable, sub_tasks};
 
@@ -76,35 +78,6 @@ pub struct AuthorityConfig {
     pub store_uri: String,
     /// Where discovery may read (`--source-allow`, canonical forms; empty: off).
     pub source_allow: Vec<String>,
-}
-
-/// A table's REALTIME segments as last read, with the revision of the
-/// table's segment marker they reflect: re-read only when the marker moved.
-#[derive(Clone, Default)]
-pub struct SegmentCache {
-    inner: Arc<Mutex<HashMap<String, CachedSegments>>>,
-}
-
-/// (marker revision, the table's REALTIME segments at it).
-type CachedSegments = (i64, Arc<Vec<SegmentMeta>>);
-
-impl SegmentCache {
-    /// The table's segments and the marker revision they reflect: one etcd
-    /// read when nothing changed, a paged re-read when something did.
-    pub async fn get(&self, kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<(Arc<Vec<SegmentMeta>>, i64)> {
-        let rev = kv.get(&keys.segments_marker(raw)).await?.map_or(0, |e| e.mod_revision);
-        if let Some((r, segs)) = self.inner.lock().ok().and_then(|m| m.get(raw).cloned()) {
-            if r == rev {
-                return Ok((segs, rev));
-            }
-        }
-        let (segs, rev) = read_segments(kv, keys, raw).await?;
-        let segs = Arc::new(segs);
-        if let Ok(mut m) = self.inner.lock() {
-            m.insert(raw.to_string(), (rev, segs.clone()));
-        }
-        Ok((segs, rev))
-    }
 }
 
 /// Bytes of REALTIME footers the controller keeps for validation (issue
@@ -212,7 +185,7 @@ enum Attempt {
 /// read marker first: a change after the marker read moves the marker.
 pub(crate) async fn read_segments(kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<(Vec<SegmentMeta>, i64)> {
     let rev = kv.get(&keys.segments_marker(raw)).await?.map_or(0, |e| e.mod_revision);
-    let segments = r2o_common::meta::read_realtime(kv, keys, raw).await?;
+    let (segments, _) = r2o_common::meta::read_realtime(kv, keys, raw).await?;
     Ok((segments, rev))
 }
 
