@@ -477,16 +477,18 @@ def run_idle(tables, seg_dir, work, bench_dir, idle_s):
         c.stop()
 
 
-def run_freshness(samples, work, bench_dir, extra_tables=0, seg_dir=None):
+def run_freshness(samples, work, bench_dir, extra_tables=0, seg_dir=None, history=0):
     """Issue 21's freshness: with bufferTimePeriod 0, the time from
     registering a DONE segment that completes a 1-hour window to that
     window's commit (polling `r2o watermark --table fr`: one table's records,
     whatever the number of tables; /metrics reads every table), p50 and p99,
     beside `extra_tables` idle tables (../shared/bench/freshness.py's
-    measurement, on the secured cluster)."""
+    measurement, on the secured cluster), on a table that already holds
+    `history` committed segments (20 to an hour before the samples'), with
+    the controller's CPU per sample."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    c = Cluster(os.path.join(work, f"fresh-{extra_tables}"), bench_dir)
+    c = Cluster(os.path.join(work, f"fresh-{extra_tables}-{history}"), bench_dir)
     try:
         if extra_tables:
             with open(os.path.join(bench_dir, "schema.json")) as f:
@@ -518,7 +520,21 @@ def run_freshness(samples, work, bench_dir, extra_tables=0, seg_dir=None):
                 json.dump(doc, f)
         c.cli("table", "add", "--config", os.path.join(c.work, "ft.json"), "--schema", os.path.join(c.work, "fs.json"))
         h0 = 1_600_000_000_000 - 1_600_000_000_000 % 3_600_000
+        if history:
+            hist = os.path.join(c.work, "hist")
+            os.makedirs(hist)
+            for i in range(history):
+                ws = h0 - (history // 20 - i // 20) * 3_600_000
+                pq.write_table(pa.table({"ts": [ws + (i % 20) * 60_000 + j for j in range(10)], "k": ["h"] * 10,
+                                         "v": list(range(10))}), os.path.join(hist, f"hist_{i:06d}.parquet"))
+            c.cli("segment", "add", "--table", "fr", "--dir", hist)
+            t0 = time.perf_counter()
+            while json.loads(c.cli("watermark", "--table", "fr", "--output", "json")).get("watermarkMs", 0) < h0:
+                if time.perf_counter() - t0 > 600:
+                    raise RuntimeError("the history did not commit in 10 min")
+                time.sleep(0.5)
         lat = []
+        cpu0 = None
         for i in range(samples + 1):
             ws = h0 + i * 3_600_000
             f = os.path.join(segs, f"seg_{i:04d}.parquet")
@@ -534,10 +550,13 @@ def run_freshness(samples, work, bench_dir, extra_tables=0, seg_dir=None):
                     raise RuntimeError(f"sample {i}: window not committed in 30 s")
             if i:  # the first sample includes the cold start
                 lat.append((time.perf_counter() - t0) * 1000)
+            else:
+                cpu0 = c.cpu()["controller"]
+        ctl_ms = (c.cpu()["controller"] - cpu0) * 1000 / max(1, len(lat))
         lat.sort()
         q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
         return {"tables": extra_tables + 1, "samples": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99),
-                "max_ms": lat[-1]}
+                "max_ms": lat[-1], "controller_cpu_ms": ctl_ms}
     finally:
         c.stop()
 
@@ -568,6 +587,8 @@ def main():
                     help="instead of the backfill: DONE segment to committed window latency beside N-1 idle "
                          "tables (comma list of table counts, e.g. 1,1000)")
     ap.add_argument("--samples", type=int, default=40, help="freshness samples")
+    ap.add_argument("--history", type=int, default=0,
+                    help="freshness: segments the table holds (committed) before the samples, e.g. 40000")
     args = ap.parse_args()
     if args.idle_tables or args.freshness:
         bench_dir = os.path.abspath(args.bench_dir)
@@ -585,9 +606,10 @@ def main():
                   f"over {r['idle_s']} s | RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mb"].items())
                   + f" | add {r['add_s']:.0f} s, catch-up {r['catch_up_s']:.0f} s |", flush=True)
         for n in [int(x) for x in (args.freshness or "").split(",") if x]:
-            r = run_freshness(args.samples, work, bench_dir, n - 1, seg_dir)
-            print(f"| freshness | {n} tables | p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
-                  f"max {r['max_ms']:.0f} ms over {r['samples']} samples |", flush=True)
+            r = run_freshness(args.samples, work, bench_dir, n - 1, seg_dir, args.history)
+            print(f"| freshness | {n} tables, {args.history} segments before | p50 {r['p50_ms']:.0f} ms, "
+                  f"p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms over {r['samples']} samples | "
+                  f"controller {r['controller_cpu_ms']:.0f} ms CPU a sample |", flush=True)
         return
     minion_env = {}
     if args.one_window:
