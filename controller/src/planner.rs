@@ -411,17 +411,39 @@ fn consuming_floor_ms(seg: &SegmentMeta, latest_done_end: &HashMap<i32, i64>) ->
 /// A Pinot LLC segment name `<table>__<partition>__<sequence>__<yyyyMMddTHHmmZ>`
 /// as (partition, sequence); `None` for any other name. Parsed from the
 /// right, so table names may contain `__`.
+///
+/// Every plan parses every segment's name, so this scans bytes (the same
+/// split as `rsplitn(4, "__")`, property-tested against it) and gives up at
+/// the first byte that cannot end an LLC name.
 pub fn llc_name(name: &str) -> Option<(i32, u64)> {
-    let mut parts = name.rsplitn(4, "__");
-    let time = parts.next()?;
-    let seq = parts.next()?.parse::<u64>().ok()?;
-    let partition = parts.next()?.parse::<i32>().ok()?;
-    let table = parts.next()?;
+    let b = name.as_bytes();
+    if b.last() != Some(&b'Z') {
+        return None;
+    }
+    // the last three `__` separators, from the right, not overlapping
+    let mut cuts = [0usize; 3];
+    let (mut found, mut i) = (0, b.len());
+    while found < 3 && i >= 2 {
+        if b[i - 1] == b'_' && b[i - 2] == b'_' {
+            cuts[found] = i - 2;
+            found += 1;
+            i -= 2;
+        } else {
+            i -= 1;
+        }
+    }
+    if found < 3 {
+        return None;
+    }
+    let (time, seq) = (&name[cuts[0] + 2..], &name[cuts[1] + 2..cuts[0]]);
+    let (partition, table) = (&name[cuts[2] + 2..cuts[1]], &name[..cuts[2]]);
     let time_ok = time.len() == 14
-        && time.ends_with('Z')
         && time.as_bytes()[8] == b'T'
         && time.bytes().enumerate().all(|(i, b)| i == 8 || i == 13 || b.is_ascii_digit());
-    (time_ok && !table.is_empty()).then_some((partition, seq))
+    if !time_ok || table.is_empty() {
+        return None;
+    }
+    Some((partition.parse::<i32>().ok()?, seq.parse::<u64>().ok()?))
 }
 
 /// Names of the DONE segments that are the latest completed LLC segment of
@@ -605,6 +627,21 @@ pub fn recheck(
     }
 }
 
+/// Whether every input a task read is still registered with the same file
+/// and row count (an input with another file or row count than the one read
+/// is not the same input, and the task's plan no longer holds). O(S + I)
+/// for S segments and I inputs: a commit check on a table of 100,000s of
+/// segments does not compare every input with every segment.
+pub fn inputs_unchanged(inputs: &[SegmentMeta], segments: &[SegmentMeta]) -> bool {
+    let mut left: HashMap<&str, &SegmentMeta> = inputs.iter().map(|i| (i.segment_name.as_str(), i)).collect();
+    for s in segments {
+        if left.get(s.segment_name.as_str()).is_some_and(|i| s.location == i.location && s.total_docs == i.total_docs) {
+            left.remove(s.segment_name.as_str());
+        }
+    }
+    left.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,6 +788,51 @@ mod tests {
         let s = [seg("z", i64::MAX - 5, i64::MAX, SegmentStatus::Done, 0)];
         assert!(matches!(plan1(&f, &s, None, i64::MAX), Decision::Wait(_) | Decision::Run { .. }));
         assert!(matches!(plan1(&f, &s, None, 0), Decision::Wait(WaitReason::Buffer { .. })));
+    }
+
+    #[test]
+    fn inputs_are_unchanged_only_when_each_is_registered_with_its_file_and_rows() {
+        let located = |name: &str, location: &str, docs: u64| SegmentMeta {
+            location: location.into(),
+            total_docs: docs,
+            ..seg(name, 0, 1, SegmentStatus::Done, 0)
+        };
+        let segments = [located("a", "f/a", 5), located("b", "f/b", 7), located("c", "f/c", 1)];
+        assert!(inputs_unchanged(&[located("c", "f/c", 1), located("a", "f/a", 5)], &segments));
+        assert!(inputs_unchanged(&[], &segments));
+        assert!(!inputs_unchanged(&[located("a", "f/a2", 5)], &segments), "another file");
+        assert!(!inputs_unchanged(&[located("b", "f/b", 8)], &segments), "another row count");
+        assert!(!inputs_unchanged(&[located("a", "f/a", 5), located("d", "f/d", 1)], &segments), "deleted");
+    }
+
+    /// The split `llc_name` scans for, written the short way.
+    fn llc_name_by_rsplitn(name: &str) -> Option<(i32, u64)> {
+        let mut parts = name.rsplitn(4, "__");
+        let time = parts.next()?;
+        let seq = parts.next()?.parse::<u64>().ok()?;
+        let partition = parts.next()?.parse::<i32>().ok()?;
+        let table = parts.next()?;
+        let time_ok = time.len() == 14
+            && time.ends_with('Z')
+            && time.as_bytes()[8] == b'T'
+            && time.bytes().enumerate().all(|(i, b)| i == 8 || i == 13 || b.is_ascii_digit());
+        (time_ok && !table.is_empty()).then_some((partition, seq))
+    }
+
+    proptest! {
+        #[test]
+        fn llc_name_splits_as_rsplitn_does(
+            table in "[a_]{0,6}",
+            partition in "[0-9_-]{0,4}",
+            seq in "[0-9_]{0,4}",
+            time in "[0-9TZ_]{12,16}",
+            junk in "[a_Z]{0,3}",
+        ) {
+            for name in [format!("{table}__{partition}__{seq}__{time}"), format!("{table}__{partition}__{seq}__20200913T1200Z"),
+                         format!("{table}{junk}__{partition}__{seq}__{time}{junk}"), format!("{junk}{time}")] {
+                prop_assert_eq!(llc_name(&name), llc_name_by_rsplitn(&name), "{}", name);
+            }
+        }
     }
 
     #[test]

@@ -76,13 +76,7 @@ impl Authority {
         }
         let names: Vec<String> = inputs.iter().map(|s| s.segment_name.clone()).collect();
         let result = recheck(&spec.flow, &segments, task.from_ms, &task.windows, &names, now_ms());
-        // an input with another file or row count than the one read is not the same input
-        let same_data = result.is_ok()
-            && inputs.iter().all(|i| {
-                segments.iter().any(|s| {
-                    s.segment_name == i.segment_name && s.location == i.location && s.total_docs == i.total_docs
-                })
-            });
+        let same_data = result.is_ok() && inputs_unchanged(inputs, &segments);
         match result {
             Err(why) => Ok((rev, Some(why))),
             Ok(()) if !same_data => Ok((rev, Some("an input segment's file or row count changed".into()))),

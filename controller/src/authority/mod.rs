@@ -49,7 +49,7 @@ use tracing::{info, warn};
 
 use crate::election::Leadership;
 use crate::error::{ControllerError, Result};
-use crate::planner::{plan, plan_late, recheck, split_window, Budget, Decision, LatePlan, Split};
+use crate::planner::{inputs_unchanged, plan, plan_late, recheck, split_window, Budget, Decision, LatePlan, Split};
 use crate::protocol::{self, AttemptRevs, ReportTotals, TableRevs};
 use crate::validate::{self, FooterCache};
 
