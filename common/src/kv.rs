@@ -55,6 +55,9 @@ pub struct KeyValue {
     pub create_revision: i64,
     /// Revision of the last write to the key.
     pub mod_revision: i64,
+    /// Writes to the key since it was created (1 after the first; etcd's
+    /// `version`, reset when the key is deleted).
+    pub version: i64,
     /// Lease the key is attached to (0: none).
     pub lease: LeaseId,
 }
@@ -447,6 +450,7 @@ fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
         value: kv.value().to_vec(),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
+        version: kv.version(),
         lease: kv.lease(),
     }
 }
@@ -784,10 +788,10 @@ impl MemState {
 
     fn apply_put(&mut self, key: String, value: Vec<u8>, lease: Option<LeaseId>) {
         let rev = self.revision;
-        let create = self.data.get(&key).map_or(rev, |kv| kv.create_revision);
+        let (create, version) = self.data.get(&key).map_or((rev, 1), |kv| (kv.create_revision, kv.version + 1));
         self.data.insert(
             key.clone(),
-            KeyValue { key, value, create_revision: create, mod_revision: rev, lease: lease.unwrap_or(0) },
+            KeyValue { key, value, create_revision: create, mod_revision: rev, version, lease: lease.unwrap_or(0) },
         );
     }
 }
@@ -998,6 +1002,7 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     let a2 = kv.get(&k("a")).await.unwrap().unwrap();
     let b = kv.get(&k("b")).await.unwrap().unwrap();
     assert_eq!(a2.mod_revision, b.mod_revision, "one txn, one revision");
+    assert_eq!((a.version, a2.version, b.version), (1, 2, 1), "a version counts the writes to a key");
     assert_eq!(a2.create_revision, a.create_revision);
     // a stale revision changes nothing
     let ok = kv.txn(vec![Compare::ModRevision(k("a"), a.mod_revision)], vec![Op::delete(k("b"))]).await.unwrap();
@@ -1010,6 +1015,9 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     kv.delete(&k("b")).await.unwrap();
     kv.delete(&k("b")).await.unwrap();
     assert!(kv.get(&k("b")).await.unwrap().is_none());
+    kv.put(&k("b"), b"5".to_vec(), None).await.unwrap();
+    assert_eq!(kv.get(&k("b")).await.unwrap().unwrap().version, 1, "a key written again after a delete starts over");
+    kv.delete(&k("b")).await.unwrap();
 
     // delete by prefix in a transaction, leaving neighbours alone
     for name in ["p/1", "p/2", "p/3", "px"] {

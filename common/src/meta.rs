@@ -169,6 +169,25 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// The value of a table's segment marker (`segmarks/<raw>`), which every
+/// transaction that changes the table's REALTIME segments rewrites: the
+/// names it put and deleted. A reader whose copy is one marker version
+/// behind applies exactly these (issue 21: cost that follows change); one
+/// further behind, or a marker written before this record existed (a bare
+/// timestamp), reads what changed by revision instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentMarker {
+    /// When the change was made, UTC epoch ms.
+    pub changed_ms: i64,
+    /// Segments written (registered or rewritten), by name.
+    #[serde(default)]
+    pub put: Vec<String>,
+    /// Segments deleted, by name.
+    #[serde(default)]
+    pub deleted: Vec<String>,
+}
+
 /// What became of a REALTIME segment's rows (Ocient's per-file load status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LoadStatus {

@@ -783,8 +783,13 @@ pub fn delete_table(keys: &Keys, raw: &str, purge: bool, revs: FlowRevs, leaders
 /// value is the time, its revision is what counts): part of every
 /// transaction that changes the table's REALTIME segments, so that a task
 /// planned from them notices at commit.
-pub fn touch_marker(keys: &Keys, raw: &str, now_ms: i64) -> Op {
-    Op::put(keys.segments_marker(raw), now_ms.to_string().into_bytes())
+///
+/// The marker's value names the segments the transaction puts and deletes
+/// ([`r2o_common::meta::SegmentMarker`]): the leader's segment cache applies
+/// them without reading the table.
+pub fn touch_marker(keys: &Keys, raw: &str, now_ms: i64, put: Vec<String>, deleted: Vec<String>) -> Op {
+    let marker = r2o_common::meta::SegmentMarker { changed_ms: now_ms, put, deleted };
+    Op::put(keys.segments_marker(raw), encode(&marker))
 }
 
 /// A REALTIME segment as registered against the watermark `watermark_ms`
@@ -816,7 +821,8 @@ pub fn register_segments(
         ops.push(Op::put(key, encode(m)));
     }
     compares.push(Compare::ModRevision(keys.watermark(raw), watermark_rev));
-    ops.push(touch_marker(keys, raw, now_ms));
+    let put = segments.iter().map(|m| m.segment_name.clone()).collect();
+    ops.push(touch_marker(keys, raw, now_ms, put, vec![]));
     Txn { compares, ops }
 }
 
@@ -837,7 +843,8 @@ pub fn rewrite_segments(
         compares.push(Compare::ModRevision(key.clone(), *rev));
         ops.push(Op::put(key, encode(s)));
     }
-    ops.push(touch_marker(keys, raw, now_ms));
+    let put = segments.iter().map(|(s, _)| s.segment_name.clone()).collect();
+    ops.push(touch_marker(keys, raw, now_ms, put, vec![]));
     Txn { compares, ops }
 }
 
@@ -863,7 +870,9 @@ pub fn retention_delete(
         ops.push(Op::delete(key.clone()));
     }
     ops.push(Op::put(keys.retention(raw), encode(record)));
-    ops.push(touch_marker(keys, raw, now_ms));
+    // (a segment's key ends with its name, which holds no '/')
+    let deleted = doomed.iter().map(|(key, _)| key.rsplit('/').next().unwrap_or_default().to_string()).collect();
+    ops.push(touch_marker(keys, raw, now_ms, vec![], deleted));
     Txn { compares, ops }
 }
 

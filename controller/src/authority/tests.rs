@@ -391,7 +391,10 @@ async fn a_failure_whose_plan_no_longer_holds_supersedes_instead_of_retrying() {
         .kv
         .txn(
             vec![Compare::ModRevision(key.clone(), entry.mod_revision)],
-            vec![Op::put(key, encode(&s0)), crate::protocol::touch_marker(&a.keys, "t__x", 1)],
+            vec![
+                Op::put(key, encode(&s0)),
+                crate::protocol::touch_marker(&a.keys, "t__x", 1, vec!["s0".into()], vec![])
+            ],
         )
         .await
         .unwrap());
