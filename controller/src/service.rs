@@ -380,6 +380,55 @@ impl ControllerSvc {
         })
     }
 
+    /// `ExportDelta`: the committed OFFLINE segments (read after the store
+    /// revision it reports), each with its footer, written to the table's
+    /// Delta log by [`crate::delta::export`].
+    async fn export_delta(&self, raw: &str) -> Result<pb::ExportDeltaResponse> {
+        let spec = self.require_table(raw).await?;
+        let (kv, keys) = (&self.auth.kv, &self.auth.keys);
+        let revision = kv.status().await?.revision;
+        let committed = registry::offline_segments(kv, keys, raw).await?;
+        let store = self.auth.store.clone();
+        use futures::{StreamExt, TryStreamExt};
+        let with_footers: Vec<_> = futures::stream::iter(committed)
+            .map(|s| {
+                let store = store.clone();
+                async move {
+                    let footer = match r2o_common::columnar::object_footer(&store, &s.location).await? {
+                        Some((_, Ok(f))) => Some(f),
+                        _ => None,
+                    };
+                    Ok::<_, r2o_common::Error>((s, footer))
+                }
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        let report = crate::delta::export(
+            &store,
+            &self.auth.cfg.store_uri,
+            &self.auth.layout,
+            raw,
+            &spec.schema,
+            &with_footers,
+            revision,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::delta::DeltaError::Outside { .. } => ControllerError::Invalid(e.to_string()),
+            crate::delta::DeltaError::Log { .. } => ControllerError::Conflict(e.to_string()),
+        })?;
+        tracing::info!(table = raw, version = report.version, added = report.added, removed = report.removed, revision, "delta log exported");
+        Ok(pb::ExportDeltaResponse {
+            table: raw.to_string(),
+            version: report.version,
+            added: report.added as u64,
+            removed: report.removed as u64,
+            table_url: report.table_url,
+            revision,
+        })
+    }
+
     async fn run_now(&self, table: &str) -> Result<pb::RunNowResponse> {
         match self.auth.run_now(table).await? {
             PlanOutcome::Paused => Err(ControllerError::Stale(format!(
@@ -584,6 +633,14 @@ impl ControllerService for ControllerSvc {
         let table = req.into_inner().table;
         let r = self.run_now(&table).await;
         self.gate.record(&who, "RunNow", &table, "", outcome(&r)).await;
+        self.answer(r).await
+    }
+
+    async fn export_delta(&self, req: Request<pb::TableRequest>) -> Reply<pb::ExportDeltaResponse> {
+        let who = self.gate.check(&req, "ExportDelta", Role::Admin).await?;
+        let table = req.into_inner().table;
+        let r = self.export_delta(&table).await;
+        self.gate.record(&who, "ExportDelta", &table, "", outcome(&r)).await;
         self.answer(r).await
     }
 
