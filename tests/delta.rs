@@ -70,13 +70,14 @@ fn read_delta(url: &str, version: Option<i64>) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The local files of the committed OFFLINE segments, as file:// URIs.
+/// The local files of the committed OFFLINE segments (deltalake gives a
+/// local table's files as paths).
 async fn committed_files(cluster: &Cluster) -> Vec<String> {
     let mut files: Vec<String> = cluster
         .offline_segments("dl")
         .await
         .iter()
-        .map(|s| format!("file://{}", cluster.store_path(&s.location).display()))
+        .map(|s| cluster.store_path(&s.location).display().to_string())
         .collect();
     files.sort();
     files
@@ -101,7 +102,10 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
 
     // the first export creates the log: one file per committed window
     let first = export(&cluster);
-    assert_eq!((first["version"].as_i64(), first["added"].as_u64(), first["removed"].as_u64()), (Some(0), Some(3), Some(0)));
+    assert_eq!(
+        (first["version"].as_i64(), first["added"].as_u64(), first["removed"].as_u64()),
+        (Some(0), Some(3), Some(0))
+    );
     let url = first["tableUrl"].as_str().unwrap().to_string();
     assert!(url.ends_with("/offline/dl_OFFLINE/"), "{url}");
     let v0 = read_delta(&url, None);
@@ -114,7 +118,10 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
 
     // nothing new: no commit
     let again = export(&cluster);
-    assert_eq!((again["version"].as_i64(), again["added"].as_u64(), again["removed"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert_eq!(
+        (again["version"].as_i64(), again["added"].as_u64(), again["removed"].as_u64()),
+        (Some(0), Some(0), Some(0))
+    );
 
     // late rows for the window from T0+1h: the rematerialize run replaces its file
     let late: Vec<(&str, i64)> = (0..4).map(|i| ("c", T0_MS + H_MS + 60_000 * (i + 1))).collect();
@@ -122,7 +129,11 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
     let start = Instant::now();
     loop {
         let t: Value = serde_json::from_str(&cluster.cli(&["tasks", "--table", "dl", "--output", "json"])).unwrap();
-        let done = t.as_array().unwrap().iter().any(|t| t["trigger"] == json!("late-rematerialize") && t["state"] == json!("SUCCEEDED"));
+        let done = t
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["trigger"] == json!("late-rematerialize") && t["state"] == json!("SUCCEEDED"));
         if done {
             break;
         }
@@ -132,7 +143,10 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
     let after = committed_rows(&cluster).await;
     assert_eq!(after.len(), 7, "window 1 gained key c");
     let second = export(&cluster);
-    assert_eq!((second["version"].as_i64(), second["added"].as_u64(), second["removed"].as_u64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (second["version"].as_i64(), second["added"].as_u64(), second["removed"].as_u64()),
+        (Some(1), Some(1), Some(1))
+    );
     assert!(second["revision"].as_i64() > first["revision"].as_i64());
     let v1 = read_delta(&url, None);
     assert_eq!(sorted(v1["rows"].as_array().unwrap().clone()), after, "the new version is the committed rows");

@@ -46,9 +46,9 @@ pub enum DeltaError {
         table: String,
         /// What failed, e.g. "read", "created".
         doing: &'static str,
-        /// deltalake's error.
+        /// deltalake's error (boxed: it is large).
         #[source]
-        source: deltalake_core::DeltaTableError,
+        source: Box<deltalake_core::DeltaTableError>,
     },
     /// A committed OFFLINE file that is not under the table's directory
     /// (a Delta log names files relative to its table).
@@ -124,7 +124,9 @@ pub fn stats_json(rows: u64, footer: Option<&FooterFacts>, schema: &Schema) -> S
         let Some(field) = schema.field(column) else { continue };
         let bounds = match (field.data_type, range) {
             (DataType::Int | DataType::Long, ValueRange::Int { min, max }) => Some((json_int(*min), json_int(*max))),
-            (DataType::Float | DataType::Double, ValueRange::Float { min, max }) if min.is_finite() && max.is_finite() => {
+            (DataType::Float | DataType::Double, ValueRange::Float { min, max })
+                if min.is_finite() && max.is_finite() =>
+            {
                 serde_json::Number::from_f64(*min).zip(serde_json::Number::from_f64(*max))
             }
             _ => None,
@@ -166,11 +168,15 @@ pub struct ExportReport {
     pub table_url: String,
 }
 
-/// A log store over the table's directory of `store` (`url`: what readers
-/// open; used in messages and `commitInfo`).
-fn log_store(store: &Store, root: &str, url: &url::Url) -> LogStoreRef {
+/// A log store over the table's directory `root` of `store`. deltalake
+/// resolves the log's objects in `store` by the path of the URL it is given,
+/// so that URL is `memory:///<root>` (the object path in r2o's store,
+/// whatever the store; a `file://` URL would be checked against the local
+/// filesystem), not the one readers open.
+fn log_store(store: &Store, root: &str) -> Result<LogStoreRef, url::ParseError> {
+    let url = url::Url::parse(&format!("memory:///{}/", root.trim_matches('/')))?;
     let prefixed: Store = Arc::new(object_store::prefix::PrefixStore::new(store.clone(), root.trim_end_matches('/')));
-    default_logstore(prefixed, store.clone(), url, &StorageConfig::default())
+    Ok(default_logstore(prefixed, store.clone(), &url, &StorageConfig::default()))
 }
 
 /// The table's directory as a URL: `store_uri` (`file:///var/lib/r2o/store`,
@@ -183,7 +189,8 @@ pub fn table_url(store_uri: &str, root: &str) -> Result<url::Url, url::ParseErro
 /// committed OFFLINE segments, each with its footer when it could be read)
 /// in one commit carrying `txn(app_id(raw), revision)`; creates the log
 /// (`metaData` with the table's schema) when there is none. Writes nothing
-/// when the log already holds them and its `txn` is at `revision` or later.
+/// when the log already holds exactly them (its `txn` then stays that of
+/// the export that wrote them).
 ///
 /// # Errors
 /// [`DeltaError::Outside`] for a file outside the table's directory (nothing
@@ -202,7 +209,7 @@ pub async fn export(
     let url = table_url(store_uri, &root).map_err(|e| DeltaError::Log {
         table: raw.into(),
         doing: "opened",
-        source: deltalake_core::DeltaTableError::Generic(format!("store URI '{store_uri}': {e}")),
+        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("store URI '{store_uri}': {e}"))),
     })?;
     let files = committed
         .iter()
@@ -221,8 +228,12 @@ pub async fn export(
             })
         })
         .collect::<Result<Vec<_>, DeltaError>>()?;
-    let logs = log_store(store, &root, &url);
-    let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source };
+    let logs = log_store(store, &root).map_err(|e| DeltaError::Log {
+        table: raw.into(),
+        doing: "opened",
+        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
+    })?;
+    let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source: Box::new(source) };
     let mut table = DeltaTable::new(logs.clone());
     let exists = table.verify_deltatable_existence().await.map_err(err("read"))?;
     let (in_log, txn_version) = if exists {
@@ -235,7 +246,8 @@ pub async fn export(
         (BTreeSet::new(), None)
     };
     let change = reconcile(&files, &in_log);
-    if exists && change.is_empty() && txn_version.is_some_and(|v| v >= revision) {
+    // (etcd's revision moves with every lease and heartbeat: the files decide)
+    if exists && change.is_empty() && txn_version.is_some() {
         return Ok(ExportReport {
             version: table.version().unwrap_or(0) as i64,
             added: 0,
@@ -296,12 +308,10 @@ pub async fn export(
 fn delta_schema(raw: &str, schema: &Schema) -> Result<StructType, DeltaError> {
     use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
     let arrow = schema.arrow_schema();
-    arrow.as_ref().try_into_kernel().map_err(|e: arrow::error::ArrowError| {
-        DeltaError::Log {
-            table: raw.into(),
-            doing: "given the table's schema",
-            source: deltalake_core::DeltaTableError::Generic(e.to_string()),
-        }
+    arrow.as_ref().try_into_kernel().map_err(|e: arrow::error::ArrowError| DeltaError::Log {
+        table: raw.into(),
+        doing: "given the table's schema",
+        source: Box::new(deltalake_core::DeltaTableError::Generic(e.to_string())),
     })
 }
 
@@ -329,7 +339,10 @@ mod tests {
     #[test]
     fn paths_are_relative_to_the_tables_directory() {
         let root = "ns/offline/t_OFFLINE/";
-        assert_eq!(relative_path(root, "ns/offline/t_OFFLINE/t__1__2/attempt-1/a.parquet").unwrap(), "t__1__2/attempt-1/a.parquet");
+        assert_eq!(
+            relative_path(root, "ns/offline/t_OFFLINE/t__1__2/attempt-1/a.parquet").unwrap(),
+            "t__1__2/attempt-1/a.parquet"
+        );
         assert_eq!(relative_path(root, "ns/offline/t_OFFLINE2/x/a.parquet"), None, "a neighbour's prefix");
         assert_eq!(relative_path(root, "ns/realtime/t_REALTIME/a.parquet"), None);
         assert_eq!(relative_path(root, "ns/offline/t_OFFLINE/"), None);

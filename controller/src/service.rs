@@ -418,7 +418,14 @@ impl ControllerSvc {
             crate::delta::DeltaError::Outside { .. } => ControllerError::Invalid(e.to_string()),
             crate::delta::DeltaError::Log { .. } => ControllerError::Conflict(e.to_string()),
         })?;
-        tracing::info!(table = raw, version = report.version, added = report.added, removed = report.removed, revision, "delta log exported");
+        tracing::info!(
+            table = raw,
+            version = report.version,
+            added = report.added,
+            removed = report.removed,
+            revision,
+            "delta log exported"
+        );
         Ok(pb::ExportDeltaResponse {
             table: raw.to_string(),
             version: report.version,
