@@ -149,6 +149,19 @@ fn json_int(v: i64) -> serde_json::Number {
     serde_json::Number::from(v)
 }
 
+/// Whether the object at `path` (canonical, in the install's namespace of
+/// `layout`) belongs to a table's Delta log
+/// (`<ns>/offline/<raw>_OFFLINE/_delta_log/...`): no metadata in etcd names
+/// those objects, and the janitor must never take them for orphans. Pure.
+pub fn is_log_object(layout: &Layout, path: &str) -> bool {
+    let offline = canonical_path(&format!("{}offline", layout.namespace()));
+    let Some(rest) = path.strip_prefix(&offline).and_then(|r| r.strip_prefix('/')) else { return false };
+    match rest.split_once('/') {
+        Some((table_dir, inner)) => table_dir.ends_with("_OFFLINE") && inner.starts_with("_delta_log/"),
+        None => false,
+    }
+}
+
 /// The application id of r2o's `txn` actions in a table's log.
 pub fn app_id(raw: &str) -> String {
     format!("r2o-{raw}")
@@ -334,6 +347,22 @@ mod tests {
         let all: BTreeSet<String> = committed.iter().map(|f| f.path.clone()).collect();
         assert!(reconcile(&committed, &all).is_empty());
         assert_eq!(reconcile(&[], &all).remove.len(), 3, "a flush removes every file");
+    }
+
+    #[test]
+    fn log_objects_are_told_from_the_tables_files() {
+        let layout = Layout::new("ns-1");
+        assert!(is_log_object(&layout, "ns-1/offline/t_OFFLINE/_delta_log/00000000000000000000.json"));
+        assert!(is_log_object(&layout, "ns-1/offline/t_OFFLINE/_delta_log/_last_checkpoint"));
+        for other in [
+            "ns-1/offline/t_OFFLINE/t__1__2/attempt-1/a.parquet",
+            "ns-1/offline/t_OFFLINE/x/_delta_log/a.json",
+            "ns-1/realtime/t_REALTIME/_delta_log/a.json",
+            "ns-2/offline/t_OFFLINE/_delta_log/a.json",
+            "ns-1/offline/_delta_log/a.json",
+        ] {
+            assert!(!is_log_object(&layout, other), "{other}");
+        }
     }
 
     #[test]

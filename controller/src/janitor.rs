@@ -199,7 +199,11 @@ impl Janitor {
         while let Some(o) = listing.try_next().await.map_err(|source| Error::Store { path: ns.into(), source })? {
             report.scanned += 1;
             let path = o.location.to_string();
-            if !(named.contains(&path) || live_prefixes.iter().any(|p| path.starts_with(p.as_str()))) {
+            // (a table's Delta log is named by no metadata: never an orphan)
+            let kept = named.contains(&path)
+                || live_prefixes.iter().any(|p| path.starts_with(p.as_str()))
+                || crate::delta::is_log_object(layout, &path);
+            if !kept {
                 orphans.push(path);
             }
         }
@@ -382,7 +386,9 @@ mod tests {
         let unregistered = format!("{}lost.abc.parquet", layout.realtime_prefix("t"));
         // another install's committed file on the same bucket
         let foreign = "j-2/offline/t_OFFLINE/t__0__1/attempt-1/a.parquet".to_string();
-        for p in [&committed, &orphan, &staged, &realtime, &unregistered, &foreign] {
+        // the table's Delta log: named by no metadata, never an orphan
+        let delta_log = format!("{}_delta_log/00000000000000000000.json", layout.offline_prefix("t"));
+        for p in [&committed, &orphan, &staged, &realtime, &unregistered, &foreign, &delta_log] {
             put_bytes(&store, p, bytes::Bytes::from_static(b"x")).await.unwrap();
         }
         kv.put(&keys.segment("t_REALTIME", "seg[1]"), encode(&seg("t_REALTIME", "seg[1]", &realtime)), None)
@@ -417,7 +423,7 @@ mod tests {
         let t0 = Instant::now();
         // first sight: nothing goes, whatever the objects' timestamps say
         let r = j.sweep(&kv, &keys, &store, &layout, t0, 0).await.unwrap();
-        assert_eq!((r.scanned, r.deleted.len(), r.deleted_keys.len()), (6, 0, 0), "{r:?}");
+        assert_eq!((r.scanned, r.deleted.len(), r.deleted_keys.len()), (7, 0, 0), "{r:?}");
         assert_eq!(r.young_orphans, 5, "two objects, one manifest, two inputs lists: {r:?}");
         // still within the grace on this process's clock
         let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(59), 0).await.unwrap();
@@ -430,7 +436,7 @@ mod tests {
         let mut gone = r.deleted_keys.clone();
         gone.sort();
         assert_eq!(gone, vec![keys.inputs(&done), keys.inputs(&abandoned), keys.manifest(&done, 2)]);
-        for p in [&committed, &staged, &realtime, &foreign, &staged_file] {
+        for p in [&committed, &staged, &realtime, &foreign, &staged_file, &delta_log] {
             assert!(object_size(&store, p).await.unwrap().is_some(), "{p} must survive");
         }
         for p in [&orphan, &unregistered] {
