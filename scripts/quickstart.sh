@@ -97,4 +97,9 @@ echo "== checking the OFFLINE files against an independent computation (duckdb +
 "$r2o" segment list --table flights --output json >"$work/segments.json"
 "$r2o" watermark --table flights --output json >"$work/watermark.json"
 .venv/bin/python scripts/verify_flights.py "$csv" "$work/segments.json" "$work/watermark.json" "$work/store"
-echo "== done; OFFLINE segments are under $work/store/<namespace>/offline/flights_OFFLINE (r2o segment list names each file)"
+echo "== writing the OFFLINE table's Delta Lake log, and reading the table through it (Python deltalake)"
+delta=$("$r2o" table export-delta --table flights --output json)
+echo "$delta"
+.venv/bin/python scripts/verify_delta.py "$work/segments.json" "$work/store" \
+  "$(echo "$delta" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["tableUrl"])')"
+echo "== done; the OFFLINE table is a Delta Lake table at $work/store/<namespace>/offline/flights_OFFLINE (read it with any Delta reader)"

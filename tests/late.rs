@@ -15,30 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Cluster, H_MS, T0_MS};
 
-fn schema() -> Value {
-    json!({"schemaName": "s", "dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
-        "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
-        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]})
-}
-
-/// Rows `(key, ts)` with `m = 1`.
-fn rows(keys_and_times: &[(&str, i64)]) -> RecordBatch {
-    RecordBatch::try_from_iter(vec![
-        (
-            "k",
-            Arc::new(StringArray::from(keys_and_times.iter().map(|(k, _)| *k).collect::<Vec<_>>())) as Arc<dyn Array>,
-        ),
-        ("m", Arc::new(Int64Array::from(vec![1; keys_and_times.len()])) as _),
-        ("ts", Arc::new(Int64Array::from(keys_and_times.iter().map(|(_, t)| *t).collect::<Vec<_>>())) as _),
-    ])
-    .unwrap()
-}
-
 /// 10 rows an hour for `hours` hours from T0, keys a and b alternating.
 fn on_time(hours: i64) -> RecordBatch {
     let v: Vec<(&str, i64)> =
         (0..hours * 10).map(|i| (if i % 2 == 0 { "a" } else { "b" }, T0_MS + i * H_MS / 10)).collect();
-    rows(&v)
+    support::keyed_rows(&v)
 }
 
 /// Every OFFLINE row as (window hour, key) -> sum of m, and the row count.
@@ -82,9 +63,21 @@ async fn late_rows_are_moved_by_policy() {
         t["tableName"] = json!(name);
         t
     };
-    cluster.add_table("lr", &table("lr", json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h"})), &schema());
-    cluster.add_table("ca", &table("ca", json!({"mergeType": "concat", "lateDataPolicy": "APPEND"})), &schema());
-    cluster.add_table("ig", &table("ig", json!({"mergeType": "concat", "lateDataPolicy": "ignore"})), &schema());
+    cluster.add_table(
+        "lr",
+        &table("lr", json!({"mergeType": "rollup", "roundBucketTimePeriod": "1h"})),
+        &support::keyed_schema(),
+    );
+    cluster.add_table(
+        "ca",
+        &table("ca", json!({"mergeType": "concat", "lateDataPolicy": "APPEND"})),
+        &support::keyed_schema(),
+    );
+    cluster.add_table(
+        "ig",
+        &table("ig", json!({"mergeType": "concat", "lateDataPolicy": "ignore"})),
+        &support::keyed_schema(),
+    );
     let add = |t: &str, name: &str, batch: &RecordBatch| {
         let f = cluster.parquet_file(&format!("{t}-{name}.parquet"), batch);
         let out = cluster.cli_raw(&["segment", "add", "--table", t, "--file", f.to_str().unwrap(), "--name", name]);
@@ -102,7 +95,7 @@ async fn late_rows_are_moved_by_policy() {
     // late rows for the window from T0+1h: 4 more of a, 2 of a new key c
     let late: Vec<(&str, i64)> =
         (0..6).map(|i| (if i < 4 { "a" } else { "c" }, T0_MS + H_MS + 60_000 * (i + 1))).collect();
-    let said = add("lr", "late", &rows(&late));
+    let said = add("lr", "late", &support::keyed_rows(&late));
     assert!(said.contains("is late") && said.contains("rematerialize"), "{said}");
     wait_late_run(&cluster, "lr", "late-rematerialize").await;
     let (after, n) = offline(&cluster, "lr").await;
@@ -121,7 +114,7 @@ async fn late_rows_are_moved_by_policy() {
     assert_eq!(w.watermark_ms, T0_MS + 3 * H_MS, "the watermark does not move back");
 
     // append (concat): the late rows join window 1 as extra segments
-    let said = add("ca", "late", &rows(&late));
+    let said = add("ca", "late", &support::keyed_rows(&late));
     assert!(said.contains("append"), "{said}");
     wait_late_run(&cluster, "ca", "late-append").await;
     let (ca, n) = offline(&cluster, "ca").await;
@@ -132,7 +125,7 @@ async fn late_rows_are_moved_by_policy() {
     assert_eq!(names.len(), 4, "the window's first segment stays: {names:?}");
 
     // ignore: a warning, and the late rows stay in REALTIME
-    let said = add("ig", "late", &rows(&late));
+    let said = add("ig", "late", &support::keyed_rows(&late));
     assert!(said.contains("will not move"), "{said}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!tasks(&cluster, "ig").iter().any(|t| t["trigger"].as_str().unwrap_or("").starts_with("late")));
@@ -151,13 +144,13 @@ async fn late_rows_are_moved_by_policy() {
         ])
         .unwrap()
     };
-    cluster.add_table("ls", &table("ls", json!({"mergeType": "concat"})), &schema());
+    cluster.add_table("ls", &table("ls", json!({"mergeType": "concat"})), &support::keyed_schema());
     add("ls", "s1", &with_nulls);
     let w = cluster.wait_idle("ls", Duration::from_secs(60)).await;
     assert_eq!(w.watermark_ms, T0_MS + 3 * H_MS, "{}", w.next);
     // paused: the next segment's rows wait
     cluster.cli(&["pause", "--table", "ls"]);
-    add("ls", "s2", &rows(&[("n", T0_MS + 3 * H_MS + 1), ("n", T0_MS + 3 * H_MS + 2)]));
+    add("ls", "s2", &support::keyed_rows(&[("n", T0_MS + 3 * H_MS + 1), ("n", T0_MS + 3 * H_MS + 2)]));
     let status = |t: &str| -> BTreeMap<String, (String, String)> {
         let out = cluster.cli(&["segment", "list", "--table", t, "--output", "json"]);
         let segs: Vec<Value> = serde_json::from_str(&out).unwrap();

@@ -674,6 +674,27 @@ pub fn metric_schema() -> serde_json::Value {
         "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]})
 }
 
+/// A Pinot schema with a STRING dimension `k`, a LONG metric `m` and an
+/// epoch-ms time column `ts`.
+pub fn keyed_schema() -> serde_json::Value {
+    serde_json::json!({"schemaName": "s", "dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
+        "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
+        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "LONG", "format": "1:MILLISECONDS:EPOCH", "granularity": "1:MILLISECONDS"}]})
+}
+
+/// Rows `(key, ts)` of [`keyed_schema`], each with `m = 1`.
+pub fn keyed_rows(keys_and_times: &[(&str, i64)]) -> arrow::array::RecordBatch {
+    use arrow::array::{Array, Int64Array, StringArray};
+    let keys: Vec<&str> = keys_and_times.iter().map(|(k, _)| *k).collect();
+    let times: Vec<i64> = keys_and_times.iter().map(|(_, t)| *t).collect();
+    arrow::array::RecordBatch::try_from_iter(vec![
+        ("k", std::sync::Arc::new(StringArray::from(keys)) as std::sync::Arc<dyn Array>),
+        ("m", std::sync::Arc::new(Int64Array::from(vec![1; keys_and_times.len()])) as _),
+        ("ts", std::sync::Arc::new(Int64Array::from(times)) as _),
+    ])
+    .unwrap()
+}
+
 /// A REALTIME table config over `ts` with 1 h buckets and a 1 h buffer,
 /// plus `extra` keys in the `RealtimeToOfflineSegmentsTask` block.
 pub fn hourly_table(name: &str, extra: serde_json::Value) -> serde_json::Value {
