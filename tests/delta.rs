@@ -10,7 +10,6 @@ mod support;
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Cluster, H_MS, T0_MS};
 
@@ -90,7 +89,7 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
     let url = first["tableUrl"].as_str().unwrap().to_string();
     assert!(url.ends_with("/offline/dl_OFFLINE/"), "{url}");
     let v0 = read_delta(&url, None);
-    let before = committed_support::keyed_rows(&cluster).await;
+    let before = committed_rows(&cluster).await;
     assert_eq!(before.len(), 6, "3 windows x 2 keys");
     assert_eq!(v0["columns"], json!(["k", "m", "ts"]));
     assert_eq!(sorted(v0["rows"].as_array().unwrap().clone()), before, "the Delta table is the committed rows");
@@ -121,7 +120,7 @@ async fn the_delta_log_holds_exactly_the_committed_windows_with_time_travel() {
         assert!(start.elapsed() < Duration::from_secs(60), "no late run committed: {t}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let after = committed_support::keyed_rows(&cluster).await;
+    let after = committed_rows(&cluster).await;
     assert_eq!(after.len(), 7, "window 1 gained key c");
     let second = export(&cluster);
     assert_eq!(

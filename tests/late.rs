@@ -210,7 +210,7 @@ async fn late_rows_are_moved_by_policy() {
     ] {
         let (c, s) = (cluster.dir.path().join("bad.json"), cluster.dir.path().join("bad.schema.json"));
         std::fs::write(&c, table("bad", task).to_string()).unwrap();
-        std::fs::write(&s, schema().to_string()).unwrap();
+        std::fs::write(&s, support::keyed_schema().to_string()).unwrap();
         let out = cluster.cli_raw(&["table", "add", "--config", c.to_str().unwrap(), "--schema", s.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("lateDataPolicy") && err.contains(shown), "{err}");
