@@ -1443,6 +1443,29 @@ pub async fn for_each_entry(kv: &Kv, prefix: &str, mut f: impl FnMut(&KeyValue) 
     }
 }
 
+/// The entries under `prefix` with keys from `first` to `last` (both
+/// inclusive, both under `prefix`), in key order: a `get` of `first`, then
+/// pages after it until `last`, so a short run of keys in a long prefix
+/// (a batch of consecutive segment names) costs a short read.
+///
+/// # Errors
+/// etcd errors.
+pub async fn entries_between(kv: &Kv, prefix: &str, first: &str, last: &str) -> Result<Vec<KeyValue>> {
+    let mut out: Vec<KeyValue> = kv.get(first).await?.into_iter().collect();
+    let mut after = first.to_string();
+    loop {
+        let page = kv.range_page(prefix, Some(&after), crate::kv::RANGE_PAGE_KEYS).await?;
+        let more = page.more && page.kvs.last().is_some_and(|e| e.key.as_str() < last);
+        if let Some(e) = page.kvs.last() {
+            after = e.key.clone();
+        }
+        out.extend(page.kvs.into_iter().take_while(|e| e.key.as_str() <= last));
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
 /// Reads and decodes every record under a prefix (paged).
 pub async fn range_records<T: DeserializeOwned>(kv: &Kv, prefix: &str) -> Result<Vec<(T, KeyValue)>> {
     kv.range(prefix).await?.into_iter().map(|entry| Ok((decode(&entry)?, entry))).collect()

@@ -50,24 +50,11 @@ async fn taken(kv: &Kv, keys: &Keys, raw: &str, names: &[&str]) -> Result<Vec<St
     let prefix = keys.segments(&format!("{raw}_REALTIME"));
     let (Some(lo), Some(hi)) = (names.iter().min(), names.iter().max()) else { return Ok(vec![]) };
     let (first, last) = (format!("{prefix}{lo}"), format!("{prefix}{hi}"));
-    let mut existing: HashSet<String> = HashSet::new();
-    if kv.get(&first).await?.is_some() {
-        existing.insert(lo.to_string());
-    }
-    let mut after = first;
-    'pages: loop {
-        let page = kv.range_page(&prefix, Some(&after), r2o_common::kv::RANGE_PAGE_KEYS).await?;
-        for e in &page.kvs {
-            if e.key > last {
-                break 'pages;
-            }
-            existing.insert(e.key[prefix.len()..].to_string());
-        }
-        match page.kvs.last() {
-            Some(e) if page.more => after = e.key.clone(),
-            _ => break,
-        }
-    }
+    let existing: HashSet<String> = r2o_common::meta::entries_between(kv, &prefix, &first, &last)
+        .await?
+        .into_iter()
+        .map(|e| e.key[prefix.len()..].to_string())
+        .collect();
     Ok(names.iter().filter(|n| existing.contains(**n)).map(|n| n.to_string()).collect())
 }
 

@@ -394,10 +394,7 @@ impl ControllerSvc {
             .map(|s| {
                 let store = store.clone();
                 async move {
-                    let footer = match r2o_common::columnar::object_footer(&store, &s.location).await? {
-                        Some((_, Ok(f))) => Some(f),
-                        _ => None,
-                    };
+                    let footer = crate::validate::read_input_footer(store, &s.location).await?;
                     Ok::<_, r2o_common::Error>((s, footer))
                 }
             })

@@ -284,8 +284,9 @@ async fn input_footer(store: Store, cache: FooterCache, location: String) -> r2o
     Ok(f)
 }
 
-/// One input's footer, read; `None` when it is missing or does not decode.
-async fn read_input_footer(store: Store, location: &str) -> r2o_common::Result<Option<FooterFacts>> {
+/// One input's footer, read (with the store's retries); `None` when it is
+/// missing or does not decode.
+pub(crate) async fn read_input_footer(store: Store, location: &str) -> r2o_common::Result<Option<FooterFacts>> {
     let (store, path) = r2o_common::store::resolve(&store, location)?;
     let read = || object_footer(&store, &path);
     Ok(match read.retry(store_backoff()).when(Error::is_retryable).await? {

@@ -20,7 +20,7 @@
 //! and decode.
 
 use r2o_common::kv::Kv;
-use r2o_common::meta::{decode_realtime, read_realtime, Keys, SegmentMarker, SegmentMeta};
+use r2o_common::meta::{decode_realtime, entries_between, read_realtime, Keys, SegmentMarker, SegmentMeta};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -146,22 +146,12 @@ async fn read_named(kv: &Kv, keys: &Keys, raw: &str, names: &[String]) -> r2o_co
     let (Some(first), Some(last)) = (wanted.first(), wanted.last()) else { return Ok(out) };
     let prefix = keys.segments(&typed);
     let (first, last) = (keys.segment(&typed, first), keys.segment(&typed, last));
-    if let Some(entry) = kv.get(&first).await? {
-        out.push(decode_realtime(&entry)?);
-    }
-    let mut after = first;
-    loop {
-        let page = kv.range_page(&prefix, Some(&after), r2o_common::kv::RANGE_PAGE_KEYS).await?;
-        for entry in page.kvs.iter().take_while(|e| e.key <= last) {
-            if wanted.binary_search(&&entry.key[prefix.len()..]).is_ok() {
-                out.push(decode_realtime(entry)?);
-            }
-        }
-        match page.kvs.last() {
-            Some(e) if page.more && e.key < last => after = e.key.clone(),
-            _ => return Ok(out),
+    for entry in entries_between(kv, &prefix, &first, &last).await? {
+        if wanted.binary_search(&&entry.key[prefix.len()..]).is_ok() {
+            out.push(decode_realtime(&entry)?);
         }
     }
+    Ok(out)
 }
 
 /// Names read one `get` each by [`read_named`]; more are read as one range.
