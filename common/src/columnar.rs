@@ -442,6 +442,9 @@ pub fn segment_facts(
 /// `path` is a path of `store` (from [`crate::store::resolve`]), `size_bytes`
 /// the object's listed size.
 ///
+/// Also returns the footer's [`FooterFacts`] (decoded anyway), which the
+/// controller keeps for validating the windows that read the segment.
+///
 /// # Errors
 /// As [`segment_facts`]; store errors as [`Error::Segment`] too.
 pub async fn segment_facts_in_store(
@@ -452,7 +455,7 @@ pub async fn segment_facts_in_store(
     schema: &Schema,
     time_column: &str,
     format: TimeFormat,
-) -> Result<SegmentFacts> {
+) -> Result<(SegmentFacts, FooterFacts)> {
     use futures::TryStreamExt;
     use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
     let reader = reader::StoreReader::new(store.clone(), path, size_bytes);
@@ -460,8 +463,9 @@ pub async fn segment_facts_in_store(
         .await
         .map_err(|e| seg_err(segment, format!("not a readable Parquet file: {e}")))?;
     check_file_schema(segment, builder.schema(), schema)?;
+    let footer = footer_facts(builder.metadata());
     if let Some(facts) = facts_from_statistics(builder.metadata(), builder.schema(), time_column, format) {
-        return Ok(facts);
+        return Ok((facts, footer));
     }
     let leaf = builder
         .metadata()
@@ -485,7 +489,7 @@ pub async fn segment_facts_in_store(
             facts.time_range_ms = Some(facts.time_range_ms.map_or((lo, hi), |(a, c)| (a.min(lo), c.max(hi))));
         }
     }
-    Ok(facts)
+    Ok((facts, footer))
 }
 
 /// A file's facts from its footer alone, when every row group has exact

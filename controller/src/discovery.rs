@@ -477,7 +477,7 @@ async fn read_file(home: &Store, spec: &TableSpec, f: &Listed) -> Option<Segment
     .await;
     match facts {
         Err(e) => meta.error = format!("the file cannot be read as a segment of the table: {e}"),
-        Ok(facts) => {
+        Ok((facts, _footer)) => {
             meta.total_docs = facts.rows;
             meta.null_time_rows = facts.null_time_rows;
             match facts.time_range_ms {

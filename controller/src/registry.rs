@@ -198,6 +198,7 @@ pub async fn add_segments(
     keys: &Keys,
     store: &Store,
     layout: &Layout,
+    footers: &crate::validate::FooterCache,
     metas: Vec<SegmentMeta>,
 ) -> Result<Vec<String>> {
     let Some(first) = metas.first() else { return Ok(vec![]) };
@@ -269,13 +270,18 @@ pub async fn add_segments(
             }
         })
         .collect();
-    let facts: Vec<r2o_common::columnar::SegmentFacts> = futures::stream::iter(jobs).buffered(32).try_collect().await?;
+    let facts: Vec<_> = futures::stream::iter(jobs).buffered(32).try_collect().await?;
     let mut metas = metas;
-    for (m, f) in metas.iter_mut().zip(&facts) {
+    for (m, (f, _)) in metas.iter_mut().zip(&facts) {
         check_claims(m, f)?;
         m.null_time_rows = f.null_time_rows;
     }
-    write_segments(kv, keys, &spec, &metas).await
+    let warnings = write_segments(kv, keys, &spec, &metas).await?;
+    // validation of the windows that read them needs these footers again
+    for (m, (_, footer)) in metas.iter().zip(&facts) {
+        footers.offer(&m.location, footer);
+    }
+    Ok(warnings)
 }
 
 /// Writes checked REALTIME segments of `spec`'s table (names free, files in
@@ -358,8 +364,15 @@ pub(crate) async fn write_segments(
 
 /// Registers one REALTIME segment (see [`add_segments`]); returns its
 /// late-segment warning, if any.
-pub async fn add_segment(kv: &Kv, keys: &Keys, store: &Store, layout: &Layout, meta: SegmentMeta) -> Result<String> {
-    Ok(add_segments(kv, keys, store, layout, vec![meta]).await?.into_iter().next().unwrap_or_default())
+pub async fn add_segment(
+    kv: &Kv,
+    keys: &Keys,
+    store: &Store,
+    layout: &Layout,
+    footers: &crate::validate::FooterCache,
+    meta: SegmentMeta,
+) -> Result<String> {
+    Ok(add_segments(kv, keys, store, layout, footers, vec![meta]).await?.into_iter().next().unwrap_or_default())
 }
 
 /// Clears [`SegmentMeta::late`] on every REALTIME segment of `raw` (after a

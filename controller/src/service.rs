@@ -221,8 +221,8 @@ impl ControllerSvc {
         let meta = segment_from_wire(&seg).ok_or_else(|| {
             ControllerError::Invalid(format!("segment.status '{}': expected CONSUMING or DONE", seg.status))
         })?;
-        let warning =
-            registry::add_segment(&self.auth.kv, &self.auth.keys, &self.auth.store, &self.auth.layout, meta).await?;
+        let a = &self.auth;
+        let warning = registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, &a.footers, meta).await?;
         Ok(pb::AddSegmentResponse { warning })
     }
 
@@ -562,9 +562,8 @@ impl ControllerService for ControllerSvc {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let added = metas.len() as u64;
-            let warnings =
-                registry::add_segments(&self.auth.kv, &self.auth.keys, &self.auth.store, &self.auth.layout, metas)
-                    .await?;
+            let a = &self.auth;
+            let warnings = registry::add_segments(&a.kv, &a.keys, &a.store, &a.layout, &a.footers, metas).await?;
             Ok(pb::AddSegmentsResponse { added, warnings })
         }
         .await;

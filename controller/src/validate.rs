@@ -33,11 +33,15 @@ pub struct OutputEvidence {
     pub footer: Option<FooterFacts>,
 }
 
-/// Footers of REALTIME inputs, by location: read once, used by every window
-/// the segment overlaps. Bounded in bytes (issue 21: the controller's memory
-/// bounded whatever the number of segments): past its budget the oldest
-/// footers go first (a footer is needed by the few windows its segment
-/// overlaps, planned close together).
+/// Footers of REALTIME inputs, by location: read once (at registration, or
+/// by the first window that needs it), used by every window the segment
+/// overlaps. Bounded in bytes (issue 21: the controller's memory bounded
+/// whatever the number of segments): past its budget the oldest footers go
+/// first (a footer is needed by the few windows its segment overlaps,
+/// planned close together). Entries are compact ([`CachedFooter`], ~450
+/// bytes for 6 numeric columns), so the footers that registration read of
+/// the x30 backfill's 43,800 segments (~20 MB) fit the default budget and
+/// validation reads none again.
 #[derive(Clone)]
 pub struct FooterCache {
     inner: Arc<Mutex<FooterCacheInner>>,
@@ -46,29 +50,68 @@ pub struct FooterCache {
 
 #[derive(Default)]
 struct FooterCacheInner {
-    map: HashMap<String, (Option<FooterFacts>, usize)>,
-    /// Locations in insertion order (the eviction order).
-    order: std::collections::VecDeque<String>,
+    map: HashMap<Arc<str>, (Option<CachedFooter>, usize)>,
+    /// Locations in insertion order (the eviction order); a location
+    /// forgotten before its turn stays here until then, at no byte cost.
+    order: std::collections::VecDeque<Arc<str>>,
     bytes: usize,
+    /// Column names, interned: every footer of a table names the same ones.
+    names: HashSet<Arc<str>>,
     /// Folded input ranges of tasks whose input lists are too long to cache
     /// footer by footer, by task id, oldest first (at most [`RANGE_TASKS`]).
     ranges: std::collections::VecDeque<(String, InputRanges)>,
+}
+
+/// One input footer as the cache holds it: its row count and the ranges of
+/// its numeric columns, by interned column name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedFooter {
+    /// Rows in the file.
+    num_rows: u64,
+    ranges: Box<[(Arc<str>, ValueRange)]>,
+}
+
+/// What [`InputRanges::add`] needs of an input's footer: [`FooterFacts`] as
+/// read, or [`CachedFooter`] as cached.
+pub trait InputFooter {
+    /// Rows in the file.
+    fn num_rows(&self) -> u64;
+    /// The exact range of `column`'s non-null values, when the footer gives it.
+    fn range(&self, column: &str) -> Option<ValueRange>;
+}
+
+impl InputFooter for FooterFacts {
+    fn num_rows(&self) -> u64 {
+        self.num_rows
+    }
+    fn range(&self, column: &str) -> Option<ValueRange> {
+        self.ranges.get(column).copied()
+    }
+}
+
+impl InputFooter for CachedFooter {
+    fn num_rows(&self) -> u64 {
+        self.num_rows
+    }
+    fn range(&self, column: &str) -> Option<ValueRange> {
+        self.ranges.iter().find(|(c, _)| &**c == column).map(|(_, r)| *r)
+    }
 }
 
 /// Tasks whose folded [`InputRanges`] the cache keeps (each is a few
 /// hundred bytes: one range per copied column).
 const RANGE_TASKS: usize = 256;
 
-/// Approximate bytes one cached footer takes: its location twice (map and
-/// order), its ranges with their column names, and the map's overhead.
-fn footer_bytes(location: &str, facts: &Option<FooterFacts>) -> usize {
-    let ranges = facts.as_ref().map_or(0, |f| f.ranges.keys().map(|k| k.len() + 96).sum());
-    2 * location.len() + ranges + 160
+/// Approximate bytes one cached footer takes: its location (shared by the
+/// map and the order, with two pointers), its ranges (an interned name's
+/// pointer and a range each), and the map's overhead.
+fn entry_bytes(location: &str, columns: usize) -> usize {
+    location.len() + 16 + 2 * 16 + columns * (16 + std::mem::size_of::<ValueRange>()) + 96
 }
 
 /// What [`prefetch`] counts a footer as taking in the cache: the
-/// [`footer_bytes`] of a location of ~100 bytes with 16 numeric columns.
-const PREFETCH_FOOTER_BYTES: usize = 2 * 1024;
+/// [`entry_bytes`] of a location of ~100 bytes with 16 numeric columns.
+const PREFETCH_FOOTER_BYTES: usize = 1024;
 
 impl FooterCache {
     /// An empty cache of footers taking at most about `budget_bytes`.
@@ -80,22 +123,72 @@ impl FooterCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, location: &str) -> Option<Option<FooterFacts>> {
+    #[cfg(test)]
+    fn get(&self, location: &str) -> Option<Option<CachedFooter>> {
         self.lock().map.get(location).map(|(f, _)| f.clone())
     }
 
-    fn put(&self, location: &str, facts: Option<FooterFacts>) {
-        let bytes = footer_bytes(location, &facts);
+    /// Folds the cached footers of `locations` into `acc`, under one lock;
+    /// returns the locations not cached.
+    fn fold_cached(&self, locations: Vec<String>, acc: &mut InputRanges) -> Vec<String> {
+        let c = self.lock();
+        let mut missing = vec![];
+        for l in locations {
+            match c.map.get(l.as_str()) {
+                Some((f, _)) => acc.add(f.as_ref()),
+                None => missing.push(l),
+            }
+        }
+        missing
+    }
+
+    /// Caches the footer read at `location` (`None`: it did not decode),
+    /// evicting the oldest footers past the budget.
+    pub fn put(&self, location: &str, facts: Option<&FooterFacts>) {
+        self.insert(location, facts, true);
+    }
+
+    /// Caches the footer read at `location` only while the cache has room
+    /// for it: registration's footers, which must not evict the footers of
+    /// the windows running now.
+    pub fn offer(&self, location: &str, facts: &FooterFacts) {
+        self.insert(location, Some(facts), false);
+    }
+
+    fn insert(&self, location: &str, facts: Option<&FooterFacts>, evict: bool) {
+        let columns = facts.map_or(0, |f| f.ranges.len());
+        let bytes = entry_bytes(location, columns);
         let mut c = self.lock();
-        if c.map.contains_key(location) {
+        if c.map.contains_key(location) || (!evict && c.bytes + bytes > self.budget_bytes) {
             return; // read twice at once: the first one stays
         }
-        c.map.insert(location.to_string(), (facts, bytes));
-        c.order.push_back(location.to_string());
+        let cached = facts.map(|f| {
+            let ranges = f.ranges.iter().map(|(name, r)| (c.intern(name), *r)).collect();
+            CachedFooter { num_rows: f.num_rows, ranges }
+        });
+        let key: Arc<str> = Arc::from(location);
+        c.map.insert(key.clone(), (cached, bytes));
+        c.order.push_back(key);
         c.bytes += bytes;
         while c.bytes > self.budget_bytes && c.order.len() > 1 {
             let Some(oldest) = c.order.pop_front() else { break };
             if let Some((_, b)) = c.map.remove(&oldest) {
+                c.bytes -= b;
+            }
+        }
+        if c.order.len() > 2 * c.map.len() + 1024 {
+            // forgotten locations pile up in the order: drop them
+            let FooterCacheInner { order, map, .. } = &mut *c;
+            order.retain(|l| map.contains_key(l));
+        }
+    }
+
+    /// Drops the footers at `locations`: their segments lie before the
+    /// watermark, and no window that is not a late-data run reads them again.
+    pub fn forget<'a>(&self, locations: impl IntoIterator<Item = &'a str>) {
+        let mut c = self.lock();
+        for l in locations {
+            if let Some((_, b)) = c.map.remove(l) {
                 c.bytes -= b;
             }
         }
@@ -129,6 +222,24 @@ impl FooterCache {
             c.ranges.pop_front();
         }
         c.ranges.push_back((task_id.to_string(), ranges));
+    }
+}
+
+/// The locations of `inputs` no window from `watermark_ms` on reads: every
+/// row of theirs lies before it (`end_time_ms` is inclusive, windows are
+/// `[start, end)`). Only a late-data run reads them again. Pure.
+pub fn consumed(inputs: &[SegmentMeta], watermark_ms: i64) -> impl Iterator<Item = &str> {
+    inputs.iter().filter(move |s| s.end_time_ms < watermark_ms).map(|s| s.location.as_str())
+}
+
+impl FooterCacheInner {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(n.clone());
+        n
     }
 }
 
@@ -173,19 +284,19 @@ impl InputRanges {
     }
 
     /// Folds one more input's footer (`None`: it could not be read).
-    pub fn add(&mut self, footer: Option<&FooterFacts>) {
+    pub fn add<F: InputFooter>(&mut self, footer: Option<&F>) {
         self.inputs += 1;
         for (col, acc) in &mut self.columns {
-            match footer.and_then(|f| f.ranges.get(col.as_str())) {
+            match footer.and_then(|f| f.range(col.as_str())) {
                 Some(r) => {
                     *acc = match *acc {
-                        Folded::Empty => Folded::Range(*r),
-                        Folded::Range(a) => a.merge(*r).map_or(Folded::Unknown, Folded::Range),
+                        Folded::Empty => Folded::Range(r),
+                        Folded::Range(a) => a.merge(r).map_or(Folded::Unknown, Folded::Range),
                         Folded::Unknown => Folded::Unknown,
                     }
                 }
                 // all null in this input adds nothing; no statistics makes it unknown
-                None if footer.is_some_and(|f| f.num_rows == 0) => {}
+                None if footer.is_some_and(|f| f.num_rows() == 0) => {}
                 None => *acc = Folded::Unknown,
             }
         }
@@ -246,7 +357,8 @@ pub async fn gather(
 }
 
 /// Folds the footers at `locations` into [`InputRanges`], `parallel` reads
-/// at once; each footer is also cached when `keep` (else only read).
+/// at once: from the cache when there, else read, and then cached when
+/// `keep`.
 async fn fold_footers(
     store: &Store,
     cache: &FooterCache,
@@ -255,33 +367,25 @@ async fn fold_footers(
     keep: bool,
     parallel: usize,
 ) -> r2o_common::Result<InputRanges> {
-    futures::stream::iter(locations)
+    let mut acc = InputRanges::new(spec);
+    let missing = cache.fold_cached(locations, &mut acc);
+    futures::stream::iter(missing)
         .map(|l| {
             let (store, cache) = (store.clone(), cache.clone());
             async move {
-                match keep {
-                    true => input_footer(store, cache, l).await,
-                    false => read_input_footer(store, &l).await,
+                let f = read_input_footer(store, &l).await?;
+                if keep {
+                    cache.put(&l, f.as_ref());
                 }
+                Ok::<_, r2o_common::Error>(f)
             }
         })
         .buffer_unordered(parallel)
-        .try_fold(InputRanges::new(spec), |mut acc, f| async move {
+        .try_fold(acc, |mut acc, f| async move {
             acc.add(f.as_ref());
             Ok(acc)
         })
         .await
-}
-
-/// One input's footer, from `cache` or read (and cached); `None` when it is
-/// missing or does not decode.
-async fn input_footer(store: Store, cache: FooterCache, location: String) -> r2o_common::Result<Option<FooterFacts>> {
-    if let Some(f) = cache.get(&location) {
-        return Ok(f);
-    }
-    let f = read_input_footer(store, &location).await?;
-    cache.put(&location, f.clone());
-    Ok(f)
 }
 
 /// One input's footer, read (with the store's retries); `None` when it is
@@ -628,28 +732,84 @@ mod tests {
 
     #[test]
     fn the_footer_cache_keeps_to_its_byte_budget_and_evicts_the_oldest() {
-        let facts = |n: u64| {
-            Some(FooterFacts {
-                num_rows: n,
-                ranges: [("ts".to_string(), ValueRange::Int { min: 0, max: n as i64 })].into_iter().collect(),
-            })
+        let facts = |n: u64| FooterFacts {
+            num_rows: n,
+            ranges: [("ts".to_string(), ValueRange::Int { min: 0, max: n as i64 })].into_iter().collect(),
         };
-        let one = footer_bytes("seg/000", &facts(0));
+        let cached = |n: u64| {
+            let f = facts(n);
+            Some(Some(CachedFooter { num_rows: n, ranges: [(Arc::from("ts"), f.ranges["ts"])].into() }))
+        };
+        let one = entry_bytes("seg/000", 1);
         let cache = FooterCache::new(10 * one);
         for i in 0..25u64 {
-            cache.put(&format!("seg/{i:03}"), facts(i));
+            cache.put(&format!("seg/{i:03}"), Some(&facts(i)));
         }
         let (count, bytes) = cache.usage();
         assert!(bytes <= 10 * one, "{bytes} bytes over the budget of {}", 10 * one);
         assert_eq!(count, 10);
         assert_eq!(cache.get("seg/000"), None, "the oldest went first");
-        assert_eq!(cache.get("seg/024"), Some(facts(24)));
-        assert_eq!(cache.get("seg/015"), Some(facts(15)));
+        assert_eq!(cache.get("seg/024"), cached(24));
+        assert_eq!(cache.get("seg/015"), cached(15));
         // a footer that did not decode is remembered as such
         cache.put("seg/bad", None);
         assert_eq!(cache.get("seg/bad"), Some(None));
         assert!(cache.fits(5, one) && !cache.fits(11, one));
     }
+
+    #[test]
+    fn registration_offers_footers_only_while_there_is_room_and_commits_forget_them() {
+        let f = |n: i64| FooterFacts {
+            num_rows: 1,
+            ranges: [("d".to_string(), ValueRange::Int { min: n, max: n })].into_iter().collect(),
+        };
+        let one = entry_bytes("seg/000", 1);
+        let cache = FooterCache::new(4 * one);
+        for i in 0..6 {
+            cache.offer(&format!("seg/{i:03}"), &f(i));
+        }
+        // the first four stay: what registration read first is validated first
+        assert_eq!(cache.usage().0, 4);
+        assert!(cache.get("seg/000").is_some() && cache.get("seg/003").is_some());
+        assert_eq!(cache.get("seg/004"), None);
+        cache.forget(["seg/000", "seg/001"]);
+        assert_eq!(cache.usage(), (2, 2 * one));
+        assert_eq!(cache.get("seg/000"), None);
+        // names are interned: every footer shares one "d"
+        cache.offer("seg/010", &f(10));
+        let c = cache.lock();
+        let ptrs: HashSet<*const u8> = c.map.values().flat_map(|(f, _)| f.iter()).map(|f| f.ranges[0].0.as_ptr()).collect();
+        assert_eq!(ptrs.len(), 1);
+    }
+
+    #[test]
+    fn a_segment_is_consumed_once_the_watermark_passes_its_last_row() {
+        let seg = |loc: &str, start, end| SegmentMeta {
+            location: loc.into(),
+            start_time_ms: start,
+            end_time_ms: end,
+            ..input(1)
+        };
+        let inputs = [seg("a", -50, -1), seg("b", 0, 99), seg("c", 50, 100), seg("d", 100, 200)];
+        assert_eq!(consumed(&inputs, 100).collect::<Vec<_>>(), ["a", "b"], "c's row at 100 is in the next window");
+        assert_eq!(consumed(&inputs, 0).collect::<Vec<_>>(), ["a"], "times before 1970 are ordinary");
+        assert_eq!(consumed(&inputs, i64::MIN).count(), 0);
+    }
+
+    #[test]
+    fn folding_reads_only_the_footers_not_cached() {
+        let s = spec("rollup");
+        let int = |min, max| ValueRange::Int { min, max };
+        let cache = FooterCache::new(1 << 20);
+        cache.offer("a", &facts(3, &[("d", int(0, 3)), ("lo", int(5, 9))]));
+        cache.offer("b", &facts(3, &[("d", int(-1, 1)), ("lo", int(6, 6))]));
+        let mut acc = InputRanges::new(&s);
+        let missing = cache.fold_cached(vec!["a".into(), "x".into(), "b".into()], &mut acc);
+        assert_eq!(missing, vec!["x".to_string()]);
+        assert_eq!((acc.outer("d"), acc.outer("lo")), (Some(int(-1, 3)), Some(int(5, 9))));
+        assert_eq!(acc.inputs, 2);
+    }
+
     use r2o_common::meta::SegmentStatus;
     use serde_json::json;
 

@@ -222,6 +222,7 @@ impl Authority {
             }
             self.observe(&task, req, now);
             self.log_commit(&task, &totals);
+            self.footers.forget(validate::consumed(&inputs, task.window_end_ms));
             if let Err(e) = self.commit_ready(&task.table, leadership).await {
                 warn!(table = %task.table, error = %e, "committing staged tasks failed; the planning pass tries again");
             }
