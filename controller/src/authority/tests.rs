@@ -84,7 +84,7 @@ async fn register(w: &World, name: &str, batch: &RecordBatch, start: i64, end: i
         partition: 0,
         ..Default::default()
     };
-    crate::registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, meta).await.unwrap();
+    crate::registry::add_segment(&a.kv, &a.keys, &a.store, &a.layout, &a.footers, meta).await.unwrap();
 }
 
 /// Claims the table's first claimable task as minion `m`; returns it.
