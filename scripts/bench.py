@@ -631,6 +631,7 @@ def main():
     floor_bin = build_floor(bench_dir) if args.floor else None
     # this sitting's runs; the last sitting's are set aside and deleted at the end
     runs = os.path.join(args.work, "runs")
+    os.makedirs(args.work, exist_ok=True)  # a fresh checkout has none yet
     if os.path.exists(runs):
         os.rename(runs, os.path.join(args.work, f"old-runs-{time.time_ns()}"))
     old = [os.path.join(args.work, d) for d in os.listdir(args.work) if d.startswith(("old-runs-", "r2o-", "out-"))]

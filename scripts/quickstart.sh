@@ -97,7 +97,8 @@ echo "== checking the OFFLINE files against an independent computation (duckdb +
 "$r2o" segment list --table flights --output json >"$work/segments.json"
 "$r2o" watermark --table flights --output json >"$work/watermark.json"
 .venv/bin/python scripts/verify_flights.py "$csv" "$work/segments.json" "$work/watermark.json" "$work/store"
-echo "== writing the OFFLINE table's Delta Lake log, and reading the table through it (Python deltalake)"
+echo "== the OFFLINE table's Delta Lake log (the leader writes it at every commit), read through Python deltalake"
+# export-delta brings the log up to date at once (the leader's own pass may be a moment behind)
 delta=$("$r2o" table export-delta --table flights --output json)
 echo "$delta"
 .venv/bin/python scripts/verify_delta.py "$work/segments.json" "$work/store" \

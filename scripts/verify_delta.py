@@ -1,4 +1,4 @@
-"""Checks the OFFLINE table's Delta Lake log (written by `r2o table
+"""Checks the OFFLINE table's Delta Lake log (written by the leader, brought up to date by `r2o table
 export-delta`) against r2o's own list of committed files: Python's
 deltalake must see exactly those files and their rows, nothing else.
 

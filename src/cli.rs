@@ -1021,6 +1021,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                            "timeZone": w.time_zone,
                            "schedule": w.schedule, "lastRunMs": w.last_run_ms, "lastRunTrigger": w.last_run_trigger,
                            "nextRunMs": w.next_run_ms, "lateProblems": w.late_problems,
+                           "deltaVersion": w.delta_version, "deltaRevision": w.delta_revision,
+                           "deltaHoldsWatermark": w.delta_holds_watermark, "deltaTableUrl": w.delta_table_url,
                            "watermarkLocal": if w.exists && !w.time_zone.is_empty() {
                                r2o_common::window::format_in_zone(w.watermark_ms, &w.time_zone)
                            } else { String::new() }})
@@ -1059,6 +1061,17 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     }
                     for p in &w.late_problems {
                         println!("late data: {p}");
+                    }
+                    match w.delta_version {
+                        Some(v) if w.delta_holds_watermark => println!(
+                            "delta log: version {v} holds the watermark (etcd revision {}), at\n{}",
+                            w.delta_revision, w.delta_table_url
+                        ),
+                        Some(v) => println!(
+                            "delta log: version {v} (etcd revision {}) is behind the watermark; the leader is writing it, at\n{}",
+                            w.delta_revision, w.delta_table_url
+                        ),
+                        None => println!("delta log: none yet (the leader writes it after the table's first change)"),
                     }
                 }
             }

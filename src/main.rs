@@ -193,6 +193,11 @@ enum Command {
         /// sweeps, before the janitor deletes it, seconds.
         #[arg(long, env = "R2O_JANITOR_GRACE_SECS", default_value_t = 600)]
         janitor_grace_secs: u64,
+        /// How long a file removed from a table's Delta log (a window a late run replaced, a
+        /// flush) stays in the store so readers can travel back to the versions that name it,
+        /// seconds (Delta's deletedFileRetentionDuration; default 7 days).
+        #[arg(long, env = "R2O_DELTA_FILE_RETENTION_SECS", default_value_t = 7 * 86_400)]
+        delta_file_retention_secs: u64,
         /// Finished tasks kept in each table's history (the newest).
         #[arg(long, env = "R2O_HISTORY_MAX_PER_TABLE", default_value_t = 10_000)]
         history_max_per_table: usize,
@@ -323,6 +328,7 @@ async fn run() -> Result<()> {
             janitor_interval_secs,
             discovery_interval_ms,
             janitor_grace_secs,
+            delta_file_retention_secs,
             history_max_per_table,
             history_max_age_secs,
             task_max_input_rows,
@@ -351,6 +357,7 @@ async fn run() -> Result<()> {
                 task_timeout: Duration::from_secs(state.task_timeout_secs.max(1)),
                 janitor_interval: Duration::from_secs(janitor_interval_secs.max(1)),
                 janitor_grace: Duration::from_secs(janitor_grace_secs),
+                delta_file_retention: Duration::from_secs(delta_file_retention_secs),
                 http_listen: state.http_listen,
                 history: r2o_controller::janitor::HistoryRetention {
                     max_per_table: history_max_per_table,

@@ -26,7 +26,8 @@ fn known_settings(cmd: &clap::Command) -> BTreeMap<String, String> {
 /// `R2O_*` variables that are not settings of a subcommand but are known:
 /// the settings file itself, logging, fault injection for tests, and the
 /// test and quickstart scripts' own knobs.
-const OTHER_VARIABLES: [&str; 4] = ["R2O_SETTINGS", "R2O_LOG", "R2O_LOG_FORMAT", "R2O_FAULT_STORE"];
+const OTHER_VARIABLES: [&str; 5] =
+    ["R2O_SETTINGS", "R2O_LOG", "R2O_LOG_FORMAT", "R2O_FAULT_STORE", "R2O_FAULT_DELTA_HOLD"];
 const OTHER_PREFIXES: [&str; 5] = ["R2O_TEST_", "R2O_KEEP_TEST_DIR", "R2O_SOAK_SECS", "R2O_QS_", "R2O_HISTORY_"];
 
 /// Refuses `R2O_*` environment variables that name no setting (a typo

@@ -472,6 +472,12 @@ async fn exactly_once_under_faults() {
     let lost = (0..ROWS).filter(|i| !unique.contains(i)).count();
     assert_eq!((lost, duplicated), (0, 0), "lost and duplicated rows");
     assert_eq!(ids.len() as i64, ROWS);
+    // readers that are not r2o see the same tables through their Delta logs
+    for t in ["fa", "fr", "fd"] {
+        if let Err(e) = cluster.check_delta(t).await {
+            panic!("{e}; logs in {}", cluster.dir.path().display());
+        }
+    }
 
     // rollup: per key and hour, the sum computed directly; each group once
     let mut want: BTreeMap<(String, i64), i64> = BTreeMap::new();

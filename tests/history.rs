@@ -16,9 +16,11 @@
 //! registered, that every OFFLINE segment lies in one window, and that the
 //! watermark never moves back (but for a flush, which rebuilds the table).
 //! At the end, with faults stopped, every row must arrive within a bound
-//! ("wedged" otherwise). It prints one line:
-//! `history: seeds N, operations N, lost 0, duplicated 0, wedged 0`, and on
-//! a failure the seed and the operation sequence.
+//! ("wedged" otherwise), and each table's Delta log must hold exactly its
+//! committed files, each added once (`Cluster::check_delta`). It prints one
+//! line: `history: seeds N, operations N, lost 0, duplicated 0, wedged 0,
+//! delta logs differing 0`, and on a failure the seed and the operation
+//! sequence.
 //!
 //! `R2O_HISTORY_SEEDS=N` runs N seeds from 1 (default 3), or from
 //! `R2O_HISTORY_FROM`; `R2O_HISTORY_SEED=S` runs seed S alone.
@@ -182,6 +184,8 @@ struct Tally {
     phantom: usize,
     outside_window: usize,
     watermark_back: usize,
+    /// Tables whose Delta log did not hold exactly the committed files.
+    delta: usize,
 }
 
 struct Run {
@@ -532,6 +536,11 @@ async fn seed(run: &mut Run, seed: u64, tally: &mut Tally) -> usize {
                     let w = run.watermark(&m.table).await.map(|w| w.next).unwrap_or_default();
                     run.log.push(format!("seed {seed}: table {} lost {lost} rows; next: {w}", m.table));
                 }
+                // readers that are not r2o see the same table through its Delta log
+                if let Err(e) = run.cluster.check_delta(&m.table).await {
+                    tally.delta += 1;
+                    run.log.push(format!("seed {seed}: table {}: {e}", m.table));
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -577,25 +586,32 @@ async fn random_histories_lose_nothing_and_move_nothing_twice() {
     });
     println!("history: rows checked {}, operations by kind {kinds:?}", tally.rows_checked);
     println!(
-        "history: seeds {}, operations {ops}, lost {}, duplicated {}, wedged {}",
+        "history: seeds {}, operations {ops}, lost {}, duplicated {}, wedged {}, delta logs differing {}",
         seeds.len(),
         tally.lost,
         tally.duplicated,
-        tally.wedged
+        tally.wedged,
+        tally.delta
     );
-    let bad =
-        tally.lost + tally.duplicated + tally.wedged + tally.phantom + tally.outside_window + tally.watermark_back;
+    let bad = tally.lost
+        + tally.duplicated
+        + tally.wedged
+        + tally.phantom
+        + tally.outside_window
+        + tally.watermark_back
+        + tally.delta;
     if bad > 0 {
         let dir = run.cluster.keep();
         panic!(
             "history broke: lost {}, duplicated {}, wedged {}, rows never registered {}, segments over two windows {}, \
-             watermark moved back {}; logs in {}\n{}",
+             watermark moved back {}, delta logs differing {}; logs in {}\n{}",
             tally.lost,
             tally.duplicated,
             tally.wedged,
             tally.phantom,
             tally.outside_window,
             tally.watermark_back,
+            tally.delta,
             dir.display(),
             run.log.join("\n")
         );

@@ -976,7 +976,7 @@ impl Keys {
     /// alone: the table named in it (`tables/<raw>`, `segments/<raw>_REALTIME/..`,
     /// `watermarks/<raw>`, `tasks/active/<task id>`, ...); [`Touched::All`]
     /// for `minions/`, the leader and anything unknown (the safe answer);
-    /// [`Touched::Nothing`] for `access/` and `cluster`. Pure.
+    /// [`Touched::Nothing`] for `access/`, `cluster` and `deltalog/`. Pure.
     pub fn touched(&self, key: &str) -> Touched {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix('/')) else {
             return Touched::Nothing; // another install's key
@@ -996,7 +996,8 @@ impl Keys {
                     _ => Touched::All,
                 }
             }
-            "access" | "cluster" => Touched::Nothing,
+            // (`deltalog/`: what the leader projected into a table's Delta log)
+            "access" | "cluster" | "deltalog" => Touched::Nothing,
             _ => Touched::All,
         }
     }
@@ -1528,6 +1529,7 @@ mod tests {
             (format!("{}/new-kind/x", k.prefix()), Touched::All),
             (k.token("x"), Touched::Nothing),
             (k.cluster(), Touched::Nothing),
+            (format!("{}/deltalog/t", k.prefix()), Touched::Nothing),
             ("/other/tables/t".to_string(), Touched::Nothing),
             ("/r2o2/tables/t".to_string(), Touched::Nothing),
         ] {

@@ -6,24 +6,26 @@
 //! The log lives next to the table's files, at
 //! `<namespace>/offline/<raw>_OFFLINE/_delta_log/`, and names them by their
 //! path under `<namespace>/offline/<raw>_OFFLINE/`. etcd stays the source of
-//! truth: [`export`] makes the log's files the table's committed OFFLINE
+//! truth: [`plan`] compares the log with the table's committed OFFLINE
 //! segments (`registry::offline_segments`, the same list as `r2o segment
-//! list`) in one Delta commit: an `add` for each committed file the log
-//! lacks, with its row count and min/max statistics from its Parquet footer,
-//! a `remove` for each file the log has that is no longer committed (a
-//! window a late-data `rematerialize` run replaced, a retention deletion, a
-//! flush), and a `txn` action (application id `r2o-<raw>`, version: the
-//! etcd revision the committed list was read after), so a reader can tell
-//! which r2o state a Delta version holds. The decisions are the pure
-//! functions here ([`reconcile`], [`stats_json`], [`relative_path`]); the
-//! async code only reads and writes.
+//! list`) and [`Pending::commit`] writes one Delta commit: an `add` for each
+//! committed file the log lacks, with its row count and min/max statistics
+//! from its Parquet footer, a `remove` for each file the log has that is no
+//! longer committed (a window a late-data `rematerialize` run replaced, a
+//! flush, a purge), a `metaData` when the table's schema changed, and a
+//! `txn` action (application id `r2o-<raw>`, version: the etcd revision the
+//! committed list was read after), so a reader can tell which r2o state a
+//! Delta version holds. The leader runs this after every change
+//! (`projector`). The decisions are the pure functions here ([`decide`],
+//! [`reconcile`], [`stats_json`], [`relative_path`], [`kept_for_readers`]);
+//! the async code only reads and writes.
 //!
 //! Written with `deltalake-core` over r2o's own object store (a prefix of
 //! it), so it works on every store r2o does. Commits are atomic
 //! (`PutMode::Create` of the next version): two writers racing for one
 //! version cannot both win.
 
-use deltalake_core::kernel::transaction::CommitBuilder;
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake_core::logstore::{default_logstore, LogStoreRef, StorageConfig};
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
@@ -167,20 +169,6 @@ pub fn app_id(raw: &str) -> String {
     format!("r2o-{raw}")
 }
 
-/// What [`export`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportReport {
-    /// The log's version after the export.
-    pub version: i64,
-    /// Files added and removed by its commit (both 0: nothing to do, no commit).
-    pub added: usize,
-    /// Files removed.
-    pub removed: usize,
-    /// The table's directory, as a URL readers open (the store's URI joined
-    /// with the table's prefix).
-    pub table_url: String,
-}
-
 /// A log store over the table's directory `root` of `store`. deltalake
 /// resolves the log's objects in `store` by the path of the URL it is given,
 /// so that URL is `memory:///<root>` (the object path in r2o's store,
@@ -198,35 +186,201 @@ pub fn table_url(store_uri: &str, root: &str) -> Result<url::Url, url::ParseErro
     url::Url::parse(&format!("{}/{}/", store_uri.trim_end_matches('/'), root.trim_matches('/')))
 }
 
-/// Makes the Delta log of `raw` hold exactly `committed` (the table's
-/// committed OFFLINE segments, each with its footer when it could be read)
-/// in one commit carrying `txn(app_id(raw), revision)`; creates the log
-/// (`metaData` with the table's schema) when there is none. Writes nothing
-/// when the log already holds exactly them (its `txn` then stays that of
-/// the export that wrote them).
+/// What [`plan`] decided, from the log's state and the committed files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No log, and no table to create one for (a purged table never logged).
+    NoLog,
+    /// The log holds exactly the committed files, with the table's schema.
+    UpToDate,
+    /// The log's `txn` is past `revision`: a newer state is already in it (a
+    /// deposed leader's pass, or a slower `export-delta`); write nothing.
+    Stale,
+    /// Write one commit (the first one creates the log).
+    Commit,
+}
+
+/// The rule of [`plan`]: whether the log exists, whether its files differ
+/// from the committed ones, whether the table's schema differs from the
+/// log's (`None`: no table, nothing to compare), the log's `txn` version for
+/// r2o and the etcd revision the committed files were read after. Pure.
+pub fn decide(
+    exists: bool,
+    files_differ: bool,
+    schema_differs: Option<bool>,
+    log_txn: Option<i64>,
+    revision: i64,
+) -> Decision {
+    if !exists {
+        return match schema_differs {
+            Some(_) => Decision::Commit,
+            None => Decision::NoLog,
+        };
+    }
+    if log_txn.is_some_and(|t| t > revision) {
+        return Decision::Stale;
+    }
+    if files_differ || schema_differs == Some(true) || log_txn.is_none() {
+        Decision::Commit
+    } else {
+        Decision::UpToDate
+    }
+}
+
+/// What [`plan`] found.
+pub enum Planned {
+    /// No log and no table: nothing to write.
+    NoLog,
+    /// The log holds exactly the committed files.
+    UpToDate {
+        /// The log's version.
+        version: i64,
+    },
+    /// The log already holds a newer state.
+    Stale {
+        /// The log's version.
+        version: i64,
+        /// The etcd revision its `txn` names.
+        log_revision: i64,
+    },
+    /// One commit to write ([`Pending::commit`]).
+    Commit(Pending),
+}
+
+/// One Delta commit, planned: the `add`s (whose statistics the caller may
+/// fill from footers, [`Pending::adds_mut`]) and `remove`s that make the log
+/// hold the committed files, the `txn`, and a `metaData` when the table's
+/// schema changed.
+pub struct Pending {
+    raw: String,
+    root: String,
+    logs: LogStoreRef,
+    /// The loaded log; `None`: the commit creates it.
+    table: Option<DeltaTable>,
+    change: Reconcile,
+    txn: Transaction,
+    /// The table's schema when the log is created or the schema changed.
+    schema: Option<StructType>,
+}
+
+impl Pending {
+    /// The table's directory (object path, ends with `/`).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The files the commit adds.
+    pub fn adds(&self) -> &[DeltaFile] {
+        &self.change.add
+    }
+
+    /// The files the commit adds, to fill their statistics.
+    pub fn adds_mut(&mut self) -> &mut [DeltaFile] {
+        &mut self.change.add
+    }
+
+    /// How many files the commit removes.
+    pub fn removes(&self) -> usize {
+        self.change.remove.len()
+    }
+
+    /// Writes the commit; returns the log's new version. A checkpoint follows
+    /// every [`CHECKPOINT_INTERVAL`] versions (the table's
+    /// `delta.checkpointInterval`).
+    ///
+    /// # Errors
+    /// [`DeltaError::Log`]: the write failed, or another writer took the
+    /// version (nothing written: plan again).
+    pub async fn commit(self) -> Result<i64, DeltaError> {
+        let raw = self.raw.as_str();
+        let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source: Box::new(source) };
+        let now = r2o_common::meta::now_ms();
+        let mut actions: Vec<Action> = self
+            .change
+            .add
+            .iter()
+            .map(|f| {
+                Action::Add(Add {
+                    path: f.path.clone(),
+                    size: f.size_bytes,
+                    modification_time: f.modification_ms,
+                    data_change: true,
+                    stats: Some(f.stats.clone()),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        actions.extend(self.change.remove.iter().map(|p| {
+            Action::Remove(Remove {
+                path: p.clone(),
+                data_change: true,
+                deletion_timestamp: Some(now),
+                extended_file_metadata: Some(false),
+                ..Default::default()
+            })
+        }));
+        let Some(table) = self.table else {
+            let columns = self.schema.ok_or_else(|| DeltaError::Log {
+                table: raw.into(),
+                doing: "created",
+                source: Box::new(deltalake_core::DeltaTableError::Generic("the table has no schema".into())),
+            })?;
+            let created = deltalake_core::operations::create::CreateBuilder::new()
+                .with_log_store(self.logs.clone())
+                .with_table_name(format!("{raw}_OFFLINE"))
+                .with_columns(columns.fields().cloned())
+                .with_configuration_property(
+                    deltalake_core::TableProperty::CheckpointInterval,
+                    Some(CHECKPOINT_INTERVAL.to_string()),
+                )
+                .with_actions(actions.into_iter().chain([Action::Txn(self.txn)]))
+                .await
+                .map_err(err("created"))?;
+            return Ok(created.version().unwrap_or(0) as i64);
+        };
+        let state = table.snapshot().map_err(err("read"))?;
+        if let Some(schema) = &self.schema {
+            use deltalake_core::kernel::MetadataExt;
+            let metadata = state.metadata().clone().with_schema(schema).map_err(err("given the new schema"))?;
+            actions.push(Action::Metadata(metadata));
+        }
+        actions.push(Action::Txn(self.txn));
+        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        let props = CommitProperties::default().with_max_retries(0);
+        let done = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(state), self.logs.clone(), op)
+            .await
+            .map_err(err("committed"))?;
+        Ok(done.version() as i64)
+    }
+}
+
+/// Versions between checkpoints of the logs r2o creates (Delta's usual
+/// `delta.checkpointInterval`).
+pub const CHECKPOINT_INTERVAL: u64 = 10;
+
+/// Plans the Delta commit that makes the log of `raw` hold exactly
+/// `committed` (its committed OFFLINE segments, read after etcd revision
+/// `revision`) with `schema` (`None`: the table is gone, e.g. purged), by
+/// [`decide`]. The `add`s' statistics hold the row count only; the caller
+/// fills them from the footers ([`stats_json`]).
 ///
 /// # Errors
-/// [`DeltaError::Outside`] for a file outside the table's directory (nothing
-/// written); [`DeltaError::Log`] when the log cannot be read or the commit
-/// fails (another writer took the version: run again).
-pub async fn export(
+/// [`DeltaError::Outside`] for a file outside the table's directory;
+/// [`DeltaError::Log`] when the log cannot be read.
+pub async fn plan(
     store: &Store,
-    store_uri: &str,
     layout: &Layout,
     raw: &str,
-    schema: &Schema,
-    committed: &[(SegmentMeta, Option<FooterFacts>)],
+    schema: Option<&Schema>,
+    committed: &[SegmentMeta],
     revision: i64,
-) -> Result<ExportReport, DeltaError> {
+) -> Result<Planned, DeltaError> {
     let root = layout.offline_prefix(raw);
-    let url = table_url(store_uri, &root).map_err(|e| DeltaError::Log {
-        table: raw.into(),
-        doing: "opened",
-        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("store URI '{store_uri}': {e}"))),
-    })?;
     let files = committed
         .iter()
-        .map(|(s, footer)| {
+        .map(|s| {
             let path = relative_path(&root, &s.location).ok_or_else(|| DeltaError::Outside {
                 table: raw.into(),
                 segment: s.segment_name.clone(),
@@ -237,7 +391,7 @@ pub async fn export(
                 path,
                 size_bytes: s.size_bytes as i64,
                 modification_ms: s.created_ms,
-                stats: stats_json(s.total_docs, footer.as_ref(), schema),
+                stats: serde_json::json!({ "numRecords": s.total_docs }).to_string(),
             })
         })
         .collect::<Result<Vec<_>, DeltaError>>()?;
@@ -247,74 +401,105 @@ pub async fn export(
         source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
     })?;
     let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source: Box::new(source) };
+    let wanted = schema.map(|s| delta_schema(raw, s)).transpose()?;
     let mut table = DeltaTable::new(logs.clone());
     let exists = table.verify_deltatable_existence().await.map_err(err("read"))?;
-    let (in_log, txn_version) = if exists {
+    let (in_log, txn, log_schema) = if exists {
         table.load().await.map_err(err("read"))?;
         let state = table.snapshot().map_err(err("read"))?;
         let paths: BTreeSet<String> = state.log_data().iter().map(|f| canonical_path(&f.path())).collect();
         let txn = state.transaction_version(logs.as_ref(), app_id(raw)).await.map_err(err("read"))?;
-        (paths, txn)
+        let log_schema = Some(state.schema().as_ref().clone());
+        (paths, txn, log_schema)
     } else {
-        (BTreeSet::new(), None)
+        (BTreeSet::new(), None, None)
     };
     let change = reconcile(&files, &in_log);
-    // (etcd's revision moves with every lease and heartbeat: the files decide)
-    if exists && change.is_empty() && txn_version.is_some() {
-        return Ok(ExportReport {
-            version: table.version().unwrap_or(0) as i64,
-            added: 0,
-            removed: 0,
-            table_url: url.to_string(),
-        });
-    }
-    let now = r2o_common::meta::now_ms();
-    let mut actions: Vec<Action> = change
-        .add
-        .iter()
-        .map(|f| {
-            Action::Add(Add {
-                path: f.path.clone(),
-                size: f.size_bytes,
-                modification_time: f.modification_ms,
-                data_change: true,
-                stats: Some(f.stats.clone()),
-                ..Default::default()
+    let schema_differs = wanted.as_ref().map(|w| log_schema.as_ref() != Some(w));
+    let version = table.version().unwrap_or(0) as i64;
+    Ok(match decide(exists, !change.is_empty(), schema_differs, txn, revision) {
+        Decision::NoLog => Planned::NoLog,
+        Decision::UpToDate => Planned::UpToDate { version },
+        Decision::Stale => Planned::Stale { version, log_revision: txn.unwrap_or_default() },
+        Decision::Commit => {
+            let now = r2o_common::meta::now_ms();
+            Planned::Commit(Pending {
+                raw: raw.to_string(),
+                root,
+                logs,
+                table: exists.then_some(table),
+                change,
+                txn: Transaction { app_id: app_id(raw), version: revision, last_updated: Some(now) },
+                schema: if schema_differs == Some(true) { wanted } else { None },
             })
-        })
-        .collect();
-    actions.extend(change.remove.iter().map(|p| {
-        Action::Remove(Remove {
-            path: p.clone(),
-            data_change: true,
-            deletion_timestamp: Some(now),
-            extended_file_metadata: Some(false),
-            ..Default::default()
-        })
-    }));
-    let txn = Transaction { app_id: app_id(raw), version: revision, last_updated: Some(now) };
-    let version = if exists {
-        let state = table.snapshot().map_err(err("read"))?;
-        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-        actions.push(Action::Txn(txn));
-        CommitBuilder::default()
-            .with_actions(actions)
-            .build(Some(state), logs.clone(), op)
-            .await
-            .map_err(err("committed"))?
-            .version() as i64
-    } else {
-        let columns: StructType = delta_schema(raw, schema)?;
-        let created = deltalake_core::operations::create::CreateBuilder::new()
-            .with_log_store(logs.clone())
-            .with_table_name(format!("{raw}_OFFLINE"))
-            .with_columns(columns.fields().cloned())
-            .with_actions(actions.into_iter().chain([Action::Txn(txn)]))
-            .await
-            .map_err(err("created"))?;
-        created.version().unwrap_or(0) as i64
-    };
-    Ok(ExportReport { version, added: change.add.len(), removed: change.remove.len(), table_url: url.to_string() })
+        }
+    })
+}
+
+/// Whether an object of a table's directory that etcd no longer names must
+/// stay for the readers of the table's Delta log: the log's current version
+/// still names it (the log lags behind etcd), or it was removed from the log
+/// less than `retention_ms` ago (a reader may travel to a version that names
+/// it: Delta's `deletedFileRetentionDuration`, r2o's
+/// `--delta-file-retention-secs`). A file the log never named (a failed
+/// attempt's output) is not kept. Pure.
+pub fn kept_for_readers(in_current: bool, removed_ms: Option<i64>, now_ms: i64, retention_ms: i64) -> bool {
+    in_current || removed_ms.is_some_and(|at| now_ms.saturating_sub(at) < retention_ms)
+}
+
+/// What a table's Delta log says about its files, by object path (canonical,
+/// in r2o's store): the files its current version names, and when each file
+/// it removed was removed (UTC epoch ms; the latest removal of a path).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogFiles {
+    /// Files of the current version.
+    pub current: BTreeSet<String>,
+    /// Removed files, with their `deletionTimestamp`.
+    pub removed: BTreeMap<String, i64>,
+}
+
+/// Reads [`LogFiles`] of `raw`'s log (empty when it has none).
+///
+/// # Errors
+/// [`DeltaError::Log`] when the log cannot be read.
+pub async fn log_files(store: &Store, layout: &Layout, raw: &str) -> Result<LogFiles, DeltaError> {
+    use futures::TryStreamExt;
+    let root = layout.offline_prefix(raw);
+    let logs = log_store(store, &root).map_err(|e| DeltaError::Log {
+        table: raw.into(),
+        doing: "opened",
+        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
+    })?;
+    let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source: Box::new(source) };
+    let mut table = DeltaTable::new(logs.clone());
+    if !table.verify_deltatable_existence().await.map_err(err("read"))? {
+        return Ok(LogFiles::default());
+    }
+    table.load().await.map_err(err("read"))?;
+    let state = table.snapshot().map_err(err("read"))?;
+    let full = |p: &str| canonical_path(&format!("{root}{p}"));
+    let current = state.log_data().iter().map(|f| full(&f.path())).collect();
+    let mut removed = BTreeMap::new();
+    let mut tombstones = state.all_tombstones(logs.as_ref());
+    while let Some(t) = tombstones.try_next().await.map_err(err("read"))? {
+        let at = t.deletion_timestamp().unwrap_or(0);
+        let e = removed.entry(full(&t.path())).or_insert(at);
+        *e = (*e).max(at);
+    }
+    Ok(LogFiles { current, removed })
+}
+
+/// The raw table whose directory holds the object at `path` (canonical, in
+/// the install's namespace of `layout`): `<ns>/offline/<raw>_OFFLINE/...`,
+/// not its Delta log. Pure.
+pub fn table_of<'a>(layout: &Layout, path: &'a str) -> Option<&'a str> {
+    let offline = canonical_path(&format!("{}offline", layout.namespace()));
+    let rest = path.strip_prefix(offline.as_str())?.strip_prefix('/')?;
+    let (dir, inner) = rest.split_once('/')?;
+    if inner.starts_with("_delta_log/") || inner.is_empty() {
+        return None;
+    }
+    dir.strip_suffix("_OFFLINE").filter(|r| !r.is_empty())
 }
 
 /// The table's Delta schema: its columns as r2o writes them.
@@ -347,6 +532,50 @@ mod tests {
         let all: BTreeSet<String> = committed.iter().map(|f| f.path.clone()).collect();
         assert!(reconcile(&committed, &all).is_empty());
         assert_eq!(reconcile(&[], &all).remove.len(), 3, "a flush removes every file");
+    }
+
+    #[test]
+    fn the_log_is_written_when_it_differs_and_never_behind_a_newer_state() {
+        use Decision::*;
+        // no log: created for a table, never for a purged one
+        assert_eq!(decide(false, false, Some(true), None, 5), Commit);
+        assert_eq!(decide(false, true, None, None, 5), NoLog);
+        // up to date, or behind in files, schema or txn
+        assert_eq!(decide(true, false, Some(false), Some(5), 7), UpToDate);
+        assert_eq!(decide(true, true, Some(false), Some(5), 7), Commit);
+        assert_eq!(decide(true, false, Some(true), Some(5), 7), Commit, "a schema change");
+        assert_eq!(decide(true, false, None, Some(5), 7), UpToDate, "a purged table already emptied");
+        assert_eq!(decide(true, false, Some(false), None, 7), Commit, "a log without r2o's txn gets one");
+        // a pass that read etcd before the log's txn: a newer state is in the log
+        assert_eq!(decide(true, true, Some(false), Some(9), 7), Stale);
+        assert_eq!(decide(true, true, Some(true), Some(8), 7), Stale);
+        assert_eq!(decide(true, true, Some(false), Some(7), 7), Commit, "the same revision may finish");
+    }
+
+    #[test]
+    fn removed_files_stay_for_the_retention_and_logged_ones_while_named() {
+        let day = 86_400_000;
+        assert!(kept_for_readers(true, None, 10 * day, day), "the log still names it");
+        assert!(kept_for_readers(false, Some(9 * day + 1), 10 * day, day), "removed within the retention");
+        assert!(!kept_for_readers(false, Some(9 * day), 10 * day, day), "removed a retention ago");
+        assert!(!kept_for_readers(false, None, 10 * day, day), "never in the log: a failed attempt's");
+        assert!(kept_for_readers(false, Some(i64::MIN), i64::MAX, i64::MAX), "no overflow");
+    }
+
+    #[test]
+    fn objects_are_told_by_their_table() {
+        let layout = Layout::new("ns");
+        assert_eq!(table_of(&layout, "ns/offline/t_OFFLINE/t__1__2/attempt-1/a.parquet"), Some("t"));
+        assert_eq!(table_of(&layout, "ns/offline/a_b_OFFLINE/x.parquet"), Some("a_b"));
+        for other in [
+            "ns/offline/t_OFFLINE/_delta_log/00000000000000000000.json",
+            "ns/realtime/t_REALTIME/a.parquet",
+            "ns/offline/t/a.parquet",
+            "ns/offline/_OFFLINE/a.parquet",
+            "other/offline/t_OFFLINE/a.parquet",
+        ] {
+            assert_eq!(table_of(&layout, other), None, "{other}");
+        }
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct SweepReport {
     pub young_orphans: usize,
     /// History records pruned.
     pub history_pruned: usize,
+    /// Objects no metadata names that a table's Delta log still needs (named
+    /// by its current version, or removed within the file retention).
+    pub kept_for_readers: usize,
     /// Audit records deleted (older than the history's age limit, or past
     /// the newest [`AUDIT_MAX`]).
     pub audit_pruned: usize,
@@ -84,10 +87,17 @@ pub fn sweep_due(unchanged: bool, young_orphans: usize, skipped: u32) -> bool {
 #[derive(Debug)]
 pub struct Janitor {
     grace: Duration,
+    /// How long a file removed from a table's Delta log stays for time
+    /// travel, ms ([`crate::delta::kept_for_readers`]).
+    file_retention_ms: i64,
     retention: HistoryRetention,
     first_seen: HashMap<String, Instant>,
     last_revision: Option<i64>,
 }
+
+/// How long a file removed from a table's Delta log stays for time travel
+/// by default: 7 days, Delta's `deletedFileRetentionDuration`.
+pub const DEFAULT_FILE_RETENTION_MS: i64 = 7 * 86_400_000;
 
 /// `<raw>/<task>/a<attempt>/<n>` under `manifests/` as (raw, task, attempt).
 fn parse_manifest_key(rest: &str) -> Option<(&str, &str, u32)> {
@@ -101,7 +111,14 @@ fn parse_manifest_key(rest: &str) -> Option<(&str, &str, u32)> {
 impl Janitor {
     /// A janitor deleting orphans after `grace`, keeping history per `retention`.
     pub fn new(grace: Duration, retention: HistoryRetention) -> Janitor {
-        Janitor { grace, retention, first_seen: HashMap::new(), last_revision: None }
+        Janitor { grace, file_retention_ms: DEFAULT_FILE_RETENTION_MS, retention, first_seen: HashMap::new(), last_revision: None }
+    }
+
+    /// Keeps files removed from a table's Delta log for `retention` (default
+    /// [`DEFAULT_FILE_RETENTION_MS`]).
+    pub fn with_file_retention(mut self, retention: Duration) -> Janitor {
+        self.file_retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        self
     }
 
     /// Whether an orphan named `id` may go at `now`; remembers when it was first seen.
@@ -209,6 +226,33 @@ impl Janitor {
         }
         drop(listing);
         drop(named);
+        // a table's files its Delta log still names (it lags behind etcd), or
+        // removed less than the file retention ago (time travel), stay
+        let mut logs: HashMap<String, crate::delta::LogFiles> = HashMap::new();
+        let mut kept_for_readers = 0;
+        let mut unlogged = Vec::with_capacity(orphans.len());
+        for path in orphans {
+            let Some(raw) = crate::delta::table_of(layout, &path) else {
+                unlogged.push(path);
+                continue;
+            };
+            if !logs.contains_key(raw) {
+                let files = crate::delta::log_files(store, layout, raw)
+                    .await
+                    .map_err(|e| Error::Meta(format!("the janitor could not read a Delta log: {e}")))?;
+                logs.insert(raw.to_string(), files);
+            }
+            let files = &logs[raw];
+            let removed = files.removed.get(&path).copied();
+            if crate::delta::kept_for_readers(files.current.contains(&path), removed, now_ms, self.file_retention_ms) {
+                kept_for_readers += 1;
+                continue;
+            }
+            unlogged.push(path);
+        }
+        drop(logs);
+        report.kept_for_readers = kept_for_readers;
+        let orphans = unlogged;
         let mut still_orphaned: HashSet<String> = HashSet::new();
         for path in orphans {
             let id = format!("store:{path}");

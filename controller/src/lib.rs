@@ -12,6 +12,7 @@ pub mod error;
 pub mod janitor;
 pub mod metrics;
 pub mod planner;
+pub mod projector;
 pub mod protocol;
 pub mod registry;
 pub mod retention;
@@ -57,6 +58,9 @@ pub struct ControllerConfig {
     pub janitor_interval: Duration,
     /// Minimum age of an orphaned object before the janitor deletes it.
     pub janitor_grace: Duration,
+    /// How long a file removed from a table's Delta log stays in the store
+    /// for time travel before the janitor deletes it.
+    pub delta_file_retention: Duration,
     /// Where to serve `/healthz`, `/readyz` and `/metrics` (none: not served).
     pub http_listen: Option<SocketAddr>,
     /// How much finished-task history each table keeps.
@@ -81,13 +85,17 @@ pub struct ControllerConfig {
 
 /// Runs the janitor every `interval` while this controller leads; a new
 /// term starts with a fresh janitor (orphans are timed from its own sweeps).
-async fn janitor_loop(
-    auth: Authority,
+/// The janitor's settings.
+#[derive(Debug, Clone, Copy)]
+struct Sweeps {
     interval: Duration,
     grace: Duration,
+    file_retention: Duration,
     history: janitor::HistoryRetention,
-    cancel: CancellationToken,
-) {
+}
+
+async fn janitor_loop(auth: Authority, sweeps: Sweeps, cancel: CancellationToken) {
+    let Sweeps { interval, grace, file_retention, history } = sweeps;
     let mut jan: Option<janitor::Janitor> = None;
     // (revision the last sweep started at, its young orphans), sweeps skipped since
     let mut last: Option<(i64, usize)> = None;
@@ -116,7 +124,7 @@ async fn janitor_loop(
             continue;
         }
         skipped = 0;
-        let j = jan.get_or_insert_with(|| janitor::Janitor::new(grace, history));
+        let j = jan.get_or_insert_with(|| janitor::Janitor::new(grace, history).with_file_retention(file_retention));
         let now = std::time::Instant::now();
         let swept = j.sweep(&auth.kv, &auth.keys, &auth.store, &auth.layout, now, r2o_common::meta::now_ms()).await;
         last = match (&swept, revision) {
@@ -280,8 +288,14 @@ pub async fn run(
         })
     };
     let planner = tokio::spawn(authority::planning_loop(auth.clone(), cfg.plan_interval, cancel.clone()));
-    let janitor =
-        tokio::spawn(janitor_loop(auth.clone(), cfg.janitor_interval, cfg.janitor_grace, cfg.history, cancel.clone()));
+    let sweeps = Sweeps {
+        interval: cfg.janitor_interval,
+        grace: cfg.janitor_grace,
+        file_retention: cfg.delta_file_retention,
+        history: cfg.history,
+    };
+    let janitor = tokio::spawn(janitor_loop(auth.clone(), sweeps, cancel.clone()));
+    let projector = tokio::spawn(projector::projection_loop(auth.clone(), cancel.clone()));
     let discovery = tokio::spawn(discovery::discovery_loop(auth.clone(), cfg.discovery_interval, cancel.clone()));
     let policy = match &cfg.transport {
         r2o_common::tls::Transport::Insecure => {
@@ -303,6 +317,7 @@ pub async fn run(
         cancel.cancel();
     }
     let _ = planner.await;
+    let _ = projector.await;
     let _ = janitor.await;
     let _ = discovery.await;
     let _ = readiness.await;

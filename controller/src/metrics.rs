@@ -75,6 +75,13 @@ pub struct ControllerMetrics {
     /// `unreadable` (registered SKIPPED with the error), `changed` (refused:
     /// changed or deleted after registration).
     pub discovered_files: IntCounterVec,
+    /// `r2o_delta_log_lag_seconds{table}`: how long the table's oldest change
+    /// not yet in its Delta log has waited, s (0: the log is up to date;
+    /// the leader's own figure).
+    pub delta_lag: prometheus::GaugeVec,
+    /// `r2o_delta_log_version{table}`: the version of the table's Delta log
+    /// after the leader's last pass.
+    pub delta_version: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -147,7 +154,22 @@ impl ControllerMetrics {
         )
         .unwrap();
         r.register(Box::new(realtime_segments.clone())).unwrap();
+        let delta_lag = prometheus::GaugeVec::new(
+            Opts::new(
+                "r2o_delta_log_lag_seconds",
+                "How long the oldest change of the table not yet in its Delta log has waited, seconds",
+            ),
+            &["table"],
+        )
+        .unwrap();
+        r.register(Box::new(delta_lag.clone())).unwrap();
+        let delta_version =
+            IntGaugeVec::new(Opts::new("r2o_delta_log_version", "Version of the table's Delta log"), &["table"])
+                .unwrap();
+        r.register(Box::new(delta_version.clone())).unwrap();
         let m = ControllerMetrics {
+            delta_lag,
+            delta_version,
             unmoved_past_retention,
             realtime_segments,
             load_status_counts: Arc::default(),

@@ -262,7 +262,13 @@ impl ControllerSvc {
     async fn get_watermark(&self, raw: &str) -> Result<pb::GetWatermarkResponse> {
         let spec = self.require_table(raw).await?;
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
-        let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?.map(|(w, _)| w);
+        let wm_entry = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?;
+        let wm_revision = wm_entry.as_ref().map_or(0, |(_, e)| e.mod_revision);
+        let wm = wm_entry.map(|(w, _)| w);
+        let delta = crate::projector::read_record(kv, keys, raw).await?;
+        let delta_url = crate::delta::table_url(&self.auth.cfg.store_uri, &self.auth.layout.offline_prefix(raw))
+            .map(|u| u.to_string())
+            .unwrap_or_default();
         let (open, _) = open_tasks(kv, keys, raw).await?;
         let table_rec = get_record::<TableRecord>(kv, &keys.table(raw)).await?.map(|(r, _)| r);
         let paused = table_rec.as_ref().is_some_and(|r| r.paused);
@@ -359,6 +365,10 @@ impl ControllerSvc {
             vec![]
         };
         Ok(pb::GetWatermarkResponse {
+            delta_version: delta.as_ref().map(|d| d.version),
+            delta_revision: delta.as_ref().map_or(0, |d| d.revision),
+            delta_holds_watermark: delta.as_ref().is_some_and(|d| crate::projector::holds_watermark(d, wm_revision)),
+            delta_table_url: delta_url,
             retention_ms: spec.flow.retention_ms.unwrap_or(0),
             schedule: spec.flow.schedule.as_ref().map(|s| s.text().to_string()).unwrap_or_default(),
             last_run_ms: sched.as_ref().and_then(|s| s.0),
@@ -380,55 +390,23 @@ impl ControllerSvc {
         })
     }
 
-    /// `ExportDelta`: the committed OFFLINE segments (read after the store
-    /// revision it reports), each with its footer, written to the table's
-    /// Delta log by [`crate::delta::export`].
+    /// `ExportDelta`: one pass of the Delta log projector over the table at
+    /// once ([`crate::projector::project_table`]): the log then holds the
+    /// committed OFFLINE segments as of the revision it reports.
     async fn export_delta(&self, raw: &str) -> Result<pb::ExportDeltaResponse> {
-        let spec = self.require_table(raw).await?;
-        let (kv, keys) = (&self.auth.kv, &self.auth.keys);
-        let revision = kv.status().await?.revision;
-        let committed = registry::offline_segments(kv, keys, raw).await?;
-        let store = self.auth.store.clone();
-        use futures::{StreamExt, TryStreamExt};
-        let with_footers: Vec<_> = futures::stream::iter(committed)
-            .map(|s| {
-                let store = store.clone();
-                async move {
-                    let footer = crate::validate::read_input_footer(store, &s.location).await?;
-                    Ok::<_, r2o_common::Error>((s, footer))
-                }
-            })
-            .buffered(16)
-            .try_collect()
-            .await?;
-        let report = crate::delta::export(
-            &store,
-            &self.auth.cfg.store_uri,
-            &self.auth.layout,
-            raw,
-            &spec.schema,
-            &with_footers,
-            revision,
-        )
-        .await
-        .map_err(|e| match e {
-            crate::delta::DeltaError::Outside { .. } => ControllerError::Invalid(e.to_string()),
-            crate::delta::DeltaError::Log { .. } => ControllerError::Conflict(e.to_string()),
-        })?;
-        tracing::info!(
-            table = raw,
-            version = report.version,
-            added = report.added,
-            removed = report.removed,
-            revision,
-            "delta log exported"
-        );
+        self.require_table(raw).await?;
+        let p = crate::projector::project_table(&self.auth, raw).await?;
+        let root = self.auth.layout.offline_prefix(raw);
+        let url = crate::delta::table_url(&self.auth.cfg.store_uri, &root)
+            .map_err(|e| ControllerError::Invalid(format!("store URI '{}': {e}", self.auth.cfg.store_uri)))?;
+        let revision = p.record.revision;
+        tracing::info!(table = raw, version = p.record.version, added = p.added, removed = p.removed, revision, "delta log exported");
         Ok(pb::ExportDeltaResponse {
             table: raw.to_string(),
-            version: report.version,
-            added: report.added as u64,
-            removed: report.removed as u64,
-            table_url: report.table_url,
+            version: p.record.version,
+            added: p.added as u64,
+            removed: p.removed as u64,
+            table_url: url.to_string(),
             revision,
         })
     }

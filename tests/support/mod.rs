@@ -746,3 +746,118 @@ impl Cluster {
         f
     }
 }
+
+/// One version of a table's Delta log, read from its JSON commit file.
+#[derive(Debug)]
+pub struct DeltaVersion {
+    /// Paths its `add` actions name.
+    pub adds: Vec<String>,
+    /// Paths its `remove` actions name.
+    pub removes: Vec<String>,
+    /// `(appId, version)` of its `txn` actions.
+    pub txns: Vec<(String, i64)>,
+    /// Whether it holds a `metaData` action.
+    pub metadata: bool,
+}
+
+/// Every version of the Delta log in `dir` (a table's `..._OFFLINE`
+/// directory of a file store), by number, parsed from
+/// `_delta_log/<n>.json`.
+pub fn delta_versions(dir: &Path) -> std::collections::BTreeMap<i64, DeltaVersion> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("_delta_log")) else { return out };
+    for e in entries {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        let Some(n) = name.strip_suffix(".json").and_then(|n| n.parse::<i64>().ok()) else { continue };
+        let text = std::fs::read_to_string(dir.join("_delta_log").join(&name)).unwrap();
+        let mut v = DeltaVersion { adds: vec![], removes: vec![], txns: vec![], metadata: false };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let a: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(p) = a["add"]["path"].as_str() {
+                v.adds.push(p.to_string());
+            }
+            if let Some(p) = a["remove"]["path"].as_str() {
+                v.removes.push(p.to_string());
+            }
+            if a["txn"].is_object() {
+                v.txns.push((a["txn"]["appId"].as_str().unwrap().to_string(), a["txn"]["version"].as_i64().unwrap()));
+            }
+            v.metadata |= a["metaData"].is_object();
+        }
+        out.insert(n, v);
+    }
+    out
+}
+
+/// Checks a Delta log's history: versions 0..=N with no gap, each with
+/// exactly one `txn` of `r2o-<table>` whose version (an etcd revision)
+/// grows, every path added at most once and removed only while in the
+/// table. Returns the files of the last version (paths relative to `dir`).
+///
+/// # Errors
+/// What broke, naming the version.
+pub fn delta_history(dir: &Path, table: &str) -> Result<std::collections::BTreeSet<String>, String> {
+    let versions = delta_versions(dir);
+    let numbers: Vec<i64> = versions.keys().copied().collect();
+    if numbers != (0..numbers.len() as i64).collect::<Vec<_>>() {
+        return Err(format!("the log's versions have a gap: {numbers:?}"));
+    }
+    let (mut live, mut ever) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let mut last_txn = i64::MIN;
+    for (n, v) in &versions {
+        if v.txns.len() != 1 || v.txns[0].0 != format!("r2o-{table}") {
+            return Err(format!("version {n}: not one txn of r2o-{table}: {:?}", v.txns));
+        }
+        if v.txns[0].1 <= last_txn {
+            return Err(format!("version {n}: txn {} after {last_txn}", v.txns[0].1));
+        }
+        last_txn = v.txns[0].1;
+        for p in &v.removes {
+            if !live.remove(p) {
+                return Err(format!("version {n} removes {p}, which is not in the table"));
+            }
+        }
+        for p in &v.adds {
+            if !ever.insert(p.clone()) {
+                return Err(format!("version {n} adds {p} a second time"));
+            }
+            live.insert(p.clone());
+        }
+    }
+    Ok(live)
+}
+
+impl Cluster {
+    /// Brings `table`'s Delta log up to date (`export-delta`, as an admin
+    /// would) and checks it against the committed OFFLINE segments: its
+    /// history is sound ([`delta_history`]) and its files are exactly
+    /// theirs.
+    ///
+    /// # Errors
+    /// What differs.
+    pub async fn check_delta(&self, table: &str) -> Result<(), String> {
+        let out = self.cli_raw(&["table", "export-delta", "--table", table, "--output", "json"]);
+        if !out.status.success() {
+            return Err(format!("export-delta: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let exported: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let url = exported["tableUrl"].as_str().unwrap_or_default();
+        let dir = PathBuf::from(url.strip_prefix("file://").ok_or(format!("not a file store: {url}"))?);
+        let live = delta_history(&dir, table)?;
+        let committed: std::collections::BTreeSet<String> = self
+            .offline_segments(table)
+            .await
+            .iter()
+            .map(|s| {
+                let p = self.store_path(&s.location);
+                p.strip_prefix(&dir).map(|r| r.display().to_string()).unwrap_or_else(|_| p.display().to_string())
+            })
+            .collect();
+        if live != committed {
+            let extra: Vec<_> = live.difference(&committed).collect();
+            let missing: Vec<_> = committed.difference(&live).collect();
+            return Err(format!("the Delta log of {table} differs: extra {extra:?}, missing {missing:?}"));
+        }
+        Ok(())
+    }
+}

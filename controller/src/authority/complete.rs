@@ -161,6 +161,12 @@ impl Authority {
                 return Err(ControllerError::Validation(format!("task {id} attempt {}: {why}", req.attempt)));
             }
 
+            // the outputs' footers give the Delta log's statistics once they commit
+            for (o, ev) in req.outputs.iter().zip(&evidence) {
+                if let Some(f) = &ev.footer {
+                    self.delta_stats.put(&o.location, f.clone());
+                }
+            }
             // outputs to a manifest, then the commit (or staging)
             let now = now_ms();
             let outputs = offline_metas(&spec, req, now);

@@ -108,6 +108,10 @@ pub struct Authority {
     pub(crate) metrics: Option<crate::metrics::ControllerMetrics>,
     /// Footers of REALTIME inputs, for validation.
     pub(crate) footers: FooterCache,
+    /// Tables whose Delta log must be brought up to date (`projector`).
+    pub(crate) delta_marks: Arc<crate::projector::DeltaMarks>,
+    /// Footers of validated outputs, for the Delta log's statistics.
+    pub(crate) delta_stats: crate::projector::OutputFooters,
     /// REALTIME segments per table, revision-checked.
     pub(crate) segments: SegmentCache,
     /// Tables, each parsed once per change of its record.
@@ -223,6 +227,8 @@ impl Authority {
             wakeups: Default::default(),
             metrics: None,
             footers: FooterCache::new(FOOTER_CACHE_BYTES),
+            delta_marks: Arc::default(),
+            delta_stats: Default::default(),
             segments: SegmentCache::default(),
             tables: TableCache::default(),
             inputs: ListCache::new(INPUT_CACHE_ITEMS),
@@ -308,6 +314,8 @@ impl Authority {
         for e in events {
             w.touch(self.keys.touched(&e.key));
         }
+        drop(w);
+        self.delta_marks.note(&self.keys, events.iter().map(|e| e.key.as_str()), now_ms());
     }
 
     /// One planning pass over every table (leader only); see
