@@ -176,8 +176,110 @@ pub fn app_id(raw: &str) -> String {
 /// filesystem), not the one readers open.
 fn log_store(store: &Store, root: &str) -> Result<LogStoreRef, url::ParseError> {
     let url = url::Url::parse(&format!("memory:///{}/", root.trim_matches('/')))?;
-    let prefixed: Store = Arc::new(object_store::prefix::PrefixStore::new(store.clone(), root.trim_end_matches('/')));
-    Ok(default_logstore(prefixed, store.clone(), &url, &StorageConfig::default()))
+    let sorted: Store = Arc::new(SortedListing(store.clone()));
+    let prefixed: Store = Arc::new(object_store::prefix::PrefixStore::new(sorted.clone(), root.trim_end_matches('/')));
+    Ok(default_logstore(prefixed, sorted, &url, &StorageConfig::default()))
+}
+
+/// r2o's store as deltalake reads it: every listing in path order. Delta
+/// readers take a listing of `_delta_log/` to be in version order, as S3
+/// lists keys; a local directory lists in no order, and a log listed
+/// `1.json, 0.json` reads as a gap ("expected contiguous commit files").
+#[derive(Debug)]
+struct SortedListing(Store);
+
+impl std::fmt::Display for SortedListing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SortedListing({})", self.0)
+    }
+}
+
+/// `listing`, collected and sorted by path.
+fn sorted(
+    listing: futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::once(async move {
+        let mut all: Vec<object_store::ObjectMeta> = listing.try_collect().await?;
+        all.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok::<_, object_store::Error>(futures::stream::iter(all.into_iter().map(Ok)))
+    })
+    .try_flatten()
+    .boxed()
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for SortedListing {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.0.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.0.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &object_store::path::Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.0.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.0.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        sorted(self.0.list(prefix))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+        offset: &object_store::path::Path,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        sorted(self.0.list_with_offset(prefix, offset))
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
 }
 
 /// The table's directory as a URL: `store_uri` (`file:///var/lib/r2o/store`,
@@ -580,6 +682,56 @@ mod tests {
         ] {
             assert_eq!(table_of(&layout, other), None, "{other}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_in_a_local_directory_reads_in_version_order_past_a_checkpoint() {
+        // a local directory lists in no order; Delta readers need version order
+        let dir = tempfile::tempdir().unwrap();
+        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
+        let layout = Layout::new("ns");
+        let schema = Schema {
+            name: "t".into(),
+            fields: vec![FieldSpec {
+                name: "n".into(),
+                data_type: DataType::Long,
+                kind: r2o_common::schema::FieldKind::Metric,
+                time_format: None,
+                default_null_value: None,
+                not_null: false,
+            }],
+        };
+        let seg = |i: usize| SegmentMeta {
+            segment_name: format!("s{i}"),
+            table_name: "t_OFFLINE".into(),
+            location: format!("ns/offline/t_OFFLINE/w{i}/a.parquet"),
+            total_docs: 1,
+            size_bytes: 1,
+            ..Default::default()
+        };
+        let mut committed = vec![];
+        for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
+            committed.push(seg(i));
+            match plan(&store, &layout, "t", Some(&schema), &committed, i as i64 + 1).await.unwrap() {
+                Planned::Commit(p) => assert_eq!(p.commit().await.unwrap(), i as i64),
+                _ => panic!("version {i} was due"),
+            }
+        }
+        let last = CHECKPOINT_INTERVAL as i64 + 2;
+        let checkpoint = dir.path().join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
+        assert!(checkpoint.exists(), "a checkpoint every {CHECKPOINT_INTERVAL} versions");
+        match plan(&store, &layout, "t", Some(&schema), &committed, last + 1).await.unwrap() {
+            Planned::UpToDate { version } => assert_eq!(version, last),
+            _ => panic!("the log holds every file"),
+        }
+        let files = log_files(&store, &layout, "t").await.unwrap();
+        assert_eq!(files.current.len(), committed.len());
+        // a pass that read etcd before the log's txn writes nothing
+        committed.pop();
+        assert!(matches!(
+            plan(&store, &layout, "t", Some(&schema), &committed, 3).await.unwrap(),
+            Planned::Stale { log_revision, .. } if log_revision == last + 1
+        ));
     }
 
     #[test]
