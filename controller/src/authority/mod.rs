@@ -111,7 +111,7 @@ pub struct Authority {
     /// Tables whose Delta log must be brought up to date (`projector`).
     pub(crate) delta_marks: Arc<crate::projector::DeltaMarks>,
     /// Footers of validated outputs, for the Delta log's statistics.
-    pub(crate) delta_stats: crate::projector::OutputFooters,
+    pub(crate) delta_stats: crate::projector::OutputStats,
     /// REALTIME segments per table, revision-checked.
     pub(crate) segments: SegmentCache,
     /// Tables, each parsed once per change of its record.
