@@ -718,7 +718,9 @@ mod tests {
             }
         }
         let last = CHECKPOINT_INTERVAL as i64 + 2;
-        let checkpoint = dir.path().join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
+        let checkpoint = dir
+            .path()
+            .join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
         assert!(checkpoint.exists(), "a checkpoint every {CHECKPOINT_INTERVAL} versions");
         match plan(&store, &layout, "t", Some(&schema), &committed, last + 1).await.unwrap() {
             Planned::UpToDate { version } => assert_eq!(version, last),

@@ -111,7 +111,13 @@ fn parse_manifest_key(rest: &str) -> Option<(&str, &str, u32)> {
 impl Janitor {
     /// A janitor deleting orphans after `grace`, keeping history per `retention`.
     pub fn new(grace: Duration, retention: HistoryRetention) -> Janitor {
-        Janitor { grace, file_retention_ms: DEFAULT_FILE_RETENTION_MS, retention, first_seen: HashMap::new(), last_revision: None }
+        Janitor {
+            grace,
+            file_retention_ms: DEFAULT_FILE_RETENTION_MS,
+            retention,
+            first_seen: HashMap::new(),
+            last_revision: None,
+        }
     }
 
     /// Keeps files removed from a table's Delta log for `retention` (default

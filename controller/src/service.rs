@@ -400,7 +400,14 @@ impl ControllerSvc {
         let url = crate::delta::table_url(&self.auth.cfg.store_uri, &root)
             .map_err(|e| ControllerError::Invalid(format!("store URI '{}': {e}", self.auth.cfg.store_uri)))?;
         let revision = p.record.revision;
-        tracing::info!(table = raw, version = p.record.version, added = p.added, removed = p.removed, revision, "delta log exported");
+        tracing::info!(
+            table = raw,
+            version = p.record.version,
+            added = p.added,
+            removed = p.removed,
+            revision,
+            "delta log exported"
+        );
         Ok(pb::ExportDeltaResponse {
             table: raw.to_string(),
             version: p.record.version,

@@ -778,7 +778,8 @@ mod tests {
         // names are interned: every footer shares one "d"
         cache.offer("seg/010", &f(10));
         let c = cache.lock();
-        let ptrs: HashSet<*const u8> = c.map.values().flat_map(|(f, _)| f.iter()).map(|f| f.ranges[0].0.as_ptr()).collect();
+        let ptrs: HashSet<*const u8> =
+            c.map.values().flat_map(|(f, _)| f.iter()).map(|f| f.ranges[0].0.as_ptr()).collect();
         assert_eq!(ptrs.len(), 1);
     }
 
