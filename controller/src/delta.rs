@@ -181,6 +181,26 @@ fn log_store(store: &Store, root: &str) -> Result<LogStoreRef, url::ParseError> 
     Ok(default_logstore(prefixed, sorted, &url, &StorageConfig::default()))
 }
 
+/// Opens the Delta log of `raw` in its table's directory `root`: the log
+/// store, and the table loaded at its latest version (`None`: no log yet).
+///
+/// # Errors
+/// [`DeltaError::Log`] when the log cannot be read.
+async fn open_log(store: &Store, raw: &str, root: &str) -> Result<(LogStoreRef, Option<DeltaTable>), DeltaError> {
+    let logs = log_store(store, root).map_err(|e| DeltaError::Log {
+        table: raw.into(),
+        doing: "opened",
+        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
+    })?;
+    let err = |source| DeltaError::Log { table: raw.into(), doing: "read", source: Box::new(source) };
+    let mut table = DeltaTable::new(logs.clone());
+    if !table.verify_deltatable_existence().await.map_err(err)? {
+        return Ok((logs, None));
+    }
+    table.load().await.map_err(err)?;
+    Ok((logs, Some(table)))
+}
+
 /// r2o's store as deltalake reads it: every listing in path order. Delta
 /// readers take a listing of `_delta_log/` to be in version order, as S3
 /// lists keys; a local directory lists in no order, and a log listed
@@ -501,17 +521,12 @@ pub async fn plan(
             })
         })
         .collect::<Result<Vec<_>, DeltaError>>()?;
-    let logs = log_store(store, &root).map_err(|e| DeltaError::Log {
-        table: raw.into(),
-        doing: "opened",
-        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
-    })?;
     let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source: Box::new(source) };
     let wanted = schema.map(|s| delta_schema(raw, s)).transpose()?;
-    let mut table = DeltaTable::new(logs.clone());
-    let exists = table.verify_deltatable_existence().await.map_err(err("read"))?;
+    let (logs, table) = open_log(store, raw, &root).await?;
+    let exists = table.is_some();
+    let table = table.unwrap_or_else(|| DeltaTable::new(logs.clone()));
     let (in_log, txn, log_schema) = if exists {
-        table.load().await.map_err(err("read"))?;
         let state = table.snapshot().map_err(err("read"))?;
         let paths: BTreeSet<String> = state.log_data().iter().map(|f| canonical_path(&f.path())).collect();
         let txn = state.transaction_version(logs.as_ref(), app_id(raw)).await.map_err(err("read"))?;
@@ -571,17 +586,8 @@ pub struct LogFiles {
 pub async fn log_files(store: &Store, layout: &Layout, raw: &str) -> Result<LogFiles, DeltaError> {
     use futures::TryStreamExt;
     let root = layout.offline_prefix(raw);
-    let logs = log_store(store, &root).map_err(|e| DeltaError::Log {
-        table: raw.into(),
-        doing: "opened",
-        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
-    })?;
     let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source: Box::new(source) };
-    let mut table = DeltaTable::new(logs.clone());
-    if !table.verify_deltatable_existence().await.map_err(err("read"))? {
-        return Ok(LogFiles::default());
-    }
-    table.load().await.map_err(err("read"))?;
+    let (logs, Some(table)) = open_log(store, raw, &root).await? else { return Ok(LogFiles::default()) };
     let state = table.snapshot().map_err(err("read"))?;
     let full = |p: &str| canonical_path(&format!("{root}{p}"));
     let current = state.log_data().iter().map(|f| full(&f.path())).collect();

@@ -836,9 +836,19 @@ impl Cluster {
     /// # Errors
     /// What differs.
     pub async fn check_delta(&self, table: &str) -> Result<(), String> {
-        let out = self.cli_raw(&["table", "export-delta", "--table", table, "--output", "json"]);
+        // (a store with injected faults fails some reads of the log: the
+        // export is retryable, as the leader's own passes retry)
+        let mut tries = 0;
+        let out = loop {
+            let out = self.cli_raw(&["table", "export-delta", "--table", table, "--output", "json"]);
+            tries += 1;
+            if out.status.success() || tries == 30 {
+                break out;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         if !out.status.success() {
-            return Err(format!("export-delta: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!("export-delta, {tries} tries: {}", String::from_utf8_lossy(&out.stderr)));
         }
         let exported: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
         let url = exported["tableUrl"].as_str().unwrap_or_default();
