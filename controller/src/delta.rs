@@ -366,7 +366,7 @@ pub enum Planned {
         log_revision: i64,
     },
     /// One commit to write ([`Pending::commit`]).
-    Commit(Pending),
+    Commit(Box<Pending>),
 }
 
 /// One Delta commit, planned: the `add`s (whose statistics the caller may
@@ -544,7 +544,7 @@ pub async fn plan(
         Decision::Stale => Planned::Stale { version, log_revision: txn.unwrap_or_default() },
         Decision::Commit => {
             let now = r2o_common::meta::now_ms();
-            Planned::Commit(Pending {
+            Planned::Commit(Box::new(Pending {
                 raw: raw.to_string(),
                 root,
                 logs,
@@ -552,7 +552,7 @@ pub async fn plan(
                 change,
                 txn: Transaction { app_id: app_id(raw), version: revision, last_updated: Some(now) },
                 schema: if schema_differs == Some(true) { wanted } else { None },
-            })
+            }))
         }
     })
 }

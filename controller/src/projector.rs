@@ -379,8 +379,11 @@ pub async fn read_record(kv: &r2o_common::kv::Kv, keys: &Keys, raw: &str) -> Res
 /// the footer).
 #[derive(Clone, Default)]
 pub struct OutputStats {
-    inner: Arc<Mutex<(BTreeMap<String, String>, std::collections::VecDeque<String>)>>,
+    inner: Arc<Mutex<StatsInner>>,
 }
+
+/// Statistics by location, and the locations in insertion order.
+type StatsInner = (BTreeMap<String, String>, std::collections::VecDeque<String>);
 
 /// Outputs whose statistics [`OutputStats`] keeps (~400 bytes each).
 pub const STATS_ENTRIES: usize = 20_000;
