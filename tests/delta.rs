@@ -231,11 +231,22 @@ async fn a_leader_killed_before_its_delta_commits_leaves_the_next_one_to_catch_u
     let wj: Value = serde_json::from_str(&cluster.cli(&["watermark", "--table", "fo", "--output", "json"])).unwrap();
     assert_eq!(wj["deltaHoldsWatermark"], json!(false), "nothing projected while held: {wj}");
     assert!(log_versions(&dir).is_empty(), "held: no log yet");
+    // the leader's lag metric says how long the oldest change has waited
+    let lag =
+        |port: u16| support::metric(&support::http_get(port, "/metrics").1, "r2o_delta_log_lag_seconds{table=\"fo\"}");
+    let start = Instant::now();
+    while lag(cluster.controllers[0].http_port).is_none_or(|l| l < 1.0) {
+        assert!(start.elapsed() < Duration::from_secs(20), "no lag shown while the log is held");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // the leader dies; the next one (nothing held) catches the log up
     std::fs::remove_file(hold.path()).unwrap();
     cluster.kill_and_replace_controller(0);
     let last = wait_in_step(&cluster, "fo", &dir).await;
+    let body = support::http_get(cluster.controllers[0].http_port, "/metrics").1;
+    assert_eq!(support::metric(&body, "r2o_delta_log_version{table=\"fo\"}"), Some(last as f64));
+    assert_eq!(support::metric(&body, "r2o_delta_log_lag_seconds{table=\"fo\"}"), Some(0.0));
     let live = check_history(&dir, "fo");
     assert_eq!(live.len(), 4, "four windows, one file each, added once");
     // and stays put: no further version while nothing commits

@@ -202,6 +202,7 @@ pub async fn projection_loop(auth: Authority, cancel: tokio_util::sync::Cancella
         };
         if held() {
             for (raw, since) in tables {
+                set_lag(&auth, &raw, since);
                 auth.delta_marks.mark(&raw, since);
             }
             tokio::select! {
