@@ -397,7 +397,9 @@ pub async fn planning_loop(auth: Authority, interval: Duration, cancel: tokio_ut
         if auth.leadership.borrow().is_none() {
             watch = None;
         } else if watch.is_none() {
+            // a new watch: events may have been missed since the last one
             auth.wakeups().mark_all();
+            auth.delta_marks.mark_all(now_ms());
             match auth.kv.watch(&prefix).await {
                 Ok(w) => watch = Some(w),
                 Err(e) => {
