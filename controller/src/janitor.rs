@@ -237,6 +237,7 @@ impl Janitor {
         // (`None`: the log cannot be read; its table's orphans wait for a sweep that can)
         let mut logs: HashMap<String, Option<crate::delta::LogFiles>> = HashMap::new();
         let mut kept_for_readers = 0;
+        let mut unreadable = vec![];
         let mut unlogged = Vec::with_capacity(orphans.len());
         for path in orphans {
             let Some(raw) = crate::delta::table_of(layout, &path) else {
@@ -258,7 +259,11 @@ impl Janitor {
                     let removed = f.removed.get(&path).copied();
                     crate::delta::kept_for_readers(f.current.contains(&path), removed, now_ms, self.file_retention_ms)
                 }
-                None => true,
+                None => {
+                    // kept this sweep, but its grace keeps counting
+                    unreadable.push(path);
+                    continue;
+                }
             };
             if keep {
                 kept_for_readers += 1;
@@ -270,6 +275,12 @@ impl Janitor {
         report.kept_for_readers = kept_for_readers;
         let orphans = unlogged;
         let mut still_orphaned: HashSet<String> = HashSet::new();
+        for path in unreadable {
+            let id = format!("store:{path}");
+            self.ripe(&id, now);
+            still_orphaned.insert(id);
+            report.young_orphans += 1;
+        }
         for path in orphans {
             let id = format!("store:{path}");
             still_orphaned.insert(id.clone());
