@@ -519,20 +519,38 @@ mod tests {
         assert!(!kv.range(&keys.manifest(&staged_id, 2)).await.unwrap().is_empty(), "a STAGED manifest stays");
     }
 
-    #[tokio::test]
-    async fn files_a_rematerialize_run_replaced_go_after_the_grace() {
-        // finding 13 of issue 19: replaced files were kept forever
-        let kv: Kv = Arc::new(MemKv::new());
-        let keys = Keys::new("/j");
+    /// An empty etcd and memory store with a flow's task and a late run's
+    /// task over window 0 of table `t`: `old` (the flow's attempt 1) and
+    /// `new` (the late run's) are in the store, nothing in etcd yet.
+    struct Replaced {
+        kv: Kv,
+        keys: Keys,
+        store: r2o_common::store::Store,
+        layout: Layout,
+        flow: TaskId,
+        late: TaskId,
+        old: String,
+        new: String,
+    }
+
+    async fn replaced() -> Replaced {
         let store = open_store("memory://").unwrap();
         let layout = Layout::new("ns");
         let (flow, late) = (TaskId::new("t", 0, 1), TaskId::new("t", 0, 2));
         let old = format!("{}a.parquet", layout.staging_prefix(&flow, 1));
         let new = format!("{}b.parquet", layout.staging_prefix(&late, 1));
-        let other = format!("{}c.parquet", layout.staging_prefix(&flow, 1));
-        for p in [&old, &new, &other] {
+        for p in [&old, &new] {
             put_bytes(&store, p, bytes::Bytes::from_static(b"x")).await.unwrap();
         }
+        Replaced { kv: Arc::new(MemKv::new()), keys: Keys::new("/j"), store, layout, flow, late, old, new }
+    }
+
+    #[tokio::test]
+    async fn files_a_rematerialize_run_replaced_go_after_the_grace() {
+        // finding 13 of issue 19: replaced files were kept forever
+        let Replaced { kv, keys, store, layout, flow, late, old, new } = replaced().await;
+        let other = format!("{}c.parquet", layout.staging_prefix(&flow, 1));
+        put_bytes(&store, &other, bytes::Bytes::from_static(b"x")).await.unwrap();
         let in_window = |name: &str, location: &str, w: i64| SegmentMeta {
             window_start_ms: Some(w),
             ..seg("t_OFFLINE", name, location)
@@ -561,16 +579,10 @@ mod tests {
     #[tokio::test]
     async fn files_the_delta_log_names_or_removed_lately_stay_for_its_readers() {
         use crate::delta::{plan, Planned};
-        let kv: Kv = Arc::new(MemKv::new());
-        let keys = Keys::new("/j");
-        let store = open_store("memory://").unwrap();
-        let layout = Layout::new("ns");
-        let (flow, late) = (TaskId::new("t", 0, 1), TaskId::new("t", 0, 2));
-        let old = format!("{}a.parquet", layout.staging_prefix(&flow, 1));
-        let new = format!("{}b.parquet", layout.staging_prefix(&late, 1));
+        let Replaced { kv, keys, store, layout, flow, late, old, new } = replaced().await;
         let lagging = format!("{}d.parquet", layout.staging_prefix(&flow, 1));
         let failed = format!("{}e.parquet", layout.staging_prefix(&TaskId::new("t", 0, 3), 1));
-        for p in [&old, &new, &lagging, &failed] {
+        for p in [&lagging, &failed] {
             put_bytes(&store, p, bytes::Bytes::from_static(b"x")).await.unwrap();
         }
         let schema = r2o_common::schema::Schema {
