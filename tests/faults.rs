@@ -547,15 +547,50 @@ async fn exactly_once_under_faults() {
 
     // no orphans once the janitor has run: every staged file is committed
     let (_, fb_locations) = offline_ids(&cluster, "fb").await;
+    // (the install's files live under `store/<namespace>/offline/`; a file a
+    // table's Delta log ever added stays for its readers' time travel)
     let root = cluster.dir.path().join("store");
+    let offline_dirs: Vec<std::path::PathBuf> =
+        std::fs::read_dir(&root).unwrap().flatten().map(|e| e.path().join("offline")).filter(|d| d.is_dir()).collect();
+    assert!(!offline_dirs.is_empty(), "no offline directory under {}", root.display());
+    let committed: HashSet<String> = [&locations, &fb_locations, &fd_locations, &fr_locations]
+        .iter()
+        .flat_map(|set| set.iter().map(|l| r2o_common::store::canonical_path(l)))
+        .collect();
+    // a task STAGED behind fb's failed window keeps its outputs for its commit
+    let mut staged = vec![];
+    for t in ["fa", "fb", "fd", "fr"] {
+        let tasks = client(&cluster)
+            .await
+            .unwrap()
+            .list_tasks(pb::ListTasksRequest { table: t.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks;
+        staged
+            .extend(tasks.iter().filter(|t| t.state == "STAGED").map(|t| format!("/{}/attempt-{}/", t.id, t.attempt)));
+    }
     let mut orphans = vec![];
     for _ in 0..40 {
         let mut files = vec![];
-        files_under(&root.join("offline"), &mut files, &root);
+        let mut logged: HashSet<String> = HashSet::new();
+        for d in &offline_dirs {
+            files_under(d, &mut files, &root);
+            for t in std::fs::read_dir(d).unwrap().flatten() {
+                for v in support::delta_versions(&t.path()).into_values() {
+                    for a in v.adds {
+                        logged.insert(t.path().join(a).strip_prefix(&root).unwrap().to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        assert!(files.iter().any(|f| committed.contains(f)), "the listing holds the committed files: {files:?}");
         let live = |f: &String| {
-            [&locations, &fb_locations, &fd_locations, &fr_locations]
-                .iter()
-                .any(|set| set.iter().any(|l| r2o_common::store::canonical_path(l) == *f))
+            committed.contains(f)
+                || logged.contains(f)
+                || f.contains("/_delta_log/")
+                || staged.iter().any(|p| f.contains(p.as_str()))
         };
         orphans = files.into_iter().filter(|f| !live(f)).collect();
         if orphans.is_empty() {
