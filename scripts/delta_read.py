@@ -1,7 +1,8 @@
 """Reads an r2o OFFLINE table through its Delta Lake log with Python's
 `deltalake` (delta-rs), as an analyst would, and prints what it sees as one
 JSON object: the version read, its rows (every column, sorted), its files,
-and every version's `txn` actions read from the log's own JSON commits.
+every version's `txn` actions read from the log's own JSON commits, and the
+table's configuration (its properties).
 
     .venv/bin/python scripts/delta_read.py <table url> [version]
 
@@ -39,6 +40,7 @@ def main():
         "rows": [json.loads(r) for r in rows],
         "files": sorted(dt.file_uris()),
         "txns": txns,
+        "configuration": dt.metadata().configuration,
     }))
 
 

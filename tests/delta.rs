@@ -160,6 +160,8 @@ async fn the_delta_log_follows_every_commit_with_time_travel() {
     assert_eq!(now["columns"], json!(["k", "m", "ts"]));
     assert_eq!(sorted(now["rows"].as_array().unwrap().clone()), before, "the Delta table is the committed rows");
     assert_eq!(now["files"], json!(committed_files(&cluster, "dl").await));
+    // the log tells other engines' VACUUM r2o's file retention (default 7 days)
+    assert_eq!(now["configuration"]["delta.deletedFileRetentionDuration"], json!("interval 604800 seconds"));
     // export-delta on an up-to-date log writes nothing
     let again: Value =
         serde_json::from_str(&cluster.cli(&["table", "export-delta", "--table", "dl", "--output", "json"])).unwrap();

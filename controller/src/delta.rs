@@ -323,8 +323,9 @@ pub enum Decision {
 }
 
 /// The rule of [`plan`]: whether the log exists, whether its files differ
-/// from the committed ones, whether the table's schema differs from the
-/// log's (`None`: no table, nothing to compare), the log's `txn` version for
+/// from the committed ones, whether the table's metadata (its schema, r2o's
+/// file retention) differs from the log's (`None`: no table, nothing to
+/// compare), the log's `txn` version for
 /// r2o and the etcd revision the committed files were read after. Pure.
 pub fn decide(
     exists: bool,
@@ -383,6 +384,9 @@ pub struct Pending {
     txn: Transaction,
     /// The table's schema when the log is created or the schema changed.
     schema: Option<StructType>,
+    /// The log's `delta.deletedFileRetentionDuration` when it is created or
+    /// differs from r2o's file retention ([`retention_interval`]).
+    retention: Option<String>,
 }
 
 impl Pending {
@@ -455,19 +459,32 @@ impl Pending {
                     deltalake_core::TableProperty::CheckpointInterval,
                     Some(CHECKPOINT_INTERVAL.to_string()),
                 )
+                .with_configuration_property(
+                    deltalake_core::TableProperty::DeletedFileRetentionDuration,
+                    self.retention.clone(),
+                )
                 .with_actions(actions.into_iter().chain([Action::Txn(self.txn)]))
                 .await
                 .map_err(err("created"))?;
             return Ok(created.version().unwrap_or(0) as i64);
         };
         let state = table.snapshot().map_err(err("read"))?;
-        if let Some(schema) = &self.schema {
+        if self.schema.is_some() || self.retention.is_some() {
             use deltalake_core::kernel::MetadataExt;
-            let metadata = state.metadata().clone().with_schema(schema).map_err(|e| DeltaError::Log {
+            let meta_err = |e: String| DeltaError::Log {
                 table: raw.into(),
-                doing: "given the new schema",
-                source: Box::new(deltalake_core::DeltaTableError::Generic(e.to_string())),
-            })?;
+                doing: "given its new metadata",
+                source: Box::new(deltalake_core::DeltaTableError::Generic(e)),
+            };
+            let mut metadata = state.metadata().clone();
+            if let Some(schema) = &self.schema {
+                metadata = metadata.with_schema(schema).map_err(|e| meta_err(e.to_string()))?;
+            }
+            if let Some(retention) = &self.retention {
+                metadata = metadata
+                    .add_config_key(RETENTION_KEY.to_string(), retention.clone())
+                    .map_err(|e| meta_err(e.to_string()))?;
+            }
             actions.push(Action::Metadata(metadata));
         }
         actions.push(Action::Txn(self.txn));
@@ -482,6 +499,19 @@ impl Pending {
     }
 }
 
+/// The table property that tells Delta readers (and other engines' VACUUM)
+/// how long a removed file stays for time travel.
+pub const RETENTION_KEY: &str = "delta.deletedFileRetentionDuration";
+
+/// r2o's file retention (`--delta-file-retention-secs`, ms) as the value of
+/// [`RETENTION_KEY`]: `interval <seconds> seconds` (Delta's interval syntax;
+/// whole seconds, rounded up so a reader never keeps less than r2o does).
+/// Pure.
+pub fn retention_interval(retention_ms: i64) -> String {
+    let secs = retention_ms.max(0).saturating_add(999) / 1000;
+    format!("interval {secs} seconds")
+}
+
 /// Versions between checkpoints of the logs r2o creates (Delta's usual
 /// `delta.checkpointInterval`).
 pub const CHECKPOINT_INTERVAL: u64 = 10;
@@ -490,7 +520,9 @@ pub const CHECKPOINT_INTERVAL: u64 = 10;
 /// `committed` (its committed OFFLINE segments, read after etcd revision
 /// `revision`) with `schema` (`None`: the table is gone, e.g. purged), by
 /// [`decide`]. The `add`s' statistics hold the row count only; the caller
-/// fills them from the footers ([`stats_json`]).
+/// fills them from the footers ([`stats_json`]). The log's
+/// `delta.deletedFileRetentionDuration` follows `file_retention_ms` (a
+/// differing value is a metadata change like a schema's).
 ///
 /// # Errors
 /// [`DeltaError::Outside`] for a file outside the table's directory;
@@ -502,6 +534,7 @@ pub async fn plan(
     schema: Option<&Schema>,
     committed: &[SegmentMeta],
     revision: i64,
+    file_retention_ms: i64,
 ) -> Result<Planned, DeltaError> {
     let root = layout.offline_prefix(raw);
     let files = committed
@@ -526,19 +559,24 @@ pub async fn plan(
     let (logs, table) = open_log(store, raw, &root).await?;
     let exists = table.is_some();
     let table = table.unwrap_or_else(|| DeltaTable::new(logs.clone()));
-    let (in_log, txn, log_schema) = if exists {
+    let (in_log, txn, log_schema, log_retention) = if exists {
         let state = table.snapshot().map_err(err("read"))?;
         let paths: BTreeSet<String> = state.log_data().iter().map(|f| canonical_path(&f.path())).collect();
         let txn = state.transaction_version(logs.as_ref(), app_id(raw)).await.map_err(err("read"))?;
         let log_schema = Some(state.schema().as_ref().clone());
-        (paths, txn, log_schema)
+        let log_retention = state.metadata().configuration().get(RETENTION_KEY).cloned();
+        (paths, txn, log_schema, log_retention)
     } else {
-        (BTreeSet::new(), None, None)
+        (BTreeSet::new(), None, None, None)
     };
     let change = reconcile(&files, &in_log);
+    let retention = retention_interval(file_retention_ms);
+    let retention_differs = log_retention.as_deref() != Some(retention.as_str());
     let schema_differs = wanted.as_ref().map(|w| log_schema.as_ref() != Some(w));
+    // (a changed retention is a metadata change, decided like a schema's)
+    let metadata_differs = schema_differs.map(|d| d || retention_differs);
     let version = table.version().unwrap_or(0) as i64;
-    Ok(match decide(exists, !change.is_empty(), schema_differs, txn, revision) {
+    Ok(match decide(exists, !change.is_empty(), metadata_differs, txn, revision) {
         Decision::NoLog => Planned::NoLog,
         Decision::UpToDate => Planned::UpToDate { version },
         Decision::Stale => Planned::Stale { version, log_revision: txn.unwrap_or_default() },
@@ -552,6 +590,7 @@ pub async fn plan(
                 change,
                 txn: Transaction { app_id: app_id(raw), version: revision, last_updated: Some(now) },
                 schema: if schema_differs == Some(true) { wanted } else { None },
+                retention: retention_differs.then_some(retention),
             }))
         }
     })
@@ -630,6 +669,8 @@ mod tests {
     use super::*;
     use r2o_common::schema::FieldSpec;
 
+    const DAY: i64 = 86_400_000;
+
     fn file(path: &str) -> DeltaFile {
         DeltaFile { path: path.into(), size_bytes: 10, modification_ms: 1, stats: "{}".into() }
     }
@@ -666,7 +707,7 @@ mod tests {
 
     #[test]
     fn removed_files_stay_for_the_retention_and_logged_ones_while_named() {
-        let day = 86_400_000;
+        let day = DAY;
         assert!(kept_for_readers(true, None, 10 * day, day), "the log still names it");
         assert!(kept_for_readers(false, Some(9 * day + 1), 10 * day, day), "removed within the retention");
         assert!(!kept_for_readers(false, Some(9 * day), 10 * day, day), "removed a retention ago");
@@ -718,7 +759,7 @@ mod tests {
         let mut committed = vec![];
         for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
             committed.push(seg(i));
-            match plan(&store, &layout, "t", Some(&schema), &committed, i as i64 + 1).await.unwrap() {
+            match plan(&store, &layout, "t", Some(&schema), &committed, i as i64 + 1, DAY).await.unwrap() {
                 Planned::Commit(p) => assert_eq!(p.commit().await.unwrap(), i as i64),
                 _ => panic!("version {i} was due"),
             }
@@ -728,7 +769,7 @@ mod tests {
             .path()
             .join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
         assert!(checkpoint.exists(), "a checkpoint every {CHECKPOINT_INTERVAL} versions");
-        match plan(&store, &layout, "t", Some(&schema), &committed, last + 1).await.unwrap() {
+        match plan(&store, &layout, "t", Some(&schema), &committed, last + 1, DAY).await.unwrap() {
             Planned::UpToDate { version } => assert_eq!(version, last),
             _ => panic!("the log holds every file"),
         }
@@ -737,9 +778,43 @@ mod tests {
         // a pass that read etcd before the log's txn writes nothing
         committed.pop();
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed, 3).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed, 3, DAY).await.unwrap(),
             Planned::Stale { log_revision, .. } if log_revision == last + 1
         ));
+        committed.push(seg(last as usize));
+        // the log carries r2o's file retention for other engines' VACUUM, and
+        // a changed retention is one metaData version with the files as they are
+        async fn retention(store: &Store, version: Option<i64>) -> Option<String> {
+            let mut t = open_log(store, "t", "ns/offline/t_OFFLINE/").await.unwrap().1.unwrap();
+            if let Some(v) = version {
+                t.load_version(v as u64).await.unwrap();
+            }
+            t.snapshot().unwrap().metadata().configuration().get(RETENTION_KEY).cloned()
+        }
+        assert_eq!(retention(&store, None).await.as_deref(), Some("interval 86400 seconds"));
+        match plan(&store, &layout, "t", Some(&schema), &committed, last + 2, 2 * DAY).await.unwrap() {
+            Planned::Commit(p) => {
+                assert_eq!(p.removes(), 0);
+                assert!(p.adds().is_empty(), "the metadata alone changes");
+                assert_eq!(p.commit().await.unwrap(), last + 1);
+            }
+            _ => panic!("a changed retention is a new version"),
+        }
+        assert_eq!(retention(&store, None).await.as_deref(), Some("interval 172800 seconds"));
+        assert_eq!(retention(&store, Some(last)).await.as_deref(), Some("interval 86400 seconds"));
+        assert!(matches!(
+            plan(&store, &layout, "t", Some(&schema), &committed, last + 3, 2 * DAY).await.unwrap(),
+            Planned::UpToDate { version } if version == last + 1
+        ));
+    }
+
+    #[test]
+    fn the_retention_is_delta_interval_in_whole_seconds_rounded_up() {
+        assert_eq!(retention_interval(7 * DAY), "interval 604800 seconds");
+        assert_eq!(retention_interval(1), "interval 1 seconds");
+        assert_eq!(retention_interval(1_001), "interval 2 seconds");
+        assert_eq!(retention_interval(0), "interval 0 seconds");
+        assert_eq!(retention_interval(-5), "interval 0 seconds");
     }
 
     #[test]

@@ -236,6 +236,7 @@ pub async fn run(
             max_tasks_per_table: cfg.max_tasks_per_table,
             store_uri: cfg.store_uri.clone(),
             source_allow: cfg.source_allow.clone(),
+            delta_file_retention_ms: i64::try_from(cfg.delta_file_retention.as_millis()).unwrap_or(i64::MAX),
         },
         rx.clone(),
     );

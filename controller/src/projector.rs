@@ -325,7 +325,10 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
         None => vec![],
     };
     let schema = spec.as_ref().map(|s| &s.schema);
-    let planned = delta::plan(&auth.store, &auth.layout, raw, schema, &committed, revision).await.map_err(log_error)?;
+    let retention_ms = auth.cfg.delta_file_retention_ms;
+    let planned = delta::plan(&auth.store, &auth.layout, raw, schema, &committed, revision, retention_ms)
+        .await
+        .map_err(log_error)?;
     let (version, revision, added, removed) = match planned {
         Planned::NoLog => return Ok(Projected::default()),
         Planned::UpToDate { version } => (version, revision, 0, 0),

@@ -78,6 +78,11 @@ pub struct AuthorityConfig {
     pub store_uri: String,
     /// Where discovery may read (`--source-allow`, canonical forms; empty: off).
     pub source_allow: Vec<String>,
+    /// How long a file removed from a table's Delta log stays for time
+    /// travel, ms (`--delta-file-retention-secs`): the janitor's rule and the
+    /// log's own `delta.deletedFileRetentionDuration`, so other engines'
+    /// VACUUM keeps them as long.
+    pub delta_file_retention_ms: i64,
 }
 
 /// Bytes of REALTIME footers the controller keeps for validation (issue

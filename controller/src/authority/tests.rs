@@ -48,6 +48,7 @@ async fn world_on(kv: Kv, extra: serde_json::Value) -> World {
         max_tasks_per_table: 1,
         store_uri: String::new(),
         source_allow: vec![],
+        delta_file_retention_ms: crate::janitor::DEFAULT_FILE_RETENTION_MS,
     };
     let auth = Authority::new(kv, keys, store, Layout::new("ns"), cfg, rx);
     World { auth, spec, _tx: tx }
