@@ -36,7 +36,7 @@ use crate::delta::{self, DeltaError, Planned};
 use crate::error::{ControllerError, Result};
 use r2o_common::meta::{encode, get_record, now_ms, Keys, SegmentMeta};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -163,6 +163,8 @@ impl DeltaMarks {
 pub async fn projection_loop(auth: Authority, cancel: tokio_util::sync::CancellationToken) {
     let mut leadership = auth.leadership.clone();
     let mut term: Option<i64> = None;
+    // per table: passes failed in a row, and when the next may run
+    let mut backoff: HashMap<String, (u32, std::time::Instant)> = HashMap::new();
     loop {
         let lead = *leadership.borrow_and_update();
         match lead {
@@ -176,6 +178,7 @@ pub async fn projection_loop(auth: Authority, cancel: tokio_util::sync::Cancella
             }
             Some(l) if term != Some(l.create_revision) => {
                 term = Some(l.create_revision);
+                backoff.clear();
                 auth.delta_marks.mark_all(now_ms());
             }
             Some(_) => {}
@@ -219,18 +222,28 @@ pub async fn projection_loop(auth: Authority, cancel: tokio_util::sync::Cancella
                 continue;
             }
             set_lag(&auth, &raw, since);
+            // a table whose passes keep failing waits longer each time
+            if backoff.get(&raw).is_some_and(|(_, next)| *next > round) {
+                auth.delta_marks.mark(&raw, since);
+                failed = true;
+                continue;
+            }
             match project_table(&auth, &raw).await {
                 Ok(p) => {
+                    backoff.remove(&raw);
                     if let Some(m) = &auth.metrics {
                         m.delta_lag.with_label_values(&[&raw]).set(0.0);
                         m.delta_version.with_label_values(&[&raw]).set(p.record.version);
                     }
                 }
                 Err(e) => {
-                    warn!(table = %raw, error = %e, "the delta log pass failed; trying again");
+                    let failures = backoff.get(&raw).map_or(0, |(n, _)| *n) + 1;
+                    let delay = retry_delay(failures);
+                    warn!(table = %raw, error = %e, failures, retry_in_ms = delay.as_millis() as u64, "the delta log pass failed; trying again");
                     if let Some(m) = &auth.metrics {
                         m.errors.with_label_values(&["delta"]).inc();
                     }
+                    backoff.insert(raw.clone(), (failures, std::time::Instant::now() + delay));
                     auth.delta_marks.mark(&raw, since);
                     failed = true;
                 }
@@ -260,6 +273,14 @@ pub fn cooldown(round: Duration) -> Duration {
         return Duration::ZERO;
     }
     (round * 2).min(Duration::from_secs(1))
+}
+
+/// How long a table waits for its next pass after `failures` failed in a
+/// row (at least 1): 1 s, doubling, at most 60 s, so a log that cannot be
+/// written (a store that refuses it) costs a pass a minute, not a second,
+/// while the other tables' passes go on. Pure.
+pub fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 /// Fault injection for the tests: while the file `R2O_FAULT_DELTA_HOLD`
@@ -462,6 +483,14 @@ mod tests {
         assert_eq!(cooldown(Duration::from_millis(3)), Duration::ZERO);
         assert_eq!(cooldown(Duration::from_millis(150)), Duration::from_millis(300));
         assert_eq!(cooldown(Duration::from_secs(5)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_failing_table_waits_twice_as_long_each_time_at_most_a_minute() {
+        let secs: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_delay(0), Duration::from_secs(1));
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(60));
     }
 
     #[test]
