@@ -158,8 +158,8 @@ impl DeltaMarks {
 
 /// Brings every marked table's Delta log up to date while this controller
 /// leads; a new term marks every table. A table whose pass fails is marked
-/// again and tried after a pause (its first mark's time kept, so the lag
-/// metric keeps growing).
+/// again and tried after [`retry_delay`] (its first mark's time kept, so
+/// the lag metric keeps growing).
 pub async fn projection_loop(auth: Authority, cancel: tokio_util::sync::CancellationToken) {
     let mut leadership = auth.leadership.clone();
     let mut term: Option<i64> = None;
