@@ -137,3 +137,47 @@ async fn metrics_move_as_the_flow_runs() {
     }
     assert!(queried >= 12, "{queried} metric references");
 }
+
+/// The pool's figures an autoscaler reads (issue 24), from a pool at zero:
+/// the work waiting shows on the controller's `/metrics` with no minion
+/// running (so KEDA can wake the pool), and falls to zero once a minion
+/// joins and the table catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_is_seen_from_zero() {
+    let mut cluster = Cluster::start_with(1, 0, vec![]);
+    let port = cluster.controllers[0].http_port;
+    cluster.add_table("pz", &hourly_table("pz", json!({})), &metric_schema());
+    let f = cluster.parquet_file("pz.parquet", &hourly_rows(4, 50));
+    cluster.cli(&["ingest", "--table", "pz", "--file", f.to_str().unwrap(), "--rows-per-segment", "50", "--seal-last"]);
+    let series = |body: &str, name: &str| metric(body, name).unwrap_or(-1.0);
+    let tag = "minion_untagged";
+    let start = Instant::now();
+    let body = loop {
+        let body = http_get(port, "/metrics").1;
+        if series(&body, &format!(r#"r2o_pool_tasks{{state="waiting",tag="{tag}"}}"#)) >= 1.0
+            && series(&body, &format!(r#"r2o_pool_oldest_wait_seconds{{tag="{tag}"}}"#)) >= 1.0
+        {
+            break body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no waiting task shows with no minion: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(series(&body, &format!(r#"r2o_pool_minions{{state="claiming",tag="{tag}"}}"#)), 0.0);
+    assert_eq!(series(&body, &format!(r#"r2o_pool_slots{{tag="{tag}"}}"#)), 0.0);
+    assert_eq!(series(&body, &format!(r#"r2o_pool_tasks{{state="running",tag="{tag}"}}"#)), 0.0);
+    assert_eq!(series(&body, r#"r2o_table_bucket_seconds{table="pz"}"#), 3600.0);
+    assert_eq!(series(&body, r#"r2o_table_paused{table="pz"}"#), 0.0);
+
+    // a minion joins: its slots count, and the table catches up
+    cluster.add_minion();
+    let w = cluster.wait_idle("pz", Duration::from_secs(60)).await;
+    assert_eq!(w.watermark_ms, T0_MS + 4 * H_MS, "{}", w.next);
+    let body = http_get(port, "/metrics").1;
+    assert_eq!(series(&body, &format!(r#"r2o_pool_minions{{state="claiming",tag="{tag}"}}"#)), 1.0);
+    assert_eq!(series(&body, &format!(r#"r2o_pool_slots{{tag="{tag}"}}"#)), 2.0, "the test minions run 2 slots");
+    assert_eq!(series(&body, &format!(r#"r2o_pool_tasks{{state="waiting",tag="{tag}"}}"#)), 0.0);
+    assert_eq!(series(&body, &format!(r#"r2o_pool_oldest_wait_seconds{{tag="{tag}"}}"#)), 0.0);
+    // pausing shows
+    cluster.cli(&["pause", "--table", "pz"]);
+    assert_eq!(series(&http_get(port, "/metrics").1, r#"r2o_table_paused{table="pz"}"#), 1.0);
+}

@@ -826,6 +826,11 @@ pub struct MinionRecord {
     /// with this tag; empty in records of older minions (untagged).
     #[serde(default)]
     pub tag: String,
+    /// It is draining (SIGTERM): it claims nothing more and finishes or
+    /// hands back what it runs, then its record goes with its lease; its
+    /// slots no longer count in the pool (false in older records).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 impl MinionRecord {

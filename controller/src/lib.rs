@@ -12,6 +12,7 @@ pub mod error;
 pub mod janitor;
 pub mod metrics;
 pub mod planner;
+pub mod pool;
 pub mod projector;
 pub mod protocol;
 pub mod registry;

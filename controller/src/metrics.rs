@@ -6,7 +6,8 @@
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use r2o_common::kv::Kv;
 use r2o_common::meta::{
-    get_record, now_ms, range_records, Keys, LoadStatus, RetentionRecord, SegmentMeta, TaskRecord, WatermarkRecord,
+    get_record, now_ms, range_records, Keys, LoadStatus, MinionRecord, RetentionRecord, SegmentMeta, TaskRecord,
+    WatermarkRecord,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,35 @@ pub struct ControllerMetrics {
     /// `r2o_delta_log_version{table}`: the version of the table's Delta log
     /// after the leader's last pass.
     pub delta_version: IntGaugeVec,
+    /// `r2o_table_bucket_seconds{table}`: `bucketTimePeriod`, s.
+    pub bucket_seconds: prometheus::GaugeVec,
+    /// `r2o_table_buffer_seconds{table}`: `bufferTimePeriod`, s.
+    pub buffer_seconds: prometheus::GaugeVec,
+    /// `r2o_table_paused{table}`: 1 while the table is paused.
+    pub paused: IntGaugeVec,
+    /// `r2o_pool_tasks{tag,state}`: per `minionInstanceTag`, tasks
+    /// `waiting` for a slot (claimable now), in `backoff` between attempts,
+    /// and `running` ([`crate::pool`]); what the autoscalers read.
+    pub pool_tasks: IntGaugeVec,
+    /// `r2o_pool_minions{tag,state}`: live minions `claiming` and `draining`.
+    pub pool_minions: IntGaugeVec,
+    /// `r2o_pool_slots{tag}`: task slots of the minions that claim.
+    pub pool_slots: IntGaugeVec,
+    /// `r2o_pool_oldest_wait_seconds{tag}`: how long the longest-waiting
+    /// claimable task has waited, s (0: none waits).
+    pub pool_oldest_wait: prometheus::GaugeVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    let g = prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -168,6 +198,23 @@ impl ControllerMetrics {
                 .unwrap();
         r.register(Box::new(delta_version.clone())).unwrap();
         let m = ControllerMetrics {
+            bucket_seconds: float_gauge(r, "r2o_table_bucket_seconds", "bucketTimePeriod, seconds", &["table"]),
+            buffer_seconds: float_gauge(r, "r2o_table_buffer_seconds", "bufferTimePeriod, seconds", &["table"]),
+            paused: gauge(r, "r2o_table_paused", "1 while the table is paused", &["table"]),
+            pool_tasks: gauge(
+                r,
+                "r2o_pool_tasks",
+                "Tasks per minionInstanceTag: waiting for a slot (claimable now), in backoff, running",
+                &["tag", "state"],
+            ),
+            pool_minions: gauge(r, "r2o_pool_minions", "Live minions per tag: claiming, draining", &["tag", "state"]),
+            pool_slots: gauge(r, "r2o_pool_slots", "Task slots of the minions that claim, per tag", &["tag"]),
+            pool_oldest_wait: float_gauge(
+                r,
+                "r2o_pool_oldest_wait_seconds",
+                "How long the longest-waiting claimable task has waited, seconds (0: none waits)",
+                &["tag"],
+            ),
             delta_lag,
             delta_version,
             unmoved_past_retention,
@@ -249,9 +296,13 @@ impl ControllerMetrics {
         };
         let active = range_records::<TaskRecord>(kv, &keys.active_tasks()).await.unwrap_or_default();
         let now = now_ms();
+        self.refresh_pool(kv, keys, &tables, &active, now).await;
         // every per-table series is set again below from etcd: a deleted
         // table's series disappear with it
         self.tasks.reset();
+        self.bucket_seconds.reset();
+        self.buffer_seconds.reset();
+        self.paused.reset();
         self.watermark_ms.reset();
         self.lag_seconds.reset();
         self.unmoved_past_retention.reset();
@@ -273,6 +324,9 @@ impl ControllerMetrics {
         for (raw, view) in tables {
             let Ok(view) = view else { continue };
             let spec = view.spec.as_ref();
+            self.bucket_seconds.with_label_values(&[&raw]).set(spec.flow.bucket_ms as f64 / 1000.0);
+            self.buffer_seconds.with_label_values(&[&raw]).set(spec.flow.buffer_ms as f64 / 1000.0);
+            self.paused.with_label_values(&[&raw]).set(i64::from(view.record.paused));
             let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(&raw)).await.ok().flatten().map(|(w, _)| w);
             let counted = self.load_status_counts.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
             let count_now = counted.is_none_or(|(at, _)| now - at >= LOAD_STATUS_EVERY_MS);
@@ -344,6 +398,48 @@ impl ControllerMetrics {
                 let n = active.iter().filter(|(t, _)| t.table == raw && t.state.name() == state).count();
                 self.tasks.with_label_values(&[&raw, state]).set(n as i64);
             }
+        }
+    }
+
+    /// Sets the `r2o_pool_*` series from the active tasks and the live
+    /// minion records ([`crate::pool::pool_figures`]); every tag a table or
+    /// a minion names has its series, zeros included.
+    async fn refresh_pool(
+        &self,
+        kv: &Kv,
+        keys: &Keys,
+        tables: &[(String, crate::error::Result<crate::tables::TableView>)],
+        active: &[(TaskRecord, r2o_common::kv::KeyValue)],
+        now: i64,
+    ) {
+        let Ok(minions) = range_records::<MinionRecord>(kv, &keys.minions()).await else {
+            self.errors.with_label_values(&["etcd"]).inc();
+            return;
+        };
+        let tag_of: HashMap<&str, &str> = tables
+            .iter()
+            .filter_map(|(raw, v)| v.as_ref().ok().map(|v| (raw.as_str(), v.spec.flow.minion_instance_tag.as_str())))
+            .collect();
+        let figures = crate::pool::pool_figures(
+            active.iter().map(|(t, _)| t),
+            minions.iter().map(|(m, _)| m),
+            |t| tag_of.get(t).copied(),
+            tag_of.values().copied(),
+            now,
+        );
+        for g in [&self.pool_tasks, &self.pool_minions, &self.pool_slots] {
+            g.reset();
+        }
+        self.pool_oldest_wait.reset();
+        for (tag, p) in figures {
+            let tag = tag.as_str();
+            for (state, n) in [("waiting", p.waiting), ("backoff", p.backing_off), ("running", p.running)] {
+                self.pool_tasks.with_label_values(&[tag, state]).set(n as i64);
+            }
+            self.pool_minions.with_label_values(&[tag, "claiming"]).set(p.minions as i64);
+            self.pool_minions.with_label_values(&[tag, "draining"]).set(p.draining as i64);
+            self.pool_slots.with_label_values(&[tag]).set(p.slots as i64);
+            self.pool_oldest_wait.with_label_values(&[tag]).set(p.oldest_wait_ms as f64 / 1000.0);
         }
     }
 }

@@ -181,8 +181,15 @@ async fn one_window_past_the_budget() -> (World, i64) {
 
 /// A live minion's record (`tag` "" for an untagged minion).
 async fn live_minion(a: &Authority, id: &str, slots: u32, host: &str, tag: &str) {
-    let m =
-        MinionRecord { id: id.into(), addr: String::new(), slots, started_ms: 0, host: host.into(), tag: tag.into() };
+    let m = MinionRecord {
+        id: id.into(),
+        addr: String::new(),
+        slots,
+        started_ms: 0,
+        host: host.into(),
+        tag: tag.into(),
+        draining: false,
+    };
     a.kv.put(&a.keys.minion(id), encode(&m), None).await.unwrap();
 }
 

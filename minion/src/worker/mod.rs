@@ -182,6 +182,7 @@ pub(crate) struct Worker {
 struct Registration {
     lease: i64,
     lost: CancellationToken,
+    record: MinionRecord,
 }
 
 impl Worker {
@@ -194,10 +195,21 @@ impl Worker {
             started_ms: now_ms(),
             host: self.cfg.host.clone(),
             tag: self.cfg.tag.clone(),
+            draining: false,
         };
         self.kv.put(&self.keys.minion(&self.cfg.id), encode(&rec), Some(lease)).await?;
         info!(minion = %self.cfg.id, lease, slots = self.cfg.slots, host = %self.cfg.host, "minion registered");
-        Ok(Registration { lease, lost: CancellationToken::new() })
+        Ok(Registration { lease, lost: CancellationToken::new(), record: rec })
+    }
+
+    /// Tells the pool this minion drains: its record, under the same lease,
+    /// says so (the status page and the pool's slots read it). Best effort:
+    /// the lease's end removes the record anyway.
+    async fn announce_draining(&self, reg: &Registration) {
+        let rec = MinionRecord { draining: true, ..reg.record.clone() };
+        if let Err(e) = self.kv.put(&self.keys.minion(&self.cfg.id), encode(&rec), Some(reg.lease)).await {
+            warn!(minion = %self.cfg.id, error = %e, "cannot mark the registration draining");
+        }
     }
 
     fn running(&self) -> usize {
@@ -474,6 +486,7 @@ pub async fn run(kv: Kv, keys: Keys, store: Store, cfg: MinionConfig, cancel: Ca
     // drain
     telemetry.set_ready(false);
     info!(minion = %cfg.id, running = attempts.len(), "draining");
+    worker.announce_draining(&reg).await;
     let drained = tokio::time::timeout(cfg.drain_grace, async { while attempts.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         warn!(minion = %cfg.id, "drain grace passed; handing back unfinished tasks");
