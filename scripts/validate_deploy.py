@@ -9,8 +9,8 @@ no privilege escalation and every capability dropped, CPU and memory
 requests and limits everywhere; a NetworkPolicy selects every workload; no
 Secret is committed; every r2o process has TLS files, etcd is reached over
 https and serves TLS with client certificates, and nothing runs --insecure.
-cert-manager resources (not in the Kubernetes schemas) get a structural
-check. Prints one line per problem and a summary; exits non-zero on any
+cert-manager resources and KEDA ScaledObjects (not in the Kubernetes
+schemas) get a structural check. Prints one line per problem and a summary; exits non-zero on any
 problem."""
 import pathlib
 import sys
@@ -69,6 +69,46 @@ def cert_manager(d):
             out.append(f"Certificate/{name}: unknown spec keys {sorted(unknown)}")
         return out
     return [f"{kind}/{name}: expected an Issuer or a Certificate"]
+
+
+def keda(d, built):
+    """Structural check of a KEDA ScaledObject: it scales a Deployment the
+    kustomization builds, with Prometheus triggers that carry a server, a
+    query and a numeric threshold."""
+    name = d.get("metadata", {}).get("name")
+    if d.get("apiVersion") != "keda.sh/v1alpha1" or d.get("kind") != "ScaledObject":
+        return [f"{d.get('kind')}/{name}: expected a keda.sh/v1alpha1 ScaledObject"]
+    spec = d.get("spec", {})
+    out = []
+    target = spec.get("scaleTargetRef", {}).get("name")
+    if ("Deployment", target) not in built:
+        out.append(f"ScaledObject/{name}: scaleTargetRef {target} is not a Deployment the kustomization builds")
+    unknown = set(spec) - {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval",
+                           "cooldownPeriod", "idleReplicaCount", "fallback", "advanced", "triggers"}
+    if unknown:
+        out.append(f"ScaledObject/{name}: unknown spec keys {sorted(unknown)}")
+    lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
+        out.append(f"ScaledObject/{name}: replica counts {lo}..{hi}, expected 0 <= min <= max")
+    triggers = spec.get("triggers") or []
+    if not triggers:
+        out.append(f"ScaledObject/{name}: expected triggers")
+    for t in triggers:
+        m = t.get("metadata", {})
+        if t.get("type") != "prometheus":
+            out.append(f"ScaledObject/{name}: trigger type {t.get('type')}, expected prometheus")
+        for key in ("serverAddress", "query", "threshold"):
+            if not m.get(key):
+                out.append(f"ScaledObject/{name}: trigger {t.get('name')} needs metadata.{key}")
+        for key in ("threshold", "activationThreshold"):
+            if key in m:
+                try:
+                    float(m[key])
+                except (TypeError, ValueError):
+                    out.append(f"ScaledObject/{name}: {key} {m[key]!r} is not a number (KEDA takes it as a string)")
+        if t.get("metricType", "AverageValue") not in ("AverageValue", "Value", "Utilization"):
+            out.append(f"ScaledObject/{name}: metricType {t.get('metricType')}")
+    return out
 
 
 def all_docs(kdir, seen=None):
@@ -150,6 +190,7 @@ def lockdown(kdir):
 for kfile in sorted(root.rglob("kustomization.yaml")):
     kdir = kfile.parent
     k = yaml.safe_load(open(kfile))
+    built = resources_of(kdir)
     for r in k.get("resources", []):
         p = (kdir / r).resolve()
         if p.is_dir():
@@ -163,12 +204,15 @@ for kfile in sorted(root.rglob("kustomization.yaml")):
                     problems.extend(f"{p.relative_to(root)}[{i}] {m}" for m in cert_manager(d))
                     validated += 1
                     continue
+                if str(d.get("apiVersion", "")).startswith("keda.sh/"):
+                    problems.extend(f"{p.relative_to(root)}[{i}] {m}" for m in keda(d, built))
+                    validated += 1
+                    continue
                 try:
                     kubernetes_validate.validate(d, version, strict=True)
                     validated += 1
                 except Exception as e:  # the package raises several error types
                     problems.append(f"{p.relative_to(root)}[{i}] {d.get('kind')}/{d.get('metadata', {}).get('name')}: {e}")
-    built = resources_of(kdir)
     for patch in k.get("patches", []):
         p = kdir / patch["path"]
         if not p.exists():
