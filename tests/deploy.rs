@@ -107,3 +107,25 @@ fn deploy_check_refuses_a_loosened_deployment() {
         assert!(text.contains(expected), "expected a problem '{expected}':\n{text}");
     }
 }
+
+/// The KEDA ScaledObject's structural check can fail: one that scales a
+/// Deployment no kustomization builds, with a threshold that is not a
+/// number, is refused, naming both.
+#[test]
+fn deploy_check_refuses_a_scaledobject_of_nothing() {
+    let (root, python) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = copy_of_deploy(root, tmp.path());
+    let p = copy.join("overlays/keda/minion-scaledobject.yaml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let loosened =
+        text.replacen("    name: r2o-minion\n  minReplicaCount", "    name: r2o-minions\n  minReplicaCount", 1);
+    let loosened = loosened.replacen("threshold: \"2\"", "threshold: two", 1);
+    assert_ne!(loosened, text);
+    std::fs::write(&p, loosened).unwrap();
+    let out = Command::new(python).arg(root.join("scripts/validate_deploy.py")).arg(&copy).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("scaleTargetRef r2o-minions is not a Deployment"), "{text}");
+    assert!(text.contains("threshold 'two' is not a number"), "{text}");
+}
