@@ -1125,7 +1125,10 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
 }
 
 async fn report(conn: &Conn, table: &str) -> Result<()> {
-    let mut c = client(&conn.target()?).await?;
+    let target = conn.target()?;
+    // the controller's status page for this table (same port, reader role)
+    let status_page = format!("{}/status/tables/{table}", target.addr.trim_end_matches('/'));
+    let mut c = client(&target).await?;
     let w = c.get_watermark(pb::GetWatermarkRequest { table: table.into() }).await.map_err(status_err)?.into_inner();
     let segs = c
         .list_segments(pb::ListSegmentsRequest { table: table.into() })
@@ -1158,6 +1161,7 @@ async fn report(conn: &Conn, table: &str) -> Result<()> {
         "lastRun": w.last_run_ms.map(format_utc).unwrap_or_default(),
         "lastRunTrigger": w.last_run_trigger,
         "nextRun": w.next_run_ms.map(format_utc).unwrap_or_default(),
+        "statusPage": status_page,
     });
     match conn.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
@@ -1185,6 +1189,7 @@ async fn report(conn: &Conn, table: &str) -> Result<()> {
                 );
             }
             println!("  next                 {}", w.next);
+            println!("  status page          {status_page} (a reader token is its password)");
         }
     }
     Ok(())

@@ -166,7 +166,9 @@ impl TlsFiles {
             .map_err(|e| {
                 TlsError::Config(format!("certificate {} with key {}: {e}", self.cert.display(), self.key.display()))
             })?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        // h2 for gRPC; http/1.1 for a browser or curl on the controller's
+        // status page (issue 24), served on the same port
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
 

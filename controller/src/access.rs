@@ -33,6 +33,21 @@ pub struct Gate {
     policy: Policy,
 }
 
+/// The token of an `authorization` value: `Bearer <token>`, or `Basic
+/// <base64 of user:token>` (a browser's login prompt; the user name is not
+/// checked). `None` for anything else. Pure.
+pub fn bearer_or_basic(value: &str) -> Option<String> {
+    use base64::Engine;
+    if let Some(t) = value.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let b64 = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.trim().to_string())
+}
+
 fn refused(r: Refusal) -> Status {
     match r {
         Refusal::Unauthenticated(m) => Status::unauthenticated(m),
@@ -53,14 +68,29 @@ impl Gate {
     /// Errors: `UNAUTHENTICATED` for a malformed, unknown or revoked token;
     /// `UNAVAILABLE` when etcd cannot be read.
     pub async fn identify<T>(&self, req: &Request<T>) -> std::result::Result<Option<Identity>, Status> {
+        let auth = req.metadata().get("authorization").map(|v| v.to_str().unwrap_or_default());
+        self.identify_with(auth, req.peer_certs()).await
+    }
+
+    /// [`Gate::identify`] from an `authorization` value and the peer's
+    /// certificates: `Bearer <token>`, or (for a browser) `Basic` whose
+    /// password is the token (the user name is not checked).
+    ///
+    /// Errors: as [`Gate::identify`].
+    pub async fn identify_with(
+        &self,
+        authorization: Option<&str>,
+        peer_certs: Option<std::sync::Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+    ) -> std::result::Result<Option<Identity>, Status> {
         let cert_roles = match &self.policy {
             Policy::Open => {
                 return Ok(Some(Identity { name: "insecure".into(), role: Role::Admin, via: Via::Insecure }))
             }
             Policy::Roles { cert_roles } => cert_roles,
         };
-        if let Some(auth) = req.metadata().get("authorization") {
-            let token = auth.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).unwrap_or_default();
+        if let Some(auth) = authorization {
+            let token = bearer_or_basic(auth).unwrap_or_default();
+            let token = token.as_str();
             let Some(id) = token_id(token) else {
                 return Err(Status::unauthenticated(
                     "bearer token: not an r2o token (expected r2o_<12 hex>_<64 hex>, as `r2o token create` prints)",
@@ -76,7 +106,23 @@ impl Gate {
                 _ => Err(Status::unauthenticated(format!("token {id}: unknown or revoked"))),
             };
         }
-        Ok(req.peer_certs().and_then(|certs| certs.first().and_then(|leaf| cert_identity(leaf, cert_roles))))
+        Ok(peer_certs.and_then(|certs| certs.first().and_then(|leaf| cert_identity(leaf, cert_roles))))
+    }
+
+    /// [`Gate::check`] for an HTTP request (the status page): the caller,
+    /// if it may make `call`, which needs `need`.
+    ///
+    /// Errors: as [`Gate::check`].
+    pub async fn check_http(
+        &self,
+        authorization: Option<&str>,
+        peer_certs: Option<std::sync::Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+        call: &str,
+        need: Role,
+    ) -> std::result::Result<Identity, Status> {
+        let who = self.identify_with(authorization, peer_certs).await?;
+        authorize(who.as_ref(), call, need).map_err(refused)?;
+        Ok(who.expect("authorize refuses no identity"))
     }
 
     /// The caller, if it may make `call` (which needs `need`).
@@ -163,5 +209,23 @@ impl Gate {
         let all = range_records::<AuditRecord>(&self.kv, &self.keys.audits()).await?;
         let skip = all.len().saturating_sub(limit);
         Ok(all.into_iter().skip(skip).map(|(r, _)| r).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_comes_as_bearer_or_as_basics_password() {
+        use base64::Engine;
+        let t = "r2o_0123456789ab_".to_string() + &"f".repeat(64);
+        assert_eq!(bearer_or_basic(&format!("Bearer {t}")), Some(t.clone()));
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("anyone:{t}"));
+        assert_eq!(bearer_or_basic(&format!("Basic {basic}")), Some(t));
+        assert_eq!(bearer_or_basic("Basic !!!"), None);
+        assert_eq!(bearer_or_basic("Digest x"), None);
+        let no_colon = base64::engine::general_purpose::STANDARD.encode("token-only");
+        assert_eq!(bearer_or_basic(&format!("Basic {no_colon}")), None);
     }
 }

@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod registry;
 pub mod retention;
 pub mod service;
+pub mod status;
 pub mod tables;
 pub mod validate;
 pub mod wakeups;
@@ -311,8 +312,13 @@ pub async fn run(
     };
     let gate = access::Gate::new(kv.clone(), keys.clone(), policy);
     info!(controller = %cfg.id, listen = %cfg.listen, tls = matches!(cfg.transport, r2o_common::tls::Transport::Tls(_)), "controller serving");
-    let router = tonic::transport::Server::builder()
-        .add_service(ControllerServiceServer::new(service::ControllerSvc::new(auth, gate)));
+    // gRPC and the status page (issue 24: HTML for browsers, behind the
+    // reader role) on one port, one TLS certificate
+    let svc = service::ControllerSvc::new(auth, gate.clone());
+    let status = status::routes(status::StatusState { svc: svc.clone(), gate, controller: cfg.id.clone() });
+    let routes = tonic::service::Routes::new(ControllerServiceServer::new(svc)).into_axum_router().merge(status);
+    let router =
+        tonic::transport::Server::builder().accept_http1(true).add_routes(tonic::service::Routes::from(routes));
     let served = r2o_common::tls::serve(router, cfg.listen, &cfg.transport, cancel.clone()).await;
     if served.is_err() {
         // cannot serve (the port is taken, say): stop the rest too

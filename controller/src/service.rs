@@ -390,6 +390,127 @@ impl ControllerSvc {
         })
     }
 
+    /// A table's row of the status page from its watermark answer (the one
+    /// `r2o watermark` prints) and the active tasks of every table.
+    async fn status_row(&self, raw: &str, spec: &TableSpec, active: &[TaskRecord]) -> Result<crate::status::TableRow> {
+        use r2o_common::meta::TaskState as S;
+        let w = self.get_watermark(raw).await?;
+        let paused =
+            get_record::<TableRecord>(&self.auth.kv, &self.auth.keys.table(raw)).await?.is_some_and(|(r, _)| r.paused);
+        let count = |s: S| active.iter().filter(|t| t.table == raw && t.state == s).count();
+        let watermark_ms = w.exists.then_some(w.watermark_ms);
+        let lag_ms =
+            watermark_ms.map_or(0, |wm| now_ms().saturating_sub(spec.flow.buffer_ms).saturating_sub(wm).max(0));
+        Ok(crate::status::TableRow {
+            name: raw.to_string(),
+            paused,
+            watermark_ms,
+            lag_ms,
+            schedule: w.schedule,
+            next_run_ms: w.next_run_ms,
+            pending: count(S::Pending),
+            running: count(S::Running),
+            staged: count(S::Staged),
+            failed: count(S::Failed),
+            idle: w.idle,
+            next: w.next,
+            windows_committed: w.windows_committed,
+            rows_out: w.rows_out,
+        })
+    }
+
+    /// Everything the status page's overview shows, read as `r2o
+    /// watermark` and `r2o tasks` read it: every table's row, the pool per
+    /// tag and per minion, and the last failures. `controller` is this
+    /// controller's id.
+    ///
+    /// # Errors
+    /// etcd errors (a table whose config cannot be parsed is listed with
+    /// the error as its `next`).
+    pub async fn status_view(&self, controller: &str) -> Result<crate::status::StatusView> {
+        use r2o_common::meta::{range_records, MinionRecord, TaskState as S};
+        let (kv, keys) = (&self.auth.kv, &self.auth.keys);
+        let now = now_ms();
+        let leader = get_record::<LeaderRecord>(kv, &keys.leader()).await?.map(|(l, _)| l.id).unwrap_or_default();
+        let tables = self.auth.tables.all(kv, keys).await?;
+        let active: Vec<TaskRecord> =
+            range_records::<TaskRecord>(kv, &keys.active_tasks()).await?.into_iter().map(|(t, _)| t).collect();
+        let minions: Vec<MinionRecord> =
+            range_records::<MinionRecord>(kv, &keys.minions()).await?.into_iter().map(|(m, _)| m).collect();
+        let mut rows = Vec::with_capacity(tables.len());
+        for (raw, view) in &tables {
+            match view {
+                Ok(v) => rows.push(self.status_row(raw, &v.spec, &active).await?),
+                Err(e) => rows.push(crate::status::TableRow {
+                    name: raw.clone(),
+                    next: format!("its config cannot be read: {e}"),
+                    ..Default::default()
+                }),
+            }
+        }
+        let tag_of: std::collections::HashMap<&str, &str> = tables
+            .iter()
+            .filter_map(|(raw, v)| v.as_ref().ok().map(|v| (raw.as_str(), v.spec.flow.minion_instance_tag.as_str())))
+            .collect();
+        let pool =
+            crate::pool::pool_figures(&active, &minions, |t| tag_of.get(t).copied(), tag_of.values().copied(), now);
+        let minion_rows = minions
+            .iter()
+            .map(|m| crate::status::MinionRow {
+                id: m.id.clone(),
+                tag: m.tag_or_default().to_string(),
+                slots: m.slots,
+                running: active.iter().filter(|t| t.state == S::Running && t.minion == m.id).count(),
+                draining: m.draining,
+            })
+            .collect();
+        let mut failures: Vec<crate::status::FailureRow> = active
+            .iter()
+            .filter(|t| !t.errors.is_empty())
+            .map(|t| crate::status::FailureRow {
+                table: t.table.clone(),
+                task: t.id.to_string(),
+                window_start_ms: t.window_start_ms,
+                state: t.state.name().to_string(),
+                attempt: t.attempt,
+                error: t.errors.last().cloned().unwrap_or_default(),
+                created_ms: t.created_ms,
+            })
+            .collect();
+        failures.sort_by_key(|f| std::cmp::Reverse(f.created_ms));
+        failures.truncate(crate::status::FAILURE_ROWS);
+        Ok(crate::status::StatusView {
+            controller: controller.to_string(),
+            leader,
+            now_ms: now,
+            tables: rows,
+            pool,
+            minions: minion_rows,
+            failures,
+        })
+    }
+
+    /// One table's status page: its row and its newest tasks (active and
+    /// history, as `r2o tasks` lists them).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown table; etcd errors.
+    pub async fn table_detail(&self, raw: &str) -> Result<crate::status::TableDetail> {
+        use r2o_common::meta::range_records;
+        let spec = self.require_table(raw).await?;
+        let active: Vec<TaskRecord> = range_records::<TaskRecord>(&self.auth.kv, &self.auth.keys.active_tasks())
+            .await?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        let row = self.status_row(raw, &spec, &active).await?;
+        let mut tasks = self.list_tasks(raw).await?.tasks;
+        let total_tasks = tasks.len();
+        tasks.sort_by_key(|t| std::cmp::Reverse((t.window_start_ms, t.created_ms)));
+        tasks.truncate(crate::status::HISTORY_ROWS);
+        Ok(crate::status::TableDetail { row, tasks, total_tasks })
+    }
+
     /// `ExportDelta`: one pass of the Delta log projector over the table at
     /// once ([`crate::projector::project_table`]): the log then holds the
     /// committed OFFLINE segments as of the revision it reports.
