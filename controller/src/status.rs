@@ -380,7 +380,7 @@ pub fn render_overview(v: &StatusView) -> String {
         );
     }
     b.push_str("</table></div>\n");
-    let _ = write!(b, "<h2>Last failures</h2>\n");
+    b.push_str("<h2>Last failures</h2>\n");
     if v.failures.is_empty() {
         b.push_str("<p id=\"failures\">none</p>\n");
     } else {
