@@ -399,7 +399,66 @@ async fn run_flow(cluster: Cluster, store: Store) {
         .unwrap_err();
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
     assert_eq!(check_tables(&cluster, &store, &rows, final_wm).await, rows.len() as u64);
+    for table in ["ev_concat", "ev_rollup", "ev_dedup"] {
+        check_delta_log(&cluster, &store, table).await;
+    }
     eprintln!("e2e: {} rows checked, 3 tables", checked2);
+}
+
+/// The leader keeps the table's Delta log (issue 23) in the install's store,
+/// local or S3: `r2o watermark` reports a version that holds the
+/// watermark, at a URL in the store, and the log's own commits, read from
+/// the store, add (less remove) exactly the committed OFFLINE files.
+async fn check_delta_log(cluster: &Cluster, store: &Store, table: &str) {
+    use futures::TryStreamExt;
+    let mut c = cluster.client().await;
+    let start = std::time::Instant::now();
+    let w = loop {
+        let w = c.get_watermark(pb::GetWatermarkRequest { table: table.into() }).await.unwrap().into_inner();
+        if w.delta_holds_watermark {
+            break w;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{table}: the Delta log never held the watermark: {w:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(w.delta_version.is_some(), "{w:?}");
+    assert!(
+        w.delta_table_url.starts_with(cluster.store_uri.trim_end_matches('/')),
+        "{} in {}",
+        w.delta_table_url,
+        cluster.store_uri
+    );
+    let committed: std::collections::BTreeSet<String> =
+        cluster.offline_segments(table).await.iter().map(|s| r2o_common::store::canonical_path(&s.location)).collect();
+    let any = committed.iter().next().expect("committed files");
+    let marker = format!("{table}_OFFLINE/");
+    let root = &any[..any.find(&marker).unwrap() + marker.len()];
+    let log = object_store::path::Path::from(format!("{root}_delta_log/"));
+    let mut commits: Vec<object_store::path::Path> = store
+        .list(Some(&log))
+        .map_ok(|o| o.location)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.as_ref().ends_with(".json"))
+        .collect();
+    commits.sort();
+    assert!(!commits.is_empty(), "{table}: no Delta commit under {log}");
+    let mut live = std::collections::BTreeSet::new();
+    for p in &commits {
+        let text = String::from_utf8(get_bytes(store, p.as_ref()).await.unwrap().to_vec()).unwrap();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let a: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(f) = a["add"]["path"].as_str() {
+                assert!(live.insert(format!("{root}{f}")), "{table}: {f} added twice");
+            }
+            if let Some(f) = a["remove"]["path"].as_str() {
+                assert!(live.remove(&format!("{root}{f}")), "{table}: {f} removed but not in the table");
+            }
+        }
+    }
+    assert_eq!(live, committed, "{table}: the Delta log holds exactly the committed files");
 }
 
 /// Every rollup aggregation Pinot has for sketches, averages and first/last
