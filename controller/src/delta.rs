@@ -201,56 +201,6 @@ async fn open_log(store: &Store, raw: &str, root: &str) -> Result<(LogStoreRef, 
     Ok((logs, Some(table)))
 }
 
-/// The tables' Delta logs as the leader's last passes left them loaded, by
-/// raw table name: a pass takes its table's and brings it up to date with
-/// the commits since (`update_incremental`: the new JSON commits only),
-/// instead of loading the checkpoint and replaying the log again; a pass
-/// that fails leaves nothing, and the next one loads the log afresh.
-/// Cheap to clone (shared).
-#[derive(Clone, Default)]
-pub struct LogCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, DeltaTable>>>);
-
-impl LogCache {
-    fn take(&self, raw: &str) -> Option<DeltaTable> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(raw)
-    }
-
-    fn put(&self, raw: &str, table: DeltaTable) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(raw.to_string(), table);
-    }
-
-    /// Forgets every loaded log (leadership moved: another leader may have
-    /// written them since).
-    pub fn forget_all(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-}
-
-/// The log of `raw`: the cached one brought up to date, or (none cached, or
-/// its update failed) loaded afresh ([`open_log`]).
-async fn cached_or_open(
-    store: &Store,
-    raw: &str,
-    root: &str,
-    cache: Option<&LogCache>,
-) -> Result<(LogStoreRef, Option<DeltaTable>), DeltaError> {
-    if let Some(mut t) = cache.and_then(|c| c.take(raw)) {
-        // (a log deleted meanwhile, to be rebuilt, must not be continued
-        // from memory: its current version's commit must still be there)
-        let current = |t: &DeltaTable| {
-            t.version().map(|v| object_store::path::Path::from(format!("{root}_delta_log/{v:020}.json")))
-        };
-        if t.update_incremental(None).await.is_ok() {
-            if let Some(p) = current(&t) {
-                if object_store::ObjectStoreExt::head(store.as_ref(), &p).await.is_ok() {
-                    return Ok((t.log_store(), Some(t)));
-                }
-            }
-        }
-    }
-    open_log(store, raw, root).await
-}
-
 /// r2o's store as deltalake reads it: every listing in path order. Delta
 /// readers take a listing of `_delta_log/` to be in version order, as S3
 /// lists keys; a local directory lists in no order, and a log listed
@@ -432,8 +382,6 @@ pub struct Pending {
     table: Option<DeltaTable>,
     change: Reconcile,
     txn: Transaction,
-    /// Where the loaded log goes back after the commit.
-    cache: Option<LogCache>,
     /// The table's schema when the log is created or the schema changed.
     schema: Option<StructType>,
     /// The log's `delta.deletedFileRetentionDuration` when it is created or
@@ -518,11 +466,7 @@ impl Pending {
                 .with_actions(actions.into_iter().chain([Action::Txn(self.txn)]))
                 .await
                 .map_err(err("created"))?;
-            let version = created.version().unwrap_or(0) as i64;
-            if let Some(c) = &self.cache {
-                c.put(raw, created);
-            }
-            return Ok(version);
+            return Ok(created.version().unwrap_or(0) as i64);
         };
         let state = table.snapshot().map_err(err("read"))?;
         if self.schema.is_some() || self.retention.is_some() {
@@ -551,10 +495,6 @@ impl Pending {
             .build(Some(state), self.logs.clone(), op)
             .await
             .map_err(err("committed"))?;
-        // (one version behind now: the next pass's update reads this commit)
-        if let Some(c) = &self.cache {
-            c.put(raw, table);
-        }
         Ok(done.version() as i64)
     }
 }
@@ -595,7 +535,6 @@ pub async fn plan(
     committed: &[SegmentMeta],
     revision: i64,
     file_retention_ms: i64,
-    cache: Option<&LogCache>,
 ) -> Result<Planned, DeltaError> {
     let root = layout.offline_prefix(raw);
     let files = committed
@@ -617,7 +556,7 @@ pub async fn plan(
         .collect::<Result<Vec<_>, DeltaError>>()?;
     let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source: Box::new(source) };
     let wanted = schema.map(|s| delta_schema(raw, s)).transpose()?;
-    let (logs, table) = cached_or_open(store, raw, &root, cache).await?;
+    let (logs, table) = open_log(store, raw, &root).await?;
     let exists = table.is_some();
     let table = table.unwrap_or_else(|| DeltaTable::new(logs.clone()));
     let (in_log, txn, log_schema, log_retention) = if exists {
@@ -637,21 +576,10 @@ pub async fn plan(
     // (a changed retention is a metadata change, decided like a schema's)
     let metadata_differs = schema_differs.map(|d| d || retention_differs);
     let version = table.version().unwrap_or(0) as i64;
-    let keep = |table: DeltaTable| {
-        if let (Some(c), true) = (cache, exists) {
-            c.put(raw, table);
-        }
-    };
     Ok(match decide(exists, !change.is_empty(), metadata_differs, txn, revision) {
         Decision::NoLog => Planned::NoLog,
-        Decision::UpToDate => {
-            keep(table);
-            Planned::UpToDate { version }
-        }
-        Decision::Stale => {
-            keep(table);
-            Planned::Stale { version, log_revision: txn.unwrap_or_default() }
-        }
+        Decision::UpToDate => Planned::UpToDate { version },
+        Decision::Stale => Planned::Stale { version, log_revision: txn.unwrap_or_default() },
         Decision::Commit => {
             let now = r2o_common::meta::now_ms();
             Planned::Commit(Box::new(Pending {
@@ -661,7 +589,6 @@ pub async fn plan(
                 table: exists.then_some(table),
                 change,
                 txn: Transaction { app_id: app_id(raw), version: revision, last_updated: Some(now) },
-                cache: cache.cloned(),
                 schema: if schema_differs == Some(true) { wanted } else { None },
                 retention: retention_differs.then_some(retention),
             }))
@@ -804,8 +731,13 @@ mod tests {
         }
     }
 
-    fn one_column() -> Schema {
-        Schema {
+    #[tokio::test]
+    async fn a_log_in_a_local_directory_reads_in_version_order_past_a_checkpoint() {
+        // a local directory lists in no order; Delta readers need version order
+        let dir = tempfile::tempdir().unwrap();
+        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
+        let layout = Layout::new("ns");
+        let schema = Schema {
             name: "t".into(),
             fields: vec![FieldSpec {
                 name: "n".into(),
@@ -815,64 +747,19 @@ mod tests {
                 default_null_value: None,
                 not_null: false,
             }],
-        }
-    }
-
-    fn seg(i: usize) -> SegmentMeta {
-        SegmentMeta {
+        };
+        let seg = |i: usize| SegmentMeta {
             segment_name: format!("s{i}"),
             table_name: "t_OFFLINE".into(),
             location: format!("ns/offline/t_OFFLINE/w{i}/a.parquet"),
             total_docs: 1,
             size_bytes: 1,
             ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_cached_log_follows_other_writers_and_is_dropped_when_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
-        let (layout, schema, cache) = (Layout::new("ns"), one_column(), LogCache::default());
-        let pass = |committed: Vec<SegmentMeta>, revision: i64, cache: Option<LogCache>| {
-            let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
-            async move {
-                plan(&store, &layout, "t", Some(&schema), &committed, revision, DAY, cache.as_ref()).await.unwrap()
-            }
         };
-        let commit = |p: Planned| async move {
-            match p {
-                Planned::Commit(p) => p.commit().await.unwrap(),
-                _ => panic!("a commit was due"),
-            }
-        };
-        assert_eq!(commit(pass(vec![seg(0)], 1, Some(cache.clone())).await).await, 0);
-        let created = cache.take("t").expect("the created log is kept");
-        assert_eq!(created.version(), Some(0));
-        cache.put("t", created);
-        assert_eq!(commit(pass(vec![seg(0), seg(1)], 2, Some(cache.clone())).await).await, 1);
-        // another writer (an export on another controller) commits; the cached log follows it
-        assert_eq!(commit(pass(vec![seg(0), seg(1), seg(2)], 3, None).await).await, 2);
-        assert!(matches!(
-            pass(vec![seg(0), seg(1), seg(2)], 4, Some(cache.clone())).await,
-            Planned::UpToDate { version: 2 }
-        ));
-        // the log deleted (to be rebuilt): the pass starts a new one, not version 3 of the old
-        std::fs::remove_dir_all(dir.path().join("ns/offline/t_OFFLINE/_delta_log")).unwrap();
-        assert_eq!(commit(pass(vec![seg(0), seg(1), seg(2)], 5, Some(cache.clone())).await).await, 0);
-    }
-
-    #[tokio::test]
-    async fn a_log_in_a_local_directory_reads_in_version_order_past_a_checkpoint() {
-        // a local directory lists in no order; Delta readers need version order
-        let dir = tempfile::tempdir().unwrap();
-        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
-        let layout = Layout::new("ns");
-        let schema = one_column();
         let mut committed = vec![];
         for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
             committed.push(seg(i));
-            match plan(&store, &layout, "t", Some(&schema), &committed, i as i64 + 1, DAY, None).await.unwrap() {
+            match plan(&store, &layout, "t", Some(&schema), &committed, i as i64 + 1, DAY).await.unwrap() {
                 Planned::Commit(p) => assert_eq!(p.commit().await.unwrap(), i as i64),
                 _ => panic!("version {i} was due"),
             }
@@ -882,7 +769,7 @@ mod tests {
             .path()
             .join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
         assert!(checkpoint.exists(), "a checkpoint every {CHECKPOINT_INTERVAL} versions");
-        match plan(&store, &layout, "t", Some(&schema), &committed, last + 1, DAY, None).await.unwrap() {
+        match plan(&store, &layout, "t", Some(&schema), &committed, last + 1, DAY).await.unwrap() {
             Planned::UpToDate { version } => assert_eq!(version, last),
             _ => panic!("the log holds every file"),
         }
@@ -891,7 +778,7 @@ mod tests {
         // a pass that read etcd before the log's txn writes nothing
         committed.pop();
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed, 3, DAY, None).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed, 3, DAY).await.unwrap(),
             Planned::Stale { log_revision, .. } if log_revision == last + 1
         ));
         committed.push(seg(last as usize));
@@ -905,7 +792,7 @@ mod tests {
             t.snapshot().unwrap().metadata().configuration().get(RETENTION_KEY).cloned()
         }
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 86400 seconds"));
-        match plan(&store, &layout, "t", Some(&schema), &committed, last + 2, 2 * DAY, None).await.unwrap() {
+        match plan(&store, &layout, "t", Some(&schema), &committed, last + 2, 2 * DAY).await.unwrap() {
             Planned::Commit(p) => {
                 assert_eq!(p.removes(), 0);
                 assert!(p.adds().is_empty(), "the metadata alone changes");
@@ -916,7 +803,7 @@ mod tests {
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 172800 seconds"));
         assert_eq!(retention(&store, Some(last)).await.as_deref(), Some("interval 86400 seconds"));
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed, last + 3, 2 * DAY, None).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed, last + 3, 2 * DAY).await.unwrap(),
             Planned::UpToDate { version } if version == last + 1
         ));
     }

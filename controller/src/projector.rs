@@ -179,8 +179,6 @@ pub async fn projection_loop(auth: Authority, cancel: tokio_util::sync::Cancella
             Some(l) if term != Some(l.create_revision) => {
                 term = Some(l.create_revision);
                 backoff.clear();
-                // (a log loaded in an earlier term may have been written by another leader since)
-                auth.delta_logs.forget_all();
                 auth.delta_marks.mark_all(now_ms());
             }
             Some(_) => {}
@@ -349,10 +347,9 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
     };
     let schema = spec.as_ref().map(|s| &s.schema);
     let retention_ms = auth.cfg.delta_file_retention_ms;
-    let planned =
-        delta::plan(&auth.store, &auth.layout, raw, schema, &committed, revision, retention_ms, Some(&auth.delta_logs))
-            .await
-            .map_err(log_error)?;
+    let planned = delta::plan(&auth.store, &auth.layout, raw, schema, &committed, revision, retention_ms)
+        .await
+        .map_err(log_error)?;
     let (version, revision, added, removed) = match planned {
         Planned::NoLog => return Ok(Projected::default()),
         Planned::UpToDate { version } => (version, revision, 0, 0),

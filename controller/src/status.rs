@@ -87,11 +87,11 @@ pub struct TableRow {
     pub watermark_ms: Option<i64>,
     /// `now - bufferTimePeriod - watermark`, ms (0 when ahead).
     pub lag_ms: i64,
-    /// Its schedule (Quartz cron; empty: planned continuously).
+    /// Its schedule (Quartz cron) and next run, UTC epoch ms.
     pub schedule: String,
     /// Its next scheduled run, UTC epoch ms.
     pub next_run_ms: Option<i64>,
-    /// PENDING tasks.
+    /// Tasks PENDING, RUNNING, STAGED, FAILED.
     pub pending: usize,
     /// RUNNING tasks.
     pub running: usize,
@@ -103,7 +103,7 @@ pub struct TableRow {
     pub idle: bool,
     /// What happens next, or why nothing does (the watermark's `next`).
     pub next: String,
-    /// Windows committed (with data).
+    /// Windows committed, rows written.
     pub windows_committed: u64,
     /// Rows written to OFFLINE segments.
     pub rows_out: u64,
@@ -153,9 +153,9 @@ pub struct FailureRow {
 /// Everything the overview shows.
 #[derive(Debug, Clone, Default)]
 pub struct StatusView {
-    /// This controller's id.
+    /// This controller's id, and the leader's (empty: none).
     pub controller: String,
-    /// The leader's id (empty: none).
+    /// The leader's id.
     pub leader: String,
     /// When the page was made, UTC epoch ms.
     pub now_ms: i64,

@@ -117,8 +117,6 @@ pub struct Authority {
     pub(crate) delta_marks: Arc<crate::projector::DeltaMarks>,
     /// Footers of validated outputs, for the Delta log's statistics.
     pub(crate) delta_stats: crate::projector::OutputStats,
-    /// The tables' Delta logs as the last passes left them loaded.
-    pub(crate) delta_logs: crate::delta::LogCache,
     /// REALTIME segments per table, revision-checked.
     pub(crate) segments: SegmentCache,
     /// Tables, each parsed once per change of its record.
@@ -236,7 +234,6 @@ impl Authority {
             footers: FooterCache::new(FOOTER_CACHE_BYTES),
             delta_marks: Arc::default(),
             delta_stats: Default::default(),
-            delta_logs: Default::default(),
             segments: SegmentCache::default(),
             tables: TableCache::default(),
             inputs: ListCache::new(INPUT_CACHE_ITEMS),
