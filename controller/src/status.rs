@@ -87,11 +87,11 @@ pub struct TableRow {
     pub watermark_ms: Option<i64>,
     /// `now - bufferTimePeriod - watermark`, ms (0 when ahead).
     pub lag_ms: i64,
-    /// Its schedule (Quartz cron) and next run, UTC epoch ms.
+    /// Its schedule (Quartz cron; empty: planned continuously).
     pub schedule: String,
     /// Its next scheduled run, UTC epoch ms.
     pub next_run_ms: Option<i64>,
-    /// Tasks PENDING, RUNNING, STAGED, FAILED.
+    /// PENDING tasks.
     pub pending: usize,
     /// RUNNING tasks.
     pub running: usize,
@@ -103,7 +103,7 @@ pub struct TableRow {
     pub idle: bool,
     /// What happens next, or why nothing does (the watermark's `next`).
     pub next: String,
-    /// Windows committed, rows written.
+    /// Windows committed (with data).
     pub windows_committed: u64,
     /// Rows written to OFFLINE segments.
     pub rows_out: u64,
@@ -153,9 +153,9 @@ pub struct FailureRow {
 /// Everything the overview shows.
 #[derive(Debug, Clone, Default)]
 pub struct StatusView {
-    /// This controller's id, and the leader's (empty: none).
+    /// This controller's id.
     pub controller: String,
-    /// The leader's id.
+    /// The leader's id (empty: none).
     pub leader: String,
     /// When the page was made, UTC epoch ms.
     pub now_ms: i64,
