@@ -52,21 +52,29 @@ async fn drain_run(hours: i64, store_latency_ms: u64, grace_secs: u64) -> (Vec<p
     assert!(log.contains("draining") && log.contains("minion stopped"), "{log}");
 
     // the rest of the pool finishes; nothing lost, nothing twice
-    let w = cluster.wait_idle("dr", Duration::from_secs(120)).await;
+    let tasks = every_window_once(&cluster, "dr", hours, rows, Duration::from_secs(120)).await;
+    cluster.minions.remove(busy);
+    (tasks, log)
+}
+
+/// Waits until `table` has caught up with its `hours` hourly windows and
+/// checks that every row and window committed exactly once, each task by a
+/// succeeded attempt; returns its tasks.
+async fn every_window_once(cluster: &Cluster, table: &str, hours: i64, rows: i64, timeout: Duration) -> Vec<pb::Task> {
+    let w = cluster.wait_idle(table, timeout).await;
     assert_eq!(w.watermark_ms, T0_MS + hours * H_MS, "{}", w.next);
     assert_eq!(w.rows_out, rows as u64, "every row committed once");
     let tasks = cluster
         .client()
         .await
-        .list_tasks(pb::ListTasksRequest { table: "dr".into() })
+        .list_tasks(pb::ListTasksRequest { table: table.into() })
         .await
         .unwrap()
         .into_inner()
         .tasks;
     assert!(tasks.iter().all(|t| t.state == "SUCCEEDED"), "{tasks:?}");
     assert_eq!(tasks.iter().map(|t| i64::from(t.windows)).sum::<i64>(), hours, "every window in exactly one task");
-    cluster.minions.remove(busy);
-    (tasks, log)
+    tasks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,19 +179,7 @@ async fn scale_down_under_load_loses_nothing() {
     }
 
     // the one left finishes; nothing lost, nothing twice
-    let w = cluster.wait_idle("sd", Duration::from_secs(180)).await;
-    assert_eq!(w.watermark_ms, T0_MS + hours * H_MS, "{}", w.next);
-    assert_eq!(w.rows_out, (hours * 100) as u64, "every row committed once");
-    let tasks = cluster
-        .client()
-        .await
-        .list_tasks(pb::ListTasksRequest { table: "sd".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
-    assert!(tasks.iter().all(|t| t.state == "SUCCEEDED"), "{tasks:?}");
-    assert_eq!(tasks.iter().map(|t| i64::from(t.windows)).sum::<i64>(), hours, "every window in exactly one task");
+    let tasks = every_window_once(&cluster, "sd", hours, hours * 100, Duration::from_secs(180)).await;
     // a handed-back attempt is ended by its minion, not by a timeout
     for t in &tasks {
         assert!(!t.errors.iter().any(|e| e.contains("ran past timeoutMs")), "{}: {:?}", t.id, t.errors);
