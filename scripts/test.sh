@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (etcd, protoc), then runs
+# The test command: installs what the tests need (etcd, protoc, promtool,
+# headless Chromium), then runs
 # every test of the workspace (all of them, even after a failure): unit and property tests, the etcd
 # conformance suite, and the tests against real etcd, controller and minion
 # processes (end to end, poisoned input, timeouts, faults, drain, metrics,
 # flow management). Ends with one summary line: "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 rm -f target/faults-summary.txt

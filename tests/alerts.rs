@@ -4,7 +4,7 @@
 //! alert fires on the series that should fire it, with the labels and
 //! annotations given, and stays quiet on the others), every alert has a
 //! test, and every annotation names what to run. The tests can fail: a rule
-//! with its threshold moved is caught. (scripts/setup.sh installs promtool,
+//! with its threshold moved is caught. (scripts/setup.sh --tests installs promtool,
 //! from Debian's `prometheus` package.)
 
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ fn promtool(args: &[&str], dir: &Path) -> Output {
         .args(args)
         .current_dir(dir)
         .output()
-        .expect("promtool: run scripts/setup.sh first (it installs Debian's prometheus package)")
+        .expect("promtool: run scripts/setup.sh --tests first (it installs Debian's prometheus package)")
 }
 
 fn text(out: &Output) -> String {

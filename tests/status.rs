@@ -1,5 +1,5 @@
 //! The controller's status page (issue 24), loaded by a real browser:
-//! headless Chromium (Debian's `chromium`, installed by scripts/setup.sh)
+//! headless Chromium (Debian's `chromium`, installed by scripts/setup.sh --tests)
 //! opens `https://<controller>/status` of a running cluster with a reader
 //! token as its Basic password. It shows a table caught up, one paused and
 //! one failing, each with the watermark `r2o watermark` gives, the failing
@@ -36,7 +36,7 @@ fn chromium(profile: &Path, args: &[&str]) -> String {
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .output()
-        .expect("chromium: run scripts/setup.sh first (it installs Debian's chromium)");
+        .expect("chromium: run scripts/setup.sh --tests first (it installs Debian's chromium)");
     assert!(out.status.success(), "chromium {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
