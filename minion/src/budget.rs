@@ -29,13 +29,10 @@ fn machine_memory() -> Option<u64> {
 }
 
 /// Default budget without a container limit: a minion on a shared machine
-/// takes at most this much, bytes (512 MiB. With 1 GiB, x30 as one concat
-/// window split by input ran each minion's two sub-tasks in memory at a
-/// peak of 679-728 MB, past issue 21's 512 MB; with 512 MiB they take the
-/// stream path at 348-404 MB and 1.48x Polars' one pass, against 1.60x.
-/// Earlier, 1 GiB ran one 3.4M-row window as fast as 2 GiB at 320 MB
-/// instead of 500-600 MB: the stream path's spills cost little).
-pub const DEFAULT_MACHINE_CAP_BYTES: u64 = 512 << 20;
+/// takes at most this much, bytes (1 GiB: one 3.4M-row window ran as fast
+/// with 1 GiB as with 2 GiB, at a peak of 320 MB instead of 500-600 MB; the
+/// stream path's spills to local disk cost little).
+pub const DEFAULT_MACHINE_CAP_BYTES: u64 = 1 << 30;
 
 /// The default budget, bytes: 3/4 of the container's memory limit when
 /// there is one (the operator sized the container for the minion), else
