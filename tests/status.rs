@@ -100,7 +100,6 @@ fn cli_json(cluster: &Cluster, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_what_the_cli_shows() {
     let cluster = Cluster::start(1, 1);
-    let d = cluster.dir.path();
     // ok: caught up; pa: paused; bad: its only window fails (one attempt)
     for (t, extra) in [("ok", json!({})), ("pa", json!({})), ("bad", json!({"maxAttemptsPerTask": "1"}))] {
         cluster.add_table(t, &hourly_table(t, extra), &metric_schema());
@@ -208,5 +207,4 @@ async fn the_status_page_shows_what_the_cli_shows() {
         ],
     );
     assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "a screenshot was taken");
-    let _ = d;
 }
