@@ -71,6 +71,16 @@ impl ControllerSvc {
         }
     }
 
+    /// The table's record and parsed config, from the parsed-table cache
+    /// (parsed once per change of its record).
+    async fn table_view(&self, raw: &str) -> Result<crate::tables::TableView> {
+        self.auth
+            .tables
+            .one(&self.auth.kv, &self.auth.keys, raw)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))
+    }
+
     async fn require_table(&self, raw: &str) -> Result<TableSpec> {
         load_table(&self.auth.kv, &self.auth.keys, raw)
             .await?
@@ -260,7 +270,8 @@ impl ControllerSvc {
     }
 
     async fn get_watermark(&self, raw: &str) -> Result<pb::GetWatermarkResponse> {
-        let spec = self.require_table(raw).await?;
+        let view = self.table_view(raw).await?;
+        let spec = view.spec.clone();
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
         let wm_entry = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?;
         let wm_revision = wm_entry.as_ref().map_or(0, |(_, e)| e.mod_revision);
@@ -270,7 +281,7 @@ impl ControllerSvc {
             .map(|u| u.to_string())
             .unwrap_or_default();
         let (open, _) = open_tasks(kv, keys, raw).await?;
-        let table_rec = get_record::<TableRecord>(kv, &keys.table(raw)).await?.map(|(r, _)| r);
+        let table_rec = Some(view.record);
         let paused = table_rec.as_ref().is_some_and(|r| r.paused);
         // (last run ms, trigger, a run is going on or due now, next run ms)
         let sched = match &spec.flow.schedule {
@@ -392,11 +403,14 @@ impl ControllerSvc {
 
     /// A table's row of the status page from its watermark answer (the one
     /// `r2o watermark` prints) and the active tasks of every table.
-    async fn status_row(&self, raw: &str, spec: &TableSpec, active: &[TaskRecord]) -> Result<crate::status::TableRow> {
+    async fn status_row(
+        &self,
+        view: &crate::tables::TableView,
+        active: &[TaskRecord],
+    ) -> Result<crate::status::TableRow> {
         use r2o_common::meta::TaskState as S;
+        let (raw, spec, paused) = (view.raw.as_str(), &view.spec, view.record.paused);
         let w = self.get_watermark(raw).await?;
-        let paused =
-            get_record::<TableRecord>(&self.auth.kv, &self.auth.keys.table(raw)).await?.is_some_and(|(r, _)| r.paused);
         let count = |s: S| active.iter().filter(|t| t.table == raw && t.state == s).count();
         let watermark_ms = w.exists.then_some(w.watermark_ms);
         let lag_ms =
@@ -440,7 +454,7 @@ impl ControllerSvc {
         let mut rows = Vec::with_capacity(tables.len());
         for (raw, view) in &tables {
             match view {
-                Ok(v) => rows.push(self.status_row(raw, &v.spec, &active).await?),
+                Ok(v) => rows.push(self.status_row(v, &active).await?),
                 Err(e) => rows.push(crate::status::TableRow {
                     name: raw.clone(),
                     next: format!("its config cannot be read: {e}"),
@@ -497,13 +511,16 @@ impl ControllerSvc {
     /// `NotFound` for an unknown table; etcd errors.
     pub async fn table_detail(&self, raw: &str) -> Result<crate::status::TableDetail> {
         use r2o_common::meta::range_records;
-        let spec = self.require_table(raw).await?;
-        let active: Vec<TaskRecord> = range_records::<TaskRecord>(&self.auth.kv, &self.auth.keys.active_tasks())
+        let (kv, keys) = (&self.auth.kv, &self.auth.keys);
+        let view = self
+            .auth
+            .tables
+            .one(kv, keys, raw)
             .await?
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect();
-        let row = self.status_row(raw, &spec, &active).await?;
+            .ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
+        let active: Vec<TaskRecord> =
+            range_records::<TaskRecord>(kv, &keys.active_tasks()).await?.into_iter().map(|(t, _)| t).collect();
+        let row = self.status_row(&view, &active).await?;
         let mut tasks = self.list_tasks(raw).await?.tasks;
         let total_tasks = tasks.len();
         tasks.sort_by_key(|t| std::cmp::Reverse((t.window_start_ms, t.created_ms)));

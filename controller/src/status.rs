@@ -21,6 +21,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use r2o_common::access::Role;
+use r2o_common::window::format_utc;
 use r2o_proto::controller as pb;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -210,25 +211,10 @@ fn path_segment(s: &str) -> String {
     out
 }
 
-/// UTC epoch ms as `2026-12-07 09:41:58Z`.
+/// UTC epoch ms as `2026-12-07 09:41:58Z` ([`format_utc`] with a space,
+/// easier to read in a table).
 pub fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 as (year, month, day) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    format_utc(ms).replacen('T', " ", 1)
 }
 
 /// A duration in ms as `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
