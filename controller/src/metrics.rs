@@ -416,17 +416,8 @@ impl ControllerMetrics {
             self.errors.with_label_values(&["etcd"]).inc();
             return;
         };
-        let tag_of: HashMap<&str, &str> = tables
-            .iter()
-            .filter_map(|(raw, v)| v.as_ref().ok().map(|v| (raw.as_str(), v.spec.flow.minion_instance_tag.as_str())))
-            .collect();
-        let figures = crate::pool::pool_figures(
-            active.iter().map(|(t, _)| t),
-            minions.iter().map(|(m, _)| m),
-            |t| tag_of.get(t).copied(),
-            tag_of.values().copied(),
-            now,
-        );
+        let figures =
+            crate::pool::pool_of_tables(tables, active.iter().map(|(t, _)| t), minions.iter().map(|(m, _)| m), now);
         for g in [&self.pool_tasks, &self.pool_minions, &self.pool_slots] {
             g.reset();
         }

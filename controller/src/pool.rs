@@ -72,6 +72,22 @@ pub fn pool_figures<'a>(
     out
 }
 
+/// [`pool_figures`] with each table's tag from the parsed tables (`tables`,
+/// as [`crate::tables::TableCache::all`] gives them; a table whose config
+/// does not parse counts as gone). Pure.
+pub fn pool_of_tables<'a>(
+    tables: &'a [(String, crate::error::Result<crate::tables::TableView>)],
+    tasks: impl IntoIterator<Item = &'a TaskRecord>,
+    minions: impl IntoIterator<Item = &'a MinionRecord>,
+    now_ms: i64,
+) -> BTreeMap<String, PoolFigures> {
+    let tag_of: std::collections::HashMap<&str, &str> = tables
+        .iter()
+        .filter_map(|(raw, v)| v.as_ref().ok().map(|v| (raw.as_str(), v.spec.flow.minion_instance_tag.as_str())))
+        .collect();
+    pool_figures(tasks, minions, |t| tag_of.get(t).copied(), tag_of.values().copied(), now_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -462,12 +462,7 @@ impl ControllerSvc {
                 }),
             }
         }
-        let tag_of: std::collections::HashMap<&str, &str> = tables
-            .iter()
-            .filter_map(|(raw, v)| v.as_ref().ok().map(|v| (raw.as_str(), v.spec.flow.minion_instance_tag.as_str())))
-            .collect();
-        let pool =
-            crate::pool::pool_figures(&active, &minions, |t| tag_of.get(t).copied(), tag_of.values().copied(), now);
+        let pool = crate::pool::pool_of_tables(&tables, &active, &minions, now);
         let minion_rows = minions
             .iter()
             .map(|m| crate::status::MinionRow {
