@@ -10,6 +10,7 @@
 const DEFAULT_LIMIT_FRACTION: (u64, u64) = (3, 4);
 
 pub use r2o_common::period::parse_size;
+use r2o_common::window::Window;
 
 /// The container's memory limit in bytes, when there is one: cgroup v2's
 /// `memory.max`, else cgroup v1's `memory.limit_in_bytes` (values of 2^60
@@ -29,10 +30,14 @@ fn machine_memory() -> Option<u64> {
 }
 
 /// Default budget without a container limit: a minion on a shared machine
-/// takes at most this much, bytes (1 GiB: one 3.4M-row window ran as fast
-/// with 1 GiB as with 2 GiB, at a peak of 320 MB instead of 500-600 MB; the
-/// stream path's spills to local disk cost little).
-pub const DEFAULT_MACHINE_CAP_BYTES: u64 = 1 << 30;
+/// takes at most this much, bytes (512 MiB. With 1 GiB, x30 as one concat
+/// window split by input ran each minion's two sub-tasks in memory at a
+/// peak of 679-728 MB, past issue 21's 512 MB. A first try of 512 MiB sent
+/// the backfill's many-window tasks to the slower bounded-memory path, for
+/// the path was chosen by the whole task's decoded size; it is now chosen by
+/// the rows in flight at once ([`peak_rows_held`]). Earlier, 1 GiB ran one
+/// 3.4M-row window as fast as 2 GiB: the stream path's spills cost little).
+pub const DEFAULT_MACHINE_CAP_BYTES: u64 = 512 << 20;
 
 /// The default budget, bytes: 3/4 of the container's memory limit when
 /// there is one (the operator sized the container for the minion), else
@@ -72,8 +77,9 @@ pub fn attempt_share(budget_bytes: u64, slots: u32, mapper_threshold_bytes: Opti
     mapper_threshold_bytes.map_or(share, |t| share.min(t))
 }
 
-/// The path of an attempt whose inputs are estimated at `estimate_bytes`
-/// decoded, with an attempt's share of the budget of `share_bytes`, running
+/// The path of an attempt estimated to hold `estimate_bytes` at its peak in
+/// memory (its compressed inputs and the decoded rows of the windows in
+/// flight, [`peak_rows_held`]), with an attempt's share of the budget of `share_bytes`, running
 /// `windows` windows on `threads` threads. Pure.
 ///
 /// - Past the share: the stream path, whose memory is bounded.
@@ -91,6 +97,64 @@ pub fn choose_path(estimate_bytes: u64, share_bytes: u64, windows: usize, thread
         return Path::Stream;
     }
     Path::InMemory
+}
+
+/// Estimated peak of decoded rows the in-memory processor holds for a task
+/// of `windows` (sorted, disjoint) over `inputs` (`(start_ms, end_ms,
+/// rows)`: a segment's time range, both ends inclusive, and its rows) run
+/// by `workers` threads, rows. Pure.
+///
+/// It mirrors [`crate::processor::process_part`]: inputs are read in start
+/// order, each one's rows split by window; a window is handed over once no
+/// input left can hold rows of it, and up to `workers` windows are merged
+/// while `workers` more wait in the channel. So the peak is the largest sum,
+/// after any input, of the windows still being filled and the last `2 ×
+/// workers` handed over (as if the workers were slow). A segment's rows are spread over the windows
+/// its range overlaps in proportion to the overlap (a uniform guess: the
+/// registered metadata holds no histogram); rows outside every window are
+/// filtered while read and not held.
+///
+/// A task of one window holds its in-window rows; a backfill task of many
+/// small windows holds a few of them, not the task: sizing the path by the
+/// whole task sent backfills to the slower bounded-memory path under a
+/// 512 MiB budget (issue 21).
+pub fn peak_rows_held(inputs: &[(i64, i64, u64)], windows: &[Window], workers: usize) -> u64 {
+    if windows.is_empty() {
+        return 0;
+    }
+    let mut order: Vec<&(i64, i64, u64)> = inputs.iter().collect();
+    order.sort_by_key(|i| i.0);
+    let mut rows = vec![0f64; windows.len()];
+    let (mut held, mut peak, mut unsent) = (0f64, 0f64, 0usize);
+    // the windows handed over last, assumed still in memory (slow workers)
+    let (mut handed, mut handed_sum) = (std::collections::VecDeque::new(), 0f64);
+    for (k, &&(start, end, n)) in order.iter().enumerate() {
+        let (start, end) = (start.min(end), start.max(end));
+        let span = (end as f64 - start as f64) + 1.0;
+        let first = windows.partition_point(|w| w.end_ms <= start);
+        for (w, slot) in windows[first..].iter().zip(&mut rows[first..]) {
+            if w.start_ms > end {
+                break;
+            }
+            let overlap = (end.min(w.end_ms - 1) as f64 - start.max(w.start_ms) as f64) + 1.0;
+            let part = n as f64 * (overlap / span).clamp(0.0, 1.0);
+            *slot += part;
+            held += part;
+        }
+        peak = peak.max(held + handed_sum);
+        let next = order.get(k + 1).map_or(i64::MAX, |i| i.0);
+        while unsent < windows.len() && windows[unsent].end_ms <= next {
+            held -= rows[unsent];
+            handed.push_back(rows[unsent]);
+            handed_sum += rows[unsent];
+            if handed.len() > 2 * workers.max(1) {
+                handed_sum -= handed.pop_front().unwrap_or(0.0);
+            }
+            unsent += 1;
+        }
+        peak = peak.max(held + handed_sum);
+    }
+    peak.ceil() as u64
 }
 
 /// Rows per OFFLINE segment under `maxSegmentSizeBytes` (`max_bytes`):
@@ -220,6 +284,54 @@ mod tests {
         match container_memory_limit() {
             Some(limit) => assert!(b < limit, "the budget leaves headroom under the container's limit"),
             None => assert!(b <= DEFAULT_MACHINE_CAP_BYTES, "a bounded share of a shared machine: {b}"),
+        }
+    }
+
+    fn days(n: i64, from_day: i64) -> Vec<Window> {
+        (0..n).map(|d| Window::containing((from_day + d) * DAY, DAY)).collect()
+    }
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn a_window_holds_its_rows_and_a_backfill_a_few_windows() {
+        // one window: its rows, not twice (filling, then handed over)
+        let one = days(1, 0);
+        assert_eq!(peak_rows_held(&[(0, DAY - 1, 1000), (5, 10, 500)], &one, 2), 1500);
+        // rows outside every window are not held: half of this segment is the day before
+        assert_eq!(peak_rows_held(&[(-DAY, DAY - 1, 1000)], &one, 2), 500);
+        // a backfill of 1,000 daily windows, one segment per day: the day being
+        // filled and the 2 x workers handed over, not the task
+        let backfill: Vec<(i64, i64, u64)> = (0..1000).map(|d| (d * DAY, d * DAY + DAY - 1, 100)).collect();
+        assert_eq!(peak_rows_held(&backfill, &days(1000, 0), 2), 5 * 100);
+        assert_eq!(peak_rows_held(&backfill, &days(1000, 0), 1), 3 * 100);
+        // segments that each span the whole task keep every window open to the end
+        let spanning: Vec<(i64, i64, u64)> = (0..4).map(|_| (0, 10 * DAY - 1, 1000)).collect();
+        assert_eq!(peak_rows_held(&spanning, &days(10, 0), 2), 4000);
+        // before 1970 is ordinary time
+        let before: Vec<(i64, i64, u64)> = (0..100).map(|d| ((d - 200) * DAY, (d - 200) * DAY + 1, 10)).collect();
+        assert_eq!(peak_rows_held(&before, &days(100, -200), 1), 30);
+        // a one-instant segment puts every row in its window; no windows, nothing held
+        assert_eq!(peak_rows_held(&[(DAY, DAY, 7)], &days(3, 0), 1), 7);
+        assert_eq!(peak_rows_held(&[(0, 5, 7)], &[], 1), 0);
+    }
+
+    proptest::proptest! {
+        /// The estimate lies between the fullest window and every row in the task's range.
+        #[test]
+        fn the_peak_is_bounded_by_a_window_and_the_task(
+            segs in proptest::collection::vec((-50i64..50, 0i64..5, 0u64..10_000), 1..40),
+            n in 1i64..20, from in -30i64..30, workers in 1usize..4,
+        ) {
+            let windows = days(n, from);
+            let inputs: Vec<(i64, i64, u64)> =
+                segs.iter().map(|&(d, len, rows)| (d * DAY + 7, (d + len) * DAY + 3, rows)).collect();
+            let peak = peak_rows_held(&inputs, &windows, workers);
+            let (lo, hi) = (windows[0].start_ms, windows[windows.len() - 1].end_ms);
+            let in_range: u64 = inputs.iter().filter(|i| i.1 >= lo && i.0 < hi).map(|i| i.2).sum();
+            proptest::prop_assert!(peak <= in_range + 1, "peak {} past the rows in range {}", peak, in_range);
+            let fully_inside: u64 = windows.iter().map(|w| inputs.iter()
+                .filter(|i| i.0 >= w.start_ms && i.1 < w.end_ms).map(|i| i.2).sum::<u64>()).max().unwrap_or(0);
+            proptest::prop_assert!(peak >= fully_inside, "peak {} under a window's own rows {}", peak, fully_inside);
         }
     }
 

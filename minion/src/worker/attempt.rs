@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::claim::{self, Claimed};
 use super::Worker;
-use crate::budget::{attempt_share, choose_path, table_row_bytes, Path};
+use crate::budget::{attempt_share, choose_path, peak_rows_held, table_row_bytes, Path};
 use crate::processor::{process_part, Input, OutputSegment, ProcessError, Processed, SubTask};
 use crate::stream::{process_streaming, StreamInput, StreamSettings};
 
@@ -299,7 +299,11 @@ impl Worker {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let threads = (cores / self.running().max(1)).max(1);
         let share = attempt_share(self.cfg.memory_budget, self.cfg.slots, spec.flow.mapper_threshold_bytes);
-        let estimate = task.input_bytes + 3 * task.input_rows * table_row_bytes(&spec);
+        // the compressed inputs (held until read) and the decoded rows of the
+        // windows in flight at once, not of the whole task
+        let spans: Vec<(i64, i64, u64)> = segments.iter().map(|s| (s.start_time_ms, s.end_time_ms, s.total_docs)).collect();
+        let held = peak_rows_held(&spans, &task.windows, threads.clamp(1, task.windows.len().max(1)));
+        let estimate = task.input_bytes + 3 * held * table_row_bytes(&spec);
         let path = choose_path(estimate, share, task.windows.len(), threads);
         if path == Path::Stream {
             // past the attempt's share, or one big window for many threads:
