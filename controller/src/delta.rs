@@ -20,15 +20,16 @@
 //! [`reconcile`], [`stats_json`], [`relative_path`], [`kept_for_readers`]);
 //! the async code only reads and writes.
 //!
-//! Written with `deltalake-core` over r2o's own object store (a prefix of
-//! it), so it works on every store r2o does. Commits are atomic
+//! Written with `deltalake-core` and its Delta kernel over r2o's own object
+//! store (a prefix of it), so it works on every store r2o does. A pass
+//! reads the log's lazy snapshot (its file actions streamed once for their
+//! paths, never held: a loaded table holds every one with its statistics)
+//! and writes its commit as one JSON object per action. Commits are atomic
 //! (`PutMode::Create` of the next version): two writers racing for one
 //! version cannot both win.
 
-use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake_core::logstore::{default_logstore, LogStoreRef, StorageConfig};
-use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::DeltaTable;
 use r2o_common::columnar::{FooterFacts, ValueRange};
 use r2o_common::meta::SegmentMeta;
@@ -199,6 +200,82 @@ async fn open_log(store: &Store, raw: &str, root: &str) -> Result<(LogStoreRef, 
     }
     table.load().await.map_err(err)?;
     Ok((logs, Some(table)))
+}
+
+/// What a pass needs of a table's log, read without keeping its file
+/// actions: deltalake's lazy snapshot streams them once for their paths
+/// (a loaded `DeltaTable` holds every file action with its statistics,
+/// ~125 MB at 36,526 files: issue 23's x100 sitting).
+struct LogState {
+    /// The log's latest version.
+    version: i64,
+    /// The files it names, by path relative to the table's directory.
+    paths: BTreeSet<String>,
+    /// Its `txn` version for r2o's application id.
+    txn: Option<i64>,
+    /// Its `metaData` (schema, configuration).
+    metadata: deltalake_core::kernel::Metadata,
+    /// Its schema.
+    schema: StructType,
+}
+
+/// Reads [`LogState`] of the log of `raw` in `logs` (`None`: no log yet).
+///
+/// # Errors
+/// [`DeltaError::Log`] when the log cannot be read.
+async fn read_log(logs: &LogStoreRef, raw: &str) -> Result<Option<LogState>, DeltaError> {
+    use futures::TryStreamExt;
+    let err = |source| DeltaError::Log { table: raw.into(), doing: "read", source: Box::new(source) };
+    if !DeltaTable::new(logs.clone()).verify_deltatable_existence().await.map_err(err)? {
+        return Ok(None);
+    }
+    let snapshot = deltalake_core::kernel::Snapshot::try_new(logs.as_ref(), None).await.map_err(err)?;
+    let version = snapshot.version();
+    let paths: BTreeSet<String> = snapshot
+        .file_views(logs.as_ref(), None)
+        .map_ok(|f| canonical_path(&f.path()))
+        .try_collect()
+        .await
+        .map_err(err)?;
+    let app = app_id(raw);
+    let txn = kernel_snapshot(logs, version, raw, move |snapshot, engine| snapshot.get_app_id_version(&app, engine))
+        .await?;
+    Ok(Some(LogState {
+        version: version as i64,
+        paths,
+        txn,
+        metadata: snapshot.metadata().clone(),
+        schema: snapshot.schema().as_ref().clone(),
+    }))
+}
+
+/// Runs `f` over the Delta kernel's snapshot of the log in `logs` at
+/// `version`, on a blocking thread (the kernel's reads block).
+///
+/// # Errors
+/// [`DeltaError::Log`] when the snapshot cannot be built or `f` fails.
+async fn kernel_snapshot<T: Send + 'static>(
+    logs: &LogStoreRef,
+    version: u64,
+    raw: &str,
+    f: impl FnOnce(&delta_kernel::snapshot::SnapshotRef, &dyn delta_kernel::Engine) -> delta_kernel::DeltaResult<T>
+        + Send
+        + 'static,
+) -> Result<T, DeltaError> {
+    let kernel_err = |e: String| DeltaError::Log {
+        table: raw.into(),
+        doing: "read",
+        source: Box::new(deltalake_core::DeltaTableError::Generic(e)),
+    };
+    let root = logs.transaction_url(None).map_err(|e| kernel_err(e.to_string()))?;
+    let engine = logs.engine(None);
+    tokio::task::spawn_blocking(move || {
+        let snapshot = delta_kernel::Snapshot::builder_for(root).at_version(version).build(engine.as_ref())?;
+        f(&snapshot, engine.as_ref())
+    })
+    .await
+    .map_err(|e| kernel_err(e.to_string()))?
+    .map_err(|e| kernel_err(e.to_string()))
 }
 
 /// r2o's store as deltalake reads it: every listing in path order. Delta
@@ -377,9 +454,10 @@ pub enum Planned {
 pub struct Pending {
     raw: String,
     root: String,
+    store: Store,
     logs: LogStoreRef,
-    /// The loaded log; `None`: the commit creates it.
-    table: Option<DeltaTable>,
+    /// The log's version and `metaData`; `None`: the commit creates it.
+    log: Option<(i64, deltalake_core::kernel::Metadata)>,
     change: Reconcile,
     txn: Transaction,
     /// The table's schema when the log is created or the schema changed.
@@ -410,9 +488,13 @@ impl Pending {
         self.change.remove.len()
     }
 
-    /// Writes the commit; returns the log's new version. A checkpoint follows
-    /// every [`CHECKPOINT_INTERVAL`] versions (the table's
-    /// `delta.checkpointInterval`).
+    /// Writes the commit; returns the log's new version. The first commit
+    /// creates the log through deltalake; later ones are written as
+    /// deltalake writes them (a `commitInfo` and one JSON action per line,
+    /// put if absent at the next version), without holding the table's file
+    /// actions. A checkpoint, written by the Delta kernel from the log by
+    /// batches, follows every [`CHECKPOINT_INTERVAL`] versions
+    /// ([`checkpoint_due`]; the table's `delta.checkpointInterval`).
     ///
     /// # Errors
     /// [`DeltaError::Log`]: the write failed, or another writer took the
@@ -445,7 +527,7 @@ impl Pending {
                 ..Default::default()
             })
         }));
-        let Some(table) = self.table else {
+        let Some(log) = self.log else {
             let columns = self.schema.ok_or_else(|| DeltaError::Log {
                 table: raw.into(),
                 doing: "created",
@@ -468,7 +550,7 @@ impl Pending {
                 .map_err(err("created"))?;
             return Ok(created.version().unwrap_or(0) as i64);
         };
-        let state = table.snapshot().map_err(err("read"))?;
+        let (read_version, mut metadata) = log;
         if self.schema.is_some() || self.retention.is_some() {
             use deltalake_core::kernel::MetadataExt;
             let meta_err = |e: String| DeltaError::Log {
@@ -476,7 +558,6 @@ impl Pending {
                 doing: "given its new metadata",
                 source: Box::new(deltalake_core::DeltaTableError::Generic(e)),
             };
-            let mut metadata = state.metadata().clone();
             if let Some(schema) = &self.schema {
                 metadata = metadata.with_schema(schema).map_err(|e| meta_err(e.to_string()))?;
             }
@@ -488,15 +569,67 @@ impl Pending {
             actions.push(Action::Metadata(metadata));
         }
         actions.push(Action::Txn(self.txn));
-        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-        let props = CommitProperties::default().with_max_retries(0);
-        let done = CommitBuilder::from(props)
-            .with_actions(actions)
-            .build(Some(state), self.logs.clone(), op)
-            .await
-            .map_err(err("committed"))?;
-        Ok(done.version() as i64)
+        let info = Action::CommitInfo(deltalake_core::kernel::CommitInfo {
+            timestamp: Some(now),
+            operation: Some("WRITE".into()),
+            operation_parameters: Some([("mode".to_string(), serde_json::json!("Append"))].into_iter().collect()),
+            read_version: Some(read_version as u64),
+            is_blind_append: Some(self.change.remove.is_empty()),
+            engine_info: Some(format!("r2o/{}", env!("CARGO_PKG_VERSION"))),
+            ..Default::default()
+        });
+        // Written as deltalake writes a commit (one JSON action per line, put
+        // if absent), without its CommitBuilder, which needs the loaded table.
+        let version = read_version + 1;
+        let lines = std::iter::once(&info)
+            .chain(&actions)
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| DeltaError::Log {
+                table: raw.into(),
+                doing: "committed",
+                source: Box::new(deltalake_core::DeltaTableError::Generic(e.to_string())),
+            })?;
+        let path = object_store::path::Path::from(format!("{}_delta_log/{}", self.root, commit_file(version)));
+        let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        if let Err(e) = self.store.put_opts(&path, lines.join("\n").into(), opts).await {
+            let problem = match e {
+                object_store::Error::AlreadyExists { .. } => format!("version {version} was written by another writer"),
+                e => e.to_string(),
+            };
+            return Err(DeltaError::Log {
+                table: raw.into(),
+                doing: "committed",
+                source: Box::new(deltalake_core::DeltaTableError::Generic(problem)),
+            });
+        }
+        if checkpoint_due(version) {
+            // the kernel's checkpoint writer replays the log by batches; a
+            // failed checkpoint leaves the commit done (readers replay the JSON)
+            let written = kernel_snapshot(&self.logs, version as u64, raw, |snapshot, engine| {
+                snapshot.checkpoint(engine, None).map(|_| ())
+            })
+            .await;
+            if let Err(e) = written {
+                tracing::warn!(table = raw, version, error = %e, "the delta checkpoint was not written; readers replay the commits");
+            }
+        }
+        Ok(version)
     }
+}
+
+/// The name of the commit file of `version` in `_delta_log/`: the version
+/// in 20 digits, `.json` (Delta's protocol). Pure.
+pub fn commit_file(version: i64) -> String {
+    format!("{version:020}.json")
+}
+
+/// Whether a checkpoint follows the commit of `version`: every
+/// [`CHECKPOINT_INTERVAL`] versions, at versions 9, 19, ... (as deltalake's
+/// own writer does, so a reader replays at most that many JSON commits).
+/// Pure.
+pub fn checkpoint_due(version: i64) -> bool {
+    version >= 0 && (version as u64 + 1) % CHECKPOINT_INTERVAL == 0
 }
 
 /// The table property that tells Delta readers (and other engines' VACUUM)
@@ -554,28 +687,25 @@ pub async fn plan(
             })
         })
         .collect::<Result<Vec<_>, DeltaError>>()?;
-    let err = |doing| move |source| DeltaError::Log { table: raw.into(), doing, source: Box::new(source) };
     let wanted = schema.map(|s| delta_schema(raw, s)).transpose()?;
-    let (logs, table) = open_log(store, raw, &root).await?;
-    let exists = table.is_some();
-    let table = table.unwrap_or_else(|| DeltaTable::new(logs.clone()));
-    let (in_log, txn, log_schema, log_retention) = if exists {
-        let state = table.snapshot().map_err(err("read"))?;
-        let paths: BTreeSet<String> = state.log_data().iter().map(|f| canonical_path(&f.path())).collect();
-        let txn = state.transaction_version(logs.as_ref(), app_id(raw)).await.map_err(err("read"))?;
-        let log_schema = Some(state.schema().as_ref().clone());
-        let log_retention = state.metadata().configuration().get(RETENTION_KEY).cloned();
-        (paths, txn, log_schema, log_retention)
-    } else {
-        (BTreeSet::new(), None, None, None)
+    let logs = log_store(store, &root).map_err(|e| DeltaError::Log {
+        table: raw.into(),
+        doing: "opened",
+        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
+    })?;
+    let log = read_log(&logs, raw).await?;
+    let exists = log.is_some();
+    let (version, in_log, txn, log_schema, log_metadata) = match log {
+        Some(l) => (l.version, l.paths, l.txn, Some(l.schema), Some(l.metadata)),
+        None => (0, BTreeSet::new(), None, None, None),
     };
+    let log_retention = log_metadata.as_ref().and_then(|m| m.configuration().get(RETENTION_KEY).cloned());
     let change = reconcile(&files, &in_log);
     let retention = retention_interval(file_retention_ms);
     let retention_differs = log_retention.as_deref() != Some(retention.as_str());
     let schema_differs = wanted.as_ref().map(|w| log_schema.as_ref() != Some(w));
     // (a changed retention is a metadata change, decided like a schema's)
     let metadata_differs = schema_differs.map(|d| d || retention_differs);
-    let version = table.version().unwrap_or(0) as i64;
     Ok(match decide(exists, !change.is_empty(), metadata_differs, txn, revision) {
         Decision::NoLog => Planned::NoLog,
         Decision::UpToDate => Planned::UpToDate { version },
@@ -585,8 +715,9 @@ pub async fn plan(
             Planned::Commit(Box::new(Pending {
                 raw: raw.to_string(),
                 root,
+                store: store.clone(),
                 logs,
-                table: exists.then_some(table),
+                log: log_metadata.map(|m| (version, m)),
                 change,
                 txn: Transaction { app_id: app_id(raw), version: revision, last_updated: Some(now) },
                 schema: if schema_differs == Some(true) { wanted } else { None },
@@ -806,6 +937,15 @@ mod tests {
             plan(&store, &layout, "t", Some(&schema), &committed, last + 3, 2 * DAY).await.unwrap(),
             Planned::UpToDate { version } if version == last + 1
         ));
+    }
+
+    #[test]
+    fn commits_are_named_by_version_and_checkpointed_every_interval() {
+        assert_eq!(commit_file(0), "00000000000000000000.json");
+        assert_eq!(commit_file(123), "00000000000000000123.json");
+        let due: Vec<i64> = (0..40).filter(|v| checkpoint_due(*v)).collect();
+        assert_eq!(due, vec![9, 19, 29, 39], "after every {CHECKPOINT_INTERVAL} versions, as deltalake does");
+        assert!(!checkpoint_due(-1));
     }
 
     #[test]
