@@ -238,8 +238,8 @@ async fn read_log(logs: &LogStoreRef, raw: &str) -> Result<Option<LogState>, Del
         .await
         .map_err(err)?;
     let app = app_id(raw);
-    let txn = kernel_snapshot(logs, version, raw, move |snapshot, engine| snapshot.get_app_id_version(&app, engine))
-        .await?;
+    let txn =
+        kernel_snapshot(logs, version, raw, move |snapshot, engine| snapshot.get_app_id_version(&app, engine)).await?;
     Ok(Some(LogState {
         version: version as i64,
         paths,
@@ -610,8 +610,25 @@ impl Pending {
                 snapshot.checkpoint(engine, None).map(|_| ())
             })
             .await;
-            if let Err(e) = written {
-                tracing::warn!(table = raw, version, error = %e, "the delta checkpoint was not written; readers replay the commits");
+            match written {
+                Err(e) => {
+                    tracing::warn!(table = raw, version, error = %e, "the delta checkpoint was not written; readers replay the commits")
+                }
+                Ok(()) => {
+                    // as deltalake's writer does after a checkpoint: commits
+                    // older than the log's retention and behind a checkpoint go
+                    let cutoff = now.saturating_sub(LOG_RETENTION_MS);
+                    let cleaned = deltalake_core::checkpoints::cleanup_expired_logs_for(
+                        version as u64,
+                        self.logs.as_ref(),
+                        cutoff,
+                        None,
+                    )
+                    .await;
+                    if let Err(e) = cleaned {
+                        tracing::warn!(table = raw, version, error = %e, "expired delta log entries were not cleaned up");
+                    }
+                }
             }
         }
         Ok(version)
@@ -644,6 +661,11 @@ pub fn retention_interval(retention_ms: i64) -> String {
     let secs = retention_ms.max(0).saturating_add(999) / 1000;
     format!("interval {secs} seconds")
 }
+
+/// How long the log's own commit files stay once a later checkpoint covers
+/// them, ms (Delta's default `delta.logRetentionDuration`, 30 days: time
+/// travel to a version needs its commits).
+pub const LOG_RETENTION_MS: i64 = 30 * 86_400_000;
 
 /// Versions between checkpoints of the logs r2o creates (Delta's usual
 /// `delta.checkpointInterval`).

@@ -301,7 +301,8 @@ impl Worker {
         let share = attempt_share(self.cfg.memory_budget, self.cfg.slots, spec.flow.mapper_threshold_bytes);
         // the compressed inputs (held until read) and the decoded rows of the
         // windows in flight at once, not of the whole task
-        let spans: Vec<(i64, i64, u64)> = segments.iter().map(|s| (s.start_time_ms, s.end_time_ms, s.total_docs)).collect();
+        let spans: Vec<(i64, i64, u64)> =
+            segments.iter().map(|s| (s.start_time_ms, s.end_time_ms, s.total_docs)).collect();
         let held = peak_rows_held(&spans, &task.windows, threads.clamp(1, task.windows.len().max(1)));
         let estimate = task.input_bytes + 3 * held * table_row_bytes(&spec);
         let path = choose_path(estimate, share, task.windows.len(), threads);
