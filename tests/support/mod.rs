@@ -552,10 +552,13 @@ impl Cluster {
     }
 }
 
-/// A plain HTTP/1.0 GET on loopback: (status code, body).
+/// A plain HTTP/1.0 GET on loopback: (status code, body); status 0 when
+/// nothing listens on `port` yet (a process still starting).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     let mut text = String::new();

@@ -117,6 +117,8 @@ pub struct Authority {
     pub(crate) delta_marks: Arc<crate::projector::DeltaMarks>,
     /// Footers of validated outputs, for the Delta log's statistics.
     pub(crate) delta_stats: crate::projector::OutputStats,
+    /// Each table's Delta log as the projector's last commit left it.
+    pub(crate) delta_memo: crate::delta::LogMemo,
     /// REALTIME segments per table, revision-checked.
     pub(crate) segments: SegmentCache,
     /// Tables, each parsed once per change of its record.
@@ -234,6 +236,7 @@ impl Authority {
             footers: FooterCache::new(FOOTER_CACHE_BYTES),
             delta_marks: Arc::default(),
             delta_stats: Default::default(),
+            delta_memo: Default::default(),
             segments: SegmentCache::default(),
             tables: TableCache::default(),
             inputs: ListCache::new(INPUT_CACHE_ITEMS),
