@@ -295,11 +295,6 @@ impl LogMemo {
     fn put(&self, raw: &str, state: LogState) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(raw.to_string(), state);
     }
-
-    /// Forgets `raw`'s log: the next pass reads it.
-    pub fn forget(&self, raw: &str) {
-        self.take(raw);
-    }
 }
 
 /// Whether the log under `root` still ends at `version`: its commit file is
@@ -696,7 +691,7 @@ pub fn commit_file(version: i64) -> String {
 /// own writer does, so a reader replays at most that many JSON commits).
 /// Pure.
 pub fn checkpoint_due(version: i64) -> bool {
-    version >= 0 && (version as u64 + 1) % CHECKPOINT_INTERVAL == 0
+    version >= 0 && (version as u64 + 1).is_multiple_of(CHECKPOINT_INTERVAL)
 }
 
 /// The table property that tells Delta readers (and other engines' VACUUM)
