@@ -182,17 +182,25 @@ fn log_store(store: &Store, root: &str) -> Result<LogStoreRef, url::ParseError> 
     Ok(default_logstore(prefixed, sorted, &url, &StorageConfig::default()))
 }
 
+/// [`log_store`] of `raw`'s directory `root`, its error named.
+///
+/// # Errors
+/// [`DeltaError::Log`] when `root` makes no URL.
+fn table_log_store(store: &Store, raw: &str, root: &str) -> Result<LogStoreRef, DeltaError> {
+    log_store(store, root).map_err(|e| DeltaError::Log {
+        table: raw.into(),
+        doing: "opened",
+        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
+    })
+}
+
 /// Opens the Delta log of `raw` in its table's directory `root`: the log
 /// store, and the table loaded at its latest version (`None`: no log yet).
 ///
 /// # Errors
 /// [`DeltaError::Log`] when the log cannot be read.
 async fn open_log(store: &Store, raw: &str, root: &str) -> Result<(LogStoreRef, Option<DeltaTable>), DeltaError> {
-    let logs = log_store(store, root).map_err(|e| DeltaError::Log {
-        table: raw.into(),
-        doing: "opened",
-        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
-    })?;
+    let logs = table_log_store(store, raw, root)?;
     let err = |source| DeltaError::Log { table: raw.into(), doing: "read", source: Box::new(source) };
     let mut table = DeltaTable::new(logs.clone());
     if !table.verify_deltatable_existence().await.map_err(err)? {
@@ -776,11 +784,7 @@ pub async fn plan_with(
         })
         .collect::<Result<Vec<_>, DeltaError>>()?;
     let wanted = schema.map(|s| delta_schema(raw, s)).transpose()?;
-    let logs = log_store(store, &root).map_err(|e| DeltaError::Log {
-        table: raw.into(),
-        doing: "opened",
-        source: Box::new(deltalake_core::DeltaTableError::Generic(format!("table directory '{root}': {e}"))),
-    })?;
+    let logs = table_log_store(store, raw, &root)?;
     let known = match memo.and_then(|m| m.take(raw)) {
         Some(k) if still_latest(store, &root, k.version).await => Some(k),
         _ => None,
