@@ -497,7 +497,7 @@ pub struct Pending {
     /// The log as read (or as r2o's last commit left it); `None`: the
     /// commit creates it.
     log: Option<LogState>,
-    /// Where the log's state after the commit is kept ([`plan_with`]).
+    /// Where the log's state after the commit is kept ([`plan`]).
     memo: Option<LogMemo>,
     change: Reconcile,
     txn: Transaction,
@@ -730,32 +730,17 @@ pub const CHECKPOINT_INTERVAL: u64 = 10;
 /// [`decide`]. The `add`s' statistics hold the row count only; the caller
 /// fills them from the footers ([`stats_json`]). The log's
 /// `delta.deletedFileRetentionDuration` follows `file_retention_ms` (a
-/// differing value is a metadata change like a schema's).
+/// differing value is a metadata change like a schema's). With `memo`, the
+/// log's state as r2o's last commit left it is taken from there when the
+/// log has not moved since, instead of replaying the log, and the state
+/// after this plan's commit (or the one read, when nothing is written) is
+/// put back.
 ///
 /// # Errors
 /// [`DeltaError::Outside`] for a file outside the table's directory;
 /// [`DeltaError::Log`] when the log cannot be read.
-pub async fn plan(
-    store: &Store,
-    layout: &Layout,
-    raw: &str,
-    schema: Option<&Schema>,
-    committed: &[SegmentMeta],
-    revision: i64,
-    file_retention_ms: i64,
-) -> Result<Planned, DeltaError> {
-    plan_with(store, layout, raw, schema, committed, revision, file_retention_ms, None).await
-}
-
-/// [`plan`], with the log's state as r2o's last commit left it taken from
-/// `memo` when the log has not moved since, instead of replaying the log;
-/// the state after this plan's commit (or the one read, when nothing is
-/// written) is put back.
-///
-/// # Errors
-/// As [`plan`].
 #[allow(clippy::too_many_arguments)]
-pub async fn plan_with(
+pub async fn plan(
     store: &Store,
     layout: &Layout,
     raw: &str,
@@ -1007,7 +992,7 @@ mod tests {
         let mut committed = vec![];
         for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
             committed.push(seg(i));
-            match plan(&store, &layout, "t", Some(&schema), &committed, i as i64 + 1, DAY).await.unwrap() {
+            match plan(&store, &layout, "t", Some(&schema), &committed, i as i64 + 1, DAY, None).await.unwrap() {
                 Planned::Commit(p) => assert_eq!(p.commit().await.unwrap(), i as i64),
                 _ => panic!("version {i} was due"),
             }
@@ -1017,7 +1002,7 @@ mod tests {
             .path()
             .join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
         assert!(checkpoint.exists(), "a checkpoint every {CHECKPOINT_INTERVAL} versions");
-        match plan(&store, &layout, "t", Some(&schema), &committed, last + 1, DAY).await.unwrap() {
+        match plan(&store, &layout, "t", Some(&schema), &committed, last + 1, DAY, None).await.unwrap() {
             Planned::UpToDate { version } => assert_eq!(version, last),
             _ => panic!("the log holds every file"),
         }
@@ -1026,7 +1011,7 @@ mod tests {
         // a pass that read etcd before the log's txn writes nothing
         committed.pop();
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed, 3, DAY).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed, 3, DAY, None).await.unwrap(),
             Planned::Stale { log_revision, .. } if log_revision == last + 1
         ));
         committed.push(seg(last as usize));
@@ -1040,7 +1025,7 @@ mod tests {
             t.snapshot().unwrap().metadata().configuration().get(RETENTION_KEY).cloned()
         }
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 86400 seconds"));
-        match plan(&store, &layout, "t", Some(&schema), &committed, last + 2, 2 * DAY).await.unwrap() {
+        match plan(&store, &layout, "t", Some(&schema), &committed, last + 2, 2 * DAY, None).await.unwrap() {
             Planned::Commit(p) => {
                 assert_eq!(p.removes(), 0);
                 assert!(p.adds().is_empty(), "the metadata alone changes");
@@ -1051,7 +1036,7 @@ mod tests {
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 172800 seconds"));
         assert_eq!(retention(&store, Some(last)).await.as_deref(), Some("interval 86400 seconds"));
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed, last + 3, 2 * DAY).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed, last + 3, 2 * DAY, None).await.unwrap(),
             Planned::UpToDate { version } if version == last + 1
         ));
     }
@@ -1074,8 +1059,7 @@ mod tests {
         let pass = |committed: Vec<SegmentMeta>, rev: i64, memo: Option<LogMemo>| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
-                let planned =
-                    plan_with(&store, &layout, "t", Some(&schema), &committed, rev, DAY, memo.as_ref()).await?;
+                let planned = plan(&store, &layout, "t", Some(&schema), &committed, rev, DAY, memo.as_ref()).await?;
                 Ok::<_, DeltaError>(match planned {
                     Planned::Commit(p) => format!("commit {}", p.commit().await?),
                     Planned::UpToDate { version } => format!("up to date {version}"),

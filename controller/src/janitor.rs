@@ -599,7 +599,10 @@ mod tests {
         let commit = |files: Vec<SegmentMeta>, rev: i64| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
-                match plan(&store, &layout, "t", Some(&schema), &files, rev, DEFAULT_FILE_RETENTION_MS).await.unwrap() {
+                match plan(&store, &layout, "t", Some(&schema), &files, rev, DEFAULT_FILE_RETENTION_MS, None)
+                    .await
+                    .unwrap()
+                {
                     Planned::Commit(p) => p.commit().await.unwrap(),
                     _ => panic!("a commit was due"),
                 }

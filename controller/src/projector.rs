@@ -348,7 +348,7 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
     let schema = spec.as_ref().map(|s| &s.schema);
     let retention_ms = auth.cfg.delta_file_retention_ms;
     let memo = Some(&auth.delta_memo);
-    let planned = delta::plan_with(&auth.store, &auth.layout, raw, schema, &committed, revision, retention_ms, memo)
+    let planned = delta::plan(&auth.store, &auth.layout, raw, schema, &committed, revision, retention_ms, memo)
         .await
         .map_err(log_error)?;
     let (version, revision, added, removed) = match planned {
