@@ -959,6 +959,18 @@ mod tests {
         }
     }
 
+    /// OFFLINE segment `i` of table `t`: one row, in window directory `w<i>`.
+    fn offline_seg(i: usize) -> SegmentMeta {
+        SegmentMeta {
+            segment_name: format!("s{i}"),
+            table_name: "t_OFFLINE".into(),
+            location: format!("ns/offline/t_OFFLINE/w{i}/a.parquet"),
+            total_docs: 1,
+            size_bytes: 1,
+            ..Default::default()
+        }
+    }
+
     /// A table of one LONG metric `n`.
     fn long_schema() -> Schema {
         Schema {
@@ -981,14 +993,7 @@ mod tests {
         let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
         let layout = Layout::new("ns");
         let schema = long_schema();
-        let seg = |i: usize| SegmentMeta {
-            segment_name: format!("s{i}"),
-            table_name: "t_OFFLINE".into(),
-            location: format!("ns/offline/t_OFFLINE/w{i}/a.parquet"),
-            total_docs: 1,
-            size_bytes: 1,
-            ..Default::default()
-        };
+        let seg = offline_seg;
         let mut committed = vec![];
         for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
             committed.push(seg(i));
@@ -1048,14 +1053,7 @@ mod tests {
         let layout = Layout::new("ns");
         let schema = long_schema();
         let memo = LogMemo::default();
-        let seg = |i: usize| SegmentMeta {
-            segment_name: format!("s{i}"),
-            table_name: "t_OFFLINE".into(),
-            location: format!("ns/offline/t_OFFLINE/w{i}/a.parquet"),
-            total_docs: 1,
-            size_bytes: 1,
-            ..Default::default()
-        };
+        let seg = offline_seg;
         let pass = |committed: Vec<SegmentMeta>, rev: i64, memo: Option<LogMemo>| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
