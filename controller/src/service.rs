@@ -271,6 +271,12 @@ impl ControllerSvc {
 
     async fn get_watermark(&self, raw: &str) -> Result<pb::GetWatermarkResponse> {
         let view = self.table_view(raw).await?;
+        self.watermark_of(view).await
+    }
+
+    /// [`Self::get_watermark`] of a table already read (`view`).
+    async fn watermark_of(&self, view: crate::tables::TableView) -> Result<pb::GetWatermarkResponse> {
+        let raw = view.raw.as_str();
         let spec = view.spec.clone();
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
         let wm_entry = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?;
@@ -410,7 +416,7 @@ impl ControllerSvc {
     ) -> Result<crate::status::TableRow> {
         use r2o_common::meta::TaskState as S;
         let (raw, spec, paused) = (view.raw.as_str(), &view.spec, view.record.paused);
-        let w = self.get_watermark(raw).await?;
+        let w = self.watermark_of(view.clone()).await?;
         let count = |s: S| active.iter().filter(|t| t.table == raw && t.state == s).count();
         let watermark_ms = w.exists.then_some(w.watermark_ms);
         let lag_ms =
@@ -507,12 +513,7 @@ impl ControllerSvc {
     pub async fn table_detail(&self, raw: &str) -> Result<crate::status::TableDetail> {
         use r2o_common::meta::range_records;
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
-        let view = self
-            .auth
-            .tables
-            .one(kv, keys, raw)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("table '{raw}'")))?;
+        let view = self.table_view(raw).await?;
         let active: Vec<TaskRecord> =
             range_records::<TaskRecord>(kv, &keys.active_tasks()).await?.into_iter().map(|(t, _)| t).collect();
         let row = self.status_row(&view, &active).await?;
