@@ -9,6 +9,12 @@
 //! and prints rows/s, windows/s and peak memory (VmHWM). Usage:
 //! `cargo run --release --bin r2o-bench -- [flights.csv] [repeats]`
 //! (default `.r2o/quickstart/flights.csv`, written by the quickstart).
+//!
+//! `r2o-bench --planner [N,N,..]` measures the planner alone on synthetic
+//! tables of N REALTIME segments (default 1,000, 40,000 and 146,000, x100's
+//! count): what one plan costs, in µs, when the table is caught up (the
+//! freshness case: one segment registered, its window planned) and when a
+//! backfill plans its next task.
 
 use anyhow::{Context, Result};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
@@ -38,6 +44,16 @@ struct Segment {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--planner") {
+        let counts: Vec<usize> = match args.get(2) {
+            Some(list) => list
+                .split(',')
+                .map(|n| n.parse().context("--planner takes segment counts, e.g. 40000,146000"))
+                .collect::<Result<_>>()?,
+            None => vec![1_000, 40_000, 146_000],
+        };
+        return planner_bench(&counts);
+    }
     let csv = args.get(1).cloned().unwrap_or_else(|| ".r2o/quickstart/flights.csv".into());
     let repeats: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(3);
     let config = serde_json::from_str(&std::fs::read_to_string("examples/flights/table.json")?)?;
@@ -177,5 +193,88 @@ fn main() -> Result<()> {
         );
     }
     println!("peak memory (VmHWM): {:.1} MiB", peak_rss_bytes() as f64 / (1024.0 * 1024.0));
+    Ok(())
+}
+
+/// A synthetic table of `n` REALTIME segments as x100 holds them: two
+/// stream partitions, LLC names, each partition's segments back to back over
+/// 1914-2013 (1d buckets: ~36,500 windows), then one CONSUMING segment per
+/// partition.
+fn synthetic_segments(n: usize) -> Vec<SegmentMeta> {
+    const PARTITIONS: usize = 2;
+    let (from, until) = (-1_767_225_600_000i64, 1_388_534_400_000i64); // 1914-01-01 .. 2014-01-01
+    let per = n / PARTITIONS;
+    let step = (until - from) / per as i64;
+    let mut out = Vec::with_capacity(n + PARTITIONS);
+    for p in 0..PARTITIONS {
+        for i in 0..=per {
+            let start = from + i as i64 * step + p as i64;
+            let done = i < per;
+            out.push(SegmentMeta {
+                segment_name: format!("flights__{p}__{i}__20131231T0000Z"),
+                table_name: "flights_REALTIME".into(),
+                status: if done { SegmentStatus::Done } else { SegmentStatus::Consuming },
+                start_time_ms: start,
+                end_time_ms: start + step - 1,
+                total_docs: if done { 230 } else { 0 },
+                size_bytes: if done { 9_000 } else { 0 },
+                schema_fingerprint: "0123456789abcdef".into(),
+                location: format!("realtime/flights_REALTIME/flights__{p}__{i}__20131231T0000Z.parquet"),
+                partition: p as i32,
+                ..Default::default()
+            });
+        }
+    }
+    out.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
+    out
+}
+
+/// The median of `runs` timings of `f`, µs.
+fn median_us(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn planner_bench(counts: &[usize]) -> Result<()> {
+    let config = serde_json::from_str(&std::fs::read_to_string("examples/flights/table.json")?)?;
+    let schema = serde_json::from_str(&std::fs::read_to_string("examples/flights/schema.json")?)?;
+    let mut spec = TableSpec::from_json(config, schema)?;
+    spec.flow.buffer_ms = 0;
+    let backfill = Budget { max_windows: 1_000, max_input_rows: 500_000, max_input_bytes: 256 << 20 };
+    for &n in counts {
+        let segments = synthetic_segments(n);
+        let buckets = spec.flow.windows();
+        let last_done_end = segments.iter().filter(|s| s.status == SegmentStatus::Done).map(|s| s.end_time_ms).max();
+        let last_done_end = last_done_end.context("no DONE segment")?;
+        // caught up: the window before the CONSUMING segments' is the last to plan
+        let fresh_from = buckets.window_at(buckets.floor(last_done_end)).start_ms - spec.flow.bucket_ms;
+        let fresh = median_us(51, || {
+            std::hint::black_box(plan(&spec.flow, &segments, Some(fresh_from), i64::MAX / 2, &Budget::ONE_WINDOW));
+        });
+        let cold = median_us(11, || {
+            std::hint::black_box(plan(&spec.flow, &segments, None, i64::MAX / 2, &backfill));
+        });
+        let middle_from = buckets.floor(segments[segments.len() / 4].start_time_ms);
+        let middle = median_us(11, || {
+            std::hint::black_box(plan(&spec.flow, &segments, Some(middle_from), i64::MAX / 2, &backfill));
+        });
+        let decided = plan(&spec.flow, &segments, Some(fresh_from), i64::MAX / 2, &Budget::ONE_WINDOW);
+        let what = match &decided {
+            Decision::Run { windows, inputs, .. } => {
+                format!("runs {} window(s) of {} inputs", windows.len(), inputs.len())
+            }
+            Decision::Wait(why) => format!("waits: {why}"),
+        };
+        println!(
+            "planner {n:>7} segments: caught up {fresh:>9.0} µs/plan ({what}); backfill's next task: from cold start {cold:>9.0} µs, from a quarter in {middle:>9.0} µs"
+        );
+    }
     Ok(())
 }

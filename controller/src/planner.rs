@@ -446,27 +446,39 @@ pub fn llc_name(name: &str) -> Option<(i32, u64)> {
     Some((partition.parse::<i32>().ok()?, seq.parse::<u64>().ok()?))
 }
 
-/// Names of the DONE segments that are the latest completed LLC segment of
-/// their partition and do not end their stream (rule 5).
-fn latest_completed<'a>(done: &[&'a SegmentMeta]) -> HashMap<i32, (u64, &'a str, bool)> {
-    let mut latest: HashMap<i32, (u64, &'a str, bool)> = HashMap::new();
-    for s in done {
-        if let Some((partition, seq)) = llc_name(&s.segment_name) {
-            let e = latest.entry(partition).or_insert((seq, &s.segment_name, s.end_of_stream));
-            if seq > e.0 {
-                *e = (seq, &s.segment_name, s.end_of_stream);
-            }
+/// The latest completed LLC segment of a stream partition (rule 5).
+#[derive(Debug, Clone, Copy)]
+struct Latest<'a> {
+    seq: u64,
+    start_ms: i64,
+    name: &'a str,
+    /// It ends its stream: it holds no window back.
+    ended: bool,
+}
+
+/// Takes DONE segment `s` into `latest`, per LLC partition the segment of
+/// the highest sequence (of two with one sequence, the earlier start, then
+/// the first seen: the order a start-order sweep meets them).
+fn note_latest_completed<'a>(latest: &mut HashMap<i32, Latest<'a>>, s: &'a SegmentMeta) {
+    if let Some((partition, seq)) = llc_name(&s.segment_name) {
+        let this = Latest { seq, start_ms: s.start_time_ms, name: &s.segment_name, ended: s.end_of_stream };
+        let e = latest.entry(partition).or_insert(this);
+        if seq > e.seq || (seq == e.seq && s.start_time_ms < e.start_ms) {
+            *e = this;
         }
     }
-    latest
 }
 
 /// Plans the next task of one table from `watermark_ms` (`None` before
 /// the first commit: Pinot's cold start): the ready windows with data that
 /// follow it, batched up to `budget`. Pure: no I/O, no clock.
 ///
-/// Segments are swept in start order, so a plan costs O(S log S) for S
-/// segments, however many windows it covers or skips.
+/// One pass reads what the plan needs of every segment (per-partition
+/// ends, the latest completed segment of each partition, the CONSUMING
+/// ones); only the DONE segments that end at or after the watermark are
+/// then swept, in start order. A table of S segments, R of them after the
+/// watermark, costs O(S + R log R) per plan, however many windows it covers
+/// or skips: a caught-up table of 146,000 segments does not sort them all.
 pub fn plan(
     flow: &FlowConfig,
     segments: &[SegmentMeta],
@@ -475,27 +487,42 @@ pub fn plan(
     budget: &Budget,
 ) -> Decision {
     let buckets = flow.windows();
-    let mut done: Vec<&SegmentMeta> =
-        segments.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty()).collect();
-    done.sort_by_key(|s| s.start_time_ms);
-    let consuming: Vec<&SegmentMeta> = segments.iter().filter(|s| s.status == SegmentStatus::Consuming).collect();
+    // The sweep's windows start at the watermark, so a segment that ends
+    // before it never overlaps one: it only counts in the summaries below.
+    let mut done: Vec<&SegmentMeta> = Vec::new();
+    let mut consuming: Vec<&SegmentMeta> = Vec::new();
     let mut latest_done_end: HashMap<i32, i64> = HashMap::new();
-    for s in &done {
-        let e = latest_done_end.entry(s.partition).or_insert(i64::MIN);
-        *e = (*e).max(s.end_time_ms);
+    let mut latest: HashMap<i32, Latest> = HashMap::new();
+    let (mut with_rows_min, mut max_done_end): (Option<i64>, Option<i64>) = (None, None);
+    for s in segments {
+        if s.total_docs > 0 {
+            with_rows_min = Some(with_rows_min.map_or(s.start_time_ms, |m| m.min(s.start_time_ms)));
+        }
+        match s.status {
+            SegmentStatus::Consuming => consuming.push(s),
+            SegmentStatus::Done if s.total_docs > 0 && s.error.is_empty() => {
+                let e = latest_done_end.entry(s.partition).or_insert(i64::MIN);
+                *e = (*e).max(s.end_time_ms);
+                max_done_end = Some(max_done_end.map_or(s.end_time_ms, |m| m.max(s.end_time_ms)));
+                note_latest_completed(&mut latest, s);
+                if watermark_ms.is_none_or(|w| s.end_time_ms >= w) {
+                    done.push(s);
+                }
+            }
+            SegmentStatus::Done => {}
+        }
     }
+    // stable: segments of one start stay in name order
+    done.sort_by_key(|s| s.start_time_ms);
     let consuming_floor = consuming
         .iter()
         .map(|c| (consuming_floor_ms(c, &latest_done_end), c.segment_name.as_str()))
         .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
-    let latest = latest_completed(&done);
-    let with_rows_min = segments.iter().filter(|s| s.total_docs > 0).map(|s| s.start_time_ms).min();
     let from = match (watermark_ms, with_rows_min) {
         (Some(w), _) => w,
         (None, Some(min)) => buckets.floor(min),
         (None, None) => return Decision::Wait(WaitReason::NoSegments),
     };
-    let max_done_end = done.iter().map(|s| s.end_time_ms).max();
 
     let mut windows: Vec<Window> = Vec::new();
     let mut inputs: Vec<&SegmentMeta> = Vec::new();
@@ -540,9 +567,8 @@ pub fn plan(
         }
         let holding = active.iter().find(|s| {
             s.end_time_ms < window.end_ms
-                && llc_name(&s.segment_name).is_some_and(|(p, _)| {
-                    latest.get(&p).is_some_and(|(_, name, ended)| *name == s.segment_name && !ended)
-                })
+                && llc_name(&s.segment_name)
+                    .is_some_and(|(p, _)| latest.get(&p).is_some_and(|l| l.name == s.segment_name && !l.ended))
         });
         if let Some(s) = holding {
             break stop(&windows, WaitReason::LastCompleted { window, segment: s.segment_name.clone() });
@@ -698,6 +724,189 @@ mod tests {
 
     fn llc(p: i32, seq: u64) -> String {
         format!("t__{p}__{seq}__20200913T1200Z")
+    }
+
+    /// The planner as it was before the one-pass planning (c.f. git
+    /// 39df636): every DONE segment sorted and swept, every name parsed.
+    /// [`plan`] must decide exactly as it did.
+    fn plan_reference(
+        flow: &FlowConfig,
+        segments: &[SegmentMeta],
+        watermark_ms: Option<i64>,
+        now_ms: i64,
+        budget: &Budget,
+    ) -> Decision {
+        let buckets = flow.windows();
+        let mut done: Vec<&SegmentMeta> = segments
+            .iter()
+            .filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty())
+            .collect();
+        done.sort_by_key(|s| s.start_time_ms);
+        let consuming: Vec<&SegmentMeta> = segments.iter().filter(|s| s.status == SegmentStatus::Consuming).collect();
+        let mut latest_done_end: HashMap<i32, i64> = HashMap::new();
+        for s in &done {
+            let e = latest_done_end.entry(s.partition).or_insert(i64::MIN);
+            *e = (*e).max(s.end_time_ms);
+        }
+        let consuming_floor = consuming
+            .iter()
+            .map(|c| (consuming_floor_ms(c, &latest_done_end), c.segment_name.as_str()))
+            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
+        let latest = latest_completed_reference(&done);
+        let with_rows_min = segments.iter().filter(|s| s.total_docs > 0).map(|s| s.start_time_ms).min();
+        let from = match (watermark_ms, with_rows_min) {
+            (Some(w), _) => w,
+            (None, Some(min)) => buckets.floor(min),
+            (None, None) => return Decision::Wait(WaitReason::NoSegments),
+        };
+        let max_done_end = done.iter().map(|s| s.end_time_ms).max();
+
+        let mut windows: Vec<Window> = Vec::new();
+        let mut inputs: Vec<&SegmentMeta> = Vec::new();
+        let mut taken: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let (mut skipped, mut pending_skips) = (0u64, 0u64);
+        let mut active: Vec<&SegmentMeta> = Vec::new();
+        let mut next = 0usize; // first segment of `done` not yet active
+        let mut window = buckets.window_at(from);
+        let stop =
+            |windows: &Vec<Window>, reason: WaitReason| -> Option<WaitReason> { windows.is_empty().then_some(reason) };
+        let wait: Option<WaitReason> = loop {
+            if !past_buffer(&window, now_ms, flow.buffer_ms) {
+                let caught_up = max_done_end.is_none_or(|e| e < window.start_ms) && consuming.is_empty();
+                let reason = if caught_up {
+                    WaitReason::CaughtUp { watermark_ms: window.start_ms }
+                } else {
+                    WaitReason::Buffer { window, eligible_at_ms: window.end_ms.saturating_add(flow.buffer_ms) }
+                };
+                break stop(&windows, reason);
+            }
+            if let Some((floor, name)) = consuming_floor {
+                if floor < window.end_ms {
+                    break stop(&windows, WaitReason::Consuming { window, segment: name.to_string() });
+                }
+            }
+            while next < done.len() && done[next].start_time_ms < window.end_ms {
+                active.push(done[next]);
+                next += 1;
+            }
+            active.retain(|s| s.end_time_ms >= window.start_ms);
+            if active.is_empty() {
+                // an empty window: jump to the window of the next segment
+                if next == done.len() || window.end_ms == i64::MAX {
+                    let reason = WaitReason::CaughtUp { watermark_ms: window.start_ms };
+                    break stop(&windows, reason);
+                }
+                let next_start = buckets.floor(done[next].start_time_ms).max(window.end_ms);
+                pending_skips += buckets.count_between(window.start_ms, next_start);
+                window = buckets.window_at(next_start);
+                continue;
+            }
+            let holding = active.iter().find(|s| {
+                s.end_time_ms < window.end_ms
+                    && llc_name(&s.segment_name).is_some_and(|(p, _)| {
+                        latest.get(&p).is_some_and(|(_, name, ended)| *name == s.segment_name && !ended)
+                    })
+            });
+            if let Some(s) = holding {
+                break stop(&windows, WaitReason::LastCompleted { window, segment: s.segment_name.clone() });
+            }
+            let fresh: Vec<&SegmentMeta> =
+                active.iter().copied().filter(|s| !taken.contains(s.segment_name.as_str())).collect();
+            let add_rows: u64 = fresh.iter().map(|s| s.total_docs).sum();
+            let add_bytes: u64 = fresh.iter().map(|s| s.size_bytes).sum();
+            if !windows.is_empty()
+                && (windows.len() >= budget.max_windows
+                    || rows.saturating_add(add_rows) > budget.max_input_rows
+                    || bytes.saturating_add(add_bytes) > budget.max_input_bytes)
+            {
+                break None;
+            }
+            for s in fresh {
+                taken.insert(&s.segment_name);
+                inputs.push(s);
+            }
+            rows = rows.saturating_add(add_rows);
+            bytes = bytes.saturating_add(add_bytes);
+            skipped += pending_skips;
+            pending_skips = 0;
+            windows.push(window);
+            if window.end_ms == i64::MAX {
+                break None;
+            }
+            window = buckets.window_at(window.end_ms);
+        };
+        if let Some(reason) = wait {
+            return Decision::Wait(reason);
+        }
+        let mut inputs: Vec<SegmentMeta> = inputs.into_iter().cloned().collect();
+        inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
+        Decision::Run { from_ms: from, windows, skipped_windows: skipped, inputs }
+    }
+
+    fn latest_completed_reference<'a>(done: &[&'a SegmentMeta]) -> HashMap<i32, (u64, &'a str, bool)> {
+        let mut latest: HashMap<i32, (u64, &'a str, bool)> = HashMap::new();
+        for s in done {
+            if let Some((partition, seq)) = llc_name(&s.segment_name) {
+                let e = latest.entry(partition).or_insert((seq, &s.segment_name, s.end_of_stream));
+                if seq > e.0 {
+                    *e = (seq, &s.segment_name, s.end_of_stream);
+                }
+            }
+        }
+        latest
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+        /// The one-pass plan, over name-ordered tables with CONSUMING,
+        /// empty, failed and end-of-stream segments, LLC names of one
+        /// partition and sequence twice, times before 1970, from the cold
+        /// start or any watermark, equals the plan of the sweep over every
+        /// segment.
+        #[test]
+        fn the_one_pass_plan_decides_as_the_sweep_over_every_segment(
+            raw in proptest::collection::vec(
+                (-200i64..200, 0i64..60, 0u8..8, 0i32..3, 0u64..6, any::<bool>()), 0..40),
+            watermark in proptest::option::of(-240i64..240),
+            at_a_segment_end in proptest::option::of(0usize..40),
+            bucket in 1i64..40,
+            buffer in 0i64..30,
+            now in -100i64..300,
+            max_windows in 1usize..6,
+            max_input_rows in 5u64..80,
+        ) {
+            let f = flow(bucket, buffer);
+            let mut segs: Vec<SegmentMeta> = raw.iter().enumerate().map(|(i, (s, len, kind, p, seq, eos))| {
+                // LLC names, some of another table's prefix (one partition and sequence twice)
+                let name = match (*kind % 2, i % 3) {
+                    (0, 0) => format!("u{i:02}__{p}__{seq}__20200913T1200Z"),
+                    (0, _) => llc(*p, *seq),
+                    _ => format!("s{i:02}"),
+                };
+                let status = if *kind == 7 { SegmentStatus::Consuming } else { SegmentStatus::Done };
+                let mut m = seg(&name, *s, s + len, status, *p);
+                m.total_docs = if *kind == 5 { 0 } else { 10 + *seq };
+                m.end_of_stream = *eos && *kind != 7;
+                if *kind == 3 {
+                    m.error = "unreadable".into();
+                }
+                m
+            }).collect();
+            segs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
+            segs.dedup_by(|a, b| a.segment_name == b.segment_name);
+            // where a segment ends: the boundary the sweep must not lose
+            let watermark = match at_a_segment_end.and_then(|k| segs.get(k % segs.len().max(1))) {
+                Some(s) => Some(s.end_time_ms),
+                None => watermark,
+            };
+            let watermark = watermark.map(|w| w.div_euclid(bucket) * bucket);
+            let budget = Budget { max_windows, max_input_rows, max_input_bytes: u64::MAX };
+            prop_assert_eq!(
+                plan(&f, &segs, watermark, now, &budget),
+                plan_reference(&f, &segs, watermark, now, &budget)
+            );
+        }
     }
 
     /// One window per task, as Pinot plans.
@@ -1211,7 +1420,10 @@ mod tests {
                             let is_input = inputs.iter().any(|i| i.segment_name == s.segment_name);
                             prop_assert_eq!(is_input, overlaps, "an input exactly when it overlaps a window of the task");
                         }
-                        let latest = latest_completed(&segs.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty()).collect::<Vec<_>>());
+                        let mut latest = HashMap::new();
+                        for s in segs.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty()) {
+                            note_latest_completed(&mut latest, s);
+                        }
                         for window in &windows {
                             prop_assert!(window.end_ms <= now - buffer, "buffer rule");
                             prop_assert_eq!(window.start_ms.rem_euclid(bucket), 0);
@@ -1222,7 +1434,7 @@ mod tests {
                                 if s.status == SegmentStatus::Done && window.overlaps_segment(s.start_time_ms, s.end_time_ms) {
                                     if let Some((p, _)) = llc_name(&s.segment_name) {
                                         prop_assert!(
-                                            !(latest[&p].1 == s.segment_name && s.end_time_ms < window.end_ms),
+                                            !(latest[&p].name == s.segment_name && s.end_time_ms < window.end_ms),
                                             "ran a window its partition's latest completed segment ends in"
                                         );
                                     }
