@@ -331,7 +331,7 @@ impl ControllerMetrics {
             let counted = self.load_status_counts.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
             let count_now = counted.is_none_or(|(at, _)| now - at >= LOAD_STATUS_EVERY_MS);
             // the segment list only when something here needs it (a table may hold ~15k)
-            let realtime: std::sync::Arc<Vec<SegmentMeta>> =
+            let realtime: std::sync::Arc<crate::authority::Segments> =
                 if count_now || wm.is_none() || spec.flow.retention_ms.is_some() {
                     segments.get(kv, keys, &raw).await.map(|(s, _)| s).unwrap_or_default()
                 } else {

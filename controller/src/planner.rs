@@ -28,6 +28,7 @@
 use r2o_common::config::{FlowConfig, MergeType};
 use r2o_common::meta::{SegmentMeta, SegmentStatus};
 use r2o_common::window::{past_buffer, Window};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::HashMap;
 
 /// How much one task may take: consecutive ready windows are batched into
@@ -397,8 +398,8 @@ impl std::fmt::Display for WaitReason {
 }
 
 /// Earliest time a CONSUMING segment may still hold, per rule 4.
-fn consuming_floor_ms(seg: &SegmentMeta, latest_done_end: &HashMap<i32, i64>) -> i64 {
-    let own = (seg.total_docs > 0).then_some(seg.start_time_ms);
+fn consuming_floor_ms(seg: &SegmentFacts, latest_done_end: &FxHashMap<i32, i64>) -> i64 {
+    let own = seg.has_rows.then_some(seg.start_ms);
     let prev = latest_done_end.get(&seg.partition).copied();
     match (own, prev) {
         (Some(a), Some(b)) => a.min(b),
@@ -446,24 +447,83 @@ pub fn llc_name(name: &str) -> Option<(i32, u64)> {
     Some((partition.parse::<i32>().ok()?, seq.parse::<u64>().ok()?))
 }
 
+/// What [`plan`] reads of one segment: its times, stream partition, LLC
+/// name parsed ([`llc_name`]), and whether it is planned at all. The
+/// controller's segment cache keeps one beside each record
+/// (`authority::SegmentCache`), so a plan walks a dense array of 40 bytes a
+/// segment rather than every record and its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentFacts {
+    /// `start_time_ms`, UTC epoch ms.
+    start_ms: i64,
+    /// `end_time_ms`, UTC epoch ms, inclusive.
+    end_ms: i64,
+    /// (stream partition, sequence) of an LLC name.
+    llc: Option<(i32, u64)>,
+    /// `partition`.
+    partition: i32,
+    role: Role,
+    /// `total_docs > 0`.
+    has_rows: bool,
+    /// `end_of_stream`.
+    ended: bool,
+}
+
+/// How the planner treats a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// CONSUMING: holds back the windows it may still receive rows for.
+    Consuming,
+    /// DONE with rows and no error: an input of the windows it overlaps.
+    Input,
+    /// DONE without rows, or with an error: never planned.
+    Ignored,
+}
+
+impl SegmentFacts {
+    /// The facts of `s`.
+    pub fn of(s: &SegmentMeta) -> Self {
+        let role = match s.status {
+            SegmentStatus::Consuming => Role::Consuming,
+            SegmentStatus::Done if s.total_docs > 0 && s.error.is_empty() => Role::Input,
+            SegmentStatus::Done => Role::Ignored,
+        };
+        SegmentFacts {
+            start_ms: s.start_time_ms,
+            end_ms: s.end_time_ms,
+            llc: if role == Role::Input { llc_name(&s.segment_name) } else { None },
+            partition: s.partition,
+            role,
+            has_rows: s.total_docs > 0,
+            ended: s.end_of_stream,
+        }
+    }
+
+    /// The facts of each of `segments`, in their order.
+    pub fn of_all(segments: &[SegmentMeta]) -> Vec<SegmentFacts> {
+        segments.iter().map(SegmentFacts::of).collect()
+    }
+}
+
 /// The latest completed LLC segment of a stream partition (rule 5).
 #[derive(Debug, Clone, Copy)]
-struct Latest<'a> {
+struct Latest {
     seq: u64,
     start_ms: i64,
-    name: &'a str,
+    /// Its position in the table's segments.
+    at: usize,
     /// It ends its stream: it holds no window back.
     ended: bool,
 }
 
-/// Takes DONE segment `s` into `latest`, per LLC partition the segment of
-/// the highest sequence (of two with one sequence, the earlier start, then
-/// the first seen: the order a start-order sweep meets them).
-fn note_latest_completed<'a>(latest: &mut HashMap<i32, Latest<'a>>, s: &'a SegmentMeta) {
-    if let Some((partition, seq)) = llc_name(&s.segment_name) {
-        let this = Latest { seq, start_ms: s.start_time_ms, name: &s.segment_name, ended: s.end_of_stream };
+/// Takes the DONE segment at `at` into `latest`: per LLC partition the
+/// segment of the highest sequence (of two with one sequence, the earlier
+/// start, then the first seen: the order a start-order sweep meets them).
+fn note_latest_completed(latest: &mut FxHashMap<i32, Latest>, f: &SegmentFacts, at: usize) {
+    if let Some((partition, seq)) = f.llc {
+        let this = Latest { seq, start_ms: f.start_ms, at, ended: f.ended };
         let e = latest.entry(partition).or_insert(this);
-        if seq > e.seq || (seq == e.seq && s.start_time_ms < e.start_ms) {
+        if seq > e.seq || (seq == e.seq && f.start_ms < e.start_ms) {
             *e = this;
         }
     }
@@ -473,12 +533,7 @@ fn note_latest_completed<'a>(latest: &mut HashMap<i32, Latest<'a>>, s: &'a Segme
 /// the first commit: Pinot's cold start): the ready windows with data that
 /// follow it, batched up to `budget`. Pure: no I/O, no clock.
 ///
-/// One pass reads what the plan needs of every segment (per-partition
-/// ends, the latest completed segment of each partition, the CONSUMING
-/// ones); only the DONE segments that end at or after the watermark are
-/// then swept, in start order. A table of S segments, R of them after the
-/// watermark, costs O(S + R log R) per plan, however many windows it covers
-/// or skips: a caught-up table of 146,000 segments does not sort them all.
+/// [`plan_over`] with the facts read from `segments` (O(S) more).
 pub fn plan(
     flow: &FlowConfig,
     segments: &[SegmentMeta],
@@ -486,37 +541,59 @@ pub fn plan(
     now_ms: i64,
     budget: &Budget,
 ) -> Decision {
+    plan_over(flow, segments, &SegmentFacts::of_all(segments), watermark_ms, now_ms, budget)
+}
+
+/// [`plan`] over segments whose [`SegmentFacts`] are kept beside them
+/// (`facts[i]` is the facts of `segments[i]`).
+///
+/// One pass over the facts finds what the plan needs of every segment (the
+/// end of each partition's latest DONE segment, the latest completed
+/// segment of each partition, the CONSUMING ones); only the DONE segments
+/// that end at or after the watermark are then swept, in start order. A
+/// table of S segments, R of them after the watermark, costs O(S + R log R)
+/// per plan, however many windows it covers or skips, and reads no record
+/// or name of the S - R settled segments.
+pub fn plan_over(
+    flow: &FlowConfig,
+    segments: &[SegmentMeta],
+    facts: &[SegmentFacts],
+    watermark_ms: Option<i64>,
+    now_ms: i64,
+    budget: &Budget,
+) -> Decision {
+    debug_assert_eq!(segments.len(), facts.len(), "one SegmentFacts a segment");
     let buckets = flow.windows();
     // The sweep's windows start at the watermark, so a segment that ends
     // before it never overlaps one: it only counts in the summaries below.
-    let mut done: Vec<&SegmentMeta> = Vec::new();
-    let mut consuming: Vec<&SegmentMeta> = Vec::new();
-    let mut latest_done_end: HashMap<i32, i64> = HashMap::new();
-    let mut latest: HashMap<i32, Latest> = HashMap::new();
+    let mut done: Vec<usize> = Vec::new();
+    let mut consuming: Vec<usize> = Vec::new();
+    let mut latest_done_end: FxHashMap<i32, i64> = FxHashMap::default();
+    let mut latest: FxHashMap<i32, Latest> = FxHashMap::default();
     let (mut with_rows_min, mut max_done_end): (Option<i64>, Option<i64>) = (None, None);
-    for s in segments {
-        if s.total_docs > 0 {
-            with_rows_min = Some(with_rows_min.map_or(s.start_time_ms, |m| m.min(s.start_time_ms)));
+    for (i, f) in facts.iter().enumerate() {
+        if f.has_rows {
+            with_rows_min = Some(with_rows_min.map_or(f.start_ms, |m| m.min(f.start_ms)));
         }
-        match s.status {
-            SegmentStatus::Consuming => consuming.push(s),
-            SegmentStatus::Done if s.total_docs > 0 && s.error.is_empty() => {
-                let e = latest_done_end.entry(s.partition).or_insert(i64::MIN);
-                *e = (*e).max(s.end_time_ms);
-                max_done_end = Some(max_done_end.map_or(s.end_time_ms, |m| m.max(s.end_time_ms)));
-                note_latest_completed(&mut latest, s);
-                if watermark_ms.is_none_or(|w| s.end_time_ms >= w) {
-                    done.push(s);
+        match f.role {
+            Role::Consuming => consuming.push(i),
+            Role::Input => {
+                let e = latest_done_end.entry(f.partition).or_insert(i64::MIN);
+                *e = (*e).max(f.end_ms);
+                max_done_end = Some(max_done_end.map_or(f.end_ms, |m| m.max(f.end_ms)));
+                note_latest_completed(&mut latest, f, i);
+                if watermark_ms.is_none_or(|w| f.end_ms >= w) {
+                    done.push(i);
                 }
             }
-            SegmentStatus::Done => {}
+            Role::Ignored => {}
         }
     }
-    // stable: segments of one start stay in name order
-    done.sort_by_key(|s| s.start_time_ms);
+    // stable: segments of one start stay in the table's order
+    done.sort_by_key(|&i| facts[i].start_ms);
     let consuming_floor = consuming
         .iter()
-        .map(|c| (consuming_floor_ms(c, &latest_done_end), c.segment_name.as_str()))
+        .map(|&c| (consuming_floor_ms(&facts[c], &latest_done_end), segments[c].segment_name.as_str()))
         .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
     let from = match (watermark_ms, with_rows_min) {
         (Some(w), _) => w,
@@ -525,11 +602,11 @@ pub fn plan(
     };
 
     let mut windows: Vec<Window> = Vec::new();
-    let mut inputs: Vec<&SegmentMeta> = Vec::new();
-    let mut taken: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut inputs: Vec<usize> = Vec::new();
+    let mut taken: FxHashSet<usize> = FxHashSet::default();
     let (mut rows, mut bytes) = (0u64, 0u64);
     let (mut skipped, mut pending_skips) = (0u64, 0u64);
-    let mut active: Vec<&SegmentMeta> = Vec::new();
+    let mut active: Vec<usize> = Vec::new();
     let mut next = 0usize; // first segment of `done` not yet active
     let mut window = buckets.window_at(from);
     let stop =
@@ -549,34 +626,32 @@ pub fn plan(
                 break stop(&windows, WaitReason::Consuming { window, segment: name.to_string() });
             }
         }
-        while next < done.len() && done[next].start_time_ms < window.end_ms {
+        while next < done.len() && facts[done[next]].start_ms < window.end_ms {
             active.push(done[next]);
             next += 1;
         }
-        active.retain(|s| s.end_time_ms >= window.start_ms);
+        active.retain(|&i| facts[i].end_ms >= window.start_ms);
         if active.is_empty() {
             // an empty window: jump to the window of the next segment
             if next == done.len() || window.end_ms == i64::MAX {
                 let reason = WaitReason::CaughtUp { watermark_ms: window.start_ms };
                 break stop(&windows, reason);
             }
-            let next_start = buckets.floor(done[next].start_time_ms).max(window.end_ms);
+            let next_start = buckets.floor(facts[done[next]].start_ms).max(window.end_ms);
             pending_skips += buckets.count_between(window.start_ms, next_start);
             window = buckets.window_at(next_start);
             continue;
         }
-        let holding = active.iter().find(|s| {
-            s.end_time_ms < window.end_ms
-                && llc_name(&s.segment_name)
-                    .is_some_and(|(p, _)| latest.get(&p).is_some_and(|l| l.name == s.segment_name && !l.ended))
+        let holding = active.iter().find(|&&i| {
+            facts[i].end_ms < window.end_ms
+                && facts[i].llc.is_some_and(|(p, _)| latest.get(&p).is_some_and(|l| l.at == i && !l.ended))
         });
-        if let Some(s) = holding {
-            break stop(&windows, WaitReason::LastCompleted { window, segment: s.segment_name.clone() });
+        if let Some(&i) = holding {
+            break stop(&windows, WaitReason::LastCompleted { window, segment: segments[i].segment_name.clone() });
         }
-        let fresh: Vec<&SegmentMeta> =
-            active.iter().copied().filter(|s| !taken.contains(s.segment_name.as_str())).collect();
-        let add_rows: u64 = fresh.iter().map(|s| s.total_docs).sum();
-        let add_bytes: u64 = fresh.iter().map(|s| s.size_bytes).sum();
+        let fresh: Vec<usize> = active.iter().copied().filter(|i| !taken.contains(i)).collect();
+        let add_rows: u64 = fresh.iter().map(|&i| segments[i].total_docs).sum();
+        let add_bytes: u64 = fresh.iter().map(|&i| segments[i].size_bytes).sum();
         if !windows.is_empty()
             && (windows.len() >= budget.max_windows
                 || rows.saturating_add(add_rows) > budget.max_input_rows
@@ -584,9 +659,9 @@ pub fn plan(
         {
             break None;
         }
-        for s in fresh {
-            taken.insert(&s.segment_name);
-            inputs.push(s);
+        for i in fresh {
+            taken.insert(i);
+            inputs.push(i);
         }
         rows = rows.saturating_add(add_rows);
         bytes = bytes.saturating_add(add_bytes);
@@ -601,7 +676,7 @@ pub fn plan(
     if let Some(reason) = wait {
         return Decision::Wait(reason);
     }
-    let mut inputs: Vec<SegmentMeta> = inputs.into_iter().cloned().collect();
+    let mut inputs: Vec<SegmentMeta> = inputs.into_iter().map(|i| segments[i].clone()).collect();
     inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
     Decision::Run { from_ms: from, windows, skipped_windows: skipped, inputs }
 }
@@ -617,6 +692,7 @@ pub fn plan(
 pub fn recheck(
     flow: &FlowConfig,
     segments: &[SegmentMeta],
+    facts: &[SegmentFacts],
     from_ms: i64,
     windows: &[Window],
     input_names: &[String],
@@ -627,12 +703,14 @@ pub fn recheck(
         (Some(a), Some(b)) => format!("windows [{}, {})", a.start_ms, b.end_ms),
         _ => "no windows".into(),
     };
-    match plan(flow, segments, Some(from_ms), now_ms, &budget) {
+    match plan_over(flow, segments, facts, Some(from_ms), now_ms, &budget) {
         Decision::Run { windows: now, inputs, .. } => {
             if now.len() < windows.len() && windows.starts_with(&now) {
                 // the plan stops early now: say why the next window waits
                 let after = now.last().map_or(from_ms, |w| w.end_ms);
-                if let Decision::Wait(reason) = plan(flow, segments, Some(after), now_ms, &Budget::ONE_WINDOW) {
+                if let Decision::Wait(reason) =
+                    plan_over(flow, segments, facts, Some(after), now_ms, &Budget::ONE_WINDOW)
+                {
                     return Err(format!("{range}: {reason}"));
                 }
             }
@@ -750,7 +828,7 @@ mod tests {
         }
         let consuming_floor = consuming
             .iter()
-            .map(|c| (consuming_floor_ms(c, &latest_done_end), c.segment_name.as_str()))
+            .map(|c| (consuming_floor_reference(c, &latest_done_end), c.segment_name.as_str()))
             .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
         let latest = latest_completed_reference(&done);
         let with_rows_min = segments.iter().filter(|s| s.total_docs > 0).map(|s| s.start_time_ms).min();
@@ -842,6 +920,17 @@ mod tests {
         let mut inputs: Vec<SegmentMeta> = inputs.into_iter().cloned().collect();
         inputs.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
         Decision::Run { from_ms: from, windows, skipped_windows: skipped, inputs }
+    }
+
+    fn consuming_floor_reference(seg: &SegmentMeta, latest_done_end: &HashMap<i32, i64>) -> i64 {
+        let own = (seg.total_docs > 0).then_some(seg.start_time_ms);
+        let prev = latest_done_end.get(&seg.partition).copied();
+        match (own, prev) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => i64::MIN,
+        }
     }
 
     fn latest_completed_reference<'a>(done: &[&'a SegmentMeta]) -> HashMap<i32, (u64, &'a str, bool)> {
@@ -1097,26 +1186,29 @@ mod tests {
         };
         assert_eq!((from_ms, windows.len(), skipped_windows), (H, 2, 5), "two windows, five empty ones skipped");
         let names: Vec<String> = inputs.iter().map(|s| s.segment_name.clone()).collect();
-        assert_eq!(recheck(&f, &segs, H, &windows, &names, 100 * H), Ok(()));
+        assert_eq!(recheck(&f, &segs, &SegmentFacts::of_all(&segs), H, &windows, &names, 100 * H), Ok(()));
         // a segment registered after the task's range changes nothing
         let mut later = segs.clone();
         later.push(seg("late", 9 * H, 9 * H + 1, SegmentStatus::Done, 0));
-        assert_eq!(recheck(&f, &later, H, &windows, &names, 100 * H), Ok(()));
+        assert_eq!(recheck(&f, &later, &SegmentFacts::of_all(&later), H, &windows, &names, 100 * H), Ok(()));
         // a new input of a window
         let mut added = segs.clone();
         added.push(seg("c", 5 * H + 5, 5 * H + 6, SegmentStatus::Done, 0));
-        let e = recheck(&f, &added, H, &windows, &names, 100 * H).unwrap_err();
+        let e = recheck(&f, &added, &SegmentFacts::of_all(&added), H, &windows, &names, 100 * H).unwrap_err();
         assert!(e.contains("\"c\""), "{e}");
         // data in a skipped window, before or between the task's windows
         for at in [2 * H + 5, 6 * H + 5] {
             let mut skipped = segs.clone();
             skipped.push(seg("d", at, at + 1, SegmentStatus::Done, 0));
-            assert!(recheck(&f, &skipped, H, &windows, &names, 100 * H).is_err(), "data at {at}");
+            assert!(
+                recheck(&f, &skipped, &SegmentFacts::of_all(&skipped), H, &windows, &names, 100 * H).is_err(),
+                "data at {at}"
+            );
         }
         // a CONSUMING segment that may still hold rows of the last window
         let mut consuming = segs;
         consuming.push(seg("e", 7 * H + 9, 7 * H + 9, SegmentStatus::Consuming, 0));
-        let e = recheck(&f, &consuming, H, &windows, &names, 100 * H).unwrap_err();
+        let e = recheck(&f, &consuming, &SegmentFacts::of_all(&consuming), H, &windows, &names, 100 * H).unwrap_err();
         assert!(e.contains("CONSUMING"), "{e}");
     }
 
@@ -1420,9 +1512,9 @@ mod tests {
                             let is_input = inputs.iter().any(|i| i.segment_name == s.segment_name);
                             prop_assert_eq!(is_input, overlaps, "an input exactly when it overlaps a window of the task");
                         }
-                        let mut latest = HashMap::new();
-                        for s in segs.iter().filter(|s| s.status == SegmentStatus::Done && s.total_docs > 0 && s.error.is_empty()) {
-                            note_latest_completed(&mut latest, s);
+                        let mut latest = FxHashMap::default();
+                        for (i, f) in SegmentFacts::of_all(&segs).iter().enumerate().filter(|(_, f)| f.role == Role::Input) {
+                            note_latest_completed(&mut latest, f, i);
                         }
                         for window in &windows {
                             prop_assert!(window.end_ms <= now - buffer, "buffer rule");
@@ -1434,7 +1526,7 @@ mod tests {
                                 if s.status == SegmentStatus::Done && window.overlaps_segment(s.start_time_ms, s.end_time_ms) {
                                     if let Some((p, _)) = llc_name(&s.segment_name) {
                                         prop_assert!(
-                                            !(latest[&p].name == s.segment_name && s.end_time_ms < window.end_ms),
+                                            !(segs[latest[&p].at].segment_name == s.segment_name && s.end_time_ms < window.end_ms),
                                             "ran a window its partition's latest completed segment ends in"
                                         );
                                     }

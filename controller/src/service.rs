@@ -17,7 +17,7 @@ use r2o_common::access::{Role, Via};
 
 use crate::authority::{open_tasks, read_segments, Authority, PlanOutcome};
 use crate::error::{ControllerError, Result};
-use crate::planner::{plan, Decision};
+use crate::planner::{plan_over, Decision};
 use crate::protocol;
 use crate::registry;
 use crate::tables::load_table;
@@ -341,7 +341,14 @@ impl ControllerSvc {
         } else {
             let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
             let from = wm.as_ref().map(|w| w.watermark_ms);
-            match plan(&spec.flow, &segments, from, now_ms(), &crate::planner::Budget::ONE_WINDOW) {
+            match plan_over(
+                &spec.flow,
+                &segments,
+                segments.facts(),
+                from,
+                now_ms(),
+                &crate::planner::Budget::ONE_WINDOW,
+            ) {
                 Decision::Run { windows, inputs, .. } => {
                     let n = r2o_common::meta::chunks::encode_all(&inputs).len();
                     crate::authority::inputs_problem(&windows, inputs.len(), n).unwrap_or_else(|| {

@@ -75,7 +75,7 @@ impl Authority {
             return Ok((rev, None));
         }
         let names: Vec<String> = inputs.iter().map(|s| s.segment_name.clone()).collect();
-        let result = recheck(&spec.flow, &segments, task.from_ms, &task.windows, &names, now_ms());
+        let result = recheck(&spec.flow, &segments, segments.facts(), task.from_ms, &task.windows, &names, now_ms());
         let same_data = result.is_ok() && inputs_unchanged(inputs, &segments);
         match result {
             Err(why) => Ok((rev, Some(why))),

@@ -49,11 +49,13 @@ use tracing::{info, warn};
 
 use crate::election::Leadership;
 use crate::error::{ControllerError, Result};
-use crate::planner::{inputs_unchanged, plan, plan_late, recheck, split_window, Budget, Decision, LatePlan, Split};
+use crate::planner::{
+    inputs_unchanged, plan_late, plan_over, recheck, split_window, Budget, Decision, LatePlan, Split,
+};
 use crate::protocol::{self, AttemptRevs, ReportTotals, TableRevs};
 use crate::validate::{self, FooterCache};
 
-pub use segments::{apply_changes, SegmentCache};
+pub use segments::{apply_changes, SegmentCache, Segments};
 use tasks::{group_members, offline_metas, report_totals, NewTask};
 pub use tasks::{inputs_problem, publishable, sub_tasks};
 

@@ -1,5 +1,5 @@
 //! Step 1: planning a table from its frontier and publishing its next
-//! tasks (`planner::plan`, `protocol::publish`).
+//! tasks (`planner::plan_over`, `protocol::publish`).
 
 use super::*;
 
@@ -81,16 +81,19 @@ impl Authority {
         if protocol::narrowing(frontier.as_ref(), from) {
             budget = Budget::ONE_WINDOW; // isolating a failing window
         }
-        let (from_ms, windows, skipped_windows, inputs) = match plan(&spec.flow, &segments, from, now, &budget) {
-            Decision::Run { from_ms, windows, skipped_windows, inputs } => (from_ms, windows, skipped_windows, inputs),
-            Decision::Wait(reason) => {
-                if let crate::planner::WaitReason::Buffer { eligible_at_ms, .. } = reason {
-                    // nothing in etcd changes when the window passes its buffer
-                    self.wake_table_at(raw, eligible_at_ms);
+        let (from_ms, windows, skipped_windows, inputs) =
+            match plan_over(&spec.flow, &segments, segments.facts(), from, now, &budget) {
+                Decision::Run { from_ms, windows, skipped_windows, inputs } => {
+                    (from_ms, windows, skipped_windows, inputs)
                 }
-                return Ok(Err(reason.to_string()));
-            }
-        };
+                Decision::Wait(reason) => {
+                    if let crate::planner::WaitReason::Buffer { eligible_at_ms, .. } = reason {
+                        // nothing in etcd changes when the window passes its buffer
+                        self.wake_table_at(raw, eligible_at_ms);
+                    }
+                    return Ok(Err(reason.to_string()));
+                }
+            };
         let plan_ms = started.elapsed().as_millis() as u64 - segments_ms;
         let encoded_inputs = chunks::encode_all(&inputs);
         if let Some(problem) = inputs_problem(&windows, inputs.len(), encoded_inputs.len()) {

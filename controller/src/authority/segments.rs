@@ -19,10 +19,56 @@
 //! A table of 146,000 segments that gains one no longer costs a 66 MB read
 //! and decode.
 
+use crate::planner::SegmentFacts;
 use r2o_common::kv::Kv;
 use r2o_common::meta::{decode_realtime, entries_between, read_realtime, Keys, SegmentMarker, SegmentMeta};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// A table's REALTIME segments in name (key) order, each with its
+/// [`SegmentFacts`]: what a plan reads of it, kept as the list changes so
+/// that a plan walks 40 bytes a segment instead of every record and name
+/// (`planner::plan_over`). Derefs to the records.
+#[derive(Debug, Clone, Default)]
+pub struct Segments {
+    list: Vec<SegmentMeta>,
+    /// `facts[i]` is `SegmentFacts::of(&list[i])`.
+    facts: Vec<SegmentFacts>,
+}
+
+impl Segments {
+    /// `list` (name order) with its facts: O(S).
+    pub fn new(list: Vec<SegmentMeta>) -> Self {
+        let facts = SegmentFacts::of_all(&list);
+        Segments { list, facts }
+    }
+
+    /// The facts of each segment, in the list's order.
+    pub fn facts(&self) -> &[SegmentFacts] {
+        &self.facts
+    }
+
+    /// Drops the segments named in `gone`.
+    fn remove_named(&mut self, gone: &std::collections::HashSet<&str>) {
+        let keep: Vec<bool> = self.list.iter().map(|s| !gone.contains(s.segment_name.as_str())).collect();
+        let (mut a, mut b) = (keep.iter(), keep.iter());
+        self.list.retain(|_| *a.next().expect("one flag a segment"));
+        self.facts.retain(|_| *b.next().expect("one flag a segment"));
+    }
+
+    /// Appends `s` (sorting after every segment held).
+    fn push(&mut self, s: SegmentMeta) {
+        self.facts.push(SegmentFacts::of(&s));
+        self.list.push(s);
+    }
+}
+
+impl std::ops::Deref for Segments {
+    type Target = [SegmentMeta];
+    fn deref(&self) -> &[SegmentMeta] {
+        &self.list
+    }
+}
 
 /// A table's REALTIME segments as last read, with the revision of the
 /// table's segment marker they reflect and the store revision they were
@@ -47,7 +93,7 @@ struct Cached {
     /// copy holds every change up to it (and maybe some after).
     revision: i64,
     /// The segments, in name (key) order.
-    segments: Arc<Vec<SegmentMeta>>,
+    segments: Arc<Segments>,
 }
 
 impl SegmentCache {
@@ -60,7 +106,7 @@ impl SegmentCache {
     ///
     /// # Errors
     /// etcd errors; a record that does not decode.
-    pub async fn get(&self, kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<(Arc<Vec<SegmentMeta>>, i64)> {
+    pub async fn get(&self, kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<(Arc<Segments>, i64)> {
         let table = {
             let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
             tables.entry(raw.to_string()).or_default().clone()
@@ -123,7 +169,7 @@ async fn read_all(
     (marker, version, created): (i64, i64, i64),
 ) -> r2o_common::Result<Cached> {
     let (segments, revision) = read_realtime(kv, keys, raw).await?;
-    Ok(Cached { marker, version, created, revision, segments: Arc::new(segments) })
+    Ok(Cached { marker, version, created, revision, segments: Arc::new(Segments::new(segments)) })
 }
 
 /// Segments named in a marker, read by name: each alone when they are few,
@@ -160,10 +206,10 @@ const NAMED_GETS: usize = 8;
 /// `segments` (name order) with the segments a marker named applied: `put`
 /// (as read now, any order) replace or join the copy, `deleted` leave it.
 /// Pure.
-pub fn apply_named(mut segments: Vec<SegmentMeta>, mut put: Vec<SegmentMeta>, deleted: &[String]) -> Vec<SegmentMeta> {
+pub fn apply_named(mut segments: Segments, mut put: Vec<SegmentMeta>, deleted: &[String]) -> Segments {
     if !deleted.is_empty() {
         let gone: std::collections::HashSet<&str> = deleted.iter().map(String::as_str).collect();
-        segments.retain(|s| !gone.contains(s.segment_name.as_str()));
+        segments.remove_named(&gone);
     }
     put.sort_by(|a, b| a.segment_name.cmp(&b.segment_name));
     merge(segments, put)
@@ -174,37 +220,52 @@ pub fn apply_named(mut segments: Vec<SegmentMeta>, mut put: Vec<SegmentMeta>, de
 /// name, a new one goes in its place. `None` when the result does not hold
 /// `count` segments (the number etcd has now): some were deleted, which the
 /// changes cannot show, and the table must be read again.
-pub fn apply_changes(segments: Vec<SegmentMeta>, changed: Vec<SegmentMeta>, count: usize) -> Option<Vec<SegmentMeta>> {
+pub fn apply_changes(segments: Segments, changed: Vec<SegmentMeta>, count: usize) -> Option<Segments> {
     let merged = merge(segments, changed);
     (merged.len() == count).then_some(merged)
 }
 
 /// `segments` with `changed` (both in name order) merged in: a changed
-/// segment replaces the one of its name, a new one goes in its place.
-fn merge(mut segments: Vec<SegmentMeta>, changed: Vec<SegmentMeta>) -> Vec<SegmentMeta> {
+/// segment replaces the one of its name, a new one goes in its place; the
+/// facts follow.
+fn merge(mut segments: Segments, changed: Vec<SegmentMeta>) -> Segments {
     let mut added = vec![];
     for s in changed {
-        match segments.binary_search_by(|x| x.segment_name.as_str().cmp(&s.segment_name)) {
-            Ok(i) => segments[i] = s,
+        match segments.list.binary_search_by(|x| x.segment_name.as_str().cmp(&s.segment_name)) {
+            Ok(i) => {
+                segments.facts[i] = SegmentFacts::of(&s);
+                segments.list[i] = s;
+            }
             Err(_) => added.push(s),
         }
     }
-    match (segments.last(), added.first()) {
+    match (segments.list.last(), added.first()) {
         // the usual case: new segments sort after every known one
-        (Some(last), Some(first)) if last.segment_name < first.segment_name => segments.extend(added),
+        (Some(last), Some(first)) if last.segment_name < first.segment_name => {
+            segments.list.reserve(added.len());
+            segments.facts.reserve(added.len());
+            added.into_iter().for_each(|s| segments.push(s));
+        }
         (_, None) => {}
         _ => {
-            let old = std::mem::take(&mut segments);
-            segments.reserve(old.len() + added.len());
-            let (mut a, mut b) = (old.into_iter().peekable(), added.into_iter().peekable());
+            let Segments { list: old, facts: old_facts } = std::mem::take(&mut segments);
+            segments.list.reserve(old.len() + added.len());
+            segments.facts.reserve(old.len() + added.len());
+            let (mut a, mut b) = (old.into_iter().zip(old_facts).peekable(), added.into_iter().peekable());
             loop {
                 let take_a = match (a.peek(), b.peek()) {
-                    (Some(x), Some(y)) => x.segment_name < y.segment_name,
+                    (Some((x, _)), Some(y)) => x.segment_name < y.segment_name,
                     (Some(_), None) => true,
                     (None, Some(_)) => false,
                     (None, None) => break,
                 };
-                segments.extend(if take_a { a.next() } else { b.next() });
+                if take_a {
+                    let (s, f) = a.next().expect("peeked");
+                    segments.list.push(s);
+                    segments.facts.push(f);
+                } else {
+                    segments.push(b.next().expect("peeked"));
+                }
             }
         }
     }
@@ -225,6 +286,8 @@ mod tests {
             table_name: "t_REALTIME".into(),
             status: SegmentStatus::Done,
             total_docs: docs,
+            start_time_ms: docs as i64 * 10,
+            end_time_ms: docs as i64 * 10 + 5,
             ..Default::default()
         }
     }
@@ -263,8 +326,11 @@ mod tests {
             // what etcd returns: the keys put since, with their values now
             let changed: Vec<SegmentMeta> = touched.keys().map(|k| seg(&name(k), now[k])).collect();
             let want: Vec<(String, u64)> = now.iter().map(|(k, v)| (name(k), *v)).collect();
-            match apply_changes(copy, changed, now.len()) {
-                Some(merged) => prop_assert_eq!(names_and_docs(&merged), want),
+            match apply_changes(Segments::new(copy), changed, now.len()) {
+                Some(merged) => {
+                    prop_assert_eq!(names_and_docs(&merged), want);
+                    prop_assert_eq!(merged.facts().to_vec(), SegmentFacts::of_all(&merged), "facts follow the list");
+                }
                 None => prop_assert!(deleted_known, "read again without a deletion"),
             }
         }
@@ -273,7 +339,8 @@ mod tests {
     #[test]
     fn new_segments_in_the_middle_are_merged_in_order() {
         let copy = vec![seg("a", 1), seg("c", 1), seg("e", 1)];
-        let merged = apply_changes(copy, vec![seg("b", 2), seg("c", 3), seg("f", 2)], 5).unwrap();
+        let merged = apply_changes(Segments::new(copy), vec![seg("b", 2), seg("c", 3), seg("f", 2)], 5).unwrap();
+        assert_eq!(merged.facts(), SegmentFacts::of_all(&merged).as_slice());
         assert_eq!(
             names_and_docs(&merged),
             vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3), ("e".into(), 1), ("f".into(), 2)]
@@ -320,6 +387,7 @@ mod tests {
                 let (cached, marker) = cache.get(&kv, &keys, "t").await.unwrap();
                 let (whole, _) = read_realtime(&kv, &keys, "t").await.unwrap();
                 assert_eq!(names_and_docs(&cached), names_and_docs(&whole), "{step}");
+                assert_eq!(cached.facts(), SegmentFacts::of_all(&whole).as_slice(), "{step}");
                 let created: Vec<i64> = cached.iter().map(|s| s.registered_revision).collect();
                 assert_eq!(created, whole.iter().map(|s| s.registered_revision).collect::<Vec<_>>(), "{step}");
                 assert_eq!(marker, kv.mod_revision(&keys.segments_marker("t")).await.unwrap().unwrap_or(0), "{step}");
@@ -382,8 +450,9 @@ mod tests {
             let copy: Vec<SegmentMeta> = before.iter().map(|(k, v)| seg(&name(k), *v)).collect();
             // as read: any order
             let read: Vec<SegmentMeta> = puts.iter().rev().map(|(k, v)| seg(&name(k), *v)).collect();
-            let merged = apply_named(copy, read, &deletes.iter().map(name).collect::<Vec<_>>());
+            let merged = apply_named(Segments::new(copy), read, &deletes.iter().map(name).collect::<Vec<_>>());
             prop_assert_eq!(names_and_docs(&merged), after.iter().map(|(k, v)| (name(k), *v)).collect::<Vec<_>>());
+            prop_assert_eq!(merged.facts().to_vec(), SegmentFacts::of_all(&merged), "facts follow the list");
         }
     }
 }
