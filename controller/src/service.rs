@@ -377,7 +377,7 @@ impl ControllerSvc {
         // the revision-checked segment cache: `r2o watermark` (polled by `r2o wait`) reads
         // the segment list once per change, not up to three times per call
         let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
-        let late_problems = if segments.iter().any(|s| s.late_before_ms.is_some()) {
+        let late_problems = if segments.any_late() {
             let ledger = crate::registry::late_ledger(kv, keys, raw).await?;
             let until = retained.as_ref().map(|r| r.deleted_until_ms);
             crate::planner::plan_late(&spec.flow, &segments, &ledger, None, until)

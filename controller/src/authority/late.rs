@@ -38,7 +38,7 @@ impl Authority {
         }
         // the leader's segment cache: one small read while nothing changed
         let (segments, segments_rev) = self.segments.get(&self.kv, &self.keys, raw).await?;
-        if !segments.iter().any(|s| s.late_before_ms.is_some()) {
+        if !segments.any_late() {
             return Ok(false);
         }
         let ledger = self.late_ledger(raw).await?;

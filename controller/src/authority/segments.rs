@@ -48,6 +48,13 @@ impl Segments {
         &self.facts
     }
 
+    /// Whether any segment was registered late (`late_before_ms` set):
+    /// without one, no late-data run is owed. Reads the facts, not the
+    /// records.
+    pub fn any_late(&self) -> bool {
+        self.facts.iter().any(SegmentFacts::late)
+    }
+
     /// Drops the segments named in `gone`.
     fn remove_named(&mut self, gone: &std::collections::HashSet<&str>) {
         let keep: Vec<bool> = self.list.iter().map(|s| !gone.contains(s.segment_name.as_str())).collect();
