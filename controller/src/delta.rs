@@ -35,7 +35,7 @@ use r2o_common::columnar::{FooterFacts, ValueRange};
 use r2o_common::meta::SegmentMeta;
 use r2o_common::schema::{DataType, Schema};
 use r2o_common::store::{canonical_path, Layout, Store};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Errors of the Delta log: the log could not be read or written, or a
@@ -293,7 +293,7 @@ async fn kernel_snapshot<T: Send + 'static>(
 /// (checked by two HEADs: r2o's version is there, the next is not). Held:
 /// the paths, ~100 bytes a file (36,526 files: ~4 MB). Cheap to clone.
 #[derive(Clone, Default)]
-pub struct LogMemo(Arc<std::sync::Mutex<std::collections::HashMap<String, LogState>>>);
+pub struct LogMemo(Arc<std::sync::Mutex<HashMap<String, LogState>>>);
 
 impl LogMemo {
     fn take(&self, raw: &str) -> Option<LogState> {
@@ -534,8 +534,10 @@ impl Pending {
     /// deltalake writes them (a `commitInfo` and one JSON action per line,
     /// put if absent at the next version), without holding the table's file
     /// actions. A checkpoint, written by the Delta kernel from the log by
-    /// batches, follows every [`CHECKPOINT_INTERVAL`] versions
-    /// ([`checkpoint_due`]; the table's `delta.checkpointInterval`).
+    /// batches, follows every `delta.checkpointInterval` versions (r2o
+    /// creates logs with [`CHECKPOINT_INTERVAL`]; [`checkpoint_due`]), and
+    /// the log's expired commits are then cleaned up as the table's
+    /// properties say ([`log_upkeep`]: another engine may have set them).
     ///
     /// # Errors
     /// [`DeltaError::Log`]: the write failed, or another writer took the
@@ -647,6 +649,7 @@ impl Pending {
                 source: Box::new(deltalake_core::DeltaTableError::Generic(problem)),
             });
         }
+        let upkeep = log_upkeep(metadata.configuration());
         if let Some(memo) = &self.memo {
             let mut paths = log.paths;
             for p in &self.change.remove {
@@ -656,7 +659,7 @@ impl Pending {
             let schema = self.schema.unwrap_or(log.schema);
             memo.put(raw, LogState { version, paths, txn: Some(txn_version), metadata, schema });
         }
-        if checkpoint_due(version) {
+        if checkpoint_due(version, upkeep.checkpoint_interval) {
             // the kernel's checkpoint writer replays the log by batches; a
             // failed checkpoint leaves the commit done (readers replay the JSON)
             let written = kernel_snapshot(&self.logs, version as u64, raw, |snapshot, engine| {
@@ -667,10 +670,11 @@ impl Pending {
                 Err(e) => {
                     tracing::warn!(table = raw, version, error = %e, "the delta checkpoint was not written; readers replay the commits")
                 }
+                Ok(()) if !upkeep.expired_log_cleanup => {}
                 Ok(()) => {
                     // as deltalake's writer does after a checkpoint: commits
                     // older than the log's retention and behind a checkpoint go
-                    let cutoff = now.saturating_sub(LOG_RETENTION_MS);
+                    let cutoff = now.saturating_sub(upkeep.log_retention_ms);
                     let cleaned = deltalake_core::checkpoints::cleanup_expired_logs_for(
                         version as u64,
                         self.logs.as_ref(),
@@ -694,12 +698,43 @@ pub fn commit_file(version: i64) -> String {
     format!("{version:020}.json")
 }
 
-/// Whether a checkpoint follows the commit of `version`: every
-/// [`CHECKPOINT_INTERVAL`] versions, at versions 9, 19, ... (as deltalake's
-/// own writer does, so a reader replays at most that many JSON commits).
-/// Pure.
-pub fn checkpoint_due(version: i64) -> bool {
-    version >= 0 && (version as u64 + 1).is_multiple_of(CHECKPOINT_INTERVAL)
+/// Whether a checkpoint follows the commit of `version`: every `interval`
+/// versions (at least 1), at versions `interval - 1`, `2 * interval - 1`,
+/// ... (9, 19, ... for 10; deltalake's own writer's rule), so a reader
+/// replays at most that many JSON commits. Pure.
+pub fn checkpoint_due(version: i64, interval: u64) -> bool {
+    version >= 0 && (version as u64 + 1).is_multiple_of(interval.max(1))
+}
+
+/// How r2o keeps a Delta log's own files, from the table's properties: a
+/// log r2o created carries its own values, but another engine may change
+/// them (Spark's `ALTER TABLE .. SET TBLPROPERTIES`), and a writer must
+/// honour them as deltalake's and Spark's do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogUpkeep {
+    /// `delta.checkpointInterval`: versions between checkpoints (default
+    /// [`CHECKPOINT_INTERVAL`], Delta's usual 10).
+    pub checkpoint_interval: u64,
+    /// `delta.logRetentionDuration`: how long a commit file stays once a
+    /// later checkpoint covers it, ms (default [`LOG_RETENTION_MS`], 30 days).
+    pub log_retention_ms: i64,
+    /// `delta.enableExpiredLogCleanup` (default true): false keeps every
+    /// commit file.
+    pub expired_log_cleanup: bool,
+}
+
+/// The [`LogUpkeep`] a log's `metaData.configuration` asks for, parsed as
+/// the Delta kernel parses table properties (intervals as `interval <n>
+/// <unit>`); a property absent or not valid takes Delta's default. Pure.
+pub fn log_upkeep(configuration: &HashMap<String, String>) -> LogUpkeep {
+    let props = delta_kernel::table_properties::TableProperties::from(configuration.iter());
+    LogUpkeep {
+        checkpoint_interval: props.checkpoint_interval.map_or(CHECKPOINT_INTERVAL, |n| n.get()),
+        log_retention_ms: props
+            .log_retention_duration
+            .map_or(LOG_RETENTION_MS, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        expired_log_cleanup: props.enable_expired_log_cleanup.unwrap_or(true),
+    }
 }
 
 /// The table property that tells Delta readers (and other engines' VACUUM)
@@ -986,6 +1021,40 @@ mod tests {
         }
     }
 
+    /// Another engine sets `delta.checkpointInterval` to 3 on a log r2o
+    /// created: r2o's next commits put their checkpoints after versions 2
+    /// and 5, not 9.
+    #[tokio::test]
+    async fn a_checkpoint_interval_another_engine_set_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
+        let layout = Layout::new("ns");
+        let schema = long_schema();
+        let mut committed = vec![offline_seg(0)];
+        let commit = |committed: Vec<SegmentMeta>, revision: i64| {
+            let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
+            async move {
+                match plan(&store, &layout, "t", Some(&schema), &committed, revision, DAY, None).await.unwrap() {
+                    Planned::Commit(p) => p.commit().await.unwrap(),
+                    _ => panic!("a commit was due at revision {revision}"),
+                }
+            }
+        };
+        assert_eq!(commit(committed.clone(), 1).await, 0);
+        let (_, table) = open_log(&store, "t", &layout.offline_prefix("t")).await.unwrap();
+        let set = [("delta.checkpointInterval".to_string(), "3".to_string())].into_iter().collect();
+        let table = table.unwrap().set_tbl_properties().with_properties(set).await.unwrap();
+        assert_eq!(table.version(), Some(1));
+        for v in 2..=6 {
+            committed.push(offline_seg(v as usize));
+            assert_eq!(commit(committed.clone(), v + 1).await, v);
+        }
+        let checkpoints: Vec<i64> = (0..=6)
+            .filter(|v| dir.path().join(format!("ns/offline/t_OFFLINE/_delta_log/{v:020}.checkpoint.parquet")).exists())
+            .collect();
+        assert_eq!(checkpoints, vec![2, 5], "every 3 versions, as the table now says");
+    }
+
     #[tokio::test]
     async fn a_log_in_a_local_directory_reads_in_version_order_past_a_checkpoint() {
         // a local directory lists in no order; Delta readers need version order
@@ -1095,9 +1164,41 @@ mod tests {
     fn commits_are_named_by_version_and_checkpointed_every_interval() {
         assert_eq!(commit_file(0), "00000000000000000000.json");
         assert_eq!(commit_file(123), "00000000000000000123.json");
-        let due: Vec<i64> = (0..40).filter(|v| checkpoint_due(*v)).collect();
+        let due: Vec<i64> = (0..40).filter(|v| checkpoint_due(*v, CHECKPOINT_INTERVAL)).collect();
         assert_eq!(due, vec![9, 19, 29, 39], "after every {CHECKPOINT_INTERVAL} versions, as deltalake does");
-        assert!(!checkpoint_due(-1));
+        assert!(!checkpoint_due(-1, CHECKPOINT_INTERVAL));
+        let due: Vec<i64> = (0..12).filter(|v| checkpoint_due(*v, 3)).collect();
+        assert_eq!(due, vec![2, 5, 8, 11]);
+        assert!((0..5).all(|v| checkpoint_due(v, 1)) && checkpoint_due(0, 0), "an interval of 0 counts as 1");
+    }
+
+    /// The log's own upkeep follows the table's properties as another
+    /// engine set them, and Delta's defaults when they are absent or bad.
+    #[test]
+    fn the_logs_upkeep_follows_the_tables_properties() {
+        let conf = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let defaults = LogUpkeep { checkpoint_interval: 10, log_retention_ms: 30 * DAY, expired_log_cleanup: true };
+        assert_eq!(log_upkeep(&conf(&[])), defaults);
+        assert_eq!(
+            log_upkeep(&conf(&[(RETENTION_KEY, "interval 1 days")])),
+            defaults,
+            "file retention is not log retention"
+        );
+        let set = conf(&[
+            ("delta.checkpointInterval", "25"),
+            ("delta.logRetentionDuration", "interval 2 weeks"),
+            ("delta.enableExpiredLogCleanup", "false"),
+        ]);
+        assert_eq!(
+            log_upkeep(&set),
+            LogUpkeep { checkpoint_interval: 25, log_retention_ms: 14 * DAY, expired_log_cleanup: false }
+        );
+        let seconds = conf(&[("delta.logRetentionDuration", "interval 3600 seconds")]);
+        assert_eq!(log_upkeep(&seconds).log_retention_ms, 3_600_000);
+        let bad = conf(&[("delta.checkpointInterval", "0"), ("delta.logRetentionDuration", "30 days")]);
+        assert_eq!(log_upkeep(&bad), defaults, "not valid: Delta's defaults");
     }
 
     #[test]
