@@ -54,6 +54,11 @@ fn main() -> Result<()> {
                 .collect::<Result<_>>()?,
             None => vec![1_000, 40_000, 146_000],
         };
+        if let Some(n) = counts.iter().find(|n| **n < 2) {
+            anyhow::bail!(
+                "--planner: a table of {n} segments; each count must be at least 2 (one per stream partition)"
+            );
+        }
         return planner_bench(&counts);
     }
     let csv = args.get(1).cloned().unwrap_or_else(|| ".r2o/quickstart/flights.csv".into());
