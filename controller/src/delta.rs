@@ -1021,15 +1021,20 @@ mod tests {
         }
     }
 
+    /// A store in a temporary directory (kept while the directory lives),
+    /// the install's layout (`ns`) and a one-column schema: a log's setting.
+    fn local_log() -> (tempfile::TempDir, Store, Layout, Schema) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
+        (dir, store, Layout::new("ns"), long_schema())
+    }
+
     /// Another engine sets `delta.checkpointInterval` to 3 on a log r2o
     /// created: r2o's next commits put their checkpoints after versions 2
     /// and 5, not 9.
     #[tokio::test]
     async fn a_checkpoint_interval_another_engine_set_is_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
-        let layout = Layout::new("ns");
-        let schema = long_schema();
+        let (dir, store, layout, schema) = local_log();
         let mut committed = vec![offline_seg(0)];
         let commit = |committed: Vec<SegmentMeta>, revision: i64| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
@@ -1058,10 +1063,7 @@ mod tests {
     #[tokio::test]
     async fn a_log_in_a_local_directory_reads_in_version_order_past_a_checkpoint() {
         // a local directory lists in no order; Delta readers need version order
-        let dir = tempfile::tempdir().unwrap();
-        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
-        let layout = Layout::new("ns");
-        let schema = long_schema();
+        let (dir, store, layout, schema) = local_log();
         let seg = offline_seg;
         let mut committed = vec![];
         for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
@@ -1117,10 +1119,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pass_after_its_own_commit_uses_the_memo_until_another_writer_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = r2o_common::store::open_store(&format!("file://{}", dir.path().display())).unwrap();
-        let layout = Layout::new("ns");
-        let schema = long_schema();
+        let (dir, store, layout, schema) = local_log();
         let memo = LogMemo::default();
         let seg = offline_seg;
         let pass = |committed: Vec<SegmentMeta>, rev: i64, memo: Option<LogMemo>| {
