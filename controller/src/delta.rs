@@ -55,17 +55,54 @@ pub enum DeltaError {
     },
     /// A committed OFFLINE file that is not under the table's directory
     /// (a Delta log names files relative to its table).
-    #[error("OFFLINE segment '{segment}' of '{table}' is at '{location}', outside the table's directory '{root}'")]
+    #[error("an OFFLINE segment of '{table}' is at '{location}', outside the table's directory '{root}'")]
     Outside {
         /// Raw table name.
         table: String,
-        /// The segment.
-        segment: String,
         /// Its object path.
         location: String,
         /// The table's directory.
         root: String,
     },
+}
+
+/// A committed OFFLINE file as the log needs it (from its manifest entry,
+/// `registry::offline_segments`), with its object path made canonical once
+/// (the log names files by their path under the table's directory, in
+/// object_store's encoding, and encoding a path costs more than comparing it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommittedFile {
+    /// Canonical object path ([`canonical_path`]).
+    location: String,
+    /// Size, bytes.
+    pub size_bytes: u64,
+    /// When it was committed (staged), UTC epoch ms.
+    pub created_ms: i64,
+    /// Rows.
+    pub total_docs: u64,
+}
+
+impl CommittedFile {
+    /// The file of a committed manifest entry.
+    pub fn of(s: &SegmentMeta) -> Self {
+        CommittedFile {
+            location: canonical_path(&s.location),
+            size_bytes: s.size_bytes,
+            created_ms: s.created_ms,
+            total_docs: s.total_docs,
+        }
+    }
+
+    /// Its canonical object path.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Its path under the table's directory `root` (canonical, no trailing
+    /// `/`), as the log names it; `None` when it is not under it. Pure.
+    pub fn path_under(&self, root: &str) -> Option<&str> {
+        self.location.strip_prefix(root)?.strip_prefix('/').filter(|p| !p.is_empty())
+    }
 }
 
 /// One committed OFFLINE file as the log names it.
@@ -77,7 +114,10 @@ pub struct DeltaFile {
     pub size_bytes: i64,
     /// When it was committed, UTC epoch ms (the `add`'s modification time).
     pub modification_ms: i64,
-    /// Delta statistics JSON ([`stats_json`]).
+    /// Rows.
+    pub rows: u64,
+    /// Delta statistics JSON ([`stats_json`]); only the files a commit adds
+    /// carry them (`numRecords` alone until the projector fills them).
     pub stats: String,
 }
 
@@ -103,7 +143,17 @@ impl Reconcile {
 pub fn reconcile(committed: &[DeltaFile], in_log: &BTreeSet<String>) -> Reconcile {
     let wanted: BTreeMap<&str, &DeltaFile> = committed.iter().map(|f| (f.path.as_str(), f)).collect();
     Reconcile {
-        add: wanted.iter().filter(|(p, _)| !in_log.contains(**p)).map(|(_, f)| (*f).clone()).collect(),
+        add: wanted
+            .iter()
+            .filter(|(p, _)| !in_log.contains(**p))
+            .map(|(_, f)| {
+                let mut f = (*f).clone();
+                if f.stats.is_empty() {
+                    f.stats = serde_json::json!({ "numRecords": f.rows }).to_string();
+                }
+                f
+            })
+            .collect(),
         remove: in_log.iter().filter(|p| !wanted.contains_key(p.as_str())).cloned().collect(),
     }
 }
@@ -780,26 +830,27 @@ pub async fn plan(
     layout: &Layout,
     raw: &str,
     schema: Option<&Schema>,
-    committed: &[SegmentMeta],
+    committed: &[CommittedFile],
     revision: i64,
     file_retention_ms: i64,
     memo: Option<&LogMemo>,
 ) -> Result<Planned, DeltaError> {
     let root = layout.offline_prefix(raw);
+    let canonical_root = canonical_path(root.trim_end_matches('/'));
     let files = committed
         .iter()
-        .map(|s| {
-            let path = relative_path(&root, &s.location).ok_or_else(|| DeltaError::Outside {
+        .map(|f| {
+            let path = f.path_under(&canonical_root).ok_or_else(|| DeltaError::Outside {
                 table: raw.into(),
-                segment: s.segment_name.clone(),
-                location: s.location.clone(),
+                location: f.location.clone(),
                 root: root.clone(),
             })?;
             Ok(DeltaFile {
-                path,
-                size_bytes: s.size_bytes as i64,
-                modification_ms: s.created_ms,
-                stats: serde_json::json!({ "numRecords": s.total_docs }).to_string(),
+                path: path.to_string(),
+                size_bytes: f.size_bytes as i64,
+                modification_ms: f.created_ms,
+                rows: f.total_docs,
+                stats: String::new(),
             })
         })
         .collect::<Result<Vec<_>, DeltaError>>()?;
@@ -934,8 +985,12 @@ mod tests {
 
     const DAY: i64 = 86_400_000;
 
+    fn committed_files(committed: &[SegmentMeta]) -> Vec<CommittedFile> {
+        committed.iter().map(CommittedFile::of).collect()
+    }
+
     fn file(path: &str) -> DeltaFile {
-        DeltaFile { path: path.into(), size_bytes: 10, modification_ms: 1, stats: "{}".into() }
+        DeltaFile { path: path.into(), size_bytes: 10, modification_ms: 1, rows: 1, stats: "{}".into() }
     }
 
     #[test]
@@ -1039,7 +1094,10 @@ mod tests {
         let commit = |committed: Vec<SegmentMeta>, revision: i64| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
-                match plan(&store, &layout, "t", Some(&schema), &committed, revision, DAY, None).await.unwrap() {
+                match plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), revision, DAY, None)
+                    .await
+                    .unwrap()
+                {
                     Planned::Commit(p) => p.commit().await.unwrap(),
                     _ => panic!("a commit was due at revision {revision}"),
                 }
@@ -1068,7 +1126,10 @@ mod tests {
         let mut committed = vec![];
         for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
             committed.push(seg(i));
-            match plan(&store, &layout, "t", Some(&schema), &committed, i as i64 + 1, DAY, None).await.unwrap() {
+            match plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), i as i64 + 1, DAY, None)
+                .await
+                .unwrap()
+            {
                 Planned::Commit(p) => assert_eq!(p.commit().await.unwrap(), i as i64),
                 _ => panic!("version {i} was due"),
             }
@@ -1078,7 +1139,10 @@ mod tests {
             .path()
             .join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
         assert!(checkpoint.exists(), "a checkpoint every {CHECKPOINT_INTERVAL} versions");
-        match plan(&store, &layout, "t", Some(&schema), &committed, last + 1, DAY, None).await.unwrap() {
+        match plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), last + 1, DAY, None)
+            .await
+            .unwrap()
+        {
             Planned::UpToDate { version } => assert_eq!(version, last),
             _ => panic!("the log holds every file"),
         }
@@ -1087,7 +1151,7 @@ mod tests {
         // a pass that read etcd before the log's txn writes nothing
         committed.pop();
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed, 3, DAY, None).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), 3, DAY, None).await.unwrap(),
             Planned::Stale { log_revision, .. } if log_revision == last + 1
         ));
         committed.push(seg(last as usize));
@@ -1101,7 +1165,10 @@ mod tests {
             t.snapshot().unwrap().metadata().configuration().get(RETENTION_KEY).cloned()
         }
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 86400 seconds"));
-        match plan(&store, &layout, "t", Some(&schema), &committed, last + 2, 2 * DAY, None).await.unwrap() {
+        match plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), last + 2, 2 * DAY, None)
+            .await
+            .unwrap()
+        {
             Planned::Commit(p) => {
                 assert_eq!(p.removes(), 0);
                 assert!(p.adds().is_empty(), "the metadata alone changes");
@@ -1112,7 +1179,7 @@ mod tests {
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 172800 seconds"));
         assert_eq!(retention(&store, Some(last)).await.as_deref(), Some("interval 86400 seconds"));
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed, last + 3, 2 * DAY, None).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), last + 3, 2 * DAY, None).await.unwrap(),
             Planned::UpToDate { version } if version == last + 1
         ));
     }
@@ -1125,7 +1192,9 @@ mod tests {
         let pass = |committed: Vec<SegmentMeta>, rev: i64, memo: Option<LogMemo>| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
-                let planned = plan(&store, &layout, "t", Some(&schema), &committed, rev, DAY, memo.as_ref()).await?;
+                let planned =
+                    plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), rev, DAY, memo.as_ref())
+                        .await?;
                 Ok::<_, DeltaError>(match planned {
                     Planned::Commit(p) => format!("commit {}", p.commit().await?),
                     Planned::UpToDate { version } => format!("up to date {version}"),

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod authority;
+pub mod committed;
 pub mod delta;
 pub mod discovery;
 pub mod election;

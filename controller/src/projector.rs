@@ -34,7 +34,7 @@
 use crate::authority::Authority;
 use crate::delta::{self, DeltaError, Planned};
 use crate::error::{ControllerError, Result};
-use r2o_common::meta::{encode, get_record, now_ms, Keys, SegmentMeta};
+use r2o_common::meta::{encode, get_record, now_ms, Keys};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -342,8 +342,11 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
     let spec = crate::tables::load_table(kv, keys, raw).await?;
     // a purged table: nothing is committed any more (its log keeps the history)
     let committed = match spec {
-        Some(_) => crate::registry::offline_segments(kv, keys, raw).await?,
-        None => vec![],
+        Some(_) => auth.committed.files(kv, keys, raw).await?,
+        None => {
+            auth.committed.forget(raw);
+            vec![]
+        }
     };
     let schema = spec.as_ref().map(|s| &s.schema);
     let retention_ms = auth.cfg.delta_file_retention_ms;
@@ -360,17 +363,16 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
             return Ok(Projected { record, added: 0, removed: 0 });
         }
         Planned::Commit(mut pending) => {
-            let by_path: BTreeMap<String, &SegmentMeta> = committed
-                .iter()
-                .filter_map(|s| delta::relative_path(pending.root(), &s.location).map(|p| (p, s)))
-                .collect();
+            let root = r2o_common::store::canonical_path(pending.root().trim_end_matches('/'));
+            let by_path: BTreeMap<&str, &delta::CommittedFile> =
+                committed.iter().filter_map(|f| f.path_under(&root).map(|p| (p, f))).collect();
             for f in pending.adds_mut() {
-                let Some(s) = by_path.get(&f.path) else { continue };
-                if let Some(stats) = auth.delta_stats.take(&s.location) {
+                let Some(s) = by_path.get(f.path.as_str()) else { continue };
+                if let Some(stats) = auth.delta_stats.take(s.location()) {
                     f.stats = stats;
                     continue;
                 }
-                let footer = crate::validate::read_input_footer(auth.store.clone(), &s.location).await?;
+                let footer = crate::validate::read_input_footer(auth.store.clone(), s.location()).await?;
                 if let Some(schema) = schema {
                     f.stats = delta::stats_json(s.total_docs, footer.as_ref(), schema);
                 }

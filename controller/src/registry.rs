@@ -466,16 +466,47 @@ pub async fn lineage(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<LineageRecor
     Ok(range_records::<LineageRecord>(kv, &keys.lineages(raw)).await?.into_iter().map(|(l, _)| l).collect())
 }
 
-/// The window a committed manifest entry belongs to: its own record of it,
-/// else (entries written before it was recorded) the lineage's window that
-/// holds its end time, else the lineage's first.
-fn entry_window(entry: &SegmentMeta, lineage: &LineageRecord) -> i64 {
-    entry.window_start_ms.unwrap_or_else(|| {
+/// What the visible rule ([`visible_by`]) reads of a lineage record: which
+/// attempt it commits, its window, whether it is a `rematerialize` late run,
+/// and its windows' bounds (for entries that do not record theirs). A
+/// fraction of the record (`windows` holds every window's statistics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineageFacts {
+    /// The committed task.
+    pub task_id: String,
+    /// Its committed attempt.
+    pub attempt: u32,
+    /// Start of its first window, UTC epoch ms.
+    pub window_start_ms: i64,
+    /// A late-data run with policy `rematerialize`: it replaces its window.
+    pub rematerialize: bool,
+    /// Each window with data, `[start, end)` UTC epoch ms, in order.
+    pub windows: Box<[(i64, i64)]>,
+}
+
+impl LineageFacts {
+    /// The facts of `l`.
+    pub fn of(l: &LineageRecord) -> Self {
+        LineageFacts {
+            task_id: l.task_id.clone(),
+            attempt: l.attempt,
+            window_start_ms: l.window_start_ms,
+            rematerialize: l.late.as_ref().is_some_and(|r| r.policy == "rematerialize"),
+            windows: l.windows.iter().map(|w| (w.start_ms, w.end_ms)).collect(),
+        }
+    }
+}
+
+/// The window a committed manifest entry belongs to: its own record of it
+/// (`recorded`), else (entries written before it was recorded) the lineage's
+/// window that holds its end time (`end_time_ms`), else the lineage's first.
+fn entry_window(recorded: Option<i64>, end_time_ms: i64, lineage: &LineageFacts) -> i64 {
+    recorded.unwrap_or_else(|| {
         lineage
             .windows
             .iter()
-            .find(|w| w.start_ms <= entry.end_time_ms && entry.end_time_ms < w.end_ms)
-            .map_or(lineage.window_start_ms, |w| w.start_ms)
+            .find(|(start, end)| *start <= end_time_ms && end_time_ms < *end)
+            .map_or(lineage.window_start_ms, |(start, _)| *start)
     })
 }
 
@@ -485,6 +516,9 @@ fn entry_window(entry: &SegmentMeta, lineage: &LineageRecord) -> i64 {
 /// every segment committed for that window before it (`append` runs add
 /// theirs); see [`visible_segments`]. Replaced segments stay in their
 /// lineage (their files are kept).
+///
+/// # Errors
+/// etcd errors; a record that does not decode.
 pub async fn offline_segments(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<SegmentMeta>> {
     let lineages: Vec<(LineageRecord, i64)> = range_records::<LineageRecord>(kv, &keys.lineages(raw))
         .await?
@@ -494,42 +528,73 @@ pub async fn offline_segments(kv: &Kv, keys: &Keys, raw: &str) -> Result<Vec<Seg
     let prefix = keys.manifests(raw);
     let mut manifests = Vec::new();
     for entry in kv.range(&prefix).await? {
-        let mut parts = entry.key[prefix.len()..].split('/');
-        let (Some(task), Some(attempt)) = (parts.next(), parts.next()) else { continue };
-        let Some(attempt) = attempt.strip_prefix('a').and_then(|a| a.parse::<u32>().ok()) else { continue };
+        let Some((task, attempt)) = manifest_attempt(&entry.key[prefix.len()..]) else { continue };
         manifests.push((task.to_string(), attempt, r2o_common::meta::chunks::decode_chunk::<SegmentMeta>(&entry)?));
     }
     Ok(visible_segments(&lineages, manifests))
 }
 
+/// The task and attempt of a manifest chunk key, given its part after
+/// `manifests/<raw>/` (`<task>/a<attempt>/<chunk>`). Pure.
+pub fn manifest_attempt(rest: &str) -> Option<(&str, u32)> {
+    let mut parts = rest.split('/');
+    let (task, attempt) = (parts.next()?, parts.next()?);
+    Some((task, attempt.strip_prefix('a')?.parse::<u32>().ok()?))
+}
+
 /// The OFFLINE segments readers see, from the table's lineage (each with the
 /// etcd create revision of its key) and its manifest chunks (task, attempt,
-/// entries): the entries of manifests a lineage names, less those of a
-/// window that a later `rematerialize` run replaced. "Later" is by etcd
-/// revision, never by the committing leader's clock (finding 4 of issue 19:
-/// after a failover to a controller whose clock is behind, a run ordered by
-/// `committed_ms` failed to replace the original, or an older run won). Pure.
+/// entries): [`visible_by`] over the records. Pure.
 pub fn visible_segments(
     lineages: &[(LineageRecord, i64)],
     manifests: Vec<(String, u32, Vec<SegmentMeta>)>,
 ) -> Vec<SegmentMeta> {
-    let mut by_attempt: HashMap<(&str, u32), (&LineageRecord, i64)> = HashMap::new();
+    let facts: Vec<(LineageFacts, i64)> = lineages.iter().map(|(l, rev)| (LineageFacts::of(l), *rev)).collect();
+    let mut keep: Vec<Vec<bool>> = manifests.iter().map(|(_, _, e)| vec![false; e.len()]).collect();
+    let chunks = manifests.iter().map(|(task, attempt, entries)| (task.as_str(), *attempt, entries.as_slice()));
+    for (chunk, i) in visible_by(facts.iter().map(|(l, rev)| (l, *rev)), chunks, |s| (s.window_start_ms, s.end_time_ms))
+    {
+        keep[chunk][i] = true;
+    }
+    let mut out = Vec::new();
+    for ((_, _, entries), keep) in manifests.into_iter().zip(keep) {
+        out.extend(entries.into_iter().zip(keep).filter_map(|(s, k)| k.then_some(s)));
+    }
+    out
+}
+
+/// The committed OFFLINE entries readers see, as (chunk, entry) positions in
+/// chunk order then entry order: the entries of manifest chunks (task,
+/// attempt, entries) that a lineage (its [`LineageFacts`] and the etcd
+/// create revision of its key) commits, less those of a window that a later
+/// `rematerialize` run replaced. "Later" is by etcd revision, never by the
+/// committing leader's clock (finding 4 of issue 19: after a failover to a
+/// controller whose clock is behind, a run ordered by `committed_ms` failed
+/// to replace the original, or an older run won). `window` gives an entry's
+/// recorded window start and its end time, UTC epoch ms. Pure.
+pub fn visible_by<'a, E: 'a>(
+    lineages: impl IntoIterator<Item = (&'a LineageFacts, i64)>,
+    manifests: impl IntoIterator<Item = (&'a str, u32, &'a [E])>,
+    window: impl Fn(&E) -> (Option<i64>, i64),
+) -> Vec<(usize, usize)> {
+    let mut by_attempt: HashMap<(&str, u32), (&LineageFacts, i64)> = HashMap::new();
     // window start -> revision of its latest rematerialize run
     let mut rematerialized: HashMap<i64, i64> = HashMap::new();
     for (l, rev) in lineages {
-        by_attempt.insert((l.task_id.as_str(), l.attempt), (l, *rev));
-        if l.late.as_ref().is_some_and(|r| r.policy == "rematerialize") {
-            let t = rematerialized.entry(l.window_start_ms).or_insert(*rev);
-            *t = (*t).max(*rev);
+        by_attempt.insert((l.task_id.as_str(), l.attempt), (l, rev));
+        if l.rematerialize {
+            let t = rematerialized.entry(l.window_start_ms).or_insert(rev);
+            *t = (*t).max(rev);
         }
     }
     let mut out = Vec::new();
-    for (task, attempt, entries) in manifests {
-        let Some((l, rev)) = by_attempt.get(&(task.as_str(), attempt)) else { continue };
-        for s in entries {
-            let replaced = rematerialized.get(&entry_window(&s, l)).is_some_and(|latest| rev < latest);
+    for (c, (task, attempt, entries)) in manifests.into_iter().enumerate() {
+        let Some((l, rev)) = by_attempt.get(&(task, attempt)) else { continue };
+        for (i, s) in entries.iter().enumerate() {
+            let (recorded, end) = window(s);
+            let replaced = rematerialized.get(&entry_window(recorded, end, l)).is_some_and(|latest| rev < latest);
             if !replaced {
-                out.push(s);
+                out.push((c, i));
             }
         }
     }

@@ -164,7 +164,10 @@ impl Authority {
             // the outputs' footers give the Delta log's statistics once they commit
             for (o, ev) in req.outputs.iter().zip(&evidence) {
                 if let Some(f) = &ev.footer {
-                    self.delta_stats.put(&o.location, crate::delta::stats_json(f.num_rows, Some(f), &spec.schema));
+                    self.delta_stats.put(
+                        &r2o_common::store::canonical_path(&o.location),
+                        crate::delta::stats_json(f.num_rows, Some(f), &spec.schema),
+                    );
                 }
             }
             // outputs to a manifest, then the commit (or staging)

@@ -121,6 +121,8 @@ pub struct Authority {
     pub(crate) delta_stats: crate::projector::OutputStats,
     /// Each table's Delta log as the projector's last commit left it.
     pub(crate) delta_memo: crate::delta::LogMemo,
+    /// Each table's committed OFFLINE files, for the Delta passes (read by change).
+    pub(crate) committed: crate::committed::CommittedCache,
     /// REALTIME segments per table, revision-checked.
     pub(crate) segments: SegmentCache,
     /// Tables, each parsed once per change of its record.
@@ -239,6 +241,7 @@ impl Authority {
             delta_marks: Arc::default(),
             delta_stats: Default::default(),
             delta_memo: Default::default(),
+            committed: Default::default(),
             segments: SegmentCache::default(),
             tables: TableCache::default(),
             inputs: ListCache::new(INPUT_CACHE_ITEMS),
