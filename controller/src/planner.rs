@@ -520,13 +520,102 @@ impl SegmentFacts {
     }
 
     /// The facts of each of `segments`, in their order.
-    pub fn of_all(segments: &[SegmentMeta]) -> Vec<SegmentFacts> {
+    pub fn of_all(segments: &[SegmentMeta]) -> FactIndex {
         segments.iter().map(SegmentFacts::of).collect()
     }
 }
 
+/// The [`SegmentFacts`] of a table's segments, in the list's order, with
+/// their [`Summary`], made by the first plan that needs it and kept until
+/// the facts change: the plans of one list (the planner's after an event,
+/// the commit's recheck, each `r2o watermark` call) make it once. Derefs to
+/// the facts; a mutable borrow forgets the summary.
+#[derive(Debug, Clone, Default)]
+pub struct FactIndex {
+    list: Vec<SegmentFacts>,
+    summary: std::sync::OnceLock<Summary>,
+}
+
+impl FactIndex {
+    /// The summary of the facts (O(S) the first time after a change).
+    pub fn summary(&self) -> &Summary {
+        self.summary.get_or_init(|| Summary::of(&self.list))
+    }
+
+    /// The facts, given back.
+    pub fn into_vec(self) -> Vec<SegmentFacts> {
+        self.list
+    }
+}
+
+impl std::ops::Deref for FactIndex {
+    type Target = Vec<SegmentFacts>;
+    fn deref(&self) -> &Vec<SegmentFacts> {
+        &self.list
+    }
+}
+
+impl std::ops::DerefMut for FactIndex {
+    fn deref_mut(&mut self) -> &mut Vec<SegmentFacts> {
+        self.summary = std::sync::OnceLock::new();
+        &mut self.list
+    }
+}
+
+impl FromIterator<SegmentFacts> for FactIndex {
+    fn from_iter<I: IntoIterator<Item = SegmentFacts>>(iter: I) -> Self {
+        FactIndex { list: iter.into_iter().collect(), summary: Default::default() }
+    }
+}
+
+/// What a plan reads of every segment of a table, whatever the watermark:
+/// the CONSUMING segments, the end of each partition's latest DONE segment,
+/// the latest completed LLC segment of each partition, the earliest start
+/// with rows and the latest DONE end (UTC epoch ms), and whether any
+/// segment was registered late. One pass over the facts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Positions of the CONSUMING segments, in the list's order.
+    consuming: Vec<usize>,
+    latest_done_end: FxHashMap<i32, i64>,
+    latest: FxHashMap<i32, Latest>,
+    with_rows_min: Option<i64>,
+    max_done_end: Option<i64>,
+    late: bool,
+}
+
+impl Summary {
+    /// The summary of `facts`: O(S).
+    pub fn of(facts: &[SegmentFacts]) -> Summary {
+        let mut s = Summary::default();
+        for (i, f) in facts.iter().enumerate() {
+            s.late |= f.late();
+            if f.has_rows {
+                s.with_rows_min = Some(s.with_rows_min.map_or(f.start_ms, |m| m.min(f.start_ms)));
+            }
+            match f.role {
+                Role::Consuming => s.consuming.push(i),
+                Role::Input => {
+                    let e = s.latest_done_end.entry(f.partition).or_insert(i64::MIN);
+                    *e = (*e).max(f.end_ms);
+                    s.max_done_end = Some(s.max_done_end.map_or(f.end_ms, |m| m.max(f.end_ms)));
+                    note_latest_completed(&mut s.latest, f, i);
+                }
+                Role::Ignored => {}
+            }
+        }
+        s
+    }
+
+    /// Whether any segment was registered late (`late_before_ms` set):
+    /// without one, no late-data run is owed.
+    pub fn any_late(&self) -> bool {
+        self.late
+    }
+}
+
 /// The latest completed LLC segment of a stream partition (rule 5).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Latest {
     seq: u64,
     start_ms: i64,
@@ -567,53 +656,39 @@ pub fn plan(
 /// [`plan`] over segments whose [`SegmentFacts`] are kept beside them
 /// (`facts[i]` is the facts of `segments[i]`).
 ///
-/// One pass over the facts finds what the plan needs of every segment (the
-/// end of each partition's latest DONE segment, the latest completed
-/// segment of each partition, the CONSUMING ones); only the DONE segments
-/// that end at or after the watermark are then swept, in start order. A
-/// table of S segments, R of them after the watermark, costs O(S + R log R)
-/// per plan, however many windows it covers or skips, and reads no record
-/// or name of the S - R settled segments.
+/// What the plan needs of every segment (the end of each partition's latest
+/// DONE segment, the latest completed segment of each partition, the
+/// CONSUMING ones) is the facts' [`Summary`], made once per change of the
+/// list; a pass over the facts picks the DONE segments that end at or after
+/// the watermark, and only those are swept, in start order. A table of S
+/// segments, R of them after the watermark, costs O(S + R log R) per plan
+/// (the O(S) a filter of 40-byte facts), however many windows it covers or
+/// skips, and reads no record or name of the S - R settled segments.
 pub fn plan_over(
     flow: &FlowConfig,
     segments: &[SegmentMeta],
-    facts: &[SegmentFacts],
+    facts: &FactIndex,
     watermark_ms: Option<i64>,
     now_ms: i64,
     budget: &Budget,
 ) -> Decision {
     debug_assert_eq!(segments.len(), facts.len(), "one SegmentFacts a segment");
     let buckets = flow.windows();
+    let Summary { consuming, latest_done_end, latest, with_rows_min, max_done_end, .. } = facts.summary();
+    let (with_rows_min, max_done_end) = (*with_rows_min, *max_done_end);
     // The sweep's windows start at the watermark, so a segment that ends
-    // before it never overlaps one: it only counts in the summaries below.
-    let mut done: Vec<usize> = Vec::new();
-    let mut consuming: Vec<usize> = Vec::new();
-    let mut latest_done_end: FxHashMap<i32, i64> = FxHashMap::default();
-    let mut latest: FxHashMap<i32, Latest> = FxHashMap::default();
-    let (mut with_rows_min, mut max_done_end): (Option<i64>, Option<i64>) = (None, None);
-    for (i, f) in facts.iter().enumerate() {
-        if f.has_rows {
-            with_rows_min = Some(with_rows_min.map_or(f.start_ms, |m| m.min(f.start_ms)));
-        }
-        match f.role {
-            Role::Consuming => consuming.push(i),
-            Role::Input => {
-                let e = latest_done_end.entry(f.partition).or_insert(i64::MIN);
-                *e = (*e).max(f.end_ms);
-                max_done_end = Some(max_done_end.map_or(f.end_ms, |m| m.max(f.end_ms)));
-                note_latest_completed(&mut latest, f, i);
-                if watermark_ms.is_none_or(|w| f.end_ms >= w) {
-                    done.push(i);
-                }
-            }
-            Role::Ignored => {}
-        }
-    }
+    // before it never overlaps one: it only counts in the summary.
+    let mut done: Vec<usize> = facts
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.role == Role::Input && watermark_ms.is_none_or(|w| f.end_ms >= w))
+        .map(|(i, _)| i)
+        .collect();
     // stable: segments of one start stay in the table's order
     done.sort_by_key(|&i| facts[i].start_ms);
     let consuming_floor = consuming
         .iter()
-        .map(|&c| (consuming_floor_ms(&facts[c], &latest_done_end), segments[c].segment_name.as_str()))
+        .map(|&c| (consuming_floor_ms(&facts[c], latest_done_end), segments[c].segment_name.as_str()))
         .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
     let from = match (watermark_ms, with_rows_min) {
         (Some(w), _) => w,
@@ -712,7 +787,7 @@ pub fn plan_over(
 pub fn recheck(
     flow: &FlowConfig,
     segments: &[SegmentMeta],
-    facts: &[SegmentFacts],
+    facts: &FactIndex,
     from_ms: i64,
     windows: &[Window],
     input_names: &[String],

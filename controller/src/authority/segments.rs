@@ -19,7 +19,7 @@
 //! A table of 146,000 segments that gains one no longer costs a 66 MB read
 //! and decode.
 
-use crate::planner::SegmentFacts;
+use crate::planner::{FactIndex, SegmentFacts};
 use r2o_common::kv::Kv;
 use r2o_common::meta::{decode_realtime, entries_between, read_realtime, Keys, SegmentMarker, SegmentMeta};
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 pub struct Segments {
     list: Vec<SegmentMeta>,
     /// `facts[i]` is `SegmentFacts::of(&list[i])`.
-    facts: Vec<SegmentFacts>,
+    facts: FactIndex,
 }
 
 impl Segments {
@@ -43,16 +43,16 @@ impl Segments {
         Segments { list, facts }
     }
 
-    /// The facts of each segment, in the list's order.
-    pub fn facts(&self) -> &[SegmentFacts] {
+    /// The facts of each segment, in the list's order, and their summary.
+    pub fn facts(&self) -> &FactIndex {
         &self.facts
     }
 
     /// Whether any segment was registered late (`late_before_ms` set):
-    /// without one, no late-data run is owed. Reads the facts, not the
-    /// records.
+    /// without one, no late-data run is owed. Read from the facts' summary,
+    /// made once per change of the list.
     pub fn any_late(&self) -> bool {
-        self.facts.iter().any(SegmentFacts::late)
+        self.facts.summary().any_late()
     }
 
     /// Drops the segments named in `gone`.
@@ -258,6 +258,7 @@ fn merge(mut segments: Segments, changed: Vec<SegmentMeta>) -> Segments {
             let Segments { list: old, facts: old_facts } = std::mem::take(&mut segments);
             segments.list.reserve(old.len() + added.len());
             segments.facts.reserve(old.len() + added.len());
+            let old_facts = old_facts.into_vec();
             let (mut a, mut b) = (old.into_iter().zip(old_facts).peekable(), added.into_iter().peekable());
             loop {
                 let take_a = match (a.peek(), b.peek()) {
@@ -282,6 +283,7 @@ fn merge(mut segments: Segments, changed: Vec<SegmentMeta>) -> Segments {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::Summary;
     use proptest::prelude::*;
     use r2o_common::kv::{MemKv, Op};
     use r2o_common::meta::{encode, SegmentStatus};
@@ -333,10 +335,14 @@ mod tests {
             // what etcd returns: the keys put since, with their values now
             let changed: Vec<SegmentMeta> = touched.keys().map(|k| seg(&name(k), now[k])).collect();
             let want: Vec<(String, u64)> = now.iter().map(|(k, v)| (name(k), *v)).collect();
-            match apply_changes(Segments::new(copy), changed, now.len()) {
+            // a summary made before the merge is not kept past it
+            let copy = Segments::new(copy);
+            copy.facts().summary();
+            match apply_changes(copy, changed, now.len()) {
                 Some(merged) => {
                     prop_assert_eq!(names_and_docs(&merged), want);
-                    prop_assert_eq!(merged.facts().to_vec(), SegmentFacts::of_all(&merged), "facts follow the list");
+                    prop_assert_eq!(merged.facts().to_vec(), SegmentFacts::of_all(&merged).to_vec(), "facts follow the list");
+                    prop_assert_eq!(merged.facts().summary(), &Summary::of(merged.facts()), "the summary too");
                 }
                 None => prop_assert!(deleted_known, "read again without a deletion"),
             }
@@ -347,7 +353,7 @@ mod tests {
     fn new_segments_in_the_middle_are_merged_in_order() {
         let copy = vec![seg("a", 1), seg("c", 1), seg("e", 1)];
         let merged = apply_changes(Segments::new(copy), vec![seg("b", 2), seg("c", 3), seg("f", 2)], 5).unwrap();
-        assert_eq!(merged.facts(), SegmentFacts::of_all(&merged).as_slice());
+        assert_eq!(merged.facts().as_slice(), SegmentFacts::of_all(&merged).as_slice());
         assert_eq!(
             names_and_docs(&merged),
             vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3), ("e".into(), 1), ("f".into(), 2)]
@@ -394,7 +400,7 @@ mod tests {
                 let (cached, marker) = cache.get(&kv, &keys, "t").await.unwrap();
                 let (whole, _) = read_realtime(&kv, &keys, "t").await.unwrap();
                 assert_eq!(names_and_docs(&cached), names_and_docs(&whole), "{step}");
-                assert_eq!(cached.facts(), SegmentFacts::of_all(&whole).as_slice(), "{step}");
+                assert_eq!(cached.facts().as_slice(), SegmentFacts::of_all(&whole).as_slice(), "{step}");
                 let created: Vec<i64> = cached.iter().map(|s| s.registered_revision).collect();
                 assert_eq!(created, whole.iter().map(|s| s.registered_revision).collect::<Vec<_>>(), "{step}");
                 assert_eq!(marker, kv.mod_revision(&keys.segments_marker("t")).await.unwrap().unwrap_or(0), "{step}");
@@ -457,9 +463,12 @@ mod tests {
             let copy: Vec<SegmentMeta> = before.iter().map(|(k, v)| seg(&name(k), *v)).collect();
             // as read: any order
             let read: Vec<SegmentMeta> = puts.iter().rev().map(|(k, v)| seg(&name(k), *v)).collect();
-            let merged = apply_named(Segments::new(copy), read, &deletes.iter().map(name).collect::<Vec<_>>());
+            let copy = Segments::new(copy);
+            copy.facts().summary();
+            let merged = apply_named(copy, read, &deletes.iter().map(name).collect::<Vec<_>>());
             prop_assert_eq!(names_and_docs(&merged), after.iter().map(|(k, v)| (name(k), *v)).collect::<Vec<_>>());
-            prop_assert_eq!(merged.facts().to_vec(), SegmentFacts::of_all(&merged), "facts follow the list");
+            prop_assert_eq!(merged.facts().to_vec(), SegmentFacts::of_all(&merged).to_vec(), "facts follow the list");
+            prop_assert_eq!(merged.facts().summary(), &Summary::of(merged.facts()), "the summary too");
         }
     }
 }
