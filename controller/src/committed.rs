@@ -121,19 +121,20 @@ fn chunk_of(kv: &KeyValue, prefix: &str) -> r2o_common::Result<Option<Chunk>> {
 /// Each table's [`Copy`], for the leader's Delta passes.
 #[derive(Clone, Default)]
 pub struct CommittedCache {
-    tables: Arc<Mutex<HashMap<String, Copy>>>,
+    tables: Arc<Mutex<HashMap<String, Arc<Copy>>>>,
 }
 
 impl CommittedCache {
-    /// The committed OFFLINE files of `raw` (those `registry::offline_segments`
-    /// gives, in another order), as of a revision at or after the call:
-    /// reads what changed since the last call; the whole table on the first
-    /// and after a deletion.
+    /// The lineage and manifests of `raw` ([`Copy::files`]: the committed
+    /// OFFLINE files, those `registry::offline_segments` gives), as of a
+    /// revision at or after the call: reads what changed since the last
+    /// call; the whole table on the first and after a deletion.
     ///
     /// # Errors
     /// etcd errors; a record that does not decode.
-    pub async fn files(&self, kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<Vec<CommittedFile>> {
-        let held = self.lock().remove(raw);
+    pub async fn read(&self, kv: &Kv, keys: &Keys, raw: &str) -> r2o_common::Result<Arc<Copy>> {
+        // taken over when no caller still holds it (an export running beside a pass)
+        let held = self.lock().remove(raw).map(|c| Arc::try_unwrap(c).unwrap_or_else(|shared| (*shared).clone()));
         let copy = match held {
             Some(mut copy) => match read_into(&mut copy, kv, keys, raw).await? {
                 true => copy,
@@ -144,9 +145,9 @@ impl CommittedCache {
             },
             None => read_whole(kv, keys, raw).await?,
         };
-        let files = copy.files().into_iter().cloned().collect();
-        self.lock().insert(raw.to_string(), copy);
-        Ok(files)
+        let copy = Arc::new(copy);
+        self.lock().insert(raw.to_string(), copy.clone());
+        Ok(copy)
     }
 
     /// Forgets `raw`'s copy (a purged table).
@@ -154,7 +155,7 @@ impl CommittedCache {
         self.lock().remove(raw);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Copy>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Copy>>> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -220,7 +221,8 @@ mod tests {
         v
     }
 
-    fn sorted(files: Vec<CommittedFile>) -> Vec<String> {
+    fn sorted(copy: Arc<Copy>) -> Vec<String> {
+        let files = copy.files();
         let mut v: Vec<String> = files.iter().map(|f| f.location().to_string()).collect();
         v.sort();
         v
@@ -301,7 +303,7 @@ mod tests {
                             staged.remove(&t);
                         }
                         Op::Read => {
-                            let got = sorted(cache.files(&kv, &keys, raw).await.unwrap());
+                            let got = sorted(cache.read(&kv, &keys, raw).await.unwrap());
                             prop_assert_eq!(got, truth(&kv, &keys, raw).await);
                         }
                     }
@@ -324,16 +326,16 @@ mod tests {
                 .unwrap();
         }
         let cache = CommittedCache::default();
-        assert_eq!(cache.files(&kv, &keys, "t").await.unwrap().len(), 2);
+        assert_eq!(cache.read(&kv, &keys, "t").await.unwrap().files().len(), 2);
         let before = cache.lock().get("t").unwrap().revision();
         // a key the copy holds is deleted: the counts show it
         kv.delete(&format!("{}0000", keys.lineages("t"))).await.unwrap();
-        let mut copy = cache.lock().get("t").cloned().unwrap();
+        let mut copy = (**cache.lock().get("t").unwrap()).clone();
         let l = kv.range_changed(&keys.lineages("t"), before + 1).await.unwrap();
         let m = kv.range_changed(&keys.manifests("t"), before + 1).await.unwrap();
         assert!(l.kvs.is_empty(), "a deletion is not a change");
         assert!(!copy.apply(&l, &m, &keys.manifests("t")).unwrap(), "but the count falls short");
-        assert_eq!(sorted(cache.files(&kv, &keys, "t").await.unwrap()), truth(&kv, &keys, "t").await);
-        assert_eq!(cache.files(&kv, &keys, "t").await.unwrap().len(), 1);
+        assert_eq!(sorted(cache.read(&kv, &keys, "t").await.unwrap()), truth(&kv, &keys, "t").await);
+        assert_eq!(cache.read(&kv, &keys, "t").await.unwrap().files().len(), 1);
     }
 }

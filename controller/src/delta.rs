@@ -114,11 +114,21 @@ pub struct DeltaFile {
     pub size_bytes: i64,
     /// When it was committed, UTC epoch ms (the `add`'s modification time).
     pub modification_ms: i64,
-    /// Rows.
-    pub rows: u64,
-    /// Delta statistics JSON ([`stats_json`]); only the files a commit adds
-    /// carry them (`numRecords` alone until the projector fills them).
+    /// Delta statistics JSON ([`stats_json`]): `numRecords` alone until
+    /// the projector fills them from the file's footer.
     pub stats: String,
+}
+
+impl DeltaFile {
+    /// The `add` of the committed file `f`, named `path` in the log.
+    fn of(path: &str, f: &CommittedFile) -> Self {
+        DeltaFile {
+            path: path.to_string(),
+            size_bytes: f.size_bytes as i64,
+            modification_ms: f.created_ms,
+            stats: serde_json::json!({ "numRecords": f.total_docs }).to_string(),
+        }
+    }
 }
 
 /// What one Delta commit does to make the log's files the committed ones.
@@ -138,22 +148,17 @@ impl Reconcile {
 }
 
 /// The `add`s and `remove`s that turn the log's files (`in_log`, by path)
-/// into `committed`. A committed file already in the log is left alone (r2o
-/// never rewrites a file in place: a replaced window gets new files). Pure.
-pub fn reconcile(committed: &[DeltaFile], in_log: &BTreeSet<String>) -> Reconcile {
-    let wanted: BTreeMap<&str, &DeltaFile> = committed.iter().map(|f| (f.path.as_str(), f)).collect();
+/// into `committed` (each file with its path in the log). A committed file
+/// already in the log is left alone (r2o never rewrites a file in place: a
+/// replaced window gets new files). Only the `add`s are made into
+/// [`DeltaFile`]s. Pure.
+pub fn reconcile<'a>(
+    committed: impl IntoIterator<Item = (&'a str, &'a CommittedFile)>,
+    in_log: &BTreeSet<String>,
+) -> Reconcile {
+    let wanted: BTreeMap<&str, &CommittedFile> = committed.into_iter().collect();
     Reconcile {
-        add: wanted
-            .iter()
-            .filter(|(p, _)| !in_log.contains(**p))
-            .map(|(_, f)| {
-                let mut f = (*f).clone();
-                if f.stats.is_empty() {
-                    f.stats = serde_json::json!({ "numRecords": f.rows }).to_string();
-                }
-                f
-            })
-            .collect(),
+        add: wanted.iter().filter(|(p, _)| !in_log.contains(**p)).map(|(p, f)| DeltaFile::of(p, f)).collect(),
         remove: in_log.iter().filter(|p| !wanted.contains_key(p.as_str())).cloned().collect(),
     }
 }
@@ -830,7 +835,7 @@ pub async fn plan(
     layout: &Layout,
     raw: &str,
     schema: Option<&Schema>,
-    committed: &[CommittedFile],
+    committed: &[&CommittedFile],
     revision: i64,
     file_retention_ms: i64,
     memo: Option<&LogMemo>,
@@ -839,19 +844,9 @@ pub async fn plan(
     let canonical_root = canonical_path(root.trim_end_matches('/'));
     let files = committed
         .iter()
-        .map(|f| {
-            let path = f.path_under(&canonical_root).ok_or_else(|| DeltaError::Outside {
-                table: raw.into(),
-                location: f.location.clone(),
-                root: root.clone(),
-            })?;
-            Ok(DeltaFile {
-                path: path.to_string(),
-                size_bytes: f.size_bytes as i64,
-                modification_ms: f.created_ms,
-                rows: f.total_docs,
-                stats: String::new(),
-            })
+        .map(|f| match f.path_under(&canonical_root) {
+            Some(path) => Ok((path, *f)),
+            None => Err(DeltaError::Outside { table: raw.into(), location: f.location.clone(), root: root.clone() }),
         })
         .collect::<Result<Vec<_>, DeltaError>>()?;
     let wanted = schema.map(|s| delta_schema(raw, s)).transpose()?;
@@ -869,7 +864,7 @@ pub async fn plan(
     let txn = log.as_ref().and_then(|l| l.txn);
     let log_retention = log.as_ref().and_then(|l| l.metadata.configuration().get(RETENTION_KEY).cloned());
     let no_files = BTreeSet::new();
-    let change = reconcile(&files, log.as_ref().map_or(&no_files, |l| &l.paths));
+    let change = reconcile(files.iter().copied(), log.as_ref().map_or(&no_files, |l| &l.paths));
     let retention = retention_interval(file_retention_ms);
     let retention_differs = log_retention.as_deref() != Some(retention.as_str());
     let schema_differs = wanted.as_ref().map(|w| log.as_ref().map(|l| &l.schema) != Some(w));
@@ -989,20 +984,23 @@ mod tests {
         committed.iter().map(CommittedFile::of).collect()
     }
 
-    fn file(path: &str) -> DeltaFile {
-        DeltaFile { path: path.into(), size_bytes: 10, modification_ms: 1, rows: 1, stats: "{}".into() }
+    fn file(path: &str) -> (&str, CommittedFile) {
+        let s = SegmentMeta { location: format!("root/{path}"), size_bytes: 10, created_ms: 1, ..Default::default() };
+        (path, CommittedFile::of(&s))
     }
 
     #[test]
     fn reconcile_adds_what_the_log_lacks_and_removes_what_is_no_longer_committed() {
         let committed = [file("t/a/2.parquet"), file("t/a/1.parquet"), file("u/a/1.parquet")];
+        let pairs = || committed.iter().map(|(p, f)| (*p, f));
         let in_log: BTreeSet<String> = ["t/a/1.parquet", "old/a/1.parquet"].into_iter().map(String::from).collect();
-        let r = reconcile(&committed, &in_log);
+        let r = reconcile(pairs(), &in_log);
         assert_eq!(r.add.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["t/a/2.parquet", "u/a/1.parquet"]);
+        assert_eq!(r.add[0].size_bytes, 10);
         assert_eq!(r.remove, ["old/a/1.parquet"]);
-        let all: BTreeSet<String> = committed.iter().map(|f| f.path.clone()).collect();
-        assert!(reconcile(&committed, &all).is_empty());
-        assert_eq!(reconcile(&[], &all).remove.len(), 3, "a flush removes every file");
+        let all: BTreeSet<String> = committed.iter().map(|(p, _)| p.to_string()).collect();
+        assert!(reconcile(pairs(), &all).is_empty());
+        assert_eq!(reconcile([], &all).remove.len(), 3, "a flush removes every file");
     }
 
     #[test]
@@ -1094,9 +1092,18 @@ mod tests {
         let commit = |committed: Vec<SegmentMeta>, revision: i64| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
-                match plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), revision, DAY, None)
-                    .await
-                    .unwrap()
+                match plan(
+                    &store,
+                    &layout,
+                    "t",
+                    Some(&schema),
+                    &committed_files(&committed).iter().collect::<Vec<_>>(),
+                    revision,
+                    DAY,
+                    None,
+                )
+                .await
+                .unwrap()
                 {
                     Planned::Commit(p) => p.commit().await.unwrap(),
                     _ => panic!("a commit was due at revision {revision}"),
@@ -1126,9 +1133,18 @@ mod tests {
         let mut committed = vec![];
         for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
             committed.push(seg(i));
-            match plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), i as i64 + 1, DAY, None)
-                .await
-                .unwrap()
+            match plan(
+                &store,
+                &layout,
+                "t",
+                Some(&schema),
+                &committed_files(&committed).iter().collect::<Vec<_>>(),
+                i as i64 + 1,
+                DAY,
+                None,
+            )
+            .await
+            .unwrap()
             {
                 Planned::Commit(p) => assert_eq!(p.commit().await.unwrap(), i as i64),
                 _ => panic!("version {i} was due"),
@@ -1139,9 +1155,18 @@ mod tests {
             .path()
             .join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
         assert!(checkpoint.exists(), "a checkpoint every {CHECKPOINT_INTERVAL} versions");
-        match plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), last + 1, DAY, None)
-            .await
-            .unwrap()
+        match plan(
+            &store,
+            &layout,
+            "t",
+            Some(&schema),
+            &committed_files(&committed).iter().collect::<Vec<_>>(),
+            last + 1,
+            DAY,
+            None,
+        )
+        .await
+        .unwrap()
         {
             Planned::UpToDate { version } => assert_eq!(version, last),
             _ => panic!("the log holds every file"),
@@ -1151,7 +1176,7 @@ mod tests {
         // a pass that read etcd before the log's txn writes nothing
         committed.pop();
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), 3, DAY, None).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed_files(&committed).iter().collect::<Vec<_>>(), 3, DAY, None).await.unwrap(),
             Planned::Stale { log_revision, .. } if log_revision == last + 1
         ));
         committed.push(seg(last as usize));
@@ -1165,9 +1190,18 @@ mod tests {
             t.snapshot().unwrap().metadata().configuration().get(RETENTION_KEY).cloned()
         }
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 86400 seconds"));
-        match plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), last + 2, 2 * DAY, None)
-            .await
-            .unwrap()
+        match plan(
+            &store,
+            &layout,
+            "t",
+            Some(&schema),
+            &committed_files(&committed).iter().collect::<Vec<_>>(),
+            last + 2,
+            2 * DAY,
+            None,
+        )
+        .await
+        .unwrap()
         {
             Planned::Commit(p) => {
                 assert_eq!(p.removes(), 0);
@@ -1179,7 +1213,7 @@ mod tests {
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 172800 seconds"));
         assert_eq!(retention(&store, Some(last)).await.as_deref(), Some("interval 86400 seconds"));
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), last + 3, 2 * DAY, None).await.unwrap(),
+            plan(&store, &layout, "t", Some(&schema), &committed_files(&committed).iter().collect::<Vec<_>>(), last + 3, 2 * DAY, None).await.unwrap(),
             Planned::UpToDate { version } if version == last + 1
         ));
     }
@@ -1192,9 +1226,17 @@ mod tests {
         let pass = |committed: Vec<SegmentMeta>, rev: i64, memo: Option<LogMemo>| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
-                let planned =
-                    plan(&store, &layout, "t", Some(&schema), &committed_files(&committed), rev, DAY, memo.as_ref())
-                        .await?;
+                let planned = plan(
+                    &store,
+                    &layout,
+                    "t",
+                    Some(&schema),
+                    &committed_files(&committed).iter().collect::<Vec<_>>(),
+                    rev,
+                    DAY,
+                    memo.as_ref(),
+                )
+                .await?;
                 Ok::<_, DeltaError>(match planned {
                     Planned::Commit(p) => format!("commit {}", p.commit().await?),
                     Planned::UpToDate { version } => format!("up to date {version}"),

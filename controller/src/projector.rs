@@ -341,13 +341,14 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
     let revision = kv.status().await?.revision;
     let spec = crate::tables::load_table(kv, keys, raw).await?;
     // a purged table: nothing is committed any more (its log keeps the history)
-    let committed = match spec {
-        Some(_) => auth.committed.files(kv, keys, raw).await?,
+    let copy = match spec {
+        Some(_) => Some(auth.committed.read(kv, keys, raw).await?),
         None => {
             auth.committed.forget(raw);
-            vec![]
+            None
         }
     };
+    let committed = copy.as_ref().map(|c| c.files()).unwrap_or_default();
     let schema = spec.as_ref().map(|s| &s.schema);
     let retention_ms = auth.cfg.delta_file_retention_ms;
     let memo = Some(&auth.delta_memo);
@@ -365,7 +366,7 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
         Planned::Commit(mut pending) => {
             let root = r2o_common::store::canonical_path(pending.root().trim_end_matches('/'));
             let by_path: BTreeMap<&str, &delta::CommittedFile> =
-                committed.iter().filter_map(|f| f.path_under(&root).map(|p| (p, f))).collect();
+                committed.iter().filter_map(|f| f.path_under(&root).map(|p| (p, *f))).collect();
             for f in pending.adds_mut() {
                 let Some(s) = by_path.get(f.path.as_str()) else { continue };
                 if let Some(stats) = auth.delta_stats.take(s.location()) {
