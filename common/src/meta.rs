@@ -126,6 +126,12 @@ pub struct SegmentMeta {
     /// registration (UTC epoch ms): rows before it had moved already.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_watermark_ms: Option<i64>,
+    /// REALTIME: when the controller registered the segment as DONE, or
+    /// sealed it, UTC epoch ms by the controller's clock (`None`: CONSUMING,
+    /// or written before the field existed). A commit's window freshness
+    /// (`r2o_window_freshness_seconds`) is measured from its inputs' latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_ms: Option<i64>,
     /// REALTIME, as read: the etcd create revision of the segment's record
     /// (0: not read from etcd). Not stored; set by [`read_realtime`]. Late
     /// data is decided by it: a window the flow committed at a later

@@ -20,6 +20,18 @@ pub const LOAD_STATUS_EVERY_MS: i64 = 10_000;
 /// in [`LoadStatus::ALL`]'s order.
 type Counted = (i64, [i64; 4]);
 
+/// A commit's window freshness at `now_ms`: how long since the latest of
+/// its `inputs` was registered as DONE (`SegmentMeta::done_ms`, the
+/// controller's clock), ms, at least 0. With `bufferTimePeriod` 0 and a
+/// table kept up, that is the time from the segment that completed the
+/// window to the window's commit (issue 21's freshness); in a backfill, how
+/// long its newest data waited. `None` when no input records it (CONSUMING
+/// at registration and sealed by an older r2o, or registered before the
+/// field existed). Pure.
+pub fn window_freshness_ms(inputs: &[SegmentMeta], now_ms: i64) -> Option<i64> {
+    inputs.iter().filter_map(|s| s.done_ms).max().map(|d| (now_ms - d).max(0))
+}
+
 /// Every metric the controller exports.
 #[derive(Clone)]
 pub struct ControllerMetrics {
@@ -47,6 +59,10 @@ pub struct ControllerMetrics {
     pub task_duration: HistogramVec,
     /// `r2o_task_queue_wait_seconds{table}`: publish to first claim.
     pub queue_wait: HistogramVec,
+    /// `r2o_window_freshness_seconds{table}`: from the registration as DONE
+    /// of a committed task's latest input to the commit, s
+    /// ([`window_freshness_ms`]); flow commits only.
+    pub window_freshness: HistogramVec,
     /// `r2o_errors_total{component}`: etcd and object-store errors seen.
     pub errors: IntCounterVec,
     /// `r2o_table_rows_null_time_total{table}`: input rows whose time value
@@ -156,11 +172,23 @@ impl ControllerMetrics {
         r.register(Box::new(task_duration.clone())).unwrap();
         let queue_wait = HistogramVec::new(
             HistogramOpts::new("r2o_task_queue_wait_seconds", "Publish to claim of committed tasks, seconds")
-                .buckets(buckets),
+                .buckets(buckets.clone()),
             &["table"],
         )
         .unwrap();
         r.register(Box::new(queue_wait.clone())).unwrap();
+        let mut fresh_buckets = vec![0.1, 0.2, 0.3];
+        fresh_buckets.extend(buckets.into_iter().filter(|b| *b >= 0.5));
+        let window_freshness = HistogramVec::new(
+            HistogramOpts::new(
+                "r2o_window_freshness_seconds",
+                "Registration as DONE of a committed task's latest input to the commit, seconds",
+            )
+            .buckets(fresh_buckets),
+            &["table"],
+        )
+        .unwrap();
+        r.register(Box::new(window_freshness.clone())).unwrap();
         let etcd_alarm =
             IntGaugeVec::new(Opts::new("r2o_etcd_alarm", "1 while etcd has raised this alarm"), &["alarm"]).unwrap();
         r.register(Box::new(etcd_alarm.clone())).unwrap();
@@ -254,6 +282,7 @@ impl ControllerMetrics {
             tasks,
             task_duration,
             queue_wait,
+            window_freshness,
             errors: counter(r, "r2o_errors_total", "etcd and object-store errors seen by this process", &["component"]),
             rows_null_time: counter(
                 r,
@@ -432,5 +461,19 @@ impl ControllerMetrics {
             self.pool_slots.with_label_values(&[tag]).set(p.slots as i64);
             self.pool_oldest_wait.with_label_values(&[tag]).set(p.oldest_wait_ms as f64 / 1000.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_is_measured_from_the_latest_input_registered_as_done() {
+        let seg = |done: Option<i64>| SegmentMeta { done_ms: done, ..Default::default() };
+        assert_eq!(window_freshness_ms(&[seg(Some(100)), seg(Some(250)), seg(None)], 400), Some(150));
+        assert_eq!(window_freshness_ms(&[seg(None)], 400), None, "nothing recorded: nothing observed");
+        assert_eq!(window_freshness_ms(&[], 400), None);
+        assert_eq!(window_freshness_ms(&[seg(Some(500))], 400), Some(0), "never negative");
     }
 }

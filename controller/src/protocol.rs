@@ -793,12 +793,19 @@ pub fn touch_marker(keys: &Keys, raw: &str, now_ms: i64, put: Vec<String>, delet
 }
 
 /// A REALTIME segment as registered against the watermark `watermark_ms`
-/// (`None`: nothing committed): one with rows starting before it is late,
-/// and remembers that watermark (its rows before it belong to committed
-/// windows; `lateDataPolicy` decides their fate). Pure.
-pub fn as_registered(mut m: r2o_common::meta::SegmentMeta, watermark_ms: Option<i64>) -> r2o_common::meta::SegmentMeta {
+/// (`None`: nothing committed) at `now_ms` (the controller's clock): one with
+/// rows starting before it is late, and remembers that watermark (its rows
+/// before it belong to committed windows; `lateDataPolicy` decides their
+/// fate); a DONE one records `now_ms` as `done_ms` (what a client sent there
+/// is not kept). Pure.
+pub fn as_registered(
+    mut m: r2o_common::meta::SegmentMeta,
+    watermark_ms: Option<i64>,
+    now_ms: i64,
+) -> r2o_common::meta::SegmentMeta {
     m.late = watermark_ms.is_some_and(|w| m.total_docs > 0 && m.start_time_ms < w);
     m.late_before_ms = if m.late { watermark_ms } else { None };
+    m.done_ms = (m.status == r2o_common::meta::SegmentStatus::Done).then_some(now_ms);
     m
 }
 

@@ -311,14 +311,15 @@ pub(crate) async fn write_segments(
                 Some((w, e)) => (Some(w.watermark_ms), e.mod_revision),
                 None => (None, 0),
             };
+            let now = now_ms();
             let registered: Vec<SegmentMeta> =
-                batch.iter().map(|m| crate::protocol::as_registered(m.clone(), wm)).collect();
+                batch.iter().map(|m| crate::protocol::as_registered(m.clone(), wm, now)).collect();
             let batch_late: Vec<(String, i64, i64)> = registered
                 .iter()
                 .filter(|m| m.late)
                 .map(|m| (m.segment_name.clone(), m.start_time_ms, wm.unwrap_or_default()))
                 .collect();
-            let txn = crate::protocol::register_segments(keys, raw, &registered, wm_rev, now_ms());
+            let txn = crate::protocol::register_segments(keys, raw, &registered, wm_rev, now);
             if txn.apply(kv).await? {
                 late.extend(batch_late);
                 break;
@@ -406,9 +407,13 @@ pub async fn seal_segment(kv: &Kv, keys: &Keys, table: &str, segment: &str, end_
     if meta.status == SegmentStatus::Done && (meta.end_of_stream || !end_of_stream) {
         return Ok(());
     }
+    let now = now_ms();
+    if meta.status != SegmentStatus::Done {
+        meta.done_ms = Some(now);
+    }
     meta.status = SegmentStatus::Done;
     meta.end_of_stream |= end_of_stream;
-    if !crate::protocol::rewrite_segments(keys, raw, &[(meta, entry.mod_revision)], vec![], now_ms()).apply(kv).await? {
+    if !crate::protocol::rewrite_segments(keys, raw, &[(meta, entry.mod_revision)], vec![], now).apply(kv).await? {
         return Err(ControllerError::Conflict(format!("segment '{segment}' changed while sealing; try again")));
     }
     info!(table = %raw, segment, end_of_stream, "segment sealed");

@@ -36,6 +36,7 @@ impl Authority {
             };
             if let Some(members) = members {
                 if self.commit_group(members, &w, inputs.len() as u64, table_revs, leadership).await? {
+                    self.observe_freshness(&task.table, &inputs);
                     self.footers.forget(crate::validate::consumed(&inputs, task.window_end_ms));
                     committed += 1;
                 }
@@ -60,7 +61,7 @@ impl Authority {
             {
                 continue;
             }
-            self.log_commit(&task, &totals);
+            self.log_commit(&task, &totals, task.input_slice(&inputs));
             self.footers.forget(crate::validate::consumed(task.input_slice(&inputs), task.window_end_ms));
             committed += 1;
         }

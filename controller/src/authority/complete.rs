@@ -230,7 +230,7 @@ impl Authority {
                 continue; // something moved: decide again from a fresh read
             }
             self.observe(&task, req, now);
-            self.log_commit(&task, &totals);
+            self.log_commit(&task, &totals, &inputs);
             self.footers.forget(validate::consumed(&inputs, task.window_end_ms));
             if let Err(e) = self.commit_ready(&task.table, leadership).await {
                 warn!(table = %task.table, error = %e, "committing staged tasks failed; the planning pass tries again");
@@ -255,11 +255,24 @@ impl Authority {
         }
     }
 
-    pub(super) fn log_commit(&self, task: &TaskRecord, totals: &ReportTotals) {
+    /// Logs a flow commit of `task` (read from `inputs`) and observes its
+    /// window freshness.
+    pub(super) fn log_commit(&self, task: &TaskRecord, totals: &ReportTotals, inputs: &[SegmentMeta]) {
         if totals.rows_null_time > 0 {
             warn!(table = %task.table, task = %task.id, rows_null_time = totals.rows_null_time, "rows with a NULL time value belong to no window and were not moved");
         }
-        info!(table = %task.table, task = %task.id, attempt = totals.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, windows = totals.windows.len(), rows_in = totals.rows_in, rows_out = totals.rows_out, segments = totals.outputs, "windows committed");
+        let freshness_ms = self.observe_freshness(&task.table, inputs);
+        info!(table = %task.table, task = %task.id, attempt = totals.attempt, window_start_ms = task.window_start_ms, window_end_ms = task.window_end_ms, windows = totals.windows.len(), rows_in = totals.rows_in, rows_out = totals.rows_out, segments = totals.outputs, freshness_ms, "windows committed");
+    }
+
+    /// Observes `r2o_window_freshness_seconds` of a flow commit that read
+    /// `inputs`, now; returns it in ms ([`crate::metrics::window_freshness_ms`]).
+    pub(super) fn observe_freshness(&self, raw: &str, inputs: &[SegmentMeta]) -> Option<i64> {
+        let freshness_ms = crate::metrics::window_freshness_ms(inputs, now_ms());
+        if let (Some(m), Some(ms)) = (&self.metrics, freshness_ms) {
+            m.window_freshness.with_label_values(&[raw]).observe(ms as f64 / 1000.0);
+        }
+        freshness_ms
     }
 
     pub(super) async fn already_committed(&self, id: &TaskId, attempt: u32) -> Result<pb::CompleteTaskResponse> {
