@@ -106,15 +106,16 @@ def metric(port, name):
 class Cluster:
     """etcd + one controller + two minions of the release build."""
 
-    def __init__(self, work, bench_dir, minion_env=None, insecure=False):
+    def __init__(self, work, bench_dir, minion_env=None, insecure=False, log=None):
         """TLS everywhere (etcd with client certificates, mutual gRPC) and
         roles on, as the quickstart and production run; `insecure`: plain
-        text, to measure what TLS costs."""
+        text, to measure what TLS costs; `log`: the processes' R2O_LOG
+        (default: $R2O_LOG, else warn)."""
         self.work = work
         os.makedirs(work)
         self.procs = {}
         scheme = "http" if insecure else "https"
-        base = dict(os.environ, R2O_LOG=os.environ.get("R2O_LOG", "warn"))
+        base = dict(os.environ, R2O_LOG=log or os.environ.get("R2O_LOG", "warn"))
         tls = os.path.join(work, "tls")
         etcd_tls = []
         if insecure:
@@ -509,7 +510,9 @@ def run_freshness(samples, work, bench_dir, extra_tables=0, seg_dir=None, histor
     the controller's CPU per sample."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    c = Cluster(os.path.join(work, f"fresh-{extra_tables}-{history}"), bench_dir)
+    # the commits' log lines carry the controller's own measurement (freshness_ms)
+    c = Cluster(os.path.join(work, f"fresh-{extra_tables}-{history}"), bench_dir,
+                log="warn,r2o_controller::authority=info")
     try:
         if extra_tables:
             with open(os.path.join(bench_dir, "schema.json")) as f:

@@ -980,8 +980,18 @@ mod tests {
 
     const DAY: i64 = 86_400_000;
 
-    fn committed_files(committed: &[SegmentMeta]) -> Vec<CommittedFile> {
-        committed.iter().map(CommittedFile::of).collect()
+    /// [`plan`] of table `t` holding the files of `committed`.
+    async fn plan_segments(
+        store: &Store,
+        layout: &Layout,
+        schema: &Schema,
+        committed: &[SegmentMeta],
+        revision: i64,
+        retention_ms: i64,
+    ) -> Planned {
+        let files: Vec<CommittedFile> = committed.iter().map(CommittedFile::of).collect();
+        let files: Vec<&CommittedFile> = files.iter().collect();
+        plan(store, layout, "t", Some(schema), &files, revision, retention_ms, None).await.unwrap()
     }
 
     fn file(path: &str) -> (&str, CommittedFile) {
@@ -1092,19 +1102,7 @@ mod tests {
         let commit = |committed: Vec<SegmentMeta>, revision: i64| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
-                match plan(
-                    &store,
-                    &layout,
-                    "t",
-                    Some(&schema),
-                    &committed_files(&committed).iter().collect::<Vec<_>>(),
-                    revision,
-                    DAY,
-                    None,
-                )
-                .await
-                .unwrap()
-                {
+                match plan_segments(&store, &layout, &schema, &committed, revision, DAY).await {
                     Planned::Commit(p) => p.commit().await.unwrap(),
                     _ => panic!("a commit was due at revision {revision}"),
                 }
@@ -1133,19 +1131,7 @@ mod tests {
         let mut committed = vec![];
         for i in 0..(CHECKPOINT_INTERVAL as usize + 3) {
             committed.push(seg(i));
-            match plan(
-                &store,
-                &layout,
-                "t",
-                Some(&schema),
-                &committed_files(&committed).iter().collect::<Vec<_>>(),
-                i as i64 + 1,
-                DAY,
-                None,
-            )
-            .await
-            .unwrap()
-            {
+            match plan_segments(&store, &layout, &schema, &committed, i as i64 + 1, DAY).await {
                 Planned::Commit(p) => assert_eq!(p.commit().await.unwrap(), i as i64),
                 _ => panic!("version {i} was due"),
             }
@@ -1155,19 +1141,7 @@ mod tests {
             .path()
             .join(format!("ns/offline/t_OFFLINE/_delta_log/{:020}.checkpoint.parquet", CHECKPOINT_INTERVAL - 1));
         assert!(checkpoint.exists(), "a checkpoint every {CHECKPOINT_INTERVAL} versions");
-        match plan(
-            &store,
-            &layout,
-            "t",
-            Some(&schema),
-            &committed_files(&committed).iter().collect::<Vec<_>>(),
-            last + 1,
-            DAY,
-            None,
-        )
-        .await
-        .unwrap()
-        {
+        match plan_segments(&store, &layout, &schema, &committed, last + 1, DAY).await {
             Planned::UpToDate { version } => assert_eq!(version, last),
             _ => panic!("the log holds every file"),
         }
@@ -1176,7 +1150,7 @@ mod tests {
         // a pass that read etcd before the log's txn writes nothing
         committed.pop();
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed_files(&committed).iter().collect::<Vec<_>>(), 3, DAY, None).await.unwrap(),
+            plan_segments(&store, &layout, &schema, &committed, 3, DAY).await,
             Planned::Stale { log_revision, .. } if log_revision == last + 1
         ));
         committed.push(seg(last as usize));
@@ -1190,19 +1164,7 @@ mod tests {
             t.snapshot().unwrap().metadata().configuration().get(RETENTION_KEY).cloned()
         }
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 86400 seconds"));
-        match plan(
-            &store,
-            &layout,
-            "t",
-            Some(&schema),
-            &committed_files(&committed).iter().collect::<Vec<_>>(),
-            last + 2,
-            2 * DAY,
-            None,
-        )
-        .await
-        .unwrap()
-        {
+        match plan_segments(&store, &layout, &schema, &committed, last + 2, 2 * DAY).await {
             Planned::Commit(p) => {
                 assert_eq!(p.removes(), 0);
                 assert!(p.adds().is_empty(), "the metadata alone changes");
@@ -1213,7 +1175,7 @@ mod tests {
         assert_eq!(retention(&store, None).await.as_deref(), Some("interval 172800 seconds"));
         assert_eq!(retention(&store, Some(last)).await.as_deref(), Some("interval 86400 seconds"));
         assert!(matches!(
-            plan(&store, &layout, "t", Some(&schema), &committed_files(&committed).iter().collect::<Vec<_>>(), last + 3, 2 * DAY, None).await.unwrap(),
+            plan_segments(&store, &layout, &schema, &committed, last + 3, 2 * DAY).await,
             Planned::UpToDate { version } if version == last + 1
         ));
     }
@@ -1226,17 +1188,9 @@ mod tests {
         let pass = |committed: Vec<SegmentMeta>, rev: i64, memo: Option<LogMemo>| {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
-                let planned = plan(
-                    &store,
-                    &layout,
-                    "t",
-                    Some(&schema),
-                    &committed_files(&committed).iter().collect::<Vec<_>>(),
-                    rev,
-                    DAY,
-                    memo.as_ref(),
-                )
-                .await?;
+                let files: Vec<CommittedFile> = committed.iter().map(CommittedFile::of).collect();
+                let files: Vec<&CommittedFile> = files.iter().collect();
+                let planned = plan(&store, &layout, "t", Some(&schema), &files, rev, DAY, memo.as_ref()).await?;
                 Ok::<_, DeltaError>(match planned {
                     Planned::Commit(p) => format!("commit {}", p.commit().await?),
                     Planned::UpToDate { version } => format!("up to date {version}"),
