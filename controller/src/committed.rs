@@ -16,8 +16,8 @@
 //! committed) is not among the changes: it shows as fewer keys than the
 //! merged copy holds, and the table is read again whole ([`Copy::apply`]).
 //!
-//! Each entry takes ~150 bytes (its canonical location is most of it):
-//! ~5.5 MB for the 36,526 files of the x100 backfill.
+//! Each entry takes ~200 bytes (its canonical location is most of it):
+//! ~7 MB for the 36,526 files of the x100 backfill.
 
 use crate::delta::CommittedFile;
 use crate::registry::{manifest_attempt, visible_by, LineageFacts};

@@ -10,7 +10,8 @@
 //!   committed).
 //! - **One Delta commit per pass, of whole r2o commits.** A pass reads the
 //!   etcd revision, then the committed segments (the same list as `r2o
-//!   segment list`), and makes the log hold exactly them
+//!   segment list`, read by what changed since the last pass:
+//!   [`crate::committed`]), and makes the log hold exactly them
 //!   ([`crate::delta::plan`]): one Delta commit with a `txn` whose version is
 //!   that revision. While the log keeps up that is one Delta commit per r2o
 //!   commit; when r2o commits faster than the log is written (a backfill
