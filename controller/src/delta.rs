@@ -67,13 +67,14 @@ pub enum DeltaError {
 }
 
 /// A committed OFFLINE file as the log needs it (from its manifest entry,
-/// `registry::offline_segments`), with its object path made canonical once
-/// (the log names files by their path under the table's directory, in
-/// object_store's encoding, and encoding a path costs more than comparing it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommittedFile {
+/// `registry::offline_segments`): a view of its object path, made canonical
+/// once where it is kept (the log names files by their path under the
+/// table's directory, in object_store's encoding, and encoding a path costs
+/// more than comparing it), and its size, rows and commit time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CommittedFile<'a> {
     /// Canonical object path ([`canonical_path`]).
-    location: String,
+    location: &'a str,
     /// Size, bytes.
     pub size_bytes: u64,
     /// When it was committed (staged), UTC epoch ms.
@@ -82,25 +83,27 @@ pub struct CommittedFile {
     pub total_docs: u64,
 }
 
-impl CommittedFile {
-    /// The file of a committed manifest entry.
-    pub fn of(s: &SegmentMeta) -> Self {
-        CommittedFile {
-            location: canonical_path(&s.location),
-            size_bytes: s.size_bytes,
-            created_ms: s.created_ms,
-            total_docs: s.total_docs,
-        }
+impl<'a> CommittedFile<'a> {
+    /// The file at `canonical` (an object path as [`canonical_path`] gave
+    /// it; not checked: encoding is not idempotent, `%` becomes `%25` again).
+    pub fn new(canonical: &'a str, size_bytes: u64, created_ms: i64, total_docs: u64) -> Self {
+        CommittedFile { location: canonical, size_bytes, created_ms, total_docs }
+    }
+
+    /// The file of a manifest entry whose location is already canonical.
+    #[cfg(test)]
+    pub(crate) fn of(s: &'a SegmentMeta) -> Self {
+        CommittedFile::new(&s.location, s.size_bytes, s.created_ms, s.total_docs)
     }
 
     /// Its canonical object path.
-    pub fn location(&self) -> &str {
-        &self.location
+    pub fn location(&self) -> &'a str {
+        self.location
     }
 
     /// Its path under the table's directory `root` (canonical, no trailing
     /// `/`), as the log names it; `None` when it is not under it. Pure.
-    pub fn path_under(&self, root: &str) -> Option<&str> {
+    pub fn path_under(&self, root: &str) -> Option<&'a str> {
         self.location.strip_prefix(root)?.strip_prefix('/').filter(|p| !p.is_empty())
     }
 }
@@ -121,7 +124,7 @@ pub struct DeltaFile {
 
 impl DeltaFile {
     /// The `add` of the committed file `f`, named `path` in the log.
-    fn of(path: &str, f: &CommittedFile) -> Self {
+    fn of(path: &str, f: &CommittedFile<'_>) -> Self {
         DeltaFile {
             path: path.to_string(),
             size_bytes: f.size_bytes as i64,
@@ -153,10 +156,10 @@ impl Reconcile {
 /// replaced window gets new files). Only the `add`s are made into
 /// [`DeltaFile`]s. Pure.
 pub fn reconcile<'a>(
-    committed: impl IntoIterator<Item = (&'a str, &'a CommittedFile)>,
+    committed: impl IntoIterator<Item = (&'a str, CommittedFile<'a>)>,
     in_log: &BTreeSet<String>,
 ) -> Reconcile {
-    let wanted: BTreeMap<&str, &CommittedFile> = committed.into_iter().collect();
+    let wanted: BTreeMap<&str, CommittedFile> = committed.into_iter().collect();
     Reconcile {
         add: wanted.iter().filter(|(p, _)| !in_log.contains(**p)).map(|(p, f)| DeltaFile::of(p, f)).collect(),
         remove: in_log.iter().filter(|p| !wanted.contains_key(p.as_str())).cloned().collect(),
@@ -835,7 +838,7 @@ pub async fn plan(
     layout: &Layout,
     raw: &str,
     schema: Option<&Schema>,
-    committed: &[&CommittedFile],
+    committed: &[CommittedFile<'_>],
     revision: i64,
     file_retention_ms: i64,
     memo: Option<&LogMemo>,
@@ -846,7 +849,9 @@ pub async fn plan(
         .iter()
         .map(|f| match f.path_under(&canonical_root) {
             Some(path) => Ok((path, *f)),
-            None => Err(DeltaError::Outside { table: raw.into(), location: f.location.clone(), root: root.clone() }),
+            None => {
+                Err(DeltaError::Outside { table: raw.into(), location: f.location.to_string(), root: root.clone() })
+            }
         })
         .collect::<Result<Vec<_>, DeltaError>>()?;
     let wanted = schema.map(|s| delta_schema(raw, s)).transpose()?;
@@ -990,19 +995,17 @@ mod tests {
         retention_ms: i64,
     ) -> Planned {
         let files: Vec<CommittedFile> = committed.iter().map(CommittedFile::of).collect();
-        let files: Vec<&CommittedFile> = files.iter().collect();
         plan(store, layout, "t", Some(schema), &files, revision, retention_ms, None).await.unwrap()
     }
 
-    fn file(path: &str) -> (&str, CommittedFile) {
-        let s = SegmentMeta { location: format!("root/{path}"), size_bytes: 10, created_ms: 1, ..Default::default() };
-        (path, CommittedFile::of(&s))
+    fn file(location: &str) -> (&str, CommittedFile<'_>) {
+        (location.strip_prefix("root/").unwrap(), CommittedFile::new(location, 10, 1, 0))
     }
 
     #[test]
     fn reconcile_adds_what_the_log_lacks_and_removes_what_is_no_longer_committed() {
-        let committed = [file("t/a/2.parquet"), file("t/a/1.parquet"), file("u/a/1.parquet")];
-        let pairs = || committed.iter().map(|(p, f)| (*p, f));
+        let committed = [file("root/t/a/2.parquet"), file("root/t/a/1.parquet"), file("root/u/a/1.parquet")];
+        let pairs = || committed.iter().copied();
         let in_log: BTreeSet<String> = ["t/a/1.parquet", "old/a/1.parquet"].into_iter().map(String::from).collect();
         let r = reconcile(pairs(), &in_log);
         assert_eq!(r.add.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["t/a/2.parquet", "u/a/1.parquet"]);
@@ -1189,7 +1192,6 @@ mod tests {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
                 let files: Vec<CommittedFile> = committed.iter().map(CommittedFile::of).collect();
-                let files: Vec<&CommittedFile> = files.iter().collect();
                 let planned = plan(&store, &layout, "t", Some(&schema), &files, rev, DAY, memo.as_ref()).await?;
                 Ok::<_, DeltaError>(match planned {
                     Planned::Commit(p) => format!("commit {}", p.commit().await?),

@@ -600,7 +600,6 @@ mod tests {
             let (store, layout, schema) = (store.clone(), layout.clone(), schema.clone());
             async move {
                 let files: Vec<_> = files.iter().map(crate::delta::CommittedFile::of).collect();
-                let files: Vec<&_> = files.iter().collect();
                 match plan(&store, &layout, "t", Some(&schema), &files, rev, DEFAULT_FILE_RETENTION_MS, None)
                     .await
                     .unwrap()

@@ -366,7 +366,7 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
         }
         Planned::Commit(mut pending) => {
             let root = r2o_common::store::canonical_path(pending.root().trim_end_matches('/'));
-            let by_path: BTreeMap<&str, &delta::CommittedFile> =
+            let by_path: BTreeMap<&str, delta::CommittedFile> =
                 committed.iter().filter_map(|f| f.path_under(&root).map(|p| (p, *f))).collect();
             for f in pending.adds_mut() {
                 let Some(s) = by_path.get(f.path.as_str()) else { continue };
