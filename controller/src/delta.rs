@@ -32,7 +32,6 @@ use deltalake_core::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake_core::logstore::{default_logstore, LogStoreRef, StorageConfig};
 use deltalake_core::DeltaTable;
 use r2o_common::columnar::{FooterFacts, ValueRange};
-use r2o_common::meta::SegmentMeta;
 use r2o_common::schema::{DataType, Schema};
 use r2o_common::store::{canonical_path, Layout, Store};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -92,7 +91,7 @@ impl<'a> CommittedFile<'a> {
 
     /// The file of a manifest entry whose location is already canonical.
     #[cfg(test)]
-    pub(crate) fn of(s: &'a SegmentMeta) -> Self {
+    pub(crate) fn of(s: &'a r2o_common::meta::SegmentMeta) -> Self {
         CommittedFile::new(&s.location, s.size_bytes, s.created_ms, s.total_docs)
     }
 
@@ -981,6 +980,7 @@ fn delta_schema(raw: &str, schema: &Schema) -> Result<StructType, DeltaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use r2o_common::meta::SegmentMeta;
     use r2o_common::schema::FieldSpec;
 
     const DAY: i64 = 86_400_000;
