@@ -896,6 +896,27 @@ mod tests {
     use r2o_common::meta::{chunks, get_record, ClaimRecord, SegmentMeta, SegmentStatus, TaskId};
     use std::sync::Arc;
 
+    #[test]
+    fn a_registration_marks_late_rows_and_stamps_done_segments_with_the_controllers_clock() {
+        let seg = |start: i64, rows: u64, status: SegmentStatus| SegmentMeta {
+            start_time_ms: start,
+            total_docs: rows,
+            status,
+            done_ms: Some(1), // what a client sent is not kept
+            ..Default::default()
+        };
+        let r = as_registered(seg(50, 10, SegmentStatus::Done), Some(100), 7_000);
+        assert!(r.late && r.late_before_ms == Some(100), "rows before the watermark: late");
+        assert_eq!(r.done_ms, Some(7_000));
+        let r = as_registered(seg(100, 10, SegmentStatus::Done), Some(100), 7_000);
+        assert!(!r.late && r.late_before_ms.is_none(), "from the watermark on: on time");
+        let r = as_registered(seg(50, 0, SegmentStatus::Done), Some(100), 7_000);
+        assert!(!r.late, "no rows: nothing late");
+        assert!(!as_registered(seg(50, 10, SegmentStatus::Done), None, 7_000).late, "nothing committed yet");
+        let r = as_registered(seg(150, 10, SegmentStatus::Consuming), Some(100), 7_000);
+        assert_eq!(r.done_ms, None, "CONSUMING: done when sealed");
+    }
+
     fn task(table: &str) -> TaskRecord {
         serde_json::from_value(serde_json::json!({
             "id": format!("{table}__3600000__7"), "table": table, "fromMs": 3_600_000,
