@@ -112,6 +112,10 @@ impl<'a> CommittedFile<'a> {
 pub struct DeltaFile {
     /// Path relative to the table's directory (object_store's encoding).
     pub path: String,
+    /// Its object path in r2o's store (canonical), to read its footer.
+    pub location: String,
+    /// Rows.
+    pub rows: u64,
     /// Size, bytes.
     pub size_bytes: i64,
     /// When it was committed, UTC epoch ms (the `add`'s modification time).
@@ -126,6 +130,8 @@ impl DeltaFile {
     fn of(path: &str, f: &CommittedFile<'_>) -> Self {
         DeltaFile {
             path: path.to_string(),
+            location: f.location().to_string(),
+            rows: f.total_docs,
             size_bytes: f.size_bytes as i64,
             modification_ms: f.created_ms,
             stats: serde_json::json!({ "numRecords": f.total_docs }).to_string(),
@@ -1009,7 +1015,7 @@ mod tests {
         let in_log: BTreeSet<String> = ["t/a/1.parquet", "old/a/1.parquet"].into_iter().map(String::from).collect();
         let r = reconcile(pairs(), &in_log);
         assert_eq!(r.add.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["t/a/2.parquet", "u/a/1.parquet"]);
-        assert_eq!(r.add[0].size_bytes, 10);
+        assert_eq!((r.add[0].size_bytes, r.add[0].location.as_str()), (10, "root/t/a/2.parquet"));
         assert_eq!(r.remove, ["old/a/1.parquet"]);
         let all: BTreeSet<String> = committed.iter().map(|(p, _)| p.to_string()).collect();
         assert!(reconcile(pairs(), &all).is_empty());

@@ -101,10 +101,8 @@ pub const DEFAULT_FILE_RETENTION_MS: i64 = 7 * 86_400_000;
 
 /// `<raw>/<task>/a<attempt>/<n>` under `manifests/` as (raw, task, attempt).
 fn parse_manifest_key(rest: &str) -> Option<(&str, &str, u32)> {
-    let mut parts = rest.split('/');
-    let raw = parts.next()?;
-    let task = parts.next()?;
-    let attempt = parts.next()?.strip_prefix('a')?.parse().ok()?;
+    let (raw, rest) = rest.split_once('/')?;
+    let (task, attempt) = crate::registry::manifest_attempt(rest)?;
     Some((raw, task, attempt))
 }
 

@@ -365,18 +365,14 @@ pub async fn project_table(auth: &Authority, raw: &str) -> Result<Projected> {
             return Ok(Projected { record, added: 0, removed: 0 });
         }
         Planned::Commit(mut pending) => {
-            let root = r2o_common::store::canonical_path(pending.root().trim_end_matches('/'));
-            let by_path: BTreeMap<&str, delta::CommittedFile> =
-                committed.iter().filter_map(|f| f.path_under(&root).map(|p| (p, *f))).collect();
             for f in pending.adds_mut() {
-                let Some(s) = by_path.get(f.path.as_str()) else { continue };
-                if let Some(stats) = auth.delta_stats.take(s.location()) {
+                if let Some(stats) = auth.delta_stats.take(&f.location) {
                     f.stats = stats;
                     continue;
                 }
-                let footer = crate::validate::read_input_footer(auth.store.clone(), s.location()).await?;
+                let footer = crate::validate::read_input_footer(auth.store.clone(), &f.location).await?;
                 if let Some(schema) = schema {
-                    f.stats = delta::stats_json(s.total_docs, footer.as_ref(), schema);
+                    f.stats = delta::stats_json(f.rows, footer.as_ref(), schema);
                 }
             }
             let (added, removed) = (pending.adds().len(), pending.removes());
