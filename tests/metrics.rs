@@ -91,7 +91,7 @@ async fn metrics_move_as_the_flow_runs() {
     // measured from the latest input's registration to the commit
     assert_eq!(metric(&body, r#"r2o_window_freshness_seconds_count{table="mt"}"#), Some(done), "one per commit");
     let fresh_s = metric(&body, r#"r2o_window_freshness_seconds_sum{table="mt"}"#).unwrap();
-    assert!(fresh_s > 0.0 && fresh_s / done < 120.0, "freshness between registration and commit: {fresh_s} s");
+    assert!(fresh_s > 0.0, "a commit comes after its inputs' registration: {fresh_s} s");
     let wm = metric(&body, r#"r2o_table_watermark_ms{table="mt"}"#).unwrap();
     assert_eq!(wm, (T0_MS + 40 * H_MS) as f64);
     let mut succeeded = 0.0;
