@@ -30,19 +30,19 @@
 use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType as ArrowType, Field, Int32Type, Int64Type, Schema as ArrowSchema, SchemaRef};
-use datafusion::common::DataFusionError;
-use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::expressions::col;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::physical_plan::{execute_stream, ExecutionPlan};
-use datafusion::prelude::SessionConfig;
+use datafusion_common::DataFusionError;
+use datafusion_execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion_execution::memory_pool::FairSpillPool;
+use datafusion_execution::runtime_env::RuntimeEnvBuilder;
+use datafusion_execution::{SendableRecordBatchStream, TaskContext};
+use datafusion_physical_expr::expressions::col;
+use datafusion_physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion_physical_plan::sorts::sort::SortExec;
+use datafusion_physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion_physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion_physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion_physical_plan::{execute_stream, ExecutionPlan};
+use datafusion_execution::config::SessionConfig;
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
@@ -123,8 +123,8 @@ struct OutKey {
 const ROW_HASH_COLUMN: &str = "__r2o_row_hash";
 
 /// The row hash's seed (any fixed one: hashes are compared within one attempt).
-const ROW_HASH_STATE: datafusion::common::hash_utils::RandomState =
-    datafusion::common::hash_utils::RandomState::with_seed(0x7232_6f5f_6465_6475);
+const ROW_HASH_STATE: datafusion_common::hash_utils::RandomState =
+    datafusion_common::hash_utils::RandomState::with_seed(0x7232_6f5f_6465_6475);
 
 /// How one attempt on this path may use the machine.
 #[derive(Debug, Clone)]
@@ -583,7 +583,7 @@ impl Merger<'_> {
 fn row_hashes(batch: &RecordBatch, key: &[usize]) -> Result<arrow::array::UInt64Array, Error> {
     let mut hashes = vec![0u64; batch.num_rows()];
     let cols: Vec<&arrow::array::ArrayRef> = key.iter().map(|i| batch.column(*i)).collect();
-    datafusion::common::hash_utils::create_hashes(cols, &ROW_HASH_STATE, &mut hashes)
+    datafusion_common::hash_utils::create_hashes(cols, &ROW_HASH_STATE, &mut hashes)
         .map_err(|e| Error::Segment { segment: String::new(), problem: format!("cannot hash rows: {e}") })?;
     Ok(arrow::array::UInt64Array::from(hashes))
 }
