@@ -1,6 +1,7 @@
 """Checks the OFFLINE table's Delta Lake log (written by the leader, brought up to date by `r2o table
 export-delta`) against r2o's own list of committed files: Python's
-deltalake must see exactly those files and their rows, nothing else.
+deltalake must see exactly those files and their rows, nothing else, and
+each file's statistics (row count, min/max) must be those of its rows.
 
     verify_delta.py segments.json store_dir table_url
 
@@ -10,7 +11,11 @@ import json
 import os
 import sys
 
+from urllib.parse import urlparse
+
 from deltalake import DeltaTable
+
+from delta_read import check_stats
 
 
 def main():
@@ -28,7 +33,11 @@ def main():
                  f"(missing {missing}, extra {extra})")
     if rows != want_rows:
         sys.exit(f"verify-delta: FAILED: {rows} rows through Delta, {want_rows} committed")
-    print(f"verify-delta: OK, Delta version {dt.version()} holds the {len(files)} committed files, {rows} rows")
+    columns, problems = check_stats(dt, urlparse(url).path)
+    if problems:
+        sys.exit(f"verify-delta: FAILED: {len(problems)} file statistics are not their rows' ({problems[:5]})")
+    print(f"verify-delta: OK, Delta version {dt.version()} holds the {len(files)} committed files, {rows} rows; "
+          f"each file's statistics match its rows (min/max of {', '.join(columns)})")
 
 
 if __name__ == "__main__":

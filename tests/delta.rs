@@ -7,7 +7,8 @@
 //! until the file retention has passed. Every version carries r2o's `txn`
 //! with a growing revision, and no file is ever added twice; a leader killed
 //! between its etcd commits and their Delta commits leaves the next leader a
-//! log to catch up, once.
+//! log to catch up, once. Each file's statistics in the log (row count,
+//! min/max of LONG and TIMESTAMP columns, before 1970 as after) are its rows'.
 
 mod support;
 
@@ -131,6 +132,39 @@ async fn wait_late_run(cluster: &Cluster, table: &str) {
     }
 }
 
+/// A TIMESTAMP time column gets min/max statistics in the log, as the Delta
+/// kernel writes a `timestamp_ntz` one, and Python's deltalake parses them to
+/// each file's own range, for windows before 1970 as after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_statistics_are_each_files_range_to_another_reader() {
+    use arrow::array::TimestampMillisecondArray;
+    let cluster = Cluster::start(1, 1);
+    let schema = json!({"schemaName": "s", "dimensionFieldSpecs": [{"name": "k", "dataType": "STRING"}],
+        "metricFieldSpecs": [{"name": "m", "dataType": "LONG"}],
+        "dateTimeFieldSpecs": [{"name": "ts", "dataType": "TIMESTAMP", "format": "1:MILLISECONDS:TIMESTAMP",
+            "granularity": "1:MILLISECONDS"}]});
+    let table = support::hourly_table("tst", json!({"mergeType": "concat"}));
+    cluster.add_table("tst", &table, &schema);
+    // 2 h before 1970 to 2 h after it, 10 rows an hour at odd milliseconds
+    let times: Vec<i64> = (0..40).map(|i| -2 * H_MS + i * H_MS / 10 + 7).collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("k", std::sync::Arc::new(StringArray::from(vec!["a"; times.len()])) as std::sync::Arc<dyn Array>),
+        ("m", std::sync::Arc::new(Int64Array::from(vec![1; times.len()])) as _),
+        ("ts", std::sync::Arc::new(TimestampMillisecondArray::from(times.clone())) as _),
+    ])
+    .unwrap();
+    add_segment(&cluster, "tst", "s1", &batch);
+    let w = cluster.wait_idle("tst", Duration::from_secs(60)).await;
+    assert_eq!(w.watermark_ms, 2 * H_MS, "{}", w.next);
+    let dir = table_dir(&cluster, "tst").await;
+    wait_in_step(&cluster, "tst", &dir).await;
+    let now = read_delta(&format!("file://{}/", dir.display()), None);
+    assert_eq!(now["files"].as_array().unwrap().len(), 4, "one file per hour window: {}", now["files"]);
+    assert_eq!(now["rows"].as_array().unwrap().len(), times.len());
+    assert_eq!(now["stats_columns"], json!(["m", "ts"]), "every file has a range of m and ts");
+    assert_eq!(now["stats_problems"], json!([]), "each file's statistics are its rows'");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delta_log_follows_every_commit_with_time_travel() {
     // the janitor sweeps every second with a grace of 1 s: only the file
@@ -160,6 +194,9 @@ async fn the_delta_log_follows_every_commit_with_time_travel() {
     assert_eq!(now["columns"], json!(["k", "m", "ts"]));
     assert_eq!(sorted(now["rows"].as_array().unwrap().clone()), before, "the Delta table is the committed rows");
     assert_eq!(now["files"], json!(committed_files(&cluster, "dl").await));
+    // each file's statistics, as deltalake parses them, are its rows' count and ranges
+    assert_eq!(now["stats_columns"], json!(["m", "ts"]), "every file has a range of m and ts");
+    assert_eq!(now["stats_problems"], json!([]), "each file's statistics are its rows'");
     // the log tells other engines' VACUUM r2o's file retention (default 7 days)
     assert_eq!(now["configuration"]["delta.deletedFileRetentionDuration"], json!("interval 604800 seconds"));
     // export-delta on an up-to-date log writes nothing

@@ -180,26 +180,36 @@ pub fn relative_path(root: &str, location: &str) -> Option<String> {
 }
 
 /// Delta's per-file statistics JSON: `numRecords`, and `minValues` /
-/// `maxValues` of the INT, LONG, FLOAT and DOUBLE columns whose exact range
-/// the file's footer gives (a range Delta readers may skip the file by, so
-/// only exact ones; TIMESTAMP, whose statistics Delta writes as text, and
-/// non-finite floats are left out: no statistic means "unknown"). Pure.
+/// `maxValues` of the INT, LONG, FLOAT, DOUBLE and TIMESTAMP columns whose
+/// exact range the file's footer gives (a range Delta readers may skip the
+/// file by, so only exact ones: non-finite floats, and TIMESTAMPs outside
+/// the years 0001-9999, are left out; no statistic means "unknown").
+/// TIMESTAMP (a `timestamp_ntz` column in the log) is written as text, in
+/// [`stats_timestamp`]'s form. Pure.
 pub fn stats_json(rows: u64, footer: Option<&FooterFacts>, schema: &Schema) -> String {
+    use serde_json::Value;
     let (mut min, mut max) = (serde_json::Map::new(), serde_json::Map::new());
     for (column, range) in footer.map(|f| &f.ranges).into_iter().flatten() {
         let Some(field) = schema.field(column) else { continue };
         let bounds = match (field.data_type, range) {
-            (DataType::Int | DataType::Long, ValueRange::Int { min, max }) => Some((json_int(*min), json_int(*max))),
+            (DataType::Int | DataType::Long, ValueRange::Int { min, max }) => {
+                Some((Value::from(*min), Value::from(*max)))
+            }
+            (DataType::Timestamp, ValueRange::Int { min, max }) => {
+                stats_timestamp(*min).zip(stats_timestamp(*max)).map(|(lo, hi)| (Value::from(lo), Value::from(hi)))
+            }
             (DataType::Float | DataType::Double, ValueRange::Float { min, max })
                 if min.is_finite() && max.is_finite() =>
             {
-                serde_json::Number::from_f64(*min).zip(serde_json::Number::from_f64(*max))
+                serde_json::Number::from_f64(*min)
+                    .zip(serde_json::Number::from_f64(*max))
+                    .map(|(lo, hi)| (Value::Number(lo), Value::Number(hi)))
             }
             _ => None,
         };
         if let Some((lo, hi)) = bounds {
-            min.insert(column.clone(), serde_json::Value::Number(lo));
-            max.insert(column.clone(), serde_json::Value::Number(hi));
+            min.insert(column.clone(), lo);
+            max.insert(column.clone(), hi);
         }
     }
     let mut stats = serde_json::Map::new();
@@ -211,8 +221,20 @@ pub fn stats_json(rows: u64, footer: Option<&FooterFacts>, schema: &Schema) -> S
     serde_json::Value::Object(stats).to_string()
 }
 
-fn json_int(v: i64) -> serde_json::Number {
-    serde_json::Number::from(v)
+/// A TIMESTAMP statistic (`ms`: UTC epoch milliseconds) as the Delta
+/// kernel writes a `timestamp_ntz` one: `1969-12-31T23:59:59.999`
+/// (`%Y-%m-%dT%H:%M:%S%.3f`, its `STATS_TIMESTAMP_NTZ_FORMAT`). Exact,
+/// since Pinot's TIMESTAMP holds milliseconds; floored below 1970 as
+/// above it. `None` outside the years 0001-9999, which the form cannot
+/// spell. Pure.
+pub fn stats_timestamp(ms: i64) -> Option<String> {
+    /// 0001-01-01T00:00:00.000 and 9999-12-31T23:59:59.999, epoch ms.
+    const SPELLED: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+    if !SPELLED.contains(&ms) {
+        return None;
+    }
+    let seconds = r2o_common::window::format_utc(ms); // `...T23:59:59Z`, floored to the second
+    Some(format!("{}.{:03}", seconds.trim_end_matches('Z'), ms.rem_euclid(1000)))
 }
 
 /// Whether the object at `path` (canonical, in the install's namespace of
@@ -1334,7 +1356,7 @@ mod tests {
             ranges: [
                 ("n".to_string(), ValueRange::Int { min: -5, max: 7 }),
                 ("x".to_string(), ValueRange::Float { min: 0.5, max: 2.25 }),
-                ("ts".to_string(), ValueRange::Int { min: 1, max: 2 }),
+                ("ts".to_string(), ValueRange::Int { min: -1, max: 1_357_016_400_123 }),
                 ("inf".to_string(), ValueRange::Float { min: f64::NEG_INFINITY, max: 1.0 }),
                 ("gone".to_string(), ValueRange::Int { min: 1, max: 2 }),
             ]
@@ -1344,9 +1366,42 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&stats_json(3, Some(&facts), &schema)).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"numRecords": 3, "minValues": {"n": -5, "x": 0.5}, "maxValues": {"n": 7, "x": 2.25}})
+            serde_json::json!({"numRecords": 3,
+                "minValues": {"n": -5, "x": 0.5, "ts": "1969-12-31T23:59:59.999"},
+                "maxValues": {"n": 7, "x": 2.25, "ts": "2013-01-01T05:00:00.123"}})
         );
         let v: serde_json::Value = serde_json::from_str(&stats_json(9, None, &schema)).unwrap();
         assert_eq!(v, serde_json::json!({"numRecords": 9}), "no footer: the row count alone");
+    }
+
+    #[test]
+    fn timestamp_stats_are_the_kernels_text_within_years_1_to_9999() {
+        assert_eq!(stats_timestamp(0).as_deref(), Some("1970-01-01T00:00:00.000"));
+        assert_eq!(stats_timestamp(-1).as_deref(), Some("1969-12-31T23:59:59.999"), "floored below 1970");
+        assert_eq!(stats_timestamp(-1_000).as_deref(), Some("1969-12-31T23:59:59.000"));
+        assert_eq!(stats_timestamp(951_782_400_042).as_deref(), Some("2000-02-29T00:00:00.042"));
+        assert_eq!(stats_timestamp(-62_135_596_800_000).as_deref(), Some("0001-01-01T00:00:00.000"));
+        assert_eq!(stats_timestamp(253_402_300_799_999).as_deref(), Some("9999-12-31T23:59:59.999"));
+        assert_eq!(stats_timestamp(-62_135_596_800_001), None, "year 0 has no spelling");
+        assert_eq!(stats_timestamp(253_402_300_800_000), None, "year 10000 has none either");
+        assert_eq!(stats_timestamp(i64::MIN), None);
+        // a footer range with one bound past the years leaves the column out
+        let schema = Schema {
+            name: "t".into(),
+            fields: vec![FieldSpec {
+                name: "ts".into(),
+                data_type: DataType::Timestamp,
+                kind: r2o_common::schema::FieldKind::DateTime,
+                time_format: None,
+                default_null_value: None,
+                not_null: false,
+            }],
+        };
+        let facts = FooterFacts {
+            num_rows: 2,
+            ranges: [("ts".to_string(), ValueRange::Int { min: 0, max: i64::MAX })].into_iter().collect(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&stats_json(2, Some(&facts), &schema)).unwrap();
+        assert_eq!(v, serde_json::json!({"numRecords": 2}));
     }
 }
