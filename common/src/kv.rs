@@ -232,6 +232,10 @@ pub struct KvStatus {
 pub trait KvBackend: Send + Sync + 'static {
     /// The value at `key`.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+    /// The values at `keys` (exact keys, not prefixes), in their order, all
+    /// read at one store revision in one request (etcd: one transaction of
+    /// gets): what a status answer reads of a table's small records.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>>;
     /// At most `limit` keys starting with `prefix`, in key order, after
     /// `after` (exclusive) when given, as of store revision `revision` (0:
     /// the latest); [`Page::revision`] says which revision was read.
@@ -465,6 +469,27 @@ impl KvBackend for EtcdKv {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let resp = self.client.kv_client().get(key, None).await.map_err(meta_err)?;
         Ok(resp.kvs().first().map(to_kv))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        use etcd_client::{Txn, TxnOp, TxnOpResponse};
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let gets: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let resp = self.client.kv_client().txn(Txn::new().and_then(gets)).await.map_err(meta_err)?;
+        let out: Vec<Option<KeyValue>> = resp
+            .op_responses()
+            .iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(to_kv),
+                _ => None,
+            })
+            .collect();
+        if out.len() != keys.len() {
+            return Err(Error::Meta(format!("a transaction of {} gets answered {}", keys.len(), out.len())));
+        }
+        Ok(out)
     }
 
     async fn mod_revision(&self, key: &str) -> Result<Option<i64>> {
@@ -838,6 +863,11 @@ impl KvBackend for MemKv {
         Ok(self.state().data.get(key).cloned())
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let s = self.state();
+        Ok(keys.iter().map(|k| s.data.get(k).cloned()).collect())
+    }
+
     async fn range_page_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: i64) -> Result<Page> {
         let s = self.state();
         if revision != 0 && revision != s.revision {
@@ -1011,6 +1041,15 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
 
     let all = kv.range(&format!("{prefix}/")).await.unwrap();
     assert_eq!(all.iter().map(|x| x.key.clone()).collect::<Vec<_>>(), vec![k("a"), k("b")]);
+    // several exact keys in one read, in their order, absent ones as None
+    // (a key is not a prefix: `a` does not answer for `a2`)
+    let many = kv.get_many(&[k("b"), k("none"), k("a"), k("")]).await.unwrap();
+    assert_eq!(many.len(), 4);
+    assert_eq!(many[0].as_ref().map(|x| (&x.key, &x.value)), Some((&k("b"), &b"4".to_vec())));
+    assert!(many[1].is_none() && many[3].is_none());
+    assert_eq!(many[2].as_ref().map(|x| x.mod_revision), Some(a2.mod_revision));
+    assert_eq!(many[0].as_ref().map(|x| x.mod_revision), many[2].as_ref().map(|x| x.mod_revision));
+    assert!(kv.get_many(&[]).await.unwrap().is_empty());
 
     kv.delete(&k("b")).await.unwrap();
     kv.delete(&k("b")).await.unwrap();

@@ -5,7 +5,10 @@
 //! controller is not it.
 
 use r2o_common::config::TableSpec;
-use r2o_common::meta::{get_record, now_ms, LeaderRecord, TableRecord, TaskRecord, WatermarkRecord};
+use r2o_common::meta::{
+    decode, get_record, now_ms, LeaderRecord, RetentionRecord, TableRecord, TaskRecord, WatermarkRecord,
+};
+use r2o_common::schedule::ScheduleRecord;
 use r2o_common::wire::segment_from_wire;
 use r2o_proto::controller as pb;
 use r2o_proto::controller::controller_service_server::ControllerService;
@@ -260,7 +263,7 @@ impl ControllerSvc {
         let ranges = self.auth.kv.range_consistent(&[keys.histories(raw), keys.active_tasks()]).await?;
         let mut tasks: Vec<TaskRecord> = Vec::new();
         for entry in ranges.iter().flatten() {
-            let t: TaskRecord = r2o_common::meta::decode(entry)?;
+            let t: TaskRecord = decode(entry)?;
             if t.table == raw {
                 tasks.push(t);
             }
@@ -279,10 +282,21 @@ impl ControllerSvc {
         let raw = view.raw.as_str();
         let spec = view.spec.clone();
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
-        let wm_entry = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?;
-        let wm_revision = wm_entry.as_ref().map_or(0, |(_, e)| e.mod_revision);
-        let wm = wm_entry.map(|(w, _)| w);
-        let delta = crate::projector::read_record(kv, keys, raw).await?;
+        // the table's small records in one read (`r2o wait` polls this)
+        let mut wanted = vec![keys.watermark(raw), crate::projector::record_key(keys, raw), keys.retention(raw)];
+        if spec.flow.schedule.is_some() {
+            wanted.push(keys.schedule(raw));
+        }
+        let got = kv.get_many(&wanted).await?;
+        let record = |i: usize| got.get(i).and_then(Option::as_ref);
+        let wm_revision = record(0).map_or(0, |e| e.mod_revision);
+        let wm: Option<WatermarkRecord> = record(0).map(decode).transpose()?;
+        let delta: Option<crate::projector::DeltaRecord> = record(1).map(decode).transpose()?;
+        let retained: Option<RetentionRecord> = record(2).map(decode).transpose()?;
+        let schedule_rec: Option<ScheduleRecord> = record(3).map(decode).transpose()?;
+        // the revision-checked segment cache, read once per call (one marker
+        // read when nothing changed)
+        let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
         let delta_url = crate::delta::table_url(&self.auth.cfg.store_uri, &self.auth.layout.offline_prefix(raw))
             .map(|u| u.to_string())
             .unwrap_or_default();
@@ -293,13 +307,10 @@ impl ControllerSvc {
         let sched = match &spec.flow.schedule {
             None => None,
             Some(s) => {
-                let rec = get_record::<r2o_common::schedule::ScheduleRecord>(kv, &keys.schedule(raw))
-                    .await?
-                    .map(|(r, _)| r)
-                    .unwrap_or(r2o_common::schedule::ScheduleRecord {
-                        last_fire_ms: table_rec.as_ref().map_or(0, |r| r.created_ms),
-                        ..Default::default()
-                    });
+                let rec = schedule_rec.unwrap_or(r2o_common::schedule::ScheduleRecord {
+                    last_fire_ms: table_rec.as_ref().map_or(0, |r| r.created_ms),
+                    ..Default::default()
+                });
                 let now = now_ms();
                 let running = rec.active || s.due(rec.last_fire_ms, now).is_some();
                 let next = if rec.active { None } else { s.next_after(rec.last_fire_ms.max(now)) };
@@ -339,7 +350,6 @@ impl ControllerSvc {
                 at.map_or_else(|| "never".into(), r2o_common::window::format_utc)
             )
         } else {
-            let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
             let from = wm.as_ref().map(|w| w.watermark_ms);
             match plan_over(
                 &spec.flow,
@@ -364,19 +374,14 @@ impl ControllerSvc {
         let w = wm.clone().unwrap_or_default();
         let unmoved = match spec.flow.retention_ms {
             Some(r) => {
-                let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
                 let from = wm.as_ref().map(|w| w.watermark_ms);
                 let settled = crate::retention::late_settled(kv, keys, &spec).await?;
                 crate::retention::plan_retention(&segments, from, r, now_ms(), &*settled).unmoved.len() as u64
             }
             None => 0,
         };
-        let retained = get_record::<r2o_common::meta::RetentionRecord>(kv, &keys.retention(raw)).await?.map(|(r, _)| r);
         let deleted = retained.as_ref().map_or(0, |r| r.deleted_segments);
         // late windows that cannot be redone: the planner passes them over, this says why
-        // the revision-checked segment cache: `r2o watermark` (polled by `r2o wait`) reads
-        // the segment list once per change, not up to three times per call
-        let (segments, _) = self.auth.segments.get(kv, keys, raw).await?;
         let late_problems = if segments.any_late() {
             let ledger = crate::registry::late_ledger(kv, keys, raw).await?;
             let until = retained.as_ref().map(|r| r.deleted_until_ms);

@@ -31,6 +31,7 @@ use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType as ArrowType, Field, Int32Type, Int64Type, Schema as ArrowSchema, SchemaRef};
 use datafusion_common::DataFusionError;
+use datafusion_execution::config::SessionConfig;
 use datafusion_execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion_execution::memory_pool::FairSpillPool;
 use datafusion_execution::runtime_env::RuntimeEnvBuilder;
@@ -42,7 +43,6 @@ use datafusion_physical_plan::sorts::sort_preserving_merge::SortPreservingMergeE
 use datafusion_physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion_physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion_physical_plan::{execute_stream, ExecutionPlan};
-use datafusion_execution::config::SessionConfig;
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;

@@ -686,6 +686,9 @@ impl r2o_common::kv::KvBackend for LosesPublishAnswer {
     async fn get(&self, key: &str) -> r2o_common::Result<Option<r2o_common::kv::KeyValue>> {
         self.inner.get(key).await
     }
+    async fn get_many(&self, keys: &[String]) -> r2o_common::Result<Vec<Option<r2o_common::kv::KeyValue>>> {
+        self.inner.get_many(keys).await
+    }
     async fn range_page_at(
         &self,
         prefix: &str,
