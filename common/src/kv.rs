@@ -130,6 +130,21 @@ impl Op {
     }
 }
 
+/// Checks a read of `keys` in one transaction ([`KvBackend::get_many`])
+/// against etcd's limit of [`MAX_TXN_OPS`] operations.
+///
+/// # Errors
+/// [`Error::Limit`] naming the count; not retryable.
+fn check_gets(keys: &[String]) -> Result<()> {
+    if keys.len() > MAX_TXN_OPS {
+        return Err(Error::Limit(format!(
+            "a read of {} keys in one transaction exceeds etcd's limit of {MAX_TXN_OPS} operations",
+            keys.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a transaction against etcd's default limits ([`MAX_TXN_OPS`]
 /// compares, [`MAX_TXN_OPS`] ops, [`MAX_REQUEST_BYTES`] in all).
 ///
@@ -235,6 +250,10 @@ pub trait KvBackend: Send + Sync + 'static {
     /// The values at `keys` (exact keys, not prefixes), in their order, all
     /// read at one store revision in one request (etcd: one transaction of
     /// gets): what a status answer reads of a table's small records.
+    ///
+    /// # Errors
+    /// As the trait; more than [`MAX_TXN_OPS`] keys is [`Error::Limit`]
+    /// (etcd's limit on a transaction's operations).
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>>;
     /// At most `limit` keys starting with `prefix`, in key order, after
     /// `after` (exclusive) when given, as of store revision `revision` (0:
@@ -473,6 +492,7 @@ impl KvBackend for EtcdKv {
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
         use etcd_client::{Txn, TxnOp, TxnOpResponse};
+        check_gets(keys)?;
         if keys.is_empty() {
             return Ok(vec![]);
         }
@@ -864,6 +884,7 @@ impl KvBackend for MemKv {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        check_gets(keys)?;
         let s = self.state();
         Ok(keys.iter().map(|k| s.data.get(k).cloned()).collect())
     }
@@ -1050,6 +1071,8 @@ pub async fn conformance(kv: &dyn KvBackend, prefix: &str) {
     assert_eq!(many[2].as_ref().map(|x| x.mod_revision), Some(a2.mod_revision));
     assert_eq!(many[0].as_ref().map(|x| x.mod_revision), many[2].as_ref().map(|x| x.mod_revision));
     assert!(kv.get_many(&[]).await.unwrap().is_empty());
+    let too_many: Vec<String> = (0..=MAX_TXN_OPS).map(|i| k(&format!("m{i}"))).collect();
+    assert!(matches!(kv.get_many(&too_many).await, Err(Error::Limit(_))), "past etcd's operations per transaction");
 
     kv.delete(&k("b")).await.unwrap();
     kv.delete(&k("b")).await.unwrap();

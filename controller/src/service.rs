@@ -307,7 +307,7 @@ impl ControllerSvc {
         let sched = match &spec.flow.schedule {
             None => None,
             Some(s) => {
-                let rec = schedule_rec.unwrap_or(r2o_common::schedule::ScheduleRecord {
+                let rec = schedule_rec.unwrap_or(ScheduleRecord {
                     last_fire_ms: table_rec.as_ref().map_or(0, |r| r.created_ms),
                     ..Default::default()
                 });
