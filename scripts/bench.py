@@ -312,8 +312,8 @@ def table_config(merge, bench_dir, work, bucket):
     return path
 
 
-def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None, insecure=False):
-    tag = f"{scale}-{merge}-{bucket}" + ("-insecure" if insecure else "")
+def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None, insecure=False, label=""):
+    tag = f"{scale}-{merge}-{bucket}" + ("-insecure" if insecure else "") + (f"-{label}" if label else "")
     c = Cluster(os.path.join(work, f"r2o-{tag}"), bench_dir, minion_env, insecure)
     try:
         c.cli("table", "add", "--config", table_config(merge, bench_dir, work, bucket),
@@ -323,6 +323,17 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None
         registration = time.perf_counter() - t0
         final, rows_in = final_watermark(seg_dir, parse_period(bucket))
         cpu0 = c.cpu()
+        # BENCH_PERF=FILE: a system-wide `perf record` over the backfill
+        # alone (BENCH_PERF_ARGS adds options, e.g. "--call-graph dwarf"),
+        # for `perf report --sort pid,sym`; such a run's figures say little
+        # about speed
+        perf = None
+        if os.environ.get("BENCH_PERF"):
+            perf = subprocess.Popen(["perf", "record", "-a", "-F", "499", "-q", "-o",
+                                     os.environ["BENCH_PERF"] + f".{tag}"]
+                                    + os.environ.get("BENCH_PERF_ARGS", "").split(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         t0 = time.perf_counter()
         c.cli("resume", "--table", "flights")
         polls = 0
@@ -339,6 +350,9 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None
                     raise RuntimeError(nxt)
             time.sleep(0.1)
         wall = time.perf_counter() - t0
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
         # the Delta log's lag at the end: from the watermark's last move to the
         # version that holds it (binaries before issue 23 have no log)
         delta_lag = None
@@ -370,7 +384,7 @@ def run_r2o(scale, merge, seg_dir, work, bench_dir, bucket="1d", minion_env=None
         for s in segs:
             if s["tableName"].endswith("_OFFLINE"):
                 os.symlink(os.path.join(store, s["location"]), os.path.join(out, s["segmentName"] + ".parquet"))
-        return {"tool": "r2o", "scale": scale, "merge": merge, "seconds": wall, "rows_in": rows_in,
+        return {"tool": f"r2o {label}" if label else "r2o", "scale": scale, "merge": merge, "seconds": wall, "rows_in": rows_in,
                 "windows": w["windowsCommitted"], "rss_mb": rss, "out": out, "registration_s": registration}
     finally:
         c.stop()
@@ -603,6 +617,7 @@ def run_freshness(samples, work, bench_dir, extra_tables=0, seg_dir=None, histor
 
 
 def main():
+    global R2O  # --bins runs each binary in turn
     ap = argparse.ArgumentParser()
     ap.add_argument("--scales", default="x1,x30")
     ap.add_argument("--merges", default="concat,rollup,dedup")
@@ -610,6 +625,10 @@ def main():
     ap.add_argument("--bench-dir", default=os.path.join(ROOT, "..", "shared", "bench"))
     ap.add_argument("--work", default=os.path.join(ROOT, ".r2o", "bench"))
     ap.add_argument("--bucket", default="1d", help="bucketTimePeriod of the table and the peers")
+    ap.add_argument("--bins", default=None,
+                    help="A/B in one sitting: NAME=PATH,NAME=PATH,... r2o binaries run in turn for each mergeType "
+                         "(--repeat rounds), before the floor and the peers; no files are deleted between runs")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of --bins")
     ap.add_argument("--floor", action="store_true",
                     help="also run ../shared/bench/floor (read and write the same files, no transform) on each "
                          "scale, and give r2o's time as a multiple of it")
@@ -679,6 +698,8 @@ def main():
     old = [os.path.join(args.work, d) for d in os.listdir(args.work) if d.startswith(("old-runs-", "r2o-", "out-"))]
     os.makedirs(runs)
     rows, failures = [], []
+    # (label, binary): one unlabelled run of R2O unless --bins names several
+    bins = [tuple(b.split("=", 1)) for b in args.bins.split(",")] if args.bins else [("", None)]
     for scale in args.scales.split(","):
         seg_dir = os.path.join(args.work, scale)
         if not os.path.exists(os.path.join(seg_dir, "segments.json")):
@@ -691,12 +712,18 @@ def main():
             if merge == "rollup-sketch":
                 print(f"bench: adding the sketch columns to {scale}", file=sys.stderr)
                 segs = sketch_segments(seg_dir)
-            try:
-                r = run_r2o(scale, merge, segs, runs, bench_dir, args.bucket, minion_env)
-            except RuntimeError as e:
-                print(f"bench: r2o {scale} {merge} failed: {e}", file=sys.stderr)
-                failures.append(f"r2o {scale} {merge}: {e}")
-                r = None
+            results = []
+            for label, path in bins * args.repeat:
+                R2O = path or R2O
+                try:
+                    results.append(run_r2o(scale, merge, segs, runs, bench_dir, args.bucket, minion_env,
+                                           label=f"{label}#{len(results)}" if label else ""))
+                    print(f"bench: {results[-1]['tool']} {scale} {merge}: {results[-1]['seconds']:.2f} s",
+                          file=sys.stderr)
+                except RuntimeError as e:
+                    print(f"bench: r2o {label} {scale} {merge} failed: {e}", file=sys.stderr)
+                    failures.append(f"r2o {label} {scale} {merge}: {e}")
+            r = results[0] if results else None
             plain = None
             if args.also_insecure:
                 print(f"bench: r2o {scale} {merge} --insecure", file=sys.stderr)
@@ -714,17 +741,19 @@ def main():
             if r is None:
                 rows.extend(peers)
                 continue
-            if peers:
-                ok, text = verify(r["out"], peers[0]["out"], bench_dir, args.one_window)
-                if not ok:
-                    print(text, file=sys.stderr)
-                    raise SystemExit(f"r2o's OFFLINE output differs from {peers[0]['tool']}'s ({scale} {merge})")
-                r["verified"] = peers[0]["tool"]
+            for r in results:
+                if peers:
+                    ok, text = verify(r["out"], peers[0]["out"], bench_dir, args.one_window)
+                    if not ok:
+                        print(text, file=sys.stderr)
+                        raise SystemExit(f"{r['tool']}'s OFFLINE output differs from {peers[0]['tool']}'s "
+                                         f"({scale} {merge})")
+                    r["verified"] = peers[0]["tool"]
+                if floor:
+                    r["floor_x"] = r["seconds"] / floor["seconds"]
             best = min((p["seconds"] for p in peers), default=None)
-            if floor:
-                r["floor_x"] = r["seconds"] / floor["seconds"]
-            for x in [r] + ([plain] if plain else []) + peers + ([floor] if floor else []):
-                x["ratio"] = (best / x["seconds"]) if (best and x in (r, plain)) else None
+            for x in results + ([plain] if plain else []) + peers + ([floor] if floor else []):
+                x["ratio"] = (best / x["seconds"]) if (best and (x in results or x is plain)) else None
                 rows.append(x)
                 # as it comes, so a sitting cut short keeps what it measured
                 print(f"bench: {x['tool']} {scale} {merge}: {x['seconds']:.2f} s", file=sys.stderr)

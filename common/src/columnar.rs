@@ -1211,9 +1211,9 @@ mod tests {
         }
     }
 
-    /// The vendored zstd creates its contexts on first use (vendor/zstd/R2O-PATCH.md):
-    /// the level given to the codec must still reach the context, and files
-    /// written at any level read back.
+    /// The vendored zstd creates its contexts on first use and reuses them
+    /// (vendor/zstd/R2O-PATCH.md): the level given to the codec must still
+    /// reach the context, and files written at any level read back.
     #[test]
     fn zstd_levels_reach_the_lazily_created_context() {
         let s = schema();
@@ -1237,6 +1237,12 @@ mod tests {
         // were the level lost, every file would be zstd's default level's bytes
         let files = [write(1), write(3), write(19)];
         assert!(files[0] != files[1] && files[1] != files[2] && files[0] != files[2], "each level gives other bytes");
+        // contexts are given back to a per-thread pool, reset, and taken by
+        // the next compressor: it writes its own level's bytes, whatever the
+        // context compressed before
+        assert_eq!(write(1), files[0], "a pooled context takes the next compressor's level");
+        assert_eq!(write(19), files[2]);
+        assert_eq!(write(3), files[1]);
         for file in files {
             assert_eq!(num_rows(&read_segment("seg", file, &s, 1024).unwrap()), n as u64);
         }

@@ -15,12 +15,57 @@ use zstd_safe;
 ///
 /// r2o patch: the context is created on first use, not by `new` (zstd runs
 /// `cpuid` at every context creation, a VM exit on virtual machines, and
-/// parquet-rs builds a compressor for every column chunk it only reads).
+/// parquet-rs builds a compressor for every column chunk it reads or
+/// writes), and a context without a dictionary is taken from (and given
+/// back to, reset) a small per-thread pool, so writing many column chunks
+/// creates a few contexts, not one each.
 #[derive(Default)]
 pub struct Compressor<'a> {
+    /// A context of its own: one with a dictionary (which may be borrowed),
+    /// or one handed out by `context_mut`. Never pooled.
     context: Option<zstd_safe::CCtx<'a>>,
-    /// Compression level to set when the context is created.
+    /// A context of the per-thread pool, given back on drop.
+    pooled: Option<zstd_safe::CCtx<'static>>,
+    /// Compression level to set when the context is taken.
     level: Option<i32>,
+}
+
+/// r2o patch: most contexts one thread keeps for reuse. A context keeps the
+/// workspace of its largest job (about 1 MiB at level 3 for a 1 MiB page);
+/// a Parquet writer holds one per column chunk of a row group at once.
+const POOL_MAX: usize = 16;
+
+std::thread_local! {
+    /// r2o patch: reset contexts ready for reuse on this thread.
+    static POOL: std::cell::RefCell<Vec<zstd_safe::CCtx<'static>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn pool_take() -> zstd_safe::CCtx<'static> {
+    POOL.try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+fn pool_give(mut c: zstd_safe::CCtx<'static>) {
+    // a reset context holds no dictionary and default parameters
+    if c.reset(zstd_safe::ResetDirective::SessionAndParameters).is_ok() {
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(c);
+            }
+        });
+    }
+}
+
+impl Drop for Compressor<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.pooled.take() {
+            pool_give(c);
+        }
+    }
 }
 
 impl Compressor<'static> {
@@ -84,15 +129,26 @@ impl<'a> Compressor<'a> {
         dictionary: &[u8],
     ) -> io::Result<()> {
         if self.context.is_none() && dictionary.is_empty() {
-            // r2o patch: nothing to load yet; the level is set on creation
-            self.level = Some(level);
-            return Ok(());
+            // r2o patch: a pooled context has no dictionary; without one
+            // yet, the level is set when it is taken
+            return match self.pooled.as_mut() {
+                None => {
+                    self.level = Some(level);
+                    Ok(())
+                }
+                Some(c) => c
+                    .set_parameter(zstd_safe::CParameter::CompressionLevel(
+                        level,
+                    ))
+                    .map(drop)
+                    .map_err(map_error_code),
+            };
         }
-        self.ctx()?
+        self.own_ctx()?
             .set_parameter(zstd_safe::CParameter::CompressionLevel(level))
             .map_err(map_error_code)?;
 
-        self.ctx()?
+        self.own_ctx()?
             .load_dictionary(dictionary)
             .map_err(map_error_code)?;
 
@@ -112,7 +168,7 @@ impl<'a> Compressor<'a> {
     where
         'b: 'a,
     {
-        self.ctx()?
+        self.own_ctx()?
             .ref_cdict(dictionary.as_cdict())
             .map_err(map_error_code)?;
 
@@ -133,15 +189,17 @@ impl<'a> Compressor<'a> {
         source: &[u8],
         destination: &mut C,
     ) -> io::Result<usize> {
-        let ctx = self.ctx()?;
-        let result = ctx.compress2(destination, source);
-        if result.is_err() {
-            // `compress2` leaves a failed frame open, and zstd refuses most
-            // setters mid-frame. Abandon it, so the compressor can be set up
-            // for the next job. Resetting only the session cannot fail (it
-            // waits for the worker threads, if any).
-            let _ = ctx.reset(zstd_safe::ResetDirective::SessionOnly);
-        }
+        let result = self.with_ctx(|ctx| {
+            let result = ctx.compress2(destination, source);
+            if result.is_err() {
+                // `compress2` leaves a failed frame open, and zstd refuses
+                // most setters mid-frame. Abandon it, so the compressor can
+                // be set up for the next job. Resetting only the session
+                // cannot fail (it waits for the worker threads, if any).
+                let _ = ctx.reset(zstd_safe::ResetDirective::SessionOnly);
+            }
+            result
+        })?;
         result.map_err(map_error_code)
     }
 
@@ -165,23 +223,47 @@ impl<'a> Compressor<'a> {
     /// r2o patch: when the context is created here and zstd refuses the
     /// compression level given before.
     pub fn context_mut(&mut self) -> &mut zstd_safe::CCtx<'a> {
-        self.ctx().expect("zstd accepts the compression level")
+        self.own_ctx().expect("zstd accepts the compression level")
     }
 
-    /// r2o patch: the context, created (with the pending level) on first use.
-    fn ctx(&mut self) -> io::Result<&mut zstd_safe::CCtx<'a>> {
-        if self.context.is_none() {
-            let mut context = zstd_safe::CCtx::default();
-            if let Some(level) = self.level.take() {
-                context
-                    .set_parameter(zstd_safe::CParameter::CompressionLevel(
-                        level,
-                    ))
-                    .map_err(map_error_code)?;
+    /// r2o patch: a context from the pool (or a new one) with the pending
+    /// level set; the level stays pending when zstd refuses it.
+    fn taken(&mut self) -> io::Result<zstd_safe::CCtx<'static>> {
+        let mut c = self.pooled.take().unwrap_or_else(pool_take);
+        if let Some(level) = self.level {
+            if let Err(e) = c.set_parameter(
+                zstd_safe::CParameter::CompressionLevel(level),
+            ) {
+                pool_give(c);
+                return Err(map_error_code(e));
             }
-            self.context = Some(context);
+            self.level = None;
         }
-        Ok(self.context.as_mut().expect("created above"))
+        Ok(c)
+    }
+
+    /// r2o patch: the compressor's own context (never pooled: it may get a
+    /// dictionary, or be handed out), made from the pooled one if any.
+    fn own_ctx(&mut self) -> io::Result<&mut zstd_safe::CCtx<'a>> {
+        if self.context.is_none() {
+            self.context = Some(self.taken()?);
+        }
+        Ok(self.context.as_mut().expect("set above"))
+    }
+
+    /// r2o patch: runs `f` on the context: the compressor's own when it has
+    /// one, else one of the pool (taken on first use).
+    fn with_ctx<R>(
+        &mut self,
+        f: impl for<'x> FnOnce(&mut zstd_safe::CCtx<'x>) -> R,
+    ) -> io::Result<R> {
+        if let Some(c) = self.context.as_mut() {
+            return Ok(f(c));
+        }
+        if self.pooled.is_none() {
+            self.pooled = Some(self.taken()?);
+        }
+        Ok(f(self.pooled.as_mut().expect("set above")))
     }
 
     /// Sets a compression parameter for this compressor.
@@ -189,8 +271,7 @@ impl<'a> Compressor<'a> {
         &mut self,
         parameter: zstd_safe::CParameter,
     ) -> io::Result<()> {
-        self.ctx()?
-            .set_parameter(parameter)
+        self.with_ctx(|c| c.set_parameter(parameter))?
             .map_err(map_error_code)?;
         Ok(())
     }
@@ -207,8 +288,7 @@ impl<'a> Compressor<'a> {
         &mut self,
         size: Option<u64>,
     ) -> io::Result<()> {
-        self.ctx()?
-            .set_pledged_src_size(size)
+        self.with_ctx(|c| c.set_pledged_src_size(size))?
             .map_err(map_error_code)?;
         Ok(())
     }
