@@ -717,7 +717,7 @@ def main():
                 R2O = path or R2O
                 try:
                     results.append(run_r2o(scale, merge, segs, runs, bench_dir, args.bucket, minion_env,
-                                           label=f"{label}#{len(results)}" if label else ""))
+                                           label=f"{label}-{len(results)}" if label else ""))
                     print(f"bench: {results[-1]['tool']} {scale} {merge}: {results[-1]['seconds']:.2f} s",
                           file=sys.stderr)
                 except RuntimeError as e:

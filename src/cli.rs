@@ -10,7 +10,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::connect::{client, on_leader, status_err, Credentials, Target};
+use crate::connect::{client, list_segments, on_leader, status_err, Credentials, Target};
 use crate::ingest;
 
 /// How to reach the cluster.
@@ -697,7 +697,11 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         format!("invalid --status '{s}': expected PENDING, LOADED, LOADED_WITH_ERRORS or SKIPPED")
                     })?),
                 };
-                let mut segs = rpc!(conn, list_segments, pb::ListSegmentsRequest { table }).segments;
+                let mut segs = on_leader(&conn.target()?, |mut c| {
+                    let table = table.clone();
+                    async move { list_segments(&mut c, &table).await }
+                })
+                .await?;
                 if let Some(w) = wanted {
                     segs.retain(|s| s.load_status == w.name());
                 }
@@ -1130,12 +1134,7 @@ async fn report(conn: &Conn, table: &str) -> Result<()> {
     let status_page = format!("{}/status/tables/{table}", target.addr.trim_end_matches('/'));
     let mut c = client(&target).await?;
     let w = c.get_watermark(pb::GetWatermarkRequest { table: table.into() }).await.map_err(status_err)?.into_inner();
-    let segs = c
-        .list_segments(pb::ListSegmentsRequest { table: table.into() })
-        .await
-        .map_err(status_err)?
-        .into_inner()
-        .segments;
+    let segs = list_segments(&mut c, table).await.map_err(status_err)?;
     let tasks =
         c.list_tasks(pb::ListTasksRequest { table: table.into() }).await.map_err(status_err)?.into_inner().tasks;
     let part = |suffix: &str| segs.iter().filter(|s| s.table.ends_with(suffix)).collect::<Vec<_>>();

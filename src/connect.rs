@@ -144,6 +144,29 @@ where
     }
 }
 
+/// Every segment of `table`, REALTIME then OFFLINE, each in name order:
+/// ListSegments asked page after page (the controller answers at most
+/// 10,000 segments at a time) until an answer has no `next_page_token`.
+///
+/// # Errors
+/// The first page's or a later page's status (a table that does not exist;
+/// a listing whose etcd revision was compacted meanwhile: list again).
+pub async fn list_segments(
+    c: &mut Client,
+    table: &str,
+) -> std::result::Result<Vec<r2o_proto::controller::Segment>, tonic::Status> {
+    let (mut out, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let req = r2o_proto::controller::ListSegmentsRequest { table: table.into(), page_size: 0, page_token };
+        let page = c.list_segments(req).await?.into_inner();
+        out.extend(page.segments);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// Connects to a controller. Replies may be large (a table's segment list
 /// at tens of thousands of segments): up to 1 GiB is accepted.
 pub async fn client(target: &Target) -> Result<Client> {

@@ -423,13 +423,9 @@ pub async fn ingest(
     let total = all.num_rows();
     let n = total.div_ceil(rows_per_segment);
     // continue the sequence after existing segments of this partition
-    let existing = client(controller)
-        .await?
-        .list_segments(pb::ListSegmentsRequest { table: spec.name.clone() })
+    let existing = crate::connect::list_segments(&mut client(controller).await?, &spec.name)
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner()
-        .segments;
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let prefix = format!("{}__{partition}__", spec.name);
     let first_seq = existing
         .iter()

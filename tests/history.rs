@@ -293,7 +293,7 @@ impl Run {
     /// answer or a listed file went meanwhile (read again).
     async fn offline(&self, table: &str) -> Option<(Vec<pb::Segment>, Vec<(i64, i64)>)> {
         let mut c = self.client().await?;
-        let req = pb::ListSegmentsRequest { table: table.into() };
+        let req = pb::ListSegmentsRequest { table: table.into(), ..Default::default() };
         let segs = tokio::time::timeout(Duration::from_secs(10), c.list_segments(req)).await.ok()?.ok()?.into_inner();
         let offline: Vec<pb::Segment> = segs.segments.into_iter().filter(|s| s.table.ends_with("_OFFLINE")).collect();
         let mut rows = vec![];

@@ -93,7 +93,7 @@ async fn snapshot(c: &Cluster) -> String {
     let mut out = format!("{tables:?}\n");
     for raw in &tables.tables {
         let mut segs =
-            admin.list_segments(pb::ListSegmentsRequest { table: raw.clone() }).await.unwrap().into_inner().segments;
+            c.segments(raw).await;
         segs.sort_by(|a, b| a.name.cmp(&b.name));
         let w = admin.get_watermark(pb::GetWatermarkRequest { table: raw.clone() }).await.unwrap().into_inner();
         let t = admin.get_table(pb::GetTableRequest { table: raw.clone() }).await.unwrap().into_inner();
@@ -222,7 +222,7 @@ async fn attacks_are_refused_and_change_nothing() {
     t.expect("a minion purges a table", r, tonic::Code::PermissionDenied);
     let r = minion.add_table(pb::AddTableRequest::default()).await;
     t.expect("a minion adds a table", r, tonic::Code::PermissionDenied);
-    let r = minion.list_segments(pb::ListSegmentsRequest { table: "sec".into() }).await;
+    let r = minion.list_segments(pb::ListSegmentsRequest { table: "sec".into(), ..Default::default() }).await;
     t.expect("a minion reads a table's segments", r, tonic::Code::PermissionDenied);
     let mut rd = connect(port, As { dir: &tls, cert: None, token: Some(reader.clone()) }).await.unwrap();
     rd.list_tables(pb::ListTablesRequest {}).await.expect("a reader reads");

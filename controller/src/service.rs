@@ -18,7 +18,7 @@ use tracing::info;
 use crate::access::Gate;
 use r2o_common::access::{Role, Via};
 
-use crate::authority::{open_tasks, read_segments, Authority, PlanOutcome};
+use crate::authority::{open_tasks, Authority, PlanOutcome};
 use crate::error::{ControllerError, Result};
 use crate::planner::{plan_over, Decision};
 use crate::protocol;
@@ -41,6 +41,65 @@ fn parse_json(what: &str, text: &str) -> Result<serde_json::Value> {
     serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
         ControllerError::Config(r2o_common::ConfigError::Malformed { what: what.into(), message: e.to_string() })
     })
+}
+
+/// Where a ListSegments listing is: the `page_token` its answers carry
+/// (JSON; opaque to clients). REALTIME pages are read at one etcd revision,
+/// as Kubernetes' list continuation does, so a listing of a table that
+/// changes between pages neither misses nor repeats a REALTIME segment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct ListPage {
+    /// etcd revision the REALTIME pages are read at (0: not read yet).
+    revision: i64,
+    /// The table's watermark when the first page was read, UTC epoch ms:
+    /// every page's load statuses are given against it.
+    watermark_ms: Option<i64>,
+    /// Whether the next page starts in the OFFLINE part.
+    offline: bool,
+    /// The last segment name given in that part ("": none yet).
+    after: String,
+}
+
+impl ListPage {
+    /// Most segments one answer holds, and the default.
+    const MAX: usize = 10_000;
+
+    /// The page size a request asks for: 0 and anything above
+    /// [`ListPage::MAX`] are [`ListPage::MAX`].
+    fn limit(page_size: u32) -> usize {
+        match page_size as usize {
+            0 => Self::MAX,
+            n => n.min(Self::MAX),
+        }
+    }
+
+    fn token(&self) -> String {
+        serde_json::to_string(self).expect("a listing position encodes")
+    }
+
+    /// # Errors
+    /// [`ControllerError::Invalid`] for a token no answer gave.
+    fn parse(token: &str) -> Result<ListPage> {
+        serde_json::from_str(token).map_err(|e| {
+            ControllerError::Invalid(format!(
+                "page_token '{token}': expected the next_page_token of an earlier ListSegments answer ({e})"
+            ))
+        })
+    }
+
+    /// A page read at a revision etcd has compacted since the first page
+    /// is [`ControllerError::Stale`]: the listing starts again.
+    fn compacted(&self, e: r2o_common::Error) -> ControllerError {
+        match &e {
+            r2o_common::Error::Meta(m) if self.revision > 0 && m.contains("compacted") => {
+                ControllerError::Stale(format!(
+                    "the listing's etcd revision {} was compacted: list again from the first page",
+                    self.revision
+                ))
+            }
+            _ => e.into(),
+        }
+    }
 }
 
 /// gRPC front of the controller.
@@ -239,20 +298,68 @@ impl ControllerSvc {
         Ok(pb::AddSegmentResponse { warning })
     }
 
-    async fn list_segments(&self, raw: &str) -> Result<pb::ListSegmentsResponse> {
+    /// One page of the table's segments ([`ListPage`]): REALTIME in name
+    /// order, read page by page from etcd at the first page's revision, then
+    /// OFFLINE in name order. Neither the controller nor the answer holds
+    /// more than a page of REALTIME records, whatever the table's size.
+    async fn list_segments(&self, req: pb::ListSegmentsRequest) -> Result<pb::ListSegmentsResponse> {
+        let raw = req.table.as_str();
         let spec = self.require_table(raw).await?;
         let (kv, keys) = (&self.auth.kv, &self.auth.keys);
-        let (realtime, _) = read_segments(kv, keys, raw).await?;
-        let offline = registry::offline_segments(kv, keys, raw).await?;
-        let wm = get_record::<WatermarkRecord>(kv, &keys.watermark(raw)).await?.map(|(w, _)| w.watermark_ms);
-        let statuses = registry::load_statuses(kv, keys, &spec, &realtime, wm).await?;
-        let mut segments: Vec<pb::Segment> = realtime.iter().map(pb::Segment::from).collect();
-        for (seg, (status, detail)) in segments.iter_mut().zip(statuses) {
-            seg.load_status = status.name().into();
-            seg.load_detail = detail;
+        let limit = ListPage::limit(req.page_size);
+        let mut page = match req.page_token.as_str() {
+            "" => ListPage {
+                revision: 0,
+                watermark_ms: get_record::<WatermarkRecord>(kv, &keys.watermark(raw))
+                    .await?
+                    .map(|(w, _)| w.watermark_ms),
+                offline: false,
+                after: String::new(),
+            },
+            token => ListPage::parse(token)?,
+        };
+        let mut segments = Vec::new();
+        if !page.offline {
+            let typed = format!("{raw}_REALTIME");
+            let after = (!page.after.is_empty()).then(|| keys.segment(&typed, &page.after));
+            let read = kv
+                .range_page_at(&keys.segments(&typed), after.as_deref(), limit, page.revision)
+                .await
+                .map_err(|e| page.compacted(e))?;
+            page.revision = read.revision;
+            let realtime =
+                read.kvs.iter().map(r2o_common::meta::decode_realtime).collect::<r2o_common::Result<Vec<_>>>()?;
+            let statuses = registry::load_statuses(kv, keys, &spec, &realtime, page.watermark_ms).await?;
+            segments.extend(realtime.iter().zip(statuses).map(|(s, (status, detail))| pb::Segment {
+                load_status: status.name().into(),
+                load_detail: detail,
+                ..pb::Segment::from(s)
+            }));
+            match realtime.last() {
+                Some(last) if read.more => {
+                    page.after = last.segment_name.clone();
+                    return Ok(pb::ListSegmentsResponse { segments, next_page_token: page.token() });
+                }
+                _ => (page.offline, page.after) = (true, String::new()),
+            }
         }
-        segments.extend(offline.iter().map(pb::Segment::from));
-        Ok(pb::ListSegmentsResponse { segments })
+        if segments.len() == limit {
+            return Ok(pb::ListSegmentsResponse { segments, next_page_token: page.token() });
+        }
+        let mut offline = registry::offline_segments(kv, keys, raw).await?;
+        offline.sort_unstable_by(|a, b| a.segment_name.cmp(&b.segment_name));
+        let from = offline.partition_point(|s| s.segment_name.as_str() <= page.after.as_str());
+        let rest = &offline[from..];
+        let take = rest.len().min(limit - segments.len());
+        segments.extend(rest[..take].iter().map(pb::Segment::from));
+        let next_page_token = match rest.get(take) {
+            Some(_) => {
+                page.after = rest[take - 1].segment_name.clone();
+                page.token()
+            }
+            None => String::new(),
+        };
+        Ok(pb::ListSegmentsResponse { segments, next_page_token })
     }
 
     async fn list_tasks(&self, raw: &str) -> Result<pb::ListTasksResponse> {
@@ -725,7 +832,7 @@ impl ControllerService for ControllerSvc {
 
     async fn list_segments(&self, req: Request<pb::ListSegmentsRequest>) -> Reply<pb::ListSegmentsResponse> {
         self.gate.check(&req, "ListSegments", Role::Reader).await?;
-        self.answer(self.list_segments(&req.into_inner().table).await).await
+        self.answer(self.list_segments(req.into_inner()).await).await
     }
 
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Reply<pb::ListTasksResponse> {
@@ -868,5 +975,42 @@ impl ControllerService for ControllerSvc {
             Via::Insecure => "insecure",
         };
         Ok(Response::new(pb::WhoAmIResponse { name: who.name, role: who.role.to_string(), via: via.into() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_holds_at_most_ten_thousand_segments() {
+        assert_eq!(ListPage::limit(0), ListPage::MAX);
+        assert_eq!(ListPage::limit(1), 1);
+        assert_eq!(ListPage::limit(9_999), 9_999);
+        assert_eq!(ListPage::limit(10_000), 10_000);
+        assert_eq!(ListPage::limit(u32::MAX), ListPage::MAX);
+    }
+
+    #[test]
+    fn a_token_gives_back_the_listing_position_and_a_foreign_one_is_refused() {
+        let page = ListPage {
+            revision: 1843,
+            watermark_ms: Some(-86_400_000),
+            offline: true,
+            after: "flights__0__12__20240101T0000Z".into(),
+        };
+        assert_eq!(ListPage::parse(&page.token()).unwrap(), page);
+        let err = ListPage::parse("page-2").unwrap_err().to_string();
+        assert!(err.contains("page_token 'page-2'") && err.contains("next_page_token"), "{err}");
+    }
+
+    #[test]
+    fn a_compacted_revision_asks_for_a_fresh_listing_and_other_errors_pass() {
+        let page = ListPage { revision: 7, watermark_ms: None, offline: false, after: "s1".into() };
+        let compacted = r2o_common::Error::Meta("etcdserver: mvcc: required revision has been compacted".into());
+        let e = page.compacted(compacted);
+        assert!(matches!(&e, ControllerError::Stale(m) if m.contains("revision 7")), "{e}");
+        let other = page.compacted(r2o_common::Error::Meta("connection refused".into()));
+        assert!(matches!(other, ControllerError::Common(_)), "{other}");
     }
 }

@@ -502,13 +502,24 @@ impl Cluster {
 
     /// A table's segments (REALTIME and OFFLINE), as the controller lists them.
     pub async fn segments(&self, table: &str) -> Vec<pb::Segment> {
-        self.client()
-            .await
-            .list_segments(pb::ListSegmentsRequest { table: table.into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .segments
+        self.segments_paged(table, 0).await
+    }
+
+    /// [`Cluster::segments`] asked `page_size` at a time (0: the
+    /// controller's default), every page checked to hold at most that many.
+    pub async fn segments_paged(&self, table: &str, page_size: u32) -> Vec<pb::Segment> {
+        let mut c = self.client().await;
+        let (mut out, mut page_token) = (Vec::new(), String::new());
+        loop {
+            let req = pb::ListSegmentsRequest { table: table.into(), page_size, page_token };
+            let page = c.list_segments(req).await.unwrap().into_inner();
+            assert!(page_size == 0 || page.segments.len() <= page_size as usize, "a page of {page_size}");
+            out.extend(page.segments);
+            if page.next_page_token.is_empty() {
+                return out;
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// A table's committed OFFLINE segments.
