@@ -437,7 +437,15 @@ async fn check_listing_pages(cluster: &Cluster, table: &str, data: &std::path::P
     let f = data.join("mid-listing.parquet");
     write_file(&f, &later);
     cluster.cli(&[
-        "segment", "add", "--table", table, "--file", f.to_str().unwrap(), "--status", "CONSUMING", "--name",
+        "segment",
+        "add",
+        "--table",
+        table,
+        "--file",
+        f.to_str().unwrap(),
+        "--status",
+        "CONSUMING",
+        "--name",
         "ev__0__100",
     ]);
     let (mut paged, mut token) = (first.segments, first.next_page_token);

@@ -92,8 +92,7 @@ async fn snapshot(c: &Cluster) -> String {
     let tables = admin.list_tables(pb::ListTablesRequest {}).await.unwrap().into_inner();
     let mut out = format!("{tables:?}\n");
     for raw in &tables.tables {
-        let mut segs =
-            c.segments(raw).await;
+        let mut segs = c.segments(raw).await;
         segs.sort_by(|a, b| a.name.cmp(&b.name));
         let w = admin.get_watermark(pb::GetWatermarkRequest { table: raw.clone() }).await.unwrap().into_inner();
         let t = admin.get_table(pb::GetTableRequest { table: raw.clone() }).await.unwrap().into_inner();

@@ -91,12 +91,9 @@ impl ListPage {
     /// is [`ControllerError::Stale`]: the listing starts again.
     fn compacted(&self, e: r2o_common::Error) -> ControllerError {
         match &e {
-            r2o_common::Error::Meta(m) if self.revision > 0 && m.contains("compacted") => {
-                ControllerError::Stale(format!(
-                    "the listing's etcd revision {} was compacted: list again from the first page",
-                    self.revision
-                ))
-            }
+            r2o_common::Error::Meta(m) if self.revision > 0 && m.contains("compacted") => ControllerError::Stale(
+                format!("the listing's etcd revision {} was compacted: list again from the first page", self.revision),
+            ),
             _ => e.into(),
         }
     }
