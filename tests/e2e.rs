@@ -292,18 +292,7 @@ async fn run_flow(cluster: Cluster, store: Store) {
     // DONE one while data is still arriving.
     for table in ["ev_concat", "ev_rollup", "ev_dedup"] {
         for (i, (f, status, name)) in files.iter().enumerate() {
-            cluster.cli(&[
-                "segment",
-                "add",
-                "--table",
-                table,
-                "--file",
-                f.to_str().unwrap(),
-                "--status",
-                "CONSUMING",
-                "--name",
-                name,
-            ]);
+            add_consuming(&cluster, table, f, name);
             if i > 0 && files[i - 1].1 == "DONE" {
                 cluster.cli(&["segment", "seal", "--table", table, "--segment", &files[i - 1].2]);
             }
@@ -414,6 +403,12 @@ async fn run_flow(cluster: Cluster, store: Store) {
     eprintln!("e2e: {} rows checked, 3 tables", checked2);
 }
 
+/// Registers `file` as the CONSUMING segment `name` of `table`.
+fn add_consuming(cluster: &Cluster, table: &str, file: &std::path::Path, name: &str) {
+    let file = file.to_str().unwrap();
+    cluster.cli(&["segment", "add", "--table", table, "--file", file, "--status", "CONSUMING", "--name", name]);
+}
+
 /// ListSegments in pages (issue 21: no answer, and no controller, holds a
 /// whole table): pages of 2 list what one page lists, REALTIME then
 /// OFFLINE, each in name order; a segment registered between two pages is
@@ -436,18 +431,7 @@ async fn check_listing_pages(cluster: &Cluster, table: &str, data: &std::path::P
     let later: Vec<Row> = rows[..3].iter().cloned().map(|r| Row { ts: wm_s + H, ..r }).collect();
     let f = data.join("mid-listing.parquet");
     write_file(&f, &later);
-    cluster.cli(&[
-        "segment",
-        "add",
-        "--table",
-        table,
-        "--file",
-        f.to_str().unwrap(),
-        "--status",
-        "CONSUMING",
-        "--name",
-        "ev__0__100",
-    ]);
+    add_consuming(cluster, table, &f, "ev__0__100");
     let (mut paged, mut token) = (first.segments, first.next_page_token);
     while !token.is_empty() {
         let page = c.list_segments(req(token)).await.unwrap().into_inner();
