@@ -146,25 +146,42 @@ where
 
 /// Every segment of `table`, REALTIME then OFFLINE, each in name order:
 /// ListSegments asked page after page (the controller answers at most
-/// 10,000 segments at a time) until an answer has no `next_page_token`.
+/// 10,000 segments at a time) until an answer has no `next_page_token`. A
+/// listing whose etcd revision was compacted between two pages is started
+/// again, up to 3 times.
 ///
 /// # Errors
-/// The first page's or a later page's status (a table that does not exist;
-/// a listing whose etcd revision was compacted meanwhile: list again).
+/// A page's status (a table that does not exist; a listing compacted a
+/// fourth time).
 pub async fn list_segments(
     c: &mut Client,
     table: &str,
 ) -> std::result::Result<Vec<r2o_proto::controller::Segment>, tonic::Status> {
+    let mut restarts = 0;
     let (mut out, mut page_token) = (Vec::new(), String::new());
     loop {
         let req = r2o_proto::controller::ListSegmentsRequest { table: table.into(), page_size: 0, page_token };
-        let page = c.list_segments(req).await?.into_inner();
+        let page = match c.list_segments(req).await {
+            Ok(page) => page.into_inner(),
+            Err(s) if restarts < 3 && listing_compacted(&s) => {
+                restarts += 1;
+                (out, page_token) = (Vec::new(), String::new());
+                continue;
+            }
+            Err(s) => return Err(s),
+        };
         out.extend(page.segments);
         if page.next_page_token.is_empty() {
             return Ok(out);
         }
         page_token = page.next_page_token;
     }
+}
+
+/// Whether a ListSegments status asks for the listing to start again (its
+/// etcd revision was compacted between two pages). Pure.
+fn listing_compacted(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::FailedPrecondition && s.message().contains(r2o_controller::service::LIST_AGAIN)
 }
 
 /// Connects to a controller. Replies may be large (a table's segment list
@@ -191,5 +208,18 @@ pub fn status_err(s: tonic::Status) -> anyhow::Error {
         tonic::Code::Unauthenticated => anyhow::anyhow!("not authenticated: {}", s.message()),
         tonic::Code::PermissionDenied => anyhow::anyhow!("permission denied: {}", s.message()),
         _ => anyhow::anyhow!("{}", s.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_compacted_listing_is_started_again() {
+        let again = format!("the listing's etcd revision 7 was compacted: {}", r2o_controller::service::LIST_AGAIN);
+        assert!(listing_compacted(&tonic::Status::failed_precondition(again.clone())));
+        assert!(!listing_compacted(&tonic::Status::invalid_argument(again)));
+        assert!(!listing_compacted(&tonic::Status::failed_precondition("table 'x' is paused")));
     }
 }

@@ -43,6 +43,11 @@ fn parse_json(what: &str, text: &str) -> Result<serde_json::Value> {
     })
 }
 
+/// What a ListSegments status says when the listing's etcd revision was
+/// compacted between two pages (FAILED_PRECONDITION): clients start the
+/// listing again.
+pub const LIST_AGAIN: &str = "list again from the first page";
+
 /// Where a ListSegments listing is: the `page_token` its answers carry
 /// (JSON; opaque to clients). REALTIME pages are read at one etcd revision,
 /// as Kubernetes' list continuation does, so a listing of a table that
@@ -92,7 +97,7 @@ impl ListPage {
     fn compacted(&self, e: r2o_common::Error) -> ControllerError {
         match &e {
             r2o_common::Error::Meta(m) if self.revision > 0 && m.contains("compacted") => ControllerError::Stale(
-                format!("the listing's etcd revision {} was compacted: list again from the first page", self.revision),
+                format!("the listing's etcd revision {} was compacted: {LIST_AGAIN}", self.revision),
             ),
             _ => e.into(),
         }
@@ -1006,7 +1011,7 @@ mod tests {
         let page = ListPage { revision: 7, watermark_ms: None, offline: false, after: "s1".into() };
         let compacted = r2o_common::Error::Meta("etcdserver: mvcc: required revision has been compacted".into());
         let e = page.compacted(compacted);
-        assert!(matches!(&e, ControllerError::Stale(m) if m.contains("revision 7")), "{e}");
+        assert!(matches!(&e, ControllerError::Stale(m) if m.contains("revision 7") && m.contains(LIST_AGAIN)), "{e}");
         let other = page.compacted(r2o_common::Error::Meta("connection refused".into()));
         assert!(matches!(other, ControllerError::Common(_)), "{other}");
     }
