@@ -687,8 +687,13 @@ def main():
     parse_period(args.bucket)
     bench_dir = os.path.abspath(args.bench_dir)
     subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--bench"], check=True)
-    if not os.environ.get("BENCH_R2O_BIN"):
+    # (label, binary): one unlabelled run of R2O unless --bins names several
+    bins = [(label, path) for label, _, path in (b.partition("=") for b in (args.bins or "").split(",") if b)]
+    if any(not label or not path for label, path in bins):
+        raise SystemExit(f"--bins '{args.bins}': expected NAME=PATH,NAME=PATH,... (r2o binaries)")
+    if not os.environ.get("BENCH_R2O_BIN") and not bins:
         subprocess.run(["cargo", "build", "--release", "--bin", "r2o"], cwd=ROOT, check=True)
+    bins = bins or [("", None)]
     floor_bin = build_floor(bench_dir) if args.floor else None
     # this sitting's runs; the last sitting's are set aside and deleted at the end
     runs = os.path.join(args.work, "runs")
@@ -698,8 +703,6 @@ def main():
     old = [os.path.join(args.work, d) for d in os.listdir(args.work) if d.startswith(("old-runs-", "r2o-", "out-"))]
     os.makedirs(runs)
     rows, failures = [], []
-    # (label, binary): one unlabelled run of R2O unless --bins names several
-    bins = [tuple(b.split("=", 1)) for b in args.bins.split(",")] if args.bins else [("", None)]
     for scale in args.scales.split(","):
         seg_dir = os.path.join(args.work, scale)
         if not os.path.exists(os.path.join(seg_dir, "segments.json")):
@@ -752,11 +755,15 @@ def main():
                 if floor:
                     r["floor_x"] = r["seconds"] / floor["seconds"]
             best = min((p["seconds"] for p in peers), default=None)
-            for x in results + ([plain] if plain else []) + peers + ([floor] if floor else []):
-                x["ratio"] = (best / x["seconds"]) if (best and (x in results or x is plain)) else None
+            mine = results + ([plain] if plain else [])
+            for x in mine + peers + ([floor] if floor else []):
+                is_r2o = any(x is y for y in mine)
+                x["ratio"] = (best / x["seconds"]) if (best and is_r2o) else None
                 rows.append(x)
                 # as it comes, so a sitting cut short keeps what it measured
-                print(f"bench: {x['tool']} {scale} {merge}: {x['seconds']:.2f} s", file=sys.stderr)
+                # (each r2o run printed its own as it ended)
+                if x is plain or not is_r2o:
+                    print(f"bench: {x['tool']} {scale} {merge}: {x['seconds']:.2f} s", file=sys.stderr)
     print()
     print("| tool | scale | mergeType | wall s | rows/s | windows/s | peak RSS MB | vs best peer |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
